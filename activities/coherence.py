@@ -1,0 +1,89 @@
+"""Coherence state as data: per-chunk deltas and seam checks, computed deterministically.
+
+A delta (summary, new terms, open threads) is extracted from each accepted chunk and folded
+into the next link of the job's coherence chain. Seam checks find what long documents written
+in parts get wrong: paragraphs repeated across chunks, glossary terms drifting in spelling,
+references to sections that do not exist, and passages that stop mid-sentence.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from activities.text import count_words, normalize_paragraph, paragraphs
+
+SUMMARY_WORDS = 220
+_SENT = re.compile(r"(?<=[.!?])\s+")
+_TERM = re.compile(r"\b([A-Z][a-z]{2,}(?:\s+[A-Z][a-z]{2,}){1,3})\b")
+_THREAD = re.compile(r"\b(will|later|next|remains? to be|open question|unresolved|we return)\b", re.I)
+_REF = re.compile(r"\b(?:Section|Chapter|Part)\s+(\d{1,4})\b")
+
+
+def _first_sentence(p: str) -> str:
+    return _SENT.split(p.strip(), maxsplit=1)[0][:300]
+
+
+def delta(text: str, glossary: dict[str, str]) -> dict[str, Any]:
+    """What a chunk adds: an extractive summary, new multi-word terms, open threads."""
+    paras = paragraphs(text)
+    summary = " ".join(_first_sentence(p) for p in paras[:4])
+    known = {k.lower() for k in glossary}
+    counts: dict[str, int] = {}
+    for t in _TERM.findall(text):
+        if t.lower() not in known:
+            counts[t] = counts.get(t, 0) + 1
+    new_terms = [t for t, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c >= 2][:5]
+    threads = [s.strip()[:200] for s in _SENT.split(text) if _THREAD.search(s)][-3:]
+    return {"summary": summary, "new_terms": new_terms, "open_threads": threads, "words": count_words(text)}
+
+
+def fold(prev_summary: str, prev_glossary: dict[str, str], prev_threads: list[str], d: dict[str, Any],
+         context_of: str) -> tuple[str, dict[str, str], list[str]]:
+    """The next coherence state from the previous one and a chunk's delta (bounded in size)."""
+    summary = (prev_summary + " " + d["summary"]).strip()
+    words = summary.split()
+    if len(words) > SUMMARY_WORDS:
+        summary = "… " + " ".join(words[-SUMMARY_WORDS:])
+    glossary = dict(prev_glossary)
+    for t in d["new_terms"]:
+        glossary.setdefault(t, f"term introduced in {context_of}")
+    glossary = dict(list(glossary.items())[-60:])
+    threads = (prev_threads + d["open_threads"])[-6:]
+    return summary, glossary, threads
+
+
+def seam_issues(chunks: list[tuple[int, str]], glossary: dict[str, str], sections_total: int,
+                seen_paragraphs: set[str]) -> list[dict[str, Any]]:
+    """Issues across the given (ordinal, text) chunks, in order.
+
+    ``seen_paragraphs`` holds normalised paragraphs of earlier chunks (it is extended in place).
+    """
+    issues: list[dict[str, Any]] = []
+    for ordinal, text in chunks:
+        for p in paragraphs(text):
+            norm = normalize_paragraph(p)
+            if count_words(p) >= 8 and norm in seen_paragraphs:
+                issues.append({"type": "repeated_paragraph", "chunk": ordinal, "text": p[:120]})
+            seen_paragraphs.add(norm)
+        for m in _REF.finditer(text):
+            if int(m.group(1)) > sections_total:
+                issues.append({"type": "dangling_reference", "chunk": ordinal, "text": m.group(0)})
+        for term in [t for t in glossary if " " in t or "-" in t]:  # one-word terms are ordinary words too
+            variants = {v for v in re.findall(re.escape(term), text, re.I) if v != term}
+            for v in sorted(variants):
+                issues.append({"type": "glossary_drift", "chunk": ordinal, "term": term, "found": v})
+    for (a, ta), (b, _) in zip(chunks, chunks[1:], strict=False):
+        if ta.strip() and not re.search(r"[.!?…\"')\]]\s*$", ta.strip()):
+            issues.append({"type": "broken_seam", "chunk": a, "next_chunk": b, "text": ta.strip()[-80:]})
+    return issues
+
+
+def remove_paragraph(text: str, snippet: str) -> str:
+    paras = paragraphs(text)
+    kept = [p for p in paras if not p.startswith(snippet)]
+    return "\n\n".join(kept)
+
+
+def fix_term(text: str, term: str, found: str) -> str:
+    return re.sub(rf"\b{re.escape(found)}\b", term, text)

@@ -1,0 +1,218 @@
+"""The LLM client: openai's AsyncOpenAI against any OpenAI-compatible endpoint.
+
+Transient failures (429 honouring Retry-After, 5xx, timeouts, connection resets) are retried
+here with tenacity; what is still failing after that is raised as ``LlmUnavailable`` for
+Temporal to retry the activity later. Every HTTP attempt, failed or not, becomes a row in
+``llm_calls`` and an ``llm`` audit event, committed immediately in its own transaction so that a
+worker crash never loses the record of a call that was paid for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+import structlog
+from openai import AsyncOpenAI
+from sqlalchemy import func, select
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from activities.text import count_words
+from db.audit import shorten
+from db.models import LlmCall
+from db.session import Database
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+
+
+class LlmUnavailable(Exception):
+    """The endpoint kept failing with transient errors; Temporal retries the activity later."""
+
+
+@dataclass
+class LlmResult:
+    call_id: int
+    text: str
+    finish_reason: str | None
+    tokens_in: int
+    tokens_out: int
+    reused: bool = False
+
+
+def safe_base_url(url: str) -> str:
+    """The base URL without credentials or query string, fit to store."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class LlmClient:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        timeout: float = 300.0,
+        max_retries: int = 5,
+        retry_wait_cap: float = 30.0,
+    ) -> None:
+        self.db = db
+        self.model = model
+        self.base_url = safe_base_url(base_url)
+        self.max_retries = max_retries
+        self.retry_wait_cap = retry_wait_cap
+        # The SDK's own retries are off: each attempt must be recorded, so tenacity drives them.
+        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=0)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, openai.RateLimitError):
+            ra = exc.response.headers.get("retry-after") if exc.response is not None else None
+            try:
+                if ra is not None:
+                    return min(float(ra), 120.0)
+            except ValueError:
+                pass
+        return float(min(self.retry_wait_cap, 0.5 * 2 ** (state.attempt_number - 1)))
+
+    async def complete(
+        self,
+        *,
+        job_id: uuid.UUID,
+        purpose: str,
+        request_key: str,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        model: str | None = None,
+        chunk_id: int | None = None,
+        temperature: float = 0.8,
+        json_mode: bool = False,
+    ) -> LlmResult:
+        """One logical completion. A successful answer already stored under ``request_key``
+        (from an activity attempt that crashed before using it) is reused, not paid for again."""
+        reused = await self._stored(job_id, request_key)
+        if reused is not None:
+            return reused
+        params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+        if json_mode:
+            params["response_format"] = {"type": "json_object"}
+        use_model = model or self.model
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, TRANSIENT)),
+                stop=stop_after_attempt(self.max_retries + 1),
+                wait=self._wait,
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._attempt(job_id, chunk_id, purpose, request_key, use_model, messages, params)
+        except TRANSIENT as exc:
+            raise LlmUnavailable(f"{type(exc).__name__} after {self.max_retries + 1} attempts: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _stored(self, job_id: uuid.UUID, request_key: str) -> LlmResult | None:
+        async with self.db.job_tx(job_id) as tx:
+            row = (
+                await tx.session.execute(
+                    select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.request_key == request_key,
+                                          LlmCall.status == "ok").order_by(LlmCall.id.desc()).limit(1)
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            tx.event("llm", "reuse", {"llm_call_id": row.id, "request_key": request_key,
+                                      "reason": "answer stored by an earlier attempt of this activity"})
+            return LlmResult(row.id, row.response or "", row.finish_reason, row.tokens_in or 0,
+                             row.tokens_out or 0, reused=True)
+
+    async def _attempt(
+        self,
+        job_id: uuid.UUID,
+        chunk_id: int | None,
+        purpose: str,
+        request_key: str,
+        model: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+    ) -> LlmResult:
+        started = dt.datetime.now(dt.UTC)
+        t0 = time.perf_counter()
+        text: str | None = None
+        finish: str | None = None
+        usage: Any = None
+        error: Exception | None = None
+        http_status: int | None = None
+        try:
+            resp = await self.client.chat.completions.create(model=model, messages=messages, **params)  # type: ignore[arg-type]
+            choice = resp.choices[0] if resp.choices else None
+            text = (choice.message.content if choice else None) or ""
+            finish = choice.finish_reason if choice else None
+            usage = resp.usage
+            http_status = 200
+        except openai.APIStatusError as exc:
+            error, http_status = exc, exc.status_code
+        except Exception as exc:  # timeouts, connection resets, garbage bodies
+            error = exc
+        latency_ms = (time.perf_counter() - t0) * 1000
+        tokens_in = getattr(usage, "prompt_tokens", None)
+        tokens_out = getattr(usage, "completion_tokens", None)
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+        estimated = usage is None and error is None
+        if estimated:  # some servers omit usage: estimate at ~4 characters a token, and say so
+            tokens_in = sum(len(m.get("content", "")) for m in messages) // 4
+            tokens_out = len(text or "") // 4
+        status = "ok" if error is None and text else "error"
+        err_text = None
+        if error is not None:
+            err_text = f"{type(error).__name__}: {error}"
+        elif not text:
+            err_text = "empty content"
+        async with self.db.job_tx(job_id) as tx:
+            attempt_no = (
+                await tx.session.execute(
+                    select(func.count()).select_from(LlmCall).where(
+                        LlmCall.job_id == job_id, LlmCall.request_key == request_key)
+                )
+            ).scalar_one() + 1
+            row = LlmCall(
+                job_id=job_id, chunk_id=chunk_id, purpose=purpose, request_key=request_key, attempt=attempt_no,
+                model=model, base_url=self.base_url, messages=messages, params=params, response=text,
+                finish_reason=finish, tokens_in=tokens_in, tokens_out=tokens_out, tokens_cached=cached,
+                tokens_estimated=estimated, latency_ms=latency_ms, ttft_ms=None, status=status,
+                http_status=http_status, error=err_text, started_at=started, completed_at=dt.datetime.now(dt.UTC),
+            )
+            tx.session.add(row)
+            await tx.session.flush()
+            last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+            tx.event("llm", "call" if status == "ok" else "error", {
+                "llm_call_id": row.id, "purpose": purpose, "model": model, "attempt": attempt_no,
+                "status": status, "http_status": http_status, "error": err_text, "finish_reason": finish,
+                "tokens_in": tokens_in, "tokens_out": tokens_out, "tokens_cached": cached,
+                "tokens_estimated": estimated, "latency_ms": round(latency_ms, 1),
+                "prompt_summary": shorten(" ".join(last_user.split()), 300),
+                "prompt_chars": sum(len(m.get("content", "")) for m in messages),
+                "response_summary": shorten(" ".join((text or "").split()), 300),
+                "response_words": count_words(text or ""),
+            })
+            if error is not None:
+                tx.event("error", "llm", {"llm_call_id": row.id, "purpose": purpose, "error": err_text})
+            call_id = row.id
+        log.info("llm.call", job_id=str(job_id), purpose=purpose, status=status, ms=round(latency_ms),
+                 tokens_in=tokens_in, tokens_out=tokens_out, finish=finish)
+        if error is not None:
+            raise error
+        return LlmResult(call_id, text or "", finish, tokens_in or 0, tokens_out or 0)

@@ -1,0 +1,193 @@
+"""Prompts and the plan: what Quire asks the model, and the skeleton it falls back on.
+
+Prompts read as the start of the document to be continued and say the word count they want
+("about N words") in the last message: small base models follow that better than instructions,
+and real chat models follow it too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from activities.text import count_words, tail_words
+
+MAX_PLANNED_SECTIONS = 24
+SYSTEM = (
+    "You are a careful author writing one part of a long document. Write only the document's prose: "
+    "no headings, no notes to the reader, no lists of instructions, no commentary about the task."
+)
+
+
+class PlanSection(BaseModel):
+    title: str = Field(min_length=1, max_length=200)
+    summary: str = Field(default="", max_length=2000)
+    key_points: list[str] = Field(default_factory=list, max_length=12)
+
+
+class PlanModel(BaseModel):
+    title: str = Field(min_length=1, max_length=300)
+    thesis: str = Field(default="", max_length=3000)
+    sections: list[PlanSection] = Field(min_length=1, max_length=MAX_PLANNED_SECTIONS)
+    glossary: dict[str, str] = Field(default_factory=dict)
+    style: str = Field(default="clear, well-organised prose", max_length=1000)
+
+    @field_validator("glossary")
+    @classmethod
+    def _small_glossary(cls, v: dict[str, str]) -> dict[str, str]:
+        return dict(list(v.items())[:40])
+
+
+def planned_section_count(target_words: int, chunk_words: int) -> int:
+    """Sections of about four chunks each, at least one."""
+    return max(1, math.ceil(target_words / (chunk_words * 4)))
+
+
+def plan_messages(brief: str, target_words: int, sections: int, error: str | None = None) -> list[dict[str, str]]:
+    want = min(sections, MAX_PLANNED_SECTIONS)
+    user = (
+        f"Plan a document of at least {target_words} words on this brief:\n\n{brief.strip()}\n\n"
+        f"Answer with one JSON object with keys: title (string), thesis (string), sections (a list of exactly "
+        f"{want} sections objects, each with title, summary and key_points, a list of strings), glossary "
+        f"(an object mapping key terms to one-line definitions) and style (string)."
+    )
+    msgs = [{"role": "system", "content": "You plan documents. You answer with JSON only."},
+            {"role": "user", "content": user}]
+    if error:
+        msgs.append({"role": "user", "content": f"Your previous answer was not valid: {error[:500]}. "
+                                                "Answer again with the JSON object only."})
+    return msgs
+
+
+def parse_plan(raw: str) -> PlanModel:
+    """Validate a model's plan; raises ValueError with a readable reason."""
+    text = raw.strip()
+    m = re.search(r"\{.*\}", text, re.S)
+    if not m:
+        raise ValueError("no JSON object in the answer")
+    try:
+        data = json.loads(m.group(0))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc}") from None
+    try:
+        return PlanModel.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"plan does not match the schema: {exc.errors()[:3]}") from None
+
+
+def fallback_plan(brief: str, sections: int, title: str | None = None) -> PlanModel:
+    """A deterministic skeleton, used when the model cannot produce a valid plan."""
+    words = [w for w in re.findall(r"[\w'-]+", brief) if len(w) > 3][:8]
+    topic = " ".join(words[:6]) or "the subject"
+    aspects = ["Background", "Core ideas", "How it works", "Evidence and examples", "Difficulties",
+               "Consequences", "Practice", "Outlook"]
+    secs = []
+    for i in range(min(sections, MAX_PLANNED_SECTIONS)):
+        aspect = aspects[i % len(aspects)]
+        secs.append(PlanSection(title=f"{aspect}" + (f" ({i // len(aspects) + 1})" if i >= len(aspects) else ""),
+                                summary=f"{aspect} of {topic}.", key_points=[]))
+    return PlanModel(title=title or (brief.strip().split("\n")[0][:120] or "Untitled"),
+                     thesis=brief.strip()[:1000], sections=secs, glossary={}, style="clear, well-organised prose")
+
+
+def rewrite_plan_messages(opening: str, headings: list[str], target_words: int, input_words: int,
+                          error: str | None = None) -> list[dict[str, str]]:
+    mode = "condensed" if target_words < input_words else "expanded"
+    user = (
+        f"Here is the opening of a {input_words}-word document that will be rewritten and {mode} to "
+        f"at least {target_words} words.\n\n{opening}\n\n"
+        + (f"Its headings: {'; '.join(headings[:40])}\n\n" if headings else "")
+        + "Answer with one JSON object with keys: title, thesis (one paragraph on what the document argues), "
+        "sections (a list of objects with title, summary, key_points), glossary (key terms to one-line "
+        "definitions) and style (how it is written)."
+    )
+    msgs = [{"role": "system", "content": "You analyse documents. You answer with JSON only."},
+            {"role": "user", "content": user}]
+    if error:
+        msgs.append({"role": "user", "content": f"Your previous answer was not valid: {error[:500]}. "
+                                                "Answer again with the JSON object only."})
+    return msgs
+
+
+def outline_line(plan: dict[str, Any], current: int) -> str:
+    parts = []
+    for i, s in enumerate(plan.get("sections", [])):
+        mark = " <- this section" if i == current else ""
+        parts.append(f"{i + 1}. {s.get('title', '')}{mark}")
+    if len(parts) > 30:  # compress: the neighbourhood of the current section only
+        lo = max(0, current - 5)
+        parts = parts[lo:current + 6]
+    return "\n".join(parts)
+
+
+def chunk_messages(
+    *,
+    plan: dict[str, Any],
+    section_index: int,
+    section_title: str,
+    section_summary: str,
+    key_points: list[str],
+    state_summary: str,
+    glossary: dict[str, str],
+    open_threads: list[str],
+    brief: str,
+    source_text: str | None,
+    previous_tail: str,
+    words: int,
+) -> list[dict[str, str]]:
+    gl = "; ".join(f"{k}: {v}" for k, v in list(glossary.items())[:20])
+    ctx = [
+        f"Document: {plan.get('title', '')}",
+        f"Thesis: {plan.get('thesis', '')}" if plan.get("thesis") else "",
+        f"Style: {plan.get('style', '')}" if plan.get("style") else "",
+        f"Outline:\n{outline_line(plan, section_index)}",
+        f"Current section: {section_title}. {section_summary}",
+        ("Key points: " + "; ".join(key_points[:8])) if key_points else "",
+        f"Summary of what is written so far: {state_summary}" if state_summary else "",
+        f"Glossary (use these terms consistently): {gl}" if gl else "",
+        ("Open threads to pick up: " + "; ".join(open_threads[:6])) if open_threads else "",
+        f"This passage: {brief}" if brief else "",
+    ]
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(c for c in ctx if c)}]
+    if source_text:
+        ask = (f"Rewrite the following source passage as the next part of the document, in about {words} words, "
+               f"keeping its meaning and facts:\n\n{source_text}\n\n")
+    else:
+        ask = ""
+    if previous_tail:
+        ask += f"The document so far ends with:\n\"…{previous_tail}\"\n\n"
+    ask += f"Continue the document with the next passage of about {words} words."
+    msgs.append({"role": "user", "content": ask})
+    return msgs
+
+
+def extend_messages(base: list[dict[str, str]], current_text: str, more_words: int) -> list[dict[str, str]]:
+    """Continue a passage from where it stops: never a restart."""
+    tail = tail_words(current_text, 250)
+    msgs = [m for m in base[:-1]]
+    msgs.append({"role": "user", "content": (
+        f"The passage so far ends with:\n\"…{tail}\"\n\n"
+        f"Continue this passage from exactly where it stops, without repeating anything, "
+        f"with about {more_words} more words."
+    )})
+    return msgs
+
+
+def max_tokens_for(words: int, cap: int = 4096) -> int:
+    """Token budget for ``words`` words: about 1.4 tokens a word, plus headroom."""
+    return max(16, min(cap, math.ceil(words * 1.6) + 32))
+
+
+def opening_and_headings(text: str, words: int = 1200) -> tuple[str, list[str]]:
+    toks = text.split()
+    opening = " ".join(toks[:words])
+    headings = [h.strip("# ").strip() for h in re.findall(r"^#{1,3} .+$", text, re.M)]
+    return opening, headings
+
+
+def words_of(text: str) -> int:
+    return count_words(text)

@@ -1,0 +1,1 @@
+"""Persistence: models, the audited session, migrations and the schema report."""

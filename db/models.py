@@ -1,0 +1,359 @@
+"""SQLAlchemy models: everything a job reads, writes and proves lives in these tables.
+
+Triggers, the NOTIFY hook and the job-history view are plain SQL in ``db/ddl.py`` and are
+created by the Alembic migrations, never by ``create_all`` against a user's database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_KINDS = ("generate", "rewrite")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+ERROR_CODES = (
+    "E_LENGTH_NOT_MET",
+    "E_BUDGET_EXHAUSTED",
+    "E_LLM_UNAVAILABLE",
+    "E_INPUT_INVALID",
+    "E_CANCELLED",
+    "E_INTERNAL",
+)
+
+
+def _in(col: str, values: tuple[str, ...]) -> str:
+    return f"{col} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _ts(nullable: bool = True, default: bool = False) -> Any:
+    if default:
+        return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    return mapped_column(DateTime(timezone=True), nullable=nullable)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = _ts(default=True)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(Text, unique=True)
+    # sha256 of the whole key; the key itself is shown once and never stored.
+    key_hash: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = _ts(default=True)
+    revoked_at: Mapped[datetime | None] = _ts()
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("kind", JOB_KINDS), name="kind"),
+        CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+        CheckConstraint("target_words BETWEEN 1 AND 500000", name="target_words"),
+        CheckConstraint("max_words >= target_words", name="max_words"),
+        CheckConstraint("started_at IS NULL OR started_at >= created_at", name="started_after_created"),
+        CheckConstraint(
+            "completed_at IS NULL OR completed_at >= COALESCE(started_at, created_at)",
+            name="completed_after_started",
+        ),
+        CheckConstraint(
+            "(status IN ('succeeded','failed','cancelled')) = (completed_at IS NOT NULL)",
+            name="completed_iff_terminal",
+        ),
+        CheckConstraint(
+            "error_code IS NULL OR " + _in("error_code", ERROR_CODES), name="error_code"
+        ),
+        CheckConstraint("status <> 'failed' OR (error_code IS NOT NULL AND failure_reason IS NOT NULL)",
+                        name="failed_has_reason"),
+        CheckConstraint("audit_seq >= 0", name="audit_seq"),
+        UniqueConstraint("user_id", "idempotency_key"),
+        Index("ix_jobs_user_created", "user_id", "created_at", "id"),
+        Index("ix_jobs_user_status_created", "user_id", "status", "created_at"),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="queued")
+    title: Mapped[str | None] = mapped_column(Text)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    target_words: Mapped[int] = mapped_column(Integer)
+    max_words: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    # The plan's skeleton (title, thesis, section titles, glossary, style): small, read by every chunk.
+    skeleton: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    workflow_id: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = _ts(default=True)
+    started_at: Mapped[datetime | None] = _ts()
+    completed_at: Mapped[datetime | None] = _ts()
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(Text)
+    current_step: Mapped[str | None] = mapped_column(Text)
+    words_written: Mapped[int] = mapped_column(Integer, server_default="0")
+    sections_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    finalize_rounds: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Per-job audit sequence: bumped under this row's lock so commit order equals seq order.
+    audit_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (
+        CheckConstraint("role IN ('input','output','partial')", name="role"),
+        UniqueConstraint("job_id", "role", "version"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    filename: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(Text)
+    word_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _ts(default=True)
+
+
+class Section(Base):
+    __tablename__ = "sections"
+    __table_args__ = (UniqueConstraint("job_id", "ordinal"),)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, server_default="")
+    key_points: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
+    target_words: Mapped[int] = mapped_column(Integer)
+    # Top-up sections added by finalize continue the last section: no heading of their own.
+    is_continuation: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    created_at: Mapped[datetime] = _ts(default=True)
+
+
+class CoherenceState(Base):
+    """One link of the job's coherence chain; ordinal k is the state after chunk k-1."""
+
+    __tablename__ = "coherence_states"
+    __table_args__ = (
+        UniqueConstraint("job_id", "ordinal"),
+        UniqueConstraint("id", "job_id"),
+        ForeignKeyConstraint(["parent_id", "job_id"], ["coherence_states.id", "coherence_states.job_id"]),
+        CheckConstraint("(ordinal = 0) = (parent_id IS NULL)", name="root_has_no_parent"),
+        Index("ix_coherence_states_parent_id", "parent_id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(BigInteger)
+    summary: Mapped[str] = mapped_column(Text, server_default="")
+    glossary: Mapped[dict[str, str]] = mapped_column(JSONB, server_default="{}")
+    open_threads: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
+    delta: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    created_at: Mapped[datetime] = _ts(default=True)
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "ordinal"),
+        UniqueConstraint("section_id", "index_in_section"),
+        CheckConstraint("status IN ('pending','writing','done')", name="status"),
+        CheckConstraint("status = 'pending' OR state_before_id IS NOT NULL", name="written_from_state"),
+        CheckConstraint("status <> 'done' OR state_after_id IS NOT NULL", name="done_has_state_after"),
+        CheckConstraint("max_words >= min_words AND min_words >= 1", name="bounds"),
+        ForeignKeyConstraint(["state_before_id", "job_id"], ["coherence_states.id", "coherence_states.job_id"]),
+        ForeignKeyConstraint(["state_after_id", "job_id"], ["coherence_states.id", "coherence_states.job_id"]),
+        Index("ix_chunks_state_before_id", "state_before_id"),
+        Index("ix_chunks_state_after_id", "state_after_id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    section_id: Mapped[int] = mapped_column(ForeignKey("sections.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    index_in_section: Mapped[int] = mapped_column(Integer)
+    brief: Mapped[str] = mapped_column(Text, server_default="")
+    source_text: Mapped[str | None] = mapped_column(Text)  # the input part, for rewrites
+    target_words: Mapped[int] = mapped_column(Integer)
+    min_words: Mapped[int] = mapped_column(Integer)
+    max_words: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    text: Mapped[str | None] = mapped_column(Text)
+    word_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    state_before_id: Mapped[int | None] = mapped_column(BigInteger)
+    state_after_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _ts(default=True)
+    completed_at: Mapped[datetime | None] = _ts()
+
+
+class ChunkAttempt(Base):
+    __tablename__ = "chunk_attempts"
+    __table_args__ = (
+        UniqueConstraint("chunk_id", "attempt_no"),
+        CheckConstraint("kind IN ('write','extend','trim')", name="kind"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"))
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(Text)
+    llm_call_id: Mapped[int | None] = mapped_column(
+        ForeignKey("llm_calls.id", ondelete="SET NULL"), index=True
+    )
+    # What the prompt asked for: with words_added it measures how well the model follows lengths.
+    words_asked: Mapped[int] = mapped_column(Integer, server_default="0")
+    added_text: Mapped[str] = mapped_column(Text)
+    text_after: Mapped[str] = mapped_column(Text)
+    words_before: Mapped[int] = mapped_column(Integer)
+    words_added: Mapped[int] = mapped_column(Integer)
+    words_after: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _ts(default=True)
+
+
+class LlmCall(Base):
+    __tablename__ = "llm_calls"
+    __table_args__ = (
+        CheckConstraint("status IN ('ok','error')", name="status"),
+        Index("ix_llm_calls_job_id_request_key", "job_id", "request_key"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    chunk_id: Mapped[int | None] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(Text)
+    # Identifies the logical request so that a retried activity reuses a successful answer.
+    request_key: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(Text)
+    base_url: Mapped[str] = mapped_column(Text)
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    response: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(Text)
+    tokens_in: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    tokens_cached: Mapped[int | None] = mapped_column(Integer)
+    tokens_estimated: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(Text)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = _ts(nullable=False)
+    completed_at: Mapped[datetime] = _ts(nullable=False)
+
+
+class LengthCheck(Base):
+    __tablename__ = "length_checks"
+    __table_args__ = (
+        CheckConstraint("scope IN ('chunk','final')", name="scope"),
+        CheckConstraint("passed = (words >= min_words)", name="passed_means_min_met"),
+        UniqueConstraint("job_id", "scope", "chunk_id", "round", postgresql_nulls_not_distinct=True),
+        Index("ix_length_checks_chunk_id", "chunk_id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    chunk_id: Mapped[int | None] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(Text)
+    round: Mapped[int] = mapped_column(Integer)
+    words: Mapped[int] = mapped_column(Integer)
+    min_words: Mapped[int] = mapped_column(Integer)
+    target_words: Mapped[int] = mapped_column(Integer)
+    max_words: Mapped[int] = mapped_column(Integer)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = _ts(default=True)
+
+
+class StitchResult(Base):
+    __tablename__ = "stitch_results"
+    __table_args__ = (UniqueConstraint("job_id", "section_id"), Index("ix_stitch_results_section_id", "section_id"))
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    section_id: Mapped[int] = mapped_column(ForeignKey("sections.id", ondelete="CASCADE"))
+    issues: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
+    repairs: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
+    words_before: Mapped[int] = mapped_column(Integer)
+    words_after: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _ts(default=True)
+
+
+class AuditEvent(Base):
+    """Append-only (a trigger rejects UPDATE and stray DELETE); seq is per job and gap-free."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("job_id", "seq"), Index("ix_audit_events_job_kind_seq", "job_id", "kind", "seq"))
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    table_name: Mapped[str | None] = mapped_column(Text)
+    row_id: Mapped[str | None] = mapped_column(Text)
+    sql_text: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+
+class AccountEvent(Base):
+    """Account-level log: API access and deletions. Survives the deletion of the jobs it names."""
+
+    __tablename__ = "account_events"
+    __table_args__ = (Index("ix_account_events_user_ts", "user_id", "ts"),)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    ts: Mapped[datetime] = _ts(default=True)
+    kind: Mapped[str] = mapped_column(Text)
+    method: Mapped[str | None] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[int | None] = mapped_column(Integer)
+    ip: Mapped[str | None] = mapped_column(Text)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+
+# Indexes for foreign keys that no unique constraint above already leads with.
+Index("ix_documents_job_id", Document.job_id)
+Index("ix_sections_job_id", Section.job_id)
+Index("ix_chunks_section_id", Chunk.section_id)
+Index("ix_llm_calls_job_started", LlmCall.job_id, LlmCall.started_at)
+Index("ix_stitch_results_job_id", StitchResult.job_id)

@@ -1,0 +1,1 @@
+"""Quire: durable, audited long-document writing with language models."""

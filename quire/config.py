@@ -1,0 +1,101 @@
+"""Settings, read once from the environment (and an optional .env file).
+
+Every setting has an environment variable of the same name. An invalid value stops the
+process at start with a message naming the setting (see ``load_settings``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(SystemExit):
+    """Raised (and exits 2) when a setting is invalid; the message names the setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="Postgres URL; unset means the embedded server under QUIRE_HOME"
+    )
+    temporal_address: str | None = Field(
+        default=None, description="host:port of a Temporal frontend; unset means the embedded dev server"
+    )
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "quire"
+    openai_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint")
+    openai_api_key: SecretStr | None = None
+    quire_model: str = "gemma-3-270m"
+    quire_home: Path = Path(".quire")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    temporal_port: int = Field(default=7233, ge=1, le=65535)
+    temporal_ui_port: int = Field(default=8233, ge=1, le=65535)
+    llm_port: int = Field(default=8081, ge=1, le=65535)
+    quire_max_input_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    quire_llm_timeout_s: float = Field(default=300.0, gt=0)
+    quire_log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _check_temporal(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be host:port")
+        return v
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _check_base_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return v.rstrip("/")
+
+    @property
+    def home(self) -> Path:
+        return self.quire_home.expanduser().resolve()
+
+    @property
+    def uses_local_model(self) -> bool:
+        return self.openai_base_url is None and self.openai_api_key is None
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in clear in logs or audit rows."""
+        out = []
+        if self.openai_api_key is not None and self.openai_api_key.get_secret_value():
+            out.append(self.openai_api_key.get_secret_value())
+        return out
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "?"
+            lines.append(f"invalid setting {name}: {err['msg']}")
+        raise SettingsError("\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,166 @@
+"""Temporal glue: the client, Quire's search attributes and the audit interceptor.
+
+``AuditInterceptor`` subclasses both the client and the worker interceptor: passed to
+``Client.connect`` it records workflow starts, queries, signals and cancels made through the
+client (queries never reach workflow history, so the client is where they are seen), and
+workers built from that client pick it up to record every activity attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from typing import Any
+
+import structlog
+from temporalio import activity, client, worker
+from temporalio.common import SearchAttributeKey
+
+from db.session import Database, JobGone
+
+log = structlog.get_logger(__name__)
+
+HEARTBEAT_EVERY_S = 2.0
+
+SA_JOB_ID = SearchAttributeKey.for_keyword("QuireJobId")
+SA_KIND = SearchAttributeKey.for_keyword("QuireKind")
+SA_USER = SearchAttributeKey.for_keyword("QuireUser")
+SA_TARGET_WORDS = SearchAttributeKey.for_int("QuireTargetWords")
+SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = [SA_JOB_ID, SA_KIND, SA_USER, SA_TARGET_WORDS]
+
+
+def search_attribute_args() -> list[str]:
+    """`temporal server start-dev` arguments that register Quire's search attributes."""
+    types = {SA_JOB_ID: "Keyword", SA_KIND: "Keyword", SA_USER: "Keyword", SA_TARGET_WORDS: "Int"}
+    out: list[str] = []
+    for key, kind in types.items():
+        out += ["--search-attribute", f"{key.name}={kind}"]
+    return out
+
+
+def workflow_id(job_id: uuid.UUID | str) -> str:
+    return f"job-{job_id}"
+
+
+def job_id_from_workflow_id(wid: str) -> uuid.UUID | None:
+    if not wid.startswith("job-"):
+        return None
+    try:
+        return uuid.UUID(wid[4:40])
+    except ValueError:
+        return None
+
+
+async def connect(address: str, namespace: str, db: Database) -> client.Client:
+    return await client.Client.connect(address, namespace=namespace, interceptors=[AuditInterceptor(db)])
+
+
+async def record(db: Database, job_id: uuid.UUID | None, kind: str, action: str, data: dict[str, Any]) -> None:
+    """Write one audit event in its own transaction; a deleted job is not an error here."""
+    if job_id is None:
+        return
+    try:
+        async with db.job_tx(job_id) as tx:
+            tx.event(kind, action, data)
+    except JobGone:
+        log.info("audit.skipped_deleted_job", job_id=str(job_id), kind=kind, action=action)
+
+
+class AuditInterceptor(client.Interceptor, worker.Interceptor):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def intercept_client(self, next: client.OutboundInterceptor) -> client.OutboundInterceptor:
+        return _ClientAudit(next, self.db)
+
+    def intercept_activity(self, next: worker.ActivityInboundInterceptor) -> worker.ActivityInboundInterceptor:
+        return _ActivityAudit(next, self.db)
+
+
+class _ClientAudit(client.OutboundInterceptor):
+    def __init__(self, next: client.OutboundInterceptor, db: Database) -> None:
+        super().__init__(next)
+        self.db = db
+
+    async def start_workflow(self, input: client.StartWorkflowInput) -> client.WorkflowHandle[Any, Any]:
+        handle = await super().start_workflow(input)
+        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "start",
+                     {"workflow_id": input.id, "workflow": input.workflow, "task_queue": input.task_queue,
+                      "run_id": handle.result_run_id})
+        return handle
+
+    async def query_workflow(self, input: client.QueryWorkflowInput) -> Any:
+        t0 = time.perf_counter()
+        result = await super().query_workflow(input)
+        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "query",
+                     {"workflow_id": input.id, "query": input.query,
+                      "duration_ms": round((time.perf_counter() - t0) * 1000, 2)})
+        return result
+
+    async def signal_workflow(self, input: client.SignalWorkflowInput) -> None:
+        await super().signal_workflow(input)
+        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "signal",
+                     {"workflow_id": input.id, "signal": input.signal})
+
+    async def cancel_workflow(self, input: client.CancelWorkflowInput) -> None:
+        await super().cancel_workflow(input)
+        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "cancel", {"workflow_id": input.id})
+
+    async def terminate_workflow(self, input: client.TerminateWorkflowInput) -> None:
+        await super().terminate_workflow(input)
+        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "terminate",
+                     {"workflow_id": input.id, "reason": input.reason})
+
+
+class _ActivityAudit(worker.ActivityInboundInterceptor):
+    def __init__(self, next: worker.ActivityInboundInterceptor, db: Database) -> None:
+        super().__init__(next)
+        self.db = db
+
+    async def execute_activity(self, input: worker.ExecuteActivityInput) -> Any:
+        info = activity.info()
+        job_id = _job_id_of(input.args)
+        base = {"activity": info.activity_type, "activity_id": info.activity_id, "attempt": info.attempt,
+                "workflow_id": info.workflow_id, "input": _input_of(input.args)}
+        await record(self.db, job_id, "activity", "start", base)
+        t0 = time.perf_counter()
+        beat = asyncio.create_task(_heartbeat())
+        try:
+            result = await super().execute_activity(input)
+        except BaseException as exc:
+            beat.cancel()
+            await record(self.db, job_id, "activity", "error",
+                         {**base, "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
+                          "error_type": type(exc).__name__, "error": str(exc)[:2000]})
+            raise
+        beat.cancel()
+        await record(self.db, job_id, "activity", "end",
+                     {**base, "duration_ms": round((time.perf_counter() - t0) * 1000, 2), "outcome": "completed"})
+        return result
+
+
+async def _heartbeat() -> None:
+    """Heartbeat while an activity runs, so that a dead worker is noticed within the
+    heartbeat timeout instead of the (long) start-to-close timeout of a model call."""
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
+def _job_id_of(args: Any) -> uuid.UUID | None:
+    if not args:
+        return None
+    raw = getattr(args[0], "job_id", None)
+    try:
+        return uuid.UUID(str(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _input_of(args: Any) -> dict[str, Any] | None:
+    """The activity's input (ids and small numbers only), minus the job id already on the event."""
+    if not args or not dataclasses.is_dataclass(args[0]):
+        return None
+    return {k: v for k, v in dataclasses.asdict(args[0]).items() if k != "job_id"}

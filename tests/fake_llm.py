@@ -1,0 +1,195 @@
+"""A scripted OpenAI-compatible server for tests: the only test double in Quire.
+
+It answers ``POST /v1/chat/completions`` like a real endpoint, over real HTTP, so the real
+openai client, retries and recording are exercised. Tests script its behaviour:
+
+- ``ratio``: answer with this fraction (a (lo, hi) range) of the words the prompt asks for
+  ("about N words" in the last message); the default is (0.3, 0.6), a model that always
+  stops short;
+- ``delay_s``: latency added to every answer (keeps a job in flight for kill/cancel tests);
+- ``mode``: "normal" | "empty" (always empty content) | "malformed_plan" (bad JSON for plans);
+- ``faults``: a queue of one-shot faults applied to the next requests in order:
+  "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
+  "empty", "garbage".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+WORDS = (
+    "river archive lantern quiet harbor method signal patient ledger orchard granite measure "
+    "window current letter station valley thread record council engine season compass garden "
+    "bridge answer pattern meadow theory voyage circuit folio margin timber beacon canyon echo "
+    "prairie chapter figure notion kernel summit glacier vessel mirror hollow ember tide cipher"
+).split()
+
+
+@dataclass
+class FakeState:
+    ratio: tuple[float, float] = (0.3, 0.6)
+    mode: str = "normal"
+    hang_s: float = 5.0
+    delay_s: float = 0.0  # latency of every answer, to keep a job in flight
+    faults: deque[str] = field(default_factory=deque)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    counter: int = 0
+
+
+class FakeLLM:
+    def __init__(self) -> None:
+        self.state = FakeState()
+        self.lock = threading.Lock()
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        app = Starlette(routes=[
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ])
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    # -- control -----------------------------------------------------------------------------
+    def start(self) -> FakeLLM:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake LLM did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+    def reset(self, **kw: Any) -> None:
+        with self.lock:
+            self.state = FakeState(**kw)
+
+    def inject(self, *faults: str) -> None:
+        with self.lock:
+            self.state.faults.extend(faults)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.state.requests)
+
+    # -- HTTP --------------------------------------------------------------------------------
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        json_mode = (body.get("response_format") or {}).get("type") == "json_object"
+        with self.lock:
+            st = self.state
+            st.counter += 1
+            n = st.counter
+            fault = st.faults.popleft() if st.faults else None
+            if fault == "truncate" and json_mode:  # truncation is scripted for prose answers
+                st.faults.appendleft(fault)
+                fault = None
+            st.requests.append({"body": body, "fault": fault, "auth": request.headers.get("authorization")})
+            ratio, mode, hang_s, delay_s = st.ratio, st.mode, st.hang_s, st.delay_s
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        if fault == "429":
+            return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit"}}, status_code=429,
+                                headers={"retry-after": "0"})
+        if fault == "500":
+            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}},
+                                status_code=500)
+        if fault == "timeout":
+            await asyncio.sleep(hang_s)
+        messages = body.get("messages", [])
+        prompt = "\n".join(str(m.get("content", "")) for m in messages)
+        rng = random.Random(hashlib.sha256(f"{n}:{prompt}".encode()).hexdigest())
+        finish = "stop"
+        if fault == "empty" or mode == "empty":
+            content = ""
+        elif fault == "garbage":
+            content = "}{ not json <start_of_image> 1) 2) 3)"
+        elif json_mode:
+            content = self._plan(prompt, rng, malformed=(mode == "malformed_plan"))
+        else:
+            asked = _asked_words(messages)
+            lo, hi = ratio
+            want = max(1, int(asked * rng.uniform(lo, hi)))
+            content = _prose(want, rng)
+            max_tokens = body.get("max_tokens")
+            if fault == "truncate" or (max_tokens and want * 1.4 > max_tokens):
+                # Cut at the token cap like a real server: roughly 1.4 tokens per word.
+                cap = max(1, int((max_tokens or want) / 1.4)) if fault != "truncate" else max(1, want // 2)
+                content = " ".join(content.split()[:cap])
+                finish = "length"
+        tokens_in = max(1, len(prompt) // 4)
+        tokens_out = max(0, int(len(content.split()) * 1.4))
+        return JSONResponse({
+            "id": f"chatcmpl-fake-{n}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                      "total_tokens": tokens_in + tokens_out},
+        })
+
+    def _plan(self, prompt: str, rng: random.Random, malformed: bool) -> str:
+        if malformed:
+            return '{"title": "Broken", "sections": [{"title": 7, "words": "many"'
+        m = re.search(r"(\d+) sections", prompt)
+        k = int(m.group(1)) if m else 3
+        return json.dumps({
+            "title": "A Study of " + rng.choice(WORDS).title(),
+            "thesis": _prose(20, rng),
+            "sections": [{"title": f"{rng.choice(WORDS).title()} {rng.choice(WORDS)}",
+                          "summary": _prose(15, rng), "key_points": [_prose(6, rng) for _ in range(2)]}
+                         for _ in range(k)],
+            "glossary": {rng.choice(WORDS).title(): _prose(8, rng) for _ in range(3)},
+            "style": "plain, precise prose",
+        })
+
+
+def _asked_words(messages: list[dict[str, Any]]) -> int:
+    last = str(messages[-1].get("content", "")) if messages else ""
+    m = re.findall(r"about (\d+) words", last)
+    return int(m[-1]) if m else 100
+
+
+def _prose(words: int, rng: random.Random) -> str:
+    out: list[str] = []
+    paragraphs: list[str] = []
+    while len(out) < words:
+        n = min(rng.randint(8, 16), words - len(out))
+        sent = [rng.choice(WORDS) for _ in range(n)]
+        sent[0] = sent[0].title()
+        out.extend(sent)
+        paragraphs.append(" ".join(sent) + ".")
+    # Group sentences into paragraphs of about five sentences.
+    grouped = [" ".join(paragraphs[i:i + 5]) for i in range(0, len(paragraphs), 5)]
+    return "\n\n".join(grouped)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

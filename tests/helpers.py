@@ -1,0 +1,44 @@
+"""Test helpers: submit a job the way the API does and wait for its workflow to end."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from temporalio.client import Client, WorkflowFailureError
+
+from db.models import Document, Job
+from db.session import Database
+from quire import jobs
+from quire.accounts import NewUser
+
+TASK_QUEUE = "quire-test"
+
+
+async def submit(db: Database, client: Client, user: NewUser, **spec: Any) -> uuid.UUID:
+    job, _ = await jobs.submit(db, client, user_id=user.user_id, user_name=user.name,
+                               spec=jobs.JobSpec(**spec), task_queue=TASK_QUEUE, default_model="fake-model")
+    return job.id
+
+
+async def wait(client: Client, job_id: uuid.UUID) -> str:
+    """The workflow's end: 'succeeded', or the failure's message."""
+    handle = client.get_workflow_handle(f"job-{job_id}")
+    try:
+        return str(await handle.result())
+    except WorkflowFailureError as exc:
+        return f"failed: {exc.cause}"
+
+
+async def job_row(db: Database, job_id: uuid.UUID) -> Job:
+    async with db.tx() as s:
+        job = await s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+async def output(db: Database, job_id: uuid.UUID) -> Document | None:
+    async with db.tx() as s:
+        return (await s.execute(select(Document).where(Document.job_id == job_id, Document.role == "output"))
+                ).scalar_one_or_none()

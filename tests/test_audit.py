@@ -1,0 +1,168 @@
+"""SQL-level audit: same-transaction events, gap-free seqs, append-only, no secrets, deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+
+from db.models import AuditEvent, Document, Job, Section
+from db.session import Database, JobGone
+from tests.conftest import TEST_SECRET
+
+
+async def make_job(db: Database, user_id: int) -> uuid.UUID:
+    job_id = uuid.uuid4()
+    async with db.job_tx(job_id) as tx:
+        tx.session.add(Job(id=job_id, user_id=user_id, kind="generate", target_words=10, max_words=11,
+                           model="m", workflow_id=f"job-{job_id}", prompt="p"))
+    return job_id
+
+
+async def events(db: Database, job_id: uuid.UUID) -> list[AuditEvent]:
+    async with db.tx() as s:
+        return list((await s.execute(select(AuditEvent).where(AuditEvent.job_id == job_id)
+                                     .order_by(AuditEvent.seq))).scalars())
+
+
+async def test_statements_and_rows_are_recorded_with_real_sql(db, user):
+    job_id = await make_job(db, user.user_id)
+    evs = await events(db, job_id)
+    sql = [e for e in evs if e.kind == "sql"]
+    assert sql[0].sql_text.startswith("INSERT INTO jobs")
+    assert sql[0].action == "write" and sql[0].data["tables"] == ["jobs"] and sql[0].data["rowcount"] == 1
+    assert "duration_ms" in sql[0].data
+    row = next(e for e in evs if e.kind == "row")
+    assert (row.action, row.table_name, row.row_id) == ("insert", "jobs", str(job_id))
+    async with db.job_tx(job_id) as tx:
+        job = await tx.session.get(Job, job_id)
+        job.title = "New title"
+    evs = await events(db, job_id)
+    read = [e for e in evs if e.kind == "sql" and e.action == "read"]
+    assert read and read[-1].data["tables"] == ["jobs"] and read[-1].sql_text.startswith("SELECT")
+    upd = [e for e in evs if e.kind == "row" and e.action == "update"][-1]
+    assert upd.data["changes"] == {"title": {"old": None, "new": "New title"}}
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+
+
+async def test_rollback_leaves_neither_rows_nor_events(db, user):
+    job_id = await make_job(db, user.user_id)
+    before = await events(db, job_id)
+    with pytest.raises(RuntimeError):
+        async with db.job_tx(job_id) as tx:
+            tx.session.add(Section(job_id=job_id, ordinal=0, title="doomed", target_words=5))
+            await tx.session.flush()
+            tx.event("test", "before-failure", {})
+            raise RuntimeError("boom")
+    async with db.tx() as s:
+        assert (await s.execute(select(Section).where(Section.job_id == job_id))).first() is None
+        assert (await s.get(Job, job_id)).audit_seq == len(before)
+    assert len(await events(db, job_id)) == len(before)
+
+
+async def test_concurrent_writers_get_gap_free_seqs(db, user):
+    job_id = await make_job(db, user.user_id)
+
+    async def writer(i: int) -> None:
+        for j in range(10):
+            async with db.job_tx(job_id) as tx:
+                tx.session.add(Section(job_id=job_id, ordinal=i * 100 + j, title=f"s{i}-{j}", target_words=1))
+                tx.event("test", "write", {"writer": i, "n": j})
+
+    await asyncio.gather(*(writer(i) for i in range(8)))
+    seqs = [e.seq for e in await events(db, job_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(seqs) >= 8 * 10 * 3  # insert SQL + row + custom event per transaction
+    async with db.tx() as s:
+        assert (await s.get(Job, job_id)).audit_seq == len(seqs)
+
+
+async def test_audit_rows_cannot_be_updated_or_deleted_alone(db, pg_url, user):
+    job_id = await make_job(db, user.user_id)
+    with psycopg.connect(pg_url) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute("UPDATE audit_events SET kind = 'forged' WHERE job_id = %s", (job_id,))
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only with their job"):
+            conn.execute("DELETE FROM audit_events WHERE job_id = %s", (job_id,))
+        conn.rollback()
+
+
+async def test_secret_never_appears_in_audit_rows(db, user):
+    job_id = await make_job(db, user.user_id)
+    async with db.job_tx(job_id) as tx:
+        # A secret in a value, and under a secret-looking parameter name.
+        await tx.session.execute(text("SELECT :api_key AS k, :v AS v"), {"api_key": "abcd1234", "v": f"x {TEST_SECRET} y"})
+        tx.event("test", "note", {"text": f"the key is {TEST_SECRET}"})
+    async with db.tx() as s:
+        n = (await s.execute(text("SELECT count(*) FROM audit_events WHERE job_id = :j AND "
+                                  "(data::text LIKE :p OR sql_text LIKE :p OR data::text LIKE '%abcd1234%')"),
+                             {"j": job_id, "p": f"%{TEST_SECRET}%"})).scalar_one()
+        assert n == 0
+        assert (await s.execute(text("SELECT count(*) FROM audit_events WHERE job_id = :j AND "
+                                     "data::text LIKE '%[REDACTED]%'"), {"j": job_id})).scalar_one() >= 2
+
+
+async def test_secret_never_stored_anywhere(db, pg_url):
+    """After whatever jobs this session ran with the secret as the model key: no table holds it."""
+    with psycopg.connect(pg_url) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema='public' AND table_type='BASE TABLE'")]
+        for t in tables:
+            hits = conn.execute(f'SELECT count(*) FROM "{t}" x WHERE x::text LIKE %s', (f"%{TEST_SECRET}%",)).fetchone()
+            assert hits == (0,), t
+
+
+async def test_deleting_a_job_removes_what_it_owns_and_nothing_else(db, user):
+    keep = await make_job(db, user.user_id)
+    gone = await make_job(db, user.user_id)
+    for jid in (keep, gone):
+        async with db.job_tx(jid) as tx:
+            tx.session.add(Document(job_id=jid, role="input", text="a b", sha256="x", word_count=2))
+    async with db.tx() as s:
+        await s.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": gone})
+    async with db.tx() as s:
+        for table in ("audit_events", "documents"):
+            left = (await s.execute(text(f"SELECT count(*) FROM {table} WHERE job_id = :j"), {"j": gone})).scalar_one()
+            kept = (await s.execute(text(f"SELECT count(*) FROM {table} WHERE job_id = :j"), {"j": keep})).scalar_one()
+            assert left == 0 and kept > 0, table
+    with pytest.raises(JobGone):
+        async with db.job_tx(gone) as tx:
+            tx.event("test", "late", {})
+
+
+async def test_notify_carries_job_and_seq_at_commit(db, pg_url, user):
+    job_id = await make_job(db, user.user_id)
+    with psycopg.connect(pg_url, autocommit=True) as listener:
+        listener.execute("LISTEN quire_audit")
+        async with db.job_tx(job_id) as tx:
+            tx.event("test", "ping", {})
+        seq = (await events(db, job_id))[-1].seq
+        got = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert got == [f"{job_id}:{seq}"]
+
+
+async def test_chunk_chain_is_enforced_by_the_database(db, pg_url, user):
+    job_id = await make_job(db, user.user_id)
+    with psycopg.connect(pg_url) as conn:
+        sid = conn.execute("INSERT INTO sections (job_id, ordinal, title, target_words) VALUES (%s,0,'s',10) "
+                           "RETURNING id", (job_id,)).fetchone()[0]
+        s0 = conn.execute("INSERT INTO coherence_states (job_id, ordinal) VALUES (%s, 0) RETURNING id",
+                          (job_id,)).fetchone()[0]
+        s_other = conn.execute("INSERT INTO coherence_states (job_id, ordinal, parent_id) VALUES (%s, 1, %s) "
+                               "RETURNING id", (job_id, s0)).fetchone()[0]
+        with pytest.raises(psycopg.errors.CheckViolation, match="not the state left by its predecessor"):
+            conn.execute("INSERT INTO chunks (job_id, section_id, ordinal, index_in_section, target_words, min_words,"
+                         " max_words, status, state_before_id) VALUES (%s,%s,0,0,5,5,6,'writing',%s)",
+                         (job_id, sid, s_other))
+        conn.rollback()
+
+
+async def test_unknown_job_is_an_error_not_a_silent_drop(db):
+    with pytest.raises((JobGone, DBAPIError)):
+        async with db.job_tx(uuid.uuid4()) as tx:
+            tx.event("test", "orphan", {})

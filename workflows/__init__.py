@@ -1,0 +1,1 @@
+"""Deterministic workflow code: no I/O, no clocks, no randomness; ids in, ids out."""
