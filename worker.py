@@ -39,7 +39,7 @@ def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
     base_url = settings.openai_base_url or f"http://127.0.0.1:{settings.llm_port}/v1"
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     return LlmClient(db, base_url=base_url, api_key=key, model=settings.quire_model,
-                     timeout=settings.quire_llm_timeout_s)
+                     timeout=settings.quire_llm_timeout_s, prompt_style=settings.prompt_style)
 
 
 async def run(settings: Settings) -> None:

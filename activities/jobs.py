@@ -21,8 +21,8 @@ from temporalio import activity
 from activities.coherence import delta, fix_term, fold, remove_paragraph, seam_issues
 from activities.llm import LlmClient
 from activities.prompts import (
+    ChunkContext,
     chunk_messages,
-    extend_messages,
     fallback_plan,
     max_tokens_for,
     opening_and_headings,
@@ -147,7 +147,7 @@ class JobActivities:
         for attempt in (1, 2):  # once, then once more with the validation error
             res = await self.llm.complete(
                 job_id=jid, purpose="plan", request_key=f"plan:{attempt}", model=model,
-                messages=make(errors[-1] if errors else None), max_tokens=min(4096, 400 + 160 * min(n_sections, 24)),
+                messages=make(errors[-1] if errors else None), max_tokens=min(4096, 300 + 120 * min(n_sections, 24)),
                 temperature=0.4, json_mode=True)
             try:
                 plan = parse_plan(res.text)
@@ -258,8 +258,8 @@ class JobActivities:
                 section.status = "writing"
             return SectionChunks(list(ids))
 
-    async def _context(self, tx: JobTx, job: Job, chunk: Chunk, words: int) -> tuple[list[dict[str, str]], CoherenceState]:
-        """The prompt for a chunk: compressed skeleton + section plan + state before + tail."""
+    async def _context(self, tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, CoherenceState]:
+        """What a chunk is written from: skeleton, section plan, the state before, the tail."""
         section = await tx.session.get(Section, chunk.section_id)
         assert section is not None
         if chunk.ordinal == 0:
@@ -275,16 +275,19 @@ class JobActivities:
             assert state is not None
             prev_text = prev.text or ""
         sec_index = section.ordinal
+        sections = job.skeleton.get("sections", [])
+        title = section.title
         if section.is_continuation:  # top-ups continue the last planned section
-            sec_index = max(0, len(job.skeleton.get("sections", [])) - 1)
-        msgs = chunk_messages(
-            plan=job.skeleton, section_index=sec_index, section_title=section.title,
+            sec_index = max(0, len(sections) - 1)
+            title = sections[sec_index]["title"] if sections else section.title
+        ctx = ChunkContext(
+            plan=job.skeleton, section_index=sec_index, section_title=title,
             section_summary=section.summary, key_points=list(section.key_points or []),
             state_summary=state.summary, glossary=dict(state.glossary or {}),
             open_threads=list(state.open_threads or []), brief=chunk.brief, source_text=chunk.source_text,
-            previous_tail=tail_words(prev_text, 120), words=words,
+            previous_tail=tail_words(prev_text, 120),
         )
-        return msgs, state
+        return ctx, state
 
     @staticmethod
     def _status(chunk: Chunk, passed: bool = False, stalled: bool = False) -> ChunkStatus:
@@ -312,16 +315,16 @@ class JobActivities:
             model = job.model
             need = chunk.target_words if kind == "write" else max(1, chunk.target_words - words_before)
             ask = math.ceil(need / await self._compliance(tx, jid))
-            msgs, state = await self._context(tx, job, chunk, ask)
-            if kind == "extend":
-                msgs = extend_messages(msgs, current, ask)
+            ctx, state = await self._context(tx, job, chunk)
+            msgs = chunk_messages(ctx, style=self.llm.prompt_style, words=ask,
+                                  current_text=current if kind == "extend" else "")
             if chunk.status == "pending":
                 chunk.status, chunk.state_before_id = "writing", state.id
             job.current_step = f"{kind} chunk {chunk.ordinal + 1}/{job.chunks_total}"
         res = await self.llm.complete(
             job_id=jid, chunk_id=ref.chunk_id, purpose=kind, request_key=f"chunk:{ref.chunk_id}:attempt:{ref.attempt_no}",
             model=model, messages=msgs, max_tokens=max_tokens_for(max(ask, 8)))
-        added = clean_model_text(res.text)
+        added = clean_model_text(res.text, echo_of="\n".join(m["content"] for m in msgs))
         async with self.db.job_tx(jid) as tx:
             await _job(tx, jid)
             chunk = await tx.session.get(Chunk, ref.chunk_id)

@@ -66,8 +66,11 @@ class LlmClient:
         timeout: float = 300.0,
         max_retries: int = 5,
         retry_wait_cap: float = 30.0,
+        prompt_style: str = "instruct",
     ) -> None:
         self.db = db
+        # "instruct" for chat models; "document" for small base models (see activities.prompts).
+        self.prompt_style = prompt_style
         self.model = model
         self.base_url = safe_base_url(base_url)
         self.max_retries = max_retries

@@ -8,6 +8,7 @@ and real chat models follow it too.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import math
 import re
 from typing import Any
@@ -35,6 +36,31 @@ class PlanModel(BaseModel):
     sections: list[PlanSection] = Field(min_length=1, max_length=MAX_PLANNED_SECTIONS)
     glossary: dict[str, str] = Field(default_factory=dict)
     style: str = Field(default="clear, well-organised prose", max_length=1000)
+
+    @field_validator("sections", mode="before")
+    @classmethod
+    def _lenient_sections(cls, v: Any) -> Any:
+        # Small models often answer a list of titles ("1. Introduction") instead of objects.
+        if isinstance(v, list):
+            return [{"title": re.sub(r"^\s*\d+[.)]\s*", "", s).strip() or s} if isinstance(s, str) else s for s in v]
+        return v
+
+    @field_validator("glossary", mode="before")
+    @classmethod
+    def _lenient_glossary(cls, v: Any) -> Any:
+        if isinstance(v, list):  # ["term: definition", ...] or [{"term": .., "definition": ..}]
+            out: dict[str, str] = {}
+            for item in v:
+                if isinstance(item, str):
+                    k, _, d = item.partition(":")
+                    out[k.strip()] = d.strip()
+                elif isinstance(item, dict) and len(item) >= 1:
+                    vals = [str(x) for x in item.values()]
+                    out[vals[0]] = vals[1] if len(vals) > 1 else ""
+            return out
+        if isinstance(v, dict):
+            return {str(k): str(d) for k, d in v.items()}
+        return v
 
     @field_validator("glossary")
     @classmethod
@@ -124,57 +150,91 @@ def outline_line(plan: dict[str, Any], current: int) -> str:
     return "\n".join(parts)
 
 
-def chunk_messages(
-    *,
-    plan: dict[str, Any],
-    section_index: int,
-    section_title: str,
-    section_summary: str,
-    key_points: list[str],
-    state_summary: str,
-    glossary: dict[str, str],
-    open_threads: list[str],
-    brief: str,
-    source_text: str | None,
-    previous_tail: str,
-    words: int,
-) -> list[dict[str, str]]:
-    gl = "; ".join(f"{k}: {v}" for k, v in list(glossary.items())[:20])
-    ctx = [
+@dataclass
+class ChunkContext:
+    """What a chunk is written from: compressed skeleton, section plan, coherence state, tail."""
+
+    plan: dict[str, Any]
+    section_index: int
+    section_title: str
+    section_summary: str
+    key_points: list[str]
+    state_summary: str
+    glossary: dict[str, str]
+    open_threads: list[str]
+    brief: str
+    source_text: str | None
+    previous_tail: str
+
+
+def chunk_messages(ctx: ChunkContext, *, style: str, words: int, current_text: str = "") -> list[dict[str, str]]:
+    """Messages for writing (``current_text`` empty) or extending a chunk.
+
+    ``instruct`` suits chat models: the context as labelled notes, then the ask. ``document``
+    suits small base models, which echo labelled notes back: the prompt is the document itself
+    (title, the running summary as its opening, key terms, the section heading, the text so
+    far) followed by a one-line request in brackets.
+    """
+    if style == "document":
+        return _document_messages(ctx, words, current_text)
+    return _instruct_messages(ctx, words, current_text)
+
+
+def _instruct_messages(ctx: ChunkContext, words: int, current_text: str) -> list[dict[str, str]]:
+    plan = ctx.plan
+    gl = "; ".join(f"{k}: {v}" for k, v in list(ctx.glossary.items())[:20])
+    notes = [
         f"Document: {plan.get('title', '')}",
         f"Thesis: {plan.get('thesis', '')}" if plan.get("thesis") else "",
         f"Style: {plan.get('style', '')}" if plan.get("style") else "",
-        f"Outline:\n{outline_line(plan, section_index)}",
-        f"Current section: {section_title}. {section_summary}",
-        ("Key points: " + "; ".join(key_points[:8])) if key_points else "",
-        f"Summary of what is written so far: {state_summary}" if state_summary else "",
+        f"Outline:\n{outline_line(plan, ctx.section_index)}",
+        f"Current section: {ctx.section_title}. {ctx.section_summary}",
+        ("Key points: " + "; ".join(ctx.key_points[:8])) if ctx.key_points else "",
+        f"Summary of what is written so far: {ctx.state_summary}" if ctx.state_summary else "",
         f"Glossary (use these terms consistently): {gl}" if gl else "",
-        ("Open threads to pick up: " + "; ".join(open_threads[:6])) if open_threads else "",
-        f"This passage: {brief}" if brief else "",
+        ("Open threads to pick up: " + "; ".join(ctx.open_threads[:6])) if ctx.open_threads else "",
+        f"This passage: {ctx.brief}" if ctx.brief else "",
     ]
-    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(c for c in ctx if c)}]
-    if source_text:
-        ask = (f"Rewrite the following source passage as the next part of the document, in about {words} words, "
-               f"keeping its meaning and facts:\n\n{source_text}\n\n")
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(n for n in notes if n)}]
+    if current_text:  # extend: continue the passage, never restart it
+        ask = (f"The passage so far ends with:\n\"…{tail_words(current_text, 250)}\"\n\n"
+               f"Continue this passage from exactly where it stops, without repeating anything, "
+               f"with about {words} more words.")
     else:
         ask = ""
-    if previous_tail:
-        ask += f"The document so far ends with:\n\"…{previous_tail}\"\n\n"
-    ask += f"Continue the document with the next passage of about {words} words."
+        if ctx.source_text:
+            ask = (f"Rewrite the following source passage as the next part of the document, in about {words} "
+                   f"words, keeping its meaning and facts:\n\n{ctx.source_text}\n\n")
+        if ctx.previous_tail:
+            ask += f"The document so far ends with:\n\"…{ctx.previous_tail}\"\n\n"
+        ask += f"Continue the document with the next passage of about {words} words."
     msgs.append({"role": "user", "content": ask})
     return msgs
 
 
-def extend_messages(base: list[dict[str, str]], current_text: str, more_words: int) -> list[dict[str, str]]:
-    """Continue a passage from where it stops: never a restart."""
-    tail = tail_words(current_text, 250)
-    msgs = [m for m in base[:-1]]
-    msgs.append({"role": "user", "content": (
-        f"The passage so far ends with:\n\"…{tail}\"\n\n"
-        f"Continue this passage from exactly where it stops, without repeating anything, "
-        f"with about {more_words} more words."
-    )})
-    return msgs
+def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list[dict[str, str]]:
+    plan = ctx.plan
+    parts = [f"# {plan.get('title', '')}"]
+    opening = " ".join((ctx.state_summary or plan.get("thesis", "")).split()[:80])
+    if opening:
+        parts.append(opening)
+    terms = [t for t in list(ctx.glossary)[:8]]
+    if terms:
+        parts.append("Key terms: " + ", ".join(terms) + ".")
+    parts.append(f"## {ctx.section_title}")
+    if ctx.source_text and not current_text:
+        body = ctx.previous_tail
+        ask = (f"(Rewrite this source passage for the section above in your own words, about {words} words: "
+               f"{ctx.source_text})")
+    elif current_text:
+        body = tail_words(current_text, 250)
+        ask = f"(Continue this text from where it stops, with about {words} more words.)"
+    else:
+        body = ctx.previous_tail
+        ask = f"(Continue this text from where it stops, with about {words} words.)"
+    if body:
+        parts.append(body)
+    return [{"role": "user", "content": "\n\n".join(parts) + "\n\n" + ask}]
 
 
 def max_tokens_for(words: int, cap: int = 4096) -> int:
@@ -187,7 +247,3 @@ def opening_and_headings(text: str, words: int = 1200) -> tuple[str, list[str]]:
     opening = " ".join(toks[:words])
     headings = [h.strip("# ").strip() for h in re.findall(r"^#{1,3} .+$", text, re.M)]
     return opening, headings
-
-
-def words_of(text: str) -> int:
-    return count_words(text)

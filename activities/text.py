@@ -83,14 +83,31 @@ def _sentence_groups(para: str, part_words: int) -> Iterator[str]:
 
 
 _SPECIAL_TOKEN = re.compile(r"<(?:start|end)_of_\w+>|<\|[^|>]{1,40}\|>|</?s>|<pad>|<unk>|<eos>|<bos>")
+_HTML_HEADING = re.compile(r"<h[1-6][^>]*>.*?</h[1-6]>", re.I | re.S)
+_HTML_TAG = re.compile(r"</?(?:p|br|div|span|b|i|em|strong|ul|ol|li|h[1-6])\b[^>]*>", re.I)
 _LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)\s*){3,}")
 _LONE_MARKERS = re.compile(r"^\s*(?:[-*#>]+|\d+[.)])\s*$", re.M)
 
 
-def clean_model_text(text: str) -> str:
-    """Strip chat/special tokens and list junk that small models emit; keep the prose."""
+def clean_model_text(text: str, echo_of: str = "") -> str:
+    """Keep the prose a model wrote, without what small models add around it.
+
+    Strips special tokens and list junk, markdown headings of level 1-2 (Quire writes the
+    document's headings itself), and lines that echo the prompt back (``echo_of``).
+    """
     text = _SPECIAL_TOKEN.sub("", text)
+    text = _HTML_HEADING.sub("", text)
+    text = _HTML_TAG.sub("", text)
     text = _LIST_JUNK.sub("", text)
+    echoed = {normalize_paragraph(ln) for ln in echo_of.splitlines() if len(ln.split()) >= 3}
+    kept = []
+    for line in text.splitlines():
+        if re.match(r"^\s*#{1,2}\s", line):
+            continue
+        if echoed and len(line.split()) >= 3 and normalize_paragraph(line) in echoed:
+            continue
+        kept.append(line)
+    text = "\n".join(kept)
     text = _LONE_MARKERS.sub("", text)
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     quire_max_input_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
     quire_llm_timeout_s: float = Field(default=300.0, gt=0)
     quire_log_level: str = "info"
+    quire_prompt_style: Literal["auto", "instruct", "document"] = Field(
+        default="auto", description="auto: 'document' for the local base model, 'instruct' otherwise"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -76,6 +80,12 @@ class Settings(BaseSettings):
     @property
     def uses_local_model(self) -> bool:
         return self.openai_base_url is None and self.openai_api_key is None
+
+    @property
+    def prompt_style(self) -> str:
+        if self.quire_prompt_style != "auto":
+            return self.quire_prompt_style
+        return "document" if self.uses_local_model else "instruct"
 
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""

@@ -171,7 +171,7 @@ class FakeLLM:
 
 def _asked_words(messages: list[dict[str, Any]]) -> int:
     last = str(messages[-1].get("content", "")) if messages else ""
-    m = re.findall(r"about (\d+) words", last)
+    m = re.findall(r"about (\d+) (?:more )?words", last)
     return int(m[-1]) if m else 100
 
 
