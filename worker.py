@@ -38,8 +38,14 @@ def build_worker(client: Client, acts: JobActivities, task_queue: str) -> Worker
 def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
     base_url = settings.openai_base_url or f"http://127.0.0.1:{settings.llm_port}/v1"
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    return LlmClient(db, base_url=base_url, api_key=key, model=settings.quire_model,
-                     timeout=settings.quire_llm_timeout_s, prompt_style=settings.prompt_style)
+    return LlmClient(
+        db,
+        base_url=base_url,
+        api_key=key,
+        model=settings.quire_model,
+        timeout=settings.quire_llm_timeout_s,
+        prompt_style=settings.prompt_style,
+    )
 
 
 async def run(settings: Settings) -> None:
@@ -54,8 +60,9 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
-        log.info("worker started", task_queue=settings.temporal_task_queue, model=settings.quire_model,
-                 llm=llm.base_url)
+        log.info(
+            "worker started", task_queue=settings.temporal_task_queue, model=settings.quire_model, llm=llm.base_url
+        )
         await stop.wait()
     await llm.close()
     await db.dispose()

@@ -17,6 +17,32 @@ SUMMARY_WORDS = 220
 _SENT = re.compile(r"(?<=[.!?])\s+")
 _TERM = re.compile(r"\b([A-Z][a-z]{2,}(?:\s+[A-Z][a-z]{2,}){1,3})\b")
 _THREAD = re.compile(r"\b(will|later|next|remains? to be|open question|unresolved|we return)\b", re.I)
+_LEADING = {
+    "The",
+    "This",
+    "That",
+    "These",
+    "Those",
+    "Our",
+    "Their",
+    "Its",
+    "His",
+    "Her",
+    "When",
+    "While",
+    "Then",
+    "And",
+    "But",
+    "For",
+    "With",
+    "From",
+    "After",
+    "Before",
+    "Each",
+    "Every",
+    "Some",
+    "Many",
+}
 _REF = re.compile(r"\b(?:Section|Chapter|Part)\s+(\d{1,4})\b")
 
 
@@ -31,6 +57,11 @@ def delta(text: str, glossary: dict[str, str]) -> dict[str, Any]:
     known = {k.lower() for k in glossary}
     counts: dict[str, int] = {}
     for t in _TERM.findall(text):
+        first, _, rest = t.partition(" ")
+        if first in _LEADING and " " in rest:
+            t = rest
+        elif first in _LEADING:
+            continue
         if t.lower() not in known:
             counts[t] = counts.get(t, 0) + 1
     new_terms = [t for t, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c >= 2][:5]
@@ -38,8 +69,9 @@ def delta(text: str, glossary: dict[str, str]) -> dict[str, Any]:
     return {"summary": summary, "new_terms": new_terms, "open_threads": threads, "words": count_words(text)}
 
 
-def fold(prev_summary: str, prev_glossary: dict[str, str], prev_threads: list[str], d: dict[str, Any],
-         context_of: str) -> tuple[str, dict[str, str], list[str]]:
+def fold(
+    prev_summary: str, prev_glossary: dict[str, str], prev_threads: list[str], d: dict[str, Any], context_of: str
+) -> tuple[str, dict[str, str], list[str]]:
     """The next coherence state from the previous one and a chunk's delta (bounded in size)."""
     summary = (prev_summary + " " + d["summary"]).strip()
     words = summary.split()
@@ -53,8 +85,9 @@ def fold(prev_summary: str, prev_glossary: dict[str, str], prev_threads: list[st
     return summary, glossary, threads
 
 
-def seam_issues(chunks: list[tuple[int, str]], glossary: dict[str, str], sections_total: int,
-                seen_paragraphs: set[str]) -> list[dict[str, Any]]:
+def seam_issues(
+    chunks: list[tuple[int, str]], glossary: dict[str, str], sections_total: int, seen_paragraphs: set[str]
+) -> list[dict[str, Any]]:
     """Issues across the given (ordinal, text) chunks, in order.
 
     ``seen_paragraphs`` holds normalised paragraphs of earlier chunks (it is extended in place).

@@ -131,16 +131,26 @@ class LlmClient:
         async with self.db.job_tx(job_id) as tx:
             row = (
                 await tx.session.execute(
-                    select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.request_key == request_key,
-                                          LlmCall.status == "ok").order_by(LlmCall.id.desc()).limit(1)
+                    select(LlmCall)
+                    .where(LlmCall.job_id == job_id, LlmCall.request_key == request_key, LlmCall.status == "ok")
+                    .order_by(LlmCall.id.desc())
+                    .limit(1)
                 )
             ).scalar_one_or_none()
             if row is None:
                 return None
-            tx.event("llm", "reuse", {"llm_call_id": row.id, "request_key": request_key,
-                                      "reason": "answer stored by an earlier attempt of this activity"})
-            return LlmResult(row.id, row.response or "", row.finish_reason, row.tokens_in or 0,
-                             row.tokens_out or 0, reused=True)
+            tx.event(
+                "llm",
+                "reuse",
+                {
+                    "llm_call_id": row.id,
+                    "request_key": request_key,
+                    "reason": "answer stored by an earlier attempt of this activity",
+                },
+            )
+            return LlmResult(
+                row.id, row.response or "", row.finish_reason, row.tokens_in or 0, row.tokens_out or 0, reused=True
+            )
 
     async def _attempt(
         self,
@@ -187,35 +197,74 @@ class LlmClient:
         async with self.db.job_tx(job_id) as tx:
             attempt_no = (
                 await tx.session.execute(
-                    select(func.count()).select_from(LlmCall).where(
-                        LlmCall.job_id == job_id, LlmCall.request_key == request_key)
+                    select(func.count())
+                    .select_from(LlmCall)
+                    .where(LlmCall.job_id == job_id, LlmCall.request_key == request_key)
                 )
             ).scalar_one() + 1
             row = LlmCall(
-                job_id=job_id, chunk_id=chunk_id, purpose=purpose, request_key=request_key, attempt=attempt_no,
-                model=model, base_url=self.base_url, messages=messages, params=params, response=text,
-                finish_reason=finish, tokens_in=tokens_in, tokens_out=tokens_out, tokens_cached=cached,
-                tokens_estimated=estimated, latency_ms=latency_ms, ttft_ms=None, status=status,
-                http_status=http_status, error=err_text, started_at=started, completed_at=dt.datetime.now(dt.UTC),
+                job_id=job_id,
+                chunk_id=chunk_id,
+                purpose=purpose,
+                request_key=request_key,
+                attempt=attempt_no,
+                model=model,
+                base_url=self.base_url,
+                messages=messages,
+                params=params,
+                response=text,
+                finish_reason=finish,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                tokens_cached=cached,
+                tokens_estimated=estimated,
+                latency_ms=latency_ms,
+                ttft_ms=None,
+                status=status,
+                http_status=http_status,
+                error=err_text,
+                started_at=started,
+                completed_at=dt.datetime.now(dt.UTC),
             )
             tx.session.add(row)
             await tx.session.flush()
             last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-            tx.event("llm", "call" if status == "ok" else "error", {
-                "llm_call_id": row.id, "purpose": purpose, "model": model, "attempt": attempt_no,
-                "status": status, "http_status": http_status, "error": err_text, "finish_reason": finish,
-                "tokens_in": tokens_in, "tokens_out": tokens_out, "tokens_cached": cached,
-                "tokens_estimated": estimated, "latency_ms": round(latency_ms, 1),
-                "prompt_summary": shorten(" ".join(last_user.split()), 300),
-                "prompt_chars": sum(len(m.get("content", "")) for m in messages),
-                "response_summary": shorten(" ".join((text or "").split()), 300),
-                "response_words": count_words(text or ""),
-            })
+            tx.event(
+                "llm",
+                "call" if status == "ok" else "error",
+                {
+                    "llm_call_id": row.id,
+                    "purpose": purpose,
+                    "model": model,
+                    "attempt": attempt_no,
+                    "status": status,
+                    "http_status": http_status,
+                    "error": err_text,
+                    "finish_reason": finish,
+                    "tokens_in": tokens_in,
+                    "tokens_out": tokens_out,
+                    "tokens_cached": cached,
+                    "tokens_estimated": estimated,
+                    "latency_ms": round(latency_ms, 1),
+                    "prompt_summary": shorten(" ".join(last_user.split()), 300),
+                    "prompt_chars": sum(len(m.get("content", "")) for m in messages),
+                    "response_summary": shorten(" ".join((text or "").split()), 300),
+                    "response_words": count_words(text or ""),
+                },
+            )
             if error is not None:
                 tx.event("error", "llm", {"llm_call_id": row.id, "purpose": purpose, "error": err_text})
             call_id = row.id
-        log.info("llm.call", job_id=str(job_id), purpose=purpose, status=status, ms=round(latency_ms),
-                 tokens_in=tokens_in, tokens_out=tokens_out, finish=finish)
+        log.info(
+            "llm.call",
+            job_id=str(job_id),
+            purpose=purpose,
+            status=status,
+            ms=round(latency_ms),
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            finish=finish,
+        )
         if error is not None:
             raise error
         return LlmResult(call_id, text or "", finish, tokens_in or 0, tokens_out or 0)

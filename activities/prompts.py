@@ -8,14 +8,14 @@ and real chat models follow it too.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from activities.text import count_words, tail_words
+from activities.text import tail_words
 
 MAX_PLANNED_SECTIONS = 24
 SYSTEM = (
@@ -81,11 +81,18 @@ def plan_messages(brief: str, target_words: int, sections: int, error: str | Non
         f"{want} sections objects, each with title, summary and key_points, a list of strings), glossary "
         f"(an object mapping key terms to one-line definitions) and style (string)."
     )
-    msgs = [{"role": "system", "content": "You plan documents. You answer with JSON only."},
-            {"role": "user", "content": user}]
+    msgs = [
+        {"role": "system", "content": "You plan documents. You answer with JSON only."},
+        {"role": "user", "content": user},
+    ]
     if error:
-        msgs.append({"role": "user", "content": f"Your previous answer was not valid: {error[:500]}. "
-                                                "Answer again with the JSON object only."})
+        msgs.append(
+            {
+                "role": "user",
+                "content": f"Your previous answer was not valid: {error[:500]}. "
+                "Answer again with the JSON object only.",
+            }
+        )
     return msgs
 
 
@@ -109,19 +116,38 @@ def fallback_plan(brief: str, sections: int, title: str | None = None) -> PlanMo
     """A deterministic skeleton, used when the model cannot produce a valid plan."""
     words = [w for w in re.findall(r"[\w'-]+", brief) if len(w) > 3][:8]
     topic = " ".join(words[:6]) or "the subject"
-    aspects = ["Background", "Core ideas", "How it works", "Evidence and examples", "Difficulties",
-               "Consequences", "Practice", "Outlook"]
+    aspects = [
+        "Background",
+        "Core ideas",
+        "How it works",
+        "Evidence and examples",
+        "Difficulties",
+        "Consequences",
+        "Practice",
+        "Outlook",
+    ]
     secs = []
     for i in range(min(sections, MAX_PLANNED_SECTIONS)):
         aspect = aspects[i % len(aspects)]
-        secs.append(PlanSection(title=f"{aspect}" + (f" ({i // len(aspects) + 1})" if i >= len(aspects) else ""),
-                                summary=f"{aspect} of {topic}.", key_points=[]))
-    return PlanModel(title=title or (brief.strip().split("\n")[0][:120] or "Untitled"),
-                     thesis=brief.strip()[:1000], sections=secs, glossary={}, style="clear, well-organised prose")
+        secs.append(
+            PlanSection(
+                title=f"{aspect}" + (f" ({i // len(aspects) + 1})" if i >= len(aspects) else ""),
+                summary=f"{aspect} of {topic}.",
+                key_points=[],
+            )
+        )
+    return PlanModel(
+        title=title or (brief.strip().split("\n")[0][:120] or "Untitled"),
+        thesis=brief.strip()[:1000],
+        sections=secs,
+        glossary={},
+        style="clear, well-organised prose",
+    )
 
 
-def rewrite_plan_messages(opening: str, headings: list[str], target_words: int, input_words: int,
-                          error: str | None = None) -> list[dict[str, str]]:
+def rewrite_plan_messages(
+    opening: str, headings: list[str], target_words: int, input_words: int, error: str | None = None
+) -> list[dict[str, str]]:
     mode = "condensed" if target_words < input_words else "expanded"
     user = (
         f"Here is the opening of a {input_words}-word document that will be rewritten and {mode} to "
@@ -131,11 +157,18 @@ def rewrite_plan_messages(opening: str, headings: list[str], target_words: int, 
         "sections (a list of objects with title, summary, key_points), glossary (key terms to one-line "
         "definitions) and style (how it is written)."
     )
-    msgs = [{"role": "system", "content": "You analyse documents. You answer with JSON only."},
-            {"role": "user", "content": user}]
+    msgs = [
+        {"role": "system", "content": "You analyse documents. You answer with JSON only."},
+        {"role": "user", "content": user},
+    ]
     if error:
-        msgs.append({"role": "user", "content": f"Your previous answer was not valid: {error[:500]}. "
-                                                "Answer again with the JSON object only."})
+        msgs.append(
+            {
+                "role": "user",
+                "content": f"Your previous answer was not valid: {error[:500]}. "
+                "Answer again with the JSON object only.",
+            }
+        )
     return msgs
 
 
@@ -146,7 +179,7 @@ def outline_line(plan: dict[str, Any], current: int) -> str:
         parts.append(f"{i + 1}. {s.get('title', '')}{mark}")
     if len(parts) > 30:  # compress: the neighbourhood of the current section only
         lo = max(0, current - 5)
-        parts = parts[lo:current + 6]
+        parts = parts[lo : current + 6]
     return "\n".join(parts)
 
 
@@ -197,16 +230,20 @@ def _instruct_messages(ctx: ChunkContext, words: int, current_text: str) -> list
     ]
     msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(n for n in notes if n)}]
     if current_text:  # extend: continue the passage, never restart it
-        ask = (f"The passage so far ends with:\n\"…{tail_words(current_text, 250)}\"\n\n"
-               f"Continue this passage from exactly where it stops, without repeating anything, "
-               f"with about {words} more words.")
+        ask = (
+            f'The passage so far ends with:\n"…{tail_words(current_text, 250)}"\n\n'
+            f"Continue this passage from exactly where it stops, without repeating anything, "
+            f"with about {words} more words."
+        )
     else:
         ask = ""
         if ctx.source_text:
-            ask = (f"Rewrite the following source passage as the next part of the document, in about {words} "
-                   f"words, keeping its meaning and facts:\n\n{ctx.source_text}\n\n")
+            ask = (
+                f"Rewrite the following source passage as the next part of the document, in about {words} "
+                f"words, keeping its meaning and facts:\n\n{ctx.source_text}\n\n"
+            )
         if ctx.previous_tail:
-            ask += f"The document so far ends with:\n\"…{ctx.previous_tail}\"\n\n"
+            ask += f'The document so far ends with:\n"…{ctx.previous_tail}"\n\n'
         ask += f"Continue the document with the next passage of about {words} words."
     msgs.append({"role": "user", "content": ask})
     return msgs
@@ -224,8 +261,10 @@ def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list
     parts.append(f"## {ctx.section_title}")
     if ctx.source_text and not current_text:
         body = ctx.previous_tail
-        ask = (f"(Rewrite this source passage for the section above in your own words, about {words} words: "
-               f"{ctx.source_text})")
+        ask = (
+            f"(Rewrite this source passage for the section above in your own words, about {words} words: "
+            f"{ctx.source_text})"
+        )
     elif current_text:
         body = tail_words(current_text, 250)
         ask = f"(Continue this text from where it stops, with about {words} more words.)"

@@ -69,7 +69,13 @@ def split_parts(text: str, part_words: int) -> list[str]:
 
 
 def _sentence_groups(para: str, part_words: int) -> Iterator[str]:
-    sentences = re.split(r"(?<=[.!?])\s+", para)
+    sentences: list[str] = []
+    for s in re.split(r"(?<=[.!?])\s+", para):
+        toks = s.split()
+        if len(toks) > 2 * part_words:  # no sentence ends to split at: split on words
+            sentences.extend(" ".join(toks[i : i + part_words]) for i in range(0, len(toks), part_words))
+        else:
+            sentences.append(s)
     cur: list[str] = []
     n = 0
     for s in sentences:

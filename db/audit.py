@@ -142,8 +142,13 @@ class AuditBuffer:
         self.add(
             "sql",
             access,
-            {"tables": tables, "params": params, "rowcount": rowcount, "duration_ms": round(ms, 3),
-             "executemany": executemany},
+            {
+                "tables": tables,
+                "params": params,
+                "rowcount": rowcount,
+                "duration_ms": round(ms, 3),
+                "executemany": executemany,
+            },
             table_name=tables[0] if tables else None,
             sql_text=self.redactor.text(statement),
         )
@@ -219,7 +224,6 @@ def _row_events(session: Session, flush_context: Any) -> None:
                 if old != new:
                     changes[attr.key] = {"old": old, "new": new}
         if changes:
-            buf.add("row", "update", {"changes": changes}, table_name=state.mapper.local_table.name,
-                    row_id=_pk(obj))
+            buf.add("row", "update", {"changes": changes}, table_name=state.mapper.local_table.name, row_id=_pk(obj))
     for obj in session.deleted:
         buf.add("row", "delete", {}, table_name=inspect(obj).mapper.local_table.name, row_id=_pk(obj))

@@ -98,11 +98,10 @@ class Job(Base):
             "(status IN ('succeeded','failed','cancelled')) = (completed_at IS NOT NULL)",
             name="completed_iff_terminal",
         ),
+        CheckConstraint("error_code IS NULL OR " + _in("error_code", ERROR_CODES), name="error_code"),
         CheckConstraint(
-            "error_code IS NULL OR " + _in("error_code", ERROR_CODES), name="error_code"
+            "status <> 'failed' OR (error_code IS NOT NULL AND failure_reason IS NOT NULL)", name="failed_has_reason"
         ),
-        CheckConstraint("status <> 'failed' OR (error_code IS NOT NULL AND failure_reason IS NOT NULL)",
-                        name="failed_has_reason"),
         CheckConstraint("audit_seq >= 0", name="audit_seq"),
         UniqueConstraint("user_id", "idempotency_key"),
         Index("ix_jobs_user_created", "user_id", "created_at", "id"),
@@ -237,9 +236,7 @@ class ChunkAttempt(Base):
     chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"))
     attempt_no: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(Text)
-    llm_call_id: Mapped[int | None] = mapped_column(
-        ForeignKey("llm_calls.id", ondelete="SET NULL"), index=True
-    )
+    llm_call_id: Mapped[int | None] = mapped_column(ForeignKey("llm_calls.id", ondelete="SET NULL"), index=True)
     # What the prompt asked for: with words_added it measures how well the model follows lengths.
     words_asked: Mapped[int] = mapped_column(Integer, server_default="0")
     added_text: Mapped[str] = mapped_column(Text)

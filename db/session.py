@@ -23,13 +23,13 @@ from db.models import AuditEvent
 def async_url(url: str) -> str:
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     raise ValueError(f"not a PostgreSQL URL: {url!r}")
 
 
 def plain_url(url: str) -> str:
     """The libpq form of a URL (for psycopg connections made without SQLAlchemy)."""
-    return "postgresql://" + async_url(url)[len("postgresql+psycopg://"):]
+    return "postgresql://" + async_url(url)[len("postgresql+psycopg://") :]
 
 
 class JobGone(Exception):

@@ -63,9 +63,9 @@ async def user_for_key(db: Database, key: str) -> User | None:
     async with db.tx() as s:
         row = (
             await s.execute(
-                select(User).join(ApiKey, ApiKey.user_id == User.id).where(
-                    ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
-                )
+                select(User)
+                .join(ApiKey, ApiKey.user_id == User.id)
+                .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
             )
         ).scalar_one_or_none()
         return row

@@ -92,24 +92,47 @@ async def submit(
     try:
         async with db.job_tx(job_id) as tx:
             job = Job(
-                id=job_id, user_id=user_id, kind=spec.kind, status="queued", title=spec.title,
-                prompt=spec.prompt, target_words=spec.target_words, max_words=spec.max_words,
-                model=spec.model or default_model, params=spec.options.model_dump(),
-                idempotency_key=idempotency_key, workflow_id=workflow_id(job_id),
+                id=job_id,
+                user_id=user_id,
+                kind=spec.kind,
+                status="queued",
+                title=spec.title,
+                prompt=spec.prompt,
+                target_words=spec.target_words,
+                max_words=spec.max_words,
+                model=spec.model or default_model,
+                params=spec.options.model_dump(),
+                idempotency_key=idempotency_key,
+                workflow_id=workflow_id(job_id),
             )
             tx.session.add(job)
             await tx.session.flush()
             if spec.kind == "rewrite":
                 assert spec.input_text is not None
-                tx.session.add(Document(
-                    job_id=job_id, role="input", version=1, filename=filename, text=spec.input_text,
-                    sha256=sha256(spec.input_text), word_count=count_words(spec.input_text),
-                ))
-            tx.event("job", "created", {
-                "kind": spec.kind, "target_words": spec.target_words, "max_words": spec.max_words,
-                "model": job.model, "options": spec.options.model_dump(), "user": user_name,
-                "input_words": count_words(spec.input_text or ""),
-            })
+                tx.session.add(
+                    Document(
+                        job_id=job_id,
+                        role="input",
+                        version=1,
+                        filename=filename,
+                        text=spec.input_text,
+                        sha256=sha256(spec.input_text),
+                        word_count=count_words(spec.input_text),
+                    )
+                )
+            tx.event(
+                "job",
+                "created",
+                {
+                    "kind": spec.kind,
+                    "target_words": spec.target_words,
+                    "max_words": spec.max_words,
+                    "model": job.model,
+                    "options": spec.options.model_dump(),
+                    "user": user_name,
+                    "input_words": count_words(spec.input_text or ""),
+                },
+            )
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.
         if idempotency_key:
@@ -131,12 +154,14 @@ async def start_workflow(client: Client, job: Job, user_name: str, task_queue: s
             id=job.workflow_id,
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(SA_JOB_ID, str(job.id)),
-                SearchAttributePair(SA_KIND, job.kind),
-                SearchAttributePair(SA_USER, user_name),
-                SearchAttributePair(SA_TARGET_WORDS, job.target_words),
-            ]),
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SA_JOB_ID, str(job.id)),
+                    SearchAttributePair(SA_KIND, job.kind),
+                    SearchAttributePair(SA_USER, user_name),
+                    SearchAttributePair(SA_TARGET_WORDS, job.target_words),
+                ]
+            ),
             static_summary=f"{job.kind} {job.target_words} words: {(job.title or job.prompt or '')[:80]}",
         )
     except WorkflowAlreadyStartedError:

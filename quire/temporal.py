@@ -86,23 +86,41 @@ class _ClientAudit(client.OutboundInterceptor):
 
     async def start_workflow(self, input: client.StartWorkflowInput) -> client.WorkflowHandle[Any, Any]:
         handle = await super().start_workflow(input)
-        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "start",
-                     {"workflow_id": input.id, "workflow": input.workflow, "task_queue": input.task_queue,
-                      "run_id": handle.result_run_id})
+        await record(
+            self.db,
+            job_id_from_workflow_id(input.id),
+            "workflow",
+            "start",
+            {
+                "workflow_id": input.id,
+                "workflow": input.workflow,
+                "task_queue": input.task_queue,
+                "run_id": handle.result_run_id,
+            },
+        )
         return handle
 
     async def query_workflow(self, input: client.QueryWorkflowInput) -> Any:
         t0 = time.perf_counter()
         result = await super().query_workflow(input)
-        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "query",
-                     {"workflow_id": input.id, "query": input.query,
-                      "duration_ms": round((time.perf_counter() - t0) * 1000, 2)})
+        await record(
+            self.db,
+            job_id_from_workflow_id(input.id),
+            "workflow",
+            "query",
+            {"workflow_id": input.id, "query": input.query, "duration_ms": round((time.perf_counter() - t0) * 1000, 2)},
+        )
         return result
 
     async def signal_workflow(self, input: client.SignalWorkflowInput) -> None:
         await super().signal_workflow(input)
-        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "signal",
-                     {"workflow_id": input.id, "signal": input.signal})
+        await record(
+            self.db,
+            job_id_from_workflow_id(input.id),
+            "workflow",
+            "signal",
+            {"workflow_id": input.id, "signal": input.signal},
+        )
 
     async def cancel_workflow(self, input: client.CancelWorkflowInput) -> None:
         await super().cancel_workflow(input)
@@ -110,8 +128,13 @@ class _ClientAudit(client.OutboundInterceptor):
 
     async def terminate_workflow(self, input: client.TerminateWorkflowInput) -> None:
         await super().terminate_workflow(input)
-        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "terminate",
-                     {"workflow_id": input.id, "reason": input.reason})
+        await record(
+            self.db,
+            job_id_from_workflow_id(input.id),
+            "workflow",
+            "terminate",
+            {"workflow_id": input.id, "reason": input.reason},
+        )
 
 
 class _ActivityAudit(worker.ActivityInboundInterceptor):
@@ -122,8 +145,13 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
     async def execute_activity(self, input: worker.ExecuteActivityInput) -> Any:
         info = activity.info()
         job_id = _job_id_of(input.args)
-        base = {"activity": info.activity_type, "activity_id": info.activity_id, "attempt": info.attempt,
-                "workflow_id": info.workflow_id, "input": _input_of(input.args)}
+        base = {
+            "activity": info.activity_type,
+            "activity_id": info.activity_id,
+            "attempt": info.attempt,
+            "workflow_id": info.workflow_id,
+            "input": _input_of(input.args),
+        }
         await record(self.db, job_id, "activity", "start", base)
         t0 = time.perf_counter()
         beat = asyncio.create_task(_heartbeat())
@@ -131,13 +159,27 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             result = await super().execute_activity(input)
         except BaseException as exc:
             beat.cancel()
-            await record(self.db, job_id, "activity", "error",
-                         {**base, "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
-                          "error_type": type(exc).__name__, "error": str(exc)[:2000]})
+            await record(
+                self.db,
+                job_id,
+                "activity",
+                "error",
+                {
+                    **base,
+                    "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
+                    "error_type": type(exc).__name__,
+                    "error": str(exc)[:2000],
+                },
+            )
             raise
         beat.cancel()
-        await record(self.db, job_id, "activity", "end",
-                     {**base, "duration_ms": round((time.perf_counter() - t0) * 1000, 2), "outcome": "completed"})
+        await record(
+            self.db,
+            job_id,
+            "activity",
+            "end",
+            {**base, "duration_ms": round((time.perf_counter() - t0) * 1000, 2), "outcome": "completed"},
+        )
         return result
 
 

@@ -89,7 +89,8 @@ def fake(fake_llm: FakeLLM) -> FakeLLM:
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal")
-        if (Path(sys.executable).parent / "temporal").exists() else shutil.which("temporal"),
+        if (Path(sys.executable).parent / "temporal").exists()
+        else shutil.which("temporal"),
         search_attributes=SEARCH_ATTRIBUTES,
         # Small jobs must exercise continue-as-new, which big jobs rely on.
         dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=120"],
@@ -108,8 +109,9 @@ async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
 
 
 def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0) -> LlmClient:
-    return LlmClient(db, base_url=fake.url, api_key=TEST_SECRET, model="fake-model", timeout=timeout,
-                     retry_wait_cap=0.05)
+    return LlmClient(
+        db, base_url=fake.url, api_key=TEST_SECRET, model="fake-model", timeout=timeout, retry_wait_cap=0.05
+    )
 
 
 @pytest.fixture(scope="session")

@@ -58,10 +58,12 @@ class FakeLLM:
         self.lock = threading.Lock()
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        app = Starlette(routes=[
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
-            Route("/v1/models", self._models, methods=["GET"]),
-        ])
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
@@ -112,11 +114,13 @@ class FakeLLM:
         if delay_s:
             await asyncio.sleep(delay_s)
         if fault == "429":
-            return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit"}}, status_code=429,
-                                headers={"retry-after": "0"})
+            return JSONResponse(
+                {"error": {"message": "rate limited", "type": "rate_limit"}},
+                status_code=429,
+                headers={"retry-after": "0"},
+            )
         if fault == "500":
-            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}},
-                                status_code=500)
+            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
         if fault == "timeout":
             await asyncio.sleep(hang_s)
         messages = body.get("messages", [])
@@ -142,31 +146,44 @@ class FakeLLM:
                 finish = "length"
         tokens_in = max(1, len(prompt) // 4)
         tokens_out = max(0, int(len(content.split()) * 1.4))
-        return JSONResponse({
-            "id": f"chatcmpl-fake-{n}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "fake-model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": finish}],
-            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                      "total_tokens": tokens_in + tokens_out},
-        })
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-fake-{n}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-model"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+                ],
+                "usage": {
+                    "prompt_tokens": tokens_in,
+                    "completion_tokens": tokens_out,
+                    "total_tokens": tokens_in + tokens_out,
+                },
+            }
+        )
 
     def _plan(self, prompt: str, rng: random.Random, malformed: bool) -> str:
         if malformed:
             return '{"title": "Broken", "sections": [{"title": 7, "words": "many"'
         m = re.search(r"(\d+) sections", prompt)
         k = int(m.group(1)) if m else 3
-        return json.dumps({
-            "title": "A Study of " + rng.choice(WORDS).title(),
-            "thesis": _prose(20, rng),
-            "sections": [{"title": f"{rng.choice(WORDS).title()} {rng.choice(WORDS)}",
-                          "summary": _prose(15, rng), "key_points": [_prose(6, rng) for _ in range(2)]}
-                         for _ in range(k)],
-            "glossary": {rng.choice(WORDS).title(): _prose(8, rng) for _ in range(3)},
-            "style": "plain, precise prose",
-        })
+        return json.dumps(
+            {
+                "title": "A Study of " + rng.choice(WORDS).title(),
+                "thesis": _prose(20, rng),
+                "sections": [
+                    {
+                        "title": f"{rng.choice(WORDS).title()} {rng.choice(WORDS)}",
+                        "summary": _prose(15, rng),
+                        "key_points": [_prose(6, rng) for _ in range(2)],
+                    }
+                    for _ in range(k)
+                ],
+                "glossary": {rng.choice(WORDS).title(): _prose(8, rng) for _ in range(3)},
+                "style": "plain, precise prose",
+            }
+        )
 
 
 def _asked_words(messages: list[dict[str, Any]]) -> int:
@@ -185,7 +202,7 @@ def _prose(words: int, rng: random.Random) -> str:
         out.extend(sent)
         paragraphs.append(" ".join(sent) + ".")
     # Group sentences into paragraphs of about five sentences.
-    grouped = [" ".join(paragraphs[i:i + 5]) for i in range(0, len(paragraphs), 5)]
+    grouped = [" ".join(paragraphs[i : i + 5]) for i in range(0, len(paragraphs), 5)]
     return "\n\n".join(grouped)
 
 

@@ -17,8 +17,15 @@ TASK_QUEUE = "quire-test"
 
 
 async def submit(db: Database, client: Client, user: NewUser, **spec: Any) -> uuid.UUID:
-    job, _ = await jobs.submit(db, client, user_id=user.user_id, user_name=user.name,
-                               spec=jobs.JobSpec(**spec), task_queue=TASK_QUEUE, default_model="fake-model")
+    job, _ = await jobs.submit(
+        db,
+        client,
+        user_id=user.user_id,
+        user_name=user.name,
+        spec=jobs.JobSpec(**spec),
+        task_queue=TASK_QUEUE,
+        default_model="fake-model",
+    )
     return job.id
 
 
@@ -40,5 +47,6 @@ async def job_row(db: Database, job_id: uuid.UUID) -> Job:
 
 async def output(db: Database, job_id: uuid.UUID) -> Document | None:
     async with db.tx() as s:
-        return (await s.execute(select(Document).where(Document.job_id == job_id, Document.role == "output"))
-                ).scalar_one_or_none()
+        return (
+            await s.execute(select(Document).where(Document.job_id == job_id, Document.role == "output"))
+        ).scalar_one_or_none()

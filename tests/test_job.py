@@ -32,7 +32,9 @@ async def scalar(db, sql: str, **params):
 
 async def assert_chain_proven(db, job_id: uuid.UUID) -> None:
     """From the tables alone: each chunk was written from the state its predecessor left."""
-    bad = await scalar(db, """
+    bad = await scalar(
+        db,
+        """
         SELECT count(*) FROM chunks c
         LEFT JOIN chunks p ON p.job_id = c.job_id AND p.ordinal = c.ordinal - 1
         JOIN coherence_states sb ON sb.id = c.state_before_id
@@ -40,14 +42,16 @@ async def assert_chain_proven(db, job_id: uuid.UUID) -> None:
         WHERE c.job_id = :j AND NOT (
             sa.parent_id = sb.id AND sa.ordinal = c.ordinal + 1 AND
             CASE WHEN c.ordinal = 0 THEN sb.ordinal = 0 ELSE c.state_before_id = p.state_after_id END)
-    """, j=job_id)
+    """,
+        j=job_id,
+    )
     done = await scalar(db, "SELECT count(*) FROM chunks WHERE job_id = :j AND status = 'done'", j=job_id)
     total = await scalar(db, "SELECT count(*) FROM chunks WHERE job_id = :j", j=job_id)
     assert bad == 0 and done == total > 0
 
 
 async def assert_audit_seq_gap_free(db, job_id: uuid.UUID) -> int:
-    n, lo, hi = (await _row(db, "SELECT count(*), min(seq), max(seq) FROM audit_events WHERE job_id = :j", j=job_id))
+    n, lo, hi = await _row(db, "SELECT count(*), min(seq), max(seq) FROM audit_events WHERE job_id = :j", j=job_id)
     assert (lo, hi) == (1, n)
     return int(n)
 
@@ -71,13 +75,31 @@ async def test_short_answers_still_meet_target(db, client, fake, user, target):
     await assert_audit_seq_gap_free(db, job_id)
     # Every chunk attempt has its chunk event with words in/out/target and every check a pass/fail.
     async with db.tx() as s:
-        attempts = (await s.execute(select(func.count()).select_from(ChunkAttempt).where(
-            ChunkAttempt.job_id == job_id, ChunkAttempt.kind != "trim"))).scalar_one()
-        chunk_events = (await s.execute(select(AuditEvent.data).where(
-            AuditEvent.job_id == job_id, AuditEvent.kind == "chunk",
-            AuditEvent.action.in_(["write", "extend"])))).scalars().all()
-        checks = (await s.execute(select(AuditEvent.data).where(
-            AuditEvent.job_id == job_id, AuditEvent.kind == "length"))).scalars().all()
+        attempts = (
+            await s.execute(
+                select(func.count())
+                .select_from(ChunkAttempt)
+                .where(ChunkAttempt.job_id == job_id, ChunkAttempt.kind != "trim")
+            )
+        ).scalar_one()
+        chunk_events = (
+            (
+                await s.execute(
+                    select(AuditEvent.data).where(
+                        AuditEvent.job_id == job_id,
+                        AuditEvent.kind == "chunk",
+                        AuditEvent.action.in_(["write", "extend"]),
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        checks = (
+            (await s.execute(select(AuditEvent.data).where(AuditEvent.job_id == job_id, AuditEvent.kind == "length")))
+            .scalars()
+            .all()
+        )
     assert len(chunk_events) == attempts
     assert all({"chunk", "words_in", "words_out", "target_words"} <= set(e) for e in chunk_events)
     assert checks[-1]["passed"] and checks[-1]["scope"] == "final"
@@ -92,8 +114,13 @@ async def test_model_key_is_used_but_never_stored(db, client, fake, pg_url, user
     import psycopg
 
     with psycopg.connect(pg_url) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema='public' AND table_type='BASE TABLE'")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema='public' AND table_type='BASE TABLE'"
+            )
+        ]
         for t in tables:
             hits = conn.execute(f'SELECT count(*) FROM "{t}" x WHERE x::text LIKE %s', (f"%{TEST_SECRET}%",)).fetchone()
             assert hits == (0,), t
@@ -108,9 +135,17 @@ async def test_empty_model_fails_explicitly_with_every_attempt_stored(db, client
     assert job.status == "failed" and job.error_code == "E_LENGTH_NOT_MET"
     assert "of the 300 words asked for" in job.failure_reason and "empty answers" in job.failure_reason
     async with db.tx() as s:
-        calls = (await s.execute(select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.purpose != "plan"))).scalars().all()
+        calls = (
+            (await s.execute(select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.purpose != "plan")))
+            .scalars()
+            .all()
+        )
         attempts = (await s.execute(select(ChunkAttempt).where(ChunkAttempt.job_id == job_id))).scalars().all()
-        partial = (await s.execute(select(Document).where(Document.job_id == job_id, Document.role == "partial"))).scalars().all()
+        partial = (
+            (await s.execute(select(Document).where(Document.job_id == job_id, Document.role == "partial")))
+            .scalars()
+            .all()
+        )
     assert calls and all(c.status == "error" and c.error == "empty content" for c in calls)
     assert {a.llm_call_id for a in attempts} == {c.id for c in calls}
     assert partial, "partial outputs are kept"
@@ -138,10 +173,14 @@ async def test_malformed_plan_falls_back_and_meets_target(db, client, fake, user
     job_id = await submit(db, client, user, kind="generate", prompt="Bridges of the north", target_words=900)
     assert await wait(client, job_id) == "succeeded"
     async with db.tx() as s:
-        plan = (await s.execute(select(AuditEvent.data).where(
-            AuditEvent.job_id == job_id, AuditEvent.kind == "plan"))).scalar_one()
-        plan_calls = (await s.execute(select(func.count()).select_from(LlmCall).where(
-            LlmCall.job_id == job_id, LlmCall.purpose == "plan"))).scalar_one()
+        plan = (
+            await s.execute(select(AuditEvent.data).where(AuditEvent.job_id == job_id, AuditEvent.kind == "plan"))
+        ).scalar_one()
+        plan_calls = (
+            await s.execute(
+                select(func.count()).select_from(LlmCall).where(LlmCall.job_id == job_id, LlmCall.purpose == "plan")
+            )
+        ).scalar_one()
     assert plan["source"] == "fallback" and len(plan["errors"]) == 2 and plan_calls == 2
     assert count_words((await output(db, job_id)).text) >= 900
 
@@ -162,22 +201,31 @@ def make_input(words: int, seed: int) -> str:
 async def test_rewrite_60k_input_meets_target(db, client, fake, user, target):
     source = make_input(60_000, seed=7)
     assert count_words(source) == 60_000
-    job_id = await submit(db, client, user, kind="rewrite", input_text=source, target_words=target,
-                          options={"chunk_words": 1500})
+    job_id = await submit(
+        db, client, user, kind="rewrite", input_text=source, target_words=target, options={"chunk_words": 1500}
+    )
     assert await wait(client, job_id) == "succeeded"
     doc = await output(db, job_id)
     assert target <= count_words(doc.text) <= int(target * 1.1)
     await assert_chain_proven(db, job_id)
     async with db.tx() as s:
-        sources = (await s.execute(select(Chunk.source_text).where(Chunk.job_id == job_id, Chunk.source_text.is_not(None))
-                                   .distinct())).scalars().all()
+        sources = (
+            (
+                await s.execute(
+                    select(Chunk.source_text).where(Chunk.job_id == job_id, Chunk.source_text.is_not(None)).distinct()
+                )
+            )
+            .scalars()
+            .all()
+        )
     # Every part of the input was handed to some chunk to rewrite.
     assert sum(count_words(p) for p in set(sources)) == 60_000
 
 
 async def test_history_stays_small_with_continue_as_new(db, client, fake, user):
-    job_id = await submit(db, client, user, kind="generate", prompt="Glaciers", target_words=8000,
-                          options={"chunk_words": 400})
+    job_id = await submit(
+        db, client, user, kind="generate", prompt="Glaciers", target_words=8000, options={"chunk_words": 400}
+    )
     assert await wait(client, job_id) == "succeeded"
     lengths, continued = {}, 0
     async for wf in client.list_workflows(f"WorkflowId STARTS_WITH 'job-{job_id}'"):
@@ -205,16 +253,28 @@ async def test_cancel_stops_keeps_work_and_marks_cancelled(db, client, fake, use
     done = await scalar(db, "SELECT count(*) FROM chunks WHERE job_id=:j AND status='done'", j=job_id)
     assert 2 <= done < job.chunks_total
     assert await scalar(db, "SELECT count(*) FROM documents WHERE job_id=:j AND role='partial'", j=job_id) >= 1
-    assert await scalar(db, "SELECT count(*) FROM audit_events WHERE job_id=:j AND kind='workflow' AND action='cancel'",
-                        j=job_id) == 1
+    assert (
+        await scalar(
+            db, "SELECT count(*) FROM audit_events WHERE job_id=:j AND kind='workflow' AND action='cancel'", j=job_id
+        )
+        == 1
+    )
 
 
 def start_worker(pg_url: str, temporal_target: str, fake_url: str, queue: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DATABASE_URL": pg_url, "TEMPORAL_ADDRESS": temporal_target,
-           "TEMPORAL_TASK_QUEUE": queue, "OPENAI_BASE_URL": fake_url, "OPENAI_API_KEY": TEST_SECRET,
-           "QUIRE_MODEL": "fake-model", "QUIRE_LLM_TIMEOUT_S": "5"}
-    return subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg_url,
+        "TEMPORAL_ADDRESS": temporal_target,
+        "TEMPORAL_TASK_QUEUE": queue,
+        "OPENAI_BASE_URL": fake_url,
+        "OPENAI_API_KEY": TEST_SECRET,
+        "QUIRE_MODEL": "fake-model",
+        "QUIRE_LLM_TIMEOUT_S": "5",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 async def test_worker_kill_9_mid_job_resumes_without_duplicates(db, client, fake, user, pg_url):
@@ -223,10 +283,15 @@ async def test_worker_kill_9_mid_job_resumes_without_duplicates(db, client, fake
     target = client.service_client.config.target_host
     first = start_worker(pg_url, target, fake.url, queue)
     try:
-        job, _ = await jobs.submit(db, client, user_id=user.user_id, user_name=user.name,
-                                   spec=jobs.JobSpec(kind="generate", prompt="Harbours", target_words=3000,
-                                                     options={"chunk_words": 300}),
-                                   task_queue=queue, default_model="fake-model")
+        job, _ = await jobs.submit(
+            db,
+            client,
+            user_id=user.user_id,
+            user_name=user.name,
+            spec=jobs.JobSpec(kind="generate", prompt="Harbours", target_words=3000, options={"chunk_words": 300}),
+            task_queue=queue,
+            default_model="fake-model",
+        )
         deadline = time.monotonic() + 90
         while await scalar(db, "SELECT count(*) FROM chunk_attempts WHERE job_id=:j", j=job.id) < 6:
             assert time.monotonic() < deadline and first.poll() is None
@@ -247,10 +312,22 @@ async def test_worker_kill_9_mid_job_resumes_without_duplicates(db, client, fake
     async with db.tx() as s:
         chunks = (await s.execute(select(Chunk).where(Chunk.job_id == job.id))).scalars().all()
         for c in chunks:
-            nos = (await s.execute(select(ChunkAttempt.attempt_no).where(ChunkAttempt.chunk_id == c.id)
-                                   .order_by(ChunkAttempt.attempt_no))).scalars().all()
+            nos = (
+                (
+                    await s.execute(
+                        select(ChunkAttempt.attempt_no)
+                        .where(ChunkAttempt.chunk_id == c.id)
+                        .order_by(ChunkAttempt.attempt_no)
+                    )
+                )
+                .scalars()
+                .all()
+            )
             assert nos == list(range(1, c.attempts + 1)), f"chunk {c.ordinal}: attempts {nos}"
-        states = (await s.execute(text("SELECT count(*), count(DISTINCT ordinal) FROM coherence_states WHERE job_id=:j"),
-                                  {"j": job.id})).one()
+        states = (
+            await s.execute(
+                text("SELECT count(*), count(DISTINCT ordinal) FROM coherence_states WHERE job_id=:j"), {"j": job.id}
+            )
+        ).one()
     assert states[0] == states[1] == len(chunks) + 1
     assert count_words((await output(db, job.id)).text) >= 3000

@@ -11,10 +11,10 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.workflow import ChildWorkflowCancellationType
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
+from temporalio.workflow import ChildWorkflowCancellationType
 
 from workflows.contracts import (
     ChunkRef,
@@ -48,10 +48,15 @@ LLM = timedelta(minutes=30)
 HEARTBEAT = timedelta(seconds=10)
 
 
-async def _act(name: str, arg: object, result_type: type, timeout: timedelta, summary: str) -> object:
+async def _act(name: str, arg: object, result_type: type, limit: timedelta, summary: str) -> object:
     return await workflow.execute_activity(
-        name, arg, result_type=result_type, start_to_close_timeout=timeout, heartbeat_timeout=HEARTBEAT,
-        retry_policy=RETRY, summary=summary,
+        name,
+        arg,
+        result_type=result_type,
+        start_to_close_timeout=limit,
+        heartbeat_timeout=HEARTBEAT,
+        retry_policy=RETRY,
+        summary=summary,
     )
 
 
@@ -92,13 +97,23 @@ class JobWorkflow:
             return await self._run(inp)
         except asyncio.CancelledError:
             # Everything written stays; the job is marked cancelled, then the workflow ends cancelled.
-            await _act("fail_job", FailInput(inp.job_id, "E_CANCELLED", "cancelled by request", status="cancelled"),
-                       type(None), QUICK, "mark cancelled")
+            await _act(
+                "fail_job",
+                FailInput(inp.job_id, "E_CANCELLED", "cancelled by request", status="cancelled"),
+                type(None),
+                QUICK,
+                "mark cancelled",
+            )
             raise
         except (ActivityError, ChildWorkflowError) as err:
             if _was_cancelled(err):  # the cancel reached a child or activity before this run
-                await _act("fail_job", FailInput(inp.job_id, "E_CANCELLED", "cancelled by request", status="cancelled"),
-                           type(None), QUICK, "mark cancelled")
+                await _act(
+                    "fail_job",
+                    FailInput(inp.job_id, "E_CANCELLED", "cancelled by request", status="cancelled"),
+                    type(None),
+                    QUICK,
+                    "mark cancelled",
+                )
                 raise asyncio.CancelledError() from err
             code, reason = _cause(err)
             await _act("fail_job", FailInput(inp.job_id, code, reason), type(None), QUICK, f"fail: {code}")
@@ -125,7 +140,10 @@ class JobWorkflow:
         while True:
             elapsed = int((workflow.now() - workflow.info().start_time).total_seconds())
             res: FinalizeResult = await _act(  # type: ignore[assignment]
-                "finalize", FinalizeInput(jid, inp.round, elapsed), FinalizeResult, QUICK,
+                "finalize",
+                FinalizeInput(jid, inp.round, elapsed),
+                FinalizeResult,
+                QUICK,
                 f"finalize round {inp.round}",
             )
             if res.met:
@@ -133,10 +151,14 @@ class JobWorkflow:
                 return "succeeded"
             if res.give_up:
                 p.stage = "failed"
-                raise ApplicationError(res.reason or "length not met", type=res.error_code or "E_LENGTH_NOT_MET",
-                                       non_retryable=True)
+                raise ApplicationError(
+                    res.reason or "length not met", type=res.error_code or "E_LENGTH_NOT_MET", non_retryable=True
+                )
             section_ordinal: int = await _act(  # type: ignore[assignment]
-                "add_continuation", ContinuationInput(jid, inp.round), int, QUICK,
+                "add_continuation",
+                ContinuationInput(jid, inp.round),
+                int,
+                QUICK,
                 f"top-up round {inp.round + 1}: {res.target_words - res.words} words short",
             )
             inp.round += 1
@@ -181,13 +203,19 @@ class SectionWorkflow:
         )
         while True:
             st = await _act(  # type: ignore[assignment]
-                "check_length", ChunkRef(jid, chunk_id, st.attempts), ChunkStatus, QUICK,
+                "check_length",
+                ChunkRef(jid, chunk_id, st.attempts),
+                ChunkStatus,
+                QUICK,
                 f"check {label} attempt {st.attempts}",
             )
             if st.passed or st.stalled:
                 break
             st = await _act(  # type: ignore[assignment]
-                "extend_chunk", ChunkRef(jid, chunk_id, st.attempts + 1), ChunkStatus, LLM,
+                "extend_chunk",
+                ChunkRef(jid, chunk_id, st.attempts + 1),
+                ChunkStatus,
+                LLM,
                 f"extend {label} attempt {st.attempts + 1}",
             )
         await _act("commit_chunk", ChunkRef(jid, chunk_id, st.attempts), type(None), QUICK, f"commit {label}")
