@@ -1,0 +1,15 @@
+# One image for the API and the worker (docker-compose.yml runs it twice).
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY quire quire
+COPY workflows workflows
+COPY activities activities
+COPY api api
+COPY db db
+COPY worker.py ./
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 quire
+USER quire
+EXPOSE 8000
+CMD ["uvicorn", "--factory", "api.app:create_app", "--host", "0.0.0.0", "--port", "8000"]
