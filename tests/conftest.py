@@ -127,3 +127,27 @@ async def worker(client: Client, db: Database, fake_llm: FakeLLM) -> AsyncIterat
 @pytest.fixture
 async def user(db: Database) -> accounts.NewUser:
     return await accounts.create_user(db, f"user-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[str]:
+    """The real API app served by uvicorn on a free port (SSE needs a real server)."""
+    import socket
+
+    import uvicorn
+
+    from api.app import create_app
+    from quire.config import load_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = load_settings(temporal_task_queue=TASK_QUEUE, quire_model="fake-model", quire_max_input_bytes=200_000)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, db=db, client=client), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task

@@ -1,0 +1,115 @@
+"""The FastAPI app: ``uvicorn --factory api.app:create_app``.
+
+Lifespan: one Database, one Temporal client (with the audit interceptor, so starts, queries,
+signals and cancels made here are recorded in each job's log) and one LISTEN connection for the
+live audit streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.staticfiles import StaticFiles
+from temporalio.client import Client
+
+from api import audit
+from api.auth import record_access
+from api.jobs import router as jobs_router
+from db.session import Database
+from quire.config import Settings, get_settings
+from quire.temporal import connect
+
+log = structlog.get_logger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(
+    settings: Settings | None = None, *, db: Database | None = None, client: Client | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_db = db is None
+        if settings.database_url is None and db is None:
+            raise SystemExit("api: DATABASE_URL is not set (quire up sets it)")
+        app.state.db = db or Database(settings.database_url or "", secrets=settings.secrets())
+        if client is None:
+            if settings.temporal_address is None:
+                raise SystemExit("api: TEMPORAL_ADDRESS is not set (quire up sets it)")
+            app.state.client = await connect(settings.temporal_address, settings.temporal_namespace, app.state.db)
+        else:
+            app.state.client = client
+        app.state.settings = settings
+        app.state.listener = audit.AuditListener(app.state.db.url)
+        app.state.listener.start()
+        log.info("api started")
+        try:
+            yield
+        finally:
+            await app.state.listener.stop()
+            if own_db:
+                await app.state.db.dispose()
+
+    app = FastAPI(
+        title="Quire",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Durable, audited long-document writing. Every job: a document of at least the words "
+        "asked for, and an audit log of every action taken.",
+    )
+    app.include_router(jobs_router)
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        if request.url.path.startswith("/v1/"):
+            try:
+                await record_access(request.app.state.db, request, response.status_code)
+            except Exception as exc:  # noqa: BLE001 - the access log must not break the request
+                log.warning("access_log.failed", error=str(exc))
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", [])), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Postgres and Temporal are reachable")
+    async def readyz(request: Request) -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            async with request.app.state.db.tx() as s:
+                await s.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["database"] = f"error: {exc}"
+        try:
+            await request.app.state.client.service_client.check_health()
+            checks["temporal"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["temporal"] = f"error: {exc}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503)
+
+    try:
+        from api import pages  # the web pages, when present
+    except ImportError:
+        pages = None  # type: ignore[assignment]
+    if pages is not None:
+        app.include_router(pages.router)
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

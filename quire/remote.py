@@ -1,0 +1,180 @@
+"""The CLI's API client: ``quire submit/status/audit/output/history/cancel`` talk to the API over
+HTTP like any other client, and ``--follow`` renders live progress with rich.
+
+Exit codes: 0 success; 1 a failed or cancelled job; 2 a bad argument; 3 the API is unreachable
+or refused the request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
+
+
+class ApiError(Exception):
+    def __init__(self, message: str, code: int = EXIT_API) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Api:
+    base_url: str
+    key: str | None
+
+    @classmethod
+    def from_env(cls, url: str | None = None, key: str | None = None, home: Path | None = None) -> Api:
+        base = url or os.environ.get("QUIRE_API_URL") or "http://127.0.0.1:8000"
+        key = key or os.environ.get("QUIRE_API_KEY")
+        if key is None and home is not None:
+            key_file = home / "local-user.key"
+            if key_file.exists():
+                key = key_file.read_text().strip()
+        return cls(base.rstrip("/"), key)
+
+    def _client(self, timeout: float | None = 30.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            with self._client() as c:
+                r = c.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach the Quire API at {self.base_url}: {exc}") from None
+        if r.status_code >= 400:
+            raise ApiError(f"{method} {path}: HTTP {r.status_code}: {_detail(r)}",
+                           EXIT_USAGE if r.status_code in (400, 404, 409, 413, 422) else EXIT_API)
+        return r
+
+    def json(self, method: str, path: str, **kw: Any) -> Any:
+        return self.request(method, path, **kw).json()
+
+    def stream_events(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Audit events from the live stream, resuming with Last-Event-ID after a drop."""
+        last = after
+        while True:
+            try:
+                with self._client(timeout=None) as c, c.stream(
+                    "GET", f"/v1/jobs/{job_id}/audit/stream", headers={"Last-Event-ID": str(last)}
+                ) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        raise ApiError(f"audit stream: HTTP {r.status_code}: {_detail(r)}")
+                    event, data = "message", []
+                    for line in r.iter_lines():
+                        if line.startswith("event:"):
+                            event = line[6:].strip()
+                        elif line.startswith("data:"):
+                            data.append(line[5:].lstrip())
+                        elif line.startswith("id:"):
+                            last = int(line[3:].strip() or last)
+                        elif line == "":
+                            if data and event not in ("ping",):
+                                payload = json.loads("\n".join(data))
+                                if event == "end":
+                                    return
+                                yield payload
+                            event, data = "message", []
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)  # dropped: reconnect and resume after the last seq seen
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text[:300]
+    d = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(d, list):  # FastAPI validation errors
+        return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', [])[1:])}: {e.get('msg')}" for e in d)
+    return str(d)
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """One audit event as a line of text (the TXT format's layout)."""
+    d = e.get("data") or {}
+    kind, action = e.get("kind", ""), e.get("action", "")
+    if kind == "sql":
+        what = " ".join((e.get("sql_text") or "").split())[:160]
+    elif kind == "row":
+        what = f"{e.get('table_name')} #{e.get('row_id')}"
+    elif kind == "llm":
+        what = (f"{d.get('purpose')} {d.get('model')} in={d.get('tokens_in')} out={d.get('tokens_out')} "
+                f"{d.get('latency_ms')} ms {d.get('status')}")
+    elif kind == "chunk":
+        what = (f"chunk {d.get('chunk')} words {d.get('words_in')}->{d.get('words_out', d.get('words'))} "
+                f"target {d.get('target_words')}")
+    elif kind == "length":
+        what = f"{d.get('scope')} {d.get('words')}/{d.get('target_words')} {'pass' if d.get('passed') else 'FAIL'}"
+    elif kind == "activity":
+        what = f"{d.get('activity')} attempt {d.get('attempt')}" + (f" {d.get('error')}" if d.get("error") else "")
+    else:
+        what = json.dumps(d, ensure_ascii=False)[:160]
+    ts = str(e.get("ts", ""))[11:23]
+    return f"{e.get('seq', ''):>7} {ts} {kind:<8} {action:<8} {what}"
+
+
+def follow(api: Api, job_id: str, console: Console, show_events: bool = True) -> dict[str, Any]:
+    """Live progress bar with audit lines scrolling above it, until the job ends."""
+    job = api.json("GET", f"/v1/jobs/{job_id}")
+    target = int(job.get("target_words") or 1)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[chunks]}"), TextColumn("{task.fields[step]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    last_poll = 0.0
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("words", total=target, chunks="", step="queued")
+
+        def refresh() -> dict[str, Any]:
+            j = api.json("GET", f"/v1/jobs/{job_id}")
+            p = j.get("progress") or {}
+            progress.update(task, completed=min(int(j.get("words_written") or 0), target),
+                            chunks=f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}",
+                            step=str(p.get("current_step") or j.get("status")))
+            return j
+
+        for ev in api.stream_events(job_id):
+            if show_events:
+                progress.console.print(event_line(ev), markup=False, highlight=False)
+            if time.monotonic() - last_poll > 0.5 or ev.get("kind") == "job":
+                job = refresh()
+                last_poll = time.monotonic()
+        job = refresh()
+    return job
+
+
+def write_file(path: str | None, content: bytes | str) -> None:
+    if path in (None, "-"):
+        if isinstance(content, bytes):
+            sys.stdout.buffer.write(content)
+        else:
+            sys.stdout.write(content)
+        return
+    p = Path(path)  # type: ignore[arg-type]
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+
+
+def job_summary(job: dict[str, Any]) -> str:
+    p = job.get("progress") or {}
+    parts = [f"{job.get('id')} {job.get('status')} {job.get('kind')}",
+             f"words {job.get('words_written', 0)}/{job.get('target_words')}",
+             f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}"]
+    if job.get("error_code"):
+        parts.append(f"{job['error_code']}: {job.get('failure_reason')}")
+    return "  ".join(parts)
