@@ -475,7 +475,8 @@ async def delete_job(request: Request, job_id: str, who: CallerDep) -> Response:
         counts = (
             await s.execute(
                 text(
-                    "SELECT (SELECT count(*) FROM audit_events WHERE job_id=:j), (SELECT count(*) FROM chunks WHERE job_id=:j),"
+                    "SELECT (SELECT count(*) FROM audit_events WHERE job_id=:j),"
+                    " (SELECT count(*) FROM chunks WHERE job_id=:j),"
                     " (SELECT count(*) FROM llm_calls WHERE job_id=:j)"
                 ),
                 {"j": job.id},

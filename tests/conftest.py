@@ -139,15 +139,17 @@ async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[s
     from api.app import create_app
     from quire.config import load_settings
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # The socket listens before the server task runs: early clients wait in the backlog.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
     settings = load_settings(temporal_task_queue=TASK_QUEUE, quire_model="fake-model", quire_max_input_bytes=200_000)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, db=db, client=client), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, db=db, client=client), log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     await task
+    sock.close()

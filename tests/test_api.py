@@ -204,11 +204,13 @@ async def test_output_is_409_while_running_and_cancel_works(http, fake, user):
     jid = r.json()["id"]
     out = await http.get(f"/v1/jobs/{jid}/output", headers=auth(user))
     assert out.status_code == 409 and "the output is not ready" in out.json()["detail"]
+    seen = 0
     async for _event, eid, data in sse(http, f"/v1/jobs/{jid}/audit/stream", auth(user)):
+        seen = int(eid)
         if json.loads(data).get("kind") == "chunk":
             break
     assert (await http.post(f"/v1/jobs/{jid}/cancel", headers=auth(user))).status_code == 202
-    await follow_to_end(http, jid, user, after=int(eid))
+    await follow_to_end(http, jid, user, after=seen)
     job = (await http.get(f"/v1/jobs/{jid}", headers=auth(user))).json()
     assert job["status"] == "cancelled" and job["error_code"] == "E_CANCELLED"
     partial = await http.get(f"/v1/jobs/{jid}/output?partial=1", headers=auth(user))
