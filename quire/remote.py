@@ -56,8 +56,10 @@ class Api:
         except httpx.HTTPError as exc:
             raise ApiError(f"cannot reach the Quire API at {self.base_url}: {exc}") from None
         if r.status_code >= 400:
-            raise ApiError(f"{method} {path}: HTTP {r.status_code}: {_detail(r)}",
-                           EXIT_USAGE if r.status_code in (400, 404, 409, 413, 422) else EXIT_API)
+            raise ApiError(
+                f"{method} {path}: HTTP {r.status_code}: {_detail(r)}",
+                EXIT_USAGE if r.status_code in (400, 404, 409, 413, 422) else EXIT_API,
+            )
         return r
 
     def json(self, method: str, path: str, **kw: Any) -> Any:
@@ -68,9 +70,10 @@ class Api:
         last = after
         while True:
             try:
-                with self._client(timeout=None) as c, c.stream(
-                    "GET", f"/v1/jobs/{job_id}/audit/stream", headers={"Last-Event-ID": str(last)}
-                ) as r:
+                with (
+                    self._client(timeout=None) as c,
+                    c.stream("GET", f"/v1/jobs/{job_id}/audit/stream", headers={"Last-Event-ID": str(last)}) as r,
+                ):
                     if r.status_code >= 400:
                         r.read()
                         raise ApiError(f"audit stream: HTTP {r.status_code}: {_detail(r)}")
@@ -114,11 +117,15 @@ def event_line(e: dict[str, Any]) -> str:
     elif kind == "row":
         what = f"{e.get('table_name')} #{e.get('row_id')}"
     elif kind == "llm":
-        what = (f"{d.get('purpose')} {d.get('model')} in={d.get('tokens_in')} out={d.get('tokens_out')} "
-                f"{d.get('latency_ms')} ms {d.get('status')}")
+        what = (
+            f"{d.get('purpose')} {d.get('model')} in={d.get('tokens_in')} out={d.get('tokens_out')} "
+            f"{d.get('latency_ms')} ms {d.get('status')}"
+        )
     elif kind == "chunk":
-        what = (f"chunk {d.get('chunk')} words {d.get('words_in')}->{d.get('words_out', d.get('words'))} "
-                f"target {d.get('target_words')}")
+        what = (
+            f"chunk {d.get('chunk')} words {d.get('words_in')}->{d.get('words_out', d.get('words'))} "
+            f"target {d.get('target_words')}"
+        )
     elif kind == "length":
         what = f"{d.get('scope')} {d.get('words')}/{d.get('target_words')} {'pass' if d.get('passed') else 'FAIL'}"
     elif kind == "activity":
@@ -133,9 +140,15 @@ def follow(api: Api, job_id: str, console: Console, show_events: bool = True) ->
     """Live progress bar with audit lines scrolling above it, until the job ends."""
     job = api.json("GET", f"/v1/jobs/{job_id}")
     target = int(job.get("target_words") or 1)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[chunks]}"), TextColumn("{task.fields[step]}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]}"),
+        TextColumn("{task.fields[step]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     last_poll = 0.0
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("words", total=target, chunks="", step="queued")
@@ -143,9 +156,12 @@ def follow(api: Api, job_id: str, console: Console, show_events: bool = True) ->
         def refresh() -> dict[str, Any]:
             j = api.json("GET", f"/v1/jobs/{job_id}")
             p = j.get("progress") or {}
-            progress.update(task, completed=min(int(j.get("words_written") or 0), target),
-                            chunks=f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}",
-                            step=str(p.get("current_step") or j.get("status")))
+            progress.update(
+                task,
+                completed=min(int(j.get("words_written") or 0), target),
+                chunks=f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}",
+                step=str(p.get("current_step") or j.get("status")),
+            )
             return j
 
         for ev in api.stream_events(job_id):
@@ -172,9 +188,11 @@ def write_file(path: str | None, content: bytes | str) -> None:
 
 def job_summary(job: dict[str, Any]) -> str:
     p = job.get("progress") or {}
-    parts = [f"{job.get('id')} {job.get('status')} {job.get('kind')}",
-             f"words {job.get('words_written', 0)}/{job.get('target_words')}",
-             f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}"]
+    parts = [
+        f"{job.get('id')} {job.get('status')} {job.get('kind')}",
+        f"words {job.get('words_written', 0)}/{job.get('target_words')}",
+        f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}",
+    ]
     if job.get("error_code"):
         parts.append(f"{job['error_code']}: {job.get('failure_reason')}")
     return "  ".join(parts)
