@@ -26,6 +26,8 @@ from activities.prompts import (
     fallback_plan,
     max_tokens_for,
     opening_and_headings,
+    outline_messages,
+    parse_outline,
     parse_plan,
     plan_messages,
     planned_section_count,
@@ -147,15 +149,24 @@ class JobActivities:
                 ).scalar_one()
         chunk_words = int(opts["chunk_words"])
         n_sections = planned_section_count(target, chunk_words)
+        document_style = self.llm.prompt_style == "document"
         if source is not None:
             opening, headings = opening_and_headings(source)
             input_words = count_words(source)
+            doc_title = title or (headings[0] if headings else source.strip().splitlines()[0][:120])
+            lead = " ".join(opening.split()[:250])
 
             def make(err: str | None) -> list[dict[str, str]]:
+                if document_style:
+                    return outline_messages(doc_title, lead, n_sections, err)
                 return rewrite_plan_messages(opening, headings, target, input_words, err)
         else:
+            doc_title = title or prompt.strip().splitlines()[0][:120]
+            lead = prompt
 
             def make(err: str | None) -> list[dict[str, str]]:
+                if document_style:
+                    return outline_messages(doc_title, lead, n_sections, err)
                 return plan_messages(prompt, target, n_sections, err)
 
         plan, plan_source, errors = None, "model", []
@@ -166,12 +177,17 @@ class JobActivities:
                 request_key=f"plan:{attempt}",
                 model=model,
                 messages=make(errors[-1] if errors else None),
-                max_tokens=min(4096, 300 + 120 * min(n_sections, 24)),
+                max_tokens=(40 + 24 * min(n_sections, 24))
+                if document_style
+                else min(4096, 300 + 120 * min(n_sections, 24)),
                 temperature=0.4,
-                json_mode=True,
+                json_mode=not document_style,
             )
             try:
-                plan = parse_plan(res.text)
+                if document_style:
+                    plan = parse_outline(res.text, doc_title, lead[:1000], n_sections)
+                else:
+                    plan = parse_plan(res.text)
                 break
             except ValueError as exc:
                 errors.append(str(exc))

@@ -145,6 +145,35 @@ def fallback_plan(brief: str, sections: int, title: str | None = None) -> PlanMo
     )
 
 
+def outline_messages(title: str, lead: str, sections: int, error: str | None = None) -> list[dict[str, str]]:
+    """The plan for small base models: a document's contents list to continue, not JSON.
+
+    JSON mode is slow with grammar-constrained sampling and small models rarely fill a schema;
+    a numbered contents list is what they continue naturally. The result is still validated.
+    """
+    want = min(sections, MAX_PLANNED_SECTIONS)
+    note = f"(The contents list has {want} numbered sections.)"
+    if error:
+        note = f"(Your last answer was not usable: {error[:200]}. The contents list has {want} numbered sections.)"
+    return [{"role": "user", "content": f"# {title}\n\n{lead.strip()}\n\n## Contents\n\n{note}\n\n1."}]
+
+
+def parse_outline(raw: str, title: str, thesis: str, sections: int) -> PlanModel:
+    """Section titles from a numbered list (the first item continues the prompt's "1.")."""
+    lines = ("1. " + raw.lstrip()).splitlines()
+    titles: list[str] = []
+    for line in lines:
+        m = re.match(r"^\s*(\d{1,2})[.)]\s*(.+?)\s*$", line)
+        if m:
+            t = re.sub(r"[*_#`]+", "", m.group(2)).strip(" :.-")
+            if 2 <= len(t) <= 120 and t.lower() not in {x.lower() for x in titles}:
+                titles.append(t)
+    want = min(sections, MAX_PLANNED_SECTIONS)
+    if len(titles) < min(2, want):
+        raise ValueError(f"expected a numbered list of {want} section titles, found {len(titles)}")
+    return PlanModel(title=title, thesis=thesis, sections=[PlanSection(title=t) for t in titles[:want]])
+
+
 def rewrite_plan_messages(
     opening: str, headings: list[str], target_words: int, input_words: int, error: str | None = None
 ) -> list[dict[str, str]]:

@@ -1,0 +1,74 @@
+"""End to end with the real offline default model: Gemma 3 270M served by llama.cpp."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from activities.jobs import JobActivities
+from activities.llm import LlmClient
+from activities.text import count_words
+from db.models import AuditEvent, LlmCall
+from quire import jobs, localmodel
+from tests.helpers import output, wait
+from worker import build_worker
+
+QUEUE = "quire-local-model"
+
+
+@pytest.fixture(scope="session")
+def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    model = localmodel.ensure_model(tmp_path_factory.mktemp("models"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("llm") / "llm.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(localmodel.server_args(model, port), stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:  # an external server starting up: poll its readiness with a deadline
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, Path(log).read_text()[-2000:]
+        assert time.monotonic() < deadline, "llama.cpp server did not start"
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+async def local_worker(client, db, llama_url) -> AsyncIterator[None]:
+    llm = LlmClient(db, base_url=llama_url, api_key=None, model=localmodel.MODEL_ALIAS, timeout=300,
+                    prompt_style="document")
+    async with build_worker(client, JobActivities(db, llm), QUEUE):
+        yield
+    await llm.close()
+
+
+async def test_real_small_model_meets_target_with_real_token_counts(db, client, user, local_worker):
+    job, _ = await jobs.submit(db, client, user_id=user.user_id, user_name=user.name,
+                               spec=jobs.JobSpec(kind="generate", prompt="Why bees dance", target_words=120),
+                               task_queue=QUEUE, default_model=localmodel.MODEL_ALIAS)
+    assert await wait(client, job.id) == "succeeded"
+    doc = await output(db, job.id)
+    assert doc is not None and count_words(doc.text) >= 120
+    async with db.tx() as s:
+        calls = (await s.execute(select(LlmCall).where(LlmCall.job_id == job.id))).scalars().all()
+        events = (await s.execute(select(AuditEvent.data).where(
+            AuditEvent.job_id == job.id, AuditEvent.kind == "llm"))).scalars().all()
+    ok = [c for c in calls if c.status == "ok"]
+    assert ok and all(c.model == localmodel.MODEL_ALIAS and not c.tokens_estimated for c in ok)
+    assert all(c.tokens_in > 0 and c.tokens_out > 0 and c.latency_ms > 0 for c in ok)
+    assert len(events) == len(calls) and all(e["tokens_out"] is not None for e in events if e["status"] == "ok")
