@@ -20,7 +20,7 @@ from sqlalchemy import text
 from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 
-from api import audit
+from api import audit, pages
 from api.auth import record_access
 from api.jobs import router as jobs_router
 from db.session import Database
@@ -104,12 +104,6 @@ def create_app(
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503)
 
-    try:
-        from api import pages  # the web pages, when present
-    except ImportError:
-        pages = None  # type: ignore[assignment]
-    if pages is not None:
-        app.include_router(pages.router)
-    if STATIC.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -1,0 +1,30 @@
+"""The web pages: plain HTML/CSS/JS from api/static, no build step and no network at run time.
+
+Pages carry no data themselves; their scripts call the /v1 API with the key the user signed in
+with (kept in sessionStorage, sent as a Bearer header, never put in a URL).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+STATIC = Path(__file__).parent / "static"
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def submit_page() -> FileResponse:
+    return FileResponse(STATIC / "index.html")
+
+
+@router.get("/jobs/{job_id}")
+async def job_page(job_id: str) -> FileResponse:
+    return FileResponse(STATIC / "job.html")
+
+
+@router.get("/history")
+async def history_page() -> FileResponse:
+    return FileResponse(STATIC / "history.html")

@@ -1,0 +1,148 @@
+// The Audit Panel: a live, resumable view of a job's audit log.
+// The stream is read with fetch() (so the API key travels in a header, never in a URL),
+// parsed as server-sent events, and resumed with Last-Event-ID after any drop: every seq
+// appears exactly once, in order. The DOM keeps the newest MAX_LINES lines; the whole log
+// is always one click away as a JSON or TXT download.
+"use strict";
+const AuditPanel = (() => {
+  const MAX_LINES = 5000;
+  const TERMINAL = ["succeeded", "failed", "cancelled"];
+
+  function summary(e) {
+    const d = e.data || {};
+    switch (e.kind) {
+      case "sql": return (e.sql_text || "").replace(/\s+/g, " ").slice(0, 220) + (d.rowcount !== undefined ? "  → " + d.rowcount + " row(s), " + d.duration_ms + " ms" : "");
+      case "row": return e.table_name + " #" + e.row_id + (d.changes ? " " + Object.keys(d.changes).map(k => k + ": " + short(d.changes[k].old) + " → " + short(d.changes[k].new)).join(", ") : "");
+      case "llm": return (d.purpose || "") + " · " + (d.model || "") + " · tokens " + (d.tokens_in ?? "?") + " in / " + (d.tokens_out ?? "?") + " out · " + (d.latency_ms ?? "?") + " ms" + (d.status === "error" ? " · ERROR " + (d.error || "") : "");
+      case "chunk": return "chunk " + (d.chunk + 1) + " " + e.action + (d.attempt ? " attempt " + d.attempt : "") + " · words " + (d.words_in ?? "–") + " → " + (d.words_out ?? d.words ?? "–") + " / target " + d.target_words + (d.passed === undefined ? "" : d.passed ? " · PASS" : " · FAIL");
+      case "length": return (d.chunk !== undefined ? "chunk " + (d.chunk + 1) : d.scope) + " · " + d.words + " / " + (d.min_words ?? d.target_words) + " words · " + (d.passed ? "PASS" : "FAIL");
+      case "activity": return (d.activity || "") + " (attempt " + d.attempt + ")" + (d.duration_ms !== undefined ? " " + d.duration_ms + " ms" : "") + (d.error ? " · " + d.error : "");
+      default: return JSON.stringify(d).slice(0, 240);
+    }
+  }
+  function short(v) { const s = typeof v === "string" ? v : JSON.stringify(v); return s && s.length > 40 ? s.slice(0, 40) + "…" : s; }
+  function isError(e) { const d = e.data || {}; return e.kind === "error" || e.action === "error" || d.status === "error" || e.action === "failed"; }
+  function lineText(e) { return String(e.seq).padStart(6) + "  " + e.ts + "  " + e.kind.padEnd(8) + " " + e.action.padEnd(9) + " " + summary(e); }
+
+  function mount(jobId, root) {
+    const lines = root.querySelector("#lines"), live = root.querySelector("#live"), foot = root.querySelector("#foot");
+    const newbar = root.querySelector("#newbar"), newcount = root.querySelector("#newcount");
+    const kindSel = root.querySelector("#kind-filter"), textIn = root.querySelector("#text-filter");
+    const state = { jobId, lastSeq: 0, seqs: [], follow: true, unseen: 0, ended: false, count: 0, trimmed: 0,
+                    onEvent: null, onEnd: null, events: [] };
+    const api = {
+      get lastSeq() { return state.lastSeq; }, get seqs() { return state.seqs.slice(); }, get following() { return state.follow; },
+      set onEvent(f) { state.onEvent = f; }, set onEnd(f) { state.onEnd = f; },
+      open() { root.hidden = false; }, close() { root.hidden = true; },
+    };
+    window.quireAudit = api;  // for tests and the curious
+
+    function matches(e) {
+      const k = kindSel.value, t = textIn.value.trim().toLowerCase();
+      return (!k || e.kind === k || (k === "error" && isError(e))) && (!t || lineText(e).toLowerCase().includes(t));
+    }
+    function render(e) {
+      const d = e.data || {};
+      let el;
+      const head = '<span class="seq">' + String(e.seq).padStart(6) + '</span>  <span class="ts">' + Quire.esc(e.ts.slice(11, 23)) +
+        '</span>  <span class="k k-' + Quire.esc(e.kind) + '">' + Quire.esc(e.kind.padEnd(8)) + "</span> " + Quire.esc(e.action.padEnd(9)) + " ";
+      let body = Quire.esc(summary(e));
+      body = body.replace(/ · PASS$/, ' · <span class="pass">PASS</span>').replace(/ · FAIL$/, ' · <span class="fail">FAIL</span>');
+      if (e.kind === "llm" || e.kind === "sql" || e.kind === "row") {
+        el = document.createElement("details");
+        const more = e.kind === "llm"
+          ? "prompt: " + Quire.esc(d.prompt_summary || "") + "\nresponse: " + Quire.esc(d.response_summary || "") +
+            "\ntokens in " + (d.tokens_in ?? "?") + ", out " + (d.tokens_out ?? "?") + (d.tokens_cached ? ", cached " + d.tokens_cached : "") +
+            " · latency " + (d.latency_ms ?? "?") + " ms · finish " + (d.finish_reason || "–") + " · attempt " + (d.attempt ?? "–")
+          : e.kind === "sql" ? Quire.esc(e.sql_text || "") + "\nparams: " + Quire.esc(JSON.stringify(d.params)) + "\ntables: " + Quire.esc((d.tables || []).join(", ")) + " (" + e.action + ")"
+          : Quire.esc(JSON.stringify(d, null, 1));
+        el.innerHTML = "<summary>" + head + body + '</summary><div class="more">' + more + "</div>";
+      } else {
+        el = document.createElement("div");
+        el.innerHTML = head + body;
+      }
+      el.className = "line" + (isError(e) ? " err" : "");
+      el.dataset.seq = e.seq; el.dataset.kind = e.kind;
+      el.hidden = !matches(e);
+      return el;
+    }
+    function atBottom() { return lines.scrollHeight - lines.scrollTop - lines.clientHeight < 24; }
+    lines.addEventListener("scroll", () => {
+      const b = atBottom();
+      if (b && !state.follow) { state.follow = true; state.unseen = 0; newbar.classList.remove("show"); }
+      else if (!b && state.follow) { state.follow = false; }
+    });
+    root.querySelector("#jump").addEventListener("click", () => {
+      state.follow = true; state.unseen = 0; newbar.classList.remove("show"); lines.scrollTop = lines.scrollHeight;
+    });
+    function refilter() {
+      const following = state.follow;
+      for (const el of lines.children) { const e = state.bySeq.get(Number(el.dataset.seq)); if (e) el.hidden = !matches(e); }
+      if (following) { state.follow = true; lines.scrollTop = lines.scrollHeight; }
+    }
+    state.bySeq = new Map();
+    kindSel.addEventListener("change", refilter);
+    textIn.addEventListener("input", refilter);
+    root.querySelector("#copy-all").addEventListener("click", async () => {
+      const text = state.events.filter(matches).map(lineText).join("\n") + "\n";
+      await navigator.clipboard.writeText(text);
+      foot.textContent = "copied " + state.events.filter(matches).length + " lines";
+    });
+    root.querySelector("#dl-json").addEventListener("click", () => Quire.download("/v1/jobs/" + jobId + "/audit?format=json&download=1", "quire-audit-" + jobId + ".json"));
+    root.querySelector("#dl-txt").addEventListener("click", () => Quire.download("/v1/jobs/" + jobId + "/audit?format=txt&download=1", "quire-audit-" + jobId + ".txt"));
+
+    function add(e) {
+      if (e.seq <= state.lastSeq) return;  // resumed streams never show a line twice
+      state.lastSeq = e.seq; state.seqs.push(e.seq); state.count++;
+      state.events.push(e); state.bySeq.set(e.seq, e);
+      lines.appendChild(render(e));
+      while (lines.children.length > MAX_LINES) {
+        const first = lines.firstElementChild; state.bySeq.delete(Number(first.dataset.seq)); first.remove(); state.trimmed++;
+        state.events.shift();
+      }
+      if (state.follow) lines.scrollTop = lines.scrollHeight;
+      else { state.unseen++; newcount.textContent = state.unseen + " new event" + (state.unseen === 1 ? "" : "s"); newbar.classList.add("show"); }
+      foot.textContent = state.count + " events" + (state.trimmed ? " (oldest " + state.trimmed + " hidden here; downloads have them all)" : "") + (state.ended ? " · complete" : "");
+      if (state.onEvent) state.onEvent(e);
+    }
+
+    async function connect() {
+      while (!state.ended) {
+        try {
+          const r = await Quire.api("/v1/jobs/" + jobId + "/audit/stream", { headers: { "Last-Event-ID": String(state.lastSeq), Accept: "text/event-stream" } });
+          if (!r.ok) { live.textContent = "error " + r.status; live.classList.add("off"); return; }
+          live.textContent = "live"; live.classList.remove("off");
+          const reader = r.body.getReader(), dec = new TextDecoder();
+          let buf = "", ev = { event: "message", data: [] };
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buf += dec.decode(value, { stream: true });
+            let i;
+            while ((i = buf.indexOf("\n")) >= 0) {
+              let line = buf.slice(0, i); buf = buf.slice(i + 1);
+              if (line.endsWith("\r")) line = line.slice(0, -1);
+              if (line === "") {
+                if (ev.data.length) {
+                  if (ev.event === "end") { state.ended = true; }
+                  else if (ev.event === "message") add(JSON.parse(ev.data.join("\n")));
+                }
+                ev = { event: "message", data: [] };
+              } else if (line.startsWith("event:")) ev.event = line.slice(6).trim();
+              else if (line.startsWith("data:")) ev.data.push(line.slice(5).replace(/^ /, ""));
+            }
+          }
+        } catch (ex) { /* dropped: reconnect below */ }
+        if (state.ended) break;
+        live.textContent = "reconnecting"; live.classList.add("off");
+        await new Promise(res => setTimeout(res, 1000));
+      }
+      live.textContent = "complete"; live.classList.add("off");
+      foot.textContent = state.count + " events · complete";
+      if (state.onEnd) state.onEnd();
+    }
+    connect();
+    return api;
+  }
+  return { mount, lineText };
+})();

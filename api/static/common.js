@@ -1,0 +1,43 @@
+// Shared by Quire's pages: the API key (this browser session only) and authenticated fetch.
+"use strict";
+const Quire = {
+  key() { return sessionStorage.getItem("quire.key") || ""; },
+  setKey(k) { sessionStorage.setItem("quire.key", k.trim()); },
+  signOut() { sessionStorage.removeItem("quire.key"); location.href = "/"; },
+  async api(path, opts = {}) {
+    const headers = Object.assign({}, opts.headers || {}, { Authorization: "Bearer " + Quire.key() });
+    const r = await fetch(path, Object.assign({}, opts, { headers }));
+    if (r.status === 401) { Quire.signOut(); throw new Error("signed out: invalid key"); }
+    return r;
+  },
+  async json(path, opts) {
+    const r = await Quire.api(path, opts);
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(Quire.detail(body) || ("HTTP " + r.status));
+    return body;
+  },
+  detail(body) {
+    const d = body && body.detail;
+    if (Array.isArray(d)) return d.map(e => (e.loc ? e.loc.filter(x => x !== "body").join(".") + ": " : "") + e.msg).join("\n");
+    return typeof d === "string" ? d : "";
+  },
+  async download(path, filename) {
+    const r = await Quire.api(path);
+    if (!r.ok) throw new Error("download failed: HTTP " + r.status);
+    const url = URL.createObjectURL(await r.blob());
+    const a = document.createElement("a");
+    a.href = url; a.download = filename; document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  },
+  fmt(n) { return (n === null || n === undefined) ? "–" : Number(n).toLocaleString("en-US"); },
+  when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; },
+  esc(s) { return String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); },
+  requireKey() {
+    if (!Quire.key()) { location.href = "/?next=" + encodeURIComponent(location.pathname); return false; }
+    return true;
+  },
+};
+document.addEventListener("DOMContentLoaded", () => {
+  const out = document.getElementById("signout");
+  if (out) out.addEventListener("click", e => { e.preventDefault(); Quire.signOut(); });
+});

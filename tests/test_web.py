@@ -1,0 +1,137 @@
+"""The web pages in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+Set QUIRE_UPDATE_SCREENSHOTS=1 to refresh docs/*.png from this run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from api.audit import parse_txt_line
+
+pytestmark = pytest.mark.usefixtures("worker")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DOCS = Path(__file__).parent.parent / "docs"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        await b.close()
+
+
+async def shot(page: Page, name: str, tmp: Path) -> None:
+    target = DOCS / name if os.environ.get("QUIRE_UPDATE_SCREENSHOTS") else tmp / name
+    await page.screenshot(path=str(target))
+
+
+async def sign_in(page: Page, api_url: str, key: str) -> None:
+    await page.goto(api_url + "/")
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("heading", name="New job").wait_for()
+
+
+async def test_submit_watch_live_scroll_copy_download_reload_history(browser, api_url, fake, user, tmp_path):
+    fake.reset(delay_s=0.04)
+    ctx = await browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True,
+                                    permissions=["clipboard-read", "clipboard-write"])
+    page = await ctx.new_page()
+    await sign_in(page, api_url, user.api_key)
+    await page.get_by_label("Brief").fill("The quiet engineering of canal locks")
+    await page.get_by_label("Target words").fill("2500")
+    await page.get_by_role("button", name="Start job").click()
+    await page.wait_for_url("**/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # Events stream in live while the job runs.
+    await page.wait_for_function("window.quireAudit && window.quireAudit.seqs.length >= 80")
+    status = await page.locator("#status").text_content()
+    assert status in ("queued", "running")
+    await shot(page, "job-running.png", tmp_path)
+
+    # Scrolling up pauses auto-follow; new events keep arriving and are counted.
+    await page.locator("#lines").evaluate("el => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); }")
+    await page.wait_for_function("!window.quireAudit.following")
+    await page.wait_for_function("document.querySelector('#newbar').classList.contains('show')")
+    first = await page.locator("#newcount").text_content()
+    await page.wait_for_function(f"document.querySelector('#newcount').textContent !== {json.dumps(first)}")
+    assert await page.locator("#lines").evaluate("el => el.scrollTop") == 0  # still where the user left it
+    await page.get_by_role("button", name="Jump to live").click()
+    await page.wait_for_function("window.quireAudit.following")
+
+    # Copy all puts one line per event on the clipboard.
+    await page.get_by_role("button", name="Copy all").click()
+    copied = await page.evaluate("navigator.clipboard.readText()")
+    seqs_then = await page.evaluate("window.quireAudit.seqs")
+    copied_seqs = [int(line.split()[0]) for line in copied.splitlines()]
+    assert copied_seqs == seqs_then[: len(copied_seqs)] and len(copied_seqs) >= 30
+
+    # A reload mid-job resumes the log with no gap and no duplicate.
+    await page.reload()
+    await page.wait_for_function("document.querySelector('#live').textContent === 'complete'", timeout=90_000)
+    seqs = await page.evaluate("window.quireAudit.seqs")
+    async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {user.api_key}"}) as http:
+        job = (await http.get(f"/v1/jobs/{job_id}")).json()
+        api_json = (await http.get(f"/v1/jobs/{job_id}/audit?format=json")).json()["events"]
+        api_txt = (await http.get(f"/v1/jobs/{job_id}/audit?format=txt")).text
+    assert job["status"] == "succeeded"
+    assert seqs == list(range(1, len(api_json) + 1))
+    await page.locator("#status", has_text="succeeded").wait_for()
+    await page.wait_for_function("document.querySelector('#doc').textContent.startsWith('# ')")
+
+    # Downloads of both formats match the API.
+    async with page.expect_download() as dl:
+        await page.get_by_role("button", name="JSON").click()
+    got = json.loads(Path(await (await dl.value).path()).read_text())["events"]
+    assert got == api_json
+    async with page.expect_download() as dl:
+        await page.get_by_role("button", name="TXT").click()
+    txt = Path(await (await dl.value).path()).read_text()
+    assert txt == api_txt and [parse_txt_line(x) for x in txt.splitlines(keepends=True)[1:]] == api_json
+
+    # Filters: kind and text.
+    await page.get_by_label("Filter by kind").select_option("llm")
+    visible = await page.locator("#lines .line:not([hidden])").evaluate_all("els => els.map(e => e.dataset.kind)")
+    assert visible and set(visible) == {"llm"}
+    await page.get_by_label("Filter by kind").select_option("")
+    await shot(page, "job-finished.png", tmp_path)
+
+    # The panel stays open after the job ends until dismissed, and reopens.
+    assert await page.locator("#audit").is_visible()
+    await page.get_by_role("button", name="Close the audit log").click()
+    assert not await page.locator("#audit").is_visible()
+    await page.get_by_role("button", name="Audit log").click()
+    assert await page.locator("#audit").is_visible()
+
+    # Job history lists the job with its counts and links.
+    await page.goto(api_url + "/history")
+    row = page.locator(f"tr[data-job-id='{job_id}']")
+    await row.wait_for()
+    text = await row.text_content()
+    assert "succeeded" in text and "2,500" in text and "✓ yes" in text and f"{job['audit_events']:,}" in text
+    await shot(page, "history.png", tmp_path)
+    await ctx.close()
+
+
+async def test_pages_need_a_key_and_reject_a_bad_one(browser, api_url):
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    await page.goto(api_url + "/history")
+    await page.wait_for_url("**/?next=*")
+    await page.get_by_label("API key").fill("qk_wrong")
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_text("That key was not accepted.").wait_for()
+    await ctx.close()
