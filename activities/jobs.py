@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import uuid
 from typing import Any
 
@@ -161,7 +162,8 @@ class JobActivities:
                     return outline_messages(doc_title, lead, n_sections, err)
                 return rewrite_plan_messages(opening, headings, target, input_words, err)
         else:
-            doc_title = title or prompt.strip().splitlines()[0][:120]
+            # A brief's first clause makes a title; the whole brief stays the thesis.
+            doc_title = title or re.split(r"[:.;\n]", prompt.strip(), maxsplit=1)[0][:120].strip() or "Untitled"
             lead = prompt
 
             def make(err: str | None) -> list[dict[str, str]]:

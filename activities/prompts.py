@@ -81,11 +81,12 @@ def plan_messages(brief: str, target_words: int, sections: int, error: str | Non
         f"{want} sections objects, each with title, summary and key_points, a list of strings), glossary "
         f"(an object mapping key terms to one-line definitions) and style (string)."
     )
-    msgs = [
-        {"role": "system", "content": "You plan documents. You answer with JSON only."},
-        {"role": "user", "content": user},
-    ]
-    if error:
+    return _json_messages("You plan documents. You answer with JSON only.", user, error)
+
+
+def _json_messages(system: str, user: str, error: str | None) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if error:  # the retry shows the model what was wrong with its last answer
         msgs.append(
             {
                 "role": "user",
@@ -152,10 +153,10 @@ def outline_messages(title: str, lead: str, sections: int, error: str | None = N
     a numbered contents list is what they continue naturally. The result is still validated.
     """
     want = min(sections, MAX_PLANNED_SECTIONS)
-    note = f"(The contents list has {want} numbered sections.)"
-    if error:
-        note = f"(Your last answer was not usable: {error[:200]}. The contents list has {want} numbered sections.)"
-    return [{"role": "user", "content": f"# {title}\n\n{lead.strip()}\n\n## Contents\n\n{note}\n\n1."}]
+    note = ""
+    if error:  # the retry says what was wrong, in the document's own voice
+        note = f"(A contents list of {max(want, 3)} short numbered section titles.)\n\n"
+    return [{"role": "user", "content": f"# {title}\n\n{lead.strip()}\n\n## Contents\n\n{note}1."}]
 
 
 def parse_outline(raw: str, title: str, thesis: str, sections: int) -> PlanModel:
@@ -166,10 +167,11 @@ def parse_outline(raw: str, title: str, thesis: str, sections: int) -> PlanModel
         m = re.match(r"^\s*(\d{1,2})[.)]\s*(.+?)\s*$", line)
         if m:
             t = re.sub(r"[*_#`]+", "", m.group(2)).strip(" :.-")
-            if 2 <= len(t) <= 120 and t.lower() not in {x.lower() for x in titles}:
+            echo = t.lower().startswith(title.lower()[:30]) or title.lower().startswith(t.lower())
+            if 2 <= len(t) <= 80 and not echo and t.lower() not in {x.lower() for x in titles}:
                 titles.append(t)
     want = min(sections, MAX_PLANNED_SECTIONS)
-    if len(titles) < min(2, want):
+    if len(titles) < 1:
         raise ValueError(f"expected a numbered list of {want} section titles, found {len(titles)}")
     return PlanModel(title=title, thesis=thesis, sections=[PlanSection(title=t) for t in titles[:want]])
 
@@ -186,19 +188,7 @@ def rewrite_plan_messages(
         "sections (a list of objects with title, summary, key_points), glossary (key terms to one-line "
         "definitions) and style (how it is written)."
     )
-    msgs = [
-        {"role": "system", "content": "You analyse documents. You answer with JSON only."},
-        {"role": "user", "content": user},
-    ]
-    if error:
-        msgs.append(
-            {
-                "role": "user",
-                "content": f"Your previous answer was not valid: {error[:500]}. "
-                "Answer again with the JSON object only.",
-            }
-        )
-    return msgs
+    return _json_messages("You analyse documents. You answer with JSON only.", user, error)
 
 
 def outline_line(plan: dict[str, Any], current: int) -> str:

@@ -166,7 +166,7 @@ def follow(api: Api, job_id: str, console: Console, show_events: bool = True) ->
 
         for ev in api.stream_events(job_id):
             if show_events:
-                progress.console.print(event_line(ev), markup=False, highlight=False)
+                progress.console.print(event_line(ev), markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
             if time.monotonic() - last_poll > 0.5 or ev.get("kind") == "job":
                 job = refresh()
                 last_poll = time.monotonic()

@@ -71,6 +71,16 @@ def _cause(err: BaseException) -> tuple[str, str]:
     return code, f"{etype}: {msg}"
 
 
+async def _mark_cancelled(job_id: str) -> None:
+    await _act(
+        "fail_job",
+        FailInput(job_id, "E_CANCELLED", "cancelled by request", status="cancelled"),
+        type(None),
+        QUICK,
+        "mark cancelled",
+    )
+
+
 def _was_cancelled(err: BaseException) -> bool:
     e: BaseException | None = err
     while e is not None:
@@ -97,23 +107,11 @@ class JobWorkflow:
             return await self._run(inp)
         except asyncio.CancelledError:
             # Everything written stays; the job is marked cancelled, then the workflow ends cancelled.
-            await _act(
-                "fail_job",
-                FailInput(inp.job_id, "E_CANCELLED", "cancelled by request", status="cancelled"),
-                type(None),
-                QUICK,
-                "mark cancelled",
-            )
+            await _mark_cancelled(inp.job_id)
             raise
         except (ActivityError, ChildWorkflowError) as err:
             if _was_cancelled(err):  # the cancel reached a child or activity before this run
-                await _act(
-                    "fail_job",
-                    FailInput(inp.job_id, "E_CANCELLED", "cancelled by request", status="cancelled"),
-                    type(None),
-                    QUICK,
-                    "mark cancelled",
-                )
+                await _mark_cancelled(inp.job_id)
                 raise asyncio.CancelledError() from err
             code, reason = _cause(err)
             await _act("fail_job", FailInput(inp.job_id, code, reason), type(None), QUICK, f"fail: {code}")
