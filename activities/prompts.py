@@ -147,33 +147,44 @@ def fallback_plan(brief: str, sections: int, title: str | None = None) -> PlanMo
 
 
 def outline_messages(title: str, lead: str, sections: int, error: str | None = None) -> list[dict[str, str]]:
-    """The plan for small base models: a document's contents list to continue, not JSON.
+    """The plan for small base models: a numbered list of parts to continue, not JSON.
 
     JSON mode is slow with grammar-constrained sampling and small models rarely fill a schema;
-    a numbered contents list is what they continue naturally. The result is still validated.
+    "This document has N parts: 1." is what they continue naturally (a "Contents" heading pulls
+    them into code documentation). The result is still validated.
     """
-    want = min(sections, MAX_PLANNED_SECTIONS)
-    note = ""
-    if error:  # the retry says what was wrong, in the document's own voice
-        note = f"(A contents list of {max(want, 3)} short numbered section titles.)\n\n"
-    return [{"role": "user", "content": f"# {title}\n\n{lead.strip()}\n\n## Contents\n\n{note}1."}]
+    want = max(3, min(sections, MAX_PLANNED_SECTIONS))
+    return [{"role": "user", "content": f"# {title}\n\n{lead.strip()}\n\nThis document has {want} parts:\n\n1."}]
 
 
 def parse_outline(raw: str, title: str, thesis: str, sections: int) -> PlanModel:
-    """Section titles from a numbered list (the first item continues the prompt's "1.")."""
-    lines = ("1. " + raw.lstrip()).splitlines()
+    """Section titles from a numbered list (the first item continues the prompt's "1.").
+
+    Titles beyond the sections wanted become key points of the last section's chunks.
+    """
     titles: list[str] = []
-    for line in lines:
-        m = re.match(r"^\s*(\d{1,2})[.)]\s*(.+?)\s*$", line)
-        if m:
-            t = re.sub(r"[*_#`]+", "", m.group(2)).strip(" :.-")
-            echo = t.lower().startswith(title.lower()[:30]) or title.lower().startswith(t.lower())
-            if 2 <= len(t) <= 80 and not echo and t.lower() not in {x.lower() for x in titles}:
-                titles.append(t)
+    started = False
+    for line in ("1. " + raw.lstrip()).splitlines():
+        m = re.match(r"^\s*(?:\d{1,2}[.)]\s*)+(.+?)\s*$", line)
+        if not m:
+            if started and not line.strip():
+                continue
+            if started:
+                break  # prose after the list
+            continue
+        started = True
+        t = re.sub(r"[*_#`]+", "", m.group(1)).strip(" :.-")
+        t = t[:1].upper() + t[1:]
+        echo = t.lower().startswith(title.lower()[:30]) or title.lower().startswith(t.lower())
+        latin = bool(re.search(r"[A-Za-z]{3}", t)) or not re.search(r"[A-Za-z]{3}", title)
+        if 2 <= len(t) <= 80 and latin and not echo and t.lower() not in {x.lower() for x in titles}:
+            titles.append(t)
     want = min(sections, MAX_PLANNED_SECTIONS)
-    if len(titles) < 1:
-        raise ValueError(f"expected a numbered list of {want} section titles, found {len(titles)}")
-    return PlanModel(title=title, thesis=thesis, sections=[PlanSection(title=t) for t in titles[:want]])
+    if not titles:
+        raise ValueError(f"expected a numbered list of {max(3, want)} part titles, found none")
+    secs = [PlanSection(title=t) for t in titles[:want]]
+    secs[-1].key_points = titles[want:][:12]
+    return PlanModel(title=title, thesis=thesis, sections=secs)
 
 
 def rewrite_plan_messages(

@@ -92,6 +92,7 @@ _SPECIAL_TOKEN = re.compile(r"<(?:start|end)_of_\w+>|<\|[^|>]{1,40}\|>|</?s>|<pa
 _HTML_HEADING = re.compile(r"<h[1-6][^>]*>.*?</h[1-6]>", re.I | re.S)
 _HTML_TAG = re.compile(r"</?(?:p|br|div|span|b|i|em|strong|ul|ol|li|h[1-6])\b[^>]*>", re.I)
 _LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)\s*){3,}")
+_REPEATED_TOKEN = re.compile(r"\b(\w+)(?:\W+\1\b){4,}", re.I)  # "word word word word word" -> "word"
 _LONE_MARKERS = re.compile(r"^\s*(?:[-*#>]+|\d+[.)])\s*$", re.M)
 
 
@@ -107,17 +108,33 @@ def clean_model_text(text: str, echo_of: str = "") -> str:
     text = _LIST_JUNK.sub("", text)
     echoed = {normalize_paragraph(ln) for ln in echo_of.splitlines() if len(ln.split()) >= 3}
     kept = []
+    seen: set[str] = set()
     for line in text.splitlines():
         if re.match(r"^\s*#{1,2}\s", line):
             continue
-        if echoed and len(line.split()) >= 3 and normalize_paragraph(line) in echoed:
+        key = normalize_paragraph(line)
+        if echoed and len(line.split()) >= 3 and key in echoed:
             continue
+        if key and key in seen:  # a line said again is a repetition loop, not prose
+            continue
+        seen.add(key)
         kept.append(line)
     text = "\n".join(kept)
     text = _LONE_MARKERS.sub("", text)
+    text = _REPEATED_TOKEN.sub(r"\1", text)
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
+    text = text.strip()
+    return "" if degenerate(text) else text
+
+
+def degenerate(text: str) -> bool:
+    """Text that is mostly the same few words again: a model stuck in a loop."""
+    toks = [t.lower() for t in text.split()]
+    if len(toks) < 40:
+        return False
+    grams = [tuple(toks[i:i + 4]) for i in range(len(toks) - 3)]
+    return len(set(grams)) / len(grams) < 0.5  # prose rarely repeats a 4-word run; loops do nothing else
 
 
 def join_continuation(existing: str, addition: str) -> str:

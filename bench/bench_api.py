@@ -154,7 +154,7 @@ async def main(events: int, log_size: int) -> None:
     try:
         for _ in range(300):
             try:
-                if httpx.get(f"{api}/readyz").status_code == 200:
+                if (await httpx.AsyncClient().get(f"{api}/readyz")).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

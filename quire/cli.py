@@ -264,10 +264,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     data = _api(args).json("GET", "/v1/jobs", params=params)
     for j in data["items"]:
         met = "met" if j.get("target_met") else "-"
-        print(
-            f"{j['id']}  {j['created_at'][:19]}  {j['status']:<9} {j['kind']:<8} "
-            f"{j.get('output_words') or j.get('words_written') or 0:>7}/{j['target_words']:<7} {met:<3} {j.get('title') or ''}"
-        )
+        words = j.get("output_words") or j.get("words_written") or 0
+        print(f"{j['id']}  {j['created_at'][:19]}  {j['status']:<9} {j['kind']:<8} "
+              f"{words:>7}/{j['target_words']:<7} {met:<3} {j.get('title') or ''}")
     return EXIT_OK
 
 
@@ -319,9 +318,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"               {log_txt.resolve()}")
         print(f"job page       {state['api_url']}/jobs/{jid}")
         if state.get("temporal_ui_url"):
-            print(
-                f"Temporal UI    {state['temporal_ui_url']}/namespaces/{settings.temporal_namespace}/workflows/job-{jid}"
-            )
+            ns = settings.temporal_namespace
+            print(f"Temporal UI    {state['temporal_ui_url']}/namespaces/{ns}/workflows/job-{jid}")
         return _job_exit(job)
     finally:
         if started_here and not args.keep:

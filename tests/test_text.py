@@ -119,3 +119,13 @@ def test_seam_checks_find_repeats_drift_and_dangling_refs() -> None:
     assert {"broken_seam", "dangling_reference", "glossary_drift"} <= kinds
     issues = seam_issues([(0, para), (1, para)], {}, 3, set())
     assert [i["type"] for i in issues] == ["repeated_paragraph"]
+
+
+def test_repetition_loops_are_not_counted_as_prose() -> None:
+    assert clean_model_text("ArgumentParser\n" * 50) == "ArgumentParser"
+    assert clean_model_text("The bees fly home to the hive. " * 30) == ""
+    assert clean_model_text("honey honey honey honey honey honey is sweet") == "honey is sweet"
+    prose = ("Bees keep the hive warm in winter by clustering around the queen. In spring the colony grows "
+             "quickly, and a keeper must give it room or it will swarm. Inspections every week tell the keeper "
+             "whether the queen is laying, whether there is food, and whether queen cells have appeared.")
+    assert clean_model_text(prose) == prose

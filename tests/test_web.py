@@ -5,6 +5,7 @@ Set QUIRE_UPDATE_SCREENSHOTS=1 to refresh docs/*.png from this run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -35,6 +36,11 @@ async def browser() -> AsyncIterator[Browser]:
 async def shot(page: Page, name: str, tmp: Path) -> None:
     target = DOCS / name if os.environ.get("QUIRE_UPDATE_SCREENSHOTS") else tmp / name
     await page.screenshot(path=str(target))
+
+
+async def read_download(dl: object) -> str:
+    path = await (await dl.value).path()  # type: ignore[attr-defined]
+    return await asyncio.to_thread(Path(path).read_text)
 
 
 async def sign_in(page: Page, api_url: str, key: str) -> None:
@@ -95,11 +101,11 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     # Downloads of both formats match the API.
     async with page.expect_download() as dl:
         await page.get_by_role("button", name="JSON").click()
-    got = json.loads(Path(await (await dl.value).path()).read_text())["events"]
+    got = json.loads(await read_download(dl))["events"]
     assert got == api_json
     async with page.expect_download() as dl:
         await page.get_by_role("button", name="TXT").click()
-    txt = Path(await (await dl.value).path()).read_text()
+    txt = await read_download(dl)
     assert txt == api_txt and [parse_txt_line(x) for x in txt.splitlines(keepends=True)[1:]] == api_json
 
     # Filters: kind and text.
