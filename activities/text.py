@@ -122,10 +122,26 @@ def clean_model_text(text: str, echo_of: str = "") -> str:
     text = "\n".join(kept)
     text = _LONE_MARKERS.sub("", text)
     text = _REPEATED_TOKEN.sub(r"\1", text)
+    text = _unwrap(text)
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     text = text.strip()
     return "" if degenerate(text) else text
+
+
+_BLOCK_START = re.compile(r"^\s*(?:[-*+>#|]|\d+[.)])")
+
+
+def _unwrap(text: str) -> str:
+    """Rejoin prose that a model hard-wrapped at ~80 columns; lists, quotes and headings stay."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        prev = out[-1] if out else ""
+        if line.strip() and prev.strip() and not _BLOCK_START.match(line) and not _BLOCK_START.match(prev):
+            out[-1] = prev.rstrip() + " " + line.strip()
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def degenerate(text: str) -> bool:
@@ -133,7 +149,7 @@ def degenerate(text: str) -> bool:
     toks = [t.lower() for t in text.split()]
     if len(toks) < 40:
         return False
-    grams = [tuple(toks[i:i + 4]) for i in range(len(toks) - 3)]
+    grams = [tuple(toks[i : i + 4]) for i in range(len(toks) - 3)]
     return len(set(grams)) / len(grams) < 0.5  # prose rarely repeats a 4-word run; loops do nothing else
 
 

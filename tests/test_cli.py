@@ -22,20 +22,21 @@ QUIRE = [sys.executable, "-m", "quire.cli"]
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "OPENAI_", "TEMPORAL_", "QUIRE_"))}
-    return subprocess.run([*QUIRE, *args], env={**base, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([*QUIRE, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 async def arun(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     """The CLI as a subprocess, without blocking the event loop the in-process API runs on."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "OPENAI_", "TEMPORAL_", "QUIRE_"))}
-    proc = await asyncio.create_subprocess_exec(*QUIRE, *args, env={**base, **env}, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *QUIRE, *args, env={**base, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 180)
     return proc.returncode or 0, out.decode(), err.decode()
 
 
 # --- db ----------------------------------------------------------------------------------------
+
 
 def test_db_sql_needs_no_database():
     r = run("db", "sql")
@@ -72,6 +73,7 @@ def test_db_check_is_read_only(fresh_db_url):
 
 # --- the stack -----------------------------------------------------------------------------------
 
+
 def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -90,8 +92,13 @@ def listening(port: int) -> bool:
 def test_up_detach_down_leaves_nothing_and_restart_reuses_data(tmp_path_factory):
     home = Path("/tmp") / f"qh-{uuid.uuid4().hex[:6]}"  # short: Postgres' socket path is limited
     api, tport, ui = free_ports(3)
-    env = {"QUIRE_HOME": str(home), "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "API_PORT": str(api),
-           "TEMPORAL_PORT": str(tport), "TEMPORAL_UI_PORT": str(ui)}
+    env = {
+        "QUIRE_HOME": str(home),
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "API_PORT": str(api),
+        "TEMPORAL_PORT": str(tport),
+        "TEMPORAL_UI_PORT": str(ui),
+    }
     try:
         r = run("up", "--detach", env=env)
         assert r.returncode == 0, r.stderr
@@ -100,8 +107,11 @@ def test_up_detach_down_leaves_nothing_and_restart_reuses_data(tmp_path_factory)
         assert oct((home / "local-user.key").stat().st_mode)[-3:] == "600"
         headers = {"Authorization": f"Bearer {key}"}
         assert httpx.get(f"http://127.0.0.1:{api}/readyz").json()["status"] == "ready"
-        created = httpx.post(f"http://127.0.0.1:{api}/v1/jobs", headers=headers,
-                             json={"kind": "generate", "prompt": "kept", "target_words": 5}).json()
+        created = httpx.post(
+            f"http://127.0.0.1:{api}/v1/jobs",
+            headers=headers,
+            json={"kind": "generate", "prompt": "kept", "target_words": 5},
+        ).json()
         state = json.loads((home / "stack.json").read_text())
         pids = [state["pid"], *state["procs"].values()]
 
@@ -142,6 +152,7 @@ def test_invalid_setting_names_the_setting(tmp_path):
 
 
 # --- jobs over HTTP ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def cli_env(api_url, user) -> dict[str, str]:

@@ -50,24 +50,34 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def local_worker(client, db, llama_url) -> AsyncIterator[None]:
-    llm = LlmClient(db, base_url=llama_url, api_key=None, model=localmodel.MODEL_ALIAS, timeout=300,
-                    prompt_style="document")
+    llm = LlmClient(
+        db, base_url=llama_url, api_key=None, model=localmodel.MODEL_ALIAS, timeout=300, prompt_style="document"
+    )
     async with build_worker(client, JobActivities(db, llm), QUEUE):
         yield
     await llm.close()
 
 
 async def test_real_small_model_meets_target_with_real_token_counts(db, client, user, local_worker):
-    job, _ = await jobs.submit(db, client, user_id=user.user_id, user_name=user.name,
-                               spec=jobs.JobSpec(kind="generate", prompt="Why bees dance", target_words=120),
-                               task_queue=QUEUE, default_model=localmodel.MODEL_ALIAS)
+    job, _ = await jobs.submit(
+        db,
+        client,
+        user_id=user.user_id,
+        user_name=user.name,
+        spec=jobs.JobSpec(kind="generate", prompt="Why bees dance", target_words=120),
+        task_queue=QUEUE,
+        default_model=localmodel.MODEL_ALIAS,
+    )
     assert await wait(client, job.id) == "succeeded"
     doc = await output(db, job.id)
     assert doc is not None and count_words(doc.text) >= 120
     async with db.tx() as s:
         calls = (await s.execute(select(LlmCall).where(LlmCall.job_id == job.id))).scalars().all()
-        events = (await s.execute(select(AuditEvent.data).where(
-            AuditEvent.job_id == job.id, AuditEvent.kind == "llm"))).scalars().all()
+        events = (
+            (await s.execute(select(AuditEvent.data).where(AuditEvent.job_id == job.id, AuditEvent.kind == "llm")))
+            .scalars()
+            .all()
+        )
     ok = [c for c in calls if c.status == "ok"]
     assert ok and all(c.model == localmodel.MODEL_ALIAS and not c.tokens_estimated for c in ok)
     assert all(c.tokens_in > 0 and c.tokens_out > 0 and c.latency_ms > 0 for c in ok)

@@ -125,7 +125,14 @@ def test_repetition_loops_are_not_counted_as_prose() -> None:
     assert clean_model_text("ArgumentParser\n" * 50) == "ArgumentParser"
     assert clean_model_text("The bees fly home to the hive. " * 30) == ""
     assert clean_model_text("honey honey honey honey honey honey is sweet") == "honey is sweet"
-    prose = ("Bees keep the hive warm in winter by clustering around the queen. In spring the colony grows "
-             "quickly, and a keeper must give it room or it will swarm. Inspections every week tell the keeper "
-             "whether the queen is laying, whether there is food, and whether queen cells have appeared.")
+    prose = (
+        "Bees keep the hive warm in winter by clustering around the queen. In spring the colony grows "
+        "quickly, and a keeper must give it room or it will swarm. Inspections every week tell the keeper "
+        "whether the queen is laying, whether there is food, and whether queen cells have appeared."
+    )
     assert clean_model_text(prose) == prose
+
+
+def test_hard_wrapped_prose_is_rejoined_but_lists_stay() -> None:
+    text = "Keep a record\nof the hive.\n\n- one\n- two\n\nNext paragraph\ncontinues here."
+    assert clean_model_text(text) == "Keep a record of the hive.\n\n- one\n- two\n\nNext paragraph continues here."

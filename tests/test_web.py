@@ -21,8 +21,16 @@ from api.audit import parse_txt_line
 pytestmark = pytest.mark.usefixtures("worker")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = Path(__file__).parent.parent / "docs"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +60,11 @@ async def sign_in(page: Page, api_url: str, key: str) -> None:
 
 async def test_submit_watch_live_scroll_copy_download_reload_history(browser, api_url, fake, user, tmp_path):
     fake.reset(delay_s=0.04)
-    ctx = await browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True,
-                                    permissions=["clipboard-read", "clipboard-write"])
+    ctx = await browser.new_context(
+        viewport={"width": 1366, "height": 768},
+        accept_downloads=True,
+        permissions=["clipboard-read", "clipboard-write"],
+    )
     page = await ctx.new_page()
     await sign_in(page, api_url, user.api_key)
     await page.get_by_label("Brief").fill("The quiet engineering of canal locks")
