@@ -94,7 +94,7 @@ async def memory(db: Database, api: str, key: str, user_id: int, n: int, pid: in
     written = await _seq(db, jid)
     while written < n:
         async with db.job_tx(jid) as tx:
-            for i in range(min(5000, n - written - 1)):
+            for i in range(min(5000, n - written)):
                 tx.event("bench", "bulk", {"i": i, "text": "a typical audit payload with some words in it"})
         written = await _seq(db, jid)
     proc = psutil.Process(pid)
