@@ -7,6 +7,7 @@ live audit streams.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,9 +23,12 @@ from temporalio.client import Client
 
 from api import audit, pages
 from api.auth import record_access
+from api.jobs import openapi_components
 from api.jobs import router as jobs_router
+from api.schemas import Health, Readiness
 from db.session import Database
 from quire.config import Settings, get_settings
+from quire.logging import configure
 from quire.temporal import connect
 
 log = structlog.get_logger(__name__)
@@ -34,7 +38,9 @@ STATIC = Path(__file__).parent / "static"
 def create_app(
     settings: Settings | None = None, *, db: Database | None = None, client: Client | None = None
 ) -> FastAPI:
-    settings = settings or get_settings()
+    if settings is None:  # run by uvicorn --factory: this process is the API server
+        settings = get_settings()
+        configure(settings.quire_log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,9 +55,13 @@ def create_app(
         else:
             app.state.client = client
         app.state.settings = settings
-        app.state.listener = audit.AuditListener(app.state.db.url)
+        app.state.listener = audit.AuditListener(app.state.db)
         app.state.listener.start()
-        log.info("api started")
+        try:  # streams opened before LISTEN is up would wait for the fallback poll
+            await asyncio.wait_for(app.state.listener.ready.wait(), 10)
+        except TimeoutError:
+            log.warning("api.listener_not_ready", after_s=10)
+        log.info("api.started", temporal=settings.temporal_address, task_queue=settings.temporal_task_queue)
         try:
             yield
         finally:
@@ -70,24 +80,45 @@ def create_app(
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/"):
-            try:
-                await record_access(request.app.state.db, request, response.status_code)
-            except Exception as exc:  # noqa: BLE001 - the access log must not break the request
-                log.warning("access_log.failed", error=str(exc))
-        return response
+        """Every /v1 request -> account_events (user if authenticated, time, IP, user agent, method,
+        path, status). Headers are not stored: the API key never reaches a row or a log line."""
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            if request.url.path.startswith("/v1/"):
+                try:
+                    await record_access(request.app.state.db, request, status)
+                except Exception as exc:  # noqa: BLE001 - the access log must not break the request
+                    log.warning("access_log.failed", error=str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # No exc_info here: a rich traceback prints frame locals, and those hold the request's
+        # headers (the API key). The server logs the plain traceback as the exception leaves.
+        log.error(
+            "api.internal_error", method=request.method, path=request.url.path, error=f"{type(exc).__name__}: {exc}"
+        )
+        return JSONResponse({"detail": "internal error: the server log has the details"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", [])), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.get("/healthz", tags=["health"], summary="The process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", tags=["health"], summary="The process is alive", response_model=Health)
+    async def healthz() -> Health:
+        return Health(status="ok")
 
-    @app.get("/readyz", tags=["health"], summary="Postgres and Temporal are reachable")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Postgres, Temporal and the live-stream listener are up",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "something is not reachable; each check says what"}},
+    )
     async def readyz(request: Request) -> JSONResponse:
         checks: dict[str, str] = {}
         try:
@@ -101,9 +132,18 @@ def create_app(
             checks["temporal"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["temporal"] = f"error: {exc}"
+        checks["listener"] = "ok" if request.app.state.listener.ready.is_set() else "connecting"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -7,6 +7,7 @@ called (``quire db upgrade``; the embedded default calls it itself).
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
-from db.ddl import TRIGGER_NAMES, VIEW_NAMES
+from db.ddl import FUNCTIONS_AND_TRIGGERS, TRIGGER_NAMES, VIEW_NAMES
 from db.models import Base
 from db.session import async_url
 
@@ -67,30 +68,63 @@ class Difference:
 
 
 def check(url: str) -> list[Difference]:
-    """Compare the live database with the models, read-only; an empty list means it matches."""
+    """Compare the live database with the models, read-only; an empty list means it matches.
+
+    A missing table is one line that names its columns, indexes and triggers, rather than one
+    line per index: on an empty database the report is then one line per table of Quire's.
+    """
     engine = create_engine(async_url(url), connect_args={"options": "-c default_transaction_read_only=on"})
-    out: list[Difference] = []
+    raw: list[Difference] = []
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             for diff in compare_metadata(ctx, Base.metadata):
-                out.extend(_describe(diff))
+                raw.extend(_describe(diff))
             current = ctx.get_current_revision()
             head = head_revision()
-            if current != head:
-                out.append(Difference("alembic_version", None, f"revision is {current}, head is {head}"))
             have_triggers = {r[0] for r in conn.execute(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))}
-            for name in TRIGGER_NAMES:
-                if name not in have_triggers:
-                    out.append(Difference(name, None, "trigger is missing"))
             have_views = {r[0] for r in conn.execute(text("SELECT viewname FROM pg_views"))}
-            for name in VIEW_NAMES:
-                if name not in have_views:
-                    out.append(Difference(name, None, "view is missing"))
     finally:
         engine.dispose()
-    # Alembic's own bookkeeping table is not part of the models.
-    return [d for d in out if not (d.table == "alembic_version" and d.problem == "table is not in the models")]
+    missing_tables = {d.table for d in raw if d.column is None and d.problem.startswith("table is missing")}
+    # Which table each trigger belongs to, read from its own DDL (CREATE TRIGGER name ... ON table).
+    trigger_table = {
+        m.group(1): m.group(2)
+        for _, ddl in FUNCTIONS_AND_TRIGGERS
+        for m in re.finditer(r"CREATE TRIGGER (\w+)\s.*?\sON (\w+)", ddl, re.S)
+    }
+    out: list[Difference] = []
+    for d in raw:
+        if d.table == "alembic_version" and d.problem == "table is not in the models":
+            continue  # Alembic's own bookkeeping table
+        if d.table in missing_tables and d.problem.startswith(("index ", "constraint ")):
+            continue  # implied by the missing table; folded into its line below
+        if d in out:
+            continue
+        if d.table in missing_tables and d.column is None:
+            extra = [ln.problem.split(" ")[1] for ln in raw if ln.table == d.table and ln.problem.startswith("index ")]
+            extra_t = [t for t in TRIGGER_NAMES if trigger_table.get(t) == d.table]
+            d = Difference(
+                d.table,
+                None,
+                d.problem[:-1]
+                + (f"; indexes: {', '.join(extra)}" if extra else "")
+                + (f"; triggers: {', '.join(extra_t)}" if extra_t else "")
+                + ")",
+            )
+        out.append(d)
+    if current is None:
+        out.append(Difference("alembic_version", None, f"no migration has been applied (head is {head})"))
+    elif current != head:
+        out.append(Difference("alembic_version", None, f"revision is {current}, head is {head}"))
+    for name in TRIGGER_NAMES:
+        table = trigger_table.get(name, name)
+        if name not in have_triggers and table not in missing_tables:
+            out.append(Difference(table, None, f"trigger {name} is missing"))
+    for name in VIEW_NAMES:
+        if name not in have_views:
+            out.append(Difference(name, None, "view is missing"))
+    return out
 
 
 def _describe(diff: object) -> list[Difference]:

