@@ -3,11 +3,13 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY quire quire
-COPY workflows workflows
-COPY activities activities
-COPY api api
+COPY core core
 COPY db db
+COPY activities activities
+COPY workflows workflows
+COPY services services
+COPY api api
+COPY quire quire
 COPY worker.py ./
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 quire
 USER quire

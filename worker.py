@@ -12,25 +12,47 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.jobs import JobActivities
+from activities.chunks import ChunkActivities
+from activities.finalize import FinalizeActivities
 from activities.llm import LlmClient
+from activities.plan import PlanActivities
+from activities.stitch import StitchActivities
 from db.session import Database
-from quire.config import Settings, get_settings
-from quire.logging import configure
-from quire.temporal import connect
-from workflows.job import JobWorkflow, SectionWorkflow
+from services.config import Settings, get_settings
+from services.logging import configure
+from services.temporal import connect
+from workflows.job import JobWorkflow
+from workflows.section import SectionWorkflow
 
 log = structlog.get_logger(__name__)
 
 
-def build_worker(client: Client, acts: JobActivities, task_queue: str) -> Worker:
+def build_worker(client: Client, db: Database, llm: LlmClient, task_queue: str) -> Worker:
+    """A worker for every workflow and activity of a job, with the activities' dependencies."""
+    plan, chunks, stitch, finalize = (
+        PlanActivities(db, llm),
+        ChunkActivities(db, llm),
+        StitchActivities(db, llm),
+        FinalizeActivities(db),
+    )
     # The audit interceptor comes with the client (it is both a client and a worker
     # interceptor); passing it here as well would record every activity twice.
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[JobWorkflow, SectionWorkflow],
-        activities=acts.all(),
+        activities=[
+            plan.plan_job,
+            chunks.section_chunks,
+            chunks.write_chunk,
+            chunks.check_length,
+            chunks.extend_chunk,
+            chunks.commit_chunk,
+            stitch.stitch_section,
+            finalize.finalize,
+            finalize.add_continuation,
+            finalize.fail_job,
+        ],
         max_concurrent_activities=20,
     )
 
@@ -54,7 +76,7 @@ async def run(settings: Settings) -> None:
     db = Database(settings.database_url, secrets=settings.secrets())
     client = await connect(settings.temporal_address, settings.temporal_namespace, db)
     llm = llm_from_settings(db, settings)
-    worker = build_worker(client, JobActivities(db, llm), settings.temporal_task_queue)
+    worker = build_worker(client, db, llm, settings.temporal_task_queue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,7 +22,7 @@ from openai import AsyncOpenAI
 from sqlalchemy import func, select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from activities.text import count_words
+from core.text import count_words
 from db.audit import shorten
 from db.models import LlmCall
 from db.session import Database

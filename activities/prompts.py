@@ -1,4 +1,4 @@
-"""Prompts and the plan: what Quire asks the model, and the skeleton it falls back on.
+"""Prompts: everything Quire asks a model, for the plan, each chunk and the stitch.
 
 Prompts read as the start of the document to be continued and say the word count they want
 ("about N words") in the last message: small base models follow that better than instructions,
@@ -7,70 +7,17 @@ and real chat models follow it too.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from core.plan import MAX_PLANNED_SECTIONS
+from core.text import tail_words
 
-from activities.text import tail_words
-
-MAX_PLANNED_SECTIONS = 24
 SYSTEM = (
     "You are a careful author writing one part of a long document. Write only the document's prose: "
     "no headings, no notes to the reader, no lists of instructions, no commentary about the task."
 )
-
-
-class PlanSection(BaseModel):
-    title: str = Field(min_length=1, max_length=200)
-    summary: str = Field(default="", max_length=2000)
-    key_points: list[str] = Field(default_factory=list, max_length=12)
-
-
-class PlanModel(BaseModel):
-    title: str = Field(min_length=1, max_length=300)
-    thesis: str = Field(default="", max_length=3000)
-    sections: list[PlanSection] = Field(min_length=1, max_length=MAX_PLANNED_SECTIONS)
-    glossary: dict[str, str] = Field(default_factory=dict)
-    style: str = Field(default="clear, well-organised prose", max_length=1000)
-
-    @field_validator("sections", mode="before")
-    @classmethod
-    def _lenient_sections(cls, v: Any) -> Any:
-        # Small models often answer a list of titles ("1. Introduction") instead of objects.
-        if isinstance(v, list):
-            return [{"title": re.sub(r"^\s*\d+[.)]\s*", "", s).strip() or s} if isinstance(s, str) else s for s in v]
-        return v
-
-    @field_validator("glossary", mode="before")
-    @classmethod
-    def _lenient_glossary(cls, v: Any) -> Any:
-        if isinstance(v, list):  # ["term: definition", ...] or [{"term": .., "definition": ..}]
-            out: dict[str, str] = {}
-            for item in v:
-                if isinstance(item, str):
-                    k, _, d = item.partition(":")
-                    out[k.strip()] = d.strip()
-                elif isinstance(item, dict) and len(item) >= 1:
-                    vals = [str(x) for x in item.values()]
-                    out[vals[0]] = vals[1] if len(vals) > 1 else ""
-            return out
-        if isinstance(v, dict):
-            return {str(k): str(d) for k, d in v.items()}
-        return v
-
-    @field_validator("glossary")
-    @classmethod
-    def _small_glossary(cls, v: dict[str, str]) -> dict[str, str]:
-        return dict(list(v.items())[:40])
-
-
-def planned_section_count(target_words: int, chunk_words: int) -> int:
-    """Sections of about four chunks each, at least one."""
-    return max(1, math.ceil(target_words / (chunk_words * 4)))
 
 
 def plan_messages(brief: str, target_words: int, sections: int, error: str | None = None) -> list[dict[str, str]]:
@@ -97,55 +44,6 @@ def _json_messages(system: str, user: str, error: str | None) -> list[dict[str, 
     return msgs
 
 
-def parse_plan(raw: str) -> PlanModel:
-    """Validate a model's plan; raises ValueError with a readable reason."""
-    text = raw.strip()
-    m = re.search(r"\{.*\}", text, re.S)
-    if not m:
-        raise ValueError("no JSON object in the answer")
-    try:
-        data = json.loads(m.group(0))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc}") from None
-    try:
-        return PlanModel.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(f"plan does not match the schema: {exc.errors()[:3]}") from None
-
-
-def fallback_plan(brief: str, sections: int, title: str | None = None) -> PlanModel:
-    """A deterministic skeleton, used when the model cannot produce a valid plan."""
-    words = [w for w in re.findall(r"[\w'-]+", brief) if len(w) > 3][:8]
-    topic = " ".join(words[:6]) or "the subject"
-    aspects = [
-        "Background",
-        "Core ideas",
-        "How it works",
-        "Evidence and examples",
-        "Difficulties",
-        "Consequences",
-        "Practice",
-        "Outlook",
-    ]
-    secs = []
-    for i in range(min(sections, MAX_PLANNED_SECTIONS)):
-        aspect = aspects[i % len(aspects)]
-        secs.append(
-            PlanSection(
-                title=f"{aspect}" + (f" ({i // len(aspects) + 1})" if i >= len(aspects) else ""),
-                summary=f"{aspect} of {topic}.",
-                key_points=[],
-            )
-        )
-    return PlanModel(
-        title=title or (brief.strip().split("\n")[0][:120] or "Untitled"),
-        thesis=brief.strip()[:1000],
-        sections=secs,
-        glossary={},
-        style="clear, well-organised prose",
-    )
-
-
 def outline_messages(title: str, lead: str, sections: int, error: str | None = None) -> list[dict[str, str]]:
     """The plan for small base models: a numbered list of parts to continue, not JSON.
 
@@ -155,36 +53,6 @@ def outline_messages(title: str, lead: str, sections: int, error: str | None = N
     """
     want = max(3, min(sections, MAX_PLANNED_SECTIONS))
     return [{"role": "user", "content": f"# {title}\n\n{lead.strip()}\n\nThis document has {want} parts:\n\n1."}]
-
-
-def parse_outline(raw: str, title: str, thesis: str, sections: int) -> PlanModel:
-    """Section titles from a numbered list (the first item continues the prompt's "1.").
-
-    Titles beyond the sections wanted become key points of the last section's chunks.
-    """
-    titles: list[str] = []
-    started = False
-    for line in ("1. " + raw.lstrip()).splitlines():
-        m = re.match(r"^\s*(?:\d{1,2}[.)]\s*)+(.+?)\s*$", line)
-        if not m:
-            if started and not line.strip():
-                continue
-            if started:
-                break  # prose after the list
-            continue
-        started = True
-        t = re.sub(r"[*_#`]+", "", m.group(1)).strip(" :.-")
-        t = t[:1].upper() + t[1:]
-        echo = t.lower().startswith(title.lower()[:30]) or title.lower().startswith(t.lower())
-        latin = bool(re.search(r"[A-Za-z]{3}", t)) or not re.search(r"[A-Za-z]{3}", title)
-        if 2 <= len(t) <= 80 and latin and not echo and t.lower() not in {x.lower() for x in titles}:
-            titles.append(t)
-    want = min(sections, MAX_PLANNED_SECTIONS)
-    if not titles:
-        raise ValueError(f"expected a numbered list of {max(3, want)} part titles, found none")
-    secs = [PlanSection(title=t) for t in titles[:want]]
-    secs[-1].key_points = titles[want:][:12]
-    return PlanModel(title=title, thesis=thesis, sections=secs)
 
 
 def rewrite_plan_messages(
@@ -311,8 +179,19 @@ def max_tokens_for(words: int, cap: int = 4096) -> int:
     return max(16, min(cap, math.ceil(words * 1.6) + 32))
 
 
-def opening_and_headings(text: str, words: int = 1200) -> tuple[str, list[str]]:
-    toks = text.split()
-    opening = " ".join(toks[:words])
-    headings = [h.strip("# ").strip() for h in re.findall(r"^#{1,3} .+$", text, re.M)]
-    return opening, headings
+def bridge_messages(left_text: str) -> list[dict[str, str]]:
+    """Finish a passage that stops mid-sentence (a broken seam), in a few words."""
+    return [
+        {"role": "system", "content": "You finish sentences in documents. Write only the words."},
+        {
+            "role": "user",
+            "content": f'The passage ends mid-sentence:\n"…{tail_words(left_text, 60)}"\n\n'
+            "Finish that sentence in about 12 words.",
+        },
+    ]
+
+
+def plan_max_tokens(sections: int, style: str) -> int:
+    """Room for a plan's answer: a numbered list of titles, or a JSON object with summaries."""
+    n = min(sections, MAX_PLANNED_SECTIONS)
+    return 40 + 24 * n if style == "document" else min(4096, 300 + 120 * n)

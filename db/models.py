@@ -29,6 +29,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.spec import (
+    ERROR_CODES,
+    JOB_KINDS,
+    JOB_STATUSES,
+    MAX_TARGET_WORDS,
+    MIN_TARGET_WORDS,
+    TERMINAL_STATUSES,
+    sql_in,
+)
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -36,22 +46,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-JOB_KINDS = ("generate", "rewrite")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-ERROR_CODES = (
-    "E_LENGTH_NOT_MET",
-    "E_BUDGET_EXHAUSTED",
-    "E_LLM_UNAVAILABLE",
-    "E_INPUT_INVALID",
-    "E_CANCELLED",
-    "E_INTERNAL",
-)
-
-
-def _in(col: str, values: tuple[str, ...]) -> str:
-    return f"{col} IN ({', '.join(repr(v) for v in values)})"
 
 
 def _ts(nullable: bool = True, default: bool = False) -> Any:
@@ -85,9 +79,9 @@ class ApiKey(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(_in("kind", JOB_KINDS), name="kind"),
-        CheckConstraint(_in("status", JOB_STATUSES), name="status"),
-        CheckConstraint("target_words BETWEEN 1 AND 500000", name="target_words"),
+        CheckConstraint(sql_in("kind", JOB_KINDS), name="kind"),
+        CheckConstraint(sql_in("status", JOB_STATUSES), name="status"),
+        CheckConstraint(f"target_words BETWEEN {MIN_TARGET_WORDS} AND {MAX_TARGET_WORDS}", name="target_words"),
         CheckConstraint("max_words >= target_words", name="max_words"),
         CheckConstraint("started_at IS NULL OR started_at >= created_at", name="started_after_created"),
         CheckConstraint(
@@ -95,10 +89,10 @@ class Job(Base):
             name="completed_after_started",
         ),
         CheckConstraint(
-            "(status IN ('succeeded','failed','cancelled')) = (completed_at IS NOT NULL)",
+            f"({sql_in('status', TERMINAL_STATUSES)}) = (completed_at IS NOT NULL)",
             name="completed_iff_terminal",
         ),
-        CheckConstraint("error_code IS NULL OR " + _in("error_code", ERROR_CODES), name="error_code"),
+        CheckConstraint("error_code IS NULL OR " + sql_in("error_code", ERROR_CODES), name="error_code"),
         CheckConstraint(
             "status <> 'failed' OR (error_code IS NOT NULL AND failure_reason IS NOT NULL)", name="failed_has_reason"
         ),

@@ -10,6 +10,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -25,7 +26,7 @@ from db.session import async_url
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def alembic_config(url: str | None = None, stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(url: str | None = None, stdout: TextIO | None = None) -> Config:
     cfg = Config(stdout=stdout) if stdout is not None else Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", async_url(url) if url else "postgresql+psycopg://")

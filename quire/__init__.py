@@ -1,1 +1,1 @@
-"""Quire: durable, audited long-document writing with language models."""
+"""The shell: the `quire` command, the embedded stack and its supervisor, the API client, the local model."""

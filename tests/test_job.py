@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import func, select, text
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 
-from activities.text import count_words
+from core.spec import JobSpec
+from core.text import count_words
 from db.models import AuditEvent, Chunk, ChunkAttempt, Document, LlmCall
-from quire import jobs
+from services import jobs
 from tests.conftest import TEST_SECRET
 from tests.fake_llm import WORDS
 from tests.helpers import job_row, output, submit, wait
@@ -288,7 +289,7 @@ async def test_worker_kill_9_mid_job_resumes_without_duplicates(db, client, fake
             client,
             user_id=user.user_id,
             user_name=user.name,
-            spec=jobs.JobSpec(kind="generate", prompt="Harbours", target_words=3000, options={"chunk_words": 300}),
+            spec=JobSpec(kind="generate", prompt="Harbours", target_words=3000, options={"chunk_words": 300}),
             task_queue=queue,
             default_model="fake-model",
         )

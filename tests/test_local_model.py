@@ -12,11 +12,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from activities.jobs import JobActivities
 from activities.llm import LlmClient
-from activities.text import count_words
+from core.spec import JobSpec
+from core.text import count_words
 from db.models import AuditEvent, LlmCall
-from quire import jobs, localmodel
+from quire import localmodel
+from services import jobs
 from tests.helpers import output, wait
 from worker import build_worker
 
@@ -53,7 +54,7 @@ async def local_worker(client, db, llama_url) -> AsyncIterator[None]:
     llm = LlmClient(
         db, base_url=llama_url, api_key=None, model=localmodel.MODEL_ALIAS, timeout=300, prompt_style="document"
     )
-    async with build_worker(client, JobActivities(db, llm), QUEUE):
+    async with build_worker(client, db, llm, QUEUE):
         yield
     await llm.close()
 
@@ -64,7 +65,7 @@ async def test_real_small_model_meets_target_with_real_token_counts(db, client, 
         client,
         user_id=user.user_id,
         user_name=user.name,
-        spec=jobs.JobSpec(kind="generate", prompt="Why bees dance", target_words=120),
+        spec=JobSpec(kind="generate", prompt="Why bees dance", target_words=120),
         task_queue=QUEUE,
         default_model=localmodel.MODEL_ALIAS,
     )

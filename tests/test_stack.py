@@ -27,25 +27,11 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-from quire.temporal import SA_JOB_ID
+from services.temporal import SA_JOB_ID
+from tests.helpers import free_ports, listening
 
 QUIRE = [sys.executable, "-m", "quire.cli"]
 SCRUB = ("DATABASE_URL", "OPENAI_", "TEMPORAL_", "QUIRE_", "API_", "LLM_PORT")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def alive(pid: int) -> bool:
@@ -229,8 +215,8 @@ def test_an_external_database_behind_quires_schema_is_refused_not_altered(stack_
 
 def test_a_missing_local_model_says_how_to_install_it(monkeypatch, tmp_path):
     from quire import localmodel
-    from quire.config import load_settings
     from quire.stack import Stack, StackError
+    from services.config import load_settings
 
     monkeypatch.setattr(localmodel, "installed", lambda: False)
     stack = Stack(load_settings(quire_home=tmp_path, openai_base_url=None, openai_api_key=None))

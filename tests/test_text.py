@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 
-from activities.coherence import delta, fold, seam_issues
-from activities.prompts import ChunkContext, chunk_messages, fallback_plan, parse_plan
-from activities.text import clean_model_text, count_words, split_parts, trim_to_words
+from activities.prompts import ChunkContext, chunk_messages
+from core.coherence import delta, fold, seam_issues
+from core.plan import fallback_plan, parse_plan
+from core.text import clean_model_text, count_words, split_parts, trim_to_words
 
 
 @pytest.mark.parametrize(

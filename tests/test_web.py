@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from api.audit import parse_txt_line
+from core.audit import parse_txt_line
 
 pytestmark = pytest.mark.usefixtures("worker")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from temporalio import activity, client, worker
 from temporalio.common import SearchAttributeKey
+from temporalio.service import RPCError, RPCStatusCode
 
 from db.session import Database, JobGone
 
@@ -33,7 +34,12 @@ SEARCH_ATTRIBUTES: list[SearchAttributeKey[Any]] = [SA_JOB_ID, SA_KIND, SA_USER,
 
 def search_attribute_args() -> list[str]:
     """`temporal server start-dev` arguments that register Quire's search attributes."""
-    types = {SA_JOB_ID: "Keyword", SA_KIND: "Keyword", SA_USER: "Keyword", SA_TARGET_WORDS: "Int"}
+    types: dict[SearchAttributeKey[Any], str] = {
+        SA_JOB_ID: "Keyword",
+        SA_KIND: "Keyword",
+        SA_USER: "Keyword",
+        SA_TARGET_WORDS: "Int",
+    }
     out: list[str] = []
     for key, kind in types.items():
         out += ["--search-attribute", f"{key.name}={kind}"]
@@ -84,57 +90,35 @@ class _ClientAudit(client.OutboundInterceptor):
         super().__init__(next)
         self.db = db
 
+    async def _record(self, wid: str, action: str, **data: Any) -> None:
+        await record(self.db, job_id_from_workflow_id(wid), "workflow", action, {"workflow_id": wid, **data})
+
     async def start_workflow(self, input: client.StartWorkflowInput) -> client.WorkflowHandle[Any, Any]:
         handle = await super().start_workflow(input)
-        await record(
-            self.db,
-            job_id_from_workflow_id(input.id),
-            "workflow",
-            "start",
-            {
-                "workflow_id": input.id,
-                "workflow": input.workflow,
-                "task_queue": input.task_queue,
-                "run_id": handle.result_run_id,
-            },
+        await self._record(
+            input.id, "start", workflow=input.workflow, task_queue=input.task_queue, run_id=handle.result_run_id
         )
         return handle
 
     async def query_workflow(self, input: client.QueryWorkflowInput) -> Any:
         t0 = time.perf_counter()
         result = await super().query_workflow(input)
-        await record(
-            self.db,
-            job_id_from_workflow_id(input.id),
-            "workflow",
-            "query",
-            {"workflow_id": input.id, "query": input.query, "duration_ms": round((time.perf_counter() - t0) * 1000, 2)},
+        await self._record(
+            input.id, "query", query=input.query, duration_ms=round((time.perf_counter() - t0) * 1000, 2)
         )
         return result
 
     async def signal_workflow(self, input: client.SignalWorkflowInput) -> None:
         await super().signal_workflow(input)
-        await record(
-            self.db,
-            job_id_from_workflow_id(input.id),
-            "workflow",
-            "signal",
-            {"workflow_id": input.id, "signal": input.signal},
-        )
+        await self._record(input.id, "signal", signal=input.signal)
 
     async def cancel_workflow(self, input: client.CancelWorkflowInput) -> None:
         await super().cancel_workflow(input)
-        await record(self.db, job_id_from_workflow_id(input.id), "workflow", "cancel", {"workflow_id": input.id})
+        await self._record(input.id, "cancel")
 
     async def terminate_workflow(self, input: client.TerminateWorkflowInput) -> None:
         await super().terminate_workflow(input)
-        await record(
-            self.db,
-            job_id_from_workflow_id(input.id),
-            "workflow",
-            "terminate",
-            {"workflow_id": input.id, "reason": input.reason},
-        )
+        await self._record(input.id, "terminate", reason=input.reason)
 
 
 class _ActivityAudit(worker.ActivityInboundInterceptor):
@@ -203,6 +187,19 @@ def _job_id_of(args: Any) -> uuid.UUID | None:
 
 def _input_of(args: Any) -> dict[str, Any] | None:
     """The activity's input (ids and small numbers only), minus the job id already on the event."""
-    if not args or not dataclasses.is_dataclass(args[0]):
+    if not args or not dataclasses.is_dataclass(args[0]) or isinstance(args[0], type):
         return None
     return {k: v for k, v in dataclasses.asdict(args[0]).items() if k != "job_id"}
+
+
+async def workflow_open(c: client.Client, wid: str) -> bool | None:
+    """Whether a workflow is still running: True, False, or None when Temporal can't say.
+    (A describe is not a job action: the audit interceptor records starts, queries, signals,
+    cancels and terminations only.)"""
+    try:
+        desc = await c.get_workflow_handle(wid).describe()
+    except RPCError as exc:
+        return False if exc.status == RPCStatusCode.NOT_FOUND else None
+    except Exception:  # noqa: BLE001 - Temporal unreachable: unknown
+        return None
+    return desc.status == client.WorkflowExecutionStatus.RUNNING

@@ -1,4 +1,4 @@
-"""Text tools: the word rule, paragraph splitting, cleanup of model output, trimming, seams.
+"""The word rule and the text tools: paragraphs, parts, cleanup of model output, trimming, joins.
 
 The word rule (``count_words``) is the one definition of "a word" in Quire; the API, the
 length checks, the finalizer and the benchmarks all call it.
@@ -192,3 +192,16 @@ def tail_words(text: str, n: int) -> str:
 
 def normalize_paragraph(p: str) -> str:
     return re.sub(r"\W+", " ", p.lower()).strip()
+
+
+def dedupe_paragraphs(text: str) -> str:
+    """Drop paragraphs a model repeated within one text (repetition loops)."""
+    seen: set[str] = set()
+    out = []
+    for p in paragraphs(text):
+        key = normalize_paragraph(p)
+        if key and key in seen and count_words(p) >= 5:
+            continue
+        seen.add(key)
+        out.append(p)
+    return "\n\n".join(out)

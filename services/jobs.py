@@ -1,65 +1,27 @@
-"""Submitting a job: validate, persist (job + input document + first audit events, one
-transaction), then start its workflow ``job-<id>``. Shared by the API and the tests."""
+"""Job commands: submit (validate, persist job + input + first audit events in one transaction,
+then start workflow ``job-<id>``), cancel and delete. Shared by the API, the tests and benchmarks."""
 
 from __future__ import annotations
 
-import math
 import uuid
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select
+import structlog
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.text import count_words, sha256
-from db.models import Document, Job
+from core.spec import TERMINAL_STATUSES, JobSpec
+from core.text import count_words, sha256
+from db.ddl import NOTIFY_CHANNEL
+from db.models import AccountEvent, Document, Job
 from db.session import Database
-from quire.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, workflow_id
-from workflows.job import JobInput
+from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, workflow_id
+from workflows.job import JobInput, JobWorkflow
 
-MAX_TARGET_WORDS = 500_000
-
-
-class JobOptions(BaseModel):
-    """Per-job knobs; every one has a sane default."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_overshoot: float = Field(1.1, ge=1.0, le=3.0, description="output stays <= target x this")
-    chunk_words: int = Field(700, ge=50, le=3000, description="words per chunk (one model call)")
-    max_attempts_per_chunk: int = Field(8, ge=1, le=20, description="write + extends per chunk")
-    max_rounds: int = Field(8, ge=0, le=50, description="finalize top-up rounds before failing")
-    max_tokens: int | None = Field(None, ge=1, description="stop when the job has used this many tokens")
-    max_wall_seconds: int = Field(7 * 24 * 3600, ge=1, description="stop after this long")
-    stitch_repairs_with_model: bool = Field(True, description="bridge broken seams with the model")
-
-
-class JobSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["generate", "rewrite"]
-    target_words: int = Field(ge=1, le=MAX_TARGET_WORDS, strict=True)
-    prompt: str | None = Field(None, max_length=20_000)
-    input_text: str | None = None
-    title: str | None = Field(None, max_length=500)
-    model: str | None = Field(None, max_length=200)
-    options: JobOptions = Field(default_factory=JobOptions)
-
-    @model_validator(mode="after")
-    def _kind_needs(self) -> JobSpec:
-        if self.kind == "generate" and not (self.prompt and self.prompt.strip()):
-            raise ValueError("kind 'generate' needs a non-empty 'prompt'")
-        if self.kind == "rewrite":
-            if not (self.input_text and self.input_text.strip()):
-                raise ValueError("kind 'rewrite' needs a non-empty 'input_text' (or an uploaded file)")
-            if count_words(self.input_text) > MAX_TARGET_WORDS:
-                raise ValueError(f"input_text has more than {MAX_TARGET_WORDS} words")
-        return self
-
-    @property
-    def max_words(self) -> int:
-        return max(self.target_words, math.floor(self.target_words * self.options.max_overshoot))
+log = structlog.get_logger(__name__)
 
 
 async def find_by_idempotency_key(db: Database, user_id: int, key: str) -> Job | None:
@@ -67,6 +29,26 @@ async def find_by_idempotency_key(db: Database, user_id: int, key: str) -> Job |
         return (
             await s.execute(select(Job).where(Job.user_id == user_id, Job.idempotency_key == key))
         ).scalar_one_or_none()
+
+
+async def same_request(db: Database, job: Job, spec: JobSpec, default_model: str) -> bool:
+    """Whether ``spec`` asks for exactly what ``job`` was made from (an Idempotency-Key replay)."""
+    if (job.kind, job.target_words, job.prompt, job.title, job.model, job.params) != (
+        spec.kind,
+        spec.target_words,
+        spec.prompt,
+        spec.title,
+        spec.model or default_model,
+        spec.options.model_dump(),
+    ):
+        return False
+    if spec.input_text is None:
+        return True
+    async with db.tx() as s:
+        stored = (
+            await s.execute(select(Document.sha256).where(Document.job_id == job.id, Document.role == "input"))
+        ).scalar_one_or_none()
+    return stored == sha256(spec.input_text)
 
 
 async def submit(
@@ -149,7 +131,7 @@ async def start_workflow(client: Client, job: Job, user_name: str, task_queue: s
         return
     try:
         await client.start_workflow(
-            "JobWorkflow",
+            JobWorkflow.run,
             JobInput(job_id=str(job.id)),
             id=job.workflow_id,
             task_queue=task_queue,
@@ -168,5 +150,43 @@ async def start_workflow(client: Client, job: Job, user_name: str, task_queue: s
         pass
 
 
-def job_public(job: Job) -> dict[str, Any]:
-    return {"id": str(job.id), "status": job.status, "workflow_id": job.workflow_id}
+async def cancel(client: Client, job: Job) -> None:
+    """Ask the job's workflow to cancel: it stops at the next activity boundary; what it wrote stays."""
+    await client.get_workflow_handle(job.workflow_id).cancel()
+
+
+async def delete(db: Database, client: Client, job: Job, *, user_id: int, path: str) -> dict[str, Any]:
+    """Delete a job and everything it owns; the account log keeps what was deleted (and counts)."""
+    if job.status not in TERMINAL_STATUSES:
+        try:  # a running job is stopped first: nothing may write for it after the delete
+            await client.get_workflow_handle(job.workflow_id).terminate("job deleted by its owner")
+        except Exception:  # noqa: BLE001 - already closed or never started
+            pass
+    async with db.tx() as s:
+        counts = (
+            await s.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM audit_events WHERE job_id=:j),"
+                    " (SELECT count(*) FROM chunks WHERE job_id=:j),"
+                    " (SELECT count(*) FROM llm_calls WHERE job_id=:j)"
+                ),
+                {"j": job.id},
+            )
+        ).one()
+        await s.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": job.id})
+        # Wake the job's live streams (in every API process) at commit: they end with "deleted".
+        await s.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": f"{job.id}:0"})
+        deleted = {
+            "title": job.title,
+            "kind": job.kind,
+            "status": job.status,
+            "target_words": job.target_words,
+            "audit_events": counts[0],
+            "chunks": counts[1],
+            "llm_calls": counts[2],
+        }
+        s.add(
+            AccountEvent(user_id=user_id, kind="job.deleted", job_id=job.id, method="DELETE", path=path, data=deleted)
+        )
+    log.info("job.deleted", job_id=str(job.id), user_id=user_id, audit_events=counts[0])
+    return deleted

@@ -1,9 +1,10 @@
-"""Users and API keys. Keys are shown once; only their sha256 is stored."""
+"""Users, API keys and the account log. Keys are shown once; only their sha256 is stored."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,12 +61,41 @@ async def _add_key(s: Any, user_id: int) -> str:
 
 
 async def user_for_key(db: Database, key: str) -> User | None:
+    """The user a key belongs to, if the key exists and is not revoked."""
     async with db.tx() as s:
-        row = (
+        return (
             await s.execute(
                 select(User)
                 .join(ApiKey, ApiKey.user_id == User.id)
                 .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
             )
         ).scalar_one_or_none()
-        return row
+
+
+@dataclass(frozen=True)
+class Access:
+    """One request as the account log keeps it: never its headers (the API key is one)."""
+
+    user_id: int | None
+    method: str
+    path: str
+    status: int
+    ip: str | None
+    user_agent: str | None
+    job_id: uuid.UUID | None
+
+
+async def record_access(db: Database, a: Access) -> None:
+    async with db.tx() as s:
+        s.add(
+            AccountEvent(
+                user_id=a.user_id,
+                kind="access",
+                method=a.method,
+                path=a.path,
+                status=a.status,
+                ip=a.ip,
+                user_agent=a.user_agent,
+                job_id=a.job_id,
+            )
+        )

@@ -1,26 +1,9 @@
-"""What crosses Temporal: ids and small numbers only, never document text (payload limit 2 MiB)."""
+"""What crosses Temporal into and out of the activities: ids and small numbers only, never
+document text (payload limit 2 MiB). Workflows import these to call the steps by typed reference."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-
-@dataclass
-class JobInput:
-    job_id: str
-    # Where a continued-as-new run picks up; a fresh job starts at "plan".
-    stage: str = "plan"
-    next_section: int = 0
-    sections_total: int = 0
-    round: int = 0
-
-
-@dataclass
-class SectionInput:
-    job_id: str
-    section: int  # the section's ordinal within the job
-    label: str
-    start_index: int = 0
 
 
 @dataclass
@@ -31,10 +14,12 @@ class JobRef:
 @dataclass
 class PlanResult:
     sections: int
-    chunks: int
-    max_attempts_per_chunk: int
-    max_rounds: int
-    max_wall_seconds: int
+
+
+@dataclass
+class SectionRef:
+    job_id: str
+    section: int  # the section's ordinal within the job
 
 
 @dataclass
@@ -62,16 +47,11 @@ class ChunkStatus:
 
 
 @dataclass
-class SectionRef:
-    job_id: str
-    section: int  # ordinal
+class RoundRef:
+    """A finalize round (0 before any top-up) or the top-up that follows it."""
 
-
-@dataclass
-class FinalizeInput:
     job_id: str
     round: int
-    elapsed_seconds: int
 
 
 @dataclass
@@ -86,23 +66,8 @@ class FinalizeResult:
 
 
 @dataclass
-class ContinuationInput:
-    job_id: str
-    round: int
-
-
-@dataclass
 class FailInput:
     job_id: str
     error_code: str
     reason: str
     status: str = "failed"
-
-
-@dataclass
-class Progress:
-    stage: str
-    sections_done: int
-    sections_total: int
-    round: int
-    current: str

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from activities.text import count_words, normalize_paragraph, paragraphs
+from core.text import count_words, normalize_paragraph, paragraphs
 
 SUMMARY_WORDS = 220
 _SENT = re.compile(r"(?<=[.!?])\s+")

@@ -1,0 +1,243 @@
+"""The last steps: finalize (assemble and count the document: succeed, top up, or give up with a
+code and a reason), the top-up section, and marking a job failed or cancelled with what it wrote
+kept as a partial document."""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from sqlalchemy import func, select
+from temporalio import activity
+
+from activities.base import Step, job_options, load_job, now, record_length_check, save_document
+from activities.contracts import FailInput, FinalizeResult, RoundRef
+from core.layout import AssembledSection, assemble, top_up
+from core.length import Effort, give_up
+from core.spec import TERMINAL_STATUSES
+from core.text import count_words, sha256, trim_to_words
+from db.models import Chunk, ChunkAttempt, Document, Job, LengthCheck, LlmCall, Section
+from db.session import JobGone, JobTx
+
+log = structlog.get_logger(__name__)
+
+
+class FinalizeActivities(Step):
+    @activity.defn(name="finalize")
+    async def finalize(self, inp: RoundRef) -> FinalizeResult:
+        jid = uuid.UUID(inp.job_id)
+        async with self.db.job_tx(jid) as tx:
+            job = await load_job(tx, jid, allow_terminal=True)
+            if job.status == "succeeded":
+                return FinalizeResult(True, job.words_written, job.target_words)
+            if job.status in TERMINAL_STATUSES:
+                return FinalizeResult(
+                    False,
+                    job.words_written,
+                    job.target_words,
+                    give_up=True,
+                    error_code=job.error_code,
+                    reason=job.failure_reason,
+                )
+            job.current_step = f"finalize round {inp.round}"
+            doc = await _assemble(tx, job)
+            if count_words(doc) > job.max_words:
+                doc = trim_to_words(doc, job.max_words, job.target_words).rstrip() + "\n"
+            words = count_words(doc)
+            previous = (
+                await tx.session.execute(
+                    select(LengthCheck.words).where(
+                        LengthCheck.job_id == jid, LengthCheck.scope == "final", LengthCheck.round == inp.round - 1
+                    )
+                )
+            ).scalar_one_or_none()
+            passed = await record_length_check(
+                tx,
+                scope="final",
+                round=inp.round,
+                words=words,
+                min_words=job.target_words,
+                target_words=job.target_words,
+                max_words=job.max_words,
+                event={
+                    "round": inp.round,
+                    "words": words,
+                    "target_words": job.target_words,
+                    "max_words": job.max_words,
+                },
+            )
+            if passed:
+                await save_document(tx, role="output", version=1, text=doc, words=words)
+                job.status, job.completed_at, job.current_step, job.words_written = "succeeded", now(), "done", words
+                tx.event(
+                    "job",
+                    "succeeded",
+                    {"words": words, "target_words": job.target_words, "rounds": inp.round, "sha256": sha256(doc)},
+                )
+                return FinalizeResult(True, words, job.target_words)
+            verdict = give_up(
+                words=words,
+                target_words=job.target_words,
+                round=inp.round,
+                previous_words=previous,
+                effort=await _effort(tx, job),
+                options=job_options(job),
+            )
+            await save_document(tx, role="partial", version=inp.round + 1, text=doc, words=words)
+            if verdict is not None:
+                code, reason = verdict
+                job.status, job.completed_at, job.error_code, job.failure_reason = "failed", now(), code, reason
+                job.current_step = "failed"
+                tx.event("job", "failed", {"error_code": code, "reason": reason, "words": words})
+                return FinalizeResult(False, words, job.target_words, give_up=True, error_code=code, reason=reason)
+            tx.event(
+                "job",
+                "short",
+                {
+                    "words": words,
+                    "target_words": job.target_words,
+                    "round": inp.round,
+                    "deficit": job.target_words - words,
+                },
+            )
+            return FinalizeResult(False, words, job.target_words)
+
+    @activity.defn(name="add_continuation")
+    async def add_continuation(self, inp: RoundRef) -> int:
+        """A top-up section covering the deficit of the last final check; returns its ordinal."""
+        jid = uuid.UUID(inp.job_id)
+        title = f"continuation {inp.round + 1}"
+        async with self.db.job_tx(jid) as tx:
+            job = await load_job(tx, jid)
+            existing = (
+                await tx.session.execute(
+                    select(Section).where(Section.job_id == jid, Section.is_continuation, Section.title == title)
+                )
+            ).scalar_one_or_none()
+            if existing is not None:
+                return existing.ordinal
+            words = (
+                await tx.session.execute(
+                    select(LengthCheck.words).where(
+                        LengthCheck.job_id == jid, LengthCheck.scope == "final", LengthCheck.round == inp.round
+                    )
+                )
+            ).scalar_one()
+            deficit, chunks = top_up(job.target_words, job.max_words, words, job_options(job).chunk_words)
+            budget = sum(c.target for c in chunks)
+            ordinal = (
+                await tx.session.execute(select(func.max(Section.ordinal)).where(Section.job_id == jid))
+            ).scalar_one() + 1
+            next_chunk = (
+                await tx.session.execute(select(func.max(Chunk.ordinal)).where(Chunk.job_id == jid))
+            ).scalar_one() + 1
+            section = Section(
+                job_id=jid,
+                ordinal=ordinal,
+                title=title,
+                summary="Continue and deepen the document.",
+                key_points=[],
+                target_words=budget,
+                is_continuation=True,
+            )
+            tx.session.add(section)
+            await tx.session.flush()
+            for i, c in enumerate(chunks):
+                tx.session.add(
+                    Chunk(
+                        job_id=jid,
+                        section_id=section.id,
+                        ordinal=next_chunk + i,
+                        index_in_section=i,
+                        brief=c.brief,
+                        target_words=c.target,
+                        min_words=c.min_words,
+                        max_words=c.max_words,
+                    )
+                )
+            job.sections_total += 1
+            job.chunks_total += len(chunks)
+            job.finalize_rounds = inp.round + 1
+            tx.event(
+                "job",
+                "top_up",
+                {
+                    "round": inp.round + 1,
+                    "deficit": deficit,
+                    "planned_words": budget,
+                    "chunks": len(chunks),
+                    "section": ordinal,
+                },
+            )
+            return ordinal
+
+    @activity.defn(name="fail_job")
+    async def fail_job(self, inp: FailInput) -> None:
+        jid = uuid.UUID(inp.job_id)
+        try:
+            async with self.db.job_tx(jid) as tx:
+                job = await load_job(tx, jid, allow_terminal=True)
+                if job.status in TERMINAL_STATUSES:
+                    return
+                doc = await _assemble(tx, job)
+                words = count_words(doc)
+                version = (
+                    1
+                    + (
+                        await tx.session.execute(
+                            select(func.coalesce(func.max(Document.version), 0)).where(
+                                Document.job_id == jid, Document.role == "partial"
+                            )
+                        )
+                    ).scalar_one()
+                )
+                await save_document(tx, role="partial", version=version, text=doc, words=words)
+                job.status, job.completed_at = inp.status, now()
+                job.error_code, job.failure_reason = inp.error_code, inp.reason
+                job.current_step = inp.status
+                tx.event("job", inp.status, {"error_code": inp.error_code, "reason": inp.reason, "words": words})
+                if inp.status == "failed":
+                    tx.event("error", "job", {"error_code": inp.error_code, "reason": inp.reason})
+        except JobGone:
+            log.info("fail_job.job_deleted", job_id=inp.job_id)
+
+
+async def _assemble(tx: JobTx, job: Job) -> str:
+    sections = (
+        (await tx.session.execute(select(Section).where(Section.job_id == job.id).order_by(Section.ordinal)))
+        .scalars()
+        .all()
+    )
+    texts: dict[int, list[str]] = {}
+    for sid, text in (
+        await tx.session.execute(
+            select(Chunk.section_id, Chunk.text).where(Chunk.job_id == job.id).order_by(Chunk.ordinal)
+        )
+    ).all():
+        texts.setdefault(sid, []).append(text or "")
+    return assemble(
+        job.title,
+        job.target_words,
+        [AssembledSection(s.title, s.is_continuation, texts.get(s.id, [])) for s in sections],
+    )
+
+
+async def _effort(tx: JobTx, job: Job) -> Effort:
+    """What the job has spent: chunk attempts, model calls (empty, failed), tokens, time."""
+    attempts = (
+        await tx.session.execute(select(func.count()).select_from(ChunkAttempt).where(ChunkAttempt.job_id == job.id))
+    ).scalar_one()
+    calls, failed, empty, tokens = (
+        await tx.session.execute(
+            select(
+                func.count(),
+                func.count().filter(LlmCall.status == "error"),
+                func.count().filter(LlmCall.error == "empty content"),
+                func.coalesce(func.sum(LlmCall.tokens_in), 0) + func.coalesce(func.sum(LlmCall.tokens_out), 0),
+            ).where(LlmCall.job_id == job.id)
+        )
+    ).one()
+    elapsed = (now() - (job.started_at or job.created_at)).total_seconds()
+    return Effort(
+        attempts=attempts, calls=calls, empty=empty, failed=failed, tokens=int(tokens or 0), elapsed_s=elapsed
+    )

@@ -1,0 +1,79 @@
+"""Typed dependencies of the routes: the app's database, Temporal client, settings and live-stream
+listener; the authenticated caller (a Bearer API key); and the caller's own job from the path.
+
+Another user's job answers 404 exactly as a job that does not exist, on every route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from temporalio.client import Client
+
+from api.live import AuditListener
+from db.models import Job
+from db.session import Database
+from services.accounts import user_for_key
+from services.config import Settings
+from services.views import own_job
+
+
+def _db(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+def _client(request: Request) -> Client:
+    return request.app.state.client  # type: ignore[no-any-return]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _listener(request: Request) -> AuditListener:
+    return request.app.state.listener  # type: ignore[no-any-return]
+
+
+DbDep = Annotated[Database, Depends(_db)]
+ClientDep = Annotated[Client, Depends(_client)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ListenerDep = Annotated[AuditListener, Depends(_listener)]
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `quire user add NAME` or `quire up`")
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: int
+    name: str
+
+
+async def _caller(
+    request: Request, db: DbDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Caller:
+    if creds is None or not creds.credentials:
+        raise HTTPException(
+            401, "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
+        )
+    user = await user_for_key(db, creds.credentials)
+    if user is None:
+        raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    caller = Caller(user.id, user.name)
+    request.state.caller = caller  # for the access log
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+async def _own_job(job_id: str, who: CallerDep, db: DbDep) -> Job:
+    job = await own_job(db, job_id, who.user_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+OwnJobDep = Annotated[Job, Depends(_own_job)]

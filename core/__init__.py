@@ -1,0 +1,1 @@
+"""Pure rules of Quire: no I/O, importable by every layer."""

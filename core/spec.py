@@ -1,0 +1,91 @@
+"""What a job is: its kinds, statuses, error codes, bounds and options, each defined once.
+
+The API validates requests with ``JobSpec``, the database's CHECK constraints are built from the
+same constants, the CLI's argument types and the activities' options read them from here.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.text import count_words
+
+JobKind = Literal["generate", "rewrite"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_KINDS: tuple[str, ...] = get_args(JobKind)
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+TERMINAL_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+
+MIN_TARGET_WORDS = 1
+MAX_TARGET_WORDS = 500_000
+TARGET_WORDS_RULE = f"an integer from {MIN_TARGET_WORDS} to {MAX_TARGET_WORDS:,}"
+MAX_PROMPT_CHARS = 20_000
+
+
+class ErrorCode(StrEnum):
+    """Why a job did not succeed: stored on the job, shown by the API and the CLI."""
+
+    LENGTH_NOT_MET = "E_LENGTH_NOT_MET"
+    BUDGET_EXHAUSTED = "E_BUDGET_EXHAUSTED"
+    LLM_UNAVAILABLE = "E_LLM_UNAVAILABLE"
+    INPUT_INVALID = "E_INPUT_INVALID"
+    CANCELLED = "E_CANCELLED"
+    INTERNAL = "E_INTERNAL"
+
+
+ERROR_CODES: tuple[str, ...] = tuple(c.value for c in ErrorCode)
+
+
+def sql_in(column: str, values: tuple[str, ...]) -> str:
+    """``column IN ('a', 'b')``: a CHECK constraint over one of the vocabularies above."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class JobOptions(BaseModel):
+    """Per-job knobs; every one has a sane default."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_overshoot: float = Field(default=1.1, ge=1.0, le=3.0, description="output stays <= target x this")
+    chunk_words: int = Field(default=700, ge=50, le=3000, description="words per chunk (one model call)")
+    max_attempts_per_chunk: int = Field(default=8, ge=1, le=20, description="write + extends per chunk")
+    max_rounds: int = Field(default=8, ge=0, le=50, description="finalize top-up rounds before failing")
+    max_tokens: int | None = Field(default=None, ge=1, description="stop when the job has used this many tokens")
+    max_wall_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="stop after this long")
+    stitch_repairs_with_model: bool = Field(default=True, description="bridge broken seams with the model")
+
+
+class JobSpec(BaseModel):
+    """A job as submitted: what to write, how long, with which options."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: JobKind
+    target_words: int = Field(ge=MIN_TARGET_WORDS, le=MAX_TARGET_WORDS, strict=True)
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    input_text: str | None = None
+    title: str | None = Field(default=None, max_length=500)
+    model: str | None = Field(default=None, max_length=200)
+    options: JobOptions = Field(default_factory=lambda: JobOptions())
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> JobSpec:
+        if self.kind == "generate" and not (self.prompt and self.prompt.strip()):
+            raise ValueError("kind 'generate' needs a non-empty 'prompt'")
+        if self.kind == "rewrite":
+            if not (self.input_text and self.input_text.strip()):
+                raise ValueError("kind 'rewrite' needs a non-empty 'input_text' (or an uploaded file)")
+            if count_words(self.input_text) > MAX_TARGET_WORDS:
+                raise ValueError(f"input_text has more than {MAX_TARGET_WORDS:,} words")
+        return self
+
+    @property
+    def max_words(self) -> int:
+        return max_words(self.target_words, self.options.max_overshoot)
+
+
+def max_words(target_words: int, overshoot: float) -> int:
+    """The most words an output may have: the target times the allowed overshoot."""
+    return max(target_words, math.floor(target_words * overshoot))

@@ -1,0 +1,293 @@
+"""Commands that run on this machine: start and stop the embedded stack (``up``, ``down``), the
+main job (``demo``), the schema (``db sql|check|upgrade``) and accounts (``user add``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from quire.errors import CliError, Exit
+from services.config import Settings, load_settings
+
+DEMO_BRIEF = (
+    "A practical guide to keeping honey bees in a small garden: choosing a hive, the bees' year, "
+    "inspections, swarms, and the first honey harvest."
+)
+
+
+# --- stack ---------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from quire import stack, supervisor
+
+    settings = load_settings()
+    if getattr(args, "supervise", False):
+        # The background half of --detach. Its stdout is supervisor.log: never print the key there.
+        return _run_stack(settings, lambda state, _key: _print_urls(state, None))
+    pid = supervisor.running_pid(settings.home)
+    if pid is not None:
+        raise CliError(f"already running (pid {pid}); `quire down` stops it")
+    try:
+        stack.Stack(settings).check_ports()  # fail fast, before starting or forking anything
+    except stack.StackError as exc:
+        raise CliError(str(exc)) from None
+    if args.detach:
+        return _up_detached(settings)
+
+    def announce(state: dict[str, Any], key: str | None) -> None:
+        _print_urls(state, key)
+        print("Ctrl-C stops everything.", flush=True)
+
+    return _run_stack(settings, announce)
+
+
+def _run_stack(settings: Settings, announce: Callable[[dict[str, Any], str | None], None]) -> int:
+    from quire import stack, supervisor
+
+    try:
+        return supervisor.run(settings, announce)
+    except stack.StackError as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback; the logs have the rest
+        where = settings.home / "logs"
+        raise CliError(f"the stack did not start: {type(exc).__name__}: {exc} (logs: {where})") from None
+
+
+def _up_detached(settings: Settings) -> int:
+    """Start the supervisor in its own session and return once it reports the stack healthy."""
+    from quire import stack
+
+    home = settings.home
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    state_file = home / "stack.json"
+    state_file.unlink(missing_ok=True)  # a stale one would look like success
+    sup_log = logs / "supervisor.log"
+    offset = sup_log.stat().st_size if sup_log.exists() else 0
+    print(f"starting the stack in the background (logs in {logs})", file=sys.stderr, flush=True)
+    with open(sup_log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "quire.cli", "up", "--supervise"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives this terminal; Ctrl-C here does not reach it
+        )
+    # Every part has its own timeout; this outer one only guards against a supervisor that hangs.
+    deadline = time.monotonic() + sum(stack.TIMEOUTS.values()) + 120
+    try:
+        while not state_file.exists():
+            if proc.poll() is not None:
+                with open(sup_log, "rb") as f:
+                    f.seek(offset)
+                    tail = f.read().decode(errors="replace").strip().splitlines()[-12:]
+                raise CliError("the stack did not start:\n" + "\n".join(tail) + f"\n(full log: {sup_log})")
+            if time.monotonic() > deadline:
+                _stop_supervisor(proc)
+                raise CliError(f"the stack was not healthy in time; stopped it (see {sup_log})")
+            time.sleep(0.2)  # polling another process's progress file, with a deadline
+    except KeyboardInterrupt:
+        _stop_supervisor(proc)
+        raise CliError("interrupted; stopped what had started", 130) from None
+    state = json.loads(state_file.read_text())
+    key_file = Path(state["key_file"])
+    key = key_file.read_text().strip() if state.get("new_key") and key_file.exists() else None
+    _print_urls(state, key)
+    print("`quire down` stops it.", flush=True)
+    return Exit.OK
+
+
+def _stop_supervisor(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()  # the supervisor stops its children on SIGTERM
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        from quire.supervisor import down
+
+        down(load_settings().home)
+
+
+def _print_urls(state: dict[str, Any], key: str | None) -> None:
+    """What the user needs next. The key appears only when new, and only on a terminal's stdout."""
+    print(f"Quire API        {state['api_url']}")
+    print(f"API docs         {state['docs_url']}")
+    print(f"Web pages        {state['api_url']}/")
+    if state.get("temporal_ui_url"):
+        print(f"Temporal UI      {state['temporal_ui_url']}")
+    if state.get("llm_url"):
+        print(f"Local model      {state['llm_url']}")
+    print(f"Logs             {state['logs']}")
+    if key is not None:
+        print(f"Local user key   {key}")
+        print(f"                 (new: shown once; kept in {state['key_file']}, mode 0600)", flush=True)
+    else:
+        print(f"Local user key   in {state['key_file']}", flush=True)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from quire.supervisor import down
+
+    home = load_settings().home
+    print("stopped" if down(home) else "not running")
+    return Exit.OK
+
+
+# --- db and users ----------------------------------------------------------------------------
+
+
+def _db_url(args: argparse.Namespace) -> str:
+    """--url, else DATABASE_URL, else the embedded database of a running `quire up`."""
+    url = getattr(args, "url", None)
+    if url:
+        return str(url)
+    settings = load_settings()
+    if settings.database_url:
+        return settings.database_url
+    from quire.stack import embedded_database_url
+
+    url = embedded_database_url(settings.home)
+    if url:
+        return url
+    raise CliError(
+        f"no database: set DATABASE_URL, pass --url, or start the stack (`quire up`; QUIRE_HOME is {settings.home})",
+        Exit.USAGE,
+    )
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy parses: say nothing of it
+        return "the database"
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from db import schema
+    from db.models import Base
+
+    if args.db_cmd == "sql":
+        sys.stdout.write(schema.offline_sql())  # connects nowhere
+        return Exit.OK
+    url = _db_url(args)
+    try:
+        if args.db_cmd == "upgrade":
+            schema.upgrade(url)
+            print(f"database at revision {schema.head_revision()}")
+            return Exit.OK
+        diffs = schema.check(url)
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise CliError(f"cannot connect to {_safe(url)}: {reason}", Exit.UNREACHABLE) from None
+    if not diffs:
+        print(f"schema matches Quire {schema.head_revision()}: nothing missing or different")
+        return Exit.OK
+    # Table by table; within a table, the table's own line first, then column by column.
+    for d in sorted(diffs, key=lambda d: (d.table, d.column or "")):
+        print(d)
+    missing = {d.table for d in diffs if d.column is None and d.problem.startswith("table is missing")}
+    if missing >= set(Base.metadata.tables):
+        print(
+            f"none of Quire's {len(Base.metadata.tables)} tables exist here; `quire db upgrade` creates them",
+            file=sys.stderr,
+        )
+    else:
+        tables = len({d.table for d in diffs})
+        print(
+            f"{len(diffs)} difference(s) in {tables} table(s) or object(s); "
+            "`quire db upgrade` applies Quire's migrations",
+            file=sys.stderr,
+        )
+    return Exit.FAILED
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from db.session import Database
+    from services.accounts import create_user
+
+    url = _db_url(args)
+
+    async def run() -> str:
+        db = Database(url)
+        try:
+            return (await create_user(db, args.name)).api_key
+        finally:
+            await db.dispose()
+
+    try:
+        key = asyncio.run(run())
+    except ValueError as exc:  # the name is taken
+        raise CliError(str(exc)) from None
+    except OperationalError as exc:
+        raise CliError(f"cannot connect to {_safe(url)}: {exc.orig or exc}", Exit.UNREACHABLE) from None
+    print(key)
+    print(f"(the key for {args.name!r}; it is shown once and stored only as a hash)", file=sys.stderr)
+    return Exit.OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Bring the stack up, write a ~800-word document with the local model, save it and its log."""
+    from quire import localmodel
+    from quire.remote import Api, follow, job_exit, job_summary, write_file
+    from quire.supervisor import running_pid
+
+    settings = load_settings()
+    if settings.uses_local_model:
+        localmodel.ensure_extra()
+    started_here = False
+    t0 = time.monotonic()
+    if running_pid(settings.home) is None:
+        code = cmd_up(argparse.Namespace(detach=True, supervise=False))
+        if code:
+            return code
+        started_here = True
+    state = json.loads((settings.home / "stack.json").read_text())
+    api = Api.from_env(state["api_url"], None, settings.home)
+    try:
+        created = api.json(
+            "POST", "/v1/jobs", json={"kind": "generate", "prompt": args.brief, "target_words": args.words}
+        )
+        jid = created["id"]
+        print(f"job {jid}: {args.words} words with {settings.quire_model}", flush=True)
+        job = follow(api, jid, Console(stderr=True), show_events=not args.quiet)
+        out = Path(args.out)
+        doc, log_json, log_txt = out / f"{jid}.md", out / f"{jid}.audit.json", out / f"{jid}.audit.txt"
+        if job["status"] == "succeeded":
+            write_file(str(doc), api.request("GET", f"/v1/jobs/{jid}/output").content)
+        write_file(str(log_json), api.request("GET", f"/v1/jobs/{jid}/audit", params={"format": "json"}).content)
+        write_file(str(log_txt), api.request("GET", f"/v1/jobs/{jid}/audit", params={"format": "txt"}).content)
+        print(job_summary(job))
+        print(
+            f"words asked {job['target_words']}, written {job.get('output_words') or job.get('words_written')}"
+            f" in {time.monotonic() - t0:.0f} s"
+        )
+        if job["status"] == "succeeded":
+            print(f"document       {doc.resolve()}")
+        print(f"audit log      {log_json.resolve()}")
+        print(f"               {log_txt.resolve()}")
+        print(f"job page       {state['api_url']}/jobs/{jid}")
+        if state.get("temporal_ui_url"):
+            ns = settings.temporal_namespace
+            print(f"Temporal UI    {state['temporal_ui_url']}/namespaces/{ns}/workflows/job-{jid}")
+        return job_exit(job)
+    finally:
+        if started_here and not args.keep:
+            from quire.supervisor import down
+
+            down(settings.home)
+            print("stack stopped (use --keep to leave it running)")

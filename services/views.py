@@ -1,0 +1,125 @@
+"""Reading jobs for their owners: one job with its totals, its documents, and the job history.
+
+Every read is scoped to a user: another user's job is indistinguishable from a missing one.
+These are the viewer's reads, made in unaudited transactions.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import RowMapping, func, select, text
+
+from db.models import Chunk, Document, Job, LlmCall, Section
+from db.session import Database
+
+
+class BadCursor(ValueError):
+    """A history cursor that no page of this API produced."""
+
+
+async def own_job(db: Database, job_id: str, user_id: int) -> Job | None:
+    """The user's job with this id, or None (no such job, not a job id, or someone else's)."""
+    try:
+        jid = uuid.UUID(job_id)
+    except ValueError:
+        return None
+    async with db.tx() as s:
+        job = await s.get(Job, jid)
+    return job if job is not None and job.user_id == user_id else None
+
+
+@dataclass(frozen=True)
+class JobTotals:
+    tokens_in: int
+    tokens_out: int
+    llm_calls: int
+    sections_done: int
+    words_so_far: int  # the chunks' sum while the job runs
+    output_words: int | None  # the finished output's count, once it exists
+
+
+async def job_totals(db: Database, job: Job) -> JobTotals:
+    async with db.tx() as s:
+        tokens_in, tokens_out, calls = (
+            await s.execute(
+                select(
+                    func.coalesce(func.sum(LlmCall.tokens_in), 0),
+                    func.coalesce(func.sum(LlmCall.tokens_out), 0),
+                    func.count(),
+                ).where(LlmCall.job_id == job.id)
+            )
+        ).one()
+        sections_done = (
+            await s.execute(
+                select(func.count()).select_from(Section).where(Section.job_id == job.id, Section.status == "done")
+            )
+        ).scalar_one()
+        words_so_far = (
+            await s.execute(select(func.coalesce(func.sum(Chunk.word_count), 0)).where(Chunk.job_id == job.id))
+        ).scalar_one()
+    out = await latest_document(db, job.id, "output")
+    return JobTotals(
+        tokens_in=int(tokens_in or 0),
+        tokens_out=int(tokens_out or 0),
+        llm_calls=int(calls),
+        sections_done=int(sections_done),
+        words_so_far=int(words_so_far),
+        output_words=out.word_count if out is not None else None,
+    )
+
+
+async def latest_document(db: Database, job_id: uuid.UUID, role: str) -> Document | None:
+    """The newest version of the job's ``output`` or ``partial`` document."""
+    async with db.tx() as s:
+        return (
+            await s.execute(
+                select(Document)
+                .where(Document.job_id == job_id, Document.role == role)
+                .order_by(Document.version.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+
+def encode_cursor(created: dt.datetime, jid: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created.isoformat()}|{jid}".encode()).decode()
+
+
+def decode_cursor(c: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        ts, _, jid = base64.urlsafe_b64decode(c.encode()).decode().partition("|")
+        when = dt.datetime.fromisoformat(ts)
+        if when.tzinfo is None:
+            raise ValueError(ts)
+        return when, uuid.UUID(jid)
+    except (ValueError, UnicodeError):
+        raise BadCursor("invalid cursor: pass next_cursor from the previous page") from None
+
+
+async def history(
+    db: Database, user_id: int, *, status: str | None, kind: str | None, limit: int, cursor: str | None
+) -> tuple[Sequence[RowMapping], str | None]:
+    """One page of the user's jobs (rows of the ``job_history`` view), newest first, and the
+    cursor of the next page (None on the last). Raises ``BadCursor``."""
+    where = ["user_id = :u"]
+    params: dict[str, Any] = {"u": user_id, "n": limit + 1}
+    if status:
+        where.append("status = :status")
+        params["status"] = status
+    if kind:
+        where.append("kind = :kind")
+        params["kind"] = kind
+    if cursor:
+        params["c_ts"], params["c_id"] = decode_cursor(cursor)
+        where.append("(created_at, id) < (:c_ts, :c_id)")
+    sql = f"SELECT * FROM job_history WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT :n"
+    async with db.tx() as s:
+        rows = (await s.execute(text(sql), params)).mappings().all()
+    nxt = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else None
+    return rows[:limit], nxt

