@@ -16,45 +16,77 @@ from activities.chunks import ChunkActivities
 from activities.finalize import FinalizeActivities
 from activities.llm import LlmClient
 from activities.plan import PlanActivities
+from activities.seams import SeamActivities
 from activities.stitch import StitchActivities
 from db.session import Database
 from services.config import Settings, get_settings
 from services.logging import configure
-from services.temporal import connect
+from services.temporal import connect, llm_task_queue
 from workflows.job import JobWorkflow
-from workflows.section import SectionWorkflow
+from workflows.unit import UnitWorkflow
 
 log = structlog.get_logger(__name__)
 
 
-def build_worker(client: Client, db: Database, llm: LlmClient, task_queue: str) -> Worker:
-    """A worker for every workflow and activity of a job, with the activities' dependencies."""
-    plan, chunks, stitch, finalize = (
+class Workers:
+    """The two workers of a Quire process: one for the workflows and the database steps, one
+    for the steps that call the model, on their own task queue, so that the model's limits (calls
+    at once per worker, calls per second across all workers, enforced by Temporal) bound those
+    steps alone."""
+
+    def __init__(self, main: Worker, model: Worker) -> None:
+        self.workers = (main, model)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(w.run() for w in self.workers))
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(w.shutdown() for w in self.workers))
+
+    async def __aenter__(self) -> Workers:
+        for w in self.workers:
+            await w.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for w in reversed(self.workers):
+            await w.__aexit__(None, None, None)
+
+
+def build_worker(
+    client: Client,
+    db: Database,
+    llm: LlmClient,
+    task_queue: str,
+    *,
+    llm_concurrency: int = 16,
+    llm_calls_per_second: float | None = None,
+) -> Workers:
+    """The workers for every workflow and activity of a job, with the activities' dependencies."""
+    plan, chunks, stitch, seams, finalize = (
         PlanActivities(db, llm),
         ChunkActivities(db, llm),
         StitchActivities(db, llm),
+        SeamActivities(db, llm),
         FinalizeActivities(db),
     )
     # The audit interceptor comes with the client (it is both a client and a worker
     # interceptor); passing it here as well would record every activity twice.
-    return Worker(
+    main = Worker(
         client,
         task_queue=task_queue,
-        workflows=[JobWorkflow, SectionWorkflow],
-        activities=[
-            plan.plan_job,
-            chunks.section_chunks,
-            chunks.write_chunk,
-            chunks.check_length,
-            chunks.extend_chunk,
-            chunks.commit_chunk,
-            stitch.stitch_section,
-            finalize.finalize,
-            finalize.add_continuation,
-            finalize.fail_job,
-        ],
+        workflows=[JobWorkflow, UnitWorkflow],
+        activities=[chunks.unit_chunks, finalize.finalize, finalize.add_continuation, finalize.fail_job],
         max_concurrent_activities=20,
     )
+    model = Worker(
+        client,
+        task_queue=llm_task_queue(task_queue),
+        activities=[plan.plan_job, plan.expand_node, chunks.write_chunk, stitch.stitch_section, seams.complete_unit],
+        max_concurrent_activities=llm_concurrency,
+        max_task_queue_activities_per_second=llm_calls_per_second,
+    )
+    return Workers(main, model)
 
 
 def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
@@ -76,14 +108,25 @@ async def run(settings: Settings) -> None:
     db = Database(settings.database_url, secrets=settings.secrets())
     client = await connect(settings.temporal_address, settings.temporal_namespace, db)
     llm = llm_from_settings(db, settings)
-    worker = build_worker(client, db, llm, settings.temporal_task_queue)
+    worker = build_worker(
+        client,
+        db,
+        llm,
+        settings.temporal_task_queue,
+        llm_concurrency=settings.llm_concurrency,
+        llm_calls_per_second=settings.quire_llm_calls_per_second,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
         log.info(
-            "worker started", task_queue=settings.temporal_task_queue, model=settings.quire_model, llm=llm.base_url
+            "worker started",
+            task_queue=settings.temporal_task_queue,
+            model=settings.quire_model,
+            llm=llm.base_url,
+            llm_concurrency=settings.llm_concurrency,
         )
         await stop.wait()
     await llm.close()

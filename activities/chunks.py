@@ -1,67 +1,99 @@
-"""The chunk steps: write a chunk, check its length, extend it while it is short (a continuation,
-never a restart; every attempt kept), and commit it (dedupe, trim overshoot at a sentence end,
-fold its delta into the next link of the coherence chain).
+"""The chunk step: write a chunk, check its length, extend it while it is short (a continuation,
+never a restart; every attempt kept), and commit it (its text as version 1, a trimmed version when
+dedupe or trim change it, and the next link of the coherence chain derived from that version).
 
-Model calls happen between transactions and are recorded on their own (see ``activities.llm``),
-so no transaction is held open while a model writes.
+One heartbeating activity runs the whole loop, so the happy path costs one round trip through
+Temporal; each attempt, check and commit is still its own transaction with its own rows and audit
+events, and a retried activity resumes from what is stored (attempt numbers, checks, ``done``).
+Model calls happen between transactions and are recorded on their own (``activities.llm``).
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from temporalio import activity
 
 from activities.base import ModelStep, job_options, load_job, now, record_length_check
-from activities.contracts import ChunkRef, ChunkStatus, SectionChunks, SectionRef
+from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
 from activities.prompts import ChunkContext, chunk_messages, max_tokens_for
-from core.coherence import delta, fold
+from core.coherence import delta, fold, handoff
 from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
-from core.text import clean_model_text, count_words, dedupe_paragraphs, join_continuation, tail_words, trim_to_words
-from db.models import Chunk, ChunkAttempt, CoherenceState, Job, Section
+from core.text import (
+    clean_model_text,
+    count_words,
+    dedupe_paragraphs,
+    join_continuation,
+    sha256,
+    tail_words,
+    trim_to_words,
+)
+from db.models import Job
 from db.session import JobTx
+from db.writing import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
 
 
+@dataclass
+class _Check:
+    words: int
+    attempts: int
+    passed: bool
+    stalled: bool
+
+
 class ChunkActivities(ModelStep):
-    @activity.defn(name="section_chunks")
-    async def section_chunks(self, ref: SectionRef) -> SectionChunks:
+    @activity.defn(name="unit_chunks")
+    async def unit_chunks(self, ref: NodeRef) -> UnitChunks:
+        """The unit's sections and their chunks, in order; the unit is marked as being written."""
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
-            section = (
-                await tx.session.execute(select(Section).where(Section.job_id == jid, Section.ordinal == ref.section))
-            ).scalar_one()
-            ids = (
+            rows = (
                 await tx.session.execute(
-                    select(Chunk.id).where(Chunk.section_id == section.id).order_by(Chunk.index_in_section)
+                    select(Chunk.section_id, Chunk.id).where(Chunk.unit_id == ref.node_id).order_by(Chunk.ordinal)
                 )
-            ).scalars()
-            if section.status == "pending":
-                section.status = "writing"
-            return SectionChunks(list(ids))
+            ).all()
+            unit = await tx.session.get(PlanNode, ref.node_id)
+            if unit is not None and unit.status in ("pending", "expanded"):
+                unit.status = "writing"
+        out: list[SectionChunks] = []
+        for section_id, chunk_id in rows:
+            if not out or out[-1].section_id != section_id:
+                out.append(SectionChunks(section_id))
+            out[-1].chunk_ids.append(chunk_id)
+        return UnitChunks(out)
 
     @activity.defn(name="write_chunk")
-    async def write_chunk(self, ref: ChunkRef) -> ChunkStatus:
-        return await self._attempt(ref, "write")
-
-    @activity.defn(name="extend_chunk")
-    async def extend_chunk(self, ref: ChunkRef) -> ChunkStatus:
-        return await self._attempt(ref, "extend")
-
-    async def _attempt(self, ref: ChunkRef, kind: str) -> ChunkStatus:
+    async def write_chunk(self, ref: ChunkRef) -> ChunkDone:
+        """Write, check, extend while short, commit: until the chunk passes or the model stalls."""
         jid = uuid.UUID(ref.job_id)
+        while True:
+            check = await self._check(jid, ref.chunk_id)
+            if check is None:  # done already (a retry after the commit)
+                break
+            if check.passed or check.stalled:
+                await self._commit(jid, ref.chunk_id)
+                break
+            await self._attempt(jid, ref.chunk_id, check.attempts + 1)
+            activity.heartbeat(check.attempts + 1)
+        async with self.db.job_tx(jid) as tx:
+            chunk = await _chunk(tx, jid, ref.chunk_id)
+            return ChunkDone(chunk.word_count, chunk.min_words, chunk.attempts, chunk.word_count >= chunk.min_words)
+
+    async def _attempt(self, jid: uuid.UUID, chunk_id: int, attempt_no: int) -> None:
+        """Attempt ``attempt_no``: the first writes the chunk, later ones extend it."""
+        kind = "write" if attempt_no == 1 else "extend"
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, ref.chunk_id)
-            if chunk.attempts >= ref.attempt_no or chunk.status == "done":
-                return _status(chunk)  # this attempt is already stored
+            chunk = await _chunk(tx, jid, chunk_id)
+            if chunk.attempts >= attempt_no or chunk.status == "done":
+                return  # this attempt is already stored
             current = chunk.text or ""
-            words_before = chunk.word_count
-            model = job.model
-            need = chunk.target_words if kind == "write" else max(1, chunk.target_words - words_before)
+            need = chunk.target_words if kind == "write" else max(1, chunk.target_words - chunk.word_count)
             ask = words_to_ask(need, await _compliance(tx, jid))
             ctx, state = await _context(tx, job, chunk)
             msgs = chunk_messages(
@@ -72,31 +104,44 @@ class ChunkActivities(ModelStep):
             job.current_step = f"{kind} chunk {chunk.ordinal + 1}/{job.chunks_total}"
         res = await self.llm.complete(
             job_id=jid,
-            chunk_id=ref.chunk_id,
+            chunk_id=chunk_id,
             purpose=kind,
-            request_key=f"chunk:{ref.chunk_id}:attempt:{ref.attempt_no}",
-            model=model,
+            request_key=f"chunk:{chunk_id}:attempt:{attempt_no}",
+            model=job.model,
             messages=msgs,
             max_tokens=max_tokens_for(max(ask, 8)),
         )
         added = clean_model_text(res.text, echo_of="\n".join(m["content"] for m in msgs))
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, ref.chunk_id)
-            if chunk.attempts >= ref.attempt_no:
-                return _status(chunk)
+            chunk = await _chunk(tx, jid, chunk_id)
+            if chunk.attempts >= attempt_no:
+                return
+            words_before = chunk.word_count
             text_after = join_continuation(current, added) if kind == "extend" else added
             words_after = count_words(text_after)
             tx.session.add(
-                _attempt_row(chunk, ref.attempt_no, kind, text_after, llm_call_id=res.call_id, asked=ask, added=added)
+                ChunkAttempt(
+                    job_id=jid,
+                    chunk_id=chunk.id,
+                    attempt_no=attempt_no,
+                    kind=kind,
+                    llm_call_id=res.call_id,
+                    words_asked=ask,
+                    added_text=added,
+                    text_after=text_after,
+                    words_before=words_before,
+                    words_added=words_after - words_before,
+                    words_after=words_after,
+                )
             )
-            chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, ref.attempt_no
+            chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
             tx.event(
                 "chunk",
                 kind,
                 {
                     "chunk": chunk.ordinal,
-                    "attempt": ref.attempt_no,
+                    "attempt": attempt_no,
                     "words_in": words_before,
                     "words_out": words_after,
                     "words_added": words_after - words_before,
@@ -108,14 +153,16 @@ class ChunkActivities(ModelStep):
                     "truncated": res.finish_reason == "length",
                 },
             )
-            return _status(chunk)
 
-    @activity.defn(name="check_length")
-    async def check_length(self, ref: ChunkRef) -> ChunkStatus:
-        jid = uuid.UUID(ref.job_id)
+    async def _check(self, jid: uuid.UUID, chunk_id: int) -> _Check | None:
+        """The length check of the chunk's latest attempt (written once), or None if it is done."""
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, ref.chunk_id)
+            chunk = await _chunk(tx, jid, chunk_id)
+            if chunk.status == "done":
+                return None
+            if chunk.attempts == 0:
+                return _Check(0, 0, False, False)
             words = count_words(chunk.text or "")
             added = (
                 (
@@ -133,38 +180,40 @@ class ChunkActivities(ModelStep):
                 tx,
                 scope="chunk",
                 chunk_id=chunk.id,
-                round=ref.attempt_no,
+                round=chunk.attempts,
                 words=words,
                 min_words=chunk.min_words,
                 target_words=chunk.target_words,
                 max_words=chunk.max_words,
                 event={
                     "chunk": chunk.ordinal,
-                    "attempt": ref.attempt_no,
+                    "attempt": chunk.attempts,
                     "words": words,
                     "min_words": chunk.min_words,
                     "target_words": chunk.target_words,
                     "stalled": done,
                 },
             )
-            return _status(chunk, passed=passed, stalled=done)
+            return _Check(words, chunk.attempts, passed, done)
 
-    @activity.defn(name="commit_chunk")
-    async def commit_chunk(self, ref: ChunkRef) -> None:
-        """Accept a chunk: dedupe and trim it, then fold its delta into the next coherence state."""
-        jid = uuid.UUID(ref.job_id)
+    async def _commit(self, jid: uuid.UUID, chunk_id: int) -> None:
+        """Accept a chunk: its text as version 1, a trimmed version if dedupe or trim change it,
+        and the next coherence state, derived from the latest version."""
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, ref.chunk_id)
+            chunk = await _chunk(tx, jid, chunk_id)
             if chunk.status == "done":
                 return
-            text = dedupe_paragraphs(chunk.text or "")
+            written = chunk.text or ""
+            versions = [add_version(tx, chunk, 1, "written", written)]
+            text = dedupe_paragraphs(written)
             if count_words(text) > chunk.max_words:
                 text = trim_to_words(text, chunk.max_words, chunk.min_words)
-            if text != (chunk.text or ""):
-                n = chunk.attempts + 1
-                tx.session.add(_attempt_row(chunk, n, "trim", text))
-                chunk.attempts = n
+            if text != written:
+                versions.append(
+                    add_version(tx, chunk, 2, "trim", text, {"words_removed": count_words(written) - count_words(text)})
+                )
+            await tx.session.flush()
             before = await tx.session.get(CoherenceState, chunk.state_before_id)
             assert before is not None
             d = delta(text, dict(before.glossary or {}))
@@ -177,8 +226,10 @@ class ChunkActivities(ModelStep):
             )
             after = CoherenceState(
                 job_id=jid,
+                kind="chunk",
                 ordinal=chunk.ordinal + 1,
                 parent_id=before.id,
+                chunk_version_id=versions[-1].id,
                 summary=summary,
                 glossary=glossary,
                 open_threads=threads,
@@ -186,7 +237,7 @@ class ChunkActivities(ModelStep):
             )
             tx.session.add(after)
             await tx.session.flush()
-            chunk.text, chunk.word_count = text, count_words(text)
+            chunk.word_count = versions[-1].word_count
             chunk.state_after_id, chunk.status, chunk.completed_at = after.id, "done", now()
             await tx.session.flush()
             job.chunks_done = job.chunks_done + 1
@@ -206,6 +257,7 @@ class ChunkActivities(ModelStep):
                     "max_words": chunk.max_words,
                     "attempts": chunk.attempts,
                     "passed": chunk.word_count >= chunk.min_words,
+                    "version": versions[-1].version,
                     "state_before": before.id,
                     "state_after": after.id,
                     "new_terms": d["new_terms"],
@@ -213,44 +265,37 @@ class ChunkActivities(ModelStep):
             )
 
 
+def add_version(
+    tx: JobTx, chunk: Chunk, version: int, reason: str, text: str, detail: dict | None = None
+) -> ChunkVersion:
+    """A new version of a chunk's text (the rows before it stay)."""
+    row = ChunkVersion(
+        job_id=chunk.job_id,
+        chunk_id=chunk.id,
+        version=version,
+        reason=reason,
+        text=text,
+        word_count=count_words(text),
+        sha256=sha256(text),
+        detail=detail or {},
+    )
+    tx.session.add(row)
+    return row
+
+
+async def latest_version(tx: JobTx, chunk_id: int) -> ChunkVersion | None:
+    return (
+        await tx.session.execute(
+            select(ChunkVersion).where(ChunkVersion.chunk_id == chunk_id).order_by(ChunkVersion.version.desc()).limit(1)
+        )
+    ).scalar_one_or_none()
+
+
 async def _chunk(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
     chunk = await tx.session.get(Chunk, chunk_id)
     if chunk is None or chunk.job_id != jid:
         raise LookupError(f"chunk {chunk_id} is not a chunk of job {jid}")
     return chunk
-
-
-def _attempt_row(
-    chunk: Chunk,
-    attempt_no: int,
-    kind: str,
-    text_after: str,
-    *,
-    llm_call_id: int | None = None,
-    asked: int = 0,
-    added: str = "",
-) -> ChunkAttempt:
-    """An attempt at a chunk (write, extend, or trim): what it asked for, added, and left."""
-    words_after = count_words(text_after)
-    return ChunkAttempt(
-        job_id=chunk.job_id,
-        chunk_id=chunk.id,
-        attempt_no=attempt_no,
-        kind=kind,
-        llm_call_id=llm_call_id,
-        words_asked=asked,
-        added_text=added,
-        text_after=text_after,
-        words_before=chunk.word_count,
-        words_added=words_after - chunk.word_count,
-        words_after=words_after,
-    )
-
-
-def _status(chunk: Chunk, passed: bool = False, stalled: bool = False) -> ChunkStatus:
-    return ChunkStatus(
-        words=chunk.word_count, min_words=chunk.min_words, attempts=chunk.attempts, passed=passed, stalled=stalled
-    )
 
 
 async def _compliance(tx: JobTx, jid: uuid.UUID) -> float:
@@ -266,37 +311,122 @@ async def _compliance(tx: JobTx, jid: uuid.UUID) -> float:
     return compliance([(r.words_asked, r.words_added) for r in rows])
 
 
-async def _context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, CoherenceState]:
-    """What a chunk is written from: skeleton, section plan, the state before, the tail."""
-    section = await tx.session.get(Section, chunk.section_id)
-    assert section is not None
+async def _start_state(tx: JobTx, job: Job, chunk: Chunk) -> tuple[CoherenceState, str, str]:
+    """(the state the chunk is written from, the tail of the text before it, the handoff note).
+
+    The predecessor's real state when it is done; for a unit's first chunk whose predecessor is
+    still being written (another chapter, in parallel), a handoff state derived from the plan."""
+    if chunk.state_before_id is not None:  # chosen by an earlier attempt: keep it
+        state = await tx.session.get(CoherenceState, chunk.state_before_id)
+        assert state is not None
+        prev_text = ""
+        if state.kind == "chunk":
+            prev = await _chunk_at(tx, job, chunk.ordinal - 1)
+            prev_text = await text_of(tx, prev)
+        return state, prev_text, state.delta.get("note", "") if state.kind == "handoff" else ""
     if chunk.ordinal == 0:
-        state = (
+        root = (
             await tx.session.execute(
-                select(CoherenceState).where(CoherenceState.job_id == job.id, CoherenceState.ordinal == 0)
+                select(CoherenceState).where(CoherenceState.job_id == job.id, CoherenceState.kind == "root")
             )
         ).scalar_one()
-        prev_text = ""
-    else:
-        prev = (
-            await tx.session.execute(select(Chunk).where(Chunk.job_id == job.id, Chunk.ordinal == chunk.ordinal - 1))
-        ).scalar_one()
-        if prev.status != "done" or prev.state_after_id is None:
-            raise RuntimeError(f"chunk {chunk.ordinal} cannot start: chunk {prev.ordinal} is not done")
-        found = await tx.session.get(CoherenceState, prev.state_after_id)
-        assert found is not None
-        state, prev_text = found, prev.text or ""
-    sec_index = section.ordinal
-    sections = job.skeleton.get("sections", [])
-    title = section.title
+        return root, "", ""
+    prev = await _chunk_at(tx, job, chunk.ordinal - 1)
+    if prev.status == "done" and prev.state_after_id is not None:
+        state = await tx.session.get(CoherenceState, prev.state_after_id)
+        assert state is not None
+        return state, await text_of(tx, prev), ""
+    if prev.unit_id == chunk.unit_id:
+        raise RuntimeError(f"chunk {chunk.ordinal} cannot start: chunk {prev.ordinal} is not done")
+    state = await _handoff(tx, job, chunk)
+    return state, "", state.delta.get("note", "")
+
+
+async def _handoff(tx: JobTx, job: Job, chunk: Chunk) -> CoherenceState:
+    """The state a unit starts from while its predecessor is still being written: the book's
+    glossary and the entities planned up to here, the predecessor's planned synopsis, the
+    threads the plan leaves open. Recorded as a coherence state of kind ``handoff``."""
+    assert chunk.unit_id is not None
+    unit = await tx.session.get(PlanNode, chunk.unit_id)
+    assert unit is not None
+    earlier = (
+        (
+            await tx.session.execute(
+                select(PlanNode)
+                .where(PlanNode.job_id == job.id, PlanNode.position < unit.position, PlanNode.level != "book")
+                .order_by(PlanNode.position)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    root = (
+        await tx.session.execute(
+            select(CoherenceState).where(CoherenceState.job_id == job.id, CoherenceState.kind == "root")
+        )
+    ).scalar_one()
+    pred = next((n for n in reversed(earlier) if n.level == unit.level), None)
+    h = handoff(
+        glossary=dict(root.glossary or {}),
+        planned=[(n.title or "", n.purpose, list(n.introduces or []), list(n.key_points or [])) for n in earlier],
+        predecessor=(pred.title or "", pred.purpose) if pred else ("", ""),
+    )
+    state = CoherenceState(
+        job_id=job.id,
+        kind="handoff",
+        ordinal=chunk.ordinal,
+        parent_id=None,
+        unit_id=unit.id,
+        summary=h["summary"],
+        glossary=h["glossary"],
+        open_threads=h["open_threads"],
+        delta={"note": h["note"], "from_plan_nodes": [n.id for n in earlier][-20:]},
+    )
+    tx.session.add(state)
+    await tx.session.flush()
+    tx.event("coherence", "handoff", {"chunk": chunk.ordinal, "unit": unit.id, "state": state.id, "note": h["note"]})
+    return state
+
+
+async def _chunk_at(tx: JobTx, job: Job, ordinal: int) -> Chunk:
+    return (
+        await tx.session.execute(select(Chunk).where(Chunk.job_id == job.id, Chunk.ordinal == ordinal))
+    ).scalar_one()
+
+
+async def text_of(tx: JobTx, chunk: Chunk) -> str:
+    v = await latest_version(tx, chunk.id)
+    return v.text if v is not None else chunk.text or ""
+
+
+async def _context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, CoherenceState]:
+    """What a chunk is written from: skeleton, its place in the tree, the state before, the tail."""
+    section = await tx.session.get(PlanNode, chunk.section_id)
+    assert section is not None
+    state, prev_text, note = await _start_state(tx, job, chunk)
+    path: list[tuple[str, str, str]] = []
+    cur = await tx.session.get(PlanNode, section.parent_id) if section.parent_id else None
+    while cur is not None and cur.level != "book":
+        path.append((cur.level, cur.title or "", cur.purpose))
+        cur = await tx.session.get(PlanNode, cur.parent_id) if cur.parent_id else None
+    path.reverse()
+    title, summary = section.title or "", section.purpose
     if section.is_continuation:  # top-ups continue the last planned section
-        sec_index = max(0, len(sections) - 1)
-        title = sections[sec_index]["title"] if sections else section.title
+        last = (
+            await tx.session.execute(
+                select(PlanNode)
+                .where(PlanNode.job_id == job.id, PlanNode.level == "section", PlanNode.is_continuation.is_(False))
+                .order_by(PlanNode.position.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if last is not None:
+            title, summary = last.title or title, last.purpose
     ctx = ChunkContext(
         plan=job.skeleton,
-        section_index=sec_index,
+        section_index=section.ordinal,
         section_title=title,
-        section_summary=section.summary,
+        section_summary=summary,
         key_points=list(section.key_points or []),
         state_summary=state.summary,
         glossary=dict(state.glossary or {}),
@@ -304,5 +434,7 @@ async def _context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, Coh
         brief=chunk.brief,
         source_text=chunk.source_text,
         previous_tail=tail_words(prev_text, TAIL_WORDS),
+        path=path,
+        handoff=note,
     )
     return ctx, state

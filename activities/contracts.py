@@ -13,37 +13,42 @@ class JobRef:
 
 @dataclass
 class PlanResult:
-    sections: int
+    # The units (chapters, or the book when it is only sections) in document order, each with
+    # the node that must be expanded before it starts (its part, at depth 3; else 0).
+    units: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    parallelism: int = 1
 
 
 @dataclass
-class SectionRef:
+class NodeRef:
     job_id: str
-    section: int  # the section's ordinal within the job
+    node_id: int
 
 
 @dataclass
 class SectionChunks:
+    section_id: int
     chunk_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class UnitChunks:
+    sections: list[SectionChunks] = field(default_factory=list)
 
 
 @dataclass
 class ChunkRef:
     job_id: str
     chunk_id: int
-    # The attempt this call makes (write = 1, extends = 2, 3, ...): a retried activity that
-    # finds the attempt already stored returns it instead of writing it again.
-    attempt_no: int = 1
 
 
 @dataclass
-class ChunkStatus:
+class ChunkDone:
     words: int
     min_words: int
     attempts: int
-    passed: bool
-    # Set when the model stops adding text: further extends are pointless.
-    stalled: bool = False
+    passed: bool  # False: the model stalled; finalize tops the document up
 
 
 @dataclass

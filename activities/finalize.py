@@ -12,12 +12,13 @@ from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now, record_length_check, save_document
 from activities.contracts import FailInput, FinalizeResult, RoundRef
-from core.layout import AssembledSection, assemble, top_up
+from core.layout import Block, assemble, top_up
 from core.length import Effort, give_up
 from core.spec import TERMINAL_STATUSES
 from core.text import count_words, sha256, trim_to_words
-from db.models import Chunk, ChunkAttempt, Document, Job, LengthCheck, LlmCall, Section
+from db.models import Document, Job, LlmCall
 from db.session import JobGone, JobTx
+from db.writing import Chunk, ChunkAttempt, ChunkVersion, LengthCheck, PlanNode
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +70,7 @@ class FinalizeActivities(Step):
             if passed:
                 await save_document(tx, role="output", version=1, text=doc, words=words)
                 job.status, job.completed_at, job.current_step, job.words_written = "succeeded", now(), "done", words
+                await _finish_book(tx)
                 tx.event(
                     "job",
                     "succeeded",
@@ -104,18 +106,19 @@ class FinalizeActivities(Step):
 
     @activity.defn(name="add_continuation")
     async def add_continuation(self, inp: RoundRef) -> int:
-        """A top-up section covering the deficit of the last final check; returns its ordinal."""
+        """A top-up covering the deficit of the last final check: a section of its own, written as
+        one more unit strictly after the document's last chunk; returns its node id."""
         jid = uuid.UUID(inp.job_id)
         title = f"continuation {inp.round + 1}"
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             existing = (
                 await tx.session.execute(
-                    select(Section).where(Section.job_id == jid, Section.is_continuation, Section.title == title)
+                    select(PlanNode).where(PlanNode.job_id == jid, PlanNode.is_continuation, PlanNode.title == title)
                 )
             ).scalar_one_or_none()
             if existing is not None:
-                return existing.ordinal
+                return existing.id
             words = (
                 await tx.session.execute(
                     select(LengthCheck.words).where(
@@ -125,20 +128,32 @@ class FinalizeActivities(Step):
             ).scalar_one()
             deficit, chunks = top_up(job.target_words, job.max_words, words, job_options(job).chunk_words)
             budget = sum(c.target for c in chunks)
-            ordinal = (
-                await tx.session.execute(select(func.max(Section.ordinal)).where(Section.job_id == jid))
+            book = (
+                await tx.session.execute(select(PlanNode).where(PlanNode.job_id == jid, PlanNode.level == "book"))
+            ).scalar_one()
+            position = (
+                await tx.session.execute(select(func.max(PlanNode.position)).where(PlanNode.job_id == jid))
             ).scalar_one() + 1
             next_chunk = (
                 await tx.session.execute(select(func.max(Chunk.ordinal)).where(Chunk.job_id == jid))
             ).scalar_one() + 1
-            section = Section(
+            siblings = (
+                await tx.session.execute(
+                    select(func.count()).select_from(PlanNode).where(PlanNode.parent_id == book.id)
+                )
+            ).scalar_one()
+            section = PlanNode(
                 job_id=jid,
-                ordinal=ordinal,
+                parent_id=book.id,
+                level="section",
+                depth=1,
+                ordinal=siblings,
+                position=position,
                 title=title,
-                summary="Continue and deepen the document.",
-                key_points=[],
-                target_words=budget,
+                purpose="Continue and deepen the document.",
+                budget_words=budget,
                 is_continuation=True,
+                status="expanded",
             )
             tx.session.add(section)
             await tx.session.flush()
@@ -147,6 +162,7 @@ class FinalizeActivities(Step):
                     Chunk(
                         job_id=jid,
                         section_id=section.id,
+                        unit_id=section.id,
                         ordinal=next_chunk + i,
                         index_in_section=i,
                         brief=c.brief,
@@ -156,6 +172,7 @@ class FinalizeActivities(Step):
                     )
                 )
             job.sections_total += 1
+            job.units_total += 1
             job.chunks_total += len(chunks)
             job.finalize_rounds = inp.round + 1
             tx.event(
@@ -166,10 +183,10 @@ class FinalizeActivities(Step):
                     "deficit": deficit,
                     "planned_words": budget,
                     "chunks": len(chunks),
-                    "section": ordinal,
+                    "section": section.id,
                 },
             )
-            return ordinal
+            return section.id
 
     @activity.defn(name="fail_job")
     async def fail_job(self, inp: FailInput) -> None:
@@ -203,23 +220,44 @@ class FinalizeActivities(Step):
 
 
 async def _assemble(tx: JobTx, job: Job) -> str:
-    sections = (
-        (await tx.session.execute(select(Section).where(Section.job_id == job.id).order_by(Section.ordinal)))
+    """The document: every node in document order with its heading, each section's chunks in
+    their latest versions (a chunk not yet done: its working text)."""
+    nodes = (
+        (await tx.session.execute(select(PlanNode).where(PlanNode.job_id == job.id).order_by(PlanNode.position)))
         .scalars()
         .all()
+    )
+    latest = (
+        select(ChunkVersion.chunk_id, ChunkVersion.text)
+        .where(ChunkVersion.job_id == job.id)
+        .distinct(ChunkVersion.chunk_id)
+        .order_by(ChunkVersion.chunk_id, ChunkVersion.version.desc())
+        .subquery()
     )
     texts: dict[int, list[str]] = {}
     for sid, text in (
         await tx.session.execute(
-            select(Chunk.section_id, Chunk.text).where(Chunk.job_id == job.id).order_by(Chunk.ordinal)
+            select(Chunk.section_id, func.coalesce(latest.c.text, Chunk.text))
+            .outerjoin(latest, latest.c.chunk_id == Chunk.id)
+            .where(Chunk.job_id == job.id)
+            .order_by(Chunk.ordinal)
         )
     ).all():
         texts.setdefault(sid, []).append(text or "")
-    return assemble(
-        job.title,
-        job.target_words,
-        [AssembledSection(s.title, s.is_continuation, texts.get(s.id, [])) for s in sections],
-    )
+    blocks = [
+        Block(n.depth + 1, None if n.is_continuation else n.title, texts.get(n.id, []))
+        for n in nodes
+        if n.level != "book"
+    ]
+    return assemble(job.title, job.target_words, blocks)
+
+
+async def _finish_book(tx: JobTx) -> None:
+    book = (
+        await tx.session.execute(select(PlanNode).where(PlanNode.job_id == tx.job_id, PlanNode.level == "book"))
+    ).scalar_one_or_none()
+    if book is not None and book.status != "done":
+        book.status, book.completed_at = "done", now()
 
 
 async def _effort(tx: JobTx, job: Job) -> Effort:

@@ -22,10 +22,11 @@ from openai import AsyncOpenAI
 from sqlalchemy import func, select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from core.spec import JobOptions
 from core.text import count_words
 from db.audit import shorten
-from db.models import LlmCall
-from db.session import Database
+from db.models import Job, LlmCall
+from db.session import Database, JobGone, JobTx
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,10 @@ TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APITimeou
 
 class LlmUnavailable(Exception):
     """The endpoint kept failing with transient errors; Temporal retries the activity later."""
+
+
+class BudgetExhausted(Exception):
+    """The job's token or time budget is used up: no more model calls are made for it."""
 
 
 @dataclass
@@ -107,7 +112,7 @@ class LlmClient:
     ) -> LlmResult:
         """One logical completion. A successful answer already stored under ``request_key``
         (from an activity attempt that crashed before using it) is reused, not paid for again."""
-        reused = await self._stored(job_id, request_key)
+        reused, deadline = await self._stored(job_id, request_key)
         if reused is not None:
             return reused
         params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
@@ -122,13 +127,24 @@ class LlmClient:
                 reraise=True,
             ):
                 with attempt:
+                    if deadline is not None and time.time() >= deadline:  # a retry must respect it too
+                        raise BudgetExhausted("the job's time budget ran out while retrying a model call")
                     return await self._attempt(job_id, chunk_id, purpose, request_key, use_model, messages, params)
         except TRANSIENT as exc:
             raise LlmUnavailable(f"{type(exc).__name__} after {self.max_retries + 1} attempts: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def _stored(self, job_id: uuid.UUID, request_key: str) -> LlmResult | None:
+    async def _stored(self, job_id: uuid.UUID, request_key: str) -> tuple[LlmResult | None, float | None]:
+        """(an answer already paid for under ``request_key``, the job's deadline as a Unix time).
+
+        Before any new call, the job's budgets: BudgetExhausted if its tokens or time are used up."""
         async with self.db.job_tx(job_id) as tx:
+            job = await tx.session.get(Job, job_id)
+            if job is None:
+                raise JobGone(str(job_id))
+            opts = JobOptions(**(job.params or {}))
+            started = job.started_at or job.created_at
+            deadline = started.timestamp() + opts.max_wall_seconds
             row = (
                 await tx.session.execute(
                     select(LlmCall)
@@ -138,19 +154,24 @@ class LlmClient:
                 )
             ).scalar_one_or_none()
             if row is None:
-                return None
-            tx.event(
-                "llm",
-                "reuse",
-                {
-                    "llm_call_id": row.id,
-                    "request_key": request_key,
-                    "reason": "answer stored by an earlier attempt of this activity",
-                },
-            )
-            return LlmResult(
-                row.id, row.response or "", row.finish_reason, row.tokens_in or 0, row.tokens_out or 0, reused=True
-            )
+                exhausted = await _budget_exhausted(tx, job_id, opts, deadline)
+                if exhausted is None:
+                    return None, deadline
+                tx.event("error", "budget", {"reason": exhausted, "request_key": request_key})
+            else:
+                tx.event(
+                    "llm",
+                    "reuse",
+                    {
+                        "llm_call_id": row.id,
+                        "request_key": request_key,
+                        "reason": "answer stored by an earlier attempt of this activity",
+                    },
+                )
+                return LlmResult(
+                    row.id, row.response or "", row.finish_reason, row.tokens_in or 0, row.tokens_out or 0, reused=True
+                ), deadline
+        raise BudgetExhausted(exhausted)  # after the commit: the refusal is in the log
 
     async def _attempt(
         self,
@@ -268,3 +289,20 @@ class LlmClient:
         if error is not None:
             raise error
         return LlmResult(call_id, text or "", finish, tokens_in or 0, tokens_out or 0)
+
+
+async def _budget_exhausted(tx: JobTx, job_id: uuid.UUID, opts: JobOptions, deadline: float) -> str | None:
+    """Why the next model call must not be made (the job's token or time budget is used up), or None."""
+    if time.time() >= deadline:
+        return f"time budget of {opts.max_wall_seconds} s used up before the next model call"
+    if opts.max_tokens is not None:
+        used = (
+            await tx.session.execute(
+                select(
+                    func.coalesce(func.sum(LlmCall.tokens_in), 0) + func.coalesce(func.sum(LlmCall.tokens_out), 0)
+                ).where(LlmCall.job_id == job_id)
+            )
+        ).scalar_one() or 0
+        if used >= opts.max_tokens:
+            return f"token budget of {opts.max_tokens} used up ({used} tokens) before the next model call"
+    return None

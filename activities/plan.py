@@ -1,6 +1,9 @@
-"""The plan step: the job's skeleton (title, thesis, sections, glossary, style) from the model,
-validated, retried once with the validation error, else a deterministic fallback; then its
-sections and chunks as rows, and the root of the coherence chain."""
+"""The plan steps, top-down and lazy. ``plan_job`` lays out the whole tree (budgets of every part,
+chapter, section and chunk: deterministic, no model) and asks the model only for the skeleton:
+title, thesis, glossary and cast, style, and the top level's titles and synopses. ``expand_node``
+plans a node's children when that node is about to be written, from the skeleton, its parent and
+its siblings. Every answer is validated, retried once with the validation error, else replaced by
+a deterministic fallback; no two headings of a document are the same."""
 
 from __future__ import annotations
 
@@ -11,12 +14,38 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
 from activities.base import ModelStep, job_options, load_job, now
-from activities.contracts import JobRef, PlanResult
-from activities.prompts import outline_messages, plan_max_tokens, plan_messages, rewrite_plan_messages
-from core.layout import SectionPlan, generate_layout, planned_words, rewrite_layout, section_count
-from core.plan import PlanModel, fallback_plan, opening_and_headings, parse_outline, parse_plan, title_of_brief
+from activities.contracts import JobRef, NodeRef, PlanResult
+from activities.prompts import (
+    NodeBrief,
+    children_messages,
+    children_outline_messages,
+    outline_messages,
+    plan_max_tokens,
+    plan_messages,
+    rewrite_plan_messages,
+)
+from core.layout import NodePlan, generate_tree, planned_words, rewrite_tree, tree_levels, unit_level
+from core.plan import (
+    PlanItem,
+    PlanModel,
+    distinct_title,
+    fallback_items,
+    fallback_plan,
+    heading_key,
+    opening_and_headings,
+    parse_children,
+    parse_outline,
+    parse_plan,
+    parse_titles,
+    title_of_brief,
+    topic_of,
+)
 from core.text import count_words
-from db.models import Chunk, CoherenceState, Document, Section
+from db.models import Document, Job
+from db.session import JobTx
+from db.writing import Chunk, CoherenceState, PlanNode
+
+SOURCE_OPENING_WORDS = 250
 
 
 class PlanActivities(ModelStep):
@@ -26,13 +55,14 @@ class PlanActivities(ModelStep):
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             if job.sections_total > 0:  # planned by an earlier attempt or run
-                return PlanResult(job.sections_total)
+                return await _plan_result(tx, job)
             if job.status == "queued":
                 job.status, job.started_at = "running", now()
             job.current_step = "planning"
             tx.event("job", "running", {"step": "planning"})
             opts = job_options(job)
             prompt, target, title, model = job.prompt or "", job.target_words, job.title, job.model
+            total = planned_words(target, job.max_words)
             source = None
             if job.kind == "rewrite":
                 source = (
@@ -40,25 +70,18 @@ class PlanActivities(ModelStep):
                         select(Document.text).where(Document.job_id == jid, Document.role == "input")
                     )
                 ).scalar_one()
-        n_sections = section_count(target, opts.chunk_words)
-        plan, plan_source, errors = await self._ask_plan(jid, model, prompt, source, title, target, n_sections)
+        tree = rewrite_tree(source, total, opts.chunk_words) if source else generate_tree(total, opts.chunk_words)
+        plan, plan_source, errors = await self._ask_skeleton(jid, model, prompt, source, title, target, tree)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             if job.sections_total > 0:
-                return PlanResult(job.sections_total)
-            total = planned_words(target, job.max_words)
-            if source is not None:
-                layout = rewrite_layout(source, total, opts.chunk_words, plan)
-            else:
-                layout = generate_layout(total, opts.chunk_words, n_sections, plan)
-            skeleton = plan.model_dump()
-            skeleton["sections"] = [{"title": s.title, "summary": s.summary} for s in layout]
-            job.skeleton = skeleton
+                return await _plan_result(tx, job)
             if not job.title:
                 job.title = plan.title[:300]
             tx.session.add(
                 CoherenceState(
                     job_id=jid,
+                    kind="root",
                     ordinal=0,
                     parent_id=None,
                     summary=plan.thesis[:2000],
@@ -67,8 +90,15 @@ class PlanActivities(ModelStep):
                     delta={"source": plan_source},
                 )
             )
-            chunks = await _add_sections(tx.session, jid, layout)
-            job.sections_total, job.chunks_total = len(layout), chunks
+            top = await _lay_out(tx.session, jid, tree, plan.sections)
+            job.skeleton = {
+                **plan.model_dump(include={"title", "thesis", "glossary", "style"}),
+                "levels": list(tree_levels(tree)),
+                "sections": [{"title": n.title, "summary": n.purpose} for n in top],
+            }
+            job.sections_total = sum(1 for n in tree.walk() if n.level == "section")
+            job.chunks_total = sum(len(n.chunks) for n in tree.walk())
+            job.units_total = sum(1 for n in tree.walk() if n.level == unit_level(tree_levels(tree)))
             job.current_step = "writing"
             tx.event(
                 "plan",
@@ -76,17 +106,20 @@ class PlanActivities(ModelStep):
                 {
                     "source": plan_source,
                     "errors": errors,
-                    "sections": len(layout),
-                    "chunks": chunks,
+                    "levels": job.skeleton["levels"],
+                    "top_level": len(top),
+                    "units": job.units_total,
+                    "sections": job.sections_total,
+                    "chunks": job.chunks_total,
                     "planned_words": total,
                     "target_words": target,
                     "max_words": job.max_words,
                     "title": job.title,
                 },
             )
-            return PlanResult(job.sections_total)
+            return await _plan_result(tx, job)
 
-    async def _ask_plan(
+    async def _ask_skeleton(
         self,
         jid: uuid.UUID,
         model: str,
@@ -94,23 +127,24 @@ class PlanActivities(ModelStep):
         source: str | None,
         title: str | None,
         target: int,
-        n_sections: int,
+        tree: NodePlan,
     ) -> tuple[PlanModel, str, list[str]]:
-        """(plan, "model" | "fallback", the validation errors of the answers that were refused)."""
+        """(skeleton, "model" | "fallback", the validation errors of the answers that were refused)."""
         style = self.llm.prompt_style
+        n, level = len(tree.children), tree.children[0].level
         if source is not None:
             opening, headings = opening_and_headings(source)
             doc_title = title or (headings[0] if headings else source.strip().splitlines()[0][:120])
-            lead = " ".join(opening.split()[:250])
+            lead = " ".join(opening.split()[:SOURCE_OPENING_WORDS])
         else:
             doc_title, lead = title or title_of_brief(prompt), prompt
 
         def messages(err: str | None) -> list[dict[str, str]]:
             if style == "document":
-                return outline_messages(doc_title, lead, n_sections, err)
+                return outline_messages(doc_title, lead, n, err)
             if source is not None:
-                return rewrite_plan_messages(opening, headings, target, count_words(source), err)
-            return plan_messages(prompt, target, n_sections, err)
+                return rewrite_plan_messages(opening, headings, target, count_words(source), n, level, err)
+            return plan_messages(prompt, target, n, level, err)
 
         errors: list[str] = []
         for attempt in (1, 2):  # once, then once more with the validation error
@@ -120,39 +154,154 @@ class PlanActivities(ModelStep):
                 request_key=f"plan:{attempt}",
                 model=model,
                 messages=messages(errors[-1] if errors else None),
-                max_tokens=plan_max_tokens(n_sections, style),
+                max_tokens=plan_max_tokens(n, style),
+                temperature=0.4,
+                json_mode=style != "document",
+            )
+            try:
+                plan = (
+                    parse_outline(res.text, doc_title, lead[:1000], n) if style == "document" else parse_plan(res.text)
+                )
+                plan.sections = (plan.sections + fallback_items(n, topic_of(lead)))[:n]
+                return plan, "model", errors
+            except ValueError as exc:
+                errors.append(str(exc))
+        return fallback_plan(prompt or (source or "")[:2000], n, title), "fallback", errors
+
+    @activity.defn(name="expand_node")
+    async def expand_node(self, ref: NodeRef) -> None:
+        """Plan the children of a node about to be written (once; a retry finds them planned)."""
+        jid = uuid.UUID(ref.job_id)
+        async with self.db.job_tx(jid) as tx:
+            job = await load_job(tx, jid)
+            node = await _node(tx, ref.node_id)
+            if node.status != "pending":
+                return
+            brief = await _brief(tx, job, node)
+            model = job.model
+        items, source, errors = await self._ask_children(jid, model, node.id, brief)
+        async with self.db.job_tx(jid) as tx:
+            await load_job(tx, jid)
+            node = await _node(tx, ref.node_id)
+            if node.status != "pending":
+                return
+            children = await _children(tx, node.id)
+            taken = {
+                k
+                for k in (
+                    await tx.session.execute(select(PlanNode.heading_key).where(PlanNode.job_id == jid))
+                ).scalars()
+                if k is not None
+            }
+            for child, item in zip(children, items, strict=True):
+                _apply(child, item, taken, context=node.title)
+                if child.level == "section":
+                    await _brief_chunks(tx, child)
+            node.status = "expanded"
+            tx.event(
+                "plan",
+                "expanded",
+                {
+                    "node": node.id,
+                    "level": node.level,
+                    "title": node.title,
+                    "source": source,
+                    "errors": errors,
+                    "children": [c.title for c in children],
+                    "budgets": [c.budget_words for c in children],
+                },
+            )
+
+    async def _ask_children(
+        self, jid: uuid.UUID, model: str, node_id: int, brief: NodeBrief
+    ) -> tuple[list[PlanItem], str, list[str]]:
+        style = self.llm.prompt_style
+        errors: list[str] = []
+        for attempt in (1, 2):
+            msgs = (
+                children_outline_messages(brief)
+                if style == "document"
+                else children_messages(brief, errors[-1] if errors else None)
+            )
+            res = await self.llm.complete(
+                job_id=jid,
+                purpose="plan",
+                request_key=f"expand:{node_id}:{attempt}",
+                model=model,
+                messages=msgs,
+                max_tokens=plan_max_tokens(brief.children, style),
                 temperature=0.4,
                 json_mode=style != "document",
             )
             try:
                 if style == "document":
-                    return parse_outline(res.text, doc_title, lead[:1000], n_sections), "model", errors
-                return parse_plan(res.text), "model", errors
+                    items = parse_titles(res.text, brief.path[-1][1], brief.children)
+                    items = (items + fallback_items(brief.children, brief.path[-1][1]))[: brief.children]
+                else:
+                    items = parse_children(res.text, brief.children)
+                return items, "model", errors
             except ValueError as exc:
                 errors.append(str(exc))
-        return fallback_plan(prompt or (source or "")[:2000], n_sections, title), "fallback", errors
+        return fallback_items(brief.children, brief.path[-1][1]), "fallback", errors
 
 
-async def _add_sections(session: AsyncSession, jid: uuid.UUID, layout: list[SectionPlan]) -> int:
-    """Section and chunk rows for a layout, chunks numbered in document order; returns their count."""
-    ordinal = 0
-    for si, sec in enumerate(layout):
-        section = Section(
+def _padded(plan: PlanModel, n: int, lead: str) -> PlanModel:
+    """Exactly ``n`` top-level items: a short answer is completed by the fallback's."""
+    plan.sections = (plan.sections + fallback_items(n, topic_of(lead)))[:n]
+    return plan
+
+
+def _apply(node: PlanNode, item: PlanItem, taken: set[str], context: str | None) -> None:
+    """A planned item onto its node: the title (the input's own heading, for rewrites, wins),
+    made distinct from every heading the job has; purpose, key points, entities."""
+    if node.heading_key is None:
+        node.title = distinct_title(node.title or item.title, taken, context)
+        node.heading_key = heading_key(node.title)
+    node.purpose = item.summary[:2000]
+    node.key_points = item.key_points
+    node.introduces = item.introduces
+    node.relies_on = item.relies_on
+
+
+async def _lay_out(session: AsyncSession, jid: uuid.UUID, tree: NodePlan, top: list[PlanItem]) -> list[PlanNode]:
+    """Rows for the whole tree in document order (every node, every chunk with its unit), the top
+    level planned by the skeleton; returns the top-level nodes."""
+    unit = unit_level(tree_levels(tree))
+    taken: set[str] = set()
+    counter = {"position": 0, "chunk": 0}
+    top_nodes: list[PlanNode] = []
+
+    async def add(plan: NodePlan, parent: PlanNode | None, ordinal: int, depth: int, unit_id: int | None) -> None:
+        node = PlanNode(
             job_id=jid,
-            ordinal=si,
-            title=sec.title,
-            summary=sec.summary,
-            key_points=sec.key_points,
-            target_words=sec.target_words,
+            parent_id=parent.id if parent else None,
+            level=plan.level,
+            depth=depth,
+            ordinal=ordinal,
+            position=counter["position"],
+            budget_words=plan.budget,
+            status="pending",
         )
-        session.add(section)
+        counter["position"] += 1
+        if plan.title and plan.level != "book":  # the input's own heading (rewrites)
+            node.title = distinct_title(plan.title, taken, parent.title if parent else None)
+            node.heading_key = heading_key(node.title)
+        if depth == 1:  # the top level is planned by the skeleton
+            _apply(node, top[ordinal], taken, None)
+            top_nodes.append(node)
+        session.add(node)
         await session.flush()
-        for ci, c in enumerate(sec.chunks):
+        if plan.level == unit:
+            unit_id = node.id
+        for i, child in enumerate(plan.children):
+            await add(child, node, i, depth + 1, unit_id)
+        for ci, c in enumerate(plan.chunks):
             session.add(
                 Chunk(
                     job_id=jid,
-                    section_id=section.id,
-                    ordinal=ordinal,
+                    section_id=node.id,
+                    unit_id=unit_id,
+                    ordinal=counter["chunk"],
                     index_in_section=ci,
                     brief=c.brief,
                     source_text=c.source,
@@ -161,5 +310,118 @@ async def _add_sections(session: AsyncSession, jid: uuid.UUID, layout: list[Sect
                     max_words=c.max_words,
                 )
             )
-            ordinal += 1
-    return ordinal
+            counter["chunk"] += 1
+        if plan.level == "book" or (depth == 1 and plan.level == "section"):
+            await session.flush()
+            if plan.level == "section":  # planned by the skeleton: its chunks can be briefed now
+                await _brief_section_chunks(session, node)
+            node.status = "expanded"
+
+    await add(tree, None, 0, 0, None)
+    await session.flush()
+    return top_nodes
+
+
+async def _brief_chunks(tx: JobTx, section: PlanNode) -> None:
+    await _brief_section_chunks(tx.session, section)
+    section.status = "expanded"
+
+
+async def _brief_section_chunks(session: AsyncSession, section: PlanNode) -> None:
+    """The section's key points, one per chunk in turn (rewrites keep their own briefs)."""
+    points = list(section.key_points or [])
+    if not points:
+        return
+    chunks = (
+        (await session.execute(select(Chunk).where(Chunk.section_id == section.id).order_by(Chunk.index_in_section)))
+        .scalars()
+        .all()
+    )
+    for i, c in enumerate(chunks):
+        if not c.source_text:
+            c.brief = points[i % len(points)]
+
+
+async def _plan_result(tx: JobTx, job: Job) -> PlanResult:
+    units = (
+        await tx.session.execute(
+            select(PlanNode.id, PlanNode.parent_id, PlanNode.level)
+            .where(PlanNode.job_id == job.id, PlanNode.id.in_(select(Chunk.unit_id).where(Chunk.job_id == job.id)))
+            .where(PlanNode.is_continuation.is_(False))
+            .order_by(PlanNode.position)
+        )
+    ).all()
+    parents = {r.parent_id for r in units if r.parent_id is not None}
+    parts = set(
+        (
+            await tx.session.execute(select(PlanNode.id).where(PlanNode.id.in_(parents), PlanNode.level == "part"))
+        ).scalars()
+    )
+    return PlanResult(
+        units=[r.id for r in units],
+        parents=[r.parent_id if r.parent_id in parts else 0 for r in units],
+        parallelism=job_options(job).parallelism,
+    )
+
+
+async def _node(tx: JobTx, node_id: int) -> PlanNode:
+    node = await tx.session.get(PlanNode, node_id)
+    if node is None or node.job_id != tx.job_id:
+        raise LookupError(f"node {node_id} is not a node of job {tx.job_id}")
+    return node
+
+
+async def _children(tx: JobTx, node_id: int) -> list[PlanNode]:
+    return list(
+        (await tx.session.execute(select(PlanNode).where(PlanNode.parent_id == node_id).order_by(PlanNode.ordinal)))
+        .scalars()
+        .all()
+    )
+
+
+async def _brief(tx: JobTx, job: Job, node: PlanNode) -> NodeBrief:
+    """What the node's children are planned from: the skeleton, its path, its siblings."""
+    path: list[PlanNode] = []
+    cur: PlanNode | None = node
+    while cur is not None and cur.level != "book":
+        path.append(cur)
+        cur = await tx.session.get(PlanNode, cur.parent_id) if cur.parent_id else None
+    path.reverse()
+    siblings = (
+        (
+            await tx.session.execute(
+                select(PlanNode.title).where(PlanNode.parent_id == node.parent_id).order_by(PlanNode.ordinal)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    children = await _children(tx, node.id)
+    avoid = (
+        (await tx.session.execute(select(PlanNode.title).where(PlanNode.job_id == job.id, PlanNode.title.is_not(None))))
+        .scalars()
+        .all()
+    )
+    source = ""
+    if job.kind == "rewrite":
+        first = (  # the node's first chunk: descendants follow it in document order
+            await tx.session.execute(
+                select(Chunk.source_text)
+                .join(PlanNode, PlanNode.id == Chunk.section_id)
+                .where(Chunk.job_id == job.id, PlanNode.position > node.position)
+                .order_by(PlanNode.position, Chunk.ordinal)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        source = " ".join((first or "").split()[:SOURCE_OPENING_WORDS])
+    return NodeBrief(
+        book=job.skeleton,
+        path=[(n.level, n.title or "", n.purpose) for n in path],
+        siblings=[t or "" for t in siblings],
+        key_points=list(node.key_points or []),
+        children_level=children[0].level if children else "section",
+        children=len(children),
+        child_words=round(sum(c.budget_words for c in children) / max(1, len(children))),
+        avoid=[t for t in avoid if t],
+        source_opening=source,
+    )

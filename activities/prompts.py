@@ -1,14 +1,17 @@
-"""Prompts: everything Quire asks a model, for the plan, each chunk and the stitch.
+"""Prompts: everything Quire asks a model, for the plan at every level, each chunk, the stitch and
+the seam repair.
 
-Prompts read as the start of the document to be continued and say the word count they want
-("about N words") in the last message: small base models follow that better than instructions,
-and real chat models follow it too.
+Chunk prompts put their unchanging part first and byte-identical for the whole job (the system
+text, then the book's title, thesis, style and top-level outline) so that providers' prompt
+caching applies; what changes (where in the book, the state, the tail, the ask) comes after.
+They say the word count they want ("about N words") in the last message: small base models follow
+that better than instructions, and real chat models follow it too.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.plan import MAX_PLANNED_SECTIONS
@@ -18,17 +21,10 @@ SYSTEM = (
     "You are a careful author writing one part of a long document. Write only the document's prose: "
     "no headings, no notes to the reader, no lists of instructions, no commentary about the task."
 )
-
-
-def plan_messages(brief: str, target_words: int, sections: int, error: str | None = None) -> list[dict[str, str]]:
-    want = min(sections, MAX_PLANNED_SECTIONS)
-    user = (
-        f"Plan a document of at least {target_words} words on this brief:\n\n{brief.strip()}\n\n"
-        f"Answer with one JSON object with keys: title (string), thesis (string), sections (a list of exactly "
-        f"{want} sections objects, each with title, summary and key_points, a list of strings), glossary "
-        f"(an object mapping key terms to one-line definitions) and style (string)."
-    )
-    return _json_messages("You plan documents. You answer with JSON only.", user, error)
+_ITEM_FIELDS = (
+    "title, summary (one paragraph: what it covers and why it is there), key_points (a list of strings), "
+    "introduces (names and terms it introduces) and relies_on (names and terms it needs from earlier)"
+)
 
 
 def _json_messages(system: str, user: str, error: str | None) -> list[dict[str, str]]:
@@ -44,6 +40,76 @@ def _json_messages(system: str, user: str, error: str | None) -> list[dict[str, 
     return msgs
 
 
+def plan_messages(
+    brief: str, target_words: int, items: int, level: str = "section", error: str | None = None
+) -> list[dict[str, str]]:
+    """The book's skeleton: title, thesis, glossary and cast, style, and its top-level nodes."""
+    want = min(items, MAX_PLANNED_SECTIONS)
+    user = (
+        f"Plan a document of at least {target_words} words on this brief:\n\n{brief.strip()}\n\n"
+        f"Answer with one JSON object with keys: title (string), thesis (string), sections (a list of exactly "
+        f"{want} {level} objects, each with {_ITEM_FIELDS}), glossary (an object mapping key terms and "
+        f"characters to one-line definitions) and style (string). Every {level} title must be distinct."
+    )
+    return _json_messages("You plan documents. You answer with JSON only.", user, error)
+
+
+def rewrite_plan_messages(
+    opening: str,
+    headings: list[str],
+    target_words: int,
+    input_words: int,
+    items: int = 3,
+    level: str = "section",
+    error: str | None = None,
+) -> list[dict[str, str]]:
+    mode = "condensed" if target_words < input_words else "expanded"
+    user = (
+        f"Here is the opening of a {input_words}-word document that will be rewritten and {mode} to "
+        f"at least {target_words} words.\n\n{opening}\n\n"
+        + (f"Its headings: {'; '.join(headings[:40])}\n\n" if headings else "")
+        + f"Answer with one JSON object with keys: title, thesis (one paragraph on what the document argues), "
+        f"sections (a list of exactly {min(items, MAX_PLANNED_SECTIONS)} {level} objects in order, each with "
+        f"{_ITEM_FIELDS}), glossary (key terms to one-line definitions) and style (how it is written)."
+    )
+    return _json_messages("You analyse documents. You answer with JSON only.", user, error)
+
+
+@dataclass
+class NodeBrief:
+    """What a node's expansion is planned from: the book, the path down to it, its siblings."""
+
+    book: dict[str, Any]  # the skeleton: title, thesis, style, glossary
+    path: list[tuple[str, str, str]]  # (level, title, summary) from the top level down to the node
+    siblings: list[str]  # the titles of the node's siblings, in order
+    key_points: list[str]
+    children_level: str
+    children: int
+    child_words: int
+    avoid: list[str]  # headings the book already has
+    source_opening: str = ""  # rewrites: the opening of the input the node rewrites
+
+
+def children_messages(b: NodeBrief, error: str | None = None) -> list[dict[str, str]]:
+    """A node's children, planned when the node is about to be written."""
+    level, title, summary = b.path[-1]
+    where = "\n".join(f"{lv.title()}: {t}. {s}".strip() for lv, t, s in b.path)
+    user = (
+        f"Document: {b.book.get('title', '')}\nThesis: {b.book.get('thesis', '')}\n"
+        f"Style: {b.book.get('style', '')}\n"
+        + (f"Key terms: {'; '.join(list(b.book.get('glossary', {}))[:20])}\n" if b.book.get("glossary") else "")
+        + f"\n{where}\n"
+        + (f"Key points of this {level}: {'; '.join(b.key_points[:8])}\n" if b.key_points else "")
+        + (f"Its neighbours, in order: {'; '.join(b.siblings[:30])}\n" if b.siblings else "")
+        + (f"\nThe passage of the original it rewrites begins:\n{b.source_opening}\n" if b.source_opening else "")
+        + f"\nPlan the {b.children} {b.children_level}s of the {level} '{title}', in order, each of about "
+        f"{b.child_words} words. Answer with one JSON object with key sections: a list of exactly "
+        f"{b.children} {b.children_level} objects, each with {_ITEM_FIELDS}. Titles must be distinct and differ "
+        f"from these: {'; '.join(b.avoid[-60:])}."
+    )
+    return _json_messages("You plan documents. You answer with JSON only.", user, error)
+
+
 def outline_messages(title: str, lead: str, sections: int, error: str | None = None) -> list[dict[str, str]]:
     """The plan for small base models: a numbered list of parts to continue, not JSON.
 
@@ -55,35 +121,33 @@ def outline_messages(title: str, lead: str, sections: int, error: str | None = N
     return [{"role": "user", "content": f"# {title}\n\n{lead.strip()}\n\nThis document has {want} parts:\n\n1."}]
 
 
-def rewrite_plan_messages(
-    opening: str, headings: list[str], target_words: int, input_words: int, error: str | None = None
-) -> list[dict[str, str]]:
-    mode = "condensed" if target_words < input_words else "expanded"
-    user = (
-        f"Here is the opening of a {input_words}-word document that will be rewritten and {mode} to "
-        f"at least {target_words} words.\n\n{opening}\n\n"
-        + (f"Its headings: {'; '.join(headings[:40])}\n\n" if headings else "")
-        + "Answer with one JSON object with keys: title, thesis (one paragraph on what the document argues), "
-        "sections (a list of objects with title, summary, key_points), glossary (key terms to one-line "
-        "definitions) and style (how it is written)."
-    )
-    return _json_messages("You analyse documents. You answer with JSON only.", user, error)
+def children_outline_messages(b: NodeBrief) -> list[dict[str, str]]:
+    """A node's children for small base models: the book so far as headings, then a list to continue."""
+    heads = "\n\n".join(f"{'#' * (i + 2)} {t}\n\n{s}".strip() for i, (_, t, s) in enumerate(b.path))
+    want = max(2, min(b.children, MAX_PLANNED_SECTIONS))
+    return [
+        {
+            "role": "user",
+            "content": f"# {b.book.get('title', '')}\n\n{heads}\n\nThis {b.path[-1][0]} has {want} parts:\n\n1.",
+        }
+    ]
 
 
-def outline_line(plan: dict[str, Any], current: int) -> str:
-    parts = []
-    for i, s in enumerate(plan.get("sections", [])):
-        mark = " <- this section" if i == current else ""
-        parts.append(f"{i + 1}. {s.get('title', '')}{mark}")
-    if len(parts) > 30:  # compress: the neighbourhood of the current section only
-        lo = max(0, current - 5)
-        parts = parts[lo : current + 6]
-    return "\n".join(parts)
+def plan_max_tokens(items: int, style: str) -> int:
+    """Room for a plan's answer: a numbered list of titles, or a JSON object with summaries."""
+    n = min(items, MAX_PLANNED_SECTIONS)
+    return 40 + 24 * n if style == "document" else min(4096, 300 + 160 * n)
+
+
+def outline_line(plan: dict[str, Any]) -> str:
+    """The book's top level as a numbered list (the same for every chunk of the job)."""
+    parts = [f"{i + 1}. {s.get('title', '')}" for i, s in enumerate(plan.get("sections", []))]
+    return "\n".join(parts[:MAX_PLANNED_SECTIONS])
 
 
 @dataclass
 class ChunkContext:
-    """What a chunk is written from: compressed skeleton, section plan, coherence state, tail."""
+    """What a chunk is written from: the skeleton, where it stands, the coherence state, the tail."""
 
     plan: dict[str, Any]
     section_index: int
@@ -96,15 +160,17 @@ class ChunkContext:
     brief: str
     source_text: str | None
     previous_tail: str
+    path: list[tuple[str, str, str]] = field(default_factory=list)  # (level, title, summary) above the section
+    handoff: str = ""  # a chapter started before its predecessor ended: what that predecessor covers
 
 
 def chunk_messages(ctx: ChunkContext, *, style: str, words: int, current_text: str = "") -> list[dict[str, str]]:
     """Messages for writing (``current_text`` empty) or extending a chunk.
 
-    ``instruct`` suits chat models: the context as labelled notes, then the ask. ``document``
-    suits small base models, which echo labelled notes back: the prompt is the document itself
-    (title, the running summary as its opening, key terms, the section heading, the text so
-    far) followed by a one-line request in brackets.
+    ``instruct`` suits chat models: the book as labelled notes, then where this passage stands
+    and the ask. ``document`` suits small base models, which echo labelled notes back: the prompt
+    is the document itself (title, the running summary as its opening, key terms, the headings
+    down to this section, the text so far) followed by a one-line request in brackets.
     """
     if style == "document":
         return _document_messages(ctx, words, current_text)
@@ -113,20 +179,24 @@ def chunk_messages(ctx: ChunkContext, *, style: str, words: int, current_text: s
 
 def _instruct_messages(ctx: ChunkContext, words: int, current_text: str) -> list[dict[str, str]]:
     plan = ctx.plan
-    gl = "; ".join(f"{k}: {v}" for k, v in list(ctx.glossary.items())[:20])
-    notes = [
+    book = [  # identical for every chunk of the job: the cacheable prefix
         f"Document: {plan.get('title', '')}",
         f"Thesis: {plan.get('thesis', '')}" if plan.get("thesis") else "",
         f"Style: {plan.get('style', '')}" if plan.get("style") else "",
-        f"Outline:\n{outline_line(plan, ctx.section_index)}",
+        f"Outline:\n{outline_line(plan)}",
+    ]
+    gl = "; ".join(f"{k}: {v}" for k, v in list(ctx.glossary.items())[:20])
+    where = [f"{lv.title()}: {t}. {s}".strip() for lv, t, s in ctx.path]
+    notes = [
+        *where,
         f"Current section: {ctx.section_title}. {ctx.section_summary}",
         ("Key points: " + "; ".join(ctx.key_points[:8])) if ctx.key_points else "",
         f"Summary of what is written so far: {ctx.state_summary}" if ctx.state_summary else "",
+        f"This part follows on from: {ctx.handoff}" if ctx.handoff else "",
         f"Glossary (use these terms consistently): {gl}" if gl else "",
         ("Open threads to pick up: " + "; ".join(ctx.open_threads[:6])) if ctx.open_threads else "",
         f"This passage: {ctx.brief}" if ctx.brief else "",
     ]
-    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(n for n in notes if n)}]
     if current_text:  # extend: continue the passage, never restart it
         ask = (
             f'The passage so far ends with:\n"…{tail_words(current_text, 250)}"\n\n'
@@ -143,20 +213,24 @@ def _instruct_messages(ctx: ChunkContext, words: int, current_text: str) -> list
         if ctx.previous_tail:
             ask += f'The document so far ends with:\n"…{ctx.previous_tail}"\n\n'
         ask += f"Continue the document with the next passage of about {words} words."
-    msgs.append({"role": "user", "content": ask})
-    return msgs
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "\n".join(n for n in book if n)},
+        {"role": "user", "content": "\n".join(n for n in notes if n) + "\n\n" + ask},
+    ]
 
 
 def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list[dict[str, str]]:
     plan = ctx.plan
     parts = [f"# {plan.get('title', '')}"]
-    opening = " ".join((ctx.state_summary or plan.get("thesis", "")).split()[:80])
+    opening = " ".join((ctx.state_summary or ctx.handoff or plan.get("thesis", "")).split()[:80])
     if opening:
         parts.append(opening)
-    terms = [t for t in list(ctx.glossary)[:8]]
+    terms = list(ctx.glossary)[:8]
     if terms:
         parts.append("Key terms: " + ", ".join(terms) + ".")
-    parts.append(f"## {ctx.section_title}")
+    parts += [f"{'#' * (i + 2)} {t}" for i, (_, t, _s) in enumerate(ctx.path)]
+    parts.append(f"{'#' * (len(ctx.path) + 2)} {ctx.section_title}")
     if ctx.source_text and not current_text:
         body = ctx.previous_tail
         ask = (
@@ -191,7 +265,16 @@ def bridge_messages(left_text: str) -> list[dict[str, str]]:
     ]
 
 
-def plan_max_tokens(sections: int, style: str) -> int:
-    """Room for a plan's answer: a numbered list of titles, or a JSON object with summaries."""
-    n = min(sections, MAX_PLANNED_SECTIONS)
-    return 40 + 24 * n if style == "document" else min(4096, 300 + 120 * n)
+def seam_repair_messages(before: str, opening: str, terms: list[str], words: int) -> list[dict[str, str]]:
+    """Rewrite a chapter's opening paragraph so that it follows from what really came before it."""
+    return [
+        {"role": "system", "content": SYSTEM},
+        {
+            "role": "user",
+            "content": f'The previous chapter ends:\n"…{tail_words(before, 120)}"\n\n'
+            f'The next chapter was written before that ending existed, and opens:\n"{opening}"\n\n'
+            + (f"Use these terms exactly as written: {', '.join(terms[:20])}.\n\n" if terms else "")
+            + f"Rewrite that opening paragraph so that it follows on from the ending, without repeating it, "
+            f"keeping its content, in about {words} words.",
+        },
+    ]

@@ -1,6 +1,7 @@
-"""The stitch step: once a section's chunks are committed, check its seams (paragraphs repeated
-from earlier text, glossary terms drifting in spelling, references to sections that do not exist,
-passages that stop mid-sentence) and repair them; broken seams are bridged by the model."""
+"""The stitch step: once a section's chunks are committed, check the seams inside its unit
+(paragraphs repeated from earlier text of the unit, glossary terms drifting in spelling,
+references to sections that do not exist, passages that stop mid-sentence) and repair them as new
+chunk versions; broken seams are bridged by the model. Seams between units are the seam step's."""
 
 from __future__ import annotations
 
@@ -11,24 +12,25 @@ from sqlalchemy import select
 from temporalio import activity
 
 from activities.base import ModelStep, job_options, load_job
-from activities.contracts import SectionRef
+from activities.chunks import add_version, latest_version, text_of
+from activities.contracts import NodeRef
 from activities.prompts import bridge_messages
 from core.coherence import fix_term, remove_paragraph, seam_issues
 from core.layout import STITCH_WINDOW_CHUNKS
-from core.text import clean_model_text, count_words, join_continuation, normalize_paragraph, paragraphs
-from db.models import Chunk, CoherenceState, Section, StitchResult
+from core.text import clean_model_text, join_continuation, normalize_paragraph, paragraphs
 from db.session import JobTx
+from db.writing import Chunk, CoherenceState, PlanNode, StitchResult
 
 MAX_BRIDGES = 3  # model calls per section for broken seams
 
 
 class StitchActivities(ModelStep):
     @activity.defn(name="stitch_section")
-    async def stitch_section(self, ref: SectionRef) -> None:
+    async def stitch_section(self, ref: NodeRef) -> None:
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
-            section = await _section(tx, jid, ref.section)
+            section = await _section(tx, ref.node_id)
             if await _stitched(tx, section.id):
                 return
             chunks = (
@@ -38,24 +40,31 @@ class StitchActivities(ModelStep):
             )
             if not chunks:
                 return
-            first = chunks[0].ordinal
-            # Earlier text in a window of a few sections: enough to catch repeats, bounded at scale.
+            first = chunks[0]
+            # Earlier text of the same unit, in a window: enough to catch repeats, bounded at scale.
             earlier = (
-                await tx.session.execute(
-                    select(Chunk.ordinal, Chunk.text)
-                    .where(Chunk.job_id == jid, Chunk.ordinal < first, Chunk.ordinal >= first - STITCH_WINDOW_CHUNKS)
-                    .order_by(Chunk.ordinal)
+                (
+                    await tx.session.execute(
+                        select(Chunk)
+                        .where(
+                            Chunk.job_id == jid,
+                            Chunk.unit_id == first.unit_id,
+                            Chunk.ordinal < first.ordinal,
+                            Chunk.ordinal >= first.ordinal - STITCH_WINDOW_CHUNKS,
+                        )
+                        .order_by(Chunk.ordinal)
+                    )
                 )
-            ).all()
-            seen = {normalize_paragraph(p) for _, t in earlier[:-1] for p in paragraphs(t or "")}
+                .scalars()
+                .all()
+            )
+            texts = {c.ordinal: await text_of(tx, c) for c in [*earlier, *chunks]}
+            seen = {normalize_paragraph(p) for c in earlier[:-1] for p in paragraphs(texts[c.ordinal])}
             last_state = await tx.session.get(CoherenceState, chunks[-1].state_after_id)
             glossary = (last_state.glossary if last_state else None) or {}
-            window = ([(earlier[-1][0], earlier[-1][1] or "")] if earlier else []) + [
-                (c.ordinal, c.text or "") for c in chunks
-            ]
+            window = [(c.ordinal, texts[c.ordinal]) for c in ([earlier[-1]] if earlier else []) + list(chunks)]
             issues = seam_issues(window, glossary, job.sections_total, seen)
             repair_with_model = job_options(job).stitch_repairs_with_model
-            texts = dict(window)
             model = job.model
         bridges: dict[int, str] = {}
         broken = [i for i in issues if i["type"] == "broken_seam"][:MAX_BRIDGES] if repair_with_model else []
@@ -82,11 +91,16 @@ class StitchActivities(ModelStep):
                     await tx.session.execute(select(Chunk).where(Chunk.job_id == jid, Chunk.ordinal.in_(list(texts))))
                 ).scalars()
             }
-            words_before = sum(r.word_count for r in rows.values())
-            repairs = _repair(rows, section.id, issues, bridges)
-            for row in rows.values():
-                row.word_count = count_words(row.text or "")
-            words_after = sum(r.word_count for r in rows.values())
+            words_before = sum(rows[o].word_count for o, _ in window)
+            repairs, new_texts = _repair(dict(window), rows, section.id, issues, bridges)
+            for ordinal, text in new_texts.items():
+                chunk = rows[ordinal]
+                latest = await latest_version(tx, chunk.id)
+                v = add_version(
+                    tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, {"section": section.id}
+                )
+                chunk.word_count = v.word_count
+            words_after = sum(rows[o].word_count for o, _ in window)
             tx.session.add(
                 StitchResult(
                     job_id=jid,
@@ -97,12 +111,14 @@ class StitchActivities(ModelStep):
                     words_after=words_after,
                 )
             )
-            (await _section(tx, jid, ref.section)).status = "done"
+            section = await _section(tx, ref.node_id)
+            # A top-up section is its own unit: it is complete only once its seam is validated.
+            section.status = "written" if first.unit_id == section.id else "done"
             tx.event(
                 "stitch",
                 "section",
                 {
-                    "section": section.ordinal,
+                    "section": section.position,
                     "issues": len(issues),
                     "repairs": len(repairs),
                     "words_before": words_before,
@@ -113,31 +129,39 @@ class StitchActivities(ModelStep):
 
 
 def _repair(
-    rows: dict[int, Chunk], section_id: int, issues: list[dict[str, Any]], bridges: dict[int, str]
-) -> list[dict[str, Any]]:
-    """Apply the repairs the issues call for to the chunk rows; returns what was repaired."""
+    texts: dict[int, str],
+    rows: dict[int, Chunk],
+    section_id: int,
+    issues: list[dict[str, Any]],
+    bridges: dict[int, str],
+) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """The repairs the issues call for: (what was repaired, the new text of each changed chunk)."""
     repairs: list[dict[str, Any]] = []
+    new: dict[int, str] = {}
     for issue in issues:
-        row = rows.get(issue["chunk"])
+        o = issue["chunk"]
+        row = rows.get(o)
         # Only this section's chunks change, but a seam may bridge the chunk just before it.
         if row is None or row.section_id != section_id and issue["type"] != "broken_seam":
             continue
+        text = new.get(o, texts[o])
         if issue["type"] == "repeated_paragraph":
-            row.text = remove_paragraph(row.text or "", issue["text"])
-            repairs.append({"type": "removed_repeated_paragraph", "chunk": row.ordinal})
+            new[o] = remove_paragraph(text, issue["text"])
+            repairs.append({"type": "removed_repeated_paragraph", "chunk": o})
         elif issue["type"] == "glossary_drift":
-            row.text = fix_term(row.text or "", issue["term"], issue["found"])
-            repairs.append({"type": "normalised_term", "chunk": row.ordinal, "term": issue["term"]})
-        elif issue["type"] == "broken_seam" and issue["chunk"] in bridges:
-            row.text = join_continuation(row.text or "", bridges[issue["chunk"]])
-            repairs.append({"type": "bridged_seam", "chunk": row.ordinal, "text": bridges[issue["chunk"]]})
-    return repairs
+            new[o] = fix_term(text, issue["term"], issue["found"])
+            repairs.append({"type": "normalised_term", "chunk": o, "term": issue["term"]})
+        elif issue["type"] == "broken_seam" and o in bridges:
+            new[o] = join_continuation(text, bridges[o])
+            repairs.append({"type": "bridged_seam", "chunk": o, "text": bridges[o]})
+    return repairs, {o: t for o, t in new.items() if t != texts[o]}
 
 
-async def _section(tx: JobTx, jid: uuid.UUID, ordinal: int) -> Section:
-    return (
-        await tx.session.execute(select(Section).where(Section.job_id == jid, Section.ordinal == ordinal))
-    ).scalar_one()
+async def _section(tx: JobTx, node_id: int) -> PlanNode:
+    node = await tx.session.get(PlanNode, node_id)
+    if node is None or node.job_id != tx.job_id:
+        raise LookupError(f"section {node_id} is not a node of job {tx.job_id}")
+    return node
 
 
 async def _stitched(tx: JobTx, section_id: int) -> bool:

@@ -120,3 +120,68 @@ def remove_paragraph(text: str, snippet: str) -> str:
 
 def fix_term(text: str, term: str, found: str) -> str:
     return re.sub(rf"\b{re.escape(found)}\b", term, text)
+
+
+def handoff(
+    *,
+    glossary: dict[str, str],
+    planned: list[tuple[str, str, list[str], list[str]]],
+    predecessor: tuple[str, str],
+) -> dict[str, Any]:
+    """The state a chapter starts from when its predecessor is still being written, derived from
+    the plan alone: the book's glossary plus the entities the nodes before it introduce, their
+    synopses as the running summary, the predecessor's key points as the open threads.
+
+    ``planned``: (title, purpose, introduces, key points) of the nodes before it, in order."""
+    gl = dict(glossary)
+    for title, _purpose, introduces, _points in planned:
+        for name in introduces:
+            gl.setdefault(name, f"introduced in {title}")
+    gl = dict(list(gl.items())[-60:])
+    summary = " ".join(f"{t}: {p}" if p else t for t, p, _i, _k in planned[-6:])
+    words = summary.split()
+    if len(words) > SUMMARY_WORDS:
+        summary = "… " + " ".join(words[-SUMMARY_WORDS:])
+    threads = list(planned[-1][3])[-6:] if planned else []
+    title, purpose = predecessor
+    return {
+        "summary": summary,
+        "glossary": gl,
+        "open_threads": threads,
+        "note": f"{title}: {purpose}".strip(": ") if title or purpose else "",
+    }
+
+
+def _named(text: str) -> set[str]:
+    return {t for t in _TERM.findall(text) if t.partition(" ")[0] not in _LEADING}
+
+
+def seam_differences(
+    real: dict[str, Any], used: dict[str, Any], before: str, after: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Compare the state a chapter was written from (``used``) with its predecessor's real end
+    state (``real``), and the predecessor's text (``before``) with the chapter's first chunk
+    (``after``). Returns (differences, conflicts): differences are what the handoff did not
+    know; conflicts are what a reader would see as wrong at the seam (the opening repeats the
+    ending; a term the predecessor established spelled differently)."""
+    real_terms, used_terms = set(real.get("glossary") or {}), set(used.get("glossary") or {})
+    before_paras, after_paras = paragraphs(before), paragraphs(after)
+    differences: dict[str, Any] = {
+        "terms_unknown_to_handoff": sorted(real_terms - used_terms)[:40],
+        "terms_only_in_handoff": sorted(used_terms - real_terms)[:40],
+        "threads_unknown_to_handoff": [
+            t for t in real.get("open_threads") or [] if t not in (used.get("open_threads") or [])
+        ],
+        "entities_at_end": sorted(_named("\n\n".join(before_paras[-2:])))[:20],
+        "entities_at_start": sorted(_named("\n\n".join(after_paras[:2])))[:20],
+        "last_paragraph": before_paras[-1][:300] if before_paras else "",
+    }
+    conflicts: list[dict[str, Any]] = []
+    ending = {normalize_paragraph(p) for p in before_paras[-3:]}
+    if after_paras and count_words(after_paras[0]) >= 8 and normalize_paragraph(after_paras[0]) in ending:
+        conflicts.append({"type": "repeated_opening", "text": after_paras[0][:120]})
+    for term in sorted(t for t in real_terms if " " in t or "-" in t):
+        variants = {v for v in re.findall(re.escape(term), after, re.I) if v != term}
+        for v in sorted(variants):
+            conflicts.append({"type": "term_drift", "term": term, "found": v})
+    return differences, conflicts

@@ -1,5 +1,6 @@
-"""The plan a model proposes, validated: its shape, how a model's answer is parsed into it, and
-the deterministic skeleton Quire falls back on when no answer is usable."""
+"""The plan a model proposes, validated: the book's skeleton and each node's children, how a
+model's answer is parsed into them, the deterministic plan Quire falls back on at every level when
+no answer is usable, and the rule that keeps every heading of a document distinct."""
 
 from __future__ import annotations
 
@@ -7,31 +8,67 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 
-MAX_PLANNED_SECTIONS = 24
+MAX_PLANNED_SECTIONS = 24  # nodes one planning call lists: its answer stays a few thousand tokens
+_NUMBERED = re.compile(r"^\s*\d+[.)]\s*")
 
 
-class PlanSection(BaseModel):
+def _names(v: Any) -> Any:
+    """Lenient list of names: "a, b" or [{"name": ..}] or ["a", ..]."""
+    if isinstance(v, str):
+        return [x.strip() for x in re.split(r"[;,]", v) if x.strip()]
+    if isinstance(v, dict):
+        return [str(k) for k in v]
+    if isinstance(v, list):
+        return [str(next(iter(x.values()), "")) if isinstance(x, dict) and x else str(x) for x in v]
+    return v
+
+
+class PlanItem(BaseModel):
+    """One node as the model plans it: title, purpose, key points, the entities and terms it
+    introduces and those it relies on (its budget comes from the layout, not the model)."""
+
     title: str = Field(min_length=1, max_length=200)
-    summary: str = Field(default="", max_length=2000)
+    summary: str = Field(default="", max_length=2000, validation_alias=AliasChoices("summary", "purpose", "synopsis"))
     key_points: list[str] = Field(default_factory=list, max_length=12)
+    introduces: list[str] = Field(default_factory=list, max_length=20)
+    relies_on: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("introduces", "relies_on", mode="before")
+    @classmethod
+    def _lenient_names(cls, v: Any) -> Any:
+        return _names(v)
+
+    @field_validator("key_points", mode="before")
+    @classmethod
+    def _lenient_points(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+def _lenient_items(v: Any) -> Any:
+    # Small models often answer a list of titles ("1. Introduction") instead of objects.
+    if isinstance(v, list):
+        return [{"title": _NUMBERED.sub("", s).strip() or s} if isinstance(s, str) else s for s in v]
+    return v
 
 
 class PlanModel(BaseModel):
+    """The book's skeleton: title, thesis, style, glossary (terms and cast), and its top level
+    (``sections``: the book's sections, chapters or parts, whichever its depth puts first)."""
+
     title: str = Field(min_length=1, max_length=300)
     thesis: str = Field(default="", max_length=3000)
-    sections: list[PlanSection] = Field(min_length=1, max_length=MAX_PLANNED_SECTIONS)
+    sections: list[PlanItem] = Field(
+        min_length=1, max_length=MAX_PLANNED_SECTIONS, validation_alias=AliasChoices("sections", "chapters", "parts")
+    )
     glossary: dict[str, str] = Field(default_factory=dict)
     style: str = Field(default="clear, well-organised prose", max_length=1000)
 
     @field_validator("sections", mode="before")
     @classmethod
     def _lenient_sections(cls, v: Any) -> Any:
-        # Small models often answer a list of titles ("1. Introduction") instead of objects.
-        if isinstance(v, list):
-            return [{"title": re.sub(r"^\s*\d+[.)]\s*", "", s).strip() or s} if isinstance(s, str) else s for s in v]
-        return v
+        return _lenient_items(v)
 
     @field_validator("glossary", mode="before")
     @classmethod
@@ -56,27 +93,53 @@ class PlanModel(BaseModel):
         return dict(list(v.items())[:40])
 
 
-def parse_plan(raw: str) -> PlanModel:
-    """Validate a model's JSON plan; raises ValueError with a readable reason."""
-    text = raw.strip()
-    m = re.search(r"\{.*\}", text, re.S)
+class ChildrenPlan(BaseModel):
+    """A node's children as the model plans them when the node is about to be written."""
+
+    items: list[PlanItem] = Field(
+        min_length=1,
+        max_length=MAX_PLANNED_SECTIONS,
+        validation_alias=AliasChoices("items", "sections", "chapters", "parts", "children"),
+    )
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _lenient(cls, v: Any) -> Any:
+        return _lenient_items(v)
+
+
+def _json_object(raw: str) -> Any:
+    m = re.search(r"\{.*\}", raw.strip(), re.S)
     if not m:
         raise ValueError("no JSON object in the answer")
     try:
-        data = json.loads(m.group(0))
+        return json.loads(m.group(0))
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc}") from None
+
+
+def parse_plan(raw: str) -> PlanModel:
+    """Validate a model's JSON skeleton; raises ValueError with a readable reason."""
     try:
-        return PlanModel.model_validate(data)
+        return PlanModel.model_validate(_json_object(raw))
     except ValidationError as exc:
         raise ValueError(f"plan does not match the schema: {exc.errors()[:3]}") from None
 
 
-def parse_outline(raw: str, title: str, thesis: str, sections: int) -> PlanModel:
-    """Section titles from a numbered list (the first item continues the prompt's "1.").
+def parse_children(raw: str, want: int) -> list[PlanItem]:
+    """Validate a model's JSON plan of a node's ``want`` children; raises ValueError."""
+    try:
+        items = ChildrenPlan.model_validate(_json_object(raw)).items
+    except ValidationError as exc:
+        raise ValueError(f"plan does not match the schema: {exc.errors()[:3]}") from None
+    if len(items) < want:
+        raise ValueError(f"expected {want} items, found {len(items)}")
+    return items[:want]
 
-    Titles beyond the sections wanted become key points of the last section's chunks.
-    """
+
+def parse_titles(raw: str, title: str, want: int) -> list[PlanItem]:
+    """Titles from a numbered list (the first item continues the prompt's "1."), for small base
+    models. Titles beyond the ones wanted become key points of the last item."""
     titles: list[str] = []
     started = False
     for line in ("1. " + raw.lstrip()).splitlines():
@@ -94,42 +157,53 @@ def parse_outline(raw: str, title: str, thesis: str, sections: int) -> PlanModel
         latin = bool(re.search(r"[A-Za-z]{3}", t)) or not re.search(r"[A-Za-z]{3}", title)
         if 2 <= len(t) <= 80 and latin and not echo and t.lower() not in {x.lower() for x in titles}:
             titles.append(t)
-    want = min(sections, MAX_PLANNED_SECTIONS)
+    want = min(want, MAX_PLANNED_SECTIONS)
     if not titles:
-        raise ValueError(f"expected a numbered list of {max(3, want)} part titles, found none")
-    secs = [PlanSection(title=t) for t in titles[:want]]
-    secs[-1].key_points = titles[want:][:12]
-    return PlanModel(title=title, thesis=thesis, sections=secs)
+        raise ValueError(f"expected a numbered list of {max(3, want)} titles, found none")
+    items = [PlanItem(title=t) for t in titles[:want]]
+    items[-1].key_points = titles[want:][:12]
+    return items
+
+
+def parse_outline(raw: str, title: str, thesis: str, sections: int) -> PlanModel:
+    """A skeleton from a numbered list of top-level titles (small base models)."""
+    return PlanModel(title=title, thesis=thesis, sections=parse_titles(raw, title, sections))
+
+
+_ASPECTS = (
+    "Background",
+    "Core ideas",
+    "How it works",
+    "Evidence and examples",
+    "Difficulties",
+    "Consequences",
+    "Practice",
+    "Outlook",
+)
+
+
+def topic_of(text: str) -> str:
+    words = [w for w in re.findall(r"[\w'-]+", text) if len(w) > 3][:8]
+    return " ".join(words[:6]) or "the subject"
+
+
+def fallback_items(n: int, topic: str) -> list[PlanItem]:
+    """``n`` deterministic items about ``topic`` (distinct within the list)."""
+    out = []
+    for i in range(n):
+        aspect = _ASPECTS[i % len(_ASPECTS)]
+        round_ = i // len(_ASPECTS)
+        title = aspect if round_ == 0 else f"{aspect}, part {round_ + 1}"
+        out.append(PlanItem(title=title, summary=f"{aspect} of {topic}."))
+    return out
 
 
 def fallback_plan(brief: str, sections: int, title: str | None = None) -> PlanModel:
     """A deterministic skeleton, used when the model cannot produce a valid plan."""
-    words = [w for w in re.findall(r"[\w'-]+", brief) if len(w) > 3][:8]
-    topic = " ".join(words[:6]) or "the subject"
-    aspects = [
-        "Background",
-        "Core ideas",
-        "How it works",
-        "Evidence and examples",
-        "Difficulties",
-        "Consequences",
-        "Practice",
-        "Outlook",
-    ]
-    secs = []
-    for i in range(min(sections, MAX_PLANNED_SECTIONS)):
-        aspect = aspects[i % len(aspects)]
-        secs.append(
-            PlanSection(
-                title=f"{aspect}" + (f" ({i // len(aspects) + 1})" if i >= len(aspects) else ""),
-                summary=f"{aspect} of {topic}.",
-                key_points=[],
-            )
-        )
     return PlanModel(
         title=title or (brief.strip().split("\n")[0][:120] or "Untitled"),
         thesis=brief.strip()[:1000],
-        sections=secs,
+        sections=fallback_items(min(sections, MAX_PLANNED_SECTIONS), topic_of(brief)),
         glossary={},
         style="clear, well-organised prose",
     )
@@ -146,3 +220,27 @@ def opening_and_headings(text: str, words: int = 1200) -> tuple[str, list[str]]:
     opening = " ".join(toks[:words])
     headings = [h.strip("# ").strip() for h in re.findall(r"^#{1,3} .+$", text, re.M)]
     return opening, headings
+
+
+def heading_key(title: str) -> str:
+    """What makes two headings the same: case, punctuation and spacing aside."""
+    return " ".join(re.sub(r"[^\w]+", " ", title.lower()).split())
+
+
+_ROMAN = ("II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X")
+
+
+def distinct_title(title: str, taken: set[str], context: str | None = None) -> str:
+    """``title``, or a variant of it no heading in ``taken`` (heading keys) has yet: qualified by
+    its ``context`` (the parent's title) first, then numbered. Adds the result to ``taken``."""
+    title = " ".join(title.split())[:200] or "Untitled"
+    candidates = [title]
+    if context and heading_key(context) not in heading_key(title):
+        candidates.append(f"{title}: {' '.join(context.split())}"[:200])
+    candidates += [f"{title} {r}" for r in _ROMAN] + [f"{title} {i}" for i in range(11, 10_000)]
+    for c in candidates:
+        key = heading_key(c)
+        if key and key not in taken:
+            taken.add(key)
+            return c
+    raise AssertionError("unreachable: a numbered title is always free")

@@ -56,6 +56,7 @@ class JobOptions(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, description="stop when the job has used this many tokens")
     max_wall_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="stop after this long")
     stitch_repairs_with_model: bool = Field(default=True, description="bridge broken seams with the model")
+    parallelism: int = Field(default=6, ge=1, le=32, description="chapters written at the same time")
 
 
 class JobSpec(BaseModel):

@@ -5,6 +5,8 @@ Applied by the migrations (``db/migrations/versions``); ``quire db check`` verif
 
 from __future__ import annotations
 
+import re
+
 NOTIFY_CHANNEL = "quire_audit"
 
 FUNCTIONS_AND_TRIGGERS: list[tuple[str, str]] = [
@@ -50,13 +52,24 @@ CREATE TRIGGER audit_events_notify AFTER INSERT ON audit_events
 CREATE OR REPLACE FUNCTION quire_state_chain() RETURNS trigger AS $$
 DECLARE parent_ordinal int;
 BEGIN
-  IF NEW.parent_id IS NOT NULL THEN
+  IF TG_OP = 'UPDATE' THEN
+    RAISE EXCEPTION 'coherence state % of job % is immutable: UPDATE rejected', OLD.id, OLD.job_id
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  IF NEW.kind = 'chunk' THEN
     SELECT ordinal INTO parent_ordinal FROM coherence_states WHERE id = NEW.parent_id;
     IF parent_ordinal IS DISTINCT FROM NEW.ordinal - 1 THEN
       RAISE EXCEPTION 'coherence state % of job %: parent % has ordinal %, expected %',
         NEW.ordinal, NEW.job_id, NEW.parent_id, parent_ordinal, NEW.ordinal - 1
         USING ERRCODE = 'check_violation';
     END IF;
+    IF NEW.chunk_version_id IS NULL THEN
+      RAISE EXCEPTION 'coherence state % of job %: a chunk state names the version it was derived from',
+        NEW.ordinal, NEW.job_id USING ERRCODE = 'check_violation';
+    END IF;
+  ELSIF NEW.kind = 'handoff' AND NEW.unit_id IS NULL THEN
+    RAISE EXCEPTION 'handoff state % of job %: it names the unit it was made for', NEW.ordinal, NEW.job_id
+      USING ERRCODE = 'check_violation';
   END IF;
   RETURN NEW;
 END $$ LANGUAGE plpgsql;
@@ -68,31 +81,50 @@ CREATE TRIGGER coherence_states_chain BEFORE INSERT OR UPDATE ON coherence_state
         "chunks_chain",
         """
 CREATE OR REPLACE FUNCTION quire_chunk_chain() RETURNS trigger AS $$
-DECLARE expected bigint; after_parent bigint;
+DECLARE b record; expected bigint; pred_unit bigint; after_parent bigint; after_chunk bigint;
 BEGIN
-  IF TG_OP = 'UPDATE' AND OLD.status = 'done'
-     AND (NEW.state_before_id IS DISTINCT FROM OLD.state_before_id
-          OR NEW.state_after_id IS DISTINCT FROM OLD.state_after_id) THEN
-    RAISE EXCEPTION 'chunk % of job % is done: its coherence states cannot change', NEW.ordinal, NEW.job_id
-      USING ERRCODE = 'check_violation';
+  IF TG_OP = 'UPDATE' AND OLD.status = 'done' THEN
+    IF NEW.state_before_id IS DISTINCT FROM OLD.state_before_id
+       OR NEW.state_after_id IS DISTINCT FROM OLD.state_after_id THEN
+      RAISE EXCEPTION 'chunk % of job % is done: its coherence states cannot change', NEW.ordinal, NEW.job_id
+        USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.text IS DISTINCT FROM OLD.text THEN
+      RAISE EXCEPTION 'chunk % of job % is done: its text cannot change (a change is a new version)',
+        NEW.ordinal, NEW.job_id USING ERRCODE = 'check_violation';
+    END IF;
   END IF;
   IF NEW.state_before_id IS NULL THEN
     RETURN NEW;
   END IF;
+  SELECT kind, ordinal, unit_id INTO b FROM coherence_states WHERE id = NEW.state_before_id;
   IF NEW.ordinal = 0 THEN
-    SELECT id INTO expected FROM coherence_states WHERE job_id = NEW.job_id AND ordinal = 0;
+    IF b.kind IS DISTINCT FROM 'root' THEN
+      RAISE EXCEPTION 'chunk 0 of job %: state_before % is not the state left by its predecessor (the plan''s root)',
+        NEW.job_id, NEW.state_before_id USING ERRCODE = 'check_violation';
+    END IF;
+  ELSIF b.kind = 'handoff' THEN
+    -- Only a unit's first chunk may start from a handoff, one made for it, at its place.
+    SELECT unit_id INTO pred_unit FROM chunks WHERE job_id = NEW.job_id AND ordinal = NEW.ordinal - 1;
+    IF NEW.unit_id IS NULL OR b.unit_id IS DISTINCT FROM NEW.unit_id OR b.ordinal <> NEW.ordinal
+       OR pred_unit IS NOT DISTINCT FROM NEW.unit_id THEN
+      RAISE EXCEPTION 'chunk % of job %: handoff state % is not one made for the start of its unit',
+        NEW.ordinal, NEW.job_id, NEW.state_before_id USING ERRCODE = 'check_violation';
+    END IF;
   ELSE
     SELECT state_after_id INTO expected FROM chunks
      WHERE job_id = NEW.job_id AND ordinal = NEW.ordinal - 1 AND status = 'done';
-  END IF;
-  IF expected IS DISTINCT FROM NEW.state_before_id THEN
-    RAISE EXCEPTION 'chunk % of job %: state_before % is not the state left by its predecessor (%)',
-      NEW.ordinal, NEW.job_id, NEW.state_before_id, expected USING ERRCODE = 'check_violation';
+    IF expected IS DISTINCT FROM NEW.state_before_id THEN
+      RAISE EXCEPTION 'chunk % of job %: state_before % is not the state left by its predecessor (%)',
+        NEW.ordinal, NEW.job_id, NEW.state_before_id, expected USING ERRCODE = 'check_violation';
+    END IF;
   END IF;
   IF NEW.state_after_id IS NOT NULL THEN
-    SELECT parent_id INTO after_parent FROM coherence_states WHERE id = NEW.state_after_id;
-    IF after_parent IS DISTINCT FROM NEW.state_before_id THEN
-      RAISE EXCEPTION 'chunk % of job %: state_after % does not follow state_before %',
+    SELECT s.parent_id, v.chunk_id INTO after_parent, after_chunk
+      FROM coherence_states s LEFT JOIN chunk_versions v ON v.id = s.chunk_version_id
+     WHERE s.id = NEW.state_after_id;
+    IF after_parent IS DISTINCT FROM NEW.state_before_id OR after_chunk IS DISTINCT FROM NEW.id THEN
+      RAISE EXCEPTION 'chunk % of job %: state_after % does not follow state_before % from a version of this chunk',
         NEW.ordinal, NEW.job_id, NEW.state_after_id, NEW.state_before_id USING ERRCODE = 'check_violation';
     END IF;
   END IF;
@@ -100,6 +132,66 @@ BEGIN
 END $$ LANGUAGE plpgsql;
 CREATE TRIGGER chunks_chain BEFORE INSERT OR UPDATE ON chunks
   FOR EACH ROW EXECUTE FUNCTION quire_chunk_chain();
+""",
+    ),
+    (
+        "plan_nodes_rules",
+        """
+CREATE OR REPLACE FUNCTION quire_plan_node_rules() RETURNS trigger AS $$
+DECLARE children bigint; first record; pred_state bigint;
+BEGIN
+  IF NEW.status IS NOT DISTINCT FROM OLD.status THEN
+    RETURN NEW;
+  END IF;
+  IF NEW.status IN ('expanded', 'done') AND NEW.level <> 'section' THEN
+    SELECT sum(budget_words) INTO children FROM plan_nodes WHERE parent_id = NEW.id;
+    IF children < NEW.budget_words THEN
+      RAISE EXCEPTION '% % of job %: its children budget % words, less than its own %',
+        NEW.level, NEW.id, NEW.job_id, children, NEW.budget_words USING ERRCODE = 'check_violation';
+    END IF;
+  END IF;
+  IF NEW.status = 'done' THEN
+    SELECT id, ordinal, state_before_id INTO first FROM chunks WHERE unit_id = NEW.id ORDER BY ordinal LIMIT 1;
+    IF FOUND THEN  -- a unit: complete only with all its chunks and a validated seam
+      IF EXISTS (SELECT 1 FROM chunks WHERE unit_id = NEW.id AND status <> 'done') THEN
+        RAISE EXCEPTION 'unit % of job % cannot be complete: not all its chunks are done', NEW.id, NEW.job_id
+          USING ERRCODE = 'check_violation';
+      END IF;
+      IF first.ordinal > 0 THEN
+        SELECT state_after_id INTO pred_state FROM chunks
+         WHERE job_id = NEW.job_id AND ordinal = first.ordinal - 1 AND status = 'done';
+        IF NOT EXISTS (SELECT 1 FROM seam_checks s
+                        WHERE s.unit_id = NEW.id AND s.validated AND s.chunk_id = first.id
+                          AND s.predecessor_state_id = pred_state AND s.successor_state_id = first.state_before_id) THEN
+          RAISE EXCEPTION 'unit % of job % cannot be complete: its seam is not validated against %',
+            NEW.id, NEW.job_id, 'its predecessor''s real end state' USING ERRCODE = 'check_violation';
+        END IF;
+      END IF;
+    END IF;
+  END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER plan_nodes_rules BEFORE UPDATE ON plan_nodes
+  FOR EACH ROW EXECUTE FUNCTION quire_plan_node_rules();
+""",
+    ),
+    (
+        "chunk_versions_immutable",
+        """
+CREATE OR REPLACE FUNCTION quire_reject_update() RETURNS trigger AS $$
+BEGIN
+  RAISE EXCEPTION '% row % of job % is immutable: UPDATE rejected', TG_TABLE_NAME, OLD.id, OLD.job_id
+    USING ERRCODE = 'insufficient_privilege';
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER chunk_versions_immutable BEFORE UPDATE ON chunk_versions
+  FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
+""",
+    ),
+    (
+        "seam_checks_immutable",
+        """
+CREATE TRIGGER seam_checks_immutable BEFORE UPDATE ON seam_checks
+  FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
 """,
     ),
 ]
@@ -123,15 +215,40 @@ VIEW_NAMES = ["job_history"]
 
 
 def drop_sql() -> list[str]:
-    out = ["DROP VIEW IF EXISTS job_history"]
-    tables = {
-        "audit_events_append_only": "audit_events",
-        "audit_events_notify": "audit_events",
-        "coherence_states_chain": "coherence_states",
-        "chunks_chain": "chunks",
-    }
-    for name, table in tables.items():
-        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-    for fn in ("quire_audit_append_only", "quire_audit_notify", "quire_state_chain", "quire_chunk_chain"):
-        out.append(f"DROP FUNCTION IF EXISTS {fn}()")
-    return out
+    """The statements that remove every view, trigger and function above (newest first)."""
+    out = [f"DROP VIEW IF EXISTS {v}" for v in VIEW_NAMES]
+    functions: list[str] = []
+    for name, ddl in reversed(FUNCTIONS_AND_TRIGGERS):
+        table = re.search(rf"CREATE TRIGGER {name}\s.*?\sON (\w+)", ddl, re.S)
+        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table.group(1) if table else name}")
+        functions += [f for f in re.findall(r"FUNCTION (quire_\w+)\(\) RETURNS", ddl) if f not in functions]
+    return out + [f"DROP FUNCTION IF EXISTS {f}()" for f in functions]
+
+
+# The chain, proved from the tables alone: the chunks of a job that are NOT linked as they must
+# be. Zero rows (and every chunk done) proves that each chunk was written from the state its
+# predecessor really left (strict), or from a handoff validated against that real state at its
+# unit's seam, and that each chunk's state follows from the one it was written from, derived from
+# a version of that chunk. The README quotes this query.
+CHAIN_PROOF = """
+SELECT c.ordinal
+  FROM chunks c
+  JOIN coherence_states sb ON sb.id = c.state_before_id
+  JOIN coherence_states sa ON sa.id = c.state_after_id
+  JOIN chunk_versions v ON v.id = sa.chunk_version_id AND v.chunk_id = c.id
+  LEFT JOIN chunks p ON p.job_id = c.job_id AND p.ordinal = c.ordinal - 1
+ WHERE c.job_id = :job_id
+   AND NOT (sa.kind = 'chunk' AND sa.parent_id = sb.id AND sa.ordinal = c.ordinal + 1
+            AND CASE
+                  WHEN p.id IS NULL THEN sb.kind = 'root'
+                  WHEN c.state_before_id = p.state_after_id THEN true
+                  ELSE sb.kind = 'handoff' AND EXISTS (
+                         SELECT 1 FROM seam_checks s
+                          WHERE s.chunk_id = c.id AND s.validated
+                            AND s.successor_state_id = c.state_before_id
+                            AND s.predecessor_state_id = p.state_after_id)
+                END)
+UNION ALL
+SELECT c.ordinal FROM chunks c
+ WHERE c.job_id = :job_id AND (c.status <> 'done' OR c.state_after_id IS NULL)
+"""

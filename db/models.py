@@ -17,7 +17,6 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -48,7 +47,7 @@ NAMING = {
 }
 
 
-def _ts(nullable: bool = True, default: bool = False) -> Any:
+def ts_column(nullable: bool = True, default: bool = False) -> Any:
     if default:
         return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     return mapped_column(DateTime(timezone=True), nullable=nullable)
@@ -62,7 +61,7 @@ class User(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(Text, unique=True)
-    created_at: Mapped[datetime] = _ts(default=True)
+    created_at: Mapped[datetime] = ts_column(default=True)
 
 
 class ApiKey(Base):
@@ -72,8 +71,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(Text, unique=True)
     # sha256 of the whole key; the key itself is shown once and never stored.
     key_hash: Mapped[str] = mapped_column(Text, unique=True)
-    created_at: Mapped[datetime] = _ts(default=True)
-    revoked_at: Mapped[datetime | None] = _ts()
+    created_at: Mapped[datetime] = ts_column(default=True)
+    revoked_at: Mapped[datetime | None] = ts_column()
 
 
 class Job(Base):
@@ -115,9 +114,9 @@ class Job(Base):
     skeleton: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     workflow_id: Mapped[str] = mapped_column(Text, unique=True)
-    created_at: Mapped[datetime] = _ts(default=True)
-    started_at: Mapped[datetime | None] = _ts()
-    completed_at: Mapped[datetime | None] = _ts()
+    created_at: Mapped[datetime] = ts_column(default=True)
+    started_at: Mapped[datetime | None] = ts_column()
+    completed_at: Mapped[datetime | None] = ts_column()
     failure_reason: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(Text)
     current_step: Mapped[str | None] = mapped_column(Text)
@@ -126,6 +125,8 @@ class Job(Base):
     chunks_total: Mapped[int] = mapped_column(Integer, server_default="0")
     chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
     finalize_rounds: Mapped[int] = mapped_column(Integer, server_default="0")
+    units_total: Mapped[int] = mapped_column(Integer, server_default="0")  # chapters (or the book)
+    units_done: Mapped[int] = mapped_column(Integer, server_default="0")
     # Per-job audit sequence: bumped under this row's lock so commit order equals seq order.
     audit_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
@@ -144,101 +145,7 @@ class Document(Base):
     text: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(Text)
     word_count: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = _ts(default=True)
-
-
-class Section(Base):
-    __tablename__ = "sections"
-    __table_args__ = (UniqueConstraint("job_id", "ordinal"),)
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    ordinal: Mapped[int] = mapped_column(Integer)
-    title: Mapped[str] = mapped_column(Text)
-    summary: Mapped[str] = mapped_column(Text, server_default="")
-    key_points: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
-    target_words: Mapped[int] = mapped_column(Integer)
-    # Top-up sections added by finalize continue the last section: no heading of their own.
-    is_continuation: Mapped[bool] = mapped_column(Boolean, server_default="false")
-    status: Mapped[str] = mapped_column(Text, server_default="pending")
-    created_at: Mapped[datetime] = _ts(default=True)
-
-
-class CoherenceState(Base):
-    """One link of the job's coherence chain; ordinal k is the state after chunk k-1."""
-
-    __tablename__ = "coherence_states"
-    __table_args__ = (
-        UniqueConstraint("job_id", "ordinal"),
-        UniqueConstraint("id", "job_id"),
-        ForeignKeyConstraint(["parent_id", "job_id"], ["coherence_states.id", "coherence_states.job_id"]),
-        CheckConstraint("(ordinal = 0) = (parent_id IS NULL)", name="root_has_no_parent"),
-        Index("ix_coherence_states_parent_id", "parent_id"),
-    )
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    ordinal: Mapped[int] = mapped_column(Integer)
-    parent_id: Mapped[int | None] = mapped_column(BigInteger)
-    summary: Mapped[str] = mapped_column(Text, server_default="")
-    glossary: Mapped[dict[str, str]] = mapped_column(JSONB, server_default="{}")
-    open_threads: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
-    delta: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
-    created_at: Mapped[datetime] = _ts(default=True)
-
-
-class Chunk(Base):
-    __tablename__ = "chunks"
-    __table_args__ = (
-        UniqueConstraint("job_id", "ordinal"),
-        UniqueConstraint("section_id", "index_in_section"),
-        CheckConstraint("status IN ('pending','writing','done')", name="status"),
-        CheckConstraint("status = 'pending' OR state_before_id IS NOT NULL", name="written_from_state"),
-        CheckConstraint("status <> 'done' OR state_after_id IS NOT NULL", name="done_has_state_after"),
-        CheckConstraint("max_words >= min_words AND min_words >= 1", name="bounds"),
-        ForeignKeyConstraint(["state_before_id", "job_id"], ["coherence_states.id", "coherence_states.job_id"]),
-        ForeignKeyConstraint(["state_after_id", "job_id"], ["coherence_states.id", "coherence_states.job_id"]),
-        Index("ix_chunks_state_before_id", "state_before_id"),
-        Index("ix_chunks_state_after_id", "state_after_id"),
-    )
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    section_id: Mapped[int] = mapped_column(ForeignKey("sections.id", ondelete="CASCADE"))
-    ordinal: Mapped[int] = mapped_column(Integer)
-    index_in_section: Mapped[int] = mapped_column(Integer)
-    brief: Mapped[str] = mapped_column(Text, server_default="")
-    source_text: Mapped[str | None] = mapped_column(Text)  # the input part, for rewrites
-    target_words: Mapped[int] = mapped_column(Integer)
-    min_words: Mapped[int] = mapped_column(Integer)
-    max_words: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(Text, server_default="pending")
-    text: Mapped[str | None] = mapped_column(Text)
-    word_count: Mapped[int] = mapped_column(Integer, server_default="0")
-    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    state_before_id: Mapped[int | None] = mapped_column(BigInteger)
-    state_after_id: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = _ts(default=True)
-    completed_at: Mapped[datetime | None] = _ts()
-
-
-class ChunkAttempt(Base):
-    __tablename__ = "chunk_attempts"
-    __table_args__ = (
-        UniqueConstraint("chunk_id", "attempt_no"),
-        CheckConstraint("kind IN ('write','extend','trim')", name="kind"),
-    )
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"))
-    attempt_no: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(Text)
-    llm_call_id: Mapped[int | None] = mapped_column(ForeignKey("llm_calls.id", ondelete="SET NULL"), index=True)
-    # What the prompt asked for: with words_added it measures how well the model follows lengths.
-    words_asked: Mapped[int] = mapped_column(Integer, server_default="0")
-    added_text: Mapped[str] = mapped_column(Text)
-    text_after: Mapped[str] = mapped_column(Text)
-    words_before: Mapped[int] = mapped_column(Integer)
-    words_added: Mapped[int] = mapped_column(Integer)
-    words_after: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = _ts(default=True)
+    created_at: Mapped[datetime] = ts_column(default=True)
 
 
 class LlmCall(Base):
@@ -269,42 +176,8 @@ class LlmCall(Base):
     status: Mapped[str] = mapped_column(Text)
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
-    started_at: Mapped[datetime] = _ts(nullable=False)
-    completed_at: Mapped[datetime] = _ts(nullable=False)
-
-
-class LengthCheck(Base):
-    __tablename__ = "length_checks"
-    __table_args__ = (
-        CheckConstraint("scope IN ('chunk','final')", name="scope"),
-        CheckConstraint("passed = (words >= min_words)", name="passed_means_min_met"),
-        UniqueConstraint("job_id", "scope", "chunk_id", "round", postgresql_nulls_not_distinct=True),
-        Index("ix_length_checks_chunk_id", "chunk_id"),
-    )
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    chunk_id: Mapped[int | None] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"))
-    scope: Mapped[str] = mapped_column(Text)
-    round: Mapped[int] = mapped_column(Integer)
-    words: Mapped[int] = mapped_column(Integer)
-    min_words: Mapped[int] = mapped_column(Integer)
-    target_words: Mapped[int] = mapped_column(Integer)
-    max_words: Mapped[int] = mapped_column(Integer)
-    passed: Mapped[bool] = mapped_column(Boolean)
-    created_at: Mapped[datetime] = _ts(default=True)
-
-
-class StitchResult(Base):
-    __tablename__ = "stitch_results"
-    __table_args__ = (UniqueConstraint("job_id", "section_id"), Index("ix_stitch_results_section_id", "section_id"))
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    section_id: Mapped[int] = mapped_column(ForeignKey("sections.id", ondelete="CASCADE"))
-    issues: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
-    repairs: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
-    words_before: Mapped[int] = mapped_column(Integer)
-    words_after: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = _ts(default=True)
+    started_at: Mapped[datetime] = ts_column(nullable=False)
+    completed_at: Mapped[datetime] = ts_column(nullable=False)
 
 
 class AuditEvent(Base):
@@ -331,7 +204,7 @@ class AccountEvent(Base):
     __table_args__ = (Index("ix_account_events_user_ts", "user_id", "ts"),)
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    ts: Mapped[datetime] = _ts(default=True)
+    ts: Mapped[datetime] = ts_column(default=True)
     kind: Mapped[str] = mapped_column(Text)
     method: Mapped[str | None] = mapped_column(Text)
     path: Mapped[str | None] = mapped_column(Text)
@@ -344,7 +217,4 @@ class AccountEvent(Base):
 
 # Indexes for foreign keys that no unique constraint above already leads with.
 Index("ix_documents_job_id", Document.job_id)
-Index("ix_sections_job_id", Section.job_id)
-Index("ix_chunks_section_id", Chunk.section_id)
 Index("ix_llm_calls_job_started", LlmCall.job_id, LlmCall.started_at)
-Index("ix_stitch_results_job_id", StitchResult.job_id)

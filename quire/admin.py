@@ -176,7 +176,10 @@ def _safe(url: str) -> str:
 def cmd_db(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
-    from db import schema
+    from db import (
+        schema,
+        writing,  # noqa: F401 - its tables are part of the metadata
+    )
     from db.models import Base
 
     if args.db_cmd == "sql":

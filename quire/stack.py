@@ -383,6 +383,7 @@ class Stack:
                 self.env["QUIRE_MODEL"] = MODEL_ALIAS  # the one model the local server serves
                 # The children see OPENAI_BASE_URL set, so "auto" would pick the instruct style there.
                 self.env["QUIRE_PROMPT_STYLE"] = self.settings.prompt_style
+                self.env["QUIRE_LLM_CONCURRENCY"] = str(self.settings.llm_concurrency)
             self.start_worker()
             self.start_api()
         except BaseException:

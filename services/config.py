@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     quire_max_input_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
     quire_llm_timeout_s: float = Field(default=300.0, gt=0)
     quire_log_level: str = "info"
+    quire_llm_concurrency: int | None = Field(
+        default=None, ge=1, le=1024, description="model calls at once per worker; unset: 1 for the local model, else 16"
+    )
+    quire_llm_calls_per_second: float | None = Field(
+        default=None, gt=0, description="model calls per second across all workers (Temporal enforces it)"
+    )
     quire_prompt_style: Literal["auto", "instruct", "document"] = Field(
         default="auto", description="auto: 'document' for the local base model, 'instruct' otherwise"
     )
@@ -86,6 +92,13 @@ class Settings(BaseSettings):
         if self.quire_prompt_style != "auto":
             return self.quire_prompt_style
         return "document" if self.uses_local_model else "instruct"
+
+    @property
+    def llm_concurrency(self) -> int:
+        # The local server on 2 cores serves one call at a time well; a hosted endpoint many.
+        if self.quire_llm_concurrency is not None:
+            return self.quire_llm_concurrency
+        return 1 if self.uses_local_model else 16
 
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""

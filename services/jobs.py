@@ -18,7 +18,7 @@ from core.text import count_words, sha256
 from db.ddl import NOTIFY_CHANNEL
 from db.models import AccountEvent, Document, Job
 from db.session import Database
-from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, workflow_id
+from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, llm_task_queue, workflow_id
 from workflows.job import JobInput, JobWorkflow
 
 log = structlog.get_logger(__name__)
@@ -132,7 +132,7 @@ async def start_workflow(client: Client, job: Job, user_name: str, task_queue: s
     try:
         await client.start_workflow(
             JobWorkflow.run,
-            JobInput(job_id=str(job.id)),
+            JobInput(job_id=str(job.id), llm_queue=llm_task_queue(task_queue)),
             id=job.workflow_id,
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import socket
 import time
 import uuid
 from typing import Any
@@ -24,6 +26,8 @@ from db.session import Database, JobGone
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
+# Which worker process ran an activity (Temporal's own default identity has this form).
+WORKER_IDENTITY = f"{os.getpid()}@{socket.gethostname()}"
 
 SA_JOB_ID = SearchAttributeKey.for_keyword("QuireJobId")
 SA_KIND = SearchAttributeKey.for_keyword("QuireKind")
@@ -44,6 +48,11 @@ def search_attribute_args() -> list[str]:
     for key, kind in types.items():
         out += ["--search-attribute", f"{key.name}={kind}"]
     return out
+
+
+def llm_task_queue(task_queue: str) -> str:
+    """The task queue of the steps that call the model, beside the main one."""
+    return f"{task_queue}-llm"
 
 
 def workflow_id(job_id: uuid.UUID | str) -> str:
@@ -134,6 +143,8 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             "activity_id": info.activity_id,
             "attempt": info.attempt,
             "workflow_id": info.workflow_id,
+            "task_queue": info.task_queue,
+            "worker": WORKER_IDENTITY,
             "input": _input_of(input.args),
         }
         await record(self.db, job_id, "activity", "start", base)

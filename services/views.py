@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy import RowMapping, func, select, text
 
-from db.models import Chunk, Document, Job, LlmCall, Section
+from db.models import Document, Job, LlmCall
 from db.session import Database
+from db.writing import Chunk, PlanNode
 
 
 class BadCursor(ValueError):
@@ -57,7 +58,9 @@ async def job_totals(db: Database, job: Job) -> JobTotals:
         ).one()
         sections_done = (
             await s.execute(
-                select(func.count()).select_from(Section).where(Section.job_id == job.id, Section.status == "done")
+                select(func.count())
+                .select_from(PlanNode)
+                .where(PlanNode.job_id == job.id, PlanNode.level == "section", PlanNode.status == "done")
             )
         ).scalar_one()
         words_so_far = (

@@ -7,6 +7,11 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   ("about N words" in the last message); the default is (0.3, 0.6), a model that always
   stops short;
 - ``delay_s``: latency added to every answer (keeps a job in flight for kill/cancel tests);
+- ``tokens_per_s``: answer at this many tokens a second, like a streaming provider (0: at once);
+- ``seam_drift``: every chunk names the "Harbor Lantern Council", spelled so in the book's 1st,
+  3rd, ... chapters and "harbor lantern council" in the others: a term drift at their seams;
+- it counts the calls in flight (``in_flight``, ``peak_in_flight``) and the seconds it spent
+  answering (``model_seconds``), also served at ``GET /v1/stats``;
 - ``mode``: "normal" | "empty" (always empty content) | "malformed_plan" (bad JSON for plans);
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
@@ -47,7 +52,12 @@ class FakeState:
     mode: str = "normal"
     hang_s: float = 5.0
     delay_s: float = 0.0  # latency of every answer, to keep a job in flight
+    tokens_per_s: float = 0.0
+    seam_drift: bool = False
     faults: deque[str] = field(default_factory=deque)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    model_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     counter: int = 0
 
@@ -62,6 +72,7 @@ class FakeLLM:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/stats", self._stats, methods=["GET"]),
             ]
         )
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -98,7 +109,31 @@ class FakeLLM:
     async def _models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
+    async def _stats(self, request: Request) -> Response:
+        with self.lock:
+            st = self.state
+            return JSONResponse(
+                {
+                    "requests": len(st.requests),
+                    "in_flight": st.in_flight,
+                    "peak_in_flight": st.peak_in_flight,
+                    "model_seconds": round(st.model_seconds, 3),
+                }
+            )
+
     async def _chat(self, request: Request) -> Response:
+        t0 = time.monotonic()
+        with self.lock:
+            self.state.in_flight += 1
+            self.state.peak_in_flight = max(self.state.peak_in_flight, self.state.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            with self.lock:
+                self.state.in_flight -= 1
+                self.state.model_seconds += time.monotonic() - t0
+
+    async def _answer(self, request: Request) -> Response:
         body = await request.json()
         json_mode = (body.get("response_format") or {}).get("type") == "json_object"
         with self.lock:
@@ -111,6 +146,7 @@ class FakeLLM:
                 fault = None
             st.requests.append({"body": body, "fault": fault, "auth": request.headers.get("authorization")})
             ratio, mode, hang_s, delay_s = st.ratio, st.mode, st.hang_s, st.delay_s
+            tokens_per_s, seam_drift = st.tokens_per_s, st.seam_drift
         if delay_s:
             await asyncio.sleep(delay_s)
         if fault == "429":
@@ -138,6 +174,8 @@ class FakeLLM:
             lo, hi = ratio
             want = max(1, int(asked * rng.uniform(lo, hi)))
             content = _prose(want, rng)
+            if seam_drift:
+                content = _plant_term(content, prompt)
             max_tokens = body.get("max_tokens")
             if fault == "truncate" or (max_tokens and want * 1.4 > max_tokens):
                 # Cut at the token cap like a real server: roughly 1.4 tokens per word.
@@ -146,6 +184,8 @@ class FakeLLM:
                 finish = "length"
         tokens_in = max(1, len(prompt) // 4)
         tokens_out = max(0, int(len(content.split()) * 1.4))
+        if tokens_per_s:
+            await asyncio.sleep(tokens_out / tokens_per_s)
         return JSONResponse(
             {
                 "id": f"chatcmpl-fake-{n}",
@@ -166,7 +206,7 @@ class FakeLLM:
     def _plan(self, prompt: str, rng: random.Random, malformed: bool) -> str:
         if malformed:
             return '{"title": "Broken", "sections": [{"title": 7, "words": "many"'
-        m = re.search(r"(\d+) sections", prompt)
+        m = re.search(r"exactly (\d+)", prompt) or re.search(r"(\d+) sections", prompt)
         k = int(m.group(1)) if m else 3
         return json.dumps(
             {
@@ -184,6 +224,23 @@ class FakeLLM:
                 "style": "plain, precise prose",
             }
         )
+
+
+TERM = "Harbor Lantern Council"
+
+
+def _plant_term(content: str, prompt: str) -> str:
+    """The term in its established spelling in the book's 1st, 3rd, ... chapters (by the outline),
+    otherwise in lower case: a drift at the seams after the odd ones."""
+    chapter = re.search(r"^Chapter: (.+?)\.", prompt, re.M)
+    outline = re.findall(r"^(\d+)\. (.+)$", prompt, re.M)
+    index = next((int(n) for n, t in outline if chapter and t.strip() == chapter.group(1).strip()), 1)
+    odd = index % 2 == 0
+    sentence = f"The {TERM.lower() if odd else TERM} kept its watch."
+    paras = content.split("\n\n")
+    paras[0] = f"{sentence} {paras[0]}"
+    paras[-1] = f"{paras[-1]} {sentence}"
+    return "\n\n".join(paras)
 
 
 def _asked_words(messages: list[dict[str, Any]]) -> int:
@@ -220,9 +277,10 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--ratio", type=float, nargs=2, default=(0.3, 0.6), help="fraction of the asked words")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
+    ap.add_argument("--tokens-per-s", type=float, default=0.0, help="answer at this speed (0: at once)")
     a = ap.parse_args()
     fake = FakeLLM(a.port)
-    fake.reset(ratio=tuple(a.ratio), delay_s=a.delay)
+    fake.reset(ratio=tuple(a.ratio), delay_s=a.delay, tokens_per_s=a.tokens_per_s)
     fake._server.run()
 
 

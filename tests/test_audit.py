@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from db.models import AuditEvent, Document, Job, Section
+from db.models import AuditEvent, Document, Job
 from db.session import Database, JobGone
+from db.writing import PlanNode
 from testkit import make_job
 from tests.conftest import TEST_SECRET
 
@@ -48,12 +49,12 @@ async def test_rollback_leaves_neither_rows_nor_events(db, user):
     before = await events(db, job_id)
     with pytest.raises(RuntimeError):
         async with db.job_tx(job_id) as tx:
-            tx.session.add(Section(job_id=job_id, ordinal=0, title="doomed", target_words=5))
+            tx.session.add(PlanNode(job_id=job_id, ordinal=0, position=0, title="doomed", budget_words=5))
             await tx.session.flush()
             tx.event("test", "before-failure", {})
             raise RuntimeError("boom")
     async with db.tx() as s:
-        assert (await s.execute(select(Section).where(Section.job_id == job_id))).first() is None
+        assert (await s.execute(select(PlanNode).where(PlanNode.job_id == job_id))).first() is None
         assert (await s.get(Job, job_id)).audit_seq == len(before)
     assert len(await events(db, job_id)) == len(before)
 
@@ -64,7 +65,11 @@ async def test_concurrent_writers_get_gap_free_seqs(db, user):
     async def writer(i: int) -> None:
         for j in range(10):
             async with db.job_tx(job_id) as tx:
-                tx.session.add(Section(job_id=job_id, ordinal=i * 100 + j, title=f"s{i}-{j}", target_words=1))
+                tx.session.add(
+                    PlanNode(
+                        job_id=job_id, ordinal=i * 100 + j, position=i * 100 + j, title=f"s{i}-{j}", budget_words=1
+                    )
+                )
                 tx.event("test", "write", {"writer": i, "n": j})
 
     await asyncio.gather(*(writer(i) for i in range(8)))
@@ -146,13 +151,14 @@ async def test_chunk_chain_is_enforced_by_the_database(db, pg_url, user):
     job_id = await make_job(db, user.user_id)
     with psycopg.connect(pg_url) as conn:
         sid = conn.execute(
-            "INSERT INTO sections (job_id, ordinal, title, target_words) VALUES (%s,0,'s',10) RETURNING id", (job_id,)
+            "INSERT INTO plan_nodes (job_id, ordinal, position, title, budget_words) VALUES (%s,0,0,'s',10)"
+            " RETURNING id",
+            (job_id,),
         ).fetchone()[0]
-        s0 = conn.execute(
-            "INSERT INTO coherence_states (job_id, ordinal) VALUES (%s, 0) RETURNING id", (job_id,)
-        ).fetchone()[0]
+        conn.execute("INSERT INTO coherence_states (job_id, kind, ordinal) VALUES (%s, 'root', 0)", (job_id,))
         s_other = conn.execute(
-            "INSERT INTO coherence_states (job_id, ordinal, parent_id) VALUES (%s, 1, %s) RETURNING id", (job_id, s0)
+            "INSERT INTO coherence_states (job_id, kind, ordinal, unit_id) VALUES (%s, 'handoff', 1, %s) RETURNING id",
+            (job_id, sid),
         ).fetchone()[0]
         with pytest.raises(psycopg.errors.CheckViolation, match="not the state left by its predecessor"):
             conn.execute(

@@ -1,9 +1,11 @@
-"""The job workflow: plan, one section child workflow after another, then finalize, topping up
-with continuation sections until the length is met or finalize gives up.
+"""The job workflow: plan; write the units (chapters) up to ``parallelism`` at a time, each a child
+workflow; complete them in order, each only once the seam with its predecessor is validated;
+then finalize, topping up until the length is met or finalize gives up.
 
 Deterministic orchestration only: every step is an activity that reads its inputs from Postgres
 by id and writes its results there; this passes ids and small numbers and decides what runs next.
-The history stays short: a child workflow per section, and continue-as-new when Temporal says so.
+The history stays short: a child workflow per unit, and continue-as-new (once the running units
+have drained) when Temporal suggests it.
 """
 
 from __future__ import annotations
@@ -15,22 +17,24 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 from temporalio.workflow import ChildWorkflowCancellationType
 
-from workflows.section import SectionInput, SectionWorkflow
 from workflows.steps import MODEL, QUICK, cause, step, was_cancelled
+from workflows.unit import UnitInput, UnitWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.contracts import FailInput, JobRef, RoundRef
+    from activities.contracts import FailInput, JobRef, NodeRef, PlanResult, RoundRef
     from activities.finalize import FinalizeActivities
     from activities.plan import PlanActivities
+    from activities.seams import SeamActivities
     from core.spec import ErrorCode
 
 
 @dataclass
 class JobInput:
     job_id: str
+    llm_queue: str  # the task queue of the steps that call the model
     # Where a continued-as-new run picks up; a fresh job starts at "plan".
     stage: str = "plan"
-    next_section: int = 0
+    next_unit: int = 0  # units before it are complete
     round: int = 0
 
 
@@ -53,17 +57,13 @@ class JobWorkflow:
             raise ApplicationError(reason, type=code, non_retryable=True) from err
 
     async def _run(self, inp: JobInput) -> str:
-        jid = inp.job_id
+        jid, q = inp.job_id, inp.llm_queue
         # plan_job is idempotent: on a continued run it returns the stored plan.
-        plan = await step(PlanActivities.plan_job, JobRef(jid), MODEL, "plan")
+        plan = await step(PlanActivities.plan_job, JobRef(jid), MODEL, "plan", q)
         if inp.stage == "plan":
-            inp.stage = "sections"
-        if inp.stage == "sections":
-            while inp.next_section < plan.sections:
-                await _section(jid, inp.next_section)
-                inp.next_section += 1
-                if workflow.info().is_continue_as_new_suggested() and inp.next_section < plan.sections:
-                    workflow.continue_as_new(JobInput(jid, "sections", inp.next_section, inp.round))
+            inp.stage = "units"
+        if inp.stage == "units":
+            await self._units(inp, plan)
             inp.stage = "finalize"
         while True:
             res = await step(
@@ -77,24 +77,56 @@ class JobWorkflow:
                     type=res.error_code or ErrorCode.LENGTH_NOT_MET,
                     non_retryable=True,
                 )
-            ordinal = await step(
+            unit = await step(
                 FinalizeActivities.add_continuation,
                 RoundRef(jid, inp.round),
                 QUICK,
                 f"top-up round {inp.round + 1}: {res.target_words - res.words} words short",
             )
             inp.round += 1
-            await _section(jid, ordinal)
+            await _unit(inp, unit, f"top-up {inp.round}")
+            await step(SeamActivities.complete_unit, NodeRef(jid, unit), MODEL, f"seam of top-up {inp.round}", q)
             if workflow.info().is_continue_as_new_suggested():
-                workflow.continue_as_new(JobInput(jid, "finalize", inp.next_section, inp.round))
+                workflow.continue_as_new(JobInput(jid, q, "finalize", inp.next_unit, inp.round))
+
+    async def _units(self, inp: JobInput, plan: PlanResult) -> None:
+        """Write the units, ``plan.parallelism`` at a time; complete them in order."""
+        jid, q, units = inp.job_id, inp.llm_queue, plan.units
+        running: dict[int, asyncio.Task[None]] = {}
+        written: set[int] = set()
+        expanded: set[int] = set()
+        start = inp.next_unit
+        draining = False
+        while inp.next_unit < len(units):
+            while not draining and start < len(units) and len(running) < plan.parallelism:
+                parent = plan.parents[start]
+                if parent and parent not in expanded:  # a part: its chapters are planned first
+                    await step(PlanActivities.expand_node, NodeRef(jid, parent), MODEL, "plan part", q)
+                    expanded.add(parent)
+                running[start] = asyncio.create_task(_unit(inp, units[start], f"chapter {start + 1}"))
+                start += 1
+            if running:
+                await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+                for i in [i for i, t in running.items() if t.done()]:
+                    running.pop(i).result()  # a failed unit fails the job
+                    written.add(i)
+            while inp.next_unit in written:  # in order: a seam needs its predecessor's real end
+                k = inp.next_unit
+                await step(SeamActivities.complete_unit, NodeRef(jid, units[k]), MODEL, f"seam of chapter {k + 1}", q)
+                written.discard(k)
+                inp.next_unit += 1
+            if workflow.info().is_continue_as_new_suggested() and inp.next_unit < len(units):
+                draining = True  # let the running units finish, then start afresh from here
+                if not running and not written:
+                    workflow.continue_as_new(JobInput(jid, q, "units", inp.next_unit, inp.round))
 
 
-async def _section(jid: str, ordinal: int) -> None:
+async def _unit(inp: JobInput, unit_id: int, label: str) -> None:
     await workflow.execute_child_workflow(
-        SectionWorkflow.run,
-        SectionInput(jid, ordinal, f"section {ordinal + 1}"),
-        id=f"{workflow.info().workflow_id}-s{ordinal + 1}",
-        static_summary=f"section {ordinal + 1}",
+        UnitWorkflow.run,
+        UnitInput(inp.job_id, unit_id, inp.llm_queue, label),
+        id=f"{workflow.info().workflow_id}-u{unit_id}",
+        static_summary=label,
         # Don't wait for the child to acknowledge: a cancel request sent to a child run that has
         # since continued-as-new is lost. The job is marked cancelled at once, and the child's
         # next activity refuses to run for a cancelled job (JobNotRunnable).

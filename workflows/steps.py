@@ -15,7 +15,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.base import NON_RETRYABLE
-    from activities.llm import LlmUnavailable
+    from activities.llm import BudgetExhausted, LlmUnavailable
     from core.spec import ErrorCode
 
 A = TypeVar("A")
@@ -35,11 +35,16 @@ MODEL = timedelta(minutes=30)  # a step that waits on a model
 HEARTBEAT = timedelta(seconds=10)
 
 
-async def step(method: Callable[[Any, A], Awaitable[R]], arg: A, limit: timedelta, summary: str) -> R:
-    """Run one activity (a method of an activity class) and return its typed result."""
+async def step(
+    method: Callable[[Any, A], Awaitable[R]], arg: A, limit: timedelta, summary: str, task_queue: str | None = None
+) -> R:
+    """Run one activity (a method of an activity class) and return its typed result. Steps that
+    call the model run on the model task queue (``task_queue``), whose workers bound how many
+    model calls run at once."""
     return await workflow.execute_activity_method(
         method,
         arg,
+        task_queue=task_queue,
         start_to_close_timeout=limit,
         heartbeat_timeout=HEARTBEAT,
         retry_policy=RETRY,
@@ -53,9 +58,12 @@ def cause(err: BaseException) -> tuple[ErrorCode, str]:
     while isinstance(e, ActivityError | ChildWorkflowError) and e.cause is not None:
         e = e.cause
     msg = e.message if isinstance(e, FailureError) else str(e)
-    etype = e.type if isinstance(e, ApplicationError) else type(e).__name__
-    code = ErrorCode.LLM_UNAVAILABLE if etype == LlmUnavailable.__name__ else ErrorCode.INTERNAL
-    return code, f"{etype}: {msg}"
+    etype = (e.type if isinstance(e, ApplicationError) else None) or type(e).__name__
+    code = {
+        LlmUnavailable.__name__: ErrorCode.LLM_UNAVAILABLE,
+        BudgetExhausted.__name__: ErrorCode.BUDGET_EXHAUSTED,
+    }.get(etype, ErrorCode.INTERNAL)
+    return code, msg if code == ErrorCode.BUDGET_EXHAUSTED else f"{etype}: {msg}"
 
 
 def was_cancelled(err: BaseException) -> bool:
