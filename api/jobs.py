@@ -107,6 +107,8 @@ async def job_view(db: Database, job: Job) -> JobView:
         output_words=t.output_words,
         target_met=t.output_words is not None and t.output_words >= job.target_words,
         progress=Progress(
+            units_done=job.units_done,
+            units_total=job.units_total,
             sections_done=t.sections_done,
             sections_total=job.sections_total,
             chunks_done=job.chunks_done,

@@ -38,6 +38,8 @@ class JobCreated(BaseModel):
 
 
 class Progress(BaseModel):
+    units_done: int = Field(description="chapters complete (their seams validated); the book, when it has none")
+    units_total: int
     sections_done: int
     sections_total: int
     chunks_done: int

@@ -135,7 +135,8 @@ def follow(api: Api, job_id: str, console: Console, show_events: bool = True) ->
             progress.update(
                 task,
                 completed=min(int(j.get("words_written") or 0), target),
-                chunks=f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}",
+                chunks=f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}"
+                + (f" chapters {p.get('units_done', 0)}/{p['units_total']}" if p.get("units_total", 0) > 1 else ""),
                 step=str(p.get("current_step") or j.get("status")),
             )
             return j
