@@ -9,11 +9,13 @@ worker crash never loses the record of a call that was paid for.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -29,6 +31,7 @@ from db.models import Job, LlmCall
 from db.session import Database, JobGone, JobTx
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
 
@@ -183,85 +186,128 @@ class LlmClient:
         messages: list[dict[str, str]],
         params: dict[str, Any],
     ) -> LlmResult:
-        started = dt.datetime.now(dt.UTC)
+        """One HTTP attempt. Its row is committed (``pending``) before the request leaves, and its
+        outcome is stored before anything else can fail: cancellation included, since storing is
+        shielded from it (``asyncio.CancelledError`` is not an ``Exception``)."""
+        call_id, attempt_no = await self._open(job_id, chunk_id, purpose, request_key, model, messages, params)
         t0 = time.perf_counter()
-        text: str | None = None
-        finish: str | None = None
-        usage: Any = None
-        error: Exception | None = None
-        http_status: int | None = None
+        out = _Outcome()
         try:
             resp = await self.client.chat.completions.create(model=model, messages=messages, **params)  # type: ignore[arg-type]
             choice = resp.choices[0] if resp.choices else None
-            text = (choice.message.content if choice else None) or ""
-            finish = choice.finish_reason if choice else None
-            usage = resp.usage
-            http_status = 200
+            out.text = (choice.message.content if choice else None) or ""
+            out.finish = choice.finish_reason if choice else None
+            out.usage, out.http_status = resp.usage, 200
+        except asyncio.CancelledError:
+            out.error = asyncio.CancelledError("cancelled while the call was in flight")
+            await _shielded(self._close(job_id, call_id, purpose, model, attempt_no, messages, out, t0))
+            raise
         except openai.APIStatusError as exc:
-            error, http_status = exc, exc.status_code
+            out.error, out.http_status = exc, exc.status_code
         except Exception as exc:  # timeouts, connection resets, garbage bodies
-            error = exc
-        latency_ms = (time.perf_counter() - t0) * 1000
-        tokens_in = getattr(usage, "prompt_tokens", None)
-        tokens_out = getattr(usage, "completion_tokens", None)
-        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
-        estimated = usage is None and error is None
-        if estimated:  # some servers omit usage: estimate at ~4 characters a token, and say so
-            tokens_in = sum(len(m.get("content", "")) for m in messages) // 4
-            tokens_out = len(text or "") // 4
-        status = "ok" if error is None and text else "error"
-        err_text = None
-        if error is not None:
-            err_text = f"{type(error).__name__}: {error}"
-        elif not text:
-            err_text = "empty content"
+            out.error = exc
+        status = await _shielded(self._close(job_id, call_id, purpose, model, attempt_no, messages, out, t0))
+        if out.error is not None:
+            raise out.error
+        return LlmResult(call_id, out.text or "", out.finish, status.tokens_in or 0, status.tokens_out or 0)
+
+    async def _open(
+        self,
+        job_id: uuid.UUID,
+        chunk_id: int | None,
+        purpose: str,
+        request_key: str,
+        model: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+    ) -> tuple[int, int]:
+        """The call's row, ``pending``, committed before the request is sent: a worker that dies
+        with the call in flight leaves it in the log. Earlier attempts of the same request still
+        ``pending`` died so: they are marked ``interrupted``."""
         async with self.db.job_tx(job_id) as tx:
-            attempt_no = (
-                await tx.session.execute(
-                    select(func.count())
-                    .select_from(LlmCall)
-                    .where(LlmCall.job_id == job_id, LlmCall.request_key == request_key)
+            earlier = (
+                (
+                    await tx.session.execute(
+                        select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.request_key == request_key)
+                    )
                 )
-            ).scalar_one() + 1
+                .scalars()
+                .all()
+            )
+            for row in earlier:
+                if row.status == "pending":
+                    row.status, row.error = "error", INTERRUPTED
+                    row.completed_at = dt.datetime.now(dt.UTC)
+                    tx.event("error", "llm", {"llm_call_id": row.id, "purpose": row.purpose, "error": INTERRUPTED})
             row = LlmCall(
                 job_id=job_id,
                 chunk_id=chunk_id,
                 purpose=purpose,
                 request_key=request_key,
-                attempt=attempt_no,
+                attempt=len(earlier) + 1,
                 model=model,
                 base_url=self.base_url,
                 messages=messages,
                 params=params,
-                response=text,
-                finish_reason=finish,
-                tokens_in=tokens_in,
-                tokens_out=tokens_out,
-                tokens_cached=cached,
-                tokens_estimated=estimated,
-                latency_ms=latency_ms,
-                ttft_ms=None,
-                status=status,
-                http_status=http_status,
-                error=err_text,
-                started_at=started,
-                completed_at=dt.datetime.now(dt.UTC),
+                status="pending",
+                started_at=dt.datetime.now(dt.UTC),
             )
             tx.session.add(row)
             await tx.session.flush()
+            return row.id, row.attempt
+
+    async def _close(
+        self,
+        job_id: uuid.UUID,
+        call_id: int,
+        purpose: str,
+        model: str,
+        attempt_no: int,
+        messages: list[dict[str, str]],
+        out: _Outcome,
+        t0: float,
+    ) -> LlmCall:
+        """The outcome of a call onto its row, with its ``llm`` audit event."""
+        latency_ms = (time.perf_counter() - t0) * 1000
+        usage, text = out.usage, out.text
+        tokens_in = getattr(usage, "prompt_tokens", None)
+        tokens_out = getattr(usage, "completion_tokens", None)
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+        estimated = usage is None and out.error is None
+        if estimated:  # some servers omit usage: estimate at ~4 characters a token, and say so
+            tokens_in = sum(len(m.get("content", "")) for m in messages) // 4
+            tokens_out = len(text or "") // 4
+        status = "ok" if out.error is None and text else "error"
+        err_text = None
+        if out.error is not None:
+            err_text = f"{type(out.error).__name__}: {out.error}"
+        elif not text:
+            err_text = "empty content"
+        async with self.db.job_tx(job_id) as tx:
+            row = await tx.session.get(LlmCall, call_id)
+            assert row is not None
+            row.response, row.finish_reason = text, out.finish
+            row.tokens_in, row.tokens_out, row.tokens_cached, row.tokens_estimated = (
+                tokens_in,
+                tokens_out,
+                cached,
+                estimated,
+            )
+            row.latency_ms, row.status, row.http_status, row.error = latency_ms, status, out.http_status, err_text
+            row.completed_at = dt.datetime.now(dt.UTC)
             last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
             tx.event(
                 "llm",
                 "call" if status == "ok" else "error",
                 {
-                    "llm_call_id": row.id,
+                    "llm_call_id": call_id,
                     "purpose": purpose,
                     "model": model,
                     "attempt": attempt_no,
                     "status": status,
-                    "http_status": http_status,
+                    "http_status": out.http_status,
                     "error": err_text,
-                    "finish_reason": finish,
+                    "finish_reason": out.finish,
                     "tokens_in": tokens_in,
                     "tokens_out": tokens_out,
                     "tokens_cached": cached,
@@ -273,9 +319,8 @@ class LlmClient:
                     "response_words": count_words(text or ""),
                 },
             )
-            if error is not None:
-                tx.event("error", "llm", {"llm_call_id": row.id, "purpose": purpose, "error": err_text})
-            call_id = row.id
+            if out.error is not None:
+                tx.event("error", "llm", {"llm_call_id": call_id, "purpose": purpose, "error": err_text})
         log.info(
             "llm.call",
             job_id=str(job_id),
@@ -284,11 +329,31 @@ class LlmClient:
             ms=round(latency_ms),
             tokens_in=tokens_in,
             tokens_out=tokens_out,
-            finish=finish,
+            finish=out.finish,
         )
-        if error is not None:
-            raise error
-        return LlmResult(call_id, text or "", finish, tokens_in or 0, tokens_out or 0)
+        return row
+
+
+INTERRUPTED = "interrupted: the worker stopped while this call was in flight; its answer, if any, never arrived"
+
+
+@dataclass
+class _Outcome:
+    text: str | None = None
+    finish: str | None = None
+    usage: Any = None
+    http_status: int | None = None
+    error: BaseException | None = None
+
+
+async def _shielded(coro: Awaitable[T]) -> T:
+    """Run ``coro`` to the end even if this task is cancelled meanwhile, then honour the cancel."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 async def _budget_exhausted(tx: JobTx, job_id: uuid.UUID, opts: JobOptions, deadline: float) -> str | None:

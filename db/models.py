@@ -151,7 +151,8 @@ class Document(Base):
 class LlmCall(Base):
     __tablename__ = "llm_calls"
     __table_args__ = (
-        CheckConstraint("status IN ('ok','error')", name="status"),
+        CheckConstraint("status IN ('pending','ok','error')", name="status"),
+        CheckConstraint("status = 'pending' OR completed_at IS NOT NULL", name="completed_unless_pending"),
         Index("ix_llm_calls_job_id_request_key", "job_id", "request_key"),
     )
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -171,13 +172,14 @@ class LlmCall(Base):
     tokens_out: Mapped[int | None] = mapped_column(Integer)
     tokens_cached: Mapped[int | None] = mapped_column(Integer)
     tokens_estimated: Mapped[bool] = mapped_column(Boolean, server_default="false")
-    latency_ms: Mapped[float] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(Text)
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # The row is committed as pending before the request is sent (a worker dying mid-call is seen).
     started_at: Mapped[datetime] = ts_column(nullable=False)
-    completed_at: Mapped[datetime] = ts_column(nullable=False)
+    completed_at: Mapped[datetime | None] = ts_column()
 
 
 class AuditEvent(Base):

@@ -236,6 +236,15 @@ def upgrade() -> None:
     for col in ("chunk_id", "job_id", "predecessor_chunk_id", "predecessor_state_id", "successor_state_id"):
         op.create_index(op.f(f"ix_seam_checks_{col}"), "seam_checks", [col], unique=False)
 
+    # model calls: committed as pending before the request is sent
+    op.drop_constraint(op.f("ck_llm_calls_status"), "llm_calls", type_="check")
+    op.create_check_constraint(op.f("ck_llm_calls_status"), "llm_calls", "status IN ('pending','ok','error')")
+    op.create_check_constraint(
+        op.f("ck_llm_calls_completed_unless_pending"), "llm_calls", "status = 'pending' OR completed_at IS NOT NULL"
+    )
+    op.alter_column("llm_calls", "latency_ms", nullable=True)
+    op.alter_column("llm_calls", "completed_at", nullable=True)
+
     # jobs: units written and done
     op.add_column("jobs", sa.Column("units_total", sa.Integer(), server_default="0", nullable=False))
     op.add_column("jobs", sa.Column("units_done", sa.Integer(), server_default="0", nullable=False))
@@ -252,6 +261,13 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS quire_reject_update()")
     op.execute("DROP TRIGGER IF EXISTS coherence_states_chain ON coherence_states")
     op.execute("DROP TRIGGER IF EXISTS chunks_chain ON chunks")
+    op.execute("UPDATE llm_calls SET status = 'error', error = 'interrupted', completed_at = started_at, "
+               "latency_ms = 0 WHERE status = 'pending'")
+    op.drop_constraint(op.f("ck_llm_calls_completed_unless_pending"), "llm_calls", type_="check")
+    op.drop_constraint(op.f("ck_llm_calls_status"), "llm_calls", type_="check")
+    op.create_check_constraint(op.f("ck_llm_calls_status"), "llm_calls", "status IN ('ok','error')")
+    op.alter_column("llm_calls", "latency_ms", nullable=False)
+    op.alter_column("llm_calls", "completed_at", nullable=False)
     op.drop_column("jobs", "units_done")
     op.drop_column("jobs", "units_total")
     op.drop_table("seam_checks")
