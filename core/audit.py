@@ -45,7 +45,7 @@ def ts_text(ts: dt.datetime | str) -> str:
     A string is taken as written: a log's hashes cover its timestamps exactly as it gives them."""
     if isinstance(ts, str):
         return ts
-    return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def normalize(v: Any) -> Any:
@@ -66,8 +66,45 @@ def normalize(v: Any) -> Any:
 
 
 def canonical(v: Any) -> bytes:
-    """RFC 8785 canonical JSON (sorted keys, no whitespace, UTF-8, ECMAScript numbers)."""
-    return rfc8785.dumps(normalize(v))
+    """RFC 8785 canonical JSON (sorted keys, no whitespace, UTF-8, ECMAScript numbers).
+
+    The C JSON encoder gives the same bytes as RFC 8785 for nearly every event, at a quarter of the
+    cost (tests/test_audit_chain.py checks the two agree on random values): its string escapes are
+    RFC 8785's, and its key order is too unless a key holds a character past U+FFFF; its numbers
+    differ only for integral floats (made ints here) and floats under 1e-4 (written 1e-05, where
+    ECMAScript writes 0.00001). Those few go through the rfc8785 library."""
+    slow: list[bool] = []
+    ready = _fast_ready(v, slow)
+    if slow:
+        return rfc8785.dumps(normalize(v))
+    return json.dumps(ready, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _fast_ready(v: Any, slow: list[bool]) -> Any:
+    """``normalize(v)`` with integral floats as ints; notes in ``slow`` what only JCS writes right."""
+    if v is None or isinstance(v, bool | str):
+        return v
+    if isinstance(v, int):
+        return v if -MAX_SAFE_INT <= v <= MAX_SAFE_INT else str(v)
+    if isinstance(v, float):
+        if not (math.isfinite(v) and abs(v) <= MAX_SAFE_INT):
+            return repr(v)
+        if v.is_integer():
+            return int(v)
+        if abs(v) < 1e-4:
+            slow.append(True)
+        return v
+    if isinstance(v, dict):
+        out = {}
+        for k, x in v.items():
+            k = str(k)
+            if not k.isascii() and max(k) > "\uffff":
+                slow.append(True)
+            out[k] = _fast_ready(x, slow)
+        return out
+    if isinstance(v, list | tuple):
+        return [_fast_ready(x, slow) for x in v]
+    return str(v)
 
 
 def event_content(e: dict[str, Any]) -> dict[str, Any]:

@@ -154,41 +154,53 @@ async def verify(db: Database, job_id: uuid.UUID) -> Verdict | None:
         for e in batch:
             v.feed(e)
     verdict = v.verdict(int(job[0]), str(job[1]))
-    refs = v.references_to_check()
     problems = [(verdict.first_bad_seq, verdict.reason)] if verdict.first_bad_seq is not None else []
-    async with db.tx() as s:
-        for loc, ref in refs.items():
-            current, exists = await _stored_value(s, job_id, loc)
-            verdict.references_checked += int(exists)
-            verdict.references_gone += int(not exists)
-            bad = check_reference(loc, ref, current, exists)
-            if bad is not None:
-                problems.append(bad)
+    refs = v.references_to_check()
+    stored = await _stored_values(db, job_id, list(refs))
+    for loc, ref in refs.items():
+        exists = loc in stored
+        verdict.references_checked += int(exists)
+        verdict.references_gone += int(not exists)
+        bad = check_reference(loc, ref, stored.get(loc), exists)
+        if bad is not None:
+            problems.append(bad)
     if problems:
         seq, reason = min(problems, key=lambda p: p[0] or 0)
         verdict.intact, verdict.first_bad_seq, verdict.reason = False, seq, reason
     return verdict
 
 
-async def _stored_value(s: Any, job_id: uuid.UUID, loc: str) -> tuple[Any, bool]:
-    """The value now at ``table.column#id`` of this job; (None, False) when there is no such row.
-    Table and column must be Quire's: a log is data, never SQL."""
-    parsed = parse_location(loc)
-    table = Base.metadata.tables.get(parsed[0]) if parsed else None
-    if parsed is None or table is None or parsed[1] not in table.c or "id" not in table.c:
-        return None, False
-    _, column, row_id = parsed
-    q = select(table.c[column]).where(table.c.id == (row_id if table.name == "jobs" else _int(row_id)))
-    if "job_id" in table.c:
-        q = q.where(table.c.job_id == job_id)
-    elif table.name == "jobs" and row_id != str(job_id):
-        return None, False
-    row = (await s.execute(q)).one_or_none()
-    return (row[0], True) if row is not None else (None, False)
+async def _stored_values(db: Database, job_id: uuid.UUID, locations: list[str]) -> dict[str, Any]:
+    """The values now at these ``table.column#id`` locations of this job (absent: no such row),
+    read a column at a time in batches. Tables and columns must be Quire's: a log is data, not SQL."""
+    wanted: dict[tuple[str, str], dict[Any, str]] = {}
+    for loc in locations:
+        parsed = parse_location(loc)
+        table = Base.metadata.tables.get(parsed[0]) if parsed else None
+        if parsed is None or table is None or parsed[1] not in table.c or "id" not in table.c:
+            continue
+        key = _row_key(table.name, parsed[2], job_id)
+        if key is not None:
+            wanted.setdefault((parsed[0], parsed[1]), {})[key] = loc
+    out: dict[str, Any] = {}
+    async with db.tx() as s:
+        for (name, column), ids in wanted.items():
+            table = Base.metadata.tables[name]
+            keys = list(ids)
+            for i in range(0, len(keys), BATCH):
+                q = select(table.c.id, table.c[column]).where(table.c.id.in_(keys[i : i + BATCH]))
+                if "job_id" in table.c:
+                    q = q.where(table.c.job_id == job_id)
+                for row_id, value in (await s.execute(q)).all():
+                    out[ids[row_id]] = value
+    return out
 
 
-def _int(v: str) -> int:
+def _row_key(table: str, row_id: str, job_id: uuid.UUID) -> Any:
+    """The primary key a location names, if it can be a row of this job."""
+    if table == "jobs":
+        return job_id if row_id == str(job_id) else None
     try:
-        return int(v)
+        return int(row_id)
     except ValueError:
-        return -1
+        return None

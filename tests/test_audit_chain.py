@@ -13,17 +13,24 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from activities.contracts import RoundRef
+from activities.contracts import JobRef, RoundRef
 from activities.finalize import FinalizeActivities
-from core.audit import GENESIS, event_hash, is_ref, parse_txt_line, txt_line
+from activities.llm import LlmUnavailable
+from activities.plan import PlanActivities
+from core.audit import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
 from core.chain import parse_log, verify_events
+from db import schema
 from db.models import Chunk, CoherenceState, Document, Job, Section
 from db.session import Database
 from services import auditlog
 from testkit import make_job
+from tests.conftest import make_llm
 from tests.test_api import auth, follow_to_end
 from tests.test_cli import arun
 
@@ -266,6 +273,48 @@ async def test_finalize_retried_after_its_commit_adds_no_event(db, user):
     assert retry and {(e["kind"], e["action"]) for e in retry} == {("sql", "read")}
 
 
+async def test_plan_retried_after_its_first_commit_says_running_once(db, fake, user):
+    job_id = await make_job(db, user.user_id)
+    plan = PlanActivities(db, make_llm(db, fake)).plan_job
+    fake.inject(*["500"] * 6)  # every HTTP attempt of the first try fails, after its first commit
+    with pytest.raises(LlmUnavailable):
+        await plan(JobRef(str(job_id)))
+    await plan(JobRef(str(job_id)))
+    log = await events(db, job_id)
+    assert [e["action"] for e in log if e["kind"] == "job"] == ["running"]
+    assert [e["action"] for e in log if e["kind"] == "plan"] == ["created"]
+
+
+async def test_logs_written_before_the_chain_are_chained_by_the_upgrade(fresh_db_url):
+    url = fresh_db_url()
+    schema.upgrade(url, "0001")
+    job_id = uuid.uuid4()
+    with psycopg.connect(url, autocommit=True) as conn:
+        uid = conn.execute("INSERT INTO users (name) VALUES ('old') RETURNING id").fetchone()[0]
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, kind, target_words, max_words, model, workflow_id, audit_seq)"
+            " VALUES (%s, %s, 'generate', 10, 11, 'm', %s, 3)",
+            (job_id, uid, f"job-{job_id}"),
+        )
+        for seq, data in enumerate(['{"n": 1.0}', '{"big": 10000000000000000}', '{"t": "é\\u2028"}'], 1):
+            conn.execute(
+                "INSERT INTO audit_events (job_id, seq, ts, kind, action, data) VALUES (%s, %s, now(), 'job', 'x', %s)",
+                (job_id, seq, data),
+            )
+    schema.upgrade(url)
+    old = Database(url)
+    try:
+        v = await auditlog.verify(old, job_id)
+        assert v is not None and v.intact and v.events == 3
+        async with old.job_tx(job_id) as tx:  # new events follow on from the chained ones
+            tx.event("job", "y", {})
+        v = await auditlog.verify(old, job_id)
+        assert v.intact and v.events == 4
+        assert offline(await downloaded(old, job_id)) == (None, True)
+    finally:
+        await old.dispose()
+
+
 async def test_long_values_are_references_that_verify_and_a_change_is_caught(db, pg_url, user):
     job_id = await make_job(db, user.user_id)
     body = "The full text of a long document, stored once. " * 40
@@ -358,3 +407,18 @@ def test_txt_lines_carry_the_chain():
     # Numbers JSON cannot carry exactly hash as they read back (1.0 is 1; 2**60 as its text).
     same = {**e, "data": {"n": 1, "big": str(2**60)}}
     assert event_hash(GENESIS, same) == e["hash"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=24,
+)
+
+
+@given(JSON)
+@settings(max_examples=400, deadline=None)
+def test_the_canonical_form_is_rfc_8785_and_survives_a_json_round_trip(v):
+    assert canonical(v) == rfc8785.dumps(normalize(v))
+    stored = json.loads(json.dumps(normalize(v)))  # what a JSON store and any JSON reader give back
+    assert canonical(stored) == canonical(v) and normalize(stored) == stored
