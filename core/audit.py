@@ -81,12 +81,25 @@ def canonical(v: Any) -> bytes:
 
 
 def _fast_ready(v: Any, slow: list[bool]) -> Any:
-    """``normalize(v)`` with integral floats as ints; notes in ``slow`` what only JCS writes right."""
-    if v is None or isinstance(v, bool | str):
+    """``normalize(v)`` with integral floats as ints; notes in ``slow`` what only JCS writes right.
+    (Dispatch on exact types first: this runs for every event written or verified.)"""
+    t = type(v)
+    if t is str or v is None or t is bool:
         return v
-    if isinstance(v, int):
+    if t is dict:
+        out = {}
+        for k, x in v.items():
+            if type(k) is not str:
+                k = str(k)
+            if not k.isascii() and max(k) > "\uffff":
+                slow.append(True)
+            out[k] = _fast_ready(x, slow)
+        return out
+    if t is int:
         return v if -MAX_SAFE_INT <= v <= MAX_SAFE_INT else str(v)
-    if isinstance(v, float):
+    if t is list:
+        return [_fast_ready(x, slow) for x in v]
+    if t is float:
         if not (math.isfinite(v) and abs(v) <= MAX_SAFE_INT):
             return repr(v)
         if v.is_integer():
@@ -94,16 +107,15 @@ def _fast_ready(v: Any, slow: list[bool]) -> Any:
         if abs(v) < 1e-4:
             slow.append(True)
         return v
+    # Subclasses (enums, tuples, ordered dicts): as their base type.
+    if isinstance(v, float):
+        return _fast_ready(float(v), slow)
+    if isinstance(v, str | int):
+        return normalize(v)
     if isinstance(v, dict):
-        out = {}
-        for k, x in v.items():
-            k = str(k)
-            if not k.isascii() and max(k) > "\uffff":
-                slow.append(True)
-            out[k] = _fast_ready(x, slow)
-        return out
+        return _fast_ready(dict(v), slow)
     if isinstance(v, list | tuple):
-        return [_fast_ready(x, slow) for x in v]
+        return _fast_ready(list(v), slow)
     return str(v)
 
 

@@ -50,7 +50,7 @@ class ChainVerifier:
     count: int = 0
     problems: list[tuple[int, str]] = field(default_factory=list)
     references: dict[str, Reference] = field(default_factory=dict)
-    _written: dict[str, Reference] = field(default_factory=dict)
+    _written: dict[str, tuple[int, Any]] = field(default_factory=dict)
     anchors_checked: int = 0
     broken: bool = False
 
@@ -94,18 +94,16 @@ class ChainVerifier:
             values = data.get("values") if e["action"] == "insert" else None
             changes = data.get("changes") if e["action"] == "update" else None
             new = values or {k: c.get("new") for k, c in (changes or {}).items() if isinstance(c, dict)}
-            for col, v in new.items():
-                loc = f"{e['table_name']}.{col}#{e['row_id']}"
-                digest = v["sha256"] if is_ref(v) else _digest_or_none(v)
-                if digest is not None:
-                    self._written[loc] = Reference(seq, digest)
+            for col, v in new.items():  # digests are taken at the end, of referenced places only
+                self._written[f"{e['table_name']}.{col}#{e['row_id']}"] = (seq, v)
 
     def references_to_check(self) -> dict[str, Reference]:
         """Each referenced location and what it should hold now (its last logged write wins)."""
         out = {}
         for loc, ref in self.references.items():
-            w = self._written.get(loc)
-            out[loc] = w if w is not None and w.seq > ref.seq else ref
+            seq, v = self._written.get(loc, (0, None))
+            digest = (v["sha256"] if is_ref(v) else _digest_or_none(v)) if seq > ref.seq else None
+            out[loc] = Reference(seq, digest) if digest is not None else ref
         return out
 
     def verdict(self, head_seq: int | None = None, head_hash: str | None = None) -> Verdict:
