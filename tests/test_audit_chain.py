@@ -139,7 +139,7 @@ def restore(pg_url: str, row: dict[str, Any]) -> None:
         conn.execute(f"UPDATE audit_events SET {sets} WHERE id = %s", (*vals, row["id"]))  # noqa: S608
 
 
-async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url, user):
+async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url, user, tmp_path):
     job_id = await make_job(db, user.user_id)
     for i in range(3):
         async with db.job_tx(job_id) as tx:
@@ -160,6 +160,28 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
             finally:
                 restore(pg_url, row)
     assert (await auditlog.verify(db, job_id)).intact
+    # The CLI names the first bad seq, from the database and from a file, and exits 1.
+    row = tamper(pg_url, job_id, 2, FIELDS["data"])
+    try:
+        code, stdout, _ = await arun("audit", "verify", str(job_id), "--url", pg_url, env={})
+        assert code == 1 and f"job {job_id}: BROKEN at seq 2: content does not match its hash" in stdout
+        path = tmp_path / "tampered.json"
+        path.write_text(await downloaded(db, job_id))
+        code, stdout, _ = await arun("audit", "verify", "--file", str(path), env={})
+        assert code == 1 and f"{path}: BROKEN at seq 2: " in stdout
+    finally:
+        restore(pg_url, row)
+    (tmp_path / "junk.json").write_text("not a log")
+    for args in (
+        ["--file", str(tmp_path / "junk.json")],
+        ["--file", str(tmp_path / "none.json")],
+        [],
+        ["x", "--file", "y"],
+    ):
+        code, _, stderr = await arun("audit", "verify", *args, env={})
+        assert code == 2 and stderr, args
+    code, _, stderr = await arun("audit", "verify", str(uuid.uuid4()), "--url", pg_url, env={})
+    assert code == 2 and "no job" in stderr
     # A consistent rewrite (event 3 changed, every later hash recomputed) still differs from the
     # head kept on the job, and from the head a reader kept; a lone file cannot know better.
     log = await events(db, job_id)
