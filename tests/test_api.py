@@ -139,7 +139,7 @@ async def test_job_lifecycle_through_the_api(http, fake, user, db):
                 select(AccountEvent).where(AccountEvent.kind == "job.deleted", AccountEvent.job_id == uuid.UUID(jid))
             )
         ).scalar_one()
-    assert deleted.user_id == user.user_id and deleted.data["audit_events"] == len(seqs)
+    assert deleted.user_id == user.user_id and deleted.data["audit_events"] == len(seqs) + 2
     assert deleted.data["status"] == "succeeded" and deleted.data["llm_calls"] == job["tokens"]["llm_calls"]
 
 
