@@ -109,13 +109,24 @@ async def record_length_check(
 
 
 async def save_document(tx: JobTx, *, role: str, version: int, text: str, words: int) -> None:
-    """A document version (``output`` or a ``partial``), stored once per (role, version)."""
+    """A document version (``output`` or a ``partial``), stored once per (role, version), with the
+    audit head it was made at (the log's seq and hash just before this transaction's events)."""
     exists = (
         await tx.session.execute(
             select(Document.id).where(Document.job_id == tx.job_id, Document.role == role, Document.version == version)
         )
     ).first()
     if exists is None:
+        seq, head = await tx.head()  # the log this document was made from, up to here
         tx.session.add(
-            Document(job_id=tx.job_id, role=role, version=version, text=text, sha256=sha256(text), word_count=words)
+            Document(
+                job_id=tx.job_id,
+                role=role,
+                version=version,
+                text=text,
+                sha256=sha256(text),
+                word_count=words,
+                audit_seq=seq,
+                audit_head=head,
+            )
         )

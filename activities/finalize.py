@@ -40,18 +40,15 @@ class FinalizeActivities(Step):
                     error_code=job.error_code,
                     reason=job.failure_reason,
                 )
+            short = await _final_words(tx, jid, inp.round)
+            if short is not None:  # a retry after this round's commit: it was short, already recorded
+                return FinalizeResult(False, short, job.target_words)
             job.current_step = f"finalize round {inp.round}"
             doc = await _assemble(tx, job)
             if count_words(doc) > job.max_words:
                 doc = trim_to_words(doc, job.max_words, job.target_words).rstrip() + "\n"
             words = count_words(doc)
-            previous = (
-                await tx.session.execute(
-                    select(LengthCheck.words).where(
-                        LengthCheck.job_id == jid, LengthCheck.scope == "final", LengthCheck.round == inp.round - 1
-                    )
-                )
-            ).scalar_one_or_none()
+            previous = await _final_words(tx, jid, inp.round - 1)
             passed = await record_length_check(
                 tx,
                 scope="final",
@@ -217,6 +214,17 @@ class FinalizeActivities(Step):
                     tx.event("error", "job", {"error_code": inp.error_code, "reason": inp.reason})
         except JobGone:
             log.info("fail_job.job_deleted", job_id=inp.job_id)
+
+
+async def _final_words(tx: JobTx, jid: uuid.UUID, round: int) -> int | None:
+    """The words of the final length check of ``round``, if one is stored."""
+    return (
+        await tx.session.execute(
+            select(LengthCheck.words).where(
+                LengthCheck.job_id == jid, LengthCheck.scope == "final", LengthCheck.round == round
+            )
+        )
+    ).scalar_one_or_none()
 
 
 async def _assemble(tx: JobTx, job: Job) -> str:

@@ -56,10 +56,10 @@ class PlanActivities(ModelStep):
             job = await load_job(tx, jid)
             if job.sections_total > 0:  # planned by an earlier attempt or run
                 return await _plan_result(tx, job)
-            if job.status == "queued":
+            if job.status == "queued":  # once: a retried plan_job finds the job running already
                 job.status, job.started_at = "running", now()
+                tx.event("job", "running", {"step": "planning"})
             job.current_step = "planning"
-            tx.event("job", "running", {"step": "planning"})
             opts = job_options(job)
             prompt, target, title, model = job.prompt or "", job.target_words, job.title, job.model
             total = planned_words(target, job.max_words)

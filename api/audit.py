@@ -1,17 +1,18 @@
-"""/v1 audit routes: a job's log as JSON, NDJSON or TXT (paged or whole), and its live stream."""
+"""/v1 audit routes: a job's log as JSON, NDJSON or TXT (paged or whole), its live stream, the
+verification of its hash chain, and the view reports of the job's page."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse
 
-from api import live
-from api.deps import ClientDep, DbDep, ListenerDep, OwnJobDep
+from api import actions, live
+from api.deps import CallerDep, ClientDep, DbDep, ListenerDep, OwnJobDep
 from api.intake import int_or_none, invalid
-from api.schemas import ERRORS, AuditPage
+from api.schemas import ERRORS, AuditPage, AuditVerdict
 from core.audit import EventKind
 from services import auditlog
 from services.temporal import workflow_open
@@ -28,8 +29,10 @@ AUDIT_MEDIA = {"json": "application/json", "ndjson": "application/x-ndjson", "tx
     summary="The audit log: JSON, NDJSON or TXT, paginated or whole",
     description="Events with seq > `after`, in seq order; `limit` pages, no `limit` sends the whole log, "
     "streamed in constant memory. TXT: a header line, then one tab-separated line per event: "
-    "`seq ts kind action table row summary data` (the summary of an sql event is its SQL text; tabs, "
-    "newlines and backslashes escaped as \\t \\n \\\\; `-` for none; data is the event's JSON).",
+    "`seq ts kind action table row summary prev_hash hash data` (the summary of an sql event is its SQL "
+    "text; tabs, newlines and backslashes escaped as \\t \\n \\\\; `-` for none; data is the event's JSON). "
+    "JSON ends with `head_seq` and `head_hash` (the hash of the last event sent); in TXT and NDJSON the "
+    "last event's `hash` is the head. `download=1` is recorded in the job's log as a user action.",
     responses={
         200: {
             "model": AuditPage,
@@ -41,7 +44,9 @@ AUDIT_MEDIA = {"json": "application/json", "ndjson": "application/x-ndjson", "tx
     },
 )
 async def get_audit(
+    request: Request,
     job: OwnJobDep,
+    who: CallerDep,
     db: DbDep,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="return events with seq > after")] = 0,
     limit: Annotated[int | None, Query(ge=1, le=1_000_000, description="page size; omit for the whole log")] = None,
@@ -52,6 +57,8 @@ async def get_audit(
     headers = {}
     if download:
         headers["Content-Disposition"] = f'attachment; filename="quire-audit-{job.id}.{format}"'
+        # Recorded before the log is read: the copy the user gets holds its own download.
+        await actions.record(request, db, who, job, "download_audit", format=format, after=after, limit=limit)
     body = auditlog.render(db, job.id, after, limit, format, list(kind) if kind else None)
     return StreamingResponse(body, media_type=AUDIT_MEDIA[format], headers=headers)
 
@@ -89,3 +96,32 @@ async def stream_audit(
         ping=SSE_PING_S,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.get(
+    "/jobs/{job_id}/audit/verify",
+    response_model=AuditVerdict,
+    summary="Verify the audit log: its hash chain, its head, and the rows it references",
+    description="Recomputes every event's hash from seq 1 (`hash = sha256(prev_hash + canonical JSON)`, see "
+    "the README), compares the last with the head kept on the job, checks the heads the job's documents "
+    "recorded, and recomputes the sha256 of every long value the log references (`$ref`) that still exists. "
+    "`intact: false` names the first bad seq and why. `quire audit verify` gives the same verdict.",
+    responses={404: ERRORS[404]},
+)
+async def verify_audit(job: OwnJobDep, db: DbDep) -> AuditVerdict:
+    verdict = await auditlog.verify(db, job.id)
+    if verdict is None:
+        raise HTTPException(404, f"no job {str(job.id)!r}")
+    return AuditVerdict(job_id=str(job.id), **verdict.__dict__)
+
+
+@router.post(
+    "/jobs/{job_id}/views",
+    status_code=204,
+    summary="Report a view of the job's page (recorded in its audit log with user, time, IP, user agent)",
+    description="The job page calls this once each time it is opened, before it reads the log.",
+    responses={404: ERRORS[404]},
+)
+async def report_view(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep) -> Response:
+    await actions.record(request, db, who, job, "view", page=f"/jobs/{job.id}")
+    return Response(status_code=204)

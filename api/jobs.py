@@ -9,6 +9,7 @@ import structlog
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
+from api import actions
 from api.deps import CallerDep, ClientDep, DbDep, OwnJobDep, SettingsDep
 from api.intake import MULTIPART_SCHEMA, invalid, read_spec
 from api.schemas import (
@@ -144,7 +145,9 @@ async def get_job(job: OwnJobDep, db: DbDep) -> JobView:
 @router.get(
     "/jobs/{job_id}/output",
     summary="The finished document",
-    description="Headers: X-Quire-Word-Count, X-Quire-Target-Words, X-Quire-Target-Met, X-Quire-Sha256.",
+    description="Headers: X-Quire-Word-Count, X-Quire-Target-Words, X-Quire-Target-Met, X-Quire-Sha256, and "
+    "X-Quire-Audit-Seq / X-Quire-Audit-Head: the audit log's head when the document was saved (its hash must "
+    "be the hash of that seq in the log). Each read is recorded in the job's log as a user action.",
     response_class=PlainTextResponse,
     responses={
         200: {"content": {"text/markdown": {}, "text/plain": {}}},
@@ -153,7 +156,9 @@ async def get_job(job: OwnJobDep, db: DbDep) -> JobView:
     },
 )
 async def get_output(
+    request: Request,
     job: OwnJobDep,
+    who: CallerDep,
     db: DbDep,
     format: Annotated[Literal["text", "markdown"], Query(description="the media type to send")] = "markdown",
     partial: Annotated[bool, Query(description="the latest partial output of an unfinished or failed job")] = False,
@@ -164,6 +169,9 @@ async def get_output(
             raise HTTPException(409, f"job is {job.status}: no partial output stored yet")
         why = f": {job.error_code}: {job.failure_reason}" if job.status == "failed" else ""
         raise HTTPException(409, f"job is {job.status}; the output is not ready{why}")
+    await actions.record(
+        request, db, who, job, "download_output", role=doc.role, version=doc.version, sha256=doc.sha256
+    )
     media = "text/markdown" if format == "markdown" else "text/plain"
     return Response(
         doc.text,
@@ -173,6 +181,11 @@ async def get_output(
             "X-Quire-Target-Words": str(job.target_words),
             "X-Quire-Target-Met": str(doc.word_count >= job.target_words).lower(),
             "X-Quire-Sha256": doc.sha256,
+            **(
+                {"X-Quire-Audit-Seq": str(doc.audit_seq), "X-Quire-Audit-Head": doc.audit_head}
+                if doc.audit_head is not None
+                else {}
+            ),
         },
     )
 
@@ -217,9 +230,10 @@ async def list_jobs(
     summary="Cancel a job (it stops at the next activity boundary; what it wrote stays)",
     responses={404: ERRORS[404], 409: {"model": Message, "description": "the job has already finished"}},
 )
-async def cancel_job(job: OwnJobDep, who: CallerDep, client: ClientDep) -> Cancelling:
+async def cancel_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep, client: ClientDep) -> Cancelling:
     if job.status in TERMINAL_STATUSES:
         raise HTTPException(409, f"job already {job.status}")
+    await actions.record(request, db, who, job, "cancel")
     await job_service.cancel(client, job)
     log.info("job.cancel_requested", job_id=str(job.id), user_id=who.user_id)
     return Cancelling(id=str(job.id), status="cancelling")

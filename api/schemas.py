@@ -118,13 +118,23 @@ class Cancelling(BaseModel):
 
 class AuditEvent(BaseModel):
     seq: int = Field(description="per job, gap-free, in commit order")
-    ts: str
-    kind: str = Field(description="sql, row, llm, chunk, length, activity, workflow, job, plan, stitch, error ...")
+    ts: str = Field(description="UTC, microseconds: 2026-11-23T14:05:30.271690Z (hashed exactly as written)")
+    kind: str = Field(
+        description="sql, row, llm, chunk, length, activity, workflow, job, plan, stitch, error, user ..."
+    )
     action: str
     table_name: str | None
     row_id: str | None
     sql_text: str | None = Field(description="the statement, parameters separate (sql events)")
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(
+        description="a value too long to inline is {$ref: 'table.column#id', length, sha256, head}; the "
+        "events of a transaction that rolled back carry rolled_back: true"
+    )
+    prev_hash: str = Field(description="the hash of seq - 1 (64 zeros for seq 1)")
+    hash: str = Field(
+        description="sha256(prev_hash + RFC 8785 JSON of seq, ts, kind, action, table_name, row_id, "
+        "sql_text, data), hex"
+    )
 
 
 class AuditPage(BaseModel):
@@ -133,6 +143,24 @@ class AuditPage(BaseModel):
     job_id: str
     events: list[AuditEvent]
     next_after: int | None = Field(description="with ?limit=: pass as ?after= for the next page; null at the end")
+    head_seq: int | None = Field(None, description="the last seq sent (absent when filtered by kind)")
+    head_hash: str | None = Field(None, description="the hash of that event: the head of the chain sent")
+
+
+class AuditVerdict(BaseModel):
+    """``GET /v1/jobs/{id}/audit/verify``: the log's hash chain recomputed from seq 1 and compared
+    with the head kept on the job, the heads its documents recorded and the rows it references."""
+
+    job_id: str
+    intact: bool
+    events: int = Field(description="events whose hashes were recomputed (seq 1..events)")
+    head_seq: int
+    head_hash: str = Field(description="the recomputed head (the hash of the last event verified)")
+    first_bad_seq: int | None = Field(description="the first seq that fails, when not intact")
+    reason: str | None = Field(description="what fails there")
+    references_checked: int = Field(description="referenced long values whose sha256 was recomputed")
+    references_gone: int = Field(description="referenced rows that no longer exist")
+    anchors_checked: int = Field(description="documents whose recorded head was found in the chain")
 
 
 class Health(BaseModel):

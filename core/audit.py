@@ -1,23 +1,162 @@
-"""The audit log's formats: the event kinds, one event as a line of words, and the TXT format.
+"""The audit log's formats: the event kinds, the hash chain's canonical form, one event as a line
+of words, and the TXT format.
 
-Pure functions of an event (a dict as the JSON log gives it): the API's TXT download, the CLI's
-lines and anyone re-reading a TXT log use the same ones.
+Pure functions of an event (a dict as the JSON log gives it): the database writer, the verifier,
+the API's TXT download, the CLI's lines and anyone re-reading a log use the same ones.
+
+The hash chain (README, "Verifying a log"): ``hash = sha256(prev_hash + canonical(event))`` as
+lowercase hex, where ``prev_hash`` is the previous event's hash (``GENESIS`` for seq 1) and
+``canonical(event)`` is the RFC 8785 (JCS) JSON, UTF-8, of the event's ``seq, ts, kind, action,
+table_name, row_id, sql_text, data``, ``ts`` written as ``ts_text`` writes it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
+import math
 import re
 from typing import Any, Literal, get_args
 
-EventKind = Literal["sql", "row", "llm", "chunk", "length", "activity", "error", "workflow", "job", "plan", "stitch"]
+import rfc8785
+
+EventKind = Literal[
+    "sql", "row", "llm", "chunk", "length", "activity", "error", "workflow", "job", "plan", "stitch", "user"
+]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 # The TXT format: one line per event, tab-separated, a header line first. The first seven columns
-# are for reading (the summary of an sql event is its SQL text); the last, the event's data as
-# JSON, makes the line complete, so a TXT log holds exactly what the JSON and NDJSON logs hold.
-TXT_COLUMNS = ("seq", "ts", "kind", "action", "table", "row", "summary", "data")
+# are for reading (the summary of an sql event is its SQL text); then the event's place in the
+# hash chain; the last, the event's data as JSON, makes the line complete, so a TXT log holds
+# exactly what the JSON and NDJSON logs hold (and verifies like them).
+TXT_COLUMNS = ("seq", "ts", "kind", "action", "table", "row", "summary", "prev_hash", "hash", "data")
 TXT_HEADER = "\t".join(TXT_COLUMNS) + "\n"
+
+# --- the hash chain ------------------------------------------------------------------------
+
+GENESIS = "0" * 64  # the prev_hash of seq 1
+CONTENT_FIELDS = ("seq", "ts", "kind", "action", "table_name", "row_id", "sql_text", "data")
+MAX_SAFE_INT = 2**53 - 1  # beyond it JSON readers (JavaScript, JCS) cannot hold a number exactly
+
+
+def ts_text(ts: dt.datetime | str) -> str:
+    """The log's one timestamp format: UTC, microseconds, ``Z`` (``2026-11-23T14:05:30.271690Z``).
+    A string is taken as written: a log's hashes cover its timestamps exactly as it gives them."""
+    if isinstance(ts, str):
+        return ts
+    return ts.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def normalize(v: Any) -> Any:
+    """A JSON value as the log stores and hashes it: what JSON cannot carry exactly (numbers past
+    +-2**53, NaN, infinities) becomes its decimal text, so that storing the value (Postgres jsonb)
+    and reading it back, in any language, gives the same canonical bytes. Idempotent."""
+    if v is None or isinstance(v, bool | str):
+        return v
+    if isinstance(v, int):
+        return v if abs(v) <= MAX_SAFE_INT else str(v)
+    if isinstance(v, float):
+        return v if math.isfinite(v) and abs(v) <= MAX_SAFE_INT else repr(v)
+    if isinstance(v, dict):
+        return {str(k): normalize(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [normalize(x) for x in v]
+    return str(v)
+
+
+def canonical(v: Any) -> bytes:
+    """RFC 8785 canonical JSON (sorted keys, no whitespace, UTF-8, ECMAScript numbers).
+
+    The C JSON encoder gives the same bytes as RFC 8785 for nearly every event, at a quarter of the
+    cost (tests/test_audit_chain.py checks the two agree on random values): its string escapes are
+    RFC 8785's, and its key order is too unless a key holds a character past U+FFFF; its numbers
+    differ only for integral floats (made ints here) and floats under 1e-4 (written 1e-05, where
+    ECMAScript writes 0.00001). Those few go through the rfc8785 library."""
+    slow: list[bool] = []
+    ready = _fast_ready(v, slow)
+    if slow:
+        return rfc8785.dumps(normalize(v))
+    return json.dumps(ready, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _fast_ready(v: Any, slow: list[bool]) -> Any:
+    """``normalize(v)`` with integral floats as ints; notes in ``slow`` what only JCS writes right.
+    (Dispatch on exact types first: this runs for every event written or verified.)"""
+    t = type(v)
+    if t is str or v is None or t is bool:
+        return v
+    if t is dict:
+        out = {}
+        for k, x in v.items():
+            if type(k) is not str:
+                k = str(k)
+            if not k.isascii() and max(k) > "\uffff":
+                slow.append(True)
+            out[k] = _fast_ready(x, slow)
+        return out
+    if t is int:
+        return v if -MAX_SAFE_INT <= v <= MAX_SAFE_INT else str(v)
+    if t is list:
+        return [_fast_ready(x, slow) for x in v]
+    if t is float:
+        if not (math.isfinite(v) and abs(v) <= MAX_SAFE_INT):
+            return repr(v)
+        if v.is_integer():
+            return int(v)
+        if abs(v) < 1e-4:
+            slow.append(True)
+        return v
+    # Subclasses (enums, tuples, ordered dicts): as their base type.
+    if isinstance(v, float):
+        return _fast_ready(float(v), slow)
+    if isinstance(v, str | int):
+        return normalize(v)
+    if isinstance(v, dict):
+        return _fast_ready(dict(v), slow)
+    if isinstance(v, list | tuple):
+        return _fast_ready(list(v), slow)
+    return str(v)
+
+
+def event_content(e: dict[str, Any]) -> dict[str, Any]:
+    """What an event's hash covers."""
+    return {
+        "seq": e["seq"],
+        "ts": ts_text(e["ts"]),
+        "kind": e["kind"],
+        "action": e["action"],
+        "table_name": e.get("table_name"),
+        "row_id": e.get("row_id"),
+        "sql_text": e.get("sql_text"),
+        "data": e.get("data") or {},
+    }
+
+
+def event_hash(prev_hash: str, e: dict[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical(event_content(e))).hexdigest()
+
+
+def value_digest(v: Any) -> str:
+    """The SHA-256 of a stored value: of its UTF-8 bytes for text, of its canonical JSON otherwise."""
+    raw = v.encode("utf-8") if isinstance(v, str) else canonical(v)
+    return hashlib.sha256(raw).hexdigest()
+
+
+# A value too long to inline is logged as a reference: {"$ref": "table.column#id", "length": n,
+# "sha256": hex, "head": the first characters}. "before": true marks the old side of an update
+# (the value that location held until this event).
+REF_KEY = "$ref"
+
+
+def is_ref(v: Any) -> bool:
+    return isinstance(v, dict) and isinstance(v.get(REF_KEY), str) and isinstance(v.get("sha256"), str)
+
+
+def parse_location(loc: str) -> tuple[str, str, str] | None:
+    """``chunk_attempts.text_after#123`` -> (table, column, row id)."""
+    m = re.fullmatch(r"([a-z_][a-z0-9_]*)\.([a-z_][a-z0-9_]*)#(.+)", loc)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
 
 
 def _short(v: Any, n: int = 40) -> str:
@@ -62,6 +201,8 @@ def summary(e: dict[str, Any]) -> str:
         ms = f" {d['duration_ms']} ms" if d.get("duration_ms") is not None else ""
         err = f" · {d['error']}" if d.get("error") else ""
         return f"{d.get('activity') or ''} (attempt {_n(d.get('attempt'))}){ms}{err}"
+    if kind == "user":
+        return f"{d.get('user') or '?'} {action} · {d.get('ip') or '?'} · {d.get('user_agent') or '?'}"
     return _short(json.dumps(d, ensure_ascii=False, separators=(",", ":")), 240)
 
 
@@ -85,7 +226,8 @@ def _json_line(v: Any) -> str:
 
 
 def txt_line(e: dict[str, Any], *, with_data: bool = True) -> str:
-    """One event as a line of the TXT format: ``seq ts kind action table row summary data``,
+    """One event as a line of the TXT format: ``seq ts kind action table row summary prev_hash hash
+    data``,
     tab-separated; tabs, newlines and backslashes inside a field are escaped as \\t \\n \\\\ and a
     missing value is ``-``. ``with_data=False`` leaves the data column out (for display)."""
     cols = [
@@ -98,7 +240,7 @@ def txt_line(e: dict[str, Any], *, with_data: bool = True) -> str:
         _esc(e.get("sql_text") if e["kind"] == "sql" else summary(e)),
     ]
     if with_data:
-        cols.append(_json_line(e.get("data") or {}))
+        cols += [_esc(e.get("prev_hash")), _esc(e.get("hash")), _json_line(e.get("data") or {})]
     return "\t".join(cols) + "\n"
 
 
@@ -123,7 +265,7 @@ def _unesc(s: str) -> str | None:
 
 def parse_txt_line(line: str) -> dict[str, Any]:
     """The inverse of ``txt_line``: the event as the JSON formats give it."""
-    seq, ts, kind, action, table, row, summ, data = line.rstrip("\n").split("\t", 7)
+    seq, ts, kind, action, table, row, summ, prev, hsh, data = line.rstrip("\n").split("\t", 9)
     return {
         "seq": int(seq),
         "ts": ts,
@@ -133,4 +275,6 @@ def parse_txt_line(line: str) -> dict[str, Any]:
         "row_id": _unesc(row),
         "sql_text": _unesc(summ) if kind == "sql" else None,
         "data": json.loads(data),
+        "prev_hash": _unesc(prev),
+        "hash": _unesc(hsh),
     }

@@ -1,15 +1,22 @@
 """SQL-level audit capture.
 
 Every statement run inside a ``JobTx`` (see ``db.session``) is recorded with its real text,
-its parameters (secrets redacted, long values shortened), the tables it read or wrote, its
-rowcount and duration. ORM flushes add row events (row id, key fields, and old -> new for each
-changed column). Events are buffered in memory and written to ``audit_events`` just before the
-transaction commits, so a rollback leaves neither rows nor events.
+its parameters (secrets redacted), the tables it read or wrote, its rowcount and duration; a
+statement that fails is recorded with its error. ORM flushes add row events (row id, its fields,
+and old -> new for each changed column). Events are buffered in memory and written to
+``audit_events`` just before the transaction commits; if it rolls back instead, ``db.session``
+writes them afterwards, marked ``rolled_back``, in a transaction of their own.
+
+No value is cut without a reference: a value too long to inline is held as a ``Cut`` until the
+transaction ends, then logged as ``{"$ref": "table.column#id", "length", "sha256", "head"}``
+naming a row of this transaction that stores it whole (an immutable one where there is one), or,
+when no row does, logged whole.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 import uuid
@@ -18,13 +25,28 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from psycopg.types.json import Json, Jsonb
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from core.audit import REF_KEY, normalize, value_digest
+
 CAPTURE_KEY = "quire_audit_buffer"
-MAX_VALUE_CHARS = 200
-MAX_ROWS_PER_EXECUTEMANY = 20
+MAX_VALUE_CHARS = 200  # a statement's parameter
+ROW_VALUE_CHARS = 80  # a field of a row event
+EVENT_VALUE_CHARS = 4000  # a value in an event's data
+# Rows never updated once inserted: the best place to point at for a value's full text.
+IMMUTABLE_TABLES = (
+    "chunk_versions",
+    "chunk_attempts",
+    "llm_calls",
+    "documents",
+    "stitch_results",
+    "length_checks",
+    "coherence_states",
+    "seam_checks",
+)
 # Parameter names whose values are secrets: api_key, key_hash, access_token... (not max_tokens).
 SECRET_NAME = re.compile(r"(api_?key|key_hash|password|passwd|secret|(^|_)token$|authorization)", re.I)
 _TABLE_RE = re.compile(r'\b(?:FROM|JOIN|INTO|UPDATE)\s+(?:ONLY\s+)?"?([a-z_][a-z0-9_]*)"?', re.I)
@@ -32,36 +54,55 @@ _FIRST_WORD = re.compile(r"^\s*(?:WITH\b.*?\)\s*)?([A-Za-z]+)", re.S)
 
 
 def shorten(value: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """A summary of a text for reading (events that also name the row holding it whole)."""
     if len(value) <= limit:
         return value
     return f"{value[:limit]}… (+{len(value) - limit} chars)"
 
 
+class Cut:
+    """A value too long to inline: its length, digest and first characters, and where it lives."""
+
+    __slots__ = ("value", "length", "digest", "head", "home", "before")
+
+    def __init__(self, value: Any, limit: int, home: str | None = None, before: bool = False) -> None:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        self.value, self.length, self.head = value, len(text), text[:limit]
+        self.digest = value_digest(value)
+        self.home, self.before = home, before
+
+
 def jsonable(value: Any, limit: int = MAX_VALUE_CHARS) -> Any:
-    """A JSON-safe, size-bounded rendering of a value for an audit row."""
+    """A JSON-safe rendering of a value for an audit row; text longer than ``limit`` becomes a Cut."""
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
-        return shorten(value, limit)
+        return Cut(value, limit) if len(value) > limit else value
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, uuid.UUID | Decimal):
         return str(value)
     if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
+        return jsonable(value.hex(), limit)
+    if isinstance(value, Json | Jsonb):
+        return column_value(value.obj, limit)
     if isinstance(value, dict):
-        items = list(value.items())
-        out = {str(k): jsonable(v, limit) for k, v in items[:50]}
-        if len(items) > 50:
-            out["…"] = f"+{len(items) - 50} keys"
-        return out
+        return {str(k): jsonable(v, limit) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        seq = list(value)
-        out_list = [jsonable(v, limit) for v in seq[:50]]
-        if len(seq) > 50:
-            out_list.append(f"… +{len(seq) - 50} items")
-        return out_list
-    return shorten(repr(value), limit)
+        return [jsonable(v, limit) for v in value]
+    return jsonable(repr(value), limit)
+
+
+def column_value(value: Any, limit: int, home: str | None = None, before: bool = False) -> Any:
+    """A column's value (a parameter, a row's field): a JSON document is one value, cut whole."""
+    if isinstance(value, Json | Jsonb):
+        value = value.obj
+    if isinstance(value, dict | list) and len(json.dumps(value, ensure_ascii=False, default=str)) > limit:
+        return Cut(value, limit, home, before)
+    out = jsonable(value, limit)
+    if isinstance(out, Cut):
+        out.home, out.before = home, before
+    return out
 
 
 class Redactor:
@@ -107,6 +148,8 @@ class AuditBuffer:
     redactor: Redactor
     capturing: bool = True
     events: list[dict[str, Any]] = field(default_factory=list)
+    # digest -> locations of this transaction's rows that store that value whole
+    stored: dict[str, list[str]] = field(default_factory=dict)
     _t0: float = 0.0
 
     def add(
@@ -118,6 +161,7 @@ class AuditBuffer:
         table_name: str | None = None,
         row_id: Any = None,
         sql_text: str | None = None,
+        raw: bool = False,
     ) -> None:
         self.events.append(
             {
@@ -127,38 +171,86 @@ class AuditBuffer:
                 "table_name": table_name,
                 "row_id": None if row_id is None else str(row_id),
                 "sql_text": sql_text,
-                "data": self.redactor.value(None, jsonable(data or {}, limit=4000)),
+                "data": data if raw else self.redactor.value(None, jsonable(data or {}, limit=EVENT_VALUE_CHARS)),
             }
         )
 
-    def add_sql(self, statement: str, parameters: Any, executemany: bool, rowcount: int, ms: float) -> None:
+    def add_sql(
+        self,
+        statement: str,
+        parameters: Any,
+        executemany: bool,
+        rowcount: int,
+        ms: float,
+        error: str | None = None,
+    ) -> None:
         access, tables = statement_tables(statement)
         if executemany and isinstance(parameters, Sequence):
-            params: Any = [self._params(p) for p in list(parameters)[:MAX_ROWS_PER_EXECUTEMANY]]
-            if len(parameters) > MAX_ROWS_PER_EXECUTEMANY:
-                params.append(f"… +{len(parameters) - MAX_ROWS_PER_EXECUTEMANY} rows")
+            params: Any = [self._params(p) for p in parameters]
         else:
             params = self._params(parameters)
+        data: dict[str, Any] = {
+            "tables": tables,
+            "params": params,
+            "rowcount": rowcount,
+            "duration_ms": round(ms, 3),
+            "executemany": executemany,
+        }
+        if error is not None:
+            data["error"] = self.redactor.text(error)
         self.add(
             "sql",
             access,
-            {
-                "tables": tables,
-                "params": params,
-                "rowcount": rowcount,
-                "duration_ms": round(ms, 3),
-                "executemany": executemany,
-            },
+            data,
             table_name=tables[0] if tables else None,
             sql_text=self.redactor.text(statement),
+            raw=True,
         )
 
     def _params(self, p: Any) -> Any:
         if isinstance(p, dict):
-            return {k: jsonable(self.redactor.value(str(k), v)) for k, v in p.items()}
+            return {k: column_value(self.redactor.value(str(k), v), MAX_VALUE_CHARS) for k, v in p.items()}
         if isinstance(p, list | tuple):
-            return [jsonable(self.redactor.value(None, v)) for v in p]
-        return jsonable(self.redactor.value(None, p))
+            return [column_value(self.redactor.value(None, v), MAX_VALUE_CHARS) for v in p]
+        return column_value(self.redactor.value(None, p), MAX_VALUE_CHARS)
+
+    def store(self, cut: Cut) -> None:
+        """Note that this transaction's row at ``cut.home`` stores ``cut``'s value whole."""
+        if cut.home is not None and not cut.before:
+            self.stored.setdefault(cut.digest, []).append(cut.home)
+
+    def finished(self, *, rolled_back: bool = False) -> list[dict[str, Any]]:
+        """The events as they are written: every Cut a reference or the whole value, every number
+        JSON can carry exactly. A rolled-back transaction's rows are gone: its values go whole."""
+        out = []
+        for ev in self.events:
+            data = self._finish(ev["data"], rolled_back)
+            if rolled_back:
+                data = {**data, "rolled_back": True}
+            out.append({**ev, "data": data})
+        return out
+
+    def _finish(self, v: Any, rolled_back: bool) -> Any:
+        if isinstance(v, Cut):
+            where = None if rolled_back else self._where(v)
+            if where is None:
+                return normalize(self.redactor.value(None, v.value))
+            ref = {REF_KEY: where, "length": v.length, "sha256": v.digest, "head": self.redactor.text(v.head)}
+            return {**ref, "before": True} if v.before else ref
+        if isinstance(v, dict):
+            return {k: self._finish(x, rolled_back) for k, x in v.items()}
+        if isinstance(v, list):
+            return [self._finish(x, rolled_back) for x in v]
+        return normalize(v)
+
+    def _where(self, cut: Cut) -> str | None:
+        if cut.before:
+            return cut.home
+        places = self.stored.get(cut.digest, [])
+        for p in places:
+            if p.split(".", 1)[0] in IMMUTABLE_TABLES:
+                return p
+        return cut.home if cut.home is not None else (places[0] if places else None)
 
 
 def _buffer(conn: Any) -> AuditBuffer | None:
@@ -184,20 +276,34 @@ def install_capture(engine: Engine) -> None:
             ms = (time.perf_counter() - buf._t0) * 1000
             buf.add_sql(statement, parameters, executemany, cursor.rowcount, ms)
 
+    @event.listens_for(engine, "handle_error")
+    def _failed(ctx):  # type: ignore[no-untyped-def]
+        # The statement that failed never reaches after_cursor_execute: record it with its error.
+        buf = _buffer(ctx.connection) if ctx.connection is not None and ctx.statement else None
+        if buf is not None:
+            ms = (time.perf_counter() - buf._t0) * 1000
+            many = bool(getattr(ctx.execution_context, "executemany", False))
+            err = ctx.original_exception
+            buf.add_sql(ctx.statement, ctx.parameters, many, -1, ms, error=f"{type(err).__name__}: {err}")
 
-def _key_fields(obj: Any) -> dict[str, Any]:
+
+def _fields(buf: AuditBuffer, obj: Any, table: str, pk: str) -> dict[str, Any]:
     # Only loaded values: touching an expired attribute here would run SQL inside the flush.
     state = inspect(obj)
     out: dict[str, Any] = {}
     for col in state.mapper.column_attrs:
-        if col.key not in state.dict:
-            continue
-        v = state.dict[col.key]
-        if isinstance(v, str) and len(v) > 80:
-            out[col.key] = f"<text: {len(v)} chars>"
-        else:
-            out[col.key] = v
+        if col.key in state.dict:
+            out[col.key] = _row_value(buf, col.key, state.dict[col.key], f"{table}.{col.key}#{pk}")
     return out
+
+
+def _row_value(buf: AuditBuffer, name: str, value: Any, home: str, before: bool = False) -> Any:
+    shown = buf.redactor.value(name, value)
+    # A redacted value is not the stored one: it cannot point there, so it is logged whole.
+    v = column_value(shown, ROW_VALUE_CHARS, home if shown == value else None, before)
+    if isinstance(v, Cut):
+        buf.store(v)
+    return v
 
 
 def _pk(obj: Any) -> str:
@@ -211,10 +317,11 @@ def _row_events(session: Session, flush_context: Any) -> None:
     if buf is None or not buf.capturing:
         return
     for obj in session.new:
-        table = inspect(obj).mapper.local_table.name
-        buf.add("row", "insert", {"values": _key_fields(obj)}, table_name=table, row_id=_pk(obj))
+        table, pk = inspect(obj).mapper.local_table.name, _pk(obj)
+        buf.add("row", "insert", {"values": _fields(buf, obj, table, pk)}, table_name=table, row_id=pk, raw=True)
     for obj in session.dirty:
         state = inspect(obj)
+        table, pk = state.mapper.local_table.name, _pk(obj)
         changes: dict[str, Any] = {}
         for attr in state.mapper.column_attrs:
             hist = state.attrs[attr.key].history
@@ -222,8 +329,12 @@ def _row_events(session: Session, flush_context: Any) -> None:
                 old = hist.deleted[0] if hist.deleted else None
                 new = hist.added[0] if hist.added else None
                 if old != new:
-                    changes[attr.key] = {"old": old, "new": new}
+                    home = f"{table}.{attr.key}#{pk}"
+                    changes[attr.key] = {
+                        "old": _row_value(buf, attr.key, old, home, before=True),
+                        "new": _row_value(buf, attr.key, new, home),
+                    }
         if changes:
-            buf.add("row", "update", {"changes": changes}, table_name=state.mapper.local_table.name, row_id=_pk(obj))
+            buf.add("row", "update", {"changes": changes}, table_name=table, row_id=pk, raw=True)
     for obj in session.deleted:
         buf.add("row", "delete", {}, table_name=inspect(obj).mapper.local_table.name, row_id=_pk(obj))

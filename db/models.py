@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.audit import GENESIS
 from core.spec import (
     ERROR_CODES,
     JOB_KINDS,
@@ -129,6 +130,8 @@ class Job(Base):
     units_done: Mapped[int] = mapped_column(Integer, server_default="0")
     # Per-job audit sequence: bumped under this row's lock so commit order equals seq order.
     audit_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The hash of event audit_seq (the chain's head), advanced with it; GENESIS before any event.
+    audit_head: Mapped[str] = mapped_column(Text, server_default=GENESIS)
 
 
 class Document(Base):
@@ -145,6 +148,9 @@ class Document(Base):
     text: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(Text)
     word_count: Mapped[int] = mapped_column(Integer)
+    # The job's audit head when this document was saved: links the output to its proof.
+    audit_seq: Mapped[int | None] = mapped_column(BigInteger)
+    audit_head: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = ts_column(default=True)
 
 
@@ -183,7 +189,8 @@ class LlmCall(Base):
 
 
 class AuditEvent(Base):
-    """Append-only (a trigger rejects UPDATE and stray DELETE); seq is per job and gap-free."""
+    """Append-only (a trigger rejects UPDATE and stray DELETE); seq is per job and gap-free, and
+    each event is chained to the one before it by its hash."""
 
     __tablename__ = "audit_events"
     __table_args__ = (UniqueConstraint("job_id", "seq"), Index("ix_audit_events_job_kind_seq", "job_id", "kind", "seq"))
@@ -197,6 +204,9 @@ class AuditEvent(Base):
     row_id: Mapped[str | None] = mapped_column(Text)
     sql_text: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    # The hash chain (core.audit.event_hash): hash = sha256(prev_hash + canonical content).
+    prev_hash: Mapped[str] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(Text)
 
 
 class AccountEvent(Base):

@@ -3,21 +3,30 @@
 ``Database.job_tx(job_id)`` is the only way job data is written: everything it runs is captured
 and written to ``audit_events`` in the same transaction, with seqs allocated under the job row's
 lock (``UPDATE jobs SET audit_seq = audit_seq + n``) so that commit order equals seq order and a
-reader tailing ``seq > last`` never skips a row.
+reader tailing ``seq > last`` never skips a row. Under the same lock each event is chained to the
+one before it (``core.audit.event_hash``) and the job row keeps the head, so the chain has no
+more gaps than the seqs. A transaction that rolls back leaves its statements, events and error
+in the log all the same: written right after the rollback, in a transaction of their own,
+marked ``rolled_back``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from core.audit import event_hash
 from db.audit import CAPTURE_KEY, AuditBuffer, Redactor, install_capture
 from db.models import AuditEvent
+
+log = structlog.get_logger(__name__)
 
 
 def async_url(url: str) -> str:
@@ -51,6 +60,18 @@ class JobTx:
         """Record a non-SQL event (llm, chunk, length, activity, error, ...) in this transaction."""
         self.buffer.add(kind, action, data, **kw)
 
+    async def head(self) -> tuple[int, str]:
+        """(seq, hash) of the log's head, locking the job row until commit: nothing is appended
+        before this transaction's own events, so the head read here is the one they follow."""
+        row = (
+            await self.session.execute(
+                text("SELECT audit_seq, audit_head FROM jobs WHERE id = :id FOR UPDATE"), {"id": self.job_id}
+            )
+        ).one_or_none()
+        if row is None:
+            raise JobGone(str(self.job_id))
+        return int(row[0]), str(row[1])
+
 
 class Database:
     def __init__(self, url: str, secrets: Iterable[str] = (), pool_size: int = 10) -> None:
@@ -74,6 +95,7 @@ class Database:
     @asynccontextmanager
     async def job_tx(self, job_id: uuid.UUID) -> AsyncIterator[JobTx]:
         buf = AuditBuffer(job_id=job_id, redactor=self.redactor)
+        failed: BaseException | None = None
         async with self.sessions() as session:
             conn = await session.connection()
             info = conn.sync_connection.info  # type: ignore[union-attr]
@@ -83,29 +105,62 @@ class Database:
                 yield JobTx(session, buf)
                 await session.flush()
                 buf.capturing = False
-                await write_events(session, job_id, buf.events)
+                await write_events(session, job_id, buf.finished())
                 await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
+            except BaseException as exc:
+                failed = exc
+                buf.capturing = False
+                try:
+                    await session.rollback()
+                except Exception as rb:  # noqa: BLE001 - a lost connection: the server rolled it back
+                    log.warning("audit.rollback_failed", job_id=str(job_id), error=str(rb))
             finally:
                 buf.capturing = False
                 info.pop(CAPTURE_KEY, None)
                 session.info.pop(CAPTURE_KEY, None)
+        if failed is not None:
+            if isinstance(failed, Exception | asyncio.CancelledError) and not isinstance(failed, JobGone):
+                await self._record_rollback(job_id, buf, failed)
+            raise failed
+
+    async def _record_rollback(self, job_id: uuid.UUID, buf: AuditBuffer, exc: BaseException) -> None:
+        """What a rolled-back transaction ran and why it failed, in a transaction of its own."""
+        error = f"{type(exc).__name__}: {exc}"
+        buf.add("error", "rollback", {"error_type": type(exc).__name__, "statements": _statements(buf)})
+        buf.events[-1]["data"]["error"] = self.redactor.text(error)  # whole, however long
+        events = buf.finished(rolled_back=True)
+        try:
+            async with self.sessions() as session, session.begin():
+                await write_events(session, job_id, events)
+        except JobGone:
+            pass
+        except Exception as rec:  # noqa: BLE001 - never hide the original error behind this one
+            log.error("audit.rollback_not_recorded", job_id=str(job_id), error=error, why=str(rec))
+
+
+def _statements(buf: AuditBuffer) -> int:
+    return sum(1 for e in buf.events if e["kind"] == "sql")
 
 
 async def write_events(session: AsyncSession, job_id: uuid.UUID, events: list[dict[str, Any]]) -> None:
     if not events:
         return
-    # The row lock taken here is held to commit: concurrent writers of one job commit in seq order.
-    last = (
+    # The row lock taken here is held to commit: concurrent writers of one job commit in seq order,
+    # and each writer's events follow the head the one before it left.
+    row = (
         await session.execute(
-            text("UPDATE jobs SET audit_seq = audit_seq + :n WHERE id = :id RETURNING audit_seq"),
+            text("UPDATE jobs SET audit_seq = audit_seq + :n WHERE id = :id RETURNING audit_seq, audit_head"),
             {"n": len(events), "id": job_id},
         )
-    ).scalar_one_or_none()
-    if last is None:
+    ).one_or_none()
+    if row is None:
         raise JobGone(str(job_id))
+    last, head = int(row[0]), str(row[1])
     first = last - len(events) + 1
-    rows = [dict(ev, job_id=job_id, seq=first + i) for i, ev in enumerate(events)]
+    rows = []
+    for i, ev in enumerate(events):
+        r = dict(ev, job_id=job_id, seq=first + i, prev_hash=head)
+        head = r["hash"] = event_hash(head, r)
+        rows.append(r)
     await session.execute(insert(AuditEvent), rows)
+    await session.execute(text("UPDATE jobs SET audit_head = :h WHERE id = :id"), {"h": head, "id": job_id})

@@ -272,8 +272,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         doc, log_json, log_txt = out / f"{jid}.md", out / f"{jid}.audit.json", out / f"{jid}.audit.txt"
         if job["status"] == "succeeded":
             write_file(str(doc), api.request("GET", f"/v1/jobs/{jid}/output").content)
-        write_file(str(log_json), api.request("GET", f"/v1/jobs/{jid}/audit", params={"format": "json"}).content)
-        write_file(str(log_txt), api.request("GET", f"/v1/jobs/{jid}/audit", params={"format": "txt"}).content)
+        for path, fmt in ((log_json, "json"), (log_txt, "txt")):  # downloads: recorded in the log
+            r = api.request("GET", f"/v1/jobs/{jid}/audit", params={"format": fmt, "download": 1})
+            write_file(str(path), r.content)
         print(job_summary(job))
         print(
             f"words asked {job['target_words']}, written {job.get('output_words') or job.get('words_written')}"

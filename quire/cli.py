@@ -196,7 +196,11 @@ def parser() -> argparse.ArgumentParser:
     client_opts(st)
     st.set_defaults(fn=cmd_status)
 
-    a = sub.add_parser("audit", help="a job's audit log")
+    a = sub.add_parser(
+        "audit",
+        help="a job's audit log; `quire audit verify JOB_ID | --file LOG` checks its hash chain",
+        epilog="quire audit verify JOB_ID | --file LOG [--head HASH]: verify a log (see its --help)",
+    )
     a.add_argument("job_id")
     a.add_argument("--follow", action="store_true", help="stream events live")
     a.add_argument("--format", choices=["json", "ndjson", "txt"], default="txt")
@@ -241,9 +245,16 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # `quire audit JOB_ID` takes any word as its id, so `quire audit verify ...` is parsed apart.
+    verifying = argv[:2] == ["audit", "verify"]
+    args = None if verifying else parser().parse_args(argv)
     _configure_logging()
     try:
+        if args is None:
+            from quire import verify
+
+            return int(verify.main(argv[2:]))
         return int(args.fn(args))
     except SettingsError as exc:
         _err(str(exc))

@@ -17,7 +17,7 @@ from core.spec import TERMINAL_STATUSES, JobSpec
 from core.text import count_words, sha256
 from db.ddl import NOTIFY_CHANNEL
 from db.models import AccountEvent, Document, Job
-from db.session import Database
+from db.session import Database, JobGone
 from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, llm_task_queue, workflow_id
 from workflows.job import JobInput, JobWorkflow
 
@@ -190,3 +190,13 @@ async def delete(db: Database, client: Client, job: Job, *, user_id: int, path: 
         )
     log.info("job.deleted", job_id=str(job.id), user_id=user_id, audit_events=counts[0])
     return deleted
+
+
+async def record_user_action(db: Database, job_id: uuid.UUID, action: str, data: dict[str, Any]) -> None:
+    """A user's action on a job (a view, a download, a cancel request) in the job's own log, as it
+    happens. A job deleted meanwhile has no log left to write to: nothing is recorded."""
+    try:
+        async with db.job_tx(job_id) as tx:
+            tx.event("user", action, data)
+    except JobGone:
+        log.info("user_action.job_deleted", job_id=str(job_id), action=action)

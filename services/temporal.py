@@ -163,7 +163,7 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
                     **base,
                     "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
                     "error_type": type(exc).__name__,
-                    "error": str(exc)[:2000],
+                    "error": str(exc),  # whole: the log cuts nothing it cannot point to
                 },
             )
             raise

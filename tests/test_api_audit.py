@@ -65,14 +65,23 @@ async def test_downloads_of_a_10000_event_log_are_complete_and_equal(http, user,
     from_json = page["events"]
     from_nd = [json.loads(line) for line in nd.text.split("\n") if line]
     lines = tx.text.splitlines(keepends=True)  # splitlines: no line separator survives unescaped
-    assert lines[0] == TXT_HEADER and len(lines) == total + 1
+    # Each download is recorded in the log before it is read: each holds its own record last.
+    assert lines[0] == TXT_HEADER and len(lines) == total + 3 + 1
     from_txt = [parse_txt_line(line) for line in lines[1:]]
-    assert [e["seq"] for e in from_json] == list(range(1, total + 1))
-    assert from_json == from_nd == from_txt
-    assert from_json[-1]["data"]["text"] == TRICKY
-    # Without download=1 the same log comes inline.
+    assert [e["seq"] for e in from_json] == list(range(1, total + 2))
+    assert from_json == from_nd[:-1] and from_nd == from_txt[:-1]
+    assert [(e["kind"], e["action"], e["data"]["format"]) for e in from_txt[total:]] == [
+        ("user", "download_audit", "json"),
+        ("user", "download_audit", "ndjson"),
+        ("user", "download_audit", "txt"),
+    ]
+    assert from_json[total - 1]["data"]["text"] == TRICKY
+    assert (page["head_seq"], page["head_hash"]) == (total + 1, from_json[-1]["hash"])
+    # Without download=1 the same log comes inline, and reading it is not recorded.
     inline = await http.get(f"/v1/jobs/{job_id}/audit?format=ndjson", headers=auth(user))
-    assert "content-disposition" not in inline.headers and inline.text == nd.text
+    assert "content-disposition" not in inline.headers
+    assert [json.loads(line) for line in inline.text.split("\n") if line] == from_txt
+    assert await audit_seq(db, job_id) == total + 3
 
 
 async def test_pages_in_every_format_join_up_to_the_whole_log(http, user, db):
@@ -117,11 +126,17 @@ def test_txt_lines_read_well_and_lose_nothing():
         "row_id": None,
         "sql_text": "UPDATE chunks SET text=%(text)s\nWHERE chunks.id = %(id)s",
         "data": {"params": {"text": TRICKY, "id": 3}, "rowcount": 1, "duration_ms": 0.4},
+        "prev_hash": "0" * 64,
+        "hash": "ab" * 32,
     }
     line = txt_line(sql)
-    assert line == (
-        "7\t2026-11-22T17:00:00.123456+00:00\tsql\twrite\tchunks\t-\t"
-        "UPDATE chunks SET text=%(text)s\\nWHERE chunks.id = %(id)s\t" + line.split("\t")[7]
+    assert (
+        line
+        == (
+            "7\t2026-11-22T17:00:00.123456+00:00\tsql\twrite\tchunks\t-\t"
+            "UPDATE chunks SET text=%(text)s\\nWHERE chunks.id = %(id)s\t" + "0" * 64 + "\t" + "ab" * 32 + "\t"
+        )
+        + line.split("\t")[9]
     )
     assert line.count("\n") == 1 and len(line.splitlines()) == 1 and parse_txt_line(line) == sql
     llm = {

@@ -44,7 +44,7 @@ async def test_statements_and_rows_are_recorded_with_real_sql(db, user):
     assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
 
 
-async def test_rollback_leaves_neither_rows_nor_events(db, user):
+async def test_rollback_leaves_no_rows_but_its_events_marked_rolled_back(db, user):
     job_id = await make_job(db, user.user_id)
     before = await events(db, job_id)
     with pytest.raises(RuntimeError):
@@ -55,8 +55,17 @@ async def test_rollback_leaves_neither_rows_nor_events(db, user):
             raise RuntimeError("boom")
     async with db.tx() as s:
         assert (await s.execute(select(PlanNode).where(PlanNode.job_id == job_id))).first() is None
-        assert (await s.get(Job, job_id)).audit_seq == len(before)
-    assert len(await events(db, job_id)) == len(before)
+    after = (await events(db, job_id))[len(before) :]
+    assert [(e.kind, e.action) for e in after] == [
+        ("sql", "write"),
+        ("row", "insert"),
+        ("test", "before-failure"),
+        ("error", "rollback"),
+    ]
+    assert after[0].sql_text.startswith("INSERT INTO plan_nodes") and after[1].table_name == "plan_nodes"
+    assert all(e.data["rolled_back"] is True for e in after)
+    assert after[-1].data["error"] == "RuntimeError: boom" and after[-1].data["statements"] == 1
+    assert [e.seq for e in await events(db, job_id)] == list(range(1, len(before) + 5))
 
 
 async def test_concurrent_writers_get_gap_free_seqs(db, user):

@@ -105,19 +105,28 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
         api_json = (await http.get(f"/v1/jobs/{job_id}/audit?format=json")).json()["events"]
         api_txt = (await http.get(f"/v1/jobs/{job_id}/audit?format=txt")).text
     assert job["status"] == "succeeded"
-    assert seqs == list(range(1, len(api_json) + 1))
+    # The panel shows the whole log as it stood when the job settled; what users did after that
+    # (this page's read of the output, say) is in the log too, for the next reader.
+    assert seqs == list(range(1, len(seqs) + 1)) and [e["seq"] for e in api_json[: len(seqs)]] == seqs
+    assert {e["kind"] for e in api_json[len(seqs) :]} <= {"user"}
+    views = [e for e in api_json if e["kind"] == "user" and e["action"] == "view"]
+    assert len(views) == 2 and views[0]["seq"] in seqs  # each opening of the page, before its log is read
+    assert views[0]["data"]["user"] == user.name and "Chrome" in views[0]["data"]["user_agent"]
     await page.locator("#status", has_text="succeeded").wait_for()
     await page.wait_for_function("document.querySelector('#doc').textContent.startsWith('# ')")
 
-    # Downloads of both formats match the API.
+    # Downloads of both formats match the API, and each holds its own record as its last event.
     async with page.expect_download() as dl:
         await page.get_by_role("button", name="JSON").click()
     got = json.loads(await read_download(dl))["events"]
-    assert got == api_json
+    assert got[: len(api_json)] == api_json and {e["kind"] for e in got[len(api_json) :]} == {"user"}
+    assert (got[-1]["action"], got[-1]["data"]["format"]) == ("download_audit", "json")
     async with page.expect_download() as dl:
         await page.get_by_role("button", name="TXT").click()
     txt = await read_download(dl)
-    assert txt == api_txt and [parse_txt_line(x) for x in txt.splitlines(keepends=True)[1:]] == api_json
+    from_txt = [parse_txt_line(x) for x in txt.splitlines(keepends=True)[1:]]
+    assert txt.startswith(api_txt) and from_txt[: len(got)] == got
+    assert (from_txt[-1]["action"], from_txt[-1]["data"]["format"]) == ("download_audit", "txt")
 
     # Filters: kind and text.
     await page.get_by_label("Filter by kind").select_option("llm")
@@ -138,7 +147,8 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     row = page.locator(f"tr[data-job-id='{job_id}']")
     await row.wait_for()
     text = await row.text_content()
-    assert "succeeded" in text and "2,500" in text and "✓ yes" in text and f"{job['audit_events']:,}" in text
+    # The log's length now: the page's reads and downloads are in it too.
+    assert "succeeded" in text and "2,500" in text and "✓ yes" in text and f"{from_txt[-1]['seq']:,}" in text
     await shot(page, "history.png", tmp_path)
     await ctx.close()
 

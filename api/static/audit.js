@@ -17,6 +17,7 @@ const AuditPanel = (() => {
       case "chunk": return "chunk " + (d.chunk + 1) + " " + e.action + (d.attempt ? " attempt " + d.attempt : "") + " · words " + (d.words_in ?? "–") + " → " + (d.words_out ?? d.words ?? "–") + " / target " + d.target_words + (d.passed === undefined ? "" : d.passed ? " · PASS" : " · FAIL");
       case "length": return (d.chunk !== undefined ? "chunk " + (d.chunk + 1) : d.scope) + " · " + d.words + " / " + (d.min_words ?? d.target_words) + " words · " + (d.passed ? "PASS" : "FAIL");
       case "activity": return (d.activity || "") + " (attempt " + d.attempt + ")" + (d.duration_ms !== undefined ? " " + d.duration_ms + " ms" : "") + (d.error ? " · " + d.error : "");
+      case "user": return (d.user || "") + " · " + e.action + " · " + (d.ip || "?") + " · " + (d.user_agent || "");
       default: return JSON.stringify(d).slice(0, 240);
     }
   }
@@ -141,7 +142,9 @@ const AuditPanel = (() => {
       foot.textContent = state.count + " events · complete";
       if (state.onEnd) state.onEnd();
     }
-    connect();
+    // A view of the job is a user action in its log: reported (and committed) before the log is
+    // read, so this page's own view is in what it shows.
+    Quire.api("/v1/jobs/" + jobId + "/views", { method: "POST" }).catch(() => {}).finally(connect);
     return api;
   }
   return { mount, lineText };

@@ -1,7 +1,7 @@
 """book scale: the plan tree, chunk versions, handoff states and validated seams
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-23
 
 `sections` becomes `plan_nodes` (books, parts, chapters and sections, with parent links, budgets
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

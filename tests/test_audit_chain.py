@@ -1,0 +1,446 @@
+"""The audit log as proof: its hash chain verifies from the database and from a downloaded file,
+any change to any event is caught and named, rolled-back work stays in the log with its error,
+long values are references that verify, retried steps add no events, and user actions are logged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from activities.contracts import JobRef, RoundRef
+from activities.finalize import FinalizeActivities
+from activities.llm import LlmUnavailable
+from activities.plan import PlanActivities
+from core.audit import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
+from core.chain import parse_log, verify_events
+from db import schema
+from db.models import Chunk, CoherenceState, Document, Job, Section
+from db.session import Database
+from services import auditlog
+from testkit import make_job
+from tests.conftest import make_llm
+from tests.test_api import auth, follow_to_end
+from tests.test_cli import arun
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+@pytest.fixture
+async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as c:
+        yield c
+
+
+async def events(db: Database, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [e async for e in auditlog.iter_events(db, job_id, 0, None)]
+
+
+async def downloaded(db: Database, job_id: uuid.UUID, fmt: str = "json") -> str:
+    """The log exactly as the download route renders it."""
+    return "".join([part async for part in auditlog.render(db, job_id, 0, None, fmt)])
+
+
+def offline(log: str, head: str | None = None) -> tuple[int | None, bool]:
+    events_, file_head, file_seq = parse_log(log)
+    v = verify_events(events_, head or file_head, file_seq)
+    return v.first_bad_seq, v.intact
+
+
+async def test_a_finished_job_verifies_from_the_database_and_from_its_downloads(http, fake, user, db, pg_url, tmp_path):
+    r = await http.post(
+        "/v1/jobs", json={"kind": "generate", "prompt": "Salt", "target_words": 900}, headers=auth(user)
+    )
+    jid = r.json()["id"]
+    _, end = await follow_to_end(http, jid, user)
+    assert end["status"] == "succeeded"
+    out = await http.get(f"/v1/jobs/{jid}/output", headers=auth(user))
+    v = (await http.get(f"/v1/jobs/{jid}/audit/verify", headers=auth(user))).json()
+    async with db.tx() as s:
+        job = await s.get(Job, uuid.UUID(jid))
+        doc = (
+            await s.execute(select(Document).where(Document.job_id == job.id, Document.role == "output"))
+        ).scalar_one()
+    assert v["intact"] and v["first_bad_seq"] is None and v["reason"] is None
+    assert (v["events"], v["head_seq"], v["head_hash"]) == (job.audit_seq, job.audit_seq, job.audit_head)
+    # The output records the head it was finalized at, and that head is in the chain.
+    assert doc.audit_head is not None and 0 < doc.audit_seq < job.audit_seq and v["anchors_checked"] >= 1
+    assert out.headers["x-quire-audit-head"] == doc.audit_head and out.headers["x-quire-audit-seq"] == str(
+        doc.audit_seq
+    )
+    log = await events(db, uuid.UUID(jid))
+    assert log[doc.audit_seq - 1]["hash"] == doc.audit_head
+    # Chunk texts are references to the immutable attempt rows, rechecked by verify.
+    refs = [p for e in log for p in (e["data"].get("params") or {}).values() if is_ref(p)]
+    assert any(p["$ref"].startswith("chunk_attempts.text_after#") for p in refs) and v["references_checked"] > 0
+
+    # The CLI reaches the same verdict from the database...
+    code, stdout, stderr = await arun("audit", "verify", jid, "--url", pg_url, env={})
+    assert code == 0, stderr
+    assert f"intact: {job.audit_seq} events, head {job.audit_head}" in stdout
+    # ...and offline from the JSON and TXT downloads, which carry the head.
+    for fmt in ("json", "txt"):
+        r = await http.get(f"/v1/jobs/{jid}/audit?format={fmt}&download=1", headers=auth(user))
+        path = tmp_path / f"log.{fmt}"
+        path.write_bytes(r.content)
+        code, stdout, stderr = await arun("audit", "verify", "--file", str(path), env={})
+        assert code == 0, stdout + stderr
+        events_, head, _ = parse_log(r.text)
+        assert f"intact: {len(events_)} events, head {events_[-1]['hash']}" in stdout
+        if fmt == "json":
+            assert head == events_[-1]["hash"] and r.json()["head_seq"] == events_[-1]["seq"]
+        assert events_[-1]["kind"] == "user" and events_[-1]["action"] == "download_audit"
+    code, _, stderr = await arun("audit", "verify", "--file", str(tmp_path / "log.json"), "--head", "ab" * 32, env={})
+    assert code == 1
+
+
+FIELDS = {
+    "seq": "seq = seq + 100000",
+    "ts": "ts = ts + interval '1 microsecond'",
+    "kind": "kind = 'forged'",
+    "action": "action = 'forged'",
+    "table_name": "table_name = 'forged'",
+    "row_id": "row_id = 'forged'",
+    "sql_text": "sql_text = coalesce(sql_text, '') || ' '",
+    "data": "data = jsonb_set(data, '{forged}', 'true')",
+    "prev_hash": "prev_hash = repeat('f', 64)",
+    "hash": "hash = repeat('f', 64)",
+}
+
+
+def tamper(pg_url: str, job_id: uuid.UUID, seq: int, change: str) -> dict[str, Any]:
+    """As a superuser with the append-only trigger off (this session only): change one event;
+    returns the row as it was."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+        before = cur.execute("SELECT * FROM audit_events WHERE job_id = %s AND seq = %s", (job_id, seq)).fetchone()
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(f"UPDATE audit_events SET {change} WHERE id = %s", (before["id"],))  # noqa: S608
+    return before
+
+
+def restore(pg_url: str, row: dict[str, Any]) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        cols = [c for c in row if c != "id"]
+        sets = ", ".join(f"{c} = %s" for c in cols)
+        vals = [psycopg.types.json.Jsonb(row[c]) if c == "data" else row[c] for c in cols]
+        conn.execute(f"UPDATE audit_events SET {sets} WHERE id = %s", (*vals, row["id"]))  # noqa: S608
+
+
+async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url, user, tmp_path):
+    job_id = await make_job(db, user.user_id)
+    for i in range(3):
+        async with db.job_tx(job_id) as tx:
+            (await tx.session.get(Job, job_id)).title = f"title {i}"
+            tx.event("test", "note", {"i": i, "x": 1.5})
+    n = len(await events(db, job_id))
+    assert (await auditlog.verify(db, job_id)).intact and offline(await downloaded(db, job_id)) == (None, True)
+    for field, change in FIELDS.items():
+        for seq in (1, n // 2, n):
+            row = tamper(pg_url, job_id, seq, change)
+            try:
+                v = await auditlog.verify(db, job_id)
+                assert (v.intact, v.first_bad_seq) == (False, seq), (field, seq, v)
+                for fmt in ("json", "txt", "ndjson"):
+                    if fmt == "txt" and field == "sql_text" and row["kind"] != "sql":
+                        continue  # TXT shows no sql_text but an sql event's: the copy is the untampered event
+                    assert offline(await downloaded(db, job_id, fmt)) == (seq, False), (field, seq, fmt)
+            finally:
+                restore(pg_url, row)
+    assert (await auditlog.verify(db, job_id)).intact
+    # The CLI names the first bad seq, from the database and from a file, and exits 1.
+    row = tamper(pg_url, job_id, 2, FIELDS["data"])
+    try:
+        code, stdout, _ = await arun("audit", "verify", str(job_id), "--url", pg_url, env={})
+        assert code == 1 and f"job {job_id}: BROKEN at seq 2: content does not match its hash" in stdout
+        path = tmp_path / "tampered.json"
+        path.write_text(await downloaded(db, job_id))
+        code, stdout, _ = await arun("audit", "verify", "--file", str(path), env={})
+        assert code == 1 and f"{path}: BROKEN at seq 2: " in stdout
+    finally:
+        restore(pg_url, row)
+    (tmp_path / "junk.json").write_text("not a log")
+    for args in (
+        ["--file", str(tmp_path / "junk.json")],
+        ["--file", str(tmp_path / "none.json")],
+        [],
+        ["x", "--file", "y"],
+    ):
+        code, _, stderr = await arun("audit", "verify", *args, env={})
+        assert code == 2 and stderr, args
+    code, _, stderr = await arun("audit", "verify", str(uuid.uuid4()), "--url", pg_url, env={})
+    assert code == 2 and "no job" in stderr
+    # A consistent rewrite (event 3 changed, every later hash recomputed) still differs from the
+    # head kept on the job, and from the head a reader kept; a lone file cannot know better.
+    log = await events(db, job_id)
+    log[2]["data"]["forged"] = True
+    prev = log[1]["hash"]
+    for e in log[2:]:
+        e["prev_hash"], e["hash"] = prev, event_hash(prev, e)
+        prev = e["hash"]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        for e in log[2:]:
+            conn.execute(
+                "UPDATE audit_events SET data = %s, prev_hash = %s, hash = %s WHERE job_id = %s AND seq = %s",
+                (psycopg.types.json.Jsonb(e["data"]), e["prev_hash"], e["hash"], job_id, e["seq"]),
+            )
+    v = await auditlog.verify(db, job_id)
+    assert not v.intact and v.first_bad_seq == n and "head hash" in (v.reason or "")
+    forged = json.dumps({"job_id": str(job_id), "events": log})
+    assert offline(forged) == (None, True)
+    async with db.tx() as s:
+        real_head = (await s.get(Job, job_id)).audit_head
+    assert offline(forged, head=real_head) == (n, False)
+    # The last event deleted: the head on the job says what is missing.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM audit_events WHERE job_id = %s AND seq = %s", (job_id, n))
+    v = await auditlog.verify(db, job_id)
+    assert (v.intact, v.first_bad_seq) == (False, n) and "ends at seq" in (v.reason or "")
+
+
+async def test_a_rolled_back_write_is_in_the_log_with_its_error(db, user):
+    job_id = await make_job(db, user.user_id)
+    async with db.job_tx(job_id) as tx:
+        section = Section(job_id=job_id, ordinal=0, title="s", target_words=10)
+        root = CoherenceState(job_id=job_id, ordinal=0)
+        tx.session.add_all([section, root])
+        await tx.session.flush()
+        other = CoherenceState(job_id=job_id, ordinal=1, parent_id=root.id)
+        tx.session.add(other)
+        await tx.session.flush()
+    n = len(await events(db, job_id))
+    long_brief = "a brief that no other row stores " * 20
+    with pytest.raises(IntegrityError, match="not the state left by its predecessor"):
+        async with db.job_tx(job_id) as tx:  # the chain trigger rejects a chunk written from the wrong state
+            tx.session.add(
+                Chunk(
+                    job_id=job_id,
+                    section_id=section.id,
+                    ordinal=0,
+                    index_in_section=0,
+                    brief=long_brief,
+                    target_words=5,
+                    min_words=5,
+                    max_words=6,
+                    status="writing",
+                    state_before_id=other.id,
+                )
+            )
+            await tx.session.flush()
+    after = (await events(db, job_id))[n:]
+    assert [(e["kind"], e["action"]) for e in after] == [("sql", "write"), ("error", "rollback")]
+    insert, error = after
+    assert all(e["data"]["rolled_back"] is True for e in after)
+    assert insert["sql_text"].startswith("INSERT INTO chunks") and "not the state left" in insert["data"]["error"]
+    assert insert["data"]["params"]["brief"] == long_brief  # its row is gone: the value is kept whole
+    assert error["data"]["error"].startswith("IntegrityError: ") and "not the state left" in error["data"]["error"]
+    assert "INSERT INTO chunks" in error["data"]["error"]  # the full error text, statement and all
+
+    # A lost connection: the transaction dies with its connection, and is still in the log.
+    n = len(await events(db, job_id))
+    with pytest.raises(OperationalError):
+        async with db.job_tx(job_id) as tx:
+            await tx.session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    lost = (await events(db, job_id))[n:]
+    assert [(e["kind"], e["action"]) for e in lost] == [("sql", "read"), ("error", "rollback")]
+    assert "terminat" in lost[0]["data"]["error"] and lost[1]["data"]["error"].startswith("OperationalError")
+    assert (await auditlog.verify(db, job_id)).intact
+
+
+async def test_finalize_retried_after_its_commit_adds_no_event(db, user):
+    job_id = await make_job(db, user.user_id)
+    async with db.job_tx(job_id) as tx:
+        section = Section(job_id=job_id, ordinal=0, title="s", target_words=10)
+        tx.session.add(section)
+        await tx.session.flush()
+        tx.session.add(
+            Chunk(
+                job_id=job_id,
+                section_id=section.id,
+                ordinal=0,
+                index_in_section=0,
+                target_words=10,
+                min_words=10,
+                max_words=11,
+                text="Only four words here.",
+            )
+        )
+    finalize = FinalizeActivities(db).finalize
+    n = len(await events(db, job_id))
+    first = await finalize(RoundRef(str(job_id), 0))
+    once = (await events(db, job_id))[n:]
+    assert not first.met and not first.give_up and first.words == 4
+    assert [(e["kind"], e["action"]) for e in once if e["kind"] not in ("sql", "row")] == [
+        ("length", "fail"),
+        ("job", "short"),
+    ]
+    again = await finalize(RoundRef(str(job_id), 0))  # as after a worker died before reporting
+    retry = (await events(db, job_id))[n + len(once) :]
+    assert again == first
+    # Its reads are real and logged; nothing is written or recorded again.
+    assert retry and {(e["kind"], e["action"]) for e in retry} == {("sql", "read")}
+
+
+async def test_plan_retried_after_its_first_commit_says_running_once(db, fake, user):
+    job_id = await make_job(db, user.user_id)
+    plan = PlanActivities(db, make_llm(db, fake)).plan_job
+    fake.inject(*["500"] * 6)  # every HTTP attempt of the first try fails, after its first commit
+    with pytest.raises(LlmUnavailable):
+        await plan(JobRef(str(job_id)))
+    await plan(JobRef(str(job_id)))
+    log = await events(db, job_id)
+    assert [e["action"] for e in log if e["kind"] == "job"] == ["running"]
+    assert [e["action"] for e in log if e["kind"] == "plan"] == ["created"]
+
+
+async def test_logs_written_before_the_chain_are_chained_by_the_upgrade(fresh_db_url):
+    url = fresh_db_url()
+    schema.upgrade(url, "0001")
+    job_id = uuid.uuid4()
+    with psycopg.connect(url, autocommit=True) as conn:
+        uid = conn.execute("INSERT INTO users (name) VALUES ('old') RETURNING id").fetchone()[0]
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, kind, target_words, max_words, model, workflow_id, audit_seq)"
+            " VALUES (%s, %s, 'generate', 10, 11, 'm', %s, 3)",
+            (job_id, uid, f"job-{job_id}"),
+        )
+        for seq, data in enumerate(['{"n": 1.0}', '{"big": 10000000000000000}', '{"t": "é\\u2028"}'], 1):
+            conn.execute(
+                "INSERT INTO audit_events (job_id, seq, ts, kind, action, data) VALUES (%s, %s, now(), 'job', 'x', %s)",
+                (job_id, seq, data),
+            )
+    schema.upgrade(url)
+    old = Database(url)
+    try:
+        v = await auditlog.verify(old, job_id)
+        assert v is not None and v.intact and v.events == 3
+        async with old.job_tx(job_id) as tx:  # new events follow on from the chained ones
+            tx.event("job", "y", {})
+        v = await auditlog.verify(old, job_id)
+        assert v.intact and v.events == 4
+        assert offline(await downloaded(old, job_id)) == (None, True)
+    finally:
+        await old.dispose()
+
+
+async def test_long_values_are_references_that_verify_and_a_change_is_caught(db, pg_url, user):
+    job_id = await make_job(db, user.user_id)
+    body = "The full text of a long document, stored once. " * 40
+    note = "A long note that only the log holds. " * 200
+    async with db.job_tx(job_id) as tx:
+        tx.session.add(Document(job_id=job_id, role="partial", version=1, text=body, sha256="-", word_count=1))
+        tx.session.add(section := Section(job_id=job_id, ordinal=0, title="s", summary="first " * 100, target_words=9))
+        tx.event("test", "note", {"note": note})
+    async with db.job_tx(job_id) as tx:
+        (await tx.session.get(Section, section.id)).summary = "second " * 100
+    log = await events(db, job_id)
+    doc_id = next(e["row_id"] for e in log if e["kind"] == "row" and e["table_name"] == "documents")
+    sql = next(e for e in log if e["kind"] == "sql" and e["sql_text"].startswith("INSERT INTO documents"))
+    ref = sql["data"]["params"]["text"]
+    assert ref == {
+        "$ref": f"documents.text#{doc_id}",
+        "length": len(body),
+        "sha256": hashlib.sha256(body.encode()).hexdigest(),
+        "head": body[:200],
+    }
+    assert next(e for e in log if e["kind"] == "test")["data"]["note"] == note  # no row stores it: kept whole
+    update = next(e for e in log if e["kind"] == "row" and e["action"] == "update")
+    change = update["data"]["changes"]["summary"]
+    assert change["old"]["$ref"] == change["new"]["$ref"] == f"sections.summary#{section.id}"
+    assert change["old"]["before"] is True and "before" not in change["new"]
+    v = await auditlog.verify(db, job_id)
+    assert v.intact and v.references_checked == 2  # the document, and the section's summary now
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE documents SET text = text || '!' WHERE id = %s", (int(doc_id),))
+    v = await auditlog.verify(db, job_id)
+    insert_row = next(e for e in log if e["kind"] == "row" and e["table_name"] == "documents")
+    assert (v.intact, v.first_bad_seq) == (False, insert_row["seq"]) and f"documents.text#{doc_id}" in v.reason
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE documents SET text = %s WHERE id = %s", (body, int(doc_id)))
+        conn.execute("UPDATE sections SET summary = 'third' WHERE id = %s", (section.id,))
+    v = await auditlog.verify(db, job_id)  # the section's last logged summary is the update's
+    assert (v.intact, v.first_bad_seq) == (False, update["seq"]) and "sections.summary" in v.reason
+
+
+async def test_user_actions_are_in_the_jobs_log(http, fake, user, db):
+    fake.reset(delay_s=0.05)
+    r = await http.post(
+        "/v1/jobs", json={"kind": "generate", "prompt": "Ice", "target_words": 3000}, headers=auth(user)
+    )
+    jid = r.json()["id"]
+    ua = {"User-Agent": "quire-test/1.0"}
+    assert (await http.post(f"/v1/jobs/{jid}/views", headers={**auth(user), **ua})).status_code == 204
+    assert (await http.post(f"/v1/jobs/{jid}/cancel", headers={**auth(user), **ua})).status_code == 202
+    _, end = await follow_to_end(http, jid, user)
+    assert end["status"] == "cancelled"
+    assert (await http.get(f"/v1/jobs/{jid}/output?partial=1", headers={**auth(user), **ua})).status_code == 200
+    assert (await http.get(f"/v1/jobs/{jid}/audit?download=1", headers={**auth(user), **ua})).status_code == 200
+    log = await events(db, uuid.UUID(jid))
+    acts = [e for e in log if e["kind"] == "user"]
+    assert [e["action"] for e in acts] == ["view", "cancel", "download_output", "download_audit"]
+    for e in acts:
+        d = e["data"]
+        assert (d["user"], d["user_id"], d["ip"], d["user_agent"]) == (
+            user.name,
+            user.user_id,
+            "127.0.0.1",
+            ua["User-Agent"],
+        )
+        assert e["ts"].endswith("Z")
+    cancel = next(e for e in log if e["kind"] == "workflow" and e["action"] == "cancel")
+    assert acts[1]["seq"] < cancel["seq"]  # asked for, then sent to the workflow
+    assert acts[2]["data"]["role"] == "partial" and len(acts[2]["data"]["sha256"]) == 64
+    # Paged reads and status polls are reads, not downloads: they add nothing to the job's log.
+    n = len(log)
+    await http.get(f"/v1/jobs/{jid}/audit?limit=5", headers=auth(user))
+    await http.get(f"/v1/jobs/{jid}", headers=auth(user))
+    assert len(await events(db, uuid.UUID(jid))) == n
+    assert (await http.post(f"/v1/jobs/{uuid.uuid4()}/views", headers=auth(user))).status_code == 404
+
+
+def test_txt_lines_carry_the_chain():
+    e = {
+        "seq": 1,
+        "ts": "2026-11-23T14:05:30.271690Z",
+        "kind": "test",
+        "action": "x",
+        "table_name": None,
+        "row_id": None,
+        "sql_text": None,
+        "data": {"n": 1.0, "big": 2**60},
+    }
+    e["prev_hash"], e["hash"] = GENESIS, event_hash(GENESIS, e)
+    assert parse_txt_line(txt_line(e)) == e
+    # Numbers JSON cannot carry exactly hash as they read back (1.0 is 1; 2**60 as its text).
+    same = {**e, "data": {"n": 1, "big": str(2**60)}}
+    assert event_hash(GENESIS, same) == e["hash"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=24,
+)
+
+
+@given(JSON)
+@settings(max_examples=400, deadline=None)
+def test_the_canonical_form_is_rfc_8785_and_survives_a_json_round_trip(v):
+    assert canonical(v) == rfc8785.dumps(normalize(v))
+    stored = json.loads(json.dumps(normalize(v)))  # what a JSON store and any JSON reader give back
+    assert canonical(stored) == canonical(v) and normalize(stored) == stored
