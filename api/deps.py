@@ -49,6 +49,8 @@ bearer = HTTPBearer(auto_error=False, description="An API key from `quire user a
 class Caller:
     user_id: int
     name: str
+    key_id: int
+    key_prefix: str
 
 
 async def _caller(
@@ -58,10 +60,10 @@ async def _caller(
         raise HTTPException(
             401, "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
         )
-    user = await user_for_key(db, creds.credentials)
-    if user is None:
+    owner = await user_for_key(db, creds.credentials)
+    if owner is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
-    caller = Caller(user.id, user.name)
+    caller = Caller(owner.user_id, owner.name, owner.key_id, owner.prefix)
     request.state.caller = caller  # for the access log
     return caller
 
