@@ -103,15 +103,13 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """Every method some route serves at this request's path (Starlette's own 405 names only the
     first matching route's, so ``/v1/jobs`` would say POST and forget GET)."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**scope, "method": "\0"})  # a method no route has: path match only
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    return [m for m in METHODS if any(r.matches({**scope, "method": m})[0] == Match.FULL for r in app.router.routes)]
 
 
 def method_not_allowed(app: FastAPI, request: Request) -> JSONResponse:
