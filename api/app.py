@@ -28,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import audit, jobs, keys, pages, security
 from api.intake import body_limit, multipart_schema, openapi_components
 from api.live import AuditListener
-from api.schemas import ERRORS, Health, Readiness, error_schemas
+from api.schemas import ERRORS, Health, Readiness, error_schemas, tidy_parameters
 from db.session import Database
 from services.accounts import Access, record_access
 from services.config import Settings, get_settings
@@ -166,6 +166,7 @@ def create_app(
             components.update(openapi_components(settings.allowed_models))
             components["JobUpload"] = multipart_schema(settings.allowed_models)
             components.update(error_schemas())
+            tidy_parameters(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

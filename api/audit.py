@@ -11,7 +11,7 @@ from sse_starlette.sse import EventSourceResponse
 from api import live
 from api.deps import ClientDep, DbDep, ListenerDep, OwnJobDep
 from api.intake import SEQ_PATTERN, last_event_id
-from api.schemas import COMMON, ERRORS, AuditPage
+from api.schemas import COMMON, ERRORS, SSE_EVENT, AuditPage
 from core.audit import EventKind
 from services import auditlog
 from services.temporal import workflow_open
@@ -65,7 +65,7 @@ async def get_audit(
     '`{"status", "last_seq"}` (or `{"reason": "deleted"}`), and the stream closes.',
     response_class=EventSourceResponse,
     responses={
-        200: {"description": "the event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"description": "the event stream", "content": {"text/event-stream": {"schema": SSE_EVENT}}},
         400: ERRORS[400],
         404: ERRORS[404],
         422: ERRORS[422],

@@ -94,7 +94,9 @@ async def read_spec(request: Request, cap: int, models: list[str]) -> tuple[JobS
     if problems:
         raise HTTPException(422, problems)
     try:
-        spec = JobSpec.model_validate(raw)
+        # Strict: JSON types as the schema says them (0 is no boolean, "700" no integer); 300.0 is
+        # an integer in JSON and in JSON Schema, so integral numbers are made ints first.
+        spec = JobSpec.model_validate(_integral(raw), strict=True)
     except ValidationError as exc:
         raise HTTPException(422, _spec_errors(exc)) from None
     if spec.input_text is not None and len(spec.input_text.encode("utf-8")) > cap:
@@ -165,7 +167,11 @@ async def _multipart_body(request: Request, cap: int) -> tuple[dict[str, Any], s
     raw: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
     filename = None
     upload = form.get("file")
-    if upload is not None and not isinstance(upload, str):
+    if upload is None:
+        return _form_fields(raw), None
+    if isinstance(upload, str):  # the document's text as a plain form field (no file name)
+        data = upload.encode("utf-8", "surrogatepass")
+    else:
         # A name to show later, not a path: no directories, no characters text can't hold.
         filename = (
             _BAD_TEXT.sub("", (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1])[:255] or "upload.txt"
@@ -173,19 +179,24 @@ async def _multipart_body(request: Request, cap: int) -> tuple[dict[str, Any], s
         if not filename.lower().endswith((".txt", ".md", ".markdown")):
             raise invalid(["body", "file"], "file must be a .txt or .md document", "file_type")
         data = await upload.read(cap + 1)
-        if len(data) > cap:
-            raise _too_large("the uploaded file", cap)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise invalid(
-                ["body", "file"], f"input is not UTF-8 text (invalid byte at offset {exc.start})", "not_utf8"
-            ) from None
-        problems = text_problem(text, "file", ["body", "file"])
-        if problems:
-            raise HTTPException(422, problems)
-        raw["input_text"] = text
-        raw.setdefault("kind", "rewrite")
+    if len(data) > cap:
+        raise _too_large("the uploaded file", cap)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid(
+            ["body", "file"], f"input is not UTF-8 text (invalid byte at offset {exc.start})", "not_utf8"
+        ) from None
+    problems = text_problem(text, "file", ["body", "file"])
+    if problems:
+        raise HTTPException(422, problems)
+    raw["input_text"] = text
+    raw.setdefault("kind", "rewrite")
+    return _form_fields(raw), filename
+
+
+def _form_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """Form fields are text: target_words and options become what JSON would have sent."""
     if "target_words" in raw:
         tw = raw["target_words"].strip()
         as_int = int_or_none(tw)
@@ -195,7 +206,7 @@ async def _multipart_body(request: Request, cap: int) -> tuple[dict[str, Any], s
             raw["options"] = json.loads(raw["options"])
         except ValueError:
             raise invalid(["body", "options"], "options must be a JSON object", "json") from None
-    return raw, filename
+    return raw
 
 
 async def _json_body(request: Request, cap: int) -> dict[str, Any]:
@@ -211,11 +222,23 @@ async def _json_body(request: Request, cap: int) -> dict[str, Any]:
     return raw
 
 
+def _integral(value: Any) -> Any:
+    """``value`` with every float that is a whole number as an int (bools stay bools)."""
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 def multipart_schema(models: list[str]) -> dict[str, Any]:
     """The multipart form of a submit request, as the OpenAPI schema says it."""
     text = {"type": "string", "pattern": TEXT_PATTERN}
     return {
         "type": "object",
+        "additionalProperties": False,
         "required": ["target_words", "file"],
         "properties": {
             "kind": {"type": "string", "enum": list(JOB_KINDS), "default": "rewrite"},
@@ -223,14 +246,25 @@ def multipart_schema(models: list[str]) -> dict[str, Any]:
             "prompt": {**text, "maxLength": MAX_PROMPT_CHARS},
             "title": {**text, "maxLength": MAX_TITLE_CHARS},
             "model": {"type": "string", "enum": models},
-            "options": {"type": "string", "description": "JSON object of job options"},
+            # A JSON object in its own part (the request body's encoding says application/json).
+            "options": {"$ref": "#/components/schemas/JobOptions"},
             "file": {
-                "type": "string",
-                "format": "binary",
-                "description": "the input document: a .txt or .md file of UTF-8 text (no control characters "
-                "but tab, newline and carriage return), at most QUIRE_MAX_INPUT_BYTES",
+                # Text, not format: binary: what is accepted is UTF-8 text, and the spec says so.
+                **text,
+                "contentMediaType": "text/plain",
+                "description": "the input document: a .txt or .md file (or its text as a plain field) of "
+                "UTF-8 text without control characters but tab, newline and carriage return, at most "
+                "QUIRE_MAX_INPUT_BYTES",
             },
         },
+        # What intake checks beyond each field: the text each kind needs (kind defaults to rewrite here).
+        "allOf": [
+            {
+                "if": {"required": ["kind"], "properties": {"kind": {"const": "generate"}}},
+                "then": {"required": ["prompt"], "properties": {"prompt": {"pattern": "\\S"}}},
+                "else": {"properties": {"file": {"pattern": "\\S"}}},
+            }
+        ],
     }
 
 

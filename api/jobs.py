@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CallerDep, ClientDep, DbDep, OwnJobDep, SettingsDep
 from api.intake import IDEMPOTENCY_KEY_PATTERN, idempotency_key, invalid, read_spec
@@ -43,6 +44,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=COMMON)
     "`model` must be one of the configured models (QUIRE_MODEL, QUIRE_MODELS).",
     responses={
         200: {"model": JobCreated, "description": "the job an earlier request with this Idempotency-Key made"},
+        409: {**ERRORS[404], "description": "the Idempotency-Key was used for a different request"},
         413: ERRORS[413],
         415: ERRORS[415],
         422: ERRORS[422],
@@ -52,7 +54,10 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=COMMON)
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
-                "multipart/form-data": {"schema": {"$ref": "#/components/schemas/JobUpload"}},
+                "multipart/form-data": {
+                    "schema": {"$ref": "#/components/schemas/JobUpload"},
+                    "encoding": {"options": {"contentType": "application/json"}},
+                },
             },
         }
     },
@@ -78,11 +83,8 @@ async def submit_job(
     if idem is not None:
         existing = await job_service.find_by_idempotency_key(db, who.user_id, idem)
         if existing is not None and not await job_service.same_request(db, existing, spec, settings.quire_model):
-            raise invalid(
-                ["header", "idempotency-key"],
-                f"Idempotency-Key {idem!r} was used for a different request (job {existing.id})",
-                "idempotency_key_reused",
-            )
+            # 409, not 422: the request is well formed; it conflicts with what the key already names.
+            raise HTTPException(409, f"Idempotency-Key {idem!r} was used for a different request (job {existing.id})")
     job, created = await job_service.submit(
         db,
         client,
@@ -241,7 +243,12 @@ async def list_jobs(
 async def cancel_job(job: OwnJobDep, who: CallerDep, client: ClientDep) -> Cancelling:
     if job.status in TERMINAL_STATUSES:
         raise HTTPException(409, f"job already {job.status}")
-    await job_service.cancel(client, job)
+    try:
+        await job_service.cancel(client, job)
+    except RPCError as exc:  # its workflow ended (or never started) after the status was read
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise HTTPException(409, f"job is {job.status} but has no workflow to cancel") from None
     log.info("job.cancel_requested", job_id=str(job.id), user_id=who.user_id)
     return Cancelling(id=str(job.id), status="cancelling")
 

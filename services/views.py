@@ -118,7 +118,7 @@ async def history(
     if kind:
         where.append("kind = :kind")
         params["kind"] = kind
-    if cursor:
+    if cursor is not None:  # "" is no position either: BadCursor
         params["c_ts"], params["c_id"] = decode_cursor(cursor)
         where.append("(created_at, id) < (:c_ts, :c_id)")
     sql = f"SELECT * FROM job_history WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT :n"
