@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse
 
 from api import live
-from api.deps import ClientDep, DbDep, ListenerDep, OwnJobDep
+from api.deps import ClientDep, DbDep, KeyStillValidDep, ListenerDep, OwnJobDep
 from api.intake import SEQ_PATTERN, last_event_id
 from api.schemas import COMMON, ERRORS, SSE_EVENT, AuditPage
 from core.audit import EventKind
@@ -62,7 +62,8 @@ async def get_audit(
     description="The log after `after` (or the Last-Event-ID header, whichever is later), then each event as "
     "it commits. Each event: `id:` its seq, `data:` the AuditEvent as JSON. Keep-alive comments on an idle "
     "stream. Once the job has finished and all its events are sent: `event: end` with "
-    '`{"status", "last_seq"}` (or `{"reason": "deleted"}`), and the stream closes.',
+    '`{"status", "last_seq"}` (or `{"reason": "deleted"}`; `{"reason": "revoked"}` when the API key is '
+    "revoked meanwhile), and the stream closes.",
     response_class=EventSourceResponse,
     responses={
         200: {"description": "the event stream", "content": {"text/event-stream": {"schema": SSE_EVENT}}},
@@ -73,6 +74,7 @@ async def get_audit(
 )
 async def stream_audit(
     job: OwnJobDep,
+    key_valid: KeyStillValidDep,
     db: DbDep,
     client: ClientDep,
     listener: ListenerDep,
@@ -93,7 +95,7 @@ async def stream_audit(
         return await workflow_open(client, wid)
 
     return EventSourceResponse(
-        live.stream(db, listener, job.id, start, workflow_open=is_open),
+        live.stream(db, listener, job.id, start, workflow_open=is_open, authorized=key_valid),
         ping=SSE_PING_S,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -137,7 +137,9 @@ class StreamEnd(BaseModel):
     """The data of a stream's last event (``event: end``)."""
 
     status: JobStatus | None = Field(default=None, description="how the job ended")
-    reason: Literal["deleted"] | None = Field(default=None, description="set when the job was deleted")
+    reason: Literal["deleted", "revoked"] | None = Field(
+        default=None, description="the job was deleted, or the stream's API key was revoked"
+    )
     last_seq: int = Field(description="the seq of the last event sent")
 
 

@@ -95,6 +95,12 @@ async def user_for_key(db: Database, key: str) -> KeyOwner | None:
         return KeyOwner(*row) if row is not None else None
 
 
+async def key_active(db: Database, key_id: int) -> bool:
+    async with db.tx() as s:
+        revoked = (await s.execute(select(ApiKey.revoked_at).where(ApiKey.id == key_id))).first()
+        return revoked is not None and revoked[0] is None
+
+
 class UnknownUser(LookupError):
     """No user has this name."""
 

@@ -503,6 +503,7 @@ async def test_the_api_keeps_its_openapi_contract(api_url: str, db, http, fake, 
     content types, headers and bodies as documented, valid data accepted, invalid data rejected,
     auth enforced, Allow headers, use after delete). Settings: tests/schemathesis.toml; the key
     follows its own rotations: tests/schemathesis_hooks.py."""
+    fake.reset(delay_s=0.5)  # the jobs fuzzing starts crawl: the API, not the worker, gets the CPU
     fuzz_user = await accounts.create_user(db, f"fuzz-{uuid.uuid4().hex[:6]}")
     spec = (await http.get("/openapi.json")).json()
     operations = {(m.upper(), path) for path, ops in spec["paths"].items() for m in ops}

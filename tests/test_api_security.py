@@ -4,6 +4,8 @@ complete Allow headers, 503 for an unreachable database, and API keys rotated or
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +20,7 @@ from api.security import API_CSP, DOCS_CSP, PAGE_CSP
 from db.models import AccountEvent
 from services import accounts
 from testkit import make_job
-from tests.test_api import auth, follow_to_end
+from tests.test_api import auth, follow_to_end, sse
 
 pytestmark = pytest.mark.usefixtures("worker")
 STATIC = Path(__file__).parent.parent / "api" / "static"
@@ -316,3 +318,22 @@ async def test_revoking_a_user_stops_every_key_and_a_new_key_lets_them_back(http
     assert (await http.get("/v1/jobs", headers={"Authorization": f"Bearer {back}"})).status_code == 200
     with pytest.raises(accounts.UnknownUser):
         await accounts.revoke_user_keys(db, "nobody-" + uuid.uuid4().hex)
+
+
+async def test_a_revoked_key_ends_its_open_streams(http, db, monkeypatch):
+    import api.live
+
+    monkeypatch.setattr(api.live, "AUTH_RECHECK_S", 0.2)
+    owner = await accounts.create_user(db, f"stream-{uuid.uuid4().hex[:6]}")
+    job_id = await make_job(db, owner.user_id)  # queued, no workflow: its stream would stay open
+    events = sse(http, f"/v1/jobs/{job_id}/audit/stream", auth(owner))
+    _, eid, _ = await anext(events)  # the stream is open and sending
+    revoked_at = asyncio.get_running_loop().time()
+    await accounts.revoke_user_keys(db, owner.name)
+    async with asyncio.timeout(5):
+        async for event, _eid, data in events:
+            if event == "end":
+                assert json.loads(data)["reason"] == "revoked"
+                break
+    assert asyncio.get_running_loop().time() - revoked_at < 2
+    await events.aclose()

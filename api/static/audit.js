@@ -129,7 +129,10 @@ const AuditPanel = (() => {
               if (line.endsWith("\r")) line = line.slice(0, -1);
               if (line === "") {
                 if (ev.data.length) {
-                  if (ev.event === "end") { state.ended = true; }
+                  if (ev.event === "end") {
+                    state.ended = true;
+                    if (JSON.parse(ev.data.join("\n")).reason === "revoked") Quire.signOut();  // the key no longer works
+                  }
                   else if (ev.event === "message") add(JSON.parse(ev.data.join("\n")));
                 }
                 ev = { event: "message", data: [] };
