@@ -2,7 +2,7 @@
 
 Lifespan: one Database, one Temporal client (with the audit interceptor, so starts, queries,
 signals and cancels made here are recorded in each job's log) and one LISTEN connection for the
-live audit streams.
+live audit streams. Every response carries the security headers of ``api.security``.
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
-from api import audit, jobs, pages
-from api.intake import openapi_components
+from api import audit, jobs, keys, pages, security
+from api.intake import body_limit, multipart_schema, openapi_components
 from api.live import AuditListener
-from api.schemas import Health, Readiness
+from api.schemas import ERRORS, Health, Readiness, error_schemas, tidy_parameters
 from db.session import Database
 from services.accounts import Access, record_access
 from services.config import Settings, get_settings
@@ -74,11 +77,15 @@ def create_app(
         title="Quire",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # api.security serves /docs from this machine, under a CSP
+        redoc_url=None,
         description="Durable, audited long-document writing. Every job: a document of at least the words "
         "asked for, and an audit log of every action taken.",
     )
     app.include_router(jobs.router)
     app.include_router(audit.router)
+    app.include_router(keys.router)
+    security.install(app, lambda content_type: body_limit(content_type, settings.quire_max_input_bytes))
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Any:
@@ -103,7 +110,18 @@ def create_app(
         log.error(
             "api.internal_error", method=request.method, path=request.url.path, error=f"{type(exc).__name__}: {exc}"
         )
-        return JSONResponse({"detail": "internal error: the server log has the details"}, status_code=500)
+        if _unavailable(exc):
+            return JSONResponse(
+                {"detail": f"the {_unavailable(exc)} is unavailable: try again shortly"},
+                status_code=503,
+                headers={**security.SECURITY_HEADERS, "Retry-After": "5"},
+            )
+        # This handler runs outside the middleware stack: the security headers are added here.
+        return JSONResponse(
+            {"detail": "internal error: the server log has the details"},
+            status_code=500,
+            headers=security.SECURITY_HEADERS,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -119,7 +137,10 @@ def create_app(
         tags=["health"],
         summary="Postgres, Temporal and the live-stream listener are up",
         response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "something is not reachable; each check says what"}},
+        responses={
+            503: {"model": Readiness, "description": "something is not reachable; each check says what"},
+            500: ERRORS[500],
+        },
     )
     async def readyz(request: Request) -> JSONResponse:
         checks: dict[str, str] = {}
@@ -141,14 +162,28 @@ def create_app(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(openapi_components(settings.allowed_models))
+            components["JobUpload"] = multipart_schema(settings.allowed_models)
+            components.update(error_schemas())
+            tidy_parameters(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(pages.router)
+    security.mount_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _unavailable(exc: Exception) -> str | None:
+    """Which service an exception says is unreachable or busy (503: worth retrying), if any."""
+    if isinstance(exc, (OperationalError, psycopg.OperationalError)):
+        return "database"
+    if isinstance(exc, RPCError) and exc.status == RPCStatusCode.UNAVAILABLE:
+        return "Temporal"
+    return None
 
 
 def _access(request: Request, status: int) -> Access:

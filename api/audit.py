@@ -10,14 +10,14 @@ from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse
 
 from api import actions, live
-from api.deps import CallerDep, ClientDep, DbDep, ListenerDep, OwnJobDep
-from api.intake import int_or_none, invalid
-from api.schemas import ERRORS, AuditPage, AuditVerdict
+from api.deps import CallerDep, ClientDep, DbDep, KeyStillValidDep, ListenerDep, OwnJobDep
+from api.intake import SEQ_PATTERN, last_event_id
+from api.schemas import COMMON, ERRORS, SSE_EVENT, AuditPage, AuditVerdict
 from core.audit import EventKind
 from services import auditlog
 from services.temporal import workflow_open
 
-router = APIRouter(prefix="/v1", tags=["audit"], responses={401: ERRORS[401]})
+router = APIRouter(prefix="/v1", tags=["audit"], responses=COMMON)
 
 SSE_PING_S = 15.0  # keep-alive comment lines on an idle stream (read per request: tests shorten it)
 MAX_SEQ = 2**62
@@ -69,30 +69,40 @@ async def get_audit(
     description="The log after `after` (or the Last-Event-ID header, whichever is later), then each event as "
     "it commits. Each event: `id:` its seq, `data:` the AuditEvent as JSON. Keep-alive comments on an idle "
     "stream. Once the job has finished and all its events are sent: `event: end` with "
-    '`{"status", "last_seq"}` (or `{"reason": "deleted"}`), and the stream closes.',
-    responses={200: {"content": {"text/event-stream": {}}}, 404: ERRORS[404], 422: ERRORS[422]},
+    '`{"status", "last_seq"}` (or `{"reason": "deleted"}`; `{"reason": "revoked"}` when the API key is '
+    "revoked meanwhile), and the stream closes.",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"description": "the event stream", "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+        400: ERRORS[400],
+        404: ERRORS[404],
+        422: ERRORS[422],
+    },
 )
 async def stream_audit(
     job: OwnJobDep,
+    key_valid: KeyStillValidDep,
     db: DbDep,
     client: ClientDep,
     listener: ListenerDep,
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="resume after this seq")] = None,
-    last_event_id: Annotated[str | None, Header(description="the last seq received (sent by EventSource)")] = None,
+    last_event_id_header: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="the last seq received (sent by EventSource); malformed: 400",
+            json_schema_extra={"pattern": SEQ_PATTERN},
+        ),
+    ] = None,
 ) -> EventSourceResponse:
-    start = after or 0
-    if last_event_id is not None and last_event_id.strip():
-        seq = int_or_none(last_event_id)
-        if seq is None or seq < 0:
-            raise invalid(["header", "last-event-id"], "Last-Event-ID must be an audit seq (an integer)", "seq")
-        start = max(start, seq)
+    start = max(after or 0, last_event_id(last_event_id_header) or 0)
     wid = job.workflow_id
 
     async def is_open() -> bool | None:
         return await workflow_open(client, wid)
 
     return EventSourceResponse(
-        live.stream(db, listener, job.id, start, workflow_open=is_open),
+        live.stream(db, listener, job.id, start, workflow_open=is_open, authorized=key_valid),
         ping=SSE_PING_S,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

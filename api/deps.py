@@ -6,6 +6,7 @@ Another user's job answers 404 exactly as a job that does not exist, on every ro
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from temporalio.client import Client
 from api.live import AuditListener
 from db.models import Job
 from db.session import Database
-from services.accounts import user_for_key
+from services.accounts import key_active, user_for_key
 from services.config import Settings
 from services.views import own_job
 
@@ -49,6 +50,8 @@ bearer = HTTPBearer(auto_error=False, description="An API key from `quire user a
 class Caller:
     user_id: int
     name: str
+    key_id: int
+    key_prefix: str
 
 
 async def _caller(
@@ -58,15 +61,27 @@ async def _caller(
         raise HTTPException(
             401, "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
         )
-    user = await user_for_key(db, creds.credentials)
-    if user is None:
+    owner = await user_for_key(db, creds.credentials)
+    if owner is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
-    caller = Caller(user.id, user.name)
+    caller = Caller(owner.user_id, owner.name, owner.key_id, owner.prefix)
     request.state.caller = caller  # for the access log
     return caller
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def _key_still_valid(who: CallerDep, db: DbDep) -> Callable[[], Awaitable[bool]]:
+    """For long requests (live streams): whether the caller's key is still in use, asked later."""
+
+    async def check() -> bool:
+        return await key_active(db, who.key_id)
+
+    return check
+
+
+KeyStillValidDep = Annotated[Callable[[], Awaitable[bool]], Depends(_key_still_valid)]
 
 
 async def _own_job(job_id: str, who: CallerDep, db: DbDep) -> Job:

@@ -8,18 +8,19 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
+from temporalio.service import RPCError, RPCStatusCode
 
 from api import actions
 from api.deps import CallerDep, ClientDep, DbDep, OwnJobDep, SettingsDep
-from api.intake import MULTIPART_SCHEMA, invalid, read_spec
+from api.intake import IDEMPOTENCY_KEY_PATTERN, idempotency_key, invalid, read_spec
 from api.schemas import (
+    COMMON,
     ERRORS,
     Cancelling,
     HistoryItem,
     HistoryPage,
     JobCreated,
     JobView,
-    Message,
     Progress,
     Tokens,
     links,
@@ -31,7 +32,7 @@ from services import jobs as job_service
 from services import views
 
 log = structlog.get_logger(__name__)
-router = APIRouter(prefix="/v1", tags=["jobs"], responses={401: ERRORS[401]})
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=COMMON)
 
 
 @router.post(
@@ -40,9 +41,13 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses={401: ERRORS[401]})
     response_model=JobCreated,
     summary="Submit a generate or rewrite job",
     description="JSON, or multipart/form-data with a .txt/.md `file` (a rewrite's input). 202 with the new "
-    "job; with an `Idempotency-Key` that was used before for the same request, 200 with that job instead.",
+    "job; with an `Idempotency-Key` that was used before for the same request, 200 with that job instead. "
+    "`model` must be one of the configured models (QUIRE_MODEL, QUIRE_MODELS).",
     responses={
         200: {"model": JobCreated, "description": "the job an earlier request with this Idempotency-Key made"},
+        409: {**ERRORS[404], "description": "the Idempotency-Key was used for a different request"},
+        413: ERRORS[413],
+        415: ERRORS[415],
         422: ERRORS[422],
     },
     openapi_extra={
@@ -50,7 +55,10 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses={401: ERRORS[401]})
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
-                "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+                "multipart/form-data": {
+                    "schema": {"$ref": "#/components/schemas/JobUpload"},
+                    "encoding": {"options": {"contentType": "application/json"}},
+                },
             },
         }
     },
@@ -61,17 +69,23 @@ async def submit_job(
     db: DbDep,
     client: ClientDep,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    # Checked by intake.idempotency_key (for a precise message); the pattern is for the spec.
+    idempotency_key_header: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="retries with the same key and request return the same job",
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN},
+        ),
+    ] = None,
 ) -> Response:
-    spec, filename = await read_spec(request, settings.quire_max_input_bytes)
-    if idempotency_key:
-        existing = await job_service.find_by_idempotency_key(db, who.user_id, idempotency_key)
+    idem = idempotency_key(idempotency_key_header)
+    spec, filename = await read_spec(request, settings.quire_max_input_bytes, settings.allowed_models)
+    if idem is not None:
+        existing = await job_service.find_by_idempotency_key(db, who.user_id, idem)
         if existing is not None and not await job_service.same_request(db, existing, spec, settings.quire_model):
-            raise invalid(
-                ["header", "idempotency-key"],
-                f"Idempotency-Key {idempotency_key!r} was used for a different request (job {existing.id})",
-                "idempotency_key_reused",
-            )
+            # 409, not 422: the request is well formed; it conflicts with what the key already names.
+            raise HTTPException(409, f"Idempotency-Key {idem!r} was used for a different request (job {existing.id})")
     job, created = await job_service.submit(
         db,
         client,
@@ -80,7 +94,7 @@ async def submit_job(
         spec=spec,
         task_queue=settings.temporal_task_queue,
         default_model=settings.quire_model,
-        idempotency_key=idempotency_key,
+        idempotency_key=idem,
         filename=filename,
     )
     jid = str(job.id)
@@ -136,7 +150,7 @@ async def job_view(db: Database, job: Job) -> JobView:
     "/jobs/{job_id}",
     response_model=JobView,
     summary="A job's status, progress, failure reason and totals",
-    responses={404: ERRORS[404]},
+    responses={404: ERRORS[404], 422: ERRORS[422]},
 )
 async def get_job(job: OwnJobDep, db: DbDep) -> JobView:
     return await job_view(db, job)
@@ -150,9 +164,13 @@ async def get_job(job: OwnJobDep, db: DbDep) -> JobView:
     "be the hash of that seq in the log). Each read is recorded in the job's log as a user action.",
     response_class=PlainTextResponse,
     responses={
-        200: {"content": {"text/markdown": {}, "text/plain": {}}},
+        200: {
+            "description": "the document",
+            "content": {"text/markdown": {"schema": {"type": "string"}}, "text/plain": {"schema": {"type": "string"}}},
+        },
         404: ERRORS[404],
-        409: {"model": Message, "description": "the job has no output (yet): not finished, or failed"},
+        409: {**ERRORS[404], "description": "the job has no output (yet): not finished, or failed"},
+        422: ERRORS[422],
     },
 )
 async def get_output(
@@ -206,7 +224,10 @@ async def list_jobs(
     status: Annotated[JobStatus | None, Query()] = None,
     kind: Annotated[JobKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(description="next_cursor of the previous page", json_schema_extra={"pattern": views.CURSOR_PATTERN}),
+    ] = None,
 ) -> HistoryPage:
     try:
         rows, nxt = await views.history(db, who.user_id, status=status, kind=kind, limit=limit, cursor=cursor)
@@ -228,13 +249,22 @@ async def list_jobs(
     status_code=202,
     response_model=Cancelling,
     summary="Cancel a job (it stops at the next activity boundary; what it wrote stays)",
-    responses={404: ERRORS[404], 409: {"model": Message, "description": "the job has already finished"}},
+    responses={
+        404: ERRORS[404],
+        409: {**ERRORS[404], "description": "the job has already finished"},
+        422: ERRORS[422],
+    },
 )
 async def cancel_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep, client: ClientDep) -> Cancelling:
     if job.status in TERMINAL_STATUSES:
         raise HTTPException(409, f"job already {job.status}")
     await actions.record(request, db, who, job, "cancel")
-    await job_service.cancel(client, job)
+    try:
+        await job_service.cancel(client, job)
+    except RPCError as exc:  # its workflow ended (or never started) after the status was read
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise HTTPException(409, f"job is {job.status} but has no workflow to cancel") from None
     log.info("job.cancel_requested", job_id=str(job.id), user_id=who.user_id)
     return Cancelling(id=str(job.id), status="cancelling")
 
@@ -243,7 +273,7 @@ async def cancel_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep
     "/jobs/{job_id}",
     status_code=204,
     summary="Delete a job and everything it owns (its output, log, chunks, calls); recorded in the account log",
-    responses={404: ERRORS[404]},
+    responses={404: ERRORS[404], 422: ERRORS[422]},
 )
 async def delete_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep, client: ClientDep) -> Response:
     await job_service.delete(db, client, job, user_id=who.user_id, path=request.url.path)

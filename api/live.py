@@ -170,6 +170,8 @@ class AuditListener:
 
 
 WorkflowOpen = Callable[[], Awaitable[bool | None]]
+Authorized = Callable[[], Awaitable[bool]]
+AUTH_RECHECK_S = 5.0  # an open stream re-checks its API key this often: a revoked key ends it
 POLL_S = 5.0  # re-read even without a notification (the listener may be reconnecting)
 SETTLE_POLL_S = 0.2  # a finished job's writers are finishing: look again this often
 SETTLE_MAX_S = 30.0  # end anyway this long after the job finished (a writer that died never ends)
@@ -181,6 +183,7 @@ async def stream(
     job_id: uuid.UUID,
     after: int,
     workflow_open: WorkflowOpen | None = None,
+    authorized: Authorized | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Server-sent events of one job: the backlog after ``after``, then each event as it commits,
     then ``event: end`` once the job has finished and every writer of its log is done.
@@ -188,15 +191,22 @@ async def stream(
     The job's status turns terminal inside its last activity, before that activity's end record
     and before the workflow closes; so the stream ends only when the status is terminal, the
     workflow is closed (``workflow_open`` answers False) and every activity attempt in the log has
-    its end record, then reads the log one last time."""
+    its end record, then reads the log one last time. A stream whose key is revoked meanwhile
+    (``authorized`` answers False) ends with ``{"reason": "revoked"}`` and sends nothing more."""
     feed, wake = listener.subscribe(job_id)  # before reading: nothing committed meanwhile is missed
     loop = asyncio.get_running_loop()
     try:
         last = after
         finished_at: float | None = None
         woken = False
+        checked = loop.time()
         while True:
             wake.clear()
+            if authorized is not None and loop.time() - checked >= AUTH_RECHECK_S:
+                checked = loop.time()
+                if not await authorized():
+                    yield {"event": "end", "data": json.dumps({"reason": "revoked", "last_seq": last})}
+                    return
             tail = feed.take(last) if woken else None
             if tail is None:  # the backlog, a fallback poll, or a feed that can't tell: the table
                 async for e in iter_events(db, job_id, last, None):
@@ -223,7 +233,7 @@ async def stream(
                     return
                 timeout = SETTLE_POLL_S
             else:
-                timeout = POLL_S
+                timeout = min(POLL_S, AUTH_RECHECK_S) if authorized is not None else POLL_S
             try:
                 await asyncio.wait_for(wake.wait(), timeout)
                 woken = True

@@ -163,6 +163,34 @@ class AuditVerdict(BaseModel):
     anchors_checked: int = Field(description="documents whose recorded head was found in the chain")
 
 
+class StreamEnd(BaseModel):
+    """The data of a stream's last event (``event: end``)."""
+
+    status: JobStatus | None = Field(default=None, description="how the job ended")
+    reason: Literal["deleted", "revoked"] | None = Field(
+        default=None, description="the job was deleted, or the stream's API key was revoked"
+    )
+    last_seq: int = Field(description="the seq of the last event sent")
+
+
+# Each server-sent event of /audit/stream, as schemathesis and other readers of the spec check it.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the event's seq (absent on `end`)"},
+        "event": {"type": "string", "enum": ["message", "end"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [{"$ref": "#/components/schemas/AuditEvent"}, {"$ref": "#/components/schemas/StreamEnd"}]
+            },
+        },
+    },
+}
+
+
 class Health(BaseModel):
     status: str
 
@@ -172,6 +200,12 @@ class Readiness(BaseModel):
     database: str
     temporal: str
     listener: str = Field(description="the LISTEN connection that wakes live streams")
+
+
+class RotatedKey(BaseModel):
+    api_key: str = Field(description="the new key: shown here only, stored as a hash")
+    prefix: str = Field(description="the new key's public handle (as `quire user keys` lists it)")
+    revoked_prefix: str = Field(description="the handle of the key this request was made with, now revoked")
 
 
 class Message(BaseModel):
@@ -188,8 +222,51 @@ class ValidationErrors(BaseModel):
     detail: list[FieldError]
 
 
+def _error(description: str, schema: str = "Message", **headers: str) -> dict[str, Any]:
+    """An error response as the spec says it: always JSON, whatever the route's own media type."""
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+    if headers:
+        out["headers"] = {name: {"description": text, "schema": {"type": "string"}} for name, text in headers.items()}
+    return out
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Message, "description": "missing, invalid or revoked API key"},
-    404: {"model": Message, "description": "no such job for this caller (another user's job answers the same)"},
-    422: {"model": ValidationErrors, "description": "invalid input, each error with its field and message"},
+    400: _error("a malformed header (each says which)"),
+    401: _error("missing, invalid or revoked API key", **{"WWW-Authenticate": "Bearer"}),
+    404: _error("no such job for this caller (another user's job answers the same)"),
+    413: _error("the request body or the document in it is larger than QUIRE_MAX_INPUT_BYTES allows"),
+    415: _error("the body is neither application/json nor multipart/form-data"),
+    422: _error("invalid input, each error with its field and message", "ValidationErrors"),
+    500: _error("an internal error (the server log has the details)"),
+    503: _error("the database or Temporal is unreachable: try again shortly", **{"Retry-After": "seconds"}),
 }
+# Every /v1 route can answer these.
+COMMON: dict[int | str, dict[str, Any]] = {code: ERRORS[code] for code in (401, 500, 503)}
+
+
+def error_schemas() -> dict[str, Any]:
+    """The components the error responses above refer to (app.py adds them to the spec)."""
+    out = ValidationErrors.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = out.pop("$defs", {})
+    return {
+        "ValidationErrors": out,
+        **defs,
+        "Message": Message.model_json_schema(),
+        "StreamEnd": StreamEnd.model_json_schema(),
+        "AuditEvent": AuditEvent.model_json_schema(),
+    }
+
+
+def tidy_parameters(spec: dict[str, Any]) -> None:
+    """An optional header or query parameter is absent or a value, never null: drop the null branch
+    FastAPI writes for ``X | None`` (a fuzzer would send the text "null", which is not a value)."""
+    for operation in (op for path in spec.get("paths", {}).values() for op in path.values()):
+        for param in operation.get("parameters", []):
+            schema = param.get("schema", {})
+            branches = [b for b in schema.get("anyOf", []) if b.get("type") != "null"]
+            if param.get("in") in ("header", "query") and len(branches) == 1 and len(schema["anyOf"]) == 2:
+                rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+                param["schema"] = {**branches[0], **rest}

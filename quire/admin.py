@@ -1,10 +1,11 @@
 """Commands that run on this machine: start and stop the embedded stack (``up``, ``down``), the
-main job (``demo``), the schema (``db sql|check|upgrade``) and accounts (``user add``)."""
+main job (``demo``), the schema (``db sql|check|upgrade``) and accounts (``user add|key|keys|revoke``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -218,28 +219,50 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
+    """``user add NAME`` (a new user and its key), ``user key NAME`` (another key), ``user keys NAME``
+    (prefix, created, revoked), ``user revoke NAME`` (every key of the user, at once)."""
     from sqlalchemy.exc import OperationalError
 
     from db.session import Database
-    from services.accounts import create_user
+    from services import accounts
 
     url = _db_url(args)
 
-    async def run() -> str:
+    async def run() -> Any:
         db = Database(url)
         try:
-            return (await create_user(db, args.name)).api_key
+            if args.user_cmd == "add":
+                return (await accounts.create_user(db, args.name)).api_key
+            if args.user_cmd == "key":
+                return await accounts.add_key_for(db, args.name)
+            if args.user_cmd == "keys":
+                return await accounts.list_keys(db, args.name)
+            return await accounts.revoke_user_keys(db, args.name)
         finally:
             await db.dispose()
 
     try:
-        key = asyncio.run(run())
+        result = asyncio.run(run())
+    except accounts.UnknownUser as exc:
+        raise CliError(f"{exc} (`quire user add NAME` creates one)", Exit.USAGE) from None
     except ValueError as exc:  # the name is taken
         raise CliError(str(exc)) from None
     except OperationalError as exc:
         raise CliError(f"cannot connect to {_safe(url)}: {exc.orig or exc}", Exit.UNREACHABLE) from None
-    print(key)
-    print(f"(the key for {args.name!r}; it is shown once and stored only as a hash)", file=sys.stderr)
+    if args.user_cmd in ("add", "key"):
+        print(result)
+        print(f"(a key for {args.name!r}; it is shown once and stored only as a hash)", file=sys.stderr)
+    elif args.user_cmd == "keys":
+        print(f"{'key':<16} {'created (UTC)':<20} revoked (UTC)")
+        for k in result:
+            revoked = f"{k.revoked_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}" if k.revoked_at else "-"
+            created = f"{k.created_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}"
+            print(f"{accounts.KEY_PREFIX + k.prefix + '_…':<16} {created:<20} {revoked}")
+    elif result:
+        handles = ", ".join(f"{accounts.KEY_PREFIX}{p}_…" for p in result)
+        print(f"revoked {len(result)} key(s) of {args.name!r}: {handles}")
+    else:
+        print(f"{args.name!r} has no key in use: nothing to revoke")
     return Exit.OK
 
 

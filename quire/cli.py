@@ -159,9 +159,15 @@ def parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser("user", help="accounts")
     us = user.add_subparsers(dest="user_cmd", required=True, metavar="ACTION")
-    add = us.add_parser("add", help="create a user and print its API key")
-    add.add_argument("name")
-    add.add_argument("--url", help="database URL (default DATABASE_URL)")
+    for name, text in (
+        ("add", "create a user and print its API key"),
+        ("key", "issue another API key for a user and print it"),
+        ("keys", "list a user's keys: prefix, created, revoked (never the key)"),
+        ("revoke", "revoke every key of a user, effective at once"),
+    ):
+        sp = us.add_parser(name, help=text)
+        sp.add_argument("name")
+        sp.add_argument("--url", help="database URL (default DATABASE_URL)")
     user.set_defaults(fn=admin.cmd_user)
 
     def client_opts(sp: argparse.ArgumentParser) -> None:

@@ -53,10 +53,7 @@ class Api:
         except httpx.HTTPError as exc:
             raise ApiError(f"cannot reach the Quire API at {self.base_url}: {exc}") from None
         if r.status_code >= 400:
-            raise ApiError(
-                f"{method} {path}: HTTP {r.status_code}: {_detail(r)}",
-                Exit.USAGE if r.status_code in (400, 404, 409, 413, 422) else Exit.UNREACHABLE,
-            )
+            raise ApiError(f"{method} {path}: HTTP {r.status_code}: {_detail(r)}", _exit_for(r.status_code))
         return r
 
     def json(self, method: str, path: str, **kw: Any) -> Any:
@@ -73,7 +70,7 @@ class Api:
                 ):
                     if r.status_code >= 400:
                         r.read()
-                        raise ApiError(f"audit stream: HTTP {r.status_code}: {_detail(r)}")
+                        raise ApiError(f"audit stream: HTTP {r.status_code}: {_detail(r)}", _exit_for(r.status_code))
                     event, data = "message", []
                     for line in r.iter_lines():
                         if line.startswith("event:"):
@@ -92,6 +89,11 @@ class Api:
                     return
             except httpx.HTTPError:
                 time.sleep(0.5)  # dropped: reconnect and resume after the last seq seen
+
+
+def _exit_for(status: int) -> int:
+    """A request the API refused (a bad key or argument) exits 2; anything else means it is not working."""
+    return Exit.USAGE if 400 <= status < 500 and status != 429 else Exit.UNREACHABLE
 
 
 def _detail(r: httpx.Response) -> str:

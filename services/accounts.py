@@ -1,4 +1,7 @@
-"""Users, API keys and the account log. Keys are shown once; only their sha256 is stored."""
+"""Users, API keys and the account log. Keys are shown once; only their sha256 is stored.
+
+A key is checked on every request (no cache), so a revocation or a rotation takes effect at once.
+Each one is recorded in ``account_events`` with the keys' prefixes (public handles), never a key."""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from db.models import AccountEvent, ApiKey, User
 from db.session import Database
@@ -47,10 +51,18 @@ async def create_user(db: Database, name: str) -> NewUser:
 
 
 async def add_key(db: Database, user_id: int) -> str:
+    """A new key for a user (shown once): the way back in after a revocation."""
     async with db.tx() as s:
         key = await _add_key(s, user_id)
         s.add(AccountEvent(user_id=user_id, kind="key.created", data={"prefix": key.split("_")[1]}))
         return key
+
+
+async def add_key_for(db: Database, name: str) -> str:
+    """``add_key`` by user name; ``UnknownUser`` if there is none."""
+    async with db.tx() as s:
+        uid = await _user_id(s, name)
+    return await add_key(db, uid)
 
 
 async def _add_key(s: Any, user_id: int) -> str:
@@ -60,16 +72,124 @@ async def _add_key(s: Any, user_id: int) -> str:
     return key
 
 
-async def user_for_key(db: Database, key: str) -> User | None:
-    """The user a key belongs to, if the key exists and is not revoked."""
+@dataclass(frozen=True)
+class KeyOwner:
+    """Who a valid key belongs to, and which key it is."""
+
+    user_id: int
+    name: str
+    key_id: int
+    prefix: str
+
+
+async def user_for_key(db: Database, key: str) -> KeyOwner | None:
+    """The owner of a key, if the key exists and is not revoked."""
     async with db.tx() as s:
-        return (
+        row = (
             await s.execute(
-                select(User)
+                select(User.id, User.name, ApiKey.id, ApiKey.prefix)
                 .join(ApiKey, ApiKey.user_id == User.id)
                 .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
             )
+        ).first()
+        return KeyOwner(*row) if row is not None else None
+
+
+async def key_active(db: Database, key_id: int) -> bool:
+    async with db.tx() as s:
+        revoked = (await s.execute(select(ApiKey.revoked_at).where(ApiKey.id == key_id))).first()
+        return revoked is not None and revoked[0] is None
+
+
+class UnknownUser(LookupError):
+    """No user has this name."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def _user_id(s: Any, name: str) -> int:
+    uid = (await s.execute(select(User.id).where(User.name == name))).scalar_one_or_none()
+    if uid is None:
+        raise UnknownUser(f"no user {name!r}")
+    return int(uid)
+
+
+async def list_keys(db: Database, name: str) -> list[KeyInfo]:
+    """A user's keys, oldest first: prefix, created, revoked (the keys themselves are not stored)."""
+    async with db.tx() as s:
+        uid = await _user_id(s, name)
+        rows = await s.execute(
+            select(ApiKey.prefix, ApiKey.created_at, ApiKey.revoked_at)
+            .where(ApiKey.user_id == uid)
+            .order_by(ApiKey.created_at, ApiKey.id)
+        )
+        return [KeyInfo(*r) for r in rows]
+
+
+async def revoke_user_keys(db: Database, name: str) -> list[str]:
+    """Revoke every key of a user still in use; the prefixes revoked (none: nothing was in use)."""
+    async with db.tx() as s:
+        uid = await _user_id(s, name)
+        revoked = (
+            (
+                await s.execute(
+                    update(ApiKey)
+                    .where(ApiKey.user_id == uid, ApiKey.revoked_at.is_(None))
+                    .values(revoked_at=func.now())
+                    .returning(ApiKey.prefix)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if revoked:
+            s.add(AccountEvent(user_id=uid, kind="key.revoked", data={"prefixes": sorted(revoked), "by": "admin"}))
+        return sorted(revoked)
+
+
+class KeyRevoked(LookupError):
+    """The key was revoked (or rotated) while the request was under way."""
+
+
+@dataclass(frozen=True)
+class RotatedKey:
+    api_key: str
+    prefix: str
+    revoked_prefix: str
+
+
+async def rotate_key(db: Database, owner: KeyOwner, *, method: str, path: str, ip: str | None) -> RotatedKey:
+    """Revoke the key the caller used and issue a new one, in one transaction. Of two concurrent
+    rotations of the same key one wins; the other raises ``KeyRevoked``."""
+    async with db.tx() as s:
+        gone = (
+            await s.execute(
+                update(ApiKey)
+                .where(ApiKey.id == owner.key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=func.now())
+                .returning(ApiKey.id)
+            )
         ).scalar_one_or_none()
+        if gone is None:
+            raise KeyRevoked("this key was revoked meanwhile")
+        key = await _add_key(s, owner.user_id)
+        prefix = key.split("_")[1]
+        s.add(
+            AccountEvent(
+                user_id=owner.user_id,
+                kind="key.rotated",
+                method=method,
+                path=path,
+                ip=ip,
+                data={"revoked_prefix": owner.prefix, "new_prefix": prefix},
+            )
+        )
+        return RotatedKey(key, prefix, owner.prefix)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class SettingsError(SystemExit):
@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint")
     openai_api_key: SecretStr | None = None
     quire_model: str = "gemma-3-270m"
+    quire_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="other models a job may ask for, comma-separated; QUIRE_MODEL is always allowed",
+    )
     quire_home: Path = Path(".quire")
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
@@ -70,6 +74,13 @@ class Settings(BaseSettings):
             raise ValueError("must be host:port")
         return v
 
+    @field_validator("quire_models", mode="before")
+    @classmethod
+    def _split_models(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
     @field_validator("openai_base_url")
     @classmethod
     def _check_base_url(cls, v: str | None) -> str | None:
@@ -82,6 +93,11 @@ class Settings(BaseSettings):
     @property
     def home(self) -> Path:
         return self.quire_home.expanduser().resolve()
+
+    @property
+    def allowed_models(self) -> list[str]:
+        """The models a job may name: the configured one first, then QUIRE_MODELS."""
+        return list(dict.fromkeys([self.quire_model, *self.quire_models]))
 
     @property
     def uses_local_model(self) -> bool:

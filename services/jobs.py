@@ -3,12 +3,14 @@ then start workflow ``job-<id>``), cancel and delete. Shared by the API, the tes
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
+import psycopg
 import structlog
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -162,6 +164,23 @@ async def delete(db: Database, client: Client, job: Job, *, user_id: int, path: 
             await client.get_workflow_handle(job.workflow_id).terminate("job deleted by its owner")
         except Exception:  # noqa: BLE001 - already closed or never started
             pass
+    for attempt in range(DELETE_TRIES):
+        try:
+            return await _delete(db, job, user_id=user_id, path=path)
+        except DBAPIError as exc:
+            # An activity of the job may still be committing (terminate does not wait for it) and
+            # hold rows the cascade needs while it waits for the job row: Postgres breaks the
+            # deadlock by failing one side. Once that activity is done, the delete goes through.
+            if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == DELETE_TRIES - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+DELETE_TRIES = 5
+
+
+async def _delete(db: Database, job: Job, *, user_id: int, path: str) -> dict[str, Any]:
     async with db.tx() as s:
         counts = (
             await s.execute(

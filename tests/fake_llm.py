@@ -12,7 +12,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   3rd, ... chapters and "harbor lantern council" in the others: a term drift at their seams;
 - it counts the calls in flight (``in_flight``, ``peak_in_flight``) and the seconds it spent
   answering (``model_seconds``), also served at ``GET /v1/stats``;
-- ``mode``: "normal" | "empty" (always empty content) | "malformed_plan" (bad JSON for plans);
+- ``mode``: "normal" | "empty" (always empty content) | "malformed_plan" (bad JSON for plans) |
+  "html" (a hostile endpoint: ``XSS`` markup in every field it controls: the prose, every string
+  of a plan, ``finish_reason``, the response's ``model`` and ``id``);
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
   "empty", "garbage".
@@ -44,6 +46,8 @@ WORDS = (
     "bridge answer pattern meadow theory voyage circuit folio margin timber beacon canyon echo "
     "prairie chapter figure notion kernel summit glacier vessel mirror hollow ember tide cipher"
 ).split()
+# What mode="html" puts in every field: markup that runs script if any page treats it as HTML.
+XSS = "<img src=x onerror=alert(document.domain)><script>alert(1)</script>"
 
 
 @dataclass
@@ -168,7 +172,7 @@ class FakeLLM:
         elif fault == "garbage":
             content = "}{ not json <start_of_image> 1) 2) 3)"
         elif json_mode:
-            content = self._plan(prompt, rng, malformed=(mode == "malformed_plan"))
+            content = self._plan(prompt, rng, malformed=(mode == "malformed_plan"), mark=XSS if mode == "html" else "")
         else:
             asked = _asked_words(messages)
             lo, hi = ratio
@@ -186,12 +190,18 @@ class FakeLLM:
         tokens_out = max(0, int(len(content.split()) * 1.4))
         if tokens_per_s:
             await asyncio.sleep(tokens_out / tokens_per_s)
+        model = body.get("model", "fake-model")
+        if mode == "html":
+            if not json_mode:
+                content = f"{XSS} {content}"
+            finish = f"{finish}{XSS}"
+            model = f"{model}{XSS}"
         return JSONResponse(
             {
-                "id": f"chatcmpl-fake-{n}",
+                "id": f"chatcmpl-{XSS}-{n}" if mode == "html" else f"chatcmpl-fake-{n}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": body.get("model", "fake-model"),
+                "model": model,
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
                 ],
@@ -203,25 +213,26 @@ class FakeLLM:
             }
         )
 
-    def _plan(self, prompt: str, rng: random.Random, malformed: bool) -> str:
+    def _plan(self, prompt: str, rng: random.Random, malformed: bool, mark: str = "") -> str:
+        """A plan as JSON; ``mark`` goes into every string of it."""
         if malformed:
             return '{"title": "Broken", "sections": [{"title": 7, "words": "many"'
         m = re.search(r"exactly (\d+)", prompt) or re.search(r"(\d+) sections", prompt)
         k = int(m.group(1)) if m else 3
         return json.dumps(
             {
-                "title": "A Study of " + rng.choice(WORDS).title(),
-                "thesis": _prose(20, rng),
+                "title": mark + "A Study of " + rng.choice(WORDS).title(),
+                "thesis": mark + _prose(20, rng),
                 "sections": [
                     {
-                        "title": f"{rng.choice(WORDS).title()} {rng.choice(WORDS)}",
-                        "summary": _prose(15, rng),
-                        "key_points": [_prose(6, rng) for _ in range(2)],
+                        "title": f"{mark}{rng.choice(WORDS).title()} {rng.choice(WORDS)}",
+                        "summary": mark + _prose(15, rng),
+                        "key_points": [mark + _prose(6, rng) for _ in range(2)],
                     }
                     for _ in range(k)
                 ],
-                "glossary": {rng.choice(WORDS).title(): _prose(8, rng) for _ in range(3)},
-                "style": "plain, precise prose",
+                "glossary": {mark + rng.choice(WORDS).title(): mark + _prose(8, rng) for _ in range(3)},
+                "style": mark + "plain, precise prose",
             }
         )
 

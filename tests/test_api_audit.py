@@ -212,11 +212,13 @@ async def test_stream_resume_with_after_and_the_later_of_the_two(http, user, db)
             break
         got.append(int(eid))
     assert got == list(range(10, total + 1))
-    for bad in (b"abc", b"-1", b"1e3", b"99999999999999999999999", "²".encode("latin-1")):
+    # A malformed Last-Event-ID is the client's error (400), not a silent restart at seq 1.
+    for bad in (b"abc", b"-1", b"1e3", b"99999999999999999999999", "²".encode("latin-1"), b"null"):
         r = await http.get(f"/v1/jobs/{job_id}/audit/stream", headers={**auth(user), "Last-Event-ID": bad})
-        assert (
-            r.status_code == 422 and r.json()["detail"][0]["msg"] == "Last-Event-ID must be an audit seq (an integer)"
-        )
+        shown = repr(bad.decode("latin-1"))
+        assert r.status_code == 400 and r.json() == {
+            "detail": f"Last-Event-ID must be an audit seq, a whole number (got {shown})"
+        }
 
 
 async def test_live_events_arrive_within_100_ms_of_commit_with_keepalive(http, user, db, monkeypatch):

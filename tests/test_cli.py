@@ -181,3 +181,31 @@ async def test_bad_arguments_exit_2_with_usage(cli_env):
 async def test_unreachable_api_exits_3(user):
     code, _, err = await arun("history", env={"QUIRE_API_URL": "http://127.0.0.1:9", "QUIRE_API_KEY": user.api_key})
     assert code == 3 and "cannot reach the Quire API" in err
+
+
+async def test_user_keys_lists_handles_and_revoke_stops_the_cli_at_once(api_url, pg_url):
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    code, key, err = await arun("user", "add", name, "--url", pg_url, env={})
+    key = key.strip()
+    assert code == 0 and key.startswith("qk_"), err
+    code, second, _ = await arun("user", "key", name, "--url", pg_url, env={})
+    second = second.strip()
+    env = {"QUIRE_API_URL": api_url, "QUIRE_API_KEY": key, "QUIRE_HOME": "/nonexistent"}
+    assert (await arun("history", env=env))[0] == 0
+    code, out, _ = await arun("user", "keys", name, "--url", pg_url, env={})
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["key", "created", "(UTC)", "revoked", "(UTC)"]
+    assert [ln.split()[0] for ln in lines[1:]] == [f"qk_{k.split('_')[1]}_…" for k in (key, second)]
+    assert all(ln.split()[-1] == "-" for ln in lines[1:])
+    assert key.split("_", 2)[2] not in out and second.split("_", 2)[2] not in out  # never the secret part
+    code, out, _ = await arun("user", "revoke", name, "--url", pg_url, env={})
+    assert code == 0 and out.startswith(f"revoked 2 key(s) of '{name}': qk_")
+    # Effective at once: the very next command with the old key is refused, exit 2 with the reason.
+    code, _, err = await arun("history", env=env)
+    assert code == 2 and "HTTP 401: invalid or revoked API key" in err
+    code, out, _ = await arun("user", "keys", name, "--url", pg_url, env={})
+    assert all(ln.split()[-1] != "-" for ln in out.splitlines()[1:])  # both show when they were revoked
+    code, out, _ = await arun("user", "revoke", name, "--url", pg_url, env={})
+    assert code == 0 and out.strip() == f"'{name}' has no key in use: nothing to revoke"
+    code, _, err = await arun("user", "revoke", "nobody-here", "--url", pg_url, env={})
+    assert code == 2 and "no user 'nobody-here'" in err

@@ -41,6 +41,28 @@ async def browser() -> AsyncIterator[Browser]:
         await b.close()
 
 
+async def until(page: Page, expr: str, within: float = 30) -> None:
+    """Poll the page until ``expr`` is true. (Playwright's wait_for_function evaluates its predicate
+    with eval, which the pages' CSP rightly refuses; page.evaluate goes through DevTools.)"""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await page.evaluate(expr):
+        if loop.time() > deadline:
+            raise TimeoutError(f"not true after {within} s: {expr}")
+        await asyncio.sleep(0.05)
+
+
+def csp_errors(page: Page) -> list[str]:
+    """Console messages of CSP or Trusted Types violations on this page, as they happen."""
+    seen: list[str] = []
+    page.on(
+        "console",
+        lambda m: seen.append(m.text) if "Content Security Policy" in m.text or "TrustedHTML" in m.text else None,
+    )
+    page.on("pageerror", lambda e: seen.append(str(e)))
+    return seen
+
+
 async def shot(page: Page, name: str, tmp: Path) -> None:
     target = DOCS / name if os.environ.get("QUIRE_UPDATE_SCREENSHOTS") else tmp / name
     await page.screenshot(path=str(target))
@@ -66,6 +88,7 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
         permissions=["clipboard-read", "clipboard-write"],
     )
     page = await ctx.new_page()
+    violations = csp_errors(page)
     await sign_in(page, api_url, user.api_key)
     await page.get_by_label("Brief").fill("The quiet engineering of canal locks")
     await page.get_by_label("Target words").fill("2500")
@@ -74,20 +97,20 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     job_id = page.url.rsplit("/", 1)[1]
 
     # Events stream in live while the job runs.
-    await page.wait_for_function("window.quireAudit && window.quireAudit.seqs.length >= 80")
+    await until(page, "window.quireAudit && window.quireAudit.seqs.length >= 80")
     status = await page.locator("#status").text_content()
     assert status in ("queued", "running")
     await shot(page, "job-running.png", tmp_path)
 
     # Scrolling up pauses auto-follow; new events keep arriving and are counted.
     await page.locator("#lines").evaluate("el => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); }")
-    await page.wait_for_function("!window.quireAudit.following")
-    await page.wait_for_function("document.querySelector('#newbar').classList.contains('show')")
+    await until(page, "!window.quireAudit.following")
+    await until(page, "document.querySelector('#newbar').classList.contains('show')")
     first = await page.locator("#newcount").text_content()
-    await page.wait_for_function(f"document.querySelector('#newcount').textContent !== {json.dumps(first)}")
+    await until(page, f"document.querySelector('#newcount').textContent !== {json.dumps(first)}")
     assert await page.locator("#lines").evaluate("el => el.scrollTop") == 0  # still where the user left it
     await page.get_by_role("button", name="Jump to live").click()
-    await page.wait_for_function("window.quireAudit.following")
+    await until(page, "window.quireAudit.following")
 
     # Copy all puts one line per event on the clipboard.
     await page.get_by_role("button", name="Copy all").click()
@@ -98,7 +121,7 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
 
     # A reload mid-job resumes the log with no gap and no duplicate.
     await page.reload()
-    await page.wait_for_function("document.querySelector('#live').textContent === 'complete'", timeout=90_000)
+    await until(page, "document.querySelector('#live').textContent === 'complete'", 90)
     seqs = await page.evaluate("window.quireAudit.seqs")
     async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {user.api_key}"}) as http:
         job = (await http.get(f"/v1/jobs/{job_id}")).json()
@@ -113,7 +136,7 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     assert len(views) == 2 and views[0]["seq"] in seqs  # each opening of the page, before its log is read
     assert views[0]["data"]["user"] == user.name and "Chrome" in views[0]["data"]["user_agent"]
     await page.locator("#status", has_text="succeeded").wait_for()
-    await page.wait_for_function("document.querySelector('#doc').textContent.startsWith('# ')")
+    await until(page, "document.querySelector('#doc').textContent.startsWith('# ')")
 
     # Downloads of both formats match the API, and each holds its own record as its last event.
     async with page.expect_download() as dl:
@@ -150,6 +173,7 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     # The log's length now: the page's reads and downloads are in it too.
     assert "succeeded" in text and "2,500" in text and "✓ yes" in text and f"{from_txt[-1]['seq']:,}" in text
     await shot(page, "history.png", tmp_path)
+    assert violations == []  # every page did all of the above under its strict CSP
     await ctx.close()
 
 
@@ -161,4 +185,76 @@ async def test_pages_need_a_key_and_reject_a_bad_one(browser, api_url):
     await page.get_by_label("API key").fill("qk_wrong")
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_text("That key was not accepted.").wait_for()
+    await ctx.close()
+
+
+async def test_model_markup_is_shown_as_text_and_never_runs(browser, api_url, fake, user):
+    """A hostile endpoint puts markup in every field it controls (prose, every plan string,
+    finish_reason, model, id). The pages show it as text. The CSP is bypassed in this browser so
+    that only the pages' own text-only DOM stands between the markup and the user: no dialog."""
+    from tests.fake_llm import XSS
+    from tests.test_api import auth, follow_to_end
+
+    fake.reset(mode="html")
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
+        r = await http.post(
+            "/v1/jobs", json={"kind": "generate", "prompt": "Beacons", "target_words": 300}, headers=auth(user)
+        )
+        job_id = r.json()["id"]
+        _, end = await follow_to_end(http, job_id, user)
+    assert end["status"] == "succeeded"
+    ctx = await browser.new_context(bypass_csp=True)
+    page = await ctx.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), asyncio.ensure_future(d.dismiss())))
+    await sign_in(page, api_url, user.api_key)
+    await page.goto(f"{api_url}/jobs/{job_id}")
+    await until(page, "document.querySelector('#live').textContent === 'complete'")
+    await until(page, "document.querySelector('#doc').textContent.startsWith('# ')")
+    # Open every collapsed line (prompt, response, finish reason, tokens) so all of it is rendered.
+    await page.evaluate("document.querySelectorAll('#lines details').forEach(d => { d.open = true; })")
+    title = await page.locator("#title").text_content()
+    doc = await page.locator("#doc").text_content()
+    panel = await page.locator("#lines").text_content()
+    assert title.startswith(XSS) and doc.startswith("# " + XSS) and doc.count(XSS) >= 3
+    assert f"finish stop{XSS}" in panel and f"response: {XSS}" in panel
+    await page.goto(f"{api_url}/history")
+    row = page.locator(f"tr[data-job-id='{job_id}']")
+    await row.wait_for()
+    assert XSS in await row.text_content()
+    for path in (f"/jobs/{job_id}", "/history"):
+        await page.goto(api_url + path)
+        await until(page, "document.querySelectorAll('#lines .line, #rows tr').length > 0")
+        assert (
+            await page.evaluate("document.querySelectorAll('main img, aside img, main script, aside script').length")
+            == 0
+        )
+    assert dialogs == []
+    await ctx.close()
+
+    # And with the CSP on, a string can't even become HTML on these pages (Trusted Types).
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    await page.goto(api_url + "/")
+    refused = await page.evaluate(
+        "() => { try { document.body.insertAdjacentHTML('beforeend', '<b>x</b>'); return false; }"
+        " catch (e) { return e instanceof TypeError; } }"
+    )
+    assert refused is True
+    await ctx.close()
+
+
+async def test_docs_work_offline_under_their_csp(browser, api_url):
+    async with httpx.AsyncClient(base_url=api_url) as http:
+        ops = sum(len(v) for v in (await http.get("/openapi.json")).json()["paths"].values())
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    violations = csp_errors(page)
+    external: list[str] = []
+    page.on("request", lambda r: external.append(r.url) if not r.url.startswith(api_url) else None)
+    await page.goto(api_url + "/docs")
+    await page.locator(".opblock").first.wait_for()
+    assert await page.locator(".opblock").count() == ops
+    assert await page.locator(".info .title").text_content() == "Quire 0.1.0 OAS 3.1"
+    assert violations == [] and external == []
     await ctx.close()

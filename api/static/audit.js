@@ -42,28 +42,33 @@ const AuditPanel = (() => {
       const k = kindSel.value, t = textIn.value.trim().toLowerCase();
       return (!k || e.kind === k || (k === "error" && isError(e))) && (!t || lineText(e).toLowerCase().includes(t));
     }
+    // One event as a line of text nodes: nothing from the event is ever parsed as HTML.
     function render(e) {
-      const d = e.data || {};
+      const d = e.data || {}, kind = String(e.kind);
+      const head = [
+        Quire.el("span", { className: "seq" }, String(e.seq).padStart(6)), "  ",
+        Quire.el("span", { className: "ts" }, String(e.ts).slice(11, 23)), "  ",
+        Quire.el("span", { className: "k k-" + kind.replace(/[^a-z_]/g, "") }, kind.padEnd(8)), " ",
+        String(e.action).padEnd(9) + " ",
+      ];
+      const text = summary(e), verdict = / · (PASS|FAIL)$/.exec(text);
+      const body = verdict
+        ? [text.slice(0, verdict.index) + " · ", Quire.el("span", { className: verdict[1].toLowerCase() }, verdict[1])]
+        : [text];
       let el;
-      const head = '<span class="seq">' + String(e.seq).padStart(6) + '</span>  <span class="ts">' + Quire.esc(e.ts.slice(11, 23)) +
-        '</span>  <span class="k k-' + Quire.esc(e.kind) + '">' + Quire.esc(e.kind.padEnd(8)) + "</span> " + Quire.esc(e.action.padEnd(9)) + " ";
-      let body = Quire.esc(summary(e));
-      body = body.replace(/ · PASS$/, ' · <span class="pass">PASS</span>').replace(/ · FAIL$/, ' · <span class="fail">FAIL</span>');
-      if (e.kind === "llm" || e.kind === "sql" || e.kind === "row") {
-        el = document.createElement("details");
-        const more = e.kind === "llm"
-          ? "prompt: " + Quire.esc(d.prompt_summary || "") + "\nresponse: " + Quire.esc(d.response_summary || "") +
+      if (kind === "llm" || kind === "sql" || kind === "row") {
+        const more = kind === "llm"
+          ? "prompt: " + (d.prompt_summary || "") + "\nresponse: " + (d.response_summary || "") +
             "\ntokens in " + (d.tokens_in ?? "?") + ", out " + (d.tokens_out ?? "?") + (d.tokens_cached ? ", cached " + d.tokens_cached : "") +
             " · latency " + (d.latency_ms ?? "?") + " ms · finish " + (d.finish_reason || "–") + " · attempt " + (d.attempt ?? "–")
-          : e.kind === "sql" ? Quire.esc(e.sql_text || "") + "\nparams: " + Quire.esc(JSON.stringify(d.params)) + "\ntables: " + Quire.esc((d.tables || []).join(", ")) + " (" + e.action + ")"
-          : Quire.esc(JSON.stringify(d, null, 1));
-        el.innerHTML = "<summary>" + head + body + '</summary><div class="more">' + more + "</div>";
+          : kind === "sql" ? (e.sql_text || "") + "\nparams: " + JSON.stringify(d.params) + "\ntables: " + (d.tables || []).join(", ") + " (" + e.action + ")"
+          : JSON.stringify(d, null, 1);
+        el = Quire.el("details", {}, Quire.el("summary", {}, ...head, ...body), Quire.el("div", { className: "more" }, more));
       } else {
-        el = document.createElement("div");
-        el.innerHTML = head + body;
+        el = Quire.el("div", {}, ...head, ...body);
       }
       el.className = "line" + (isError(e) ? " err" : "");
-      el.dataset.seq = e.seq; el.dataset.kind = e.kind;
+      el.dataset.seq = e.seq; el.dataset.kind = kind;
       el.hidden = !matches(e);
       return el;
     }
@@ -125,7 +130,10 @@ const AuditPanel = (() => {
               if (line.endsWith("\r")) line = line.slice(0, -1);
               if (line === "") {
                 if (ev.data.length) {
-                  if (ev.event === "end") { state.ended = true; }
+                  if (ev.event === "end") {
+                    state.ended = true;
+                    if (JSON.parse(ev.data.join("\n")).reason === "revoked") Quire.signOut();  // the key no longer works
+                  }
                   else if (ev.event === "message") add(JSON.parse(ev.data.join("\n")));
                 }
                 ev = { event: "message", data: [] };

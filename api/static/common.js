@@ -1,4 +1,7 @@
-// Shared by Quire's pages: the API key (this browser session only) and authenticated fetch.
+// Shared by Quire's pages: the API key (this browser session only), authenticated fetch, and el(),
+// the one way the pages build DOM. Everything that came from the API (model output, model names,
+// titles, errors, numbers) goes in as text nodes, never as markup: there is no innerHTML here, and
+// the pages' CSP (Trusted Types) makes any such assignment throw.
 "use strict";
 const Quire = {
   key() { return sessionStorage.getItem("quire.key") || ""; },
@@ -31,7 +34,18 @@ const Quire = {
   },
   fmt(n) { return (n === null || n === undefined) ? "–" : Number(n).toLocaleString("en-US"); },
   when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; },
-  esc(s) { return String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); },
+  // el("a", { href, className, dataset: {...} }, "text", child, ...): strings become text nodes.
+  el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === "dataset") Object.assign(node.dataset, v); else node[k] = v;
+    }
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  },
   requireKey() {
     if (!Quire.key()) { location.href = "/?next=" + encodeURIComponent(location.pathname); return false; }
     return true;

@@ -1,0 +1,43 @@
+// The job page: status, progress, the document, and the Audit Panel (audit.js).
+"use strict";
+if (Quire.requireKey()) {
+  const jobId = location.pathname.split("/").pop();
+  const panel = AuditPanel.mount(jobId, document.getElementById("audit"));
+  const $ = id => document.getElementById(id);
+  let last = null, outputShown = false;
+  async function refresh() {
+    let j;
+    try { j = await Quire.json("/v1/jobs/" + jobId); } catch (ex) { $("failure").textContent = ex.message; return; }
+    last = j;
+    document.title = "Quire — " + (j.title || "job");
+    $("title").textContent = j.title || ("Job " + j.id.slice(0, 8));
+    $("status").textContent = j.status; $("status").className = "status " + j.status;
+    $("step").textContent = j.progress.current_step || "";
+    const pct = Math.min(100, 100 * (j.words_written || 0) / j.target_words);
+    $("meter-fill").style.width = pct.toFixed(1) + "%";
+    $("meter").setAttribute("aria-valuemax", j.target_words); $("meter").setAttribute("aria-valuenow", j.words_written || 0);
+    $("words").textContent = Quire.fmt(j.words_written) + " / " + Quire.fmt(j.target_words);
+    $("chunks").textContent = j.progress.chunks_done + " / " + j.progress.chunks_total;
+    $("sections").textContent = j.progress.sections_done + " / " + j.progress.sections_total;
+    $("tokens").textContent = Quire.fmt(j.tokens.in) + " / " + Quire.fmt(j.tokens.out);
+    $("elapsed").textContent = Math.round(j.elapsed_seconds) + " s";
+    $("failure").textContent = j.error_code ? (j.error_code + ": " + j.failure_reason) : "";
+    $("cancel").hidden = ["succeeded", "failed", "cancelled"].includes(j.status);
+    if (j.status === "succeeded" && !outputShown) {
+      outputShown = true;
+      const r = await Quire.api("/v1/jobs/" + jobId + "/output");
+      $("doc").textContent = await r.text();
+      $("dl-output").hidden = false;
+    }
+  }
+  refresh();
+  const timer = setInterval(() => { if (!last || !["succeeded", "failed", "cancelled"].includes(last.status)) refresh(); }, 1000);
+  panel.onEvent = e => { if (e.kind === "job" || e.kind === "chunk") refresh(); };
+  panel.onEnd = () => { refresh(); clearInterval(timer); };
+  $("open-audit").addEventListener("click", () => { panel.open(); $("main").classList.add("with-panel"); });
+  $("close-audit").addEventListener("click", () => { panel.close(); $("main").classList.remove("with-panel"); $("open-audit").focus(); });
+  $("cancel").addEventListener("click", async () => {
+    try { await Quire.json("/v1/jobs/" + jobId + "/cancel", { method: "POST" }); refresh(); } catch (ex) { $("failure").textContent = ex.message; }
+  });
+  $("dl-output").addEventListener("click", e => { e.preventDefault(); Quire.download("/v1/jobs/" + jobId + "/output", "quire-" + jobId + ".md"); });
+}
