@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from core.echo import EchoIndex
 
 # CJK ideographs (Unified + Extension A + Compatibility): each one counts as a word.
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -102,45 +105,89 @@ def _sentence_groups(para: str, part_words: int) -> Iterator[str]:
         yield " ".join(cur)
 
 
-_SPECIAL_TOKEN = re.compile(r"<(?:start|end)_of_\w+>|<\|[^|>]{1,40}\|>|</?s>|<pad>|<unk>|<eos>|<bos>")
+# Tokens small models leak into prose: chat-template and special tokens (Gemma's <start_of_image>,
+# <end_of_turn>model, <unused12>; ChatML's <|im_end|>; </s>), and "1) 2) 3)" list junk.
+_SPECIAL_TOKEN = re.compile(
+    r"<(?:start|end)_of_[a-z]+>(?:(?:user|model)\b)?|<\|[^|>]{1,40}\|>|</?s>"
+    r"|<(?:pad|unk|eos|bos|mask|image_soft_token|unused\d{1,3})>|\[multimodal\]"
+)
 _HTML_HEADING = re.compile(r"<h[1-6][^>]*>.*?</h[1-6]>", re.I | re.S)
 _HTML_TAG = re.compile(r"</?(?:p|br|div|span|b|i|em|strong|ul|ol|li|h[1-6])\b[^>]*>", re.I)
-_LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)\s*){3,}")
+_LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)[ \t]*){3,}")
 _REPEATED_TOKEN = re.compile(r"\b(\w+)(?:\W+\1\b){4,}", re.I)  # "word word word word word" -> "word"
 _LONE_MARKERS = re.compile(r"^\s*(?:[-*#>]+|\d+[.)])\s*$", re.M)
 
 
+@dataclass(frozen=True)
+class Cleaned:
+    """A model's answer after cleanup: the prose kept, and every piece cut from it, in order."""
+
+    text: str
+    removed: list[str] = field(default_factory=list)
+
+    def removed_summary(self, items: int = 12, width: int = 100) -> list[str]:
+        """What was removed, shortened for an audit event (the full answer is in ``llm_calls``)."""
+        out = [_shorten(r, width) for r in self.removed[:items]]
+        if len(self.removed) > items:
+            out.append(f"... and {len(self.removed) - items} more")
+        return out
+
+
+def _shorten(s: str, width: int) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= width else s[: width - 3] + "..."
+
+
 def clean_model_text(text: str, echo_of: str = "") -> str:
-    """Keep the prose a model wrote, without what small models add around it.
+    """``clean_model_output(text, echo_of).text``."""
+    return clean_model_output(text, echo_of).text
+
+
+def clean_model_output(text: str, echo_of: str = "", source: str = "") -> Cleaned:
+    """Keep the prose a model wrote, without what small models add around it, and say what went.
 
     Strips special tokens and list junk, markdown headings of level 1-2 (Quire writes the
-    document's headings itself), and lines that echo the prompt back (``echo_of``).
+    document's headings itself), repeated lines, and echoes of the prompt ``echo_of``: a prompt
+    line said again, a sentence or bracketed aside that is mostly a prompt line or sentence, or a
+    fragment or paraphrase of the request that ends the prompt (``core.echo``). ``source``, text
+    the prompt gives to rewrite, may be kept word for word and is not an echo.
     """
-    text = _SPECIAL_TOKEN.sub("", text)
-    text = _HTML_HEADING.sub("", text)
-    text = _HTML_TAG.sub("", text)
-    text = _LIST_JUNK.sub("", text)
-    echoed = {normalize_paragraph(ln) for ln in echo_of.splitlines() if len(ln.split()) >= 3}
+    removed: list[str] = []
+
+    def cut(pattern: re.Pattern[str], s: str, keep: str = "") -> str:
+        def one(m: re.Match[str]) -> str:
+            removed.append(m.group(0))
+            return m.expand(keep)
+
+        return pattern.sub(one, s)
+
+    for junk in (_SPECIAL_TOKEN, _HTML_HEADING, _HTML_TAG, _LIST_JUNK):
+        text = cut(junk, text)
+    echoes = EchoIndex(echo_of, source)
     kept = []
     seen: set[str] = set()
     for line in text.splitlines():
-        if re.match(r"^\s*#{1,2}\s", line):
+        if re.match(r"^\s*#{1,2}\s", line) or echoes.line_echoes(line):
+            removed.append(line)
             continue
+        line, echoed = echoes.strip_line(line)
+        removed.extend(echoed)
         key = normalize_paragraph(line)
-        if echoed and len(line.split()) >= 3 and key in echoed:
-            continue
         if key and key in seen:  # a line said again is a repetition loop, not prose
+            removed.append(line)
             continue
         seen.add(key)
         kept.append(line)
-    text = "\n".join(kept)
-    text = _LONE_MARKERS.sub("", text)
-    text = _REPEATED_TOKEN.sub(r"\1", text)
+    text = cut(_LONE_MARKERS, "\n".join(kept))
+    text = cut(_REPEATED_TOKEN, text, r"\1")
     text = _unwrap(text)
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     text = text.strip()
-    return "" if degenerate(text) else text
+    removed = [r for r in removed if r.strip()]
+    if degenerate(text):
+        return Cleaned("", [*removed, text])
+    return Cleaned(text, removed)
 
 
 _BLOCK_START = re.compile(r"^\s*(?:[-*+>#|]|\d+[.)])")

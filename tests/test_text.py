@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from activities.prompts import ChunkContext, chunk_messages
 from core.coherence import delta, fold, seam_issues
 from core.plan import fallback_plan, parse_plan
-from core.text import clean_model_text, count_words, split_parts, trim_to_words
+from core.text import Cleaned, clean_model_output, clean_model_text, count_words, split_parts, trim_to_words
 
 
 @pytest.mark.parametrize(
@@ -245,3 +245,68 @@ def test_chinese_cut_keeps_the_closing_quote_and_later_sentences_win() -> None:
     quoted = _chinese(30, seed=5, end="？」")
     out = trim_to_words(quoted, 600, 500)
     assert out.endswith("？」") and 500 <= count_words(out) <= 600
+
+
+# -- echoes of the prompt --------------------------------------------------------------------
+
+
+def _ctx(**kw: object) -> ChunkContext:
+    base = dict(
+        plan={"title": "Lighthouses", "thesis": "Lights guided ships home.", "sections": [{"title": "Lamps"}]},
+        section_index=0,
+        section_title="Lamps",
+        section_summary="How the lamps worked.",
+        key_points=["oil lamps", "the Fresnel lens"],
+        state_summary="The first lighthouses burned wood. Later keepers used oil.",
+        glossary={"Fresnel Lens": "a lens of rings"},
+        open_threads=[],
+        brief="",
+        source_text=None,
+        previous_tail="The keeper climbed the stairs at dusk.",
+    )
+    return ChunkContext(**{**base, **kw})  # type: ignore[arg-type]
+
+
+PROSE = (
+    "The lamp was lit each night, and its light reached far out to sea.\n\n"
+    "Keepers trimmed the wicks twice a night and wrote the weather in a log."
+)
+
+
+@pytest.mark.parametrize("style", ["document", "instruct"])
+def test_echoes_of_prompt_lines_and_the_request_are_removed_and_reported(style: str) -> None:
+    msgs = chunk_messages(_ctx(), style=style, words=830)
+    prompt = "\n".join(m["content"] for m in msgs)
+    request = prompt.splitlines()[-1]
+    answer = (
+        f"{request}\nThe lamp was lit each night, and its light reached far out to sea. "
+        "(Continue from where it stopped, with about 830 words.) <start_of_image> 1) 2) 3)\n\n"
+        f"{prompt.splitlines()[2]}\nKeepers trimmed the wicks twice a night and wrote the weather in a log. "
+        f"{' '.join(request.split()[:6])}\n<end_of_turn>model\n[about 830 more words]"
+    )
+    out = clean_model_output(answer, prompt)
+    assert out.text == PROSE
+    assert out.removed[:3] == ["<start_of_image>", "<end_of_turn>model", "1) 2) 3)"]
+    assert request in out.removed and "(Continue from where it stopped, with about 830 words.)" in out.removed
+    assert len(out.removed) == 8 and all(len(r) <= 100 for r in out.removed_summary(width=100))
+
+
+def test_prose_is_not_an_echo_of_its_prompt() -> None:
+    for style in ("document", "instruct"):
+        msgs = chunk_messages(_ctx(), style=style, words=300)
+        out = clean_model_output(PROSE, "\n".join(m["content"] for m in msgs))
+        assert out == Cleaned(PROSE, [])
+
+
+def test_a_rewrite_may_keep_its_source_word_for_word() -> None:
+    source = "The lamp was lit each night, and its light reached far out to sea."
+    for style in ("document", "instruct"):
+        msgs = chunk_messages(_ctx(source_text=source), style=style, words=40)
+        prompt = "\n".join(m["content"] for m in msgs)
+        assert clean_model_output(PROSE, prompt, source=source).text == PROSE
+        assert clean_model_output(PROSE, prompt).text != PROSE  # without it, the source is an echo
+
+
+def test_request_shaped_sentences_go_even_without_a_prompt() -> None:
+    out = clean_model_output("Keepers kept logs. Finish that sentence in about 12 words.")
+    assert out == Cleaned("Keepers kept logs.", ["Finish that sentence in about 12 words."])
