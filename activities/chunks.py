@@ -22,7 +22,7 @@ from activities.prompts import ChunkContext, chunk_messages, max_tokens_for
 from core.coherence import delta, fold, handoff
 from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
 from core.text import (
-    clean_model_text,
+    clean_model_output,
     count_words,
     dedupe_paragraphs,
     join_continuation,
@@ -111,7 +111,9 @@ class ChunkActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(max(ask, 8)),
         )
-        added = clean_model_text(res.text, echo_of="\n".join(m["content"] for m in msgs))
+        # Echoed prompt lines and junk tokens never reach the chunk or its count; the event says what went.
+        cleaned = clean_model_output(res.text, "\n".join(m["content"] for m in msgs), ctx.source_text or "")
+        added = cleaned.text
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
             chunk = await _chunk(tx, jid, chunk_id)
@@ -151,6 +153,7 @@ class ChunkActivities(ModelStep):
                     "finish_reason": res.finish_reason,
                     "llm_call_id": res.call_id,
                     "truncated": res.finish_reason == "length",
+                    "removed": cleaned.removed_summary(),
                 },
             )
 

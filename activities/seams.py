@@ -22,7 +22,7 @@ from activities.chunks import add_version, latest_version, text_of
 from activities.contracts import NodeRef
 from activities.prompts import seam_repair_messages
 from core.coherence import fix_term, seam_differences
-from core.text import clean_model_text, count_words, paragraphs
+from core.text import clean_model_output, count_words, paragraphs
 from db.session import JobTx
 from db.writing import Chunk, CoherenceState, PlanNode, SeamCheck
 
@@ -64,17 +64,19 @@ class SeamActivities(ModelStep):
         repaired_text = None
         if conflicts:
             opening = paragraphs(after)[0] if paragraphs(after) else after
+            msgs = seam_repair_messages(before, opening, glossary, max(20, count_words(opening)))
             res = await self.llm.complete(
                 job_id=jid,
                 chunk_id=first.id,
                 purpose="seam",
                 request_key=f"seam:{unit.id}",
                 model=model,
-                messages=seam_repair_messages(before, opening, glossary, max(20, count_words(opening))),
+                messages=msgs,
                 max_tokens=max(64, int(count_words(opening) * 1.6) + 32),
                 temperature=0.4,
             )
-            new_opening = clean_model_text(res.text)
+            # The opening it rewrites may be kept word for word; the ending it follows may not.
+            new_opening = clean_model_output(res.text, "\n".join(m["content"] for m in msgs), opening).text
             rest = paragraphs(after)[1:]
             repaired_text = "\n\n".join([new_opening or opening, *rest])
             for c in conflicts:

@@ -69,16 +69,17 @@ class StitchActivities(ModelStep):
         bridges: dict[int, str] = {}
         broken = [i for i in issues if i["type"] == "broken_seam"][:MAX_BRIDGES] if repair_with_model else []
         for issue in broken:
+            msgs = bridge_messages(texts[issue["chunk"]])
             res = await self.llm.complete(
                 job_id=jid,
                 purpose="stitch",
                 request_key=f"stitch:{section.id}:{issue['chunk']}",
                 model=model,
-                messages=bridge_messages(texts[issue["chunk"]]),
+                messages=msgs,
                 max_tokens=48,
                 temperature=0.3,
             )
-            bridge = clean_model_text(res.text).split("\n")[0].strip()
+            bridge = clean_model_text(res.text, "\n".join(m["content"] for m in msgs)).split("\n")[0].strip()
             if bridge:
                 bridges[issue["chunk"]] = bridge if bridge[-1] in ".!?" else bridge + "."
         async with self.db.job_tx(jid) as tx:

@@ -9,29 +9,46 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from core.echo import EchoIndex
 
 # CJK ideographs (Unified + Extension A + Compatibility): each one counts as a word.
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_RE = re.compile(f"[{_CJK}]")
+_CJK_RUN = re.compile(f"[{_CJK}]+")
 _ALNUM_NON_CJK = re.compile(rf"[^\W_{_CJK}]")
+
+# Where ``wc -w`` (GNU coreutils 9.1, UTF-8 locale) ends a word, found by running wc on every code
+# point: ASCII whitespace, the Unicode spaces (Zs) and U+2060. It does not split at U+001C-U+001F,
+# U+0085, U+2028 or U+2029 (not printable, so wc neither starts nor ends a word there), where
+# Python's str.split() and \s do. Those are deleted and U+2060 made a space before counting, so
+# that Python's whitespace is then exactly wc's.
+WC_SEPARATORS = "\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u202f\u205f\u2060\u3000"
+_NOT_WC_SPACE = re.compile("[\x1c-\x1f\x85\u2028\u2029]")
+_WC_TOKEN = re.compile(f"[^{WC_SEPARATORS}]+")
+# One match per token holding a non-CJK letter or digit: a separator, then anything that is
+# neither (possessive: no backtracking), then the letter or digit.
+_WORD_START = re.compile(rf"\s(?:[^\s\w]|[_{_CJK}])*+[^\W_{_CJK}]")
 
 
 def count_words(text: str) -> int:
     """Count words by Quire's rule.
 
-    A word is a whitespace-separated token that contains at least one letter or digit; each CJK
-    ideograph counts as one word (a token of CJK ideographs and nothing else counts once per
-    ideograph; a token mixing them with Latin letters counts its ideographs plus one for the
-    rest). Never more than ``wc -w`` on non-CJK text, so a target met here is met there.
+    A word is a token between ``wc -w``'s separators (``WC_SEPARATORS``) that contains at least
+    one letter or digit; each CJK ideograph counts as one word (a token of CJK ideographs and
+    nothing else counts once per ideograph; a token mixing them with other letters counts its
+    ideographs plus one for the rest). Every letter or digit is a word character to wc, so on
+    text without CJK ideographs this is never more than ``wc -w``, and equal to it when every
+    token holds a letter or digit.
     """
-    n = 0
-    for token in text.split():
-        cjk = len(_CJK_RE.findall(token))
-        if cjk:
-            n += cjk + (1 if _ALNUM_NON_CJK.search(token) else 0)
-        elif _ALNUM_NON_CJK.search(token):
-            n += 1
-    return n
+    if _NOT_WC_SPACE.search(text):
+        text = _NOT_WC_SPACE.sub("", text)
+    cjk = 0
+    if not text.isascii():
+        text = text.replace("\u2060", " ")
+        cjk = sum(map(len, _CJK_RUN.findall(text)))
+    return cjk + len(_WORD_START.findall(" " + text))
 
 
 def sha256(text: str) -> str:
@@ -88,45 +105,89 @@ def _sentence_groups(para: str, part_words: int) -> Iterator[str]:
         yield " ".join(cur)
 
 
-_SPECIAL_TOKEN = re.compile(r"<(?:start|end)_of_\w+>|<\|[^|>]{1,40}\|>|</?s>|<pad>|<unk>|<eos>|<bos>")
+# Tokens small models leak into prose: chat-template and special tokens (Gemma's <start_of_image>,
+# <end_of_turn>model, <unused12>; ChatML's <|im_end|>; </s>), and "1) 2) 3)" list junk.
+_SPECIAL_TOKEN = re.compile(
+    r"<(?:start|end)_of_[a-z]+>(?:(?:user|model)\b)?|<\|[^|>]{1,40}\|>|</?s>"
+    r"|<(?:pad|unk|eos|bos|mask|image_soft_token|unused\d{1,3})>|\[multimodal\]"
+)
 _HTML_HEADING = re.compile(r"<h[1-6][^>]*>.*?</h[1-6]>", re.I | re.S)
 _HTML_TAG = re.compile(r"</?(?:p|br|div|span|b|i|em|strong|ul|ol|li|h[1-6])\b[^>]*>", re.I)
-_LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)\s*){3,}")
+_LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)[ \t]*){3,}")
 _REPEATED_TOKEN = re.compile(r"\b(\w+)(?:\W+\1\b){4,}", re.I)  # "word word word word word" -> "word"
 _LONE_MARKERS = re.compile(r"^\s*(?:[-*#>]+|\d+[.)])\s*$", re.M)
 
 
+@dataclass(frozen=True)
+class Cleaned:
+    """A model's answer after cleanup: the prose kept, and every piece cut from it, in order."""
+
+    text: str
+    removed: list[str] = field(default_factory=list)
+
+    def removed_summary(self, items: int = 12, width: int = 100) -> list[str]:
+        """What was removed, shortened for an audit event (the full answer is in ``llm_calls``)."""
+        out = [_shorten(r, width) for r in self.removed[:items]]
+        if len(self.removed) > items:
+            out.append(f"... and {len(self.removed) - items} more")
+        return out
+
+
+def _shorten(s: str, width: int) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= width else s[: width - 3] + "..."
+
+
 def clean_model_text(text: str, echo_of: str = "") -> str:
-    """Keep the prose a model wrote, without what small models add around it.
+    """``clean_model_output(text, echo_of).text``."""
+    return clean_model_output(text, echo_of).text
+
+
+def clean_model_output(text: str, echo_of: str = "", source: str = "") -> Cleaned:
+    """Keep the prose a model wrote, without what small models add around it, and say what went.
 
     Strips special tokens and list junk, markdown headings of level 1-2 (Quire writes the
-    document's headings itself), and lines that echo the prompt back (``echo_of``).
+    document's headings itself), repeated lines, and echoes of the prompt ``echo_of``: a prompt
+    line said again, a sentence or bracketed aside that is mostly a prompt line or sentence, or a
+    fragment or paraphrase of the request that ends the prompt (``core.echo``). ``source``, text
+    the prompt gives to rewrite, may be kept word for word and is not an echo.
     """
-    text = _SPECIAL_TOKEN.sub("", text)
-    text = _HTML_HEADING.sub("", text)
-    text = _HTML_TAG.sub("", text)
-    text = _LIST_JUNK.sub("", text)
-    echoed = {normalize_paragraph(ln) for ln in echo_of.splitlines() if len(ln.split()) >= 3}
+    removed: list[str] = []
+
+    def cut(pattern: re.Pattern[str], s: str, keep: str = "") -> str:
+        def one(m: re.Match[str]) -> str:
+            removed.append(m.group(0))
+            return m.expand(keep)
+
+        return pattern.sub(one, s)
+
+    for junk in (_SPECIAL_TOKEN, _HTML_HEADING, _HTML_TAG, _LIST_JUNK):
+        text = cut(junk, text)
+    echoes = EchoIndex(echo_of, source)
     kept = []
     seen: set[str] = set()
     for line in text.splitlines():
-        if re.match(r"^\s*#{1,2}\s", line):
+        if re.match(r"^\s*#{1,2}\s", line) or echoes.line_echoes(line):
+            removed.append(line)
             continue
+        line, echoed = echoes.strip_line(line)
+        removed.extend(echoed)
         key = normalize_paragraph(line)
-        if echoed and len(line.split()) >= 3 and key in echoed:
-            continue
         if key and key in seen:  # a line said again is a repetition loop, not prose
+            removed.append(line)
             continue
         seen.add(key)
         kept.append(line)
-    text = "\n".join(kept)
-    text = _LONE_MARKERS.sub("", text)
-    text = _REPEATED_TOKEN.sub(r"\1", text)
+    text = cut(_LONE_MARKERS, "\n".join(kept))
+    text = cut(_REPEATED_TOKEN, text, r"\1")
     text = _unwrap(text)
     text = re.sub(r"[ \t]+\n", "\n", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     text = text.strip()
-    return "" if degenerate(text) else text
+    removed = [r for r in removed if r.strip()]
+    if degenerate(text):
+        return Cleaned("", [*removed, text])
+    return Cleaned(text, removed)
 
 
 _BLOCK_START = re.compile(r"^\s*(?:[-*+>#|]|\d+[.)])")
@@ -164,25 +225,74 @@ def join_continuation(existing: str, addition: str) -> str:
     return existing.rstrip() + " " + addition.strip()
 
 
+_SENT_END = re.compile(r"[.!?。！？][\"'”’)\]」』）】]*$")
+_CJK_SENT_END = "。！？"
+_CLOSERS = "\"'”’)]」』）】"
+
+
 def trim_to_words(text: str, max_words: int, min_words: int) -> str:
     """Cut ``text`` to at most ``max_words`` words, ending at a sentence end when one falls
-    between ``min_words`` and ``max_words``; never below ``min_words`` if the text has them."""
+    between ``min_words`` and ``max_words``; never below ``min_words`` if the text has them.
+
+    A run of CJK ideographs is one token to the separators but many words, so it is walked
+    ideograph by ideograph: cut after its last 。！？ inside the window, else at the exact
+    ideograph that reaches ``max_words`` (never before the whole run).
+    """
     if count_words(text) <= max_words:
         return text
-    # Walk the tokens keeping whitespace, remembering the last sentence end inside the window.
+    n, pos = _lines_below(text, min_words)
     best_cut = None
-    n = 0
     cut_at_max = len(text)
-    for m in re.finditer(r"\S+", text):
+    # Walk the tokens keeping whitespace, remembering the last sentence end inside the window.
+    for m in _WC_TOKEN.finditer(text, pos):
         tok = m.group(0)
-        n += count_words(tok)
-        if n > max_words:
-            cut_at_max = m.start()
-            break
-        if n >= min_words and re.search(r"[.!?][\"')\]]*$", tok):
+        if _CJK_RE.search(tok):
+            n, sentence_cut, over = _walk_ideographs(tok, m.start(), n, min_words, max_words)
+            best_cut = sentence_cut if sentence_cut is not None else best_cut
+            if over is not None:
+                cut_at_max = over
+                break
+        else:
+            n += count_words(tok)
+            if n > max_words:
+                cut_at_max = m.start()
+                break
+        if n >= min_words and _SENT_END.search(tok):
             best_cut = m.end()
-    cut = best_cut if best_cut is not None else cut_at_max
-    return text[:cut].rstrip()
+    if best_cut is None:
+        return text[:cut_at_max].rstrip()
+    while best_cut < len(text) and text[best_cut] in _CLOSERS:  # 。」 ends with its quote
+        best_cut += 1
+    return text[:best_cut].rstrip()
+
+
+def _lines_below(text: str, min_words: int) -> tuple[int, int]:
+    """Whole lines from the start whose words stay below ``min_words``: no cut can fall in them,
+    so they are counted in one pass instead of walked token by token. (words, where they end)"""
+    n = pos = 0
+    while (end := text.find("\n", pos)) >= 0:
+        words = count_words(text[pos:end])
+        if n + words >= min_words:
+            break
+        n, pos = n + words, end + 1
+    return n, pos
+
+
+def _walk_ideographs(tok: str, start: int, n: int, lo: int, hi: int) -> tuple[int, int | None, int | None]:
+    """Walk a token holding CJK ideographs from ``n`` words: (words after it, the offset just
+    after its last 。！？ with lo <= words <= hi, the offset of the character that passes hi)."""
+    ideographs, other, sentence_cut = 0, 0, None
+    for i, ch in enumerate(tok):
+        if _CJK_RE.match(ch):
+            ideographs += 1
+        elif not other and _ALNUM_NON_CJK.match(ch):
+            other = 1  # the token's non-CJK letters count one word, once
+        words = n + ideographs + other
+        if words > hi:
+            return words, sentence_cut, start + i
+        if ch in _CJK_SENT_END and words >= lo:
+            sentence_cut = start + i + 1
+    return n + ideographs + other, sentence_cut, None
 
 
 def tail_words(text: str, n: int) -> str:

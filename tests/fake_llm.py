@@ -15,6 +15,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
 - ``mode``: "normal" | "empty" (always empty content) | "malformed_plan" (bad JSON for plans) |
   "html" (a hostile endpoint: ``XSS`` markup in every field it controls: the prose, every string
   of a plan, ``finish_reason``, the response's ``model`` and ``id``);
+  "echo" (prose wrapped the way a small base model wraps it: instruction lines of its prompt
+  said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
+  what it echoed is kept in ``echoed``);
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
   "empty", "garbage".
@@ -63,6 +66,7 @@ class FakeState:
     peak_in_flight: int = 0
     model_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    echoed: list[str] = field(default_factory=list)
     counter: int = 0
 
 
@@ -108,6 +112,11 @@ class FakeLLM:
     def requests(self) -> list[dict[str, Any]]:
         with self.lock:
             return list(self.state.requests)
+
+    @property
+    def echoed(self) -> list[str]:
+        with self.lock:
+            return list(self.state.echoed)
 
     # -- HTTP --------------------------------------------------------------------------------
     async def _models(self, request: Request) -> Response:
@@ -186,6 +195,10 @@ class FakeLLM:
                 cap = max(1, int((max_tokens or want) / 1.4)) if fault != "truncate" else max(1, want // 2)
                 content = " ".join(content.split()[:cap])
                 finish = "length"
+            if mode == "echo" and _asks_words(messages):
+                content, echoed = _echo(messages, content, asked, rng)
+                with self.lock:
+                    st.echoed.extend(echoed)
         tokens_in = max(1, len(prompt) // 4)
         tokens_out = max(0, int(len(content.split()) * 1.4))
         if tokens_per_s:
@@ -254,10 +267,41 @@ def _plant_term(content: str, prompt: str) -> str:
     return "\n\n".join(paras)
 
 
+def _asks_words(messages: list[dict[str, Any]]) -> bool:
+    """A prose request ("about N words"): chunks and bridges, not the outline of a plan."""
+    return bool(messages) and re.search(r"about \d+ (?:more )?words", str(messages[-1].get("content", ""))) is not None
+
+
 def _asked_words(messages: list[dict[str, Any]]) -> int:
     last = str(messages[-1].get("content", "")) if messages else ""
     m = re.findall(r"about (\d+) (?:more )?words", last)
     return int(m[-1]) if m else 100
+
+
+# Prompt lines that are instructions, not document text: the system prompt, labelled notes
+# ("Key terms: ...", "Thesis: ..."), outline entries and bracketed requests. Headings are left
+# out: the document has its own.
+_INSTRUCTION = re.compile(r"^(?:\(|\d+\. |[A-Z][\w ()]{0,40}:)")
+
+
+def _echo(messages: list[dict[str, Any]], prose: str, asked: int, rng: random.Random) -> tuple[str, list[str]]:
+    """``prose`` with what a small base model adds: its prompt's instruction lines said back
+    (whole, and one sentence of the system prompt), the request that ends the prompt verbatim,
+    paraphrased and cut short, and junk tokens. Returns the answer and the echoed lines."""
+    system = [str(m.get("content", "")) for m in messages if m.get("role") == "system"]
+    lines = [ln.strip() for m in messages for ln in str(m.get("content", "")).splitlines() if ln.strip()]
+    request = lines[-1] if lines else ""
+    notes = [ln for ln in lines[:-1] if _INSTRUCTION.match(ln) and len(ln.split()) <= 40]
+    echoed = [*rng.sample(notes, min(3, len(notes))), request]
+    if system:
+        echoed.append(system[0].split(". ")[0] + ".")
+    paraphrase = f"(Continue from where it stopped, with about {asked} words.)"
+    fragment = " ".join(request.split()[:6])
+    paras = prose.split("\n\n")
+    paras[0] = f"{echoed[0]}\n{paras[0]} {paraphrase} <start_of_image> 1) 2) 3)"
+    paras.insert(len(paras) // 2 + 1, "\n".join(echoed[1:]) + "\n<end_of_turn>")
+    paras.append(fragment)
+    return "\n\n".join(paras), [*echoed, paraphrase, fragment]
 
 
 def _prose(words: int, rng: random.Random) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,15 +17,17 @@ import pytest
 from sqlalchemy import func, select, text
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 
+from activities.llm import LlmClient
 from core.spec import JobSpec
 from core.text import count_words
 from db.ddl import CHAIN_PROOF
 from db.models import AuditEvent, Document, LlmCall
 from db.writing import Chunk, ChunkAttempt
 from services import jobs
-from tests.conftest import TEST_SECRET
+from tests.conftest import TASK_QUEUE, TEST_SECRET
 from tests.fake_llm import WORDS
 from tests.helpers import job_row, output, submit, wait
+from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -323,3 +327,63 @@ async def test_worker_kill_9_mid_job_resumes_without_duplicates(db, client, fake
         ).one()
     assert states[0] == states[1] == len(chunks) + 1
     assert count_words((await output(db, job.id)).text) >= 3000
+
+
+def _norm(text: str) -> str:
+    return " " + re.sub(r"\W+", " ", text.lower()).strip() + " "
+
+
+@pytest.mark.parametrize("style", ["instruct", "document"])
+async def test_echoed_prompt_lines_and_junk_never_enter_the_document(db, client, fake, user, style):
+    """A model that says its prompt back (lines, a paraphrase and a fragment of the request,
+    junk tokens) in every answer: the document holds none of it, the count is of what remains,
+    and every chunk event names what was cut."""
+    fake.reset(mode="echo")
+    queue = TASK_QUEUE if style == "instruct" else f"echo-{uuid.uuid4().hex[:6]}"
+    async with contextlib.AsyncExitStack() as stack:
+        if style == "document":  # the small-model prompt (the demo's): its own worker and queue
+            llm = LlmClient(
+                db,
+                base_url=fake.url,
+                api_key=TEST_SECRET,
+                model="fake-model",
+                timeout=3.0,
+                retry_wait_cap=0.05,
+                prompt_style="document",
+            )
+            stack.push_async_callback(llm.close)
+            await stack.enter_async_context(build_worker(client, db, llm, queue))
+        job, _ = await jobs.submit(
+            db,
+            client,
+            user_id=user.user_id,
+            user_name=user.name,
+            spec=JobSpec(kind="generate", prompt="Lighthouses", target_words=900, options={"chunk_words": 300}),
+            task_queue=queue,
+            default_model="fake-model",
+        )
+        assert await wait(client, job.id) == "succeeded"
+    doc = await output(db, job.id)
+    assert doc is not None and 900 <= count_words(doc.text) <= 990 and doc.word_count == count_words(doc.text)
+    echoed = set(fake.echoed)
+    assert any(e.startswith("(Continue from where it stopped") for e in echoed)
+    body = _norm(doc.text)
+    assert [e for e in echoed if _norm(e) in body] == []
+    for junk in ("<start_of_image>", "<end_of_turn>", "1) 2)", "(Continue", "words"):
+        assert junk not in doc.text
+    async with db.tx() as s:
+        events = (
+            (
+                await s.execute(
+                    select(AuditEvent.data).where(
+                        AuditEvent.job_id == job.id,
+                        AuditEvent.kind == "chunk",
+                        AuditEvent.action.in_(["write", "extend"]),
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert events and all("<start_of_image>" in e["removed"] for e in events)
+    assert all(any(r.startswith("(Continue from where it stopped") for r in e["removed"]) for e in events)

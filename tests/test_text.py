@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
+import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from activities.prompts import ChunkContext, chunk_messages
 from core.coherence import delta, fold, seam_issues
 from core.plan import fallback_plan, parse_plan
-from core.text import clean_model_text, count_words, split_parts, trim_to_words
+from core.text import Cleaned, clean_model_output, clean_model_text, count_words, split_parts, trim_to_words
 
 
 @pytest.mark.parametrize(
@@ -137,3 +143,170 @@ def test_repetition_loops_are_not_counted_as_prose() -> None:
 def test_hard_wrapped_prose_is_rejoined_but_lists_stay() -> None:
     text = "Keep a record\nof the hive.\n\n- one\n- two\n\nNext paragraph\ncontinues here."
     assert clean_model_text(text) == "Keep a record of the hive.\n\n- one\n- two\n\nNext paragraph continues here."
+
+
+# -- the word rule against the real wc binary ------------------------------------------------
+
+# Where GNU wc -w (coreutils 9.1, C.UTF-8) ends a word, as measured on every code point:
+# written out here, not imported, so that the tests check the implementation against wc.
+WC_SEPARATORS = set("\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a")
+WC_SEPARATORS |= set("\u202f\u205f\u2060\u3000")
+IDEOGRAPH = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def wc_words(text: str) -> int:
+    wc = shutil.which("wc")
+    assert wc is not None
+    # C.UTF-8 and no POSIXLY_CORRECT (which would make wc stop splitting at no-break spaces).
+    out = subprocess.run([wc, "-w"], input=text.encode(), capture_output=True, check=True, env={"LC_ALL": "C.UTF-8"})
+    return int(out.stdout.split()[0])
+
+
+def wc_words_each(texts: list[str]) -> list[int]:
+    """``wc -w`` of each text, in one wc call (one file each)."""
+    with tempfile.TemporaryDirectory() as d:
+        paths = [os.path.join(d, str(i)) for i in range(len(texts))]
+        for path, text in zip(paths, texts, strict=True):
+            with open(path, "wb") as f:
+                f.write(text.encode())
+        out = subprocess.run(["wc", "-w", *paths], capture_output=True, check=True, env={"LC_ALL": "C.UTF-8"})
+    return [int(line.split()[0]) for line in out.stdout.decode().splitlines()[: len(texts)]]
+
+
+@pytest.mark.parametrize(
+    "ch",
+    sorted(
+        {chr(c) for c in range(0x3000 + 1) if chr(c).isspace()}
+        | WC_SEPARATORS
+        | set("\u00ad\u180e\u200b\u200c\u200d\u2028\u2029\u2060\ufeff\x00\x1b\x7f")
+    ),
+    ids=lambda ch: f"U+{ord(ch):04X}",
+)
+def test_words_split_exactly_where_wc_splits(ch: str) -> None:
+    # Python's str.split() splits at U+001C-U+001F, U+0085, U+2028, U+2029; wc does not.
+    text = f"one{ch}two 3{ch}{ch}4 {ch}five{ch}"
+    assert count_words(text) == wc_words(text) == (5 if ch in WC_SEPARATORS else 3)
+
+
+def test_no_code_point_splits_differently_from_wc() -> None:
+    # Every code point between two letters, one wc call: a split where wc does not split (or the
+    # reverse) would change the total.
+    # (no surrogates, no ideographs: IDEOGRAPH's ranges are left out)
+    code_points = (range(0x3400), range(0x4DC0, 0x4E00), range(0xA000, 0xD800), range(0xE000, 0xF900))
+    text = "a" + "b\na".join(map(chr, itertools.chain(*code_points, range(0xFB00, 0x110000)))) + "b"
+    assert count_words(text) == wc_words(text)
+
+
+_TEXT_PIECES = st.one_of(
+    st.sampled_from(sorted(WC_SEPARATORS) + list("\x1c\x1d\x1e\x1f\x85\u2028\u2029\u200b\ufeff\u00ad")),
+    st.sampled_from(["word", "x1", "42", "é", "Ωmega", "—", "...", "-", "_", "“", "\x01"]),
+    st.text(st.characters(exclude_categories=("Cs",)).filter(lambda c: not IDEOGRAPH.match(c)), max_size=3),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(_TEXT_PIECES, min_size=1, max_size=40).map("".join), min_size=5, max_size=25))
+def test_word_rule_is_wc_without_the_tokens_that_hold_no_letter_or_digit(texts: list[str]) -> None:
+    separators = "[" + re.escape("".join(sorted(WC_SEPARATORS))) + "]+"
+    for text, wc in zip(texts, wc_words_each(texts), strict=True):
+        assert count_words(text) <= wc, text
+        if all(any(ch.isalnum() for ch in token) for token in re.split(separators, text) if token):
+            assert count_words(text) == wc, text
+
+
+# -- trimming CJK text ---------------------------------------------------------------------
+
+
+def _chinese(sentences: int, seed: int, end: str = "。") -> str:
+    rng = random.Random(seed)
+    chars = "的一是不了人我在有他这中大来上们到说国和地也子时道出要于就下得可你年生自会那后能对着事"
+    return "".join("".join(rng.choice(chars) for _ in range(rng.randint(25, 55))) + end for _ in range(sentences))
+
+
+def test_one_paragraph_chinese_chunk_trims_to_target_at_a_sentence_end() -> None:
+    para = _chinese(24, seed=1)
+    assert count_words(para) > 800 and "\n" not in para and " " not in para
+    out = trim_to_words(para, 735, 700)
+    assert 700 <= count_words(out) <= 735 and out.endswith("。") and para.startswith(out)
+
+
+def test_chinese_without_sentence_ends_is_cut_at_the_exact_ideograph() -> None:
+    para = _chinese(1, seed=2)[:-1] * 20
+    out = trim_to_words(para, 735, 700)
+    assert count_words(out) == 735 and para.startswith(out)
+    mixed = "Intro text in English. " * 10 + "\n\n" + para  # 40 words, then one long run
+    assert count_words(trim_to_words(mixed, 735, 700)) == 735
+
+
+def test_chinese_cut_keeps_the_closing_quote_and_later_sentences_win() -> None:
+    para = "「" + _chinese(6, seed=3, end="。」「") + _chinese(20, seed=4, end="！")
+    out = trim_to_words(para, 600, 500)
+    assert 500 <= count_words(out) <= 600 and out.endswith("！")
+    quoted = _chinese(30, seed=5, end="？」")
+    out = trim_to_words(quoted, 600, 500)
+    assert out.endswith("？」") and 500 <= count_words(out) <= 600
+
+
+# -- echoes of the prompt --------------------------------------------------------------------
+
+
+def _ctx(**kw: object) -> ChunkContext:
+    base = dict(
+        plan={"title": "Lighthouses", "thesis": "Lights guided ships home.", "sections": [{"title": "Lamps"}]},
+        section_index=0,
+        section_title="Lamps",
+        section_summary="How the lamps worked.",
+        key_points=["oil lamps", "the Fresnel lens"],
+        state_summary="The first lighthouses burned wood. Later keepers used oil.",
+        glossary={"Fresnel Lens": "a lens of rings"},
+        open_threads=[],
+        brief="",
+        source_text=None,
+        previous_tail="The keeper climbed the stairs at dusk.",
+    )
+    return ChunkContext(**{**base, **kw})  # type: ignore[arg-type]
+
+
+PROSE = (
+    "The lamp was lit each night, and its light reached far out to sea.\n\n"
+    "Keepers trimmed the wicks twice a night and wrote the weather in a log."
+)
+
+
+@pytest.mark.parametrize("style", ["document", "instruct"])
+def test_echoes_of_prompt_lines_and_the_request_are_removed_and_reported(style: str) -> None:
+    msgs = chunk_messages(_ctx(), style=style, words=830)
+    prompt = "\n".join(m["content"] for m in msgs)
+    request = prompt.splitlines()[-1]
+    answer = (
+        f"{request}\nThe lamp was lit each night, and its light reached far out to sea. "
+        "(Continue from where it stopped, with about 830 words.) <start_of_image> 1) 2) 3)\n\n"
+        f"{prompt.splitlines()[2]}\nKeepers trimmed the wicks twice a night and wrote the weather in a log. "
+        f"{' '.join(request.split()[:6])}\n<end_of_turn>model\n[about 830 more words]"
+    )
+    out = clean_model_output(answer, prompt)
+    assert out.text == PROSE
+    assert out.removed[:3] == ["<start_of_image>", "<end_of_turn>model", "1) 2) 3)"]
+    assert request in out.removed and "(Continue from where it stopped, with about 830 words.)" in out.removed
+    assert len(out.removed) == 8 and all(len(r) <= 100 for r in out.removed_summary(width=100))
+
+
+def test_prose_is_not_an_echo_of_its_prompt() -> None:
+    for style in ("document", "instruct"):
+        msgs = chunk_messages(_ctx(), style=style, words=300)
+        out = clean_model_output(PROSE, "\n".join(m["content"] for m in msgs))
+        assert out == Cleaned(PROSE, [])
+
+
+def test_a_rewrite_may_keep_its_source_word_for_word() -> None:
+    source = "The lamp was lit each night, and its light reached far out to sea."
+    for style in ("document", "instruct"):
+        msgs = chunk_messages(_ctx(source_text=source), style=style, words=40)
+        prompt = "\n".join(m["content"] for m in msgs)
+        assert clean_model_output(PROSE, prompt, source=source).text == PROSE
+        assert clean_model_output(PROSE, prompt).text != PROSE  # without it, the source is an echo
+
+
+def test_request_shaped_sentences_go_even_without_a_prompt() -> None:
+    out = clean_model_output("Keepers kept logs. Finish that sentence in about 12 words.")
+    assert out == Cleaned("Keepers kept logs.", ["Finish that sentence in about 12 words."])
