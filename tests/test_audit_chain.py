@@ -26,8 +26,9 @@ from activities.plan import PlanActivities
 from core.audit import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
 from core.chain import parse_log, verify_events
 from db import schema
-from db.models import Chunk, CoherenceState, Document, Job, Section
+from db.models import Document, Job
 from db.session import Database
+from db.writing import Chunk, CoherenceState, PlanNode
 from services import auditlog
 from testkit import make_job
 from tests.conftest import make_llm
@@ -215,11 +216,11 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
 async def test_a_rolled_back_write_is_in_the_log_with_its_error(db, user):
     job_id = await make_job(db, user.user_id)
     async with db.job_tx(job_id) as tx:
-        section = Section(job_id=job_id, ordinal=0, title="s", target_words=10)
-        root = CoherenceState(job_id=job_id, ordinal=0)
+        section = PlanNode(job_id=job_id, ordinal=0, position=0, title="s", budget_words=10)
+        root = CoherenceState(job_id=job_id, kind="root", ordinal=0)
         tx.session.add_all([section, root])
         await tx.session.flush()
-        other = CoherenceState(job_id=job_id, ordinal=1, parent_id=root.id)
+        other = CoherenceState(job_id=job_id, kind="handoff", ordinal=1, unit_id=section.id)
         tx.session.add(other)
         await tx.session.flush()
     n = len(await events(db, job_id))
@@ -264,7 +265,7 @@ async def test_a_rolled_back_write_is_in_the_log_with_its_error(db, user):
 async def test_finalize_retried_after_its_commit_adds_no_event(db, user):
     job_id = await make_job(db, user.user_id)
     async with db.job_tx(job_id) as tx:
-        section = Section(job_id=job_id, ordinal=0, title="s", target_words=10)
+        section = PlanNode(job_id=job_id, ordinal=0, position=0, title="s", budget_words=10)
         tx.session.add(section)
         await tx.session.flush()
         tx.session.add(
@@ -343,10 +344,12 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
     note = "A long note that only the log holds. " * 200
     async with db.job_tx(job_id) as tx:
         tx.session.add(Document(job_id=job_id, role="partial", version=1, text=body, sha256="-", word_count=1))
-        tx.session.add(section := Section(job_id=job_id, ordinal=0, title="s", summary="first " * 100, target_words=9))
+        tx.session.add(
+            section := PlanNode(job_id=job_id, ordinal=0, position=0, title="s", purpose="first " * 100, budget_words=9)
+        )
         tx.event("test", "note", {"note": note})
     async with db.job_tx(job_id) as tx:
-        (await tx.session.get(Section, section.id)).summary = "second " * 100
+        (await tx.session.get(PlanNode, section.id)).purpose = "second " * 100
     log = await events(db, job_id)
     doc_id = next(e["row_id"] for e in log if e["kind"] == "row" and e["table_name"] == "documents")
     sql = next(e for e in log if e["kind"] == "sql" and e["sql_text"].startswith("INSERT INTO documents"))
@@ -359,8 +362,8 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
     }
     assert next(e for e in log if e["kind"] == "test")["data"]["note"] == note  # no row stores it: kept whole
     update = next(e for e in log if e["kind"] == "row" and e["action"] == "update")
-    change = update["data"]["changes"]["summary"]
-    assert change["old"]["$ref"] == change["new"]["$ref"] == f"sections.summary#{section.id}"
+    change = update["data"]["changes"]["purpose"]
+    assert change["old"]["$ref"] == change["new"]["$ref"] == f"plan_nodes.purpose#{section.id}"
     assert change["old"]["before"] is True and "before" not in change["new"]
     v = await auditlog.verify(db, job_id)
     assert v.intact and v.references_checked == 2  # the document, and the section's summary now
@@ -372,9 +375,9 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
     assert (v.intact, v.first_bad_seq) == (False, insert_row["seq"]) and f"documents.text#{doc_id}" in v.reason
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE documents SET text = %s WHERE id = %s", (body, int(doc_id)))
-        conn.execute("UPDATE sections SET summary = 'third' WHERE id = %s", (section.id,))
+        conn.execute("UPDATE plan_nodes SET purpose = 'third' WHERE id = %s", (section.id,))
     v = await auditlog.verify(db, job_id)  # the section's last logged summary is the update's
-    assert (v.intact, v.first_bad_seq) == (False, update["seq"]) and "sections.summary" in v.reason
+    assert (v.intact, v.first_bad_seq) == (False, update["seq"]) and "plan_nodes.purpose" in v.reason
 
 
 async def test_user_actions_are_in_the_jobs_log(http, fake, user, db):
