@@ -255,15 +255,16 @@ TERM = "Harbor Lantern Council"
 
 def _plant_term(content: str, prompt: str) -> str:
     """The term in its established spelling in the book's 1st, 3rd, ... chapters (by the outline),
-    otherwise in lower case: a drift at the seams after the odd ones."""
+    otherwise in lower case: a drift at the seams after the odd ones. It goes inside the prose's
+    own first and last sentences, so that no sentence repeats one the prompt showed."""
     chapter = re.search(r"^Chapter: (.+?)\.", prompt, re.M)
     outline = re.findall(r"^(\d+)\. (.+)$", prompt, re.M)
     index = next((int(n) for n, t in outline if chapter and t.strip() == chapter.group(1).strip()), 1)
-    odd = index % 2 == 0
-    sentence = f"The {TERM.lower() if odd else TERM} kept its watch."
+    term = TERM.lower() if index % 2 == 0 else TERM
     paras = content.split("\n\n")
-    paras[0] = f"{sentence} {paras[0]}"
-    paras[-1] = f"{paras[-1]} {sentence}"
+    for i in {0, len(paras) - 1}:
+        words = paras[i].split(" ")
+        paras[i] = " ".join(words[:3] + ["of", "the", term] + words[3:])
     return "\n\n".join(paras)
 
 
