@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +36,16 @@ from services.temporal import connect
 
 log = structlog.get_logger(__name__)
 STATIC = Path(__file__).parent / "static"
+# Connection-level database failures (server down or restarting, pool exhausted): the request may
+# succeed later, so they are 503s with Retry-After, not 500s.
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+DB_RETRY_AFTER_S = 5
 
 
 def create_app(
@@ -104,6 +116,17 @@ def create_app(
             "api.internal_error", method=request.method, path=request.url.path, error=f"{type(exc).__name__}: {exc}"
         )
         return JSONResponse({"detail": "internal error: the server log has the details"}, status_code=500)
+
+    async def _db_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("api.database_unavailable", path=request.url.path, error=f"{type(exc).__name__}")
+        return JSONResponse(
+            {"detail": "the database is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
+
+    for exc_type in DB_UNAVAILABLE:
+        app.add_exception_handler(exc_type, _db_unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
