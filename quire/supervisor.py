@@ -49,6 +49,12 @@ def backoff(failures: int) -> float:
     return float(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1)))
 
 
+def after_death(failures: int, ran_s: float) -> int:
+    """The failures in a row once a part that ran ``ran_s`` seconds died: a part that had been
+    healthy a while starts its backoff over, a crash-looping one waits longer each time."""
+    return 1 if ran_s >= HEALTHY_RESET_S else failures + 1
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -121,7 +127,7 @@ class Supervisor:
             if code is None:
                 continue
             ran = time.monotonic() - p.up_at
-            p.failures = 1 if ran >= HEALTHY_RESET_S else p.failures + 1
+            p.failures = after_death(p.failures, ran)
             delay = backoff(p.failures)
             p.last_exit = {"pid": p.pid, "how": describe_exit(code), "at": time.time(), "ran_s": round(ran, 1)}
             log.warning(

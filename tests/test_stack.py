@@ -31,7 +31,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from quire.pg import embedded_database_url
-from quire.supervisor import stack_status
+from quire.supervisor import HEALTHY_RESET_S, after_death, backoff, stack_status
 from services.temporal import SA_JOB_ID
 from tests.fake_llm import FakeLLM
 from tests.helpers import free_ports, listening
@@ -235,6 +235,12 @@ def test_a_missing_local_model_says_how_to_install_it(monkeypatch, tmp_path):
 # --- supervision: every part killed mid-job comes back; the job loses nothing ---------------------
 
 
+def test_restart_backoff_doubles_to_a_cap_and_starts_over_after_a_healthy_run():
+    assert [backoff(n) for n in range(1, 8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert after_death(failures=5, ran_s=HEALTHY_RESET_S - 1) == 6  # crash-looping: wait longer each time
+    assert after_death(failures=5, ran_s=HEALTHY_RESET_S) == 1  # it had been healthy: start over
+
+
 def wait_for(what: str, check: Callable[[], object], timeout: float = 90) -> object:
     deadline = time.monotonic() + timeout
     while not (result := check()):
@@ -259,6 +265,21 @@ def assert_private(home: Path) -> None:
     assert loose == []
     for name in ("temporal.db", "local-user.key", "stack.json", "quire.pid", "logs/supervisor.log", "logs/worker.log"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+
+
+TEMPORAL_FAILED = r"restart failed .* part=temporal retry_in_s=(\S+)"  # a supervisor.log line
+
+
+def bind(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
+def supervisor_log(home: Path) -> str:
+    return (home / "logs" / "supervisor.log").read_text()
 
 
 def umask_of(pid: int) -> str:
@@ -320,12 +341,21 @@ def test_each_part_killed_mid_job_comes_back_and_the_job_loses_nothing(stack_env
             return p["state"] == "running" and p["pid"] not in (None, old)
 
         if name == "postgres":  # while it is down, the API says so: JSON 503s with Retry-After, no 500s
-            while not back():
+            deadline = time.monotonic() + 60
+            while not back() and time.monotonic() < deadline:
                 r = httpx.get(f"{api}/v1/jobs/{jid}", headers=auth, timeout=10)
                 if r.status_code != 200:
                     assert (r.status_code, r.headers.get("retry-after")) == (503, "5"), r.text
                     assert "database is unavailable" in r.json()["detail"]
                 during_outage.append(r.status_code)
+        if name == "temporal":  # its port is taken: restarts fail, and are retried with a growing backoff
+            with socket.socket() as squatter:
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                wait_for("Temporal's port free", lambda s=squatter: bind(s, int(env["TEMPORAL_PORT"])))
+                squatter.listen()
+                wait_for("two failed restarts", lambda: len(re.findall(TEMPORAL_FAILED, supervisor_log(home))) >= 2)
+                assert re.findall(TEMPORAL_FAILED, supervisor_log(home))[:2] == ["2.0", "4.0"]
+                assert parts()["temporal"]["state"] == "restarting"
         wait_for(f"{name} restarted", back)
         wait_for(f"the API ready after {name} restarted", ready)
         if name in ("postgres", "temporal"):  # the worker and the API rode it out, not restarted
@@ -360,7 +390,7 @@ def test_each_part_killed_mid_job_comes_back_and_the_job_loses_nothing(stack_env
         line = next(ln for ln in r.stdout.splitlines() if ln.startswith(name))
         assert line.split()[1] == "running" and "killed by SIGKILL" in line, line
         assert int(line.split()[4]) >= 1, line  # restarts (more if a restart had to be retried)
-    log = (home / "logs" / "supervisor.log").read_text()
+    log = supervisor_log(home)
     for name in ("postgres", "temporal", "worker", "api"):
         assert re.search(rf"part died; restarting it .*exit='killed by SIGKILL'.* part={name} ", log), name
         assert len(re.findall(rf"\] restarted +part={name} ", log)) == 1, name
