@@ -62,8 +62,7 @@ def temporal_binary() -> str:
 @dataclass
 class Stack:
     settings: Settings
-    # Child processes by part, in start order (a restarted part keeps its place: stop() goes newest first).
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # the child process of each part
     env: dict[str, str] = field(default_factory=dict)
     started_postgres: bool = False
     pg: EmbeddedPostgres | None = None
@@ -144,6 +143,10 @@ class Stack:
             "api": True,
         }
         return [name for name in PARTS if run[name]]
+
+    def children(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """(part, process) in start order, whatever order they were (re)started in."""
+        return [(name, self.procs[name]) for name in PARTS if name in self.procs]
 
     def pid(self, name: str) -> int | None:
         if name == "postgres":
@@ -233,7 +236,7 @@ class Stack:
                 # then stops the children in order; killpg also reaches anything a child forks.
                 start_new_session=True,
             )
-        self.procs[name] = proc  # a restarted part takes its old place in the start order
+        self.procs[name] = proc
         log.info("starting", part=name, pid=proc.pid, log=str(self.logs / f"{name}.log"))
         return proc
 
@@ -385,11 +388,11 @@ class Stack:
         return state, new_key
 
     def stop(self) -> None:
-        """Stop the children newest first (API, worker, model, Temporal), then Postgres.
+        """Stop the children in reverse start order (API, worker, model, Temporal), then Postgres.
 
         In order rather than all at once: the worker shuts down cleanly while Temporal is still up.
         """
-        for name, proc in reversed(self.procs.items()):
+        for name, proc in reversed(self.children()):
             stop_group(name, proc.pid, proc)
         self.procs.clear()
         if self.started_postgres:

@@ -94,7 +94,7 @@ class Supervisor:
 
     def save(self) -> None:
         """stack.json: what `quire status` shows and what `quire down` stops if we die."""
-        procs = {n: p.pid for n, p in self.stack.procs.items()}
+        procs = {n: p.pid for n, p in self.stack.children()}  # in start order: `quire down` stops newest first
         state = {
             **self.info,
             "pid": os.getpid(),
