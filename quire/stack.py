@@ -163,9 +163,10 @@ class Stack:
 
     def clear(self, name: str) -> None:
         """After a part died, or failed to come back: whatever its process group left, killed and reaped."""
-        proc = self.procs.pop(name, None)
+        proc = self.procs.get(name)
         if proc is not None:
             stop_group(name, proc.pid, proc)
+            del self.procs[name]  # only now: a stop() that interrupts this still finds it
 
     def restart(self, name: str) -> None:
         """Start one part again, as ``up`` did (same data, ports and environment); returns once it is
