@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from quire.processes import alive
+from quire.processes import EXIT_UNSEEN, alive
 
 log = structlog.get_logger(__name__)
 
@@ -109,10 +109,10 @@ class EmbeddedPostgres:
             return self.exit_code
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # not our child (no subreaper here): all we can see is the pid
+        except ChildProcessError:  # not our child (no subreaper, or a server left by an earlier run)
             if alive(self.pid):
                 return None
-            self.exit_code = -1
+            self.exit_code = EXIT_UNSEEN
             return self.exit_code
         if pid == 0:
             return None

@@ -18,6 +18,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 STOP_TIMEOUT_S = 10.0  # per child: SIGTERM, then SIGKILL after this long
+EXIT_UNSEEN = -(2**16)  # the "exit code" of a process that died as someone else's child
 
 
 class StackError(Exception):

@@ -24,7 +24,7 @@ import structlog
 
 from quire.pg import stop_embedded_postgres
 from quire.privacy import make_home
-from quire.processes import alive, create_time, stop_group, write_atomic
+from quire.processes import EXIT_UNSEEN, alive, create_time, stop_group, write_atomic
 from quire.stack import Stack
 from services.config import Settings
 
@@ -56,6 +56,8 @@ def after_death(failures: int, ran_s: float) -> int:
 
 
 def describe_exit(code: int) -> str:
+    if code == EXIT_UNSEEN:
+        return "gone (not our child: how it ended was not seen)"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
