@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
 from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -37,6 +37,16 @@ from services.temporal import connect
 
 log = structlog.get_logger(__name__)
 STATIC = Path(__file__).parent / "static"
+# Connection-level database failures (server down or restarting, pool exhausted): the request may
+# succeed later, so they are 503s with Retry-After, not 500s.
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+RETRY_AFTER_S = 5
 
 
 def create_app(
@@ -114,7 +124,7 @@ def create_app(
             return JSONResponse(
                 {"detail": f"the {_unavailable(exc)} is unavailable: try again shortly"},
                 status_code=503,
-                headers={**security.SECURITY_HEADERS, "Retry-After": "5"},
+                headers={**security.SECURITY_HEADERS, "Retry-After": str(RETRY_AFTER_S)},
             )
         # This handler runs outside the middleware stack: the security headers are added here.
         return JSONResponse(
@@ -179,7 +189,7 @@ def create_app(
 
 def _unavailable(exc: Exception) -> str | None:
     """Which service an exception says is unreachable or busy (503: worth retrying), if any."""
-    if isinstance(exc, (OperationalError, psycopg.OperationalError)):
+    if isinstance(exc, DB_UNAVAILABLE):
         return "database"
     if isinstance(exc, RPCError) and exc.status == RPCStatusCode.UNAVAILABLE:
         return "Temporal"

@@ -67,8 +67,10 @@ def _run_stack(settings: Settings, announce: Callable[[dict[str, Any], str | Non
 def _up_detached(settings: Settings) -> int:
     """Start the supervisor in its own session and return once it reports the stack healthy."""
     from quire import stack
+    from quire.privacy import make_home
 
     home = settings.home
+    make_home(home)  # before supervisor.log is opened: private from its first byte
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     state_file = home / "stack.json"
@@ -135,6 +137,41 @@ def _print_urls(state: dict[str, Any], key: str | None) -> None:
         print(f"Local user key   in {state['key_file']}", flush=True)
 
 
+def cmd_stack_status(args: argparse.Namespace) -> int:
+    """`quire status` without a job: each part of the local stack, as its supervisor recorded it.
+    Exit 0 when the stack runs with every part up, 1 otherwise."""
+    from quire.stack import Stack
+    from quire.supervisor import stack_status
+
+    settings = load_settings()
+    st = stack_status(settings.home, Stack(settings).parts())
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        if st["running"]:
+            sup = f"supervisor pid {st['supervisor_pid']}, up {_age(st['uptime_s'])}"
+            print(f"stack running ({sup}) in {settings.home}")
+        else:
+            print(f"stack not running in {settings.home} (`quire up` starts it)")
+        print(f"{'part':<10} {'state':<11} {'pid':>7}  {'uptime':>9}  {'restarts':>8}  last exit")
+        for name, p in st["parts"].items():
+            last = p.get("last_exit")
+            when = f"{last['how']}, {_age(time.time() - last['at'])} ago" if last else "-"
+            print(
+                f"{name:<10} {p['state']:<11} {p.get('pid') or '-':>7}  {_age(p.get('uptime_s')):>9}  "
+                f"{p.get('restarts', 0):>8}  {when}"
+            )
+    up = st["running"] and all(p["state"] == "running" for p in st["parts"].values())
+    return Exit.OK if up else Exit.FAILED
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from quire.supervisor import down
 
@@ -154,7 +191,7 @@ def _db_url(args: argparse.Namespace) -> str:
     settings = load_settings()
     if settings.database_url:
         return settings.database_url
-    from quire.stack import embedded_database_url
+    from quire.pg import embedded_database_url
 
     url = embedded_database_url(settings.home)
     if url:

@@ -74,6 +74,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from quire.remote import job_summary
 
+    if args.job_id is None:
+        return admin.cmd_stack_status(args)
     job = _api(args).json("GET", f"/v1/jobs/{args.job_id}")
     print(json.dumps(job, indent=2) if args.json else job_summary(job))
     return Exit.OK if job["status"] != "failed" else Exit.FAILED
@@ -196,8 +198,8 @@ def parser() -> argparse.ArgumentParser:
     client_opts(s)
     s.set_defaults(fn=cmd_submit)
 
-    st = sub.add_parser("status", help="a job's status")
-    st.add_argument("job_id")
+    st = sub.add_parser("status", help="a job's status; without a job, the local stack's parts")
+    st.add_argument("job_id", nargs="?", help="omit for the state, pid, uptime and restarts of each part")
     st.add_argument("--json", action="store_true")
     client_opts(st)
     st.set_defaults(fn=cmd_status)

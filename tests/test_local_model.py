@@ -27,6 +27,7 @@ QUEUE = "quire-local-model"
 @pytest.fixture(scope="session")
 def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model = localmodel.ensure_model(tmp_path_factory.mktemp("models"))
+    assert model.stat().st_mode & 0o777 == 0o600  # private, like everything under QUIRE_HOME
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

