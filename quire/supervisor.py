@@ -10,6 +10,7 @@ in stack.json, which ``quire status`` reads. Only SIGINT/SIGTERM (``quire down``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -143,7 +144,7 @@ class Supervisor:
             )
             p.state, p.pid, p.since, p.retry_at = "restarting", None, time.time(), time.monotonic() + delay
             self.save()
-            self._guarded(lambda name=p.name: self.stack.clear(name))  # what its process group left
+            self._guarded(functools.partial(self.stack.clear, p.name))  # what its process group left
 
     def restart_due(self) -> None:
         for p in self.parts.values():  # in start order: Postgres and Temporal before their users
@@ -152,12 +153,12 @@ class Supervisor:
             p.restarts += 1
             log.info("restarting", part=p.name, restart=p.restarts)
             try:
-                self._guarded(lambda name=p.name: self.stack.restart(name))
+                self._guarded(functools.partial(self.stack.restart, p.name))
             except Exception as exc:  # noqa: BLE001 - whatever went wrong, try again later
                 p.failures += 1
                 delay = backoff(p.failures)
                 log.warning("restart failed", part=p.name, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
-                self._guarded(lambda name=p.name: self.stack.clear(name))
+                self._guarded(functools.partial(self.stack.clear, p.name))
                 p.retry_at = time.monotonic() + delay
             else:
                 p.state, p.pid, p.up_at = "running", self.stack.pid(p.name), time.monotonic()
