@@ -121,17 +121,23 @@ def create_app(
             "api.internal_error", method=request.method, path=request.url.path, error=f"{type(exc).__name__}: {exc}"
         )
         if _unavailable(exc):
-            return JSONResponse(
-                {"detail": f"the {_unavailable(exc)} is unavailable: try again shortly"},
-                status_code=503,
-                headers={**security.SECURITY_HEADERS, "Retry-After": str(RETRY_AFTER_S)},
-            )
+            return _unavailable_response(exc)
         # This handler runs outside the middleware stack: the security headers are added here.
         return JSONResponse(
             {"detail": "internal error: the server log has the details"},
             status_code=500,
             headers=security.SECURITY_HEADERS,
         )
+
+    async def _retry_later(request: Request, exc: Exception) -> JSONResponse:
+        if _unavailable(exc) is None:  # an RPCError that is not "unavailable": a real error
+            return await _internal(request, exc)
+        log.warning("api.unavailable", path=request.url.path, error=type(exc).__name__)
+        return _unavailable_response(exc)
+
+    # Handled where they are raised (not re-raised as a 500 would be): worth retrying later.
+    for exc_type in (*DB_UNAVAILABLE, RPCError):
+        app.add_exception_handler(exc_type, _retry_later)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -185,6 +191,14 @@ def create_app(
     security.mount_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _unavailable_response(exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"the {_unavailable(exc)} is unavailable: try again shortly"},
+        status_code=503,
+        headers={**security.SECURITY_HEADERS, "Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def _unavailable(exc: Exception) -> str | None:
