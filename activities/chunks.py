@@ -71,27 +71,22 @@ class ChunkActivities(ModelStep):
     async def write_chunk(self, ref: ChunkRef) -> ChunkDone:
         """Write, check, extend while short, commit: until the chunk passes or the model stalls."""
         jid = uuid.UUID(ref.job_id)
-        while True:
-            check = await self._check(jid, ref.chunk_id)
-            if check is None:  # done already (a retry after the commit)
-                break
-            if check.passed or check.stalled:
-                await self._commit(jid, ref.chunk_id)
-                break
-            await self._attempt(jid, ref.chunk_id, check.attempts + 1)
-            activity.heartbeat(check.attempts + 1)
-        async with self.db.job_tx(jid) as tx:
-            chunk = await _chunk(tx, jid, ref.chunk_id)
-            return ChunkDone(chunk.word_count, chunk.min_words, chunk.attempts, chunk.word_count >= chunk.min_words)
+        check = await self._check(jid, ref.chunk_id)  # where an earlier attempt of this activity left it
+        while check is not None and not (check.passed or check.stalled):
+            attempt_no = check.attempts + 1
+            check = await self._attempt(jid, ref.chunk_id, attempt_no) or await self._check(jid, ref.chunk_id)
+            activity.heartbeat(attempt_no)
+        return await self._commit(jid, ref.chunk_id)
 
-    async def _attempt(self, jid: uuid.UUID, chunk_id: int, attempt_no: int) -> None:
-        """Attempt ``attempt_no``: the first writes the chunk, later ones extend it."""
+    async def _attempt(self, jid: uuid.UUID, chunk_id: int, attempt_no: int) -> _Check | None:
+        """Attempt ``attempt_no`` (the first writes the chunk, later ones extend it) and its length
+        check, stored together; None if an earlier try of this activity stored it already."""
         kind = "write" if attempt_no == 1 else "extend"
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             chunk = await _chunk(tx, jid, chunk_id)
             if chunk.attempts >= attempt_no or chunk.status == "done":
-                return  # this attempt is already stored
+                return None  # this attempt is already stored
             current = chunk.text or ""
             need = chunk.target_words if kind == "write" else max(1, chunk.target_words - chunk.word_count)
             ask = words_to_ask(need, await _compliance(tx, jid))
@@ -115,10 +110,10 @@ class ChunkActivities(ModelStep):
         cleaned = clean_model_output(res.text, "\n".join(m["content"] for m in msgs), ctx.source_text or "")
         added = cleaned.text
         async with self.db.job_tx(jid) as tx:
-            await load_job(tx, jid)
+            job = await load_job(tx, jid)
             chunk = await _chunk(tx, jid, chunk_id)
             if chunk.attempts >= attempt_no:
-                return
+                return None
             words_before = chunk.word_count
             text_after = join_continuation(current, added) if kind == "extend" else added
             words_after = count_words(text_after)
@@ -156,6 +151,7 @@ class ChunkActivities(ModelStep):
                     "removed": cleaned.removed_summary(),
                 },
             )
+            return await _record_check(tx, job, chunk)
 
     async def _check(self, jid: uuid.UUID, chunk_id: int) -> _Check | None:
         """The length check of the chunk's latest attempt (written once), or None if it is done."""
@@ -166,47 +162,16 @@ class ChunkActivities(ModelStep):
                 return None
             if chunk.attempts == 0:
                 return _Check(0, 0, False, False)
-            words = count_words(chunk.text or "")
-            added = (
-                (
-                    await tx.session.execute(
-                        select(ChunkAttempt.words_added)
-                        .where(ChunkAttempt.chunk_id == chunk.id)
-                        .order_by(ChunkAttempt.attempt_no)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            done = stalled(added, words >= chunk.min_words, job_options(job).max_attempts_per_chunk)
-            passed = await record_length_check(
-                tx,
-                scope="chunk",
-                chunk_id=chunk.id,
-                round=chunk.attempts,
-                words=words,
-                min_words=chunk.min_words,
-                target_words=chunk.target_words,
-                max_words=chunk.max_words,
-                event={
-                    "chunk": chunk.ordinal,
-                    "attempt": chunk.attempts,
-                    "words": words,
-                    "min_words": chunk.min_words,
-                    "target_words": chunk.target_words,
-                    "stalled": done,
-                },
-            )
-            return _Check(words, chunk.attempts, passed, done)
+            return await _record_check(tx, job, chunk)
 
-    async def _commit(self, jid: uuid.UUID, chunk_id: int) -> None:
+    async def _commit(self, jid: uuid.UUID, chunk_id: int) -> ChunkDone:
         """Accept a chunk: its text as version 1, a trimmed version if dedupe or trim change it,
         and the next coherence state, derived from the latest version."""
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             chunk = await _chunk(tx, jid, chunk_id)
             if chunk.status == "done":
-                return
+                return _done(chunk)
             written = chunk.text or ""
             versions = [add_version(tx, chunk, 1, "written", written)]
             text = dedupe_paragraphs(written)
@@ -266,6 +231,47 @@ class ChunkActivities(ModelStep):
                     "new_terms": d["new_terms"],
                 },
             )
+            return _done(chunk)
+
+
+def _done(chunk: Chunk) -> ChunkDone:
+    return ChunkDone(chunk.word_count, chunk.min_words, chunk.attempts, chunk.word_count >= chunk.min_words)
+
+
+async def _record_check(tx: JobTx, job: Job, chunk: Chunk) -> _Check:
+    """The length check of the chunk's latest attempt, recorded once however often it is asked."""
+    words = count_words(chunk.text or "")
+    added = (
+        (
+            await tx.session.execute(
+                select(ChunkAttempt.words_added)
+                .where(ChunkAttempt.chunk_id == chunk.id)
+                .order_by(ChunkAttempt.attempt_no)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    done = stalled(added, words >= chunk.min_words, job_options(job).max_attempts_per_chunk)
+    passed = await record_length_check(
+        tx,
+        scope="chunk",
+        chunk_id=chunk.id,
+        round=chunk.attempts,
+        words=words,
+        min_words=chunk.min_words,
+        target_words=chunk.target_words,
+        max_words=chunk.max_words,
+        event={
+            "chunk": chunk.ordinal,
+            "attempt": chunk.attempts,
+            "words": words,
+            "min_words": chunk.min_words,
+            "target_words": chunk.target_words,
+            "stalled": done,
+        },
+    )
+    return _Check(words, chunk.attempts, passed, done)
 
 
 def add_version(

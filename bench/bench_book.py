@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,14 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def run_job(words: int, fake_args: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """One job on a fresh stack; the facts every benchmark prints from."""
+async def run_job(
+    words: int,
+    fake_args: list[str],
+    options: dict[str, Any],
+    then: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """One job on a fresh stack; the facts every benchmark prints from (``then`` runs on them
+    while the stack is still up)."""
     with testkit.postgres() as pg, testkit.fake_model(*fake_args) as fake_url:
         url = testkit.create_database(pg, "bench")
         db = Database(url)
@@ -77,6 +84,7 @@ async def run_job(words: int, fake_args: list[str], options: dict[str, Any]) -> 
         try:
             user = await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
             t0 = time.perf_counter()
+            t0_wall = time.time()
             job, _ = await jobs.submit(
                 db,
                 client,
@@ -89,6 +97,7 @@ async def run_job(words: int, fake_args: list[str], options: dict[str, Any]) -> 
             result = await client.get_workflow_handle(job.workflow_id).result()
             wall = time.perf_counter() - t0
             facts = await _facts(db, client, job.id, job.workflow_id)
+            facts["timeline"] = await _timeline(db, job.id, t0_wall)
             facts.update(
                 result=result,
                 wall=wall,
@@ -97,12 +106,41 @@ async def run_job(words: int, fake_args: list[str], options: dict[str, Any]) -> 
                 db_url=url,
                 fake_url=fake_url,
             )
+            if then is not None:
+                await then(facts)
             return facts
         finally:
             worker.terminate()
             worker.wait(timeout=60)
             await db.dispose()
             await env.shutdown()
+
+
+async def _timeline(db: Database, job_id: uuid.UUID, t0: float) -> dict[str, float]:
+    """Where the wall time went: the skeleton, the span of chapter writing, what came after; and
+    how long fewer calls than the parallelism were in flight."""
+    async with db.tx() as s:
+        calls = (
+            await s.execute(
+                text(
+                    "SELECT extract(epoch FROM started_at), extract(epoch FROM completed_at), purpose, request_key "
+                    "FROM llm_calls WHERE job_id = :j ORDER BY started_at"
+                ),
+                {"j": job_id},
+            )
+        ).all()
+        end = (
+            await s.execute(text("SELECT extract(epoch FROM completed_at) FROM jobs WHERE id = :j"), {"j": job_id})
+        ).scalar_one()
+    plan = next(c for c in calls if c[3].startswith("plan:"))
+    writes = [c for c in calls if c[2] in ("write", "extend")]
+    return {
+        "to_first_call": float(plan[0]) - t0,
+        "skeleton": float(plan[1] - plan[0]),
+        "first_write": float(writes[0][0]) - t0,
+        "last_write_end": float(max(c[1] for c in writes)) - t0,
+        "end": float(end) - t0,
+    }
 
 
 async def _stats(fake_url: str) -> dict[str, Any]:
@@ -153,6 +191,12 @@ async def parallel(words: int, tokens_per_s: float, parallelism: int) -> None:
         words, ["--ratio", "1.0", "1.1", "--tokens-per-s", str(tokens_per_s)], {"parallelism": parallelism}
     )
     print(_line(f, words))
+    t = f["timeline"]
+    print(
+        f"timeline: first model call at {t['to_first_call']:.1f} s, skeleton {t['skeleton']:.1f} s, first chunk "
+        f"call at {t['first_write']:.1f} s, last chunk call done at {t['last_write_end']:.1f} s, job done at "
+        f"{t['end']:.1f} s"
+    )
     print(
         f"model at {tokens_per_s:.0f} tokens/s per call, parallelism {parallelism}: model time {f['model_s']:.1f} s "
         f"/ wall {f['wall']:.1f} s = {f['model_s'] / f['wall']:.2f}; peak model calls in flight "
@@ -167,9 +211,14 @@ async def scale(words: int) -> None:
 
 
 async def overhead(words: int, parallelism: int) -> None:
-    f = await run_job(words, ["--ratio", "1.0", "1.1"], {"parallelism": parallelism})
+    loops: list[float] = []
+
+    async def plain(facts: dict[str, Any]) -> None:
+        loops.append(await _plain_loop(facts, parallelism))
+
+    f = await run_job(words, ["--ratio", "1.0", "1.1"], {"parallelism": parallelism}, plain)
     print(_line(f, words))
-    loop = await _plain_loop(f, parallelism)
+    loop = loops[0]
     print(
         f"plain loop, same {f['calls']} calls at parallelism {parallelism} and one INSERT per chunk: {loop:.1f} s; "
         f"Quire / plain loop = {f['wall'] / loop:.2f}"
