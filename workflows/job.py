@@ -90,35 +90,44 @@ class JobWorkflow:
                 workflow.continue_as_new(JobInput(jid, q, "finalize", inp.next_unit, inp.round))
 
     async def _units(self, inp: JobInput, plan: PlanResult) -> None:
-        """Write the units, ``plan.parallelism`` at a time; complete them in order."""
+        """Write the units, ``plan.parallelism`` at a time, while completing them in order (a
+        seam needs its predecessor's real end), so that a free slot is refilled at once."""
         jid, q, units = inp.job_id, inp.llm_queue, plan.units
-        running: dict[int, asyncio.Task[None]] = {}
-        written: set[int] = set()
+        writing: dict[int, asyncio.Task[None]] = {}
         expanded: set[int] = set()
-        start = inp.next_unit
-        draining = False
-        while inp.next_unit < len(units):
-            while not draining and start < len(units) and len(running) < plan.parallelism:
-                parent = plan.parents[start]
-                if parent and parent not in expanded:  # a part: its chapters are planned first
-                    await step(PlanActivities.expand_node, NodeRef(jid, parent), MODEL, "plan part", q)
-                    expanded.add(parent)
-                running[start] = asyncio.create_task(_unit(inp, units[start], f"chapter {start + 1}"))
-                start += 1
-            if running:
-                await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
-                for i in [i for i, t in running.items() if t.done()]:
-                    running.pop(i).result()  # a failed unit fails the job
-                    written.add(i)
-            while inp.next_unit in written:  # in order: a seam needs its predecessor's real end
+        run = {"started": inp.next_unit, "stopped": False}
+
+        async def complete_in_order() -> None:
+            while True:
+                await workflow.wait_condition(lambda: inp.next_unit < run["started"] or bool(run["stopped"]))
+                if inp.next_unit >= run["started"]:
+                    return
                 k = inp.next_unit
+                await writing[k]  # a failed unit fails the job here
                 await step(SeamActivities.complete_unit, NodeRef(jid, units[k]), MODEL, f"seam of chapter {k + 1}", q)
-                written.discard(k)
                 inp.next_unit += 1
-            if workflow.info().is_continue_as_new_suggested() and inp.next_unit < len(units):
-                draining = True  # let the running units finish, then start afresh from here
-                if not running and not written:
-                    workflow.continue_as_new(JobInput(jid, q, "units", inp.next_unit, inp.round))
+
+        completing = asyncio.create_task(complete_in_order())
+        first = inp.next_unit
+        while run["started"] < len(units):
+            await workflow.wait_condition(
+                lambda: completing.done() or sum(not t.done() for t in writing.values()) < plan.parallelism
+            )
+            if completing.done():
+                break  # it failed (it ends by itself only once stopped)
+            if workflow.info().is_continue_as_new_suggested() and run["started"] > first:
+                break  # let the started units finish, then start afresh from here
+            i = run["started"]
+            parent = plan.parents[i]
+            if parent and parent not in expanded:  # a part: its chapters are planned first
+                await step(PlanActivities.expand_node, NodeRef(jid, parent), MODEL, "plan part", q)
+                expanded.add(parent)
+            writing[i] = asyncio.create_task(_unit(inp, units[i], f"chapter {i + 1}"))
+            run["started"] = i + 1
+        run["stopped"] = True
+        await completing
+        if run["started"] < len(units):
+            workflow.continue_as_new(JobInput(jid, q, "units", inp.next_unit, inp.round))
 
 
 async def _unit(inp: JobInput, unit_id: int, label: str) -> None:
