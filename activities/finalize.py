@@ -8,6 +8,7 @@ import uuid
 
 import structlog
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import distinct_on
 from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now, record_length_check, save_document
@@ -238,7 +239,7 @@ async def _assemble(tx: JobTx, job: Job) -> str:
     latest = (
         select(ChunkVersion.chunk_id, ChunkVersion.text)
         .where(ChunkVersion.job_id == job.id)
-        .distinct(ChunkVersion.chunk_id)
+        .ext(distinct_on(ChunkVersion.chunk_id))
         .order_by(ChunkVersion.chunk_id, ChunkVersion.version.desc())
         .subquery()
     )
