@@ -9,6 +9,7 @@ import uuid
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now, record_length_check, save_document
@@ -229,10 +230,15 @@ async def _final_words(tx: JobTx, jid: uuid.UUID, round: int) -> int | None:
 
 
 async def _assemble(tx: JobTx, job: Job) -> str:
-    """The document: every node in document order with its heading, each section's chunks in
-    their latest versions (a chunk not yet done: its working text)."""
+    return assemble(job.title, job.target_words, await document_blocks(tx.session, job))
+
+
+async def document_blocks(session: AsyncSession, job: Job, *, committed_only: bool = False) -> list[Block]:
+    """The document's nodes in document order, each with its heading and its chunks' latest
+    versions; a chunk not yet committed gives its working text, or nothing when ``committed_only``
+    (the draft the job page shows while the job runs). ``core.layout`` makes them the document."""
     nodes = (
-        (await tx.session.execute(select(PlanNode).where(PlanNode.job_id == job.id).order_by(PlanNode.position)))
+        (await session.execute(select(PlanNode).where(PlanNode.job_id == job.id).order_by(PlanNode.position)))
         .scalars()
         .all()
     )
@@ -243,22 +249,29 @@ async def _assemble(tx: JobTx, job: Job) -> str:
         .order_by(ChunkVersion.chunk_id, ChunkVersion.version.desc())
         .subquery()
     )
+    chunks = select(Chunk.section_id, Chunk.ordinal, func.coalesce(latest.c.text, Chunk.text)).where(
+        Chunk.job_id == job.id
+    )
+    if committed_only:
+        chunks = chunks.join(latest, latest.c.chunk_id == Chunk.id)
+    else:
+        chunks = chunks.outerjoin(latest, latest.c.chunk_id == Chunk.id)
     texts: dict[int, list[str]] = {}
-    for sid, text in (
-        await tx.session.execute(
-            select(Chunk.section_id, func.coalesce(latest.c.text, Chunk.text))
-            .outerjoin(latest, latest.c.chunk_id == Chunk.id)
-            .where(Chunk.job_id == job.id)
-            .order_by(Chunk.ordinal)
-        )
-    ).all():
+    ordinals: dict[int, list[int]] = {}
+    for sid, ordinal, text in (await session.execute(chunks.order_by(Chunk.ordinal))).all():
         texts.setdefault(sid, []).append(text or "")
-    blocks = [
-        Block(n.depth + 1, None if n.is_continuation else n.title, texts.get(n.id, []))
+        ordinals.setdefault(sid, []).append(ordinal)
+    return [
+        Block(
+            n.depth + 1,
+            None if n.is_continuation else n.title,
+            texts.get(n.id, []),
+            node=n.id,
+            chunks=tuple(ordinals.get(n.id, ())),
+        )
         for n in nodes
         if n.level != "book"
     ]
-    return assemble(job.title, job.target_words, blocks)
 
 
 async def _finish_book(tx: JobTx) -> None:

@@ -17,6 +17,8 @@ from api.schemas import (
     COMMON,
     ERRORS,
     Cancelling,
+    Draft,
+    DraftPiece,
     HistoryItem,
     HistoryPage,
     JobCreated,
@@ -205,6 +207,41 @@ async def get_output(
                 else {}
             ),
         },
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/draft",
+    response_model=Draft,
+    summary="The document so far, in pieces (what the job page shows)",
+    description="While the job runs: its committed chunks' latest versions under the headings they have; once "
+    "it has ended, the output as stored (failed or cancelled: the partial document). With `after` (the `seq` of "
+    "the previous read) a chunk's text is sent only if it gained a version since, so a reader refreshing on each "
+    "commit reads only what is new. A read that sends chunk text is recorded in the job's log (`read_draft`).",
+    responses={404: ERRORS[404], 422: ERRORS[422]},
+)
+async def get_draft(
+    request: Request,
+    job: OwnJobDep,
+    who: CallerDep,
+    db: DbDep,
+    after: Annotated[int, Query(ge=0, le=2**62, description="the seq of the previous read; 0: everything")] = 0,
+) -> Draft:
+    d = await views.draft(db, job.id, after)
+    if d is None:
+        raise HTTPException(404, f"no job {str(job.id)!r}")
+    sent = [p.piece.chunk for p in d.pieces if p.sent and p.piece.chunk is not None]
+    if sent:
+        await actions.record(request, db, who, job, "read_draft", after=after, seq=d.seq, chunks=sent)
+    return Draft(
+        job_id=str(job.id),
+        status=d.status,  # type: ignore[arg-type]
+        seq=d.seq,
+        complete=d.complete,
+        pieces=[
+            DraftPiece(key=p.key, heading=p.piece.heading, chunk=p.piece.chunk, text=p.piece.text if p.sent else None)
+            for p in d.pieces
+        ],
     )
 
 

@@ -116,6 +116,23 @@ class Cancelling(BaseModel):
     status: Literal["cancelling"]
 
 
+class DraftPiece(BaseModel):
+    key: str = Field(description='"title", "n<node>" (a heading) or "c<ordinal>" (a chunk): stable while the job runs')
+    heading: int = Field(description="1 = #, 2 = ##, ...; 0 for a chunk's text")
+    chunk: int | None = Field(description="the chunk's ordinal (0-based) for a chunk's text")
+    text: str | None = Field(description="Markdown; null for a chunk unchanged since `after` (the reader has it)")
+
+
+class Draft(BaseModel):
+    """The document so far: its pieces in order, joined by a blank line they are the Markdown."""
+
+    job_id: str
+    status: JobStatus
+    seq: int = Field(description="the audit log's head when read: pass it as ?after= to get only what changed")
+    complete: bool = Field(description="the job has ended: the output as stored (failed: the partial document)")
+    pieces: list[DraftPiece]
+
+
 class AuditEvent(BaseModel):
     seq: int = Field(description="per job, gap-free, in commit order")
     ts: str = Field(description="UTC, microseconds: 2026-11-23T14:05:30.271690Z (hashed exactly as written)")

@@ -286,16 +286,39 @@ class Block:
     heading_level: int
     title: str | None  # None: no heading of its own (the book's title is the document's, top-ups)
     texts: list[str]
+    node: int | None = None  # its plan node
+    chunks: tuple[int, ...] = ()  # the ordinal of the chunk each text is, when known
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One part of the document in order: its title, a node's heading or one chunk's text. The job
+    page shows a document as its pieces (each chunk its own anchor); joined, they are the file."""
+
+    text: str
+    heading: int = 0  # 1 = ``#``; 0: text
+    node: int | None = None
+    chunk: int | None = None  # the chunk's ordinal
+
+    @property
+    def markdown(self) -> str:
+        return f"{'#' * self.heading} {self.text}" if self.heading else self.text
+
+
+def pieces(title: str | None, target_words: int, blocks: list[Block]) -> list[Piece]:
+    """The document's pieces from its nodes' chunk texts, in order. Headings (``#`` the title,
+    ``##`` and below the hierarchy) only where the document is long enough for them."""
+    headings = target_words >= HEADINGS_FROM_WORDS
+    out = [Piece(title, 1)] if headings and title else []
+    for b in blocks:
+        if headings and b.title:
+            out.append(Piece(b.title, b.heading_level, node=b.node))
+        for i, t in enumerate(b.texts):
+            if t and t.strip():
+                out.append(Piece(t.strip(), node=b.node, chunk=b.chunks[i] if i < len(b.chunks) else None))
+    return out
 
 
 def assemble(title: str | None, target_words: int, blocks: list[Block]) -> str:
-    """The document from its nodes' chunk texts, in order. Headings (``#`` the title, ``##`` and
-    below the hierarchy) only where the document is long enough for them."""
-    headings = target_words >= HEADINGS_FROM_WORDS
-    out: list[str] = [f"# {title}"] if headings and title else []
-    for b in blocks:
-        body = [t.strip() for t in b.texts if t and t.strip()]
-        if headings and b.title:
-            out.append(f"{'#' * b.heading_level} {b.title}")
-        out.extend(body)
-    return "\n\n".join(out) + "\n"
+    """The document: its pieces as Markdown, a blank line apart."""
+    return "\n\n".join(p.markdown for p in pieces(title, target_words, blocks)) + "\n"

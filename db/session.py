@@ -23,7 +23,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from core.audit import event_hash
-from db.audit import CAPTURE_KEY, AuditBuffer, Redactor, install_capture
+from db.audit import ACTIVITY_SEQ, CAPTURE_KEY, AuditBuffer, Redactor, install_capture
 from db.models import AuditEvent
 
 log = structlog.get_logger(__name__)
@@ -51,6 +51,7 @@ class JobTx:
     def __init__(self, session: AsyncSession, buffer: AuditBuffer) -> None:
         self.session = session
         self.buffer = buffer
+        self.last_seq: int | None = None  # the seq of its last event, once committed
 
     @property
     def job_id(self) -> uuid.UUID:
@@ -94,19 +95,21 @@ class Database:
 
     @asynccontextmanager
     async def job_tx(self, job_id: uuid.UUID) -> AsyncIterator[JobTx]:
-        buf = AuditBuffer(job_id=job_id, redactor=self.redactor)
+        buf = AuditBuffer(job_id=job_id, redactor=self.redactor, activity_seq=ACTIVITY_SEQ.get())
         failed: BaseException | None = None
         async with self.sessions() as session:
             conn = await session.connection()
             info = conn.sync_connection.info  # type: ignore[union-attr]
             info[CAPTURE_KEY] = buf
             session.info[CAPTURE_KEY] = buf
+            tx = JobTx(session, buf)
             try:
-                yield JobTx(session, buf)
+                yield tx
                 await session.flush()
                 buf.capturing = False
-                await write_events(session, job_id, buf.finished())
+                last = await write_events(session, job_id, buf.finished())
                 await session.commit()
+                tx.last_seq = last
             except BaseException as exc:
                 failed = exc
                 buf.capturing = False
@@ -142,9 +145,10 @@ def _statements(buf: AuditBuffer) -> int:
     return sum(1 for e in buf.events if e["kind"] == "sql")
 
 
-async def write_events(session: AsyncSession, job_id: uuid.UUID, events: list[dict[str, Any]]) -> None:
+async def write_events(session: AsyncSession, job_id: uuid.UUID, events: list[dict[str, Any]]) -> int | None:
+    """Append ``events`` to the job's log; returns the seq of the last (None when there are none)."""
     if not events:
-        return
+        return None
     # The row lock taken here is held to commit: concurrent writers of one job commit in seq order,
     # and each writer's events follow the head the one before it left.
     row = (
@@ -164,3 +168,4 @@ async def write_events(session: AsyncSession, job_id: uuid.UUID, events: list[di
         rows.append(r)
     await session.execute(insert(AuditEvent), rows)
     await session.execute(text("UPDATE jobs SET audit_head = :h WHERE id = :id"), {"h": head, "id": job_id})
+    return last

@@ -21,6 +21,7 @@ from temporalio import activity, client, worker
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
+from db.audit import ACTIVITY_SEQ
 from db.session import Database, JobGone
 
 log = structlog.get_logger(__name__)
@@ -72,15 +73,18 @@ async def connect(address: str, namespace: str, db: Database) -> client.Client:
     return await client.Client.connect(address, namespace=namespace, interceptors=[AuditInterceptor(db)])
 
 
-async def record(db: Database, job_id: uuid.UUID | None, kind: str, action: str, data: dict[str, Any]) -> None:
-    """Write one audit event in its own transaction; a deleted job is not an error here."""
+async def record(db: Database, job_id: uuid.UUID | None, kind: str, action: str, data: dict[str, Any]) -> int | None:
+    """Write one audit event in its own transaction and return its seq; a deleted job is not an
+    error here (None)."""
     if job_id is None:
-        return
+        return None
     try:
         async with db.job_tx(job_id) as tx:
             tx.event(kind, action, data)
     except JobGone:
         log.info("audit.skipped_deleted_job", job_id=str(job_id), kind=kind, action=action)
+        return None
+    return tx.last_seq
 
 
 class AuditInterceptor(client.Interceptor, worker.Interceptor):
@@ -147,7 +151,9 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             "worker": WORKER_IDENTITY,
             "input": _input_of(input.args),
         }
-        await record(self.db, job_id, "activity", "start", base)
+        # Every event this attempt writes from here on (its end or error too) names its start. Each
+        # attempt runs in an asyncio task of its own, so the value ends with it.
+        ACTIVITY_SEQ.set(await record(self.db, job_id, "activity", "start", base))
         t0 = time.perf_counter()
         beat = asyncio.create_task(_heartbeat())
         try:

@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import RowMapping, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import Document, Job, LlmCall
+from activities.finalize import document_blocks
+from core.layout import Piece, pieces
+from core.spec import TERMINAL_STATUSES
+from db.models import AuditEvent, Document, Job, LlmCall
 from db.session import Database
-from db.writing import Chunk, PlanNode
+from db.writing import Chunk, ChunkVersion, PlanNode
 
 
 class BadCursor(ValueError):
@@ -88,6 +92,121 @@ async def latest_document(db: Database, job_id: uuid.UUID, role: str) -> Documen
                 .limit(1)
             )
         ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class DraftPiece:
+    key: str  # "title", "n<node>" (a heading), "c<ordinal>" (a chunk)
+    piece: Piece
+    sent: bool  # False: unchanged since the reader's cursor; its text is not sent again
+
+
+@dataclass(frozen=True)
+class Draft:
+    seq: int  # the log's head when read: the reader's next cursor
+    status: str
+    complete: bool  # the job has ended: this is the document as it stays
+    pieces: list[DraftPiece]
+
+
+async def draft(db: Database, job_id: uuid.UUID, after: int) -> Draft | None:
+    """The document so far, in pieces: while the job runs, its committed chunks' latest versions
+    under the headings they have; once it has ended, its output (or, failed or cancelled, its
+    partial document). Chunk texts go only for chunks with a version committed after ``after`` (a
+    seq: the log is the commit-ordered feed of what changed; versions' ids are not, as chapters
+    commit in parallel), so a page refreshing on each commit reads only what is new; headings,
+    small and retitled as the plan grows, always go. One snapshot for all of it, so the cursor
+    and the pieces agree. None when the job is gone."""
+    async with db.sessions() as s:  # read only: closing it rolls back
+        await s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        job = await s.get(Job, job_id)
+        if job is None:
+            return None
+        complete = job.status in TERMINAL_STATUSES
+        blocks = await document_blocks(s, job, committed_only=job.status not in ("failed", "cancelled"))
+        parts = pieces(job.title, job.target_words, blocks)
+        if job.status == "succeeded":
+            out = (
+                await s.execute(
+                    select(Document.text).where(Document.job_id == job_id, Document.role == "output").limit(1)
+                )
+            ).scalar_one_or_none()
+            parts = _as_far_as(parts, out or "")
+        elif not complete:
+            parts = _with_text_below(parts)
+        fresh = None if complete or after == 0 else await _chunks_committed_after(s, job_id, after)
+    return Draft(
+        seq=job.audit_seq,
+        status=job.status,
+        complete=complete,
+        pieces=[DraftPiece(_key(p), p, p.chunk is None or fresh is None or p.chunk in fresh) for p in parts],
+    )
+
+
+def _key(p: Piece) -> str:
+    return f"c{p.chunk}" if p.chunk is not None else f"n{p.node}" if p.node is not None else "title"
+
+
+async def _chunks_committed_after(s: AsyncSession, job_id: uuid.UUID, after: int) -> set[int]:
+    """The ordinals of the chunks that gained a version in events after seq ``after`` (a row event
+    of a rolled-back insert names a row that does not exist: it joins nothing)."""
+    ids = (
+        await s.execute(
+            select(AuditEvent.row_id).where(
+                AuditEvent.job_id == job_id,
+                AuditEvent.kind == "row",
+                AuditEvent.seq > after,
+                AuditEvent.table_name == "chunk_versions",
+                AuditEvent.action == "insert",
+            )
+        )
+    ).scalars()
+    wanted = {int(i) for i in ids if i and i.isdigit()}
+    if not wanted:
+        return set()
+    rows = await s.execute(
+        select(Chunk.ordinal).join(ChunkVersion, ChunkVersion.chunk_id == Chunk.id).where(ChunkVersion.id.in_(wanted))
+    )
+    return set(rows.scalars())
+
+
+def _with_text_below(parts: list[Piece]) -> list[Piece]:
+    """Only the headings with some text under them yet: the document as far as it is written.
+    (A heading covers the text after it up to the next heading of its level or above; walking
+    backwards, the nearest text ahead decides: any text further on lies beyond that too.)"""
+    out: list[Piece] = []
+    text_ahead, shallowest = False, 99  # the shallowest heading between here and that text
+    for p in reversed(parts):
+        if not p.heading:
+            text_ahead, shallowest = True, 99
+        elif not text_ahead or shallowest <= p.heading:
+            shallowest = min(shallowest, p.heading)
+            continue
+        else:
+            shallowest = p.heading
+        out.append(p)
+    return out[::-1]
+
+
+def _as_far_as(parts: list[Piece], document: str) -> list[Piece]:
+    """The pieces as far as the stored document goes: finalize may have cut the assembled text
+    short (to the job's maximum, at a sentence end), never changed it otherwise."""
+    body, pos = document.rstrip(), 0
+    out: list[Piece] = []
+    for p in parts:
+        start = pos + 2 if out else 0
+        if start >= len(body):
+            break
+        md = p.markdown
+        if body.startswith(md, start):
+            out.append(p)
+            pos = start + len(md)
+            continue
+        if p.heading or not md.startswith(body[start:]):
+            return parts  # not this document's pieces after all: show them whole
+        out.append(Piece(body[start:], node=p.node, chunk=p.chunk))
+        break
+    return out
 
 
 # A cursor is a position in the history's order: microseconds since the epoch and a job id. Any

@@ -102,7 +102,8 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     assert status in ("queued", "running")
     await shot(page, "job-running.png", tmp_path)
 
-    # Scrolling up pauses auto-follow; new events keep arriving and are counted.
+    # Raw, one line per event: scrolling up pauses auto-follow; new events keep arriving and are counted.
+    await page.get_by_role("button", name="Raw").click()
     await page.locator("#lines").evaluate("el => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); }")
     await until(page, "!window.quireAudit.following")
     await until(page, "document.querySelector('#newbar').classList.contains('show')")
@@ -136,7 +137,7 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     assert len(views) == 2 and views[0]["seq"] in seqs  # each opening of the page, before its log is read
     assert views[0]["data"]["user"] == user.name and "Chrome" in views[0]["data"]["user_agent"]
     await page.locator("#status", has_text="succeeded").wait_for()
-    await until(page, "document.querySelector('#doc').textContent.startsWith('# ')")
+    await page.locator("#doc h3", has_text=job["title"]).wait_for()
 
     # Downloads of both formats match the API, and each holds its own record as its last event.
     async with page.expect_download() as dl:
@@ -210,13 +211,14 @@ async def test_model_markup_is_shown_as_text_and_never_runs(browser, api_url, fa
     await sign_in(page, api_url, user.api_key)
     await page.goto(f"{api_url}/jobs/{job_id}")
     await until(page, "document.querySelector('#live').textContent === 'complete'")
-    await until(page, "document.querySelector('#doc').textContent.startsWith('# ')")
+    await until(page, "document.querySelectorAll('#doc .chunk').length > 0")
     # Open every collapsed line (prompt, response, finish reason, tokens) so all of it is rendered.
     await page.evaluate("document.querySelectorAll('#lines details').forEach(d => { d.open = true; })")
     title = await page.locator("#title").text_content()
     doc = await page.locator("#doc").text_content()
     panel = await page.locator("#lines").text_content()
-    assert title.startswith(XSS) and doc.startswith("# " + XSS) and doc.count(XSS) >= 3
+    heading = await page.locator("#doc h3").text_content()
+    assert title.startswith(XSS) and heading.startswith(XSS) and doc.count(XSS) >= 3
     assert f"finish stop{XSS}" in panel and f"response: {XSS}" in panel
     await page.goto(f"{api_url}/history")
     row = page.locator(f"tr[data-job-id='{job_id}']")
@@ -258,3 +260,91 @@ async def test_docs_work_offline_under_their_csp(browser, api_url):
     assert await page.locator(".info .title").text_content() == "Quire 0.1.0 OAS 3.1"
     assert violations == [] and external == []
     await ctx.close()
+
+
+async def test_document_grows_and_the_panel_tells_the_story(browser, api_url, fake, user, tmp_path):
+    """Two chapters written in parallel: the page shows the document growing chunk by chunk, read
+    incrementally, and the panel groups the interleaved log under the steps that wrote it."""
+    from core.text import count_words
+    from tests.test_api import auth
+
+    fake.reset(ratio=(1.0, 1.05), delay_s=0.1)  # a chunk a call; the delay keeps the job in flight a while
+    async with httpx.AsyncClient(base_url=api_url, headers=auth(user), timeout=30) as http:
+        spec = {"kind": "generate", "prompt": "Tidal mills", "target_words": 10_500, "options": {"chunk_words": 2700}}
+        job_id = (await http.post("/v1/jobs", json=spec)).json()["id"]
+        ctx = await browser.new_context(viewport={"width": 1366, "height": 768})
+        page = await ctx.new_page()
+        violations = csp_errors(page)
+        await sign_in(page, api_url, user.api_key)
+        await page.goto(f"{api_url}/jobs/{job_id}")
+
+        # The document grows while the job runs: chunks appear one by one, under their headings.
+        seen: list[tuple[int, str]] = []
+        probe = "[document.querySelectorAll('#doc .chunk').length, document.querySelector('#status').textContent]"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not seen or seen[-1][1] != "succeeded":
+            assert loop.time() < deadline, seen
+            n, status = await page.evaluate(probe)
+            if not seen or seen[-1] != (n, status):
+                seen.append((n, status))
+            await asyncio.sleep(0.05)
+        growing = [n for n, status in seen if status == "running" and n > 0]
+        assert len(set(growing)) >= 2, seen  # at least two sizes of the document seen mid-job
+        await until(page, "document.querySelector('#live').textContent === 'complete'")
+        out = await http.get(f"/v1/jobs/{job_id}/output")
+        job = (await http.get(f"/v1/jobs/{job_id}")).json()
+        events = (await http.get(f"/v1/jobs/{job_id}/audit")).json()["events"]
+        assert count_words(await page.locator("#doc").inner_text()) == int(out.headers["X-Quire-Word-Count"])
+        assert await page.locator("#doc .chunk").count() == job["progress"]["chunks_total"]
+        assert await page.locator("#doc h3").text_content() == job["title"]
+        assert await page.locator("#doc h4").count() == 2  # the chapters
+        # Read incrementally: after the first read, a read sends only the chunks committed since.
+        reads = [e["data"] for e in events if e["kind"] == "user" and e["action"] == "read_draft"]
+        assert any(r["after"] > 0 and 0 < len(r["chunks"]) < job["progress"]["chunks_total"] for r in reads), reads
+        await shot(page, "job-story.png", tmp_path)
+
+        # Every event written inside an activity is in the step of that activity, however the log
+        # interleaves them; the rest (submission, workflow start, views, reads) are steps of their own.
+        starts = {e["seq"]: e for e in events if e["kind"] == "activity" and e["action"] == "start"}
+        by_seq = {e["seq"]: e for e in events}
+        steps = await page.evaluate("window.quireAudit.steps")
+        grouped = sorted(s for step in steps for s in step["seqs"])
+        assert grouped == list(range(1, len(grouped) + 1))  # each event in exactly one step
+        for step in steps:
+            inside = [by_seq[s] for s in step["seqs"]]
+            if step["activity"]:
+                assert step["id"] in starts and step["activity"] == starts[step["id"]]["data"]["activity"]
+                assert all(e["seq"] == step["id"] or e["data"]["activity_seq"] == step["id"] for e in inside)
+            else:
+                assert all("activity_seq" not in e["data"] for e in inside)
+        writes = [s for s in steps if s["activity"] == "write_chunk"]
+        assert len(writes) == job["progress"]["chunks_total"]
+        assert {s["label"] for s in writes} == {f"chunk {n}" for n in range(1, len(writes) + 1)}
+
+        # A step is one line with its outcome and duration; opened, it shows its SQL and row events.
+        step = page.locator("details.step[data-activity=write_chunk]").nth(1)
+        line = await step.locator("summary").text_content()
+        assert "PASS" in line and "chunk done" in line and " events" in line
+        await step.locator("summary .verdict").click()
+        await step.locator(".events .line[data-kind=sql]").first.wait_for()
+        shown = await step.locator(".events .line").evaluate_all("els => els.map(e => e.dataset.kind)")
+        assert {"sql", "row", "llm", "chunk", "length"} <= set(shown)
+        assert "INSERT INTO chunk_versions" in await step.locator(".events").text_content()
+
+        # A chunk's step links to the chunk in the document.
+        label = await step.locator("summary a.to-chunk").text_content()
+        await step.locator("summary a.to-chunk").click()
+        n = label.split()[1]
+        await until(page, f"location.hash === '#chunk-{n}' && document.querySelector('#chunk-{n}').matches(':target')")
+
+        # Filters still apply, and the raw view has every event.
+        await page.get_by_label("Filter by kind").select_option("seam")
+        visible = await page.locator("#story details.step:not([hidden])").evaluate_all(
+            "els => els.map(e => e.dataset.activity)"
+        )
+        assert visible == ["complete_unit"] * len(visible) and visible
+        await page.get_by_role("button", name="Raw").click()
+        assert await page.locator("#lines .line").count() == len(grouped)
+        assert violations == []
+        await ctx.close()

@@ -1,7 +1,8 @@
-// The Audit Panel: a live, resumable view of a job's audit log.
+// The Audit Panel: a live, resumable view of a job's audit log, as a story (events grouped under
+// the step that wrote them, story.js) or raw (one line per event).
 // The stream is read with fetch() (so the API key travels in a header, never in a URL),
 // parsed as server-sent events, and resumed with Last-Event-ID after any drop: every seq
-// appears exactly once, in order. The DOM keeps the newest MAX_LINES lines; the whole log
+// appears exactly once, in order. The DOM keeps the newest MAX_LINES events; the whole log
 // is always one click away as a JSON or TXT download.
 "use strict";
 const AuditPanel = (() => {
@@ -27,12 +28,15 @@ const AuditPanel = (() => {
 
   function mount(jobId, root) {
     const lines = root.querySelector("#lines"), live = root.querySelector("#live"), foot = root.querySelector("#foot");
+    const storyPane = root.querySelector("#story"), viewBtns = root.querySelectorAll("[data-view]");
+    let pane = storyPane;  // the visible one of #story and #lines
     const newbar = root.querySelector("#newbar"), newcount = root.querySelector("#newcount");
     const kindSel = root.querySelector("#kind-filter"), textIn = root.querySelector("#text-filter");
     const state = { jobId, lastSeq: 0, seqs: [], follow: true, unseen: 0, ended: false, count: 0, trimmed: 0,
                     onEvent: null, onEnd: null, events: [] };
     const api = {
       get lastSeq() { return state.lastSeq; }, get seqs() { return state.seqs.slice(); }, get following() { return state.follow; },
+      get steps() { return story.steps; }, get view() { return pane === storyPane ? "story" : "raw"; },
       set onEvent(f) { state.onEvent = f; }, set onEnd(f) { state.onEnd = f; },
       open() { root.hidden = false; }, close() { root.hidden = true; },
     };
@@ -55,6 +59,10 @@ const AuditPanel = (() => {
       const body = verdict
         ? [text.slice(0, verdict.index) + " · ", Quire.el("span", { className: verdict[1].toLowerCase() }, verdict[1])]
         : [text];
+      const named = "chunk " + (d.chunk + 1);  // a chunk or length event links to its chunk in the document
+      if ((kind === "chunk" || kind === "length") && Number.isInteger(d.chunk) && String(body[0]).startsWith(named)) {
+        body.splice(0, 1, Quire.el("a", { className: "to-chunk", href: "#chunk-" + (d.chunk + 1) }, named), String(body[0]).slice(named.length));
+      }
       let el;
       if (kind === "llm" || kind === "sql" || kind === "row") {
         const more = kind === "llm"
@@ -72,21 +80,30 @@ const AuditPanel = (() => {
       el.hidden = !matches(e);
       return el;
     }
-    function atBottom() { return lines.scrollHeight - lines.scrollTop - lines.clientHeight < 24; }
-    lines.addEventListener("scroll", () => {
+    function atBottom() { return pane.scrollHeight - pane.scrollTop - pane.clientHeight < 24; }
+    for (const p of [lines, storyPane]) p.addEventListener("scroll", () => {
+      if (p !== pane) return;
       const b = atBottom();
       if (b && !state.follow) { state.follow = true; state.unseen = 0; newbar.classList.remove("show"); }
       else if (!b && state.follow) { state.follow = false; }
     });
     root.querySelector("#jump").addEventListener("click", () => {
-      state.follow = true; state.unseen = 0; newbar.classList.remove("show"); lines.scrollTop = lines.scrollHeight;
+      state.follow = true; state.unseen = 0; newbar.classList.remove("show"); pane.scrollTop = pane.scrollHeight;
+    });
+    for (const b of viewBtns) b.addEventListener("click", () => {
+      pane = b.dataset.view === "raw" ? lines : storyPane;
+      lines.hidden = pane !== lines; storyPane.hidden = pane !== storyPane;
+      for (const o of viewBtns) o.setAttribute("aria-pressed", String(o === b));
+      state.follow = true; state.unseen = 0; newbar.classList.remove("show"); pane.scrollTop = pane.scrollHeight;
     });
     function refilter() {
       const following = state.follow;
       for (const el of lines.children) { const e = state.bySeq.get(Number(el.dataset.seq)); if (e) el.hidden = !matches(e); }
-      if (following) { state.follow = true; lines.scrollTop = lines.scrollHeight; }
+      story.refilter();
+      if (following) { state.follow = true; pane.scrollTop = pane.scrollHeight; }
     }
     state.bySeq = new Map();
+    const story = AuditStory.mount(storyPane, { render, matches, isError });
     kindSel.addEventListener("change", refilter);
     textIn.addEventListener("input", refilter);
     root.querySelector("#copy-all").addEventListener("click", async () => {
@@ -102,11 +119,12 @@ const AuditPanel = (() => {
       state.lastSeq = e.seq; state.seqs.push(e.seq); state.count++;
       state.events.push(e); state.bySeq.set(e.seq, e);
       lines.appendChild(render(e));
+      story.add(e);
       while (lines.children.length > MAX_LINES) {
         const first = lines.firstElementChild; state.bySeq.delete(Number(first.dataset.seq)); first.remove(); state.trimmed++;
-        state.events.shift();
+        story.drop(state.events.shift());
       }
-      if (state.follow) lines.scrollTop = lines.scrollHeight;
+      if (state.follow) pane.scrollTop = pane.scrollHeight;
       else { state.unseen++; newcount.textContent = state.unseen + " new event" + (state.unseen === 1 ? "" : "s"); newbar.classList.add("show"); }
       foot.textContent = state.count + " events" + (state.trimmed ? " (oldest " + state.trimmed + " hidden here; downloads have them all)" : "") + (state.ended ? " · complete" : "");
       if (state.onEvent) state.onEvent(e);
@@ -146,6 +164,7 @@ const AuditPanel = (() => {
         live.textContent = "reconnecting"; live.classList.add("off");
         await new Promise(res => setTimeout(res, 1000));
       }
+      story.flush();
       live.textContent = "complete"; live.classList.add("off");
       foot.textContent = state.count + " events · complete";
       if (state.onEnd) state.onEnd();

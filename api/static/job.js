@@ -1,10 +1,14 @@
-// The job page: status, progress, the document, and the Audit Panel (audit.js).
+// The job page: status, progress, the document growing as it is written (document.js), and the
+// Audit Panel (audit.js).
 "use strict";
 if (Quire.requireKey()) {
   const jobId = location.pathname.split("/").pop();
   const panel = AuditPanel.mount(jobId, document.getElementById("audit"));
   const $ = id => document.getElementById(id);
-  let last = null, outputShown = false;
+  const doc = QuireDoc.mount(jobId, $("doc"), $("doc-empty"));
+  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  let last = null;
+  const readDoc = full => doc.refresh(full).catch(ex => { $("failure").textContent = ex.message; });
   async function refresh() {
     let j;
     try { j = await Quire.json("/v1/jobs/" + jobId); } catch (ex) { $("failure").textContent = ex.message; return; }
@@ -22,17 +26,18 @@ if (Quire.requireKey()) {
     $("tokens").textContent = Quire.fmt(j.tokens.in) + " / " + Quire.fmt(j.tokens.out);
     $("elapsed").textContent = Math.round(j.elapsed_seconds) + " s";
     $("failure").textContent = j.error_code ? (j.error_code + ": " + j.failure_reason) : "";
-    $("cancel").hidden = ["succeeded", "failed", "cancelled"].includes(j.status);
-    if (j.status === "succeeded" && !outputShown) {
-      outputShown = true;
-      const r = await Quire.api("/v1/jobs/" + jobId + "/output");
-      $("doc").textContent = await r.text();
-      $("dl-output").hidden = false;
-    }
+    $("cancel").hidden = TERMINAL.includes(j.status);
+    $("dl-output").hidden = j.status !== "succeeded";
+    if (TERMINAL.includes(j.status) && !doc.complete) readDoc(true);  // the document as it stays
   }
   refresh();
-  const timer = setInterval(() => { if (!last || !["succeeded", "failed", "cancelled"].includes(last.status)) refresh(); }, 1000);
-  panel.onEvent = e => { if (e.kind === "job" || e.kind === "chunk") refresh(); };
+  readDoc(true);
+  const timer = setInterval(() => { if (!last || !TERMINAL.includes(last.status)) refresh(); }, 1000);
+  panel.onEvent = e => {
+    if (e.kind === "job" || e.kind === "chunk") refresh();
+    // A chunk version committed after the document's last read: read what is new.
+    if (e.kind === "row" && e.table_name === "chunk_versions" && e.action === "insert" && e.seq > doc.seq) readDoc(false);
+  };
   panel.onEnd = () => { refresh(); clearInterval(timer); };
   $("open-audit").addEventListener("click", () => { panel.open(); $("main").classList.add("with-panel"); });
   $("close-audit").addEventListener("click", () => { panel.close(); $("main").classList.remove("with-panel"); $("open-audit").focus(); });
