@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from core.audit import event_hash
+from core.telemetry import AUDIT_EVENTS
 from db.audit import CAPTURE_KEY, AuditBuffer, Redactor, install_capture
 from db.models import AuditEvent
 
@@ -105,8 +107,10 @@ class Database:
                 yield JobTx(session, buf)
                 await session.flush()
                 buf.capturing = False
-                await write_events(session, job_id, buf.finished())
+                events = buf.finished()
+                await write_events(session, job_id, events)
                 await session.commit()
+                count_written(events)
             except BaseException as exc:
                 failed = exc
                 buf.capturing = False
@@ -132,10 +136,17 @@ class Database:
         try:
             async with self.sessions() as session, session.begin():
                 await write_events(session, job_id, events)
+            count_written(events)
         except JobGone:
             pass
         except Exception as rec:  # noqa: BLE001 - never hide the original error behind this one
             log.error("audit.rollback_not_recorded", job_id=str(job_id), error=error, why=str(rec))
+
+
+def count_written(events: list[dict[str, Any]]) -> None:
+    """Count committed events in this process's metrics (after the commit: a rollback wrote none)."""
+    for kind, n in Counter(e["kind"] for e in events).items():
+        AUDIT_EVENTS.labels(kind).inc(n)
 
 
 def _statements(buf: AuditBuffer) -> int:
