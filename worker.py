@@ -1,6 +1,8 @@
 """The Temporal worker: registers the workflows, the activities and the audit interceptor.
 
 Run with ``python -m worker`` (``quire up`` does); configuration comes from the environment.
+It serves its metrics on ``QUIRE_WORKER_METRICS_PORT`` when set, and traces when
+``OTEL_EXPORTER_OTLP_ENDPOINT`` is (``services.telemetry``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from activities.plan import PlanActivities
 from activities.seams import SeamActivities
 from activities.stitch import StitchActivities
 from db.session import Database
+from services import telemetry
 from services.config import Settings, get_settings
 from services.logging import configure
 from services.temporal import connect, llm_task_queue
@@ -105,6 +108,10 @@ def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
 async def run(settings: Settings) -> None:
     if settings.database_url is None or settings.temporal_address is None:
         raise SystemExit("worker: DATABASE_URL and TEMPORAL_ADDRESS must be set (quire up sets them)")
+    metrics = None
+    if settings.quire_worker_metrics_port:  # before connecting: a busy port stops the worker at once
+        metrics = telemetry.serve_metrics(settings.quire_worker_metrics_host, settings.quire_worker_metrics_port)
+    telemetry.start_tracing("quire-worker")  # before connecting: the client then carries the tracing interceptor
     db = Database(settings.database_url, secrets=settings.secrets())
     client = await connect(settings.temporal_address, settings.temporal_namespace, db)
     llm = llm_from_settings(db, settings)
@@ -127,11 +134,22 @@ async def run(settings: Settings) -> None:
             model=settings.quire_model,
             llm=llm.base_url,
             llm_concurrency=settings.llm_concurrency,
+            metrics=_metrics_url(settings) if metrics else None,
+            tracing=telemetry.tracing_configured(),
         )
         await stop.wait()
     await llm.close()
     await db.dispose()
+    telemetry.stop_tracing()  # sends the spans still batched
+    if metrics is not None:
+        metrics[0].shutdown()
     log.info("worker stopped")
+
+
+def _metrics_url(settings: Settings) -> str:
+    host = settings.quire_worker_metrics_host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{shown}:{settings.quire_worker_metrics_port}/metrics"
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, Un
 from activities.prompts import ChunkContext, chunk_messages, max_tokens_for
 from core.coherence import delta, fold, handoff
 from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
+from core.telemetry import CHUNK_ATTEMPTS, CHUNKS, WORDS
 from core.text import (
     clean_model_output,
     count_words,
@@ -151,7 +152,9 @@ class ChunkActivities(ModelStep):
                     "removed": cleaned.removed_summary(),
                 },
             )
-            return await _record_check(tx, job, chunk)
+            check = await _record_check(tx, job, chunk)
+        CHUNK_ATTEMPTS.labels(kind).inc()  # after the commit: a rolled-back attempt is not counted
+        return check
 
     async def _check(self, jid: uuid.UUID, chunk_id: int) -> _Check | None:
         """The length check of the chunk's latest attempt (written once), or None if it is done."""
@@ -231,7 +234,10 @@ class ChunkActivities(ModelStep):
                     "new_terms": d["new_terms"],
                 },
             )
-            return _done(chunk)
+            done = _done(chunk)
+        CHUNKS.inc()  # after the commit, once per chunk (a retried commit returned above)
+        WORDS.inc(chunk.word_count)
+        return done
 
 
 def _done(chunk: Chunk) -> ChunkDone:

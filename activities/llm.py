@@ -4,7 +4,8 @@ Transient failures (429 honouring Retry-After, 5xx, timeouts, connection resets)
 here with tenacity; what is still failing after that is raised as ``LlmUnavailable`` for
 Temporal to retry the activity later. Every HTTP attempt, failed or not, becomes a row in
 ``llm_calls`` and an ``llm`` audit event, committed immediately in its own transaction so that a
-worker crash never loses the record of a call that was paid for.
+worker crash never loses the record of a call that was paid for. Answers are streamed
+(``activities.llm_stream``), so each call's time to first token is measured and stored.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from openai import AsyncOpenAI
 from sqlalchemy import func, select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from activities.llm_stream import CallRecord, LlmTimeout, Outcome, observe, outcome_label, start_span, stream_completion
 from core.spec import JobOptions
 from core.text import count_words
 from db.audit import shorten
@@ -33,7 +35,13 @@ from db.session import Database, JobGone, JobTx
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+TRANSIENT = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+    LlmTimeout,
+)
 
 
 class LlmUnavailable(Exception):
@@ -83,6 +91,7 @@ class LlmClient:
         self.base_url = safe_base_url(base_url)
         self.max_retries = max_retries
         self.retry_wait_cap = retry_wait_cap
+        self.timeout = timeout
         # The SDK's own retries are off: each attempt must be recorded, so tenacity drives them.
         self.client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=0)
 
@@ -118,7 +127,14 @@ class LlmClient:
         reused, deadline = await self._stored(job_id, request_key)
         if reused is not None:
             return reused
-        params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+        # Streamed, for the time to first token; usage is asked for where the server gives it
+        # (llama.cpp's does not: tokens are then estimated, and tokens_estimated says so).
+        params: dict[str, Any] = {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if json_mode:
             params["response_format"] = {"type": "json_object"}
         use_model = model or self.model
@@ -190,23 +206,23 @@ class LlmClient:
         outcome is stored before anything else can fail: cancellation included, since storing is
         shielded from it (``asyncio.CancelledError`` is not an ``Exception``)."""
         call_id, attempt_no = await self._open(job_id, chunk_id, purpose, request_key, model, messages, params)
+        span = start_span(self.base_url, job_id, call_id, purpose, model, attempt_no, params)
         t0 = time.perf_counter()
-        out = _Outcome()
+        out = Outcome()
+        close = (job_id, call_id, purpose, model, attempt_no, messages, out, t0, span)
         try:
-            resp = await self.client.chat.completions.create(model=model, messages=messages, **params)  # type: ignore[arg-type]
-            choice = resp.choices[0] if resp.choices else None
-            out.text = (choice.message.content if choice else None) or ""
-            out.finish = choice.finish_reason if choice else None
-            out.usage, out.http_status = resp.usage, 200
+            await stream_completion(
+                self.client, model=model, messages=messages, params=params, limit_s=self.timeout, out=out, t0=t0
+            )
         except asyncio.CancelledError:
             out.error = asyncio.CancelledError("cancelled while the call was in flight")
-            await _shielded(self._close(job_id, call_id, purpose, model, attempt_no, messages, out, t0))
+            await _shielded(self._close(*close))
             raise
         except openai.APIStatusError as exc:
             out.error, out.http_status = exc, exc.status_code
-        except Exception as exc:  # timeouts, connection resets, garbage bodies
+        except Exception as exc:  # timeouts (a stalled stream too), connection resets, garbage bodies
             out.error = exc
-        status = await _shielded(self._close(job_id, call_id, purpose, model, attempt_no, messages, out, t0))
+        status = await _shielded(self._close(*close))
         if out.error is not None:
             raise out.error
         return LlmResult(call_id, out.text or "", out.finish, status.tokens_in or 0, status.tokens_out or 0)
@@ -264,11 +280,14 @@ class LlmClient:
         model: str,
         attempt_no: int,
         messages: list[dict[str, str]],
-        out: _Outcome,
+        out: Outcome,
         t0: float,
+        span: Any = None,
     ) -> LlmCall:
-        """The outcome of a call onto its row, with its ``llm`` audit event."""
+        """The outcome of a call onto its row, with its ``llm`` audit event; counted in the
+        metrics and its span ended before the write (the call happened, whatever the write does)."""
         latency_ms = (time.perf_counter() - t0) * 1000
+        end_ns = time.time_ns()
         usage, text = out.usage, out.text
         tokens_in = getattr(usage, "prompt_tokens", None)
         tokens_out = getattr(usage, "completion_tokens", None)
@@ -283,6 +302,19 @@ class LlmClient:
             err_text = f"{type(out.error).__name__}: {out.error}"
         elif not text:
             err_text = "empty content"
+        record = CallRecord(
+            model,
+            purpose,
+            outcome_label(out, status),
+            latency_ms,
+            out.ttft_ms,
+            tokens_in,
+            tokens_out,
+            cached,
+            out.finish,
+            err_text,
+        )
+        observe(record, span, end_ns)
         async with self.db.job_tx(job_id) as tx:
             row = await tx.session.get(LlmCall, call_id)
             assert row is not None
@@ -294,6 +326,7 @@ class LlmClient:
                 estimated,
             )
             row.latency_ms, row.status, row.http_status, row.error = latency_ms, status, out.http_status, err_text
+            row.ttft_ms = out.ttft_ms
             row.completed_at = dt.datetime.now(dt.UTC)
             last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
             tx.event(
@@ -313,6 +346,7 @@ class LlmClient:
                     "tokens_cached": cached,
                     "tokens_estimated": estimated,
                     "latency_ms": round(latency_ms, 1),
+                    "ttft_ms": round(out.ttft_ms, 1) if out.ttft_ms is not None else None,
                     "prompt_summary": shorten(" ".join(last_user.split()), 300),
                     "prompt_chars": sum(len(m.get("content", "")) for m in messages),
                     "response_summary": shorten(" ".join((text or "").split()), 300),
@@ -327,6 +361,7 @@ class LlmClient:
             purpose=purpose,
             status=status,
             ms=round(latency_ms),
+            ttft_ms=round(out.ttft_ms) if out.ttft_ms is not None else None,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
             finish=out.finish,
@@ -335,15 +370,6 @@ class LlmClient:
 
 
 INTERRUPTED = "interrupted: the worker stopped while this call was in flight; its answer, if any, never arrived"
-
-
-@dataclass
-class _Outcome:
-    text: str | None = None
-    finish: str | None = None
-    usage: Any = None
-    http_status: int | None = None
-    error: BaseException | None = None
 
 
 async def _shielded(coro: Awaitable[T]) -> T:

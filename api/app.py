@@ -25,11 +25,12 @@ from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api import audit, jobs, keys, pages, security
+from api import audit, jobs, keys, metrics, pages, security
 from api.intake import body_limit, multipart_schema, openapi_components
 from api.live import AuditListener
 from api.schemas import ERRORS, Health, Readiness, error_schemas, tidy_parameters
 from db.session import Database
+from services import telemetry
 from services.accounts import Access, record_access
 from services.config import Settings, get_settings
 from services.logging import configure
@@ -82,6 +83,7 @@ def create_app(
             await app.state.listener.stop()
             if own_db:
                 await app.state.db.dispose()
+            telemetry.stop_tracing()  # sends the spans still batched (if tracing is on)
 
     app = FastAPI(
         title="Quire",
@@ -95,6 +97,8 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(audit.router)
     app.include_router(keys.router)
+    app.include_router(metrics.router)
+    telemetry.instrument_app(app, telemetry.start_tracing("quire-api"))  # no-op unless OTLP is configured
     security.install(app, lambda content_type: body_limit(content_type, settings.quire_max_input_bytes))
 
     @app.middleware("http")
@@ -105,6 +109,8 @@ def create_app(
         try:
             response = await call_next(request)
             status = response.status_code
+            if request.method == "POST" and request.url.path == "/v1/jobs" and "location" in response.headers:
+                telemetry.tag_job(response.headers["location"].rsplit("/", 1)[-1])  # the new job, on its span
             return response
         finally:
             if request.url.path.startswith("/v1/"):

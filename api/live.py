@@ -20,6 +20,7 @@ import psycopg
 import structlog
 from sqlalchemy import select
 
+from api.metrics import SSE_SUBSCRIBERS
 from core.spec import TERMINAL_STATUSES
 from db.ddl import NOTIFY_CHANNEL
 from db.models import AuditEvent, Job
@@ -195,6 +196,7 @@ async def stream(
     (``authorized`` answers False) ends with ``{"reason": "revoked"}`` and sends nothing more."""
     feed, wake = listener.subscribe(job_id)  # before reading: nothing committed meanwhile is missed
     loop = asyncio.get_running_loop()
+    SSE_SUBSCRIBERS.inc()
     try:
         last = after
         finished_at: float | None = None
@@ -240,4 +242,5 @@ async def stream(
             except TimeoutError:
                 woken = False
     finally:
+        SSE_SUBSCRIBERS.dec()
         listener.unsubscribe(feed, wake)

@@ -61,6 +61,7 @@ def main() -> None:
             "API_PORT": str(free_port()),
             "TEMPORAL_PORT": str(free_port()),
             "TEMPORAL_UI_PORT": str(free_port()),
+            "QUIRE_WORKER_METRICS_PORT": str(free_port()),
         }
         quire = [sys.executable, "-m", "quire.cli"]
         api = f"http://127.0.0.1:{env['API_PORT']}"

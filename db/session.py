@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from core.audit import event_hash
+from core.telemetry import AUDIT_EVENTS
 from db.audit import ACTIVITY_SEQ, CAPTURE_KEY, AuditBuffer, Redactor, install_capture
 from db.models import AuditEvent
 
@@ -107,9 +109,11 @@ class Database:
                 yield tx
                 await session.flush()
                 buf.capturing = False
-                last = await write_events(session, job_id, buf.finished())
+                events = buf.finished()
+                last = await write_events(session, job_id, events)
                 await session.commit()
                 tx.last_seq = last
+                count_written(events)
             except BaseException as exc:
                 failed = exc
                 buf.capturing = False
@@ -135,10 +139,17 @@ class Database:
         try:
             async with self.sessions() as session, session.begin():
                 await write_events(session, job_id, events)
+            count_written(events)
         except JobGone:
             pass
         except Exception as rec:  # noqa: BLE001 - never hide the original error behind this one
             log.error("audit.rollback_not_recorded", job_id=str(job_id), error=error, why=str(rec))
+
+
+def count_written(events: list[dict[str, Any]]) -> None:
+    """Count committed events in this process's metrics (after the commit: a rollback wrote none)."""
+    for kind, n in Counter(e["kind"] for e in events).items():
+        AUDIT_EVENTS.labels(kind).inc(n)
 
 
 def _statements(buf: AuditBuffer) -> int:

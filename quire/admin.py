@@ -127,6 +127,10 @@ def _print_urls(state: dict[str, Any], key: str | None) -> None:
     print(f"Web pages        {state['api_url']}/")
     if state.get("temporal_ui_url"):
         print(f"Temporal UI      {state['temporal_ui_url']}")
+    if state.get("metrics_url"):
+        print(f"Metrics          {state['metrics_url']}")
+    if state.get("worker_metrics_url"):
+        print(f"Worker metrics   {state['worker_metrics_url']}")
     if state.get("llm_url"):
         print(f"Local model      {state['llm_url']}")
     print(f"Logs             {state['logs']}")

@@ -43,6 +43,9 @@ from services.temporal import search_attribute_args
 log = structlog.get_logger(__name__)
 BIN = Path(sys.executable).parent
 # How long each part may take to become healthy; generous, so a slow machine is not an error.
+# The worker's metrics port under `quire up` when QUIRE_WORKER_METRICS_PORT is unset (the port
+# commonly given to an exporter of OpenTelemetry's metrics: clear of Quire's other defaults).
+WORKER_METRICS_PORT = 9464
 TIMEOUTS = {"postgres": 60.0, "temporal": 90.0, "llm": 120.0, "worker": 60.0, "api": 60.0}
 PARTS = tuple(TIMEOUTS)  # the start order; restarts of parts that died together follow it too
 
@@ -100,10 +103,27 @@ class Stack:
             return None
         return f"http://127.0.0.1:{self.settings.temporal_ui_port}"
 
+    @property
+    def worker_metrics_port(self) -> int:
+        """Where the worker serves its metrics: QUIRE_WORKER_METRICS_PORT, else 9464 (0: nowhere)."""
+        port = self.settings.quire_worker_metrics_port
+        return WORKER_METRICS_PORT if port is None else port
+
+    @property
+    def worker_metrics_url(self) -> str | None:
+        if not self.worker_metrics_port:
+            return None
+        host = self.settings.quire_worker_metrics_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.worker_metrics_port}/metrics"
+
     def ports(self) -> list[tuple[str, int, str]]:
         """(host, port, setting) for every port this stack would listen on."""
         s = self.settings
         out = [(s.api_host, s.api_port, "API_PORT")]
+        if self.worker_metrics_port:
+            out.append((s.quire_worker_metrics_host, self.worker_metrics_port, "QUIRE_WORKER_METRICS_PORT"))
         if s.temporal_address is None:
             out += [
                 ("127.0.0.1", s.temporal_port, "TEMPORAL_PORT"),
@@ -361,6 +381,7 @@ class Stack:
                 "DATABASE_URL": db_url,
                 "TEMPORAL_ADDRESS": temporal,
                 "TEMPORAL_NAMESPACE": self.settings.temporal_namespace,
+                "QUIRE_WORKER_METRICS_PORT": str(self.worker_metrics_port),
             }
             if self.settings.uses_local_model:
                 from quire.localmodel import MODEL_ALIAS
@@ -380,6 +401,8 @@ class Stack:
             "api_url": self.api_url,
             "docs_url": f"{self.api_url}/docs",
             "temporal_ui_url": self.ui_url,
+            "metrics_url": f"{self.api_url}/metrics",
+            "worker_metrics_url": self.worker_metrics_url,
             "temporal_address": temporal,
             "llm_url": self.env.get("OPENAI_BASE_URL"),
             "embedded_postgres": self.started_postgres,

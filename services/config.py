@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     quire_llm_calls_per_second: float | None = Field(
         default=None, gt=0, description="model calls per second across all workers (Temporal enforces it)"
     )
+    quire_worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of the worker's Prometheus metrics; unset or 0: none (quire up uses 9464)",
+    )
+    quire_worker_metrics_host: str = Field(default="127.0.0.1", description="address the worker's metrics listen on")
+    quire_metrics_token: SecretStr | None = Field(
+        default=None, description="if set, GET /metrics on the API asks for it as a Bearer token"
+    )
     quire_prompt_style: Literal["auto", "instruct", "document"] = Field(
         default="auto", description="auto: 'document' for the local base model, 'instruct' otherwise"
     )
@@ -119,8 +129,9 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""
         out = []
-        if self.openai_api_key is not None and self.openai_api_key.get_secret_value():
-            out.append(self.openai_api_key.get_secret_value())
+        for secret in (self.openai_api_key, self.quire_metrics_token):
+            if secret is not None and secret.get_secret_value():
+                out.append(secret.get_secret_value())
         return out
 
 

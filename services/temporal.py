@@ -21,8 +21,10 @@ from temporalio import activity, client, worker
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.telemetry import ACTIVITIES, ACTIVITY_RETRIES
 from db.audit import ACTIVITY_SEQ
 from db.session import Database, JobGone
+from services.telemetry import temporal_interceptors
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +72,10 @@ def job_id_from_workflow_id(wid: str) -> uuid.UUID | None:
 
 
 async def connect(address: str, namespace: str, db: Database) -> client.Client:
-    return await client.Client.connect(address, namespace=namespace, interceptors=[AuditInterceptor(db)])
+    """A client that audits (and, when tracing is on, traces) what it does, as do workers made from it."""
+    return await client.Client.connect(
+        address, namespace=namespace, interceptors=[*temporal_interceptors(), AuditInterceptor(db)]
+    )
 
 
 async def record(db: Database, job_id: uuid.UUID | None, kind: str, action: str, data: dict[str, Any]) -> int | None:
@@ -151,6 +156,8 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             "worker": WORKER_IDENTITY,
             "input": _input_of(input.args),
         }
+        if info.attempt > 1:
+            ACTIVITY_RETRIES.labels(info.activity_type).inc()
         # Every event this attempt writes from here on (its end or error too) names its start. Each
         # attempt runs in an asyncio task of its own, so the value ends with it.
         ACTIVITY_SEQ.set(await record(self.db, job_id, "activity", "start", base))
@@ -160,6 +167,8 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             result = await super().execute_activity(input)
         except BaseException as exc:
             beat.cancel()
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            ACTIVITIES.labels(info.activity_type, "cancelled" if cancelled else "failed").inc()
             await record(
                 self.db,
                 job_id,
@@ -174,6 +183,7 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             )
             raise
         beat.cancel()
+        ACTIVITIES.labels(info.activity_type, "completed").inc()
         await record(
             self.db,
             job_id,

@@ -8,6 +8,13 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   stops short;
 - ``delay_s``: latency added to every answer (keeps a job in flight for kill/cancel tests);
 - ``tokens_per_s``: answer at this many tokens a second, like a streaming provider (0: at once);
+  a streamed answer sends its first word at once and the rest at that pace, so its time to first
+  token is small and its total time proportional to its tokens;
+- streaming (``"stream": true``, as Quire asks): server-sent ``data:`` chunks as OpenAI sends
+  them (a role chunk, the content in pieces, a chunk with ``finish_reason``, a usage chunk when
+  ``stream_options.include_usage`` is set and ``stream_usage`` is on, then ``data: [DONE]``);
+  ``stream_usage=False`` plays the local llama.cpp server, which ignores ``include_usage``;
+  a request without ``stream`` gets one JSON body, as before;
 - ``seam_drift``: every chunk names the "Harbor Lantern Council", spelled so in the book's 1st,
   3rd, ... chapters and "harbor lantern council" in the others: a term drift at their seams;
 - it counts the calls in flight (``in_flight``, ``peak_in_flight``) and the seconds it spent
@@ -20,7 +27,8 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   what it echoed is kept in ``echoed``);
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
-  "empty", "garbage".
+  "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
+  for ``hang_s``, then the rest), "broken" (a stream whose second chunk is not JSON).
 """
 
 from __future__ import annotations
@@ -34,13 +42,14 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 WORDS = (
@@ -60,6 +69,7 @@ class FakeState:
     hang_s: float = 5.0
     delay_s: float = 0.0  # latency of every answer, to keep a job in flight
     tokens_per_s: float = 0.0
+    stream_usage: bool = True  # send the usage chunk when asked (llama.cpp's server never does)
     seam_drift: bool = False
     faults: deque[str] = field(default_factory=deque)
     in_flight: int = 0
@@ -145,14 +155,22 @@ class FakeLLM:
         with self.lock:
             self.state.in_flight += 1
             self.state.peak_in_flight = max(self.state.peak_in_flight, self.state.in_flight)
+        streaming = False
         try:
-            return await self._answer(request)
+            resp = await self._answer(request)
+            streaming = isinstance(resp, StreamingResponse)
+            return resp
         finally:
-            with self.lock:
-                self.state.in_flight -= 1
-                self.state.model_seconds += time.monotonic() - t0
+            if not streaming:  # a stream is in flight until its last chunk: it settles itself
+                self._settle(t0)
+
+    def _settle(self, t0: float) -> None:
+        with self.lock:
+            self.state.in_flight -= 1
+            self.state.model_seconds += time.monotonic() - t0
 
     async def _answer(self, request: Request) -> Response:
+        t0 = time.monotonic()
         body = await request.json()
         json_mode = (body.get("response_format") or {}).get("type") == "json_object"
         with self.lock:
@@ -165,7 +183,7 @@ class FakeLLM:
                 fault = None
             st.requests.append({"body": body, "fault": fault, "auth": request.headers.get("authorization")})
             ratio, mode, hang_s, delay_s = st.ratio, st.mode, st.hang_s, st.delay_s
-            tokens_per_s, seam_drift = st.tokens_per_s, st.seam_drift
+            tokens_per_s, seam_drift, stream_usage = st.tokens_per_s, st.seam_drift, st.stream_usage
         if delay_s:
             await asyncio.sleep(delay_s)
         if fault == "429":
@@ -207,30 +225,60 @@ class FakeLLM:
                     st.echoed.extend(echoed)
         tokens_in = max(1, len(prompt) // 4)
         tokens_out = max(0, int(len(content.split()) * 1.4))
-        if tokens_per_s:
-            await asyncio.sleep(tokens_out / tokens_per_s)
+        usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
         model = body.get("model", "fake-model")
         if mode == "html":
             if not json_mode:
                 content = f"{XSS} {content}"
             finish = f"{finish}{XSS}"
             model = f"{model}{XSS}"
+        head = {
+            "id": f"chatcmpl-{XSS}-{n}" if mode == "html" else f"chatcmpl-fake-{n}",
+            "created": int(time.time()),
+            "model": model,
+        }
+        if body.get("stream"):
+            send_usage = stream_usage and bool((body.get("stream_options") or {}).get("include_usage"))
+            script = _Stream(content, finish, usage if send_usage else None, tokens_per_s, fault, hang_s)
+            return StreamingResponse(self._sse(head, script, t0), media_type="text/event-stream")
+        if tokens_per_s:
+            await asyncio.sleep(tokens_out / tokens_per_s)
         return JSONResponse(
             {
-                "id": f"chatcmpl-{XSS}-{n}" if mode == "html" else f"chatcmpl-fake-{n}",
+                **head,
                 "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
                 ],
-                "usage": {
-                    "prompt_tokens": tokens_in,
-                    "completion_tokens": tokens_out,
-                    "total_tokens": tokens_in + tokens_out,
-                },
+                "usage": usage,
             }
         )
+
+    async def _sse(self, head: dict[str, Any], s: _Stream, t0: float) -> AsyncIterator[str]:
+        """The answer as OpenAI streams it: ``data: <chunk>`` events, then ``data: [DONE]``."""
+
+        def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+            chunk: dict[str, Any] = {**head, "object": "chat.completion.chunk", "choices": choices}
+            if usage is not None:
+                chunk["usage"] = usage
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        try:
+            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            for i, piece in enumerate(_pieces(s.content)):
+                if i > 0 and s.tokens_per_s:  # the first word goes at once: a small time to first token
+                    await asyncio.sleep(len(piece.split()) * 1.4 / s.tokens_per_s)
+                if i == 1 and s.fault == "broken":
+                    yield "data: {not json at all\n\n"
+                yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+                if i == 0 and s.fault == "stall":
+                    await asyncio.sleep(s.hang_s)
+            yield event([{"index": 0, "delta": {}, "finish_reason": s.finish}])
+            if s.usage is not None:  # OpenAI's include_usage: one more chunk, with no choices
+                yield event([], s.usage)
+            yield "data: [DONE]\n\n"
+        finally:
+            self._settle(t0)
 
     def _plan(self, prompt: str, rng: random.Random, malformed: bool, mark: str = "") -> str:
         """A plan as JSON; ``mark`` goes into every string of it."""
@@ -254,6 +302,31 @@ class FakeLLM:
                 "style": mark + "plain, precise prose",
             }
         )
+
+
+@dataclass
+class _Stream:
+    """What one streamed answer sends, and how."""
+
+    content: str
+    finish: str
+    usage: dict[str, int] | None
+    tokens_per_s: float
+    fault: str | None
+    hang_s: float
+
+
+PIECE_WORDS = 32  # words per streamed chunk after the first (a real server sends ~1 token a chunk)
+
+
+def _pieces(content: str) -> list[str]:
+    """``content`` cut into stream chunks that join back to it exactly: its first word alone, then
+    ``PIECE_WORDS`` words at a time (fewer, bigger chunks than a real server's: tests stay fast)."""
+    words = re.findall(r"\s*\S+\s*", content) or ([content] if content else [])
+    if not words:
+        return []
+    rest = ["".join(words[i : i + PIECE_WORDS]) for i in range(1, len(words), PIECE_WORDS)]
+    return [words[0], *rest]
 
 
 TERM = "Harbor Lantern Council"

@@ -77,13 +77,14 @@ def test_db_check_is_read_only(fresh_db_url):
 
 def test_up_detach_down_leaves_nothing_and_restart_reuses_data(tmp_path_factory):
     home = Path("/tmp") / f"qh-{uuid.uuid4().hex[:6]}"  # short: Postgres' socket path is limited
-    api, tport, ui = free_ports(3)
+    api, tport, ui, metrics = free_ports(4)
     env = {
         "QUIRE_HOME": str(home),
         "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
         "API_PORT": str(api),
         "TEMPORAL_PORT": str(tport),
         "TEMPORAL_UI_PORT": str(ui),
+        "QUIRE_WORKER_METRICS_PORT": str(metrics),
     }
     try:
         r = run("up", "--detach", env=env)

@@ -60,7 +60,7 @@ async def local_worker(client, db, llama_url) -> AsyncIterator[None]:
     await llm.close()
 
 
-async def test_real_small_model_meets_target_with_real_token_counts(db, client, user, local_worker):
+async def test_real_small_model_meets_target_streaming_its_answers(db, client, user, local_worker):
     job, _ = await jobs.submit(
         db,
         client,
@@ -81,6 +81,9 @@ async def test_real_small_model_meets_target_with_real_token_counts(db, client, 
             .all()
         )
     ok = [c for c in calls if c.status == "ok"]
-    assert ok and all(c.model == localmodel.MODEL_ALIAS and not c.tokens_estimated for c in ok)
-    assert all(c.tokens_in > 0 and c.tokens_out > 0 and c.latency_ms > 0 for c in ok)
+    assert ok and all(c.model == localmodel.MODEL_ALIAS for c in ok)
+    # Streamed: llama.cpp's server sends no usage chunk (it ignores include_usage), so tokens are
+    # estimated and marked so; the first token's time is measured on every answer.
+    assert all(c.tokens_estimated and c.tokens_in > 0 and c.tokens_out > 0 for c in ok)
+    assert all(0 < c.ttft_ms < c.latency_ms for c in ok)
     assert len(events) == len(calls) and all(e["tokens_out"] is not None for e in events if e["status"] == "ok")

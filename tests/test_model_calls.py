@@ -1,4 +1,5 @@
-"""Model calls paid for are never lost: committed before the request, stored shielded from cancel."""
+"""Model calls paid for are never lost: committed before the request, stored shielded from cancel;
+answers stream in, with their time to first token, and a stream that stalls times out."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import time
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from activities.llm import LlmUnavailable
+from core.text import count_words
 from db.models import AuditEvent, LlmCall
 from testkit import make_job
 from tests.conftest import make_llm
@@ -93,3 +97,85 @@ async def test_a_call_cut_off_by_a_dead_worker_is_marked_interrupted_and_asked_a
         )
     assert [(r.attempt, r.status) for r in rows] == [(1, "error"), (2, "ok")]
     assert rows[0].error.startswith("interrupted") and res.call_id == rows[1].id
+
+
+async def _calls(db, job_id) -> list[LlmCall]:
+    async with db.tx() as s:
+        return list(
+            (await s.execute(select(LlmCall).where(LlmCall.job_id == job_id).order_by(LlmCall.attempt))).scalars().all()
+        )
+
+
+def _count(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_streamed_answer_records_its_time_to_first_token(db, fake, user):
+    """The fake streams its first word at once and the rest at 400 tokens/s: the first token comes
+    long before the last, and both are stored, with the usage the stream's last chunk gave."""
+    fake.reset(ratio=(1.0, 1.0), tokens_per_s=400)
+    job_id = await make_job(db, user.user_id)
+    llm = make_llm(db, fake)
+    ttft_count = _count("quire_model_time_to_first_token_seconds_count", model="fake-model")
+    res = await llm.complete(
+        job_id=job_id,
+        purpose="write",
+        request_key="ttft",
+        messages=[{"role": "user", "content": "Write about 120 words."}],
+        max_tokens=400,
+    )
+    await llm.close()
+    (row,) = await _calls(db, job_id)
+    body = fake.requests[-1]["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert row.status == "ok" and row.response == res.text and count_words(res.text) == 120
+    assert not row.tokens_estimated and row.tokens_out == int(120 * 1.4)
+    # 168 tokens at 400/s: ~0.4 s in all, the first word at once.
+    assert 0 < row.ttft_ms < 100 < 350 < row.latency_ms
+    assert _count("quire_model_time_to_first_token_seconds_count", model="fake-model") == ttft_count + 1
+    async with db.tx() as s:
+        event = (
+            await s.execute(select(AuditEvent.data).where(AuditEvent.job_id == job_id, AuditEvent.kind == "llm"))
+        ).scalar_one()
+    assert event["ttft_ms"] == round(row.ttft_ms, 1) and event["tokens_estimated"] is False
+
+
+async def test_a_stream_that_stalls_mid_way_times_out_and_is_asked_again(db, fake, user):
+    fake.reset(hang_s=3.0)
+    fake.inject("stall")  # its first word, then nothing for 3 s: longer than the call's 0.5 s
+    job_id = await make_job(db, user.user_id)
+    llm = make_llm(db, fake, timeout=0.5)
+    timeouts = _count("quire_model_calls_total", model="fake-model", purpose="write", outcome="timeout")
+    res = await llm.complete(
+        job_id=job_id,
+        purpose="write",
+        request_key="stall",
+        messages=[{"role": "user", "content": "Write about 60 words."}],
+        max_tokens=200,
+    )
+    await llm.close()
+    first, second = await _calls(db, job_id)
+    assert first.status == "error" and first.error.startswith("LlmTimeout: the answer did not end within 0.5 s")
+    assert first.http_status == 200 and first.ttft_ms is not None and first.response  # what came is kept
+    assert 450 < first.latency_ms < 1500
+    assert second.status == "ok" and second.response == res.text and res.call_id == second.id
+    assert _count("quire_model_calls_total", model="fake-model", purpose="write", outcome="timeout") == timeouts + 1
+
+
+async def test_a_stream_without_usage_is_estimated_and_a_broken_one_is_an_error(db, fake, user):
+    """llama.cpp's server ignores include_usage: tokens are estimated and marked so. A stream that
+    turns to garbage mid-way is recorded as an error with what came before it."""
+    fake.reset(stream_usage=False)
+    job_id = await make_job(db, user.user_id)
+    llm = make_llm(db, fake)
+    msgs = [{"role": "user", "content": "Write about 80 words."}]
+    res = await llm.complete(job_id=job_id, purpose="write", request_key="nousage", messages=msgs, max_tokens=300)
+    fake.inject("broken")
+    with pytest.raises(Exception, match="Expecting property name") as broken:
+        await llm.complete(job_id=job_id, purpose="write", request_key="broken", messages=msgs, max_tokens=300)
+    assert not isinstance(broken.value, LlmUnavailable)  # not transient: Temporal retries the activity
+    await llm.close()
+    estimated, bad = await _calls(db, job_id)
+    assert estimated.status == "ok" and estimated.tokens_estimated and estimated.ttft_ms is not None
+    assert (estimated.tokens_in, estimated.tokens_out) == (len(msgs[0]["content"]) // 4, len(res.text) // 4)
+    assert bad.status == "error" and "JSONDecodeError" in bad.error and bad.response and bad.http_status == 200

@@ -66,7 +66,7 @@ def procs_mentioning(text: str) -> list[str]:
 @pytest.fixture
 def stack_env() -> Iterator[dict[str, str]]:
     home = Path("/tmp") / f"qs-{uuid.uuid4().hex[:6]}"
-    api, grpc, ui = free_ports(3)
+    api, grpc, ui, metrics = free_ports(4)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(SCRUB)},
         "QUIRE_HOME": str(home),
@@ -74,6 +74,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         "API_PORT": str(api),
         "TEMPORAL_PORT": str(grpc),
         "TEMPORAL_UI_PORT": str(ui),
+        "QUIRE_WORKER_METRICS_PORT": str(metrics),
     }
     yield env
     quire("down", env=env)  # whatever a failed assertion left running
@@ -108,7 +109,7 @@ def assert_nothing_left(home: Path, pids: list[int], ports: list[int]) -> None:
 
 
 def ports_of(env: dict[str, str]) -> list[int]:
-    return [int(env[k]) for k in ("API_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT")]
+    return [int(env[k]) for k in ("API_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "QUIRE_WORKER_METRICS_PORT")]
 
 
 async def _start_probe_workflow(address: str) -> None:
@@ -154,6 +155,11 @@ def test_up_ctrl_c_then_detach_and_down_leave_nothing_and_reuse_the_data(stack_e
     assert httpx.get(f"{api}/readyz", timeout=10).status_code == 200
     assert httpx.get(f"{api}/docs", timeout=10).status_code == 200
     assert httpx.get(f"http://127.0.0.1:{env['TEMPORAL_UI_PORT']}/", timeout=10).status_code == 200
+    # The worker serves its own metrics where `quire up` said, the API its own (and the jobs).
+    worker_metrics = f"http://127.0.0.1:{env['QUIRE_WORKER_METRICS_PORT']}/metrics"
+    assert f"Worker metrics   {worker_metrics}" in text and f"Metrics          {api}/metrics" in text
+    assert "quire_chunks_written_total 0.0" in httpx.get(worker_metrics, timeout=10).text
+    assert 'quire_jobs{kind="generate",status="queued"} 0.0' in httpx.get(f"{api}/metrics", timeout=10).text
     assert httpx.get(f"{api}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
     r = quire("user", "add", "alice", env=env)  # finds the running embedded database by itself
     assert r.returncode == 0, r.stderr
