@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import RowMapping, func, select, text
 
+from db import usage
 from db.models import Document, Job, LlmCall
 from db.session import Database
 from db.writing import Chunk, PlanNode
@@ -75,6 +76,17 @@ async def job_totals(db: Database, job: Job) -> JobTotals:
         words_so_far=int(words_so_far),
         output_words=out.word_count if out is not None else None,
     )
+
+
+async def costs(db: Database, job: Job) -> tuple[usage.Cost, usage.Cost]:
+    """(the job's cost, its owner's total cost) in micro-dollars, by the price table."""
+    async with db.tx() as s:
+        return await usage.job_cost(s, job.id), await usage.user_cost(s, job.user_id)
+
+
+async def user_costs(db: Database, user_id: int) -> usage.Cost:
+    async with db.tx() as s:
+        return await usage.user_cost(s, user_id)
 
 
 async def latest_document(db: Database, job_id: uuid.UUID, role: str) -> Document | None:
