@@ -170,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
         sp = us.add_parser(name, help=text)
         sp.add_argument("name")
         sp.add_argument("--url", help="database URL (default DATABASE_URL)")
+    q = us.add_parser("quota", help="show or set a user's quotas (a number, or 'none' for no limit)")
+    q.add_argument("name")
+    q.add_argument("--tokens-per-day", type=admin.quota_value, help="model tokens a day (UTC)")
+    q.add_argument("--concurrent-jobs", type=admin.quota_value, help="jobs queued or running at once")
+    q.add_argument("--words-per-month", type=admin.quota_value, help="target words of the jobs of a month (UTC)")
+    q.add_argument("--url", help="database URL (default DATABASE_URL)")
     user.set_defaults(fn=admin.cmd_user)
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
