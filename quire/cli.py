@@ -97,7 +97,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_output(args: argparse.Namespace) -> int:
     from quire.remote import write_file
 
-    r = _api(args).request("GET", f"/v1/jobs/{args.job_id}/output", params={"partial": int(args.partial)})
+    if args.format in ("docx", "epub") and args.output in (None, "-") and sys.stdout.isatty():
+        _err(f"{args.format} is a binary file: write it with -o FILE")
+        return Exit.USAGE
+    params = {"partial": int(args.partial), "format": args.format}
+    r = _api(args).request("GET", f"/v1/jobs/{args.job_id}/output", params=params)
     write_file(args.output, r.content)
     if args.output not in (None, "-"):
         print(
@@ -226,6 +230,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("job_id")
     o.add_argument("-o", "--output", help="file to write (default stdout)")
     o.add_argument("--partial", action="store_true", help="the latest partial output of a failed job")
+    o.add_argument("--format", choices=["md", "txt", "html", "docx", "epub"], default="md", help="default: md")
     client_opts(o)
     o.set_defaults(fn=cmd_output)
 
