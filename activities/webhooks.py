@@ -85,10 +85,10 @@ async def check_target(url: str, policy: WebhookPolicy) -> tuple[str | None, lis
     host = parts.hostname or ""
     try:
         addresses = await resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
-    except (OSError, TimeoutError) as exc:
-        return f"its host {host!r} does not resolve ({type(exc).__name__}: {exc})", []
+    except (OSError, TimeoutError, UnicodeError, ValueError) as exc:  # UnicodeError: a label IDNA refuses
+        return f"its host {host[:100]!r} does not resolve ({type(exc).__name__}: {exc})", []
     why = policy.check(addresses)
-    return (None if why is None else f"its host {host!r} resolves to {why}"), addresses
+    return (None if why is None else f"its host {host[:100]!r} resolves to a refused address: {why}"), addresses
 
 
 def pinned(url: str, ip: IPAddress) -> tuple[str, dict[str, str], dict[str, str]]:

@@ -394,7 +394,8 @@ async def test_history_is_newest_first_with_cursor_pages_and_filters(http, db):
     failed = (await http.get("/v1/jobs?status=failed", headers=auth(owner))).json()["items"]
     assert [j["id"] for j in failed] == [str(made[1])]
     assert failed[0]["error_code"] == "E_LENGTH_NOT_MET" and failed[0]["target_met"] is False
-    assert (await http.get("/v1/jobs?kind=rewrite", headers=auth(owner))).json() == {"items": [], "next_cursor": None}
+    none = {"items": [], "next_cursor": None, "user_cost": {"micro_usd": 0, "usd": "0.000000", "unpriced_calls": 0}}
+    assert (await http.get("/v1/jobs?kind=rewrite", headers=auth(owner))).json() == none
     queued = (await http.get("/v1/jobs?kind=generate&status=queued", headers=auth(owner))).json()["items"]
     assert {j["id"] for j in queued} == {str(made[i]) for i in (0, 2, 4)}
     r = await http.get("/v1/jobs?cursor=bm9wZQ", headers=auth(owner))
