@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import threading
 import time
 import uuid
+from asyncio.subprocess import PIPE
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -214,3 +217,23 @@ async def test_the_target_is_checked_again_at_delivery(db, client, fake, user):
     with pytest.raises(Exception):  # noqa: B017 - the delivery workflow failed, not retried
         await child.result()
     assert (await job_row(db, job.id)).status == "succeeded"
+
+
+async def test_quire_webhook_secret_rotates_and_shows_the_new_secret_once(api_url, http, db, user):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QUIRE_", "DATABASE_URL"))}
+
+    async def quire(*args: str) -> tuple[int, str, str]:
+        cmd = [sys.executable, "-m", "quire.cli", "webhook", *args, "--api", api_url, "--key", user.api_key]
+        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=PIPE, stderr=PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    first = (await http.post("/v1/webhook/secret", headers=auth(user))).json()["secret"]
+    code, out, err = await quire("secret")
+    assert code == 0 and out.startswith("whsec_") and out.strip() != first and "shown once" in err
+    async with db.tx() as s:  # what deliveries now sign with is the secret printed, nothing else
+        sealed = (await s.execute(select(User.webhook_secret_sealed).where(User.id == user.user_id))).scalar_one()
+    assert Sealer([SEALING_KEY]).open(sealed) == out.strip()
+    Webhook(out.strip())  # a well-formed whsec_ secret, usable by receivers as printed
+    shown = (await http.get("/v1/webhook", headers=auth(user))).json()
+    assert shown["secret_set"] is True and "whsec_" not in json.dumps(shown)
