@@ -20,6 +20,9 @@ from activities.llm import LlmClient
 from activities.plan import PlanActivities
 from activities.seams import SeamActivities
 from activities.stitch import StitchActivities
+from activities.webhooks import WebhookActivities, WebhookConfig
+from core.sealing import Sealer
+from core.webhooks import WebhookPolicy
 from db.session import Database
 from services import telemetry
 from services.config import Settings, get_settings
@@ -27,6 +30,7 @@ from services.logging import configure
 from services.temporal import connect, llm_task_queue
 from workflows.job import JobWorkflow
 from workflows.unit import UnitWorkflow
+from workflows.webhook import WebhookWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +68,7 @@ def build_worker(
     *,
     llm_concurrency: int = 16,
     llm_calls_per_second: float | None = None,
+    webhooks: WebhookConfig | None = None,
 ) -> Workers:
     """The workers for every workflow and activity of a job, with the activities' dependencies."""
     plan, chunks, stitch, seams, finalize = (
@@ -73,13 +78,15 @@ def build_worker(
         SeamActivities(db, llm),
         FinalizeActivities(db),
     )
+    # Without a config (benchmarks), deliveries are refused: no key opens a signing secret.
+    hooks = WebhookActivities(db, webhooks or WebhookConfig(WebhookPolicy(), None, "http://127.0.0.1:8000"))
     # The audit interceptor comes with the client (it is both a client and a worker
     # interceptor); passing it here as well would record every activity twice.
     main = Worker(
         client,
         task_queue=task_queue,
-        workflows=[JobWorkflow, UnitWorkflow],
-        activities=[chunks.unit_chunks, finalize.finalize, finalize.add_continuation, finalize.fail_job],
+        workflows=[JobWorkflow, UnitWorkflow, WebhookWorkflow],
+        activities=[chunks.unit_chunks, finalize.finalize, finalize.add_continuation, finalize.fail_job, hooks.deliver],
         max_concurrent_activities=20,
     )
     model = Worker(
@@ -102,6 +109,16 @@ def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
         model=settings.quire_model,
         timeout=settings.quire_llm_timeout_s,
         prompt_style=settings.prompt_style,
+        prices=settings.quire_prices,
+    )
+
+
+def webhooks_from_settings(settings: Settings) -> WebhookConfig:
+    return WebhookConfig(
+        policy=settings.webhook_policy,
+        sealer=Sealer(settings.secret_keys()),
+        public_url=settings.public_url,
+        timeout_s=settings.quire_webhook_timeout_s,
     )
 
 
@@ -122,6 +139,7 @@ async def run(settings: Settings) -> None:
         settings.temporal_task_queue,
         llm_concurrency=settings.llm_concurrency,
         llm_calls_per_second=settings.quire_llm_calls_per_second,
+        webhooks=webhooks_from_settings(settings),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

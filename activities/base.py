@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from activities.llm import BudgetExhausted, LlmClient
+from activities.llm import BudgetExhausted, LlmClient, QuotaExceeded
 from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import sha256
 from db.models import Document, Job
@@ -27,7 +27,7 @@ class JobNotRunnable(Exception):
 
 
 # Errors that no retry can cure; workflows name them in their retry policy.
-NON_RETRYABLE = [JobGone.__name__, JobNotRunnable.__name__, BudgetExhausted.__name__]
+NON_RETRYABLE = [JobGone.__name__, JobNotRunnable.__name__, BudgetExhausted.__name__, QuotaExceeded.__name__]
 
 
 def now() -> dt.datetime:

@@ -14,7 +14,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -26,11 +26,14 @@ from sqlalchemy import func, select
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from activities.llm_stream import CallRecord, LlmTimeout, Outcome, observe, outcome_label, start_span, stream_completion
+from core.cost import Price, cost_micro_usd
+from core.quota import QuotaExceeded, day_start, tokens_refusal
 from core.spec import JobOptions
 from core.text import count_words
 from db.audit import shorten
 from db.models import Job, LlmCall
 from db.session import Database, JobGone, JobTx
+from db.usage import quotas, tokens_since
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -83,8 +86,10 @@ class LlmClient:
         max_retries: int = 5,
         retry_wait_cap: float = 30.0,
         prompt_style: str = "instruct",
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self.db = db
+        self.prices = dict(prices or {})  # model -> price (QUIRE_PRICES): each call's cost
         # "instruct" for chat models; "document" for small base models (see activities.prompts).
         self.prompt_style = prompt_style
         self.model = model
@@ -156,7 +161,8 @@ class LlmClient:
     async def _stored(self, job_id: uuid.UUID, request_key: str) -> tuple[LlmResult | None, float | None]:
         """(an answer already paid for under ``request_key``, the job's deadline as a Unix time).
 
-        Before any new call, the job's budgets: BudgetExhausted if its tokens or time are used up."""
+        Before any new call, the job's budgets: BudgetExhausted if its tokens or time are used up;
+        and its owner's quota: QuotaExceeded if their tokens of the day are."""
         async with self.db.job_tx(job_id) as tx:
             job = await tx.session.get(Job, job_id)
             if job is None:
@@ -172,11 +178,16 @@ class LlmClient:
                     .limit(1)
                 )
             ).scalar_one_or_none()
+            refused: QuotaExceeded | None = None
             if row is None:
                 exhausted = await _budget_exhausted(tx, job_id, opts, deadline)
-                if exhausted is None:
+                refused = None if exhausted is not None else await _quota_refused(tx, job.user_id)
+                if exhausted is None and refused is None:
                     return None, deadline
-                tx.event("error", "budget", {"reason": exhausted, "request_key": request_key})
+                if refused is not None:
+                    tx.event("error", "quota", {"reason": str(refused), "request_key": request_key})
+                else:
+                    tx.event("error", "budget", {"reason": exhausted, "request_key": request_key})
             else:
                 tx.event(
                     "llm",
@@ -190,6 +201,8 @@ class LlmClient:
                 return LlmResult(
                     row.id, row.response or "", row.finish_reason, row.tokens_in or 0, row.tokens_out or 0, reused=True
                 ), deadline
+        if refused is not None:
+            raise refused  # after the commit, as below
         raise BudgetExhausted(exhausted)  # after the commit: the refusal is in the log
 
     async def _attempt(
@@ -297,6 +310,7 @@ class LlmClient:
             tokens_in = sum(len(m.get("content", "")) for m in messages) // 4
             tokens_out = len(text or "") // 4
         status = "ok" if out.error is None and text else "error"
+        cost = cost_micro_usd(self.prices.get(model), tokens_in, cached, tokens_out)
         err_text = None
         if out.error is not None:
             err_text = f"{type(out.error).__name__}: {out.error}"
@@ -327,6 +341,7 @@ class LlmClient:
             )
             row.latency_ms, row.status, row.http_status, row.error = latency_ms, status, out.http_status, err_text
             row.ttft_ms = out.ttft_ms
+            row.cost_micro_usd = cost
             row.completed_at = dt.datetime.now(dt.UTC)
             last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
             tx.event(
@@ -345,6 +360,7 @@ class LlmClient:
                     "tokens_out": tokens_out,
                     "tokens_cached": cached,
                     "tokens_estimated": estimated,
+                    "cost_micro_usd": cost,
                     "latency_ms": round(latency_ms, 1),
                     "ttft_ms": round(out.ttft_ms, 1) if out.ttft_ms is not None else None,
                     "prompt_summary": shorten(" ".join(last_user.split()), 300),
@@ -380,6 +396,15 @@ async def _shielded(coro: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         await task
         raise
+
+
+async def _quota_refused(tx: JobTx, user_id: int) -> QuotaExceeded | None:
+    """Whether the job's owner has used up their tokens of the day (core.quota)."""
+    q = await quotas(tx.session, user_id)
+    if q.tokens_per_day is None:
+        return None
+    now = dt.datetime.now(dt.UTC)
+    return tokens_refusal(q, await tokens_since(tx.session, user_id, day_start(now)), now)
 
 
 async def _budget_exhausted(tx: JobTx, job_id: uuid.UUID, opts: JobOptions, deadline: float) -> str | None:

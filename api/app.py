@@ -25,10 +25,11 @@ from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api import audit, jobs, keys, metrics, pages, security
+from api import account, audit, jobs, keys, metrics, pages, security
 from api.intake import body_limit, multipart_schema, openapi_components
 from api.live import AuditListener
 from api.schemas import ERRORS, Health, Readiness, error_schemas, tidy_parameters
+from core.sealing import Sealer
 from db.session import Database
 from services import telemetry
 from services.accounts import Access, record_access
@@ -70,6 +71,7 @@ def create_app(
         else:
             app.state.client = client
         app.state.settings = settings
+        app.state.sealer = Sealer(settings.secret_keys())  # seals webhook signing secrets
         app.state.listener = AuditListener(app.state.db)
         app.state.listener.start()
         try:  # streams opened before LISTEN is up would wait for the fallback poll
@@ -99,6 +101,7 @@ def create_app(
     app.include_router(keys.router)
     app.include_router(metrics.router)
     telemetry.instrument_app(app, telemetry.start_tracing("quire-api"))  # no-op unless OTLP is configured
+    app.include_router(account.router)
     security.install(app, lambda content_type: body_limit(content_type, settings.quire_max_input_bytes))
 
     @app.middleware("http")

@@ -12,7 +12,16 @@ from typing import Any
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
 
-from core.spec import JOB_KINDS, MAX_PROMPT_CHARS, MAX_TARGET_WORDS, MIN_TARGET_WORDS, TARGET_WORDS_RULE, JobSpec
+from core.spec import (
+    JOB_KINDS,
+    MAX_PROMPT_CHARS,
+    MAX_TARGET_WORDS,
+    MAX_URL_CHARS,
+    MIN_TARGET_WORDS,
+    TARGET_WORDS_RULE,
+    JobSpec,
+)
+from core.webhooks import URL_PATTERN
 
 MAX_TITLE_CHARS = 500  # JobSpec.title
 
@@ -246,6 +255,7 @@ def multipart_schema(models: list[str]) -> dict[str, Any]:
             "prompt": {**text, "maxLength": MAX_PROMPT_CHARS},
             "title": {**text, "maxLength": MAX_TITLE_CHARS},
             "model": {"type": "string", "enum": models},
+            "webhook_url": {"type": "string", "pattern": URL_PATTERN, "maxLength": MAX_URL_CHARS},
             # A JSON object in its own part (the request body's encoding says application/json).
             "options": {"$ref": "#/components/schemas/JobOptions"},
             "file": {
@@ -281,6 +291,9 @@ def openapi_components(models: list[str]) -> dict[str, Any]:
     props["input_text"]["description"] = "the document to rewrite: UTF-8 text of at most QUIRE_MAX_INPUT_BYTES"
     props["model"] = {"anyOf": [{"type": "string", "enum": models}, {"type": "null"}], "default": None}
     props["model"]["description"] = "the model to write with (default: the configured QUIRE_MODEL)"
+    for variant in props["webhook_url"].get("anyOf", []):
+        if variant.get("type") == "string":
+            variant["pattern"] = URL_PATTERN
     spec["allOf"] = [
         {
             "if": {"properties": {"kind": {"const": kind}}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from api.schemas import (
     COMMON,
     ERRORS,
     Cancelling,
+    Cost,
     Draft,
     DraftPiece,
     HistoryItem,
@@ -27,11 +29,15 @@ from api.schemas import (
     Tokens,
     links,
 )
+from core.cost import usd
+from core.quota import QuotaExceeded
 from core.spec import TERMINAL_STATUSES, JobKind, JobStatus
 from db.models import Job
 from db.session import Database
+from db.usage import Cost as UsageCost
+from services import exports, views
 from services import jobs as job_service
-from services import views
+from services import webhooks as webhook_service
 
 log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=COMMON)
@@ -51,6 +57,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=COMMON)
         413: ERRORS[413],
         415: ERRORS[415],
         422: ERRORS[422],
+        429: ERRORS[429],
     },
     openapi_extra={
         "requestBody": {
@@ -83,22 +90,34 @@ async def submit_job(
 ) -> Response:
     idem = idempotency_key(idempotency_key_header)
     spec, filename = await read_spec(request, settings.quire_max_input_bytes, settings.allowed_models)
+    existing = None
     if idem is not None:
         existing = await job_service.find_by_idempotency_key(db, who.user_id, idem)
         if existing is not None and not await job_service.same_request(db, existing, spec, settings.quire_model):
             # 409, not 422: the request is well formed; it conflicts with what the key already names.
             raise HTTPException(409, f"Idempotency-Key {idem!r} was used for a different request (job {existing.id})")
-    job, created = await job_service.submit(
-        db,
-        client,
-        user_id=who.user_id,
-        user_name=who.name,
-        spec=spec,
-        task_queue=settings.temporal_task_queue,
-        default_model=settings.quire_model,
-        idempotency_key=idem,
-        filename=filename,
-    )
+    hook = None
+    if existing is None:  # (a replay returns its job, whatever its webhook or the quotas say now)
+        try:
+            hook = await webhook_service.job_target(db, who.user_id, spec.webhook_url, settings.webhook_policy)
+        except webhook_service.TargetRefused as exc:
+            raise invalid(["body", "webhook_url"], str(exc), "webhook_url") from None
+    try:
+        job, created = await job_service.submit(
+            db,
+            client,
+            user_id=who.user_id,
+            user_name=who.name,
+            spec=spec,
+            task_queue=settings.temporal_task_queue,
+            default_model=settings.quire_model,
+            idempotency_key=idem,
+            filename=filename,
+            webhook_url=hook,
+            webhook_retry=settings.webhook_retry,
+        )
+    except QuotaExceeded as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
     jid = str(job.id)
     log.info("job.submitted", job_id=jid, user_id=who.user_id, kind=spec.kind, target=spec.target_words, new=created)
     body = JobCreated(id=jid, status=job.status, workflow_id=job.workflow_id, created=created, links=links(jid))  # type: ignore[arg-type]
@@ -110,8 +129,13 @@ async def submit_job(
     )
 
 
+def cost(c: UsageCost) -> Cost:
+    return Cost(micro_usd=c.micro_usd, usd=usd(c.micro_usd), unpriced_calls=c.unpriced_calls)
+
+
 async def job_view(db: Database, job: Job) -> JobView:
     t = await views.job_totals(db, job)
+    job_cost, user_cost = await views.costs(db, job)
     end = job.completed_at or dt.datetime.now(dt.UTC)
     return JobView(
         id=str(job.id),
@@ -143,6 +167,9 @@ async def job_view(db: Database, job: Job) -> JobView:
         completed_at=job.completed_at.isoformat() if job.completed_at else None,
         elapsed_seconds=round((end - (job.started_at or job.created_at)).total_seconds(), 3),
         tokens=Tokens.model_validate({"in": t.tokens_in, "out": t.tokens_out, "llm_calls": t.llm_calls}),
+        cost=cost(job_cost),
+        user_cost=cost(user_cost),
+        webhook_url=job.webhook_url,
         audit_events=job.audit_seq,
         links=links(str(job.id)),
     )
@@ -160,15 +187,24 @@ async def get_job(job: OwnJobDep, db: DbDep) -> JobView:
 
 @router.get(
     "/jobs/{job_id}/output",
-    summary="The finished document",
-    description="Headers: X-Quire-Word-Count, X-Quire-Target-Words, X-Quire-Target-Met, X-Quire-Sha256, and "
-    "X-Quire-Audit-Seq / X-Quire-Audit-Head: the audit log's head when the document was saved (its hash must "
-    "be the hash of that seq in the log). Each read is recorded in the job's log as a user action.",
+    summary="The finished document, as Markdown, plain text, HTML, DOCX or EPUB",
+    description="`format`: md (the canonical text), txt, html, docx or epub, each with the title, a contents "
+    "page and every heading at its level (`markdown` and `text` are the earlier names of md and txt). "
+    "Headers, for the canonical text whatever the format: X-Quire-Word-Count, X-Quire-Target-Words, "
+    "X-Quire-Target-Met, X-Quire-Sha256, and X-Quire-Audit-Seq / X-Quire-Audit-Head: the audit log's head "
+    "when the document was saved (its hash must be the hash of that seq in the log). Each read is recorded "
+    "in the job's log as a user action.",
     response_class=PlainTextResponse,
     responses={
         200: {
             "description": "the document",
-            "content": {"text/markdown": {"schema": {"type": "string"}}, "text/plain": {"schema": {"type": "string"}}},
+            "content": {
+                "text/markdown": {"schema": {"type": "string"}},
+                "text/plain": {"schema": {"type": "string"}},
+                "text/html": {"schema": {"type": "string"}},
+                exports.MEDIA_TYPES["docx"]: {"schema": {"type": "string", "format": "binary"}},
+                exports.MEDIA_TYPES["epub"]: {"schema": {"type": "string", "format": "binary"}},
+            },
         },
         404: ERRORS[404],
         409: {**ERRORS[404], "description": "the job has no output (yet): not finished, or failed"},
@@ -180,7 +216,9 @@ async def get_output(
     job: OwnJobDep,
     who: CallerDep,
     db: DbDep,
-    format: Annotated[Literal["text", "markdown"], Query(description="the media type to send")] = "markdown",
+    format: Annotated[
+        Literal["md", "txt", "html", "docx", "epub", "markdown", "text"], Query(description="the format to send")
+    ] = "md",
     partial: Annotated[bool, Query(description="the latest partial output of an unfinished or failed job")] = False,
 ) -> Response:
     doc = await views.latest_document(db, job.id, "partial" if partial else "output")
@@ -189,14 +227,19 @@ async def get_output(
             raise HTTPException(409, f"job is {job.status}: no partial output stored yet")
         why = f": {job.error_code}: {job.failure_reason}" if job.status == "failed" else ""
         raise HTTPException(409, f"job is {job.status}; the output is not ready{why}")
+    fmt = exports.ALIASES.get(format, format)
     await actions.record(
-        request, db, who, job, "download_output", role=doc.role, version=doc.version, sha256=doc.sha256
+        request, db, who, job, "download_output", role=doc.role, version=doc.version, sha256=doc.sha256, format=fmt
     )
-    media = "text/markdown" if format == "markdown" else "text/plain"
+    title = job.title or (job.skeleton or {}).get("title") or "Untitled"
+    # Building a book is CPU work: in a thread, so the event loop keeps serving meanwhile.
+    body = await asyncio.to_thread(exports.render, doc.text, fmt, str(title), str(job.id))
+    disposition = {"Content-Disposition": f'attachment; filename="quire-{job.id}.{fmt}"'} if fmt in BINARY else {}
     return Response(
-        doc.text,
-        media_type=f"{media}; charset=utf-8",
+        body,
+        media_type=exports.MEDIA_TYPES[fmt],
         headers={
+            **disposition,
             "X-Quire-Word-Count": str(doc.word_count),
             "X-Quire-Target-Words": str(job.target_words),
             "X-Quire-Target-Met": str(doc.word_count >= job.target_words).lower(),
@@ -245,6 +288,9 @@ async def get_draft(
     )
 
 
+BINARY = ("docx", "epub")
+
+
 def _iso(v: Any) -> Any:
     return v.isoformat() if isinstance(v, dt.datetime) else v
 
@@ -278,7 +324,7 @@ async def list_jobs(
         )
         for r in rows
     ]
-    return HistoryPage(items=items, next_cursor=nxt)
+    return HistoryPage(items=items, next_cursor=nxt, user_cost=cost(await views.user_costs(db, who.user_id)))
 
 
 @router.post(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.spec import JobKind, JobStatus
+from core.webhooks import URL_PATTERN as WEBHOOK_URL_PATTERN
 
 
 class Links(BaseModel):
@@ -56,6 +57,12 @@ class Tokens(BaseModel):
     llm_calls: int
 
 
+class Cost(BaseModel):
+    micro_usd: int = Field(description="US micro-dollars of the priced model calls (QUIRE_PRICES)")
+    usd: str = Field(description="the same in dollars, to read: 0.001234")
+    unpriced_calls: int = Field(description="calls whose model has no price: not in micro_usd")
+
+
 class JobView(BaseModel):
     id: str
     kind: JobKind
@@ -77,6 +84,9 @@ class JobView(BaseModel):
     completed_at: str | None
     elapsed_seconds: float
     tokens: Tokens
+    cost: Cost = Field(description="this job's model calls")
+    user_cost: Cost = Field(description="every model call of the job's owner (deleted jobs' too)")
+    webhook_url: str | None = Field(description="where the job's end is POSTed, signed (null: nowhere)")
     audit_events: int = Field(description="the job's last audit seq (the log holds seqs 1..audit_events)")
     links: Links
 
@@ -103,11 +113,13 @@ class HistoryItem(BaseModel):
     llm_calls: int
     tokens_in: int
     tokens_out: int
+    cost_micro_usd: int = Field(description="US micro-dollars of the job's priced model calls")
     links: Links
 
 
 class HistoryPage(BaseModel):
     items: list[HistoryItem]
+    user_cost: Cost = Field(description="every model call of the caller (deleted jobs' too)")
     next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null on the last")
 
 
@@ -225,6 +237,46 @@ class RotatedKey(BaseModel):
     revoked_prefix: str = Field(description="the handle of the key this request was made with, now revoked")
 
 
+class WebhookView(BaseModel):
+    url: str | None = Field(description="the default webhook of your jobs (a job's own webhook_url wins)")
+    secret_set: bool = Field(description="whether a signing secret exists (it is never shown again)")
+    secret_created_at: str | None
+
+
+class WebhookUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(
+        max_length=2000,
+        description="an http(s) URL, or null to have none",
+        json_schema_extra={"pattern": WEBHOOK_URL_PATTERN},
+    )
+
+
+class WebhookSet(WebhookView):
+    secret: str | None = Field(
+        description="a new signing secret when you had none (shown here only; it is stored sealed)"
+    )
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="whsec_...: the new signing secret, shown here only; the old one stops at once")
+    created_at: str
+
+
+class QuotaView(BaseModel):
+    tokens_per_day: int | None = Field(description="null: no limit")
+    concurrent_jobs: int | None
+    words_per_month: int | None
+
+
+class UsageView(BaseModel):
+    quotas: QuotaView
+    tokens_today: int = Field(description="tokens of your model calls since 00:00 UTC")
+    running_jobs: int = Field(description="your jobs queued or running")
+    words_this_month: int = Field(description="target words of the jobs you submitted since the 1st (UTC)")
+    cost: Cost
+
+
 class Message(BaseModel):
     detail: str
 
@@ -257,6 +309,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error("the request body or the document in it is larger than QUIRE_MAX_INPUT_BYTES allows"),
     415: _error("the body is neither application/json nor multipart/form-data"),
     422: _error("invalid input, each error with its field and message", "ValidationErrors"),
+    429: _error("a quota of yours is used up: the message says which", **{"Retry-After": "seconds"}),
     500: _error("an internal error (the server log has the details)"),
     503: _error("the database or Temporal is unreachable: try again shortly", **{"Retry-After": "seconds"}),
 }

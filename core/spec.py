@@ -10,9 +10,10 @@ import math
 from enum import StrEnum
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.text import count_words
+from core.webhooks import url_problem
 
 JobKind = Literal["generate", "rewrite"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -24,6 +25,7 @@ MIN_TARGET_WORDS = 1
 MAX_TARGET_WORDS = 500_000
 TARGET_WORDS_RULE = f"an integer from {MIN_TARGET_WORDS} to {MAX_TARGET_WORDS:,}"
 MAX_PROMPT_CHARS = 20_000
+MAX_URL_CHARS = 2_000
 
 
 class ErrorCode(StrEnum):
@@ -35,6 +37,7 @@ class ErrorCode(StrEnum):
     INPUT_INVALID = "E_INPUT_INVALID"
     CANCELLED = "E_CANCELLED"
     INTERNAL = "E_INTERNAL"
+    QUOTA_EXCEEDED = "E_QUOTA_EXCEEDED"
 
 
 ERROR_CODES: tuple[str, ...] = tuple(c.value for c in ErrorCode)
@@ -69,7 +72,20 @@ class JobSpec(BaseModel):
     input_text: str | None = None
     title: str | None = Field(default=None, max_length=500)
     model: str | None = Field(default=None, max_length=200)
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description="POSTed a signed event when the job ends (default: your webhook, PUT /v1/webhook)",
+    )
     options: JobOptions = Field(default_factory=lambda: JobOptions())
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        why = None if v is None else url_problem(v)
+        if why is not None:
+            raise ValueError(f"webhook_url {why}")
+        return v
 
     @model_validator(mode="after")
     def _kind_needs(self) -> JobSpec:

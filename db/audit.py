@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from core.audit import REF_KEY, normalize, value_digest
+from core.webhooks import SECRET_PATTERN, SECRET_PREFIX
 
 CAPTURE_KEY = "quire_audit_buffer"
 # The step a transaction runs in: the seq of its activity attempt's ``activity start`` event, set by
@@ -113,7 +114,8 @@ def column_value(value: Any, limit: int, home: str | None = None, before: bool =
 
 
 class Redactor:
-    """Removes configured secret values and secret-named parameters from captured data."""
+    """Removes configured secret values, secret-named parameters and anything shaped like a
+    webhook signing secret (``whsec_...``, whoever's it is) from captured data."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets = [s for s in secrets if s and len(s) >= 4]
@@ -122,6 +124,8 @@ class Redactor:
         for s in self.secrets:
             if s in value:
                 value = value.replace(s, "[REDACTED]")
+        if SECRET_PREFIX in value:
+            value = SECRET_PATTERN.sub("[REDACTED]", value)
         return value
 
     def value(self, name: str | None, value: Any) -> Any:

@@ -205,7 +205,8 @@ SELECT j.id, j.user_id, j.kind, j.status, j.title, j.target_words, j.max_words,
        j.sections_total, j.chunks_total, j.chunks_done, j.audit_seq AS audit_events,
        (SELECT count(*) FROM llm_calls c WHERE c.job_id = j.id) AS llm_calls,
        (SELECT COALESCE(sum(c.tokens_in), 0) FROM llm_calls c WHERE c.job_id = j.id) AS tokens_in,
-       (SELECT COALESCE(sum(c.tokens_out), 0) FROM llm_calls c WHERE c.job_id = j.id) AS tokens_out
+       (SELECT COALESCE(sum(c.tokens_out), 0) FROM llm_calls c WHERE c.job_id = j.id) AS tokens_out,
+       (SELECT COALESCE(sum(c.cost_micro_usd), 0) FROM llm_calls c WHERE c.job_id = j.id) AS cost_micro_usd
   FROM jobs j
   LEFT JOIN documents o ON o.job_id = j.id AND o.role = 'output' AND o.version = 1
 """

@@ -60,9 +60,23 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(
+            "quota_tokens_per_day >= 0 AND quota_concurrent_jobs >= 0 AND quota_words_per_month >= 0", name="quotas"
+        ),
+    )
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(Text, unique=True)
     created_at: Mapped[datetime] = ts_column(default=True)
+    # The default webhook of the user's jobs, and the secret that signs every webhook of theirs:
+    # sealed (core.sealing: encrypted under QUIRE_SECRET_KEY, never stored in clear), shown once.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret_sealed: Mapped[str | None] = mapped_column(Text)
+    webhook_secret_created_at: Mapped[datetime | None] = ts_column()
+    # Quotas (core.quota); NULL: no limit.
+    quota_tokens_per_day: Mapped[int | None] = mapped_column(BigInteger)
+    quota_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    quota_words_per_month: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ApiKey(Base):
@@ -115,6 +129,8 @@ class Job(Base):
     skeleton: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     workflow_id: Mapped[str] = mapped_column(Text, unique=True)
+    # Where the job's end is POSTed (its own webhook_url, else its owner's default at submit).
+    webhook_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = ts_column(default=True)
     started_at: Mapped[datetime | None] = ts_column()
     completed_at: Mapped[datetime | None] = ts_column()
@@ -180,6 +196,8 @@ class LlmCall(Base):
     tokens_estimated: Mapped[bool] = mapped_column(Boolean, server_default="false")
     latency_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
+    # US micro-dollars by the price table (QUIRE_PRICES); NULL: the model has no price there.
+    cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(Text)
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)

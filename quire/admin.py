@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -259,9 +260,27 @@ def cmd_db(args: argparse.Namespace) -> int:
     return Exit.FAILED
 
 
+@dataclass(frozen=True)
+class QuotaValue:
+    n: int | None  # None: no limit
+
+
+UNSET = None  # an option not given: that quota stays as it is
+
+
+def quota_value(v: str) -> QuotaValue:
+    """A quota on the command line: a whole number >= 0, or 'none' for no limit."""
+    if v.strip().lower() in ("none", "unlimited"):
+        return QuotaValue(None)
+    if not v.strip().isascii() or not v.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, or 'none' (no limit), not {v!r}")
+    return QuotaValue(int(v.strip()))
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     """``user add NAME`` (a new user and its key), ``user key NAME`` (another key), ``user keys NAME``
-    (prefix, created, revoked), ``user revoke NAME`` (every key of the user, at once)."""
+    (prefix, created, revoked), ``user revoke NAME`` (every key of the user, at once), ``user quota
+    NAME [--tokens-per-day N] [--concurrent-jobs N] [--words-per-month N]`` (show, or set; 'none' clears)."""
     from sqlalchemy.exc import OperationalError
 
     from db.session import Database
@@ -278,6 +297,9 @@ def cmd_user(args: argparse.Namespace) -> int:
                 return await accounts.add_key_for(db, args.name)
             if args.user_cmd == "keys":
                 return await accounts.list_keys(db, args.name)
+            if args.user_cmd == "quota":
+                changes = {k: getattr(args, k) for k in accounts.QUOTA_FIELDS if getattr(args, k) is not UNSET}
+                return await accounts.set_quotas(db, args.name, {k: v.n for k, v in changes.items()})
             return await accounts.revoke_user_keys(db, args.name)
         finally:
             await db.dispose()
@@ -293,6 +315,14 @@ def cmd_user(args: argparse.Namespace) -> int:
     if args.user_cmd in ("add", "key"):
         print(result)
         print(f"(a key for {args.name!r}; it is shown once and stored only as a hash)", file=sys.stderr)
+    elif args.user_cmd == "quota":
+        print(f"quotas of {args.name!r}:")
+        for label, v in (
+            ("tokens per day", result.tokens_per_day),
+            ("concurrent jobs", result.concurrent_jobs),
+            ("words per month", result.words_per_month),
+        ):
+            print(f"{label:<17} {'no limit' if v is None else f'{v:,}'}")
     elif args.user_cmd == "keys":
         print(f"{'key':<16} {'created (UTC)':<20} revoked (UTC)")
         for k in result:

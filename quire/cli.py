@@ -45,6 +45,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"kind": args.kind, "target_words": args.words}
     if args.title:
         body["title"] = args.title
+    if args.webhook:
+        body["webhook_url"] = args.webhook
     if args.kind == "rewrite":
         if not args.input:
             _err("--kind rewrite needs --input FILE")
@@ -97,7 +99,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_output(args: argparse.Namespace) -> int:
     from quire.remote import write_file
 
-    r = _api(args).request("GET", f"/v1/jobs/{args.job_id}/output", params={"partial": int(args.partial)})
+    if args.format in ("docx", "epub") and args.output in (None, "-") and sys.stdout.isatty():
+        _err(f"{args.format} is a binary file: write it with -o FILE")
+        return Exit.USAGE
+    params = {"partial": int(args.partial), "format": args.format}
+    r = _api(args).request("GET", f"/v1/jobs/{args.job_id}/output", params=params)
     write_file(args.output, r.content)
     if args.output not in (None, "-"):
         print(
@@ -105,6 +111,29 @@ def cmd_output(args: argparse.Namespace) -> int:
             f"(target {r.headers.get('x-quire-target-words')})",
             file=sys.stderr,
         )
+    return Exit.OK
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    """``webhook [show]``, ``webhook set URL``, ``webhook unset``, ``webhook secret`` (a new signing
+    secret, printed once: stdout, so it can go straight into a secret store)."""
+    api = _api(args)
+    if args.action == "secret":
+        print(api.json("POST", "/v1/webhook/secret")["secret"])
+        print("(your new webhook signing secret: shown once; the one before no longer signs)", file=sys.stderr)
+        return Exit.OK
+    if args.action in ("set", "unset"):
+        if args.action == "set" and not args.url:
+            _err("quire webhook set URL: the URL is missing")
+            return Exit.USAGE
+        r = api.json("PUT", "/v1/webhook", json={"url": args.url if args.action == "set" else None})
+        if r.get("secret"):
+            print(r["secret"])
+            print("(your webhook signing secret, made now: shown once)", file=sys.stderr)
+    else:
+        r = api.json("GET", "/v1/webhook")
+    print(f"webhook  {r['url'] or '-'}", file=sys.stderr if r.get("secret") else sys.stdout)
+    print(f"secret   {'set ' + str(r['secret_created_at'])[:19] if r['secret_set'] else 'none'}", file=sys.stderr)
     return Exit.OK
 
 
@@ -170,6 +199,12 @@ def parser() -> argparse.ArgumentParser:
         sp = us.add_parser(name, help=text)
         sp.add_argument("name")
         sp.add_argument("--url", help="database URL (default DATABASE_URL)")
+    q = us.add_parser("quota", help="show or set a user's quotas (a number, or 'none' for no limit)")
+    q.add_argument("name")
+    q.add_argument("--tokens-per-day", type=admin.quota_value, help="model tokens a day (UTC)")
+    q.add_argument("--concurrent-jobs", type=admin.quota_value, help="jobs queued or running at once")
+    q.add_argument("--words-per-month", type=admin.quota_value, help="target words of the jobs of a month (UTC)")
+    q.add_argument("--url", help="database URL (default DATABASE_URL)")
     user.set_defaults(fn=admin.cmd_user)
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
@@ -193,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--kind", choices=JOB_KINDS, default="generate")
     s.add_argument("--input", help="input document for --kind rewrite (.txt or .md)")
     s.add_argument("--title")
+    s.add_argument("--webhook", metavar="URL", help="POST the job's end here, signed (default: your webhook)")
     s.add_argument("--follow", action="store_true", help="show live progress until the job ends")
     s.add_argument("--quiet", action="store_true", help="with --follow: progress bar only")
     client_opts(s)
@@ -220,8 +256,15 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("job_id")
     o.add_argument("-o", "--output", help="file to write (default stdout)")
     o.add_argument("--partial", action="store_true", help="the latest partial output of a failed job")
+    o.add_argument("--format", choices=["md", "txt", "html", "docx", "epub"], default="md", help="default: md")
     client_opts(o)
     o.set_defaults(fn=cmd_output)
+
+    w = sub.add_parser("webhook", help="your default webhook and its signing secret")
+    w.add_argument("action", nargs="?", choices=["show", "set", "unset", "secret"], default="show")
+    w.add_argument("url", nargs="?", help="for set: an http(s) URL")
+    client_opts(w)
+    w.set_defaults(fn=cmd_webhook)
 
     h = sub.add_parser("history", help="your jobs, newest first")
     h.add_argument("--status", choices=JOB_STATUSES)

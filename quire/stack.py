@@ -382,7 +382,10 @@ class Stack:
                 "TEMPORAL_ADDRESS": temporal,
                 "TEMPORAL_NAMESPACE": self.settings.temporal_namespace,
                 "QUIRE_WORKER_METRICS_PORT": str(self.worker_metrics_port),
+                # The children see DATABASE_URL set: say what this stack's own default is.
+                "QUIRE_WEBHOOK_ALLOW_LOOPBACK": str(self.settings.webhook_policy.allow_loopback).lower(),
             }
+            self.settings.secret_keys()  # made here, once, before the API and the worker read it
             if self.settings.uses_local_model:
                 from quire.localmodel import MODEL_ALIAS
 

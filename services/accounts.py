@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from core.quota import Quotas
 from db.models import AccountEvent, ApiKey, User
 from db.session import Database
 
@@ -219,3 +220,20 @@ async def record_access(db: Database, a: Access) -> None:
                 job_id=a.job_id,
             )
         )
+
+
+QUOTA_FIELDS = ("tokens_per_day", "concurrent_jobs", "words_per_month")
+
+
+async def set_quotas(db: Database, name: str, changes: dict[str, int | None]) -> Quotas:
+    """Change some of a user's quotas (None: no limit); returns all of them. Recorded in the account log."""
+    async with db.tx() as s:
+        uid = await _user_id(s, name)
+        user = (await s.execute(select(User).where(User.id == uid).with_for_update())).scalar_one()
+        for k, v in changes.items():
+            if k not in QUOTA_FIELDS:
+                raise ValueError(f"no quota {k!r}")
+            setattr(user, f"quota_{k}", v)
+        if changes:
+            s.add(AccountEvent(user_id=uid, kind="quota.set", data={**changes, "by": "admin"}))
+        return Quotas(user.quota_tokens_per_day, user.quota_concurrent_jobs, user.quota_words_per_month)

@@ -6,12 +6,20 @@ process at start with a message naming the setting (see ``load_settings``).
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.cost import Price
+from core.sealing import new_key
+from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
+
+SECRET_KEY_FILE = "secret.key"
 
 
 class SettingsError(SystemExit):
@@ -64,6 +72,26 @@ class Settings(BaseSettings):
     quire_prompt_style: Literal["auto", "instruct", "document"] = Field(
         default="auto", description="auto: 'document' for the local base model, 'instruct' otherwise"
     )
+    # Cost and webhooks (README: Integrators)
+    quire_prices: Annotated[dict[str, Price], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON: {"model": {"input": 0.15, "cached_input": 0.075, "output": 0.6}} (USD per 1M tokens)',
+    )
+    quire_secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key(s), comma-separated (the first seals); unset: QUIRE_HOME/secret.key, made once",
+    )
+    quire_public_url: str | None = Field(default=None, description="the API's URL as webhook receivers reach it")
+    quire_webhook_allow_loopback: bool | None = Field(
+        default=None, description="webhooks to loopback addresses; unset: allowed with the embedded stack only"
+    )
+    quire_webhook_allow_private: bool = False
+    quire_webhook_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs, comma-separated: when set, the only webhook targets allowed"
+    )
+    quire_webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    quire_webhook_first_retry_s: float = Field(default=5.0, gt=0)
+    quire_webhook_attempts: int = Field(default=10, ge=1, le=50)
 
     @field_validator("database_url")
     @classmethod
@@ -90,6 +118,40 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [m.strip() for m in v.split(",") if m.strip()]
         return v
+
+    @field_validator("quire_prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, v: object) -> object:
+        if isinstance(v, str):
+            return json.loads(v) if v.strip() else {}
+        return v
+
+    @field_validator("quire_webhook_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [n.strip() for n in v.split(",") if n.strip()]
+        parse_networks(v)  # type: ignore[arg-type]  # a ValueError names the bad one
+        return v
+
+    @field_validator("quire_secret_key")
+    @classmethod
+    def _check_secret_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        from core.sealing import Sealer
+
+        Sealer(v.get_secret_value().split(","))  # a bad key stops Quire here, not at the first webhook
+        return v
+
+    @field_validator("quire_public_url")
+    @classmethod
+    def _check_public_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return v.rstrip("/")
 
     @field_validator("openai_base_url")
     @classmethod
@@ -126,12 +188,51 @@ class Settings(BaseSettings):
             return self.quire_llm_concurrency
         return 1 if self.uses_local_model else 16
 
+    @property
+    def public_url(self) -> str:
+        return self.quire_public_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def webhook_policy(self) -> WebhookPolicy:
+        loopback = self.quire_webhook_allow_loopback
+        return WebhookPolicy(
+            allow_loopback=self.database_url is None if loopback is None else loopback,
+            allow_private=self.quire_webhook_allow_private,
+            networks=parse_networks(self.quire_webhook_networks),
+        )
+
+    @property
+    def webhook_retry(self) -> RetrySchedule:
+        return RetrySchedule(first_s=self.quire_webhook_first_retry_s, attempts=self.quire_webhook_attempts)
+
+    def secret_keys(self) -> list[str]:
+        """The sealing keys: QUIRE_SECRET_KEY, else the one in QUIRE_HOME/secret.key (made on first
+        use, mode 0600, by whichever process needs it first; the others read it)."""
+        if self.quire_secret_key is not None:
+            return [k.strip() for k in self.quire_secret_key.get_secret_value().split(",") if k.strip()]
+        path = self.home / SECRET_KEY_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{SECRET_KEY_FILE}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(new_key() + "\n")
+            try:
+                os.link(tmp, path)  # atomic, and never over a key another process made meanwhile
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return [path.read_text().strip()]
+
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""
         out = []
         for secret in (self.openai_api_key, self.quire_metrics_token):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
+        if self.quire_secret_key is not None:
+            out.extend(k.strip() for k in self.quire_secret_key.get_secret_value().split(",") if k.strip())
         return out
 
 

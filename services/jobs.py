@@ -4,6 +4,7 @@ then start workflow ``job-<id>``), cancel and delete. Shared by the API, the tes
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -15,8 +16,11 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from core.quota import submit_refusal
 from core.spec import TERMINAL_STATUSES, JobSpec
 from core.text import count_words, sha256
+from core.webhooks import RetrySchedule
+from db import usage
 from db.ddl import NOTIFY_CHANNEL
 from db.models import AccountEvent, Document, Job
 from db.session import Database, JobGone
@@ -44,6 +48,8 @@ async def same_request(db: Database, job: Job, spec: JobSpec, default_model: str
         spec.options.model_dump(),
     ):
         return False
+    if spec.webhook_url is not None and spec.webhook_url != job.webhook_url:
+        return False
     if spec.input_text is None:
         return True
     async with db.tx() as s:
@@ -64,17 +70,27 @@ async def submit(
     default_model: str,
     idempotency_key: str | None = None,
     filename: str | None = None,
+    webhook_url: str | None = None,
+    webhook_retry: RetrySchedule | None = None,
 ) -> tuple[Job, bool]:
     """Create and start a job; returns (job, created). An existing Idempotency-Key returns the
-    job it made (starting its workflow if an earlier attempt could not)."""
+    job it made (starting its workflow if an earlier attempt could not). A new job over one of
+    the user's quotas raises ``core.quota.QuotaExceeded`` (nothing is stored)."""
     if idempotency_key:
         existing = await find_by_idempotency_key(db, user_id, idempotency_key)
         if existing is not None:
-            await start_workflow(client, existing, user_name, task_queue)
+            await start_workflow(client, existing, user_name, task_queue, webhook_retry)
             return existing, False
     job_id = uuid.uuid4()
     try:
         async with db.job_tx(job_id) as tx:
+            # Under the user's row lock: two submits at once cannot both take the last place.
+            quotas = await usage.quotas(tx.session, user_id, lock=True)
+            if quotas.any:
+                now = dt.datetime.now(dt.UTC)
+                refused = submit_refusal(quotas, await usage.usage(tx.session, user_id, now), spec.target_words, now)
+                if refused is not None:
+                    raise refused
             job = Job(
                 id=job_id,
                 user_id=user_id,
@@ -88,6 +104,7 @@ async def submit(
                 params=spec.options.model_dump(),
                 idempotency_key=idempotency_key,
                 workflow_id=workflow_id(job_id),
+                webhook_url=webhook_url,
             )
             tx.session.add(job)
             await tx.session.flush()
@@ -115,6 +132,7 @@ async def submit(
                     "options": spec.options.model_dump(),
                     "user": user_name,
                     "input_words": count_words(spec.input_text or ""),
+                    "webhook_url": webhook_url,
                 },
             )
     except IntegrityError:
@@ -124,17 +142,20 @@ async def submit(
             if existing is not None:
                 return existing, False
         raise
-    await start_workflow(client, job, user_name, task_queue)
+    await start_workflow(client, job, user_name, task_queue, webhook_retry)
     return job, True
 
 
-async def start_workflow(client: Client, job: Job, user_name: str, task_queue: str) -> None:
+async def start_workflow(
+    client: Client, job: Job, user_name: str, task_queue: str, webhook_retry: RetrySchedule | None = None
+) -> None:
     if job.status != "queued":
         return
+    webhook = (webhook_retry or RetrySchedule()) if job.webhook_url else None
     try:
         await client.start_workflow(
             JobWorkflow.run,
-            JobInput(job_id=str(job.id), llm_queue=llm_task_queue(task_queue)),
+            JobInput(job_id=str(job.id), llm_queue=llm_task_queue(task_queue), webhook=webhook),
             id=job.workflow_id,
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -192,6 +213,8 @@ async def _delete(db: Database, job: Job, *, user_id: int, path: str) -> dict[st
                 {"j": job.id},
             )
         ).one()
+        # What the job used stays counted for its owner (quotas, totals: db.usage) once it is gone.
+        tokens_in, tokens_out, cost, unpriced = (await s.execute(usage.DELETED_USAGE_SQL, {"j": job.id})).one()
         await s.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": job.id})
         # Wake the job's live streams (in every API process) at commit: they end with "deleted".
         await s.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": f"{job.id}:0"})
@@ -203,6 +226,11 @@ async def _delete(db: Database, job: Job, *, user_id: int, path: str) -> dict[st
             "audit_events": counts[0],
             "chunks": counts[1],
             "llm_calls": counts[2],
+            "created_at": job.created_at.astimezone(dt.UTC).isoformat(),
+            "tokens_in": int(tokens_in),
+            "tokens_out": int(tokens_out),
+            "cost_micro_usd": int(cost),
+            "unpriced_calls": int(unpriced),
         }
         s.add(
             AccountEvent(user_id=user_id, kind="job.deleted", job_id=job.id, method="DELETE", path=path, data=deleted)

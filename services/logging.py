@@ -6,6 +6,16 @@ import logging
 
 import structlog
 
+from core.webhooks import SECRET_PATTERN, SECRET_PREFIX
+
+
+def _redact(logger: object, method: str, event: dict[str, object]) -> dict[str, object]:
+    """No webhook signing secret reaches a log line in clear, whatever logged it."""
+    for k, v in event.items():
+        if isinstance(v, str) and SECRET_PREFIX in v:
+            event[k] = SECRET_PATTERN.sub("[REDACTED]", v)
+    return event
+
 
 def configure(level: str = "info", json: bool = False) -> None:
     lvl = getattr(logging, level.upper(), logging.INFO)
@@ -18,6 +28,7 @@ def configure(level: str = "info", json: bool = False) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
+            _redact,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

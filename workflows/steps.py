@@ -15,7 +15,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.base import NON_RETRYABLE
-    from activities.llm import BudgetExhausted, LlmUnavailable
+    from activities.llm import BudgetExhausted, LlmUnavailable, QuotaExceeded
     from core.spec import ErrorCode
 
 A = TypeVar("A")
@@ -62,8 +62,10 @@ def cause(err: BaseException) -> tuple[ErrorCode, str]:
     code = {
         LlmUnavailable.__name__: ErrorCode.LLM_UNAVAILABLE,
         BudgetExhausted.__name__: ErrorCode.BUDGET_EXHAUSTED,
+        QuotaExceeded.__name__: ErrorCode.QUOTA_EXCEEDED,
     }.get(etype, ErrorCode.INTERNAL)
-    return code, msg if code == ErrorCode.BUDGET_EXHAUSTED else f"{etype}: {msg}"
+    readable = (ErrorCode.BUDGET_EXHAUSTED, ErrorCode.QUOTA_EXCEEDED)  # their messages say it all
+    return code, msg if code in readable else f"{etype}: {msg}"
 
 
 def was_cancelled(err: BaseException) -> bool:

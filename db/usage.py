@@ -1,0 +1,124 @@
+"""What a user has used, for their quotas (core.quota) and their totals: tokens since a time,
+jobs queued or running, words asked for since a time, and the cost of their model calls. Jobs the
+user deleted still count: their usage is kept in the account log (``job.deleted`` events)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, cast, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.quota import Quotas, Usage, day_start, month_start
+from db.models import AccountEvent, Job, LlmCall, User
+
+DELETED = "job.deleted"
+
+
+def _deleted(key: str) -> object:
+    return func.coalesce(func.sum(cast(AccountEvent.data[key].astext, BigInteger)), 0)
+
+
+async def quotas(s: AsyncSession, user_id: int, *, lock: bool = False) -> Quotas:
+    """The user's quotas; ``lock`` holds their row until commit (concurrent submits queue here)."""
+    q = select(User.quota_tokens_per_day, User.quota_concurrent_jobs, User.quota_words_per_month).where(
+        User.id == user_id
+    )
+    row = (await s.execute(q.with_for_update() if lock else q)).one_or_none()
+    return Quotas(*row) if row is not None else Quotas()
+
+
+async def tokens_since(s: AsyncSession, user_id: int, since: dt.datetime) -> int:
+    live = (
+        await s.execute(
+            select(func.coalesce(func.sum(LlmCall.tokens_in), 0) + func.coalesce(func.sum(LlmCall.tokens_out), 0))
+            .join(Job, Job.id == LlmCall.job_id)
+            .where(Job.user_id == user_id, LlmCall.started_at >= since)
+        )
+    ).scalar_one()
+    gone = (
+        await s.execute(
+            select(_deleted("tokens_in") + _deleted("tokens_out")).where(
+                AccountEvent.user_id == user_id, AccountEvent.kind == DELETED, AccountEvent.ts >= since
+            )
+        )
+    ).scalar_one()
+    return int(live or 0) + int(gone or 0)
+
+
+async def usage(s: AsyncSession, user_id: int, now: dt.datetime) -> Usage:
+    running = (
+        await s.execute(
+            select(func.count()).select_from(Job).where(Job.user_id == user_id, Job.status.in_(("queued", "running")))
+        )
+    ).scalar_one()
+    month = month_start(now)
+    words = (
+        await s.execute(
+            select(func.coalesce(func.sum(Job.target_words), 0)).where(Job.user_id == user_id, Job.created_at >= month)
+        )
+    ).scalar_one()
+    # A deleted job counts in the month it was submitted (the account log keeps when that was).
+    words_gone = (
+        await s.execute(
+            select(_deleted("target_words")).where(
+                AccountEvent.user_id == user_id,
+                AccountEvent.kind == DELETED,
+                AccountEvent.ts >= month,
+                AccountEvent.data["created_at"].astext >= month.isoformat(),
+            )
+        )
+    ).scalar_one()
+    return Usage(
+        tokens_today=await tokens_since(s, user_id, day_start(now)),
+        running_jobs=int(running),
+        words_this_month=int(words or 0) + int(words_gone or 0),
+    )
+
+
+@dataclass(frozen=True)
+class Cost:
+    micro_usd: int  # the priced calls' sum
+    unpriced_calls: int  # calls with tokens whose model has no price (not in micro_usd)
+
+
+async def job_cost(s: AsyncSession, job_id: object) -> Cost:
+    total, unpriced = (
+        await s.execute(
+            select(
+                func.coalesce(func.sum(LlmCall.cost_micro_usd), 0),
+                func.count().filter(LlmCall.cost_micro_usd.is_(None), LlmCall.tokens_in.is_not(None)),
+            ).where(LlmCall.job_id == job_id)
+        )
+    ).one()
+    return Cost(int(total or 0), int(unpriced or 0))
+
+
+async def user_cost(s: AsyncSession, user_id: int) -> Cost:
+    """Every model call made for the user, their deleted jobs' included."""
+    total, unpriced = (
+        await s.execute(
+            select(
+                func.coalesce(func.sum(LlmCall.cost_micro_usd), 0),
+                func.count().filter(LlmCall.cost_micro_usd.is_(None), LlmCall.tokens_in.is_not(None)),
+            )
+            .join(Job, Job.id == LlmCall.job_id)
+            .where(Job.user_id == user_id)
+        )
+    ).one()
+    gone, gone_unpriced = (
+        await s.execute(
+            select(_deleted("cost_micro_usd"), _deleted("unpriced_calls")).where(
+                AccountEvent.user_id == user_id, AccountEvent.kind == DELETED
+            )
+        )
+    ).one()
+    return Cost(int(total or 0) + int(gone or 0), int(unpriced or 0) + int(gone_unpriced or 0))
+
+
+# What a deleted job leaves in the account log for the counts above (services.jobs.delete adds it).
+DELETED_USAGE_SQL = text(
+    "SELECT COALESCE(sum(tokens_in), 0), COALESCE(sum(tokens_out), 0), COALESCE(sum(cost_micro_usd), 0),"
+    " count(*) FILTER (WHERE cost_micro_usd IS NULL AND tokens_in IS NOT NULL) FROM llm_calls WHERE job_id = :j"
+)

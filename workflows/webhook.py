@@ -1,0 +1,48 @@
+"""The webhook workflow: a job's end POSTed to its webhook, retried with backoff over hours.
+
+Started by the job workflow once the job's outcome is recorded, as a child that outlives it
+(``ParentClosePolicy.ABANDON``): the job neither waits for the delivery nor fails because of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+from workflows.steps import HEARTBEAT
+
+with workflow.unsafe.imports_passed_through():
+    from activities.webhooks import NON_RETRYABLE, DeliveryRef, WebhookActivities
+    from core.webhooks import RetrySchedule
+
+ATTEMPT_TIMEOUT = timedelta(minutes=2)  # one POST: the request timeout (QUIRE_WEBHOOK_TIMEOUT_S) and the rows
+
+
+@dataclass
+class WebhookInput:
+    job_id: str
+    schedule: RetrySchedule
+
+
+@workflow.defn(name="WebhookWorkflow")
+class WebhookWorkflow:
+    @workflow.run
+    async def run(self, inp: WebhookInput) -> int:
+        s = inp.schedule
+        return await workflow.execute_activity_method(
+            WebhookActivities.deliver,
+            DeliveryRef(inp.job_id, s.attempts),
+            start_to_close_timeout=ATTEMPT_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=s.first_s),
+                backoff_coefficient=s.backoff,
+                maximum_interval=timedelta(seconds=s.max_interval_s),
+                maximum_attempts=s.attempts,
+                non_retryable_error_types=NON_RETRYABLE,
+            ),
+            summary="webhook",
+        )
