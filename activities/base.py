@@ -16,10 +16,10 @@ from sqlalchemy import select
 
 from activities.llm import BudgetExhausted, LlmClient, QuotaExceeded
 from core.spec import TERMINAL_STATUSES, JobOptions
-from core.text import sha256
+from core.text import count_words, sha256
 from db.models import Document, Job
 from db.session import Database, JobGone, JobTx
-from db.writing import LengthCheck
+from db.writing import Chunk, ChunkVersion, LengthCheck
 
 
 class JobNotRunnable(Exception):
@@ -130,3 +130,35 @@ async def save_document(tx: JobTx, *, role: str, version: int, text: str, words:
                 audit_head=head,
             )
         )
+
+
+# A chunk's text in versions (rows never updated): written by the chunk, seam and stitch steps.
+def add_version(
+    tx: JobTx, chunk: Chunk, version: int, reason: str, text: str, detail: dict | None = None
+) -> ChunkVersion:
+    """A new version of a chunk's text (the rows before it stay)."""
+    row = ChunkVersion(
+        job_id=chunk.job_id,
+        chunk_id=chunk.id,
+        version=version,
+        reason=reason,
+        text=text,
+        word_count=count_words(text),
+        sha256=sha256(text),
+        detail=detail or {},
+    )
+    tx.session.add(row)
+    return row
+
+
+async def latest_version(tx: JobTx, chunk_id: int) -> ChunkVersion | None:
+    return (
+        await tx.session.execute(
+            select(ChunkVersion).where(ChunkVersion.chunk_id == chunk_id).order_by(ChunkVersion.version.desc()).limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def text_of(tx: JobTx, chunk: Chunk) -> str:
+    v = await latest_version(tx, chunk.id)
+    return v.text if v is not None else chunk.text or ""

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from temporalio import activity
 
-from activities.base import ModelStep, job_options, load_job, now, record_length_check
+from activities.base import (
+    ModelStep,
+    add_version,
+    job_options,
+    load_job,
+    now,
+    record_length_check,
+    text_of,
+)
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
 from activities.prompts import ChunkContext, chunk_messages, max_tokens_for
 from core.coherence import delta, fold, handoff
@@ -27,13 +35,12 @@ from core.text import (
     count_words,
     dedupe_paragraphs,
     join_continuation,
-    sha256,
     tail_words,
     trim_to_words,
 )
 from db.models import Job
 from db.session import JobTx
-from db.writing import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
+from db.writing import Chunk, ChunkAttempt, CoherenceState, PlanNode
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
 
@@ -280,32 +287,6 @@ async def _record_check(tx: JobTx, job: Job, chunk: Chunk) -> _Check:
     return _Check(words, chunk.attempts, passed, done)
 
 
-def add_version(
-    tx: JobTx, chunk: Chunk, version: int, reason: str, text: str, detail: dict | None = None
-) -> ChunkVersion:
-    """A new version of a chunk's text (the rows before it stay)."""
-    row = ChunkVersion(
-        job_id=chunk.job_id,
-        chunk_id=chunk.id,
-        version=version,
-        reason=reason,
-        text=text,
-        word_count=count_words(text),
-        sha256=sha256(text),
-        detail=detail or {},
-    )
-    tx.session.add(row)
-    return row
-
-
-async def latest_version(tx: JobTx, chunk_id: int) -> ChunkVersion | None:
-    return (
-        await tx.session.execute(
-            select(ChunkVersion).where(ChunkVersion.chunk_id == chunk_id).order_by(ChunkVersion.version.desc()).limit(1)
-        )
-    ).scalar_one_or_none()
-
-
 async def _chunk(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
     chunk = await tx.session.get(Chunk, chunk_id)
     if chunk is None or chunk.job_id != jid:
@@ -407,11 +388,6 @@ async def _chunk_at(tx: JobTx, job: Job, ordinal: int) -> Chunk:
     return (
         await tx.session.execute(select(Chunk).where(Chunk.job_id == job.id, Chunk.ordinal == ordinal))
     ).scalar_one()
-
-
-async def text_of(tx: JobTx, chunk: Chunk) -> str:
-    v = await latest_version(tx, chunk.id)
-    return v.text if v is not None else chunk.text or ""
 
 
 async def _context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, CoherenceState]:

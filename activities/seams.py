@@ -17,8 +17,7 @@ import uuid
 from sqlalchemy import func, select
 from temporalio import activity
 
-from activities.base import ModelStep, load_job, now
-from activities.chunks import add_version, latest_version, text_of
+from activities.base import ModelStep, add_version, latest_version, load_job, now, text_of
 from activities.contracts import NodeRef
 from activities.prompts import seam_repair_messages
 from core.coherence import fix_term, seam_differences

@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from temporalio import activity
 
-from activities.base import ModelStep, job_options, load_job
-from activities.chunks import add_version, latest_version, text_of
+from activities.base import ModelStep, add_version, job_options, latest_version, load_job, text_of
 from activities.contracts import NodeRef
 from activities.prompts import bridge_messages
 from core.coherence import fix_term, remove_paragraph, seam_issues
