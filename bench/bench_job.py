@@ -12,17 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-import uuid
 
 from sqlalchemy import text
 from temporalio.client import Client
 
 import testkit
 from activities.llm import LlmClient
-from core.spec import JobSpec
 from core.text import count_words
 from db.session import Database
-from services import accounts, jobs
 from services.temporal import AuditInterceptor
 from worker import build_worker
 
@@ -44,23 +41,9 @@ async def main(words: int, ratio: tuple[float, float], chunk_words: int) -> None
 async def run(
     db: Database, client: Client, llm: LlmClient, words: int, ratio: tuple[float, float], chunk_words: int
 ) -> None:
-    user = await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
     async with build_worker(client, db, llm, "bench"):
         t0 = time.perf_counter()
-        job, _ = await jobs.submit(
-            db,
-            client,
-            user_id=user.user_id,
-            user_name=user.name,
-            spec=JobSpec(
-                kind="generate",
-                prompt="A history of lighthouses",
-                target_words=words,
-                options={"chunk_words": chunk_words},
-            ),
-            task_queue="bench",
-            default_model="fake-model",
-        )
+        job = await testkit.submit(db, client, "bench", words, options={"chunk_words": chunk_words})
         result = await client.get_workflow_handle(job.workflow_id).result()
         wall = time.perf_counter() - t0
     async with db.tx() as s:

@@ -23,9 +23,8 @@ from temporalio.client import Client
 import testkit
 from activities.llm import LlmClient
 from core import telemetry as core_telemetry
-from core.spec import JobSpec
 from db.session import Database
-from services import accounts, jobs, telemetry
+from services import accounts, telemetry
 from services.temporal import AuditInterceptor
 from worker import build_worker
 
@@ -134,15 +133,7 @@ async def traced_job(db: Database, env: object, url: str, user: accounts.NewUser
         queue = f"bench-{uuid.uuid4().hex[:6]}"
         async with build_worker(client, db, llm, queue):
             t0 = time.perf_counter()
-            job, _ = await jobs.submit(
-                db,
-                client,
-                user_id=user.user_id,
-                user_name=user.name,
-                spec=JobSpec(kind="generate", prompt="Tides", target_words=words),
-                task_queue=queue,
-                default_model="fake-model",
-            )
+            job = await testkit.submit(db, client, queue, words, prompt="Tides", user=user)
             await client.get_workflow_handle(f"job-{job.id}").result()
             wall = time.perf_counter() - t0
         await llm.close()
