@@ -7,6 +7,7 @@ same file as a server of its own (``fake_model``), as they would any OpenAI-comp
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -31,6 +32,9 @@ from services.temporal import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).parent
 FAKE_MODEL = ROOT / "tests" / "fake_llm.py"
+# The key encrypting what tests and benchmarks hand Temporal (services.codec), the same in this
+# process and, through QUIRE_TEMPORAL_KEY, in the worker processes they start.
+TEMPORAL_KEY = base64.b64encode(os.urandom(32)).decode()
 
 
 @contextmanager

@@ -106,7 +106,7 @@ async def run(settings: Settings) -> None:
     if settings.database_url is None or settings.temporal_address is None:
         raise SystemExit("worker: DATABASE_URL and TEMPORAL_ADDRESS must be set (quire up sets them)")
     db = Database(settings.database_url, secrets=settings.secrets())
-    client = await connect(settings.temporal_address, settings.temporal_namespace, db)
+    client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_key())
     llm = llm_from_settings(db, settings)
     worker = build_worker(
         client,

@@ -1,4 +1,4 @@
-"""/v1 job routes: submit, status, output, history, cancel, delete."""
+"""/v1 job routes: submit, status, output, history, cancel, resume, delete."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from api.schemas import (
     JobCreated,
     JobView,
     Progress,
+    Resuming,
     Tokens,
     links,
 )
@@ -96,6 +97,7 @@ async def submit_job(
         default_model=settings.quire_model,
         idempotency_key=idem,
         filename=filename,
+        durability=job_service.durability(settings),
     )
     jid = str(job.id)
     log.info("job.submitted", job_id=jid, user_id=who.user_id, kind=spec.kind, target=spec.target_words, new=created)
@@ -182,6 +184,8 @@ async def get_output(
     partial: Annotated[bool, Query(description="the latest partial output of an unfinished or failed job")] = False,
 ) -> Response:
     doc = await views.latest_document(db, job.id, "partial" if partial else "output")
+    if doc is not None and not partial and job.status != "succeeded":
+        doc = None  # only a succeeded job has an output (the status rules keep it so; this says it twice)
     if doc is None:
         if partial:
             raise HTTPException(409, f"job is {job.status}: no partial output stored yet")
@@ -267,6 +271,38 @@ async def cancel_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep
         raise HTTPException(409, f"job is {job.status} but has no workflow to cancel") from None
     log.info("job.cancel_requested", job_id=str(job.id), user_id=who.user_id)
     return Cancelling(id=str(job.id), status="cancelling")
+
+
+@router.post(
+    "/jobs/{job_id}/resume",
+    status_code=202,
+    response_model=Resuming,
+    summary="Resume a failed or cancelled job (a new run that continues from what it committed, in the same log)",
+    responses={
+        404: ERRORS[404],
+        409: {**ERRORS[404], "description": "the job succeeded, or it is running"},
+        422: ERRORS[422],
+    },
+)
+async def resume_job(
+    request: Request, job: OwnJobDep, who: CallerDep, db: DbDep, client: ClientDep, settings: SettingsDep
+) -> Resuming:
+    if job.status == "succeeded":
+        raise HTTPException(409, "job already succeeded: there is nothing to resume")
+    await actions.record(request, db, who, job, "resume")
+    try:
+        resumed = await job_service.resume(
+            db,
+            client,
+            job.id,
+            user_name=who.name,
+            task_queue=settings.temporal_task_queue,
+            durability=job_service.durability(settings),
+        )
+    except job_service.NotResumable as exc:
+        raise HTTPException(409, str(exc)) from None
+    log.info("job.resume_requested", job_id=str(job.id), user_id=who.user_id, workflow_id=resumed.workflow_id)
+    return Resuming(id=str(job.id), status="running", workflow_id=resumed.workflow_id)
 
 
 @router.delete(

@@ -4,7 +4,8 @@ Whatever is configured externally (DATABASE_URL, TEMPORAL_ADDRESS, OPENAI_BASE_U
 as is; the rest is started here, with its data under QUIRE_HOME so a restart reuses it:
 
     QUIRE_HOME/pg/data          embedded Postgres (Unix socket only, in the data directory)
-    QUIRE_HOME/temporal.db      the Temporal dev server's SQLite file
+    QUIRE_HOME/temporal.db      the Temporal dev server's SQLite file (payloads encrypted)
+    QUIRE_HOME/temporal.key     the key encrypting what Temporal stores (services.codec)
     QUIRE_HOME/models/          the local model's GGUF file
     QUIRE_HOME/logs/*.log       one log per child process (and the detached supervisor's)
     QUIRE_HOME/local-user.key   the local user's API key (mode 0600)
@@ -357,10 +358,12 @@ class Stack:
             db_url = self.start_postgres()
             new_key = ensure_local_user(self.key_file, db_url)
             temporal = self.start_temporal()
+            self.settings.temporal_key()  # made here on first use (QUIRE_HOME/temporal.key, 0600)
             self.env = {
                 "DATABASE_URL": db_url,
                 "TEMPORAL_ADDRESS": temporal,
                 "TEMPORAL_NAMESPACE": self.settings.temporal_namespace,
+                "QUIRE_HOME": str(self.home),  # the worker and the API read the same key
             }
             if self.settings.uses_local_model:
                 from quire.localmodel import MODEL_ALIAS

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     quire_prompt_style: Literal["auto", "instruct", "document"] = Field(
         default="auto", description="auto: 'document' for the local base model, 'instruct' otherwise"
     )
+    quire_outage_window_s: float = Field(
+        default=24 * 3600, gt=0, description="how long a job rides out the database or Temporal being down"
+    )
+    quire_retry_max_interval_s: float = Field(
+        default=30.0, gt=0, description="the longest wait between two attempts of a step (the backoff's cap)"
+    )
+    quire_temporal_key: SecretStr | None = Field(
+        default=None, description="32 bytes (base64) encrypting what Temporal stores; unset: QUIRE_HOME/temporal.key"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -72,6 +81,16 @@ class Settings(BaseSettings):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError("must be host:port")
+        return v
+
+    @field_validator("quire_temporal_key")
+    @classmethod
+    def _check_temporal_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        from services.codec import parse_key  # (lazily: the CLI reads settings and needs no crypto)
+
+        parse_key(v.get_secret_value())  # the message never shows the value
         return v
 
     @field_validator("quire_models", mode="before")
@@ -119,9 +138,16 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""
         out = []
-        if self.openai_api_key is not None and self.openai_api_key.get_secret_value():
-            out.append(self.openai_api_key.get_secret_value())
+        for secret in (self.openai_api_key, self.quire_temporal_key):
+            if secret is not None and secret.get_secret_value():
+                out.append(secret.get_secret_value())
         return out
+
+    def temporal_key(self) -> bytes:
+        """The key of the Temporal payload codec (services.codec): the setting, else QUIRE_HOME's."""
+        from services.codec import load_key
+
+        return load_key(self.quire_temporal_key.get_secret_value() if self.quire_temporal_key else None, self.home)
 
 
 def load_settings(**overrides: object) -> Settings:

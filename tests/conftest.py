@@ -16,6 +16,7 @@ import testkit
 from activities.llm import LlmClient
 from db.session import Database
 from services import accounts
+from services.codec import data_converter, parse_key
 from services.temporal import AuditInterceptor
 from tests.fake_llm import FakeLLM
 from worker import build_worker
@@ -76,10 +77,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest.fixture(scope="session")
 async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
+    # As the API and the workers connect (services.temporal.connect): audited, payloads encrypted.
     return await Client.connect(
         testkit.target(temporal_env),
         namespace=temporal_env.client.namespace,
         interceptors=[AuditInterceptor(db)],
+        data_converter=data_converter(parse_key(testkit.TEMPORAL_KEY)),
     )
 
 
