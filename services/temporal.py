@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from sqlalchemy import text
@@ -177,7 +177,7 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             await self._flush()
             await record(self.db, job_id, "activity", "start", base)
         except Exception as exc:  # no start: this attempt did nothing, there is nothing to end
-            raise self._verdict(exc, info.attempt) from exc
+            self._fail(exc, info.attempt)
         t0 = time.perf_counter()
         sink: list[tuple[uuid.UUID, list[dict[str, Any]]]] = []
         token = UNRECORDED.set(sink)  # rollbacks the database could not take are kept here
@@ -217,7 +217,7 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             )
             log.warning("audit.deferred", job_id=str(job_id), activity=info.activity_type, why=str(exc))
         if isinstance(failure, Exception):
-            raise self._verdict(failure, info.attempt) from failure
+            self._fail(failure, info.attempt)
         activity.heartbeat()  # cancelled: the carry still goes to whatever runs next
         raise failure
 
@@ -238,6 +238,13 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
                 except JobGone:
                     pass
             self.carry.pending.pop(0)
+
+    def _fail(self, exc: Exception, attempt: int) -> NoReturn:
+        verdict = self._verdict(exc, attempt)
+        if verdict is exc:
+            # As it is: ``raise exc from exc`` makes its cause a loop Temporal cannot encode.
+            raise exc
+        raise verdict from exc
 
     def _verdict(self, exc: Exception, attempt: int) -> BaseException:
         """What Temporal is told. An outage (``is_transient``) is retried for the whole window,
