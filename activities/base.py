@@ -12,9 +12,14 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import psycopg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
+from temporalio import activity
+from temporalio.service import RPCError, RPCStatusCode
 
-from activities.llm import BudgetExhausted, LlmClient, QuotaExceeded
+from activities.llm import BudgetExhausted, LlmClient, LlmUnavailable, QuotaExceeded
+from core.runs import run_of
 from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import count_words, sha256
 from db.models import Document, Job
@@ -28,6 +33,47 @@ class JobNotRunnable(Exception):
 
 # Errors that no retry can cure; workflows name them in their retry policy.
 NON_RETRYABLE = [JobGone.__name__, JobNotRunnable.__name__, BudgetExhausted.__name__, QuotaExceeded.__name__]
+# A step failing with anything else is retried LOGIC_ATTEMPTS times, then the job fails, unless the
+# error is transient (below): those are retried for as long as the job's outage window allows.
+LOGIC_ATTEMPTS = 8
+
+# Infrastructure that is down, not a step that is wrong: the database (lost connection, refused,
+# timed out, a deadlock or a server shutting down: every DB-API OperationalError), a full pool,
+# the network, Temporal unavailable. The model endpoint is not one of them: see ``is_transient``.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outage of Quire's own infrastructure (retried through a long window)
+    rather than an error of the step (retried a few times, then the job fails).
+
+    A model endpoint that keeps failing (``LlmUnavailable``) is not: its client has already retried
+    every call, each retry is a recorded, paid-for request, and an endpoint that stays down (a wrong
+    URL, a revoked key, a removed model) is a fault the user must see and fix (then ``quire resume``).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, LlmUnavailable | BudgetExhausted | QuotaExceeded | JobGone | JobNotRunnable):
+            return False
+        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, _TRANSIENT):
+            return True
+        if isinstance(e, RPCError) and e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def now() -> dt.datetime:
@@ -53,13 +99,23 @@ class ModelStep(Step):
         self.llm = llm
 
 
-async def load_job(tx: JobTx, job_id: uuid.UUID, *, allow_terminal: bool = False) -> Job:
-    """The job, or JobGone (deleted) / JobNotRunnable (already ended, unless ``allow_terminal``)."""
-    job = await tx.session.get(Job, job_id)
+async def load_job(tx: JobTx, job_id: uuid.UUID, *, allow_terminal: bool = False, lock: bool = False) -> Job:
+    """The job, or JobGone (deleted) / JobNotRunnable (already ended, unless ``allow_terminal``; or
+    run by a workflow of an earlier run than the job's current one, see ``core.runs``).
+
+    ``lock``: read it under its row lock, held to commit; every step that may change the status
+    does, so that two of them (finalize and a cancel) decide one after the other, each seeing what
+    the other wrote."""
+    job = await tx.session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
     if job is None:
         raise JobGone(str(job_id))
     if job.status in TERMINAL_STATUSES and not allow_terminal:
         raise JobNotRunnable(f"job {job_id} is {job.status}")
+    caller = run_of(activity.info().workflow_id) if activity.in_activity() else None
+    if caller is not None and caller != run_of(job.workflow_id):
+        # A workflow left over from before a resume (a child whose cancel was lost): it must not
+        # write beside the run that replaced it.
+        raise JobNotRunnable(f"job {job_id} is on its run {run_of(job.workflow_id)}; this step is of run {caller}")
     return job
 
 

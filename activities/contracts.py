@@ -18,6 +18,10 @@ class PlanResult:
     units: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
     parallelism: int = 1
+    # Where a resumed run picks up: the units complete so far (they complete in order) and the
+    # last finalize round that has a stored length check (0 if none).
+    units_done: int = 0
+    round: int = 0
 
 
 @dataclass

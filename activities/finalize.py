@@ -30,7 +30,7 @@ class FinalizeActivities(Step):
     async def finalize(self, inp: RoundRef) -> FinalizeResult:
         jid = uuid.UUID(inp.job_id)
         async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid, allow_terminal=True)
+            job = await load_job(tx, jid, allow_terminal=True, lock=True)
             if job.status == "succeeded":
                 return FinalizeResult(True, job.words_written, job.target_words)
             if job.status in TERMINAL_STATUSES:
@@ -192,7 +192,7 @@ class FinalizeActivities(Step):
         jid = uuid.UUID(inp.job_id)
         try:
             async with self.db.job_tx(jid) as tx:
-                job = await load_job(tx, jid, allow_terminal=True)
+                job = await load_job(tx, jid, allow_terminal=True, lock=True)
                 if job.status in TERMINAL_STATUSES:
                     return
                 doc = await _assemble(tx, job)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
@@ -43,7 +43,7 @@ from core.plan import (
 from core.text import count_words
 from db.models import Document, Job
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, PlanNode
+from db.writing import Chunk, CoherenceState, LengthCheck, PlanNode
 
 SOURCE_OPENING_WORDS = 250
 
@@ -53,7 +53,7 @@ class PlanActivities(ModelStep):
     async def plan_job(self, ref: JobRef) -> PlanResult:
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid)
+            job = await load_job(tx, jid, lock=True)
             if job.sections_total > 0:  # planned by an earlier attempt or run
                 return await _plan_result(tx, job)
             if job.status == "queued":  # once: a retried plan_job finds the job running already
@@ -345,7 +345,7 @@ async def _brief_section_chunks(session: AsyncSession, section: PlanNode) -> Non
 async def _plan_result(tx: JobTx, job: Job) -> PlanResult:
     units = (
         await tx.session.execute(
-            select(PlanNode.id, PlanNode.parent_id, PlanNode.level)
+            select(PlanNode.id, PlanNode.parent_id, PlanNode.level, PlanNode.status)
             .where(PlanNode.job_id == job.id, PlanNode.id.in_(select(Chunk.unit_id).where(Chunk.job_id == job.id)))
             .where(PlanNode.is_continuation.is_(False))
             .order_by(PlanNode.position)
@@ -357,10 +357,18 @@ async def _plan_result(tx: JobTx, job: Job) -> PlanResult:
             await tx.session.execute(select(PlanNode.id).where(PlanNode.id.in_(parents), PlanNode.level == "part"))
         ).scalars()
     )
+    done = next((i for i, r in enumerate(units) if r.status != "done"), len(units))
+    last_round = (
+        await tx.session.execute(
+            select(func.max(LengthCheck.round)).where(LengthCheck.job_id == job.id, LengthCheck.scope == "final")
+        )
+    ).scalar_one()
     return PlanResult(
         units=[r.id for r in units],
         parents=[r.parent_id if r.parent_id in parts else 0 for r in units],
         parallelism=job_options(job).parallelism,
+        units_done=done,
+        round=last_round or 0,
     )
 
 

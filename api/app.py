@@ -67,7 +67,9 @@ def create_app(
         if client is None:
             if settings.temporal_address is None:
                 raise SystemExit("api: TEMPORAL_ADDRESS is not set (quire up sets it)")
-            app.state.client = await connect(settings.temporal_address, settings.temporal_namespace, app.state.db)
+            app.state.client = await connect(
+                settings.temporal_address, settings.temporal_namespace, app.state.db, settings.temporal_key()
+            )
         else:
             app.state.client = client
         app.state.settings = settings

@@ -1,4 +1,4 @@
-"""/v1 job routes: submit, status, output, history, cancel, delete."""
+"""/v1 job routes: submit, status, output, history, cancel, resume, delete."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from api.schemas import (
     JobCreated,
     JobView,
     Progress,
+    Resuming,
     Tokens,
     links,
 )
@@ -115,6 +116,7 @@ async def submit_job(
             filename=filename,
             webhook_url=hook,
             webhook_retry=settings.webhook_retry,
+            durability=job_service.durability(settings),
         )
     except QuotaExceeded as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
@@ -222,6 +224,8 @@ async def get_output(
     partial: Annotated[bool, Query(description="the latest partial output of an unfinished or failed job")] = False,
 ) -> Response:
     doc = await views.latest_document(db, job.id, "partial" if partial else "output")
+    if doc is not None and not partial and job.status != "succeeded":
+        doc = None  # only a succeeded job has an output (the status rules keep it so; this says it twice)
     if doc is None:
         if partial:
             raise HTTPException(409, f"job is {job.status}: no partial output stored yet")
@@ -350,6 +354,39 @@ async def cancel_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep
         raise HTTPException(409, f"job is {job.status} but has no workflow to cancel") from None
     log.info("job.cancel_requested", job_id=str(job.id), user_id=who.user_id)
     return Cancelling(id=str(job.id), status="cancelling")
+
+
+@router.post(
+    "/jobs/{job_id}/resume",
+    status_code=202,
+    response_model=Resuming,
+    summary="Resume a failed or cancelled job (a new run that continues from what it committed, in the same log)",
+    responses={
+        404: ERRORS[404],
+        409: {**ERRORS[404], "description": "the job succeeded, or it is running"},
+        422: ERRORS[422],
+    },
+)
+async def resume_job(
+    request: Request, job: OwnJobDep, who: CallerDep, db: DbDep, client: ClientDep, settings: SettingsDep
+) -> Resuming:
+    if job.status == "succeeded":
+        raise HTTPException(409, "job already succeeded: there is nothing to resume")
+    await actions.record(request, db, who, job, "resume")
+    try:
+        resumed = await job_service.resume(
+            db,
+            client,
+            job.id,
+            user_name=who.name,
+            task_queue=settings.temporal_task_queue,
+            durability=job_service.durability(settings),
+            webhook_retry=settings.webhook_retry,
+        )
+    except job_service.NotResumable as exc:
+        raise HTTPException(409, str(exc)) from None
+    log.info("job.resume_requested", job_id=str(job.id), user_id=who.user_id, workflow_id=resumed.workflow_id)
+    return Resuming(id=str(job.id), status="running", workflow_id=resumed.workflow_id)
 
 
 @router.delete(

@@ -145,6 +145,12 @@ class Draft(BaseModel):
     pieces: list[DraftPiece]
 
 
+class Resuming(BaseModel):
+    id: str
+    status: Literal["running"]
+    workflow_id: str = Field(description="the new run's workflow: job-<id>-r<n>")
+
+
 class AuditEvent(BaseModel):
     seq: int = Field(description="per job, gap-free, in commit order")
     ts: str = Field(description="UTC, microseconds: 2026-11-23T14:05:30.271690Z (hashed exactly as written)")

@@ -38,7 +38,6 @@ from temporalio.client import Client
 import testkit
 from core.text import count_words
 from db.session import Database, plain_url
-from services.temporal import AuditInterceptor
 
 QUEUE = "bench"
 
@@ -54,6 +53,7 @@ def start_worker(db_url: str, temporal: str, fake_url: str) -> subprocess.Popen[
         "QUIRE_MODEL": "fake-model",
         "QUIRE_LOG_LEVEL": "warning",
         "QUIRE_LLM_CONCURRENCY": "64",
+        "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
     }
     return subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL)
 
@@ -77,7 +77,7 @@ async def run_job(
         url = testkit.create_database(pg, "bench")
         db = Database(url)
         env = await testkit.temporal()
-        client = await Client.connect(testkit.target(env), interceptors=[AuditInterceptor(db)])
+        client = await testkit.client(env, db)
         worker = start_worker(url, testkit.target(env), fake_url)
         try:
             t0 = time.perf_counter()

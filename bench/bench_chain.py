@@ -25,7 +25,6 @@ from core.audit import GENESIS, event_content, event_hash, normalize
 from core.chain import parse_log, verify_events
 from db.session import Database, async_url
 from services import auditlog
-from services.temporal import AuditInterceptor
 from worker import build_worker
 
 MIGRATION = os.path.join(os.path.dirname(__file__), "..", "db", "migrations", "versions", "0002_audit_chain.py")
@@ -36,7 +35,7 @@ async def main(words: int) -> None:
         url = testkit.create_database(pg, "bench")
         db = Database(url)
         env = await testkit.temporal()
-        client = await Client.connect(testkit.target(env), interceptors=[AuditInterceptor(db)])
+        client = await testkit.client(env, db)
         llm = LlmClient(db, base_url=fake_url, api_key="bench", model="fake-model")
         try:
             await run(db, client, llm, url, words)

@@ -20,7 +20,6 @@ import testkit
 from activities.llm import LlmClient
 from core.text import count_words
 from db.session import Database
-from services.temporal import AuditInterceptor
 from worker import build_worker
 
 
@@ -28,7 +27,7 @@ async def main(words: int, ratio: tuple[float, float], chunk_words: int) -> None
     with testkit.postgres() as pg, testkit.fake_model("--ratio", str(ratio[0]), str(ratio[1])) as fake_url:
         db = Database(testkit.create_database(pg, "bench"))
         env = await testkit.temporal()
-        client = await Client.connect(testkit.target(env), interceptors=[AuditInterceptor(db)])
+        client = await testkit.client(env, db)
         llm = LlmClient(db, base_url=fake_url, api_key="bench", model="fake-model")
         try:
             await run(db, client, llm, words, ratio, chunk_words)

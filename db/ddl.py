@@ -9,6 +9,35 @@ import re
 
 NOTIFY_CHANNEL = "quire_audit"
 
+# A job's status moves only forward: queued -> running -> succeeded | failed | cancelled (queued may
+# also end failed or cancelled before it ran), and a failed or cancelled job back to running only
+# when it is resumed, which is a new run: a new workflow id. A succeeded job never changes again.
+# Steps that change the status read it under the row lock first (activities.base.load_job): this
+# rejects whatever would slip past them, such as a cancel overwriting a success.
+JOBS_STATUS_RULES = """
+CREATE OR REPLACE FUNCTION quire_job_status_rules() RETURNS trigger AS $$
+BEGIN
+  IF NEW.workflow_id IS DISTINCT FROM OLD.workflow_id
+     AND NOT (OLD.status IN ('failed', 'cancelled') AND NEW.status = 'running') THEN
+    RAISE EXCEPTION 'job %: its workflow changes only when a failed or cancelled job is resumed (% -> %)',
+      OLD.id, OLD.status, NEW.status USING ERRCODE = 'check_violation';
+  END IF;
+  IF NEW.status IS NOT DISTINCT FROM OLD.status
+     OR (OLD.status = 'queued' AND NEW.status IN ('running', 'failed', 'cancelled'))
+     OR (OLD.status = 'running' AND NEW.status IN ('succeeded', 'failed', 'cancelled'))
+     OR (OLD.status IN ('failed', 'cancelled') AND NEW.status = 'running'
+         AND NEW.workflow_id IS DISTINCT FROM OLD.workflow_id) THEN
+    RETURN NEW;
+  END IF;
+  RAISE EXCEPTION 'job %: % -> % is not an allowed status change%', OLD.id, OLD.status, NEW.status,
+    CASE WHEN NEW.status = 'running' AND OLD.status IN ('failed', 'cancelled') THEN ' (only a resume, a new run)'
+         ELSE '' END
+    USING ERRCODE = 'check_violation';
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER jobs_status_rules BEFORE UPDATE OF status, workflow_id ON jobs
+  FOR EACH ROW EXECUTE FUNCTION quire_job_status_rules();
+"""
+
 FUNCTIONS_AND_TRIGGERS: list[tuple[str, str]] = [
     (
         "audit_events_append_only",
@@ -193,6 +222,10 @@ CREATE TRIGGER chunk_versions_immutable BEFORE UPDATE ON chunk_versions
 CREATE TRIGGER seam_checks_immutable BEFORE UPDATE ON seam_checks
   FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
 """,
+    ),
+    (
+        "jobs_status_rules",
+        JOBS_STATUS_RULES,
     ),
 ]
 

@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -41,6 +42,13 @@ def async_url(url: str) -> str:
 def plain_url(url: str) -> str:
     """The libpq form of a URL (for psycopg connections made without SQLAlchemy)."""
     return "postgresql://" + async_url(url)[len("postgresql+psycopg://") :]
+
+
+# Where a rollback's record goes when it cannot be written either (the database is gone): a task
+# that sets a list here (the activity interceptor, services.temporal) gets (job id, events) to
+# write once the database is back, instead of losing them.
+UNRECORDED: ContextVar[list[tuple[uuid.UUID, list[dict[str, Any]]]] | None] = ContextVar("unrecorded", default=None)
+CONNECT_TIMEOUT_S = 10  # a server that does not answer is an outage, not a hang
 
 
 class JobGone(Exception):
@@ -81,7 +89,11 @@ class Database:
         self.url = url
         self.redactor = Redactor(secrets)
         self.engine: AsyncEngine = create_async_engine(
-            async_url(url), pool_size=pool_size, max_overflow=20, pool_pre_ping=True
+            async_url(url),
+            pool_size=pool_size,
+            max_overflow=20,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
         )
         install_capture(self.engine.sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -137,13 +149,22 @@ class Database:
         buf.events[-1]["data"]["error"] = self.redactor.text(error)  # whole, however long
         events = buf.finished(rolled_back=True)
         try:
-            async with self.sessions() as session, session.begin():
-                await write_events(session, job_id, events)
-            count_written(events)
+            await self.record_events(job_id, events)
         except JobGone:
             pass
         except Exception as rec:  # noqa: BLE001 - never hide the original error behind this one
-            log.error("audit.rollback_not_recorded", job_id=str(job_id), error=error, why=str(rec))
+            sink = UNRECORDED.get()
+            if sink is not None:
+                sink.append((job_id, events))
+            log.error(
+                "audit.rollback_not_recorded", job_id=str(job_id), error=error, why=str(rec), kept=sink is not None
+            )
+
+    async def record_events(self, job_id: uuid.UUID, events: list[dict[str, Any]]) -> None:
+        """Append finished events (``AuditBuffer.finished``) to a job's log in a transaction of their own."""
+        async with self.sessions() as session, session.begin():
+            await write_events(session, job_id, events)
+        count_written(events)
 
 
 def count_written(events: list[dict[str, Any]]) -> None:

@@ -1,5 +1,6 @@
 """The ``quire`` command: its parser and dispatch, and the job commands, which talk to the API over
-HTTP like any other client (``submit``, ``status``, ``audit``, ``output``, ``history``, ``cancel``).
+HTTP like any other client (``submit``, ``status``, ``audit``, ``output``, ``history``, ``cancel``,
+``resume``).
 The commands that run on this machine (``up``, ``down``, ``demo``, ``db``, ``user``) are in
 ``quire.admin``.
 
@@ -156,6 +157,22 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """A failed or cancelled job continues as a new run from what it committed (exit 2 and the
+    API's reason for a job that succeeded or is running)."""
+    from quire.remote import follow, job_exit, job_summary
+
+    api = _api(args)
+    seen = int(api.json("GET", f"/v1/jobs/{args.job_id}").get("audit_events") or 0)
+    r = api.json("POST", f"/v1/jobs/{args.job_id}/resume")
+    print(f"{r['status']} {r['workflow_id']}", flush=True)
+    if not args.follow:
+        return Exit.OK
+    job = follow(api, args.job_id, Console(stderr=True), show_events=not args.quiet, after=seen)
+    print(job_summary(job), file=sys.stderr)
+    return job_exit(job)
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -277,6 +294,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("job_id")
     client_opts(c)
     c.set_defaults(fn=cmd_cancel)
+
+    r = sub.add_parser("resume", help="continue a failed or cancelled job from what it committed (a new run)")
+    r.add_argument("job_id")
+    r.add_argument("--follow", action="store_true", help="show live progress until the job ends")
+    r.add_argument("--quiet", action="store_true", help="with --follow: progress bar only")
+    client_opts(r)
+    r.set_defaults(fn=cmd_resume)
     return p
 
 

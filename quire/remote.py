@@ -114,8 +114,8 @@ def event_line(e: dict[str, Any]) -> str:
     return f"{e.get('seq', ''):>7} {ts} {e.get('kind', ''):<8} {e.get('action', ''):<8} {what[:200]}"
 
 
-def follow(api: Api, job_id: str, console: Console, show_events: bool = True) -> dict[str, Any]:
-    """Live progress bar with audit lines scrolling above it, until the job ends."""
+def follow(api: Api, job_id: str, console: Console, show_events: bool = True, after: int = 0) -> dict[str, Any]:
+    """Live progress bar with audit lines (those after seq ``after``) scrolling above it, until the job ends."""
     job = api.json("GET", f"/v1/jobs/{job_id}")
     target = int(job.get("target_words") or 1)
     columns = [
@@ -143,7 +143,7 @@ def follow(api: Api, job_id: str, console: Console, show_events: bool = True) ->
             )
             return j
 
-        for ev in api.stream_events(job_id):
+        for ev in api.stream_events(job_id, after):
             if show_events:
                 progress.console.print(event_line(ev), markup=False, highlight=False, no_wrap=True, overflow="ellipsis")
             if time.monotonic() - last_poll > 0.5 or ev.get("kind") == "job":

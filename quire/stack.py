@@ -4,7 +4,8 @@ Whatever is configured externally (DATABASE_URL, TEMPORAL_ADDRESS, OPENAI_BASE_U
 as is; the rest is started here, with its data under QUIRE_HOME so a restart reuses it:
 
     QUIRE_HOME/pg/data          embedded Postgres (Unix socket only, in the data directory)
-    QUIRE_HOME/temporal.db      the Temporal dev server's SQLite file
+    QUIRE_HOME/temporal.db      the Temporal dev server's SQLite file (payloads encrypted)
+    QUIRE_HOME/temporal.key     the key encrypting what Temporal stores (services.codec)
     QUIRE_HOME/models/          the local model's GGUF file
     QUIRE_HOME/logs/*.log       one log per child process (and the detached supervisor's)
     QUIRE_HOME/local-user.key   the local user's API key (mode 0600)
@@ -377,6 +378,7 @@ class Stack:
             db_url = self.start_postgres()
             new_key = ensure_local_user(self.key_file, db_url)
             temporal = self.start_temporal()
+            self.settings.temporal_key()  # made here on first use (QUIRE_HOME/temporal.key, 0600)
             self.env = {
                 "DATABASE_URL": db_url,
                 "TEMPORAL_ADDRESS": temporal,
@@ -384,6 +386,7 @@ class Stack:
                 "QUIRE_WORKER_METRICS_PORT": str(self.worker_metrics_port),
                 # The children see DATABASE_URL set: say what this stack's own default is.
                 "QUIRE_WEBHOOK_ALLOW_LOOPBACK": str(self.settings.webhook_policy.allow_loopback).lower(),
+                "QUIRE_HOME": str(self.home),  # the worker and the API read the same key
             }
             self.settings.secret_keys()  # made here, once, before the API and the worker read it
             if self.settings.uses_local_model:

@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     quire_webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
     quire_webhook_first_retry_s: float = Field(default=5.0, gt=0)
     quire_webhook_attempts: int = Field(default=10, ge=1, le=50)
+    quire_outage_window_s: float = Field(
+        default=24 * 3600, gt=0, description="how long a job rides out the database or Temporal being down"
+    )
+    quire_retry_max_interval_s: float = Field(
+        default=30.0, gt=0, description="the longest wait between two attempts of a step (the backoff's cap)"
+    )
+    quire_temporal_key: SecretStr | None = Field(
+        default=None, description="32 bytes (base64) encrypting what Temporal stores; unset: QUIRE_HOME/temporal.key"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -110,6 +119,16 @@ class Settings(BaseSettings):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError("must be host:port")
+        return v
+
+    @field_validator("quire_temporal_key")
+    @classmethod
+    def _check_temporal_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        from services.codec import parse_key  # (lazily: the CLI reads settings and needs no crypto)
+
+        parse_key(v.get_secret_value())  # the message never shows the value
         return v
 
     @field_validator("quire_models", mode="before")
@@ -228,12 +247,18 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""
         out = []
-        for secret in (self.openai_api_key, self.quire_metrics_token):
+        for secret in (self.openai_api_key, self.quire_metrics_token, self.quire_temporal_key):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
         if self.quire_secret_key is not None:
             out.extend(k.strip() for k in self.quire_secret_key.get_secret_value().split(",") if k.strip())
         return out
+
+    def temporal_key(self) -> bytes:
+        """The key of the Temporal payload codec (services.codec): the setting, else QUIRE_HOME's."""
+        from services.codec import load_key
+
+        return load_key(self.quire_temporal_key.get_secret_value() if self.quire_temporal_key else None, self.home)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import os
 import socket
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import structlog
+from sqlalchemy import text
 from temporalio import activity, client, worker
 from temporalio.common import SearchAttributeKey
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.base import LOGIC_ATTEMPTS, NON_RETRYABLE, is_transient
+from core import runs
 from core.telemetry import ACTIVITIES, ACTIVITY_RETRIES
 from db.audit import ACTIVITY_SEQ
-from db.session import Database, JobGone
+from db.session import UNRECORDED, Database, JobGone
+from services.codec import data_converter
 from services.telemetry import temporal_interceptors
+from workflows.steps import TRANSIENT_MARK
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +66,8 @@ def llm_task_queue(task_queue: str) -> str:
     return f"{task_queue}-llm"
 
 
-def workflow_id(job_id: uuid.UUID | str) -> str:
-    return f"job-{job_id}"
+def workflow_id(job_id: uuid.UUID | str, run: int = 1) -> str:
+    return runs.workflow_id(job_id, run)
 
 
 def job_id_from_workflow_id(wid: str) -> uuid.UUID | None:
@@ -71,10 +79,14 @@ def job_id_from_workflow_id(wid: str) -> uuid.UUID | None:
         return None
 
 
-async def connect(address: str, namespace: str, db: Database) -> client.Client:
-    """A client that audits (and, when tracing is on, traces) what it does, as do workers made from it."""
+async def connect(address: str, namespace: str, db: Database, key: bytes) -> client.Client:
+    """The client of the API and of every worker: audited (and, when tracing is on, traced), and
+    with every payload and failure encrypted with ``key`` (services.codec)."""
     return await client.Client.connect(
-        address, namespace=namespace, interceptors=[*temporal_interceptors(), AuditInterceptor(db)]
+        address,
+        namespace=namespace,
+        interceptors=[*temporal_interceptors(), AuditInterceptor(db)],
+        data_converter=data_converter(key),
     )
 
 
@@ -140,12 +152,26 @@ class _ClientAudit(client.OutboundInterceptor):
 
 
 class _ActivityAudit(worker.ActivityInboundInterceptor):
+    """One activity attempt: its ``start`` and its end (``end`` or ``error``) in the job's log, its
+    heartbeat, and the verdict on a failure (``_verdict``).
+
+    An attempt that fails because the database is gone cannot write its ``error`` event, nor the
+    record of a transaction the outage rolled back: it hands them to the next attempt in its
+    heartbeat details (with the count of the step's own failures so far), and the first attempt
+    that reaches the database again writes them before its own ``start``. So every attempt that
+    has a start has an end, across an outage too."""
+
     def __init__(self, next: worker.ActivityInboundInterceptor, db: Database) -> None:
         super().__init__(next)
         self.db = db
+        self.carry = _Carry()
+
+    def init(self, outbound: worker.ActivityOutboundInterceptor) -> None:
+        super().init(_CarryingHeartbeat(outbound, self))
 
     async def execute_activity(self, input: worker.ExecuteActivityInput) -> Any:
         info = activity.info()
+        self.carry = _Carry.of(info.heartbeat_details)
         job_id = _job_id_of(input.args)
         base = {
             "activity": info.activity_type,
@@ -158,40 +184,158 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
         }
         if info.attempt > 1:
             ACTIVITY_RETRIES.labels(info.activity_type).inc()
-        # Every event this attempt writes from here on (its end or error too) names its start. Each
-        # attempt runs in an asyncio task of its own, so the value ends with it.
-        ACTIVITY_SEQ.set(await record(self.db, job_id, "activity", "start", base))
+        try:
+            await self._flush()
+            # Every event this attempt writes from here on (its end or error too) names its start.
+            # Each attempt runs in an asyncio task of its own, so the value ends with it.
+            ACTIVITY_SEQ.set(await record(self.db, job_id, "activity", "start", base))
+        except Exception as exc:  # no start: this attempt did nothing, there is nothing to end
+            self._fail(exc, info.attempt)
         t0 = time.perf_counter()
+        sink: list[tuple[uuid.UUID, list[dict[str, Any]]]] = []
+        token = UNRECORDED.set(sink)  # rollbacks the database could not take are kept here
         beat = asyncio.create_task(_heartbeat())
+        failure: BaseException | None = None
+        completed = False
         try:
             result = await super().execute_activity(input)
+            completed = True
         except BaseException as exc:
+            failure = exc
+        finally:
             beat.cancel()
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            ACTIVITIES.labels(info.activity_type, "cancelled" if cancelled else "failed").inc()
-            await record(
-                self.db,
-                job_id,
-                "activity",
-                "error",
-                {
-                    **base,
-                    "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
-                    "error_type": type(exc).__name__,
-                    "error": str(exc),  # whole: the log cuts nothing it cannot point to
-                },
-            )
-            raise
-        beat.cancel()
-        ACTIVITIES.labels(info.activity_type, "completed").inc()
-        await record(
-            self.db,
-            job_id,
-            "activity",
-            "end",
-            {**base, "duration_ms": round((time.perf_counter() - t0) * 1000, 2), "outcome": "completed"},
+            UNRECORDED.reset(token)
+        self.carry.pending += [{"id": uuid.uuid4().hex, "job_id": str(j), "events": _portable(evs)} for j, evs in sink]
+        ms = round((time.perf_counter() - t0) * 1000, 2)
+        outcome = (
+            "completed" if failure is None else "cancelled" if isinstance(failure, asyncio.CancelledError) else "failed"
         )
-        return result
+        ACTIVITIES.labels(info.activity_type, outcome).inc()
+        if failure is None:
+            try:
+                await self._flush()
+                await record(self.db, job_id, "activity", "end", {**base, "duration_ms": ms, "outcome": "completed"})
+                return result
+            except Exception as exc:  # its work is committed: retried, the step finds it done
+                failure = exc
+        error = {
+            **base,
+            "duration_ms": ms,
+            "error_type": type(failure).__name__,
+            "error": str(failure),  # whole: the log cuts nothing it cannot point to
+            **({"completed_unrecorded": True} if completed else {}),
+        }
+        try:
+            await self._flush()
+            await record(self.db, job_id, "activity", "error", error)
+        except Exception as exc:  # the database is still gone: the next attempt writes it
+            self.carry.pending.append(
+                {"id": uuid.uuid4().hex, "job_id": str(job_id) if job_id else None, "activity_error": error}
+            )
+            log.warning("audit.deferred", job_id=str(job_id), activity=info.activity_type, why=str(exc))
+        if isinstance(failure, Exception):
+            self._fail(failure, info.attempt)
+        activity.heartbeat()  # cancelled: the carry still goes to whatever runs next
+        raise failure
+
+    async def _flush(self) -> None:
+        """Write what earlier attempts could not, in order, each once: an item is marked with its id
+        (``deferred``) in the log, so that one written by an attempt that died before it could say
+        so (in a heartbeat) is not written again."""
+        while self.carry.pending:
+            item = self.carry.pending[0]
+            jid = uuid.UUID(item["job_id"]) if item.get("job_id") else None
+            if jid is not None and not await _deferred_written(self.db, jid, item["id"]):
+                try:
+                    if "events" in item:
+                        await self.db.record_events(jid, _restored(item["events"], item["id"]))
+                    else:
+                        late = {**item["activity_error"], "recorded_late": True, "deferred": item["id"]}
+                        await record(self.db, jid, "activity", "error", late)
+                except JobGone:
+                    pass
+            self.carry.pending.pop(0)
+
+    def _fail(self, exc: Exception, attempt: int) -> NoReturn:
+        verdict = self._verdict(exc, attempt)
+        if verdict is exc:
+            # As it is: ``raise exc from exc`` makes its cause a loop Temporal cannot encode.
+            raise exc
+        raise verdict from exc
+
+    def _verdict(self, exc: Exception, attempt: int) -> BaseException:
+        """What Temporal is told. An outage (``is_transient``) is retried for the whole window,
+        quietly (a benign error: no stack trace per attempt in the worker's log); an error of the
+        step itself is retried until it has failed ``LOGIC_ATTEMPTS`` times, then fails for good.
+        The heartbeat sent here hands the carry to the next attempt."""
+        if isinstance(exc, ApplicationError) or type(exc).__name__ in NON_RETRYABLE:
+            activity.heartbeat()
+            return exc
+        if is_transient(exc):
+            log.info("activity.outage", error_type=type(exc).__name__, error=str(exc), attempt=attempt)
+            activity.heartbeat()
+            return ApplicationError(
+                str(exc), TRANSIENT_MARK, type=type(exc).__name__, category=ApplicationErrorCategory.BENIGN
+            )
+        self.carry.logic_failures += 1
+        activity.heartbeat()
+        if self.carry.logic_failures >= LOGIC_ATTEMPTS:
+            return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
+        return exc
+
+
+CARRY_KEY = "quire_carry"
+
+
+@dataclass
+class _Carry:
+    """What an activity attempt hands the next one through its heartbeat details."""
+
+    pending: list[dict[str, Any]] = field(default_factory=list)  # audit records not yet written
+    logic_failures: int = 0  # attempts that failed with an error of the step (not an outage)
+
+    @classmethod
+    def of(cls, details: Any) -> _Carry:
+        for d in details or ():
+            if isinstance(d, dict) and CARRY_KEY in d:
+                c = d[CARRY_KEY]
+                return cls(list(c.get("pending", [])), int(c.get("logic_failures", 0)))
+        return cls()
+
+    def detail(self) -> dict[str, Any]:
+        return {CARRY_KEY: {"pending": self.pending, "logic_failures": self.logic_failures}}
+
+
+class _CarryingHeartbeat(worker.ActivityOutboundInterceptor):
+    """Every heartbeat (the activity's own and ours) also carries the attempt's ``_Carry``: the
+    last one an attempt sends is what the next attempt finds in its heartbeat details."""
+
+    def __init__(self, next: worker.ActivityOutboundInterceptor, audit: _ActivityAudit) -> None:
+        super().__init__(next)
+        self.audit = audit
+
+    def heartbeat(self, *details: Any) -> None:
+        carry = self.audit.carry
+        super().heartbeat(*details, *([carry.detail()] if carry.pending or carry.logic_failures else []))
+
+
+def _portable(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished audit events as JSON (their ts as text), to ride in a heartbeat."""
+    return [{**e, "ts": e["ts"].isoformat()} for e in events]
+
+
+def _restored(events: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    late = {"recorded_late": True, "deferred": key}
+    return [{**e, "ts": dt.datetime.fromisoformat(e["ts"]), "data": {**e["data"], **late}} for e in events]
+
+
+async def _deferred_written(db: Database, job_id: uuid.UUID, key: str) -> bool:
+    async with db.tx() as s:
+        found = await s.execute(
+            text("SELECT 1 FROM audit_events WHERE job_id = :j AND data->>'deferred' = :k LIMIT 1"),
+            {"j": job_id, "k": key},
+        )
+        return found.first() is not None
 
 
 async def _heartbeat() -> None:

@@ -21,6 +21,7 @@ from core.sealing import Sealer
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
 from db.session import Database
 from services import accounts
+from services.codec import data_converter, parse_key
 from services.temporal import AuditInterceptor
 from tests.fake_llm import FakeLLM
 from worker import build_worker
@@ -87,10 +88,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest.fixture(scope="session")
 async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
+    # As the API and the workers connect (services.temporal.connect): audited, payloads encrypted.
     return await Client.connect(
         testkit.target(temporal_env),
         namespace=temporal_env.client.namespace,
         interceptors=[AuditInterceptor(db)],
+        data_converter=data_converter(parse_key(testkit.TEMPORAL_KEY)),
     )
 
 

@@ -24,7 +24,7 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   of a plan, ``finish_reason``, the response's ``model`` and ``id``);
   "echo" (prose wrapped the way a small base model wraps it: instruction lines of its prompt
   said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
-  what it echoed is kept in ``echoed``);
+  what it echoed is kept in ``echoed``); "down" (an endpoint that is down: HTTP 500 to everything);
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
   "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
@@ -192,7 +192,7 @@ class FakeLLM:
                 status_code=429,
                 headers={"retry-after": "0"},
             )
-        if fault == "500":
+        if fault == "500" or mode == "down":
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
         if fault == "timeout":
             await asyncio.sleep(hang_s)

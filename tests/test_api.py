@@ -69,6 +69,9 @@ async def set_status(db: Database, job_id: uuid.UUID, status: str) -> None:
     async with db.job_tx(job_id) as tx:
         job = await tx.session.get(Job, job_id)
         assert job is not None
+        if status == "succeeded" and job.status == "queued":
+            job.status = "running"  # the database allows success only to a job that ran
+            await tx.session.flush()
         job.status = status
         job.completed_at = job.created_at
         if status == "failed":

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select, text
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 
+import testkit
 from activities.llm import LlmClient
 from core.spec import JobSpec
 from core.text import count_words
@@ -267,6 +268,7 @@ def start_worker(pg_url: str, temporal_target: str, fake_url: str, queue: str) -
         "OPENAI_API_KEY": TEST_SECRET,
         "QUIRE_MODEL": "fake-model",
         "QUIRE_LLM_TIMEOUT_S": "5",
+        "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -11,13 +11,13 @@ have drained) when Temporal suggests it.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
-from workflows.steps import MODEL, QUICK, cause, step, was_cancelled
+from workflows.steps import MODEL, QUICK, Durability, cause, step, was_cancelled
 from workflows.unit import UnitInput, UnitWorkflow
 from workflows.webhook import WebhookInput, WebhookWorkflow
 
@@ -39,12 +39,16 @@ class JobInput:
     next_unit: int = 0  # units before it are complete
     round: int = 0
     webhook: RetrySchedule | None = None  # the job has a webhook: its end is POSTed on this schedule
+    durability: Durability = field(default_factory=Durability)
+    # A resumed run (quire resume): where to pick up is read from what the job stored.
+    resumed: bool = False
 
 
 @workflow.defn(name="JobWorkflow")
 class JobWorkflow:
     @workflow.run
     async def run(self, inp: JobInput) -> str:
+        self.durability = inp.durability  # every step's retry window (workflows.steps.durability)
         try:
             result = await self._outcome(inp)
         except (asyncio.CancelledError, ApplicationError):
@@ -72,6 +76,9 @@ class JobWorkflow:
         jid, q = inp.job_id, inp.llm_queue
         # plan_job is idempotent: on a continued run it returns the stored plan.
         plan = await step(PlanActivities.plan_job, JobRef(jid), MODEL, "plan", q)
+        if inp.resumed:  # from what the earlier runs committed: the units complete, the last round
+            inp.resumed, inp.next_unit, inp.round = False, plan.units_done, plan.round
+            inp.stage = "units" if plan.units_done < len(plan.units) else "finalize"
         if inp.stage == "plan":
             inp.stage = "units"
         if inp.stage == "units":
@@ -99,7 +106,7 @@ class JobWorkflow:
             await _unit(inp, unit, f"top-up {inp.round}")
             await step(SeamActivities.complete_unit, NodeRef(jid, unit), MODEL, f"seam of top-up {inp.round}", q)
             if workflow.info().is_continue_as_new_suggested():
-                workflow.continue_as_new(JobInput(jid, q, "finalize", inp.next_unit, inp.round, inp.webhook))
+                workflow.continue_as_new(replace(inp, stage="finalize"))
 
     async def _units(self, inp: JobInput, plan: PlanResult) -> None:
         """Write the units, ``plan.parallelism`` at a time, while completing them in order (a
@@ -139,15 +146,17 @@ class JobWorkflow:
         run["stopped"] = True
         await completing
         if run["started"] < len(units):
-            workflow.continue_as_new(JobInput(jid, q, "units", inp.next_unit, inp.round, inp.webhook))
+            workflow.continue_as_new(replace(inp, stage="units"))
 
 
 async def _unit(inp: JobInput, unit_id: int, label: str) -> None:
     await workflow.execute_child_workflow(
         UnitWorkflow.run,
-        UnitInput(inp.job_id, unit_id, inp.llm_queue, label),
+        UnitInput(inp.job_id, unit_id, inp.llm_queue, label, durability=inp.durability),
         id=f"{workflow.info().workflow_id}-u{unit_id}",
         static_summary=label,
+        # The job's search attributes (QuireJobId...): its units are found with it, and deleted with it.
+        search_attributes=workflow.info().typed_search_attributes,
         # Don't wait for the child to acknowledge: a cancel request sent to a child run that has
         # since continued-as-new is lost. The job is marked cancelled at once, and the child's
         # next activity refuses to run for a cancelled job (JobNotRunnable).

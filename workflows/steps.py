@@ -1,10 +1,18 @@
 """How a workflow runs a step: its timeouts, heartbeat and retry policy, called by typed reference
 (``workflow.execute_activity_method``, as temporalio/samples-python does), and how a failure that
-ends a job is read back as an error code and a reason."""
+ends a job is read back as an error code and a reason.
+
+Retries: a step's attempts are unlimited, with a capped backoff, for as long as the job's outage
+window (``Durability``, in the workflow's input, set from QUIRE_OUTAGE_WINDOW_S) lasts; that is the
+step's schedule-to-close timeout. Within it the activity side decides (services.temporal): an
+outage of the database or of Temporal is retried all along, anything else fails the step after
+``LOGIC_ATTEMPTS`` attempts, and some errors never retry (``NON_RETRYABLE``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -21,18 +29,38 @@ with workflow.unsafe.imports_passed_through():
 A = TypeVar("A")
 R = TypeVar("R")
 
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-    maximum_attempts=8,
-    non_retryable_error_types=NON_RETRYABLE,
-)
+OUTAGE_WINDOW_S = 24 * 3600.0
+RETRY_MAX_INTERVAL_S = 30.0
+
+
+@dataclass(frozen=True)
+class Durability:
+    """How long a job rides out an outage, and how often it tries again meanwhile (the backoff
+    doubles from 1 s up to ``retry_max_s``). Set once by whoever starts the job, from settings."""
+
+    outage_window_s: float = OUTAGE_WINDOW_S
+    retry_max_s: float = RETRY_MAX_INTERVAL_S
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            initial_interval=timedelta(seconds=min(1.0, self.retry_max_s)),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=self.retry_max_s),
+            maximum_attempts=0,  # unlimited: the window (schedule-to-close) and the activity side bound them
+            non_retryable_error_types=NON_RETRYABLE,
+        )
+
+
 QUICK = timedelta(minutes=5)  # a step that only reads and writes Postgres
 MODEL = timedelta(minutes=30)  # a step that waits on a model
 # Activities heartbeat every few seconds (see services.temporal): a worker killed mid-activity is
 # noticed within this, not after the start-to-close timeout.
 HEARTBEAT = timedelta(seconds=10)
+
+
+def durability() -> Durability:
+    """The running workflow's ``Durability`` (its ``durability`` attribute, set from its input)."""
+    return getattr(workflow.instance(), "durability", None) or Durability()
 
 
 async def step(
@@ -41,13 +69,16 @@ async def step(
     """Run one activity (a method of an activity class) and return its typed result. Steps that
     call the model run on the model task queue (``task_queue``), whose workers bound how many
     model calls run at once."""
+    d = durability()
     return await workflow.execute_activity_method(
         method,
         arg,
         task_queue=task_queue,
         start_to_close_timeout=limit,
+        # At least one whole attempt, however short the window.
+        schedule_to_close_timeout=max(limit, timedelta(seconds=d.outage_window_s)),
         heartbeat_timeout=HEARTBEAT,
-        retry_policy=RETRY,
+        retry_policy=d.retry_policy(),
         summary=summary,
     )
 
@@ -64,8 +95,15 @@ def cause(err: BaseException) -> tuple[ErrorCode, str]:
         BudgetExhausted.__name__: ErrorCode.BUDGET_EXHAUSTED,
         QuotaExceeded.__name__: ErrorCode.QUOTA_EXCEEDED,
     }.get(etype, ErrorCode.INTERNAL)
+    if isinstance(e, ApplicationError) and TRANSIENT_MARK in e.details:
+        hours = durability().outage_window_s / 3600
+        msg = f"{msg} (an outage still going on when the job's {hours:g} h window to ride it out ended)"
     readable = (ErrorCode.BUDGET_EXHAUSTED, ErrorCode.QUOTA_EXCEEDED)  # their messages say it all
     return code, msg if code in readable else f"{etype}: {msg}"
+
+
+# The detail services.temporal puts on an activity failure it judged to be an outage.
+TRANSIENT_MARK = "transient"
 
 
 def was_cancelled(err: BaseException) -> bool:

@@ -4,11 +4,11 @@ section stitched when its chunks are done. Continues as new when Temporal sugges
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from temporalio import workflow
 
-from workflows.steps import MODEL, QUICK, step
+from workflows.steps import MODEL, QUICK, Durability, step
 
 with workflow.unsafe.imports_passed_through():
     from activities.chunks import ChunkActivities
@@ -24,12 +24,14 @@ class UnitInput:
     llm_queue: str
     label: str
     done: int = 0  # steps (chunks and stitches) finished by earlier runs of this unit
+    durability: Durability = field(default_factory=Durability)
 
 
 @workflow.defn(name="UnitWorkflow")
 class UnitWorkflow:
     @workflow.run
     async def run(self, inp: UnitInput) -> int:
+        self.durability = inp.durability  # every step's retry window (workflows.steps.durability)
         jid, label, q = inp.job_id, inp.label, inp.llm_queue
         unit = NodeRef(jid, inp.unit_id)
         await step(PlanActivities.expand_node, unit, MODEL, f"plan {label}", q)
@@ -55,4 +57,4 @@ class UnitWorkflow:
     @staticmethod
     def _maybe_continue(inp: UnitInput, done: int, total: int) -> None:
         if inp.done < done < total and workflow.info().is_continue_as_new_suggested():
-            workflow.continue_as_new(UnitInput(inp.job_id, inp.unit_id, inp.llm_queue, inp.label, done))
+            workflow.continue_as_new(replace(inp, done=done))

