@@ -59,6 +59,8 @@ async def finished(db, user: accounts.NewUser) -> tuple[uuid.UUID, str]:  # type
     async with db.job_tx(jid) as tx:
         job = await tx.session.get(Job, jid)
         assert job is not None
+        job.status = "running"  # the database allows queued -> running -> succeeded only
+        await tx.session.flush()
         job.status, job.completed_at = "succeeded", job.created_at
         tx.session.add(
             Document(job_id=jid, role="output", text=text, sha256=sha256(text), word_count=count_words(text))
