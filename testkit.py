@@ -7,6 +7,7 @@ same file as a server of its own (``fake_model``), as they would any OpenAI-comp
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from quire.stack import temporal_binary
 from services import accounts, jobs
 from services.codec import parse_key
 from services.temporal import SEARCH_ATTRIBUTES, connect
+from workflows.steps import Durability
 
 ROOT = Path(__file__).parent
 FAKE_MODEL = ROOT / "tests" / "fake_llm.py"
@@ -115,6 +117,7 @@ async def submit(
     prompt: str = "A history of lighthouses",
     options: dict | None = None,
     user: accounts.NewUser | None = None,
+    durability: Durability | None = None,
 ) -> Job:
     """A generate job of ``words`` for ``user`` (a new one if None), started on ``queue``."""
     user = user or await accounts.create_user(db, f"bench-{uuid.uuid4().hex[:6]}")
@@ -126,8 +129,17 @@ async def submit(
         spec=JobSpec(kind="generate", prompt=prompt, target_words=words, options=options or {}),
         task_queue=queue,
         default_model="fake-model",
+        durability=durability,
     )
     return job
+
+
+async def until(what: str, check: Callable[[], Awaitable[object]], within: float = 60.0) -> None:
+    """Poll ``check()`` until it is true; fail naming ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

@@ -54,14 +54,6 @@ async def rows(db: Database, sql: str, **params: Any) -> list[Any]:
         return list((await s.execute(text(sql), params)).all())
 
 
-async def until(what: str, check: Any, within: float = 60.0) -> None:
-    """Poll ``check()`` (async) until it is true; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def result(client: Client, job_id: uuid.UUID, db: Database) -> str:
     """The end of the job's current run ('succeeded' or 'failed: ...')."""
     async with db.tx() as s:
@@ -127,15 +119,8 @@ async def test_postgres_outage_longer_than_the_old_retry_policy_is_ridden_out(cl
         try:
             user = await accounts.create_user(db, "outage")
             async with build_worker(own, db, llm, queue):
-                job, _ = await jobs.submit(
-                    db,
-                    own,
-                    user_id=user.user_id,
-                    user_name=user.name,
-                    spec=JobSpec(kind="generate", prompt="Tidal mills", target_words=600, options={"chunk_words": 200}),
-                    task_queue=queue,
-                    default_model="fake-model",
-                    durability=FAST,
+                job = await testkit.submit(
+                    db, own, queue, 600, prompt="Tidal mills", options={"chunk_words": 200}, user=user, durability=FAST
                 )
 
                 async def call_in_flight() -> bool:
@@ -152,12 +137,12 @@ async def test_postgres_outage_longer_than_the_old_retry_policy_is_ridden_out(cl
                             return True
                     return False
 
-                await until("a chunk's model call in flight", call_in_flight)
+                await testkit.until("a chunk's model call in flight", call_in_flight)
                 t_stop = time.monotonic()
                 await asyncio.to_thread(stop_pg, server)
                 fake.set(delay_s=0.0)
                 # The outage lasts until a step has failed more often than the old policy allowed.
-                await until("a step retried past the old policy", retried_past_the_old_policy)
+                await testkit.until("a step retried past the old policy", retried_past_the_old_policy)
                 await asyncio.to_thread(start_pg, server)
                 outage_s = time.monotonic() - t_stop
                 assert await asyncio.wait_for(result(own, job.id, db), 120) == "succeeded"
@@ -202,14 +187,14 @@ async def test_a_job_failed_by_a_model_outage_is_resumed_in_the_same_log(db, cli
     (the API, as `quire resume` calls it) continues from what was committed, as a new run
     ``job-<id>-r2``, and the job meets its target in one gap-free, intact log."""
     fake.reset(delay_s=0.05)
-    job, _ = await jobs.submit(
+    job = await testkit.submit(
         db,
         client,
-        user_id=user.user_id,
-        user_name=user.name,
-        spec=JobSpec(kind="generate", prompt="Salt roads", target_words=1200, options={"chunk_words": 200}),
-        task_queue=TASK_QUEUE,
-        default_model="fake-model",
+        TASK_QUEUE,
+        1200,
+        prompt="Salt roads",
+        options={"chunk_words": 200},
+        user=user,
         durability=Durability(retry_max_s=0.2),  # the model's 8 failed attempts in seconds, not minutes
     )
     job_id = job.id
@@ -220,7 +205,7 @@ async def test_a_job_failed_by_a_model_outage_is_resumed_in_the_same_log(db, cli
         n = await rows(db, "SELECT count(*) FROM chunks WHERE job_id=:j AND status='done'", j=job_id)
         return n[0][0] >= 2
 
-    await until("two chunks done", two_chunks_done)
+    await testkit.until("two chunks done", two_chunks_done)
     fake.set(mode="down")
     end = await asyncio.wait_for(result(client, job_id, db), 120)
     assert "E_LLM_UNAVAILABLE" in end or "LlmUnavailable" in end, end
@@ -500,7 +485,7 @@ async def test_temporal_keeps_no_text_in_clear_and_delete_removes_the_workflows(
         async def none_left() -> bool:
             return [wf async for wf in own.list_workflows(f"WorkflowId STARTS_WITH 'job-{job.id}'")] == []
 
-        await until("the job's workflows gone from Temporal", none_left, within=30)
+        await testkit.until("the job's workflows gone from Temporal", none_left, within=30)
         with pytest.raises(RPCError) as gone:
             await own.get_workflow_handle(job.workflow_id).describe()
         assert gone.value.status == RPCStatusCode.NOT_FOUND

@@ -4,7 +4,6 @@ answers stream in, with their time to first token, and a stream that stalls time
 from __future__ import annotations
 
 import asyncio
-import time
 
 import psycopg
 import pytest
@@ -14,15 +13,15 @@ from sqlalchemy import select
 from activities.llm import LlmUnavailable
 from core.text import count_words
 from db.models import AuditEvent, LlmCall
-from testkit import make_job
+from testkit import make_job, until
 from tests.conftest import make_llm
 
 
 async def _wait_for(conn: psycopg.AsyncConnection, sql: str, params: tuple[object, ...], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while (await (await conn.execute(sql, params)).fetchone())[0] == 0:  # type: ignore[index]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
+    async def found() -> bool:
+        return (await (await conn.execute(sql, params)).fetchone())[0] != 0  # type: ignore[index]
+
+    await until(what, found, within=30)
 
 
 async def test_a_cancel_between_answer_and_commit_still_stores_the_answer(db, fake, user, pg_url):
