@@ -24,7 +24,7 @@ from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import count_words, sha256
 from db.models import Document, Job
 from db.session import Database, JobGone, JobTx
-from db.writing import Chunk, ChunkVersion, LengthCheck
+from db.writing import Chunk, ChunkVersion, LengthCheck, PlanNode
 
 
 class JobNotRunnable(Exception):
@@ -218,3 +218,11 @@ async def latest_version(tx: JobTx, chunk_id: int) -> ChunkVersion | None:
 async def text_of(tx: JobTx, chunk: Chunk) -> str:
     v = await latest_version(tx, chunk.id)
     return v.text if v is not None else chunk.text or ""
+
+
+async def plan_node(tx: JobTx, node_id: int) -> PlanNode:
+    """A node of the transaction's job's plan (a step is handed its id); another job's is an error."""
+    node = await tx.session.get(PlanNode, node_id)
+    if node is None or node.job_id != tx.job_id:
+        raise LookupError(f"node {node_id} is not a node of job {tx.job_id}")
+    return node

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
-from activities.base import ModelStep, job_options, load_job, now
+from activities.base import ModelStep, job_options, load_job, now, plan_node
 from activities.contracts import JobRef, NodeRef, PlanResult
 from activities.prompts import (
     NodeBrief,
@@ -174,7 +174,7 @@ class PlanActivities(ModelStep):
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
-            node = await _node(tx, ref.node_id)
+            node = await plan_node(tx, ref.node_id)
             if node.status != "pending":
                 return
             brief = await _brief(tx, job, node)
@@ -182,7 +182,7 @@ class PlanActivities(ModelStep):
         items, source, errors = await self._ask_children(jid, model, node.id, brief)
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
-            node = await _node(tx, ref.node_id)
+            node = await plan_node(tx, ref.node_id)
             if node.status != "pending":
                 return
             children = await _children(tx, node.id)
@@ -370,13 +370,6 @@ async def _plan_result(tx: JobTx, job: Job) -> PlanResult:
         units_done=done,
         round=last_round or 0,
     )
-
-
-async def _node(tx: JobTx, node_id: int) -> PlanNode:
-    node = await tx.session.get(PlanNode, node_id)
-    if node is None or node.job_id != tx.job_id:
-        raise LookupError(f"node {node_id} is not a node of job {tx.job_id}")
-    return node
 
 
 async def _children(tx: JobTx, node_id: int) -> list[PlanNode]:

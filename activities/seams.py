@@ -17,7 +17,7 @@ import uuid
 from sqlalchemy import func, select
 from temporalio import activity
 
-from activities.base import ModelStep, add_version, latest_version, load_job, now, text_of
+from activities.base import ModelStep, add_version, latest_version, load_job, now, plan_node, text_of
 from activities.contracts import NodeRef
 from activities.prompts import seam_repair_messages
 from core.coherence import fix_term, seam_differences
@@ -34,7 +34,7 @@ class SeamActivities(ModelStep):
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
-            unit = await _unit(tx, ref.node_id)
+            unit = await plan_node(tx, ref.node_id)
             if unit.status == "done":
                 return
             first = (
@@ -83,7 +83,7 @@ class SeamActivities(ModelStep):
                     repaired_text = fix_term(repaired_text, c["term"], c["found"])
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
-            unit = await _unit(tx, ref.node_id)
+            unit = await plan_node(tx, ref.node_id)
             if (await tx.session.execute(select(SeamCheck.id).where(SeamCheck.unit_id == unit.id))).first():
                 await _complete(tx, unit)
                 return
@@ -138,13 +138,6 @@ class SeamActivities(ModelStep):
 
 def _state(s: CoherenceState) -> dict[str, object]:
     return {"summary": s.summary, "glossary": s.glossary, "open_threads": s.open_threads}
-
-
-async def _unit(tx: JobTx, node_id: int) -> PlanNode:
-    node = await tx.session.get(PlanNode, node_id)
-    if node is None or node.job_id != tx.job_id:
-        raise LookupError(f"unit {node_id} is not a node of job {tx.job_id}")
-    return node
 
 
 async def _complete(tx: JobTx, unit: PlanNode) -> None:

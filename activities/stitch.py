@@ -11,14 +11,14 @@ from typing import Any
 from sqlalchemy import select
 from temporalio import activity
 
-from activities.base import ModelStep, add_version, job_options, latest_version, load_job, text_of
+from activities.base import ModelStep, add_version, job_options, latest_version, load_job, plan_node, text_of
 from activities.contracts import NodeRef
 from activities.prompts import bridge_messages
 from core.coherence import fix_term, remove_paragraph, seam_issues
 from core.layout import STITCH_WINDOW_CHUNKS
 from core.text import clean_model_text, join_continuation, normalize_paragraph, paragraphs
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, PlanNode, StitchResult
+from db.writing import Chunk, CoherenceState, StitchResult
 
 MAX_BRIDGES = 3  # model calls per section for broken seams
 
@@ -29,7 +29,7 @@ class StitchActivities(ModelStep):
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
-            section = await _section(tx, ref.node_id)
+            section = await plan_node(tx, ref.node_id)
             if await _stitched(tx, section.id):
                 return
             chunks = (
@@ -111,7 +111,7 @@ class StitchActivities(ModelStep):
                     words_after=words_after,
                 )
             )
-            section = await _section(tx, ref.node_id)
+            section = await plan_node(tx, ref.node_id)
             # A top-up section is its own unit: it is complete only once its seam is validated.
             section.status = "written" if first.unit_id == section.id else "done"
             tx.event(
@@ -155,13 +155,6 @@ def _repair(
             new[o] = join_continuation(text, bridges[o])
             repairs.append({"type": "bridged_seam", "chunk": o, "text": bridges[o]})
     return repairs, {o: t for o, t in new.items() if t != texts[o]}
-
-
-async def _section(tx: JobTx, node_id: int) -> PlanNode:
-    node = await tx.session.get(PlanNode, node_id)
-    if node is None or node.job_id != tx.job_id:
-        raise LookupError(f"section {node_id} is not a node of job {tx.job_id}")
-    return node
 
 
 async def _stitched(tx: JobTx, section_id: int) -> bool:

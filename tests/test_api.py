@@ -78,12 +78,6 @@ async def set_status(db: Database, job_id: uuid.UUID, status: str) -> None:
             job.error_code, job.failure_reason = "E_LENGTH_NOT_MET", "short by 3 words after 8 rounds"
 
 
-@pytest.fixture
-async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as c:
-        yield c
-
-
 async def test_job_lifecycle_through_the_api(http, fake, user, db):
     r = await http.post(
         "/v1/jobs", json={"kind": "generate", "prompt": "Lanterns", "target_words": 300}, headers=auth(user)

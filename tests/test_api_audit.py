@@ -8,7 +8,6 @@ import json
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,12 +22,6 @@ from testkit import make_job
 from tests.test_api import auth, follow_to_end, set_status, sse
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-@pytest.fixture
-async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as c:
-        yield c
 
 
 TRICKY = "tab\there, newline\nthere, cr\r, backslash \\n, é ✓, line sep \u2028 \x85 end"

@@ -27,12 +27,6 @@ STATIC = Path(__file__).parent.parent / "api" / "static"
 CAP = 200_000  # the test app's QUIRE_MAX_INPUT_BYTES (conftest)
 
 
-@pytest.fixture
-async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as c:
-        yield c
-
-
 def csp(value: str) -> dict[str, list[str]]:
     out = {}
     for part in value.split(";"):

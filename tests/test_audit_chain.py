@@ -7,10 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import rfc8785
@@ -36,12 +34,6 @@ from tests.test_api import auth, follow_to_end
 from tests.test_cli import arun
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-@pytest.fixture
-async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as c:
-        yield c
 
 
 async def events(db: Database, job_id: uuid.UUID) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from db.models import Document, Job
 from services import accounts
 from testkit import make_job
 from tests.fake_llm import XSS
+from tests.test_api import auth
 
 pytestmark = pytest.mark.usefixtures("worker")
 HOSTILE = f"{XSS} & <b>bold?</b> [click](javascript:alert(2)) ![x](http://127.0.0.1:9/pixel.png)"
@@ -47,12 +48,6 @@ def md_headings(text: str) -> list[tuple[int, str]]:
 
 
 @pytest.fixture
-async def http(api_url: str):  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(base_url=api_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture
 async def finished(db, user: accounts.NewUser) -> tuple[uuid.UUID, str]:  # type: ignore[no-untyped-def]
     text = book()
     jid = await make_job(db, user.user_id)
@@ -66,10 +61,6 @@ async def finished(db, user: accounts.NewUser) -> tuple[uuid.UUID, str]:  # type
             Document(job_id=jid, role="output", text=text, sha256=sha256(text), word_count=count_words(text))
         )
     return jid, text
-
-
-def auth(user: accounts.NewUser) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user.api_key}"}
 
 
 async def get(http: httpx.AsyncClient, user: accounts.NewUser, jid: uuid.UUID, fmt: str) -> httpx.Response:

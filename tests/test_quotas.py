@@ -12,7 +12,6 @@ import uuid
 from asyncio.subprocess import PIPE
 from decimal import Decimal
 
-import httpx
 import pytest
 from sqlalchemy import select, text
 
@@ -22,18 +21,9 @@ from db.models import AuditEvent, LlmCall
 from services import accounts
 from tests.conftest import PRICES
 from tests.helpers import job_row, submit, wait
+from tests.test_api import auth
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-@pytest.fixture
-async def http(api_url: str):  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as c:
-        yield c
-
-
-def auth(user: accounts.NewUser) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user.api_key}"}
 
 
 async def set_quotas(db, user: accounts.NewUser, **q: int | None) -> None:  # type: ignore[no-untyped-def]

@@ -32,15 +32,12 @@ from services.config import load_settings
 from services.temporal import AuditInterceptor
 from tests.conftest import TASK_QUEUE, make_llm
 from tests.fake_llm import FakeLLM
+from tests.test_api import auth
 from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("worker")
 ROOT = Path(__file__).parent.parent
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def auth(user: accounts.NewUser) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user.api_key}"}
 
 
 async def scrape(http: httpx.AsyncClient) -> Samples:

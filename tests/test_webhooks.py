@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select, text
 from standardwebhooks import Webhook
@@ -24,9 +23,10 @@ from standardwebhooks import Webhook
 from core.sealing import Sealer
 from core.spec import JobSpec
 from db.models import AccountEvent, AuditEvent, User
-from services import accounts, jobs, webhooks
+from services import jobs, webhooks
 from tests.conftest import SEALING_KEY, TASK_QUEUE, WEBHOOK_RETRY
 from tests.helpers import job_row, wait
+from tests.test_api import auth
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -80,16 +80,6 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     with Receiver([500]) as r:
         yield r
-
-
-@pytest.fixture
-async def http(api_url: str):  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as c:
-        yield c
-
-
-def auth(user: accounts.NewUser) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user.api_key}"}
 
 
 async def webhook_events(db, job_id: uuid.UUID, n: int, within: float = 30) -> list[AuditEvent]:  # type: ignore[no-untyped-def]
