@@ -110,6 +110,7 @@ def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
         timeout=settings.quire_llm_timeout_s,
         prompt_style=settings.prompt_style,
         prices=settings.quire_prices,
+        judge_model=settings.quire_judge_model,
     )
 
 

@@ -31,8 +31,18 @@ class JobNotRunnable(Exception):
     """The job is finished, failed or cancelled: no more work is done for it."""
 
 
+class ContinuityBroken(Exception):
+    """A seam's continuity findings could not be repaired and the job asked for strict continuity."""
+
+
 # Errors that no retry can cure; workflows name them in their retry policy.
-NON_RETRYABLE = [JobGone.__name__, JobNotRunnable.__name__, BudgetExhausted.__name__, QuotaExceeded.__name__]
+NON_RETRYABLE = [
+    JobGone.__name__,
+    JobNotRunnable.__name__,
+    BudgetExhausted.__name__,
+    QuotaExceeded.__name__,
+    ContinuityBroken.__name__,
+]
 # A step failing with anything else is retried LOGIC_ATTEMPTS times, then the job fails, unless the
 # error is transient (below): those are retried for as long as the job's outage window allows.
 LOGIC_ATTEMPTS = 8
@@ -64,7 +74,9 @@ def is_transient(exc: BaseException) -> bool:
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, LlmUnavailable | BudgetExhausted | QuotaExceeded | JobGone | JobNotRunnable):
+        if isinstance(
+            e, LlmUnavailable | BudgetExhausted | QuotaExceeded | JobGone | JobNotRunnable | ContinuityBroken
+        ):
             return False
         if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
             return True

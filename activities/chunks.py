@@ -26,9 +26,18 @@ from activities.base import (
     text_of,
 )
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
-from activities.prompts import ChunkContext, chunk_messages, max_tokens_for
-from core.coherence import delta, fold, handoff
+from activities.memory import (
+    Checked,
+    check_and_repair,
+    finding_events,
+    finding_rows,
+    ledger_before,
+    store_memory,
+    summaries_before,
+)
+from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
 from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
+from core.memory import build_context, open_threads_after, prompt_budget
 from core.telemetry import CHUNK_ATTEMPTS, CHUNKS, WORDS
 from core.text import (
     clean_model_output,
@@ -99,6 +108,7 @@ class ChunkActivities(ModelStep):
             need = chunk.target_words if kind == "write" else max(1, chunk.target_words - chunk.word_count)
             ask = words_to_ask(need, await _compliance(tx, jid))
             ctx, state = await _context(tx, job, chunk)
+            memory = ctx.memory.record()
             msgs = chunk_messages(
                 ctx, style=self.llm.prompt_style, words=ask, current_text=current if kind == "extend" else ""
             )
@@ -115,7 +125,7 @@ class ChunkActivities(ModelStep):
             max_tokens=max_tokens_for(max(ask, 8)),
         )
         # Echoed prompt lines and junk tokens never reach the chunk or its count; the event says what went.
-        cleaned = clean_model_output(res.text, "\n".join(m["content"] for m in msgs), ctx.source_text or "")
+        cleaned = clean_model_output(res.text, echo_source(msgs, ctx), ctx.source_text or "")
         added = cleaned.text
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
@@ -138,6 +148,7 @@ class ChunkActivities(ModelStep):
                     words_before=words_before,
                     words_added=words_after - words_before,
                     words_after=words_after,
+                    memory=memory,
                 )
             )
             chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
@@ -175,76 +186,146 @@ class ChunkActivities(ModelStep):
             return await _record_check(tx, job, chunk)
 
     async def _commit(self, jid: uuid.UUID, chunk_id: int) -> ChunkDone:
-        """Accept a chunk: its text as version 1, a trimmed version if dedupe or trim change it,
-        and the next coherence state, derived from the latest version."""
+        """Accept a chunk: remember it and check it against the ledger (repairing what the checks
+        find), then commit its text as version 1, a trimmed version if dedupe or trim changed it,
+        a repaired version if the checks did, the next coherence state and the ledger entries of
+        its delta, and the findings, in one transaction."""
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             chunk = await _chunk(tx, jid, chunk_id)
             if chunk.status == "done":
                 return _done(chunk)
             written = chunk.text or ""
-            versions = [add_version(tx, chunk, 1, "written", written)]
             text = dedupe_paragraphs(written)
             if count_words(text) > chunk.max_words:
                 text = trim_to_words(text, chunk.max_words, chunk.min_words)
-            if text != written:
-                versions.append(
-                    add_version(tx, chunk, 2, "trim", text, {"words_removed": count_words(written) - count_words(text)})
-                )
-            await tx.session.flush()
-            before = await tx.session.get(CoherenceState, chunk.state_before_id)
-            assert before is not None
-            d = delta(text, dict(before.glossary or {}))
-            summary, glossary, threads = fold(
-                before.summary,
-                dict(before.glossary or {}),
-                list(before.open_threads or []),
-                d,
-                f"chunk {chunk.ordinal + 1}",
-            )
-            after = CoherenceState(
+            ledger = await ledger_before(tx, chunk.ordinal)
+            model, min_words = job.model, chunk.min_words
+
+        async def extend(current: str, key: str) -> str:
+            """A repair that left the passage short: continued, as any short passage is."""
+            async with self.db.job_tx(jid) as tx:
+                ctx, _ = await _context(tx, await load_job(tx, jid), await _chunk(tx, jid, chunk_id))
+            need = max(1, min_words - count_words(current))
+            msgs = chunk_messages(ctx, style=self.llm.prompt_style, words=need + 20, current_text=current)
+            res = await self.llm.complete(
                 job_id=jid,
-                kind="chunk",
-                ordinal=chunk.ordinal + 1,
-                parent_id=before.id,
-                chunk_version_id=versions[-1].id,
-                summary=summary,
-                glossary=glossary,
-                open_threads=threads,
-                delta=d,
+                chunk_id=chunk_id,
+                purpose="extend",
+                request_key=f"{key}:extend",
+                model=model,
+                messages=msgs,
+                max_tokens=max_tokens_for(need + 40),
             )
-            tx.session.add(after)
-            await tx.session.flush()
-            chunk.word_count = versions[-1].word_count
-            chunk.state_after_id, chunk.status, chunk.completed_at = after.id, "done", now()
-            await tx.session.flush()
-            job.chunks_done = job.chunks_done + 1
-            job.words_written = (
-                await tx.session.execute(
-                    select(func.coalesce(func.sum(Chunk.word_count), 0)).where(Chunk.job_id == jid)
-                )
-            ).scalar_one()
-            tx.event(
-                "chunk",
-                "done",
-                {
-                    "chunk": chunk.ordinal,
-                    "words": chunk.word_count,
-                    "target_words": chunk.target_words,
-                    "min_words": chunk.min_words,
-                    "max_words": chunk.max_words,
-                    "attempts": chunk.attempts,
-                    "passed": chunk.word_count >= chunk.min_words,
-                    "version": versions[-1].version,
-                    "state_before": before.id,
-                    "state_after": after.id,
-                    "new_terms": d["new_terms"],
-                },
-            )
-            done = _done(chunk)
+            added = clean_model_output(res.text, echo_source(msgs, ctx), ctx.source_text or "").text
+            return join_continuation(current, added)
+
+        checked = await check_and_repair(
+            self.llm,
+            job_id=jid,
+            chunk_id=chunk_id,
+            model=model,
+            passage=text,
+            ledger=ledger,
+            request_key=f"chunk:{chunk_id}:memory",
+            min_words=min_words,
+            extend=extend,
+        )
+        async with self.db.job_tx(jid) as tx:
+            await load_job(tx, jid)
+            chunk = await _chunk(tx, jid, chunk_id)
+            if chunk.status == "done":
+                return _done(chunk)
+            done = await _store_commit(tx, chunk, written, text, checked, ledger_threads=ledger)
         CHUNKS.inc()  # after the commit, once per chunk (a retried commit returned above)
-        WORDS.inc(chunk.word_count)
+        WORDS.inc(done.words)
         return done
+
+
+async def _store_commit(
+    tx: JobTx, chunk: Chunk, written: str, text: str, checked: Checked, ledger_threads
+) -> ChunkDone:
+    versions = [add_version(tx, chunk, 1, "written", written)]
+    if text != written:
+        versions.append(
+            add_version(tx, chunk, 2, "trim", text, {"words_removed": count_words(written) - count_words(text)})
+        )
+    checked_version = versions[-1]
+    if checked.text != text:
+        versions.append(
+            add_version(
+                tx,
+                chunk,
+                len(versions) + 1,
+                "continuity_repair",
+                checked.text,
+                {"repaired": [f.subtype for f in checked.findings if checked.is_repaired(f)]},
+            )
+        )
+    await tx.session.flush()
+    before = await tx.session.get(CoherenceState, chunk.state_before_id)
+    assert before is not None
+    rem = checked.remembered
+    after = CoherenceState(
+        job_id=tx.job_id,
+        kind="chunk",
+        ordinal=chunk.ordinal + 1,
+        parent_id=before.id,
+        chunk_version_id=versions[-1].id,
+        summary=rem.memory.summary,
+        glossary={},
+        open_threads=open_threads_after(ledger_threads, rem.memory),
+        delta={"memory": rem.memory.model_dump(), **rem.record()},
+        source=rem.source,
+    )
+    tx.session.add(after)
+    await tx.session.flush()
+    entries = await store_memory(tx, chunk, versions[-1].id, after.id, rem)
+    repair = versions[-1].id if versions[-1].reason == "continuity_repair" else None
+    findings = finding_rows(tx, checked, chunk=chunk, version_id=checked_version.id, repair_version_id=repair)
+    chunk.word_count = versions[-1].word_count
+    chunk.state_after_id, chunk.status, chunk.completed_at = after.id, "done", now()
+    await tx.session.flush()
+    job = await load_job(tx, tx.job_id)
+    job.chunks_done = job.chunks_done + 1
+    job.words_written = (
+        await tx.session.execute(select(func.coalesce(func.sum(Chunk.word_count), 0)).where(Chunk.job_id == tx.job_id))
+    ).scalar_one()
+    tx.event(
+        "memory",
+        rem.source,
+        {
+            "chunk": chunk.ordinal,
+            "state": after.id,
+            "entries": len(entries),
+            "entities": [e.name for e in rem.memory.entities][:40],
+            "threads_opened": len(rem.memory.threads_opened),
+            "threads_resolved": len(rem.memory.threads_resolved),
+            "facts": len(rem.memory.facts),
+            **rem.record(),
+        },
+    )
+    finding_events(tx, findings, chunk, "chunk")
+    tx.event(
+        "chunk",
+        "done",
+        {
+            "chunk": chunk.ordinal,
+            "words": chunk.word_count,
+            "target_words": chunk.target_words,
+            "min_words": chunk.min_words,
+            "max_words": chunk.max_words,
+            "attempts": chunk.attempts,
+            "passed": chunk.word_count >= chunk.min_words,
+            "version": versions[-1].version,
+            "state_before": before.id,
+            "state_after": after.id,
+            "memory": rem.source,
+            "findings": len(findings),
+            "repaired": sum(1 for f in findings if f.status == "repaired"),
+        },
+    )
+    return _done(chunk)
 
 
 def _done(chunk: Chunk) -> ChunkDone:
@@ -339,48 +420,54 @@ async def _start_state(tx: JobTx, job: Job, chunk: Chunk) -> tuple[CoherenceStat
 
 
 async def _handoff(tx: JobTx, job: Job, chunk: Chunk) -> CoherenceState:
-    """The state a unit starts from while its predecessor is still being written: the book's
-    glossary and the entities planned up to here, the predecessor's planned synopsis, the
-    threads the plan leaves open. Recorded as a coherence state of kind ``handoff``."""
+    """The state a unit starts from while its predecessor is still being written, derived from
+    the plan and the ledger as it stands: the predecessor's planned synopsis, the threads open in
+    the ledger before it (document order), and how far the ledger went (``ledger_through``), so
+    that the seam check knows what the chapter could not have seen. Recorded as a coherence
+    state of kind ``handoff``."""
     assert chunk.unit_id is not None
     unit = await tx.session.get(PlanNode, chunk.unit_id)
     assert unit is not None
-    earlier = (
-        (
-            await tx.session.execute(
-                select(PlanNode)
-                .where(PlanNode.job_id == job.id, PlanNode.position < unit.position, PlanNode.level != "book")
-                .order_by(PlanNode.position)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    root = (
+    pred = (
         await tx.session.execute(
-            select(CoherenceState).where(CoherenceState.job_id == job.id, CoherenceState.kind == "root")
+            select(PlanNode)
+            .where(
+                PlanNode.job_id == job.id,
+                PlanNode.position < unit.position,
+                PlanNode.level == unit.level,
+                PlanNode.is_continuation.is_(False),
+            )
+            .order_by(PlanNode.position.desc())
+            .limit(1)
         )
-    ).scalar_one()
-    pred = next((n for n in reversed(earlier) if n.level == unit.level), None)
-    h = handoff(
-        glossary=dict(root.glossary or {}),
-        planned=[(n.title or "", n.purpose, list(n.introduces or []), list(n.key_points or [])) for n in earlier],
-        predecessor=(pred.title or "", pred.purpose) if pred else ("", ""),
-    )
+    ).scalar_one_or_none()
+    ledger = await ledger_before(tx, chunk.ordinal)
+    through = max([e.id for e in ledger.by_ref().values()], default=0)
+    note = f"{pred.title or ''}: {pred.purpose}".strip(": ") if pred is not None else ""
     state = CoherenceState(
         job_id=job.id,
         kind="handoff",
         ordinal=chunk.ordinal,
         parent_id=None,
         unit_id=unit.id,
-        summary=h["summary"],
-        glossary=h["glossary"],
-        open_threads=h["open_threads"],
-        delta={"note": h["note"], "from_plan_nodes": [n.id for n in earlier][-20:]},
+        summary=(pred.purpose if pred is not None else "")[:2000],
+        glossary={},
+        open_threads=[t.value for t in ledger.open_threads.values()][-12:],
+        delta={
+            "note": note,
+            "predecessor": pred.id if pred is not None else None,
+            "ledger_through": through,
+            "ledger_entries": ledger.size,
+        },
+        source="derived",
     )
     tx.session.add(state)
     await tx.session.flush()
-    tx.event("coherence", "handoff", {"chunk": chunk.ordinal, "unit": unit.id, "state": state.id, "note": h["note"]})
+    tx.event(
+        "coherence",
+        "handoff",
+        {"chunk": chunk.ordinal, "unit": unit.id, "state": state.id, "note": note, "ledger_entries": ledger.size},
+    )
     return state
 
 
@@ -391,16 +478,17 @@ async def _chunk_at(tx: JobTx, job: Job, ordinal: int) -> Chunk:
 
 
 async def _context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, CoherenceState]:
-    """What a chunk is written from: skeleton, its place in the tree, the state before, the tail."""
+    """What a chunk is written from: the skeleton, its place in the tree, its own brief, the
+    story memory before it (cut to its budget), the tail of the text before it."""
     section = await tx.session.get(PlanNode, chunk.section_id)
     assert section is not None
     state, prev_text, note = await _start_state(tx, job, chunk)
-    path: list[tuple[str, str, str]] = []
+    above: list[PlanNode] = []
     cur = await tx.session.get(PlanNode, section.parent_id) if section.parent_id else None
     while cur is not None and cur.level != "book":
-        path.append((cur.level, cur.title or "", cur.purpose))
+        above.append(cur)
         cur = await tx.session.get(PlanNode, cur.parent_id) if cur.parent_id else None
-    path.reverse()
+    above.reverse()
     title, summary = section.title or "", section.purpose
     if section.is_continuation:  # top-ups continue the last planned section
         last = (
@@ -413,19 +501,32 @@ async def _context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, Coh
         ).scalar_one_or_none()
         if last is not None:
             title, summary = last.title or title, last.purpose
+    # Who and what this passage is about, by the plan: its entries go first when the memory is cut.
+    named = " ".join(
+        [chunk.brief, title, summary]
+        + [
+            x
+            for n in [*above, section]
+            for x in [n.title or "", *(n.key_points or []), *(n.introduces or []), *(n.relies_on or [])]
+        ]
+    )
+    memory = build_context(
+        await ledger_before(tx, chunk.ordinal),
+        await summaries_before(tx, chunk),
+        named=named,
+        budget=prompt_budget(chunk.target_words),
+    )
     ctx = ChunkContext(
         plan=job.skeleton,
         section_index=section.ordinal,
         section_title=title,
         section_summary=summary,
-        key_points=list(section.key_points or []),
-        state_summary=state.summary,
-        glossary=dict(state.glossary or {}),
-        open_threads=list(state.open_threads or []),
         brief=chunk.brief,
         source_text=chunk.source_text,
         previous_tail=tail_words(prev_text, TAIL_WORDS),
-        path=path,
+        path=[(n.level, n.title or "", n.purpose) for n in above],
+        memory=memory,
         handoff=note,
+        brief_words=chunk.target_words,
     )
     return ctx, state

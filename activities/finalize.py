@@ -14,6 +14,8 @@ from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now, record_length_check, save_document
 from activities.contracts import FailInput, FinalizeResult, RoundRef
+from activities.memory import coherence_counts
+from core.continuity import brief
 from core.layout import Block, assemble, top_up
 from core.length import Effort, give_up
 from core.spec import TERMINAL_STATUSES
@@ -73,7 +75,13 @@ class FinalizeActivities(Step):
                 tx.event(
                     "job",
                     "succeeded",
-                    {"words": words, "target_words": job.target_words, "rounds": inp.round, "sha256": sha256(doc)},
+                    {
+                        "words": words,
+                        "target_words": job.target_words,
+                        "rounds": inp.round,
+                        "sha256": sha256(doc),
+                        "coherence": brief(await coherence_counts(tx.session, jid, words)),
+                    },
                 )
                 return FinalizeResult(True, words, job.target_words)
             verdict = give_up(
@@ -89,7 +97,16 @@ class FinalizeActivities(Step):
                 code, reason = verdict
                 job.status, job.completed_at, job.error_code, job.failure_reason = "failed", now(), code, reason
                 job.current_step = "failed"
-                tx.event("job", "failed", {"error_code": code, "reason": reason, "words": words})
+                tx.event(
+                    "job",
+                    "failed",
+                    {
+                        "error_code": code,
+                        "reason": reason,
+                        "words": words,
+                        "coherence": brief(await coherence_counts(tx.session, jid, words)),
+                    },
+                )
                 return FinalizeResult(False, words, job.target_words, give_up=True, error_code=code, reason=reason)
             tx.event(
                 "job",
@@ -211,7 +228,16 @@ class FinalizeActivities(Step):
                 job.status, job.completed_at = inp.status, now()
                 job.error_code, job.failure_reason = inp.error_code, inp.reason
                 job.current_step = inp.status
-                tx.event("job", inp.status, {"error_code": inp.error_code, "reason": inp.reason, "words": words})
+                tx.event(
+                    "job",
+                    inp.status,
+                    {
+                        "error_code": inp.error_code,
+                        "reason": inp.reason,
+                        "words": words,
+                        "coherence": brief(await coherence_counts(tx.session, jid, words or 0)),
+                    },
+                )
                 if inp.status == "failed":
                     tx.event("error", "job", {"error_code": inp.error_code, "reason": inp.reason})
         except JobGone:

@@ -87,8 +87,10 @@ class LlmClient:
         retry_wait_cap: float = 30.0,
         prompt_style: str = "instruct",
         prices: Mapping[str, Price] | None = None,
+        judge_model: str | None = None,
     ) -> None:
         self.db = db
+        self.judge_model = judge_model  # the story memory's and the judge's model; None: the job's
         self.prices = dict(prices or {})  # model -> price (QUIRE_PRICES): each call's cost
         # "instruct" for chat models; "document" for small base models (see activities.prompts).
         self.prompt_style = prompt_style

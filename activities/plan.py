@@ -15,6 +15,7 @@ from temporalio import activity
 
 from activities.base import ModelStep, job_options, load_job, now, plan_node
 from activities.contracts import JobRef, NodeRef, PlanResult
+from activities.memory import plan_entries
 from activities.prompts import (
     NodeBrief,
     children_messages,
@@ -37,13 +38,14 @@ from core.plan import (
     parse_outline,
     parse_plan,
     parse_titles,
+    passage_briefs,
     title_of_brief,
     topic_of,
 )
 from core.text import count_words
 from db.models import Document, Job
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, LengthCheck, PlanNode
+from db.writing import Chunk, CoherenceState, LedgerEntry, LengthCheck, PlanNode
 
 SOURCE_OPENING_WORDS = 250
 
@@ -78,17 +80,33 @@ class PlanActivities(ModelStep):
                 return await _plan_result(tx, job)
             if not job.title:
                 job.title = plan.title[:300]
-            tx.session.add(
-                CoherenceState(
+            root = CoherenceState(
+                job_id=jid,
+                kind="root",
+                ordinal=0,
+                parent_id=None,
+                summary=plan.thesis[:2000],
+                glossary=plan.glossary,
+                open_threads=[],
+                delta={"source": plan_source},
+                source="plan",
+            )
+            tx.session.add(root)
+            await tx.session.flush()
+            # The plan's glossary and cast are the ledger's first entries (before every chunk).
+            tx.session.add_all(
+                LedgerEntry(
                     job_id=jid,
-                    kind="root",
-                    ordinal=0,
-                    parent_id=None,
-                    summary=plan.thesis[:2000],
-                    glossary=plan.glossary,
-                    open_threads=[],
-                    delta={"source": plan_source},
+                    state_id=root.id,
+                    doc_order=-1,
+                    kind=e.kind,
+                    key=e.key,
+                    name=e.name,
+                    value=e.value[:1000],
+                    quote=e.quote[:1000],
+                    source="plan",
                 )
+                for e in plan_entries(plan.glossary)
             )
             top = await _lay_out(tx.session, jid, tree, plan.sections)
             job.skeleton = {
@@ -144,7 +162,8 @@ class PlanActivities(ModelStep):
                 return outline_messages(doc_title, lead, n, err)
             if source is not None:
                 return rewrite_plan_messages(opening, headings, target, count_words(source), n, level, err)
-            return plan_messages(prompt, target, n, level, err)
+            passages = [len(c.chunks) for c in tree.children] if level == "section" else None
+            return plan_messages(prompt, target, n, level, err, passages)
 
         errors: list[str] = []
         for attempt in (1, 2):  # once, then once more with the validation error
@@ -328,18 +347,18 @@ async def _brief_chunks(tx: JobTx, section: PlanNode) -> None:
 
 
 async def _brief_section_chunks(session: AsyncSession, section: PlanNode) -> None:
-    """The section's key points, one per chunk in turn (rewrites keep their own briefs)."""
-    points = list(section.key_points or [])
-    if not points:
-        return
+    """Each chunk's own brief (AgentWrite): the section's key points are its passages' points, one
+    each; passages beyond them get briefs of their own, never a reused point (rewrites keep
+    theirs: the source passage)."""
     chunks = (
         (await session.execute(select(Chunk).where(Chunk.section_id == section.id).order_by(Chunk.index_in_section)))
         .scalars()
         .all()
     )
-    for i, c in enumerate(chunks):
+    briefs = passage_briefs(section.title or "", section.purpose, list(section.key_points or []), len(chunks))
+    for c, brief in zip(chunks, briefs, strict=True):
         if not c.source_text:
-            c.brief = points[i % len(points)]
+            c.brief = brief[:2000]
 
 
 async def _plan_result(tx: JobTx, job: Job) -> PlanResult:
@@ -398,6 +417,18 @@ async def _brief(tx: JobTx, job: Job, node: PlanNode) -> NodeBrief:
         .all()
     )
     children = await _children(tx, node.id)
+    passages: list[int] = []
+    if children and children[0].level == "section":
+        counts = dict(
+            (
+                await tx.session.execute(
+                    select(Chunk.section_id, func.count())
+                    .where(Chunk.section_id.in_([c.id for c in children]))
+                    .group_by(Chunk.section_id)
+                )
+            ).all()
+        )
+        passages = [int(counts.get(c.id, 0)) for c in children]
     avoid = (
         (await tx.session.execute(select(PlanNode.title).where(PlanNode.job_id == job.id, PlanNode.title.is_not(None))))
         .scalars()
@@ -425,4 +456,5 @@ async def _brief(tx: JobTx, job: Job, node: PlanNode) -> NodeBrief:
         child_words=round(sum(c.budget_words for c in children) / max(1, len(children))),
         avoid=[t for t in avoid if t],
         source_opening=source,
+        passages=passages,
     )

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.memory import MemoryContext
 from core.plan import MAX_PLANNED_SECTIONS
 from core.text import tail_words
 
@@ -40,8 +41,25 @@ def _json_messages(system: str, user: str, error: str | None) -> list[dict[str, 
     return msgs
 
 
+def _passages_rule(passages: list[int]) -> str:
+    """AgentWrite's per-passage plan: each section's key points are its passages' own points."""
+    if not passages:
+        return ""
+    counts = ", ".join(str(n) for n in passages[:MAX_PLANNED_SECTIONS])
+    return (
+        f" Each section is written as passages of about the same length, in order ({counts} passages "
+        "for the sections in turn): give each section exactly that many key_points, one per passage, each that "
+        "passage's own distinct point."
+    )
+
+
 def plan_messages(
-    brief: str, target_words: int, items: int, level: str = "section", error: str | None = None
+    brief: str,
+    target_words: int,
+    items: int,
+    level: str = "section",
+    error: str | None = None,
+    passages: list[int] | None = None,
 ) -> list[dict[str, str]]:
     """The book's skeleton: title, thesis, glossary and cast, style, and its top-level nodes."""
     want = min(items, MAX_PLANNED_SECTIONS)
@@ -50,6 +68,7 @@ def plan_messages(
         f"Answer with one JSON object with keys: title (string), thesis (string), sections (a list of exactly "
         f"{want} {level} objects, each with {_ITEM_FIELDS}), glossary (an object mapping key terms and "
         f"characters to one-line definitions) and style (string). Every {level} title must be distinct."
+        + _passages_rule(passages or [])
     )
     return _json_messages("You plan documents. You answer with JSON only.", user, error)
 
@@ -88,6 +107,7 @@ class NodeBrief:
     child_words: int
     avoid: list[str]  # headings the book already has
     source_opening: str = ""  # rewrites: the opening of the input the node rewrites
+    passages: list[int] = field(default_factory=list)  # children that are sections: their chunks, in order
 
 
 def children_messages(b: NodeBrief, error: str | None = None) -> list[dict[str, str]]:
@@ -105,7 +125,7 @@ def children_messages(b: NodeBrief, error: str | None = None) -> list[dict[str, 
         + f"\nPlan the {b.children} {b.children_level}s of the {level} '{title}', in order, each of about "
         f"{b.child_words} words. Answer with one JSON object with key sections: a list of exactly "
         f"{b.children} {b.children_level} objects, each with {_ITEM_FIELDS}. Titles must be distinct and differ "
-        f"from these: {'; '.join(b.avoid[-60:])}."
+        f"from these: {'; '.join(b.avoid[-60:])}." + _passages_rule(b.passages)
     )
     return _json_messages("You plan documents. You answer with JSON only.", user, error)
 
@@ -147,21 +167,20 @@ def outline_line(plan: dict[str, Any]) -> str:
 
 @dataclass
 class ChunkContext:
-    """What a chunk is written from: the skeleton, where it stands, the coherence state, the tail."""
+    """What a chunk is written from: the skeleton, where it stands, its own brief, the story
+    memory cut to its budget (``core.memory.build_context``), the tail of the text before it."""
 
     plan: dict[str, Any]
     section_index: int
     section_title: str
     section_summary: str
-    key_points: list[str]
-    state_summary: str
-    glossary: dict[str, str]
-    open_threads: list[str]
     brief: str
     source_text: str | None
     previous_tail: str
     path: list[tuple[str, str, str]] = field(default_factory=list)  # (level, title, summary) above the section
+    memory: MemoryContext = field(default_factory=MemoryContext)
     handoff: str = ""  # a chapter started before its predecessor ended: what that predecessor covers
+    brief_words: int = 0  # this passage's own budget
 
 
 def chunk_messages(ctx: ChunkContext, *, style: str, words: int, current_text: str = "") -> list[dict[str, str]]:
@@ -177,6 +196,19 @@ def chunk_messages(ctx: ChunkContext, *, style: str, words: int, current_text: s
     return _instruct_messages(ctx, words, current_text)
 
 
+def echo_source(msgs: list[dict[str, str]], ctx: ChunkContext) -> str:
+    """The prompt a chunk's answer is searched for echoes of: its messages without the memory's
+    lines. Those are the document's own earlier sentences and facts, which a passage may rightly
+    restate (a repeat word for word is the de-duplication's to cut, not an instruction echoed)."""
+    prompt = "\n".join(m["content"] for m in msgs)
+    mem = ctx.memory
+    for line in [*mem.entities, *mem.summaries]:
+        prompt = prompt.replace(line, "")
+    for item in [*mem.threads, *mem.facts]:
+        prompt = prompt.replace(item, "")
+    return prompt
+
+
 def _instruct_messages(ctx: ChunkContext, words: int, current_text: str) -> list[dict[str, str]]:
     plan = ctx.plan
     book = [  # identical for every chunk of the job: the cacheable prefix
@@ -185,17 +217,28 @@ def _instruct_messages(ctx: ChunkContext, words: int, current_text: str) -> list
         f"Style: {plan.get('style', '')}" if plan.get("style") else "",
         f"Outline:\n{outline_line(plan)}",
     ]
-    gl = "; ".join(f"{k}: {v}" for k, v in list(ctx.glossary.items())[:20])
+    mem = ctx.memory
     where = [f"{lv.title()}: {t}. {s}".strip() for lv, t, s in ctx.path]
     notes = [
         *where,
         f"Current section: {ctx.section_title}. {ctx.section_summary}",
-        ("Key points: " + "; ".join(ctx.key_points[:8])) if ctx.key_points else "",
-        f"Summary of what is written so far: {ctx.state_summary}" if ctx.state_summary else "",
+        ("The document so far:\n" + "\n".join(f"- {x}" for x in mem.summaries)) if mem.summaries else "",
         f"This part follows on from: {ctx.handoff}" if ctx.handoff else "",
-        f"Glossary (use these terms consistently): {gl}" if gl else "",
-        ("Open threads to pick up: " + "; ".join(ctx.open_threads[:6])) if ctx.open_threads else "",
-        f"This passage: {ctx.brief}" if ctx.brief else "",
+        (
+            "Established so far (keep every name and detail exactly consistent with this):\n"
+            + "\n".join(f"- {x}" for x in mem.entities)
+        )
+        if mem.entities
+        else "",
+        ("Open threads: " + "; ".join(mem.threads)) if mem.threads else "",
+        ("Facts not to contradict: " + "; ".join(mem.facts)) if mem.facts else "",
+        (
+            f"This passage's own point ({ctx.brief_words} words of the section): {ctx.brief}"
+            if ctx.brief_words
+            else f"This passage's own point: {ctx.brief}"
+        )
+        if ctx.brief
+        else "",
     ]
     if current_text:  # extend: continue the passage, never restart it
         ask = (
@@ -223,10 +266,11 @@ def _instruct_messages(ctx: ChunkContext, words: int, current_text: str) -> list
 def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list[dict[str, str]]:
     plan = ctx.plan
     parts = [f"# {plan.get('title', '')}"]
-    opening = " ".join((ctx.state_summary or ctx.handoff or plan.get("thesis", "")).split()[:80])
+    recent = ctx.memory.summaries[-1].split(": ", 1)[-1] if ctx.memory.summaries else ""
+    opening = " ".join((recent or ctx.handoff or plan.get("thesis", "")).split()[:80])
     if opening:
         parts.append(opening)
-    terms = list(ctx.glossary)[:8]
+    terms = [e.split(" (", 1)[0] for e in ctx.memory.entities[:8]]
     if terms:
         parts.append("Key terms: " + ", ".join(terms) + ".")
     parts += [f"{'#' * (i + 2)} {t}" for i, (_, t, _s) in enumerate(ctx.path)]
@@ -276,5 +320,78 @@ def seam_repair_messages(before: str, opening: str, terms: list[str], words: int
             + (f"Use these terms exactly as written: {', '.join(terms[:20])}.\n\n" if terms else "")
             + f"Rewrite that opening paragraph so that it follows on from the ending, without repeating it, "
             f"keeping its content, in about {words} words.",
+        },
+    ]
+
+
+MEMORY_SYSTEM = (
+    "You keep the story memory of a long document and check each new passage against it. "
+    "You answer with one JSON object only."
+)
+
+
+def memory_messages(
+    passage: str, known: list[tuple[str, str]], *, judge_only: bool = False, error: str | None = None
+) -> list[dict[str, str]]:
+    """The memory call: a passage's delta (summary, entities with attributes, events, threads
+    opened and resolved, facts), every item with a quote of the passage, and the contradictions
+    between the passage and the ``known`` ledger entries (ref, line). ``judge_only``: only the
+    contradictions (a seam, where the delta is already stored)."""
+    known_text = "\n".join(f"[{ref}] {line}" for ref, line in known) or "(nothing yet)"
+    if judge_only:
+        keys = (
+            "summary (one sentence on the passage) and contradictions: a list of {category, known, quote, "
+            "explanation} for every place where the passage contradicts an entry above"
+        )
+    else:
+        keys = (
+            "summary (two or three sentences: what happens in the passage); "
+            "entities (the people, places, objects, organisations and terms it introduces or tells something new "
+            "about: a list of {name, type, description, quote, attributes: [{attribute, value, quote}]}, type one "
+            "of person, place, object, organisation, term, other); "
+            "events (a list of {what, when, quote}: when is the time in the story, if the passage says it); "
+            "threads_opened (a list of {thread, quote}: questions or promises it leaves open); "
+            "threads_resolved (a list of {thread, quote}: open threads above that it settles; thread is their "
+            "ref or their words); "
+            "facts (a list of {fact, quote}: what the rest of the document must not contradict); "
+            "contradictions (a list of {category, known, quote, explanation} for every place where the passage "
+            "contradicts an entry above)"
+        )
+    user = (
+        f"Established so far, each with its ref:\n{known_text}\n\n"
+        f'New passage:\n"""\n{passage.strip()}\n"""\n\n'
+        f"Answer with one JSON object with keys: {keys}. In contradictions, category is one of characters, "
+        "facts, timeline, plot, style, and known is the ref of the entry contradicted. Every quote must be "
+        "words copied exactly from the new passage. Empty lists are fine; do not invent."
+    )
+    return _json_messages(MEMORY_SYSTEM, user, error)
+
+
+def repair_messages(paragraph: str, problems: list[tuple[str, str]], words: int) -> list[dict[str, str]]:
+    """Rewrite one paragraph so that it no longer contradicts what the document established:
+    ``problems`` are (what is wrong, the established sentence it contradicts)."""
+    issues = "\n".join(f'- {msg} (established earlier: "{there}")' for msg, there in problems)
+    return [
+        {"role": "system", "content": SYSTEM},
+        {
+            "role": "user",
+            "content": f'This paragraph of the document:\n"""\n{paragraph}\n"""\n\n'
+            f"contradicts what the document established earlier:\n{issues}\n\n"
+            "Rewrite the paragraph so that it agrees with what was established, changing as little as possible "
+            f"and keeping everything else, in about {words} words. Write only the paragraph.",
+        },
+    ]
+
+
+def summary_messages(level: str, title: str, pieces: list[str], words: int = 100) -> list[dict[str, str]]:
+    """A chapter's or a part's summary, from the summaries of what it is made of."""
+    body = "\n".join(f"- {p}" for p in pieces)
+    return [
+        {"role": "system", "content": "You summarise parts of long documents precisely. Write only the summary."},
+        {
+            "role": "user",
+            "content": f"The {level} '{title}', passage by passage:\n{body}\n\n"
+            f"Summarise the whole {level} in one paragraph of at most {words} words: what happens or is argued, "
+            "who and what it introduces, what it leaves open.",
         },
     ]

@@ -1,143 +1,368 @@
 """The seam step: a unit (chapter) is complete only once the seam with its predecessor has been
-validated against the predecessor's real end state.
+checked against the predecessor's real end, and its summary written for the chapters after it.
 
-A unit whose first chunk was written from that real state has a ``strict`` seam. One written in
-parallel, from a handoff derived from the plan, has a ``handoff`` seam: the handoff is compared
-with the real end state (terms, named entities, open threads, the last paragraph), the
-differences are recorded, and if the text conflicts at the seam (the opening repeats the ending, a
-term the predecessor established is spelled otherwise) the opening is repaired by the model as a
-new version of the unit's first chunk, the old one kept. The database refuses to mark a unit
-complete without the validated seam row (``plan_nodes_rules`` in db/ddl.py).
+A unit whose first chunk was written from its predecessor's real end state has a ``strict`` seam:
+that chunk was already checked against the whole ledger before it when it was accepted, so the
+seam is what that check found. A unit written in parallel, from a handoff, has a ``handoff``
+seam: each of its chunks is checked again against the ledger as it now stands up to the unit's
+start (what the handoff could not know: the predecessor's entities, attributes and resolved
+threads), and a judge compares the unit's opening with the predecessor's end; what they find is
+repaired as new chunk versions (the old kept) and checked again. The seam is ``validated`` or
+``repaired`` only by a check that ran and passed; otherwise it is ``flagged``, its findings open
+in the coherence report (or, with ``options.continuity = "strict"``, the job fails with
+``E_CONTINUITY``). The database refuses to mark a unit complete without one of those.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from temporalio import activity
 
-from activities.base import ModelStep, add_version, latest_version, load_job, now, plan_node, text_of
+from activities.base import (
+    ContinuityBroken,
+    ModelStep,
+    add_version,
+    job_options,
+    latest_version,
+    load_job,
+    now,
+    plan_node,
+    text_of,
+)
 from activities.contracts import NodeRef
-from activities.prompts import seam_repair_messages
-from core.coherence import fix_term, seam_differences
-from core.text import clean_model_output, count_words, paragraphs
+from activities.memory import (
+    Checked,
+    Remembered,
+    check_and_repair,
+    finding_events,
+    finding_rows,
+    ledger_before,
+    store_memory,
+    summarize,
+)
+from core.continuity import repeated_opening
+from core.memory import ChunkMemory, Entry, Ledger, as_entry, entries_of, fold, norm
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, PlanNode, SeamCheck
+from db.writing import Chunk, CoherenceState, ContinuityFinding, NodeSummary, PlanNode, SeamCheck
+
+
+@dataclass
+class _UnitChunk:
+    chunk_id: int
+    ordinal: int
+    text: str
+    stored: Remembered
+    version_id: int
+    known: set[tuple[str, int | None]]  # (subtype, entry) of the findings its own check made
 
 
 class SeamActivities(ModelStep):
     @activity.defn(name="complete_unit")
     async def complete_unit(self, ref: NodeRef) -> None:
-        """Validate the unit's seam with its predecessor (repairing its opening if they conflict),
-        then mark it complete. Idempotent: a retry finds the seam row and the status."""
+        """Check the unit's seam with its predecessor (repairing what the check finds), mark it
+        complete, and write its summary (and its part's, when it is the part's last chapter).
+        Idempotent: a retry finds the seam row, the status and the summaries."""
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             unit = await plan_node(tx, ref.node_id)
-            if unit.status == "done":
-                return
-            first = (
-                await tx.session.execute(select(Chunk).where(Chunk.unit_id == unit.id).order_by(Chunk.ordinal).limit(1))
-            ).scalar_one()
+            strict_continuity = job_options(job).continuity == "strict"
+            model = job.model
             seam = (
                 await tx.session.execute(select(SeamCheck).where(SeamCheck.unit_id == unit.id))
             ).scalar_one_or_none()
-            if first.ordinal == 0 or seam is not None:
-                await _complete(tx, unit)
-                return
-            pred = (
-                await tx.session.execute(select(Chunk).where(Chunk.job_id == jid, Chunk.ordinal == first.ordinal - 1))
-            ).scalar_one()
-            if pred.status != "done" or pred.state_after_id is None:
-                raise RuntimeError(f"unit {unit.id}: its predecessor's last chunk {pred.ordinal} is not done")
-            real = await tx.session.get(CoherenceState, pred.state_after_id)
-            used = await tx.session.get(CoherenceState, first.state_before_id)
-            assert real is not None and used is not None
-            before, after = await text_of(tx, pred), await text_of(tx, first)
-            mode = "strict" if used.id == real.id else "handoff"
-            differences, conflicts = seam_differences(_state(real), _state(used), before, after)
-            if mode == "strict":
-                differences = {"last_paragraph": differences["last_paragraph"]}
-            model, glossary = job.model, list(real.glossary or {})
-        repaired_text = None
-        if conflicts:
-            opening = paragraphs(after)[0] if paragraphs(after) else after
-            msgs = seam_repair_messages(before, opening, glossary, max(20, count_words(opening)))
-            res = await self.llm.complete(
-                job_id=jid,
-                chunk_id=first.id,
-                purpose="seam",
-                request_key=f"seam:{unit.id}",
-                model=model,
-                messages=msgs,
-                max_tokens=max(64, int(count_words(opening) * 1.6) + 32),
-                temperature=0.4,
+            chunks = (
+                (await tx.session.execute(select(Chunk).where(Chunk.unit_id == unit.id).order_by(Chunk.ordinal)))
+                .scalars()
+                .all()
             )
-            # The opening it rewrites may be kept word for word; the ending it follows may not.
-            new_opening = clean_model_output(res.text, "\n".join(m["content"] for m in msgs), opening).text
-            rest = paragraphs(after)[1:]
-            repaired_text = "\n\n".join([new_opening or opening, *rest])
-            for c in conflicts:
-                if c["type"] == "term_drift":
-                    repaired_text = fix_term(repaired_text, c["term"], c["found"])
+            first = chunks[0]
+            needs_seam = unit.status != "done" and first.ordinal > 0 and seam is None
+            if not needs_seam:
+                await _complete(tx, unit)  # the first unit has no seam; a retry finds its seam stored
+            else:
+                pred = (
+                    await tx.session.execute(
+                        select(Chunk).where(Chunk.job_id == jid, Chunk.ordinal == first.ordinal - 1)
+                    )
+                ).scalar_one()
+                if pred.status != "done" or pred.state_after_id is None:
+                    raise RuntimeError(f"unit {unit.id}: its predecessor's last chunk {pred.ordinal} is not done")
+                mode = "strict" if first.state_before_id == pred.state_after_id else "handoff"
+                ledger = await ledger_before(tx, first.ordinal)
+                before = await text_of(tx, pred)
+                handoff = await tx.session.get(CoherenceState, first.state_before_id)
+                seen = int((handoff.delta or {}).get("ledger_through", 0)) if handoff is not None else 0
+                mine = [await _unit_chunk(tx, c) for c in chunks] if mode == "handoff" else []
+                pred_id, pred_state, used_state, first_id = (
+                    pred.id,
+                    pred.state_after_id,
+                    first.state_before_id,
+                    first.id,
+                )
+        if needs_seam:
+            checked: list[tuple[_UnitChunk, Checked]] = []
+            if mode == "handoff":
+                checked = await self._check_unit(jid, unit.id, model, ledger, seen, before, mine)
+            await self._store_seam(
+                jid, ref.node_id, mode, (pred_id, pred_state, used_state, first_id), checked, strict_continuity
+            )
+        await self._summaries(jid, ref.node_id, model)
+
+    async def _check_unit(
+        self,
+        jid: uuid.UUID,
+        unit_id: int,
+        model: str,
+        ledger: Ledger,
+        seen: int,
+        before: str,
+        mine: list[_UnitChunk],
+    ) -> list[tuple[_UnitChunk, Checked]]:
+        """A unit written from a handoff, checked against the real ledger before it: each chunk by
+        the rules (against that ledger plus what the unit's own earlier chunks established); the
+        opening, and every chunk that names someone or something the handoff had not seen
+        (ledger entries past ``seen``), by the judge too; the opening for repeating the ending."""
+        unseen = {
+            v.key
+            for v in ledger.entities.values()
+            if v.intro.id > seen or any(a.id > seen for a in v.attributes.values())
+        }
+        out: list[tuple[_UnitChunk, Checked]] = []
+        own: list[Entry] = []
+        for k, uc in enumerate(mine):
+            text = f" {norm(uc.text)} "
+            res = await check_and_repair(
+                self.llm,
+                job_id=jid,
+                chunk_id=uc.chunk_id,
+                model=model,
+                passage=uc.text,
+                ledger=fold([*ledger.by_ref().values(), *own]),
+                request_key=f"seam:{unit_id}:{uc.chunk_id}",
+                min_words=1,
+                stored=uc.stored,
+                judge=k == 0 or any(f" {key} " in text for key in unseen),
+            )
+            if k == 0:
+                res.findings += repeated_opening(before, res.text)
+            # What this chunk's own check found when it was accepted is reported there already.
+            res.findings = [f for f in res.findings if (f.subtype, f.entry_id) not in uc.known or res.is_repaired(f)]
+            out.append((uc, res))
+            own += [
+                as_entry(e, -(len(own) + i + 1), uc.ordinal) for i, e in enumerate(entries_of(res.remembered.memory))
+            ]
+        return out
+
+    async def _store_seam(
+        self,
+        jid: uuid.UUID,
+        unit_id: int,
+        mode: str,
+        ids: tuple[int, int, int, int],
+        checked: list[tuple[_UnitChunk, Checked]],
+        strict_continuity: bool,
+    ) -> None:
+        """The seam row, the repaired versions and the findings; then the unit complete, unless
+        strict continuity was asked and a finding stays open (the job fails, everything kept)."""
+        pred_id, pred_state, used_state, first_id = ids
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
-            unit = await plan_node(tx, ref.node_id)
+            unit = await plan_node(tx, unit_id)
             if (await tx.session.execute(select(SeamCheck.id).where(SeamCheck.unit_id == unit.id))).first():
                 await _complete(tx, unit)
                 return
-            fresh = await tx.session.get(Chunk, first.id)
-            assert fresh is not None
-            first = fresh
-            version = None
-            if repaired_text is not None:
-                latest = await latest_version(tx, first.id)
-                version = add_version(
-                    tx,
-                    first,
-                    (latest.version if latest else 0) + 1,
-                    "seam_repair",
-                    repaired_text,
-                    {"unit": unit.id, "conflicts": conflicts},
+            broken: str | None = None
+            repairs: list[tuple[Chunk, _UnitChunk, Checked, int | None]] = []
+            versions: dict[int, int] = {}
+            for uc, res in checked:
+                chunk = await tx.session.get(Chunk, uc.chunk_id)
+                assert chunk is not None
+                repair = None
+                if res.text != uc.text:
+                    latest = await latest_version(tx, chunk.id)
+                    repair = add_version(
+                        tx,
+                        chunk,
+                        (latest.version if latest else 0) + 1,
+                        "seam_repair",
+                        res.text,
+                        {"unit": unit.id, "repaired": [f.subtype for f in res.findings if res.is_repaired(f)]},
+                    )
+                    await tx.session.flush()
+                    chunk.word_count = repair.word_count
+                    await store_memory(tx, chunk, repair.id, chunk.state_after_id, res.remembered)
+                    versions[chunk.ordinal] = repair.version
+                repairs.append((chunk, uc, res, repair.id if repair else None))
+            if mode == "handoff":  # (status, severity, repair version) of each finding
+                fates = [
+                    ("repaired" if r.is_repaired(f) and v else "open", f.severity, v if r.is_repaired(f) else None)
+                    for _, _, r, v in repairs
+                    for f in r.findings
+                ]
+            else:  # a strict seam's check is the first chunk's own, made when it was accepted
+                fates = [(f.status, f.severity, f.repair_version_id) for f in await _chunk_findings(tx, first_id)]
+            open_major = sum(1 for st, sev, _ in fates if st == "open" and sev == "major")
+            repaired = [v for st, _, v in fates if st == "repaired"]
+            status = "flagged" if open_major else "repaired" if repaired else "validated"
+            repair_version = repaired[-1] if status == "repaired" else None
+            seam = SeamCheck(
+                job_id=jid,
+                unit_id=unit.id,
+                chunk_id=first_id,
+                predecessor_chunk_id=pred_id,
+                predecessor_state_id=pred_state,
+                successor_state_id=used_state,
+                mode=mode,
+                differences={},
+                conflicts=[],
+                repaired=repair_version is not None,
+                repair_version_id=repair_version,
+                status=status,
+                validated=status in ("validated", "repaired"),
+                checks={
+                    "rules": ["name_variant", "near_miss", "attribute", "thread", "timeline"]
+                    + (["repeated_opening", "judge"] if mode == "handoff" else []),
+                    "ran": "at the seam" if mode == "handoff" else "when its first chunk was accepted",
+                    "chunks": len(checked) if mode == "handoff" else 1,
+                    "judged": sum(1 for _, r in checked if r.remembered.calls),
+                    "findings": len(fates),
+                    "repaired": len(repaired),
+                    "open": open_major,
+                },
+            )
+            tx.session.add(seam)
+            await tx.session.flush()
+            for chunk, uc, res, v in repairs:
+                fs = finding_rows(
+                    tx, res, chunk=chunk, version_id=uc.version_id, repair_version_id=v, seam_check_id=seam.id
                 )
                 await tx.session.flush()
-                first.word_count = version.word_count
-            tx.session.add(
-                SeamCheck(
-                    job_id=jid,
-                    unit_id=unit.id,
-                    chunk_id=first.id,
-                    predecessor_chunk_id=pred.id,
-                    predecessor_state_id=real.id,
-                    successor_state_id=used.id,
-                    mode=mode,
-                    differences=differences,
-                    conflicts=conflicts,
-                    repaired=version is not None,
-                    repair_version_id=version.id if version else None,
-                    validated=True,
-                )
-            )
-            await tx.session.flush()
+                finding_events(tx, fs, chunk, "seam")
             tx.event(
                 "seam",
-                "repaired" if version else "validated",
+                status,
                 {
                     "unit": unit.id,
                     "title": unit.title,
                     "mode": mode,
-                    "chunk": first.ordinal,
-                    "conflicts": conflicts,
-                    "differences": {k: v for k, v in differences.items() if v},
-                    "version": version.version if version else None,
+                    "findings": len(fates),
+                    "open": open_major,
+                    "repaired_chunks": versions,
+                    "checks": seam.checks,
                 },
             )
-            await _complete(tx, unit)
+            if open_major and strict_continuity:
+                job = await load_job(tx, jid)
+                job.current_step = f"continuity: {open_major} open finding(s) at the seam before {unit.title}"
+                broken = (
+                    f"the seam before '{unit.title}' has {open_major} continuity finding(s) that could not be "
+                    "repaired (see the coherence report)"
+                )
+            else:
+                await _complete(tx, unit)
+                broken = None
+        if broken:  # after the commit: the seam and its findings are kept, the unit stays incomplete
+            raise ContinuityBroken(broken)
+
+    async def _summaries(self, jid: uuid.UUID, unit_id: int, model: str) -> None:
+        """The unit's summary (from its chunks'), and its part's once every chapter of it is done."""
+        async with self.db.job_tx(jid) as tx:
+            await load_job(tx, jid)
+            unit = await plan_node(tx, unit_id)
+            todo: list[tuple[PlanNode, list[str]]] = []
+            if unit.level in ("chapter", "part") and not await _summarized(tx, unit.id):
+                todo.append((unit, await _chunk_summaries(tx, unit.id)))
+            parent = await tx.session.get(PlanNode, unit.parent_id) if unit.parent_id else None
+            if parent is not None and parent.level == "part" and parent.status == "done":
+                if not await _summarized(tx, parent.id):
+                    todo.append((parent, await _child_summaries(tx, parent.id)))
+        for node, pieces in todo:
+            text, source, call = await summarize(
+                self.llm, job_id=jid, node=node, pieces=pieces, model=model, request_key=f"summary:{node.id}:1"
+            )
+            async with self.db.job_tx(jid) as tx:
+                await load_job(tx, jid)
+                if await _summarized(tx, node.id):
+                    continue
+                row = NodeSummary(
+                    job_id=jid,
+                    node_id=node.id,
+                    version=1,
+                    level=node.level,
+                    summary=text,
+                    source=source,
+                    llm_call_id=call,
+                )
+                tx.session.add(row)
+                await tx.session.flush()
+                tx.event(
+                    "memory",
+                    "summary",
+                    {"node": node.id, "level": node.level, "title": node.title, "source": source, "summary": row.id},
+                )
 
 
-def _state(s: CoherenceState) -> dict[str, object]:
-    return {"summary": s.summary, "glossary": s.glossary, "open_threads": s.open_threads}
+async def _unit_chunk(tx: JobTx, c: Chunk) -> _UnitChunk:
+    version = await latest_version(tx, c.id)
+    assert version is not None
+    state = await tx.session.get(CoherenceState, c.state_after_id)
+    assert state is not None
+    mem = ChunkMemory.model_validate((state.delta or {}).get("memory") or {"summary": state.summary or "-"})
+    known = {(f.subtype, f.entry_id) for f in await _chunk_findings(tx, c.id)}
+    return _UnitChunk(c.id, c.ordinal, version.text, Remembered(mem, state.source), version.id, known)
+
+
+async def _chunk_findings(tx: JobTx, chunk_id: int) -> list[ContinuityFinding]:
+    return list(
+        (
+            await tx.session.execute(
+                select(ContinuityFinding).where(
+                    ContinuityFinding.chunk_id == chunk_id, ContinuityFinding.seam_check_id.is_(None)
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+async def _summarized(tx: JobTx, node_id: int) -> bool:
+    return (await tx.session.execute(select(NodeSummary.id).where(NodeSummary.node_id == node_id))).first() is not None
+
+
+async def _chunk_summaries(tx: JobTx, unit_id: int) -> list[str]:
+    return list(
+        (
+            await tx.session.execute(
+                select(CoherenceState.summary)
+                .join(Chunk, Chunk.state_after_id == CoherenceState.id)
+                .where(Chunk.unit_id == unit_id)
+                .order_by(Chunk.ordinal)
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+async def _child_summaries(tx: JobTx, parent_id: int) -> list[str]:
+    """The latest summary of each child of a node, in document order."""
+    rows = (
+        await tx.session.execute(
+            select(PlanNode.id, NodeSummary.summary)
+            .join(PlanNode, PlanNode.id == NodeSummary.node_id)
+            .where(PlanNode.parent_id == parent_id)
+            .order_by(PlanNode.position, NodeSummary.version.desc())
+        )
+    ).all()
+    latest: dict[int, str] = {}
+    for node_id, text in rows:
+        latest.setdefault(node_id, text)
+    return list(latest.values())
 
 
 async def _complete(tx: JobTx, unit: PlanNode) -> None:

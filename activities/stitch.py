@@ -1,7 +1,8 @@
-"""The stitch step: once a section's chunks are committed, check the seams inside its unit
-(paragraphs repeated from earlier text of the unit, glossary terms drifting in spelling,
-references to sections that do not exist, passages that stop mid-sentence) and repair them as new
-chunk versions; broken seams are bridged by the model. Seams between units are the seam step's."""
+"""The stitch step: once a section's chunks are committed, check the seams inside its unit as text
+(paragraphs repeated from earlier text of the unit, references to sections that do not exist,
+passages that stop mid-sentence) and repair them as new chunk versions; broken seams are bridged by
+the model. Continuity (names, attributes, threads, the timeline) is checked when each chunk is
+accepted, against the story memory; seams between units are the seam step's."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from temporalio import activity
 from activities.base import ModelStep, add_version, job_options, latest_version, load_job, plan_node, text_of
 from activities.contracts import NodeRef
 from activities.prompts import bridge_messages
-from core.coherence import fix_term, remove_paragraph, seam_issues
+from core.continuity import remove_paragraph, seam_issues
 from core.layout import STITCH_WINDOW_CHUNKS
 from core.text import clean_model_text, join_continuation, normalize_paragraph, paragraphs
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, StitchResult
+from db.writing import Chunk, StitchResult
 
 MAX_BRIDGES = 3  # model calls per section for broken seams
 
@@ -59,10 +60,8 @@ class StitchActivities(ModelStep):
             )
             texts = {c.ordinal: await text_of(tx, c) for c in [*earlier, *chunks]}
             seen = {normalize_paragraph(p) for c in earlier[:-1] for p in paragraphs(texts[c.ordinal])}
-            last_state = await tx.session.get(CoherenceState, chunks[-1].state_after_id)
-            glossary = (last_state.glossary if last_state else None) or {}
             window = [(c.ordinal, texts[c.ordinal]) for c in ([earlier[-1]] if earlier else []) + list(chunks)]
-            issues = seam_issues(window, glossary, job.sections_total, seen)
+            issues = seam_issues(window, job.sections_total, seen)
             repair_with_model = job_options(job).stitch_repairs_with_model
             model = job.model
         bridges: dict[int, str] = {}
@@ -148,9 +147,6 @@ def _repair(
         if issue["type"] == "repeated_paragraph":
             new[o] = remove_paragraph(text, issue["text"])
             repairs.append({"type": "removed_repeated_paragraph", "chunk": o})
-        elif issue["type"] == "glossary_drift":
-            new[o] = fix_term(text, issue["term"], issue["found"])
-            repairs.append({"type": "normalised_term", "chunk": o, "term": issue["term"]})
         elif issue["type"] == "broken_seam" and o in bridges:
             new[o] = join_continuation(text, bridges[o])
             repairs.append({"type": "bridged_seam", "chunk": o, "text": bridges[o]})

@@ -1,4 +1,4 @@
-"""/v1 job routes: submit, status, output, history, cancel, resume, delete."""
+"""/v1 job routes: submit, status, output, coherence, history, cancel, resume, delete."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from api.schemas import (
     COMMON,
     ERRORS,
     Cancelling,
+    CoherenceReport,
     Cost,
     Draft,
     DraftPiece,
@@ -36,7 +37,7 @@ from core.spec import TERMINAL_STATUSES, JobKind, JobStatus
 from db.models import Job
 from db.session import Database
 from db.usage import Cost as UsageCost
-from services import exports, views
+from services import coherence, exports, views
 from services import jobs as job_service
 from services import webhooks as webhook_service
 
@@ -290,6 +291,21 @@ async def get_draft(
             for p in d.pieces
         ],
     )
+
+
+@router.get(
+    "/jobs/{job_id}/coherence",
+    response_model=CoherenceReport,
+    summary="The coherence report: continuity findings with their evidence, by category",
+    description="Every continuity finding of the job (a chunk checked against the story memory when it was "
+    "accepted, a chapter at its seam): its ConStory-Bench category, the quote where it was found and the quote "
+    "it contradicts, the model call and the audit seq that found it, and what became of it (repaired as a new "
+    "version, the old kept, or open). Counts per 10,000 words by category, the ledger's size, the share of memory "
+    "states the model wrote vs the deterministic fallback, the seams by status. Available while the job runs.",
+    responses={404: ERRORS[404], 422: ERRORS[422]},
+)
+async def get_coherence(job: OwnJobDep, db: DbDep) -> dict[str, Any]:
+    return await coherence.coherence(db, job)
 
 
 BINARY = ("docx", "epub")

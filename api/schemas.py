@@ -346,3 +346,53 @@ def tidy_parameters(spec: dict[str, Any]) -> None:
             if param.get("in") in ("header", "query") and len(branches) == 1 and len(schema["anyOf"]) == 2:
                 rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
                 param["schema"] = {**branches[0], **rest}
+
+
+class ContradictedEntry(BaseModel):
+    entry_id: int | None = Field(description="the ledger entry contradicted (null: a rule that needs none)")
+    chunk: int | None = Field(description="the chunk (0-based ordinal) that established it; null: the plan")
+    quote: str = Field(description="the sentence that established it")
+
+
+class CoherenceFinding(BaseModel):
+    id: int
+    category: Literal["characters", "facts", "timeline", "plot", "style"]
+    category_name: str = Field(description="ConStory-Bench's name of the category")
+    subtype: str = Field(description="name_variant, name_spelling, attribute_changed, thread_reopened, ...")
+    severity: Literal["minor", "major"]
+    status: Literal["open", "repaired"]
+    detector: str = Field(description="`rule:<name>` or `judge` (the model, in the memory call)")
+    message: str
+    where: Literal["chunk", "seam"] = Field(description="found when its chunk was accepted, or at its chapter's seam")
+    chunk: int = Field(description="the chunk (0-based ordinal) it was found in; the page's #chunk-N is N = chunk + 1")
+    chapter: str | None
+    version: int | None = Field(description="the chunk version it was found in")
+    quote: str = Field(description="the words of that version")
+    contradicts: ContradictedEntry
+    repair_version: int | None = Field(description="the version that repaired it (the old one is kept)")
+    llm_call_id: int | None = Field(description="the model call that found it (judge findings)")
+    audit_seq: int | None = Field(description="the seq of the audit event that recorded it")
+    seam_check_id: int | None
+
+
+class CoherenceCategory(BaseModel):
+    name: str
+    found: int
+    per_10k_words: float
+    open: int
+
+
+class CoherenceReport(BaseModel):
+    job_id: str
+    summary: str
+    words: int
+    found: int
+    repaired: int
+    open: int
+    per_10k_words: float
+    open_per_10k_words: float
+    by_category: dict[str, CoherenceCategory]
+    ledger: dict[str, int] = Field(description="entries (current versions) and distinct entities")
+    states: dict[str, float] = Field(description="memory states written by the model vs the fallback")
+    seams: dict[str, int] = Field(description="seams by status: validated, repaired, flagged")
+    items: list[CoherenceFinding]

@@ -244,3 +244,36 @@ def distinct_title(title: str, taken: set[str], context: str | None = None) -> s
             taken.add(key)
             return c
     raise AssertionError("unreachable: a numbered title is always free")
+
+
+def passage_briefs(title: str, purpose: str, points: list[str], n: int) -> list[str]:
+    """One brief per passage of a section (AgentWrite): its planned points, one each, in order.
+    With fewer points than passages, no point is reused as a brief: the passages between two
+    points carry the move from one to the next (numbered), those after the last develop it and
+    the final one closes the section."""
+    pts = [p.strip() for p in points if p and p.strip()]
+    if len(pts) >= n:
+        return pts[:n]
+    topic = title.strip() or "this section"
+    if not pts:
+        pts = [purpose.strip() or f"what {topic} is about"]
+    # The planned points go to passages spread evenly from the first; the rest bridge or close.
+    span = n - 1 if len(pts) > 1 else 0
+    at = {round(i * span / max(1, len(pts) - 1)): i for i in range(len(pts))}
+    out: list[str] = []
+    for k in range(n):
+        if k in at:
+            out.append(pts[at[k]])
+            continue
+        lo = max(j for j in at if j < k)
+        hi = min((j for j in at if j > k), default=None)
+        if hi is not None:
+            out.append(
+                f"Between “{pts[at[lo]]}” and “{pts[at[hi]]}” ({k - lo} of {hi - lo - 1}): "
+                "what leads from one to the other"
+            )
+        elif k == n - 1:
+            out.append(f"Close {topic}: what “{pts[at[lo]]}” leads to, and what stays open")
+        else:
+            out.append(f"Develop “{pts[at[lo]]}” further ({k - lo} of {n - 2 - lo}): evidence, examples, consequences")
+    return out

@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "E_CANCELLED"
     INTERNAL = "E_INTERNAL"
     QUOTA_EXCEEDED = "E_QUOTA_EXCEEDED"
+    CONTINUITY = "E_CONTINUITY"
 
 
 ERROR_CODES: tuple[str, ...] = tuple(c.value for c in ErrorCode)
@@ -60,6 +61,11 @@ class JobOptions(BaseModel):
     max_wall_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="stop after this long")
     stitch_repairs_with_model: bool = Field(default=True, description="bridge broken seams with the model")
     parallelism: int = Field(default=6, ge=1, le=32, description="chapters written at the same time")
+    continuity: Literal["flag", "strict"] = Field(
+        default="flag",
+        description="a continuity finding that cannot be repaired: 'flag' reports it open in the coherence "
+        "report and the job goes on; 'strict' fails the job with E_CONTINUITY",
+    )
 
 
 class JobSpec(BaseModel):

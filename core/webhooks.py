@@ -130,7 +130,9 @@ def event_type(status: str) -> str:
     return f"job.{status}"
 
 
-def job_event(job: Any, words: int | None, cost_micro_usd: int | None, base_url: str) -> dict[str, Any]:
+def job_event(
+    job: Any, words: int | None, cost_micro_usd: int | None, base_url: str, coherence: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The body of a job's webhook: Standard Webhooks' ``{type, timestamp, data}``."""
     jid = str(job.id)
     links = {
@@ -138,6 +140,7 @@ def job_event(job: Any, words: int | None, cost_micro_usd: int | None, base_url:
         "output": f"/v1/jobs/{jid}/output",
         "partial_output": f"/v1/jobs/{jid}/output?partial=1",
         "audit": f"/v1/jobs/{jid}/audit",
+        "coherence": f"/v1/jobs/{jid}/coherence",
         "page": f"/jobs/{jid}",
     }
     base = base_url.rstrip("/")
@@ -155,6 +158,7 @@ def job_event(job: Any, words: int | None, cost_micro_usd: int | None, base_url:
             "error_code": job.error_code,
             "failure_reason": job.failure_reason,
             "cost_micro_usd": cost_micro_usd,
+            "coherence": coherence,
             "links": {k: base + v for k, v in links.items()},
         },
     }

@@ -189,9 +189,16 @@ BEGIN
       IF first.ordinal > 0 THEN
         SELECT state_after_id INTO pred_state FROM chunks
          WHERE job_id = NEW.job_id AND ordinal = first.ordinal - 1 AND status = 'done';
+        -- Its seam was checked against the predecessor's real end state and passed (or its repair
+        -- did), or what the check found could not be repaired and is reported as open findings.
         IF NOT EXISTS (SELECT 1 FROM seam_checks s
-                        WHERE s.unit_id = NEW.id AND s.validated AND s.chunk_id = first.id
-                          AND s.predecessor_state_id = pred_state AND s.successor_state_id = first.state_before_id) THEN
+                        WHERE s.unit_id = NEW.id AND s.chunk_id = first.id
+                          AND s.predecessor_state_id = pred_state AND s.successor_state_id = first.state_before_id
+                          AND (s.validated OR (s.status = 'flagged' AND EXISTS (
+                                 SELECT 1 FROM continuity_findings f
+                                  WHERE f.status = 'open' AND f.severity = 'major'
+                                    AND (f.seam_check_id = s.id OR (s.mode = 'strict' AND f.chunk_id = s.chunk_id
+                                                                    AND f.seam_check_id IS NULL)))))) THEN
           RAISE EXCEPTION 'unit % of job % cannot be complete: its seam is not validated against %',
             NEW.id, NEW.job_id, 'its predecessor''s real end state' USING ERRCODE = 'check_violation';
         END IF;
@@ -220,6 +227,27 @@ CREATE TRIGGER chunk_versions_immutable BEFORE UPDATE ON chunk_versions
         "seam_checks_immutable",
         """
 CREATE TRIGGER seam_checks_immutable BEFORE UPDATE ON seam_checks
+  FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
+""",
+    ),
+    (
+        "ledger_entries_immutable",
+        """
+CREATE TRIGGER ledger_entries_immutable BEFORE UPDATE ON ledger_entries
+  FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
+""",
+    ),
+    (
+        "node_summaries_immutable",
+        """
+CREATE TRIGGER node_summaries_immutable BEFORE UPDATE ON node_summaries
+  FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
+""",
+    ),
+    (
+        "continuity_findings_immutable",
+        """
+CREATE TRIGGER continuity_findings_immutable BEFORE UPDATE ON continuity_findings
   FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
 """,
     ),
@@ -278,11 +306,23 @@ SELECT c.ordinal
                   WHEN c.state_before_id = p.state_after_id THEN true
                   ELSE sb.kind = 'handoff' AND EXISTS (
                          SELECT 1 FROM seam_checks s
-                          WHERE s.chunk_id = c.id AND s.validated
+                          WHERE s.chunk_id = c.id AND (s.validated OR s.status = 'flagged')
                             AND s.successor_state_id = c.state_before_id
                             AND s.predecessor_state_id = p.state_after_id)
                 END)
 UNION ALL
 SELECT c.ordinal FROM chunks c
  WHERE c.job_id = :job_id AND (c.status <> 'done' OR c.state_after_id IS NULL)
+"""
+
+# Document order, proved from the tables: the ledger entries a chunk's prompt was given
+# (``chunk_attempts.memory``) that were NOT set before it in the document. Zero rows proves that
+# no chunk was told what a later chapter, written at the same time, established.
+MEMORY_PROOF = """
+SELECT c.ordinal, e.id, e.doc_order
+  FROM chunk_attempts a
+  JOIN chunks c ON c.id = a.chunk_id
+ CROSS JOIN LATERAL jsonb_array_elements_text(COALESCE(a.memory -> 'entries', '[]'::jsonb)) AS m(entry_id)
+  JOIN ledger_entries e ON e.id = m.entry_id::bigint
+ WHERE a.job_id = :job_id AND e.doc_order >= c.ordinal
 """

@@ -34,7 +34,11 @@ NODE_LEVELS = ("book", "part", "chapter", "section")
 # awaiting its seam); done.
 NODE_STATUSES = ("pending", "expanded", "writing", "written", "done")
 STATE_KINDS = ("root", "chunk", "handoff")
-VERSION_REASONS = ("written", "trim", "stitch", "seam_repair")
+# Who made a state's memory: the plan (the root), the model's memory call, the deterministic
+# extractor when the model's answers were invalid, or derived (a handoff, from the plan and the ledger).
+STATE_SOURCES = ("plan", "model", "fallback", "derived")
+VERSION_REASONS = ("written", "trim", "stitch", "seam_repair", "continuity_repair")
+SEAM_STATUSES = ("validated", "repaired", "flagged")
 
 
 class PlanNode(Base):
@@ -88,6 +92,7 @@ class CoherenceState(Base):
         UniqueConstraint("id", "job_id"),
         ForeignKeyConstraint(["parent_id", "job_id"], ["coherence_states.id", "coherence_states.job_id"]),
         CheckConstraint(sql_in("kind", STATE_KINDS), name="kind"),
+        CheckConstraint(sql_in("source", STATE_SOURCES), name="source"),
         CheckConstraint("(kind = 'chunk') = (parent_id IS NOT NULL)", name="only_chunk_states_have_parents"),
         CheckConstraint("kind <> 'root' OR ordinal = 0", name="root_is_first"),
         Index("ix_coherence_states_parent_id", "parent_id"),
@@ -106,6 +111,7 @@ class CoherenceState(Base):
     glossary: Mapped[dict[str, str]] = mapped_column(JSONB, server_default="{}")
     open_threads: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
     delta: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    source: Mapped[str] = mapped_column(Text, server_default="derived")
     created_at: Mapped[datetime] = ts_column(default=True)
 
 
@@ -142,6 +148,11 @@ class Chunk(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     state_before_id: Mapped[int | None] = mapped_column(BigInteger)
     state_after_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The version whose memory (ledger entries) is the chunk's current one: a repair after the
+    # commit adds a version and its own entries, and moves this.
+    memory_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("chunk_versions.id", ondelete="SET NULL", use_alter=True), index=True
+    )
     created_at: Mapped[datetime] = ts_column(default=True)
     completed_at: Mapped[datetime | None] = ts_column()
 
@@ -165,6 +176,9 @@ class ChunkAttempt(Base):
     words_before: Mapped[int] = mapped_column(Integer)
     words_added: Mapped[int] = mapped_column(Integer)
     words_after: Mapped[int] = mapped_column(Integer)
+    # What the story memory put into this attempt's prompt: ledger entry and summary ids, what
+    # was left out by the budget (``core.memory.MemoryContext.record``).
+    memory: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     created_at: Mapped[datetime] = ts_column(default=True)
 
 
@@ -202,6 +216,10 @@ class SeamCheck(Base):
         CheckConstraint("mode IN ('strict','handoff')", name="mode"),
         CheckConstraint("(mode = 'strict') = (predecessor_state_id = successor_state_id)", name="strict_means_same"),
         CheckConstraint("repaired = (repair_version_id IS NOT NULL)", name="repair_has_version"),
+        CheckConstraint(sql_in("status", SEAM_STATUSES), name="status"),
+        # Validated means a check ran and passed, or its repair passed: never a constant.
+        CheckConstraint("validated = (status IN ('validated', 'repaired'))", name="validated_means_passed"),
+        CheckConstraint("status <> 'repaired' OR repaired", name="repaired_status_has_repair"),
     )
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -215,7 +233,11 @@ class SeamCheck(Base):
     conflicts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
     repaired: Mapped[bool] = mapped_column(Boolean, server_default="false")
     repair_version_id: Mapped[int | None] = mapped_column(ForeignKey("chunk_versions.id", ondelete="CASCADE"))
+    # validated: the checks ran and found nothing; repaired: what they found was repaired and the
+    # repair passed them; flagged: a finding could not be repaired and stays open in the report.
+    status: Mapped[str] = mapped_column(Text, server_default="validated")
     validated: Mapped[bool] = mapped_column(Boolean)
+    checks: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")  # what ran, with what result
     created_at: Mapped[datetime] = ts_column(default=True)
 
 
@@ -250,6 +272,105 @@ class StitchResult(Base):
     repairs: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
     words_before: Mapped[int] = mapped_column(Integer)
     words_after: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = ts_column(default=True)
+
+
+ENTRY_SOURCES = ("plan", "model", "fallback")
+LEDGER_KINDS = ("entity", "attribute", "event", "thread", "resolved", "fact")
+
+
+class LedgerEntry(Base):
+    """The story memory, one fact a row: an entity, an attribute's value, an event, a thread
+    opened or resolved, a fact not to contradict, each with the sentence that establishes it.
+    Immutable. Set by a chunk version (``chunk_version_id``; the plan's own have none), folded
+    into a coherence state (``state_id``), and placed in the document by ``doc_order`` (its
+    chunk's ordinal; -1 for the plan) so that a chunk is shown only what comes before it."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint(sql_in("kind", LEDGER_KINDS), name="kind"),
+        CheckConstraint(sql_in("source", ENTRY_SOURCES), name="source"),
+        CheckConstraint("(chunk_id IS NULL) = (source = 'plan')", name="plan_entries_have_no_chunk"),
+        Index("ix_ledger_entries_job_order", "job_id", "doc_order"),
+        Index("ix_ledger_entries_job_key", "job_id", "key"),
+        Index("ix_ledger_entries_version", "chunk_version_id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    chunk_id: Mapped[int | None] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), index=True)
+    chunk_version_id: Mapped[int | None] = mapped_column(ForeignKey("chunk_versions.id", ondelete="CASCADE"))
+    state_id: Mapped[int | None] = mapped_column(ForeignKey("coherence_states.id", ondelete="CASCADE"), index=True)
+    doc_order: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(Text)
+    key: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    attribute: Mapped[str | None] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(Text, server_default="")
+    quote: Mapped[str] = mapped_column(Text, server_default="")
+    etype: Mapped[str | None] = mapped_column(Text)
+    when_: Mapped[str | None] = mapped_column("when", Text)
+    source: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = ts_column(default=True)
+
+
+class NodeSummary(Base):
+    """What a chapter or a part said, written when it ends (a new version if it is written
+    again), so that a chunk deep in a book knows the book so far in a bounded number of tokens."""
+
+    __tablename__ = "node_summaries"
+    __table_args__ = (
+        UniqueConstraint("node_id", "version"),
+        CheckConstraint(sql_in("source", ("model", "fallback")), name="source"),
+        Index("ix_node_summaries_job_id", "job_id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    node_id: Mapped[int] = mapped_column(ForeignKey("plan_nodes.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    level: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    llm_call_id: Mapped[int | None] = mapped_column(ForeignKey("llm_calls.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = ts_column(default=True)
+
+
+FINDING_CATEGORIES = ("characters", "facts", "timeline", "plot", "style")
+FINDING_STATUSES = ("open", "repaired")
+
+
+class ContinuityFinding(Base):
+    """A continuity problem a check found: its category (ConStory-Bench's), the quote here and
+    the ledger entry (and its quote) it contradicts, the check or the model call that found it,
+    and what became of it: ``repaired`` (a new version, ``repair_version_id``, passed the checks
+    again) or ``open`` (reported). Immutable; the audit event that recorded it names its id."""
+
+    __tablename__ = "continuity_findings"
+    __table_args__ = (
+        CheckConstraint(sql_in("category", FINDING_CATEGORIES), name="category"),
+        CheckConstraint(sql_in("severity", ("minor", "major")), name="severity"),
+        CheckConstraint(sql_in("status", FINDING_STATUSES), name="status"),
+        CheckConstraint("(status = 'repaired') = (repair_version_id IS NOT NULL)", name="repair_has_version"),
+        Index("ix_continuity_findings_job_id", "job_id"),
+        Index("ix_continuity_findings_seam", "seam_check_id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), index=True)
+    chunk_version_id: Mapped[int | None] = mapped_column(ForeignKey("chunk_versions.id", ondelete="CASCADE"))
+    seam_check_id: Mapped[int | None] = mapped_column(ForeignKey("seam_checks.id", ondelete="CASCADE"))
+    category: Mapped[str] = mapped_column(Text)
+    subtype: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(Text)
+    detector: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    quote: Mapped[str] = mapped_column(Text)
+    entry_id: Mapped[int | None] = mapped_column(ForeignKey("ledger_entries.id", ondelete="CASCADE"))
+    quote_there: Mapped[str] = mapped_column(Text, server_default="")
+    doc_order_there: Mapped[int | None] = mapped_column(Integer)
+    llm_call_id: Mapped[int | None] = mapped_column(ForeignKey("llm_calls.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(Text)
+    repair_version_id: Mapped[int | None] = mapped_column(ForeignKey("chunk_versions.id", ondelete="CASCADE"))
+    repair_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = ts_column(default=True)
 
 

@@ -84,6 +84,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return Exit.OK if job["status"] != "failed" else Exit.FAILED
 
 
+def cmd_coherence(args: argparse.Namespace) -> int:
+    from quire.remote import coherence_lines
+
+    rep = _api(args).json("GET", f"/v1/jobs/{args.job_id}/coherence")
+    print(json.dumps(rep, indent=2) if args.json else "\n".join(coherence_lines(rep)))
+    return Exit.OK
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from quire.remote import event_line, write_file
 
@@ -256,6 +264,14 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     client_opts(st)
     st.set_defaults(fn=cmd_status)
+
+    co = sub.add_parser(
+        "coherence", help="a job's coherence report: continuity findings with their evidence, by category"
+    )
+    co.add_argument("job_id")
+    co.add_argument("--json", action="store_true", help="the whole report as JSON")
+    client_opts(co)
+    co.set_defaults(fn=cmd_coherence)
 
     a = sub.add_parser(
         "audit",

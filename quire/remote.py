@@ -183,3 +183,25 @@ def job_exit(job: dict[str, Any]) -> int:
         return Exit.OK
     print(f"quire: job {job.get('status')}: {job.get('error_code')}: {job.get('failure_reason')}", file=sys.stderr)
     return Exit.FAILED
+
+
+def coherence_lines(rep: dict[str, Any]) -> list[str]:
+    """The coherence report for a terminal: the summary, the categories, then each finding with
+    where it was found, what it contradicts and what became of it."""
+    out = [rep["summary"], ""]
+    for c in rep["by_category"].values():
+        out.append(f"  {c['name']:<16} {c['found']:>4} found  {c['open']:>4} open  {c['per_10k_words']:>7} / 10k words")
+    seams = ", ".join(f"{n} {k}" for k, n in sorted(rep["seams"].items())) or "none"
+    out += [f"  seams: {seams}", ""]
+    for f in rep["items"]:
+        there = f["contradicts"]
+        where = f"chunk {f['chunk'] + 1}" + (f" v{f['version']}" if f["version"] else "")
+        fate = f"repaired (v{f['repair_version']})" if f["status"] == "repaired" else "OPEN"
+        seq = f"  audit #{f['audit_seq']}" if f["audit_seq"] else ""
+        out.append(f"[{f['category_name']}] {f['severity']} {f['subtype']} at {where} ({f['where']}): {fate}{seq}")
+        out.append(f"    {f['message']}")
+        out.append(f'    here:  "{f["quote"][:160]}"')
+        if there["quote"]:
+            src = f"chunk {there['chunk'] + 1}" if there["chunk"] is not None else "the plan"
+            out.append(f'    there: "{there["quote"][:160]}" ({src})')
+    return out

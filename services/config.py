@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="other models a job may ask for, comma-separated; QUIRE_MODEL is always allowed",
     )
+    quire_judge_model: str | None = Field(
+        default=None,
+        description="the model of the story memory and its judge (the memory and seam calls); unset: the job's model",
+    )
     quire_home: Path = Path(".quire")
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

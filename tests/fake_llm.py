@@ -25,6 +25,17 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   "echo" (prose wrapped the way a small base model wraps it: instruction lines of its prompt
   said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
   what it echoed is kept in ``echoed``); "down" (an endpoint that is down: HTTP 500 to everything);
+- the story memory (``activities.memory``): a memory call (its system prompt) gets a valid delta
+  of the passage it shows (a summary, every run of capitalised words as an entity with its
+  sentence); ``memory_mode`` "invalid" answers no valid JSON, "incomplete" valid JSON without
+  entities. ``plants`` are sentences put into chunk writes (``nth`` write of the job, or the
+  first write of outline chapter ``chapter``) with what the memory call reports of them
+  (``entity``, ``attribute``, ``value``); a plant that gives a known entity's attribute another
+  value is reported as a contradiction of that entry by the judge. A repair call puts the
+  established sentence back in place of the contradicting one (``repair_mode`` "stubborn":
+  changes nothing); a summary call answers the first summary it is given;
+- ``chapter_delay``: {outline chapter: seconds} added to answers about that chapter (its writes
+  and the memory calls of its passages), so that a chapter commits after the next one;
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
   "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
@@ -71,6 +82,12 @@ class FakeState:
     tokens_per_s: float = 0.0
     stream_usage: bool = True  # send the usage chunk when asked (llama.cpp's server never does)
     seam_drift: bool = False
+    plants: list[dict[str, Any]] = field(default_factory=list)
+    memory_mode: str = "valid"
+    repair_mode: str = "fix"
+    chapter_delay: dict[int, float] = field(default_factory=dict)
+    writes: int = 0  # chunk writes answered
+    chapter_writes: dict[int, int] = field(default_factory=dict)  # ... by outline chapter
     faults: deque[str] = field(default_factory=deque)
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -184,6 +201,10 @@ class FakeLLM:
             st.requests.append({"body": body, "fault": fault, "auth": request.headers.get("authorization")})
             ratio, mode, hang_s, delay_s = st.ratio, st.mode, st.hang_s, st.delay_s
             tokens_per_s, seam_drift, stream_usage = st.tokens_per_s, st.seam_drift, st.stream_usage
+        messages = body.get("messages", [])
+        prompt = "\n".join(str(m.get("content", "")) for m in messages)
+        system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
+        delay_s += self._chapter_delay(prompt)
         if delay_s:
             await asyncio.sleep(delay_s)
         if fault == "429":
@@ -196,16 +217,20 @@ class FakeLLM:
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
         if fault == "timeout":
             await asyncio.sleep(hang_s)
-        messages = body.get("messages", [])
-        prompt = "\n".join(str(m.get("content", "")) for m in messages)
         rng = random.Random(hashlib.sha256(f"{n}:{prompt}".encode()).hexdigest())
         finish = "stop"
         if fault == "empty" or mode == "empty":
             content = ""
         elif fault == "garbage":
             content = "}{ not json <start_of_image> 1) 2) 3)"
+        elif json_mode and system.startswith(MEMORY_SYSTEM):
+            content = self._memory(prompt)
         elif json_mode:
             content = self._plan(prompt, rng, malformed=(mode == "malformed_plan"), mark=XSS if mode == "html" else "")
+        elif "contradicts what the document established earlier" in prompt:
+            content = self._repair(prompt)
+        elif system.startswith("You summarise"):
+            content = (re.findall(r"^- (.+)$", prompt, re.M) or ["A summary."])[0]
         else:
             asked = _asked_words(messages)
             lo, hi = ratio
@@ -213,6 +238,8 @@ class FakeLLM:
             content = _prose(want, rng)
             if seam_drift:
                 content = _plant_term(content, prompt)
+            if "Continue the document with the next passage" in str(messages[-1].get("content", "")):
+                content = self._plant(content, prompt)
             max_tokens = body.get("max_tokens")
             if fault == "truncate" or (max_tokens and want * 1.4 > max_tokens):
                 # Cut at the token cap like a real server: roughly 1.4 tokens per word.
@@ -280,6 +307,100 @@ class FakeLLM:
         finally:
             self._settle(t0)
 
+    def _plant(self, content: str, prompt: str) -> str:
+        """A chunk write: the plants due in it go at the top of its first paragraph."""
+        chapter = _chapter_of(prompt)
+        with self.lock:
+            st = self.state
+            st.writes += 1
+            st.chapter_writes[chapter] = st.chapter_writes.get(chapter, 0) + 1
+            due = [
+                p
+                for p in st.plants
+                if not p.get("used")
+                and (
+                    p.get("nth") == st.writes
+                    or (p.get("chapter") == chapter and p.get("index", 1) == st.chapter_writes[chapter])
+                )
+            ]
+            for p in due:
+                p["used"] = True
+        for p in reversed(due):
+            content = f"{p['sentence']} {content}"
+        return content
+
+    def _chapter_delay(self, prompt: str) -> float:
+        with self.lock:
+            delays = dict(self.state.chapter_delay)
+        if not delays:
+            return 0.0
+        if MEMORY_SYSTEM in prompt:  # a memory call: the chapter of the plant its passage holds
+            with self.lock:
+                plants = list(self.state.plants)
+            return max((delays.get(p.get("chapter", 0), 0.0) for p in plants if p["sentence"] in prompt), default=0.0)
+        return delays.get(_chapter_of(prompt), 0.0)
+
+    def _memory(self, prompt: str) -> str:
+        """The memory call's answer, from the passage it shows (and the plants it holds)."""
+        with self.lock:
+            mode, plants = self.state.memory_mode, [dict(p) for p in self.state.plants]
+        if mode == "invalid":
+            return '{"summary": "cut short", "entities": [{"name": '
+        passage = prompt.split('"""', 2)[1] if prompt.count('"""') >= 2 else ""
+        known = prompt.split("New passage:", 1)[0]
+        sentences = [x.strip() for x in re.split(r"(?<=[.!?])\s+", passage) if x.strip()]
+        entities: dict[str, dict[str, Any]] = {}
+        if mode != "incomplete":
+            for sent in sentences:
+                for name in re.findall(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b", sent):
+                    entities.setdefault(name, {"name": name, "type": "other", "quote": sent, "attributes": []})
+        contradictions = []
+        for p in plants:
+            if p["sentence"] not in passage or not p.get("entity"):
+                continue
+            e = entities.setdefault(
+                p["entity"], {"name": p["entity"], "type": "person", "quote": p["sentence"], "attributes": []}
+            )
+            e["type"] = "person"
+            e["attributes"].append({"attribute": p["attribute"], "value": p["value"], "quote": p["sentence"]})
+            ref = re.search(rf"^\[(E\d+)\] {re.escape(p['entity'])}'s {re.escape(p['attribute'])}: (.+)$", known, re.M)
+            if ref and ref.group(2).strip() != p["value"]:
+                contradictions.append(
+                    {
+                        "category": "characters",
+                        "known": ref.group(1),
+                        "quote": p["sentence"],
+                        "explanation": f"{p['entity']}'s {p['attribute']} was {ref.group(2).strip()}",
+                    }
+                )
+        if "contradictions (a list" in prompt and "entities (the people" not in prompt:  # the judge alone
+            return json.dumps({"summary": sentences[0] if sentences else "-", "contradictions": contradictions})
+        return json.dumps(
+            {
+                "summary": " ".join(sentences[:2]) or "An empty passage.",
+                "entities": list(entities.values()),
+                "events": [],
+                "threads_opened": [],
+                "threads_resolved": [],
+                "facts": [],
+                "contradictions": contradictions,
+            }
+        )
+
+    def _repair(self, prompt: str) -> str:
+        """A repair: the paragraph with each contradicting plant put back as established."""
+        paragraph = prompt.split('"""', 2)[1].strip() if prompt.count('"""') >= 2 else ""
+        with self.lock:
+            mode, plants = self.state.repair_mode, [dict(p) for p in self.state.plants]
+        if mode == "stubborn":
+            return paragraph
+        established = re.findall(r'\(established earlier: "(.+?)"\)$', prompt, re.M)
+        for p in plants:
+            for there in established:
+                if p["sentence"] in paragraph and p.get("entity") and p["entity"] in there and p["sentence"] != there:
+                    paragraph = paragraph.replace(p["sentence"], there)
+        return paragraph
+
     def _plan(self, prompt: str, rng: random.Random, malformed: bool, mark: str = "") -> str:
         """A plan as JSON; ``mark`` goes into every string of it."""
         if malformed:
@@ -330,6 +451,14 @@ def _pieces(content: str) -> list[str]:
 
 
 TERM = "Harbor Lantern Council"
+MEMORY_SYSTEM = "You keep the story memory"  # the memory call's system prompt (activities.prompts)
+
+
+def _chapter_of(prompt: str) -> int:
+    """The outline index (1-based) of the chapter a chunk prompt is in, 0 if none."""
+    chapter = re.search(r"^Chapter: (.+?)\.", prompt, re.M)
+    outline = re.findall(r"^(\d+)\. (.+)$", prompt, re.M)
+    return next((int(n) for n, t in outline if chapter and t.strip() == chapter.group(1).strip()), 0)
 
 
 def _plant_term(content: str, prompt: str) -> str:
@@ -413,9 +542,11 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, nargs=2, default=(0.3, 0.6), help="fraction of the asked words")
     ap.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
     ap.add_argument("--tokens-per-s", type=float, default=0.0, help="answer at this speed (0: at once)")
+    ap.add_argument("--plants", help="a JSON file: a list of plants (see the module's docstring)")
     a = ap.parse_args()
     fake = FakeLLM(a.port)
-    fake.reset(ratio=tuple(a.ratio), delay_s=a.delay, tokens_per_s=a.tokens_per_s)
+    plants = json.loads(open(a.plants).read()) if a.plants else []  # noqa: SIM115, ASYNC230 - before serving
+    fake.reset(ratio=tuple(a.ratio), delay_s=a.delay, tokens_per_s=a.tokens_per_s, plants=plants)
     fake._server.run()
 
 

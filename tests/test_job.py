@@ -21,7 +21,7 @@ import testkit
 from activities.llm import LlmClient
 from core.spec import JobSpec
 from core.text import count_words
-from db.ddl import CHAIN_PROOF
+from db.ddl import CHAIN_PROOF, MEMORY_PROOF
 from db.models import AuditEvent, Document, LlmCall
 from db.writing import Chunk, ChunkAttempt
 from services import jobs
@@ -39,12 +39,14 @@ async def scalar(db, sql: str, **params):
 
 
 async def assert_chain_proven(db, job_id: uuid.UUID) -> None:
-    """From the tables alone (the README's query): each chunk was written from the state its
-    predecessor left, or from a handoff validated against it at a seam."""
+    """From the tables alone (the README's queries): each chunk was written from the state its
+    predecessor left, or from a handoff checked against it at a seam; and no chunk's prompt was
+    given a ledger entry set after it in the document."""
     async with db.tx() as s:
         broken = (await s.execute(text(CHAIN_PROOF), {"job_id": job_id})).scalars().all()
+        told_later = (await s.execute(text(MEMORY_PROOF), {"job_id": job_id})).all()
     total = await scalar(db, "SELECT count(*) FROM chunks WHERE job_id = :j", j=job_id)
-    assert broken == [] and total > 0
+    assert broken == [] and total > 0 and told_later == []
 
 
 async def assert_audit_seq_gap_free(db, job_id: uuid.UUID) -> int:
@@ -133,7 +135,7 @@ async def test_empty_model_fails_explicitly_with_every_attempt_stored(db, client
     assert "of the 300 words asked for" in job.failure_reason and "empty answers" in job.failure_reason
     async with db.tx() as s:
         calls = (
-            (await s.execute(select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.purpose != "plan")))
+            (await s.execute(select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.purpose.in_(["write", "extend"]))))
             .scalars()
             .all()
         )

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from activities.prompts import ChunkContext, chunk_messages
-from core.coherence import delta, fold, seam_issues
+from core.continuity import seam_issues
+from core.memory import MemoryContext
 from core.plan import fallback_plan, parse_plan
 from core.text import Cleaned, clean_model_output, clean_model_text, count_words, split_parts, trim_to_words
 
@@ -89,13 +90,12 @@ def test_prompt_styles_carry_state_and_ask_for_words() -> None:
         section_index=0,
         section_title="Hives",
         section_summary="",
-        key_points=[],
-        state_summary="Earlier we met the queen.",
-        glossary={"Brood Box": "lower box"},
-        open_threads=[],
         brief="",
         source_text=None,
         previous_tail="The queen lays eggs.",
+        memory=MemoryContext(
+            summaries=["Just before: Earlier we met the queen."], entities=["Brood Box (term) - lower box"]
+        ),
     )
     for style in ("instruct", "document"):
         msgs = chunk_messages(ctx, style=style, words=300)
@@ -106,25 +106,16 @@ def test_prompt_styles_carry_state_and_ask_for_words() -> None:
         assert "about 120 more words" in ext[-1]["content"] and "Some text so far." in ext[-1]["content"]
 
 
-def test_delta_and_fold_bound_the_state() -> None:
-    text = "The Royal Jelly is fed to larvae. The Royal Jelly will matter later.\n\nWorker bees forage. " * 30
-    d = delta(text, {})
-    assert "Royal Jelly" in d["new_terms"] and d["open_threads"]
-    summary, glossary, threads = fold("x " * 500, {}, [], d, "chunk 1")
-    assert len(summary.split()) <= 221 and "Royal Jelly" in glossary and len(threads) <= 6
-
-
-def test_seam_checks_find_repeats_drift_and_dangling_refs() -> None:
+def test_seam_checks_find_repeats_broken_sentences_and_dangling_refs() -> None:
     para = "This paragraph is long enough to count as a repeated paragraph in a seam."
     issues = seam_issues(
         [(0, para + "\n\nEnds mid"), (1, para + " See Section 9. The brood box is here.")],
-        {"Brood Box": "x"},
         sections_total=3,
         seen_paragraphs=set(),
     )
     kinds = {i["type"] for i in issues}
-    assert {"broken_seam", "dangling_reference", "glossary_drift"} <= kinds
-    issues = seam_issues([(0, para), (1, para)], {}, 3, set())
+    assert {"broken_seam", "dangling_reference"} <= kinds
+    issues = seam_issues([(0, para), (1, para)], 3, set())
     assert [i["type"] for i in issues] == ["repeated_paragraph"]
 
 
@@ -256,10 +247,10 @@ def _ctx(**kw: object) -> ChunkContext:
         section_index=0,
         section_title="Lamps",
         section_summary="How the lamps worked.",
-        key_points=["oil lamps", "the Fresnel lens"],
-        state_summary="The first lighthouses burned wood. Later keepers used oil.",
-        glossary={"Fresnel Lens": "a lens of rings"},
-        open_threads=[],
+        memory=MemoryContext(
+            summaries=["Just before: The first lighthouses burned wood. Later keepers used oil."],
+            entities=["Fresnel Lens (term) - a lens of rings"],
+        ),
         brief="",
         source_text=None,
         previous_tail="The keeper climbed the stairs at dusk.",

@@ -22,7 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.base import NON_RETRYABLE
+    from activities.base import NON_RETRYABLE, ContinuityBroken
     from activities.llm import BudgetExhausted, LlmUnavailable, QuotaExceeded
     from core.spec import ErrorCode
 
@@ -94,11 +94,12 @@ def cause(err: BaseException) -> tuple[ErrorCode, str]:
         LlmUnavailable.__name__: ErrorCode.LLM_UNAVAILABLE,
         BudgetExhausted.__name__: ErrorCode.BUDGET_EXHAUSTED,
         QuotaExceeded.__name__: ErrorCode.QUOTA_EXCEEDED,
+        ContinuityBroken.__name__: ErrorCode.CONTINUITY,
     }.get(etype, ErrorCode.INTERNAL)
     if isinstance(e, ApplicationError) and TRANSIENT_MARK in e.details:
         hours = durability().outage_window_s / 3600
         msg = f"{msg} (an outage still going on when the job's {hours:g} h window to ride it out ended)"
-    readable = (ErrorCode.BUDGET_EXHAUSTED, ErrorCode.QUOTA_EXCEEDED)  # their messages say it all
+    readable = (ErrorCode.BUDGET_EXHAUSTED, ErrorCode.QUOTA_EXCEEDED, ErrorCode.CONTINUITY)  # their messages say it all
     return code, msg if code in readable else f"{etype}: {msg}"
 
 

@@ -39,6 +39,16 @@ const AuditPanel = (() => {
       get steps() { return story.steps; }, get view() { return pane === storyPane ? "story" : "raw"; },
       set onEvent(f) { state.onEvent = f; }, set onEnd(f) { state.onEnd = f; },
       open() { root.hidden = false; }, close() { root.hidden = true; },
+      // Show one event (a coherence finding's): the raw view, no filter, the line in view and marked.
+      show(seq) {
+        root.hidden = false; document.getElementById("main").classList.add("with-panel");
+        kindSel.value = ""; textIn.value = ""; refilter();
+        root.querySelector('[data-view="raw"]').click();
+        const el = lines.querySelector('[data-seq="' + Number(seq) + '"]');
+        for (const o of lines.querySelectorAll(".focus")) o.classList.remove("focus");
+        if (el) { state.follow = false; el.classList.add("focus"); el.scrollIntoView({ block: "center" }); }
+        else foot.textContent = "event " + seq + " is not loaded here (the downloads have it)";
+      },
     };
     window.quireAudit = api;  // for tests and the curious
 

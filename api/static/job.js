@@ -6,6 +6,7 @@ if (Quire.requireKey()) {
   const panel = AuditPanel.mount(jobId, document.getElementById("audit"));
   const $ = id => document.getElementById(id);
   const doc = QuireDoc.mount(jobId, $("doc"), $("doc-empty"));
+  const coherence = QuireCoherence.mount(jobId, $("coherence"), panel);
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   let last = null;
   const readDoc = full => doc.refresh(full).catch(ex => { $("failure").textContent = ex.message; });
@@ -35,10 +36,11 @@ if (Quire.requireKey()) {
   const timer = setInterval(() => { if (!last || !TERMINAL.includes(last.status)) refresh(); }, 1000);
   panel.onEvent = e => {
     if (e.kind === "job" || e.kind === "chunk") refresh();
+    if (e.kind === "continuity" || (e.kind === "seam" && e.action !== "start")) coherence.refresh();
     // A chunk version committed after the document's last read: read what is new.
     if (e.kind === "row" && e.table_name === "chunk_versions" && e.action === "insert" && e.seq > doc.seq) readDoc(false);
   };
-  panel.onEnd = () => { refresh(); clearInterval(timer); };
+  panel.onEnd = () => { refresh(); coherence.refresh(); clearInterval(timer); };
   $("open-audit").addEventListener("click", () => { panel.open(); $("main").classList.add("with-panel"); });
   $("close-audit").addEventListener("click", () => { panel.close(); $("main").classList.remove("with-panel"); $("open-audit").focus(); });
   $("cancel").addEventListener("click", async () => {

@@ -1,0 +1,189 @@
+"""Coherence you can check, end to end against real Postgres, real Temporal and the scripted model:
+what the story memory carries into later prompts, contradictions planted inside a chapter and
+across a parallel seam found, repaired as new versions and reported, and a seam that cannot be
+repaired never validated."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from db.writing import ChunkVersion, CoherenceState, ContinuityFinding, SeamCheck
+from tests.fake_llm import MEMORY_SYSTEM, _chapter_of
+from tests.helpers import job_row, output, submit, wait
+from tests.test_cli import arun
+from tests.test_job import assert_audit_seq_gap_free, assert_chain_proven
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+FACT = "Captain Mara Quell checked the brass compass on her left wrist."
+LIE = "Captain Mara Quell checked the silver compass on her right wrist."
+ENTITY = {"entity": "Captain Mara Quell", "attribute": "compass"}
+
+
+def _fact(**where: object) -> dict[str, object]:
+    return {"sentence": FACT, "value": "brass compass on her left wrist", **ENTITY, **where}
+
+
+def _lie(**where: object) -> dict[str, object]:
+    return {"sentence": LIE, "value": "silver compass on her right wrist", **ENTITY, **where}
+
+
+def _chunk_prompts_after(requests: list[dict], sentence: str) -> list[str]:
+    """The chunk prompts (writes and extends) sent after the memory call that read ``sentence``."""
+    prompts = ["\n".join(str(m.get("content", "")) for m in r["body"]["messages"]) for r in requests]
+    read = next(i for i, p in enumerate(prompts) if MEMORY_SYSTEM in p and sentence in p)
+    return [p for p in prompts[read + 1 :] if "Continue the document" in p or "Continue this passage" in p]
+
+
+async def _versions(db, chunk_id: int) -> list[ChunkVersion]:
+    async with db.tx() as s:
+        return list(
+            (
+                await s.execute(
+                    select(ChunkVersion).where(ChunkVersion.chunk_id == chunk_id).order_by(ChunkVersion.version)
+                )
+            )
+            .scalars()
+            .all()
+        )
+
+
+async def _findings(db, job_id: uuid.UUID) -> list[ContinuityFinding]:
+    async with db.tx() as s:
+        return list(
+            (await s.execute(select(ContinuityFinding).where(ContinuityFinding.job_id == job_id))).scalars().all()
+        )
+
+
+@pytest.mark.parametrize("memory_mode", ["valid", "invalid"])
+async def test_a_name_and_its_detail_met_once_reach_every_later_prompt(db, client, fake, user, memory_mode):
+    fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2)], memory_mode=memory_mode)
+    job_id = await submit(
+        db, client, user, kind="generate", prompt="The last flight", target_words=12_000, options={"parallelism": 1}
+    )
+    assert await wait(client, job_id) == "succeeded"
+    later = _chunk_prompts_after(fake.requests, FACT)
+    assert len(later) >= 10
+    missing = [i for i, p in enumerate(later) if "Mara Quell" not in p or "brass compass" not in p]
+    assert missing == [], f"{len(missing)} of {len(later)} later prompts lack the planted name or detail"
+    await assert_chain_proven(db, job_id)
+    async with db.tx() as s:
+        sources = set(
+            (
+                await s.execute(
+                    select(CoherenceState.source).where(CoherenceState.job_id == job_id, CoherenceState.kind == "chunk")
+                )
+            ).scalars()
+        )
+    # Each state says who made its memory; with no valid answer it was the extractor, and says so.
+    assert sources == ({"model"} if memory_mode == "valid" else {"fallback"})
+
+
+async def test_later_chapters_written_in_parallel_are_told_what_came_before(db, client, fake, user):
+    fake.reset(ratio=(1.0, 1.15), delay_s=0.05, plants=[_fact(chapter=1)])
+    job_id = await submit(
+        db,
+        client,
+        user,
+        kind="generate",
+        prompt="Six crossings",
+        target_words=30_000,
+        options={"parallelism": 4, "chunk_words": 1500},
+    )
+    assert await wait(client, job_id) == "succeeded"
+    prompts = ["\n".join(str(m.get("content", "")) for m in r["body"]["messages"]) for r in fake.requests]
+    later = [p for p in prompts if "Continue the document" in p and _chapter_of(p) >= 5]
+    assert later and all("Mara Quell" in p and "brass compass" in p for p in later)
+    await assert_chain_proven(db, job_id)  # and no prompt was told anything from later in the book
+
+
+async def test_a_contradiction_inside_a_chapter_is_found_repaired_and_reported(db, client, fake, user, http, api_url):
+    fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2), _lie(nth=4)])
+    job_id = await submit(db, client, user, kind="generate", prompt="Compass rose", target_words=4_000)
+    assert await wait(client, job_id) == "succeeded"
+    found = [f for f in await _findings(db, job_id) if f.category == "characters"]
+    assert found, "the planted contradiction was found"
+    f = found[0]
+    assert f.status == "repaired" and LIE in f.quote and f.quote_there == FACT and f.seam_check_id is None
+    versions = await _versions(db, f.chunk_id)
+    assert [v.reason for v in versions][0] == "written" and versions[-1].reason == "continuity_repair"
+    assert LIE in versions[0].text and LIE not in versions[-1].text and FACT in versions[-1].text  # the old kept
+    assert versions[-1].id == f.repair_version_id
+    doc = await output(db, job_id)
+    assert doc is not None and LIE not in doc.text and (await job_row(db, job_id)).words_written >= 4_000
+    # The report: counted by category, the evidence a click away.
+    key = user.api_key
+    rep = (await http.get(f"/v1/jobs/{job_id}/coherence", headers={"Authorization": f"Bearer {key}"})).json()
+    item = next(i for i in rep["items"] if i["id"] == f.id)
+    assert rep["by_category"]["characters"]["found"] >= 1 and rep["repaired"] >= 1
+    assert item["contradicts"]["quote"] == FACT and item["repair_version"] == versions[-1].version
+    assert item["audit_seq"] and item["version"] < item["repair_version"] and item["chunk"] >= 0
+    async with db.tx() as s:
+        from db.models import AuditEvent
+
+        ev = (
+            await s.execute(select(AuditEvent).where(AuditEvent.job_id == job_id, AuditEvent.seq == item["audit_seq"]))
+        ).scalar_one()
+        final = (
+            await s.execute(
+                select(AuditEvent.data).where(
+                    AuditEvent.job_id == job_id, AuditEvent.kind == "job", AuditEvent.action == "succeeded"
+                )
+            )
+        ).scalar_one()
+    assert ev.kind == "continuity" and ev.data["finding"] == f.id
+    assert final["coherence"]["repaired"] >= 1 and "continuity findings" in final["coherence"]["summary"]
+    code, out, err = await arun("coherence", str(job_id), env={"QUIRE_API_URL": api_url, "QUIRE_API_KEY": key})
+    assert code == 0, err
+    assert "[characters] major" in out and FACT[:60] in out and f"audit #{item['audit_seq']}" in out
+
+
+@pytest.mark.parametrize(("repair_mode", "continuity"), [("fix", "flag"), ("stubborn", "flag"), ("stubborn", "strict")])
+async def test_a_contradiction_across_a_parallel_seam_is_found_and_never_silently_validated(
+    db, client, fake, user, repair_mode, continuity
+):
+    # Chapter 2 states the fact, chapter 3 (written at the same time, from a handoff) contradicts it;
+    # chapter 2 answers slowly, so chapter 3's own check cannot have seen it: only its seam can.
+    fake.reset(
+        ratio=(1.0, 1.15),
+        plants=[_fact(chapter=2), _lie(chapter=3)],
+        chapter_delay={2: 1.0},
+        repair_mode=repair_mode,
+    )
+    job_id = await submit(
+        db,
+        client,
+        user,
+        kind="generate",
+        prompt="Two compasses",
+        target_words=20_000,
+        options={"parallelism": 4, "chunk_words": 1500, "continuity": continuity},
+    )
+    result = await wait(client, job_id)
+    async with db.tx() as s:
+        seams = (await s.execute(select(SeamCheck).where(SeamCheck.job_id == job_id))).scalars().all()
+    at_seam = [f for f in await _findings(db, job_id) if f.seam_check_id is not None and f.category == "characters"]
+    assert at_seam and all(LIE in f.quote and f.quote_there == FACT for f in at_seam)
+    seam = next(s for s in seams if s.id == at_seam[0].seam_check_id)
+    assert seam.mode == "handoff"
+    if repair_mode == "fix":
+        assert result == "succeeded"
+        assert seam.status == "repaired" and seam.validated and at_seam[0].status == "repaired"
+        versions = await _versions(db, at_seam[0].chunk_id)
+        assert versions[-1].reason == "seam_repair" and LIE in versions[0].text and LIE not in versions[-1].text
+        await assert_chain_proven(db, job_id)
+    else:
+        assert seam.status == "flagged" and not seam.validated and at_seam[0].status == "open"
+        job = await job_row(db, job_id)
+        if continuity == "strict":
+            assert "E_CONTINUITY" in result and job.error_code == "E_CONTINUITY"
+            assert "could not be repaired" in job.failure_reason
+        else:
+            assert result == "succeeded"  # the document, with its open finding reported
+            doc = await output(db, job_id)
+            assert doc is not None and LIE in doc.text
+            await assert_chain_proven(db, job_id)
+    await assert_audit_seq_gap_free(db, job_id)
