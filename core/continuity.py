@@ -395,8 +395,9 @@ def report(r: ReportInput) -> dict[str, Any]:
 
 def summary_line(rep: dict[str, Any]) -> str:
     """The report in one line (the CLI, the final audit event's message)."""
+    n = rep["found"]
     return (
-        f"{rep['found']} continuity findings ({rep['per_10k_words']} per 10,000 words): "
+        f"{n} continuity finding{'' if n == 1 else 's'} ({rep['per_10k_words']} per 10,000 words): "
         f"{rep['repaired']} repaired, {rep['open']} open; ledger {rep['ledger']['entries']} entries; "
         f"memory by the model in {rep['states']['model']} of {rep['states']['total']} states"
     )

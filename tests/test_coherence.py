@@ -135,7 +135,7 @@ async def test_a_contradiction_inside_a_chapter_is_found_repaired_and_reported(d
             )
         ).scalar_one()
     assert ev.kind == "continuity" and ev.data["finding"] == f.id
-    assert final["coherence"]["repaired"] >= 1 and "continuity findings" in final["coherence"]["summary"]
+    assert final["coherence"]["repaired"] >= 1 and "continuity finding" in final["coherence"]["summary"]
     code, out, err = await arun("coherence", str(job_id), env={"QUIRE_API_URL": api_url, "QUIRE_API_KEY": key})
     assert code == 0, err
     assert "[characters] major" in out and FACT[:60] in out and f"audit #{item['audit_seq']}" in out

@@ -348,3 +348,38 @@ async def test_document_grows_and_the_panel_tells_the_story(browser, api_url, fa
         assert await page.locator("#lines .line").count() == len(grouped)
         assert violations == []
         await ctx.close()
+
+
+async def test_the_coherence_section_shows_each_finding_a_click_from_its_chunk_and_event(
+    browser, api_url, fake, user, tmp_path
+):
+    from tests.test_api import auth
+    from tests.test_coherence import FACT, LIE, _fact, _lie
+
+    fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2), _lie(nth=4)])
+    async with httpx.AsyncClient(base_url=api_url, headers=auth(user), timeout=30) as http:
+        spec = {"kind": "generate", "prompt": "Compass rose", "target_words": 4000}
+        job_id = (await http.post("/v1/jobs", json=spec)).json()["id"]
+        ctx = await browser.new_context(viewport={"width": 1366, "height": 900})
+        page = await ctx.new_page()
+        violations = csp_errors(page)
+        await sign_in(page, api_url, user.api_key)
+        await page.goto(f"{api_url}/jobs/{job_id}")
+        await until(page, "document.querySelector('#live').textContent === 'complete'", within=60)
+        rep = (await http.get(f"/v1/jobs/{job_id}/coherence")).json()
+        item = next(i for i in rep["items"] if i["category"] == "characters")
+        finding = page.locator(f"#coherence-list li[data-finding='{item['id']}']")
+        await finding.wait_for()
+        shown = await finding.text_content()
+        assert "characters" in shown and "repaired" in shown and LIE in shown and FACT in shown
+        assert await page.locator("#coherence-summary").text_content() == rep["summary"]
+        await shot(page, "job-coherence.png", tmp_path)
+        # A click away from the chunk it was found in, and from the event that recorded it.
+        await finding.locator("a.to-chunk").click()
+        n = item["chunk"] + 1
+        await until(page, f"location.hash === '#chunk-{n}' && document.querySelector('#chunk-{n}').matches(':target')")
+        await finding.locator("a.to-seq").click()
+        await until(page, f"document.querySelector('#lines .focus')?.dataset.seq === '{item['audit_seq']}'")
+        assert "continuity" in await page.locator("#lines .focus").text_content()
+        assert violations == []
+        await ctx.close()
