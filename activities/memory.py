@@ -42,7 +42,7 @@ from db.models import Document
 from db.session import JobTx
 from db.writing import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, NodeSummary, PlanNode, SeamCheck
 
-JUDGE_TOKENS = 700  # ledger entries shown to the judge with a passage
+JUDGE_TOKENS = 300  # ledger entries shown to the judge with a passage
 MAX_REPAIR_ROUNDS = 2  # a finding still there after this many rewrites stays open
 SUMMARY_WORDS = 100
 

@@ -338,31 +338,28 @@ def memory_messages(
     between the passage and the ``known`` ledger entries (ref, line). ``judge_only``: only the
     contradictions (a seam, where the delta is already stored)."""
     known_text = "\n".join(f"[{ref}] {line}" for ref, line in known) or "(nothing yet)"
+    contradictions = (
+        '"contradictions":[{"category":"characters|facts|timeline|plot|style","known":"<ref>","quote","explanation"}]'
+    )
     if judge_only:
-        keys = (
-            "summary (one sentence on the passage) and contradictions: a list of {category, known, quote, "
-            "explanation} for every place where the passage contradicts an entry above"
-        )
+        shape = '{"summary":"<a sentence>",' + contradictions + "}"
+        what = "Only the contradictions: where the passage contradicts an entry above."
     else:
-        keys = (
-            "summary (two or three sentences: what happens in the passage); "
-            "entities (the people, places, objects, organisations and terms it introduces or tells something new "
-            "about: a list of {name, type, description, quote, attributes: [{attribute, value, quote}]}, type one "
-            "of person, place, object, organisation, term, other); "
-            "events (a list of {what, when, quote}: when is the time in the story, if the passage says it); "
-            "threads_opened (a list of {thread, quote}: questions or promises it leaves open); "
-            "threads_resolved (a list of {thread, quote}: open threads above that it settles; thread is their "
-            "ref or their words); "
-            "facts (a list of {fact, quote}: what the rest of the document must not contradict); "
-            "contradictions (a list of {category, known, quote, explanation} for every place where the passage "
-            "contradicts an entry above)"
+        shape = (
+            '{"summary":"<2-3 sentences>","entities":[{"name","type":"person|place|object|organisation|term|other",'
+            '"description","quote","attributes":[{"attribute","value","quote"}]}],"events":[{"what","when","quote"}],'
+            '"threads_opened":[{"thread","quote"}],"threads_resolved":[{"thread":"<ref or words>","quote"}],'
+            '"facts":[{"fact","quote"}],' + contradictions + "}"
+        )
+        what = (
+            "Entities: who and what it introduces or tells something new about. Facts: what the rest must not "
+            "contradict. Contradictions: where it contradicts an entry above."
         )
     user = (
         f"Established so far, each with its ref:\n{known_text}\n\n"
         f'New passage:\n"""\n{passage.strip()}\n"""\n\n'
-        f"Answer with one JSON object with keys: {keys}. In contradictions, category is one of characters, "
-        "facts, timeline, plot, style, and known is the ref of the entry contradicted. Every quote must be "
-        "words copied exactly from the new passage. Empty lists are fine; do not invent."
+        f"Answer with one JSON object: {shape}\n{what} Quotes: words copied exactly from the passage. "
+        "Empty lists are fine; invent nothing."
     )
     return _json_messages(MEMORY_SYSTEM, user, error)
 

@@ -67,6 +67,12 @@ def start_worker(db_url: str, temporal: str, fake_url: str) -> subprocess.Popen[
     return subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (what it cost, whatever else the machine did)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -100,6 +106,7 @@ async def run_job(
                 result=result,
                 wall=wall,
                 worker_rss_mib=peak_rss_mib(worker.pid),
+                worker_cpu_s=cpu_seconds(worker.pid),
                 fake=await _stats(fake_url),
                 db_url=url,
                 fake_url=fake_url,
@@ -180,7 +187,8 @@ def _line(f: dict[str, Any], words: int) -> str:
         f"{words} words: {f['result']}, output {f['words']} words; wall {f['wall']:.1f} s; {f['units']} units, "
         f"{f['chunks']} chunks, {f['calls']} model calls, {f['seams']} seams ({f['repairs']} repaired); "
         f"audit events {f['events']} ({f['events'] / max(1, f['chunks']):.0f} per chunk); workflow runs "
-        f"{f['runs']}, largest history {f['max_history']} events; worker peak RSS {f['worker_rss_mib']:.0f} MiB"
+        f"{f['runs']}, largest history {f['max_history']} events; worker peak RSS {f['worker_rss_mib']:.0f} MiB, "
+        f"CPU {f['worker_cpu_s']:.1f} s"
     )
 
 
