@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from temporalio import activity
 
 from activities.base import (
@@ -287,10 +287,9 @@ async def _store_commit(
     chunk.state_after_id, chunk.status, chunk.completed_at = after.id, "done", now()
     await tx.session.flush()
     job = await load_job(tx, tx.job_id)
+    # Counters by increment: a book's commit never re-adds every chunk before it.
     job.chunks_done = job.chunks_done + 1
-    job.words_written = (
-        await tx.session.execute(select(func.coalesce(func.sum(Chunk.word_count), 0)).where(Chunk.job_id == tx.job_id))
-    ).scalar_one()
+    job.words_written = job.words_written + chunk.word_count
     tx.event(
         "memory",
         rem.source,

@@ -193,6 +193,8 @@ class SeamActivities(ModelStep):
                         {"unit": unit.id, "repaired": [f.subtype for f in res.findings if res.is_repaired(f)]},
                     )
                     await tx.session.flush()
+                    job = await load_job(tx, jid)
+                    job.words_written = job.words_written + repair.word_count - chunk.word_count
                     chunk.word_count = repair.word_count
                     await store_memory(tx, chunk, repair.id, chunk.state_after_id, res.remembered)
                     versions[chunk.ordinal] = repair.version
@@ -372,17 +374,7 @@ async def _complete(tx: JobTx, unit: PlanNode) -> None:
     unit.status, unit.completed_at = "done", now()
     await tx.session.flush()
     job = await load_job(tx, tx.job_id)
-    job.units_done = (
-        await tx.session.execute(
-            select(func.count())
-            .select_from(PlanNode)
-            .where(
-                PlanNode.job_id == tx.job_id,
-                PlanNode.status == "done",
-                PlanNode.id.in_(select(Chunk.unit_id).where(Chunk.job_id == tx.job_id)),
-            )
-        )
-    ).scalar_one()
+    job.units_done = job.units_done + 1
     if unit.parent_id is not None:
         parent = await tx.session.get(PlanNode, unit.parent_id)
         if parent is not None and parent.level == "part":

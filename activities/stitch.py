@@ -100,6 +100,8 @@ class StitchActivities(ModelStep):
                 )
                 chunk.word_count = v.word_count
             words_after = sum(rows[o].word_count for o, _ in window)
+            job = await load_job(tx, jid)
+            job.words_written = job.words_written + words_after - words_before
             tx.session.add(
                 StitchResult(
                     job_id=jid,
