@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.bench_book parallel [--words 60000] [--tokens-per-s 300] [--parallelism 6]
     .venv/bin/python -m bench.bench_book scale [--words 500000]
     .venv/bin/python -m bench.bench_book overhead [--words 20000]
+    .venv/bin/python -m bench.bench_book lock [--words 100000] [--parallelism 32]
     .venv/bin/python -m bench.bench_book memory [--words 60000] [--tokens-per-s 400] [--parallelism 6] [--baseline REF]
 
 Each starts its own embedded Postgres, Temporal dev server, the scripted model (tests/fake_llm.py,
@@ -85,9 +86,11 @@ async def run_job(
     fake_args: list[str],
     options: dict[str, Any],
     then: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    during: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """One job on a fresh stack; the facts every benchmark prints from (``then`` runs on them
-    while the stack is still up)."""
+    while the stack is still up; ``during(db_url)`` runs while the job does, until it ends, and
+    what it returns joins the facts)."""
     with testkit.postgres() as pg, testkit.fake_model(*fake_args) as fake_url:
         url = testkit.create_database(pg, "bench")
         db = Database(url)
@@ -98,11 +101,17 @@ async def run_job(
             t0 = time.perf_counter()
             t0_wall = time.time()
             job = await testkit.submit(db, client, QUEUE, words, options=options)
+            watching = asyncio.create_task(during(url)) if during is not None else None
             result = await client.get_workflow_handle(job.workflow_id).result()
             wall = time.perf_counter() - t0
+            watched: dict[str, Any] = {}
+            if watching is not None:
+                watching.cancel()
+                watched = (await asyncio.gather(watching, return_exceptions=True))[0]
             facts = await _facts(db, client, job.id, job.workflow_id)
             facts["timeline"] = await _timeline(db, job.id, t0_wall)
             facts.update(
+                watched=watched,
                 result=result,
                 wall=wall,
                 worker_rss_mib=peak_rss_mib(worker.pid),
@@ -377,6 +386,42 @@ def _baseline_wall(ref: str, words: int, tokens_per_s: float, parallelism: int) 
     return float(m.group(1))
 
 
+async def lock(words: int, parallelism: int) -> None:
+    """Is the job row a queue? Every transaction of a job takes its row lock to number and chain its
+    audit events; with ``parallelism`` chapters committing at once, sample Postgres every 10 ms for
+    sessions waiting on a lock of ``jobs``."""
+
+    async def sample(db_url: str) -> dict[str, Any]:
+        samples, waiting, writing = 0, [], 0
+        conn = await psycopg.AsyncConnection.connect(plain_url(db_url), autocommit=True)
+        try:
+            while True:
+                rows = await (
+                    await conn.execute(
+                        "SELECT a.wait_event_type, a.query FROM pg_stat_activity a "
+                        "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.state = 'active'"
+                    )
+                ).fetchall()
+                samples += 1
+                waiting.append(sum(1 for w, q in rows if w == "Lock" and "jobs" in (q or "")))
+                writing += sum(1 for _, q in rows if "audit_seq" in (q or ""))
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            return {"samples": samples, "waiting": waiting, "writing": writing}
+        finally:
+            await conn.close()
+
+    f = await run_job(words, ["--ratio", "1.0", "1.1"], {"parallelism": parallelism}, during=sample)
+    print(_line(f, words))
+    w = f["watched"]
+    busy = [n for n in w["waiting"] if n]
+    print(
+        f"parallelism {parallelism}: {w['samples']} samples of Postgres every 10 ms; a session waited on the job "
+        f"row's lock in {len(busy)} ({100 * len(busy) / max(1, w['samples']):.1f}%), at most "
+        f"{max(w['waiting'] or [0])} at once, {sum(busy) / max(1, len(busy)):.1f} on average when any"
+    )
+
+
 async def _plain_loop(f: dict[str, Any], parallelism: int) -> float:
     """The job's own model calls (its prompts, in order, per unit) made by a bare asyncio loop with
     the same parallelism, and one INSERT per chunk: what the work costs without Quire."""
@@ -428,13 +473,18 @@ if __name__ == "__main__":
     o = sub.add_parser("overhead")
     o.add_argument("--words", type=int, default=20_000)
     o.add_argument("--parallelism", type=int, default=6)
+    lk = sub.add_parser("lock")
+    lk.add_argument("--words", type=int, default=100_000)
+    lk.add_argument("--parallelism", type=int, default=32)
     m = sub.add_parser("memory")
     m.add_argument("--words", type=int, default=60_000)
     m.add_argument("--tokens-per-s", type=float, default=400.0)
     m.add_argument("--parallelism", type=int, default=6)
     m.add_argument("--baseline", help="a git ref to run the same job on, for the wall time beside it")
     a = ap.parse_args()
-    if a.what == "memory":
+    if a.what == "lock":
+        asyncio.run(lock(a.words, a.parallelism))
+    elif a.what == "memory":
         asyncio.run(memory(a.words, a.tokens_per_s, a.parallelism, a.baseline))
     elif a.what == "parallel":
         asyncio.run(parallel(a.words, a.tokens_per_s, a.parallelism))
