@@ -68,7 +68,7 @@ def create_app(
             if settings.temporal_address is None:
                 raise SystemExit("api: TEMPORAL_ADDRESS is not set (quire up sets it)")
             app.state.client = await connect(
-                settings.temporal_address, settings.temporal_namespace, app.state.db, settings.temporal_key()
+                settings.temporal_address, settings.temporal_namespace, app.state.db, settings.temporal_keys()
             )
         else:
             app.state.client = client

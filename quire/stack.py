@@ -39,6 +39,7 @@ from quire.pg import EmbeddedPostgres, stop_embedded_postgres
 from quire.privacy import traverse_for_postgres
 from quire.processes import StackError, port_in_use, stop_group, wait_until
 from services.config import Settings
+from services.deploys import dev_server_args
 from services.temporal import search_attribute_args
 
 log = structlog.get_logger(__name__)
@@ -292,6 +293,7 @@ class Stack:
                 "warn",
                 # Registering attributes the persisted db already has is a no-op (tests restart on it).
                 *search_attribute_args(),
+                *dev_server_args(),  # fairness between users on the model's task queue
             ],
         )
         address = f"127.0.0.1:{s.temporal_port}"
@@ -378,7 +380,7 @@ class Stack:
             db_url = self.start_postgres()
             new_key = ensure_local_user(self.key_file, db_url)
             temporal = self.start_temporal()
-            self.settings.temporal_key()  # made here on first use (QUIRE_HOME/temporal.key, 0600)
+            self.settings.temporal_keys()  # made here on first use (QUIRE_HOME/temporal.key, 0600)
             self.env = {
                 "DATABASE_URL": db_url,
                 "TEMPORAL_ADDRESS": temporal,
@@ -387,6 +389,8 @@ class Stack:
                 # The children see DATABASE_URL set: say what this stack's own default is.
                 "QUIRE_WEBHOOK_ALLOW_LOOPBACK": str(self.settings.webhook_policy.allow_loopback).lower(),
                 "QUIRE_HOME": str(self.home),  # the worker and the API read the same key
+                # One worker, one install: its build stays current (README: Deploying new code).
+                "QUIRE_BUILD_ID": self.settings.quire_build_id,
             }
             self.settings.secret_keys()  # made here, once, before the API and the worker read it
             if self.settings.uses_local_model:

@@ -98,8 +98,26 @@ class Settings(BaseSettings):
     quire_retry_max_interval_s: float = Field(
         default=30.0, gt=0, description="the longest wait between two attempts of a step (the backoff's cap)"
     )
+    # Worker Versioning (README: Deploying new code)
+    quire_build_id: str = Field(
+        default="local",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\s.]+$",
+        description="the worker's build (its Worker Deployment Version, in the deployment named after "
+        "TEMPORAL_TASK_QUEUE): one per release where several run side by side",
+    )
+    quire_worker_versioning: bool = Field(
+        default=True, description="declare the build to Temporal (Worker Versioning); false: an unversioned worker"
+    )
+    quire_worker_promote: bool = Field(
+        default=True,
+        description="on start, make this build the current one (new jobs start on it) unless it was current before",
+    )
     quire_temporal_key: SecretStr | None = Field(
-        default=None, description="32 bytes (base64) encrypting what Temporal stores; unset: QUIRE_HOME/temporal.key"
+        default=None,
+        description="32 bytes (base64) encrypting what Temporal stores, several comma-separated while rotating "
+        "(the first encrypts); unset: QUIRE_HOME/temporal.key",
     )
 
     @field_validator("database_url")
@@ -126,9 +144,9 @@ class Settings(BaseSettings):
     def _check_temporal_key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is None or not v.get_secret_value():
             return None
-        from services.codec import parse_key  # (lazily: the CLI reads settings and needs no crypto)
+        from services.codec import parse_keys  # (lazily: the CLI reads settings and needs no crypto)
 
-        parse_key(v.get_secret_value())  # the message never shows the value
+        parse_keys(v.get_secret_value())  # the message never shows the value
         return v
 
     @field_validator("quire_models", mode="before")
@@ -254,11 +272,12 @@ class Settings(BaseSettings):
             out.extend(k.strip() for k in self.quire_secret_key.get_secret_value().split(",") if k.strip())
         return out
 
-    def temporal_key(self) -> bytes:
-        """The key of the Temporal payload codec (services.codec): the setting, else QUIRE_HOME's."""
-        from services.codec import load_key
+    def temporal_keys(self) -> list[bytes]:
+        """The keys of the Temporal payload codec (services.codec), the encrypting one first: the
+        setting, else QUIRE_HOME's."""
+        from services.codec import load_keys
 
-        return load_key(self.quire_temporal_key.get_secret_value() if self.quire_temporal_key else None, self.home)
+        return load_keys(self.quire_temporal_key.get_secret_value() if self.quire_temporal_key else None, self.home)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -31,6 +31,7 @@ from db.ddl import NOTIFY_CHANNEL
 from db.models import AccountEvent, Document, Job
 from db.session import Database, JobGone
 from services.config import Settings
+from services.deploys import job_priority
 from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, llm_task_queue, workflow_id
 from workflows.job import JobInput, JobWorkflow
 from workflows.steps import Durability
@@ -209,6 +210,8 @@ async def start_workflow(
             id=job.workflow_id,
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # Its user is its fairness key: the model's task queue serves users in turn (services.deploys).
+            priority=job_priority(job.user_id),
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(SA_JOB_ID, str(job.id)),
