@@ -98,10 +98,11 @@ async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
     )
 
 
-def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0) -> LlmClient:
+def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0, base_url: str | None = None) -> LlmClient:
+    """A model client of the fake (``base_url``: another way to the same fake, to tell two workers' calls apart)."""
     return LlmClient(
         db,
-        base_url=fake.url,
+        base_url=base_url or fake.url,
         api_key=TEST_SECRET,
         model="fake-model",
         timeout=timeout,
