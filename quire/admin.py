@@ -128,6 +128,11 @@ def _print_urls(state: dict[str, Any], key: str | None) -> None:
     print(f"Web pages        {state['api_url']}/")
     if state.get("temporal_ui_url"):
         print(f"Temporal UI      {state['temporal_ui_url']}")
+    if state.get("codec_url"):
+        token = Path(state["key_file"]).with_name("operator.token")  # unless QUIRE_OPERATOR_TOKEN is set
+        print(
+            f"Codec server     {state['codec_url']} (operators sign in with QUIRE_OPERATOR_TOKEN, else the token in {token})"
+        )
     if state.get("metrics_url"):
         print(f"Metrics          {state['metrics_url']}")
     if state.get("worker_metrics_url"):

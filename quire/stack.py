@@ -9,6 +9,7 @@ as is; the rest is started here, with its data under QUIRE_HOME so a restart reu
     QUIRE_HOME/models/          the local model's GGUF file
     QUIRE_HOME/logs/*.log       one log per child process (and the detached supervisor's)
     QUIRE_HOME/local-user.key   the local user's API key (mode 0600)
+    QUIRE_HOME/operator.token   the operators' token for the codec server (/codec) the UI decodes with
     QUIRE_HOME/quire.pid        the supervisor's pid while it runs
     QUIRE_HOME/stack.json       URLs, and each part's state, pid and restarts: written once
                                 everything is healthy, then by the supervisor on every change
@@ -287,6 +288,7 @@ class Stack:
                 "--ui-port",
                 str(s.temporal_ui_port),
                 "--ui-disable-news-fetch",  # no network at run time
+                *("--ui-codec-endpoint", f"{self.api_url}/codec"),  # the API's codec server: operators decode
                 "--namespace",
                 s.temporal_namespace,
                 "--log-level",
@@ -381,6 +383,7 @@ class Stack:
             new_key = ensure_local_user(self.key_file, db_url)
             temporal = self.start_temporal()
             self.settings.temporal_keys()  # made here on first use (QUIRE_HOME/temporal.key, 0600)
+            self.settings.operator_token(create=True)  # the codec server's, made here once (0600)
             self.env = {
                 "DATABASE_URL": db_url,
                 "TEMPORAL_ADDRESS": temporal,
@@ -411,6 +414,7 @@ class Stack:
             "api_url": self.api_url,
             "docs_url": f"{self.api_url}/docs",
             "temporal_ui_url": self.ui_url,
+            "codec_url": f"{self.api_url}/codec",
             "metrics_url": f"{self.api_url}/metrics",
             "worker_metrics_url": self.worker_metrics_url,
             "temporal_address": temporal,

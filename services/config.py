@@ -10,6 +10,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -20,6 +21,7 @@ from core.sealing import new_key
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
 
 SECRET_KEY_FILE = "secret.key"
+OPERATOR_TOKEN_FILE = "operator.token"
 
 
 class SettingsError(SystemExit):
@@ -66,6 +68,16 @@ class Settings(BaseSettings):
         description="port of the worker's Prometheus metrics; unset or 0: none (quire up uses 9464)",
     )
     quire_worker_metrics_host: str = Field(default="127.0.0.1", description="address the worker's metrics listen on")
+    quire_operator_token: SecretStr | None = Field(
+        default=None,
+        description="operators' token for the codec server (/codec: the Temporal UI decodes through it); "
+        "unset: QUIRE_HOME/operator.token if `quire up` made one, else the codec server is off",
+    )
+    quire_codec_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins of the Temporal UI allowed to call /codec (CORS), comma-separated; "
+        "unset: the embedded UI's (http://127.0.0.1:TEMPORAL_UI_PORT, http://localhost:TEMPORAL_UI_PORT)",
+    )
     quire_metrics_token: SecretStr | None = Field(
         default=None, description="if set, GET /metrics on the API asks for it as a Bearer token"
     )
@@ -161,6 +173,16 @@ class Settings(BaseSettings):
     def _parse_prices(cls, v: object) -> object:
         if isinstance(v, str):
             return json.loads(v) if v.strip() else {}
+        return v
+
+    @field_validator("quire_codec_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        for origin in v:  # type: ignore[attr-defined]
+            if not str(origin).startswith(("http://", "https://")) or str(origin).count("/") != 2:
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
         return v
 
     @field_validator("quire_webhook_networks", mode="before")
@@ -262,10 +284,32 @@ class Settings(BaseSettings):
                 tmp.unlink()
         return [path.read_text().strip()]
 
+    def operator_token(self, create: bool = False) -> str | None:
+        """The codec server's token: QUIRE_OPERATOR_TOKEN, else the one `quire up` keeps in QUIRE_HOME
+        (made with ``create``, once, mode 0600), else None (the codec server is off)."""
+        if self.quire_operator_token is not None and self.quire_operator_token.get_secret_value():
+            return self.quire_operator_token.get_secret_value()
+        path = self.home / OPERATOR_TOKEN_FILE
+        if create and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it meanwhile
+                return path.read_text().strip()
+            with os.fdopen(fd, "w") as f:
+                f.write(f"op-{token_urlsafe(32)}\n")
+        return path.read_text().strip() if path.exists() else None
+
+    @property
+    def codec_origins(self) -> list[str]:
+        port = self.temporal_ui_port
+        return self.quire_codec_origins or [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""
         out = []
-        for secret in (self.openai_api_key, self.quire_metrics_token, self.quire_temporal_key):
+        tokens = (self.openai_api_key, self.quire_metrics_token, self.quire_temporal_key, self.quire_operator_token)
+        for secret in tokens:
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
         if self.quire_secret_key is not None:
