@@ -162,7 +162,7 @@ class Stack:
             "postgres": s.database_url is None,
             "temporal": s.temporal_address is None,
             "llm": s.uses_local_model,
-            "worker": True,
+            "worker": s.quire_start_worker,
             "api": True,
         }
         return [name for name in PARTS if run[name]]
@@ -404,7 +404,8 @@ class Stack:
                 # The children see OPENAI_BASE_URL set, so "auto" would pick the instruct style there.
                 self.env["QUIRE_PROMPT_STYLE"] = self.settings.prompt_style
                 self.env["QUIRE_LLM_CONCURRENCY"] = str(self.settings.llm_concurrency)
-            self.start_worker()
+            if self.settings.quire_start_worker:
+                self.start_worker()
             self.start_api()
         except BaseException:
             self.stop()

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
         description="the worker's build (its Worker Deployment Version, in the deployment named after "
         "TEMPORAL_TASK_QUEUE): one per release where several run side by side",
     )
+    quire_start_worker: bool = Field(
+        default=True, description="`quire up` starts a worker (false: every other part, say while repairing a restore)"
+    )
     quire_worker_versioning: bool = Field(
         default=True, description="declare the build to Temporal (Worker Versioning); false: an unversioned worker"
     )

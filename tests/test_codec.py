@@ -3,7 +3,6 @@ from the Temporal CLI with a Bearer token or from the Web UI with a session cook
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -12,10 +11,9 @@ import httpx
 from temporalio.api.common.v1 import Payload
 
 from api.codec import COOKIE, session_value
-from quire.stack import temporal_binary
 from services.codec import ENCODING
 from tests.conftest import OPERATOR_TOKEN
-from tests.helpers import submit
+from tests.helpers import submit, temporal_cli
 
 UI = "http://127.0.0.1:8233"  # the embedded UI's origin, allowed by default
 
@@ -101,16 +99,9 @@ async def test_the_temporal_cli_shows_a_jobs_history_decoded_through_the_codec_s
 ):
     job_id = await submit(db, client, user, kind="generate", prompt="Fog", target_words=200)
     await client.get_workflow_handle(f"job-{job_id}").result()
-    base = [temporal_binary(), "workflow", "show", "-w", f"job-{job_id}", "--output", "json"]
-    base += ["--address", client.service_client.config.target_host]
 
     async def show(*extra: str, ok: bool = True) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            *base, *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await proc.communicate()
-        assert (proc.returncode == 0) == ok, err.decode()
-        return out.decode()
+        return await temporal_cli(client, "workflow", "show", "-w", f"job-{job_id}", "--output", "json", *extra, ok=ok)
 
     def job_input(shown: str) -> tuple[bytes, bytes]:
         """(encoding, data) of the input the job's workflow started with, as the CLI shows it."""

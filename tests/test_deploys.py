@@ -23,6 +23,7 @@ from services.deploys import promote, version, version_status
 from services.temporal import WORKER_IDENTITY
 from tests.conftest import make_llm
 from tests.fake_llm import FakeLLM
+from tests.helpers import builds_of
 from worker import build_worker
 
 # A drained version is seen as drained within seconds (the server checks every 3 minutes by default).
@@ -49,17 +50,6 @@ async def deploy_client(deploy_env: WorkflowEnvironment, db: Database) -> Client
 async def rows(db: Database, sql: str, **params: Any) -> list[Any]:
     async with db.tx() as s:
         return list((await s.execute(text(sql), params)).all())
-
-
-async def builds_of(client: Client, job_id: uuid.UUID) -> set[str]:
-    """The build ids that completed the workflow tasks of every execution of a job."""
-    builds = set()
-    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH 'job-{job_id}'"):
-        history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-        for e in history.events:
-            if e.HasField("workflow_task_completed_event_attributes"):
-                builds.add(e.workflow_task_completed_event_attributes.deployment_version.build_id)
-    return builds
 
 
 async def test_a_job_started_on_the_old_version_finishes_there_while_new_jobs_start_on_the_new(
