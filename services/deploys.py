@@ -2,8 +2,8 @@
 task-queue fairness, as Quire uses them (README: "Deploying new code", "Sharing the model").
 
 Versioning: every worker of a release declares the same Worker Deployment Version (deployment =
-the task queue, build = QUIRE_BUILD_ID). Jobs and chapters are pinned to the version they started
-on and move to the current version when they continue as new (``workflows.steps``). A worker makes
+the task queue, build = QUIRE_BUILD_ID). Every workflow is pinned to the version it started on
+(worker.py) and moves to the current version when it continues as new (``workflows.steps``). A worker makes
 its version the deployment's current one when it starts (``promote``), unless that version has been
 current before: a superseded release whose worker restarts after a crash must not take new jobs back.
 
@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 # Dynamic config of the embedded dev server (and of the tests' servers): fairness on, with its
 # backlog migration for a persisted server that had tasks queued before, and one partition per task
 # queue (fairness is kept per partition: one keeps it exact, and a dev server needs no more).
+# docker-compose.yml gives its Temporal the same (configs: temporal-dynamic-config).
 DEV_SERVER_CONFIG = {
     "matching.enableFairness": "true",
     "matching.enableMigration": "true",
