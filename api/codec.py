@@ -129,10 +129,13 @@ def mount(app: FastAPI, token: str | None, origins: list[str]) -> None:
             return done
         if token is None:
             return JSONResponse({"detail": "the codec server is off: set QUIRE_OPERATOR_TOKEN"}, 404)
-        if request.headers.get("content-type", "").startswith("application/json"):
-            given = str((await request.json()).get("token", ""))
-        else:
-            given = str((await request.form()).get("token", ""))
+        try:
+            if request.headers.get("content-type", "").startswith("application/json"):
+                given = str((await request.json()).get("token", ""))
+            else:
+                given = str((await request.form()).get("token", ""))
+        except (ValueError, AttributeError):
+            return JSONResponse({"detail": 'send the token as a form field or JSON {"token": "..."}'}, 400)
         if not hmac.compare_digest(given.encode(), token.encode()):
             log.warning("codec.sign_in_refused", ip=request.client.host if request.client else None)
             return JSONResponse({"detail": "wrong operator token"}, 401)

@@ -70,6 +70,8 @@ async def test_the_ui_signs_in_with_a_cookie_and_only_its_origin_may_call(http, 
     evil = await http.options("/codec/decode", headers={"Origin": "https://evil.example", **pre})
     assert "access-control-allow-origin" not in evil.headers
 
+    broken = await http.post("/codec/session", content="{no", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400
     refused = await http.post("/codec/session", data={"token": "op-guess"})
     assert refused.status_code == 401 and COOKIE not in refused.cookies
     signed = await http.post("/codec/session", data={"token": OPERATOR_TOKEN})

@@ -105,18 +105,18 @@ async def test_a_job_started_on_the_old_version_finishes_there_while_new_jobs_st
 
 
 async def small_job_wait(client: Client, db: Database, fake: FakeLLM) -> tuple[int, float]:
-    """One user's 120,000-word job writes 24 chapters at once on a worker with 2 model slots (a
-    backlog of about 22 model steps at any time); once it is under way, another user submits
+    """One user's 120,000-word job writes 16 chapters at once on a worker with 2 model slots (a
+    backlog of about 14 model steps at any time); once it is under way, another user submits
     2,000 words. Returns how many model calls of the large job started between that submit and
     the small job's first chunk call, and the seconds it waited."""
-    fake.reset(ratio=(1.0, 1.1), delay_s=0.1)
+    fake.reset(ratio=(1.0, 1.1), delay_s=0.05)
     queue = f"fair-{uuid.uuid4().hex[:6]}"
     heavy = await accounts.create_user(db, f"heavy-{uuid.uuid4().hex[:6]}")
     light = await accounts.create_user(db, f"light-{uuid.uuid4().hex[:6]}")
     llm = make_llm(db, fake)
     async with build_worker(client, db, llm, queue, llm_concurrency=2):
         large = await testkit.submit(
-            db, client, queue, 120_000, prompt="Lighthouses", options={"parallelism": 24}, user=heavy
+            db, client, queue, 120_000, prompt="Lighthouses", options={"parallelism": 16}, user=heavy
         )
 
         async def backlogged() -> bool:  # the plan and a few chapters' plans done: the rest queue up
@@ -168,4 +168,4 @@ async def test_without_fairness_the_small_job_waits_behind_the_backlog(db):
     finally:
         fake.stop()
         await env.shutdown()
-    assert between > 30, f"only {between} calls of the large job went first ({waited:.1f} s)"
+    assert between > 25, f"only {between} calls of the large job went first ({waited:.1f} s)"
