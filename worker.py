@@ -12,7 +12,8 @@ import signal
 
 import structlog
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.chunks import ChunkActivities
 from activities.finalize import FinalizeActivities
@@ -26,13 +27,15 @@ from core.webhooks import WebhookPolicy
 from db.session import Database
 from services import telemetry
 from services.config import Settings, get_settings
+from services.deploys import promote, version
 from services.logging import configure
-from services.temporal import connect, llm_task_queue
+from services.temporal import WORKER_IDENTITY, connect, llm_task_queue
 from workflows.job import JobWorkflow
 from workflows.unit import UnitWorkflow
 from workflows.webhook import WebhookWorkflow
 
 log = structlog.get_logger(__name__)
+PINNED = VersioningBehavior.PINNED
 
 
 class Workers:
@@ -69,8 +72,10 @@ def build_worker(
     llm_concurrency: int = 16,
     llm_calls_per_second: float | None = None,
     webhooks: WebhookConfig | None = None,
+    deployment: WorkerDeploymentVersion | None = None,
 ) -> Workers:
-    """The workers for every workflow and activity of a job, with the activities' dependencies."""
+    """The workers for every workflow and activity of a job, with the activities' dependencies;
+    both declare ``deployment`` when given (Worker Versioning: services.deploys), else none."""
     plan, chunks, stitch, seams, finalize = (
         PlanActivities(db, llm),
         ChunkActivities(db, llm),
@@ -80,6 +85,14 @@ def build_worker(
     )
     # Without a config (benchmarks), deliveries are refused: no key opens a signing secret.
     hooks = WebhookActivities(db, webhooks or WebhookConfig(WebhookPolicy(), None, "http://127.0.0.1:8000"))
+    # Every workflow is pinned to the version it started on and moves on only when it continues as
+    # new (workflows.steps.continue_as_new). Set here, not on the workflow definitions: Temporal
+    # refuses a definition's behavior from an unversioned worker (the tests' and benchmarks').
+    versioned = (
+        WorkerDeploymentConfig(deployment, use_worker_versioning=True, default_versioning_behavior=PINNED)
+        if deployment
+        else None
+    )
     # The audit interceptor comes with the client (it is both a client and a worker
     # interceptor); passing it here as well would record every activity twice.
     main = Worker(
@@ -88,6 +101,7 @@ def build_worker(
         workflows=[JobWorkflow, UnitWorkflow, WebhookWorkflow],
         activities=[chunks.unit_chunks, finalize.finalize, finalize.add_continuation, finalize.fail_job, hooks.deliver],
         max_concurrent_activities=20,
+        deployment_config=versioned,
     )
     model = Worker(
         client,
@@ -95,6 +109,7 @@ def build_worker(
         activities=[plan.plan_job, plan.expand_node, chunks.write_chunk, stitch.stitch_section, seams.complete_unit],
         max_concurrent_activities=llm_concurrency,
         max_task_queue_activities_per_second=llm_calls_per_second,
+        deployment_config=versioned,
     )
     return Workers(main, model)
 
@@ -131,8 +146,9 @@ async def run(settings: Settings) -> None:
         metrics = telemetry.serve_metrics(settings.quire_worker_metrics_host, settings.quire_worker_metrics_port)
     telemetry.start_tracing("quire-worker")  # before connecting: the client then carries the tracing interceptor
     db = Database(settings.database_url, secrets=settings.secrets())
-    client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_key())
+    client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_keys())
     llm = llm_from_settings(db, settings)
+    deployment = version(settings.temporal_task_queue, settings.quire_build_id)
     worker = build_worker(
         client,
         db,
@@ -141,14 +157,20 @@ async def run(settings: Settings) -> None:
         llm_concurrency=settings.llm_concurrency,
         llm_calls_per_second=settings.quire_llm_calls_per_second,
         webhooks=webhooks_from_settings(settings),
+        deployment=deployment if settings.quire_worker_versioning else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
+        current = None
+        if settings.quire_worker_versioning and settings.quire_worker_promote:
+            current = await promote(client, deployment, WORKER_IDENTITY)
         log.info(
             "worker started",
+            version=deployment.to_canonical_string() if settings.quire_worker_versioning else None,
+            current=current,
             task_queue=settings.temporal_task_queue,
             model=settings.quire_model,
             llm=llm.base_url,

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api import account, audit, jobs, keys, metrics, pages, security
+from api import account, audit, codec, jobs, keys, metrics, pages, security
 from api.intake import body_limit, multipart_schema, openapi_components
 from api.live import AuditListener
 from api.schemas import ERRORS, Health, Readiness, error_schemas, tidy_parameters
@@ -68,7 +68,7 @@ def create_app(
             if settings.temporal_address is None:
                 raise SystemExit("api: TEMPORAL_ADDRESS is not set (quire up sets it)")
             app.state.client = await connect(
-                settings.temporal_address, settings.temporal_namespace, app.state.db, settings.temporal_key()
+                settings.temporal_address, settings.temporal_namespace, app.state.db, settings.temporal_keys()
             )
         else:
             app.state.client = client
@@ -199,6 +199,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(pages.router)
+    codec.mount(app, settings.operator_token(), settings.codec_origins)  # operators' codec server for the Temporal UI
     security.mount_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

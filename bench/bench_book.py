@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.bench_book overhead [--words 20000]
     .venv/bin/python -m bench.bench_book lock [--words 100000] [--parallelism 32]
     .venv/bin/python -m bench.bench_book memory [--words 60000] [--tokens-per-s 400] [--parallelism 6] [--baseline REF]
+    .venv/bin/python -m bench.bench_book fairness [--words 500000] [--slots 4] [--no-fairness]
 
 Each starts its own embedded Postgres, Temporal dev server, the scripted model (tests/fake_llm.py,
 run as a server process) and a worker process (``python -m worker``, as ``quire up`` runs it), then
@@ -20,7 +21,12 @@ submits one generate job and prints what it took:
   detail) and how many later chunk prompts carried them, contradictions planted inside chapters
   and across parallel seams and how many were caught and repaired, tokens in / tokens out (by
   purpose: what the memory costs), and the wall time beside a run of the same job on ``REF``'s
-  code (a git worktree), when ``--baseline`` is given.
+  code (a git worktree), when ``--baseline`` is given;
+- fairness: one user's book fills every model slot of the worker (32 chapters at once, ``--slots``
+  calls at a time, the model at a provider's pace); once it is under way another user asks for
+  2,000 words: how long until that job's first chunk call, how many of the book's calls started
+  meanwhile, and when it ends (then the book is cancelled, unless ``--finish``). ``--no-fairness``
+  runs the same on a Temporal server with fairness off, for comparison.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from db.session import Database, plain_url
 QUEUE = "bench"
 
 
-def start_worker(db_url: str, temporal: str, fake_url: str) -> subprocess.Popen[bytes]:
+def start_worker(db_url: str, temporal: str, fake_url: str, slots: int = 64) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
@@ -62,7 +68,7 @@ def start_worker(db_url: str, temporal: str, fake_url: str) -> subprocess.Popen[
         "OPENAI_API_KEY": "bench",
         "QUIRE_MODEL": "fake-model",
         "QUIRE_LOG_LEVEL": "warning",
-        "QUIRE_LLM_CONCURRENCY": "64",
+        "QUIRE_LLM_CONCURRENCY": str(slots),
         "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
     }
     return subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL)
@@ -461,6 +467,67 @@ async def _plain_loop(f: dict[str, Any], parallelism: int) -> float:
     return took
 
 
+async def fairness(words: int, small: int, slots: int, tokens_per_s: float, fair: bool, finish: bool) -> None:
+    server = [] if fair else ["--dynamic-config-value", "matching.enableFairness=false"]
+    model = ["--ratio", "1.0", "1.1", "--tokens-per-s", str(tokens_per_s)]
+    with testkit.postgres() as pg, testkit.fake_model(*model) as fake:
+        url = testkit.create_database(pg, "bench")
+        db = Database(url)
+        env = await testkit.temporal(server)
+        client = await testkit.client(env, db)
+        worker = start_worker(url, testkit.target(env), fake, slots)
+
+        async def one(sql: str, **params: Any) -> Any:
+            async with db.tx() as s:
+                return (await s.execute(text(sql), params)).scalar_one()
+
+        try:
+            t0 = time.perf_counter()
+            book = await testkit.submit(db, client, QUEUE, words, options={"parallelism": 32})
+            calls = "SELECT count(*) FROM llm_calls WHERE job_id = :j"
+
+            async def under_way() -> bool:  # its chapters are being written: every slot busy, a backlog behind
+                return int(await one(calls, j=book.id)) >= 3 * slots
+
+            await testkit.until("the book under way", under_way, within=600)
+            t1 = time.perf_counter()
+            job = await testkit.submit(db, client, QUEUE, small, prompt="Orchards")
+            first_write = "SELECT min(started_at) FROM llm_calls WHERE job_id = :j AND purpose = 'write'"
+
+            async def writing() -> bool:
+                return await one(first_write, j=job.id) is not None
+
+            await testkit.until("the small job's first chunk call", writing, within=3600)
+            first = time.perf_counter() - t1
+            meanwhile = await one(
+                f"{calls} AND started_at > (SELECT created_at FROM jobs WHERE id = :s) "
+                f"AND started_at < ({first_write.replace(':j', ':s')})",
+                j=book.id,
+                s=job.id,
+            )
+            assert await client.get_workflow_handle(job.workflow_id).result() == "succeeded"
+            done = time.perf_counter() - t1
+            print(f"fairness {'on' if fair else 'off'}; {slots} model slots; the model at {tokens_per_s:.0f} tokens/s")
+            print(
+                f"book of {words} words (user A), 32 chapters at once: {await one(calls, j=book.id)} model calls "
+                f"when the small job ended; the small job submitted {t1 - t0:.1f} s after the book"
+            )
+            print(
+                f"{small}-word job (user B): first chunk call after {first:.1f} s, {meanwhile} of the book's calls "
+                f"started before it; done after {done:.1f} s"
+            )
+            if finish:
+                await client.get_workflow_handle(book.workflow_id).result()
+                print(f"book done after {time.perf_counter() - t0:.1f} s")
+            else:
+                await client.get_workflow_handle(book.workflow_id).cancel()
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+            await db.dispose()
+            await env.shutdown()
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -481,8 +548,17 @@ if __name__ == "__main__":
     m.add_argument("--tokens-per-s", type=float, default=400.0)
     m.add_argument("--parallelism", type=int, default=6)
     m.add_argument("--baseline", help="a git ref to run the same job on, for the wall time beside it")
+    f = sub.add_parser("fairness")
+    f.add_argument("--words", type=int, default=500_000)
+    f.add_argument("--small", type=int, default=2_000)
+    f.add_argument("--slots", type=int, default=4, help="model calls at once on the worker")
+    f.add_argument("--tokens-per-s", type=float, default=1000.0)
+    f.add_argument("--no-fairness", action="store_true", help="a Temporal server with fairness off")
+    f.add_argument("--finish", action="store_true", help="let the book finish (else it is cancelled)")
     a = ap.parse_args()
-    if a.what == "lock":
+    if a.what == "fairness":
+        asyncio.run(fairness(a.words, a.small, a.slots, a.tokens_per_s, not a.no_fairness, a.finish))
+    elif a.what == "lock":
         asyncio.run(lock(a.words, a.parallelism))
     elif a.what == "memory":
         asyncio.run(memory(a.words, a.tokens_per_s, a.parallelism, a.baseline))

@@ -128,6 +128,9 @@ def _print_urls(state: dict[str, Any], key: str | None) -> None:
     print(f"Web pages        {state['api_url']}/")
     if state.get("temporal_ui_url"):
         print(f"Temporal UI      {state['temporal_ui_url']}")
+    if state.get("codec_url"):
+        token = Path(state["key_file"]).with_name("operator.token")
+        print(f"Codec server     {state['codec_url']} (operator token: QUIRE_OPERATOR_TOKEN, else {token})")
     if state.get("metrics_url"):
         print(f"Metrics          {state['metrics_url']}")
     if state.get("worker_metrics_url"):
@@ -229,6 +232,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         sys.stdout.write(schema.offline_sql())  # connects nowhere
         return Exit.OK
     url = _db_url(args)
+    if args.db_cmd == "restored":
+        return _restored(url, resume=not args.no_resume)
     try:
         if args.db_cmd == "upgrade":
             schema.upgrade(url)
@@ -258,6 +263,38 @@ def cmd_db(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return Exit.FAILED
+
+
+def _restored(url: str, *, resume: bool) -> int:
+    """`quire db restored`: after Postgres was restored from a backup, with the workers stopped."""
+    from db.session import Database
+    from services import jobs
+    from services.restore import after_restore
+    from services.temporal import connect
+
+    settings = load_settings()
+    address = settings.temporal_address
+    state = settings.home / "stack.json"
+    if address is None and state.exists():  # the embedded stack's Temporal
+        address = json.loads(state.read_text()).get("temporal_address")
+    if address is None:
+        raise CliError("no Temporal: set TEMPORAL_ADDRESS, or start the stack (`quire up`)", Exit.USAGE)
+
+    async def run() -> Any:
+        db = Database(url, secrets=settings.secrets())
+        try:
+            client = await connect(address, settings.temporal_namespace, db, settings.temporal_keys())
+            return await after_restore(
+                db, client, task_queue=settings.temporal_task_queue, durability=jobs.durability(settings), resume=resume
+            )
+        finally:
+            await db.dispose()
+
+    done = asyncio.run(run())
+    print(f"{len(done.terminated)} run(s) ended in Temporal; {len(done.resumed)} job(s) resumed from the backup")
+    for job_id in done.resumed:
+        print(f"  resumed {job_id}")
+    return Exit.OK
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,13 @@ def parser() -> argparse.ArgumentParser:
     ):
         sp = dbs.add_parser(name, help=text)
         sp.add_argument("--url", help="database URL (default DATABASE_URL)")
+    rs = dbs.add_parser(
+        "restored",
+        help="after restoring Postgres from a backup, with the workers stopped: end every job's run in "
+        "Temporal and resume the jobs from what the backup holds (README: Operators)",
+    )
+    rs.add_argument("--url", help="database URL (default DATABASE_URL)")
+    rs.add_argument("--no-resume", action="store_true", help="end the runs and mark the jobs failed, resume none")
     db.set_defaults(fn=admin.cmd_db)
 
     user = sub.add_parser("user", help="accounts")

@@ -9,6 +9,7 @@ as is; the rest is started here, with its data under QUIRE_HOME so a restart reu
     QUIRE_HOME/models/          the local model's GGUF file
     QUIRE_HOME/logs/*.log       one log per child process (and the detached supervisor's)
     QUIRE_HOME/local-user.key   the local user's API key (mode 0600)
+    QUIRE_HOME/operator.token   the operators' token for the codec server (/codec) the UI decodes with
     QUIRE_HOME/quire.pid        the supervisor's pid while it runs
     QUIRE_HOME/stack.json       URLs, and each part's state, pid and restarts: written once
                                 everything is healthy, then by the supervisor on every change
@@ -39,6 +40,7 @@ from quire.pg import EmbeddedPostgres, stop_embedded_postgres
 from quire.privacy import traverse_for_postgres
 from quire.processes import StackError, port_in_use, stop_group, wait_until
 from services.config import Settings
+from services.deploys import dev_server_args
 from services.temporal import search_attribute_args
 
 log = structlog.get_logger(__name__)
@@ -160,7 +162,7 @@ class Stack:
             "postgres": s.database_url is None,
             "temporal": s.temporal_address is None,
             "llm": s.uses_local_model,
-            "worker": True,
+            "worker": s.quire_start_worker,
             "api": True,
         }
         return [name for name in PARTS if run[name]]
@@ -286,12 +288,14 @@ class Stack:
                 "--ui-port",
                 str(s.temporal_ui_port),
                 "--ui-disable-news-fetch",  # no network at run time
+                *("--ui-codec-endpoint", f"{self.api_url}/codec"),  # the API's codec server: operators decode
                 "--namespace",
                 s.temporal_namespace,
                 "--log-level",
                 "warn",
                 # Registering attributes the persisted db already has is a no-op (tests restart on it).
                 *search_attribute_args(),
+                *dev_server_args(),  # fairness between users on the model's task queue
             ],
         )
         address = f"127.0.0.1:{s.temporal_port}"
@@ -378,7 +382,8 @@ class Stack:
             db_url = self.start_postgres()
             new_key = ensure_local_user(self.key_file, db_url)
             temporal = self.start_temporal()
-            self.settings.temporal_key()  # made here on first use (QUIRE_HOME/temporal.key, 0600)
+            self.settings.temporal_keys()  # made here on first use (QUIRE_HOME/temporal.key, 0600)
+            self.settings.operator_token(create=True)  # the codec server's, made here once (0600)
             self.env = {
                 "DATABASE_URL": db_url,
                 "TEMPORAL_ADDRESS": temporal,
@@ -387,6 +392,8 @@ class Stack:
                 # The children see DATABASE_URL set: say what this stack's own default is.
                 "QUIRE_WEBHOOK_ALLOW_LOOPBACK": str(self.settings.webhook_policy.allow_loopback).lower(),
                 "QUIRE_HOME": str(self.home),  # the worker and the API read the same key
+                # One worker, one install: its build stays current (README: Deploying new code).
+                "QUIRE_BUILD_ID": self.settings.quire_build_id,
             }
             self.settings.secret_keys()  # made here, once, before the API and the worker read it
             if self.settings.uses_local_model:
@@ -397,7 +404,8 @@ class Stack:
                 # The children see OPENAI_BASE_URL set, so "auto" would pick the instruct style there.
                 self.env["QUIRE_PROMPT_STYLE"] = self.settings.prompt_style
                 self.env["QUIRE_LLM_CONCURRENCY"] = str(self.settings.llm_concurrency)
-            self.start_worker()
+            if self.settings.quire_start_worker:
+                self.start_worker()
             self.start_api()
         except BaseException:
             self.stop()
@@ -407,6 +415,7 @@ class Stack:
             "api_url": self.api_url,
             "docs_url": f"{self.api_url}/docs",
             "temporal_ui_url": self.ui_url,
+            "codec_url": f"{self.api_url}/codec",
             "metrics_url": f"{self.api_url}/metrics",
             "worker_metrics_url": self.worker_metrics_url,
             "temporal_address": temporal,

@@ -2,11 +2,14 @@
 temporalio/samples-python ``encryption/``) encrypts every payload (workflow and activity inputs and
 results, heartbeat details, memos) and, with the failure converter that encodes common attributes,
 every failure's message and stack trace, with AES-256-GCM, before it leaves the process. Temporal's
-database and Web UI see ciphertext only (the UI shows it as such: Quire runs no codec server).
+database sees ciphertext only; the Web UI too, unless an operator signs in to the codec server
+(``api/codec.py``), which decodes for them with these keys.
 
-The key is QUIRE_TEMPORAL_KEY (32 bytes, base64) when set, else ``QUIRE_HOME/temporal.key``, made
-on first use (0600) by the embedded stack or whichever process needs it first on this machine. Every
-process that talks to the same Temporal (the API and every worker) needs the same key.
+The keys are QUIRE_TEMPORAL_KEY (32 bytes, base64; several, comma-separated, while one is rotated:
+the first encrypts, every one decrypts, each payload naming its key by a digest) when set, else
+``QUIRE_HOME/temporal.key``, made on first use (0600) by the embedded stack or whichever process
+needs it first on this machine. Every process that talks to the same Temporal (the API and every
+worker) needs the same keys.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import binascii
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
 
@@ -45,14 +49,23 @@ def parse_key(text: str) -> bytes:
     return key
 
 
-def load_key(secret: str | None, home: Path) -> bytes:
-    """The codec's key: ``secret`` (QUIRE_TEMPORAL_KEY) if given, else the key file under ``home``,
-    created if missing. Never logged; the file is private (0600) like all of QUIRE_HOME."""
+def parse_keys(text: str) -> list[bytes]:
+    """Comma-separated keys (the first encrypts, all decrypt)."""
+    keys = [parse_key(k) for k in text.split(",") if k.strip()]
+    if not keys:
+        raise CodecKeyError("must be 32 bytes encoded in base64 (e.g. `openssl rand -base64 32`)")
+    return keys
+
+
+def load_keys(secret: str | None, home: Path) -> list[bytes]:
+    """The codec's keys: ``secret`` (QUIRE_TEMPORAL_KEY) if given, else the key file under ``home``
+    (which may list several, comma-separated, like the setting), created with one new key if
+    missing. Never logged; the file is private (0600) like all of QUIRE_HOME."""
     if secret:
-        return parse_key(secret)
+        return parse_keys(secret)
     path = home / KEY_FILE
     if path.exists():
-        return parse_key(path.read_text())
+        return parse_keys(path.read_text())
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = AESGCM.generate_key(bit_length=256)
     # Written whole under another name, then linked into place: a process starting at the same
@@ -66,20 +79,26 @@ def load_key(secret: str | None, home: Path) -> bytes:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        key = parse_key(path.read_text())
+        return parse_keys(path.read_text())
     finally:
         tmp.unlink(missing_ok=True)
-    return key
+    return [key]
+
+
+def key_id(key: bytes) -> str:
+    """How a payload names its key: a digest, which reveals nothing of the key itself."""
+    return hashlib.sha256(key).hexdigest()[:16]
 
 
 class EncryptionCodec(PayloadCodec):
-    """AES-256-GCM over each serialized payload; a fresh random nonce per payload."""
+    """AES-256-GCM over each serialized payload with the first key; a fresh random nonce per
+    payload. Decodes with whichever of the keys the payload names."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, keys: bytes | Sequence[bytes]) -> None:
         super().__init__()
-        # Names the key in each payload (a digest: it reveals nothing of the key itself).
-        self.key_id = hashlib.sha256(key).hexdigest()[:16]
-        self._aead = AESGCM(key)
+        keys = [keys] if isinstance(keys, bytes) else list(keys)
+        self.key_id = key_id(keys[0])
+        self._aeads = {key_id(k): AESGCM(k) for k in keys}
 
     async def encode(self, payloads: Iterable[Payload]) -> list[Payload]:
         return [
@@ -95,28 +114,44 @@ class EncryptionCodec(PayloadCodec):
             if p.metadata.get("encoding", b"") != ENCODING:
                 out.append(p)  # written before encryption was on (an older Quire): read as it is
                 continue
-            key_id = p.metadata.get(KEY_ID, b"").decode()
-            if key_id != self.key_id:
+            named = p.metadata.get(KEY_ID, b"").decode()
+            aead = self._aeads.get(named)
+            if aead is None:
                 raise CodecKeyError(
-                    f"a Temporal payload is encrypted with key {key_id!r}, this process has {self.key_id!r}: "
-                    "every process of the stack needs the same QUIRE_TEMPORAL_KEY (or QUIRE_HOME/temporal.key)"
+                    f"a Temporal payload is encrypted with key {named!r}, this process has {sorted(self._aeads)}: "
+                    "every process of the stack needs the same QUIRE_TEMPORAL_KEY (or QUIRE_HOME/temporal.key), "
+                    "and a rotated-out key stays listed until nothing encrypted with it is left"
                 )
-            out.append(Payload.FromString(self._open(p.data)))
+            out.append(Payload.FromString(aead.decrypt(p.data[:NONCE_BYTES], p.data[NONCE_BYTES:], None)))
         return out
 
     def _seal(self, data: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, data, None)
-
-    def _open(self, data: bytes) -> bytes:
-        return self._aead.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], None)
+        return nonce + self._aeads[self.key_id].encrypt(nonce, data, None)
 
 
-def data_converter(key: bytes) -> DataConverter:
+def data_converter(keys: bytes | Sequence[bytes]) -> DataConverter:
     """The default converter, with payloads encrypted and failure messages moved into an
     (encrypted) payload instead of going to Temporal in clear."""
     return dataclasses.replace(
         DataConverter.default,
-        payload_codec=EncryptionCodec(key),
+        payload_codec=EncryptionCodec(keys),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
+
+
+async def decode_all(codec: PayloadCodec, message: Message) -> None:
+    """Decode, in place, every payload anywhere in a protobuf message (a whole workflow history,
+    say): what the replay fixtures store, readable and independent of any key."""
+    if isinstance(message, Payload):
+        message.CopyFrom((await codec.decode([message]))[0])
+        return
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = list(value.values()) if field.message_type.fields_by_name["value"].message_type else []
+        else:
+            items = list(value) if field.is_repeated else [value]
+        for item in items:
+            await decode_all(codec, item)

@@ -10,6 +10,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -20,6 +21,7 @@ from core.sealing import new_key
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
 
 SECRET_KEY_FILE = "secret.key"
+OPERATOR_TOKEN_FILE = "operator.token"
 
 
 class SettingsError(SystemExit):
@@ -70,6 +72,16 @@ class Settings(BaseSettings):
         description="port of the worker's Prometheus metrics; unset or 0: none (quire up uses 9464)",
     )
     quire_worker_metrics_host: str = Field(default="127.0.0.1", description="address the worker's metrics listen on")
+    quire_operator_token: SecretStr | None = Field(
+        default=None,
+        description="operators' token for the codec server (/codec: the Temporal UI decodes through it); "
+        "unset: QUIRE_HOME/operator.token if `quire up` made one, else the codec server is off",
+    )
+    quire_codec_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins of the Temporal UI allowed to call /codec (CORS), comma-separated; "
+        "unset: the embedded UI's (http://127.0.0.1:TEMPORAL_UI_PORT, http://localhost:TEMPORAL_UI_PORT)",
+    )
     quire_metrics_token: SecretStr | None = Field(
         default=None, description="if set, GET /metrics on the API asks for it as a Bearer token"
     )
@@ -102,8 +114,29 @@ class Settings(BaseSettings):
     quire_retry_max_interval_s: float = Field(
         default=30.0, gt=0, description="the longest wait between two attempts of a step (the backoff's cap)"
     )
+    # Worker Versioning (README: Deploying new code)
+    quire_build_id: str = Field(
+        default="local",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\s.]+$",
+        description="the worker's build (its Worker Deployment Version, in the deployment named after "
+        "TEMPORAL_TASK_QUEUE): one per release where several run side by side",
+    )
+    quire_start_worker: bool = Field(
+        default=True, description="`quire up` starts a worker (false: every other part, say while repairing a restore)"
+    )
+    quire_worker_versioning: bool = Field(
+        default=True, description="declare the build to Temporal (Worker Versioning); false: an unversioned worker"
+    )
+    quire_worker_promote: bool = Field(
+        default=True,
+        description="on start, make this build the current one (new jobs start on it) unless it was current before",
+    )
     quire_temporal_key: SecretStr | None = Field(
-        default=None, description="32 bytes (base64) encrypting what Temporal stores; unset: QUIRE_HOME/temporal.key"
+        default=None,
+        description="32 bytes (base64) encrypting what Temporal stores, several comma-separated while rotating "
+        "(the first encrypts); unset: QUIRE_HOME/temporal.key",
     )
 
     @field_validator("database_url")
@@ -130,9 +163,9 @@ class Settings(BaseSettings):
     def _check_temporal_key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is None or not v.get_secret_value():
             return None
-        from services.codec import parse_key  # (lazily: the CLI reads settings and needs no crypto)
+        from services.codec import parse_keys  # (lazily: the CLI reads settings and needs no crypto)
 
-        parse_key(v.get_secret_value())  # the message never shows the value
+        parse_keys(v.get_secret_value())  # the message never shows the value
         return v
 
     @field_validator("quire_models", mode="before")
@@ -147,6 +180,16 @@ class Settings(BaseSettings):
     def _parse_prices(cls, v: object) -> object:
         if isinstance(v, str):
             return json.loads(v) if v.strip() else {}
+        return v
+
+    @field_validator("quire_codec_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        for origin in v:  # type: ignore[attr-defined]
+            if not str(origin).startswith(("http://", "https://")) or str(origin).count("/") != 2:
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
         return v
 
     @field_validator("quire_webhook_networks", mode="before")
@@ -248,21 +291,44 @@ class Settings(BaseSettings):
                 tmp.unlink()
         return [path.read_text().strip()]
 
+    def operator_token(self, create: bool = False) -> str | None:
+        """The codec server's token: QUIRE_OPERATOR_TOKEN, else the one `quire up` keeps in QUIRE_HOME
+        (made with ``create``, once, mode 0600), else None (the codec server is off)."""
+        if self.quire_operator_token is not None and self.quire_operator_token.get_secret_value():
+            return self.quire_operator_token.get_secret_value()
+        path = self.home / OPERATOR_TOKEN_FILE
+        if create and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it meanwhile
+                return path.read_text().strip()
+            with os.fdopen(fd, "w") as f:
+                f.write(f"op-{token_urlsafe(32)}\n")
+        return path.read_text().strip() if path.exists() else None
+
+    @property
+    def codec_origins(self) -> list[str]:
+        port = self.temporal_ui_port
+        return self.quire_codec_origins or [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""
         out = []
-        for secret in (self.openai_api_key, self.quire_metrics_token, self.quire_temporal_key):
+        tokens = (self.openai_api_key, self.quire_metrics_token, self.quire_temporal_key, self.quire_operator_token)
+        for secret in tokens:
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
         if self.quire_secret_key is not None:
             out.extend(k.strip() for k in self.quire_secret_key.get_secret_value().split(",") if k.strip())
         return out
 
-    def temporal_key(self) -> bytes:
-        """The key of the Temporal payload codec (services.codec): the setting, else QUIRE_HOME's."""
-        from services.codec import load_key
+    def temporal_keys(self) -> list[bytes]:
+        """The keys of the Temporal payload codec (services.codec), the encrypting one first: the
+        setting, else QUIRE_HOME's."""
+        from services.codec import load_keys
 
-        return load_key(self.quire_temporal_key.get_secret_value() if self.quire_temporal_key else None, self.home)
+        return load_keys(self.quire_temporal_key.get_secret_value() if self.quire_temporal_key else None, self.home)
 
 
 def load_settings(**overrides: object) -> Settings:

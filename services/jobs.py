@@ -31,6 +31,7 @@ from db.ddl import NOTIFY_CHANNEL
 from db.models import AccountEvent, Document, Job
 from db.session import Database, JobGone
 from services.config import Settings
+from services.deploys import job_priority
 from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, llm_task_queue, workflow_id
 from workflows.job import JobInput, JobWorkflow
 from workflows.steps import Durability
@@ -209,6 +210,8 @@ async def start_workflow(
             id=job.workflow_id,
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # Its user is its fairness key: the model's task queue serves users in turn (services.deploys).
+            priority=job_priority(job.user_id),
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(SA_JOB_ID, str(job.id)),
@@ -248,11 +251,13 @@ async def resume(
     task_queue: str,
     durability: Durability,
     webhook_retry: RetrySchedule | None = None,
+    after_run: int = 0,
 ) -> Job:
     """Continue a failed or cancelled job as a new run (workflow ``job-<id>-r<n>``) that picks up
     from what it committed, in the same log. The job goes back to running under its row lock (the
     database allows failed|cancelled -> running only with a new workflow id: db.ddl), then the run
-    starts. A job left running by a resume whose start did not reach Temporal is started again."""
+    starts. A job left running by a resume whose start did not reach Temporal is started again.
+    ``after_run``: a run number Temporal already used (after a restore the database may not know it)."""
     async with db.job_tx(job_id) as tx:
         job = await tx.session.get(Job, job_id, with_for_update=True, populate_existing=True)
         if job is None:
@@ -260,7 +265,7 @@ async def resume(
         if job.status == "succeeded":
             raise NotResumable("job already succeeded: there is nothing to resume")
         if job.status in ("failed", "cancelled"):
-            run = (run_of(job.workflow_id) or 1) + 1
+            run = max(run_of(job.workflow_id) or 1, after_run) + 1
             was = {"status": job.status, "error_code": job.error_code, "reason": job.failure_reason}
             job.status, job.workflow_id, job.current_step = "running", workflow_id(job.id, run), "resuming"
             job.completed_at, job.error_code, job.failure_reason = None, None, None

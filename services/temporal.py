@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -79,14 +80,14 @@ def job_id_from_workflow_id(wid: str) -> uuid.UUID | None:
         return None
 
 
-async def connect(address: str, namespace: str, db: Database, key: bytes) -> client.Client:
+async def connect(address: str, namespace: str, db: Database, keys: bytes | Sequence[bytes]) -> client.Client:
     """The client of the API and of every worker: audited (and, when tracing is on, traced), and
-    with every payload and failure encrypted with ``key`` (services.codec)."""
+    with every payload and failure encrypted with ``keys`` (services.codec: the first encrypts)."""
     return await client.Client.connect(
         address,
         namespace=namespace,
         interceptors=[*temporal_interceptors(), AuditInterceptor(db)],
-        data_converter=data_converter(key),
+        data_converter=data_converter(keys),
     )
 
 

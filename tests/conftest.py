@@ -34,6 +34,8 @@ SEALING_KEY = "-Io8UDCxtCAGgCdDyZKEDICtsCQ1dzYWG9HEDvHzn8c="
 # Webhooks of the tests go to this machine's loopback addresses only, whatever a fuzzer submits.
 WEBHOOK_NETWORKS = "127.0.0.0/8,::1/128"
 WEBHOOK_RETRY = RetrySchedule(first_s=0.5, max_interval_s=2.0, attempts=3)
+# The operators' token of the test API's codec server (/codec).
+OPERATOR_TOKEN = "op-test-7c1e5b90d4"
 PRICES = {"fake-model": Price(input=Decimal("0.5"), cached_input=Decimal("0.25"), output=Decimal("1.5"))}
 
 
@@ -98,10 +100,11 @@ async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
     )
 
 
-def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0) -> LlmClient:
+def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0, base_url: str | None = None) -> LlmClient:
+    """A model client of the fake (``base_url``: another way to the same fake, to tell two workers' calls apart)."""
     return LlmClient(
         db,
-        base_url=fake.url,
+        base_url=base_url or fake.url,
         api_key=TEST_SECRET,
         model="fake-model",
         timeout=timeout,
@@ -152,6 +155,7 @@ async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[s
         quire_webhook_networks=WEBHOOK_NETWORKS,
         quire_webhook_first_retry_s=WEBHOOK_RETRY.first_s,
         quire_webhook_attempts=WEBHOOK_RETRY.attempts,
+        quire_operator_token=OPERATOR_TOKEN,
     )
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, db=db, client=client), log_level="warning", lifespan="on")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from typing import Any
@@ -67,3 +68,31 @@ def free_ports(n: int) -> list[int]:
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def builds_of(client: Client, job_id: uuid.UUID) -> set[str]:
+    """The worker builds that completed the workflow tasks of every execution of a job."""
+    builds = set()
+    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH 'job-{job_id}'"):
+        history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+        for e in history.events:
+            if e.HasField("workflow_task_completed_event_attributes"):
+                builds.add(e.workflow_task_completed_event_attributes.deployment_version.build_id)
+    return builds
+
+
+async def temporal_cli(client: Client, *args: str, ok: bool = True) -> str:
+    """The Temporal CLI (as an operator runs it) against the client's server; its stdout."""
+    from quire.stack import temporal_binary
+
+    proc = await asyncio.create_subprocess_exec(
+        temporal_binary(),
+        *args,
+        "--address",
+        client.service_client.config.target_host,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert (proc.returncode == 0) == ok, f"temporal {' '.join(args)}: {err.decode()}"
+    return out.decode()

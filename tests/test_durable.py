@@ -495,10 +495,10 @@ async def test_temporal_keeps_no_text_in_clear_and_delete_removes_the_workflows(
 
 
 async def test_the_codec_key_file_is_private_and_shared(tmp_path):
-    from services.codec import KEY_FILE, load_key
+    from services.codec import KEY_FILE, load_keys
 
     home = tmp_path / "home"
-    first = await asyncio.to_thread(load_key, None, home)
+    (first,) = await asyncio.to_thread(load_keys, None, home)
     assert (home / KEY_FILE).stat().st_mode & 0o777 == 0o600
-    assert load_key(None, home) == first and len(first) == 32  # every process of the stack reads the same
-    assert load_key(testkit.TEMPORAL_KEY, home) == parse_key(testkit.TEMPORAL_KEY)  # the setting wins
+    assert load_keys(None, home) == [first] and len(first) == 32  # every process of the stack reads the same
+    assert load_keys(testkit.TEMPORAL_KEY, home) == [parse_key(testkit.TEMPORAL_KEY)]  # the setting wins

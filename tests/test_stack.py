@@ -27,11 +27,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from temporalio.api.enums.v1 import WorkerDeploymentVersionStatus
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from quire.pg import embedded_database_url
 from quire.supervisor import HEALTHY_RESET_S, after_death, backoff, stack_status
+from services.deploys import version, version_status
 from services.temporal import SA_JOB_ID
 from tests.fake_llm import FakeLLM
 from tests.helpers import free_ports, listening
@@ -123,6 +125,11 @@ async def _start_probe_workflow(address: str) -> None:
     )
 
 
+async def _worker_version_status(address: str) -> str:
+    status = await version_status(await Client.connect(address), version("quire", "local"))
+    return str(WorkerDeploymentVersionStatus.Name(status))
+
+
 async def _describe_probe_workflow(address: str) -> tuple[WorkflowExecutionStatus | None, str | None]:
     client = await Client.connect(address)
     desc = await client.get_workflow_handle("persistence-probe").describe()
@@ -166,6 +173,16 @@ def test_up_ctrl_c_then_detach_and_down_leave_nothing_and_reuse_the_data(stack_e
     assert r.stdout.strip().startswith("qk_")
     temporal = f"127.0.0.1:{env['TEMPORAL_PORT']}"
     asyncio.run(_start_probe_workflow(temporal))
+    # The worker declared its build and made it current (new jobs start on it).
+    assert asyncio.run(_worker_version_status(temporal)) == "WORKER_DEPLOYMENT_VERSION_STATUS_CURRENT"
+    # The embedded UI decodes through the API's codec server, which answers operators only.
+    ui_settings = httpx.get(f"http://127.0.0.1:{env['TEMPORAL_UI_PORT']}/api/v1/settings", timeout=10).json()
+    assert ui_settings["Codec"]["Endpoint"] == f"{api}/codec" and f"Codec server     {api}/codec" in text
+    assert oct((home / "operator.token").stat().st_mode & 0o777) == "0o600"
+    operator = {"Authorization": f"Bearer {(home / 'operator.token').read_text().strip()}"}
+    assert httpx.post(f"{api}/codec/decode", json={"payloads": []}, timeout=10).status_code == 401
+    assert httpx.post(f"{api}/codec/decode", json={"payloads": []}, headers=operator, timeout=10).status_code == 200
+    assert operator["Authorization"][7:] not in "".join(p.read_text() for p in (home / "logs").glob("*.log"))
 
     first = snapshot(home)
     fg.send_signal(signal.SIGINT)

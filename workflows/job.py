@@ -17,7 +17,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
-from workflows.steps import MODEL, QUICK, Durability, cause, step, was_cancelled
+from workflows.steps import MODEL, QUICK, Durability, cause, continue_as_new, step, was_cancelled
 from workflows.unit import UnitInput, UnitWorkflow
 from workflows.webhook import WebhookInput, WebhookWorkflow
 
@@ -106,7 +106,7 @@ class JobWorkflow:
             await _unit(inp, unit, f"top-up {inp.round}")
             await step(SeamActivities.complete_unit, NodeRef(jid, unit), MODEL, f"seam of top-up {inp.round}", q)
             if workflow.info().is_continue_as_new_suggested():
-                workflow.continue_as_new(replace(inp, stage="finalize"))
+                continue_as_new(replace(inp, stage="finalize"))
 
     async def _units(self, inp: JobInput, plan: PlanResult) -> None:
         """Write the units, ``plan.parallelism`` at a time, while completing them in order (a
@@ -146,7 +146,7 @@ class JobWorkflow:
         run["stopped"] = True
         await completing
         if run["started"] < len(units):
-            workflow.continue_as_new(replace(inp, stage="units"))
+            continue_as_new(replace(inp, stage="units"))
 
 
 async def _unit(inp: JobInput, unit_id: int, label: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -56,6 +56,13 @@ MODEL = timedelta(minutes=30)  # a step that waits on a model
 # Activities heartbeat every few seconds (see services.temporal): a worker killed mid-activity is
 # noticed within this, not after the start-to-close timeout.
 HEARTBEAT = timedelta(seconds=10)
+
+
+def continue_as_new(arg: Any) -> NoReturn:
+    """Continue as new on the deployment's current version: the upgrade point of a run pinned to the
+    worker version it started on (worker.py; README: Deploying new code). Its input, written by this
+    version, is read by the next one: inputs only gain fields, with defaults."""
+    workflow.continue_as_new(arg, initial_versioning_behavior=workflow.ContinueAsNewVersioningBehavior.AUTO_UPGRADE)
 
 
 def durability() -> Durability:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from temporalio import workflow
 
-from workflows.steps import MODEL, QUICK, Durability, step
+from workflows.steps import MODEL, QUICK, Durability, continue_as_new, step
 
 with workflow.unsafe.imports_passed_through():
     from activities.chunks import ChunkActivities
@@ -57,4 +57,4 @@ class UnitWorkflow:
     @staticmethod
     def _maybe_continue(inp: UnitInput, done: int, total: int) -> None:
         if inp.done < done < total and workflow.info().is_continue_as_new_suggested():
-            workflow.continue_as_new(replace(inp, done=done))
+            continue_as_new(replace(inp, done=done))
