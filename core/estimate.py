@@ -26,7 +26,7 @@ BASIS = {
     "write": "chunks",
     "extend": "chunks",
     "memory": "chunks",
-    "judge": "units",
+    "judge": "seams",
     "repair": "chunks",
     "summary": "summarized",
     "stitch": "sections",
@@ -36,6 +36,8 @@ SCALES_OUT = ("write", "extend", "repair")
 SCALES_IN = ("memory", "judge")
 MEMORY_PURPOSES = ("memory", "judge", "summary", "repair")
 SPREAD = 0.10  # added around the range the history spans
+SIGMAS = 2.0  # the range: each kind's count known to within 1/sqrt(what was measured), twice that
+OUTLINE_TOKENS = 8  # a chunk prompt's outline line per top-level node (a title)
 DEFAULT_SPREAD = 0.5  # the defaults are a guess: -50% .. +100%
 DEFAULT_SECONDS_PER_CALL = 10.0  # a provider writing ~700 words at ~100 tokens/s
 
@@ -52,7 +54,18 @@ class Shape:
     units: int  # chapters, or 1 (the book)
     expanded: int  # nodes planned lazily (chapters and parts), one planning call each
     summarized: int  # chapters and parts, one summary each
+    top: int = 1  # top-level nodes: the outline every chunk prompt carries
     jobs: int = 1
+
+    @property
+    def seams(self) -> int:
+        """Seams between chapters: the judge reads the chapter after each."""
+        return max(0, self.units - 1)
+
+    @property
+    def lag(self) -> float:
+        """The chapters a passage has before it, on average: each is a summary line of its prompt."""
+        return (self.units - 1) / 2
 
     @property
     def lanes(self) -> int:
@@ -77,6 +90,7 @@ def shape_of(tree: NodePlan, chunk_words: int, parallelism: int) -> Shape:
         units=chapters if "chapter" in levels else 1,
         expanded=chapters + parts,
         summarized=chapters + parts,
+        top=len(tree.children),
     )
 
 
@@ -108,21 +122,39 @@ class _Guess:
     tokens_out: float
 
 
-def _per_job(shape: Shape, m: Measured) -> dict[str, _Guess]:
-    """What job ``m`` says a job of ``shape`` makes, per kind of call."""
+def _predict(shape: Shape, history: Sequence[Measured]) -> tuple[dict[str, _Guess], dict[str, float]]:
+    """What ``history`` (its jobs pooled) says a job of ``shape`` makes, per kind of call, and how
+    well each kind is known (relative error). A chunk's prompt grows
+    with the book before it (a summary line per earlier chapter, an outline line per top-level
+    node): its tokens per call are moved by that difference."""
+    total = {k: sum(getattr(m.shape, k) for m in history) for k in (*set(BASIS.values()), "chunks")}
+    calls = {p: sum(m.calls.get(p, 0) for m in history) for p in BASIS}
+    t_in = {p: sum(m.tokens_in.get(p, 0) for m in history) for p in BASIS}
+    t_out = {p: sum(m.tokens_out.get(p, 0) for m in history) for p in BASIS}
+    summary_tokens = t_out["summary"] / calls["summary"] if calls["summary"] else 0.0
+    weight = max(1, total["chunks"])
+    lag = sum(m.shape.lag * m.shape.chunks for m in history) / weight
+    top = sum(m.shape.top * m.shape.chunks for m in history) / weight
+    cw = sum(m.shape.chunk_words * m.shape.chunks for m in history) / weight
+    growth = summary_tokens * (shape.lag - lag) + OUTLINE_TOKENS * (shape.top - top)
     out: dict[str, _Guess] = {}
+    known: dict[str, float] = {}
+    fallback = _defaults(shape)
     for p, basis in BASIS.items():
-        have = getattr(m.shape, basis)
-        calls = m.calls.get(p, 0)
-        rate = calls / have if have else 0.0
-        n = rate * getattr(shape, basis)
-        per_in = m.tokens_in.get(p, 0) / calls if calls else 0.0
-        per_out = m.tokens_out.get(p, 0) / calls if calls else 0.0
-        scale = shape.chunk_words / max(1, m.shape.chunk_words)
-        out[p] = _Guess(
-            n, n * per_in * (scale if p in SCALES_IN else 1), n * per_out * (scale if p in SCALES_OUT else 1)
-        )
-    return out
+        if not total[basis]:  # the history had none of these (a book of sections, no chapters): the defaults
+            out[p], known[p] = fallback[p], DEFAULT_SPREAD
+            continue
+        n = calls[p] / total[basis] * getattr(shape, basis)
+        per_in = t_in[p] / calls[p] if calls[p] else 0.0
+        per_out = t_out[p] / calls[p] if calls[p] else 0.0
+        scale = shape.chunk_words / max(1.0, cw)
+        per_in = per_in * scale if p in SCALES_IN else per_in + (growth if p in ("write", "extend") else 0.0)
+        out[p] = _Guess(n, n * max(0.0, per_in), n * per_out * (scale if p in SCALES_OUT else 1))
+        # A kind made exactly k per basis (a memory call per passage) is known; what comes on top
+        # (extensions, retries, repairs) is a count of chance events, known to 1/sqrt of it.
+        excess = calls[p] - total[basis] * (calls[p] // total[basis])
+        known[p] = math.sqrt(excess) / calls[p] if calls[p] else 0.0
+    return out, known
 
 
 def _defaults(shape: Shape) -> dict[str, _Guess]:
@@ -134,12 +166,11 @@ def _defaults(shape: Shape) -> dict[str, _Guess]:
     return out
 
 
-def _range(values: Sequence[float], spread: float, high_spread: float | None = None) -> dict[str, int]:
-    mid = sum(values) / len(values)
+def _range(expected: float, error: float, spread: float, high_spread: float) -> dict[str, int]:
     return {
-        "expected": round(mid),
-        "low": math.floor(min(values) * (1 - spread)),
-        "high": math.ceil(max(values) * (1 + (spread if high_spread is None else high_spread))),
+        "expected": round(expected),
+        "low": max(0, math.floor((expected - error) * (1 - spread))),
+        "high": math.ceil((expected + error) * (1 + high_spread)),
     }
 
 
@@ -147,32 +178,37 @@ def estimate(
     shape: Shape, history: Sequence[Measured], price: Price | None = None, compliance: float | None = None
 ) -> dict[str, Any]:
     """The estimate: expected calls, tokens in and out, cost and wall time with a low..high range
-    (the spread of what the history's jobs would each predict, widened a little), each by kind
-    of call, and the story memory's share of the tokens."""
-    guesses = [_per_job(shape, m) for m in history] or [_defaults(shape)]
-    spread, high = (SPREAD, SPREAD) if history else (DEFAULT_SPREAD, 1.0)
+    (each kind of call's chance part known to within 1/sqrt of what was measured of it, twice
+    that, widened a little; from the defaults, -50% .. +100%), each by kind of call, and the story
+    memory's share of the tokens."""
+    if history:
+        guess, known = _predict(shape, history)
+        spread, high = SPREAD, SPREAD
+    else:
+        guess, known = _defaults(shape), {p: 0.0 for p in BASIS}
+        spread, high = DEFAULT_SPREAD, 1.0
 
-    def total(g: dict[str, _Guess], what: str) -> float:
-        return sum(getattr(x, what) for x in g.values())
+    def ranged(what: str) -> dict[str, int]:
+        expected = sum(getattr(g, what) for g in guess.values())
+        error = SIGMAS * math.sqrt(sum((getattr(guess[p], what) * known[p]) ** 2 for p in BASIS))
+        return _range(expected, error, spread, high)
 
-    calls = _range([total(g, "calls") for g in guesses], spread, high)
-    t_in = _range([total(g, "tokens_in") for g in guesses], spread, high)
-    t_out = _range([total(g, "tokens_out") for g in guesses], spread, high)
+    calls, t_in, t_out = ranged("calls"), ranged("tokens_in"), ranged("tokens_out")
     by_purpose = {
-        p: {
-            "calls": round(sum(g[p].calls for g in guesses) / len(guesses), 1),
-            "tokens_in": round(sum(g[p].tokens_in for g in guesses) / len(guesses)),
-            "tokens_out": round(sum(g[p].tokens_out for g in guesses) / len(guesses)),
-        }
-        for p in BASIS
+        p: {"calls": round(g.calls, 1), "tokens_in": round(g.tokens_in), "tokens_out": round(g.tokens_out)}
+        for p, g in guess.items()
     }
     tokens = sum(v["tokens_in"] + v["tokens_out"] for v in by_purpose.values())
     memory = sum(by_purpose[p]["tokens_in"] + by_purpose[p]["tokens_out"] for p in MEMORY_PURPOSES)
     seconds = [
         m.wall_s / max(1.0, sum(m.calls.values()) / m.shape.lanes) for m in history if m.wall_s > 0 and m.calls
     ] or [DEFAULT_SECONDS_PER_CALL]
-    path = [total(g, "calls") / shape.lanes for g in guesses]
-    wall = _range([c * s for c in path for s in seconds], spread, high)
+    per_call = sum(seconds) / len(seconds)
+    path = calls["expected"] / shape.lanes
+    spread_s = (max(seconds) - min(seconds)) / 2 if len(seconds) > 1 else per_call * 0.25
+    wall = _range(
+        path * per_call, path * spread_s + (calls["high"] - calls["expected"]) / shape.lanes * per_call, spread, high
+    )
 
     def money(k: str) -> int | None:
         return cost_micro_usd(price, t_in[k], 0, t_out[k])

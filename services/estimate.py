@@ -82,6 +82,13 @@ async def measured(s: AsyncSession, job: Job) -> Measured:
         await s.execute(select(PlanNode.budget_words).where(PlanNode.job_id == job.id, PlanNode.level == "book"))
     ).scalar_one_or_none()
     chapters, parts = int(levels.get("chapter", 0)), int(levels.get("part", 0))
+    top = (
+        await s.execute(
+            select(func.count())
+            .select_from(PlanNode)
+            .where(PlanNode.job_id == job.id, PlanNode.depth == 1, PlanNode.is_continuation.is_(False))
+        )
+    ).scalar_one()
     shape = Shape(
         words=int(book or job.target_words),
         chunk_words=opts.chunk_words,
@@ -91,6 +98,7 @@ async def measured(s: AsyncSession, job: Job) -> Measured:
         units=chapters or 1,
         expanded=chapters + parts,
         summarized=chapters + parts,
+        top=int(top),
     )
     calls: dict[str, int] = {}
     t_in: dict[str, int] = {}

@@ -230,3 +230,28 @@ async def test_a_hand_edit_below_the_target_is_extended_and_a_selection_rewritte
     assert now.startswith(before[: before.index("Nobody")]) and now.endswith(before[before.index("twice.") + 6 :])
     docs = await rows(db, Document, Document.job_id == job_id, Document.role == "output")
     assert sorted(d.version for d in docs) == [1, 2, 3]
+
+
+async def test_an_estimate_lands_within_a_quarter_of_what_the_job_used(db, client, fake, user, http):
+    fake.reset()  # a model that writes 30-60% of what it is asked: extensions, as small models need
+    opts = {"chunk_words": 1500}
+    spec = {"kind": "generate", "prompt": "Lighthouses of the north", "target_words": 60_000, "options": opts}
+    cold = (await http.post("/v1/jobs/estimate", json=spec, headers=auth(user))).json()
+    # One finished job of the model to learn from (the user's own come first).
+    first = await submit(db, client, user, kind="generate", prompt="Tide tables", target_words=20_000, options=opts)
+    assert await wait(client, first) == "succeeded"
+    est = (await http.post("/v1/jobs/estimate", json=spec, headers=auth(user))).json()
+    assert est["basis"] == "history" and est["jobs_measured"] == 1 and 0 < est["compliance"] < 1
+    assert est["by_purpose"]["memory"]["calls"] > 0 and 0 < est["memory_share"] < 1
+    assert est["cost"]["priced"] is False  # no QUIRE_PRICES in the test API
+    job_id = await submit(db, client, user, **spec)
+    assert await wait(client, job_id) == "succeeded"
+    seen = (await http.get(f"/v1/jobs/{job_id}/estimate", headers=auth(user))).json()
+    actual = seen["actual"]
+    assert seen["estimate"]["calls"] == est["calls"]  # as it was made before the job ran
+    for k in ("calls", "tokens_in", "tokens_out"):
+        expected = est[k]["expected"]
+        assert abs(actual[k] - expected) <= 0.25 * actual[k], (k, expected, actual[k], actual["by_purpose"])
+        assert est[k]["low"] <= actual[k] <= est[k]["high"], (k, est[k], actual[k])
+    # Without history the defaults answer, with a wide range that says so.
+    assert cold["basis"] in ("defaults", "history") and cold["calls"]["high"] > cold["calls"]["low"]
