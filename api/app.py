@@ -98,8 +98,9 @@ def create_app(
         description="Durable, audited long-document writing. Every job: a document of at least the words "
         "asked for, and an audit log of every action taken.",
     )
-    app.include_router(loop.router)  # before jobs: POST /v1/jobs/estimate is not a job
+    app.include_router(loop.estimates_router)  # before jobs: /v1/jobs/estimate is not a job
     app.include_router(jobs.router)
+    app.include_router(loop.router)
     app.include_router(audit.router)
     app.include_router(keys.router)
     app.include_router(metrics.router)

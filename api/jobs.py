@@ -224,11 +224,15 @@ async def get_output(
     ] = "md",
     partial: Annotated[bool, Query(description="the latest partial output of an unfinished or failed job")] = False,
     version: Annotated[
-        int | None, Query(ge=1, le=2**31, description="an earlier version of the output (GET .../versions)")
+        int | None,
+        Query(
+            ge=1,
+            le=2**31 - 1,
+            description="an earlier version of the output (GET .../versions); partial is then ignored",
+        ),
     ] = None,
 ) -> Response:
-    if version is not None and partial:
-        raise invalid(["query", "version"], "version names an output version: it does not go with partial", "version")
+    partial = partial and version is None
     doc = await views.latest_document(db, job.id, "partial" if partial else "output", version)
     if version is not None and doc is None and job.status == "succeeded":
         raise HTTPException(404, f"job {job.id} has no output version {version} (GET .../versions lists them)")

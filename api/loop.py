@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from api import actions
 from api.deps import CallerDep, ClientDep, DbDep, OwnJobDep, SettingsDep
@@ -36,9 +37,11 @@ from services import jobs as job_service
 from services import loop, loopviews
 
 router = APIRouter(prefix="/v1", tags=["author's loop"], responses=COMMON)
+# Included before the job routes: /v1/jobs/estimate is not a job (GET /v1/jobs/{job_id} would take it).
+estimates_router = APIRouter(prefix="/v1", tags=["jobs"], responses=COMMON)
 
 NodeId = Annotated[int, Path(ge=1, le=2**62, description="a node of the job's plan (GET .../map or .../plan)")]
-Number = Annotated[int, Path(ge=1, le=2**31, description="the edit's number in the job")]
+Number = Annotated[int, Path(ge=1, le=2**31 - 1, description="the edit's number in the job")]
 CONFLICT = {**ERRORS[404], "description": "the job or node is in no state for it (each message says why), or locked"}
 NOT_FOUND = {**ERRORS[404], "description": "no such job, node or version for this caller"}
 EDIT_RESPONSES: dict[int | str, dict[str, Any]] = {404: NOT_FOUND, 409: CONFLICT, 422: ERRORS[422], 429: ERRORS[429]}
@@ -53,6 +56,7 @@ def _refused(exc: loop.Refused) -> HTTPException:
     "/jobs/{job_id}/plan",
     response_model=PlanView,
     summary="The plan's outline, its versions, and whether it awaits review",
+    responses={404: NOT_FOUND},
 )
 async def get_plan(job: OwnJobDep, db: DbDep) -> dict[str, Any]:
     return await loopviews.plan(db, job)
@@ -239,7 +243,12 @@ async def unlock(request: Request, node_id: NodeId, job: OwnJobDep, who: CallerD
     return await _lock(request, node_id, job, who, db, False)
 
 
-@router.get("/jobs/{job_id}/edits", response_model=list[EditView], summary="Who changed what: the job's edits")
+@router.get(
+    "/jobs/{job_id}/edits",
+    response_model=list[EditView],
+    summary="Who changed what: the job's edits",
+    responses={404: NOT_FOUND},
+)
 async def list_edits(
     job: OwnJobDep, db: DbDep, node: Annotated[int | None, Query(ge=1, le=2**62, description="one node's")] = None
 ) -> list[dict[str, Any]]:
@@ -259,7 +268,12 @@ async def get_edit(number: Number, job: OwnJobDep, db: DbDep) -> dict[str, Any]:
     return view
 
 
-@router.get("/jobs/{job_id}/versions", response_model=Versions, summary="The document's versions and who made each")
+@router.get(
+    "/jobs/{job_id}/versions",
+    response_model=Versions,
+    summary="The document's versions and who made each",
+    responses={404: NOT_FOUND},
+)
 async def list_versions(job: OwnJobDep, db: DbDep) -> Versions:
     return Versions.model_validate({"job_id": str(job.id), "items": await loopviews.versions(db, job)})
 
@@ -273,8 +287,8 @@ async def list_versions(job: OwnJobDep, db: DbDep) -> Versions:
 async def get_diff(
     job: OwnJobDep,
     db: DbDep,
-    a: Annotated[int, Query(alias="from", ge=1, le=2**31, description="the older version")],
-    b: Annotated[int, Query(alias="to", ge=1, le=2**31, description="the newer version")],
+    a: Annotated[int, Query(alias="from", ge=1, le=2**31 - 1, description="the older version")],
+    b: Annotated[int, Query(alias="to", ge=1, le=2**31 - 1, description="the newer version")],
 ) -> dict[str, Any]:
     d = await loopviews.diff(db, job, a, b)
     if d is None:
@@ -283,12 +297,17 @@ async def get_diff(
     return d
 
 
-@router.get("/jobs/{job_id}/map", response_model=BookMap, summary="The book at a glance: chapters as tiles, live")
+@router.get(
+    "/jobs/{job_id}/map",
+    response_model=BookMap,
+    summary="The book at a glance: chapters as tiles, live",
+    responses={404: NOT_FOUND},
+)
 async def get_map(job: OwnJobDep, db: DbDep) -> dict[str, Any]:
     return await loopviews.book_map(db, job)
 
 
-@router.post(
+@estimates_router.post(
     "/jobs/estimate",
     response_model=Estimate,
     summary="Estimate a job before running it: calls, tokens, cost and wall time, with a range",
@@ -312,6 +331,19 @@ async def estimate(request: Request, who: CallerDep, db: DbDep, settings: Settin
     "/jobs/{job_id}/estimate",
     response_model=JobEstimate,
     summary="The job's estimate (as made at submit) beside what it actually used",
+    responses={404: NOT_FOUND},
 )
 async def job_estimate(job: OwnJobDep, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     return await estimates.for_job(db, settings, job)
+
+
+@estimates_router.api_route(
+    "/jobs/estimate", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
+)
+async def estimate_other_methods(request: Request) -> JSONResponse:
+    """Only POST: not a job's id (which GET and DELETE would otherwise take it for)."""
+    return JSONResponse(
+        {"detail": f"method {request.method} is not allowed here; allowed: POST"},
+        status_code=405,
+        headers={"Allow": "POST"},
+    )

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.intake import TEXT_PATTERN, text_problem
+from core.review import WholeNumber
 
 MAX_INSTRUCTION = 2000
 MAX_NODE_TEXT = 2_000_000  # characters: a part of a 500,000-word book
@@ -55,13 +56,13 @@ class Rewrite(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instruction: Instruction
     quote: Quote | None = None
-    start: int | None = Field(default=None, ge=0, le=MAX_NODE_TEXT)
-    end: int | None = Field(default=None, ge=1, le=MAX_NODE_TEXT)
+    start: WholeNumber | None = Field(default=None, ge=0, le=MAX_NODE_TEXT)
+    end: WholeNumber | None = Field(default=None, ge=1, le=MAX_NODE_TEXT)
 
 
 class Rollback(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    to: int = Field(ge=0, le=2**31, strict=True, description="0: as the job wrote it; n: as edit n left it")
+    to: WholeNumber = Field(ge=0, le=2**31 - 1, description="0: as the job wrote it; n: as edit n left it")
 
 
 class OutlineItemView(BaseModel):

@@ -9,9 +9,9 @@ applies an approved version (``activities.review``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from core.plan import heading_key
 from core.spec import MAX_TARGET_WORDS
@@ -21,16 +21,26 @@ MIN_BUDGET = 50  # a node's words: below this a chapter is a sentence
 FIELDS = ("title", "summary", "key_points", "budget_words")
 
 
+def _integral(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+# A whole number as JSON writes it: 300 or 300.0 (both integers in JSON Schema), never "300" or true.
+WholeNumber = Annotated[int, BeforeValidator(_integral), Field(strict=True)]
+
+
 class OutlineItem(BaseModel):
     """One top-level node of the outline, in the order wanted: ``node`` is the id of a node of
     the plan (kept, perhaps edited), or null for a node to add."""
 
     model_config = ConfigDict(extra="forbid")
-    node: int | None = Field(default=None, ge=1, le=2**62, description="an existing top-level node; null: a new one")
+    node: WholeNumber | None = Field(
+        default=None, ge=1, le=2**62, description="an existing top-level node; null: a new one"
+    )
     title: str = Field(min_length=1, max_length=200)
     summary: str = Field(default="", max_length=2000, description="what it covers: the writer's brief")
     key_points: list[str] = Field(default_factory=list, max_length=12)
-    budget_words: int = Field(ge=MIN_BUDGET, le=MAX_TARGET_WORDS, strict=True)
+    budget_words: WholeNumber = Field(ge=MIN_BUDGET, le=MAX_TARGET_WORDS)
 
 
 class PlanReview(BaseModel):
