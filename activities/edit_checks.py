@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from temporalio import activity
 
 from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check, save_document
-from activities.edits import EditRef, load_edit, note, output_version
+from activities.edit_rows import EditRef, load_edit, note, output_version
 from activities.finalize import document_blocks
 from activities.memory import Remembered, finding_events, ledger_before, summarize
 from activities.seams import SeamActivities, _chunk_findings, _UnitChunk

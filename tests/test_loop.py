@@ -255,3 +255,48 @@ async def test_an_estimate_lands_within_a_quarter_of_what_the_job_used(db, clien
         assert est[k]["low"] <= actual[k] <= est[k]["high"], (k, est[k], actual[k])
     # Without history the defaults answer, with a wide range that says so.
     assert cold["basis"] in ("defaults", "history") and cold["calls"]["high"] > cold["calls"]["low"]
+
+
+async def test_actions_that_make_no_sense_are_refused_and_say_why(db, client, fake, user, http):
+    from db.writing import Chunk
+    from tests.test_quotas import set_quotas
+
+    fake.reset(ratio=(1.0, 1.15))
+    done = await submit(db, client, user, kind="generate", prompt="Ropes", target_words=400)
+    assert await wait(client, done) == "succeeded"
+    book = (await rows(db, PlanNode, PlanNode.job_id == done, PlanNode.level == "book"))[0]
+    section = (await rows(db, PlanNode, PlanNode.job_id == done, PlanNode.level == "section"))[0]
+    url = f"/v1/jobs/{done}/nodes"
+    r = await http.post(f"{url}/999999999/regenerate", json={}, headers=auth(user))
+    assert r.status_code == 404 and "has no node 999999999" in r.json()["detail"]
+    r = await http.post(f"{url}/{book.id}/regenerate", json={}, headers=auth(user))
+    assert r.status_code == 409 and "whole book" in r.json()["detail"]
+    r = await http.post(f"{url}/{section.id}/rollback", json={"to": 7}, headers=auth(user))
+    assert r.status_code == 404 and "no version 7" in r.json()["detail"]
+    r = await http.post(f"{url}/{section.id}/rewrite", json={"instruction": "x", "quote": "zz qq"}, headers=auth(user))
+    assert r.status_code == 422 and "not in the node's text" in r.text
+    r = await http.post(f"/v1/jobs/{done}/plan", json={}, headers=auth(user))
+    assert r.status_code == 409 and "did not ask for a plan review" in r.json()["detail"]
+    await set_quotas(db, user, words_per_month=500)  # the job's 400 words are used: 100 left
+    r = await http.post(f"{url}/{section.id}/regenerate", json={}, headers=auth(user))
+    assert r.status_code == 429 and "words-per-month quota of 500" in r.json()["detail"] and r.headers["retry-after"]
+    await set_quotas(db, user, words_per_month=None)
+
+    # A running job's nodes are not edited, nor locked before they are written; a cancelled job's not at all.
+    fake.reset(ratio=(1.0, 1.15), delay_s=0.3)
+    running = await submit(db, client, user, kind="generate", prompt="Knots", target_words=3000)
+
+    async def planned() -> bool:
+        return bool(await rows(db, Chunk, Chunk.job_id == running))
+
+    await until("the running job's plan", planned)
+    node = (await rows(db, PlanNode, PlanNode.job_id == running, PlanNode.level == "section"))[-1]
+    r = await http.post(f"/v1/jobs/{running}/nodes/{node.id}/regenerate", json={}, headers=auth(user))
+    assert r.status_code == 409 and "job is running" in r.json()["detail"]
+    r = await http.put(f"/v1/jobs/{running}/nodes/{node.id}/lock", headers=auth(user))
+    assert r.status_code == 409 and "not written yet" in r.json()["detail"]
+    await http.post(f"/v1/jobs/{running}/cancel", headers=auth(user))
+    await wait(client, running)
+    r = await http.post(f"/v1/jobs/{running}/nodes/{node.id}/regenerate", json={}, headers=auth(user))
+    assert r.status_code == 409 and "cancelled" in r.json()["detail"]
+    assert not await rows(db, Edit, Edit.job_id.in_([done, running]))  # nothing was started

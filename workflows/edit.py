@@ -21,7 +21,8 @@ from workflows.unit import UnitInput, UnitWorkflow
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import NodeRef, RoundRef
     from activities.edit_checks import EditCheckActivities, EditFailure
-    from activities.edits import EditActivities, EditChunkRef, EditRef
+    from activities.edit_rows import EditChunkRef, EditRef
+    from activities.edits import EditActivities
     from activities.finalize import FinalizeActivities
     from activities.seams import SeamActivities
 
