@@ -15,7 +15,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from core.runs import edit_workflow_id
 from core.text import count_words
 from db.loop import Edit, PlanVersion
-from db.models import AuditEvent, Document
+from db.models import AuditEvent, Document, Job
 from db.writing import ChunkVersion, ContinuityFinding, PlanNode, SeamCheck
 from testkit import until
 from tests.helpers import output, submit, wait
@@ -300,3 +300,35 @@ async def test_actions_that_make_no_sense_are_refused_and_say_why(db, client, fa
     r = await http.post(f"/v1/jobs/{running}/nodes/{node.id}/regenerate", json={}, headers=auth(user))
     assert r.status_code == 409 and "cancelled" in r.json()["detail"]
     assert not await rows(db, Edit, Edit.job_id.in_([done, running]))  # nothing was started
+
+
+async def test_the_loop_from_the_command_line(db, client, fake, user, api_url):
+    from tests.test_cli import arun
+
+    fake.reset(ratio=(1.0, 1.15))
+    env = {"QUIRE_API_URL": api_url, "QUIRE_API_KEY": user.api_key, "QUIRE_HOME": "/nonexistent"}
+    code, out, _ = await arun("submit", "Canal locks", "--words", "1500", "--estimate", env=env)
+    assert code == 0 and "model calls" in out and "tokens in" in out and "wall time" in out
+    assert not await rows(db, Job, Job.user_id == user.user_id)  # an estimate submits nothing
+    code, out, _ = await arun("submit", "Canal locks", "--words", "1500", "--review-plan", env=env)
+    job_id = uuid.UUID(out.strip())
+
+    async def awaiting() -> bool:
+        return bool(await rows(db, PlanVersion, PlanVersion.job_id == job_id))
+
+    await until("the plan to await its review", awaiting)
+    code, out, err = await arun("plan", str(job_id), "--approve", env=env)
+    assert code == 0 and "plan version 2 approved" in out, err
+    assert await wait(client, job_id) == "succeeded"
+    node = (await rows(db, PlanNode, PlanNode.job_id == job_id, PlanNode.level == "section"))[0]
+    code, out, err = await arun("lock", str(job_id), str(node.id), env=env)
+    assert code == 0 and "locked by" in out
+    code, _, err = await arun("regenerate", str(job_id), str(node.id), env=env)
+    assert code == 2 and "is locked" in err  # refused by the API: exit 2 with its reason
+    await arun("unlock", str(job_id), str(node.id), env=env)
+    code, out, err = await arun("regenerate", str(job_id), str(node.id), "--instruction", "shorter", "--wait", env=env)
+    assert code == 0 and "edit 1 done: document version 2" in out, err
+    code, out, _ = await arun("versions", str(job_id), env=env)
+    assert "v1" in out and "v2" in out and f"edit 1 (regenerate by {user.name})" in out
+    code, out, _ = await arun("diff", str(job_id), "1", "2", env=env)
+    assert code == 0 and out.startswith("--- version 1\n+++ version 2")
