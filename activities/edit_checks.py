@@ -24,7 +24,7 @@ from activities.edit_rows import EditRef, load_edit, note, output_version
 from activities.finalize import document_blocks
 from activities.memory import Remembered, finding_events, ledger_before, summarize
 from activities.seams import SeamActivities, _chunk_findings, _UnitChunk
-from activities.tree import ancestors, chunks_under, lock_over, next_node
+from activities.tree import ancestors, chunks_under, latest_text, lock_over, next_node
 from core.edits import changed, memory_of, mention
 from core.layout import assemble
 from core.memory import Entry
@@ -35,7 +35,6 @@ from db.models import LlmCall
 from db.session import JobTx
 from db.writing import (
     Chunk,
-    ChunkVersion,
     CoherenceState,
     ContinuityFinding,
     LedgerEntry,
@@ -89,7 +88,7 @@ class EditCheckActivities(ModelStep):
                     succ.id,
                     await _seam_ids(tx, succ_chunks[0]),
                     await ledger_before(tx, succ_chunks[0].ordinal),
-                    (await latest_version(tx, last.id) or ChunkVersion(text="")).text,
+                    await latest_text(tx.session, last.id),
                     units,
                     locked,
                     {

@@ -39,7 +39,7 @@ from activities.memory import (
     summaries_before,
 )
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
-from activities.tree import chunks_under
+from activities.tree import chunks_under, latest_text
 from core.edits import spans, split_text
 from core.length import stalled, words_to_ask
 from core.memory import build_context, prompt_budget
@@ -135,7 +135,7 @@ class EditActivities(ModelStep):
                 return
             chunk = await _chunk(tx, jid, ref.chunk_id)
             kind, number, params, detail = edit.kind, edit.number, dict(edit.params or {}), dict(edit.detail)
-            current = (await latest_version(tx, chunk.id) or ChunkVersion(text="")).text.strip()
+            current = (await latest_text(tx.session, chunk.id)).strip()
             ledger = await ledger_before(tx, chunk.ordinal)
             model, min_words = job.model, chunk.min_words
         key = f"edit:{number}:chunk:{ref.chunk_id}"
@@ -301,10 +301,7 @@ class EditActivities(ModelStep):
             job = await load_job(tx, jid)
             node = await tx.session.get(PlanNode, (await load_edit(tx, edit_id)).node_id)
             assert node is not None
-            texts = [
-                (await latest_version(tx, c.id) or ChunkVersion(text="")).text.strip()
-                for c in await chunks_under(tx.session, node)
-            ]
+            texts = [(await latest_text(tx.session, c.id)).strip() for c in await chunks_under(tx.session, node)]
             model = job.model
         whole = "\n\n".join(t for t in texts if t)
         s, e = int(params["start"]), int(params["end"])
@@ -338,7 +335,7 @@ async def _edit_context(tx: JobTx, job: Job, chunk: Chunk, edit: Edit) -> ChunkC
         prev = (
             await tx.session.execute(select(Chunk).where(Chunk.job_id == job.id, Chunk.ordinal == chunk.ordinal - 1))
         ).scalar_one()
-        prev_text = (await latest_version(tx, prev.id) or ChunkVersion(text="")).text
+        prev_text = await latest_text(tx.session, prev.id)
         ctx.previous_tail, ctx.handoff = tail_words(prev_text, TAIL_WORDS), ""
     fresh = {int(k): v for k, v in (edit.detail.get("summaries") or {}).items()}
     if fresh:

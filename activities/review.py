@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now
@@ -46,19 +47,15 @@ class ReviewRefused(Exception):
     """The version cannot be applied (it is not the proposal the job is waiting for)."""
 
 
-async def outline(tx: JobTx) -> list[dict[str, Any]]:
+async def outline(s: AsyncSession, job_id: uuid.UUID) -> list[dict[str, Any]]:
     """The job's top-level nodes in order, as a review shows and edits them."""
     nodes = (
-        (
-            await tx.session.execute(
-                select(PlanNode)
-                .where(PlanNode.job_id == tx.job_id, PlanNode.depth == 1, PlanNode.is_continuation.is_(False))
-                .order_by(PlanNode.position)
-            )
+        await s.execute(
+            select(PlanNode)
+            .where(PlanNode.job_id == job_id, PlanNode.depth == 1, PlanNode.is_continuation.is_(False))
+            .order_by(PlanNode.position)
         )
-        .scalars()
-        .all()
-    )
+    ).scalars()
     return [
         {
             "node": n.id,
@@ -99,7 +96,9 @@ class ReviewActivities(Step):
             if approved is not None:
                 return ReviewWait(False, approved)
             if latest is None:
-                latest = PlanVersion(job_id=jid, version=1, status="planned", outline=await outline(tx))
+                latest = PlanVersion(
+                    job_id=jid, version=1, status="planned", outline=await outline(tx.session, tx.job_id)
+                )
                 tx.session.add(latest)
                 await tx.session.flush()
             if job.current_step != "awaiting plan review":
@@ -127,7 +126,7 @@ class ReviewActivities(Step):
                 return pv.version
             if pv is None or pv.status != "proposed":
                 raise ReviewRefused(f"plan version {ref.version} of job {jid} is not a proposal awaiting review")
-            before = await outline(tx)
+            before = await outline(tx.session, tx.job_id)
             diff = changes(before, pv.outline)
             if diff:
                 await _lay_out_again(tx, job, before, pv.outline)

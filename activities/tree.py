@@ -1,12 +1,12 @@
 """Reads of the plan tree that the author's loop shares (the review, the edits, the API's checks):
-the chunks under a node, its neighbours in document order, and the lock that covers it."""
+the chunks under a node and their text, its neighbours in document order, the lock that covers it."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.writing import Chunk, PlanNode
+from db.writing import Chunk, ChunkVersion, PlanNode
 
 
 async def nodes_under(s: AsyncSession, node: PlanNode) -> list[PlanNode]:
@@ -37,6 +37,19 @@ async def chunks_under(s: AsyncSession, node: PlanNode) -> list[Chunk]:
     return list(
         (await s.execute(select(Chunk).where(Chunk.section_id.in_(ids)).order_by(Chunk.ordinal))).scalars().all()
     )
+
+
+async def latest_text(s: AsyncSession, chunk_id: int) -> str:
+    """A chunk's text as it now reads: its latest version's (empty before it has one)."""
+    text = (
+        await s.execute(
+            select(ChunkVersion.text)
+            .where(ChunkVersion.chunk_id == chunk_id)
+            .order_by(ChunkVersion.version.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    return text or ""
 
 
 async def ancestors(s: AsyncSession, node: PlanNode) -> list[PlanNode]:

@@ -4,13 +4,15 @@ versions and their diff, see the book as a map, and estimate a job before runnin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
+from temporalio.client import Client
 
 from api import actions
-from api.deps import CallerDep, ClientDep, DbDep, OwnJobDep, SettingsDep
+from api.deps import Caller, CallerDep, ClientDep, DbDep, OwnJobDep, SettingsDep
 from api.intake import read_spec
 from api.loop_schemas import (
     BookMap,
@@ -32,9 +34,11 @@ from api.loop_schemas import (
 from api.schemas import COMMON, ERRORS
 from core.review import PlanReview
 from db.models import Job
+from db.session import Database
 from services import estimate as estimates
 from services import jobs as job_service
 from services import loop, loopviews
+from services.config import Settings
 
 router = APIRouter(prefix="/v1", tags=["author's loop"], responses=COMMON)
 # Included before the job routes: /v1/jobs/estimate is not a job (GET /v1/jobs/{job_id} would take it).
@@ -45,6 +49,31 @@ Number = Annotated[int, Path(ge=1, le=2**31 - 1, description="the edit's number 
 CONFLICT = {**ERRORS[404], "description": "the job or node is in no state for it (each message says why), or locked"}
 NOT_FOUND = {**ERRORS[404], "description": "no such job, node or version for this caller"}
 EDIT_RESPONSES: dict[int | str, dict[str, Any]] = {404: NOT_FOUND, 409: CONFLICT, 422: ERRORS[422], 429: ERRORS[429]}
+
+
+@dataclass
+class Acting:
+    """Who acts on which job, through which request, with the app's services: what an action needs."""
+
+    request: Request
+    job: Job
+    who: Caller
+    db: Database
+    client: Client
+    settings: Settings
+
+    @property
+    def actor(self) -> dict[str, Any]:
+        return actions.actor(self.request, self.who)
+
+
+async def _acting(
+    request: Request, job: OwnJobDep, who: CallerDep, db: DbDep, client: ClientDep, settings: SettingsDep
+) -> Acting:
+    return Acting(request, job, who, db, client, settings)
+
+
+ActingDep = Annotated[Acting, Depends(_acting)]
 
 
 def _refused(exc: loop.Refused) -> HTTPException:
@@ -73,11 +102,9 @@ async def get_plan(job: OwnJobDep, db: DbDep) -> dict[str, Any]:
     "applied. The job then writes the plan as approved.",
     responses={404: NOT_FOUND, 409: CONFLICT, 422: ERRORS[422]},
 )
-async def review_plan(
-    request: Request, body: PlanReview, job: OwnJobDep, who: CallerDep, db: DbDep, client: ClientDep
-) -> dict[str, Any]:
+async def review_plan(body: PlanReview, a: ActingDep) -> dict[str, Any]:
     try:
-        return await loop.review_plan(db, client, job, body, actions.actor(request, who))
+        return await loop.review_plan(a.db, a.client, a.job, body, a.actor)
     except loop.Refused as exc:
         raise _refused(exc) from None
 
@@ -95,19 +122,17 @@ async def get_node(node_id: NodeId, job: OwnJobDep, db: DbDep) -> dict[str, Any]
     return view
 
 
-async def _edit(
-    request: Request, job: Job, who: Any, db: Any, client: Any, settings: Any, node_id: int, kind: str, **kw: Any
-) -> EditStarted:
+async def _edit(a: Acting, node_id: int, kind: str, **kw: Any) -> EditStarted:
     try:
         edit = await loop.start_edit(
-            db,
-            client,
-            job,
+            a.db,
+            a.client,
+            a.job,
             node_id,
             kind,
-            actions.actor(request, who),
-            task_queue=settings.temporal_task_queue,
-            durability=job_service.durability(settings),
+            a.actor,
+            task_queue=a.settings.temporal_task_queue,
+            durability=job_service.durability(a.settings),
             **kw,
         )
     except loop.Refused as exc:
@@ -118,7 +143,7 @@ async def _edit(
         node=node_id,
         status="running",
         workflow_id=edit.workflow_id,
-        link=f"/v1/jobs/{job.id}/edits/{edit.number}",
+        link=f"/v1/jobs/{a.job.id}/edits/{edit.number}",
     )
 
 
@@ -132,18 +157,8 @@ async def _edit(
     "flagged in the coherence report, and a new version of the document (topped up if it fell short of the target).",
     responses=EDIT_RESPONSES,
 )
-async def regenerate(
-    request: Request,
-    node_id: NodeId,
-    body: Regenerate,
-    job: OwnJobDep,
-    who: CallerDep,
-    db: DbDep,
-    client: ClientDep,
-    settings: SettingsDep,
-) -> EditStarted:
-    params = {"instruction": body.instruction} if body.instruction else {}
-    return await _edit(request, job, who, db, client, settings, node_id, "regenerate", params=params)
+async def regenerate(node_id: NodeId, body: Regenerate, a: ActingDep) -> EditStarted:
+    return await _edit(a, node_id, "regenerate", params={"instruction": body.instruction} if body.instruction else {})
 
 
 @router.put(
@@ -156,17 +171,8 @@ async def regenerate(
     "rewritten); its seams are checked; a document shorter than the target is extended.",
     responses=EDIT_RESPONSES,
 )
-async def put_text(
-    request: Request,
-    node_id: NodeId,
-    body: NodeText,
-    job: OwnJobDep,
-    who: CallerDep,
-    db: DbDep,
-    client: ClientDep,
-    settings: SettingsDep,
-) -> EditStarted:
-    return await _edit(request, job, who, db, client, settings, node_id, "edit", text=body.text)
+async def put_text(node_id: NodeId, body: NodeText, a: ActingDep) -> EditStarted:
+    return await _edit(a, node_id, "edit", text=body.text)
 
 
 @router.post(
@@ -176,18 +182,8 @@ async def put_text(
     summary="Rewrite a selection inside a node with an instruction, the rest untouched",
     responses=EDIT_RESPONSES,
 )
-async def rewrite(
-    request: Request,
-    node_id: NodeId,
-    body: Rewrite,
-    job: OwnJobDep,
-    who: CallerDep,
-    db: DbDep,
-    client: ClientDep,
-    settings: SettingsDep,
-) -> EditStarted:
-    params = {k: v for k, v in body.model_dump().items() if v is not None}
-    return await _edit(request, job, who, db, client, settings, node_id, "rewrite", params=params)
+async def rewrite(node_id: NodeId, body: Rewrite, a: ActingDep) -> EditStarted:
+    return await _edit(a, node_id, "rewrite", params={k: v for k, v in body.model_dump().items() if v is not None})
 
 
 @router.post(
@@ -197,22 +193,13 @@ async def rewrite(
     summary="Roll a node back to an earlier version, with the memory derived from it",
     responses=EDIT_RESPONSES,
 )
-async def rollback(
-    request: Request,
-    node_id: NodeId,
-    body: Rollback,
-    job: OwnJobDep,
-    who: CallerDep,
-    db: DbDep,
-    client: ClientDep,
-    settings: SettingsDep,
-) -> EditStarted:
-    return await _edit(request, job, who, db, client, settings, node_id, "rollback", params={"to": body.to})
+async def rollback(node_id: NodeId, body: Rollback, a: ActingDep) -> EditStarted:
+    return await _edit(a, node_id, "rollback", params={"to": body.to})
 
 
-async def _lock(request: Request, node_id: int, job: Job, who: Any, db: Any, locked: bool) -> LockView:
+async def _lock(a: Acting, node_id: int, locked: bool) -> LockView:
     try:
-        node = await loop.set_lock(db, job, node_id, locked, actions.actor(request, who))
+        node = await loop.set_lock(a.db, a.job, node_id, locked, a.actor)
     except loop.Refused as exc:
         raise _refused(exc) from None
     return LockView(
@@ -229,8 +216,8 @@ async def _lock(request: Request, node_id: int, job: Job, who: Any, db: Any, loc
     summary="Lock a written node: no regeneration or repair touches it (an attempt is a 409 naming the lock)",
     responses={404: NOT_FOUND, 409: CONFLICT},
 )
-async def lock(request: Request, node_id: NodeId, job: OwnJobDep, who: CallerDep, db: DbDep) -> LockView:
-    return await _lock(request, node_id, job, who, db, True)
+async def lock(node_id: NodeId, a: ActingDep) -> LockView:
+    return await _lock(a, node_id, True)
 
 
 @router.delete(
@@ -239,8 +226,8 @@ async def lock(request: Request, node_id: NodeId, job: OwnJobDep, who: CallerDep
     summary="Unlock a node",
     responses={404: NOT_FOUND, 409: CONFLICT},
 )
-async def unlock(request: Request, node_id: NodeId, job: OwnJobDep, who: CallerDep, db: DbDep) -> LockView:
-    return await _lock(request, node_id, job, who, db, False)
+async def unlock(node_id: NodeId, a: ActingDep) -> LockView:
+    return await _lock(a, node_id, False)
 
 
 @router.get(

@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
 from activities.review import latest_version, outline
-from activities.tree import chunks_under, lock_message, lock_over
+from activities.tree import chunks_under, latest_text, lock_message, lock_over
 from core import review as rules
 from core.edits import heading_problem, locate, node_text
 from core.quota import submit_refusal
@@ -27,8 +27,9 @@ from db import usage
 from db.loop import Edit, PlanVersion
 from db.models import Job, LlmCall
 from db.session import Database, JobTx
-from db.writing import ChunkVersion, PlanNode
-from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, llm_task_queue
+from db.writing import PlanNode
+from services.jobs import search_attributes
+from services.temporal import llm_task_queue
 from workflows.edit import EditInput, EditWorkflow
 from workflows.job import JobWorkflow, PlanReviewInput
 from workflows.steps import Durability
@@ -69,7 +70,7 @@ async def review_plan(
                 f"plan version {latest.version} is {'being applied' if latest.status == 'proposed' else 'approved'}"
             )  # fmt: skip
             raise Refused(409, f"the plan is not waiting for review: {state}")
-        current = await outline(tx)
+        current = await outline(tx.session, tx.job_id)
         if review.items is None:
             new = current
         else:
@@ -160,21 +161,14 @@ async def start_edit(
             {**actor, "edit": number, "node": node.id, "level": node.level, "title": node.title, **shown,
              **({"words": count_words(text)} if text is not None else {})},
         )  # fmt: skip
-        user_name, target = actor["user"], j.target_words
+        user_name = actor["user"]
     await client.start_workflow(
         EditWorkflow.run,
         EditInput(str(job.id), edit.id, number, llm_task_queue(task_queue), durability),
         id=edit.workflow_id,
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(SA_JOB_ID, str(job.id)),
-                SearchAttributePair(SA_KIND, job.kind),
-                SearchAttributePair(SA_USER, user_name),
-                SearchAttributePair(SA_TARGET_WORDS, target),
-            ]
-        ),
+        search_attributes=search_attributes(job, user_name),
         static_summary=f"edit {number}: {kind} of node {node_id}",
     )
     return edit
@@ -216,7 +210,7 @@ async def _check_params(tx: JobTx, node: PlanNode, kind: str, params: dict[str, 
     chunks = await chunks_under(tx.session, node)
     if any(c.status != "done" for c in chunks) or not chunks:
         raise Refused(409, f"{node.level} {node.id} '{node.title}' is not written: it has nothing to edit")
-    texts = [(await _latest_text(tx, c.id)) for c in chunks]
+    texts = [await latest_text(tx.session, c.id) for c in chunks]
     if kind == "regenerate":
         return node.budget_words
     if kind == "edit":
@@ -249,18 +243,6 @@ async def node_versions(tx: JobTx, node: PlanNode) -> list[int]:
     ids = {str(c.id) for c in await chunks_under(tx.session, node)}
     done = (await tx.session.execute(select(Edit).where(Edit.job_id == tx.job_id, Edit.status == "done"))).scalars()
     return sorted(e.number for e in done if ids & set(e.detail.get("after", {})))
-
-
-async def _latest_text(tx: JobTx, chunk_id: int) -> str:
-    row = (
-        await tx.session.execute(
-            select(ChunkVersion.text)
-            .where(ChunkVersion.chunk_id == chunk_id)
-            .order_by(ChunkVersion.version.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
-    return row or ""
 
 
 async def _within_limits(tx: JobTx, job: Job, words: int) -> None:

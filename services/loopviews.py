@@ -11,15 +11,15 @@ import uuid
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.tree import chunks_under, lock_over
+from activities.review import outline
+from activities.tree import chunks_under, latest_text, lock_over
 from core.edits import node_text
 from core.spec import JobOptions
 from db.loop import Edit, PlanVersion
 from db.models import Document, Job
 from db.session import Database
-from db.writing import Chunk, ChunkAttempt, ChunkVersion, ContinuityFinding, PlanNode
+from db.writing import Chunk, ChunkAttempt, ContinuityFinding, PlanNode
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -29,17 +29,7 @@ def _iso(t: dt.datetime | None) -> str | None:
 async def plan(db: Database, job: Job) -> dict[str, Any]:
     """The outline (top-level nodes) as it stands, whether it waits for review, and its versions."""
     async with db.tx() as s:
-        nodes = (
-            (
-                await s.execute(
-                    select(PlanNode)
-                    .where(PlanNode.job_id == job.id, PlanNode.depth == 1, PlanNode.is_continuation.is_(False))
-                    .order_by(PlanNode.position)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        items = await outline(s, job.id)
         versions = (
             (await s.execute(select(PlanVersion).where(PlanVersion.job_id == job.id).order_by(PlanVersion.version)))
             .scalars()
@@ -53,17 +43,7 @@ async def plan(db: Database, job: Job) -> dict[str, Any]:
         and versions[-1].status in ("planned", "rejected"),
         "target_words": job.target_words,
         "max_words": job.max_words,
-        "items": [
-            {
-                "node": n.id,
-                "level": n.level,
-                "title": n.title or "",
-                "summary": n.purpose,
-                "key_points": list(n.key_points or []),
-                "budget_words": n.budget_words,
-            }
-            for n in nodes
-        ],
+        "items": items,
         "versions": [
             {
                 "version": v.version,
@@ -128,7 +108,7 @@ async def node(db: Database, job: Job, node_id: int) -> dict[str, Any] | None:
         if n is None or n.job_id != job.id or n.level == "book":
             return None
         chunks = await chunks_under(s, n)
-        texts = [await _text(s, c.id) for c in chunks]
+        texts = [await latest_text(s, c.id) for c in chunks]
         lock = await lock_over(s, n)
     history = await edits(db, job, node_id)
     text = node_text(texts)
@@ -148,18 +128,6 @@ async def node(db: Database, job: Job, node_id: int) -> dict[str, Any] | None:
         "versions": [0, *(e["number"] for e in history if e["status"] == "done" and e["kind"] != "rollback")],
         "edits": history,
     }
-
-
-async def _text(s: AsyncSession, chunk_id: int) -> str:
-    row = (
-        await s.execute(
-            select(ChunkVersion.text)
-            .where(ChunkVersion.chunk_id == chunk_id)
-            .order_by(ChunkVersion.version.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
-    return row or ""
 
 
 async def versions(db: Database, job: Job) -> list[dict[str, Any]]:
