@@ -8,16 +8,29 @@ checks, continuity findings, documents), each row naming the edit where it matte
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, Integer, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.spec import sql_in
-from db.models import Base, ts_column
+from db.models import Base, Job, ts_column
 
 # planned: the outline as the model planned it (version 1); proposed: a review sent to the job's
 # workflow (an Update); approved: the workflow applied it; rejected: the workflow refused it.
@@ -81,3 +94,29 @@ class Edit(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = ts_column(default=True)
     completed_at: Mapped[datetime | None] = ts_column()
+
+
+async def clock_start(s: AsyncSession, job: Job, edit: int | None = None) -> dt.datetime:
+    """Where the job's time budget (``max_wall_seconds``) is counted from: its start, moved on by
+    the time its plan waited for review (an author's days are not the job's); for the steps of
+    edit ``edit``, that edit's start (an edit weeks later has a budget of its own)."""
+    if edit is not None:
+        started = (
+            await s.execute(select(Edit.created_at).where(Edit.job_id == job.id, Edit.number == edit))
+        ).scalar_one_or_none()
+        if started is not None:
+            return started
+    start = job.started_at or job.created_at
+    asked, approved = (
+        await s.execute(
+            select(
+                select(PlanVersion.created_at)
+                .where(PlanVersion.job_id == job.id, PlanVersion.version == 1)
+                .scalar_subquery(),
+                select(PlanVersion.decided_at)
+                .where(PlanVersion.job_id == job.id, PlanVersion.status == "approved")
+                .scalar_subquery(),
+            )
+        )
+    ).one()
+    return start + (approved - asked) if asked is not None and approved is not None else start

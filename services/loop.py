@@ -246,17 +246,14 @@ async def node_versions(tx: JobTx, node: PlanNode) -> list[int]:
 
 
 async def _within_limits(tx: JobTx, job: Job, words: int) -> None:
-    """The same quota check as a submit (429), and the job's own budgets (409)."""
+    """The same quota check as a submit (429), and the job's token budget (409)."""
     now = dt.datetime.now(dt.UTC)
     quotas = await usage.quotas(tx.session, job.user_id, lock=True)
     if quotas.any:
         refused = submit_refusal(quotas, await usage.usage(tx.session, job.user_id, now), words, now)
         if refused is not None:
             raise Refused(429, str(refused), refused.retry_after_s)
-    opts = JobOptions(**(job.params or {}))
-    started = job.started_at or job.created_at
-    if (now - started).total_seconds() >= opts.max_wall_seconds:
-        raise Refused(409, f"the job's time budget (max_wall_seconds={opts.max_wall_seconds}) is used up")
+    opts = JobOptions(**(job.params or {}))  # an edit's time budget is its own (db.loop.clock_start)
     if opts.max_tokens is not None:
         used = (
             await tx.session.execute(

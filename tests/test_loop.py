@@ -5,6 +5,7 @@ below its target and is extended; a selection rewritten, the rest untouched; a r
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 
@@ -14,7 +15,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from core.runs import edit_workflow_id
 from core.text import count_words
-from db.loop import Edit, PlanVersion
+from db.loop import Edit, PlanVersion, clock_start
 from db.models import AuditEvent, Document, Job
 from db.writing import ChunkVersion, ContinuityFinding, PlanNode, SeamCheck
 from testkit import until
@@ -115,6 +116,11 @@ async def test_a_reviewed_plan_is_written_as_its_author_edited_it(db, client, fa
     assert reviewed.data["by"] == user.name and any(c["change"] == "removed" for c in reviewed.data["changes"])
     assert any(e.kind == "workflow" and e.action == "update" and "refused" in e.data for e in events)
     await assert_chain_proven(db, job_id)
+    # The time the plan waited for its author is not the job's: its time budget counts without it.
+    v1, v2 = sorted(pv, key=lambda v: v.version)
+    async with db.tx() as s:
+        job = await s.get(Job, job_id)
+        assert await clock_start(s, job) - job.started_at == v2.decided_at - v1.created_at > dt.timedelta(0)
 
 
 async def test_a_regenerated_chapter_keeps_the_old_and_a_locked_neighbour_survives(db, client, fake, user, http):
