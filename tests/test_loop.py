@@ -29,7 +29,7 @@ FACT = "Captain Mara Quell checked the brass compass on her left wrist."
 AGAIN = "Captain Mara Quell turned the brass compass on her left wrist toward the light."
 LIE = "Captain Mara Quell checked the silver compass on her right wrist."
 ENTITY = {"entity": "Captain Mara Quell", "attribute": "compass"}
-BOOK = {"chunk_words": 1500}  # 15,000 words: three chapters of three passages
+BOOK = {"chunk_words": 2500}  # 15,000 words: three chapters of two passages
 
 
 def auth(user) -> dict[str, str]:

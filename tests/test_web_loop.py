@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 async def test_plan_review_map_lock_regenerate_and_diff_in_the_browser(browser, api_url, fake, user, tmp_path):  # noqa: F811
     fake.reset(ratio=(1.0, 1.15), delay_s=0.02)
     spec = {"kind": "generate", "prompt": "Harbour lights", "target_words": 12_000,
-            "options": {"chunk_words": 1500, "review_plan": True}}  # fmt: skip
+            "options": {"chunk_words": 2500, "review_plan": True}}  # fmt: skip
     async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {user.api_key}"}) as http:
         job_id = (await http.post("/v1/jobs", json=spec)).json()["id"]
     ctx = await browser.new_context(viewport={"width": 1366, "height": 900})
