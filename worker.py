@@ -16,9 +16,12 @@ from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.chunks import ChunkActivities
+from activities.edit_checks import EditCheckActivities
+from activities.edits import EditActivities
 from activities.finalize import FinalizeActivities
 from activities.llm import LlmClient
 from activities.plan import PlanActivities
+from activities.review import ReviewActivities
 from activities.seams import SeamActivities
 from activities.stitch import StitchActivities
 from activities.webhooks import WebhookActivities, WebhookConfig
@@ -30,6 +33,7 @@ from services.config import Settings, get_settings
 from services.deploys import promote, version
 from services.logging import configure
 from services.temporal import WORKER_IDENTITY, connect, llm_task_queue
+from workflows.edit import EditWorkflow
 from workflows.job import JobWorkflow
 from workflows.unit import UnitWorkflow
 from workflows.webhook import WebhookWorkflow
@@ -83,6 +87,7 @@ def build_worker(
         SeamActivities(db, llm),
         FinalizeActivities(db),
     )
+    review, edits, checks = ReviewActivities(db), EditActivities(db, llm), EditCheckActivities(db, llm)
     # Without a config (benchmarks), deliveries are refused: no key opens a signing secret.
     hooks = WebhookActivities(db, webhooks or WebhookConfig(WebhookPolicy(), None, "http://127.0.0.1:8000"))
     # Every workflow is pinned to the version it started on and moves on only when it continues as
@@ -98,15 +103,34 @@ def build_worker(
     main = Worker(
         client,
         task_queue=task_queue,
-        workflows=[JobWorkflow, UnitWorkflow, WebhookWorkflow],
-        activities=[chunks.unit_chunks, finalize.finalize, finalize.add_continuation, finalize.fail_job, hooks.deliver],
+        workflows=[JobWorkflow, UnitWorkflow, WebhookWorkflow, EditWorkflow],
+        activities=[
+            chunks.unit_chunks,
+            finalize.finalize,
+            finalize.add_continuation,
+            finalize.fail_job,
+            hooks.deliver,
+            review.await_review,
+            review.apply_review,
+            edits.start_edit,
+            checks.publish_edit,
+            checks.fail_edit,
+        ],
         max_concurrent_activities=20,
         deployment_config=versioned,
     )
     model = Worker(
         client,
         task_queue=llm_task_queue(task_queue),
-        activities=[plan.plan_job, plan.expand_node, chunks.write_chunk, stitch.stitch_section, seams.complete_unit],
+        activities=[
+            plan.plan_job,
+            plan.expand_node,
+            chunks.write_chunk,
+            stitch.stitch_section,
+            seams.complete_unit,
+            edits.edit_chunk,
+            checks.recheck_edit,
+        ],
         max_concurrent_activities=llm_concurrency,
         max_task_queue_activities_per_second=llm_calls_per_second,
         deployment_config=versioned,

@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.llm import BudgetExhausted, LlmClient, LlmUnavailable, QuotaExceeded
-from core.runs import run_of
+from core.runs import edit_of, run_of
 from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import count_words, sha256
 from db.models import Document, Job
@@ -112,8 +112,9 @@ class ModelStep(Step):
 
 
 async def load_job(tx: JobTx, job_id: uuid.UUID, *, allow_terminal: bool = False, lock: bool = False) -> Job:
-    """The job, or JobGone (deleted) / JobNotRunnable (already ended, unless ``allow_terminal``; or
-    run by a workflow of an earlier run than the job's current one, see ``core.runs``).
+    """The job, or JobGone (deleted) / JobNotRunnable (already ended, unless ``allow_terminal`` or
+    the step is an edit's and the job succeeded; or run by a workflow of an earlier run than the
+    job's current one, see ``core.runs``).
 
     ``lock``: read it under its row lock, held to commit; every step that may change the status
     does, so that two of them (finalize and a cancel) decide one after the other, each seeing what
@@ -121,7 +122,9 @@ async def load_job(tx: JobTx, job_id: uuid.UUID, *, allow_terminal: bool = False
     job = await tx.session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
     if job is None:
         raise JobGone(str(job_id))
-    if job.status in TERMINAL_STATUSES and not allow_terminal:
+    # An edit's workflow (core.runs.edit_of) works on a job that has succeeded: its status stays.
+    editing = activity.in_activity() and edit_of(activity.info().workflow_id) is not None
+    if job.status in TERMINAL_STATUSES and not allow_terminal and not (editing and job.status == "succeeded"):
         raise JobNotRunnable(f"job {job_id} is {job.status}")
     caller = run_of(activity.info().workflow_id) if activity.in_activity() else None
     if caller is not None and caller != run_of(job.workflow_id):

@@ -22,6 +22,9 @@ class PlanResult:
     # last finalize round that has a stored length check (0 if none).
     units_done: int = 0
     round: int = 0
+    # The job asked to stop after planning until its plan is approved (options.review_plan).
+    review: bool = False
+    target_words: int = 0
 
 
 @dataclass

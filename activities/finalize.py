@@ -20,6 +20,7 @@ from core.layout import Block, assemble, top_up
 from core.length import Effort, give_up
 from core.spec import TERMINAL_STATUSES
 from core.text import count_words, sha256, trim_to_words
+from db.loop import clock_start
 from db.models import Document, Job, LlmCall
 from db.session import JobGone, JobTx
 from db.writing import Chunk, ChunkAttempt, ChunkVersion, LengthCheck, PlanNode
@@ -323,7 +324,7 @@ async def _effort(tx: JobTx, job: Job) -> Effort:
             ).where(LlmCall.job_id == job.id)
         )
     ).one()
-    elapsed = (now() - (job.started_at or job.created_at)).total_seconds()
+    elapsed = (now() - await clock_start(tx.session, job)).total_seconds()
     return Effort(
         attempts=attempts, calls=calls, empty=empty, failed=failed, tokens=int(tokens or 0), elapsed_s=elapsed
     )

@@ -23,14 +23,17 @@ import openai
 import structlog
 from openai import AsyncOpenAI
 from sqlalchemy import func, select
+from temporalio import activity
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from activities.llm_stream import CallRecord, LlmTimeout, Outcome, observe, outcome_label, start_span, stream_completion
 from core.cost import Price, cost_micro_usd
 from core.quota import QuotaExceeded, day_start, tokens_refusal
+from core.runs import edit_of
 from core.spec import JobOptions
 from core.text import count_words
 from db.audit import shorten
+from db.loop import clock_start
 from db.models import Job, LlmCall
 from db.session import Database, JobGone, JobTx
 from db.usage import quotas, tokens_since
@@ -170,7 +173,9 @@ class LlmClient:
             if job is None:
                 raise JobGone(str(job_id))
             opts = JobOptions(**(job.params or {}))
-            started = job.started_at or job.created_at
+            # Not the review's wait, nor the job's own time for an edit of it (db.loop.clock_start).
+            wid = activity.info().workflow_id if activity.in_activity() else None
+            started = await clock_start(tx.session, job, edit_of(wid))
             deadline = started.timestamp() + opts.max_wall_seconds
             row = (
                 await tx.session.execute(

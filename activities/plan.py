@@ -388,6 +388,8 @@ async def _plan_result(tx: JobTx, job: Job) -> PlanResult:
         parallelism=job_options(job).parallelism,
         units_done=done,
         round=last_round or 0,
+        review=job_options(job).review_plan,
+        target_words=job.target_words,
     )
 
 

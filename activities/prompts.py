@@ -181,6 +181,7 @@ class ChunkContext:
     memory: MemoryContext = field(default_factory=MemoryContext)
     handoff: str = ""  # a chapter started before its predecessor ended: what that predecessor covers
     brief_words: int = 0  # this passage's own budget
+    instruction: str = ""  # its author's, when the passage is written again (activities.edits)
 
 
 def chunk_messages(ctx: ChunkContext, *, style: str, words: int, current_text: str = "") -> list[dict[str, str]]:
@@ -239,6 +240,7 @@ def _instruct_messages(ctx: ChunkContext, words: int, current_text: str) -> list
         )
         if ctx.brief
         else "",
+        f"The author asks of this passage: {ctx.instruction}" if ctx.instruction else "",
     ]
     if current_text:  # extend: continue the passage, never restart it
         ask = (
@@ -289,6 +291,8 @@ def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list
         ask = f"(Continue this text from where it stops, with about {words} words.)"
     if body:
         parts.append(body)
+    if ctx.instruction:
+        ask = f"{ask[:-1]} {ctx.instruction.strip()})"
     return [{"role": "user", "content": "\n\n".join(parts) + "\n\n" + ask}]
 
 
@@ -320,6 +324,23 @@ def seam_repair_messages(before: str, opening: str, terms: list[str], words: int
             + (f"Use these terms exactly as written: {', '.join(terms[:20])}.\n\n" if terms else "")
             + f"Rewrite that opening paragraph so that it follows on from the ending, without repeating it, "
             f"keeping its content, in about {words} words.",
+        },
+    ]
+
+
+def rewrite_messages(before: str, passage: str, after: str, instruction: str, words: int) -> list[dict[str, str]]:
+    """Rewrite a passage its author selected, following their instruction; the text around it stays."""
+    around = [f'The document reads, just before the passage:\n"…{tail_words(before, 120)}"'] if before.strip() else []
+    if after.strip():
+        around.append(f'and just after it:\n"{" ".join(after.split()[:120])}…"')
+    return [
+        {"role": "system", "content": SYSTEM},
+        {
+            "role": "user",
+            "content": "\n\n".join(around)
+            + f'\n\nThe passage to rewrite:\n"""\n{passage.strip()}\n"""\n\n'
+            + f"Rewrite only that passage, as its author asks: {instruction.strip()}\n"
+            + f"It must still join what comes before and after it. Write only the new passage, about {words} words.",
         },
     ]
 

@@ -72,7 +72,9 @@ class SeamActivities(ModelStep):
             strict_continuity = job_options(job).continuity == "strict"
             model = job.model
             seam = (
-                await tx.session.execute(select(SeamCheck).where(SeamCheck.unit_id == unit.id))
+                await tx.session.execute(
+                    select(SeamCheck).where(SeamCheck.unit_id == unit.id, SeamCheck.edit_id.is_(None))
+                )
             ).scalar_one_or_none()
             chunks = (
                 (await tx.session.execute(select(Chunk).where(Chunk.unit_id == unit.id).order_by(Chunk.ordinal)))
@@ -121,11 +123,14 @@ class SeamActivities(ModelStep):
         seen: int,
         before: str,
         mine: list[_UnitChunk],
+        locked: bool = False,
     ) -> list[tuple[_UnitChunk, Checked]]:
         """A unit written from a handoff, checked against the real ledger before it: each chunk by
         the rules (against that ledger plus what the unit's own earlier chunks established); the
         opening, and every chunk that names someone or something the handoff had not seen
-        (ledger entries past ``seen``), by the judge too; the opening for repeating the ending."""
+        (ledger entries past ``seen``), by the judge too; the opening for repeating the ending.
+        Also a unit after one its author changed (``activities.edits``); a ``locked`` one is
+        checked and never repaired."""
         unseen = {
             v.key
             for v in ledger.entities.values()
@@ -146,6 +151,7 @@ class SeamActivities(ModelStep):
                 min_words=1,
                 stored=uc.stored,
                 judge=k == 0 or any(f" {key} " in text for key in unseen),
+                locked=locked,
             )
             if k == 0:
                 res.findings += repeated_opening(before, res.text)
@@ -165,15 +171,21 @@ class SeamActivities(ModelStep):
         ids: tuple[int, int, int, int],
         checked: list[tuple[_UnitChunk, Checked]],
         strict_continuity: bool,
+        edit_id: int | None = None,
     ) -> None:
         """The seam row, the repaired versions and the findings; then the unit complete, unless
-        strict continuity was asked and a finding stays open (the job fails, everything kept)."""
+        strict continuity was asked and a finding stays open (the job fails, everything kept).
+        With ``edit_id``: the seam checked again by an edit of a neighbour (a row of its own; the
+        unit is complete already). ``checked`` empty: the seam is what the first chunk's own
+        check found when it was written (by the job, or by the edit)."""
         pred_id, pred_state, used_state, first_id = ids
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
             unit = await plan_node(tx, unit_id)
-            if (await tx.session.execute(select(SeamCheck.id).where(SeamCheck.unit_id == unit.id))).first():
-                await _complete(tx, unit)
+            mine = SeamCheck.edit_id.is_(None) if edit_id is None else SeamCheck.edit_id == edit_id
+            if (await tx.session.execute(select(SeamCheck.id).where(SeamCheck.unit_id == unit.id, mine))).first():
+                if edit_id is None:
+                    await _complete(tx, unit)
                 return
             broken: str | None = None
             repairs: list[tuple[Chunk, _UnitChunk, Checked, int | None]] = []
@@ -199,14 +211,16 @@ class SeamActivities(ModelStep):
                     await store_memory(tx, chunk, repair.id, chunk.state_after_id, res.remembered)
                     versions[chunk.ordinal] = repair.version
                 repairs.append((chunk, uc, res, repair.id if repair else None))
-            if mode == "handoff":  # (status, severity, repair version) of each finding
+            if checked:  # (status, severity, repair version) of each finding
                 fates = [
                     ("repaired" if r.is_repaired(f) and v else "open", f.severity, v if r.is_repaired(f) else None)
                     for _, _, r, v in repairs
                     for f in r.findings
                 ]
             else:  # a strict seam's check is the first chunk's own, made when it was accepted
-                fates = [(f.status, f.severity, f.repair_version_id) for f in await _chunk_findings(tx, first_id)]
+                fates = [
+                    (f.status, f.severity, f.repair_version_id) for f in await _chunk_findings(tx, first_id, edit_id)
+                ]
             open_major = sum(1 for st, sev, _ in fates if st == "open" and sev == "major")
             repaired = [v for st, _, v in fates if st == "repaired"]
             status = "flagged" if open_major else "repaired" if repaired else "validated"
@@ -225,11 +239,13 @@ class SeamActivities(ModelStep):
                 repair_version_id=repair_version,
                 status=status,
                 validated=status in ("validated", "repaired"),
+                edit_id=edit_id,
                 checks={
                     "rules": ["name_variant", "near_miss", "attribute", "thread", "timeline"]
                     + (["repeated_opening", "judge"] if mode == "handoff" else []),
-                    "ran": "at the seam" if mode == "handoff" else "when its first chunk was accepted",
-                    "chunks": len(checked) if mode == "handoff" else 1,
+                    "ran": "at the seam" if checked else "when its first chunk was accepted",
+                    "chunks": len(checked) or 1,
+                    **({"edit": edit_id} if edit_id is not None else {}),
                     "judged": sum(1 for _, r in checked if r.remembered.calls),
                     "findings": len(fates),
                     "repaired": len(repaired),
@@ -242,6 +258,8 @@ class SeamActivities(ModelStep):
                 fs = finding_rows(
                     tx, res, chunk=chunk, version_id=uc.version_id, repair_version_id=v, seam_check_id=seam.id
                 )
+                for f in fs:
+                    f.edit_id = edit_id
                 await tx.session.flush()
                 finding_events(tx, fs, chunk, "seam")
             tx.event(
@@ -255,9 +273,12 @@ class SeamActivities(ModelStep):
                     "open": open_major,
                     "repaired_chunks": versions,
                     "checks": seam.checks,
+                    **({"edit": edit_id} if edit_id is not None else {}),
                 },
             )
-            if open_major and strict_continuity:
+            if edit_id is not None:  # an edit's check of a seam the job completed long ago
+                broken = None
+            elif open_major and strict_continuity:
                 job = await load_job(tx, jid)
                 job.current_step = f"continuity: {open_major} open finding(s) at the seam before {unit.title}"
                 broken = (
@@ -318,12 +339,14 @@ async def _unit_chunk(tx: JobTx, c: Chunk) -> _UnitChunk:
     return _UnitChunk(c.id, c.ordinal, version.text, Remembered(mem, state.source), version.id, known)
 
 
-async def _chunk_findings(tx: JobTx, chunk_id: int) -> list[ContinuityFinding]:
+async def _chunk_findings(tx: JobTx, chunk_id: int, edit_id: int | None = None) -> list[ContinuityFinding]:
+    """What a chunk's own check found when the job wrote it (or, with ``edit_id``, when that edit did)."""
+    by = ContinuityFinding.edit_id.is_(None) if edit_id is None else ContinuityFinding.edit_id == edit_id
     return list(
         (
             await tx.session.execute(
                 select(ContinuityFinding).where(
-                    ContinuityFinding.chunk_id == chunk_id, ContinuityFinding.seam_check_id.is_(None)
+                    ContinuityFinding.chunk_id == chunk_id, ContinuityFinding.seam_check_id.is_(None), by
                 )
             )
         )

@@ -17,18 +17,17 @@ from db.session import Database
 from services.jobs import record_user_action
 
 
+def actor(request: Request, who: Caller) -> dict[str, Any]:
+    """Who acts, from where, through which request: what every user event of a job carries."""
+    return {
+        "user": who.name,
+        "user_id": who.user_id,
+        "ip": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent"),
+        "method": request.method,
+        "path": request.url.path,
+    }
+
+
 async def record(request: Request, db: Database, who: Caller, job: Job, action: str, **data: Any) -> None:
-    await record_user_action(
-        db,
-        job.id,
-        action,
-        {
-            "user": who.name,
-            "user_id": who.user_id,
-            "ip": request.client.host if request.client else None,
-            "user_agent": request.headers.get("user-agent"),
-            "method": request.method,
-            "path": request.url.path,
-            **data,
-        },
-    )
+    await record_user_action(db, job.id, action, {**actor(request, who), **data})

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api import account, audit, codec, jobs, keys, metrics, pages, security
+from api import account, audit, codec, jobs, keys, loop, metrics, pages, security
 from api.intake import body_limit, multipart_schema, openapi_components
 from api.live import AuditListener
 from api.schemas import ERRORS, Health, Readiness, error_schemas, tidy_parameters
@@ -98,7 +98,9 @@ def create_app(
         description="Durable, audited long-document writing. Every job: a document of at least the words "
         "asked for, and an audit log of every action taken.",
     )
+    app.include_router(loop.estimates_router)  # before jobs: /v1/jobs/estimate is not a job
     app.include_router(jobs.router)
+    app.include_router(loop.router)
     app.include_router(audit.router)
     app.include_router(keys.router)
     app.include_router(metrics.router)

@@ -196,7 +196,7 @@ async def get_job(job: OwnJobDep, db: DbDep) -> JobView:
     "Headers, for the canonical text whatever the format: X-Quire-Word-Count, X-Quire-Target-Words, "
     "X-Quire-Target-Met, X-Quire-Sha256, and X-Quire-Audit-Seq / X-Quire-Audit-Head: the audit log's head "
     "when the document was saved (its hash must be the hash of that seq in the log). Each read is recorded "
-    "in the job's log as a user action.",
+    "in the job's log as a user action. An author's edits make new versions: `version` reads an earlier one.",
     response_class=PlainTextResponse,
     responses={
         200: {
@@ -223,8 +223,19 @@ async def get_output(
         Literal["md", "txt", "html", "docx", "epub", "markdown", "text"], Query(description="the format to send")
     ] = "md",
     partial: Annotated[bool, Query(description="the latest partial output of an unfinished or failed job")] = False,
+    version: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=2**31 - 1,
+            description="an earlier version of the output (GET .../versions); partial is then ignored",
+        ),
+    ] = None,
 ) -> Response:
-    doc = await views.latest_document(db, job.id, "partial" if partial else "output")
+    partial = partial and version is None
+    doc = await views.latest_document(db, job.id, "partial" if partial else "output", version)
+    if version is not None and doc is None and job.status == "succeeded":
+        raise HTTPException(404, f"job {job.id} has no output version {version} (GET .../versions lists them)")
     if doc is not None and not partial and job.status != "succeeded":
         doc = None  # only a succeeded job has an output (the status rules keep it so; this says it twice)
     if doc is None:

@@ -373,6 +373,7 @@ class CoherenceFinding(BaseModel):
     llm_call_id: int | None = Field(description="the model call that found it (judge findings)")
     audit_seq: int | None = Field(description="the seq of the audit event that recorded it")
     seam_check_id: int | None
+    edit: int | None = Field(default=None, description="the author's edit whose checks found it (its id)")
 
 
 class CoherenceCategory(BaseModel):
@@ -395,4 +396,8 @@ class CoherenceReport(BaseModel):
     ledger: dict[str, int] = Field(description="entries (current versions) and distinct entities")
     states: dict[str, float] = Field(description="memory states written by the model vs the fallback")
     seams: dict[str, int] = Field(description="seams by status: validated, repaired, flagged")
+    relied_on_changed: int = Field(
+        default=0,
+        description="open findings of passages that relied on what an author's edit changed (relied_on_changed)",
+    )
     items: list[CoherenceFinding]

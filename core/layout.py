@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from core.text import count_words, split_parts
+from core.text import count_words, paragraphs, split_parts
 
 CHUNKS_PER_SECTION = 4
 CHAPTER_WORDS = 5_000  # a chapter's budget: what one writer does while five others write theirs
@@ -123,22 +123,47 @@ def _count(total: int, size: int) -> int:
 def generate_tree(total: int, chunk_words: int) -> NodePlan:
     """The tree of a generated document: budgets at every level summing to ``total``."""
     levels = levels_for(total)
-    book = NodePlan("book", total)
     if levels == ("section",):
-        parents = [book]
-    elif levels == ("chapter", "section"):
-        book.children = [NodePlan("chapter", b) for b in budgets(total, _count(total, CHAPTER_WORDS))]
-        parents = book.children
-    else:
-        part_words = CHAPTER_WORDS * CHAPTERS_PER_PART
-        book.children = [NodePlan("part", b) for b in budgets(total, _count(total, part_words))]
-        for part in book.children:
-            part.children = [NodePlan("chapter", b) for b in budgets(part.budget, _count(part.budget, CHAPTER_WORDS))]
-        parents = [ch for part in book.children for ch in part.children]
-    for p in parents:
-        n = section_count(p.budget, chunk_words) if p.level == "book" else _count(p.budget, section_words(chunk_words))
-        p.children = [NodePlan("section", b, chunks=_chunks(b, chunk_words)) for b in budgets(p.budget, n)]
-    return book
+        sections = budgets(total, section_count(total, chunk_words))
+        return NodePlan("book", total, children=[subtree("section", b, chunk_words) for b in sections])
+    top = levels[0]
+    size = CHAPTER_WORDS if top == "chapter" else CHAPTER_WORDS * CHAPTERS_PER_PART
+    return NodePlan("book", total, children=[subtree(top, b, chunk_words) for b in budgets(total, _count(total, size))])
+
+
+def subtree(level: str, budget: int, chunk_words: int, source: str | None = None) -> NodePlan:
+    """One node of ``level`` with ``budget`` words and everything below it: a part's chapters, a
+    chapter's sections, a section's chunks (a node added or re-budgeted when a plan is reviewed
+    is laid out exactly as the planner lays out its own). With ``source`` (a rewrite's input for
+    the node) the chunks rewrite it, cut along its paragraphs."""
+    if level == "section":
+        if source:
+            return NodePlan(
+                "section", budget, chunks=[c for s in _rewrite_sections(source, budget, chunk_words) for c in s.chunks]
+            )
+        return NodePlan("section", budget, chunks=_chunks(budget, chunk_words))
+    if level == "chapter":
+        if source:
+            return NodePlan("chapter", budget, children=_rewrite_sections(source, budget, chunk_words))
+        sections = budgets(budget, _count(budget, section_words(chunk_words)))
+        return NodePlan("chapter", budget, children=[subtree("section", b, chunk_words) for b in sections])
+    chapters = budgets(budget, _count(budget, CHAPTER_WORDS))
+    texts = _in_turns(source, len(chapters)) if source else [None] * len(chapters)
+    return NodePlan(
+        "part", budget, children=[subtree("chapter", b, chunk_words, t) for b, t in zip(chapters, texts, strict=True)]
+    )
+
+
+def _in_turns(text: str, n: int) -> list[str | None]:
+    """``text`` cut at paragraphs into ``n`` consecutive shares of about equal words (None: no text left)."""
+    paras = paragraphs(text)
+    total = max(1, sum(count_words(p) for p in paras))
+    out: list[list[str]] = [[] for _ in range(n)]
+    seen = 0
+    for p in paras:
+        out[min(n - 1, seen * n // total)].append(p)
+        seen += count_words(p)
+    return ["\n\n".join(x) or None for x in out]
 
 
 # -- rewrites ----------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ A job runs as workflow ``job-<id>``; each resume (``quire resume``) starts a new
 child of an earlier run can never be mistaken for the current one. A unit's child workflow is
 ``<run's id>-u<unit>``. ``job-<id>`` stays a prefix of every id of the job (Temporal's
 ``WorkflowId STARTS_WITH 'job-<id>'`` finds them all), and ``jobs.workflow_id`` names the current run.
+
+An edit of a finished job (regenerate, hand edit, rewrite, rollback: ``activities.edits``) is a
+short workflow of its own, ``job-<id>-e<n>`` (n: the edit's number in the job), its top-up units
+``job-<id>-e<n>-u<unit>``: it belongs to no run, and only it may write to a job that has succeeded.
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ _WID = re.compile(r"^job-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 def workflow_id(job_id: uuid.UUID | str, run: int = 1) -> str:
     """The workflow id of run ``run`` of a job (the first run has no suffix)."""
     return f"job-{job_id}" if run == 1 else f"job-{job_id}-r{run}"
+
+
+_EDIT = re.compile(r"^job-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-e(\d+)(?:-u\d+)?$")
+
+
+def edit_workflow_id(job_id: uuid.UUID | str, number: int) -> str:
+    """The workflow id of edit ``number`` of a job."""
+    return f"job-{job_id}-e{number}"
+
+
+def edit_of(wid: str | None) -> int | None:
+    """The edit number a workflow id (an edit's, or one of its units') belongs to; None if none."""
+    m = _EDIT.match(wid or "")
+    return int(m.group(1)) if m else None
 
 
 def run_of(wid: str | None) -> int | None:

@@ -61,6 +61,10 @@ class JobOptions(BaseModel):
     max_wall_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="stop after this long")
     stitch_repairs_with_model: bool = Field(default=True, description="bridge broken seams with the model")
     parallelism: int = Field(default=6, ge=1, le=32, description="chapters written at the same time")
+    review_plan: bool = Field(
+        default=False,
+        description="stop after planning until the plan is approved, as is or edited (POST /v1/jobs/{id}/plan)",
+    )
     continuity: Literal["flag", "strict"] = Field(
         default="flag",
         description="a continuity finding that cannot be repaired: 'flag' reports it open in the coherence "

@@ -257,6 +257,7 @@ CREATE TRIGGER continuity_findings_immutable BEFORE UPDATE ON continuity_finding
     ),
 ]
 
+# A job's output is its latest version (an author's edits make new ones: db.loop.Edit).
 JOB_HISTORY_VIEW = """
 CREATE OR REPLACE VIEW job_history AS
 SELECT j.id, j.user_id, j.kind, j.status, j.title, j.target_words, j.max_words,
@@ -269,7 +270,8 @@ SELECT j.id, j.user_id, j.kind, j.status, j.title, j.target_words, j.max_words,
        (SELECT COALESCE(sum(c.tokens_out), 0) FROM llm_calls c WHERE c.job_id = j.id) AS tokens_out,
        (SELECT COALESCE(sum(c.cost_micro_usd), 0) FROM llm_calls c WHERE c.job_id = j.id) AS cost_micro_usd
   FROM jobs j
-  LEFT JOIN documents o ON o.job_id = j.id AND o.role = 'output' AND o.version = 1
+  LEFT JOIN LATERAL (SELECT d.word_count FROM documents d WHERE d.job_id = j.id AND d.role = 'output'
+                      ORDER BY d.version DESC LIMIT 1) o ON true
 """
 
 TRIGGER_NAMES = [name for name, _ in FUNCTIONS_AND_TRIGGERS]

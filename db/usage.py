@@ -1,6 +1,7 @@
 """What a user has used, for their quotas (core.quota) and their totals: tokens since a time,
-jobs queued or running, words asked for since a time, and the cost of their model calls. Jobs the
-user deleted still count: their usage is kept in the account log (``job.deleted`` events)."""
+jobs queued or running, words asked for since a time (jobs' targets and edits' words), and the
+cost of their model calls. Jobs the user deleted still count: their usage is kept in the account
+log (``job.deleted`` events)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import BigInteger, cast, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.quota import Quotas, Usage, day_start, month_start
+from db.loop import Edit
 from db.models import AccountEvent, Job, LlmCall, User
 
 DELETED = "job.deleted"
@@ -70,10 +72,18 @@ async def usage(s: AsyncSession, user_id: int, now: dt.datetime) -> Usage:
             )
         )
     ).scalar_one()
+    # The words an author asked the model to write again (regenerated nodes, rewritten selections).
+    words_edited = (
+        await s.execute(
+            select(func.coalesce(func.sum(Edit.words), 0))
+            .join(Job, Job.id == Edit.job_id)
+            .where(Job.user_id == user_id, Edit.created_at >= month)
+        )
+    ).scalar_one()
     return Usage(
         tokens_today=await tokens_since(s, user_id, day_start(now)),
         running_jobs=int(running),
-        words_this_month=int(words or 0) + int(words_gone or 0),
+        words_this_month=int(words or 0) + int(words_gone or 0) + int(words_edited or 0),
     )
 
 

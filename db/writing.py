@@ -22,11 +22,13 @@ from sqlalchemy import (
     Integer,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.spec import sql_in
+from db import loop  # noqa: F401 - the edits that seam checks and findings name
 from db.models import Base, ts_column
 
 NODE_LEVELS = ("book", "part", "chapter", "section")
@@ -37,7 +39,11 @@ STATE_KINDS = ("root", "chunk", "handoff")
 # Who made a state's memory: the plan (the root), the model's memory call, the deterministic
 # extractor when the model's answers were invalid, or derived (a handoff, from the plan and the ledger).
 STATE_SOURCES = ("plan", "model", "fallback", "derived")
-VERSION_REASONS = ("written", "trim", "stitch", "seam_repair", "continuity_repair")
+# The last four are the author's (db.loop.Edit): a node regenerated, edited by hand, a selection
+# rewritten, a node rolled back to an earlier version.
+VERSION_REASONS = (
+    "written", "trim", "stitch", "seam_repair", "continuity_repair", "regenerate", "edit", "rewrite", "rollback"
+)  # fmt: skip
 SEAM_STATUSES = ("validated", "repaired", "flagged")
 
 
@@ -76,6 +82,9 @@ class PlanNode(Base):
     # Top-up sections added by finalize continue the document: no heading of their own.
     is_continuation: Mapped[bool] = mapped_column(Boolean, server_default="false")
     status: Mapped[str] = mapped_column(Text, server_default="pending")
+    # A node its author locked: no regeneration or repair touches it or anything in it.
+    locked_at: Mapped[datetime | None] = ts_column()
+    locked_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = ts_column(default=True)
     completed_at: Mapped[datetime | None] = ts_column()
 
@@ -212,7 +221,9 @@ class SeamCheck(Base):
 
     __tablename__ = "seam_checks"
     __table_args__ = (
-        UniqueConstraint("unit_id"),
+        # One seam per unit as the job writes it; an edit re-checks a seam as rows of its own.
+        Index("uq_seam_checks_unit_id", "unit_id", unique=True, postgresql_where=text("edit_id IS NULL")),
+        UniqueConstraint("unit_id", "edit_id"),
         CheckConstraint("mode IN ('strict','handoff')", name="mode"),
         CheckConstraint("(mode = 'strict') = (predecessor_state_id = successor_state_id)", name="strict_means_same"),
         CheckConstraint("repaired = (repair_version_id IS NOT NULL)", name="repair_has_version"),
@@ -238,6 +249,8 @@ class SeamCheck(Base):
     status: Mapped[str] = mapped_column(Text, server_default="validated")
     validated: Mapped[bool] = mapped_column(Boolean)
     checks: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")  # what ran, with what result
+    # The edit (db.loop.Edit) that checked this seam again after changing a neighbour; None: the job's.
+    edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = ts_column(default=True)
 
 
@@ -371,6 +384,8 @@ class ContinuityFinding(Base):
     status: Mapped[str] = mapped_column(Text)
     repair_version_id: Mapped[int | None] = mapped_column(ForeignKey("chunk_versions.id", ondelete="CASCADE"))
     repair_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Found by an edit's checks (db.loop.Edit): its own chunks, its neighbours, what relied on it.
+    edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = ts_column(default=True)
 
 

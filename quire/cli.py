@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS
-from quire import admin
+from quire import admin, loop
 from quire.errors import CliError, Exit
 from services.config import SettingsError, load_settings
 
@@ -64,7 +64,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
             _err('a brief is needed: quire submit "what to write" --words N')
             return Exit.USAGE
         body["prompt"] = args.brief
+    if args.review_plan:
+        body["options"] = {"review_plan": True}
     api = _api(args)
+    if args.estimate:  # what it would cost: nothing is submitted
+        from quire.loop import estimate_lines
+
+        print("\n".join(estimate_lines(api.json("POST", "/v1/jobs/estimate", json=body))))
+        return Exit.OK
     created = api.json("POST", "/v1/jobs", json=body)
     print(created["id"], flush=True)
     if not args.follow:
@@ -111,7 +118,11 @@ def cmd_output(args: argparse.Namespace) -> int:
     if args.format in ("docx", "epub") and args.output in (None, "-") and sys.stdout.isatty():
         _err(f"{args.format} is a binary file: write it with -o FILE")
         return Exit.USAGE
-    params = {"partial": int(args.partial), "format": args.format}
+    params = {
+        "partial": int(args.partial),
+        "format": args.format,
+        **({"version": args.version} if args.version else {}),
+    }
     r = _api(args).request("GET", f"/v1/jobs/{args.job_id}/output", params=params)
     write_file(args.output, r.content)
     if args.output not in (None, "-"):
@@ -263,6 +274,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--webhook", metavar="URL", help="POST the job's end here, signed (default: your webhook)")
     s.add_argument("--follow", action="store_true", help="show live progress until the job ends")
     s.add_argument("--quiet", action="store_true", help="with --follow: progress bar only")
+    s.add_argument(
+        "--estimate", action="store_true", help="print what it would cost (calls, tokens, $, time); submit nothing"
+    )
+    s.add_argument("--review-plan", action="store_true", help="stop after planning until `quire plan JOB_ID --approve`")
     client_opts(s)
     s.set_defaults(fn=cmd_submit)
 
@@ -297,6 +312,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("-o", "--output", help="file to write (default stdout)")
     o.add_argument("--partial", action="store_true", help="the latest partial output of a failed job")
     o.add_argument("--format", choices=["md", "txt", "html", "docx", "epub"], default="md", help="default: md")
+    o.add_argument("--version", type=int, help="an earlier version of the document (quire versions JOB_ID)")
     client_opts(o)
     o.set_defaults(fn=cmd_output)
 
@@ -324,6 +340,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="with --follow: progress bar only")
     client_opts(r)
     r.set_defaults(fn=cmd_resume)
+    loop.register(sub, client_opts)
     return p
 
 

@@ -81,9 +81,12 @@ async def coherence(db: Database, job: Job) -> dict[str, Any]:
             "llm_call_id": f.llm_call_id,
             "audit_seq": seqs.get(f.id),
             "seam_check_id": f.seam_check_id,
+            "edit": f.edit_id,
         }
         for f, ordinal, unit_id, version in rows
     ]
+    # Its own kind: a later passage that relied on what an author's edit changed (read it again).
+    rep["relied_on_changed"] = sum(1 for f, *_ in rows if f.subtype == "relied_on_changed" and f.status == "open")
     rep["job_id"] = str(job.id)
     rep["summary"] = summary_line(rep)
     return rep

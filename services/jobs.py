@@ -212,20 +212,25 @@ async def start_workflow(
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             # Its user is its fairness key: the model's task queue serves users in turn (services.deploys).
             priority=job_priority(job.user_id),
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(SA_JOB_ID, str(job.id)),
-                    SearchAttributePair(SA_KIND, job.kind),
-                    SearchAttributePair(SA_USER, user_name),
-                    SearchAttributePair(SA_TARGET_WORDS, job.target_words),
-                ]
-            ),
+            search_attributes=search_attributes(job, user_name),
             # Ids and numbers only: Temporal keeps summaries in clear (nothing a user wrote goes there).
             static_summary=f"{job.kind} {job.target_words} words" + (f", run {run}" if run > 1 else ""),
         )
     except WorkflowAlreadyStartedError:
         return False
     return True
+
+
+def search_attributes(job: Job, user_name: str) -> TypedSearchAttributes:
+    """What finds a job's workflows in Temporal (its runs, units and edits): its id, kind, owner, target."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SA_JOB_ID, str(job.id)),
+            SearchAttributePair(SA_KIND, job.kind),
+            SearchAttributePair(SA_USER, user_name),
+            SearchAttributePair(SA_TARGET_WORDS, job.target_words),
+        ]
+    )
 
 
 async def cancel(client: Client, job: Job) -> None:

@@ -1,7 +1,7 @@
 """Temporal glue: the client, Quire's search attributes and the audit interceptor.
 
 ``AuditInterceptor`` subclasses both the client and the worker interceptor: passed to
-``Client.connect`` it records workflow starts, queries, signals and cancels made through the
+``Client.connect`` it records workflow starts, queries, signals, updates and cancels made through the
 client (queries never reach workflow history, so the client is where they are seen), and
 workers built from that client pick it up to record every activity attempt.
 """
@@ -142,6 +142,17 @@ class _ClientAudit(client.OutboundInterceptor):
     async def signal_workflow(self, input: client.SignalWorkflowInput) -> None:
         await super().signal_workflow(input)
         await self._record(input.id, "signal", signal=input.signal)
+
+    async def start_workflow_update(self, input: client.StartWorkflowUpdateInput) -> client.WorkflowUpdateHandle[Any]:
+        handle = await super().start_workflow_update(input)
+        outcome: dict[str, Any] = {}
+        if input.wait_for_stage == client.WorkflowUpdateStage.COMPLETED:
+            try:  # the outcome came with the answer: no second call to Temporal
+                await handle.result()
+            except client.WorkflowUpdateFailedError as exc:  # refused by its validator, or failed
+                outcome = {"refused": str(exc.cause or exc)}
+        await self._record(input.id, "update", update=input.update, update_id=handle.id, **outcome)
+        return handle
 
     async def cancel_workflow(self, input: client.CancelWorkflowInput) -> None:
         await super().cancel_workflow(input)

@@ -93,17 +93,13 @@ async def user_costs(db: Database, user_id: int) -> usage.Cost:
         return await usage.user_cost(s, user_id)
 
 
-async def latest_document(db: Database, job_id: uuid.UUID, role: str) -> Document | None:
-    """The newest version of the job's ``output`` or ``partial`` document."""
+async def latest_document(db: Database, job_id: uuid.UUID, role: str, version: int | None = None) -> Document | None:
+    """The newest version of the job's ``output`` or ``partial`` document (or version ``version``)."""
+    q = select(Document).where(Document.job_id == job_id, Document.role == role)
+    if version is not None:
+        q = q.where(Document.version == version)
     async with db.tx() as s:
-        return (
-            await s.execute(
-                select(Document)
-                .where(Document.job_id == job_id, Document.role == role)
-                .order_by(Document.version.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
+        return (await s.execute(q.order_by(Document.version.desc()).limit(1))).scalar_one_or_none()
 
 
 @dataclass(frozen=True)
@@ -140,7 +136,10 @@ async def draft(db: Database, job_id: uuid.UUID, after: int) -> Draft | None:
         if job.status == "succeeded":
             out = (
                 await s.execute(
-                    select(Document.text).where(Document.job_id == job_id, Document.role == "output").limit(1)
+                    select(Document.text)
+                    .where(Document.job_id == job_id, Document.role == "output")
+                    .order_by(Document.version.desc())
+                    .limit(1)
                 )
             ).scalar_one_or_none()
             parts = _as_far_as(parts, out or "")

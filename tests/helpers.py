@@ -49,9 +49,15 @@ async def job_row(db: Database, job_id: uuid.UUID) -> Job:
 
 
 async def output(db: Database, job_id: uuid.UUID) -> Document | None:
+    """The job's output (its latest version: an author's edits make new ones)."""
     async with db.tx() as s:
         return (
-            await s.execute(select(Document).where(Document.job_id == job_id, Document.role == "output"))
+            await s.execute(
+                select(Document)
+                .where(Document.job_id == job_id, Document.role == "output")
+                .order_by(Document.version.desc())
+                .limit(1)
+            )
         ).scalar_one_or_none()
 
 

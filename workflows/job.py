@@ -25,7 +25,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.contracts import FailInput, JobRef, NodeRef, PlanResult, RoundRef
     from activities.finalize import FinalizeActivities
     from activities.plan import PlanActivities
+    from activities.review import ReviewActivities, ReviewRef
     from activities.seams import SeamActivities
+    from core.review import budgets_problem
     from core.spec import ErrorCode
     from core.webhooks import RetrySchedule
 
@@ -44,8 +46,45 @@ class JobInput:
     resumed: bool = False
 
 
+@dataclass
+class PlanReviewInput:
+    """An Update to a job waiting for its plan's review: the version its author proposed (stored
+    in Postgres, ``plan_versions``) and its top-level budgets, which the validator checks."""
+
+    version: int
+    budgets: list[int] = field(default_factory=list)
+
+
 @workflow.defn(name="JobWorkflow")
 class JobWorkflow:
+    def __init__(self) -> None:
+        self.job_id = ""
+        self.reviewing = False  # waiting for the plan's review (options.review_plan)
+        self.plan_version = 0  # the plan's latest version
+        self.target_words = 0
+
+    @workflow.update
+    async def review_plan(self, inp: PlanReviewInput) -> int:
+        """Approve the plan, as is or as its author edited it: the proposed version is applied
+        (the outline laid out again) and the job goes on to write it. Answers the version."""
+        version = await step(
+            ReviewActivities.apply_review, ReviewRef(self.job_id, inp.version), QUICK, f"plan v{inp.version}"
+        )
+        self.plan_version, self.reviewing = version, False
+        return version
+
+    @review_plan.validator
+    def _review_plan_ok(self, inp: PlanReviewInput) -> None:
+        """Refused before it enters the history: no review awaited, a stale version, budgets
+        that do not reach the target."""
+        if not self.reviewing:
+            raise ValueError("the job is not waiting for its plan to be reviewed")
+        if inp.version <= self.plan_version:
+            raise ValueError(f"plan version {inp.version} is not newer than version {self.plan_version}")
+        problem = budgets_problem(inp.budgets, self.target_words)
+        if problem is not None:
+            raise ValueError(problem)
+
     @workflow.run
     async def run(self, inp: JobInput) -> str:
         self.durability = inp.durability  # every step's retry window (workflows.steps.durability)
@@ -74,8 +113,15 @@ class JobWorkflow:
 
     async def _run(self, inp: JobInput) -> str:
         jid, q = inp.job_id, inp.llm_queue
+        self.job_id = jid
         # plan_job is idempotent: on a continued run it returns the stored plan.
         plan = await step(PlanActivities.plan_job, JobRef(jid), MODEL, "plan", q)
+        if plan.review and inp.stage == "plan":  # wait, durably, for its author to approve the plan
+            wait = await step(ReviewActivities.await_review, JobRef(jid), QUICK, "await plan review")
+            if wait.awaiting:
+                self.plan_version, self.target_words, self.reviewing = wait.version, plan.target_words, True
+                await workflow.wait_condition(lambda: not self.reviewing)
+                plan = await step(PlanActivities.plan_job, JobRef(jid), MODEL, "plan as reviewed", q)
         if inp.resumed:  # from what the earlier runs committed: the units complete, the last round
             inp.resumed, inp.next_unit, inp.round = False, plan.units_done, plan.round
             inp.stage = "units" if plan.units_done < len(plan.units) else "finalize"

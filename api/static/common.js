@@ -46,6 +46,16 @@ const Quire = {
     }
     return node;
   },
+  // svg("rect", { x, y, width, class }, child, ...): an SVG element, attributes set one by one.
+  svg(tag, attrs, ...children) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  },
   requireKey() {
     if (!Quire.key()) { location.href = "/?next=" + encodeURIComponent(location.pathname); return false; }
     return true;

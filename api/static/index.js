@@ -12,24 +12,45 @@ document.getElementById("signin-form").addEventListener("submit", async e => {
   if (next && next.startsWith("/")) { location.href = next; return; }
   show(); document.getElementById("brief").focus();
 });
-document.getElementById("job-form").addEventListener("submit", async e => {
-  e.preventDefault();
-  const err = document.getElementById("job-error"); err.textContent = "";
+// The request a submit (or an estimate) sends: JSON, or multipart with the file to rewrite.
+function request() {
   const kind = document.getElementById("kind").value, file = document.getElementById("file").files[0];
   const target = document.getElementById("target").value, title = document.getElementById("title").value.trim();
   const brief = document.getElementById("brief").value;
-  let opts;
+  const options = document.getElementById("review").checked ? { review_plan: true } : null;
   if (file) {
     const fd = new FormData();
     fd.append("kind", kind); fd.append("target_words", target); fd.append("file", file);
     if (brief.trim()) fd.append("prompt", brief); if (title) fd.append("title", title);
-    opts = { method: "POST", body: fd };
-  } else {
-    const body = { kind, target_words: Number(target) };
-    if (kind === "generate") body.prompt = brief; else body.input_text = brief;
-    if (title) body.title = title;
-    opts = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    if (options) fd.append("options", JSON.stringify(options));
+    return { method: "POST", body: fd };
   }
+  const body = { kind, target_words: Number(target) };
+  if (kind === "generate") body.prompt = brief; else body.input_text = brief;
+  if (title) body.title = title;
+  if (options) body.options = options;
+  return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+}
+document.getElementById("estimate").addEventListener("click", async () => {
+  const err = document.getElementById("job-error"); err.textContent = "";
+  try {
+    const e = await Quire.json("/v1/jobs/estimate", request());
+    const fact = (k, label) => Quire.el("div", {}, Quire.el("b", {}, Quire.fmt(e[k].expected)),
+      Quire.el("span", {}, label + " (" + Quire.fmt(e[k].low) + "–" + Quire.fmt(e[k].high) + ")"));
+    const out = document.getElementById("estimate-out");
+    out.replaceChildren(fact("calls", "model calls"), fact("tokens_in", "tokens in"), fact("tokens_out", "tokens out"),
+      fact("wall_seconds", "seconds"), Quire.el("div", {}, Quire.el("b", {}, e.cost.priced ? "$" + e.cost.usd.expected : "–"),
+        Quire.el("span", {}, e.cost.priced ? "cost ($" + e.cost.usd.low + "–$" + e.cost.usd.high + ")" : "cost: no price set")));
+    out.hidden = false;
+    document.getElementById("estimate-note").textContent = (e.basis === "history" ? "From " + e.jobs_measured +
+      " finished job(s) of " + e.model : "From defaults (no finished job of " + e.model + " yet)") +
+      "; the story memory is " + Math.round(100 * e.memory_share) + "% of the tokens.";
+  } catch (ex) { err.textContent = ex.message; }
+});
+document.getElementById("job-form").addEventListener("submit", async e => {
+  e.preventDefault();
+  const err = document.getElementById("job-error"); err.textContent = "";
+  const opts = request();
   document.getElementById("go").disabled = true;
   try {
     const job = await Quire.json("/v1/jobs", opts);

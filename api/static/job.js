@@ -7,6 +7,14 @@ if (Quire.requireKey()) {
   const $ = id => document.getElementById(id);
   const doc = QuireDoc.mount(jobId, $("doc"), $("doc-empty"));
   const coherence = QuireCoherence.mount(jobId, $("coherence"), panel);
+  const plan = QuirePlan.mount(jobId, $("plan-review"), () => { refresh(); book.refresh(); });
+  // After an edit: the map while it runs; everything it changed once it has ended.
+  const changed = ended => {
+    book.refresh();
+    if (ended) { refresh(); readDoc(true); coherence.refresh(); edits.versions(); }
+  };
+  const edits = QuireEdits.mount(jobId, $("node-panel"), $("versions"), changed);
+  const book = QuireBook.mount(jobId, $("book"), (action, tile) => edits.open(action, tile));
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   let last = null;
   const readDoc = full => doc.refresh(full).catch(ex => { $("failure").textContent = ex.message; });
@@ -36,11 +44,13 @@ if (Quire.requireKey()) {
   const timer = setInterval(() => { if (!last || !TERMINAL.includes(last.status)) refresh(); }, 1000);
   panel.onEvent = e => {
     if (e.kind === "job" || e.kind === "chunk") refresh();
+    if (e.kind === "plan") plan.refresh();
+    if (["plan", "chunk", "unit", "seam", "job"].includes(e.kind) && e.action !== "start") book.refresh();
     if (e.kind === "continuity" || (e.kind === "seam" && e.action !== "start")) coherence.refresh();
     // A chunk version committed after the document's last read: read what is new.
     if (e.kind === "row" && e.table_name === "chunk_versions" && e.action === "insert" && e.seq > doc.seq) readDoc(false);
   };
-  panel.onEnd = () => { refresh(); coherence.refresh(); clearInterval(timer); };
+  panel.onEnd = () => { refresh(); coherence.refresh(); book.refresh(); edits.versions(); clearInterval(timer); };
   $("open-audit").addEventListener("click", () => { panel.open(); $("main").classList.add("with-panel"); });
   $("close-audit").addEventListener("click", () => { panel.close(); $("main").classList.remove("with-panel"); $("open-audit").focus(); });
   $("cancel").addEventListener("click", async () => {

@@ -12,7 +12,9 @@ const AuditStory = (() => {
   const NAMES = {
     plan_job: "plan", expand_node: "expand", unit_chunks: "list chunks", write_chunk: "chunk",
     stitch_section: "stitch", complete_unit: "seam", finalize: "finalize", add_continuation: "top-up",
-    fail_job: "end job",
+    fail_job: "end job", await_review: "await plan review", apply_review: "apply plan",
+    start_edit: "edit", edit_chunk: "edit chunk", recheck_edit: "edit: seams", publish_edit: "edit: document",
+    fail_edit: "edit failed",
   };
   const PLAIN = ["sql", "row", "activity"];  // not what a step did, but how
 

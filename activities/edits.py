@@ -1,0 +1,350 @@
+"""An author's edit of a finished job, step by step (``workflows.edit``): a node regenerated with
+an optional instruction, its text replaced by hand, a selection in it rewritten, or the node rolled
+back to an earlier version. Each changed chunk gets a new version (the old kept) and its memory
+(ledger entries; the chunk's ``memory_version_id`` moves), checked against the ledger before it
+like any chunk; then the node's seams with both neighbours are checked again (``activities.seams``:
+the next node's chunks repaired as a seam is, unless locked), what later chapters relied on and
+the edit changed is flagged in the coherence report, and a new version of the document is made,
+topped up first if it fell below the target (``activities.edit_checks``).
+
+Model text (the regenerated passages, a rewritten selection) may be repaired by the continuity
+checks; an author's own words (a hand edit, the text around a selection) are checked and
+reported, never rewritten. Every step is idempotent: what it did is in the edit's ``detail``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import func, select
+from temporalio import activity
+
+from activities.base import ModelStep, job_options, latest_version, load_job, record_length_check
+from activities.chunks import TAIL_WORDS, _chunk, _compliance, _context
+from activities.edit_rows import (
+    EditChunkRef,
+    EditPlan,
+    EditRef,
+    load_edit,
+    note,
+    output_version,
+    rollback_targets,
+    store_version,
+)
+from activities.memory import (
+    check_and_repair,
+    ledger_before,
+    summaries_before,
+)
+from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
+from activities.tree import chunks_under, latest_text
+from core.edits import spans, split_text
+from core.length import stalled, words_to_ask
+from core.memory import build_context, prompt_budget
+from core.text import clean_model_output, count_words, dedupe_paragraphs, join_continuation, tail_words, trim_to_words
+from db.loop import Edit
+from db.models import Job
+from db.session import JobTx
+from db.writing import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
+
+
+class EditActivities(ModelStep):
+    @activity.defn(name="start_edit")
+    async def start_edit(self, ref: EditRef) -> EditPlan:
+        """What the edit will write, decided once: each chunk of the node as it stands (its
+        version, memory, words, attempts: what a rollback goes back to), the ledger so far, and
+        per kind the chunks to write (a hand edit: the text cut back into the chunks; a rewrite:
+        the part of each chunk the selection covers; a rollback: the versions to go back to)."""
+        jid = uuid.UUID(ref.job_id)
+        async with self.db.job_tx(jid) as tx:
+            job = await load_job(tx, jid, lock=True)
+            edit = await load_edit(tx, ref.edit_id)
+            if "chunks" in (edit.detail or {}):
+                return EditPlan(list(edit.detail["chunks"]))
+            node = await tx.session.get(PlanNode, edit.node_id)
+            assert node is not None
+            chunks = await chunks_under(tx.session, node)
+            texts, before = {}, {}
+            for c in chunks:
+                v = await latest_version(tx, c.id)
+                assert v is not None
+                texts[c.id] = v.text.strip()
+                before[str(c.id)] = {
+                    "version": v.id,
+                    "version_no": v.version,
+                    "memory": c.memory_version_id,
+                    "words": c.word_count,
+                    "attempts": c.attempts,
+                }
+            through = (
+                await tx.session.execute(
+                    select(func.coalesce(func.max(LedgerEntry.id), 0)).where(LedgerEntry.job_id == jid)
+                )
+            ).scalar_one()
+            detail: dict[str, Any] = {
+                "before": before,
+                "ledger_through": int(through),
+                "document_before": await output_version(tx),
+                "after": {},
+                "summaries": {},
+            }
+            if edit.kind == "regenerate":
+                todo = [c.id for c in chunks]
+            elif edit.kind == "edit":
+                pieces = split_text(edit.text or "", [c.word_count for c in chunks])
+                new = {c.id: p for c, p in zip(chunks, pieces, strict=True)}
+                todo = [c.id for c in chunks if new[c.id].strip() != texts[c.id]]
+                detail["texts"] = {str(cid): new[cid] for cid in todo}
+            elif edit.kind == "rewrite":
+                found = spans([texts[c.id] for c in chunks], int(edit.params["start"]), int(edit.params["end"]))
+                todo = [chunks[s.index].id for s in found]
+                detail["spans"] = {str(chunks[s.index].id): [s.start, s.end] for s in found}
+            else:
+                targets = await rollback_targets(tx, edit, [c.id for c in chunks])
+                todo = [c.id for c in chunks if targets[c.id]["version"] != before[str(c.id)]["version"]]
+                detail["targets"] = {str(cid): targets[cid] for cid in todo}
+            note(edit, **detail, chunks=todo)
+            job.current_step = f"edit {edit.number}: {edit.kind} of {node.level} '{node.title or ''}'"
+            tx.event(
+                "edit",
+                "start",
+                {
+                    "edit": edit.number,
+                    "kind": edit.kind,
+                    "node": node.id,
+                    "level": node.level,
+                    "title": node.title,
+                    "by": edit.user_name,
+                    "params": {k: v for k, v in (edit.params or {}).items() if k != "text"},
+                    "chunks": [c.ordinal for c in chunks if c.id in todo],
+                },
+            )
+            return EditPlan(todo)
+
+    @activity.defn(name="edit_chunk")
+    async def edit_chunk(self, ref: EditChunkRef) -> None:
+        """One chunk of the edit: its new text (written, cut from the hand edit, rewritten in part,
+        or an earlier version's), remembered and checked, stored as a new version."""
+        jid = uuid.UUID(ref.job_id)
+        async with self.db.job_tx(jid) as tx:
+            job = await load_job(tx, jid)
+            edit = await load_edit(tx, ref.edit_id)
+            if str(ref.chunk_id) in edit.detail.get("after", {}):
+                return
+            chunk = await _chunk(tx, jid, ref.chunk_id)
+            kind, number, params, detail = edit.kind, edit.number, dict(edit.params or {}), dict(edit.detail)
+            current = (await latest_text(tx.session, chunk.id)).strip()
+            ledger = await ledger_before(tx, chunk.ordinal)
+            model, min_words = job.model, chunk.min_words
+        key = f"edit:{number}:chunk:{ref.chunk_id}"
+        memory_id: int | None = None
+        if kind == "regenerate":
+            text = await self._regenerate(jid, ref.edit_id, ref.chunk_id, key)
+        elif kind == "edit":
+            text = detail["texts"][str(ref.chunk_id)].strip()
+        elif kind == "rewrite":
+            start, end = detail["spans"][str(ref.chunk_id)]
+            middle = ""
+            if ref.chunk_id == detail["chunks"][0]:  # the selection is rewritten once, where it starts
+                middle = await self._rewrite(jid, ref.edit_id, current, start, end, params, key)
+            text = _joined(current[:start], middle, current[end:])
+        else:
+            target = detail["targets"][str(ref.chunk_id)]
+            async with self.db.job_tx(jid) as tx:
+                old = await tx.session.get(ChunkVersion, target["version"])
+                assert old is not None
+                text, memory_id = old.text, target["memory"]
+
+        async def extend(cur: str, k: str) -> str:  # a repair that left a regenerated passage short
+            return await self._ask(jid, ref.edit_id, ref.chunk_id, max(1, min_words - count_words(cur)) + 20, cur, k)
+
+        checked = None
+        if kind != "rollback" and text.strip():
+            checked = await check_and_repair(
+                self.llm,
+                job_id=jid,
+                chunk_id=ref.chunk_id,
+                model=model,
+                passage=text,
+                ledger=ledger,
+                request_key=f"{key}:memory",
+                min_words=min_words,
+                extend=extend if kind == "regenerate" else None,
+                locked=kind != "regenerate",  # the author's own words are checked, never rewritten
+            )
+        async with self.db.job_tx(jid) as tx:
+            job = await load_job(tx, jid)
+            edit = await load_edit(tx, ref.edit_id)
+            if str(ref.chunk_id) in edit.detail.get("after", {}):
+                return
+            chunk = await _chunk(tx, jid, ref.chunk_id)
+            await store_version(tx, job, edit, chunk, kind, text, checked, memory_id)
+
+    async def _regenerate(self, jid: uuid.UUID, edit_id: int, chunk_id: int, key: str) -> str:
+        """Write the chunk again and extend it while short (every attempt kept, numbered after the
+        chunk's earlier ones); returns the accepted text (repeats cut, trimmed to its maximum)."""
+        while True:
+            async with self.db.job_tx(jid) as tx:
+                job = await load_job(tx, jid)
+                edit = await load_edit(tx, edit_id)
+                chunk = await _chunk(tx, jid, chunk_id)
+                base = int(edit.detail["before"][str(chunk_id)]["attempts"])
+                rows = (
+                    (
+                        await tx.session.execute(
+                            select(ChunkAttempt)
+                            .where(ChunkAttempt.chunk_id == chunk_id, ChunkAttempt.attempt_no > base)
+                            .order_by(ChunkAttempt.attempt_no)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                text = rows[-1].text_after if rows else ""
+                added = [r.words_added for r in rows]
+                done = count_words(text) >= chunk.min_words
+                if rows and (done or stalled(added, done, job_options(job).max_attempts_per_chunk)):
+                    text = dedupe_paragraphs(text)
+                    if count_words(text) > chunk.max_words:
+                        text = trim_to_words(text, chunk.max_words, chunk.min_words)
+                    return text
+                need = chunk.target_words if not rows else max(1, chunk.target_words - count_words(text))
+                ask = words_to_ask(need, await _compliance(tx, jid))
+            await self._ask(jid, edit_id, chunk_id, ask, text, f"{key}:attempt:{chunk.attempts + 1}", attempt=True)
+            activity.heartbeat(chunk.attempts + 1)
+
+    async def _ask(
+        self, jid: uuid.UUID, edit_id: int, chunk_id: int, words: int, current: str, key: str, attempt: bool = False
+    ) -> str:
+        """One writing call for the chunk (a first write when ``current`` is empty, else a
+        continuation of it), from the story memory before it and the author's instruction; with
+        ``attempt`` it is stored as the chunk's next attempt with its length check. Returns the
+        text so far."""
+        async with self.db.job_tx(jid) as tx:
+            job = await load_job(tx, jid)
+            edit = await load_edit(tx, edit_id)
+            chunk = await _chunk(tx, jid, chunk_id)
+            ctx = await _edit_context(tx, job, chunk, edit)
+            msgs = chunk_messages(ctx, style=self.llm.prompt_style, words=words, current_text=current)
+            memory, number, model, attempt_no = ctx.memory.record(), edit.number, job.model, chunk.attempts + 1
+        kind = "extend" if current else "write"
+        res = await self.llm.complete(
+            job_id=jid,
+            chunk_id=chunk_id,
+            purpose=kind,
+            request_key=key,
+            model=model,
+            messages=msgs,
+            max_tokens=max_tokens_for(max(words, 8)),
+        )
+        added = clean_model_output(res.text, echo_source(msgs, ctx), ctx.source_text or "").text
+        text = join_continuation(current, added) if current else added
+        if not attempt:
+            return text
+        async with self.db.job_tx(jid) as tx:
+            chunk = await _chunk(tx, jid, chunk_id)
+            if chunk.attempts >= attempt_no:  # stored by an earlier try of this activity
+                return text
+            before, after = count_words(current), count_words(text)
+            tx.session.add(
+                ChunkAttempt(
+                    job_id=jid,
+                    chunk_id=chunk_id,
+                    attempt_no=attempt_no,
+                    kind=kind,
+                    llm_call_id=res.call_id,
+                    words_asked=words,
+                    added_text=added,
+                    text_after=text,
+                    words_before=before,
+                    words_added=after - before,
+                    words_after=after,
+                    memory=memory,
+                )
+            )
+            chunk.attempts = attempt_no
+            tx.event(
+                "chunk",
+                kind,
+                {
+                    "chunk": chunk.ordinal,
+                    "attempt": attempt_no,
+                    "edit": number,
+                    "words_in": before,
+                    "words_out": after,
+                    "words_asked": words,
+                    "target_words": chunk.target_words,
+                    "llm_call_id": res.call_id,
+                    "finish_reason": res.finish_reason,
+                },
+            )
+            await record_length_check(
+                tx,
+                scope="chunk",
+                chunk_id=chunk_id,
+                round=attempt_no,
+                words=after,
+                min_words=chunk.min_words,
+                target_words=chunk.target_words,
+                max_words=chunk.max_words,
+                event={"chunk": chunk.ordinal, "attempt": attempt_no, "edit": number, "words": after},
+            )
+        return text
+
+    async def _rewrite(
+        self, jid: uuid.UUID, edit_id: int, current: str, start: int, end: int, params: dict[str, Any], key: str
+    ) -> str:
+        """The selection rewritten as its author asked: one model call; the text around it is shown, not changed."""
+        async with self.db.job_tx(jid) as tx:
+            job = await load_job(tx, jid)
+            node = await tx.session.get(PlanNode, (await load_edit(tx, edit_id)).node_id)
+            assert node is not None
+            texts = [(await latest_text(tx.session, c.id)).strip() for c in await chunks_under(tx.session, node)]
+            model = job.model
+        whole = "\n\n".join(t for t in texts if t)
+        s, e = int(params["start"]), int(params["end"])
+        passage = whole[s:e]
+        words = max(1, count_words(passage))
+        msgs = rewrite_messages(whole[:s], passage, whole[e:], str(params.get("instruction") or ""), words)
+        res = await self.llm.complete(
+            job_id=jid,
+            purpose="rewrite",
+            request_key=f"{key}:rewrite",
+            model=model,
+            messages=msgs,
+            max_tokens=max_tokens_for(int(words * 1.5) + 20),
+        )
+        return clean_model_output(res.text, "\n".join(m["content"] for m in msgs), "").text.strip()
+
+
+def _joined(before: str, middle: str, after: str) -> str:
+    """A chunk's text with its selected part replaced: the pieces joined as they were (no space lost)."""
+    return (before + middle + after).strip()
+
+
+async def _edit_context(tx: JobTx, job: Job, chunk: Chunk, edit: Edit) -> ChunkContext:
+    """What a chunk is written from when its author has it written again: as the job wrote it
+    (``activities.chunks``), with the author's instruction, the real text before it (never a
+    handoff: its predecessor is written), and the new summaries of the passages this edit has
+    written already in place of their old ones."""
+    ctx, _ = await _context(tx, job, chunk)
+    ctx.instruction = str((edit.params or {}).get("instruction") or "")
+    if chunk.ordinal > 0 and (ctx.handoff or not ctx.previous_tail):
+        prev = (
+            await tx.session.execute(select(Chunk).where(Chunk.job_id == job.id, Chunk.ordinal == chunk.ordinal - 1))
+        ).scalar_one()
+        prev_text = await latest_text(tx.session, prev.id)
+        ctx.previous_tail, ctx.handoff = tail_words(prev_text, TAIL_WORDS), ""
+    fresh = {int(k): v for k, v in (edit.detail.get("summaries") or {}).items()}
+    if fresh:
+        summaries = [
+            replace(s, text=fresh.get(s.order, s.text)) if s.level == "chunk" else s
+            for s in await summaries_before(tx, chunk)
+        ]
+        named = " ".join([chunk.brief, ctx.section_title, ctx.section_summary, *(t for _, t, _ in ctx.path)])
+        ctx.memory = build_context(
+            await ledger_before(tx, chunk.ordinal), summaries, named=named, budget=prompt_budget(chunk.target_words)
+        )
+    return ctx
