@@ -29,7 +29,7 @@ from temporalio import activity
 
 from activities.base import Step, load_job
 from core.sealing import Sealer, SealError
-from core.webhooks import IPAddress, WebhookPolicy, event_type, job_event, message_id, url_problem
+from core.webhooks import IPAddress, WebhookPolicy, delivery_error, event_type, job_event, message_id, url_problem
 from db.models import Document, LlmCall, User
 from db.session import Database, JobGone
 
@@ -189,9 +189,10 @@ class WebhookActivities(Step):
             # trust_env=False: no proxy from the environment (it would connect elsewhere than checked).
             async with httpx.AsyncClient(timeout=self.config.timeout_s, trust_env=False) as http:
                 r = await http.post(target, content=body.encode("utf-8"), headers=headers, extensions=extensions)
-            status, error = r.status_code, None if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
-        except httpx.HTTPError as exc:
-            status, error = None, f"{type(exc).__name__}: {exc}"
+            status, error = r.status_code, delivery_error(None, r.status_code)
+        except httpx.HTTPError as exc:  # the log line (the operator's) keeps the raw error; the job's log a class
+            status, error = None, delivery_error(exc, None)
+            log.info("webhook.error", host=urlsplit(url).hostname, error=f"{type(exc).__name__}: {exc}")
         ms = round((time.perf_counter() - t0) * 1000, 1)
         log.info("webhook.attempt", host=urlsplit(url).hostname, status=status, ms=ms, error=error)
         return status, error, ms

@@ -83,8 +83,8 @@ class Settings(BaseSettings):
         description="Fernet key(s), comma-separated (the first seals); unset: QUIRE_HOME/secret.key, made once",
     )
     quire_public_url: str | None = Field(default=None, description="the API's URL as webhook receivers reach it")
-    quire_webhook_allow_loopback: bool | None = Field(
-        default=None, description="webhooks to loopback addresses; unset: allowed with the embedded stack only"
+    quire_webhook_allow_loopback: bool = Field(
+        default=False, description="webhooks to loopback addresses (the operator's explicit choice, off by default)"
     )
     quire_webhook_allow_private: bool = False
     quire_webhook_networks: Annotated[list[str], NoDecode] = Field(
@@ -237,9 +237,8 @@ class Settings(BaseSettings):
 
     @property
     def webhook_policy(self) -> WebhookPolicy:
-        loopback = self.quire_webhook_allow_loopback
         return WebhookPolicy(
-            allow_loopback=self.database_url is None if loopback is None else loopback,
+            allow_loopback=self.quire_webhook_allow_loopback,
             allow_private=self.quire_webhook_allow_private,
             networks=parse_networks(self.quire_webhook_networks),
         )

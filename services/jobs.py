@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.quota import submit_refusal
+from core.quota import resume_refusal, submit_refusal
 from core.runs import run_of
 from core.spec import TERMINAL_STATUSES, JobSpec
 from core.text import count_words, sha256
@@ -67,6 +67,21 @@ async def same_request(db: Database, job: Job, spec: JobSpec, default_model: str
     return stored == sha256(spec.input_text)
 
 
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key already names a job made from a different request (the API's 409)."""
+
+    def __init__(self, key: str, job: Job) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was used for a different request (job {job.id})")
+        self.job = job
+
+
+async def replay(db: Database, key: str, job: Job, spec: JobSpec, default_model: str) -> Job:
+    """The job an Idempotency-Key already made, if ``spec`` asks for exactly it; else IdempotencyConflict."""
+    if not await same_request(db, job, spec, default_model):
+        raise IdempotencyConflict(key, job)
+    return job
+
+
 async def submit(
     db: Database,
     client: Client,
@@ -84,11 +99,13 @@ async def submit(
 ) -> tuple[Job, bool]:
     """Create and start a job; returns (job, created). An existing Idempotency-Key returns the
     job it made (starting its workflow if an earlier attempt could not). A new job over one of
-    the user's quotas raises ``core.quota.QuotaExceeded`` (nothing is stored)."""
+    the user's quotas raises ``core.quota.QuotaExceeded`` (nothing is stored); a key already used for
+    another request, ``IdempotencyConflict`` (however the two requests raced)."""
     durability = durability or Durability()
     if idempotency_key:
         existing = await find_by_idempotency_key(db, user_id, idempotency_key)
         if existing is not None:
+            await replay(db, idempotency_key, existing, spec, default_model)
             if existing.status == "queued":
                 await start_workflow(client, existing, user_name, task_queue, durability, webhook_retry=webhook_retry)
             return existing, False
@@ -108,7 +125,7 @@ async def submit(
         if idempotency_key:
             existing = await find_by_idempotency_key(db, user_id, idempotency_key)
             if existing is not None:
-                return existing, False
+                return await replay(db, idempotency_key, existing, spec, default_model), False
         raise
     await start_workflow(client, job, user_name, task_queue, durability, webhook_retry=webhook_retry)
     return job, True
@@ -252,14 +269,25 @@ async def resume(
     """Continue a failed or cancelled job as a new run (workflow ``job-<id>-r<n>``) that picks up
     from what it committed, in the same log. The job goes back to running under its row lock (the
     database allows failed|cancelled -> running only with a new workflow id: db.ddl), then the run
-    starts. A job left running by a resume whose start did not reach Temporal is started again."""
+    starts. A job left running by a resume whose start did not reach Temporal is started again.
+    Model work starting again goes through the owner's quotas as a submit does, under the same
+    lock (their user row, then the job's): QuotaExceeded when they are used up."""
     async with db.job_tx(job_id) as tx:
+        owner = (await tx.session.execute(select(Job.user_id).where(Job.id == job_id))).scalar_one_or_none()
+        if owner is None:
+            raise JobGone(str(job_id))
+        quotas = await usage.quotas(tx.session, owner, lock=True)
         job = await tx.session.get(Job, job_id, with_for_update=True, populate_existing=True)
         if job is None:
             raise JobGone(str(job_id))
         if job.status == "succeeded":
             raise NotResumable("job already succeeded: there is nothing to resume")
         if job.status in ("failed", "cancelled"):
+            if quotas.any:
+                now = dt.datetime.now(dt.UTC)
+                refused = resume_refusal(quotas, await usage.usage(tx.session, owner, now), now)
+                if refused is not None:
+                    raise refused
             run = (run_of(job.workflow_id) or 1) + 1
             was = {"status": job.status, "error_code": job.error_code, "reason": job.failure_reason}
             job.status, job.workflow_id, job.current_step = "running", workflow_id(job.id, run), "resuming"

@@ -88,7 +88,8 @@ async def test_a_download_verifies_with_the_public_key_alone_and_each_forgery_is
     # The CLI, offline, with the public key alone (as `quire keys export` prints it).
     (tmp_path / "log.json").write_text(r.text)
     (tmp_path / "audit.pub").write_text(AUDIT_KEY.verifier.text() + "\n")
-    code, out, err = await arun("audit", "verify", "--file", str(tmp_path / "log.json"), "--key", str(tmp_path / "audit.pub"), env={})  # fmt: skip
+    files = ["--file", str(tmp_path / "log.json"), "--key", str(tmp_path / "audit.pub")]
+    code, out, err = await arun("audit", "verify", *files, env={})
     assert code == 0, out + err
     assert f"signed by quire-test+{AUDIT_KEY.verifier.id_hex} (checked with the public keys given)" in out
     # TXT and NDJSON downloads carry the checkpoints too.

@@ -1,0 +1,129 @@
+"""Trust: no paid answer lost, no quota bypass, no side doors (issue 20's findings, one test each)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+
+from core.audit import parse_txt_line, txt_line
+from core.quota import QuotaExceeded
+from core.spec import JobSpec
+from core.webhooks import WebhookPolicy, delivery_error
+from db.models import AccountEvent
+from quire.remote import event_line
+from services import jobs
+from services.config import load_settings
+from tests.helpers import TASK_QUEUE, job_row, submit, wait
+from tests.test_api import auth
+from tests.test_quotas import set_quotas
+from testkit import until
+
+pytestmark = pytest.mark.usefixtures("worker")
+CONTROLS = "\x1b]0;pwned\x07\x1b[31mred\x9b2J\x00"
+
+
+# --- 2. resume goes through the quotas -------------------------------------------------------
+
+
+async def test_resume_is_held_to_the_concurrent_jobs_quota_like_a_submit(db, client, fake, user):
+    fake.reset(delay_s=0.3)  # keeps B running
+    await set_quotas(db, user, concurrent_jobs=1)
+    a = await submit(db, client, user, kind="generate", prompt="Owls", target_words=3000)
+    await jobs.cancel(client, await job_row(db, a))
+    assert (await wait(client, a)).startswith("failed")
+    b = await submit(db, client, user, kind="generate", prompt="Bats", target_words=3000)
+    with pytest.raises(QuotaExceeded, match="concurrent-jobs quota of 1 reached"):
+        await jobs.resume(db, client, a, user_name=user.name, task_queue=TASK_QUEUE, durability=jobs.Durability())
+    assert (await job_row(db, a)).status == "cancelled"
+    await jobs.cancel(client, await job_row(db, b))
+    await wait(client, b)
+
+
+# --- 3. webhooks: no loopback unless the operator says so; no oracle in the errors ------------
+
+
+def test_the_embedded_stack_refuses_loopback_webhooks_unless_the_operator_allows_them(monkeypatch):
+    for name in ("DATABASE_URL", "QUIRE_WEBHOOK_ALLOW_LOOPBACK"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_settings(database_url=None).webhook_policy.allow_loopback is False
+    assert load_settings(database_url=None, quire_webhook_allow_loopback=True).webhook_policy.allow_loopback
+
+
+def test_ipv6_forms_of_refused_ipv4_addresses_are_refused():
+    policy = WebhookPolicy()
+    for form in ("2002:7f00:1::1", "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b:1::a9fe:a9fe", "::ffff:10.0.0.1"):
+        assert policy.refusal(ipaddress.ip_address(form)) is not None, form
+    assert policy.refusal(ipaddress.ip_address("64:ff9b::5db8:d822")) is None  # NAT64 of a public address
+    assert "127.0.0.1" in (policy.refusal(ipaddress.ip_address("2002:7f00:1::1")) or "")
+
+
+def test_delivery_errors_are_classes_not_the_raw_text():
+    refused = httpx.ConnectError("[Errno 111] Connection refused to 127.0.0.1:5432")
+    assert delivery_error(refused, None) == "could not connect"
+    assert delivery_error(httpx.ReadTimeout("timed out"), None) == "no answer in time"
+    assert delivery_error(None, 502) == "HTTP 502" and delivery_error(None, 204) is None
+
+
+# --- 6. no terminal escapes in text outputs --------------------------------------------------
+
+
+def test_txt_lines_and_cli_lines_carry_no_control_characters():
+    e = {
+        "seq": 3,
+        "ts": "2026-11-23T14:05:30.271690Z",
+        "kind": "llm",
+        "action": "error",
+        "table_name": None,
+        "row_id": None,
+        "sql_text": None,
+        "data": {"status": "error", "error": f"APIError: {CONTROLS}", "purpose": "write"},
+        "chain": 2,
+        "job_id": str(uuid.uuid4()),
+        "prev_hash": "0" * 64,
+        "hash": "1" * 64,
+    }
+    line = txt_line(e)
+    assert not any(ord(c) < 0x20 and c not in "\t\n" or 0x7F <= ord(c) <= 0x9F for c in line)
+    assert line.endswith("\t" + "0" * 64 + "\t" + "1" * 64 + "\n")  # hashes last, where a reader can hide them
+    back = parse_txt_line(line)
+    assert back == e  # lossless: each control written \uXXXX
+    shown = event_line(e)
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in shown) and "\\u001b" in shown
+
+
+# --- 9. Idempotency-Key: a racing loser gets 409 ---------------------------------------------
+
+
+async def test_a_racing_submit_with_the_same_key_and_another_body_gets_409(http, db, client, user):
+    key = {"Idempotency-Key": f"race-{uuid.uuid4().hex[:6]}"}
+    bodies = [{"kind": "generate", "prompt": p, "target_words": 40} for p in ("Moss", "Lichen")]
+    rs = await asyncio.gather(*(http.post("/v1/jobs", json=b, headers={**auth(user), **key}) for b in bodies))
+    assert sorted(r.status_code for r in rs) == [202, 409], [r.text for r in rs]
+    # The loser arriving after the winner's row committed (what a race comes to) is refused the same.
+    spec = JobSpec(kind="generate", prompt="Fern", target_words=40)
+    with pytest.raises(jobs.IdempotencyConflict):
+        await jobs.submit(
+            db, client, user_id=user.user_id, user_name=user.name, spec=spec, task_queue=TASK_QUEUE,
+            default_model="fake-model", idempotency_key=key["Idempotency-Key"],
+        )  # fmt: skip
+    winner = next(r for r in rs if r.status_code == 202).json()["id"]
+    await until("the winner ends", lambda: _ended(db, winner), within=60)
+
+
+async def _ended(db, jid: str) -> bool:  # type: ignore[no-untyped-def]
+    return (await job_row(db, uuid.UUID(jid))).status in ("succeeded", "failed", "cancelled")
+
+
+async def _account_rows(db, user_id: int | None = None) -> int:  # type: ignore[no-untyped-def]
+    async with db.tx() as s:
+        q = select(func.count()).select_from(AccountEvent)
+        q = q.where(AccountEvent.user_id.is_(None)) if user_id is None else q.where(AccountEvent.user_id == user_id)
+        return int((await s.execute(q)).scalar_one())
+
+
+_ = text  # (kept for the tests below)
