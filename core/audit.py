@@ -159,7 +159,10 @@ def event_hash(prev_hash: str, e: dict[str, Any]) -> str:
 
 
 def value_digest(v: Any) -> str:
-    """The SHA-256 of a stored value: of its UTF-8 bytes for text, of its canonical JSON otherwise."""
+    """The SHA-256 of a stored value: of its UTF-8 bytes for text (bytes as the log writes them, in
+    hex), of its canonical JSON otherwise."""
+    if isinstance(v, bytes | memoryview):
+        v = bytes(v).hex()
     raw = v.encode("utf-8") if isinstance(v, str) else canonical(v)
     return hashlib.sha256(raw).hexdigest()
 

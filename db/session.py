@@ -20,7 +20,9 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import psycopg
 import structlog
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -51,6 +53,18 @@ def plain_url(url: str) -> str:
 # write once the database is back, instead of losing them.
 UNRECORDED: ContextVar[list[tuple[uuid.UUID, list[dict[str, Any]]]] | None] = ContextVar("unrecorded", default=None)
 CONNECT_TIMEOUT_S = 10  # a server that does not answer is an outage, not a hang
+# The database being down, not a statement being wrong: a lost, refused or timed-out connection, a
+# deadlock or a server shutting down (every DB-API OperationalError), a full pool, the network.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 class JobGone(Exception):

@@ -25,6 +25,7 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   "echo" (prose wrapped the way a small base model wraps it: instruction lines of its prompt
   said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
   what it echoed is kept in ``echoed``); "down" (an endpoint that is down: HTTP 500 to everything);
+  "controls" (every third prose answer carries a NUL, a BEL and terminal escape sequences);
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
   "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
@@ -219,6 +220,12 @@ class FakeLLM:
                 cap = max(1, int((max_tokens or want) / 1.4)) if fault != "truncate" else max(1, want // 2)
                 content = " ".join(content.split()[:cap])
                 finish = "length"
+            if mode == "controls" and n % 3 == 0:
+                words = content.split(" ")
+                third = max(1, len(words) // 3)
+                words[third] += "\x00"
+                words[2 * third] = "\x1b[31m" + words[2 * third] + "\x1b[0m\x07"
+                content = " ".join(words) + " \x1b]0;title\x07"
             if mode == "echo" and _asks_words(messages):
                 content, echoed = _echo(messages, content, asked, rng)
                 with self.lock:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
+import re
 import uuid
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import func, select, text
 
@@ -14,17 +17,104 @@ from core.audit import parse_txt_line, txt_line
 from core.quota import QuotaExceeded
 from core.spec import JobSpec
 from core.webhooks import WebhookPolicy, delivery_error
-from db.models import AccountEvent
+from db.models import AccountEvent, LlmCall
 from quire.remote import event_line
-from services import jobs
+from services import auditlog, jobs
 from services.config import load_settings
-from tests.helpers import TASK_QUEUE, job_row, submit, wait
+from testkit import make_job, until
+from tests.conftest import make_llm
+from tests.helpers import TASK_QUEUE, job_row, output, submit, wait
 from tests.test_api import auth
 from tests.test_quotas import set_quotas
-from testkit import until
 
 pytestmark = pytest.mark.usefixtures("worker")
 CONTROLS = "\x1b]0;pwned\x07\x1b[31mred\x9b2J\x00"
+
+
+# --- 1. no paid answer lost ------------------------------------------------------------------
+
+
+async def test_a_model_that_writes_nul_bel_and_escapes_neither_fails_the_job_nor_reaches_the_document(
+    db, client, fake, user
+):
+    fake.reset(mode="controls")
+    jid = await submit(db, client, user, kind="generate", prompt="Canal boats", target_words=600)
+    assert await wait(client, jid) == "succeeded"
+    doc = await output(db, jid)
+    assert doc is not None and not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", doc.text)
+    async with db.tx() as s:
+        calls = (await s.execute(select(LlmCall).where(LlmCall.job_id == jid))).scalars().all()
+    kept = [c for c in calls if c.response_raw is not None]
+    assert kept and all(b"\x00" in c.response_raw and "\u2400" in c.response for c in kept)  # exact, and shown
+    assert any("\x1b[31m" in (c.response or "") for c in calls)  # the record keeps what came, escapes too
+    assert all(c.status != "pending" and c.tokens_in is not None for c in calls)
+    v = await auditlog.verify(db, jid)
+    assert v.intact, v.reason
+
+
+async def test_an_answer_is_stored_through_a_database_blip(db, fake, user, pg_url):
+    """The answer's commit loses its connection (a Postgres blip): it is written again, not lost."""
+    fake.reset(delay_s=0.5)
+    job_id = await make_job(db, user.user_id)
+    llm = make_llm(db, fake)
+    async with (
+        await psycopg.AsyncConnection.connect(pg_url) as lock,
+        await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as watch,
+    ):
+        call = asyncio.create_task(
+            llm.complete(
+                job_id=job_id, purpose="write", request_key="blip",
+                messages=[{"role": "user", "content": "Write about 30 words."}], max_tokens=100,
+            )
+        )  # fmt: skip
+
+        async def pending() -> bool:
+            q = "SELECT count(*) FROM llm_calls WHERE job_id = %s"
+            return (await (await watch.execute(q, (job_id,))).fetchone())[0] == 1  # type: ignore[index]
+
+        await until("the pending row", pending, within=30)
+        await lock.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+        waiting: list[int] = []
+
+        async def close_waits() -> bool:
+            rows = await (
+                await watch.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'UPDATE jobs SET audit_seq%%'"
+                )
+            ).fetchall()
+            waiting[:] = [r[0] for r in rows]
+            return bool(waiting)
+
+        await until("the answer's commit waits on the job row", close_waits, within=30)
+        await watch.execute("SELECT pg_terminate_backend(%s)", (waiting[0],))  # the blip
+        await lock.rollback()
+        res = await call
+    await llm.close()
+    async with db.tx() as s:
+        row = (await s.execute(select(LlmCall).where(LlmCall.job_id == job_id))).scalar_one()
+    assert row.status == "ok" and row.response == res.text and row.tokens_out
+
+
+async def test_a_call_cut_off_by_a_dead_worker_still_counts_its_tokens(db, fake, user, pg_url):
+    job_id = await make_job(db, user.user_id)
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # what a worker killed mid-call leaves
+        conn.execute(
+            "INSERT INTO llm_calls (job_id, purpose, request_key, attempt, model, base_url, messages, params, status,"
+            " started_at) VALUES (%s, 'write', 'cut', 1, 'fake-model', 'x', %s, '{\"max_tokens\": 300}', 'pending',"
+            " now())",
+            (job_id, json.dumps([{"role": "user", "content": "x" * 400}])),
+        )
+    llm = make_llm(db, fake)
+    await llm.complete(
+        job_id=job_id, purpose="write", request_key="cut", messages=[{"role": "user", "content": "Write."}],
+        max_tokens=300,
+    )  # fmt: skip
+    await llm.close()
+    async with db.tx() as s:
+        cut = (await s.execute(select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.attempt == 1))).scalar_one()
+    assert cut.error.startswith("interrupted") and cut.tokens_estimated
+    assert (cut.tokens_in, cut.tokens_out) == (100, 300) and cut.cost_micro_usd is not None
 
 
 # --- 2. resume goes through the quotas -------------------------------------------------------
