@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy import func, select, text
 
+import testkit
 from core.audit import parse_txt_line, txt_line
 from core.quota import QuotaExceeded
 from core.spec import JobSpec
@@ -25,7 +26,9 @@ from testkit import make_job, until
 from tests.conftest import make_llm
 from tests.helpers import TASK_QUEUE, job_row, output, submit, wait
 from tests.test_api import auth
+from tests.test_durable import FAST
 from tests.test_quotas import set_quotas
+from workflows.steps import Durability
 
 pytestmark = pytest.mark.usefixtures("worker")
 CONTROLS = "\x1b]0;pwned\x07\x1b[31mred\x9b2J\x00"
@@ -157,6 +160,31 @@ def test_delivery_errors_are_classes_not_the_raw_text():
     assert delivery_error(refused, None) == "could not connect"
     assert delivery_error(httpx.ReadTimeout("timed out"), None) == "no answer in time"
     assert delivery_error(None, 502) == "HTTP 502" and delivery_error(None, 204) is None
+
+
+# --- 5. the job row ends with its workflow, whatever the outage ------------------------------
+
+
+async def test_the_step_that_ends_a_failed_job_outlives_any_outage(db, client, fake, user):
+    """The step that marks a job failed (or cancelled) has no retry window: an outage longer than
+    the job's window (which ends the step in flight) cannot also end it, leaving the job 'running'
+    for ever (resume 409, cancel 409, a quota slot held). Temporal's own record says so."""
+    fake.reset(mode="down")  # the endpoint is down: the job fails with E_LLM_UNAVAILABLE
+    job = await testkit.submit(
+        db, client, TASK_QUEUE, 40, user=user, durability=Durability(outage_window_s=60, retry_max_s=0.1)
+    )
+    assert (await wait(client, job.id)).startswith("failed")
+    row = await job_row(db, job.id)
+    assert row.status == "failed" and row.error_code == "E_LLM_UNAVAILABLE"
+    windows: dict[str, float] = {}
+    async for ev in client.get_workflow_handle(job.workflow_id).fetch_history_events():
+        if ev.HasField("activity_task_scheduled_event_attributes"):
+            a = ev.activity_task_scheduled_event_attributes
+            windows[a.activity_type.name] = a.schedule_to_close_timeout.ToTimedelta().total_seconds()
+    assert windows["fail_job"] == 0 and windows["plan_job"] >= 60, windows  # 0: none, retried until it lands
+    fake.reset()
+    resumed = await jobs.resume(db, client, job.id, user_name=user.name, task_queue=TASK_QUEUE, durability=FAST)
+    assert resumed.status == "running"
 
 
 # --- 6. no terminal escapes in text outputs --------------------------------------------------

@@ -69,7 +69,8 @@ class JobWorkflow:
                 await _mark_cancelled(inp.job_id)
                 raise asyncio.CancelledError() from err
             code, reason = cause(err)
-            await step(FinalizeActivities.fail_job, FailInput(inp.job_id, code, reason), QUICK, f"fail: {code}")
+            fail = FailInput(inp.job_id, code, reason)
+            await step(FinalizeActivities.fail_job, fail, QUICK, f"fail: {code}", outlive=True)
             raise ApplicationError(reason, type=code, non_retryable=True) from err
 
     async def _run(self, inp: JobInput) -> str:
@@ -187,4 +188,5 @@ async def _mark_cancelled(job_id: str) -> None:
         FailInput(job_id, ErrorCode.CANCELLED, "cancelled by request", status="cancelled"),
         QUICK,
         "mark cancelled",
+        outlive=True,
     )
