@@ -3,14 +3,25 @@ verification of its hash chain, and the view reports of the job's page."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from api import actions, live
-from api.deps import CallerDep, ClientDep, DbDep, KeyStillValidDep, ListenerDep, OwnJobDep, SettingsDep
+from api.deps import (
+    CallerDep,
+    ClientDep,
+    DbDep,
+    KeyStillValidDep,
+    ListenerDep,
+    OwnJobDep,
+    SettingsDep,
+    StreamsDep,
+)
 from api.intake import SEQ_PATTERN, last_event_id
 from api.schemas import COMMON, ERRORS, SSE_EVENT, AuditPage, AuditVerdict, ConsistencyProof, InclusionProof
 from core.audit import EventKind
@@ -77,10 +88,13 @@ async def get_audit(
         400: ERRORS[400],
         404: ERRORS[404],
         422: ERRORS[422],
+        429: {**ERRORS[429], "description": "too many live streams open (yours, or this server's)"},
     },
 )
 async def stream_audit(
     job: OwnJobDep,
+    who: CallerDep,
+    streams: StreamsDep,
     key_valid: KeyStillValidDep,
     db: DbDep,
     client: ClientDep,
@@ -97,14 +111,23 @@ async def stream_audit(
 ) -> EventSourceResponse:
     start = max(after or 0, last_event_id(last_event_id_header) or 0)
     wid = job.workflow_id
+    slot = streams.take(who.user_id)  # 429 past the per-user or per-process bound
 
     async def is_open() -> bool | None:
         return await workflow_open(client, wid)
 
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for e in live.stream(db, listener, job.id, start, workflow_open=is_open, authorized=key_valid):
+                yield e
+        finally:
+            slot.release()
+
     return EventSourceResponse(
-        live.stream(db, listener, job.id, start, workflow_open=is_open, authorized=key_valid),
+        events(),
         ping=SSE_PING_S,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(slot.release),  # a stream never started frees its slot too
     )
 
 

@@ -274,9 +274,10 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    database: str
-    temporal: str
-    listener: str = Field(description="the LISTEN connection that wakes live streams")
+    reason: str | None = Field(description="the first check that is not ok, as <check>_<state>; null when ready")
+    database: Literal["ok", "unreachable", "error"]
+    temporal: Literal["ok", "unreachable", "error"]
+    listener: Literal["ok", "connecting"] = Field(description="the LISTEN connection that wakes live streams")
 
 
 class RotatedKey(BaseModel):

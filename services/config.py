@@ -70,6 +70,17 @@ class Settings(BaseSettings):
     quire_metrics_token: SecretStr | None = Field(
         default=None, description="if set, GET /metrics on the API asks for it as a Bearer token"
     )
+    quire_metrics_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="CIDRs, comma-separated: without QUIRE_METRICS_TOKEN, the only clients /metrics answers",
+    )
+    # What one caller may ask of an API process (api/limits.py)
+    quire_rate_limit: str = Field(default="1200/minute", description="requests per API key per API process")
+    quire_auth_failure_limit: str = Field(
+        default="60/minute", description="requests without a valid key per client address per API process"
+    )
+    quire_max_streams: int = Field(default=1000, ge=1, description="live audit streams open at once per API process")
+    quire_max_streams_per_user: int = Field(default=16, ge=1, description="live audit streams open at once per user")
     quire_prompt_style: Literal["auto", "instruct", "document"] = Field(
         default="auto", description="auto: 'document' for the local base model, 'instruct' otherwise"
     )
@@ -159,7 +170,18 @@ class Settings(BaseSettings):
             return json.loads(v) if v.strip() else {}
         return v
 
-    @field_validator("quire_webhook_networks", mode="before")
+    @field_validator("quire_rate_limit", "quire_auth_failure_limit")
+    @classmethod
+    def _check_rate(cls, v: str) -> str:
+        from limits import parse
+
+        try:
+            parse(v)
+        except ValueError:
+            raise ValueError(f"must read like '600/minute' or '10/second', not {v!r}") from None
+        return v
+
+    @field_validator("quire_webhook_networks", "quire_metrics_networks", mode="before")
     @classmethod
     def _split_networks(cls, v: object) -> object:
         if isinstance(v, str):

