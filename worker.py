@@ -86,7 +86,14 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=[JobWorkflow, UnitWorkflow, WebhookWorkflow],
-        activities=[chunks.unit_chunks, finalize.finalize, finalize.add_continuation, finalize.fail_job, hooks.deliver],
+        activities=[
+            chunks.unit_chunks,
+            finalize.finalize,
+            finalize.add_continuation,
+            finalize.fail_job,
+            hooks.deliver,
+            hooks.witness,
+        ],
         max_concurrent_activities=20,
     )
     model = Worker(
@@ -120,6 +127,8 @@ def webhooks_from_settings(settings: Settings) -> WebhookConfig:
         sealer=Sealer(settings.secret_keys()),
         public_url=settings.public_url,
         timeout_s=settings.quire_webhook_timeout_s,
+        witness_url=settings.quire_witness_url,
+        witness_secret=settings.quire_witness_secret.get_secret_value() if settings.quire_witness_secret else None,
     )
 
 

@@ -30,7 +30,7 @@ from temporalio import activity
 from activities.base import Step, load_job
 from core.sealing import Sealer, SealError
 from core.webhooks import IPAddress, WebhookPolicy, delivery_error, event_type, job_event, message_id, url_problem
-from db.models import Document, LlmCall, User
+from db.models import AuditCheckpoint, Document, LlmCall, User
 from db.session import Database, JobGone
 
 log = structlog.get_logger(__name__)
@@ -52,6 +52,10 @@ class WebhookConfig:
     sealer: Sealer | None  # None: no key to open secrets with; deliveries are refused
     public_url: str  # the API's URL, for the event's links
     timeout_s: float = 10.0
+    # The operator's witness (QUIRE_WITNESS_URL, QUIRE_WITNESS_SECRET): each job's last checkpoint
+    # is POSTed there, signed like a webhook. The operator's own URL: no target policy applies.
+    witness_url: str | None = None
+    witness_secret: str | None = None
 
 
 @dataclass
@@ -161,6 +165,69 @@ class WebhookActivities(Step):
         if not ok:
             raise WebhookFailed(error or f"HTTP {status}")
         return int(status or 0)
+
+    @activity.defn(name="witness_checkpoint")
+    async def witness(self, inp: DeliveryRef) -> int:
+        """POST the job's latest signed checkpoint to the operator's witness once; the HTTP status.
+        A witness keeps what it was sent: a log rewritten later no longer matches what it holds."""
+        jid = uuid.UUID(inp.job_id)
+        url, secret = self.config.witness_url, self.config.witness_secret
+        async with self.db.job_tx(jid) as tx:
+            await load_job(tx, jid, allow_terminal=True)
+            cp = (
+                await tx.session.execute(
+                    select(AuditCheckpoint)
+                    .where(AuditCheckpoint.job_id == jid)
+                    .order_by(AuditCheckpoint.tree_size.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+        if url is None or secret is None or cp is None:
+            why = "no witness configured" if url is None or secret is None else "the log has no checkpoint yet"
+            await self._record(jid, "witness_skipped", {"reason": why})
+            return 0
+        body = json.dumps(
+            {
+                "type": "audit.checkpoint",
+                "timestamp": cp.ts.isoformat(),
+                "data": {"job_id": inp.job_id, "tree_size": cp.tree_size, "root": cp.root, "key_id": cp.key_id,
+                         "note": cp.note},
+            },
+            separators=(",", ":"),
+        )  # fmt: skip
+        msg_id = f"msg_cp_{inp.job_id.replace('-', '')}_{cp.tree_size}"
+        attempt = activity.info().attempt
+        status, error, ms = await self._send(url, msg_id, body, secret)
+        ok = status is not None and 200 <= status < 300
+        await self._record(
+            jid,
+            "witnessed" if ok else "witness_failed",
+            {"tree_size": cp.tree_size, "root": cp.root, "status_code": status, "latency_ms": ms, "error": error,
+             "attempt": attempt, "final": ok or attempt >= inp.attempts},
+        )  # fmt: skip
+        if not ok:
+            raise WebhookFailed(error or f"HTTP {status}")
+        return int(status or 0)
+
+    async def _send(self, url: str, msg_id: str, body: str, secret: str) -> tuple[int | None, str | None, float]:
+        """One signed POST to the operator's witness (its own URL: sent as is)."""
+        now = dt.datetime.now(dt.UTC)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id, now, body),
+        }
+        t0 = time.perf_counter()
+        try:
+            async with httpx.AsyncClient(timeout=self.config.timeout_s, trust_env=False) as http:
+                r = await http.post(url, content=body.encode(), headers=headers)
+            status, error = r.status_code, delivery_error(None, r.status_code)
+        except httpx.HTTPError as exc:
+            status, error = None, delivery_error(exc, None)
+            log.info("witness.error", error=f"{type(exc).__name__}: {exc}")
+        return status, error, round((time.perf_counter() - t0) * 1000, 1)
 
     def _secret(self, sealed: str | None) -> str | None:
         if sealed is None or self.config.sealer is None:

@@ -114,6 +114,7 @@ async def submit_job(
             webhook_url=hook,
             webhook_retry=settings.webhook_retry,
             durability=job_service.durability(settings),
+            witness=settings.quire_witness_url is not None,
         )
     except QuotaExceeded as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
@@ -383,6 +384,7 @@ async def resume_job(
             task_queue=settings.temporal_task_queue,
             durability=job_service.durability(settings),
             webhook_retry=settings.webhook_retry,
+            witness=settings.quire_witness_url is not None,
         )
     except job_service.NotResumable as exc:
         raise HTTPException(409, str(exc)) from None

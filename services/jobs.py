@@ -96,6 +96,7 @@ async def submit(
     durability: Durability | None = None,
     webhook_url: str | None = None,
     webhook_retry: RetrySchedule | None = None,
+    witness: bool = False,
 ) -> tuple[Job, bool]:
     """Create and start a job; returns (job, created). An existing Idempotency-Key returns the
     job it made (starting its workflow if an earlier attempt could not). A new job over one of
@@ -107,7 +108,9 @@ async def submit(
         if existing is not None:
             await replay(db, idempotency_key, existing, spec, default_model)
             if existing.status == "queued":
-                await start_workflow(client, existing, user_name, task_queue, durability, webhook_retry=webhook_retry)
+                await start_workflow(
+                    client, existing, user_name, task_queue, durability, webhook_retry=webhook_retry, witness=witness
+                )
             return existing, False
     try:
         job = await create(
@@ -127,7 +130,7 @@ async def submit(
             if existing is not None:
                 return await replay(db, idempotency_key, existing, spec, default_model), False
         raise
-    await start_workflow(client, job, user_name, task_queue, durability, webhook_retry=webhook_retry)
+    await start_workflow(client, job, user_name, task_queue, durability, webhook_retry=webhook_retry, witness=witness)
     return job, True
 
 
@@ -208,6 +211,7 @@ async def start_workflow(
     *,
     resumed: bool = False,
     webhook_retry: RetrySchedule | None = None,
+    witness: bool = False,
 ) -> bool:
     """Start the workflow of the job's current run (``job.workflow_id``); False if it was already
     started (a retried submit or resume)."""
@@ -222,6 +226,7 @@ async def start_workflow(
                 durability=durability,
                 resumed=resumed,
                 webhook=webhook,
+                witness=witness,
             ),
             id=job.workflow_id,
             task_queue=task_queue,
@@ -265,6 +270,7 @@ async def resume(
     task_queue: str,
     durability: Durability,
     webhook_retry: RetrySchedule | None = None,
+    witness: bool = False,
 ) -> Job:
     """Continue a failed or cancelled job as a new run (workflow ``job-<id>-r<n>``) that picks up
     from what it committed, in the same log. The job goes back to running under its row lock (the
@@ -294,7 +300,7 @@ async def resume(
             job.completed_at, job.error_code, job.failure_reason = None, None, None
             tx.event("job", "resumed", {"run": run, "workflow_id": job.workflow_id, "was": was})
     if not await start_workflow(
-        client, job, user_name, task_queue, durability, resumed=True, webhook_retry=webhook_retry
+        client, job, user_name, task_queue, durability, resumed=True, webhook_retry=webhook_retry, witness=witness
     ):
         raise NotResumable(f"job is {job.status}: its run {job.workflow_id} is already under way")
     log.info("job.resumed", job_id=str(job.id), workflow_id=job.workflow_id)

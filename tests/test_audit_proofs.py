@@ -6,6 +6,7 @@ another key) caught and named."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import uuid
@@ -13,15 +14,20 @@ from typing import Any
 
 import psycopg
 import pytest
+from standardwebhooks import Webhook
 
 from core import checkpoint, merkle
 from core.audit import GENESIS, event_hash
 from core.chain import parse_log, verify_events
-from services import auditlog
+from core.spec import JobSpec
+from core.webhooks import new_secret
+from services import auditlog, jobs
 from testkit import make_job
-from tests.conftest import AUDIT_KEY
+from tests.conftest import AUDIT_KEY, make_llm, webhook_config
 from tests.test_api import auth, follow_to_end
 from tests.test_cli import arun
+from tests.test_webhooks import Receiver
+from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("worker")
 PUBLIC = [AUDIT_KEY.verifier]
@@ -190,3 +196,31 @@ async def test_a_log_copied_under_another_job_in_the_database_is_caught_as_trans
     assert (await auditlog.verify(db, a, PUBLIC)).intact
     v = await auditlog.verify(db, b, PUBLIC)
     assert not v.intact and v.first_bad_seq == 1 and "transplanted" in v.reason
+
+
+async def test_each_jobs_last_checkpoint_is_posted_to_the_operators_witness_signed(db, client, fake, user):
+    secret = new_secret()
+    queue = f"witness-{uuid.uuid4().hex[:6]}"
+    llm = make_llm(db, fake)
+    with Receiver([503]) as receiver:  # down at first: retried like a webhook
+        config = dataclasses.replace(webhook_config(), witness_url=receiver.url, witness_secret=secret)
+        try:
+            async with build_worker(client, db, llm, queue, webhooks=config):
+                job, _ = await jobs.submit(
+                    db, client, user_id=user.user_id, user_name=user.name, task_queue=queue,
+                    spec=JobSpec(kind="generate", prompt="Reeds", target_words=60), default_model="fake-model",
+                    witness=True,
+                )  # fmt: skip
+                got = await receiver.wait_for(2, within=60)
+        finally:
+            await llm.close()
+    sent = got[-1]
+    payload = Webhook(secret).verify(sent["body"], {k.lower(): v for k, v in sent["headers"].items()})
+    assert payload["type"] == "audit.checkpoint" and payload["data"]["job_id"] == str(job.id)
+    cp = checkpoint.verify(payload["data"]["note"], PUBLIC)
+    assert cp.job_id == str(job.id)
+    log = [e async for e in auditlog.iter_events(db, job.id, 0, None)]
+    entries = [merkle.leaf_entry(e["hash"]) for e in log]
+    assert merkle.tree(entries).get_root(cp.size) == cp.root  # what the witness holds matches the log
+    actions = [e["action"] for e in log if e["kind"] == "webhook"]
+    assert actions == ["witness_failed", "witnessed"]

@@ -42,6 +42,7 @@ class JobInput:
     durability: Durability = field(default_factory=Durability)
     # A resumed run (quire resume): where to pick up is read from what the job stored.
     resumed: bool = False
+    witness: bool = False  # the operator has a witness: the job's last checkpoint is POSTed to it
 
 
 @workflow.defn(name="JobWorkflow")
@@ -166,14 +167,17 @@ async def _unit(inp: JobInput, unit_id: int, label: str) -> None:
 
 
 async def _notify(inp: JobInput) -> None:
-    """Start the delivery of the job's end to its webhook, and return: a child workflow that
-    outlives this one (ABANDON) retries it for hours; the job's outcome waits for none of it."""
-    if inp.webhook is None:
+    """Start the delivery of the job's end to its webhook (and of its last checkpoint to the
+    operator's witness), and return: a child workflow that outlives this one (ABANDON) retries it
+    for hours; the job's outcome waits for none of it."""
+    if inp.webhook is None and not inp.witness:
         return
     try:
         await workflow.start_child_workflow(
             WebhookWorkflow.run,
-            WebhookInput(inp.job_id, inp.webhook),
+            WebhookInput(
+                inp.job_id, inp.webhook or RetrySchedule(), deliver=inp.webhook is not None, witness=inp.witness
+            ),
             id=f"{workflow.info().workflow_id}-webhook",
             parent_close_policy=ParentClosePolicy.ABANDON,
             static_summary="webhook",
