@@ -199,6 +199,11 @@ class Settings(BaseSettings):
         Sealer(v.get_secret_value().split(","))  # a bad key stops Quire here, not at the first webhook
         return v
 
+    @field_validator("quire_metrics_token", "quire_witness_secret")
+    @classmethod
+    def _unset_if_empty(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None
+
     @field_validator("quire_audit_key")
     @classmethod
     def _check_audit_key(cls, v: SecretStr | None) -> SecretStr | None:

@@ -224,3 +224,22 @@ async def test_each_jobs_last_checkpoint_is_posted_to_the_operators_witness_sign
     assert merkle.tree(entries).get_root(cp.size) == cp.root  # what the witness holds matches the log
     actions = [e["action"] for e in log if e["kind"] == "webhook"]
     assert actions == ["witness_failed", "witnessed"]
+
+
+async def test_quire_keys_makes_rotates_and_exports_the_public_keys(tmp_path):
+    env = {"QUIRE_HOME": str(tmp_path)}
+    code, out, err = await arun("keys", "export", env=env)
+    assert code == 2 and "no audit key yet" in err
+    code, first, err = await arun("keys", "make", env=env)
+    assert code == 0 and first.count("\n") == 1 and "made quire+" in err
+    assert (tmp_path / "audit.key").stat().st_mode & 0o777 == 0o600
+    old = checkpoint.SignerKey.parse((tmp_path / "audit.key").read_text())
+    assert checkpoint.parse_keys(first.splitlines()) == [old.verifier]
+    code, _, err = await arun("keys", "make", env=env)
+    assert code == 2 and "`quire keys rotate` replaces it" in err
+    code, out, err = await arun("keys", "rotate", env=env)
+    new = checkpoint.SignerKey.parse((tmp_path / "audit.key").read_text())
+    assert code == 0 and checkpoint.parse_keys(out.splitlines()) == [new.verifier, old.verifier]
+    # A checkpoint signed before the rotation still verifies with the exported keys.
+    note = old.sign(checkpoint.body("j", 3, os.urandom(32)))
+    assert checkpoint.verify(note, checkpoint.parse_keys(out.splitlines())).size == 3
