@@ -197,7 +197,7 @@ class WebhookActivities(Step):
         )  # fmt: skip
         msg_id = f"msg_cp_{inp.job_id.replace('-', '')}_{cp.tree_size}"
         attempt = activity.info().attempt
-        status, error, ms = await self._send(url, msg_id, body, secret)
+        status, error, ms = await self._post(url, None, msg_id, body, secret)
         ok = status is not None and 200 <= status < 300
         await self._record(
             jid,
@@ -209,26 +209,6 @@ class WebhookActivities(Step):
             raise WebhookFailed(error or f"HTTP {status}")
         return int(status or 0)
 
-    async def _send(self, url: str, msg_id: str, body: str, secret: str) -> tuple[int | None, str | None, float]:
-        """One signed POST to the operator's witness (its own URL: sent as is)."""
-        now = dt.datetime.now(dt.UTC)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": Webhook(secret).sign(msg_id, now, body),
-        }
-        t0 = time.perf_counter()
-        try:
-            async with httpx.AsyncClient(timeout=self.config.timeout_s, trust_env=False) as http:
-                r = await http.post(url, content=body.encode(), headers=headers)
-            status, error = r.status_code, delivery_error(None, r.status_code)
-        except httpx.HTTPError as exc:
-            status, error = None, delivery_error(exc, None)
-            log.info("witness.error", error=f"{type(exc).__name__}: {exc}")
-        return status, error, round((time.perf_counter() - t0) * 1000, 1)
-
     def _secret(self, sealed: str | None) -> str | None:
         if sealed is None or self.config.sealer is None:
             return None
@@ -238,11 +218,12 @@ class WebhookActivities(Step):
             return None
 
     async def _post(
-        self, url: str, ip: IPAddress, msg_id: str, body: str, secret: str
+        self, url: str, ip: IPAddress | None, msg_id: str, body: str, secret: str
     ) -> tuple[int | None, str | None, float]:
-        """(HTTP status or None, error or None, latency ms) of one signed POST to ``ip``."""
+        """(HTTP status or None, error or None, latency ms) of one signed POST to ``ip`` (None: to
+        ``url`` as it is, the operator's witness, whose URL no user chose)."""
         now = dt.datetime.now(dt.UTC)
-        target, host, extensions = pinned(url, ip)
+        target, host, extensions = pinned(url, ip) if ip is not None else (url, {}, {})
         headers = {
             **host,
             "content-type": "application/json",

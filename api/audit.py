@@ -177,7 +177,8 @@ async def prove_event(
     "/jobs/{job_id}/audit/consistency",
     response_model=ConsistencyProof,
     summary="Prove a later signed checkpoint extends an earlier one (nothing before it was changed)",
-    description="`old` and `new` are tree sizes of two of the log's checkpoints (a download lists them). "
+    description="`old` and `new` are tree sizes of two of the log's checkpoints (a download lists them; the "
+    "larger is the later). "
     "`quire audit verify --proof FILE --key audit.pub` checks it offline.",
     responses={404: ERRORS[404], 422: ERRORS[422]},
 )
@@ -187,9 +188,7 @@ async def prove_consistency(
     old: Annotated[int, Query(ge=1, le=MAX_SEQ, description="the earlier checkpoint's tree size")],
     new: Annotated[int, Query(ge=1, le=MAX_SEQ, description="the later checkpoint's tree size")],
 ) -> ConsistencyProof:
-    if old > new:
-        msg = f"old ({old}) must not be after new ({new})"
-        raise HTTPException(422, [{"loc": ["query", "old"], "msg": msg, "type": "value_error"}])
+    old, new = min(old, new), max(old, new)  # the later one extends the earlier, whichever is named first
     try:
         return ConsistencyProof(**await auditlog.consistency(db, job.id, old, new))
     except auditlog.NoCheckpoint as exc:

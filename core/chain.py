@@ -303,7 +303,8 @@ def parse_log(text: str) -> Log:
             notes = [c["note"] for c in doc.get("checkpoints") or [] if isinstance(c, dict) and "note" in c]
             return Log(doc["events"], doc.get("head_hash"), doc.get("head_seq"), doc.get("job_id"), notes)
     try:
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        # Lines end at "\n" only: JSON strings may hold U+2028 or U+0085 raw, which splitlines() splits at.
+        lines = [json.loads(line) for line in text.split("\n") if line.strip()]
     except json.JSONDecodeError as exc:
         raise ValueError(f"not a Quire audit log (JSON, NDJSON or TXT): {exc}") from None
     if not all(isinstance(e, dict) for e in lines):

@@ -29,7 +29,7 @@ from db.session import Database
 from db.writing import Chunk, CoherenceState, PlanNode
 from services import auditlog
 from testkit import make_job
-from tests.conftest import make_llm
+from tests.conftest import AUDIT_KEY, make_llm
 from tests.test_api import auth, follow_to_end
 from tests.test_cli import arun
 
@@ -81,9 +81,13 @@ async def test_a_finished_job_verifies_from_the_database_and_from_its_downloads(
     assert any(p["$ref"].startswith("chunk_attempts.text_after#") for p in refs) and v["references_checked"] > 0
 
     # The CLI reaches the same verdict from the database...
-    code, stdout, stderr = await arun("audit", "verify", jid, "--url", pg_url, env={})
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "audit.pub").write_text(AUDIT_KEY.verifier.text() + "\n")  # the operator's public key
+    env = {"QUIRE_HOME": str(tmp_path / "home")}
+    code, stdout, stderr = await arun("audit", "verify", jid, "--url", pg_url, env=env)
     assert code == 0, stderr
     assert f"intact\n  {job.audit_seq} events" in stdout and f"the head {job.audit_head}" in stdout
+    assert "(checked with the public keys given)" in stdout
     # ...and offline from the JSON and TXT downloads, which carry the head.
     for fmt in ("json", "txt"):
         r = await http.get(f"/v1/jobs/{jid}/audit?format={fmt}&download=1", headers=auth(user))
