@@ -117,7 +117,6 @@ def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
         timeout=settings.quire_llm_timeout_s,
         prompt_style=settings.prompt_style,
         prices=settings.quire_prices,
-        outage_window_s=settings.quire_outage_window_s,
     )
 
 

@@ -29,7 +29,7 @@ from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from activities.llm_budget import BudgetExhausted, QuotaExceeded, budget_exhausted, quota_refused
-from activities.llm_record import CallRecords, Closed, answer_of, shielded
+from activities.llm_record import STORE_RETRY_S, CallRecords, Closed, answer_of, shielded
 from activities.llm_stream import TRANSIENT, Outcome, retry_wait, stream_completion
 from activities.llm_telemetry import CallRecord, observe, outcome_label, start_span
 from core.controls import without_controls
@@ -40,7 +40,6 @@ from db.session import Database, JobGone
 
 __all__ = ["BudgetExhausted", "LlmClient", "LlmResult", "LlmUnavailable", "QuotaExceeded"]
 log = structlog.get_logger(__name__)
-OUTAGE_WINDOW_S = 24 * 3600.0  # how long a call's record is retried through a database outage
 
 
 class LlmUnavailable(Exception):
@@ -79,7 +78,7 @@ class LlmClient:
         retry_wait_cap: float = 30.0,
         prompt_style: str = "instruct",
         prices: Mapping[str, Price] | None = None,
-        outage_window_s: float = OUTAGE_WINDOW_S,
+        store_retry_s: float = STORE_RETRY_S,
     ) -> None:
         self.db = db
         self.prices = dict(prices or {})  # model -> price (QUIRE_PRICES): each call's cost
@@ -90,7 +89,7 @@ class LlmClient:
         self.max_retries = max_retries
         self.retry_wait_cap = retry_wait_cap
         self.timeout = timeout
-        self.records = CallRecords(db, self.base_url, self.prices, outage_window_s)
+        self.records = CallRecords(db, self.base_url, self.prices, store_retry_s)
         # The SDK's own retries are off: each attempt must be recorded, so tenacity drives them.
         self.client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=0)
 

@@ -4,8 +4,10 @@ else can fail, and an answer paid for never lost:
 
 - whatever the answer holds is storable: NUL and lone surrogates are shown as U+2400 / U+FFFD in
   ``response`` and kept exactly in ``response_raw`` (``core.controls``);
-- the close is retried through a database outage, with a capped backoff, for as long as the
-  job's outage window (the worker's heartbeat keeps the attempt alive meanwhile);
+- the close is retried through a database outage, with a capped backoff, for up to
+  ``STORE_RETRY_S`` (inside the step's own time limit, the worker's heartbeat keeping it alive);
+  an outage longer than that fails the step as an outage, retried by Temporal for the job's
+  window, and the call is then counted as below;
 - a call cut off by a dead worker is marked ``interrupted`` with its tokens estimated (the prompt's
   at ~4 characters a token; the answer's as the ``max_tokens`` it may have been billed for), so it
   counts toward cost, budgets and quotas like any other.
@@ -37,6 +39,7 @@ T = TypeVar("T")
 
 INTERRUPTED = "interrupted: the worker stopped while this call was in flight; its answer, if any, never arrived"
 CHARS_PER_TOKEN = 4  # the estimate where an endpoint gives no usage
+STORE_RETRY_S = 20 * 60  # how long an answer's commit is retried (under the model steps' 30-min limit)
 
 
 def estimate_tokens(text: str) -> int:
@@ -67,8 +70,8 @@ class Closed:
 class CallRecords:
     """Opens and closes the rows of one client's calls (its endpoint's base URL, its price table)."""
 
-    def __init__(self, db: Database, base_url: str, prices: dict[str, Price], outage_window_s: float) -> None:
-        self.db, self.base_url, self.prices, self.outage_window_s = db, base_url, prices, outage_window_s
+    def __init__(self, db: Database, base_url: str, prices: dict[str, Price], store_retry_s: float) -> None:
+        self.db, self.base_url, self.prices, self.store_retry_s = db, base_url, prices, store_retry_s
 
     async def answer_paid_for(self, tx: JobTx, job_id: uuid.UUID, request_key: str) -> LlmCall | None:
         """The latest successful answer stored under ``request_key`` (reused, not paid for again)."""
@@ -223,12 +226,12 @@ class CallRecords:
         await self.through_outage(write, f"storing model call {call_id}")
 
     async def through_outage(self, write: Callable[[], Awaitable[T]], what: str) -> T:
-        """``write()``, again after each database outage (1 s doubling to 30 s) for up to the outage
-        window: what the endpoint already answered must not be lost to a blip."""
+        """``write()``, again after each database outage (1 s doubling to 30 s) for up to
+        ``store_retry_s``: what the endpoint already answered must not be lost to a blip."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(OUTAGE_ERRORS),
             wait=wait_exponential(multiplier=1, max=30),
-            stop=stop_after_delay(self.outage_window_s),
+            stop=stop_after_delay(self.store_retry_s),
             reraise=True,
             before_sleep=lambda s: log.warning(
                 "llm.store_retry", what=what, attempt=s.attempt_number, error=str(s.outcome and s.outcome.exception())

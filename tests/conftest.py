@@ -103,7 +103,7 @@ async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
     )
 
 
-def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0) -> LlmClient:
+def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0, store_retry_s: float = 60.0) -> LlmClient:
     return LlmClient(
         db,
         base_url=fake.url,
@@ -112,6 +112,7 @@ def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0) -> LlmClient:
         timeout=timeout,
         retry_wait_cap=0.05,
         prices=PRICES,
+        store_retry_s=store_retry_s,
     )
 
 
