@@ -42,8 +42,10 @@ def public_keys(home: Path) -> list[VerifierKey]:
 def _remember(home: Path, key: VerifierKey) -> None:
     keys = [key, *(k for k in public_keys(home) if k != key)]
     path = home / PUB_FILE
-    path.write_text("".join(k.text() + "\n" for k in keys))
-    path.chmod(0o644)  # public: what verifiers get
+    # Public, but QUIRE_HOME keeps everything private (0600): `quire keys export` hands it out.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(k.text() + "\n" for k in keys))
 
 
 def signer(home: Path, name: str = "quire") -> SignerKey:
