@@ -283,7 +283,10 @@ async def resume(
         if owner is None:
             raise JobGone(str(job_id))
         quotas = await usage.quotas(tx.session, owner, lock=True)
-        job = await tx.session.get(Job, job_id, with_for_update=True, populate_existing=True)
+        # FOR NO KEY UPDATE: it serialises status changes without blocking the rows a running step
+        # inserts under the job (their foreign keys take KEY SHARE): a plain FOR UPDATE waiting
+        # here could deadlock with such a step upgrading its own lock on the job row.
+        job = await tx.session.get(Job, job_id, with_for_update={"key_share": True}, populate_existing=True)
         if job is None:
             raise JobGone(str(job_id))
         if job.status == "succeeded":
