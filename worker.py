@@ -110,6 +110,7 @@ def build_worker(
             finalize.add_continuation,
             finalize.fail_job,
             hooks.deliver,
+            hooks.witness,
             review.await_review,
             review.apply_review,
             edits.start_edit,
@@ -159,6 +160,8 @@ def webhooks_from_settings(settings: Settings) -> WebhookConfig:
         sealer=Sealer(settings.secret_keys()),
         public_url=settings.public_url,
         timeout_s=settings.quire_webhook_timeout_s,
+        witness_url=settings.quire_witness_url,
+        witness_secret=settings.quire_witness_secret.get_secret_value() if settings.quire_witness_secret else None,
     )
 
 
@@ -169,7 +172,12 @@ async def run(settings: Settings) -> None:
     if settings.quire_worker_metrics_port:  # before connecting: a busy port stops the worker at once
         metrics = telemetry.serve_metrics(settings.quire_worker_metrics_host, settings.quire_worker_metrics_port)
     telemetry.start_tracing("quire-worker")  # before connecting: the client then carries the tracing interceptor
-    db = Database(settings.database_url, secrets=settings.secrets())
+    db = Database(
+        settings.database_url,
+        secrets=settings.secrets(),
+        signer=settings.audit_signer(),
+        checkpoint_every=settings.quire_checkpoint_every,
+    )
     client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_keys())
     llm = llm_from_settings(db, settings)
     deployment = version(settings.temporal_task_queue, settings.quire_build_id)

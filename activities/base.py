@@ -12,7 +12,6 @@ import datetime as dt
 import uuid
 from typing import Any
 
-import psycopg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from temporalio import activity
@@ -23,7 +22,7 @@ from core.runs import edit_of, run_of
 from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import count_words, sha256
 from db.models import Document, Job
-from db.session import Database, JobGone, JobTx
+from db.session import OUTAGE_ERRORS, Database, JobGone, JobTx
 from db.writing import Chunk, ChunkVersion, LengthCheck, PlanNode
 
 
@@ -50,16 +49,7 @@ LOGIC_ATTEMPTS = 8
 # Infrastructure that is down, not a step that is wrong: the database (lost connection, refused,
 # timed out, a deadlock or a server shutting down: every DB-API OperationalError), a full pool,
 # the network, Temporal unavailable. The model endpoint is not one of them: see ``is_transient``.
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.TimeoutError,
-    sa_exc.DisconnectionError,
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    ConnectionError,
-    TimeoutError,
-)
+_TRANSIENT = OUTAGE_ERRORS
 
 
 def is_transient(exc: BaseException) -> bool:

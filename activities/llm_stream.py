@@ -1,25 +1,20 @@
 """One model call on the wire: the streamed answer read as it arrives (its time to first token,
-a deadline over the whole stream), what became of it, and how it is measured (Prometheus metrics,
-and an OpenTelemetry span per call, following the GenAI semantic conventions, when tracing is on).
+a deadline over the whole stream), what became of it, which failures are worth another HTTP
+attempt, and how long to wait before it (``Retry-After`` honoured).
 
-``activities.llm`` records each call; this module only sends, reads and observes it.
+``activities.llm`` records each call (``llm_record``) and measures it (``llm_telemetry``); this
+module only sends and reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openai
 from openai import AsyncOpenAI
-
-from core import telemetry
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Span
 
 
 class LlmTimeout(TimeoutError):
@@ -77,105 +72,25 @@ async def stream_completion(
         out.text = "".join(parts) if parts or ended else None
 
 
-def outcome_label(out: Outcome, status: str) -> str:
-    """The call's outcome as a metric label (a small, fixed set)."""
-    err = out.error
-    if err is None:
-        if status != "ok":
-            return "empty"
-        return "truncated" if out.finish == "length" else "ok"
-    if isinstance(err, asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(err, openai.RateLimitError):
-        return "rate_limited"
-    if isinstance(err, openai.APIStatusError):
-        return "server_error" if err.status_code >= 500 else "client_error"
-    if isinstance(err, LlmTimeout | openai.APITimeoutError):
-        return "timeout"
-    if isinstance(err, openai.APIConnectionError):
-        return "connection_error"
-    return "bad_response"
+# Failures of the endpoint that another HTTP attempt may cure (the SDK's own retries are off:
+# each attempt must be recorded, so the client's tenacity loop drives them).
+TRANSIENT = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+    LlmTimeout,
+)
 
 
-@dataclass
-class CallRecord:
-    """What a finished call is measured by (the figures ``llm_calls`` stores)."""
-
-    model: str
-    purpose: str
-    outcome: str
-    latency_ms: float
-    ttft_ms: float | None
-    tokens_in: int | None
-    tokens_out: int | None
-    tokens_cached: int | None
-    finish: str | None
-    error: str | None
-
-
-def observe(record: CallRecord, span: Span | None, end_ns: int) -> None:
-    """Count the call in this process's metrics, and end its span (if tracing is on)."""
-    m = record.model
-    telemetry.MODEL_CALLS.labels(m, record.purpose, record.outcome).inc()
-    for kind, n in (("input", record.tokens_in), ("output", record.tokens_out), ("cached", record.tokens_cached)):
-        if n:
-            telemetry.MODEL_TOKENS.labels(m, kind).inc(n)
-    telemetry.MODEL_LATENCY.labels(m).observe(record.latency_ms / 1000)
-    if record.ttft_ms is not None:
-        telemetry.MODEL_TTFT.labels(m).observe(record.ttft_ms / 1000)
-    if span is not None:
-        _end_span(span, record, end_ns)
-
-
-def start_span(
-    base_url: str, job_id: uuid.UUID, call_id: int, purpose: str, model: str, attempt: int, params: dict[str, Any]
-) -> Span | None:
-    """The span of one model call (GenAI semantic conventions), a child of the current one (the
-    activity's), or None while tracing is off."""
-    tracer = telemetry.tracer()
-    if tracer is None:
-        return None
-    from urllib.parse import urlsplit
-
-    from opentelemetry.trace import SpanKind
-
-    url = urlsplit(base_url)
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": "openai",  # the API spoken (the conventions' rule for compatible endpoints)
-        "gen_ai.system": "openai",  # the attribute's older name, which many backends still read
-        "gen_ai.request.model": model,
-        "gen_ai.request.max_tokens": params.get("max_tokens"),
-        "gen_ai.request.temperature": params.get("temperature"),
-        "gen_ai.request.stream": True,
-        "gen_ai.output.type": "json" if "response_format" in params else "text",
-        "server.address": url.hostname or "",
-        "server.port": url.port or (443 if url.scheme == "https" else 80),
-        telemetry.JOB_ATTRIBUTE: str(job_id),
-        "quire.llm_call_id": call_id,
-        "quire.purpose": purpose,
-        "quire.attempt": attempt,
-    }
-    return tracer.start_span(
-        f"chat {model}", kind=SpanKind.CLIENT, attributes={k: v for k, v in attrs.items() if v is not None}
-    )
-
-
-def _end_span(span: Span, r: CallRecord, end_ns: int) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
-    if r.finish is not None:
-        span.set_attribute("gen_ai.response.finish_reasons", [r.finish])
-    for name, value in (
-        ("gen_ai.usage.input_tokens", r.tokens_in),
-        ("gen_ai.usage.output_tokens", r.tokens_out),
-        ("gen_ai.usage.cache_read.input_tokens", r.tokens_cached),
-        ("gen_ai.response.time_to_first_chunk", r.ttft_ms / 1000 if r.ttft_ms is not None else None),
-    ):
-        if value is not None:
-            span.set_attribute(name, value)
-    span.set_attribute("quire.outcome", r.outcome)
-    if r.error is not None:
-        span.set_attribute("error.type", r.outcome)
-        span.set_status(Status(StatusCode.ERROR, r.error))
-    span.end(end_time=end_ns)
+def retry_wait(exc: BaseException | None, attempt: int, cap: float) -> float:
+    """Seconds before HTTP attempt ``attempt + 1``: a 429's Retry-After (at most 120 s), else
+    0.5 s doubling up to ``cap``."""
+    if isinstance(exc, openai.RateLimitError) and exc.response is not None:
+        try:
+            ra = exc.response.headers.get("retry-after")
+            if ra is not None:
+                return min(float(ra), 120.0)
+        except ValueError:
+            pass
+    return float(min(cap, 0.5 * 2 ** (attempt - 1)))

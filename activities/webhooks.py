@@ -31,8 +31,8 @@ from activities.base import Step, load_job
 from activities.memory import coherence_counts
 from core.continuity import brief
 from core.sealing import Sealer, SealError
-from core.webhooks import IPAddress, WebhookPolicy, event_type, job_event, message_id, url_problem
-from db.models import Document, LlmCall, User
+from core.webhooks import IPAddress, WebhookPolicy, delivery_error, event_type, job_event, message_id, url_problem
+from db.models import AuditCheckpoint, Document, LlmCall, User
 from db.session import Database, JobGone
 
 log = structlog.get_logger(__name__)
@@ -54,6 +54,10 @@ class WebhookConfig:
     sealer: Sealer | None  # None: no key to open secrets with; deliveries are refused
     public_url: str  # the API's URL, for the event's links
     timeout_s: float = 10.0
+    # The operator's witness (QUIRE_WITNESS_URL, QUIRE_WITNESS_SECRET): each job's last checkpoint
+    # is POSTed there, signed like a webhook. The operator's own URL: no target policy applies.
+    witness_url: str | None = None
+    witness_secret: str | None = None
 
 
 @dataclass
@@ -165,6 +169,49 @@ class WebhookActivities(Step):
             raise WebhookFailed(error or f"HTTP {status}")
         return int(status or 0)
 
+    @activity.defn(name="witness_checkpoint")
+    async def witness(self, inp: DeliveryRef) -> int:
+        """POST the job's latest signed checkpoint to the operator's witness once; the HTTP status.
+        A witness keeps what it was sent: a log rewritten later no longer matches what it holds."""
+        jid = uuid.UUID(inp.job_id)
+        url, secret = self.config.witness_url, self.config.witness_secret
+        async with self.db.job_tx(jid) as tx:
+            await load_job(tx, jid, allow_terminal=True)
+            cp = (
+                await tx.session.execute(
+                    select(AuditCheckpoint)
+                    .where(AuditCheckpoint.job_id == jid)
+                    .order_by(AuditCheckpoint.tree_size.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+        if url is None or secret is None or cp is None:
+            why = "no witness configured" if url is None or secret is None else "the log has no checkpoint yet"
+            await self._record(jid, "witness_skipped", {"reason": why})
+            return 0
+        body = json.dumps(
+            {
+                "type": "audit.checkpoint",
+                "timestamp": cp.ts.isoformat(),
+                "data": {"job_id": inp.job_id, "tree_size": cp.tree_size, "root": cp.root, "key_id": cp.key_id,
+                         "note": cp.note},
+            },
+            separators=(",", ":"),
+        )  # fmt: skip
+        msg_id = f"msg_cp_{inp.job_id.replace('-', '')}_{cp.tree_size}"
+        attempt = activity.info().attempt
+        status, error, ms = await self._post(url, None, msg_id, body, secret)
+        ok = status is not None and 200 <= status < 300
+        await self._record(
+            jid,
+            "witnessed" if ok else "witness_failed",
+            {"tree_size": cp.tree_size, "root": cp.root, "status_code": status, "latency_ms": ms, "error": error,
+             "attempt": attempt, "final": ok or attempt >= inp.attempts},
+        )  # fmt: skip
+        if not ok:
+            raise WebhookFailed(error or f"HTTP {status}")
+        return int(status or 0)
+
     def _secret(self, sealed: str | None) -> str | None:
         if sealed is None or self.config.sealer is None:
             return None
@@ -174,11 +221,12 @@ class WebhookActivities(Step):
             return None
 
     async def _post(
-        self, url: str, ip: IPAddress, msg_id: str, body: str, secret: str
+        self, url: str, ip: IPAddress | None, msg_id: str, body: str, secret: str
     ) -> tuple[int | None, str | None, float]:
-        """(HTTP status or None, error or None, latency ms) of one signed POST to ``ip``."""
+        """(HTTP status or None, error or None, latency ms) of one signed POST to ``ip`` (None: to
+        ``url`` as it is, the operator's witness, whose URL no user chose)."""
         now = dt.datetime.now(dt.UTC)
-        target, host, extensions = pinned(url, ip)
+        target, host, extensions = pinned(url, ip) if ip is not None else (url, {}, {})
         headers = {
             **host,
             "content-type": "application/json",
@@ -192,9 +240,10 @@ class WebhookActivities(Step):
             # trust_env=False: no proxy from the environment (it would connect elsewhere than checked).
             async with httpx.AsyncClient(timeout=self.config.timeout_s, trust_env=False) as http:
                 r = await http.post(target, content=body.encode("utf-8"), headers=headers, extensions=extensions)
-            status, error = r.status_code, None if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
-        except httpx.HTTPError as exc:
-            status, error = None, f"{type(exc).__name__}: {exc}"
+            status, error = r.status_code, delivery_error(None, r.status_code)
+        except httpx.HTTPError as exc:  # the log line (the operator's) keeps the raw error; the job's log a class
+            status, error = None, delivery_error(exc, None)
+            log.info("webhook.error", host=urlsplit(url).hostname, error=f"{type(exc).__name__}: {exc}")
         ms = round((time.perf_counter() - t0) * 1000, 1)
         log.info("webhook.attempt", host=urlsplit(url).hostname, status=status, ms=ms, error=error)
         return status, error, ms

@@ -3,16 +3,27 @@ verification of its hash chain, and the view reports of the job's page."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from api import actions, live
-from api.deps import CallerDep, ClientDep, DbDep, KeyStillValidDep, ListenerDep, OwnJobDep
+from api.deps import (
+    CallerDep,
+    ClientDep,
+    DbDep,
+    KeyStillValidDep,
+    ListenerDep,
+    OwnJobDep,
+    SettingsDep,
+    StreamsDep,
+)
 from api.intake import SEQ_PATTERN, last_event_id
-from api.schemas import COMMON, ERRORS, SSE_EVENT, AuditPage, AuditVerdict
+from api.schemas import COMMON, ERRORS, SSE_EVENT, AuditPage, AuditVerdict, ConsistencyProof, InclusionProof
 from core.audit import EventKind
 from services import auditlog
 from services.temporal import workflow_open
@@ -77,10 +88,13 @@ async def get_audit(
         400: ERRORS[400],
         404: ERRORS[404],
         422: ERRORS[422],
+        429: {**ERRORS[429], "description": "too many live streams open (yours, or this server's)"},
     },
 )
 async def stream_audit(
     job: OwnJobDep,
+    who: CallerDep,
+    streams: StreamsDep,
     key_valid: KeyStillValidDep,
     db: DbDep,
     client: ClientDep,
@@ -97,14 +111,23 @@ async def stream_audit(
 ) -> EventSourceResponse:
     start = max(after or 0, last_event_id(last_event_id_header) or 0)
     wid = job.workflow_id
+    slot = streams.take(who.user_id)  # 429 past the per-user or per-process bound
 
     async def is_open() -> bool | None:
         return await workflow_open(client, wid)
 
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for e in live.stream(db, listener, job.id, start, workflow_open=is_open, authorized=key_valid):
+                yield e
+        finally:
+            slot.release()
+
     return EventSourceResponse(
-        live.stream(db, listener, job.id, start, workflow_open=is_open, authorized=key_valid),
+        events(),
         ping=SSE_PING_S,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(slot.release),  # a stream never started frees its slot too
     )
 
 
@@ -118,11 +141,58 @@ async def stream_audit(
     "`intact: false` names the first bad seq and why. `quire audit verify` gives the same verdict.",
     responses={404: ERRORS[404]},
 )
-async def verify_audit(job: OwnJobDep, db: DbDep) -> AuditVerdict:
-    verdict = await auditlog.verify(db, job.id)
+async def verify_audit(job: OwnJobDep, db: DbDep, settings: SettingsDep) -> AuditVerdict:
+    verdict = await auditlog.verify(db, job.id, settings.audit_public_keys())
     if verdict is None:
         raise HTTPException(404, f"no job {str(job.id)!r}")
     return AuditVerdict(job_id=str(job.id), **verdict.__dict__)
+
+
+@router.get(
+    "/jobs/{job_id}/audit/proof",
+    response_model=InclusionProof,
+    summary="Prove one event is in the log: its Merkle inclusion proof against a signed checkpoint",
+    description="Event `seq`, the log's latest signed checkpoint and the Merkle path from the event's leaf "
+    "(its hash) to the checkpoint's root (RFC 9162 hashing). Anyone with the operator's public key checks it "
+    "offline (`quire audit verify --proof FILE --key audit.pub`), without the rest of the log. 409 while no "
+    "checkpoint covers the event yet (one is signed at the end of every step).",
+    responses={
+        404: ERRORS[404],
+        409: {**ERRORS[404], "description": "no signed checkpoint covers the event yet"},
+        422: ERRORS[422],
+    },
+)
+async def prove_event(
+    job: OwnJobDep, db: DbDep, seq: Annotated[int, Query(ge=1, le=MAX_SEQ, description="the event's seq")]
+) -> InclusionProof:
+    if seq > job.audit_seq:
+        raise HTTPException(404, f"job {job.id} has no event {seq} (its log ends at seq {job.audit_seq})")
+    try:
+        return InclusionProof(**await auditlog.inclusion(db, job.id, seq))
+    except auditlog.NoCheckpoint as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@router.get(
+    "/jobs/{job_id}/audit/consistency",
+    response_model=ConsistencyProof,
+    summary="Prove a later signed checkpoint extends an earlier one (nothing before it was changed)",
+    description="`old` and `new` are tree sizes of two of the log's checkpoints (a download lists them; the "
+    "larger is the later). "
+    "`quire audit verify --proof FILE --key audit.pub` checks it offline.",
+    responses={404: ERRORS[404], 422: ERRORS[422]},
+)
+async def prove_consistency(
+    job: OwnJobDep,
+    db: DbDep,
+    old: Annotated[int, Query(ge=1, le=MAX_SEQ, description="the earlier checkpoint's tree size")],
+    new: Annotated[int, Query(ge=1, le=MAX_SEQ, description="the later checkpoint's tree size")],
+) -> ConsistencyProof:
+    old, new = min(old, new), max(old, new)  # the later one extends the earlier, whichever is named first
+    try:
+        return ConsistencyProof(**await auditlog.consistency(db, job.id, old, new))
+    except auditlog.NoCheckpoint as exc:
+        raise HTTPException(404, str(exc)) from None
 
 
 @router.post(

@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
+from api.limits import RateLimits, StreamSlots
 from api.live import AuditListener
 from db.models import Job
 from db.session import Database
@@ -43,6 +44,13 @@ ClientDep = Annotated[Client, Depends(_client)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ListenerDep = Annotated[AuditListener, Depends(_listener)]
 
+
+def _streams(request: Request) -> StreamSlots:
+    return request.app.state.streams  # type: ignore[no-any-return]
+
+
+StreamsDep = Annotated[StreamSlots, Depends(_streams)]
+
 bearer = HTTPBearer(auto_error=False, description="An API key from `quire user add NAME` or `quire up`")
 
 
@@ -57,15 +65,21 @@ class Caller:
 async def _caller(
     request: Request, db: DbDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Caller:
+    limits: RateLimits = request.app.state.limits
+    ip = request.client.host if request.client else None
+    limits.check_address(ip)  # an address that keeps failing is slowed down before any lookup
     if creds is None or not creds.credentials:
+        limits.failed(ip)
         raise HTTPException(
             401, "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
         )
     owner = await user_for_key(db, creds.credentials)
     if owner is None:
+        limits.failed(ip)
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     caller = Caller(owner.user_id, owner.name, owner.key_id, owner.prefix)
     request.state.caller = caller  # for the access log
+    limits.request(owner.key_id)
     return caller
 
 

@@ -95,9 +95,6 @@ async def submit_job(
     existing = None
     if idem is not None:
         existing = await job_service.find_by_idempotency_key(db, who.user_id, idem)
-        if existing is not None and not await job_service.same_request(db, existing, spec, settings.quire_model):
-            # 409, not 422: the request is well formed; it conflicts with what the key already names.
-            raise HTTPException(409, f"Idempotency-Key {idem!r} was used for a different request (job {existing.id})")
     hook = None
     if existing is None:  # (a replay returns its job, whatever its webhook or the quotas say now)
         try:
@@ -118,9 +115,13 @@ async def submit_job(
             webhook_url=hook,
             webhook_retry=settings.webhook_retry,
             durability=job_service.durability(settings),
+            witness=settings.quire_witness_url is not None,
         )
     except QuotaExceeded as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except job_service.IdempotencyConflict as exc:
+        # 409, not 422: the request is well formed; it conflicts with what the key already names.
+        raise HTTPException(409, str(exc)) from None
     jid = str(job.id)
     log.info("job.submitted", job_id=jid, user_id=who.user_id, kind=spec.kind, target=spec.target_words, new=created)
     body = JobCreated(id=jid, status=job.status, workflow_id=job.workflow_id, created=created, links=links(jid))  # type: ignore[arg-type]
@@ -392,6 +393,7 @@ async def cancel_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep
         404: ERRORS[404],
         409: {**ERRORS[404], "description": "the job succeeded, or it is running"},
         422: ERRORS[422],
+        429: ERRORS[429],
     },
 )
 async def resume_job(
@@ -409,9 +411,12 @@ async def resume_job(
             task_queue=settings.temporal_task_queue,
             durability=job_service.durability(settings),
             webhook_retry=settings.webhook_retry,
+            witness=settings.quire_witness_url is not None,
         )
     except job_service.NotResumable as exc:
         raise HTTPException(409, str(exc)) from None
+    except QuotaExceeded as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
     log.info("job.resume_requested", job_id=str(job.id), user_id=who.user_id, workflow_id=resumed.workflow_id)
     return Resuming(id=str(job.id), status="running", workflow_id=resumed.workflow_id)
 

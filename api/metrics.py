@@ -3,14 +3,15 @@
 Besides the counters of ``core.telemetry`` (whatever this process did: audit events it wrote,
 workflow starts...), it serves what only the API knows (live audit streams open) and, read from
 the database at scrape time with one grouped count, the jobs by status and kind. Nothing here
-names a job, a user or anything a job contains, so the route needs no user's key; where the API
-faces untrusted networks, ``QUIRE_METRICS_TOKEN`` makes it ask for a Bearer token of its own (one
-Prometheus can send; users' keys are not for scrapers).
+names a job or a user, but the counts are of every user's jobs: so without ``QUIRE_METRICS_TOKEN``
+(a Bearer token of its own, one Prometheus can send; users' keys are not for scrapers) it answers
+only clients on ``QUIRE_METRICS_NETWORKS`` (loopback by default).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 
 import structlog
 from fastapi import APIRouter, Request
@@ -28,9 +29,23 @@ SSE_SUBSCRIBERS = Gauge("quire_sse_subscribers", "Live audit streams (server-sen
 router = APIRouter(include_in_schema=False)  # for Prometheus, not API clients: the README documents it
 
 
+def _from_allowed_network(request: Request, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(request.client.host if request.client else "")
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    token = request.app.state.settings.quire_metrics_token
+    settings = request.app.state.settings
+    token = settings.quire_metrics_token
+    if token is None and not _from_allowed_network(request, settings.quire_metrics_networks):
+        return JSONResponse(
+            {"detail": "metrics answer only QUIRE_METRICS_NETWORKS (loopback by default), or set QUIRE_METRICS_TOKEN"},
+            status_code=403,
+        )
     if token is not None:
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):

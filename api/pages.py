@@ -29,6 +29,12 @@ async def job_page(job_id: str) -> FileResponse:
     return FileResponse(STATIC / "job.html", headers=page_headers())
 
 
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    # Browsers ask for it whatever the page says; the pages name the SVG itself.
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
 @router.get("/history")
 async def history_page() -> FileResponse:
     return FileResponse(STATIC / "history.html", headers=page_headers())

@@ -165,11 +165,23 @@ class AuditEvent(BaseModel):
         description="a value too long to inline is {$ref: 'table.column#id', length, sha256, head}; the "
         "events of a transaction that rolled back carry rolled_back: true"
     )
+    chain: int = Field(description="the hashed form: 2 binds the job id; 1, events written before it did")
+    job_id: str
     prev_hash: str = Field(description="the hash of seq - 1 (64 zeros for seq 1)")
     hash: str = Field(
-        description="sha256(prev_hash + RFC 8785 JSON of seq, ts, kind, action, table_name, row_id, "
-        "sql_text, data), hex"
+        description="sha256(prev_hash + RFC 8785 JSON of chain, job_id, seq, ts, kind, action, table_name, "
+        "row_id, sql_text, data), hex (chain 1: without chain and job_id); the event's Merkle leaf"
     )
+
+
+class Checkpoint(BaseModel):
+    """A signed checkpoint: the Merkle root of the log's first ``tree_size`` events, signed."""
+
+    tree_size: int
+    root: str = Field(description="hex")
+    key_id: str = Field(description="<key name>+<key id>: the public key (`quire keys export`) that checks it")
+    ts: str
+    note: str = Field(description="the C2SP signed note: origin, tree size, base64 root, blank line, signatures")
 
 
 class AuditPage(BaseModel):
@@ -180,6 +192,30 @@ class AuditPage(BaseModel):
     next_after: int | None = Field(description="with ?limit=: pass as ?after= for the next page; null at the end")
     head_seq: int | None = Field(None, description="the last seq sent (absent when filtered by kind)")
     head_hash: str | None = Field(None, description="the hash of that event: the head of the chain sent")
+    checkpoints: list[Checkpoint] | None = Field(None, description="the whole log's signed checkpoints")
+
+
+class InclusionProof(BaseModel):
+    """``GET /v1/jobs/{id}/audit/proof?seq=N``: event N, a signed checkpoint, and the Merkle path
+    between them. ``quire audit verify --proof FILE --key audit.pub`` checks it offline."""
+
+    type: Literal["inclusion"]
+    job_id: str
+    seq: int
+    event: AuditEvent
+    tree_size: int
+    checkpoint: str = Field(description="the signed note of the tree the event is proved in")
+    proof: dict[str, Any] = Field(description="the Merkle path (pymerkle's form: rule, path in hex)")
+
+
+class ConsistencyProof(BaseModel):
+    """``GET /v1/jobs/{id}/audit/consistency?old=M&new=N``: the tree of checkpoint N extends that of M."""
+
+    type: Literal["consistency"]
+    job_id: str
+    old: str = Field(description="the earlier checkpoint's signed note")
+    new: str = Field(description="the later checkpoint's signed note")
+    proof: dict[str, Any]
 
 
 class AuditVerdict(BaseModel):
@@ -196,6 +232,12 @@ class AuditVerdict(BaseModel):
     references_checked: int = Field(description="referenced long values whose sha256 was recomputed")
     references_gone: int = Field(description="referenced rows that no longer exist")
     anchors_checked: int = Field(description="documents whose recorded head was found in the chain")
+    legacy_events: int = Field(description="events of chain version 1 (hashed before the job id was bound)")
+    checkpoints: int = Field(description="signed checkpoints whose Merkle root matches the log")
+    signatures_checked: bool = Field(description="whether their signatures were checked with the public keys")
+    signed_by: list[str] = Field(description="the keys that signed them")
+    covered_seq: int = Field(description="the log up to this seq is under a signed checkpoint")
+    root: str | None = Field(description="the Merkle root of the whole log (hex)")
 
 
 class StreamEnd(BaseModel):
@@ -232,9 +274,10 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    database: str
-    temporal: str
-    listener: str = Field(description="the LISTEN connection that wakes live streams")
+    reason: str | None = Field(description="the first check that is not ok, as <check>_<state>; null when ready")
+    database: Literal["ok", "unreachable", "error"]
+    temporal: Literal["ok", "unreachable", "error"]
+    listener: Literal["ok", "connecting"] = Field(description="the LISTEN connection that wakes live streams")
 
 
 class RotatedKey(BaseModel):

@@ -4,10 +4,13 @@ of words, and the TXT format.
 Pure functions of an event (a dict as the JSON log gives it): the database writer, the verifier,
 the API's TXT download, the CLI's lines and anyone re-reading a log use the same ones.
 
-The hash chain (README, "Verifying a log"): ``hash = sha256(prev_hash + canonical(event))`` as
-lowercase hex, where ``prev_hash`` is the previous event's hash (``GENESIS`` for seq 1) and
-``canonical(event)`` is the RFC 8785 (JCS) JSON, UTF-8, of the event's ``seq, ts, kind, action,
-table_name, row_id, sql_text, data``, ``ts`` written as ``ts_text`` writes it.
+The hash chain (README, "Verifying the audit log"): ``hash = sha256(prev_hash + canonical(event))``
+as lowercase hex, where ``prev_hash`` is the previous event's hash (``GENESIS`` for seq 1) and
+``canonical(event)`` is the RFC 8785 (JCS) JSON, UTF-8, of the event's ``chain, job_id, seq, ts,
+kind, action, table_name, row_id, sql_text, data`` (chain version 2: the job and the form are
+hashed into every event, so a log cannot pass for another job's), ``ts`` written as ``ts_text``
+writes it. Events written before version 2 (``chain`` 1) hash the same fields without ``chain``
+and ``job_id``.
 """
 
 from __future__ import annotations
@@ -21,22 +24,29 @@ from typing import Any, Literal, get_args
 
 import rfc8785
 
+from core.controls import escape_controls, storable
+
 EventKind = Literal[
     "sql", "row", "llm", "chunk", "length", "activity", "error", "workflow", "job", "plan", "stitch", "user"
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 # The TXT format: one line per event, tab-separated, a header line first. The first seven columns
-# are for reading (the summary of an sql event is its SQL text); then the event's place in the
-# hash chain; the last, the event's data as JSON, makes the line complete, so a TXT log holds
-# exactly what the JSON and NDJSON logs hold (and verifies like them).
-TXT_COLUMNS = ("seq", "ts", "kind", "action", "table", "row", "summary", "prev_hash", "hash", "data")
+# are for reading (the summary of an sql event is its SQL text); the event's data as JSON makes the
+# line complete, so a TXT log holds exactly what the JSON and NDJSON logs hold (and verifies like
+# them); its place in the hash chain comes last, where a reader can hide it (``cut -f1-7``).
+TXT_COLUMNS = (
+    "seq", "ts", "kind", "action", "table", "row", "summary", "data", "chain", "job_id", "prev_hash", "hash"
+)  # fmt: skip
 TXT_HEADER = "\t".join(TXT_COLUMNS) + "\n"
+# Logs downloaded before chain version 2 put the hashes before the data; they still verify.
+TXT_HEADER_V1 = "seq\tts\tkind\taction\ttable\trow\tsummary\tprev_hash\thash\tdata\n"
 
 # --- the hash chain ------------------------------------------------------------------------
 
 GENESIS = "0" * 64  # the prev_hash of seq 1
-CONTENT_FIELDS = ("seq", "ts", "kind", "action", "table_name", "row_id", "sql_text", "data")
+CHAIN_VERSION = 2  # what events are written with; 1: before the job id was hashed into each event
+CONTENT_FIELDS = ("chain", "job_id", "seq", "ts", "kind", "action", "table_name", "row_id", "sql_text", "data")
 MAX_SAFE_INT = 2**53 - 1  # beyond it JSON readers (JavaScript, JCS) cannot hold a number exactly
 
 
@@ -50,9 +60,13 @@ def ts_text(ts: dt.datetime | str) -> str:
 
 def normalize(v: Any) -> Any:
     """A JSON value as the log stores and hashes it: what JSON cannot carry exactly (numbers past
-    +-2**53, NaN, infinities) becomes its decimal text, so that storing the value (Postgres jsonb)
-    and reading it back, in any language, gives the same canonical bytes. Idempotent."""
-    if v is None or isinstance(v, bool | str):
+    +-2**53, NaN, infinities) becomes its decimal text, and what Postgres cannot store in a string
+    (NUL, a lone surrogate) its visible stand-in (``core.controls.storable``), so that storing the
+    value (Postgres jsonb) and reading it back, in any language, gives the same canonical bytes.
+    Idempotent."""
+    if isinstance(v, str):
+        return storable(v)
+    if v is None or isinstance(v, bool):
         return v
     if isinstance(v, int):
         return v if abs(v) <= MAX_SAFE_INT else str(v)
@@ -84,7 +98,9 @@ def _fast_ready(v: Any, slow: list[bool]) -> Any:
     """``normalize(v)`` with integral floats as ints; notes in ``slow`` what only JCS writes right.
     (Dispatch on exact types first: this runs for every event written or verified.)"""
     t = type(v)
-    if t is str or v is None or t is bool:
+    if t is str:
+        return storable(v) if "\x00" in v or not v.isascii() else v
+    if v is None or t is bool:
         return v
     if t is dict:
         out = {}
@@ -120,8 +136,13 @@ def _fast_ready(v: Any, slow: list[bool]) -> Any:
 
 
 def event_content(e: dict[str, Any]) -> dict[str, Any]:
-    """What an event's hash covers."""
+    """What an event's hash covers (by its chain version; ``job_id`` from 2 on)."""
+    head: dict[str, Any] = {}
+    version = e.get("chain") or 1
+    if version >= 2:
+        head = {"chain": version, "job_id": str(e["job_id"])}
     return {
+        **head,
         "seq": e["seq"],
         "ts": ts_text(e["ts"]),
         "kind": e["kind"],
@@ -138,7 +159,10 @@ def event_hash(prev_hash: str, e: dict[str, Any]) -> str:
 
 
 def value_digest(v: Any) -> str:
-    """The SHA-256 of a stored value: of its UTF-8 bytes for text, of its canonical JSON otherwise."""
+    """The SHA-256 of a stored value: of its UTF-8 bytes for text (bytes as the log writes them, in
+    hex), of its canonical JSON otherwise."""
+    if isinstance(v, bytes | memoryview):
+        v = bytes(v).hex()
     raw = v.encode("utf-8") if isinstance(v, str) else canonical(v)
     return hashlib.sha256(raw).hexdigest()
 
@@ -188,10 +212,11 @@ def summary(e: dict[str, Any]) -> str:
     if kind == "chunk" and isinstance(d.get("chunk"), int):
         out = d.get("words_out", d.get("words"))
         verdict = "" if d.get("passed") is None else (" · PASS" if d["passed"] else " · FAIL")
+        words = f"{d['words_in']} → {_n(out)}" if d.get("words_in") is not None else _n(out)
         return (
             f"chunk {d['chunk'] + 1} {action}"
             + (f" attempt {d['attempt']}" if d.get("attempt") else "")
-            + f" · words {_n(d.get('words_in'))} → {_n(out)} / target {_n(d.get('target_words'))}{verdict}"
+            + f" · words {words} / target {_n(d.get('target_words'))}{verdict}"
         )
     if kind == "length":
         where = f"chunk {d['chunk'] + 1}" if isinstance(d.get("chunk"), int) else str(d.get("scope"))
@@ -206,41 +231,49 @@ def summary(e: dict[str, Any]) -> str:
     return _short(json.dumps(d, ensure_ascii=False, separators=(",", ":")), 240)
 
 
-# Characters that end a line for some readers (str.splitlines, editors): never raw in a TXT line.
-_LINE_BREAKS = {c: f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", **_LINE_BREAKS}
-_ESCAPE_RE = re.compile("[" + re.escape("".join(_ESCAPES)) + "]")
+# Characters that end a line for some readers (str.splitlines, editors) and every other control
+# (ESC, BEL, C1...: a terminal acts on them): never raw in a TXT line, always \\uXXXX.
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _esc(s: str | None) -> str:
     if s is None:
         return "-"
-    return _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group()], s)
+    return _UNSAFE.sub(lambda m: _ESCAPES.get(m.group()) or f"\\u{ord(m.group()):04x}", s)
 
 
 def _json_line(v: Any) -> str:
-    # json.dumps escapes C0 controls; these it leaves raw (valid JSON either way).
-    return _ESCAPE_RE.sub(
-        lambda m: _LINE_BREAKS.get(m.group(), m.group()), json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    # json.dumps escapes C0 controls; C1 controls and U+2028/9 it leaves raw (valid JSON either way).
+    return _LINE_BREAKS.sub(
+        lambda m: f"\\u{ord(m.group()):04x}", json.dumps(v, ensure_ascii=False, separators=(",", ":"))
     )
 
 
 def txt_line(e: dict[str, Any], *, with_data: bool = True) -> str:
-    """One event as a line of the TXT format: ``seq ts kind action table row summary prev_hash hash
-    data``,
-    tab-separated; tabs, newlines and backslashes inside a field are escaped as \\t \\n \\\\ and a
-    missing value is ``-``. ``with_data=False`` leaves the data column out (for display)."""
+    """One event as a line of the TXT format: ``seq ts kind action table row summary data chain
+    job_id prev_hash hash``, tab-separated; tabs, newlines, backslashes and every other control
+    character inside a field are escaped (\\t \\n \\\\ \\uXXXX) and a missing value is ``-``.
+    ``with_data=False`` leaves out everything after the summary (for display)."""
     cols = [
         str(e["seq"]),
         str(e["ts"]),
-        str(e["kind"]),
-        str(e["action"]),
+        _esc(str(e["kind"])),
+        _esc(str(e["action"])),
         _esc(e.get("table_name")),
         _esc(e.get("row_id")),
         _esc(e.get("sql_text") if e["kind"] == "sql" else summary(e)),
     ]
     if with_data:
-        cols += [_esc(e.get("prev_hash")), _esc(e.get("hash")), _json_line(e.get("data") or {})]
+        job = e.get("job_id")
+        cols += [
+            _json_line(e.get("data") or {}),
+            str(e.get("chain") or 1),
+            "-" if job is None else str(job),
+            _esc(e.get("prev_hash")),
+            _esc(e.get("hash")),
+        ]
     return "\t".join(cols) + "\n"
 
 
@@ -263,18 +296,33 @@ def _unesc(s: str) -> str | None:
     return "".join(out)
 
 
-def parse_txt_line(line: str) -> dict[str, Any]:
-    """The inverse of ``txt_line``: the event as the JSON formats give it."""
-    seq, ts, kind, action, table, row, summ, prev, hsh, data = line.rstrip("\n").split("\t", 9)
+def parse_txt_line(line: str, header: str = TXT_HEADER) -> dict[str, Any]:
+    """The inverse of ``txt_line``: the event as the JSON formats give it (``header``: the log's
+    first line, for logs in the format before chain version 2)."""
+    fields = line.rstrip("\n").split("\t")
+    if header == TXT_HEADER_V1:
+        seq, ts, kind, action, table, row, summ, prev, hsh = fields[:9]
+        data, chain, job = "\t".join(fields[9:]), "1", "-"
+    else:
+        seq, ts, kind, action, table, row, summ = fields[:7]
+        data, chain, job, prev, hsh = "\t".join(fields[7:-4]), *fields[-4:]
+    kind = _unesc(kind) or ""
     return {
         "seq": int(seq),
         "ts": ts,
         "kind": kind,
-        "action": action,
+        "action": _unesc(action),
         "table_name": _unesc(table),
         "row_id": _unesc(row),
         "sql_text": _unesc(summ) if kind == "sql" else None,
         "data": json.loads(data),
+        "chain": int(chain),
+        "job_id": None if job == "-" else job,
         "prev_hash": _unesc(prev),
         "hash": _unesc(hsh),
     }
+
+
+def shown(text: str) -> str:
+    """Text for a terminal: every control character but tab and newline escaped (\\uXXXX)."""
+    return escape_controls(text, keep="\t\n")

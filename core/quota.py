@@ -78,11 +78,7 @@ def tokens_refusal(q: Quotas, tokens_today: int, now: dt.datetime) -> QuotaExcee
 def submit_refusal(q: Quotas, u: Usage, target_words: int, now: dt.datetime) -> QuotaExceeded | None:
     """Why a new job of ``target_words`` may not start now, or None."""
     if q.concurrent_jobs is not None and u.running_jobs >= q.concurrent_jobs:
-        return QuotaExceeded(
-            f"concurrent-jobs quota of {q.concurrent_jobs} reached ({u.running_jobs} queued or running); "
-            "submit again when one of them has ended",
-            CONCURRENT_RETRY_S,
-        )
+        return _concurrent(q, u, "submit")
     if q.words_per_month is not None and u.words_this_month + target_words > q.words_per_month:
         left = max(0, q.words_per_month - u.words_this_month)
         return QuotaExceeded(
@@ -90,4 +86,20 @@ def submit_refusal(q: Quotas, u: Usage, target_words: int, now: dt.datetime) -> 
             f"since the 1st (UTC), {left:,} left, this job asks for {target_words:,}; it resets on the 1st",
             _seconds_until(now, next_month(now)),
         )
+    return tokens_refusal(q, u.tokens_today, now)
+
+
+def _concurrent(q: Quotas, u: Usage, action: str) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"concurrent-jobs quota of {q.concurrent_jobs} reached ({u.running_jobs} queued or running); "
+        f"{action} again when one of them has ended",
+        CONCURRENT_RETRY_S,
+    )
+
+
+def resume_refusal(q: Quotas, u: Usage, now: dt.datetime) -> QuotaExceeded | None:
+    """Why a failed or cancelled job may not start model work again now (its words were counted
+    when it was submitted), or None: the same checks as a submit's, less the words."""
+    if q.concurrent_jobs is not None and u.running_jobs >= q.concurrent_jobs:
+        return _concurrent(q, u, "resume")
     return tokens_refusal(q, u.tokens_today, now)

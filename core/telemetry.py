@@ -66,6 +66,11 @@ AUDIT_EVENTS = Counter(
     "Audit events committed to job logs, by kind (rolled-back work's events included, as the log keeps them)",
     ["kind"],
 )
+API_REFUSED = Counter(
+    "quire_api_refused",
+    "Requests the API refused before any work: unauthenticated (no row written), rate_limited, streams",
+    ["reason"],
+)
 CHUNKS = Counter("quire_chunks_written", "Chunks committed (each once, whatever its attempts)")
 CHUNK_ATTEMPTS = Counter("quire_chunk_attempts", "Chunk attempts stored, by kind: write, extend", ["kind"])
 WORDS = Counter("quire_words_written", "Words of the chunks committed (the word rule of core.text.count_words)")

@@ -31,6 +31,9 @@ SECRET_BYTES = 32
 SECRET_PATTERN = re.compile(r"whsec_[A-Za-z0-9+/=_-]{16,}")
 # 100.64.0.0/10 (carrier-grade NAT) is neither global nor private to the ipaddress module.
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
+# IPv6 forms that carry an IPv4 address a gateway connects to: NAT64 (RFC 6052 well-known and
+# local-use prefixes) hold it in their last 32 bits; 6to4 (2002::/16) and Teredo have properties.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
 def new_secret() -> str:
@@ -74,9 +77,15 @@ class WebhookPolicy:
     networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
 
     def refusal(self, ip: IPAddress) -> str | None:
-        """Why ``ip`` may not be a webhook target, or None."""
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        """Why ``ip`` may not be a webhook target, or None. An IPv6 address that embeds an IPv4 one
+        (mapped, 6to4, NAT64, Teredo) is judged by the IPv4 address it reaches."""
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            why = self._refusal(inner)
+            return None if why is None else f"{ip} reaches {why}"
+        return self._refusal(ip)
+
+    def _refusal(self, ip: IPAddress) -> str | None:
         if self.networks:
             if any(ip in n for n in self.networks if n.version == ip.version):
                 return None
@@ -101,6 +110,36 @@ class WebhookPolicy:
             if why is not None:
                 return why
         return None
+
+
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (IPv4-mapped, 6to4, NAT64, Teredo's client), if any."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in n for n in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def delivery_error(exc: BaseException | None, status: int | None) -> str | None:
+    """What the job's owner is told of a failed delivery: a class of failure, never the raw text
+    (which would tell them what answers at an address: a port scanner's oracle)."""
+    if exc is None:
+        return None if status is None or 200 <= status < 300 else f"HTTP {status}"
+    name = type(exc).__name__
+    if "Timeout" in name:
+        return "no answer in time"
+    if "SSL" in name or "TLS" in name or "certificate" in str(exc).lower():
+        return "TLS handshake failed"
+    if "Connect" in name or "Network" in name:
+        return "could not connect"
+    return "no valid HTTP answer"
 
 
 def parse_networks(values: Sequence[str]) -> tuple[IPNetwork, ...]:

@@ -255,6 +255,13 @@ CREATE TRIGGER continuity_findings_immutable BEFORE UPDATE ON continuity_finding
         "jobs_status_rules",
         JOBS_STATUS_RULES,
     ),
+    (
+        "audit_checkpoints_immutable",
+        """
+CREATE TRIGGER audit_checkpoints_immutable BEFORE UPDATE ON audit_checkpoints
+  FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
+""",
+    ),
 ]
 
 # A job's output is its latest version (an author's edits make new ones: db.loop.Edit).

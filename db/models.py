@@ -20,7 +20,9 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     Text,
     UniqueConstraint,
     func,
@@ -28,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from core.audit import GENESIS
+from core.audit import CHAIN_VERSION, GENESIS
 from core.spec import (
     ERROR_CODES,
     JOB_KINDS,
@@ -148,6 +150,11 @@ class Job(Base):
     audit_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # The hash of event audit_seq (the chain's head), advanced with it; GENESIS before any event.
     audit_head: Mapped[str] = mapped_column(Text, server_default=GENESIS)
+    # The right edge of the log's Merkle tree (core.merkle.Frontier, hex), advanced with the head;
+    # NULL for a log written before it was kept (rebuilt from the hashes on its next write).
+    audit_frontier: Mapped[str | None] = mapped_column(Text)
+    # The tree size of the log's last signed checkpoint (0: none yet).
+    audit_signed: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class Document(Base):
@@ -189,6 +196,9 @@ class LlmCall(Base):
     messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     response: Mapped[str | None] = mapped_column(Text)
+    # The answer's exact bytes (UTF-8), when its text holds what Postgres cannot store (NUL, a lone
+    # surrogate): ``response`` then shows those as U+2400 / U+FFFD (core.controls).
+    response_raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     finish_reason: Mapped[str | None] = mapped_column(Text)
     tokens_in: Mapped[int | None] = mapped_column(Integer)
     tokens_out: Mapped[int | None] = mapped_column(Integer)
@@ -222,9 +232,26 @@ class AuditEvent(Base):
     row_id: Mapped[str | None] = mapped_column(Text)
     sql_text: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
-    # The hash chain (core.audit.event_hash): hash = sha256(prev_hash + canonical content).
+    # The hash chain (core.audit.event_hash): hash = sha256(prev_hash + canonical content), the
+    # content's form by ``chain`` (2: the job id is hashed in; 1: events written before it was).
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text)
+    chain: Mapped[int] = mapped_column(SmallInteger, server_default=str(CHAIN_VERSION))
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint of a job's log (core.checkpoint): the Merkle root at a tree size,
+    signed with the operator's key (kept outside the database). Rows are never updated."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "tree_size"),)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[str] = mapped_column(Text)  # hex
+    key_id: Mapped[str] = mapped_column(Text)  # <name>+<8 hex>: the verifier key that checks it
+    note: Mapped[str] = mapped_column(Text)  # the signed note, as verifiers read it
+    ts: Mapped[datetime] = ts_column(default=True)
 
 
 class AccountEvent(Base):

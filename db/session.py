@@ -20,14 +20,18 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import psycopg
 import structlog
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from core.audit import event_hash
+from core import checkpoint
+from core.audit import CHAIN_VERSION, event_hash
+from core.merkle import Frontier, leaf_entry
 from core.telemetry import AUDIT_EVENTS
 from db.audit import ACTIVITY_SEQ, CAPTURE_KEY, AuditBuffer, Redactor, install_capture
-from db.models import AuditEvent
+from db.models import AuditCheckpoint, AuditEvent
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +53,18 @@ def plain_url(url: str) -> str:
 # write once the database is back, instead of losing them.
 UNRECORDED: ContextVar[list[tuple[uuid.UUID, list[dict[str, Any]]]] | None] = ContextVar("unrecorded", default=None)
 CONNECT_TIMEOUT_S = 10  # a server that does not answer is an outage, not a hang
+# The database being down, not a statement being wrong: a lost, refused or timed-out connection, a
+# deadlock or a server shutting down (every DB-API OperationalError), a full pool, the network.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 class JobGone(Exception):
@@ -85,8 +101,22 @@ class JobTx:
 
 
 class Database:
-    def __init__(self, url: str, secrets: Iterable[str] = (), pool_size: int = 10) -> None:
+    """``signer``: the operator's checkpoint key (core.checkpoint; kept outside the database). With
+    it, each write that ends a step, and at least every ``checkpoint_every`` events, signs a
+    checkpoint of the job's log; without it (read-only tools) none are made."""
+
+    def __init__(
+        self,
+        url: str,
+        secrets: Iterable[str] = (),
+        pool_size: int = 10,
+        *,
+        signer: checkpoint.SignerKey | None = None,
+        checkpoint_every: int = 1000,
+    ) -> None:
         self.url = url
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
         self.redactor = Redactor(secrets)
         self.engine: AsyncEngine = create_async_engine(
             async_url(url),
@@ -122,7 +152,7 @@ class Database:
                 await session.flush()
                 buf.capturing = False
                 events = buf.finished()
-                last = await write_events(session, job_id, events)
+                last = await write_events(session, job_id, events, self)
                 await session.commit()
                 tx.last_seq = last
                 count_written(events)
@@ -163,7 +193,7 @@ class Database:
     async def record_events(self, job_id: uuid.UUID, events: list[dict[str, Any]]) -> None:
         """Append finished events (``AuditBuffer.finished``) to a job's log in a transaction of their own."""
         async with self.sessions() as session, session.begin():
-            await write_events(session, job_id, events)
+            await write_events(session, job_id, events, self)
         count_written(events)
 
 
@@ -177,27 +207,65 @@ def _statements(buf: AuditBuffer) -> int:
     return sum(1 for e in buf.events if e["kind"] == "sql")
 
 
-async def write_events(session: AsyncSession, job_id: uuid.UUID, events: list[dict[str, Any]]) -> int | None:
-    """Append ``events`` to the job's log; returns the seq of the last (None when there are none)."""
+async def write_events(
+    session: AsyncSession, job_id: uuid.UUID, events: list[dict[str, Any]], db: Database | None = None
+) -> int | None:
+    """Append ``events`` to the job's log, chained and in its Merkle tree, with a signed checkpoint
+    when one is due (``db.signer``); returns the seq of the last (None when there are none)."""
     if not events:
         return None
     # The row lock taken here is held to commit: concurrent writers of one job commit in seq order,
     # and each writer's events follow the head the one before it left.
     row = (
         await session.execute(
-            text("UPDATE jobs SET audit_seq = audit_seq + :n WHERE id = :id RETURNING audit_seq, audit_head"),
+            text(
+                "UPDATE jobs SET audit_seq = audit_seq + :n WHERE id = :id"
+                " RETURNING audit_seq, audit_head, audit_frontier, audit_signed"
+            ),
             {"n": len(events), "id": job_id},
         )
     ).one_or_none()
     if row is None:
         raise JobGone(str(job_id))
-    last, head = int(row[0]), str(row[1])
+    last, head, stored, signed = int(row[0]), str(row[1]), row[2], int(row[3])
     first = last - len(events) + 1
+    tree = await _frontier(session, job_id, first - 1, stored)
     rows = []
     for i, ev in enumerate(events):
-        r = dict(ev, job_id=job_id, seq=first + i, prev_hash=head)
+        r = dict(ev, job_id=job_id, seq=first + i, prev_hash=head, chain=CHAIN_VERSION)
         head = r["hash"] = event_hash(head, r)
+        tree.append(leaf_entry(head))
         rows.append(r)
     await session.execute(insert(AuditEvent), rows)
-    await session.execute(text("UPDATE jobs SET audit_head = :h WHERE id = :id"), {"h": head, "id": job_id})
+    signer = db.signer if db is not None else None
+    if signer is not None and checkpoint.due(events, last - signed, db.checkpoint_every):  # type: ignore[union-attr]
+        root = tree.root()
+        session.add(
+            AuditCheckpoint(
+                job_id=job_id,
+                tree_size=last,
+                root=root.hex(),
+                key_id=f"{signer.name}+{signer.verifier.id_hex}",
+                note=signer.sign(checkpoint.body(job_id, last, root)),
+            )
+        )
+        signed = last
+    await session.execute(
+        text("UPDATE jobs SET audit_head = :h, audit_frontier = :f, audit_signed = :s WHERE id = :id"),
+        {"h": head, "f": tree.to_text(), "s": signed, "id": job_id},
+    )
     return last
+
+
+async def _frontier(session: AsyncSession, job_id: uuid.UUID, size: int, stored: str | None) -> Frontier:
+    """The log's tree as the job row keeps it; for a log written before it was kept, rebuilt once
+    from its hashes (the leaves)."""
+    if stored is not None:
+        return Frontier.from_text(size, stored)
+    tree = Frontier()
+    if size:
+        hashes = await session.execute(
+            text("SELECT hash FROM audit_events WHERE job_id = :j ORDER BY seq"), {"j": job_id}
+        )
+        tree.extend(leaf_entry(h) for (h,) in hashes)
+    return tree

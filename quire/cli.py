@@ -192,6 +192,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return job_exit(job)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``keys make|rotate|export``: the key that signs audit checkpoints (QUIRE_HOME/audit.key, 0600)
+    and the public keys that check them (QUIRE_HOME/audit.pub; export prints them for verifiers)."""
+    from services import auditkeys
+
+    settings = load_settings()
+    home = settings.home
+    if args.action == "make":
+        try:
+            key = auditkeys.make(home, args.name)
+        except auditkeys.KeyExists as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
+        print(f"made {key.verifier.name}+{key.verifier.id_hex} in {home / auditkeys.KEY_FILE}", file=sys.stderr)
+    elif args.action == "rotate":
+        new, old = auditkeys.rotate(home, args.name)
+        was = f"; {old.verifier.name}+{old.verifier.id_hex} no longer signs" if old else ""
+        print(f"{new.verifier.name}+{new.verifier.id_hex} signs from now on{was} (restart the stack)", file=sys.stderr)
+        if settings.quire_audit_key is not None:
+            _err("QUIRE_AUDIT_KEY is set and wins over QUIRE_HOME/audit.key: change it too")
+    keys = settings.audit_public_keys()
+    if not keys:
+        raise CliError(f"no audit key yet in {home} (`quire keys make`, or `quire up` makes one)", Exit.USAGE)
+    for k in keys:  # stdout: what verifiers pass to `quire audit verify --key`
+        print(k.text())
+    return Exit.OK
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -297,8 +324,8 @@ def parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser(
         "audit",
-        help="a job's audit log; `quire audit verify JOB_ID | --file LOG` checks its hash chain",
-        epilog="quire audit verify JOB_ID | --file LOG [--head HASH]: verify a log (see its --help)",
+        help="a job's audit log; `quire audit verify JOB_ID | --file LOG | --proof FILE` checks it",
+        epilog="quire audit verify JOB_ID | --file LOG | --proof FILE [--key audit.pub]: verify (see its --help)",
     )
     a.add_argument("job_id")
     a.add_argument("--follow", action="store_true", help="stream events live")
@@ -315,6 +342,17 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--version", type=int, help="an earlier version of the document (quire versions JOB_ID)")
     client_opts(o)
     o.set_defaults(fn=cmd_output)
+
+    k = sub.add_parser(
+        "keys",
+        help="the key that signs audit checkpoints: make one, rotate it, export the public keys",
+        description="make: a new signing key in QUIRE_HOME/audit.key (0600); rotate: a new one signs from now "
+        "on, the old public key kept; export: print every public key, newest first (for `quire audit verify "
+        "--key`). Each prints the public keys on stdout.",
+    )
+    k.add_argument("action", choices=["make", "rotate", "export"])
+    k.add_argument("--name", default="quire", help="the key's name (in each signature line)")
+    k.set_defaults(fn=cmd_keys)
 
     w = sub.add_parser("webhook", help="your default webhook and its signing secret")
     w.add_argument("action", nargs="?", choices=["show", "set", "unset", "secret"], default="show")

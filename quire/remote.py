@@ -16,7 +16,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from core.audit import summary
+from core.audit import shown, summary
 from quire.errors import CliError, Exit
 
 
@@ -110,8 +110,8 @@ def _detail(r: httpx.Response) -> str:
 def event_line(e: dict[str, Any]) -> str:
     """One audit event as a line of text: seq, time, kind, action and what it says."""
     ts = str(e.get("ts", ""))[11:23]
-    what = " ".join(summary(e).split())
-    return f"{e.get('seq', ''):>7} {ts} {e.get('kind', ''):<8} {e.get('action', ''):<8} {what[:200]}"
+    what = shown(" ".join(summary(e).split()))  # model text and endpoint errors never reach the terminal raw
+    return shown(f"{e.get('seq', ''):>7} {ts} {e.get('kind', ''):<8} {e.get('action', ''):<8} {what[:200]}")
 
 
 def follow(api: Api, job_id: str, console: Console, show_events: bool = True, after: int = 0) -> dict[str, Any]:

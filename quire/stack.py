@@ -389,7 +389,7 @@ class Stack:
                 "TEMPORAL_ADDRESS": temporal,
                 "TEMPORAL_NAMESPACE": self.settings.temporal_namespace,
                 "QUIRE_WORKER_METRICS_PORT": str(self.worker_metrics_port),
-                # The children see DATABASE_URL set: say what this stack's own default is.
+                # The operator's explicit choice, passed on (off unless QUIRE_WEBHOOK_ALLOW_LOOPBACK says so).
                 "QUIRE_WEBHOOK_ALLOW_LOOPBACK": str(self.settings.webhook_policy.allow_loopback).lower(),
                 "QUIRE_HOME": str(self.home),  # the worker and the API read the same key
                 # One worker, one install: its build stays current (README: Deploying new code).

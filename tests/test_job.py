@@ -25,7 +25,7 @@ from db.ddl import CHAIN_PROOF, MEMORY_PROOF
 from db.models import AuditEvent, Document, LlmCall
 from db.writing import Chunk, ChunkAttempt
 from services import jobs
-from tests.conftest import TASK_QUEUE, TEST_SECRET
+from tests.conftest import AUDIT_KEY, TASK_QUEUE, TEST_SECRET
 from tests.fake_llm import WORDS
 from tests.helpers import job_row, output, submit, wait
 from worker import build_worker
@@ -271,6 +271,7 @@ def start_worker(pg_url: str, temporal_target: str, fake_url: str, queue: str) -
         "QUIRE_MODEL": "fake-model",
         "QUIRE_LLM_TIMEOUT_S": "5",
         "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
+        "QUIRE_AUDIT_KEY": AUDIT_KEY.text(),  # the tests' checkpoint key (none made in ./.quire)
     }
     return subprocess.Popen(
         [sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -11,12 +11,13 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from core.audit import parse_txt_line
+from core.chain import parse_log
 
 pytestmark = pytest.mark.usefixtures("worker")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -127,7 +128,7 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {user.api_key}"}) as http:
         job = (await http.get(f"/v1/jobs/{job_id}")).json()
         api_json = (await http.get(f"/v1/jobs/{job_id}/audit?format=json")).json()["events"]
-        api_txt = (await http.get(f"/v1/jobs/{job_id}/audit?format=txt")).text
+        api_txt = parse_log((await http.get(f"/v1/jobs/{job_id}/audit?format=txt")).text).events
     assert job["status"] == "succeeded"
     # The panel shows the whole log as it stood when the job settled; what users did after that
     # (this page's read of the output, say) is in the log too, for the next reader.
@@ -148,8 +149,8 @@ async def test_submit_watch_live_scroll_copy_download_reload_history(browser, ap
     async with page.expect_download() as dl:
         await page.get_by_role("button", name="TXT").click()
     txt = await read_download(dl)
-    from_txt = [parse_txt_line(x) for x in txt.splitlines(keepends=True)[1:]]
-    assert txt.startswith(api_txt) and from_txt[: len(got)] == got
+    from_txt = parse_log(txt).events  # (its signed checkpoints come after the events)
+    assert from_txt[: len(api_txt)] == api_txt and from_txt[: len(got)] == got
     assert (from_txt[-1]["action"], from_txt[-1]["data"]["format"]) == ("download_audit", "txt")
 
     # Filters: kind and text.
@@ -186,6 +187,29 @@ async def test_pages_need_a_key_and_reject_a_bad_one(browser, api_url):
     await page.get_by_label("API key").fill("qk_wrong")
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_text("That key was not accepted.").wait_for()
+    await ctx.close()
+
+
+async def test_sign_in_goes_only_to_this_sites_pages_and_sign_out_shows_only_when_signed_in(browser, api_url, user):
+    """Issue 20, finding 7: ``/?next=//evil.example`` sent a signed-in user off-site."""
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    for bad in ("//evil.example/x", "/\\evil.example/x", "https://evil.example/"):
+        await page.goto(api_url + "/?next=" + quote(bad, safe=""))
+        assert await page.locator("#signout").is_hidden()  # nobody is signed in yet
+        await page.get_by_label("API key").fill(user.api_key)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("heading", name="New job").wait_for()
+        assert page.url.startswith(api_url + "/"), page.url
+        assert await page.locator("#signout").is_visible()
+        await page.evaluate("sessionStorage.clear()")
+    await page.goto(api_url + "/?next=" + quote("/history", safe=""))
+    await page.get_by_label("API key").fill(user.api_key)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(api_url + "/history")  # a path of this site is still where sign-in goes
+    icon = await page.locator("link[rel=icon]").get_attribute("href")
+    assert icon and (await page.request.get(api_url + icon)).status == 200
+    assert (await page.request.get(api_url + "/favicon.ico")).status == 200
     await ctx.close()
 
 

@@ -44,6 +44,7 @@ class JobInput:
     durability: Durability = field(default_factory=Durability)
     # A resumed run (quire resume): where to pick up is read from what the job stored.
     resumed: bool = False
+    witness: bool = False  # the operator has a witness: the job's last checkpoint is POSTed to it
 
 
 @dataclass
@@ -108,7 +109,8 @@ class JobWorkflow:
                 await _mark_cancelled(inp.job_id)
                 raise asyncio.CancelledError() from err
             code, reason = cause(err)
-            await step(FinalizeActivities.fail_job, FailInput(inp.job_id, code, reason), QUICK, f"fail: {code}")
+            fail = FailInput(inp.job_id, code, reason)
+            await step(FinalizeActivities.fail_job, fail, QUICK, f"fail: {code}", outlive=True)
             raise ApplicationError(reason, type=code, non_retryable=True) from err
 
     async def _run(self, inp: JobInput) -> str:
@@ -211,14 +213,17 @@ async def _unit(inp: JobInput, unit_id: int, label: str) -> None:
 
 
 async def _notify(inp: JobInput) -> None:
-    """Start the delivery of the job's end to its webhook, and return: a child workflow that
-    outlives this one (ABANDON) retries it for hours; the job's outcome waits for none of it."""
-    if inp.webhook is None:
+    """Start the delivery of the job's end to its webhook (and of its last checkpoint to the
+    operator's witness), and return: a child workflow that outlives this one (ABANDON) retries it
+    for hours; the job's outcome waits for none of it."""
+    if inp.webhook is None and not inp.witness:
         return
     try:
         await workflow.start_child_workflow(
             WebhookWorkflow.run,
-            WebhookInput(inp.job_id, inp.webhook),
+            WebhookInput(
+                inp.job_id, inp.webhook or RetrySchedule(), deliver=inp.webhook is not None, witness=inp.witness
+            ),
             id=f"{workflow.info().workflow_id}-webhook",
             parent_close_policy=ParentClosePolicy.ABANDON,
             static_summary="webhook",
@@ -233,4 +238,5 @@ async def _mark_cancelled(job_id: str) -> None:
         FailInput(job_id, ErrorCode.CANCELLED, "cancelled by request", status="cancelled"),
         QUICK,
         "mark cancelled",
+        outlive=True,
     )

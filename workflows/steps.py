@@ -71,11 +71,18 @@ def durability() -> Durability:
 
 
 async def step(
-    method: Callable[[Any, A], Awaitable[R]], arg: A, limit: timedelta, summary: str, task_queue: str | None = None
+    method: Callable[[Any, A], Awaitable[R]],
+    arg: A,
+    limit: timedelta,
+    summary: str,
+    task_queue: str | None = None,
+    *,
+    outlive: bool = False,
 ) -> R:
     """Run one activity (a method of an activity class) and return its typed result. Steps that
     call the model run on the model task queue (``task_queue``), whose workers bound how many
-    model calls run at once."""
+    model calls run at once. ``outlive``: no window at all (a step that records how the job ended
+    must outlive any outage: the job row ends with its workflow, whatever ended it)."""
     d = durability()
     return await workflow.execute_activity_method(
         method,
@@ -83,7 +90,7 @@ async def step(
         task_queue=task_queue,
         start_to_close_timeout=limit,
         # At least one whole attempt, however short the window.
-        schedule_to_close_timeout=max(limit, timedelta(seconds=d.outage_window_s)),
+        schedule_to_close_timeout=None if outlive else max(limit, timedelta(seconds=d.outage_window_s)),
         heartbeat_timeout=HEARTBEAT,
         retry_policy=d.retry_policy(),
         summary=summary,

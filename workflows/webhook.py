@@ -1,4 +1,5 @@
-"""The webhook workflow: a job's end POSTed to its webhook, retried with backoff over hours.
+"""The webhook workflow: a job's end POSTed to its webhook, and its last signed checkpoint to the
+operator's witness (when there is one), each retried with backoff over hours.
 
 Started by the job workflow once the job's outcome is recorded, as a child that outlives it
 (``ParentClosePolicy.ABANDON``): the job neither waits for the delivery nor fails because of it.
@@ -6,8 +7,10 @@ Started by the job workflow once the job's outcome is recorded, as a child that 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -25,15 +28,31 @@ ATTEMPT_TIMEOUT = timedelta(minutes=2)  # one POST: the request timeout (QUIRE_W
 class WebhookInput:
     job_id: str
     schedule: RetrySchedule
+    deliver: bool = True  # the job has a webhook
+    witness: bool = False  # the operator has a witness
 
 
 @workflow.defn(name="WebhookWorkflow")
 class WebhookWorkflow:
     @workflow.run
     async def run(self, inp: WebhookInput) -> int:
-        s = inp.schedule
-        return await workflow.execute_activity_method(
-            WebhookActivities.deliver,
+        posts = [
+            _post(method, inp)
+            for method, wanted in ((WebhookActivities.witness, inp.witness), (WebhookActivities.deliver, inp.deliver))
+            if wanted
+        ]
+        results = await asyncio.gather(*posts, return_exceptions=True)  # one failing never stops the other
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return int(results[-1]) if results else 0
+
+
+async def _post(method: Any, inp: WebhookInput) -> int:
+    s = inp.schedule
+    return int(
+        await workflow.execute_activity_method(
+            method,
             DeliveryRef(inp.job_id, s.attempts),
             start_to_close_timeout=ATTEMPT_TIMEOUT,
             heartbeat_timeout=HEARTBEAT,
@@ -44,5 +63,6 @@ class WebhookWorkflow:
                 maximum_attempts=s.attempts,
                 non_retryable_error_types=NON_RETRYABLE,
             ),
-            summary="webhook",
+            summary="witness" if method is WebhookActivities.witness else "webhook",
         )
+    )

@@ -15,7 +15,7 @@ const AuditPanel = (() => {
       case "sql": return (e.sql_text || "").replace(/\s+/g, " ").slice(0, 220) + (d.rowcount !== undefined ? "  → " + d.rowcount + " row(s), " + d.duration_ms + " ms" : "");
       case "row": return e.table_name + " #" + e.row_id + (d.changes ? " " + Object.keys(d.changes).map(k => k + ": " + short(d.changes[k].old) + " → " + short(d.changes[k].new)).join(", ") : "");
       case "llm": return (d.purpose || "") + " · " + (d.model || "") + " · tokens " + (d.tokens_in ?? "?") + " in / " + (d.tokens_out ?? "?") + " out · " + (d.latency_ms ?? "?") + " ms" + (d.status === "error" ? " · ERROR " + (d.error || "") : "");
-      case "chunk": return "chunk " + (d.chunk + 1) + " " + e.action + (d.attempt ? " attempt " + d.attempt : "") + " · words " + (d.words_in ?? "–") + " → " + (d.words_out ?? d.words ?? "–") + " / target " + d.target_words + (d.passed === undefined ? "" : d.passed ? " · PASS" : " · FAIL");
+      case "chunk": return "chunk " + (d.chunk + 1) + " " + e.action + (d.attempt ? " attempt " + d.attempt : "") + " · words " + (d.words_in != null ? d.words_in + " → " : "") + (d.words_out ?? d.words ?? "–") + " / target " + d.target_words + (d.passed === undefined ? "" : d.passed ? " · PASS" : " · FAIL");
       case "length": return (d.chunk !== undefined ? "chunk " + (d.chunk + 1) : d.scope) + " · " + d.words + " / " + (d.min_words ?? d.target_words) + " words · " + (d.passed ? "PASS" : "FAIL");
       case "activity": return (d.activity || "") + " (attempt " + d.attempt + ")" + (d.duration_ms !== undefined ? " " + d.duration_ms + " ms" : "") + (d.error ? " · " + d.error : "");
       case "user": return (d.user || "") + " · " + e.action + " · " + (d.ip || "?") + " · " + (d.user_agent || "");

@@ -60,8 +60,20 @@ const Quire = {
     if (!Quire.key()) { location.href = "/?next=" + encodeURIComponent(location.pathname); return false; }
     return true;
   },
+  // A path of this site to go to after signing in, or null: "//evil.example" and "/\\evil.example"
+  // parse as other origins and are refused (no open redirect).
+  samePath(next) {
+    if (!next) return null;
+    try {
+      const u = new URL(next, location.origin);
+      return u.origin === location.origin ? u.pathname + u.search + u.hash : null;
+    } catch (e) { return null; }
+  },
+  // "Sign out" only for someone signed in.
+  showSignOut() { const out = document.getElementById("signout"); if (out) out.hidden = !Quire.key(); },
 };
 document.addEventListener("DOMContentLoaded", () => {
   const out = document.getElementById("signout");
   if (out) out.addEventListener("click", e => { e.preventDefault(); Quire.signOut(); });
+  Quire.showSignOut();
 });

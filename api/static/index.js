@@ -1,15 +1,15 @@
 // The sign-in and submit page.
 "use strict";
 const signin = document.getElementById("signin"), submit = document.getElementById("submit");
-function show() { signin.hidden = !!Quire.key(); submit.hidden = !Quire.key(); }
+function show() { signin.hidden = !!Quire.key(); submit.hidden = !Quire.key(); Quire.showSignOut(); }
 show();
 document.getElementById("signin-form").addEventListener("submit", async e => {
   e.preventDefault();
   Quire.setKey(document.getElementById("key").value);
   const r = await fetch("/v1/jobs?limit=1", { headers: { Authorization: "Bearer " + Quire.key() } });
   if (!r.ok) { sessionStorage.removeItem("quire.key"); document.getElementById("signin-error").textContent = "That key was not accepted."; return; }
-  const next = new URLSearchParams(location.search).get("next");
-  if (next && next.startsWith("/")) { location.href = next; return; }
+  const next = Quire.samePath(new URLSearchParams(location.search).get("next"));
+  if (next) { location.href = next; return; }
   show(); document.getElementById("brief").focus();
 });
 // The request a submit (or an estimate) sends: JSON, or multipart with the file to rewrite.

@@ -1,7 +1,7 @@
 """the author's loop: plan versions, edits of a finished job, locks, seams checked again by an edit
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-09
 
 Plan versions and edits are new tables. Nodes can be locked. A seam is checked once by the job
@@ -23,7 +23,7 @@ REASONS = ("written", "trim", "stitch", "seam_repair", "continuity_repair")
 AUTHORS = ("regenerate", "edit", "rewrite", "rollback")
 
 revision = "0010"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,252 @@
+"""A model call's row in ``llm_calls`` and its ``llm`` audit event: committed ``pending`` before the
+request leaves (a worker dying mid-call leaves it in the log), the outcome stored before anything
+else can fail, and an answer paid for never lost:
+
+- whatever the answer holds is storable: NUL and lone surrogates are shown as U+2400 / U+FFFD in
+  ``response`` and kept exactly in ``response_raw`` (``core.controls``);
+- the close is retried through a database outage, with a capped backoff, for up to
+  ``STORE_RETRY_S`` (inside the step's own time limit, the worker's heartbeat keeping it alive);
+  an outage longer than that fails the step as an outage, retried by Temporal for the job's
+  window, and the call is then counted as below;
+- a call cut off by a dead worker is marked ``interrupted`` with its tokens estimated (the prompt's
+  at ~4 characters a token; the answer's as the ``max_tokens`` it may have been billed for), so it
+  counts toward cost, budgets and quotas like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import select
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from activities.llm_stream import Outcome
+from core.controls import from_raw, is_storable, raw_bytes, storable
+from core.cost import Price, cost_micro_usd
+from core.text import count_words
+from db.audit import shorten
+from db.models import LlmCall
+from db.session import OUTAGE_ERRORS, Database, JobTx
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+INTERRUPTED = "interrupted: the worker stopped while this call was in flight; its answer, if any, never arrived"
+CHARS_PER_TOKEN = 4  # the estimate where an endpoint gives no usage
+STORE_RETRY_S = 20 * 60  # how long an answer's commit is retried (under the model steps' 30-min limit)
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN
+
+
+def prompt_chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(m.get("content", "")) for m in messages)
+
+
+def answer_of(row: LlmCall) -> str:
+    """The answer exactly as the endpoint sent it."""
+    return from_raw(row.response_raw) if row.response_raw is not None else row.response or ""
+
+
+@dataclass
+class Closed:
+    """What a finished call's row says (the figures the metrics and the caller need)."""
+
+    status: str
+    tokens_in: int | None
+    tokens_out: int | None
+    cached: int | None
+    estimated: bool
+    error: str | None
+
+
+class CallRecords:
+    """Opens and closes the rows of one client's calls (its endpoint's base URL, its price table)."""
+
+    def __init__(self, db: Database, base_url: str, prices: dict[str, Price], store_retry_s: float) -> None:
+        self.db, self.base_url, self.prices, self.store_retry_s = db, base_url, prices, store_retry_s
+
+    async def answer_paid_for(self, tx: JobTx, job_id: uuid.UUID, request_key: str) -> LlmCall | None:
+        """The latest successful answer stored under ``request_key`` (reused, not paid for again)."""
+        return (
+            await tx.session.execute(
+                select(LlmCall)
+                .where(LlmCall.job_id == job_id, LlmCall.request_key == request_key, LlmCall.status == "ok")
+                .order_by(LlmCall.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+    async def open(
+        self,
+        job_id: uuid.UUID,
+        chunk_id: int | None,
+        purpose: str,
+        request_key: str,
+        model: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+    ) -> tuple[int, int]:
+        """(call id, attempt): the row, ``pending``, committed before the request is sent. Earlier
+        attempts of the same request still ``pending`` died so: they are marked ``interrupted``."""
+        async with self.db.job_tx(job_id) as tx:
+            earlier = (
+                (
+                    await tx.session.execute(
+                        select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.request_key == request_key)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for row in earlier:
+                if row.status == "pending":
+                    self._interrupted(tx, row)
+            row = LlmCall(
+                job_id=job_id,
+                chunk_id=chunk_id,
+                purpose=purpose,
+                request_key=request_key,
+                attempt=len(earlier) + 1,
+                model=model,
+                base_url=self.base_url,
+                messages=messages,
+                params=params,
+                status="pending",
+                started_at=dt.datetime.now(dt.UTC),
+            )
+            tx.session.add(row)
+            await tx.session.flush()
+            return row.id, row.attempt
+
+    def _interrupted(self, tx: JobTx, row: LlmCall) -> None:
+        row.status, row.error = "error", INTERRUPTED
+        row.completed_at = dt.datetime.now(dt.UTC)
+        # What it may have cost: the prompt was sent; the answer may have been written and billed.
+        row.tokens_in = estimate_tokens("".join(m.get("content", "") for m in row.messages or []))
+        row.tokens_out = int((row.params or {}).get("max_tokens") or 0)
+        row.tokens_estimated = True
+        row.cost_micro_usd = cost_micro_usd(self.prices.get(row.model), row.tokens_in, None, row.tokens_out)
+        tx.event(
+            "error",
+            "llm",
+            {
+                "llm_call_id": row.id,
+                "purpose": row.purpose,
+                "error": INTERRUPTED,
+                "tokens_in": row.tokens_in,
+                "tokens_out": row.tokens_out,
+                "tokens_estimated": True,
+                "cost_micro_usd": row.cost_micro_usd,
+            },
+        )
+
+    def outcome(self, messages: list[dict[str, str]], out: Outcome, model: str) -> Closed:
+        """The figures of a finished call (estimated where the endpoint gave no usage)."""
+        usage, text = out.usage, out.text
+        tokens_in = getattr(usage, "prompt_tokens", None)
+        tokens_out = getattr(usage, "completion_tokens", None)
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+        estimated = usage is None and (out.error is None or text is not None)
+        if estimated:  # some servers omit usage: estimate, and say so
+            tokens_in = prompt_chars(messages) // CHARS_PER_TOKEN
+            tokens_out = estimate_tokens(text or "")
+        status = "ok" if out.error is None and text else "error"
+        err = None
+        if out.error is not None:
+            err = storable(f"{type(out.error).__name__}: {out.error}")
+        elif not text:
+            err = "empty content"
+        return Closed(status, tokens_in, tokens_out, cached, estimated, err)
+
+    async def close(
+        self,
+        job_id: uuid.UUID,
+        call_id: int,
+        purpose: str,
+        model: str,
+        attempt_no: int,
+        messages: list[dict[str, str]],
+        out: Outcome,
+        latency_ms: float,
+        closed: Closed,
+    ) -> None:
+        """The outcome onto the call's row, with its ``llm`` event, retried through an outage."""
+        text = out.text
+        cost = cost_micro_usd(self.prices.get(model), closed.tokens_in, closed.cached, closed.tokens_out)
+
+        async def write() -> None:
+            async with self.db.job_tx(job_id) as tx:
+                row = await tx.session.get(LlmCall, call_id)
+                assert row is not None
+                row.response, row.finish_reason = None if text is None else storable(text), out.finish
+                row.response_raw = None if text is None or is_storable(text) else raw_bytes(text)
+                row.tokens_in, row.tokens_out = closed.tokens_in, closed.tokens_out
+                row.tokens_cached, row.tokens_estimated = closed.cached, closed.estimated
+                row.latency_ms, row.status, row.http_status = latency_ms, closed.status, out.http_status
+                row.error, row.ttft_ms, row.cost_micro_usd = closed.error, out.ttft_ms, cost
+                row.completed_at = dt.datetime.now(dt.UTC)
+                last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+                tx.event(
+                    "llm",
+                    "call" if closed.status == "ok" else "error",
+                    {
+                        "llm_call_id": call_id,
+                        "purpose": purpose,
+                        "model": model,
+                        "attempt": attempt_no,
+                        "status": closed.status,
+                        "http_status": out.http_status,
+                        "error": closed.error,
+                        "finish_reason": out.finish,
+                        "tokens_in": closed.tokens_in,
+                        "tokens_out": closed.tokens_out,
+                        "tokens_cached": closed.cached,
+                        "tokens_estimated": closed.estimated,
+                        "cost_micro_usd": cost,
+                        "latency_ms": round(latency_ms, 1),
+                        "ttft_ms": round(out.ttft_ms, 1) if out.ttft_ms is not None else None,
+                        "prompt_summary": shorten(" ".join(last_user.split()), 300),
+                        "prompt_chars": prompt_chars(messages),
+                        "response_summary": shorten(" ".join((text or "").split()), 300),
+                        "response_words": count_words(text or ""),
+                        "response_raw": row.response_raw is not None,
+                    },
+                )
+                if out.error is not None:
+                    tx.event("error", "llm", {"llm_call_id": call_id, "purpose": purpose, "error": closed.error})
+
+        await self.through_outage(write, f"storing model call {call_id}")
+
+    async def through_outage(self, write: Callable[[], Awaitable[T]], what: str) -> T:
+        """``write()``, again after each database outage (1 s doubling to 30 s) for up to
+        ``store_retry_s``: what the endpoint already answered must not be lost to a blip."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(OUTAGE_ERRORS),
+            wait=wait_exponential(multiplier=1, max=30),
+            stop=stop_after_delay(self.store_retry_s),
+            reraise=True,
+            before_sleep=lambda s: log.warning(
+                "llm.store_retry", what=what, attempt=s.attempt_number, error=str(s.outcome and s.outcome.exception())
+            ),
+        ):
+            with attempt:
+                return await write()
+        raise AssertionError("unreachable")
+
+
+async def shielded(coro: Awaitable[T]) -> T:
+    """Run ``coro`` to the end even if this task is cancelled meanwhile, then honour the cancel."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
