@@ -19,6 +19,7 @@ from temporalio.worker import Replayer, WorkflowReplayResults
 from temporalio.workflow import NondeterminismError
 
 from tests.histories import REPLAY_CONVERTER, fixture_files, histories, load
+from workflows.edit import EditWorkflow
 from workflows.job import JobWorkflow
 from workflows.steps import QUICK, step
 from workflows.unit import UnitInput, UnitWorkflow
@@ -28,10 +29,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.chunks import ChunkActivities
     from activities.contracts import NodeRef
 
-WORKFLOWS = [JobWorkflow, UnitWorkflow, WebhookWorkflow]
+WORKFLOWS = [JobWorkflow, UnitWorkflow, WebhookWorkflow, EditWorkflow]
 # Every scenario tests/histories/record.py records. Add plan_review and regenerated_chapter here
 # when they exist (see the note in record.py).
-EXPECTED = {"generate", "rewrite", "resumed", "cancelled"}
+EXPECTED = {"generate", "rewrite", "resumed", "cancelled", "plan_review", "regenerated_chapter"}
 
 
 async def replay(fixture: dict[str, Any], workflows: list[type]) -> WorkflowReplayResults:
@@ -54,7 +55,7 @@ async def test_every_recorded_history_replays_on_the_current_code(path):
 def test_the_fixtures_hold_every_scenario_and_every_kind_of_run():
     assert {p.stem for p in fixture_files()} == EXPECTED
     runs = [w for p in fixture_files() for w in load(p)["workflows"]]
-    assert {w["type"] for w in runs} == {"JobWorkflow", "UnitWorkflow", "WebhookWorkflow"}
+    assert {w["type"] for w in runs} == {"JobWorkflow", "UnitWorkflow", "WebhookWorkflow", "EditWorkflow"}
     # Runs that ended every way a run ends: finished, continued as new, failed, cancelled (their
     # children terminated with them).
     assert {"COMPLETED", "CONTINUED_AS_NEW", "FAILED", "CANCELED", "TERMINATED"} <= {w["status"] for w in runs}

@@ -31,11 +31,13 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 import testkit
+from activities.review import outline
+from core.review import OutlineItem, PlanReview
 from core.spec import JobSpec
 from core.webhooks import RetrySchedule
 from db.models import Job
 from db.session import Database
-from services import accounts, jobs, webhooks
+from services import accounts, jobs, loop, webhooks
 from services.codec import EncryptionCodec, decode_all, parse_key
 from services.deploys import promote, version
 from services.temporal import WORKER_IDENTITY
@@ -151,11 +153,75 @@ async def cancelled(rig: Rig) -> uuid.UUID:
     return job.id
 
 
-# Not recorded yet, because they do not exist yet: add each as a scenario here once it does (and
-# name it in tests/test_replay.py's EXPECTED):
-#  - plan_review: a job whose plan an author reviews and edits (the author's loop: a plan-review
-#    Update) before its chapters are written;
-#  - regenerated_chapter: a finished job one of whose chapters is written again on request.
+@scenario("a job whose plan its author reviews (a Temporal Update): a chapter retitled, one removed, one added")
+async def plan_review(rig: Rig) -> uuid.UUID:
+    spec = JobSpec(
+        kind="generate",
+        prompt="Harbours",
+        target_words=12_000,
+        options={"review_plan": True, "parallelism": 2, "chunk_words": 1500},
+    )
+    job = await rig.submit(spec)
+
+    async def awaiting() -> bool:
+        async with rig.db.tx() as s:
+            return bool(
+                (
+                    await s.execute(
+                        text("SELECT count(*) FROM plan_versions WHERE job_id = :j AND status = 'planned'"),
+                        {"j": job.id},
+                    )
+                ).scalar_one()
+            )
+
+    await testkit.until("the plan to await its review", awaiting, within=60)
+    async with rig.db.tx() as s:
+        current = await outline(s, job.id)
+    first, *_, last = current
+    items = [
+        OutlineItem(node=first["node"], title="The Breakwater", summary=first["summary"], budget_words=6000),
+        OutlineItem(node=last["node"], title=last["title"], summary=last["summary"], budget_words=3000),
+        OutlineItem(title="The Keeper's Log", summary="A keeper's log, night by night.", budget_words=3500),
+    ]
+    actor = {"user": rig.user.name, "user_id": rig.user.user_id}
+    await loop.review_plan(rig.db, rig.client, job, PlanReview(items=items), actor)
+    assert await rig.end(job.workflow_id) == "succeeded"
+    return job.id
+
+
+@scenario("a finished job one of whose chapters is written again on request (an edit's own workflow)")
+async def regenerated_chapter(rig: Rig) -> uuid.UUID:
+    spec = JobSpec(kind="generate", prompt="Tide mills", target_words=12_000, options={"chunk_words": 1500})
+    job = await rig.submit(spec)
+    assert await rig.end(job.workflow_id) == "succeeded"
+    async with rig.db.tx() as s:
+        chapter = (
+            (
+                await s.execute(
+                    text(
+                        "SELECT id FROM plan_nodes WHERE job_id = :j AND level = 'chapter' ORDER BY position OFFSET 1"
+                    ),
+                    {"j": job.id},
+                )
+            )
+            .scalars()
+            .first()
+        )
+        fresh = await s.get(Job, job.id)
+    assert chapter is not None and fresh is not None
+    edit = await loop.start_edit(
+        rig.db,
+        rig.client,
+        fresh,
+        chapter,
+        "regenerate",
+        {"user": rig.user.name, "user_id": rig.user.user_id},
+        task_queue=QUEUE,
+        durability=Durability(retry_max_s=0.2),
+        params={"instruction": "make the ending darker"},
+    )
+    assert await rig.end(edit.workflow_id) not in ("", None)
+    return job.id
 
 
 async def collect(client: Client, job_id: uuid.UUID) -> list[dict[str, Any]]:
