@@ -26,12 +26,13 @@ from activities.base import (
     text_of,
 )
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
+from activities.gating import claim
 from activities.prompts import ChunkContext, chunk_messages, max_tokens_for
 from core.coherence import delta, fold, handoff
+from core.gate import gate
 from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
 from core.telemetry import CHUNK_ATTEMPTS, CHUNKS, WORDS
 from core.text import (
-    clean_model_output,
     count_words,
     dedupe_paragraphs,
     join_continuation,
@@ -43,6 +44,7 @@ from db.session import JobTx
 from db.writing import Chunk, ChunkAttempt, CoherenceState, PlanNode
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
+CUTS_IN_EVENT = 20  # in a chunk event (the attempt's row keeps them all)
 
 
 @dataclass
@@ -114,14 +116,17 @@ class ChunkActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(max(ask, 8)),
         )
-        # Echoed prompt lines and junk tokens never reach the chunk or its count; the event says what went.
-        cleaned = clean_model_output(res.text, "\n".join(m["content"] for m in msgs), ctx.source_text or "")
-        added = cleaned.text
+        # Junk (echoes, loops, markup, meta-commentary, ...) never reaches the chunk or its count; nor
+        # does what the document already says (claimed below, with the attempt). The event says what went.
+        prompt = "\n".join(m["content"] for m in msgs)
+        gated = gate(res.text, prompt=prompt, source=ctx.source_text or "", before=current or ctx.previous_tail)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             chunk = await _chunk(tx, jid, chunk_id)
             if chunk.attempts >= attempt_no:
                 return None
+            gated = await claim(tx, chunk, attempt_no, gated)
+            added = gated.text
             words_before = chunk.word_count
             text_after = join_continuation(current, added) if kind == "extend" else added
             words_after = count_words(text_after)
@@ -138,6 +143,8 @@ class ChunkActivities(ModelStep):
                     words_before=words_before,
                     words_added=words_after - words_before,
                     words_after=words_after,
+                    words_model=gated.words_in,
+                    cuts=gated.records(),
                 )
             )
             chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
@@ -156,7 +163,10 @@ class ChunkActivities(ModelStep):
                     "finish_reason": res.finish_reason,
                     "llm_call_id": res.call_id,
                     "truncated": res.finish_reason == "length",
-                    "removed": cleaned.removed_summary(),
+                    "words_model": gated.words_in,
+                    "words_cut": gated.words_cut,
+                    "cut_by_rule": gated.by_rule(),
+                    "cuts": gated.records()[:CUTS_IN_EVENT],
                 },
             )
             check = await _record_check(tx, job, chunk)

@@ -21,7 +21,8 @@ from activities.base import ModelStep, add_version, latest_version, load_job, no
 from activities.contracts import NodeRef
 from activities.prompts import seam_repair_messages
 from core.coherence import fix_term, seam_differences
-from core.text import clean_model_output, count_words, paragraphs
+from core.gate import clean_model_text
+from core.text import count_words, paragraphs
 from db.session import JobTx
 from db.writing import Chunk, CoherenceState, PlanNode, SeamCheck
 
@@ -75,7 +76,7 @@ class SeamActivities(ModelStep):
                 temperature=0.4,
             )
             # The opening it rewrites may be kept word for word; the ending it follows may not.
-            new_opening = clean_model_output(res.text, "\n".join(m["content"] for m in msgs), opening).text
+            new_opening = clean_model_text(res.text, "\n".join(m["content"] for m in msgs), opening)
             rest = paragraphs(after)[1:]
             repaired_text = "\n\n".join([new_opening or opening, *rest])
             for c in conflicts:

@@ -387,5 +387,6 @@ async def test_echoed_prompt_lines_and_junk_never_enter_the_document(db, client,
             .scalars()
             .all()
         )
-    assert events and all("<start_of_image>" in e["removed"] for e in events)
-    assert all(any(r.startswith("(Continue from where it stopped") for r in e["removed"]) for e in events)
+    assert events and all(any(c["text"] == "<start_of_image>" for c in e["cuts"]) for e in events)
+    assert all(any(c["text"].startswith("(Continue from where it stopped") for c in e["cuts"]) for e in events)
+    assert all(e["words_model"] >= e["words_added"] + e["words_cut"] - 5 for e in events)
