@@ -290,7 +290,9 @@ def _key(s: str) -> str:
 
 def _paragraph(para: str, cuts: _Cuts, *, english: bool, seen: set[str], whole: bool) -> str:
     """One paragraph through the rules that read words and sentences; '' if nothing is left."""
-    para = _number_runs(para, cuts)
+    para = _foreign_script(_number_runs(para, cuts), cuts)
+    if english:
+        para = _glued(para, cuts)
     if not _BLOCK_START.match(para):
         parts, kept = sentences(para), []
         for s in parts:
@@ -304,9 +306,6 @@ def _paragraph(para: str, cuts: _Cuts, *, english: bool, seen: set[str], whole: 
                 kept.append(s)
         if len(kept) != len(parts):
             para = " ".join(kept)
-    para = _foreign_script(para, cuts)
-    if english:
-        para = _glued(para, cuts)
     if whole and _stray(para, english):
         cuts.add("stray_line", para)
         return ""

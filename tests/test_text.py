@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from activities.prompts import ChunkContext, chunk_messages
 from core.coherence import delta, fold, seam_issues
-from core.plan import fallback_plan, parse_plan
 from core.gate import Gated, clean_model_text, gate
+from core.plan import fallback_plan, parse_plan
 from core.text import count_words, split_parts, trim_to_words
 
 
