@@ -14,6 +14,7 @@ from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now, record_length_check, save_document
 from activities.contracts import FailInput, FinalizeResult, RoundRef
+from activities.gating import word_account
 from core.layout import Block, assemble, top_up
 from core.length import Effort, give_up
 from core.spec import TERMINAL_STATUSES
@@ -70,10 +71,18 @@ class FinalizeActivities(Step):
                 await save_document(tx, role="output", version=1, text=doc, words=words)
                 job.status, job.completed_at, job.current_step, job.words_written = "succeeded", now(), "done", words
                 await _finish_book(tx)
+                account = await word_account(tx.session, jid)
                 tx.event(
                     "job",
                     "succeeded",
-                    {"words": words, "target_words": job.target_words, "rounds": inp.round, "sha256": sha256(doc)},
+                    {
+                        "words": words,
+                        "target_words": job.target_words,
+                        "rounds": inp.round,
+                        "sha256": sha256(doc),
+                        "account": account.as_dict(),
+                        "summary": account.describe(),
+                    },
                 )
                 return FinalizeResult(True, words, job.target_words)
             verdict = give_up(
@@ -89,7 +98,12 @@ class FinalizeActivities(Step):
                 code, reason = verdict
                 job.status, job.completed_at, job.error_code, job.failure_reason = "failed", now(), code, reason
                 job.current_step = "failed"
-                tx.event("job", "failed", {"error_code": code, "reason": reason, "words": words})
+                account = await word_account(tx.session, jid)
+                tx.event(
+                    "job",
+                    "failed",
+                    {"error_code": code, "reason": reason, "words": words, "account": account.as_dict()},
+                )
                 return FinalizeResult(False, words, job.target_words, give_up=True, error_code=code, reason=reason)
             tx.event(
                 "job",
@@ -211,7 +225,12 @@ class FinalizeActivities(Step):
                 job.status, job.completed_at = inp.status, now()
                 job.error_code, job.failure_reason = inp.error_code, inp.reason
                 job.current_step = inp.status
-                tx.event("job", inp.status, {"error_code": inp.error_code, "reason": inp.reason, "words": words})
+                account = await word_account(tx.session, jid)
+                tx.event(
+                    "job",
+                    inp.status,
+                    {"error_code": inp.error_code, "reason": inp.reason, "words": words, "account": account.as_dict()},
+                )
                 if inp.status == "failed":
                     tx.event("error", "job", {"error_code": inp.error_code, "reason": inp.reason})
         except JobGone:

@@ -28,6 +28,7 @@ from standardwebhooks.webhooks import Webhook
 from temporalio import activity
 
 from activities.base import Step, load_job
+from activities.gating import word_account
 from core.sealing import Sealer, SealError
 from core.webhooks import IPAddress, WebhookPolicy, event_type, job_event, message_id, url_problem
 from db.models import Document, LlmCall, User
@@ -129,8 +130,9 @@ class WebhookActivities(Step):
             cost = (
                 await tx.session.execute(select(func.sum(LlmCall.cost_micro_usd)).where(LlmCall.job_id == jid))
             ).scalar_one()
+            account = (await word_account(tx.session, jid)).as_dict()
             body = json.dumps(
-                job_event(job, words, None if cost is None else int(cost), self.config.public_url),
+                job_event(job, words, None if cost is None else int(cost), self.config.public_url, account),
                 separators=(",", ":"),
                 ensure_ascii=False,
             )

@@ -130,8 +130,11 @@ def event_type(status: str) -> str:
     return f"job.{status}"
 
 
-def job_event(job: Any, words: int | None, cost_micro_usd: int | None, base_url: str) -> dict[str, Any]:
-    """The body of a job's webhook: Standard Webhooks' ``{type, timestamp, data}``."""
+def job_event(
+    job: Any, words: int | None, cost_micro_usd: int | None, base_url: str, account: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The body of a job's webhook: Standard Webhooks' ``{type, timestamp, data}``; ``account``:
+    what its words are made of (``core.length.WordAccount``)."""
     jid = str(job.id)
     links = {
         "self": f"/v1/jobs/{jid}",
@@ -155,6 +158,7 @@ def job_event(job: Any, words: int | None, cost_micro_usd: int | None, base_url:
             "error_code": job.error_code,
             "failure_reason": job.failure_reason,
             "cost_micro_usd": cost_micro_usd,
+            "account": account,
             "links": {k: base + v for k, v in links.items()},
         },
     }

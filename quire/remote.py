@@ -174,7 +174,9 @@ def job_summary(job: dict[str, Any]) -> str:
     ]
     if job.get("error_code"):
         parts.append(f"{job['error_code']}: {job.get('failure_reason')}")
-    return "  ".join(parts)
+    account = job.get("account") or {}
+    line = "  ".join(parts)
+    return f"{line}\n  {account['summary']}" if account.get("summary") else line
 
 
 def job_exit(job: dict[str, Any]) -> int:

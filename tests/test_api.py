@@ -150,6 +150,28 @@ async def test_job_lifecycle_through_the_api(http, fake, user, db):
 TARGET = "target_words must be an integer from 1 to 500,000"
 
 
+async def test_a_success_says_when_chunks_were_accepted_short_and_topped_up(http, fake, user, db):
+    """One attempt per chunk: chunks the model answered short are accepted short, finalize tops the
+    document up, and the job succeeds saying so (its JSON, and the final audit event)."""
+    body = {"kind": "generate", "prompt": "Tides", "target_words": 200, "options": {"max_attempts_per_chunk": 1}}
+    r = await http.post("/v1/jobs", json=body, headers=auth(user))
+    jid = r.json()["id"]
+    _, end = await follow_to_end(http, jid, user)
+    assert end["status"] == "succeeded"
+    a = (await http.get(f"/v1/jobs/{jid}", headers=auth(user))).json()["account"]
+    assert a["chunks_short"] >= 1 and a["top_up_rounds"] >= 1 and a["top_up_words"] > 0
+    assert a["words_model"] > 0 and a["words_cut"] == sum(a["cut_by_rule"].values())
+    assert "accepted short" in a["summary"] and "top-up round(s) added" in a["summary"]
+    async with db.tx() as s:
+        final = (
+            await s.execute(
+                text("SELECT data FROM audit_events WHERE job_id = :j AND kind = 'job' AND action = 'succeeded'"),
+                {"j": uuid.UUID(jid)},
+            )
+        ).scalar_one()
+    assert final["account"] == {k: v for k, v in a.items() if k != "summary"} and final["summary"] == a["summary"]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

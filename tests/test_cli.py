@@ -161,6 +161,8 @@ async def test_submit_follow_renders_progress_and_exits_0(cli_env, fake, tmp_pat
     assert code == 0 and [e["seq"] for e in events] == list(range(1, len(events) + 1))
     code, out, _ = await arun("history", env=cli_env)
     assert code == 0 and job_id in out
+    code, out, _ = await arun("status", job_id, env=cli_env)
+    assert code == 0 and "the model wrote" in out and "cut as junk" in out
 
 
 @pytest.mark.usefixtures("worker")
