@@ -240,6 +240,9 @@ async def test_bad_bodies_are_rejected_precisely(http, user, content, message):
     assert r.status_code == 422 and r.json()["detail"][0]["msg"] == message
 
 
+OK = "accepted: a .txt or .md file of UTF-8 text"
+
+
 def upload(name: str, data: bytes, **fields: str) -> dict[str, Any]:
     return {"files": {"file": (name, data, "text/plain")}, "data": fields}
 
@@ -247,9 +250,20 @@ def upload(name: str, data: bytes, **fields: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("form", "message"),
     [
-        (upload("in.txt", b"caf\xe9 au lait", target_words="50"), "input is not UTF-8 text (invalid byte at offset 3)"),
-        (upload("in.pdf", b"%PDF-1.7", target_words="50"), "file must be a .txt or .md document"),
-        (upload("in.txt", b"a\x00b", target_words="50"), "file contains a NUL character (at 1)"),
+        (
+            upload("in.txt", b"caf\xe9 au lait", target_words="50"),
+            f"in.txt is not UTF-8 text (byte 0xe9 at offset 3); {OK}",
+        ),
+        (
+            upload("draft.pdf", b"%PDF-1.7\n%\xe2\xe3", target_words="50"),
+            f"draft.pdf is a PDF document, not text; {OK}",
+        ),
+        (
+            upload("draft.txt", b"%PDF-1.7\n%\xe2\xe3", target_words="50"),
+            f"draft.txt is a PDF document, not text; {OK}",
+        ),
+        (upload("notes.rtf", b"plain words", target_words="50"), f"notes.rtf is not a .txt or .md file; {OK}"),
+        (upload("in.txt", b"a\x00b", target_words="50"), f"in.txt is binary, not text (a NUL byte at offset 1); {OK}"),
         (
             upload("in.txt", b"   \n", target_words="50"),
             "kind 'rewrite' needs a non-empty 'input_text' (or an uploaded file)",
