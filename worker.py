@@ -18,6 +18,7 @@ from activities.chunks import ChunkActivities
 from activities.finalize import FinalizeActivities
 from activities.llm import LlmClient
 from activities.plan import PlanActivities
+from activities.prompts import LOCAL_SAMPLING
 from activities.seams import SeamActivities
 from activities.stitch import StitchActivities
 from activities.webhooks import WebhookActivities, WebhookConfig
@@ -110,6 +111,7 @@ def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
         timeout=settings.quire_llm_timeout_s,
         prompt_style=settings.prompt_style,
         prices=settings.quire_prices,
+        sampling=LOCAL_SAMPLING if settings.uses_local_model else None,
     )
 
 

@@ -115,6 +115,7 @@ class ChunkActivities(ModelStep):
             model=job.model,
             messages=msgs,
             max_tokens=max_tokens_for(max(ask, 8)),
+            prose=True,
         )
         # Junk (echoes, loops, markup, meta-commentary, ...) never reaches the chunk or its count; nor
         # does what the document already says (claimed below, with the attempt). The event says what went.

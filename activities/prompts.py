@@ -248,6 +248,20 @@ def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list
     return [{"role": "user", "content": "\n\n".join(parts) + "\n\n" + ask}]
 
 
+# How the local model samples its prose (llama.cpp's server takes these beside the OpenAI fields),
+# measured with bench/bench_demo.py (bench/RESULTS.md): a cooler temperature and min_p keep a 270M
+# base model from wandering into other languages and scripts; the repeat penalty breaks its loops;
+# it stops where it starts a heading of its own, a chat turn, or a note about the text, which the
+# gate would cut anyway, so that no tokens are spent on them.
+LOCAL_SAMPLING: dict[str, object] = {
+    "temperature": 0.7,
+    "top_k": 40,
+    "min_p": 0.1,
+    "repeat_penalty": 1.15,
+    "stop": ["<end_of_turn>", "<start_of_turn>", "<start_of_image>", "\n# ", "\n## ", "\nNote:", "\n**Note"],
+}
+
+
 def max_tokens_for(words: int, cap: int = 4096) -> int:
     """Token budget for ``words`` words: about 1.4 tokens a word, plus headroom."""
     return max(16, min(cap, math.ceil(words * 1.6) + 32))
