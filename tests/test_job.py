@@ -58,6 +58,14 @@ async def _row(db, sql: str, **params):
         return (await s.execute(text(sql), params)).one()
 
 
+async def chunk_events(s, job_id: uuid.UUID) -> list[dict]:
+    """The data of a job's ``chunk write|extend`` events (one per attempt)."""
+    q = select(AuditEvent.data).where(
+        AuditEvent.job_id == job_id, AuditEvent.kind == "chunk", AuditEvent.action.in_(["write", "extend"])
+    )
+    return list((await s.execute(q)).scalars().all())
+
+
 @pytest.mark.parametrize("target", [1, 2, 137, 1000, 12_345])
 async def test_short_answers_still_meet_target(db, client, fake, user, target):
     job_id = await submit(db, client, user, kind="generate", prompt="The history of lighthouses", target_words=target)
@@ -79,26 +87,14 @@ async def test_short_answers_still_meet_target(db, client, fake, user, target):
                 .where(ChunkAttempt.job_id == job_id, ChunkAttempt.kind != "trim")
             )
         ).scalar_one()
-        chunk_events = (
-            (
-                await s.execute(
-                    select(AuditEvent.data).where(
-                        AuditEvent.job_id == job_id,
-                        AuditEvent.kind == "chunk",
-                        AuditEvent.action.in_(["write", "extend"]),
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
+        events = await chunk_events(s, job_id)
         checks = (
             (await s.execute(select(AuditEvent.data).where(AuditEvent.job_id == job_id, AuditEvent.kind == "length")))
             .scalars()
             .all()
         )
-    assert len(chunk_events) == attempts
-    assert all({"chunk", "words_in", "words_out", "target_words"} <= set(e) for e in chunk_events)
+    assert len(events) == attempts
+    assert all({"chunk", "words_in", "words_out", "target_words"} <= set(e) for e in events)
     assert checks[-1]["passed"] and checks[-1]["scope"] == "final"
     if target >= 137:  # the fake answered short, so some checks failed and were extended
         assert any(not c["passed"] for c in checks)
@@ -374,19 +370,7 @@ async def test_echoed_prompt_lines_and_junk_never_enter_the_document(db, client,
     for junk in ("<start_of_image>", "<end_of_turn>", "1) 2)", "(Continue", "words"):
         assert junk not in doc.text
     async with db.tx() as s:
-        events = (
-            (
-                await s.execute(
-                    select(AuditEvent.data).where(
-                        AuditEvent.job_id == job.id,
-                        AuditEvent.kind == "chunk",
-                        AuditEvent.action.in_(["write", "extend"]),
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
+        events = await chunk_events(s, job.id)
     assert events and all(any(c["text"] == "<start_of_image>" for c in e["cuts"]) for e in events)
     assert all(any(c["text"].startswith("(Continue from where it stopped") for c in e["cuts"]) for e in events)
     assert all(0 <= e["words_added"] <= e["words_model"] and e["words_cut"] > 0 for e in events)
@@ -421,19 +405,7 @@ async def test_junk_never_counts_and_a_paragraph_repeated_across_chapters_is_cut
         rows = (
             await s.execute(select(ChunkAttempt.words_model, ChunkAttempt.cuts).where(ChunkAttempt.job_id == job_id))
         ).all()
-        events = (
-            (
-                await s.execute(
-                    select(AuditEvent.data).where(
-                        AuditEvent.job_id == job_id,
-                        AuditEvent.kind == "chunk",
-                        AuditEvent.action.in_(["write", "extend"]),
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
+        events = await chunk_events(s, job_id)
     assert units == 2 and len(written) >= 4
     assert sum(t.count(REPEATED) for t in written) == 1  # claimed by one chunk, cut from every other
     # Every other answer had it cut: as a repeat of the document (or an echo, where the prompt showed it).
