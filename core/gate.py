@@ -68,7 +68,8 @@ _BLOCK_START = re.compile(r"^\s*(?:[-*+>#|]|\d+[.)])")
 
 # -- sentences -----------------------------------------------------------------------------------------
 _ABBREV = r"(?<!\bMr)(?<!\bMrs)(?<!\bMs)(?<!\bDr)(?<!\bSt)(?<!\bNo)(?<!\bvs)(?<!\betc)(?<!\b[A-Z])"
-_SENTENCE_END = re.compile(_ABBREV + r"[.!?…。！？]+[\"'”’)\]_*]*(?=\s|$)")
+# A sentence ends at . ! ? … before a space (not after "Mr"), or at 。！？ (CJK puts no space after).
+_SENTENCE_END = re.compile(_ABBREV + r"[.!?…]+[\"'”’)\]_*]*(?=\s|$)|[。！？]+[」』）】\"'”’]*")
 _CLOSERS = "\"'”’)]_*»」』）】"
 # A line ends as a sentence does, or breaks off as dialogue does ("But your client--").
 _ENDS_SENTENCE = re.compile(r"(?:[.!?…。！？]|--|—|–)[" + re.escape(_CLOSERS) + r"]*\s*$")
@@ -212,7 +213,7 @@ def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", f
         # The last line's end is _finish's to judge: a passage cut off ("A good") is unfinished.
         whole = not fragment and i < len(paras) - 1
         para = _paragraph(para, cuts, english=english, seen=seen, whole=whole)
-        if para and _is_loop(para, "\n\n".join(kept) or before):
+        if para and _is_loop(para, "\n\n".join([before[-32768:], *kept])):
             cuts.add("loop", para)
             continue
         if para:
@@ -420,7 +421,7 @@ def _is_loop(para: str, context: str) -> bool:
     alone = len(zlib.compress(raw, 9)) / len(raw)
     if alone < LOOP_RATIO:
         return True
-    if not context:
+    if not context.strip():
         return False
     c = zlib.compressobj(9, zdict=context.encode()[-32768:])
     return len(c.compress(raw) + c.flush()) / len(raw) < LOOP_RATIO

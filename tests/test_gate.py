@@ -100,3 +100,10 @@ def test_document_repeats_are_cut_once() -> None:
     assert text == "Another chapter opens here with a sentence of its own and some words."
     assert [(c.rule, c.words) for c in cuts] == [("repeat", count_words(para))]
     assert drop_repeats(second, set()) == (second, [])
+
+
+def test_chinese_prose_is_judged_by_its_own_sentence_ends() -> None:
+    prose = "灯塔守护者每天晚上点亮灯。船只在远处看到光。\n\n风暴持续了三天，守护者一直没有睡觉。"
+    assert gate(prose).cuts == []
+    out = gate(prose + "第二天早上")
+    assert out.text == prose and [c.rule for c in out.cuts] == ["unfinished"]
