@@ -238,7 +238,10 @@ def clean_model_text(text: str, echo_of: str = "", source: str = "", *, fragment
 def _lines(text: str, echoes: EchoIndex, cuts: _Cuts) -> str:
     kept: list[str] = []
     seen: set[str] = set()
-    for line in text.splitlines():
+    lines = text.splitlines()
+    # A line said again is a loop, not prose; a short one ("Yes." in dialogue) only from its third time.
+    times = Counter(normalize_paragraph(ln) for ln in lines)
+    for line in lines:
         if _HEADING.match(line):
             cuts.add("heading", line)
             continue
@@ -249,7 +252,7 @@ def _lines(text: str, echoes: EchoIndex, cuts: _Cuts) -> str:
         for e in echoed:
             cuts.add("echo", e)
         key = normalize_paragraph(line)
-        if key and key in seen:  # a line said again is a repetition loop, not prose
+        if key and key in seen and (len(key.split()) >= REPEAT_MIN_WORDS or times[key] >= 3):
             cuts.add("repeat", line)
             continue
         seen.add(key)

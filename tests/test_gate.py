@@ -87,6 +87,7 @@ def test_quoted_foreign_words_and_numbers_in_sentences_stay() -> None:
         'In 1851 he sailed 3,000 miles, and the Greek word "λόγος" was painted on his bow.',
         "The tower cost $4,300 in 1869, and $5 more for the bell; the lens came from Paris (Fresnel's shop).",
         "She counted them: 1, 2, 3, 4, and then the fifth boat came round the point.",
+        "“Will you come?”\n\n“Yes.”\n\n“And bring the lamp?”\n\n“Yes.”\n\nShe went out into the dark.",
     ):
         assert gate(prose) == Gated(prose, [], count_words(prose)), prose
 
