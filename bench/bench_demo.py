@@ -75,17 +75,25 @@ def _answers(url: str) -> bool:
         return False
 
 
-async def bench(port: int, words: int, topics: int, home: Path) -> list[dict]:
+async def bench(port: int, words: int, topics: int, home: Path, out: Path | None, plain: bool) -> list[dict]:
     with testkit.postgres() as pg:
         db = Database(testkit.create_database(pg, "bench"))
         env = await testkit.temporal()
         client = await testkit.client(env, db)
         settings = load_settings(quire_home=home, openai_base_url=None, openai_api_key=None, llm_port=port)
         llm = llm_from_settings(db, settings)  # as the embedded stack's worker: document prompts
+        if plain:  # llama.cpp's own sampling defaults, to compare
+            llm.sampling = {}
+        rows = []
         try:
             async with build_worker(client, db, llm, QUEUE, llm_concurrency=1):
                 user = await accounts.create_user(db, "bench")
-                return [await run(db, client, user, topic, words) for topic in TOPICS[:topics]]
+                for i, topic in enumerate(TOPICS[:topics], 1):
+                    rows.append(await run(db, client, user, topic, words))
+                    print(line(rows[-1]), flush=True)  # as it goes: a long run still tells
+                    if out is not None:
+                        await asyncio.to_thread(_save, out / f"{i}.md", rows[-1]["doc"])
+            return rows
         finally:
             await llm.close()
             await db.dispose()
@@ -155,14 +163,28 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
     }
 
 
+def _save(path: Path, doc: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc)
+
+
+HEADER = f"{'topic':<44} {'status':<9} {'words':>6} {'model':>6} {'cut':>5} " + (
+    f"{'junk/1k before':>15} {'after':>6} {'wall s':>7}"
+)
+
+
+def line(r: dict) -> str:
+    return (
+        f"{r['topic'][:44]:<44} {r['status']:<9} {r['words']:>6} {r['raw_words']:>6} {r['cut_words']:>5} "
+        f"{r['before']:>15.1f} {r['after']:>6.1f} {r['wall']:>7.0f}"
+    )
+
+
 def report(rows: list[dict], words: int) -> None:
     print(f"target {words} words per topic; local model {localmodel.MODEL_ALIAS} (llama.cpp, 2 threads)")
-    print(f"{'topic':<44} {'words':>6} {'model':>6} {'cut':>5} {'junk/1k before':>15} {'after':>6} {'wall s':>7}")
+    print(HEADER)
     for r in rows:
-        print(
-            f"{r['topic'][:44]:<44} {r['words']:>6} {r['raw_words']:>6} {r['cut_words']:>5} "
-            f"{r['before']:>15.1f} {r['after']:>6.1f} {r['wall']:>7.0f}"
-        )
+        print(line(r))
     total = Counter()
     for r in rows:
         total.update(r["rules"])
@@ -183,12 +205,10 @@ if __name__ == "__main__":
     ap.add_argument("--topics", type=int, default=len(TOPICS))
     ap.add_argument("--out", type=Path, default=None, help="save each document here")
     ap.add_argument("--models", type=Path, default=Path("/tmp/quire-bench-models"), help="where the GGUF goes")
+    ap.add_argument("--plain-sampling", action="store_true", help="llama.cpp's defaults, not LOCAL_SAMPLING")
     a = ap.parse_args()
     a.models.mkdir(parents=True, exist_ok=True)
+    print(HEADER, flush=True)
     with local_model(a.models) as llm_port:
-        results = asyncio.run(bench(llm_port, a.words, a.topics, a.models))
-    if a.out is not None:
-        a.out.mkdir(parents=True, exist_ok=True)
-        for i, r in enumerate(results, 1):
-            (a.out / f"{i}.md").write_text(r["doc"])
+        results = asyncio.run(bench(llm_port, a.words, a.topics, a.models, a.out, a.plain_sampling))
     report(results, a.words)
