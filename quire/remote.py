@@ -182,7 +182,7 @@ def job_summary(job: dict[str, Any]) -> str:
         parts.append(f"{job['error_code']}: {job.get('failure_reason')}")
     account = job.get("account") or {}
     line = "  ".join(parts)
-    return f"{line}\n  {account['summary']}" if account.get("summary") else line
+    return f"{line}\n  {account['summary']}" if account.get("words_model") else line  # none before the gate
 
 
 def job_exit(job: dict[str, Any]) -> int:
