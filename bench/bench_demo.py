@@ -75,12 +75,20 @@ def _answers(url: str) -> bool:
         return False
 
 
-async def bench(port: int, words: int, topics: int, home: Path, out: Path | None, plain: bool) -> list[dict]:
+async def bench(
+    port: int, words: int, topics: int, home: Path, out: Path | None, plain: bool, timeout_s: float
+) -> list[dict]:
     with testkit.postgres() as pg:
         db = Database(testkit.create_database(pg, "bench"))
         env = await testkit.temporal()
         client = await testkit.client(env, db)
-        settings = load_settings(quire_home=home, openai_base_url=None, openai_api_key=None, llm_port=port)
+        settings = load_settings(
+            quire_home=home,
+            openai_base_url=None,
+            openai_api_key=None,
+            llm_port=port,
+            quire_llm_timeout_s=timeout_s,  # a loaded machine writes slower: time, not junk, is measured here
+        )
         llm = llm_from_settings(db, settings)  # as the embedded stack's worker: document prompts
         if plain:  # llama.cpp's own sampling defaults, to compare
             llm.sampling = {}
@@ -206,9 +214,10 @@ if __name__ == "__main__":
     ap.add_argument("--out", type=Path, default=None, help="save each document here")
     ap.add_argument("--models", type=Path, default=Path("/tmp/quire-bench-models"), help="where the GGUF goes")
     ap.add_argument("--plain-sampling", action="store_true", help="llama.cpp's defaults, not LOCAL_SAMPLING")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds a model call may take")
     a = ap.parse_args()
     a.models.mkdir(parents=True, exist_ok=True)
     print(HEADER, flush=True)
     with local_model(a.models) as llm_port:
-        results = asyncio.run(bench(llm_port, a.words, a.topics, a.models, a.out, a.plain_sampling))
+        results = asyncio.run(bench(llm_port, a.words, a.topics, a.models, a.out, a.plain_sampling, a.timeout))
     report(results, a.words)
