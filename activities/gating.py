@@ -18,8 +18,9 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.gate import Gated, drop_repeats, fingerprints
+from core.gate import Gated
 from core.length import WordAccount
+from core.repeats import drop_repeats, fingerprints
 from db.session import JobTx
 from db.writing import Chunk, TextMark
 

@@ -25,14 +25,12 @@ model gives for the document (chunks, extensions, seam repairs, bridges); what i
 
 Calibrated on real prose (tests/fixtures/prose: dialogue, anaphora, lists, numbers in sentences,
 quoted foreign words), from which it cuts nothing. Repeats of paragraphs and sentences already in
-*other* chunks of the document are found with ``fingerprints`` (the database keeps them per job)
-and cut with ``drop_repeats``.
+*other* chunks of the document are cut with ``core.repeats`` (the database keeps their fingerprints).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import re
 import zlib
@@ -131,7 +129,6 @@ FOREIGN_MIN_FREQUENCY = 500  # a foreign word this common at least (the lists ar
 NUMBER_RUN_TOKENS = 8  # consecutive tokens without a letter...
 NUMBER_RUN_NUMBERS = 4  # ...of which this many hold a digit
 REPEAT_MIN_WORDS = 5  # a sentence this long said again in one answer is a repeat
-DOCUMENT_REPEAT_MIN_WORDS = 8  # a paragraph or sentence this long already in the document is a repeat
 STRAY_MAX_WORDS = 4  # a line alone, no sentence, at most this long
 FOREIGN_LINE_MAX_WORDS = 12
 LOOP_MIN_CHARS = 160
@@ -465,56 +462,3 @@ def lexicon(lang: str) -> frozenset[str]:
     freq: dict[str, int] = json.loads(gzip.decompress(data))
     floor = 0 if lang == "en" else FOREIGN_MIN_FREQUENCY
     return frozenset(w for w, n in freq.items() if n >= floor and w.isalpha())
-
-
-# -- repeats across the document ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mark:
-    """A paragraph or sentence of the document, by fingerprint (its normalised words, hashed)."""
-
-    fingerprint: int
-    kind: str  # "paragraph" | "sentence"
-    words: int
-
-
-def fingerprint(kind: str, text: str) -> int:
-    digest = hashlib.blake2b(f"{kind}:{_key(text)}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)  # a Postgres bigint
-
-
-def fingerprints(text: str) -> list[Mark]:
-    """The marks of ``text``: each paragraph and each sentence of at least
-    ``DOCUMENT_REPEAT_MIN_WORDS`` words, once each."""
-    out: dict[int, Mark] = {}
-    for para in paragraphs(text):
-        units = [("paragraph", para), *(("sentence", s) for s in sentences(para))]
-        for kind, unit in units:
-            n = len(_key(unit).split())
-            if n >= DOCUMENT_REPEAT_MIN_WORDS:
-                fp = fingerprint(kind, unit)
-                out.setdefault(fp, Mark(fp, kind, n))
-    return list(out.values())
-
-
-def drop_repeats(text: str, taken: set[int]) -> tuple[str, list[Cut]]:
-    """``text`` without the paragraphs and sentences whose fingerprints are ``taken`` (the
-    document has them already), and those cuts (rule ``repeat``)."""
-    if not taken:
-        return text, []
-    cuts = _Cuts()
-    kept = []
-    for para in paragraphs(text):
-        if fingerprint("paragraph", para) in taken:
-            cuts.add("repeat", para)
-            continue
-        parts = []
-        for s in sentences(para):
-            if fingerprint("sentence", s) in taken:
-                cuts.add("repeat", s)
-            else:
-                parts.append(s)
-        if parts:
-            kept.append(" ".join(parts) if len(parts) != len(sentences(para)) else para)
-    return "\n\n".join(kept), list(cuts)

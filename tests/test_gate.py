@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.gate import Gated, drop_repeats, fingerprints, gate
+from core.gate import Gated, gate
+from core.repeats import drop_repeats, fingerprints
 from core.text import count_words
 
 FIXTURES = Path(__file__).parent / "fixtures"
