@@ -123,6 +123,12 @@ FUNCTION_WORDS = frozenset(
     "his her its their our your my he she it they we you not".split()
 )
 FOREIGN_LEXICONS = ("de", "fr", "es", "it", "nl", "pt")
+COMMON_MIN_FREQUENCY = 10_000  # an English word seen this often is a common one
+# Words English ends other words with: a compound with one is a word, not two run together.
+WORD_ENDINGS = frozenset(
+    "ward wards land side wise ways work hood ship less like some ness ment able time where more most back down "
+    "self selves fold free mark line wood weed fish worthy house room yard head hand".split()
+)
 FOREIGN_MIN_FREQUENCY = 500  # a foreign word this common at least (the lists are long-tailed and noisy)
 
 # -- thresholds (tests/test_gate.py shows each cutting junk and sparing real prose) ------------------------
@@ -362,7 +368,7 @@ def _glued(para: str, cuts: _Cuts) -> str:
 
     def check(m: re.Match[str]) -> str:
         w = m.group(1)
-        if len(w) < 8 or w in en or not _splits(w, en):
+        if len(w) < 7 or w in en or not _splits(w, en):
             return m.group(0)
         cuts.add("glued", m.group(0))
         return ""
@@ -372,6 +378,7 @@ def _glued(para: str, cuts: _Cuts) -> str:
 
 
 def _splits(w: str, en: frozenset[str]) -> bool:
+    common = lexicon("en-common")
     for i in range(1, len(w)):
         left, right = w[:i], w[i:]
         if left in FUNCTION_WORDS and len(right) >= 4 and right in en:
@@ -382,6 +389,8 @@ def _splits(w: str, en: frozenset[str]) -> bool:
             (left in en and right not in en and _foreign(right)) or (right in en and left not in en and _foreign(left))
         ):
             return True
+        if min(len(left), len(right)) >= 4 and left in common and right in common and right not in WORD_ENDINGS:
+            return True  # "populationmodel"; not "waterward", English builds words so
     return False
 
 
@@ -458,7 +467,9 @@ def _degenerate(text: str) -> bool:
 def lexicon(lang: str) -> frozenset[str]:
     """Words of ``lang`` from pyspellchecker's frequency lists: all of English; of other languages,
     those seen at least ``FOREIGN_MIN_FREQUENCY`` times (the lists are long-tailed, and memory counts)."""
+    common = lang == "en-common"  # English words common enough that two run together is no word of its own
+    lang = "en" if common else lang
     data = resources.files("spellchecker").joinpath("resources", f"{lang}.json.gz").read_bytes()
     freq: dict[str, int] = json.loads(gzip.decompress(data))
-    floor = 0 if lang == "en" else FOREIGN_MIN_FREQUENCY
+    floor = COMMON_MIN_FREQUENCY if common else 0 if lang == "en" else FOREIGN_MIN_FREQUENCY
     return frozenset(w for w, n in freq.items() if n >= floor and w.isalpha())
