@@ -26,6 +26,7 @@ from activities.base import (
     text_of,
 )
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
+from activities.gating import claim
 from activities.memory import (
     Checked,
     check_and_repair,
@@ -36,13 +37,12 @@ from activities.memory import (
     summaries_before,
 )
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
+from core.gate import gate
 from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
 from core.memory import build_context, open_threads_after, prompt_budget
 from core.telemetry import CHUNK_ATTEMPTS, CHUNKS, WORDS
 from core.text import (
-    clean_model_output,
     count_words,
-    dedupe_paragraphs,
     join_continuation,
     tail_words,
     trim_to_words,
@@ -52,6 +52,7 @@ from db.session import JobTx
 from db.writing import Chunk, ChunkAttempt, CoherenceState, PlanNode
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
+CUTS_IN_EVENT = 20  # in a chunk event (the attempt's row keeps them all)
 
 
 @dataclass
@@ -123,15 +124,21 @@ class ChunkActivities(ModelStep):
             model=job.model,
             messages=msgs,
             max_tokens=max_tokens_for(max(ask, 8)),
+            prose=True,
         )
-        # Echoed prompt lines and junk tokens never reach the chunk or its count; the event says what went.
-        cleaned = clean_model_output(res.text, echo_source(msgs, ctx), ctx.source_text or "")
-        added = cleaned.text
+        # Junk (echoes, loops, markup, meta-commentary, ...) never reaches the chunk or its count; nor
+        # does what the document already says (claimed below, with the attempt). The event says what went.
+        # The memory's lines are the document's own earlier text, not instructions: no echo of them.
+        gated = gate(
+            res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current or ctx.previous_tail
+        )
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             chunk = await _chunk(tx, jid, chunk_id)
             if chunk.attempts >= attempt_no:
                 return None
+            gated = await claim(tx, chunk, attempt_no, gated)
+            added = gated.text
             words_before = chunk.word_count
             text_after = join_continuation(current, added) if kind == "extend" else added
             words_after = count_words(text_after)
@@ -149,6 +156,8 @@ class ChunkActivities(ModelStep):
                     words_added=words_after - words_before,
                     words_after=words_after,
                     memory=memory,
+                    words_model=gated.words_in,
+                    cuts=gated.records(),
                 )
             )
             chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
@@ -167,7 +176,10 @@ class ChunkActivities(ModelStep):
                     "finish_reason": res.finish_reason,
                     "llm_call_id": res.call_id,
                     "truncated": res.finish_reason == "length",
-                    "removed": cleaned.removed_summary(),
+                    "words_model": gated.words_in,
+                    "words_cut": gated.words_cut,
+                    "cut_by_rule": gated.by_rule(),
+                    "cuts": gated.records()[:CUTS_IN_EVENT],
                 },
             )
             check = await _record_check(tx, job, chunk)
@@ -196,7 +208,7 @@ class ChunkActivities(ModelStep):
             if chunk.status == "done":
                 return _done(chunk)
             written = chunk.text or ""
-            text = dedupe_paragraphs(written)
+            text = written  # repeats were cut by the gate, answer by answer, before they counted
             if count_words(text) > chunk.max_words:
                 text = trim_to_words(text, chunk.max_words, chunk.min_words)
             ledger = await ledger_before(tx, chunk.ordinal)
@@ -217,7 +229,7 @@ class ChunkActivities(ModelStep):
                 messages=msgs,
                 max_tokens=max_tokens_for(need + 40),
             )
-            added = clean_model_output(res.text, echo_source(msgs, ctx), ctx.source_text or "").text
+            added = gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current).text
             return join_continuation(current, added)
 
         checked = await check_and_repair(

@@ -41,9 +41,10 @@ from activities.memory import (
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
 from activities.tree import chunks_under, latest_text
 from core.edits import spans, split_text
+from core.gate import clean_model_text, gate
 from core.length import stalled, words_to_ask
 from core.memory import build_context, prompt_budget
-from core.text import clean_model_output, count_words, dedupe_paragraphs, join_continuation, tail_words, trim_to_words
+from core.text import count_words, dedupe_paragraphs, join_continuation, tail_words, trim_to_words
 from db.loop import Edit
 from db.models import Job
 from db.session import JobTx
@@ -239,7 +240,7 @@ class EditActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(max(words, 8)),
         )
-        added = clean_model_output(res.text, echo_source(msgs, ctx), ctx.source_text or "").text
+        added = gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current).text
         text = join_continuation(current, added) if current else added
         if not attempt:
             return text
@@ -316,7 +317,8 @@ class EditActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(int(words * 1.5) + 20),
         )
-        return clean_model_output(res.text, "\n".join(m["content"] for m in msgs), "").text.strip()
+        # A selection may be part of a sentence: the gate's rule for an unfinished ending does not apply.
+        return clean_model_text(res.text, "\n".join(m["content"] for m in msgs), fragment=True).strip()
 
 
 def _joined(before: str, middle: str, after: str) -> str:

@@ -14,6 +14,7 @@ from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now, record_length_check, save_document
 from activities.contracts import FailInput, FinalizeResult, RoundRef
+from activities.gating import word_account
 from activities.memory import coherence_counts
 from core.continuity import brief
 from core.layout import Block, assemble, top_up
@@ -73,6 +74,7 @@ class FinalizeActivities(Step):
                 await save_document(tx, role="output", version=1, text=doc, words=words)
                 job.status, job.completed_at, job.current_step, job.words_written = "succeeded", now(), "done", words
                 await _finish_book(tx)
+                account = await word_account(tx.session, jid)
                 tx.event(
                     "job",
                     "succeeded",
@@ -82,6 +84,8 @@ class FinalizeActivities(Step):
                         "rounds": inp.round,
                         "sha256": sha256(doc),
                         "coherence": brief(await coherence_counts(tx.session, jid, words)),
+                        "account": account.as_dict(),
+                        "summary": account.describe(),
                     },
                 )
                 return FinalizeResult(True, words, job.target_words)
@@ -98,6 +102,7 @@ class FinalizeActivities(Step):
                 code, reason = verdict
                 job.status, job.completed_at, job.error_code, job.failure_reason = "failed", now(), code, reason
                 job.current_step = "failed"
+                account = await word_account(tx.session, jid)
                 tx.event(
                     "job",
                     "failed",
@@ -105,6 +110,7 @@ class FinalizeActivities(Step):
                         "error_code": code,
                         "reason": reason,
                         "words": words,
+                        "account": account.as_dict(),
                         "coherence": brief(await coherence_counts(tx.session, jid, words)),
                     },
                 )
@@ -229,6 +235,7 @@ class FinalizeActivities(Step):
                 job.status, job.completed_at = inp.status, now()
                 job.error_code, job.failure_reason = inp.error_code, inp.reason
                 job.current_step = inp.status
+                account = await word_account(tx.session, jid)
                 tx.event(
                     "job",
                     inp.status,
@@ -236,6 +243,7 @@ class FinalizeActivities(Step):
                         "error_code": inp.error_code,
                         "reason": inp.reason,
                         "words": words,
+                        "account": account.as_dict(),
                         "coherence": brief(await coherence_counts(tx.session, jid, words or 0)),
                     },
                 )

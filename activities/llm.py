@@ -83,9 +83,13 @@ class LlmClient:
         prices: Mapping[str, Price] | None = None,
         judge_model: str | None = None,
         store_retry_s: float = STORE_RETRY_S,
+        sampling: Mapping[str, Any] | None = None,
     ) -> None:
         self.db = db
         self.judge_model = judge_model  # the story memory's and the judge's model; None: the job's
+        # Request fields for prose (chunk) calls beyond the OpenAI API's own (llama.cpp's
+        # repeat_penalty, top_k, min_p): only for an endpoint known to take them, the local model.
+        self.sampling = dict(sampling or {})
         self.prices = dict(prices or {})  # model -> price (QUIRE_PRICES): each call's cost
         # "instruct" for chat models; "document" for small base models (see activities.prompts).
         self.prompt_style = prompt_style
@@ -117,6 +121,7 @@ class LlmClient:
         chunk_id: int | None = None,
         temperature: float = 0.8,
         json_mode: bool = False,
+        prose: bool = False,
     ) -> LlmResult:
         """One logical completion. A successful answer already stored under ``request_key``
         (from an activity attempt that crashed before using it) is reused, not paid for again."""
@@ -133,6 +138,8 @@ class LlmClient:
         }
         if json_mode:
             params["response_format"] = {"type": "json_object"}
+        if prose and self.sampling:
+            params["extra_body"] = dict(self.sampling)
         use_model = model or self.model
         try:
             async for attempt in AsyncRetrying(

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from activities.llm import LlmClient
 from activities.prompts import memory_messages, repair_messages, summary_messages
 from core.continuity import Finding, ReportInput, apply_fixes, check, needs_repair, paragraph_of, report
+from core.gate import clean_model_text
 from core.memory import (
     ChunkMemory,
     Entry,
@@ -37,7 +38,7 @@ from core.memory import (
     parse_memory,
     tokens,
 )
-from core.text import clean_model_text, count_words, paragraphs
+from core.text import count_words, paragraphs
 from db.models import Document
 from db.session import JobTx
 from db.writing import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, NodeSummary, PlanNode, SeamCheck

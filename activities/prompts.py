@@ -285,15 +285,30 @@ def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list
         )
     elif current_text:
         body = tail_words(current_text, 250)
-        ask = f"(Continue this text from where it stops, with about {words} more words.)"
+        ask = f"(Continue from where it stops, with about {words} more words.)"
     else:
         body = ctx.previous_tail
-        ask = f"(Continue this text from where it stops, with about {words} words.)"
+        # Not "this text": a small model answers "Note: This text contains ..." to that.
+        ask = f"(Continue from where it stops, with about {words} words.)"
     if body:
         parts.append(body)
     if ctx.instruction:
         ask = f"{ask[:-1]} {ctx.instruction.strip()})"
     return [{"role": "user", "content": "\n\n".join(parts) + "\n\n" + ask}]
+
+
+# How the local model samples its prose (llama.cpp's server takes these beside the OpenAI fields),
+# measured with bench/bench_demo.py (bench/RESULTS.md): a cooler temperature and min_p keep a 270M
+# base model from wandering into other languages and scripts; the repeat penalty breaks its loops;
+# it stops where it starts code (a markdown prompt pulls it into code documentation), a chat turn or
+# a note about the text, which the gate would cut anyway: no time is spent writing them.
+LOCAL_SAMPLING: dict[str, object] = {
+    "temperature": 0.7,
+    "top_k": 40,
+    "min_p": 0.1,
+    "repeat_penalty": 1.15,
+    "stop": ["<end_of_turn>", "<start_of_turn>", "<start_of_image>", "```", "\nNote:", "\n**Note"],
+}
 
 
 def max_tokens_for(words: int, cap: int = 4096) -> int:

@@ -16,8 +16,9 @@ from activities.base import ModelStep, add_version, job_options, latest_version,
 from activities.contracts import NodeRef
 from activities.prompts import bridge_messages
 from core.continuity import remove_paragraph, seam_issues
+from core.gate import clean_model_text
 from core.layout import STITCH_WINDOW_CHUNKS
-from core.text import clean_model_text, join_continuation, normalize_paragraph, paragraphs
+from core.text import join_continuation, normalize_paragraph, paragraphs
 from db.session import JobTx
 from db.writing import Chunk, StitchResult
 
@@ -77,7 +78,8 @@ class StitchActivities(ModelStep):
                 max_tokens=48,
                 temperature=0.3,
             )
-            bridge = clean_model_text(res.text, "\n".join(m["content"] for m in msgs)).split("\n")[0].strip()
+            prompt = "\n".join(m["content"] for m in msgs)
+            bridge = clean_model_text(res.text, prompt, fragment=True).split("\n")[0].strip()
             if bridge:
                 bridges[issue["chunk"]] = bridge if bridge[-1] in ".!?" else bridge + "."
         async with self.db.job_tx(jid) as tx:

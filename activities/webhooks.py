@@ -28,6 +28,7 @@ from standardwebhooks.webhooks import Webhook
 from temporalio import activity
 
 from activities.base import Step, load_job
+from activities.gating import word_account
 from activities.memory import coherence_counts
 from core.continuity import brief
 from core.sealing import Sealer, SealError
@@ -136,8 +137,9 @@ class WebhookActivities(Step):
                 await tx.session.execute(select(func.sum(LlmCall.cost_micro_usd)).where(LlmCall.job_id == jid))
             ).scalar_one()
             report = brief(await coherence_counts(tx.session, jid, words or job.words_written))
+            account = (await word_account(tx.session, jid)).as_dict()
             body = json.dumps(
-                job_event(job, words, None if cost is None else int(cost), self.config.public_url, report),
+                job_event(job, words, None if cost is None else int(cost), self.config.public_url, account, report),
                 separators=(",", ":"),
                 ensure_ascii=False,
             )

@@ -20,6 +20,7 @@ from core.spec import (
     MIN_TARGET_WORDS,
     TARGET_WORDS_RULE,
     JobSpec,
+    input_problem,
 )
 from core.webhooks import URL_PATTERN
 
@@ -185,17 +186,13 @@ async def _multipart_body(request: Request, cap: int) -> tuple[dict[str, Any], s
         filename = (
             _BAD_TEXT.sub("", (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1])[:255] or "upload.txt"
         )
-        if not filename.lower().endswith((".txt", ".md", ".markdown")):
-            raise invalid(["body", "file"], "file must be a .txt or .md document", "file_type")
         data = await upload.read(cap + 1)
     if len(data) > cap:
         raise _too_large("the uploaded file", cap)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise invalid(
-            ["body", "file"], f"input is not UTF-8 text (invalid byte at offset {exc.start})", "not_utf8"
-        ) from None
+    problem = input_problem(data, filename or "the file field")
+    if problem is not None:
+        raise invalid(["body", "file"], problem[1], problem[0])
+    text = data.decode("utf-8")
     problems = text_problem(text, "file", ["body", "file"])
     if problems:
         raise HTTPException(422, problems)

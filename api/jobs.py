@@ -29,6 +29,7 @@ from api.schemas import (
     Progress,
     Resuming,
     Tokens,
+    WordAccountView,
     links,
 )
 from core.cost import usd
@@ -161,6 +162,7 @@ async def job_view(db: Database, job: Job) -> JobView:
             current_step=job.current_step,
             finalize_rounds=job.finalize_rounds,
         ),
+        account=WordAccountView(**t.account.as_dict(), summary=t.account.describe()),
         error_code=job.error_code,
         failure_reason=job.failure_reason,
         model=job.model,

@@ -63,6 +63,18 @@ class Cost(BaseModel):
     unpriced_calls: int = Field(description="calls whose model has no price: not in micro_usd")
 
 
+class WordAccountView(BaseModel):
+    """What the job's words are made of: a succeeded job says how it got there."""
+
+    words_model: int = Field(description="words the model wrote in its answers to chunk prompts, before the gate")
+    words_cut: int = Field(description="of those, words the degeneration gate cut as junk (never counted)")
+    cut_by_rule: dict[str, int] = Field(description="words cut by each rule (echo, repeat, meta, number_run, ...)")
+    chunks_short: int = Field(description="chunks accepted short after their attempts ran out (made up by top-ups)")
+    top_up_rounds: int = Field(description="sections finalize added because the document was short")
+    top_up_words: int = Field(description="words of those top-up sections")
+    summary: str = Field(description="the same in one line")
+
+
 class JobView(BaseModel):
     id: str
     kind: JobKind
@@ -74,6 +86,7 @@ class JobView(BaseModel):
     output_words: int | None = Field(description="the finished output's word count (null until it exists)")
     target_met: bool
     progress: Progress
+    account: WordAccountView
     error_code: str | None
     failure_reason: str | None
     model: str

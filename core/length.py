@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 from core.spec import ErrorCode, JobOptions
 
@@ -75,3 +75,34 @@ def give_up(
             f"{base}; the last top-up added no words, so the model is not producing usable text",
         )
     return None
+
+
+@dataclass(frozen=True)
+class WordAccount:
+    """What a job's words are made of, shown wherever its outcome is (page, status, API, webhook,
+    the final audit event): the words the model wrote, those the degeneration gate cut (by rule),
+    the chunks accepted short after their attempts ran out, and the top-ups that made up for them."""
+
+    words_model: int = 0
+    words_cut: int = 0
+    cut_by_rule: dict[str, int] = field(default_factory=dict)
+    chunks_short: int = 0
+    top_up_rounds: int = 0
+    top_up_words: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line a person reads: what was cut and why, what was accepted short and made up for."""
+        parts = [f"the model wrote {self.words_model:,} words"]
+        if self.words_cut:
+            rules = ", ".join(f"{r} {n:,}" for r, n in sorted(self.cut_by_rule.items(), key=lambda kv: -kv[1]))
+            parts.append(f"{self.words_cut:,} cut as junk ({rules})")
+        else:
+            parts.append("none cut as junk")
+        if self.chunks_short:
+            parts.append(f"{self.chunks_short} chunk(s) accepted short")
+        if self.top_up_rounds:
+            parts.append(f"{self.top_up_rounds} top-up round(s) added {self.top_up_words:,} words")
+        return "; ".join(parts)

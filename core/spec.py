@@ -116,3 +116,38 @@ class JobSpec(BaseModel):
 def max_words(target_words: int, overshoot: float) -> int:
     """The most words an output may have: the target times the allowed overshoot."""
     return max(target_words, math.floor(target_words * overshoot))
+
+
+# What a rewrite's input may be, and how a file that is something else is named when refused.
+INPUT_ACCEPTED = "accepted: a .txt or .md file of UTF-8 text"
+INPUT_SUFFIXES = (".txt", ".md", ".markdown")
+_SIGNATURES = (
+    (b"%PDF-", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (a .docx, .epub or .odt document is one)"),
+    (b"\xd0\xcf\x11\xe0", "a Microsoft Office document"),
+    (b"{\\rtf", "an RTF document"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"\xff\xfe", "UTF-16 text"),
+    (b"\xfe\xff", "UTF-16 text"),
+)
+
+
+def input_problem(data: bytes, name: str) -> tuple[str, str] | None:
+    """Why a file cannot be a rewrite's input: (error type, a message naming the file and what is
+    accepted), or None for UTF-8 text in a .txt or .md file. One rule for the API and the CLI."""
+    for magic, kind in _SIGNATURES:
+        if data.startswith(magic):
+            return "file_type", f"{name} is {kind}, not text; {INPUT_ACCEPTED}"
+    if not name.lower().endswith(INPUT_SUFFIXES):
+        return "file_type", f"{name} is not a .txt or .md file; {INPUT_ACCEPTED}"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = data[exc.start : exc.start + 1].hex()
+        return "not_utf8", f"{name} is not UTF-8 text (byte 0x{byte} at offset {exc.start}); {INPUT_ACCEPTED}"
+    if (at := text.find("\x00")) >= 0:
+        return "binary", f"{name} is binary, not text (a NUL byte at offset {at}); {INPUT_ACCEPTED}"
+    return None

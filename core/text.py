@@ -1,4 +1,5 @@
-"""The word rule and the text tools: paragraphs, parts, cleanup of model output, trimming, joins.
+"""The word rule and the text tools: paragraphs, parts, trimming, joins. (What a model wrote is
+cleaned before it counts by ``core.gate``.)
 
 The word rule (``count_words``) is the one definition of "a word" in Quire; the API, the
 length checks, the finalizer and the benchmarks all call it.
@@ -9,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-
-from core.echo import EchoIndex
 
 # CJK ideographs (Unified + Extension A + Compatibility): each one counts as a word.
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -103,115 +101,6 @@ def _sentence_groups(para: str, part_words: int) -> Iterator[str]:
             cur, n = [], 0
     if cur:
         yield " ".join(cur)
-
-
-# Tokens small models leak into prose: chat-template and special tokens (Gemma's <start_of_image>,
-# <end_of_turn>model, <unused12>; ChatML's <|im_end|>; </s>), and "1) 2) 3)" list junk.
-_SPECIAL_TOKEN = re.compile(
-    r"<(?:start|end)_of_[a-z]+>(?:(?:user|model)\b)?|<\|[^|>]{1,40}\|>|</?s>"
-    r"|<(?:pad|unk|eos|bos|mask|image_soft_token|unused\d{1,3})>|\[multimodal\]"
-)
-_HTML_HEADING = re.compile(r"<h[1-6][^>]*>.*?</h[1-6]>", re.I | re.S)
-_HTML_TAG = re.compile(r"</?(?:p|br|div|span|b|i|em|strong|ul|ol|li|h[1-6])\b[^>]*>", re.I)
-_LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)[ \t]*){3,}")
-_REPEATED_TOKEN = re.compile(r"\b(\w+)(?:\W+\1\b){4,}", re.I)  # "word word word word word" -> "word"
-_LONE_MARKERS = re.compile(r"^\s*(?:[-*#>]+|\d+[.)])\s*$", re.M)
-
-
-@dataclass(frozen=True)
-class Cleaned:
-    """A model's answer after cleanup: the prose kept, and every piece cut from it, in order."""
-
-    text: str
-    removed: list[str] = field(default_factory=list)
-
-    def removed_summary(self, items: int = 12, width: int = 100) -> list[str]:
-        """What was removed, shortened for an audit event (the full answer is in ``llm_calls``)."""
-        out = [_shorten(r, width) for r in self.removed[:items]]
-        if len(self.removed) > items:
-            out.append(f"... and {len(self.removed) - items} more")
-        return out
-
-
-def _shorten(s: str, width: int) -> str:
-    s = " ".join(s.split())
-    return s if len(s) <= width else s[: width - 3] + "..."
-
-
-def clean_model_text(text: str, echo_of: str = "") -> str:
-    """``clean_model_output(text, echo_of).text``."""
-    return clean_model_output(text, echo_of).text
-
-
-def clean_model_output(text: str, echo_of: str = "", source: str = "") -> Cleaned:
-    """Keep the prose a model wrote, without what small models add around it, and say what went.
-
-    Strips special tokens and list junk, markdown headings of level 1-2 (Quire writes the
-    document's headings itself), repeated lines, and echoes of the prompt ``echo_of``: a prompt
-    line said again, a sentence or bracketed aside that is mostly a prompt line or sentence, or a
-    fragment or paraphrase of the request that ends the prompt (``core.echo``). ``source``, text
-    the prompt gives to rewrite, may be kept word for word and is not an echo.
-    """
-    removed: list[str] = []
-
-    def cut(pattern: re.Pattern[str], s: str, keep: str = "") -> str:
-        def one(m: re.Match[str]) -> str:
-            removed.append(m.group(0))
-            return m.expand(keep)
-
-        return pattern.sub(one, s)
-
-    for junk in (_SPECIAL_TOKEN, _HTML_HEADING, _HTML_TAG, _LIST_JUNK):
-        text = cut(junk, text)
-    echoes = EchoIndex(echo_of, source)
-    kept = []
-    seen: set[str] = set()
-    for line in text.splitlines():
-        if re.match(r"^\s*#{1,2}\s", line) or echoes.line_echoes(line):
-            removed.append(line)
-            continue
-        line, echoed = echoes.strip_line(line)
-        removed.extend(echoed)
-        key = normalize_paragraph(line)
-        if key and key in seen:  # a line said again is a repetition loop, not prose
-            removed.append(line)
-            continue
-        seen.add(key)
-        kept.append(line)
-    text = cut(_LONE_MARKERS, "\n".join(kept))
-    text = cut(_REPEATED_TOKEN, text, r"\1")
-    text = _unwrap(text)
-    text = re.sub(r"[ \t]+\n", "\n", text)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    text = text.strip()
-    removed = [r for r in removed if r.strip()]
-    if degenerate(text):
-        return Cleaned("", [*removed, text])
-    return Cleaned(text, removed)
-
-
-_BLOCK_START = re.compile(r"^\s*(?:[-*+>#|]|\d+[.)])")
-
-
-def _unwrap(text: str) -> str:
-    """Rejoin prose that a model hard-wrapped at ~80 columns; lists, quotes and headings stay."""
-    out: list[str] = []
-    for line in text.split("\n"):
-        prev = out[-1] if out else ""
-        if line.strip() and prev.strip() and not _BLOCK_START.match(line) and not _BLOCK_START.match(prev):
-            out[-1] = prev.rstrip() + " " + line.strip()
-        else:
-            out.append(line)
-    return "\n".join(out)
-
-
-def degenerate(text: str) -> bool:
-    """Text that is mostly the same few words again: a model stuck in a loop."""
-    toks = [t.lower() for t in text.split()]
-    if len(toks) < 40:
-        return False
-    grams = [tuple(toks[i : i + 4]) for i in range(len(toks) - 3)]
-    return len(set(grams)) / len(grams) < 0.5  # prose rarely repeats a 4-word run; loops do nothing else
 
 
 def join_continuation(existing: str, addition: str) -> str:

@@ -170,9 +170,16 @@ def event_type(status: str) -> str:
 
 
 def job_event(
-    job: Any, words: int | None, cost_micro_usd: int | None, base_url: str, coherence: dict[str, Any] | None = None
+    job: Any,
+    words: int | None,
+    cost_micro_usd: int | None,
+    base_url: str,
+    account: dict[str, Any] | None = None,
+    coherence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The body of a job's webhook: Standard Webhooks' ``{type, timestamp, data}``."""
+    """The body of a job's webhook: Standard Webhooks' ``{type, timestamp, data}``; ``account``:
+    what its words are made of (``core.length.WordAccount``); ``coherence``: its continuity
+    findings in numbers (``core.continuity.brief``)."""
     jid = str(job.id)
     links = {
         "self": f"/v1/jobs/{jid}",
@@ -197,6 +204,7 @@ def job_event(
             "error_code": job.error_code,
             "failure_reason": job.failure_reason,
             "cost_micro_usd": cost_micro_usd,
+            "account": account,
             "coherence": coherence,
             "links": {k: base + v for k, v in links.items()},
         },

@@ -188,7 +188,27 @@ class ChunkAttempt(Base):
     # What the story memory put into this attempt's prompt: ledger entry and summary ids, what
     # was left out by the budget (``core.memory.MemoryContext.record``).
     memory: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    # The answer's words as the model wrote them, and what the degeneration gate cut from them
+    # (core.gate: [{rule, words, text}], the text shortened; the whole answer is in llm_calls).
+    words_model: Mapped[int] = mapped_column(Integer, server_default="0")
+    cuts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
     created_at: Mapped[datetime] = ts_column(default=True)
+
+
+class TextMark(Base):
+    """A paragraph or sentence of a job's document, by fingerprint (``core.gate.fingerprints``),
+    claimed by the chunk attempt that first wrote it. The primary key makes the claim race-free
+    between chapters written in parallel: whoever commits it first keeps the words, any later
+    chunk that says the same again has them cut (``activities.gating``)."""
+
+    __tablename__ = "text_marks"
+    __table_args__ = (CheckConstraint("kind IN ('paragraph','sentence')", name="kind"),)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    fingerprint: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), index=True)
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    words: Mapped[int] = mapped_column(Integer)
 
 
 class ChunkVersion(Base):

@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS
+from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS, input_problem
 from quire import admin, loop
 from quire.errors import CliError, Exit
 from services.config import SettingsError, load_settings
@@ -35,9 +35,15 @@ def _err(msg: str) -> None:
 
 
 def _api(args: argparse.Namespace) -> Any:
+    """The API to talk to: ``--api``, else QUIRE_API_URL, else the one the stack ``quire up`` started
+    in this QUIRE_HOME is serving (its address, as it recorded it), else API_HOST:API_PORT."""
     from quire.remote import Api
+    from quire.stack import Stack
+    from quire.supervisor import stack_status
 
-    return Api.from_env(args.api, args.key, load_settings().home)
+    settings = load_settings()
+    url = args.api or os.environ.get("QUIRE_API_URL") or stack_status(settings.home, [])["api_url"]
+    return Api.from_env(url or Stack(settings).api_url, args.key, settings.home)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -53,12 +59,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
             _err("--kind rewrite needs --input FILE")
             return Exit.USAGE
         try:
-            body["input_text"] = Path(args.input).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            _err(f"cannot read {args.input}: {exc}")
+            data = Path(args.input).read_bytes()
+        except OSError as exc:
+            _err(f"cannot read {args.input} ({exc.strerror or exc})")
             return Exit.USAGE
+        problem = input_problem(data, Path(args.input).name)
+        if problem is not None:  # the API's own rule and words (a 422 there)
+            _err(problem[1])
+            return Exit.USAGE
+        body["input_text"] = data.decode("utf-8")
         if args.brief:
             body["prompt"] = args.brief
+    elif args.input:
+        _err("--input is for --kind rewrite (a generate job writes from its brief); add --kind rewrite")
+        return Exit.USAGE
     else:
         if not args.brief:
             _err('a brief is needed: quire submit "what to write" --words N')
@@ -278,7 +292,11 @@ def parser() -> argparse.ArgumentParser:
     user.set_defaults(fn=admin.cmd_user)
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--api", help="API URL (default QUIRE_API_URL or http://127.0.0.1:8000)")
+        sp.add_argument(
+            "--api",
+            help="API URL (default: QUIRE_API_URL, else the stack `quire up` started in QUIRE_HOME, "
+            "else http://API_HOST:API_PORT)",
+        )
         sp.add_argument("--key", help="API key (default QUIRE_API_KEY or the local user's key)")
 
     def words(v: str) -> int:

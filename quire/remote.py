@@ -102,9 +102,15 @@ def _detail(r: httpx.Response) -> str:
     except ValueError:
         return r.text[:300]
     d = body.get("detail", body) if isinstance(body, dict) else body
-    if isinstance(d, list):  # FastAPI validation errors
-        return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', [])[1:])}: {e.get('msg')}" for e in d)
+    if isinstance(d, list):  # FastAPI validation errors: "field: message", or the message alone
+        return "; ".join(_field_error(e) for e in d)
     return str(d)
+
+
+def _field_error(e: dict[str, Any]) -> str:
+    field = ".".join(str(x) for x in e.get("loc", [])[1:])
+    msg = str(e.get("msg", ""))
+    return msg if not field or msg.startswith(field) else f"{field}: {msg}"
 
 
 def event_line(e: dict[str, Any]) -> str:
@@ -174,14 +180,17 @@ def job_summary(job: dict[str, Any]) -> str:
     ]
     if job.get("error_code"):
         parts.append(f"{job['error_code']}: {job.get('failure_reason')}")
-    return "  ".join(parts)
+    account = job.get("account") or {}
+    line = "  ".join(parts)
+    return f"{line}\n  {account['summary']}" if account.get("words_model") else line  # none before the gate
 
 
 def job_exit(job: dict[str, Any]) -> int:
     """The exit code for a job that ended: 0 if it succeeded, else 1 with its reason on stderr."""
     if job.get("status") == "succeeded":
         return Exit.OK
-    print(f"quire: job {job.get('status')}: {job.get('error_code')}: {job.get('failure_reason')}", file=sys.stderr)
+    why = ": ".join(str(x) for x in (job.get("error_code"), job.get("failure_reason")) if x)
+    print(f"quire: job {job.get('status')}" + (f": {why}" if why else ""), file=sys.stderr)
     return Exit.FAILED
 
 

@@ -17,7 +17,9 @@ from sqlalchemy import RowMapping, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.finalize import document_blocks
+from activities.gating import word_account
 from core.layout import Piece, pieces
+from core.length import WordAccount
 from core.spec import TERMINAL_STATUSES
 from db import usage
 from db.models import AuditEvent, Document, Job, LlmCall
@@ -48,6 +50,7 @@ class JobTotals:
     sections_done: int
     words_so_far: int  # the chunks' sum while the job runs
     output_words: int | None  # the finished output's count, once it exists
+    account: WordAccount  # the model's words, what the gate cut, chunks accepted short, top-ups
 
 
 async def job_totals(db: Database, job: Job) -> JobTotals:
@@ -71,6 +74,7 @@ async def job_totals(db: Database, job: Job) -> JobTotals:
         words_so_far = (
             await s.execute(select(func.coalesce(func.sum(Chunk.word_count), 0)).where(Chunk.job_id == job.id))
         ).scalar_one()
+        account = await word_account(s, job.id)
     out = await latest_document(db, job.id, "output")
     return JobTotals(
         tokens_in=int(tokens_in or 0),
@@ -79,6 +83,7 @@ async def job_totals(db: Database, job: Job) -> JobTotals:
         sections_done=int(sections_done),
         words_so_far=int(words_so_far),
         output_words=out.word_count if out is not None else None,
+        account=account,
     )
 
 

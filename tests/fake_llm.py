@@ -26,6 +26,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
   what it echoed is kept in ``echoed``); "down" (an endpoint that is down: HTTP 500 to everything);
   "controls" (every third prose answer carries a NUL, a BEL and terminal escape sequences);
+  "junk" (prose with the junk small models write mixed in, as issue 18 quotes it: a meta-note,
+  stray foreign lines, a number run, LaTeX, a glued word, a sentence said again and again, an
+  ending cut off mid-sentence; and the same paragraph, ``REPEATED``, in every answer);
 - the story memory (``activities.memory``): a memory call (its system prompt) gets a valid delta
   of the passage it shows (a summary, every run of capitalised words as an entity with its
   sentence); ``memory_mode`` "invalid" answers no valid JSON, "incomplete" valid JSON without
@@ -257,6 +260,8 @@ class FakeLLM:
                 content, echoed = _echo(messages, content, asked, rng)
                 with self.lock:
                     st.echoed.extend(echoed)
+            elif mode == "junk" and _asks_words(messages):
+                content = _junk(content)
         # One tokenizer for what it reads and what it writes (about 1.4 tokens a word), as a real
         # model's: the same text costs the same tokens going in as coming out.
         tokens_in = max(1, int(len(prompt.split()) * 1.4))
@@ -520,6 +525,32 @@ def _echo(messages: list[dict[str, Any]], prose: str, asked: int, rng: random.Ra
     paras.insert(len(paras) // 2 + 1, "\n".join(echoed[1:]) + "\n<end_of_turn>")
     paras.append(fragment)
     return "\n\n".join(paras), [*echoed, paraphrase, fragment]
+
+
+# The junk of issue 18, word for word, and a paragraph said in every answer (any chapter's).
+JUNK_LINES = (
+    "Note: This text contains a few grammatical errors. Please check with your grammar book…",
+    "penduduk",
+    "penduduk で購入する",
+    "\\subsubsection{The Harbor Archive}",
+    " - ".join(f"( {n} )" for n in range(75, 95)),
+)
+JUNK_INLINE = ("$\\mathrm{n}$", "vertretenmodel")
+JUNK_ENDING = "A good"
+REPEATED = "Patient keepers measure every season by the lantern and the quiet harbor record."
+
+
+def _junk(prose: str) -> str:
+    """``prose`` with issue 18's junk between and inside its paragraphs, ``REPEATED`` first, and an
+    ending cut off mid-sentence."""
+    paras = prose.split("\n\n")
+    first = paras[0].split(". ")[0] + "."
+    words = paras[0].split(" ")
+    paras[0] = " ".join([*words[:2], *JUNK_INLINE, *words[2:]]) + (" " + first) * 5
+    out = [REPEATED]
+    for i, p in enumerate(paras):
+        out += [p, JUNK_LINES[i % len(JUNK_LINES)]]
+    return "\n\n".join([*out, JUNK_ENDING])
 
 
 def _prose(words: int, rng: random.Random) -> str:

@@ -150,6 +150,28 @@ async def test_job_lifecycle_through_the_api(http, fake, user, db):
 TARGET = "target_words must be an integer from 1 to 500,000"
 
 
+async def test_a_success_says_when_chunks_were_accepted_short_and_topped_up(http, fake, user, db):
+    """One attempt per chunk: chunks the model answered short are accepted short, finalize tops the
+    document up, and the job succeeds saying so (its JSON, and the final audit event)."""
+    body = {"kind": "generate", "prompt": "Tides", "target_words": 200, "options": {"max_attempts_per_chunk": 1}}
+    r = await http.post("/v1/jobs", json=body, headers=auth(user))
+    jid = r.json()["id"]
+    _, end = await follow_to_end(http, jid, user)
+    assert end["status"] == "succeeded"
+    a = (await http.get(f"/v1/jobs/{jid}", headers=auth(user))).json()["account"]
+    assert a["chunks_short"] >= 1 and a["top_up_rounds"] >= 1 and a["top_up_words"] > 0
+    assert a["words_model"] > 0 and a["words_cut"] == sum(a["cut_by_rule"].values())
+    assert "accepted short" in a["summary"] and "top-up round(s) added" in a["summary"]
+    async with db.tx() as s:
+        final = (
+            await s.execute(
+                text("SELECT data FROM audit_events WHERE job_id = :j AND kind = 'job' AND action = 'succeeded'"),
+                {"j": uuid.UUID(jid)},
+            )
+        ).scalar_one()
+    assert final["account"] == {k: v for k, v in a.items() if k != "summary"} and final["summary"] == a["summary"]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -218,6 +240,9 @@ async def test_bad_bodies_are_rejected_precisely(http, user, content, message):
     assert r.status_code == 422 and r.json()["detail"][0]["msg"] == message
 
 
+OK = "accepted: a .txt or .md file of UTF-8 text"
+
+
 def upload(name: str, data: bytes, **fields: str) -> dict[str, Any]:
     return {"files": {"file": (name, data, "text/plain")}, "data": fields}
 
@@ -225,9 +250,20 @@ def upload(name: str, data: bytes, **fields: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("form", "message"),
     [
-        (upload("in.txt", b"caf\xe9 au lait", target_words="50"), "input is not UTF-8 text (invalid byte at offset 3)"),
-        (upload("in.pdf", b"%PDF-1.7", target_words="50"), "file must be a .txt or .md document"),
-        (upload("in.txt", b"a\x00b", target_words="50"), "file contains a NUL character (at 1)"),
+        (
+            upload("in.txt", b"caf\xe9 au lait", target_words="50"),
+            f"in.txt is not UTF-8 text (byte 0xe9 at offset 3); {OK}",
+        ),
+        (
+            upload("draft.pdf", b"%PDF-1.7\n%\xe2\xe3", target_words="50"),
+            f"draft.pdf is a PDF document, not text; {OK}",
+        ),
+        (
+            upload("draft.txt", b"%PDF-1.7\n%\xe2\xe3", target_words="50"),
+            f"draft.txt is a PDF document, not text; {OK}",
+        ),
+        (upload("notes.rtf", b"plain words", target_words="50"), f"notes.rtf is not a .txt or .md file; {OK}"),
+        (upload("in.txt", b"a\x00b", target_words="50"), f"in.txt is binary, not text (a NUL byte at offset 1); {OK}"),
         (
             upload("in.txt", b"   \n", target_words="50"),
             "kind 'rewrite' needs a non-empty 'input_text' (or an uploaded file)",

@@ -101,6 +101,9 @@ def test_up_detach_down_leaves_nothing_and_restart_reuses_data(tmp_path_factory)
         ).json()
         state = json.loads((home / "stack.json").read_text())
         pids = [state["pid"], *state["procs"].values()]
+        # The CLI finds the stack on its non-default port by QUIRE_HOME alone (no QUIRE_API_URL, no API_PORT).
+        r = run("status", created["id"], "--json", env={"QUIRE_HOME": str(home)})
+        assert r.returncode == 0 and json.loads(r.stdout)["target_words"] == 5, r.stderr
 
         assert run("down", env=env).returncode == 0
         for pid in pids:
@@ -161,6 +164,8 @@ async def test_submit_follow_renders_progress_and_exits_0(cli_env, fake, tmp_pat
     assert code == 0 and [e["seq"] for e in events] == list(range(1, len(events) + 1))
     code, out, _ = await arun("history", env=cli_env)
     assert code == 0 and job_id in out
+    code, out, _ = await arun("status", job_id, env=cli_env)
+    assert code == 0 and "the model wrote" in out and "cut as junk" in out
 
 
 @pytest.mark.usefixtures("worker")
@@ -177,6 +182,20 @@ async def test_bad_arguments_exit_2_with_usage(cli_env):
         assert code == 2 and "usage: quire" in err, args
     code, _, err = await arun("status", "not-a-job", env=cli_env)
     assert code == 2 and "no job 'not-a-job'" in err
+
+
+async def test_inputs_that_are_not_text_are_refused_naming_the_file(cli_env, tmp_path):
+    pdf, empty, notes = tmp_path / "draft.pdf", tmp_path / "empty.md", tmp_path / "notes.md"
+    pdf.write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n")
+    empty.write_text("")
+    notes.write_text("Notes on tides.")
+    code, _, err = await arun("submit", "--kind", "rewrite", "--input", str(pdf), "--words", "50", env=cli_env)
+    assert code == 2
+    assert "quire: draft.pdf is a PDF document, not text; accepted: a .txt or .md file of UTF-8 text" in err
+    code, _, err = await arun("submit", "Tides", "--input", str(notes), "--words", "50", env=cli_env)
+    assert code == 2 and "--input is for --kind rewrite" in err  # never silently ignored
+    code, _, err = await arun("submit", "--kind", "rewrite", "--input", str(empty), "--words", "50", env=cli_env)
+    assert code == 2 and "HTTP 422: kind 'rewrite' needs a non-empty 'input_text'" in err and ": :" not in err
 
 
 async def test_unreachable_api_exits_3(user):

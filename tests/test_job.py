@@ -26,7 +26,7 @@ from db.models import AuditEvent, Document, LlmCall
 from db.writing import Chunk, ChunkAttempt
 from services import jobs
 from tests.conftest import AUDIT_KEY, TASK_QUEUE, TEST_SECRET
-from tests.fake_llm import WORDS
+from tests.fake_llm import JUNK_INLINE, JUNK_LINES, REPEATED, WORDS
 from tests.helpers import job_row, output, submit, wait
 from worker import build_worker
 
@@ -60,6 +60,14 @@ async def _row(db, sql: str, **params):
         return (await s.execute(text(sql), params)).one()
 
 
+async def chunk_events(s, job_id: uuid.UUID) -> list[dict]:
+    """The data of a job's ``chunk write|extend`` events (one per attempt)."""
+    q = select(AuditEvent.data).where(
+        AuditEvent.job_id == job_id, AuditEvent.kind == "chunk", AuditEvent.action.in_(["write", "extend"])
+    )
+    return list((await s.execute(q)).scalars().all())
+
+
 @pytest.mark.parametrize("target", [1, 2, 137, 1000, 12_345])
 async def test_short_answers_still_meet_target(db, client, fake, user, target):
     job_id = await submit(db, client, user, kind="generate", prompt="The history of lighthouses", target_words=target)
@@ -81,26 +89,14 @@ async def test_short_answers_still_meet_target(db, client, fake, user, target):
                 .where(ChunkAttempt.job_id == job_id, ChunkAttempt.kind != "trim")
             )
         ).scalar_one()
-        chunk_events = (
-            (
-                await s.execute(
-                    select(AuditEvent.data).where(
-                        AuditEvent.job_id == job_id,
-                        AuditEvent.kind == "chunk",
-                        AuditEvent.action.in_(["write", "extend"]),
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
+        events = await chunk_events(s, job_id)
         checks = (
             (await s.execute(select(AuditEvent.data).where(AuditEvent.job_id == job_id, AuditEvent.kind == "length")))
             .scalars()
             .all()
         )
-    assert len(chunk_events) == attempts
-    assert all({"chunk", "words_in", "words_out", "target_words"} <= set(e) for e in chunk_events)
+    assert len(events) == attempts
+    assert all({"chunk", "words_in", "words_out", "target_words"} <= set(e) for e in events)
     assert checks[-1]["passed"] and checks[-1]["scope"] == "final"
     if target >= 137:  # the fake answered short, so some checks failed and were extended
         assert any(not c["passed"] for c in checks)
@@ -377,18 +373,48 @@ async def test_echoed_prompt_lines_and_junk_never_enter_the_document(db, client,
     for junk in ("<start_of_image>", "<end_of_turn>", "1) 2)", "(Continue", "words"):
         assert junk not in doc.text
     async with db.tx() as s:
-        events = (
+        events = await chunk_events(s, job.id)
+    assert events and all(any(c["text"] == "<start_of_image>" for c in e["cuts"]) for e in events)
+    assert all(any(c["text"].startswith("(Continue from where it stopped") for c in e["cuts"]) for e in events)
+    assert all(0 <= e["words_added"] <= e["words_model"] and e["words_cut"] > 0 for e in events)
+
+
+async def test_junk_never_counts_and_a_paragraph_repeated_across_chapters_is_cut_once(db, client, fake, user):
+    """A model that mixes issue 18's junk into its prose and opens every answer with the same
+    paragraph, in a book of two chapters written in parallel: the document reaches its target
+    with the model's real words only, the repeated paragraph is written once, and every chunk
+    event and attempt row says what was cut, why and how many words."""
+    fake.reset(mode="junk")
+    job_id = await submit(db, client, user, kind="generate", prompt="Harbors", target_words=10_100)
+    assert await wait(client, job_id) == "succeeded"
+    doc = await output(db, job_id)
+    assert doc is not None and count_words(doc.text) >= 10_100
+    body = " ".join(ln for ln in doc.text.splitlines() if not ln.startswith("#"))
+    vocabulary = set(WORDS) | set(re.sub(r"\W+", " ", REPEATED.lower()).split())
+    assert set(re.sub(r"\W+", " ", body.lower()).split()) <= vocabulary  # nothing but the model's prose
+    for junk in (*JUNK_LINES, *JUNK_INLINE, "penduduk", "grammar book", "A good"):
+        assert junk not in doc.text
+    async with db.tx() as s:
+        written = (
             (
                 await s.execute(
-                    select(AuditEvent.data).where(
-                        AuditEvent.job_id == job.id,
-                        AuditEvent.kind == "chunk",
-                        AuditEvent.action.in_(["write", "extend"]),
-                    )
+                    text("SELECT v.text FROM chunk_versions v WHERE v.job_id = :j AND v.version = 1"), {"j": job_id}
                 )
             )
             .scalars()
             .all()
         )
-    assert events and all("<start_of_image>" in e["removed"] for e in events)
-    assert all(any(r.startswith("(Continue from where it stopped") for r in e["removed"]) for e in events)
+        units = await scalar(db, "SELECT count(*) FROM plan_nodes WHERE job_id = :j AND level = 'chapter'", j=job_id)
+        rows = (
+            await s.execute(select(ChunkAttempt.words_model, ChunkAttempt.cuts).where(ChunkAttempt.job_id == job_id))
+        ).all()
+        events = await chunk_events(s, job_id)
+    assert units == 2 and len(written) >= 4
+    assert sum(t.count(REPEATED) for t in written) == 1  # claimed by one chunk, cut from every other
+    # Every other answer had it cut: as a repeat of the document (or an echo, where the prompt showed it).
+    assert sum(any(c["text"] == REPEATED for c in cuts) for _, cuts in rows) == len(rows) - 1
+    assert any(c["rule"] == "repeat" and c["text"] == REPEATED for _, cuts in rows for c in cuts)
+    rules = {c["rule"] for _, cuts in rows for c in cuts}
+    assert {"meta", "stray_line", "markup", "glued", "repeat", "unfinished"} <= rules
+    assert all(m > 0 for m, _ in rows) and len(events) == len(rows)
+    assert sorted(e["words_cut"] for e in events) == sorted(sum(c["words"] for c in cuts) for _, cuts in rows)

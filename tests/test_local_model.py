@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from activities.llm import LlmClient
+from activities.prompts import LOCAL_SAMPLING
 from core.spec import JobSpec
 from core.text import count_words
 from db.models import AuditEvent, LlmCall
@@ -52,8 +53,14 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def local_worker(client, db, llama_url) -> AsyncIterator[None]:
-    llm = LlmClient(
-        db, base_url=llama_url, api_key=None, model=localmodel.MODEL_ALIAS, timeout=300, prompt_style="document"
+    llm = LlmClient(  # as the embedded stack builds it for the local model (worker.llm_from_settings)
+        db,
+        base_url=llama_url,
+        api_key=None,
+        model=localmodel.MODEL_ALIAS,
+        timeout=300,
+        prompt_style="document",
+        sampling=LOCAL_SAMPLING,
     )
     async with build_worker(client, db, llm, QUEUE):
         yield
@@ -85,5 +92,8 @@ async def test_real_small_model_meets_target_streaming_its_answers(db, client, u
     # Streamed: llama.cpp's server sends no usage chunk (it ignores include_usage), so tokens are
     # estimated and marked so; the first token's time is measured on every answer.
     assert all(c.tokens_estimated and c.tokens_in > 0 and c.tokens_out > 0 for c in ok)
+    # Its prose calls carry llama.cpp's sampling fields, and the server took them.
+    prose = [c for c in ok if c.purpose in ("write", "extend")]
+    assert prose and all(c.params["extra_body"]["repeat_penalty"] == LOCAL_SAMPLING["repeat_penalty"] for c in prose)
     assert all(0 < c.ttft_ms < c.latency_ms for c in ok)
     assert len(events) == len(calls) and all(e["tokens_out"] is not None for e in events if e["status"] == "ok")

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from activities.prompts import ChunkContext, chunk_messages
 from core.continuity import seam_issues
+from core.gate import Gated, clean_model_text, gate
 from core.memory import MemoryContext
 from core.plan import fallback_plan, parse_plan
-from core.text import Cleaned, clean_model_output, clean_model_text, count_words, split_parts, trim_to_words
+from core.text import count_words, split_parts, trim_to_words
 
 
 @pytest.mark.parametrize(
@@ -120,9 +121,9 @@ def test_seam_checks_find_repeats_broken_sentences_and_dangling_refs() -> None:
 
 
 def test_repetition_loops_are_not_counted_as_prose() -> None:
-    assert clean_model_text("ArgumentParser\n" * 50) == "ArgumentParser"
-    assert clean_model_text("The bees fly home to the hive. " * 30) == ""
-    assert clean_model_text("honey honey honey honey honey honey is sweet") == "honey is sweet"
+    assert clean_model_text("ArgumentParser\n" * 50) == ""  # said again, then no sentence at all
+    assert clean_model_text("The bees fly home to the hive. " * 30) == "The bees fly home to the hive."
+    assert clean_model_text("honey honey honey honey honey honey is sweet.") == "honey is sweet."
     prose = (
         "Bees keep the hive warm in winter by clustering around the queen. In spring the colony grows "
         "quickly, and a keeper must give it room or it will swarm. Inspections every week tell the keeper "
@@ -275,18 +276,19 @@ def test_echoes_of_prompt_lines_and_the_request_are_removed_and_reported(style: 
         f"{prompt.splitlines()[2]}\nKeepers trimmed the wicks twice a night and wrote the weather in a log. "
         f"{' '.join(request.split()[:6])}\n<end_of_turn>model\n[about 830 more words]"
     )
-    out = clean_model_output(answer, prompt)
+    out = gate(answer, prompt=prompt)
     assert out.text == PROSE
-    assert out.removed[:3] == ["<start_of_image>", "<end_of_turn>model", "1) 2) 3)"]
-    assert request in out.removed and "(Continue from where it stopped, with about 830 words.)" in out.removed
-    assert len(out.removed) == 8 and all(len(r) <= 100 for r in out.removed_summary(width=100))
+    cut = [c.text for c in out.cuts]
+    assert cut[:3] == ["<start_of_image>", "<end_of_turn>model", "1) 2) 3)"]
+    assert request in cut and "(Continue from where it stopped, with about 830 words.)" in cut
+    assert len(cut) == 8 and {c.rule for c in out.cuts} == {"template_token", "list_junk", "echo"}
 
 
 def test_prose_is_not_an_echo_of_its_prompt() -> None:
     for style in ("document", "instruct"):
         msgs = chunk_messages(_ctx(), style=style, words=300)
-        out = clean_model_output(PROSE, "\n".join(m["content"] for m in msgs))
-        assert out == Cleaned(PROSE, [])
+        out = gate(PROSE, prompt="\n".join(m["content"] for m in msgs))
+        assert out == Gated(PROSE, [], count_words(PROSE))
 
 
 def test_a_rewrite_may_keep_its_source_word_for_word() -> None:
@@ -294,10 +296,11 @@ def test_a_rewrite_may_keep_its_source_word_for_word() -> None:
     for style in ("document", "instruct"):
         msgs = chunk_messages(_ctx(source_text=source), style=style, words=40)
         prompt = "\n".join(m["content"] for m in msgs)
-        assert clean_model_output(PROSE, prompt, source=source).text == PROSE
-        assert clean_model_output(PROSE, prompt).text != PROSE  # without it, the source is an echo
+        assert gate(PROSE, prompt=prompt, source=source).text == PROSE
+        assert gate(PROSE, prompt=prompt).text != PROSE  # without it, the source is an echo
 
 
 def test_request_shaped_sentences_go_even_without_a_prompt() -> None:
-    out = clean_model_output("Keepers kept logs. Finish that sentence in about 12 words.")
-    assert out == Cleaned("Keepers kept logs.", ["Finish that sentence in about 12 words."])
+    out = gate("Keepers kept logs. Finish that sentence in about 12 words.")
+    assert out.text == "Keepers kept logs."
+    assert [(c.rule, c.text) for c in out.cuts] == [("echo", "Finish that sentence in about 12 words.")]

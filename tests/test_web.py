@@ -242,7 +242,9 @@ async def test_model_markup_is_shown_as_text_and_never_runs(browser, api_url, fa
     doc = await page.locator("#doc").text_content()
     panel = await page.locator("#lines").text_content()
     heading = await page.locator("#doc h3").text_content()
-    assert title.startswith(XSS) and heading.startswith(XSS) and doc.count(XSS) >= 3
+    # The prose's markup is cut by the degeneration gate (the document never counts it); the plan's
+    # strings (the title, the headings) and the raw answers in the panel still carry it.
+    assert title.startswith(XSS) and heading.startswith(XSS) and doc.count(XSS) >= 2
     assert f"finish stop{XSS}" in panel and f"response: {XSS}" in panel
     await page.goto(f"{api_url}/history")
     row = page.locator(f"tr[data-job-id='{job_id}']")

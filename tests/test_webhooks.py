@@ -126,6 +126,8 @@ async def test_a_jobs_end_is_posted_signed_retried_after_a_500_and_audited(http,
     assert data["job_id"] == str(jid) and data["status"] == "succeeded" and data["target_words"] == 40
     assert data["words"] == job["output_words"] >= 40 and data["target_met"] is True and data["error_code"] is None
     assert data["cost_micro_usd"] == job["cost"]["micro_usd"] > 0
+    assert data["account"] == {k: v for k, v in job["account"].items() if k != "summary"}
+    assert data["account"]["words_model"] > 0
     assert data["links"]["output"].endswith(f"/v1/jobs/{jid}/output") and job["webhook_url"] == receiver.url
     # Every attempt is an event of the job: status code, latency, error; the last says it was final.
     events = await webhook_events(db, jid, 2)

@@ -34,6 +34,8 @@ if (Quire.requireKey()) {
     $("sections").textContent = j.progress.sections_done + " / " + j.progress.sections_total;
     $("tokens").textContent = Quire.fmt(j.tokens.in) + " / " + Quire.fmt(j.tokens.out);
     $("elapsed").textContent = Math.round(j.elapsed_seconds) + " s";
+    // What the words are: the model's, what the gate cut as junk, chunks accepted short, top-ups.
+    $("account").textContent = j.account && j.account.words_model ? j.account.summary : "";
     $("failure").textContent = j.error_code ? (j.error_code + ": " + j.failure_reason) : "";
     $("cancel").hidden = TERMINAL.includes(j.status);
     $("dl-output").hidden = j.status !== "succeeded";

@@ -2,7 +2,7 @@
 on its job, signed checkpoints, and the exact bytes of answers Postgres cannot store as text
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-25
 
 Events already written keep their hashes (``chain`` 1): heads kept elsewhere still verify. A
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,86 @@
+"""The degeneration gate at the chunk step, and what a job's words are made of.
+
+``core.gate`` judges an answer alone; here its paragraphs and sentences are claimed in the
+document (``text_marks``, in the transaction that stores the attempt), and whatever another chunk
+of the job already said is cut (rule ``repeat``), in any chapter. Race-free without locks: the
+table's primary key (job, fingerprint) lets one claim win, and a claim waits for a concurrent one
+to commit or roll back; fingerprints are inserted in sorted order, so two attempts claiming the
+same ones never wait on each other in a cycle. Idempotent: the claims commit or roll back with
+their attempt, and a stored attempt is never redone. One index lookup per answer, whatever the
+document's length.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.gate import Gated
+from core.length import WordAccount
+from core.repeats import drop_repeats, fingerprints
+from db.session import JobTx
+from db.writing import Chunk, TextMark
+
+
+async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated:
+    """``gated`` without the paragraphs and sentences the document already has; the rest claimed."""
+    marks = sorted(fingerprints(gated.text), key=lambda m: m.fingerprint)
+    if not marks:
+        return gated
+    rows = [
+        {
+            "job_id": chunk.job_id,
+            "fingerprint": m.fingerprint,
+            "kind": m.kind,
+            "chunk_id": chunk.id,
+            "attempt_no": attempt_no,
+            "words": m.words,
+        }
+        for m in marks
+    ]
+    won = set(
+        (
+            await tx.session.execute(
+                insert(TextMark).values(rows).on_conflict_do_nothing().returning(TextMark.fingerprint)
+            )
+        ).scalars()
+    )
+    kept, cuts = drop_repeats(gated.text, {m.fingerprint for m in marks} - won)
+    return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
+
+
+_CUT_BY_RULE = text(
+    "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM chunk_attempts a, "
+    "jsonb_array_elements(a.cuts) c WHERE a.job_id = :j GROUP BY 1"
+)
+_SHORT_CHUNKS = text(
+    "SELECT count(*) FROM chunks c JOIN LATERAL (SELECT l.passed FROM length_checks l WHERE l.chunk_id = c.id "
+    "AND l.scope = 'chunk' ORDER BY l.round DESC LIMIT 1) last ON true "
+    "WHERE c.job_id = :j AND c.status = 'done' AND NOT last.passed"
+)
+_TOP_UPS = text(
+    "SELECT count(DISTINCT n.id), coalesce(sum(c.word_count), 0) FROM plan_nodes n "
+    "LEFT JOIN chunks c ON c.section_id = n.id AND c.status = 'done' WHERE n.job_id = :j AND n.is_continuation"
+)
+
+
+async def word_account(session: AsyncSession, job_id: uuid.UUID) -> WordAccount:
+    """The job's ``WordAccount``, from its chunk attempts, length checks and top-up sections."""
+    p = {"j": job_id}
+    model = (
+        await session.execute(text("SELECT coalesce(sum(words_model), 0) FROM chunk_attempts WHERE job_id = :j"), p)
+    ).scalar_one()
+    by_rule = {r.rule: int(r.words) for r in (await session.execute(_CUT_BY_RULE, p)).all() if r.words}
+    short = (await session.execute(_SHORT_CHUNKS, p)).scalar_one()
+    rounds, top_up_words = (await session.execute(_TOP_UPS, p)).one()
+    return WordAccount(
+        words_model=int(model),
+        words_cut=sum(by_rule.values()),
+        cut_by_rule=by_rule,
+        chunks_short=int(short),
+        top_up_rounds=int(rounds),
+        top_up_words=int(top_up_words),
+    )
