@@ -215,20 +215,23 @@ async def write_events(
     if not events:
         return None
     # The row lock taken here is held to commit: concurrent writers of one job commit in seq order,
-    # and each writer's events follow the head the one before it left.
+    # and each writer's events follow the head the one before it left. One lock, one UPDATE, then
+    # the inserts: an UPDATE of the row after rows referencing it were inserted (their foreign keys
+    # lock it FOR KEY SHARE) would have to queue behind any waiter for the row (a resume, a
+    # cancel), who waits for this transaction: a deadlock.
     row = (
         await session.execute(
             text(
-                "UPDATE jobs SET audit_seq = audit_seq + :n WHERE id = :id"
-                " RETURNING audit_seq, audit_head, audit_frontier, audit_signed"
+                "SELECT audit_seq, audit_head, audit_frontier, audit_signed FROM jobs WHERE id = :id"
+                " FOR NO KEY UPDATE"
             ),
-            {"n": len(events), "id": job_id},
+            {"id": job_id},
         )
     ).one_or_none()
     if row is None:
         raise JobGone(str(job_id))
-    last, head, stored, signed = int(row[0]), str(row[1]), row[2], int(row[3])
-    first = last - len(events) + 1
+    first, head, stored, signed = int(row[0]) + 1, str(row[1]), row[2], int(row[3])
+    last = first + len(events) - 1
     tree = await _frontier(session, job_id, first - 1, stored)
     rows = []
     for i, ev in enumerate(events):
@@ -236,24 +239,27 @@ async def write_events(
         head = r["hash"] = event_hash(head, r)
         tree.append(leaf_entry(head))
         rows.append(r)
-    await session.execute(insert(AuditEvent), rows)
     signer = db.signer if db is not None else None
+    note = None
     if signer is not None and checkpoint.due(events, last - signed, db.checkpoint_every):  # type: ignore[union-attr]
         root = tree.root()
-        session.add(
-            AuditCheckpoint(
-                job_id=job_id,
-                tree_size=last,
-                root=root.hex(),
-                key_id=f"{signer.name}+{signer.verifier.id_hex}",
-                note=signer.sign(checkpoint.body(job_id, last, root)),
-            )
+        note = AuditCheckpoint(
+            job_id=job_id,
+            tree_size=last,
+            root=root.hex(),
+            key_id=f"{signer.name}+{signer.verifier.id_hex}",
+            note=signer.sign(checkpoint.body(job_id, last, root)),
         )
         signed = last
     await session.execute(
-        text("UPDATE jobs SET audit_head = :h, audit_frontier = :f, audit_signed = :s WHERE id = :id"),
-        {"h": head, "f": tree.to_text(), "s": signed, "id": job_id},
+        text(
+            "UPDATE jobs SET audit_seq = :seq, audit_head = :h, audit_frontier = :f, audit_signed = :s WHERE id = :id"
+        ),
+        {"seq": last, "h": head, "f": tree.to_text(), "s": signed, "id": job_id},
     )
+    await session.execute(insert(AuditEvent), rows)
+    if note is not None:
+        session.add(note)
     return last
 
 

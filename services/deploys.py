@@ -98,8 +98,16 @@ async def promote(client: Client, v: WorkerDeploymentVersion, identity: str, wit
             log.info("deploy.promoted", version=v.to_canonical_string())
             return True
         except RPCError as exc:
-            # Not yet seen by the server (its pollers register within a moment), or a concurrent change.
-            retry = exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION, RPCStatusCode.ABORTED)
+            # Not yet seen by the server (its pollers register within a moment), a concurrent change,
+            # or a server too busy to answer in time (a cancelled or timed-out call): asked again.
+            retry = exc.status in (
+                RPCStatusCode.NOT_FOUND,
+                RPCStatusCode.FAILED_PRECONDITION,
+                RPCStatusCode.ABORTED,
+                RPCStatusCode.CANCELLED,
+                RPCStatusCode.DEADLINE_EXCEEDED,
+                RPCStatusCode.UNAVAILABLE,
+            )
             if not retry or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.2)
