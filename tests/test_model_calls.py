@@ -52,7 +52,7 @@ async def test_a_cancel_between_answer_and_commit_still_stores_the_answer(db, fa
         await _wait_for(
             watch,
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'UPDATE jobs SET audit_seq%%' AND %s = %s",
+            " AND query LIKE 'SELECT audit_seq, audit_head%%' AND %s = %s",
             (1, 1),
             "the answer's commit waits on the job row",
         )

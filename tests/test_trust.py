@@ -87,7 +87,7 @@ async def test_an_answer_is_stored_through_a_database_blip(db, fake, user, pg_ur
             rows = await (
                 await watch.execute(
                     "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE 'UPDATE jobs SET audit_seq%%'"
+                    " AND query LIKE 'SELECT audit_seq, audit_head%%'"
                 )
             ).fetchall()
             waiting[:] = [r[0] for r in rows]
