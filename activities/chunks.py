@@ -1,57 +1,60 @@
 """The chunk step: write a chunk, check its length, extend it while it is short (a continuation,
-never a restart; every attempt kept), and commit it (its text as version 1, a trimmed version when
-dedupe or trim change it, and the next link of the coherence chain derived from that version).
+never a restart; every attempt kept), remember it (the story memory's delta, from the model) and
+check it against the ledger, and commit it (its text as version 1, a trimmed version when trim
+changes it, a repaired one when the checks do, and the next link of the coherence chain).
 
-One heartbeating activity runs the whole loop, so the happy path costs one round trip through
-Temporal; each attempt, check and commit is still its own transaction with its own rows and audit
-events, and a retried activity resumes from what is stored (attempt numbers, checks, ``done``).
-Model calls happen between transactions and are recorded on their own (``activities.llm``).
+One heartbeating activity runs the whole loop. It costs two transactions per model call, and a
+chunk written in one attempt three in all (the activity's own start and end events ride in the
+first and the last):
+1. read what the chunk is written from and commit the write call's row ``pending`` (a paid call
+   is on record before the request leaves);
+2. store the answer, the attempt and its length check; when it passes, commit the memory call's
+   row in the same transaction (else the next attempt's: an extension costs two more);
+3. store the memory's answer and, when the checks find nothing to repair, commit the chunk, its
+   versions, its coherence state and its ledger entries.
+A retried activity resumes from what is stored (attempt numbers, checks, ``done``), and an answer
+stored by an earlier try is reused, not paid for again.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from temporalio import activity
 
-from activities.base import (
-    ModelStep,
-    add_version,
-    job_options,
-    load_job,
-    now,
-    record_length_check,
-    text_of,
-)
+from activities.base import ModelStep, add_version, job_options, load_job, now, record_length_check
+from activities.context import chunk_context, chunk_of, compliance_of
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
 from activities.gating import claim
+from activities.llm import Call
 from activities.memory import (
+    BASE_MODEL,
     Checked,
+    Remembered,
     check_and_repair,
+    fallback,
     finding_events,
     finding_rows,
+    interpret,
     ledger_before,
+    memory_request,
+    remember,
     store_memory,
-    summaries_before,
 )
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
-from core.gate import gate
-from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
-from core.memory import build_context, open_threads_after, prompt_budget
+from core.continuity import check, needs_repair
+from core.gate import Gated, gate
+from core.length import stalled, words_to_ask
+from core.memory import Ledger, open_threads_after
 from core.telemetry import CHUNK_ATTEMPTS, CHUNKS, WORDS
-from core.text import (
-    count_words,
-    join_continuation,
-    tail_words,
-    trim_to_words,
-)
+from core.text import count_words, join_continuation, trim_to_words
 from db.models import Job
 from db.session import JobTx
 from db.writing import Chunk, ChunkAttempt, CoherenceState, PlanNode
 
-TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
 CUTS_IN_EVENT = 20  # in a chunk event (the attempt's row keeps them all)
 
 
@@ -63,12 +66,36 @@ class _Check:
     stalled: bool
 
 
+@dataclass
+class _Next:
+    """What a chunk needs next, decided (and its model call's row committed) in one transaction:
+    nothing (``done``), an attempt (``kind`` write or extend), or its memory (``remember``)."""
+
+    done: ChunkDone | None = None
+    call: Call | None = None
+    # an attempt
+    attempt_no: int = 0
+    kind: str = ""
+    ask: int = 0
+    current: str = ""
+    ctx: ChunkContext | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    # its memory
+    remember: bool = False
+    ledger: Ledger | None = None
+    written: str = ""
+    text: str = ""
+    model: str = ""
+    min_words: int = 0
+
+
 class ChunkActivities(ModelStep):
     @activity.defn(name="unit_chunks")
     async def unit_chunks(self, ref: NodeRef) -> UnitChunks:
         """The unit's sections and their chunks, in order; the unit is marked as being written."""
         jid = uuid.UUID(ref.job_id)
-        async with self.db.job_tx(jid) as tx:
+        async with self.db.job_tx(jid, final=True) as tx:
             await load_job(tx, jid)
             rows = (
                 await tx.session.execute(
@@ -87,145 +114,205 @@ class ChunkActivities(ModelStep):
 
     @activity.defn(name="write_chunk")
     async def write_chunk(self, ref: ChunkRef) -> ChunkDone:
-        """Write, check, extend while short, commit: until the chunk passes or the model stalls."""
-        jid = uuid.UUID(ref.job_id)
-        check = await self._check(jid, ref.chunk_id)  # where an earlier attempt of this activity left it
-        while check is not None and not (check.passed or check.stalled):
-            attempt_no = check.attempts + 1
-            check = await self._attempt(jid, ref.chunk_id, attempt_no) or await self._check(jid, ref.chunk_id)
-            activity.heartbeat(attempt_no)
-        return await self._commit(jid, ref.chunk_id)
+        """Write, check, extend while short, remember, check, commit: until the chunk passes or
+        the model stalls (a stalled chunk is committed short: the job tops the document up)."""
+        jid, chunk_id = uuid.UUID(ref.job_id), ref.chunk_id
+        async with self.db.job_tx(jid) as tx:  # where an earlier try of this activity left it
+            nxt = await self._next(tx, chunk_id)
+        while nxt.done is None and not nxt.remember:
+            nxt = await self._attempt(jid, chunk_id, nxt)
+            activity.heartbeat(nxt.attempt_no)
+        if nxt.done is not None:
+            return nxt.done
+        return await self._remember_and_commit(jid, chunk_id, nxt)
 
-    async def _attempt(self, jid: uuid.UUID, chunk_id: int, attempt_no: int) -> _Check | None:
-        """Attempt ``attempt_no`` (the first writes the chunk, later ones extend it) and its length
-        check, stored together; None if an earlier try of this activity stored it already."""
+    async def _next(self, tx: JobTx, chunk_id: int, check: _Check | None = None) -> _Next:
+        """In ``tx``: what the chunk needs next, with its model call opened (committed by ``tx``)."""
+        job = await load_job(tx, tx.job_id)
+        chunk = await chunk_of(tx, tx.job_id, chunk_id)
+        if chunk.status == "done":
+            tx.final = True
+            return _Next(done=_done(chunk))
+        if check is None:
+            check = _Check(0, 0, False, False) if chunk.attempts == 0 else await _record_check(tx, job, chunk)
+        if check.passed or check.stalled:
+            return await self._open_memory(tx, job, chunk)
+        return await self._open_attempt(tx, job, chunk, check.attempts + 1)
+
+    async def _open_attempt(self, tx: JobTx, job: Job, chunk: Chunk, attempt_no: int) -> _Next:
+        """Attempt ``attempt_no`` (the first writes the chunk, later ones extend it): its prompt,
+        from the chunk's context, and its call's row."""
         kind = "write" if attempt_no == 1 else "extend"
-        async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, chunk_id)
-            if chunk.attempts >= attempt_no or chunk.status == "done":
-                return None  # this attempt is already stored
-            current = chunk.text or ""
-            need = chunk.target_words if kind == "write" else max(1, chunk.target_words - chunk.word_count)
-            ask = words_to_ask(need, await _compliance(tx, jid))
-            ctx, state = await _context(tx, job, chunk)
-            memory = ctx.memory.record()
-            msgs = chunk_messages(
-                ctx, style=self.llm.prompt_style, words=ask, current_text=current if kind == "extend" else ""
-            )
-            if chunk.status == "pending":
-                chunk.status, chunk.state_before_id = "writing", state.id
-            job.current_step = f"{kind} chunk {chunk.ordinal + 1}/{job.chunks_total}"
-        res = await self.llm.complete(
-            job_id=jid,
-            chunk_id=chunk_id,
+        current = chunk.text or ""
+        need = chunk.target_words if kind == "write" else max(1, chunk.target_words - chunk.word_count)
+        ask = words_to_ask(need, await compliance_of(tx, tx.job_id))
+        ctx, state = await chunk_context(tx, job, chunk)
+        msgs = chunk_messages(
+            ctx, style=self.llm.prompt_style, words=ask, current_text=current if kind == "extend" else ""
+        )
+        if chunk.status == "pending":
+            chunk.status, chunk.state_before_id = "writing", state.id
+        job.current_step = f"{kind} chunk {chunk.ordinal + 1}/{job.chunks_total}"
+        call = self.llm.request(
+            job_id=tx.job_id,
+            chunk_id=chunk.id,
             purpose=kind,
-            request_key=f"chunk:{chunk_id}:attempt:{attempt_no}",
+            request_key=f"chunk:{chunk.id}:attempt:{attempt_no}",
             model=job.model,
             messages=msgs,
             max_tokens=max_tokens_for(max(ask, 8)),
             prose=True,
         )
+        await self.llm.open_in(tx, call)
+        return _Next(
+            call=call, attempt_no=attempt_no, kind=kind, ask=ask, current=current, ctx=ctx, messages=msgs,
+            memory=ctx.memory.record(),
+        )  # fmt: skip
+
+    async def _attempt(self, jid: uuid.UUID, chunk_id: int, nxt: _Next) -> _Next:
+        """Send the attempt's call; store its answer, the attempt and its length check, and open
+        what comes next, in one transaction."""
+        call, ctx = nxt.call, nxt.ctx
+        assert call is not None and ctx is not None
+        if call.reused is None:
+            await self.llm.send(call)
+        res = call.result
+        assert res is not None
         # Junk (echoes, loops, markup, meta-commentary, ...) never reaches the chunk or its count; nor
         # does what the document already says (claimed below, with the attempt). The event says what went.
         # The memory's lines are the document's own earlier text, not instructions: no echo of them.
         gated = gate(
-            res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current or ctx.previous_tail
+            res.text, prompt=echo_source(nxt.messages, ctx), source=ctx.source_text or "",
+            before=nxt.current or ctx.previous_tail,
+        )  # fmt: skip
+        stored: list[bool] = []
+
+        async def work(tx: JobTx) -> _Next:
+            stored.clear()
+            check = await self._store_attempt(tx, chunk_id, nxt, gated)
+            stored.append(check is not None)
+            return await self._next(tx, chunk_id, check)
+
+        out = await self.llm.settle(call, work)
+        assert out is not None
+        if stored and stored[0]:
+            CHUNK_ATTEMPTS.labels(nxt.kind).inc()  # after the commit: a rolled-back attempt is not counted
+        return out
+
+    async def _store_attempt(self, tx: JobTx, chunk_id: int, nxt: _Next, gated: Gated) -> _Check | None:
+        """The attempt and its length check; None if an earlier try of this activity stored it."""
+        job = await load_job(tx, tx.job_id)
+        chunk = await chunk_of(tx, tx.job_id, chunk_id)
+        attempt_no, kind, res = nxt.attempt_no, nxt.kind, nxt.call.result  # type: ignore[union-attr]
+        assert res is not None
+        if chunk.attempts >= attempt_no or chunk.status == "done":
+            return None
+        gated = await claim(tx, chunk, attempt_no, gated)
+        added = gated.text
+        words_before = chunk.word_count
+        text_after = join_continuation(nxt.current, added) if kind == "extend" else added
+        words_after = count_words(text_after)
+        tx.session.add(
+            ChunkAttempt(
+                job_id=tx.job_id,
+                chunk_id=chunk.id,
+                attempt_no=attempt_no,
+                kind=kind,
+                llm_call_id=res.call_id,
+                words_asked=nxt.ask,
+                added_text=added,
+                text_after=text_after,
+                words_before=words_before,
+                words_added=words_after - words_before,
+                words_after=words_after,
+                memory=nxt.memory,
+                words_model=gated.words_in,
+                cuts=gated.records(),
+            )
         )
-        async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, chunk_id)
-            if chunk.attempts >= attempt_no:
-                return None
-            gated = await claim(tx, chunk, attempt_no, gated)
-            added = gated.text
-            words_before = chunk.word_count
-            text_after = join_continuation(current, added) if kind == "extend" else added
-            words_after = count_words(text_after)
-            tx.session.add(
-                ChunkAttempt(
-                    job_id=jid,
-                    chunk_id=chunk.id,
-                    attempt_no=attempt_no,
-                    kind=kind,
-                    llm_call_id=res.call_id,
-                    words_asked=ask,
-                    added_text=added,
-                    text_after=text_after,
-                    words_before=words_before,
-                    words_added=words_after - words_before,
-                    words_after=words_after,
-                    memory=memory,
-                    words_model=gated.words_in,
-                    cuts=gated.records(),
-                )
-            )
-            chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
-            tx.event(
-                "chunk",
-                kind,
-                {
-                    "chunk": chunk.ordinal,
-                    "attempt": attempt_no,
-                    "words_in": words_before,
-                    "words_out": words_after,
-                    "words_added": words_after - words_before,
-                    "target_words": chunk.target_words,
-                    "min_words": chunk.min_words,
-                    "words_asked": ask,
-                    "finish_reason": res.finish_reason,
-                    "llm_call_id": res.call_id,
-                    "truncated": res.finish_reason == "length",
-                    "words_model": gated.words_in,
-                    "words_cut": gated.words_cut,
-                    "cut_by_rule": gated.by_rule(),
-                    "cuts": gated.records()[:CUTS_IN_EVENT],
-                },
-            )
-            check = await _record_check(tx, job, chunk)
-        CHUNK_ATTEMPTS.labels(kind).inc()  # after the commit: a rolled-back attempt is not counted
-        return check
+        chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
+        tx.event(
+            "chunk",
+            kind,
+            {
+                "chunk": chunk.ordinal,
+                "attempt": attempt_no,
+                "words_in": words_before,
+                "words_out": words_after,
+                "words_added": words_after - words_before,
+                "target_words": chunk.target_words,
+                "min_words": chunk.min_words,
+                "words_asked": nxt.ask,
+                "finish_reason": res.finish_reason,
+                "llm_call_id": res.call_id,
+                "truncated": res.finish_reason == "length",
+                "words_model": gated.words_in,
+                "words_cut": gated.words_cut,
+                "cut_by_rule": gated.by_rule(),
+                "cuts": gated.records()[:CUTS_IN_EVENT],
+            },
+        )
+        return await _record_check(tx, job, chunk)
 
-    async def _check(self, jid: uuid.UUID, chunk_id: int) -> _Check | None:
-        """The length check of the chunk's latest attempt (written once), or None if it is done."""
-        async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, chunk_id)
-            if chunk.status == "done":
-                return None
-            if chunk.attempts == 0:
-                return _Check(0, 0, False, False)
-            return await _record_check(tx, job, chunk)
+    async def _open_memory(self, tx: JobTx, job: Job, chunk: Chunk) -> _Next:
+        """The chunk passed (or stalled): the text it is committed with, the ledger before it, and
+        the memory call's row (none for a small base model: the extractor remembers for it)."""
+        written = chunk.text or ""
+        text = written  # repeats were cut by the gate, answer by answer, before they counted
+        if count_words(text) > chunk.max_words:
+            text = trim_to_words(text, chunk.max_words, chunk.min_words)
+        ledger = await ledger_before(tx, chunk.ordinal)
+        call = memory_request(
+            self.llm, job_id=tx.job_id, chunk_id=chunk.id, model=job.model, passage=text, ledger=ledger,
+            request_key=f"chunk:{chunk.id}:memory:r0",
+        )  # fmt: skip
+        if call is not None:
+            await self.llm.open_in(tx, call)
+        return _Next(
+            call=call, remember=True, ledger=ledger, written=written, text=text, model=job.model,
+            min_words=chunk.min_words, attempt_no=chunk.attempts,
+        )  # fmt: skip
 
-    async def _commit(self, jid: uuid.UUID, chunk_id: int) -> ChunkDone:
-        """Accept a chunk: remember it and check it against the ledger (repairing what the checks
-        find), then commit its text as version 1, a trimmed version if dedupe or trim changed it,
-        a repaired version if the checks did, the next coherence state and the ledger entries of
-        its delta, and the findings, in one transaction."""
-        async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, chunk_id)
-            if chunk.status == "done":
-                return _done(chunk)
-            written = chunk.text or ""
-            text = written  # repeats were cut by the gate, answer by answer, before they counted
-            if count_words(text) > chunk.max_words:
-                text = trim_to_words(text, chunk.max_words, chunk.min_words)
-            ledger = await ledger_before(tx, chunk.ordinal)
-            model, min_words = job.model, chunk.min_words
+    async def _remember_and_commit(self, jid: uuid.UUID, chunk_id: int, nxt: _Next) -> ChunkDone:
+        """Remember the chunk and check it against the ledger; when nothing needs repair (the usual
+        case), the memory's answer and the chunk's commit are one transaction. Otherwise the answer
+        is stored, the repairs are made (``check_and_repair``, each call on its own), and the
+        commit follows."""
+        call, ledger, text = nxt.call, nxt.ledger, nxt.text
+        assert ledger is not None
+        rem: Remembered | None = fallback(text, BASE_MODEL) if call is None else None
+        invalid = ""
+        if call is not None:
+            if call.reused is None:
+                await self.llm.send(call)
+            assert call.result is not None
+            got = interpret(call.result, text, ledger)
+            rem, invalid = (None, got) if isinstance(got, str) else (got, "")
+        if rem is not None:
+            checked = Checked(text, rem, check(text, rem.memory, ledger))
+            if not needs_repair(checked.findings):
+                return await self._commit(jid, chunk_id, nxt, checked, call)
+        if call is not None:
+            await self.llm.settle(call)
+        if rem is None:
+            assert call is not None and call.result is not None
+            rem = await remember(
+                self.llm, job_id=jid, chunk_id=chunk_id, model=nxt.model, passage=text, ledger=ledger,
+                request_key=f"chunk:{chunk_id}:memory:r0", after=(call.result.call_id, invalid),
+            )  # fmt: skip
 
         async def extend(current: str, key: str) -> str:
             """A repair that left the passage short: continued, as any short passage is."""
             async with self.db.job_tx(jid) as tx:
-                ctx, _ = await _context(tx, await load_job(tx, jid), await _chunk(tx, jid, chunk_id))
-            need = max(1, min_words - count_words(current))
+                ctx, _ = await chunk_context(tx, await load_job(tx, jid), await chunk_of(tx, jid, chunk_id))
+            need = max(1, nxt.min_words - count_words(current))
             msgs = chunk_messages(ctx, style=self.llm.prompt_style, words=need + 20, current_text=current)
             res = await self.llm.complete(
                 job_id=jid,
                 chunk_id=chunk_id,
                 purpose="extend",
                 request_key=f"{key}:extend",
-                model=model,
+                model=nxt.model,
                 messages=msgs,
                 max_tokens=max_tokens_for(need + 40),
             )
@@ -236,26 +323,47 @@ class ChunkActivities(ModelStep):
             self.llm,
             job_id=jid,
             chunk_id=chunk_id,
-            model=model,
+            model=nxt.model,
             passage=text,
             ledger=ledger,
             request_key=f"chunk:{chunk_id}:memory",
-            min_words=min_words,
+            min_words=nxt.min_words,
             extend=extend,
+            remembered=rem,
         )
-        async with self.db.job_tx(jid) as tx:
+        return await self._commit(jid, chunk_id, nxt, checked, None)
+
+    async def _commit(
+        self, jid: uuid.UUID, chunk_id: int, nxt: _Next, checked: Checked, call: Call | None
+    ) -> ChunkDone:
+        """The chunk's commit (with ``call``'s answer when it is still to be stored): the step's
+        last transaction."""
+        fresh: list[bool] = []
+
+        async def work(tx: JobTx) -> ChunkDone:
+            fresh.clear()
             await load_job(tx, jid)
-            chunk = await _chunk(tx, jid, chunk_id)
-            if chunk.status == "done":
+            chunk = await chunk_of(tx, jid, chunk_id)
+            if chunk.status == "done":  # a retried commit
                 return _done(chunk)
-            done = await _store_commit(tx, chunk, written, text, checked, ledger_threads=ledger)
-        CHUNKS.inc()  # after the commit, once per chunk (a retried commit returned above)
-        WORDS.inc(done.words)
+            fresh.append(True)
+            assert nxt.ledger is not None
+            return await _store_commit(tx, chunk, nxt.written, nxt.text, checked, ledger_threads=nxt.ledger)
+
+        if call is not None:
+            done = await self.llm.settle(call, work, final=True)
+        else:
+            async with self.db.job_tx(jid, final=True) as tx:
+                done = await work(tx)
+        assert done is not None
+        if fresh:
+            CHUNKS.inc()  # after the commit, once per chunk
+            WORDS.inc(done.words)
         return done
 
 
 async def _store_commit(
-    tx: JobTx, chunk: Chunk, written: str, text: str, checked: Checked, ledger_threads
+    tx: JobTx, chunk: Chunk, written: str, text: str, checked: Checked, ledger_threads: Ledger
 ) -> ChunkDone:
     versions = [add_version(tx, chunk, 1, "written", written)]
     if text != written:
@@ -377,167 +485,3 @@ async def _record_check(tx: JobTx, job: Job, chunk: Chunk) -> _Check:
         },
     )
     return _Check(words, chunk.attempts, passed, done)
-
-
-async def _chunk(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
-    chunk = await tx.session.get(Chunk, chunk_id)
-    if chunk is None or chunk.job_id != jid:
-        raise LookupError(f"chunk {chunk_id} is not a chunk of job {jid}")
-    return chunk
-
-
-async def _compliance(tx: JobTx, jid: uuid.UUID) -> float:
-    """This job's recent (asked, added) attempts, for ``core.length.compliance``."""
-    rows = (
-        await tx.session.execute(
-            select(ChunkAttempt.words_asked, ChunkAttempt.words_added)
-            .where(ChunkAttempt.job_id == jid, ChunkAttempt.kind.in_(["write", "extend"]), ChunkAttempt.words_asked > 0)
-            .order_by(ChunkAttempt.id.desc())
-            .limit(COMPLIANCE_WINDOW)
-        )
-    ).all()
-    return compliance([(r.words_asked, r.words_added) for r in rows])
-
-
-async def _start_state(tx: JobTx, job: Job, chunk: Chunk) -> tuple[CoherenceState, str, str]:
-    """(the state the chunk is written from, the tail of the text before it, the handoff note).
-
-    The predecessor's real state when it is done; for a unit's first chunk whose predecessor is
-    still being written (another chapter, in parallel), a handoff state derived from the plan."""
-    if chunk.state_before_id is not None:  # chosen by an earlier attempt: keep it
-        state = await tx.session.get(CoherenceState, chunk.state_before_id)
-        assert state is not None
-        prev_text = ""
-        if state.kind == "chunk":
-            prev = await _chunk_at(tx, job, chunk.ordinal - 1)
-            prev_text = await text_of(tx, prev)
-        return state, prev_text, state.delta.get("note", "") if state.kind == "handoff" else ""
-    if chunk.ordinal == 0:
-        root = (
-            await tx.session.execute(
-                select(CoherenceState).where(CoherenceState.job_id == job.id, CoherenceState.kind == "root")
-            )
-        ).scalar_one()
-        return root, "", ""
-    prev = await _chunk_at(tx, job, chunk.ordinal - 1)
-    if prev.status == "done" and prev.state_after_id is not None:
-        state = await tx.session.get(CoherenceState, prev.state_after_id)
-        assert state is not None
-        return state, await text_of(tx, prev), ""
-    if prev.unit_id == chunk.unit_id:
-        raise RuntimeError(f"chunk {chunk.ordinal} cannot start: chunk {prev.ordinal} is not done")
-    state = await _handoff(tx, job, chunk)
-    return state, "", state.delta.get("note", "")
-
-
-async def _handoff(tx: JobTx, job: Job, chunk: Chunk) -> CoherenceState:
-    """The state a unit starts from while its predecessor is still being written, derived from
-    the plan and the ledger as it stands: the predecessor's planned synopsis, the threads open in
-    the ledger before it (document order), and how far the ledger went (``ledger_through``), so
-    that the seam check knows what the chapter could not have seen. Recorded as a coherence
-    state of kind ``handoff``."""
-    assert chunk.unit_id is not None
-    unit = await tx.session.get(PlanNode, chunk.unit_id)
-    assert unit is not None
-    pred = (
-        await tx.session.execute(
-            select(PlanNode)
-            .where(
-                PlanNode.job_id == job.id,
-                PlanNode.position < unit.position,
-                PlanNode.level == unit.level,
-                PlanNode.is_continuation.is_(False),
-            )
-            .order_by(PlanNode.position.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
-    ledger = await ledger_before(tx, chunk.ordinal)
-    through = max([e.id for e in ledger.by_ref().values()], default=0)
-    note = f"{pred.title or ''}: {pred.purpose}".strip(": ") if pred is not None else ""
-    state = CoherenceState(
-        job_id=job.id,
-        kind="handoff",
-        ordinal=chunk.ordinal,
-        parent_id=None,
-        unit_id=unit.id,
-        summary=(pred.purpose if pred is not None else "")[:2000],
-        glossary={},
-        open_threads=[t.value for t in ledger.open_threads.values()][-12:],
-        delta={
-            "note": note,
-            "predecessor": pred.id if pred is not None else None,
-            "ledger_through": through,
-            "ledger_entries": ledger.size,
-        },
-        source="derived",
-    )
-    tx.session.add(state)
-    await tx.session.flush()
-    tx.event(
-        "coherence",
-        "handoff",
-        {"chunk": chunk.ordinal, "unit": unit.id, "state": state.id, "note": note, "ledger_entries": ledger.size},
-    )
-    return state
-
-
-async def _chunk_at(tx: JobTx, job: Job, ordinal: int) -> Chunk:
-    return (
-        await tx.session.execute(select(Chunk).where(Chunk.job_id == job.id, Chunk.ordinal == ordinal))
-    ).scalar_one()
-
-
-async def _context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, CoherenceState]:
-    """What a chunk is written from: the skeleton, its place in the tree, its own brief, the
-    story memory before it (cut to its budget), the tail of the text before it."""
-    section = await tx.session.get(PlanNode, chunk.section_id)
-    assert section is not None
-    state, prev_text, note = await _start_state(tx, job, chunk)
-    above: list[PlanNode] = []
-    cur = await tx.session.get(PlanNode, section.parent_id) if section.parent_id else None
-    while cur is not None and cur.level != "book":
-        above.append(cur)
-        cur = await tx.session.get(PlanNode, cur.parent_id) if cur.parent_id else None
-    above.reverse()
-    title, summary = section.title or "", section.purpose
-    if section.is_continuation:  # top-ups continue the last planned section
-        last = (
-            await tx.session.execute(
-                select(PlanNode)
-                .where(PlanNode.job_id == job.id, PlanNode.level == "section", PlanNode.is_continuation.is_(False))
-                .order_by(PlanNode.position.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
-        if last is not None:
-            title, summary = last.title or title, last.purpose
-    # Who and what this passage is about, by the plan: its entries go first when the memory is cut.
-    named = " ".join(
-        [chunk.brief, title, summary]
-        + [
-            x
-            for n in [*above, section]
-            for x in [n.title or "", *(n.key_points or []), *(n.introduces or []), *(n.relies_on or [])]
-        ]
-    )
-    memory = build_context(
-        await ledger_before(tx, chunk.ordinal),
-        await summaries_before(tx, chunk),
-        named=named,
-        budget=prompt_budget(chunk.target_words),
-    )
-    ctx = ChunkContext(
-        plan=job.skeleton,
-        section_index=section.ordinal,
-        section_title=title,
-        section_summary=summary,
-        brief=chunk.brief,
-        source_text=chunk.source_text,
-        previous_tail=tail_words(prev_text, TAIL_WORDS),
-        path=[(n.level, n.title or "", n.purpose) for n in above],
-        memory=memory,
-        handoff=note,
-        brief_words=chunk.target_words,
-    )
-    return ctx, state

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from temporalio import activity
 
 from activities.base import ModelStep, job_options, latest_version, load_job, record_length_check
-from activities.chunks import TAIL_WORDS, _chunk, _compliance, _context
+from activities.context import TAIL_WORDS, chunk_context, chunk_of, compliance_of
 from activities.edit_rows import (
     EditChunkRef,
     EditPlan,
@@ -134,7 +134,7 @@ class EditActivities(ModelStep):
             edit = await load_edit(tx, ref.edit_id)
             if str(ref.chunk_id) in edit.detail.get("after", {}):
                 return
-            chunk = await _chunk(tx, jid, ref.chunk_id)
+            chunk = await chunk_of(tx, jid, ref.chunk_id)
             kind, number, params, detail = edit.kind, edit.number, dict(edit.params or {}), dict(edit.detail)
             current = (await latest_text(tx.session, chunk.id)).strip()
             ledger = await ledger_before(tx, chunk.ordinal)
@@ -180,7 +180,7 @@ class EditActivities(ModelStep):
             edit = await load_edit(tx, ref.edit_id)
             if str(ref.chunk_id) in edit.detail.get("after", {}):
                 return
-            chunk = await _chunk(tx, jid, ref.chunk_id)
+            chunk = await chunk_of(tx, jid, ref.chunk_id)
             await store_version(tx, job, edit, chunk, kind, text, checked, memory_id)
 
     async def _regenerate(self, jid: uuid.UUID, edit_id: int, chunk_id: int, key: str) -> str:
@@ -190,7 +190,7 @@ class EditActivities(ModelStep):
             async with self.db.job_tx(jid) as tx:
                 job = await load_job(tx, jid)
                 edit = await load_edit(tx, edit_id)
-                chunk = await _chunk(tx, jid, chunk_id)
+                chunk = await chunk_of(tx, jid, chunk_id)
                 base = int(edit.detail["before"][str(chunk_id)]["attempts"])
                 rows = (
                     (
@@ -212,7 +212,7 @@ class EditActivities(ModelStep):
                         text = trim_to_words(text, chunk.max_words, chunk.min_words)
                     return text
                 need = chunk.target_words if not rows else max(1, chunk.target_words - count_words(text))
-                ask = words_to_ask(need, await _compliance(tx, jid))
+                ask = words_to_ask(need, await compliance_of(tx, jid))
             await self._ask(jid, edit_id, chunk_id, ask, text, f"{key}:attempt:{chunk.attempts + 1}", attempt=True)
             activity.heartbeat(chunk.attempts + 1)
 
@@ -226,7 +226,7 @@ class EditActivities(ModelStep):
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             edit = await load_edit(tx, edit_id)
-            chunk = await _chunk(tx, jid, chunk_id)
+            chunk = await chunk_of(tx, jid, chunk_id)
             ctx = await _edit_context(tx, job, chunk, edit)
             msgs = chunk_messages(ctx, style=self.llm.prompt_style, words=words, current_text=current)
             memory, number, model, attempt_no = ctx.memory.record(), edit.number, job.model, chunk.attempts + 1
@@ -245,7 +245,7 @@ class EditActivities(ModelStep):
         if not attempt:
             return text
         async with self.db.job_tx(jid) as tx:
-            chunk = await _chunk(tx, jid, chunk_id)
+            chunk = await chunk_of(tx, jid, chunk_id)
             if chunk.attempts >= attempt_no:  # stored by an earlier try of this activity
                 return text
             before, after = count_words(current), count_words(text)
@@ -331,7 +331,7 @@ async def _edit_context(tx: JobTx, job: Job, chunk: Chunk, edit: Edit) -> ChunkC
     (``activities.chunks``), with the author's instruction, the real text before it (never a
     handoff: its predecessor is written), and the new summaries of the passages this edit has
     written already in place of their old ones."""
-    ctx, _ = await _context(tx, job, chunk)
+    ctx, _ = await chunk_context(tx, job, chunk)
     ctx.instruction = str((edit.params or {}).get("instruction") or "")
     if chunk.ordinal > 0 and (ctx.handoff or not ctx.previous_tail):
         prev = (

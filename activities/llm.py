@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -39,10 +39,11 @@ from core.runs import edit_of
 from core.spec import JobOptions
 from db.loop import clock_start
 from db.models import Job
-from db.session import Database, JobGone
+from db.session import Database, JobGone, JobTx
 
-__all__ = ["BudgetExhausted", "LlmClient", "LlmResult", "LlmUnavailable", "QuotaExceeded"]
+__all__ = ["BudgetExhausted", "Call", "LlmClient", "LlmResult", "LlmUnavailable", "QuotaExceeded"]
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class LlmUnavailable(Exception):
@@ -109,7 +110,7 @@ class LlmClient:
         exc = state.outcome.exception() if state.outcome else None
         return retry_wait(exc, state.attempt_number, self.retry_wait_cap)
 
-    async def complete(
+    def request(
         self,
         *,
         job_id: uuid.UUID,
@@ -122,12 +123,8 @@ class LlmClient:
         temperature: float = 0.8,
         json_mode: bool = False,
         prose: bool = False,
-    ) -> LlmResult:
-        """One logical completion. A successful answer already stored under ``request_key``
-        (from an activity attempt that crashed before using it) is reused, not paid for again."""
-        reused, deadline = await self._admit(job_id, request_key)
-        if reused is not None:
-            return reused
+    ) -> Call:
+        """A completion to make: ``open_in`` a transaction, then ``send``, then ``settle``."""
         # Streamed, for the time to first token; usage is asked for where the server gives it
         # (llama.cpp's does not: tokens are then estimated, and tokens_estimated says so).
         params: dict[str, Any] = {
@@ -140,7 +137,75 @@ class LlmClient:
             params["response_format"] = {"type": "json_object"}
         if prose and self.sampling:
             params["extra_body"] = dict(self.sampling)
-        use_model = model or self.model
+        return Call(job_id, purpose, request_key, messages, params, model or self.model, chunk_id)
+
+    async def complete(self, **request: Any) -> LlmResult:
+        """One logical completion in two transactions of its own (the pending row; the answer).
+        A successful answer already stored under ``request_key`` (from an activity attempt that
+        crashed before using it) is reused, not paid for again."""
+        return await self.complete_call(self.request(**request))
+
+    async def complete_call(self, call: Call) -> LlmResult:
+        """``complete`` for a call already made by ``request``."""
+        async with self.db.job_tx(call.job_id) as tx:
+            await self.open_in(tx, call)
+        if call.reused is not None:
+            return call.reused
+        await self.send(call)
+        await self.settle(call)
+        assert call.result is not None
+        return call.result
+
+    async def open_in(self, tx: JobTx, call: Call) -> None:
+        """In the caller's transaction (committed before ``send``): an answer already paid for
+        under the call's key (``call.reused``), else the job's budgets and its owner's quota (a
+        refusal is recorded here and raised by ``send``, after the commit), else the call's row,
+        ``pending``."""
+        job = await tx.session.get(Job, call.job_id)
+        if job is None:
+            raise JobGone(str(call.job_id))
+        opts = JobOptions(**(job.params or {}))
+        # Not the review's wait, nor the job's own time for an edit of it (db.loop.clock_start).
+        wid = activity.info().workflow_id if activity.in_activity() else None
+        started = await clock_start(tx.session, job, edit_of(wid))
+        call.deadline = started.timestamp() + opts.max_wall_seconds
+        row = await self.records.answer_paid_for(tx, call.job_id, call.request_key)
+        if row is not None:
+            tx.event(
+                "llm",
+                "reuse",
+                {
+                    "llm_call_id": row.id,
+                    "request_key": call.request_key,
+                    "reason": "answer stored by an earlier attempt of this activity",
+                },
+            )
+            text = without_controls(answer_of(row))
+            call.reused = call.result = LlmResult(
+                row.id, text, row.finish_reason, row.tokens_in or 0, row.tokens_out or 0, reused=True
+            )
+            return
+        exhausted = await budget_exhausted(tx, call.job_id, opts, call.deadline)
+        refused = None if exhausted is not None else await quota_refused(tx, job.user_id)
+        if refused is not None:
+            tx.event("error", "quota", {"reason": str(refused), "request_key": call.request_key})
+            call.refused = refused
+        elif exhausted is not None:
+            tx.event("error", "budget", {"reason": exhausted, "request_key": call.request_key})
+            call.refused = BudgetExhausted(exhausted)
+        else:
+            call.call_id, call.attempt_no = await self.records.open_in(
+                tx, call.chunk_id, call.purpose, call.request_key, call.model, call.messages, call.params
+            )
+
+    async def send(self, call: Call) -> None:
+        """The request, once its row is committed: returns with the answer in hand (``call.out``),
+        to be stored by ``settle``. A failed HTTP attempt is closed at once and the next one opens
+        a row of its own (429 honouring Retry-After, 5xx, timeouts, resets: retried here, then
+        ``LlmUnavailable``)."""
+        if call.refused is not None:
+            raise call.refused  # recorded by open_in's transaction
+        assert call.reused is None, "a reused answer is not sent"
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: isinstance(e, TRANSIENT)),
@@ -149,111 +214,56 @@ class LlmClient:
                 reraise=True,
             ):
                 with attempt:
-                    if time.time() >= deadline:  # a retry must respect it too
-                        raise BudgetExhausted("the job's time budget ran out while retrying a model call")
-                    return await self._attempt(job_id, chunk_id, purpose, request_key, use_model, messages, params)
+                    if call.call_id is None:  # a retry: a row of its own, within the job's time
+                        if time.time() >= call.deadline:
+                            raise BudgetExhausted("the job's time budget ran out while retrying a model call")
+                        call.call_id, call.attempt_no = await self.records.open(
+                            call.job_id, call.chunk_id, call.purpose, call.request_key, call.model,
+                            call.messages, call.params,
+                        )  # fmt: skip
+                    await self._http(call)
         except TRANSIENT as exc:
             raise LlmUnavailable(f"{type(exc).__name__} after {self.max_retries + 1} attempts: {exc}") from exc
-        raise AssertionError("unreachable")
 
-    async def _admit(self, job_id: uuid.UUID, request_key: str) -> tuple[LlmResult | None, float]:
-        """(an answer already paid for under ``request_key``, the job's deadline as a Unix time).
-
-        Before any new call, the job's budgets: BudgetExhausted if its tokens or time are used up;
-        and its owner's quota: QuotaExceeded if their tokens of the day are."""
-        async with self.db.job_tx(job_id) as tx:
-            job = await tx.session.get(Job, job_id)
-            if job is None:
-                raise JobGone(str(job_id))
-            opts = JobOptions(**(job.params or {}))
-            # Not the review's wait, nor the job's own time for an edit of it (db.loop.clock_start).
-            wid = activity.info().workflow_id if activity.in_activity() else None
-            started = await clock_start(tx.session, job, edit_of(wid))
-            deadline = started.timestamp() + opts.max_wall_seconds
-            row = await self.records.answer_paid_for(tx, job_id, request_key)
-            if row is not None:
-                tx.event(
-                    "llm",
-                    "reuse",
-                    {
-                        "llm_call_id": row.id,
-                        "request_key": request_key,
-                        "reason": "answer stored by an earlier attempt of this activity",
-                    },
-                )
-                text = without_controls(answer_of(row))
-                return LlmResult(
-                    row.id, text, row.finish_reason, row.tokens_in or 0, row.tokens_out or 0, reused=True
-                ), deadline
-            exhausted = await budget_exhausted(tx, job_id, opts, deadline)
-            refused = None if exhausted is not None else await quota_refused(tx, job.user_id)
-            if exhausted is None and refused is None:
-                return None, deadline
-            if refused is not None:
-                tx.event("error", "quota", {"reason": str(refused), "request_key": request_key})
-            else:
-                tx.event("error", "budget", {"reason": exhausted, "request_key": request_key})
-        if refused is not None:
-            raise refused  # after the commit: the refusal is in the log
-        raise BudgetExhausted(exhausted)
-
-    async def _attempt(
-        self,
-        job_id: uuid.UUID,
-        chunk_id: int | None,
-        purpose: str,
-        request_key: str,
-        model: str,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-    ) -> LlmResult:
-        """One HTTP attempt. Its row is committed (``pending``) before the request leaves, and its
-        outcome is stored before anything else can fail: cancellation included, since storing is
-        shielded from it (``asyncio.CancelledError`` is not an ``Exception``)."""
-        call_id, attempt_no = await self.records.open(job_id, chunk_id, purpose, request_key, model, messages, params)
-        span = start_span(self.base_url, job_id, call_id, purpose, model, attempt_no, params)
+    async def _http(self, call: Call) -> None:
+        """One HTTP attempt. A failure is stored before anything else can happen (cancellation
+        included: storing is shielded from it) and raised; an answer is measured and kept on
+        ``call`` for ``settle``."""
+        assert call.call_id is not None
+        span = start_span(
+            self.base_url, call.job_id, call.call_id, call.purpose, call.model, call.attempt_no, call.params
+        )
         t0 = time.perf_counter()
         out = Outcome()
         try:
             await stream_completion(
-                self.client, model=model, messages=messages, params=params, limit_s=self.timeout, out=out, t0=t0
-            )
+                self.client, model=call.model, messages=call.messages, params=call.params, limit_s=self.timeout,
+                out=out, t0=t0,
+            )  # fmt: skip
         except asyncio.CancelledError:
             out.error = asyncio.CancelledError("cancelled while the call was in flight")
-            await shielded(self._close(job_id, call_id, purpose, model, attempt_no, messages, out, t0, span))
+            await shielded(self._close_alone(call, out, t0, span))
             raise
         except openai.APIStatusError as exc:
             out.error, out.http_status = exc, exc.status_code
         except Exception as exc:  # timeouts (a stalled stream too), connection resets, garbage bodies
             out.error = exc
-        closed = await shielded(self._close(job_id, call_id, purpose, model, attempt_no, messages, out, t0, span))
         if out.error is not None:
+            await shielded(self._close_alone(call, out, t0, span))
+            call.call_id = None
             raise out.error
-        text = without_controls(out.text or "")
-        return LlmResult(call_id, text, out.finish, closed.tokens_in or 0, closed.tokens_out or 0)
+        self._measure(call, out, t0, span)
 
-    async def _close(
-        self,
-        job_id: uuid.UUID,
-        call_id: int,
-        purpose: str,
-        model: str,
-        attempt_no: int,
-        messages: list[dict[str, str]],
-        out: Outcome,
-        t0: float,
-        span: Any = None,
-    ) -> Closed:
-        """Measure the call (metrics, its span: the call happened, whatever the write does), then
-        store its outcome."""
-        latency_ms = (time.perf_counter() - t0) * 1000
-        end_ns = time.time_ns()
-        closed = self.records.outcome(messages, out, model)
+    def _measure(self, call: Call, out: Outcome, t0: float, span: Any) -> Closed:
+        """The call's figures, its metrics and span (the call happened, whatever the write does)."""
+        call.latency_ms = (time.perf_counter() - t0) * 1000
+        call.out, call.closed = out, self.records.outcome(call.messages, out, call.model)
+        closed = call.closed
         record = CallRecord(
-            model,
-            purpose,
+            call.model,
+            call.purpose,
             outcome_label(out, closed.status),
-            latency_ms,
+            call.latency_ms,
             out.ttft_ms,
             closed.tokens_in,
             closed.tokens_out,
@@ -261,17 +271,92 @@ class LlmClient:
             out.finish,
             closed.error,
         )
-        observe(record, span, end_ns)
-        await self.records.close(job_id, call_id, purpose, model, attempt_no, messages, out, latency_ms, closed)
+        observe(record, span, time.time_ns())
         log.info(
             "llm.call",
-            job_id=str(job_id),
-            purpose=purpose,
+            job_id=str(call.job_id),
+            purpose=call.purpose,
             status=closed.status,
-            ms=round(latency_ms),
+            ms=round(call.latency_ms),
             ttft_ms=round(out.ttft_ms) if out.ttft_ms is not None else None,
             tokens_in=closed.tokens_in,
             tokens_out=closed.tokens_out,
             finish=out.finish,
         )
+        call.result = LlmResult(
+            call.call_id or 0,
+            without_controls(out.text or ""),
+            out.finish,
+            closed.tokens_in or 0,
+            closed.tokens_out or 0,
+        )
         return closed
+
+    async def _close_alone(self, call: Call, out: Outcome, t0: float, span: Any) -> None:
+        closed = self._measure(call, out, t0, span)
+        await self.records.close(
+            call.job_id, call.call_id or 0, call.purpose, call.model, call.attempt_no, call.messages, out,
+            call.latency_ms, closed,
+        )  # fmt: skip
+
+    async def store_in(self, tx: JobTx, call: Call) -> None:
+        """The answer ``send`` brought onto its row, in the caller's transaction."""
+        if call.reused is not None:
+            return
+        assert call.out is not None and call.closed is not None and call.call_id is not None
+        await self.records.write_outcome(
+            tx, call.call_id, call.purpose, call.model, call.attempt_no, call.messages, call.out,
+            call.latency_ms, call.closed,
+        )  # fmt: skip
+
+    async def settle(
+        self, call: Call, work: Callable[[JobTx], Awaitable[T]] | None = None, *, final: bool = False
+    ) -> T | None:
+        """Store the answer and, in the same transaction, what the step made of it (``work(tx)``):
+        shielded from cancellation and retried through a database outage, like every close. If
+        ``work`` fails otherwise, the answer is stored alone (it was paid for) and the error raised."""
+        if call.reused is not None and work is None:
+            return None
+
+        async def write() -> T | None:
+            async with self.db.job_tx(call.job_id, final=final) as tx:
+                await self.store_in(tx, call)
+                return await work(tx) if work is not None else None
+
+        try:
+            return await shielded(self.records.through_outage(write, f"storing model call {call.call_id}"))
+        except Exception:
+            if call.reused is None and work is not None:
+                await shielded(
+                    self.records.through_outage(self._store_alone(call), f"storing model call {call.call_id}")
+                )
+            raise
+
+    def _store_alone(self, call: Call) -> Callable[[], Awaitable[None]]:
+        async def write() -> None:
+            async with self.db.job_tx(call.job_id) as tx:
+                await self.store_in(tx, call)
+
+        return write
+
+
+@dataclass
+class Call:
+    """One logical completion on its way: what is asked, then its row, then its answer."""
+
+    job_id: uuid.UUID
+    purpose: str
+    request_key: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    model: str
+    chunk_id: int | None = None
+    deadline: float = 0.0  # the job's, as a Unix time
+    call_id: int | None = None  # the open row
+    attempt_no: int = 0
+    reused: LlmResult | None = None  # an answer already paid for under request_key
+    refused: Exception | None = None  # a budget or quota said no (recorded)
+    out: Outcome | None = None
+    closed: Closed | None = None
+    latency_ms: float = 0.0
+    result: LlmResult | None = None

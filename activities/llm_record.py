@@ -94,37 +94,50 @@ class CallRecords:
         messages: list[dict[str, str]],
         params: dict[str, Any],
     ) -> tuple[int, int]:
-        """(call id, attempt): the row, ``pending``, committed before the request is sent. Earlier
-        attempts of the same request still ``pending`` died so: they are marked ``interrupted``."""
+        """(call id, attempt): the row, ``pending``, committed before the request is sent."""
         async with self.db.job_tx(job_id) as tx:
-            earlier = (
-                (
-                    await tx.session.execute(
-                        select(LlmCall).where(LlmCall.job_id == job_id, LlmCall.request_key == request_key)
-                    )
+            return await self.open_in(tx, chunk_id, purpose, request_key, model, messages, params)
+
+    async def open_in(
+        self,
+        tx: JobTx,
+        chunk_id: int | None,
+        purpose: str,
+        request_key: str,
+        model: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+    ) -> tuple[int, int]:
+        """``open`` inside the caller's transaction (which must commit before the request is sent).
+        Earlier attempts of the same request still ``pending`` died so: they are marked ``interrupted``."""
+        earlier = (
+            (
+                await tx.session.execute(
+                    select(LlmCall).where(LlmCall.job_id == tx.job_id, LlmCall.request_key == request_key)
                 )
-                .scalars()
-                .all()
             )
-            for row in earlier:
-                if row.status == "pending":
-                    self._interrupted(tx, row)
-            row = LlmCall(
-                job_id=job_id,
-                chunk_id=chunk_id,
-                purpose=purpose,
-                request_key=request_key,
-                attempt=len(earlier) + 1,
-                model=model,
-                base_url=self.base_url,
-                messages=messages,
-                params=params,
-                status="pending",
-                started_at=dt.datetime.now(dt.UTC),
-            )
-            tx.session.add(row)
-            await tx.session.flush()
-            return row.id, row.attempt
+            .scalars()
+            .all()
+        )
+        for row in earlier:
+            if row.status == "pending":
+                self._interrupted(tx, row)
+        row = LlmCall(
+            job_id=tx.job_id,
+            chunk_id=chunk_id,
+            purpose=purpose,
+            request_key=request_key,
+            attempt=len(earlier) + 1,
+            model=model,
+            base_url=self.base_url,
+            messages=messages,
+            params=params,
+            status="pending",
+            started_at=dt.datetime.now(dt.UTC),
+        )
+        tx.session.add(row)
+        await tx.session.flush()
+        return row.id, row.attempt
 
     def _interrupted(self, tx: JobTx, row: LlmCall) -> None:
         row.status, row.error = "error", INTERRUPTED
@@ -179,51 +192,67 @@ class CallRecords:
         closed: Closed,
     ) -> None:
         """The outcome onto the call's row, with its ``llm`` event, retried through an outage."""
-        text = out.text
-        cost = cost_micro_usd(self.prices.get(model), closed.tokens_in, closed.cached, closed.tokens_out)
 
         async def write() -> None:
             async with self.db.job_tx(job_id) as tx:
-                row = await tx.session.get(LlmCall, call_id)
-                assert row is not None
-                row.response, row.finish_reason = None if text is None else storable(text), out.finish
-                row.response_raw = None if text is None or is_storable(text) else raw_bytes(text)
-                row.tokens_in, row.tokens_out = closed.tokens_in, closed.tokens_out
-                row.tokens_cached, row.tokens_estimated = closed.cached, closed.estimated
-                row.latency_ms, row.status, row.http_status = latency_ms, closed.status, out.http_status
-                row.error, row.ttft_ms, row.cost_micro_usd = closed.error, out.ttft_ms, cost
-                row.completed_at = dt.datetime.now(dt.UTC)
-                last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-                tx.event(
-                    "llm",
-                    "call" if closed.status == "ok" else "error",
-                    {
-                        "llm_call_id": call_id,
-                        "purpose": purpose,
-                        "model": model,
-                        "attempt": attempt_no,
-                        "status": closed.status,
-                        "http_status": out.http_status,
-                        "error": closed.error,
-                        "finish_reason": out.finish,
-                        "tokens_in": closed.tokens_in,
-                        "tokens_out": closed.tokens_out,
-                        "tokens_cached": closed.cached,
-                        "tokens_estimated": closed.estimated,
-                        "cost_micro_usd": cost,
-                        "latency_ms": round(latency_ms, 1),
-                        "ttft_ms": round(out.ttft_ms, 1) if out.ttft_ms is not None else None,
-                        "prompt_summary": shorten(" ".join(last_user.split()), 300),
-                        "prompt_chars": prompt_chars(messages),
-                        "response_summary": shorten(" ".join((text or "").split()), 300),
-                        "response_words": count_words(text or ""),
-                        "response_raw": row.response_raw is not None,
-                    },
-                )
-                if out.error is not None:
-                    tx.event("error", "llm", {"llm_call_id": call_id, "purpose": purpose, "error": closed.error})
+                await self.write_outcome(tx, call_id, purpose, model, attempt_no, messages, out, latency_ms, closed)
 
         await self.through_outage(write, f"storing model call {call_id}")
+
+    async def write_outcome(
+        self,
+        tx: JobTx,
+        call_id: int,
+        purpose: str,
+        model: str,
+        attempt_no: int,
+        messages: list[dict[str, str]],
+        out: Outcome,
+        latency_ms: float,
+        closed: Closed,
+    ) -> None:
+        """The outcome onto the call's row and its ``llm`` event, in the caller's transaction (the
+        step's own, where it stores what it made of the answer: ``LlmClient.settle``)."""
+        text = out.text
+        cost = cost_micro_usd(self.prices.get(model), closed.tokens_in, closed.cached, closed.tokens_out)
+        row = await tx.session.get(LlmCall, call_id)
+        assert row is not None
+        row.response, row.finish_reason = None if text is None else storable(text), out.finish
+        row.response_raw = None if text is None or is_storable(text) else raw_bytes(text)
+        row.tokens_in, row.tokens_out = closed.tokens_in, closed.tokens_out
+        row.tokens_cached, row.tokens_estimated = closed.cached, closed.estimated
+        row.latency_ms, row.status, row.http_status = latency_ms, closed.status, out.http_status
+        row.error, row.ttft_ms, row.cost_micro_usd = closed.error, out.ttft_ms, cost
+        row.completed_at = dt.datetime.now(dt.UTC)
+        last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        tx.event(
+            "llm",
+            "call" if closed.status == "ok" else "error",
+            {
+                "llm_call_id": call_id,
+                "purpose": purpose,
+                "model": model,
+                "attempt": attempt_no,
+                "status": closed.status,
+                "http_status": out.http_status,
+                "error": closed.error,
+                "finish_reason": out.finish,
+                "tokens_in": closed.tokens_in,
+                "tokens_out": closed.tokens_out,
+                "tokens_cached": closed.cached,
+                "tokens_estimated": closed.estimated,
+                "cost_micro_usd": cost,
+                "latency_ms": round(latency_ms, 1),
+                "ttft_ms": round(out.ttft_ms, 1) if out.ttft_ms is not None else None,
+                "prompt_summary": shorten(" ".join(last_user.split()), 300),
+                "prompt_chars": prompt_chars(messages),
+                "response_summary": shorten(" ".join((text or "").split()), 300),
+                "response_words": count_words(text or ""),
+                "response_raw": row.response_raw is not None,
+            },
+        )
+        if out.error is not None:
+            tx.event("error", "llm", {"llm_call_id": call_id, "purpose": purpose, "error": closed.error})
 
     async def through_outage(self, write: Callable[[], Awaitable[T]], what: str) -> T:
         """``write()``, again after each database outage (1 s doubling to 30 s) for up to

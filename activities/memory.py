@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.llm import LlmClient
+from activities.llm import Call, LlmClient, LlmResult
 from activities.prompts import memory_messages, repair_messages, summary_messages
 from core.continuity import Finding, ReportInput, apply_fixes, check, needs_repair, paragraph_of, report
 from core.gate import clean_model_text
@@ -209,6 +209,51 @@ class Remembered:
         }
 
 
+BASE_MODEL = "the model is a base model (prompt style document)"
+
+
+def memory_request(
+    llm: LlmClient,
+    *,
+    job_id: uuid.UUID,
+    chunk_id: int | None,
+    model: str,
+    passage: str,
+    ledger: Ledger,
+    request_key: str,
+    judge_only: bool = False,
+    attempt: int = 1,
+    error: str | None = None,
+) -> Call | None:
+    """The memory call for a passage (its ``attempt``, with the previous one's ``error``); None for
+    a small base model, which is asked for prose only (the extractor remembers for it)."""
+    if llm.prompt_style == "document":
+        return None
+    return llm.request(
+        job_id=job_id,
+        chunk_id=chunk_id,
+        purpose="judge" if judge_only else "memory",
+        request_key=f"{request_key}:{attempt}",
+        model=llm.judge_model or model,
+        messages=memory_messages(passage, judge_entries(ledger, passage), judge_only=judge_only, error=error),
+        max_tokens=600 if judge_only else 1600,
+        temperature=0.0,
+        json_mode=True,
+    )
+
+
+def interpret(res: LlmResult, passage: str, ledger: Ledger) -> Remembered | str:
+    """The model's delta, completed with every proper name the extractor finds and it left out;
+    or why the answer is not valid (the next attempt is told)."""
+    refs = {ref for ref, _ in judge_entries(ledger, passage)}
+    try:
+        parsed = parse_memory(res.text, passage, refs)
+    except ValueError as exc:
+        return str(exc)
+    mem, added = merge(parsed.memory, passage)
+    return Remembered(mem, "model", [res.call_id], [], parsed.dropped, added)
+
+
 async def remember(
     llm: LlmClient,
     *,
@@ -219,39 +264,33 @@ async def remember(
     ledger: Ledger,
     request_key: str,
     judge_only: bool = False,
+    after: tuple[int, str] | None = None,
 ) -> Remembered:
     """Ask the model for the passage's delta and its contradictions with the ledger; an invalid
     answer is retried once with what was wrong, then the extractor's delta is used (and says
-    so). A valid answer is completed with every proper name the extractor finds and it left out."""
-    known = judge_entries(ledger, passage)
-    refs = {ref for ref, _ in known}
-    if llm.prompt_style == "document":  # a small base model: asked for prose only
-        return Remembered(
-            extract(passage), "fallback", why_fallback="the model is a base model (prompt style document)"
-        )
-    errors: list[str] = []
-    calls: list[int] = []
-    for attempt in (1, 2):
-        res = await llm.complete(
-            job_id=job_id,
-            chunk_id=chunk_id,
-            purpose="judge" if judge_only else "memory",
-            request_key=f"{request_key}:{attempt}",
-            model=llm.judge_model or model,
-            messages=memory_messages(passage, known, judge_only=judge_only, error=errors[-1] if errors else None),
-            max_tokens=600 if judge_only else 1600,
-            temperature=0.0,
-            json_mode=True,
-        )
-        calls.append(res.call_id)
-        try:
-            parsed = parse_memory(res.text, passage, refs)
-        except ValueError as exc:
-            errors.append(str(exc))
+    so). ``after``: (call id, error) of a first attempt already made and found invalid."""
+    calls, errors = ([after[0]], [after[1]]) if after is not None else ([], [])
+    for attempt in (1, 2)[len(calls) :]:
+        call = memory_request(
+            llm, job_id=job_id, chunk_id=chunk_id, model=model, passage=passage, ledger=ledger,
+            request_key=request_key, judge_only=judge_only, attempt=attempt, error=errors[-1] if errors else None,
+        )  # fmt: skip
+        if call is None:
+            return fallback(passage, BASE_MODEL)
+        res = await llm.complete_call(call)
+        got = interpret(res, passage, ledger)
+        if isinstance(got, str):
+            calls.append(res.call_id)
+            errors.append(got)
             continue
-        mem, added = merge(parsed.memory, passage)
-        return Remembered(mem, "model", calls, errors, parsed.dropped, added)
-    return Remembered(extract(passage), "fallback", calls, errors, why_fallback="no valid answer in two tries")
+        got.calls, got.errors = [*calls, res.call_id], errors
+        return got
+    return fallback(passage, "no valid answer in two tries", calls, errors)
+
+
+def fallback(passage: str, why: str, calls: list[int] | None = None, errors: list[str] | None = None) -> Remembered:
+    """The deterministic extractor's delta (every proper name with the sentence that introduced it)."""
+    return Remembered(extract(passage), "fallback", calls or [], errors or [], why_fallback=why)
 
 
 # -- checks and repairs -------------------------------------------------------------------------
@@ -293,6 +332,7 @@ async def check_and_repair(
     stored: Remembered | None = None,
     judge: bool = True,
     locked: bool = False,
+    remembered: Remembered | None = None,
 ) -> Checked:
     """Check a passage against the ledger and repair what is found: a finding at or above the
     repair severity gets a rule's fix, else the model rewrites its paragraph with the finding in
@@ -301,8 +341,12 @@ async def check_and_repair(
 
     A new passage is remembered first (its delta and the judge, one call). A passage whose delta
     is ``stored`` (a chapter checked again at its seam) is judged only when ``judge`` (one call
-    for the contradictions, its delta kept), else checked by the rules alone (no call)."""
-    if stored is None:
+    for the contradictions, its delta kept), else checked by the rules alone (no call).
+    ``remembered``: the new passage's delta, already asked for (the chunk step asks in its own
+    transactions)."""
+    if remembered is not None:
+        rem = remembered
+    elif stored is None:
         rem = await remember(
             llm, job_id=job_id, chunk_id=chunk_id, model=model, passage=passage, ledger=ledger,
             request_key=f"{request_key}:r0",

@@ -13,11 +13,13 @@ marked ``rolled_back``.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -67,6 +69,29 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+@dataclass
+class StepEvents:
+    """The audit interceptor's events of one activity attempt (services.temporal), written inside
+    the step's own transactions rather than in transactions of their own: its ``start`` leads the
+    first transaction the step commits for ``job_id`` (whose seq then names the step in every later
+    event, ``data.activity_seq``), and its ``end`` closes the transaction the step marks final
+    (``job_tx(..., final=True)``). What the step never wrote, the interceptor writes at the end."""
+
+    job_id: uuid.UUID
+    start: dict[str, Any]
+    t0: float = field(default_factory=time.perf_counter)
+    seq: int | None = None  # the start's seq, once committed
+    leading: bool = False  # a transaction carrying the start is open
+    ended: bool = False
+
+    def end_data(self) -> dict[str, Any]:
+        return {**self.start, "duration_ms": round((time.perf_counter() - self.t0) * 1000, 2), "outcome": "completed"}
+
+
+# The activity attempt the current task runs (set by the interceptor; each attempt has its own task).
+STEP: ContextVar[StepEvents | None] = ContextVar("quire_step", default=None)
+
+
 class JobGone(Exception):
     """The job row no longer exists (the user deleted it): nothing more is written for it."""
 
@@ -74,10 +99,13 @@ class JobGone(Exception):
 class JobTx:
     """An open, audited transaction for one job."""
 
-    def __init__(self, session: AsyncSession, buffer: AuditBuffer) -> None:
+    def __init__(self, session: AsyncSession, buffer: AuditBuffer, final: bool = False) -> None:
         self.session = session
         self.buffer = buffer
         self.last_seq: int | None = None  # the seq of its last event, once committed
+        # The step's last transaction: it carries the activity's ``end`` (see StepEvents). Set it
+        # once the step knows (``tx.final = True``) so that nothing it does after commits alone.
+        self.final = final
 
     @property
     def job_id(self) -> uuid.UUID:
@@ -138,23 +166,38 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def job_tx(self, job_id: uuid.UUID) -> AsyncIterator[JobTx]:
-        buf = AuditBuffer(job_id=job_id, redactor=self.redactor, activity_seq=ACTIVITY_SEQ.get())
+    async def job_tx(self, job_id: uuid.UUID, *, final: bool = False) -> AsyncIterator[JobTx]:
+        step = STEP.get()
+        if step is not None and step.job_id != job_id:
+            step = None
+        lead = step is not None and step.seq is None and not step.leading
+        if lead:
+            step.leading = True  # type: ignore[union-attr]
+        seq_of_step = ACTIVITY_SEQ.get() if step is None else step.seq
+        buf = AuditBuffer(job_id=job_id, redactor=self.redactor, activity_seq=seq_of_step)
+        if lead:
+            buf.add("activity", "start", step.start)  # type: ignore[union-attr]
         failed: BaseException | None = None
         async with self.sessions() as session:
             conn = await session.connection()
             info = conn.sync_connection.info  # type: ignore[union-attr]
             info[CAPTURE_KEY] = buf
             session.info[CAPTURE_KEY] = buf
-            tx = JobTx(session, buf)
+            tx = JobTx(session, buf, final)
             try:
                 yield tx
                 await session.flush()
                 buf.capturing = False
+                if tx.final and step is not None and not step.ended:
+                    buf.add("activity", "end", step.end_data())
                 events = buf.finished()
-                last = await write_events(session, job_id, events, self)
+                last = await write_events(session, job_id, events, self, lead=lead)
                 await session.commit()
                 tx.last_seq = last
+                if lead:
+                    step.seq = last - len(events) + 1 if last is not None else None  # type: ignore[union-attr]
+                if tx.final and step is not None:
+                    step.ended = True
                 count_written(events)
             except BaseException as exc:
                 failed = exc
@@ -167,19 +210,31 @@ class Database:
                 buf.capturing = False
                 info.pop(CAPTURE_KEY, None)
                 session.info.pop(CAPTURE_KEY, None)
+                if lead:
+                    step.leading = False  # type: ignore[union-attr]
         if failed is not None:
             if isinstance(failed, Exception | asyncio.CancelledError) and not isinstance(failed, JobGone):
-                await self._record_rollback(job_id, buf, failed)
+                await self._record_rollback(job_id, buf, failed, lead=lead)
             raise failed
 
-    async def _record_rollback(self, job_id: uuid.UUID, buf: AuditBuffer, exc: BaseException) -> None:
-        """What a rolled-back transaction ran and why it failed, in a transaction of its own."""
+    async def _record_rollback(
+        self, job_id: uuid.UUID, buf: AuditBuffer, exc: BaseException, *, lead: bool = False
+    ) -> None:
+        """What a rolled-back transaction ran and why it failed, in a transaction of its own (the
+        step's start first, when it led: the step still began)."""
         error = f"{type(exc).__name__}: {exc}"
+        if buf.events and buf.events[-1]["kind"] == "activity" and buf.events[-1]["action"] == "end":
+            buf.events.pop()  # the step did not end here
         buf.add("error", "rollback", {"error_type": type(exc).__name__, "statements": _statements(buf)})
         buf.events[-1]["data"]["error"] = self.redactor.text(error)  # whole, however long
         events = buf.finished(rolled_back=True)
+        if lead:
+            events[0]["data"].pop("rolled_back", None)  # the start itself happened
+        step = STEP.get()
         try:
-            await self.record_events(job_id, events)
+            last = await self.record_events(job_id, events, lead=lead)
+            if lead and step is not None and last is not None and step.seq is None:
+                step.seq = last - len(events) + 1
         except JobGone:
             pass
         except Exception as rec:  # noqa: BLE001 - never hide the original error behind this one
@@ -190,11 +245,13 @@ class Database:
                 "audit.rollback_not_recorded", job_id=str(job_id), error=error, why=str(rec), kept=sink is not None
             )
 
-    async def record_events(self, job_id: uuid.UUID, events: list[dict[str, Any]]) -> None:
-        """Append finished events (``AuditBuffer.finished``) to a job's log in a transaction of their own."""
+    async def record_events(self, job_id: uuid.UUID, events: list[dict[str, Any]], *, lead: bool = False) -> int | None:
+        """Append finished events (``AuditBuffer.finished``) to a job's log in a transaction of their
+        own; the seq of the last. ``lead``: the first is a step's start, which the others name."""
         async with self.sessions() as session, session.begin():
-            await write_events(session, job_id, events, self)
+            last = await write_events(session, job_id, events, self, lead=lead)
         count_written(events)
+        return last
 
 
 def count_written(events: list[dict[str, Any]]) -> None:
@@ -208,10 +265,16 @@ def _statements(buf: AuditBuffer) -> int:
 
 
 async def write_events(
-    session: AsyncSession, job_id: uuid.UUID, events: list[dict[str, Any]], db: Database | None = None
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    events: list[dict[str, Any]],
+    db: Database | None = None,
+    *,
+    lead: bool = False,
 ) -> int | None:
     """Append ``events`` to the job's log, chained and in its Merkle tree, with a signed checkpoint
-    when one is due (``db.signer``); returns the seq of the last (None when there are none)."""
+    when one is due (``db.signer``); returns the seq of the last (None when there are none).
+    ``lead``: ``events[0]`` is a step's start, and every other event names its seq (activity_seq)."""
     if not events:
         return None
     # The row lock taken here is held to commit: concurrent writers of one job commit in seq order,
@@ -222,8 +285,7 @@ async def write_events(
     row = (
         await session.execute(
             text(
-                "SELECT audit_seq, audit_head, audit_frontier, audit_signed FROM jobs WHERE id = :id"
-                " FOR NO KEY UPDATE"
+                "SELECT audit_seq, audit_head, audit_frontier, audit_signed FROM jobs WHERE id = :id FOR NO KEY UPDATE"
             ),
             {"id": job_id},
         )
@@ -235,6 +297,8 @@ async def write_events(
     tree = await _frontier(session, job_id, first - 1, stored)
     rows = []
     for i, ev in enumerate(events):
+        if lead and i:
+            ev = dict(ev, data={**ev["data"], "activity_seq": first})
         r = dict(ev, job_id=job_id, seq=first + i, prev_hash=head, chain=CHAIN_VERSION)
         head = r["hash"] = event_hash(head, r)
         tree.append(leaf_entry(head))

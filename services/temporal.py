@@ -29,8 +29,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.base import LOGIC_ATTEMPTS, NON_RETRYABLE, is_transient
 from core import runs
 from core.telemetry import ACTIVITIES, ACTIVITY_RETRIES
-from db.audit import ACTIVITY_SEQ
-from db.session import UNRECORDED, Database, JobGone
+from db.audit import ACTIVITY_SEQ, AuditBuffer
+from db.session import STEP, UNRECORDED, Database, JobGone, StepEvents
 from services.codec import data_converter
 from services.telemetry import temporal_interceptors
 from workflows.steps import TRANSIENT_MARK
@@ -198,11 +198,13 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             ACTIVITY_RETRIES.labels(info.activity_type).inc()
         try:
             await self._flush()
-            # Every event this attempt writes from here on (its end or error too) names its start.
-            # Each attempt runs in an asyncio task of its own, so the value ends with it.
-            ACTIVITY_SEQ.set(await record(self.db, job_id, "activity", "start", base))
-        except Exception as exc:  # no start: this attempt did nothing, there is nothing to end
+        except Exception as exc:  # the log cannot take what earlier attempts left: nothing began
             self._fail(exc, info.attempt)
+        # The start and end go into the step's own transactions (db.session.StepEvents): every
+        # event the step writes names its start. Each attempt runs in an asyncio task of its own,
+        # so the value ends with it.
+        step = StepEvents(job_id, base) if job_id is not None else None
+        STEP.set(step)
         t0 = time.perf_counter()
         sink: list[tuple[uuid.UUID, list[dict[str, Any]]]] = []
         token = UNRECORDED.set(sink)  # rollbacks the database could not take are kept here
@@ -226,7 +228,8 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
         if failure is None:
             try:
                 await self._flush()
-                await record(self.db, job_id, "activity", "end", {**base, "duration_ms": ms, "outcome": "completed"})
+                if step is not None and not step.ended:  # the step had no final transaction
+                    await self._end(step, "end", {**base, "duration_ms": ms, "outcome": "completed"})
                 return result
             except Exception as exc:  # its work is committed: retried, the step finds it done
                 failure = exc
@@ -239,7 +242,8 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
         }
         try:
             await self._flush()
-            await record(self.db, job_id, "activity", "error", error)
+            if step is not None:
+                await self._end(step, "error", error)
         except Exception as exc:  # the database is still gone: the next attempt writes it
             self.carry.pending.append(
                 {"id": uuid.uuid4().hex, "job_id": str(job_id) if job_id else None, "activity_error": error}
@@ -249,6 +253,23 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             self._fail(failure, info.attempt)
         activity.heartbeat()  # cancelled: the carry still goes to whatever runs next
         raise failure
+
+    async def _end(self, step: StepEvents, action: str, data: dict[str, Any]) -> None:
+        """The attempt's end (or error), with its start when no transaction of the step carried it."""
+        if step.seq is not None:
+            token = ACTIVITY_SEQ.set(step.seq)
+            try:
+                await record(self.db, step.job_id, "activity", action, data)
+            finally:
+                ACTIVITY_SEQ.reset(token)
+            return
+        buf = AuditBuffer(job_id=step.job_id, redactor=self.db.redactor)
+        buf.add("activity", "start", step.start)
+        buf.add("activity", action, data)
+        try:
+            await self.db.record_events(step.job_id, buf.finished(), lead=True)
+        except JobGone:
+            log.info("audit.skipped_deleted_job", job_id=str(step.job_id), kind="activity", action=action)
 
     async def _flush(self) -> None:
         """Write what earlier attempts could not, in order, each once: an item is marked with its id

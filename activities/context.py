@@ -1,0 +1,186 @@
+"""What a chunk is written from, read from the tables: the state before it (its predecessor's,
+or a handoff derived from the plan while another chapter is still being written), its place in
+the plan, the story memory before it (cut to its budget), the tail of the text before it, and how
+well the model has kept to the lengths asked of it. Shared by the chunk step and the edit step."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from activities.base import text_of
+from activities.memory import ledger_before, summaries_before
+from activities.prompts import ChunkContext
+from core.length import COMPLIANCE_WINDOW, compliance
+from core.memory import build_context, prompt_budget
+from core.text import tail_words
+from db.models import Job
+from db.session import JobTx
+from db.writing import Chunk, ChunkAttempt, CoherenceState, PlanNode
+
+TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
+
+
+async def chunk_of(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
+    chunk = await tx.session.get(Chunk, chunk_id)
+    if chunk is None or chunk.job_id != jid:
+        raise LookupError(f"chunk {chunk_id} is not a chunk of job {jid}")
+    return chunk
+
+
+async def compliance_of(tx: JobTx, jid: uuid.UUID) -> float:
+    """This job's recent (asked, added) attempts, for ``core.length.compliance``."""
+    rows = (
+        await tx.session.execute(
+            select(ChunkAttempt.words_asked, ChunkAttempt.words_added)
+            .where(ChunkAttempt.job_id == jid, ChunkAttempt.kind.in_(["write", "extend"]), ChunkAttempt.words_asked > 0)
+            .order_by(ChunkAttempt.id.desc())
+            .limit(COMPLIANCE_WINDOW)
+        )
+    ).all()
+    return compliance([(r.words_asked, r.words_added) for r in rows])
+
+
+async def start_state(tx: JobTx, job: Job, chunk: Chunk) -> tuple[CoherenceState, str, str]:
+    """(the state the chunk is written from, the tail of the text before it, the handoff note).
+
+    The predecessor's real state when it is done; for a unit's first chunk whose predecessor is
+    still being written (another chapter, in parallel), a handoff state derived from the plan."""
+    if chunk.state_before_id is not None:  # chosen by an earlier attempt: keep it
+        state = await tx.session.get(CoherenceState, chunk.state_before_id)
+        assert state is not None
+        prev_text = ""
+        if state.kind == "chunk":
+            prev = await chunk_at(tx, job, chunk.ordinal - 1)
+            prev_text = await text_of(tx, prev)
+        return state, prev_text, state.delta.get("note", "") if state.kind == "handoff" else ""
+    if chunk.ordinal == 0:
+        root = (
+            await tx.session.execute(
+                select(CoherenceState).where(CoherenceState.job_id == job.id, CoherenceState.kind == "root")
+            )
+        ).scalar_one()
+        return root, "", ""
+    prev = await chunk_at(tx, job, chunk.ordinal - 1)
+    if prev.status == "done" and prev.state_after_id is not None:
+        state = await tx.session.get(CoherenceState, prev.state_after_id)
+        assert state is not None
+        return state, await text_of(tx, prev), ""
+    if prev.unit_id == chunk.unit_id:
+        raise RuntimeError(f"chunk {chunk.ordinal} cannot start: chunk {prev.ordinal} is not done")
+    state = await handoff_state(tx, job, chunk)
+    return state, "", state.delta.get("note", "")
+
+
+async def handoff_state(tx: JobTx, job: Job, chunk: Chunk) -> CoherenceState:
+    """The state a unit starts from while its predecessor is still being written, derived from
+    the plan and the ledger as it stands: the predecessor's planned synopsis, the threads open in
+    the ledger before it (document order), and how far the ledger went (``ledger_through``), so
+    that the seam check knows what the chapter could not have seen. Recorded as a coherence
+    state of kind ``handoff``."""
+    assert chunk.unit_id is not None
+    unit = await tx.session.get(PlanNode, chunk.unit_id)
+    assert unit is not None
+    pred = (
+        await tx.session.execute(
+            select(PlanNode)
+            .where(
+                PlanNode.job_id == job.id,
+                PlanNode.position < unit.position,
+                PlanNode.level == unit.level,
+                PlanNode.is_continuation.is_(False),
+            )
+            .order_by(PlanNode.position.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    ledger = await ledger_before(tx, chunk.ordinal)
+    through = max([e.id for e in ledger.by_ref().values()], default=0)
+    note = f"{pred.title or ''}: {pred.purpose}".strip(": ") if pred is not None else ""
+    state = CoherenceState(
+        job_id=job.id,
+        kind="handoff",
+        ordinal=chunk.ordinal,
+        parent_id=None,
+        unit_id=unit.id,
+        summary=(pred.purpose if pred is not None else "")[:2000],
+        glossary={},
+        open_threads=[t.value for t in ledger.open_threads.values()][-12:],
+        delta={
+            "note": note,
+            "predecessor": pred.id if pred is not None else None,
+            "ledger_through": through,
+            "ledger_entries": ledger.size,
+        },
+        source="derived",
+    )
+    tx.session.add(state)
+    await tx.session.flush()
+    tx.event(
+        "coherence",
+        "handoff",
+        {"chunk": chunk.ordinal, "unit": unit.id, "state": state.id, "note": note, "ledger_entries": ledger.size},
+    )
+    return state
+
+
+async def chunk_at(tx: JobTx, job: Job, ordinal: int) -> Chunk:
+    return (
+        await tx.session.execute(select(Chunk).where(Chunk.job_id == job.id, Chunk.ordinal == ordinal))
+    ).scalar_one()
+
+
+async def chunk_context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, CoherenceState]:
+    """What a chunk is written from: the skeleton, its place in the tree, its own brief, the
+    story memory before it (cut to its budget), the tail of the text before it."""
+    section = await tx.session.get(PlanNode, chunk.section_id)
+    assert section is not None
+    state, prev_text, note = await start_state(tx, job, chunk)
+    above: list[PlanNode] = []
+    cur = await tx.session.get(PlanNode, section.parent_id) if section.parent_id else None
+    while cur is not None and cur.level != "book":
+        above.append(cur)
+        cur = await tx.session.get(PlanNode, cur.parent_id) if cur.parent_id else None
+    above.reverse()
+    title, summary = section.title or "", section.purpose
+    if section.is_continuation:  # top-ups continue the last planned section
+        last = (
+            await tx.session.execute(
+                select(PlanNode)
+                .where(PlanNode.job_id == job.id, PlanNode.level == "section", PlanNode.is_continuation.is_(False))
+                .order_by(PlanNode.position.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if last is not None:
+            title, summary = last.title or title, last.purpose
+    # Who and what this passage is about, by the plan: its entries go first when the memory is cut.
+    named = " ".join(
+        [chunk.brief, title, summary]
+        + [
+            x
+            for n in [*above, section]
+            for x in [n.title or "", *(n.key_points or []), *(n.introduces or []), *(n.relies_on or [])]
+        ]
+    )
+    memory = build_context(
+        await ledger_before(tx, chunk.ordinal),
+        await summaries_before(tx, chunk),
+        named=named,
+        budget=prompt_budget(chunk.target_words),
+    )
+    ctx = ChunkContext(
+        plan=job.skeleton,
+        section_index=section.ordinal,
+        section_title=title,
+        section_summary=summary,
+        brief=chunk.brief,
+        source_text=chunk.source_text,
+        previous_tail=tail_words(prev_text, TAIL_WORDS),
+        path=[(n.level, n.title or "", n.purpose) for n in above],
+        memory=memory,
+        handoff=note,
+        brief_words=chunk.target_words,
+    )
+    return ctx, state
