@@ -42,9 +42,6 @@ NON_RETRYABLE = [
     QuotaExceeded.__name__,
     ContinuityBroken.__name__,
 ]
-# A step failing with anything else is retried LOGIC_ATTEMPTS times, then the job fails, unless the
-# error is transient (below): those are retried for as long as the job's outage window allows.
-LOGIC_ATTEMPTS = 8
 
 # Infrastructure that is down, not a step that is wrong: the database (lost connection, refused,
 # timed out, a deadlock or a server shutting down: every DB-API OperationalError), a full pool,

@@ -24,7 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 import testkit
-from activities.base import LOGIC_ATTEMPTS, JobNotRunnable, now
+from activities.base import JobNotRunnable, now
 from activities.chunks import ChunkActivities
 from activities.contracts import FailInput, NodeRef, RoundRef
 from activities.finalize import FinalizeActivities
@@ -41,7 +41,7 @@ from tests.conftest import TASK_QUEUE, TEST_SECRET, make_llm
 from tests.fake_llm import WORDS
 from tests.helpers import output
 from worker import build_worker
-from workflows.steps import Durability
+from workflows.steps import LOGIC_ATTEMPTS, Durability
 
 pytestmark = pytest.mark.usefixtures("worker")
 
