@@ -17,13 +17,14 @@ from activities.contracts import FailInput, FinalizeResult, RoundRef
 from activities.gating import word_account
 from activities.memory import coherence_counts
 from core.continuity import brief
+from core.errors import JobGone
 from core.layout import Block, assemble, top_up
 from core.length import Effort, give_up
 from core.spec import TERMINAL_STATUSES
 from core.text import count_words, sha256, trim_to_words
 from db.loop import clock_start
 from db.models import Document, Job, LlmCall
-from db.session import JobGone, JobTx
+from db.session import JobTx
 from db.writing import Chunk, ChunkAttempt, ChunkVersion, LengthCheck, PlanNode
 
 log = structlog.get_logger(__name__)

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import checkpoint
 from core.audit import CHAIN_VERSION, event_hash
+from core.errors import JobGone
 from core.merkle import Frontier, leaf_entry
 from core.telemetry import AUDIT_EVENTS
 from db.audit import ACTIVITY_SEQ, CAPTURE_KEY, AuditBuffer, Redactor, install_capture
@@ -65,10 +66,6 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-
-
-class JobGone(Exception):
-    """The job row no longer exists (the user deleted it): nothing more is written for it."""
 
 
 class JobTx:

@@ -26,11 +26,12 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.base import NON_RETRYABLE, is_transient
+from activities.base import is_transient
 from core import runs
+from core.errors import NON_RETRYABLE, JobGone
 from core.telemetry import ACTIVITIES, ACTIVITY_RETRIES
 from db.audit import ACTIVITY_SEQ
-from db.session import UNRECORDED, Database, JobGone
+from db.session import UNRECORDED, Database
 from services.codec import data_converter
 from services.telemetry import temporal_interceptors
 from workflows.steps import LOGIC_ATTEMPTS, TRANSIENT_MARK

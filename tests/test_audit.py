@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
+from core.errors import JobGone
 from db.models import AuditEvent, Document, Job
-from db.session import Database, JobGone
+from db.session import Database
 from db.writing import PlanNode
 from testkit import make_job
 from tests.conftest import TEST_SECRET

@@ -19,10 +19,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from activities.contracts import JobRef, RoundRef
 from activities.finalize import FinalizeActivities
-from activities.llm import LlmUnavailable
 from activities.plan import PlanActivities
 from core.audit import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
 from core.chain import parse_log, verify_events
+from core.errors import LlmUnavailable
 from db import schema
 from db.models import Document, Job
 from db.session import Database

@@ -24,10 +24,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 import testkit
-from activities.base import JobNotRunnable, now
+from activities.base import now
 from activities.chunks import ChunkActivities
 from activities.contracts import FailInput, NodeRef, RoundRef
 from activities.finalize import FinalizeActivities
+from core.errors import JobNotRunnable
 from core.spec import JobSpec
 from core.text import count_words, sha256
 from db.ddl import CHAIN_PROOF

@@ -22,8 +22,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.base import NON_RETRYABLE, ContinuityBroken
-    from activities.llm import BudgetExhausted, LlmUnavailable, QuotaExceeded
+    from core.errors import NON_RETRYABLE, BudgetExhausted, ContinuityBroken, LlmUnavailable
+    from core.quota import QuotaExceeded
     from core.spec import ErrorCode
 
 A = TypeVar("A")
