@@ -30,7 +30,7 @@ from activities.base import is_transient
 from core import runs
 from core.errors import NON_RETRYABLE, JobGone
 from core.telemetry import ACTIVITIES, ACTIVITY_RETRIES
-from db.audit import ACTIVITY_SEQ
+from db.capture import ACTIVITY_SEQ
 from db.session import UNRECORDED, Database
 from services.codec import data_converter
 from services.telemetry import temporal_interceptors

@@ -35,7 +35,7 @@ from db.ddl import CHAIN_PROOF
 from db.models import AuditEvent, Document, Job
 from db.session import Database
 from db.writing import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
-from services import accounts, auditlog, jobs
+from services import accounts, jobs, logreader
 from services.codec import ENCODING, data_converter, parse_key
 from services.temporal import AuditInterceptor
 from tests.conftest import TASK_QUEUE, TEST_SECRET, make_llm
@@ -74,7 +74,7 @@ async def assert_log_whole(db: Database, job_id: uuid.UUID, activities: bool = T
         )
         broken = (await s.execute(text(CHAIN_PROOF), {"job_id": job_id})).scalars().all()
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    verdict = await auditlog.verify(db, job_id)
+    verdict = await logreader.verify(db, job_id)
     assert verdict is not None and verdict.intact, verdict
     assert broken == []
     attempts: dict[tuple[str, str, int], list[str]] = {}
