@@ -23,9 +23,9 @@ from core.quota import QuotaExceeded
 from core.runs import edit_of, run_of
 from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import count_words, sha256
+from db.manuscript import Chunk, ChunkVersion, LengthCheck, PlanNode
 from db.models import Document, Job
 from db.session import OUTAGE_ERRORS, Database, JobTx
-from db.writing import Chunk, ChunkVersion, LengthCheck, PlanNode
 
 # Infrastructure that is down, not a step that is wrong: the database (lost connection, refused,
 # timed out, a deadlock or a server shutting down: every DB-API OperationalError), a full pool,

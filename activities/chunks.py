@@ -47,9 +47,9 @@ from core.text import (
     tail_words,
     trim_to_words,
 )
+from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
 from db.models import Job
 from db.session import JobTx
-from db.writing import Chunk, ChunkAttempt, CoherenceState, PlanNode
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
 CUTS_IN_EVENT = 20  # in a chunk event (the attempt's row keeps them all)

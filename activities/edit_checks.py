@@ -31,9 +31,7 @@ from core.spec import ErrorCode
 from core.text import count_words, sha256, trim_to_words
 from db.blocks import document_blocks
 from db.loop import Edit
-from db.models import LlmCall
-from db.session import JobTx
-from db.writing import (
+from db.manuscript import (
     Chunk,
     CoherenceState,
     ContinuityFinding,
@@ -42,6 +40,8 @@ from db.writing import (
     NodeSummary,
     PlanNode,
 )
+from db.models import LlmCall
+from db.session import JobTx
 
 MAX_FLAGS = 100  # relied_on_changed findings an edit makes
 

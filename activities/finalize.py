@@ -22,9 +22,9 @@ from core.spec import TERMINAL_STATUSES
 from core.text import count_words, sha256, trim_to_words
 from db.blocks import document_blocks
 from db.loop import clock_start
+from db.manuscript import Chunk, ChunkAttempt, LengthCheck, PlanNode
 from db.models import Document, Job, LlmCall
 from db.session import JobTx
-from db.writing import Chunk, ChunkAttempt, LengthCheck, PlanNode
 
 log = structlog.get_logger(__name__)
 

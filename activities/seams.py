@@ -45,8 +45,8 @@ from activities.memory import (
 from core.continuity import repeated_opening
 from core.errors import ContinuityBroken
 from core.memory import ChunkMemory, Entry, Ledger, as_entry, entries_of, fold, norm
+from db.manuscript import Chunk, CoherenceState, ContinuityFinding, NodeSummary, PlanNode, SeamCheck
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, ContinuityFinding, NodeSummary, PlanNode, SeamCheck
 
 
 @dataclass

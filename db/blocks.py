@@ -1,4 +1,4 @@
-"""The document as the writing tables hold it: its nodes in document order, each with its chunks'
+"""The document as the manuscript's tables hold it: its nodes in document order, each with its chunks'
 latest versions, as ``core.layout`` blocks. Read by the steps that assemble it (finalize, an
 edit's recheck) and by the job page's draft (``services.views``)."""
 
@@ -9,8 +9,8 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.layout import Block
+from db.manuscript import Chunk, ChunkVersion, PlanNode
 from db.models import Job
-from db.writing import Chunk, ChunkVersion, PlanNode
 
 
 async def document_blocks(session: AsyncSession, job: Job, *, committed_only: bool = False) -> list[Block]:

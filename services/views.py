@@ -22,9 +22,9 @@ from core.length import WordAccount
 from core.spec import TERMINAL_STATUSES
 from db import usage
 from db.blocks import document_blocks
+from db.manuscript import Chunk, ChunkVersion, PlanNode
 from db.models import AuditEvent, Document, Job, LlmCall
 from db.session import Database
-from db.writing import Chunk, ChunkVersion, PlanNode
 
 
 class BadCursor(ValueError):

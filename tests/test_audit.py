@@ -11,9 +11,9 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from core.errors import JobGone
+from db.manuscript import PlanNode
 from db.models import AuditEvent, Document, Job
 from db.session import Database
-from db.writing import PlanNode
 from testkit import make_job
 from tests.conftest import TEST_SECRET
 

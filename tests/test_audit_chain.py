@@ -24,9 +24,9 @@ from core.chain import parse_log, verify_events
 from core.errors import LlmUnavailable
 from core.eventformat import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
 from db import schema
+from db.manuscript import Chunk, CoherenceState, PlanNode
 from db.models import Document, Job
 from db.session import Database
-from db.writing import Chunk, CoherenceState, PlanNode
 from services import logreader
 from testkit import make_job
 from tests.conftest import AUDIT_KEY, make_llm

@@ -32,9 +32,9 @@ from core.errors import JobNotRunnable
 from core.spec import JobSpec
 from core.text import count_words, sha256
 from db.ddl import CHAIN_PROOF
+from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
 from db.models import AuditEvent, Document, Job
 from db.session import Database
-from db.writing import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
 from services import accounts, jobs, logreader
 from services.codec import ENCODING, data_converter, parse_key
 from services.temporal import AuditInterceptor
