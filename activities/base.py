@@ -17,34 +17,15 @@ from sqlalchemy import select
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.llm import BudgetExhausted, LlmClient, LlmUnavailable, QuotaExceeded
+from activities.llm import LlmClient
+from core.errors import BudgetExhausted, ContinuityBroken, JobGone, JobNotRunnable, LlmUnavailable
+from core.quota import QuotaExceeded
 from core.runs import edit_of, run_of
 from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import count_words, sha256
+from db.manuscript import Chunk, ChunkVersion, LengthCheck, PlanNode
 from db.models import Document, Job
-from db.session import OUTAGE_ERRORS, Database, JobGone, JobTx
-from db.writing import Chunk, ChunkVersion, LengthCheck, PlanNode
-
-
-class JobNotRunnable(Exception):
-    """The job is finished, failed or cancelled: no more work is done for it."""
-
-
-class ContinuityBroken(Exception):
-    """A seam's continuity findings could not be repaired and the job asked for strict continuity."""
-
-
-# Errors that no retry can cure; workflows name them in their retry policy.
-NON_RETRYABLE = [
-    JobGone.__name__,
-    JobNotRunnable.__name__,
-    BudgetExhausted.__name__,
-    QuotaExceeded.__name__,
-    ContinuityBroken.__name__,
-]
-# A step failing with anything else is retried LOGIC_ATTEMPTS times, then the job fails, unless the
-# error is transient (below): those are retried for as long as the job's outage window allows.
-LOGIC_ATTEMPTS = 8
+from db.session import OUTAGE_ERRORS, Database, JobTx
 
 # Infrastructure that is down, not a step that is wrong: the database (lost connection, refused,
 # timed out, a deadlock or a server shutting down: every DB-API OperationalError), a full pool,

@@ -17,7 +17,7 @@ from core.memory import build_context, prompt_budget
 from core.text import tail_words
 from db.models import Job
 from db.session import JobTx
-from db.writing import Chunk, ChunkAttempt, CoherenceState, PlanNode
+from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
 

@@ -21,7 +21,6 @@ from temporalio import activity
 
 from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check, save_document
 from activities.edit_rows import EditRef, load_edit, note, output_version
-from activities.finalize import document_blocks
 from activities.memory import Remembered, finding_events, ledger_before, summarize
 from activities.seams import SeamActivities, _chunk_findings, _UnitChunk
 from activities.tree import ancestors, chunks_under, latest_text, lock_over, next_node
@@ -30,10 +29,9 @@ from core.layout import assemble
 from core.memory import Entry
 from core.spec import ErrorCode
 from core.text import count_words, sha256, trim_to_words
+from db.blocks import document_blocks
 from db.loop import Edit
-from db.models import LlmCall
-from db.session import JobTx
-from db.writing import (
+from db.manuscript import (
     Chunk,
     CoherenceState,
     ContinuityFinding,
@@ -42,6 +40,8 @@ from db.writing import (
     NodeSummary,
     PlanNode,
 )
+from db.models import LlmCall
+from db.session import JobTx
 
 MAX_FLAGS = 100  # relied_on_changed findings an edit makes
 

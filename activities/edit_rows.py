@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from activities.base import add_version, latest_version
 from activities.memory import Checked, finding_events, finding_rows, store_memory
 from db.loop import Edit
+from db.manuscript import Chunk
 from db.models import Document, Job
 from db.session import JobTx
-from db.writing import Chunk
 
 
 @dataclass

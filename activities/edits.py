@@ -46,9 +46,9 @@ from core.length import stalled, words_to_ask
 from core.memory import build_context, prompt_budget
 from core.text import count_words, dedupe_paragraphs, join_continuation, tail_words, trim_to_words
 from db.loop import Edit
+from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
 from db.models import Job
 from db.session import JobTx
-from db.writing import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
 
 
 class EditActivities(ModelStep):

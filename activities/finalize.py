@@ -8,8 +8,6 @@ import uuid
 
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import distinct_on
-from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now, record_length_check, save_document
@@ -17,14 +15,16 @@ from activities.contracts import FailInput, FinalizeResult, RoundRef
 from activities.gating import word_account
 from activities.memory import coherence_counts
 from core.continuity import brief
-from core.layout import Block, assemble, top_up
+from core.errors import JobGone
+from core.layout import assemble, top_up
 from core.length import Effort, give_up
 from core.spec import TERMINAL_STATUSES
 from core.text import count_words, sha256, trim_to_words
+from db.blocks import document_blocks
 from db.loop import clock_start
+from db.manuscript import Chunk, ChunkAttempt, LengthCheck, PlanNode
 from db.models import Document, Job, LlmCall
-from db.session import JobGone, JobTx
-from db.writing import Chunk, ChunkAttempt, ChunkVersion, LengthCheck, PlanNode
+from db.session import JobTx
 
 log = structlog.get_logger(__name__)
 
@@ -266,47 +266,6 @@ async def _final_words(tx: JobTx, jid: uuid.UUID, round: int) -> int | None:
 
 async def _assemble(tx: JobTx, job: Job) -> str:
     return assemble(job.title, job.target_words, await document_blocks(tx.session, job))
-
-
-async def document_blocks(session: AsyncSession, job: Job, *, committed_only: bool = False) -> list[Block]:
-    """The document's nodes in document order, each with its heading and its chunks' latest
-    versions; a chunk not yet committed gives its working text, or nothing when ``committed_only``
-    (the draft the job page shows while the job runs). ``core.layout`` makes them the document."""
-    nodes = (
-        (await session.execute(select(PlanNode).where(PlanNode.job_id == job.id).order_by(PlanNode.position)))
-        .scalars()
-        .all()
-    )
-    latest = (
-        select(ChunkVersion.chunk_id, ChunkVersion.text)
-        .where(ChunkVersion.job_id == job.id)
-        .ext(distinct_on(ChunkVersion.chunk_id))
-        .order_by(ChunkVersion.chunk_id, ChunkVersion.version.desc())
-        .subquery()
-    )
-    chunks = select(Chunk.section_id, Chunk.ordinal, func.coalesce(latest.c.text, Chunk.text)).where(
-        Chunk.job_id == job.id
-    )
-    if committed_only:
-        chunks = chunks.join(latest, latest.c.chunk_id == Chunk.id)
-    else:
-        chunks = chunks.outerjoin(latest, latest.c.chunk_id == Chunk.id)
-    texts: dict[int, list[str]] = {}
-    ordinals: dict[int, list[int]] = {}
-    for sid, ordinal, text in (await session.execute(chunks.order_by(Chunk.ordinal))).all():
-        texts.setdefault(sid, []).append(text or "")
-        ordinals.setdefault(sid, []).append(ordinal)
-    return [
-        Block(
-            n.depth + 1,
-            None if n.is_continuation else n.title,
-            texts.get(n.id, []),
-            node=n.id,
-            chunks=tuple(ordinals.get(n.id, ())),
-        )
-        for n in nodes
-        if n.level != "book"
-    ]
 
 
 async def _finish_book(tx: JobTx) -> None:

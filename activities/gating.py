@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.gate import Gated
 from core.length import WordAccount
 from core.repeats import drop_repeats, fingerprints
+from db.manuscript import Chunk, TextMark
 from db.session import JobTx
-from db.writing import Chunk, TextMark
 
 
 async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated:

@@ -29,25 +29,22 @@ from openai import AsyncOpenAI
 from temporalio import activity
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from activities.llm_budget import BudgetExhausted, QuotaExceeded, budget_exhausted, quota_refused
+from activities.llm_budget import budget_exhausted, quota_refused
 from activities.llm_record import STORE_RETRY_S, CallRecords, Closed, answer_of, shielded
 from activities.llm_stream import TRANSIENT, Outcome, retry_wait, stream_completion
 from activities.llm_telemetry import CallRecord, observe, outcome_label, start_span
 from core.controls import without_controls
 from core.cost import Price
+from core.errors import BudgetExhausted, JobGone, LlmUnavailable
 from core.runs import edit_of
 from core.spec import JobOptions
 from db.loop import clock_start
 from db.models import Job
-from db.session import Database, JobGone, JobTx
+from db.session import Database, JobTx
 
-__all__ = ["BudgetExhausted", "Call", "LlmClient", "LlmResult", "LlmUnavailable", "QuotaExceeded"]
+__all__ = ["Call", "LlmClient", "LlmResult"]
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-class LlmUnavailable(Exception):
-    """The endpoint kept failing with transient errors; Temporal retries the activity later."""
 
 
 @dataclass

@@ -16,11 +16,7 @@ from db.models import LlmCall
 from db.session import JobTx
 from db.usage import quotas, tokens_since
 
-__all__ = ["BudgetExhausted", "QuotaExceeded", "budget_exhausted", "quota_refused"]
-
-
-class BudgetExhausted(Exception):
-    """The job's token or time budget is used up: no more model calls are made for it."""
+__all__ = ["budget_exhausted", "quota_refused"]
 
 
 async def quota_refused(tx: JobTx, user_id: int) -> QuotaExceeded | None:

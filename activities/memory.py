@@ -39,9 +39,9 @@ from core.memory import (
     tokens,
 )
 from core.text import count_words, paragraphs
+from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, NodeSummary, PlanNode, SeamCheck
 from db.models import Document
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, NodeSummary, PlanNode, SeamCheck
 
 JUDGE_TOKENS = 300  # ledger entries shown to the judge with a passage
 MAX_REPAIR_ROUNDS = 2  # a finding still there after this many rewrites stays open

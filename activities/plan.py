@@ -43,9 +43,9 @@ from core.plan import (
     topic_of,
 )
 from core.text import count_words
+from db.manuscript import Chunk, CoherenceState, LedgerEntry, LengthCheck, PlanNode
 from db.models import Document, Job
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, LedgerEntry, LengthCheck, PlanNode
 
 SOURCE_OPENING_WORDS = 250
 

@@ -27,8 +27,8 @@ from core.layout import NodePlan, subtree, tree_levels, unit_level
 from core.plan import PlanItem
 from core.review import changes
 from db.loop import PlanVersion
+from db.manuscript import Chunk, PlanNode
 from db.session import JobTx
-from db.writing import Chunk, PlanNode
 
 
 @dataclass

@@ -22,7 +22,6 @@ from sqlalchemy import func, select
 from temporalio import activity
 
 from activities.base import (
-    ContinuityBroken,
     ModelStep,
     add_version,
     job_options,
@@ -44,9 +43,10 @@ from activities.memory import (
     summarize,
 )
 from core.continuity import repeated_opening
+from core.errors import ContinuityBroken
 from core.memory import ChunkMemory, Entry, Ledger, as_entry, entries_of, fold, norm
+from db.manuscript import Chunk, CoherenceState, ContinuityFinding, NodeSummary, PlanNode, SeamCheck
 from db.session import JobTx
-from db.writing import Chunk, CoherenceState, ContinuityFinding, NodeSummary, PlanNode, SeamCheck
 
 
 @dataclass

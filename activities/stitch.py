@@ -19,8 +19,8 @@ from core.continuity import remove_paragraph, seam_issues
 from core.gate import clean_model_text
 from core.layout import STITCH_WINDOW_CHUNKS
 from core.text import join_continuation, normalize_paragraph, paragraphs
+from db.manuscript import Chunk, StitchResult
 from db.session import JobTx
-from db.writing import Chunk, StitchResult
 
 MAX_BRIDGES = 3  # model calls per section for broken seams
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.writing import Chunk, ChunkVersion, PlanNode
+from db.manuscript import Chunk, ChunkVersion, PlanNode
 
 
 async def nodes_under(s: AsyncSession, node: PlanNode) -> list[PlanNode]:

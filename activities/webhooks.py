@@ -31,18 +31,15 @@ from activities.base import Step, load_job
 from activities.gating import word_account
 from activities.memory import coherence_counts
 from core.continuity import brief
+from core.errors import WebhookRefused
 from core.sealing import Sealer, SealError
 from core.webhooks import IPAddress, WebhookPolicy, delivery_error, event_type, job_event, message_id, url_problem
 from db.models import AuditCheckpoint, Document, LlmCall, User
-from db.session import Database, JobGone
+from db.session import Database
 
 log = structlog.get_logger(__name__)
 USER_AGENT = "Quire-Webhooks/1"
 RESOLVE_TIMEOUT_S = 5.0
-
-
-class WebhookRefused(Exception):
-    """The target is not allowed (or cannot be signed for): no retry can cure that."""
 
 
 class WebhookFailed(Exception):
@@ -253,7 +250,3 @@ class WebhookActivities(Step):
     async def _record(self, jid: uuid.UUID, action: str, data: dict[str, object]) -> None:
         async with self.db.job_tx(jid) as tx:
             tx.event("webhook", action, data)
-
-
-# Failures no retry cures: the workflow's retry policy names them.
-NON_RETRYABLE = [WebhookRefused.__name__, JobGone.__name__]

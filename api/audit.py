@@ -24,8 +24,8 @@ from api.deps import (
 )
 from api.intake import SEQ_PATTERN, last_event_id
 from api.schemas import COMMON, ERRORS, SSE_EVENT, AuditPage, AuditVerdict, ConsistencyProof, InclusionProof
-from core.audit import EventKind
-from services import auditlog
+from core.eventformat import EventKind
+from services import logreader
 from services.temporal import workflow_open
 
 router = APIRouter(prefix="/v1", tags=["audit"], responses=COMMON)
@@ -70,7 +70,7 @@ async def get_audit(
         headers["Content-Disposition"] = f'attachment; filename="quire-audit-{job.id}.{format}"'
         # Recorded before the log is read: the copy the user gets holds its own download.
         await actions.record(request, db, who, job, "download_audit", format=format, after=after, limit=limit)
-    body = auditlog.render(db, job.id, after, limit, format, list(kind) if kind else None)
+    body = logreader.render(db, job.id, after, limit, format, list(kind) if kind else None)
     return StreamingResponse(body, media_type=AUDIT_MEDIA[format], headers=headers)
 
 
@@ -142,7 +142,7 @@ async def stream_audit(
     responses={404: ERRORS[404]},
 )
 async def verify_audit(job: OwnJobDep, db: DbDep, settings: SettingsDep) -> AuditVerdict:
-    verdict = await auditlog.verify(db, job.id, settings.audit_public_keys())
+    verdict = await logreader.verify(db, job.id, settings.audit_public_keys())
     if verdict is None:
         raise HTTPException(404, f"no job {str(job.id)!r}")
     return AuditVerdict(job_id=str(job.id), **verdict.__dict__)
@@ -168,8 +168,8 @@ async def prove_event(
     if seq > job.audit_seq:
         raise HTTPException(404, f"job {job.id} has no event {seq} (its log ends at seq {job.audit_seq})")
     try:
-        return InclusionProof(**await auditlog.inclusion(db, job.id, seq))
-    except auditlog.NoCheckpoint as exc:
+        return InclusionProof(**await logreader.inclusion(db, job.id, seq))
+    except logreader.NoCheckpoint as exc:
         raise HTTPException(409, str(exc)) from None
 
 
@@ -190,8 +190,8 @@ async def prove_consistency(
 ) -> ConsistencyProof:
     old, new = min(old, new), max(old, new)  # the later one extends the earlier, whichever is named first
     try:
-        return ConsistencyProof(**await auditlog.consistency(db, job.id, old, new))
-    except auditlog.NoCheckpoint as exc:
+        return ConsistencyProof(**await logreader.consistency(db, job.id, old, new))
+    except logreader.NoCheckpoint as exc:
         raise HTTPException(404, str(exc)) from None
 
 

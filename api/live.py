@@ -25,7 +25,7 @@ from core.spec import TERMINAL_STATUSES
 from db.ddl import NOTIFY_CHANNEL
 from db.models import AuditEvent, Job
 from db.session import Database, plain_url
-from services.auditlog import COLUMNS, event_row, iter_events, job_status, open_activities
+from services.logreader import COLUMNS, event_row, iter_events, job_status, open_activities
 
 log = structlog.get_logger(__name__)
 

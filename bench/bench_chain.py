@@ -31,10 +31,10 @@ from temporalio.client import Client
 import testkit
 from activities.llm import LlmClient
 from core import checkpoint, merkle
-from core.audit import CHAIN_VERSION, GENESIS, event_content, event_hash, normalize
 from core.chain import parse_log, verify_events
+from core.eventformat import CHAIN_VERSION, GENESIS, event_content, event_hash, normalize
 from db.session import Database, async_url
-from services import auditlog
+from services import logreader
 from worker import build_worker
 
 MIGRATION = os.path.join(os.path.dirname(__file__), "..", "db", "migrations", "versions", "0002_audit_chain.py")
@@ -61,7 +61,7 @@ async def run(db: Database, client: Client, llm: LlmClient, url: str, words: int
         job = await testkit.submit(db, client, "bench", words)
         await client.get_workflow_handle(job.workflow_id).result()
         wall = time.perf_counter() - t0
-    events = [e async for e in auditlog.iter_events(db, job.id, 0, None)]
+    events = [e async for e in logreader.iter_events(db, job.id, 0, None)]
     n = len(events)
     print(f"job {job.id}: {words} words, {n} audit events, wall {wall:.1f} s (load avg {os.getloadavg()[0]:.1f})")
 
@@ -80,7 +80,7 @@ async def run(db: Database, client: Client, llm: LlmClient, url: str, words: int
     )
 
     t = time.perf_counter()
-    verdict = await auditlog.verify(db, job.id)
+    verdict = await logreader.verify(db, job.id)
     took = time.perf_counter() - t
     assert verdict is not None and verdict.intact, verdict
     print(
@@ -88,7 +88,7 @@ async def run(db: Database, client: Client, llm: LlmClient, url: str, words: int
         f"{verdict.references_checked} references rechecked, {verdict.anchors_checked} document heads found"
     )
 
-    text = "".join([p async for p in auditlog.render(db, job.id, 0, None, "json")])
+    text = "".join([p async for p in logreader.render(db, job.id, 0, None, "json")])
     t = time.perf_counter()
     log = parse_log(text)
     v = verify_events(log.events, log.head_hash, log.head_seq, job_id=log.job_id, checkpoints=log.checkpoints)
@@ -111,7 +111,7 @@ async def run(db: Database, client: Client, llm: LlmClient, url: str, words: int
         m._chain_existing(conn)  # what an upgrade does to an old log
     took = time.perf_counter() - t
     engine.dispose()
-    v = await auditlog.verify(db, job.id)
+    v = await logreader.verify(db, job.id)
     assert v is not None and v.checkpoints == 0 and v.legacy_events == n, (
         v
     )  # old hashes: old checkpoints no longer hold

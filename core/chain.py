@@ -4,7 +4,7 @@ references it holds to long values.
 
 Pure: events go in as the JSON log gives them (from the database or a downloaded file), a
 ``Verdict`` comes out. ``quire audit verify``, ``GET /v1/jobs/{id}/audit/verify`` and anyone with
-a downloaded log and this file (plus ``core.audit``, ``core.merkle`` and ``core.checkpoint``)
+a downloaded log and this file (plus ``core.eventformat``, ``core.merkle`` and ``core.checkpoint``)
 reach the same verdict.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import checkpoint
-from core.audit import (
+from core.eventformat import (
     GENESIS,
     REF_KEY,
     TXT_HEADER,

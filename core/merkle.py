@@ -3,7 +3,7 @@ inclusion and consistency proofs, built and checked with pymerkle (the same tree
 ``SHA-256(0x00 || entry)``, node hash ``SHA-256(0x01 || left || right)``, split at the largest
 power of two).
 
-The leaf of event ``seq`` is the 32 bytes of its chain hash (``core.audit.event_hash``), which
+The leaf of event ``seq`` is the 32 bytes of its chain hash (``core.eventformat.event_hash``), which
 covers the event's content, its job and the hash before it: leaf ``seq`` is the tree's ``seq``-th
 leaf, so tree size N is exactly the log up to seq N. ``Frontier`` keeps a log's root as events are
 appended with O(log n) hashes (the right edge of the tree), which the database keeps on the job

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from core.audit import CHAIN_VERSION, GENESIS
+from core.eventformat import CHAIN_VERSION, GENESIS
 from core.spec import (
     ERROR_CODES,
     JOB_KINDS,
@@ -232,7 +232,7 @@ class AuditEvent(Base):
     row_id: Mapped[str | None] = mapped_column(Text)
     sql_text: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
-    # The hash chain (core.audit.event_hash): hash = sha256(prev_hash + canonical content), the
+    # The hash chain (core.eventformat.event_hash): hash = sha256(prev_hash + canonical content), the
     # content's form by ``chain`` (2: the job id is hashed in; 1: events written before it was).
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text)

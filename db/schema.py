@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
-from db import writing  # noqa: F401 - its tables are part of the metadata
+from db import manuscript  # noqa: F401 - its tables are part of the metadata
 from db.ddl import FUNCTIONS_AND_TRIGGERS, TRIGGER_NAMES, VIEW_NAMES
 from db.models import Base
 from db.session import async_url

@@ -4,7 +4,7 @@
 and written to ``audit_events`` in the same transaction, with seqs allocated under the job row's
 lock (``UPDATE jobs SET audit_seq = audit_seq + n``) so that commit order equals seq order and a
 reader tailing ``seq > last`` never skips a row. Under the same lock each event is chained to the
-one before it (``core.audit.event_hash``) and the job row keeps the head, so the chain has no
+one before it (``core.eventformat.event_hash``) and the job row keeps the head, so the chain has no
 more gaps than the seqs. A transaction that rolls back leaves its statements, events and error
 in the log all the same: written right after the rollback, in a transaction of their own,
 marked ``rolled_back``.
@@ -29,10 +29,11 @@ from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from core import checkpoint
-from core.audit import CHAIN_VERSION, event_hash
+from core.errors import JobGone
+from core.eventformat import CHAIN_VERSION, event_hash
 from core.merkle import Frontier, leaf_entry
 from core.telemetry import AUDIT_EVENTS
-from db.audit import ACTIVITY_SEQ, CAPTURE_KEY, AuditBuffer, Redactor, install_capture
+from db.capture import ACTIVITY_SEQ, CAPTURE_KEY, AuditBuffer, Redactor, install_capture
 from db.models import AuditCheckpoint, AuditEvent
 
 log = structlog.get_logger(__name__)
@@ -90,10 +91,6 @@ class StepEvents:
 
 # The activity attempt the current task runs (set by the interceptor; each attempt has its own task).
 STEP: ContextVar[StepEvents | None] = ContextVar("quire_step", default=None)
-
-
-class JobGone(Exception):
-    """The job row no longer exists (the user deleted it): nothing more is written for it."""
 
 
 class JobTx:

@@ -16,7 +16,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from core.audit import shown, summary
+from core.eventformat import shown, summary
 from quire.errors import CliError, Exit
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from core import checkpoint, merkle
-from core.audit import event_hash
 from core.chain import Verdict, parse_log, verify_events
+from core.eventformat import event_hash
 from quire.errors import CliError, Exit
 
 
@@ -110,8 +110,8 @@ def _from_database(args: argparse.Namespace, keys: list[checkpoint.VerifierKey] 
 
     from db.session import Database
     from quire.admin import _db_url, _safe
-    from services.auditlog import verify
     from services.config import load_settings
+    from services.logreader import verify
 
     try:
         job_id = uuid.UUID(args.job_id)

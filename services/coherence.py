@@ -12,9 +12,9 @@ from sqlalchemy import Integer, cast, select
 from activities.memory import coherence_counts
 from core.continuity import summary_line
 from core.memory import CATEGORY_NAMES
+from db.manuscript import Chunk, ChunkVersion, ContinuityFinding, PlanNode
 from db.models import AuditEvent, Job
 from db.session import Database
-from db.writing import Chunk, ChunkVersion, ContinuityFinding, PlanNode
 
 
 async def coherence(db: Database, job: Job) -> dict[str, Any]:

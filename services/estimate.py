@@ -15,9 +15,9 @@ from core.estimate import Measured, Shape, estimate, shape_of
 from core.layout import generate_tree, planned_words, rewrite_tree
 from core.length import compliance
 from core.spec import JobOptions, JobSpec
+from db.manuscript import Chunk, ChunkAttempt, PlanNode
 from db.models import Document, Job, LlmCall
 from db.session import Database
-from db.writing import Chunk, ChunkAttempt, PlanNode
 from services.config import Settings
 
 HISTORY_JOBS = 10  # the most recent finished jobs of the model an estimate learns from

@@ -21,6 +21,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from core.errors import JobGone
 from core.quota import resume_refusal, submit_refusal
 from core.runs import run_of
 from core.spec import TERMINAL_STATUSES, JobSpec
@@ -29,7 +30,7 @@ from core.webhooks import RetrySchedule
 from db import usage
 from db.ddl import NOTIFY_CHANNEL
 from db.models import AccountEvent, Document, Job
-from db.session import Database, JobGone
+from db.session import Database
 from services.config import Settings
 from services.deploys import job_priority
 from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, llm_task_queue, workflow_id

@@ -25,9 +25,9 @@ from core.spec import JobOptions
 from core.text import count_words
 from db import usage
 from db.loop import Edit, PlanVersion
+from db.manuscript import PlanNode
 from db.models import Job, LlmCall
 from db.session import Database, JobTx
-from db.writing import PlanNode
 from services.deploys import job_priority
 from services.jobs import search_attributes
 from services.temporal import llm_task_queue

@@ -26,14 +26,15 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.base import LOGIC_ATTEMPTS, NON_RETRYABLE, is_transient
+from activities.base import is_transient
 from core import runs
+from core.errors import NON_RETRYABLE, JobGone
 from core.telemetry import ACTIVITIES, ACTIVITY_RETRIES
-from db.audit import ACTIVITY_SEQ, AuditBuffer
-from db.session import STEP, UNRECORDED, Database, JobGone, StepEvents
+from db.capture import ACTIVITY_SEQ, AuditBuffer
+from db.session import STEP, UNRECORDED, Database, StepEvents
 from services.codec import data_converter
 from services.telemetry import temporal_interceptors
-from workflows.steps import TRANSIENT_MARK
+from workflows.steps import LOGIC_ATTEMPTS, TRANSIENT_MARK
 
 log = structlog.get_logger(__name__)
 

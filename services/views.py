@@ -16,15 +16,15 @@ from typing import Any
 from sqlalchemy import RowMapping, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.finalize import document_blocks
 from activities.gating import word_account
 from core.layout import Piece, pieces
 from core.length import WordAccount
 from core.spec import TERMINAL_STATUSES
 from db import usage
+from db.blocks import document_blocks
+from db.manuscript import Chunk, ChunkVersion, PlanNode
 from db.models import AuditEvent, Document, Job, LlmCall
 from db.session import Database
-from db.writing import Chunk, ChunkVersion, PlanNode
 
 
 class BadCursor(ValueError):

@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
+from core.errors import JobGone
+from db.manuscript import PlanNode
 from db.models import AuditEvent, Document, Job
-from db.session import Database, JobGone
-from db.writing import PlanNode
+from db.session import Database
 from testkit import make_job
 from tests.conftest import TEST_SECRET
 

@@ -19,15 +19,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from activities.contracts import JobRef, RoundRef
 from activities.finalize import FinalizeActivities
-from activities.llm import LlmUnavailable
 from activities.plan import PlanActivities
-from core.audit import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
 from core.chain import parse_log, verify_events
+from core.errors import LlmUnavailable
+from core.eventformat import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
 from db import schema
+from db.manuscript import Chunk, CoherenceState, PlanNode
 from db.models import Document, Job
 from db.session import Database
-from db.writing import Chunk, CoherenceState, PlanNode
-from services import auditlog
+from services import logreader
 from testkit import make_job
 from tests.conftest import AUDIT_KEY, make_llm
 from tests.test_api import auth, follow_to_end
@@ -37,12 +37,12 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 
 async def events(db: Database, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    return [e async for e in auditlog.iter_events(db, job_id, 0, None)]
+    return [e async for e in logreader.iter_events(db, job_id, 0, None)]
 
 
 async def downloaded(db: Database, job_id: uuid.UUID, fmt: str = "json") -> str:
     """The log exactly as the download route renders it."""
-    return "".join([part async for part in auditlog.render(db, job_id, 0, None, fmt)])
+    return "".join([part async for part in logreader.render(db, job_id, 0, None, fmt)])
 
 
 def offline(log: str, head: str | None = None) -> tuple[int | None, bool]:
@@ -146,12 +146,12 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
             (await tx.session.get(Job, job_id)).title = f"title {i}"
             tx.event("test", "note", {"i": i, "x": 1.5})
     n = len(await events(db, job_id))
-    assert (await auditlog.verify(db, job_id)).intact and offline(await downloaded(db, job_id)) == (None, True)
+    assert (await logreader.verify(db, job_id)).intact and offline(await downloaded(db, job_id)) == (None, True)
     for field, change in FIELDS.items():
         for seq in (1, n // 2, n):
             row = tamper(pg_url, job_id, seq, change)
             try:
-                v = await auditlog.verify(db, job_id)
+                v = await logreader.verify(db, job_id)
                 assert (v.intact, v.first_bad_seq) == (False, seq), (field, seq, v)
                 for fmt in ("json", "txt", "ndjson"):
                     if fmt == "txt" and field == "sql_text" and row["kind"] != "sql":
@@ -159,7 +159,7 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
                     assert offline(await downloaded(db, job_id, fmt)) == (seq, False), (field, seq, fmt)
             finally:
                 restore(pg_url, row)
-    assert (await auditlog.verify(db, job_id)).intact
+    assert (await logreader.verify(db, job_id)).intact
     # The CLI names the first bad seq, from the database and from a file, and exits 1.
     row = tamper(pg_url, job_id, 2, FIELDS["data"])
     try:
@@ -197,7 +197,7 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
                 "UPDATE audit_events SET data = %s, prev_hash = %s, hash = %s WHERE job_id = %s AND seq = %s",
                 (psycopg.types.json.Jsonb(e["data"]), e["prev_hash"], e["hash"], job_id, e["seq"]),
             )
-    v = await auditlog.verify(db, job_id)
+    v = await logreader.verify(db, job_id)
     assert not v.intact and v.first_bad_seq == n and "head hash" in (v.reason or "")
     forged = json.dumps({"job_id": str(job_id), "events": log})
     assert offline(forged) == (None, True)
@@ -208,7 +208,7 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute("DELETE FROM audit_events WHERE job_id = %s AND seq = %s", (job_id, n))
-    v = await auditlog.verify(db, job_id)
+    v = await logreader.verify(db, job_id)
     assert (v.intact, v.first_bad_seq) == (False, n) and "ends at seq" in (v.reason or "")
 
 
@@ -258,7 +258,7 @@ async def test_a_rolled_back_write_is_in_the_log_with_its_error(db, user):
     lost = (await events(db, job_id))[n:]
     assert [(e["kind"], e["action"]) for e in lost] == [("sql", "read"), ("error", "rollback")]
     assert "terminat" in lost[0]["data"]["error"] and lost[1]["data"]["error"].startswith("OperationalError")
-    assert (await auditlog.verify(db, job_id)).intact
+    assert (await logreader.verify(db, job_id)).intact
 
 
 async def test_finalize_retried_after_its_commit_adds_no_event(db, user):
@@ -326,11 +326,11 @@ async def test_logs_written_before_the_chain_are_chained_by_the_upgrade(fresh_db
     schema.upgrade(url)
     old = Database(url)
     try:
-        v = await auditlog.verify(old, job_id)
+        v = await logreader.verify(old, job_id)
         assert v is not None and v.intact and v.events == 3
         async with old.job_tx(job_id) as tx:  # new events follow on from the chained ones
             tx.event("job", "y", {})
-        v = await auditlog.verify(old, job_id)
+        v = await logreader.verify(old, job_id)
         assert v.intact and v.events == 4
         assert offline(await downloaded(old, job_id)) == (None, True)
     finally:
@@ -364,18 +364,18 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
     change = update["data"]["changes"]["purpose"]
     assert change["old"]["$ref"] == change["new"]["$ref"] == f"plan_nodes.purpose#{section.id}"
     assert change["old"]["before"] is True and "before" not in change["new"]
-    v = await auditlog.verify(db, job_id)
+    v = await logreader.verify(db, job_id)
     assert v.intact and v.references_checked == 2  # the document, and the section's summary now
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE documents SET text = text || '!' WHERE id = %s", (int(doc_id),))
-    v = await auditlog.verify(db, job_id)
+    v = await logreader.verify(db, job_id)
     insert_row = next(e for e in log if e["kind"] == "row" and e["table_name"] == "documents")
     assert (v.intact, v.first_bad_seq) == (False, insert_row["seq"]) and f"documents.text#{doc_id}" in v.reason
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE documents SET text = %s WHERE id = %s", (body, int(doc_id)))
         conn.execute("UPDATE plan_nodes SET purpose = 'third' WHERE id = %s", (section.id,))
-    v = await auditlog.verify(db, job_id)  # the section's last logged summary is the update's
+    v = await logreader.verify(db, job_id)  # the section's last logged summary is the update's
     assert (v.intact, v.first_bad_seq) == (False, update["seq"]) and "plan_nodes.purpose" in v.reason
 
 

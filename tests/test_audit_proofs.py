@@ -17,11 +17,11 @@ import pytest
 from standardwebhooks import Webhook
 
 from core import checkpoint, merkle
-from core.audit import GENESIS, event_hash
 from core.chain import parse_log, verify_events
+from core.eventformat import GENESIS, event_hash
 from core.spec import JobSpec
 from core.webhooks import new_secret
-from services import auditlog, jobs
+from services import jobs, logreader
 from testkit import make_job
 from tests.conftest import AUDIT_KEY, make_llm, webhook_config
 from tests.test_api import auth, follow_to_end
@@ -196,8 +196,8 @@ async def test_a_log_copied_under_another_job_in_the_database_is_caught_as_trans
             " WHERE id = %s",
             (a, b),
         )
-    assert (await auditlog.verify(db, a, PUBLIC)).intact
-    v = await auditlog.verify(db, b, PUBLIC)
+    assert (await logreader.verify(db, a, PUBLIC)).intact
+    v = await logreader.verify(db, b, PUBLIC)
     assert not v.intact and v.first_bad_seq == 1 and "transplanted" in v.reason
 
 
@@ -223,7 +223,7 @@ async def test_each_jobs_last_checkpoint_is_posted_to_the_operators_witness_sign
     assert payload["type"] == "audit.checkpoint" and payload["data"]["job_id"] == str(job.id)
     cp = checkpoint.verify(payload["data"]["note"], PUBLIC)
     assert cp.job_id == str(job.id)
-    log = [e async for e in auditlog.iter_events(db, job.id, 0, None)]
+    log = [e async for e in logreader.iter_events(db, job.id, 0, None)]
     entries = [merkle.leaf_entry(e["hash"]) for e in log]
     assert merkle.tree(entries).get_root(cp.size) == cp.root  # what the witness holds matches the log
     actions = [e["action"] for e in log if e["kind"] == "webhook"]

@@ -19,8 +19,8 @@ from core.layout import generate_tree, levels_for
 from core.plan import heading_key
 from core.spec import JobSpec
 from core.text import count_words
+from db.manuscript import Chunk, ChunkVersion, CoherenceState, PlanNode, SeamCheck
 from db.models import AuditEvent, Job, LlmCall
-from db.writing import Chunk, ChunkVersion, CoherenceState, PlanNode, SeamCheck
 from services import jobs
 from tests.conftest import make_llm
 from tests.helpers import job_row, output, submit, wait

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from db.writing import ChunkVersion, CoherenceState, ContinuityFinding, SeamCheck
+from db.manuscript import ChunkVersion, CoherenceState, ContinuityFinding, SeamCheck
 from tests.fake_llm import MEMORY_SYSTEM, _chapter_of
 from tests.helpers import job_row, output, submit, wait
 from tests.test_cli import arun

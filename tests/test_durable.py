@@ -24,24 +24,25 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 import testkit
-from activities.base import LOGIC_ATTEMPTS, JobNotRunnable, now
+from activities.base import now
 from activities.chunks import ChunkActivities
 from activities.contracts import FailInput, NodeRef, RoundRef
 from activities.finalize import FinalizeActivities
+from core.errors import JobNotRunnable
 from core.spec import JobSpec
 from core.text import count_words, sha256
 from db.ddl import CHAIN_PROOF
+from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
 from db.models import AuditEvent, Document, Job
 from db.session import Database
-from db.writing import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
-from services import accounts, auditlog, jobs
+from services import accounts, jobs, logreader
 from services.codec import ENCODING, data_converter, parse_key
 from services.temporal import AuditInterceptor
 from tests.conftest import TASK_QUEUE, TEST_SECRET, make_llm
 from tests.fake_llm import WORDS
 from tests.helpers import output
 from worker import build_worker
-from workflows.steps import Durability
+from workflows.steps import LOGIC_ATTEMPTS, Durability
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -73,7 +74,7 @@ async def assert_log_whole(db: Database, job_id: uuid.UUID, activities: bool = T
         )
         broken = (await s.execute(text(CHAIN_PROOF), {"job_id": job_id})).scalars().all()
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    verdict = await auditlog.verify(db, job_id)
+    verdict = await logreader.verify(db, job_id)
     assert verdict is not None and verdict.intact, verdict
     assert broken == []
     attempts: dict[tuple[str, str, int], list[str]] = {}

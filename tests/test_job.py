@@ -22,8 +22,8 @@ from activities.llm import LlmClient
 from core.spec import JobSpec
 from core.text import count_words
 from db.ddl import CHAIN_PROOF, MEMORY_PROOF
+from db.manuscript import Chunk, ChunkAttempt
 from db.models import AuditEvent, Document, LlmCall
-from db.writing import Chunk, ChunkAttempt
 from services import jobs
 from tests.conftest import AUDIT_KEY, TASK_QUEUE, TEST_SECRET
 from tests.fake_llm import JUNK_INLINE, JUNK_LINES, REPEATED, WORDS

@@ -16,8 +16,8 @@ from temporalio.client import WorkflowUpdateFailedError
 from core.runs import edit_workflow_id
 from core.text import count_words
 from db.loop import Edit, PlanVersion, clock_start
+from db.manuscript import ChunkVersion, ContinuityFinding, PlanNode, SeamCheck
 from db.models import AuditEvent, Document, Job
-from db.writing import ChunkVersion, ContinuityFinding, PlanNode, SeamCheck
 from testkit import until
 from tests.helpers import output, submit, wait
 from tests.test_job import assert_chain_proven
@@ -53,7 +53,7 @@ async def chapters(db, job_id: uuid.UUID) -> list[PlanNode]:
 
 async def versions_of(db, chapter: PlanNode) -> dict[int, list[str]]:
     """Each chunk of a chapter (its first is its section's first) with the reasons of its versions."""
-    from db.writing import Chunk
+    from db.manuscript import Chunk
 
     chunks = await rows(db, Chunk, Chunk.unit_id == chapter.id)
     out = {}
@@ -264,7 +264,7 @@ async def test_an_estimate_lands_within_a_quarter_of_what_the_job_used(db, clien
 
 
 async def test_actions_that_make_no_sense_are_refused_and_say_why(db, client, fake, user, http):
-    from db.writing import Chunk
+    from db.manuscript import Chunk
     from tests.test_quotas import set_quotas
 
     fake.reset(ratio=(1.0, 1.15))

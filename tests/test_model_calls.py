@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from activities.llm import LlmUnavailable
+from core.errors import LlmUnavailable
 from core.text import count_words
 from db.models import AuditEvent, LlmCall
 from testkit import make_job, until

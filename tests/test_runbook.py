@@ -25,7 +25,7 @@ from temporalio.client import WorkflowExecutionStatus
 import testkit
 from db.ddl import CHAIN_PROOF
 from db.session import Database
-from services import accounts, auditlog
+from services import accounts, logreader
 from services.codec import CodecKeyError, EncryptionCodec, decode_all, key_id
 from services.deploys import promote, version
 from services.restore import REASON
@@ -221,7 +221,7 @@ async def test_restoring_postgres_from_a_backup_while_temporal_holds_running_job
     kinds = [(e.kind, e.action) for e in events]
     assert ("workflow", "terminate") in kinds and ("job", "resumed") in kinds
     assert any(e.kind == "job" and e.action == "failed" and e.data["reason"] == REASON for e in events)
-    verdict = await auditlog.verify(db, a.id)
+    verdict = await logreader.verify(db, a.id)
     assert verdict is not None and verdict.intact, verdict
     async with db.tx() as s:
         assert (await s.execute(text(CHAIN_PROOF), {"job_id": a.id})).scalars().all() == []

@@ -17,14 +17,14 @@ import testkit
 from api.app import create_app
 from api.limits import StreamSlots
 from api.live import AuditListener
-from core.audit import parse_txt_line, txt_line
+from core.eventformat import parse_txt_line, txt_line
 from core.quota import QuotaExceeded
 from core.spec import JobSpec
 from core.webhooks import WebhookPolicy, delivery_error
 from db.models import AccountEvent, LlmCall
 from db.session import Database
 from quire.remote import event_line
-from services import auditlog, jobs
+from services import jobs, logreader
 from services.config import load_settings
 from testkit import make_job, until
 from tests.conftest import api_settings, make_llm
@@ -55,7 +55,7 @@ async def test_a_model_that_writes_nul_bel_and_escapes_neither_fails_the_job_nor
     assert kept and all(b"\x00" in c.response_raw and "\u2400" in c.response for c in kept)  # exact, and shown
     assert any("\x1b[31m" in (c.response or "") for c in calls)  # the record keeps what came, escapes too
     assert all(c.status != "pending" and c.tokens_in is not None for c in calls)
-    v = await auditlog.verify(db, jid)
+    v = await logreader.verify(db, jid)
     assert v.intact, v.reason
 
 

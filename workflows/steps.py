@@ -22,8 +22,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.base import NON_RETRYABLE, ContinuityBroken
-    from activities.llm import BudgetExhausted, LlmUnavailable, QuotaExceeded
+    from core.errors import NON_RETRYABLE, BudgetExhausted, ContinuityBroken, LlmUnavailable
+    from core.quota import QuotaExceeded
     from core.spec import ErrorCode
 
 A = TypeVar("A")
@@ -31,6 +31,12 @@ R = TypeVar("R")
 
 OUTAGE_WINDOW_S = 24 * 3600.0
 RETRY_MAX_INTERVAL_S = 30.0
+# A step failing with an error of its own (not an outage, not NON_RETRYABLE) fails the job on its
+# LOGIC_ATTEMPTS-th such failure. The activity side enforces it (services.temporal's interceptor
+# counts these failures in the heartbeat details and then raises a non-retryable error), not the
+# RetryPolicy: Temporal's maximum_attempts counts every attempt, outage ones too, so any cap there
+# would end a job inside its outage window.
+LOGIC_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class Durability:
             initial_interval=timedelta(seconds=min(1.0, self.retry_max_s)),
             backoff_coefficient=2.0,
             maximum_interval=timedelta(seconds=self.retry_max_s),
-            maximum_attempts=0,  # unlimited: the window (schedule-to-close) and the activity side bound them
+            maximum_attempts=0,  # unlimited: the window (schedule-to-close) and LOGIC_ATTEMPTS bound them
             non_retryable_error_types=NON_RETRYABLE,
         )
 

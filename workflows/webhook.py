@@ -18,7 +18,8 @@ from temporalio.common import RetryPolicy
 from workflows.steps import HEARTBEAT
 
 with workflow.unsafe.imports_passed_through():
-    from activities.webhooks import NON_RETRYABLE, DeliveryRef, WebhookActivities
+    from activities.webhooks import DeliveryRef, WebhookActivities
+    from core.errors import WEBHOOK_NON_RETRYABLE
     from core.webhooks import RetrySchedule
 
 ATTEMPT_TIMEOUT = timedelta(minutes=2)  # one POST: the request timeout (QUIRE_WEBHOOK_TIMEOUT_S) and the rows
@@ -61,7 +62,7 @@ async def _post(method: Any, inp: WebhookInput) -> int:
                 backoff_coefficient=s.backoff,
                 maximum_interval=timedelta(seconds=s.max_interval_s),
                 maximum_attempts=s.attempts,
-                non_retryable_error_types=NON_RETRYABLE,
+                non_retryable_error_types=WEBHOOK_NON_RETRYABLE,
             ),
             summary="witness" if method is WebhookActivities.witness else "webhook",
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from db import writing  # noqa: F401 - its tables are part of the metadata
+from db import manuscript  # noqa: F401 - its tables are part of the metadata
 from db.models import Base
 
 config = context.config

@@ -6,7 +6,7 @@ Create Date: 2026-11-23 15:00:00
 
 Events written before this revision are chained here, in seq order, as if they had been written
 with it: their hashes prove they have not changed since the upgrade (not before it). The chain's
-canonical form (core.audit) is frozen by design, since changing it would break every stored chain,
+canonical form (core.eventformat) is frozen by design, since changing it would break every stored chain,
 so this migration can use it.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from core.audit import GENESIS, event_hash
+from core.eventformat import GENESIS, event_hash
 
 revision = '0002'
 down_revision = '0001'

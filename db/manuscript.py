@@ -1,4 +1,4 @@
-"""The tables of the writing itself: the plan tree, chunks and their attempts and versions, the
+"""The manuscript's tables, the writing itself: the plan tree, chunks and their attempts and versions, the
 coherence chain and its seams, length checks and stitch results.
 
 Rules the models cannot express (the chain, immutability, completion only after a validated

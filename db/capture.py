@@ -31,7 +31,7 @@ from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from core.audit import REF_KEY, normalize, value_digest
+from core.eventformat import REF_KEY, normalize, value_digest
 from core.webhooks import SECRET_PATTERN, SECRET_PREFIX
 
 CAPTURE_KEY = "quire_audit_buffer"

@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import select, text
 
 from core import merkle
-from core.audit import GENESIS, TXT_HEADER, parse_location, ts_text, txt_line
 from core.chain import CHECKPOINT_TXT, ChainVerifier, Verdict, check_reference
 from core.checkpoint import VerifierKey
+from core.eventformat import GENESIS, TXT_HEADER, parse_location, ts_text, txt_line
 from db.models import AuditCheckpoint, AuditEvent, Base, Document, Job
 from db.session import Database
 
