@@ -116,22 +116,28 @@ async def record_length_check(
     max_words: int,
     chunk_id: int | None = None,
     event: dict[str, Any] | None = None,
+    fresh: bool = False,
 ) -> bool:
     """The length check of a chunk attempt or of the whole document (one row per scope, chunk and
     round) and its ``length`` event, written once however often the step is retried.
 
-    Returns whether it passed (the words reach ``min_words``)."""
+    Returns whether it passed (the words reach ``min_words``). ``fresh``: the round was stored by
+    this transaction, so no check of it can exist (no read to find one)."""
     passed = words >= min_words
     existing = (
-        await tx.session.execute(
-            select(LengthCheck.id).where(
-                LengthCheck.job_id == tx.job_id,
-                LengthCheck.scope == scope,
-                LengthCheck.chunk_id.is_(None) if chunk_id is None else LengthCheck.chunk_id == chunk_id,
-                LengthCheck.round == round,
+        None
+        if fresh
+        else (
+            await tx.session.execute(
+                select(LengthCheck.id).where(
+                    LengthCheck.job_id == tx.job_id,
+                    LengthCheck.scope == scope,
+                    LengthCheck.chunk_id.is_(None) if chunk_id is None else LengthCheck.chunk_id == chunk_id,
+                    LengthCheck.round == round,
+                )
             )
-        )
-    ).first()
+        ).first()
+    )
     if existing is None:
         tx.session.add(
             LengthCheck(

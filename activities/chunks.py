@@ -126,27 +126,41 @@ class ChunkActivities(ModelStep):
             return nxt.done
         return await self._remember_and_commit(jid, chunk_id, nxt)
 
-    async def _next(self, tx: JobTx, chunk_id: int, check: _Check | None = None) -> _Next:
-        """In ``tx``: what the chunk needs next, with its model call opened (committed by ``tx``)."""
-        job = await load_job(tx, tx.job_id)
-        chunk = await chunk_of(tx, tx.job_id, chunk_id)
+    async def _next(
+        self,
+        tx: JobTx,
+        chunk_id: int,
+        check: _Check | None = None,
+        prev: _Next | None = None,
+        rows: tuple[Job, Chunk] | None = None,
+    ) -> _Next:
+        """In ``tx``: what the chunk needs next, with its model call opened (committed by ``tx``).
+        ``prev``: the attempt before it in this activity, whose context and deadline still hold."""
+        job, chunk = rows or (await load_job(tx, tx.job_id), await chunk_of(tx, tx.job_id, chunk_id))
         if chunk.status == "done":
             tx.final = True
             return _Next(done=_done(chunk))
         if check is None:
             check = _Check(0, 0, False, False) if chunk.attempts == 0 else await _record_check(tx, job, chunk)
+        deadline = prev.call.deadline if prev is not None and prev.call is not None else 0.0
         if check.passed or check.stalled:
-            return await self._open_memory(tx, job, chunk)
-        return await self._open_attempt(tx, job, chunk, check.attempts + 1)
+            return await self._open_memory(tx, job, chunk, deadline)
+        return await self._open_attempt(tx, job, chunk, check.attempts + 1, prev)
 
-    async def _open_attempt(self, tx: JobTx, job: Job, chunk: Chunk, attempt_no: int) -> _Next:
+    async def _open_attempt(self, tx: JobTx, job: Job, chunk: Chunk, attempt_no: int, prev: _Next | None) -> _Next:
         """Attempt ``attempt_no`` (the first writes the chunk, later ones extend it): its prompt,
-        from the chunk's context, and its call's row."""
+        from the chunk's context (read once per activity: an extension is written from what the
+        write was), and its call's row."""
         kind = "write" if attempt_no == 1 else "extend"
         current = chunk.text or ""
         need = chunk.target_words if kind == "write" else max(1, chunk.target_words - chunk.word_count)
         ask = words_to_ask(need, await compliance_of(tx, tx.job_id))
-        ctx, state = await chunk_context(tx, job, chunk)
+        if prev is not None and prev.ctx is not None and chunk.status != "pending":
+            ctx = prev.ctx
+        else:
+            ctx, state = await chunk_context(tx, job, chunk)
+            if chunk.status == "pending":
+                chunk.status, chunk.state_before_id = "writing", state.id
         msgs = chunk_messages(
             ctx, style=self.llm.prompt_style, words=ask, current_text=current if kind == "extend" else ""
         )
@@ -163,6 +177,7 @@ class ChunkActivities(ModelStep):
             max_tokens=max_tokens_for(max(ask, 8)),
             prose=True,
         )
+        call.deadline = prev.call.deadline if prev is not None and prev.call is not None else 0.0
         await self.llm.open_in(tx, call)
         return _Next(
             call=call, attempt_no=attempt_no, kind=kind, ask=ask, current=current, ctx=ctx, messages=msgs,
@@ -189,9 +204,11 @@ class ChunkActivities(ModelStep):
 
         async def work(tx: JobTx) -> _Next:
             stored.clear()
-            check = await self._store_attempt(tx, chunk_id, nxt, gated)
+            job = await load_job(tx, tx.job_id)
+            chunk = await chunk_of(tx, tx.job_id, chunk_id)
+            check = await self._store_attempt(tx, job, chunk, nxt, gated)
             stored.append(check is not None)
-            return await self._next(tx, chunk_id, check)
+            return await self._next(tx, chunk_id, check, nxt, (job, chunk))
 
         out = await self.llm.settle(call, work)
         assert out is not None
@@ -199,10 +216,8 @@ class ChunkActivities(ModelStep):
             CHUNK_ATTEMPTS.labels(nxt.kind).inc()  # after the commit: a rolled-back attempt is not counted
         return out
 
-    async def _store_attempt(self, tx: JobTx, chunk_id: int, nxt: _Next, gated: Gated) -> _Check | None:
+    async def _store_attempt(self, tx: JobTx, job: Job, chunk: Chunk, nxt: _Next, gated: Gated) -> _Check | None:
         """The attempt and its length check; None if an earlier try of this activity stored it."""
-        job = await load_job(tx, tx.job_id)
-        chunk = await chunk_of(tx, tx.job_id, chunk_id)
         attempt_no, kind, res = nxt.attempt_no, nxt.kind, nxt.call.result  # type: ignore[union-attr]
         assert res is not None
         if chunk.attempts >= attempt_no or chunk.status == "done":
@@ -252,9 +267,9 @@ class ChunkActivities(ModelStep):
                 "cuts": gated.records()[:CUTS_IN_EVENT],
             },
         )
-        return await _record_check(tx, job, chunk)
+        return await _record_check(tx, job, chunk, fresh=True)
 
-    async def _open_memory(self, tx: JobTx, job: Job, chunk: Chunk) -> _Next:
+    async def _open_memory(self, tx: JobTx, job: Job, chunk: Chunk, deadline: float = 0.0) -> _Next:
         """The chunk passed (or stalled): the text it is committed with, the ledger before it, and
         the memory call's row (none for a small base model: the extractor remembers for it)."""
         written = chunk.text or ""
@@ -267,6 +282,7 @@ class ChunkActivities(ModelStep):
             request_key=f"chunk:{chunk.id}:memory:r0",
         )  # fmt: skip
         if call is not None:
+            call.deadline = deadline
             await self.llm.open_in(tx, call)
         return _Next(
             call=call, remember=True, ledger=ledger, written=written, text=text, model=job.model,
@@ -342,13 +358,13 @@ class ChunkActivities(ModelStep):
 
         async def work(tx: JobTx) -> ChunkDone:
             fresh.clear()
-            await load_job(tx, jid)
+            job = await load_job(tx, jid)
             chunk = await chunk_of(tx, jid, chunk_id)
             if chunk.status == "done":  # a retried commit
                 return _done(chunk)
             fresh.append(True)
             assert nxt.ledger is not None
-            return await _store_commit(tx, chunk, nxt.written, nxt.text, checked, ledger_threads=nxt.ledger)
+            return await _store_commit(tx, job, chunk, nxt.written, nxt.text, checked, ledger_threads=nxt.ledger)
 
         if call is not None:
             done = await self.llm.settle(call, work, final=True)
@@ -363,7 +379,7 @@ class ChunkActivities(ModelStep):
 
 
 async def _store_commit(
-    tx: JobTx, chunk: Chunk, written: str, text: str, checked: Checked, ledger_threads: Ledger
+    tx: JobTx, job: Job, chunk: Chunk, written: str, text: str, checked: Checked, ledger_threads: Ledger
 ) -> ChunkDone:
     versions = [add_version(tx, chunk, 1, "written", written)]
     if text != written:
@@ -383,14 +399,14 @@ async def _store_commit(
             )
         )
     await tx.session.flush()
-    before = await tx.session.get(CoherenceState, chunk.state_before_id)
-    assert before is not None
+    before_id = chunk.state_before_id
+    assert before_id is not None
     rem = checked.remembered
     after = CoherenceState(
         job_id=tx.job_id,
         kind="chunk",
         ordinal=chunk.ordinal + 1,
-        parent_id=before.id,
+        parent_id=before_id,
         chunk_version_id=versions[-1].id,
         summary=rem.memory.summary,
         glossary={},
@@ -400,13 +416,13 @@ async def _store_commit(
     )
     tx.session.add(after)
     await tx.session.flush()
+    # The chunk's row is written once: done, with its memory (store_memory flushes it).
+    chunk.word_count = versions[-1].word_count
+    chunk.state_after_id, chunk.status, chunk.completed_at = after.id, "done", now()
     entries = await store_memory(tx, chunk, versions[-1].id, after.id, rem)
     repair = versions[-1].id if versions[-1].reason == "continuity_repair" else None
     findings = finding_rows(tx, checked, chunk=chunk, version_id=checked_version.id, repair_version_id=repair)
-    chunk.word_count = versions[-1].word_count
-    chunk.state_after_id, chunk.status, chunk.completed_at = after.id, "done", now()
     await tx.session.flush()
-    job = await load_job(tx, tx.job_id)
     # Counters by increment: a book's commit never re-adds every chunk before it.
     job.chunks_done = job.chunks_done + 1
     job.words_written = job.words_written + chunk.word_count
@@ -437,7 +453,7 @@ async def _store_commit(
             "attempts": chunk.attempts,
             "passed": chunk.word_count >= chunk.min_words,
             "version": versions[-1].version,
-            "state_before": before.id,
+            "state_before": before_id,
             "state_after": after.id,
             "memory": rem.source,
             "findings": len(findings),
@@ -451,8 +467,9 @@ def _done(chunk: Chunk) -> ChunkDone:
     return ChunkDone(chunk.word_count, chunk.min_words, chunk.attempts, chunk.word_count >= chunk.min_words)
 
 
-async def _record_check(tx: JobTx, job: Job, chunk: Chunk) -> _Check:
-    """The length check of the chunk's latest attempt, recorded once however often it is asked."""
+async def _record_check(tx: JobTx, job: Job, chunk: Chunk, *, fresh: bool = False) -> _Check:
+    """The length check of the chunk's latest attempt, recorded once however often it is asked
+    (``fresh``: the attempt was stored by ``tx`` itself, so no check of it can exist yet)."""
     words = count_words(chunk.text or "")
     added = (
         (
@@ -475,6 +492,7 @@ async def _record_check(tx: JobTx, job: Job, chunk: Chunk) -> _Check:
         min_words=chunk.min_words,
         target_words=chunk.target_words,
         max_words=chunk.max_words,
+        fresh=fresh,
         event={
             "chunk": chunk.ordinal,
             "attempt": chunk.attempts,

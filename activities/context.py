@@ -15,9 +15,9 @@ from activities.prompts import ChunkContext
 from core.length import COMPLIANCE_WINDOW, compliance
 from core.memory import build_context, prompt_budget
 from core.text import tail_words
+from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
 from db.models import Job
 from db.session import JobTx
-from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
 

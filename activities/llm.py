@@ -39,7 +39,7 @@ from core.errors import BudgetExhausted, JobGone, LlmUnavailable
 from core.runs import edit_of
 from core.spec import JobOptions
 from db.loop import clock_start
-from db.models import Job
+from db.models import Job, LlmCall
 from db.session import Database, JobTx
 
 __all__ = ["Call", "LlmClient", "LlmResult"]
@@ -162,11 +162,13 @@ class LlmClient:
         if job is None:
             raise JobGone(str(call.job_id))
         opts = JobOptions(**(job.params or {}))
-        # Not the review's wait, nor the job's own time for an edit of it (db.loop.clock_start).
-        wid = activity.info().workflow_id if activity.in_activity() else None
-        started = await clock_start(tx.session, job, edit_of(wid))
-        call.deadline = started.timestamp() + opts.max_wall_seconds
-        row = await self.records.answer_paid_for(tx, call.job_id, call.request_key)
+        if not call.deadline:  # read once per step: a step's calls share it (``Call.deadline``)
+            # Not the review's wait, nor the job's own time for an edit of it (db.loop.clock_start).
+            wid = activity.info().workflow_id if activity.in_activity() else None
+            started = await clock_start(tx.session, job, edit_of(wid))
+            call.deadline = started.timestamp() + opts.max_wall_seconds
+        earlier = await self.records.attempts_of(tx, call.request_key)
+        row = self.records.answer_paid_for(earlier)
         if row is not None:
             tx.event(
                 "llm",
@@ -191,9 +193,10 @@ class LlmClient:
             tx.event("error", "budget", {"reason": exhausted, "request_key": call.request_key})
             call.refused = BudgetExhausted(exhausted)
         else:
-            call.call_id, call.attempt_no = await self.records.open_in(
-                tx, call.chunk_id, call.purpose, call.request_key, call.model, call.messages, call.params
+            call.row = await self.records.open_in(
+                tx, call.chunk_id, call.purpose, call.request_key, call.model, call.messages, call.params, earlier
             )
+            call.call_id, call.attempt_no = call.row.id, call.row.attempt
 
     async def send(self, call: Call) -> None:
         """The request, once its row is committed: returns with the answer in hand (``call.out``),
@@ -214,10 +217,11 @@ class LlmClient:
                     if call.call_id is None:  # a retry: a row of its own, within the job's time
                         if time.time() >= call.deadline:
                             raise BudgetExhausted("the job's time budget ran out while retrying a model call")
-                        call.call_id, call.attempt_no = await self.records.open(
+                        call.row = await self.records.open(
                             call.job_id, call.chunk_id, call.purpose, call.request_key, call.model,
                             call.messages, call.params,
                         )  # fmt: skip
+                        call.call_id, call.attempt_no = call.row.id, call.row.attempt
                     await self._http(call)
         except TRANSIENT as exc:
             raise LlmUnavailable(f"{type(exc).__name__} after {self.max_retries + 1} attempts: {exc}") from exc
@@ -247,7 +251,7 @@ class LlmClient:
             out.error = exc
         if out.error is not None:
             await shielded(self._close_alone(call, out, t0, span))
-            call.call_id = None
+            call.call_id, call.row = None, None
             raise out.error
         self._measure(call, out, t0, span)
 
@@ -292,7 +296,7 @@ class LlmClient:
     async def _close_alone(self, call: Call, out: Outcome, t0: float, span: Any) -> None:
         closed = self._measure(call, out, t0, span)
         await self.records.close(
-            call.job_id, call.call_id or 0, call.purpose, call.model, call.attempt_no, call.messages, out,
+            call.job_id, call.row or call.call_id or 0, call.purpose, call.model, call.attempt_no, call.messages, out,
             call.latency_ms, closed,
         )  # fmt: skip
 
@@ -302,7 +306,7 @@ class LlmClient:
             return
         assert call.out is not None and call.closed is not None and call.call_id is not None
         await self.records.write_outcome(
-            tx, call.call_id, call.purpose, call.model, call.attempt_no, call.messages, call.out,
+            tx, call.row or call.call_id, call.purpose, call.model, call.attempt_no, call.messages, call.out,
             call.latency_ms, call.closed,
         )  # fmt: skip
 
@@ -350,6 +354,7 @@ class Call:
     chunk_id: int | None = None
     deadline: float = 0.0  # the job's, as a Unix time
     call_id: int | None = None  # the open row
+    row: LlmCall | None = None  # as its opening transaction committed it
     attempt_no: int = 0
     reused: LlmResult | None = None  # an answer already paid for under request_key
     refused: Exception | None = None  # a budget or quota said no (recorded)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from activities.llm_stream import Outcome
@@ -73,16 +73,18 @@ class CallRecords:
     def __init__(self, db: Database, base_url: str, prices: dict[str, Price], store_retry_s: float) -> None:
         self.db, self.base_url, self.prices, self.store_retry_s = db, base_url, prices, store_retry_s
 
-    async def answer_paid_for(self, tx: JobTx, job_id: uuid.UUID, request_key: str) -> LlmCall | None:
-        """The latest successful answer stored under ``request_key`` (reused, not paid for again)."""
-        return (
-            await tx.session.execute(
-                select(LlmCall)
-                .where(LlmCall.job_id == job_id, LlmCall.request_key == request_key, LlmCall.status == "ok")
-                .order_by(LlmCall.id.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
+    async def attempts_of(self, tx: JobTx, request_key: str) -> list[LlmCall]:
+        """Every call made under ``request_key`` (one statement: the answer to reuse, the attempts
+        to count and those a dead worker left ``pending``)."""
+        rows = await tx.session.execute(
+            select(LlmCall).where(LlmCall.job_id == tx.job_id, LlmCall.request_key == request_key).order_by(LlmCall.id)
+        )
+        return list(rows.scalars().all())
+
+    @staticmethod
+    def answer_paid_for(rows: list[LlmCall]) -> LlmCall | None:
+        """The latest successful answer among ``rows`` (reused, not paid for again)."""
+        return next((r for r in reversed(rows) if r.status == "ok"), None)
 
     async def open(
         self,
@@ -93,8 +95,8 @@ class CallRecords:
         model: str,
         messages: list[dict[str, str]],
         params: dict[str, Any],
-    ) -> tuple[int, int]:
-        """(call id, attempt): the row, ``pending``, committed before the request is sent."""
+    ) -> LlmCall:
+        """The call's row, ``pending``, committed before the request is sent."""
         async with self.db.job_tx(job_id) as tx:
             return await self.open_in(tx, chunk_id, purpose, request_key, model, messages, params)
 
@@ -107,18 +109,12 @@ class CallRecords:
         model: str,
         messages: list[dict[str, str]],
         params: dict[str, Any],
-    ) -> tuple[int, int]:
+        earlier: list[LlmCall] | None = None,
+    ) -> LlmCall:
         """``open`` inside the caller's transaction (which must commit before the request is sent).
         Earlier attempts of the same request still ``pending`` died so: they are marked ``interrupted``."""
-        earlier = (
-            (
-                await tx.session.execute(
-                    select(LlmCall).where(LlmCall.job_id == tx.job_id, LlmCall.request_key == request_key)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        if earlier is None:
+            earlier = await self.attempts_of(tx, request_key)
         for row in earlier:
             if row.status == "pending":
                 self._interrupted(tx, row)
@@ -137,7 +133,7 @@ class CallRecords:
         )
         tx.session.add(row)
         await tx.session.flush()
-        return row.id, row.attempt
+        return row
 
     def _interrupted(self, tx: JobTx, row: LlmCall) -> None:
         row.status, row.error = "error", INTERRUPTED
@@ -182,7 +178,7 @@ class CallRecords:
     async def close(
         self,
         job_id: uuid.UUID,
-        call_id: int,
+        call_id: int | LlmCall,
         purpose: str,
         model: str,
         attempt_no: int,
@@ -197,12 +193,12 @@ class CallRecords:
             async with self.db.job_tx(job_id) as tx:
                 await self.write_outcome(tx, call_id, purpose, model, attempt_no, messages, out, latency_ms, closed)
 
-        await self.through_outage(write, f"storing model call {call_id}")
+        await self.through_outage(write, f"storing model call {getattr(call_id, 'id', call_id)}")
 
     async def write_outcome(
         self,
         tx: JobTx,
-        call_id: int,
+        call_id: int | LlmCall,
         purpose: str,
         model: str,
         attempt_no: int,
@@ -215,8 +211,10 @@ class CallRecords:
         step's own, where it stores what it made of the answer: ``LlmClient.settle``)."""
         text = out.text
         cost = cost_micro_usd(self.prices.get(model), closed.tokens_in, closed.cached, closed.tokens_out)
-        row = await tx.session.get(LlmCall, call_id)
+        # The row as its opening transaction left it (no read to load it again), else read.
+        row = await self._row(tx, call_id)
         assert row is not None
+        call_id = row.id
         row.response, row.finish_reason = None if text is None else storable(text), out.finish
         row.response_raw = None if text is None or is_storable(text) else raw_bytes(text)
         row.tokens_in, row.tokens_out = closed.tokens_in, closed.tokens_out
@@ -253,6 +251,18 @@ class CallRecords:
         )
         if out.error is not None:
             tx.event("error", "llm", {"llm_call_id": call_id, "purpose": purpose, "error": closed.error})
+
+    @staticmethod
+    async def _row(tx: JobTx, ref: int | LlmCall) -> LlmCall | None:
+        """The call's row in ``tx``: as its opening transaction committed it (attached, no read),
+        or read again where that state is gone (a store that rolled back expired it)."""
+        if isinstance(ref, LlmCall):
+            state = inspect(ref)
+            if state.detached and not state.expired_attributes:
+                tx.session.add(ref)
+                return ref
+            ref = state.identity[0] if state.identity else ref.id
+        return await tx.session.get(LlmCall, ref)
 
     async def through_outage(self, write: Callable[[], Awaitable[T]], what: str) -> T:
         """``write()``, again after each database outage (1 s doubling to 30 s) for up to
