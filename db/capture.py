@@ -404,11 +404,18 @@ def _same(held: Any, sent: Any) -> bool:
     return bool(held == sent) or (held is not None and sent is not None and str(held) == str(sent))
 
 
+_UNKNOWN = object()
+
+
 def _wrote(obj: Any, keys: dict[str, str], params: dict[str, Any]) -> bool:
     state = inspect(obj)
     for name, value in params.items():
         attr = keys.get(name)
-        if attr is not None and (attr not in state.dict or not _same(state.dict[attr], value)):
+        if attr is None:
+            continue
+        # An attribute never set holds nothing (the INSERT sent None); an expired one is unknown here.
+        held = state.dict.get(attr, _UNKNOWN if attr in state.expired_attributes else None)
+        if held is _UNKNOWN or not _same(held, value):
             return False
     return True
 
