@@ -304,6 +304,11 @@ async def _facts(db: Database, client: Client, job_id: uuid.UUID, wid: str) -> d
             "events": await one("SELECT count(*) FROM audit_events WHERE job_id=:j"),
             # Every audited transaction writes its events at its end, so they share its xid (xmin).
             "write_tx": await one("SELECT count(DISTINCT xmin::text) FROM audit_events WHERE job_id=:j"),
+            "row_events": await one("SELECT count(*) FROM audit_events WHERE job_id=:j AND kind = 'row'"),
+            "event_bytes": await one(
+                "SELECT coalesce(sum(octet_length(data::text) + coalesce(octet_length(sql_text), 0)), 0)"
+                " FROM audit_events WHERE job_id=:j"
+            ),
             "seams": await one("SELECT count(*) FROM seam_checks WHERE job_id=:j"),
             "repairs": await one("SELECT count(*) FROM seam_checks WHERE job_id=:j AND repaired"),
             "words": count_words(doc),
@@ -322,8 +327,9 @@ def _line(f: dict[str, Any], words: int) -> str:
     return (
         f"{words} words: {f['result']}, output {f['words']} words; wall {f['wall']:.1f} s; {f['units']} units, "
         f"{f['chunks']} chunks, {f['calls']} model calls, {f['seams']} seams ({f['repairs']} repaired); "
-        f"audit events {f['events']} ({f['events'] / max(1, f['chunks']):.0f} per chunk) in {f['write_tx']} "
-        f"transactions ({f['write_tx'] / max(1, f['chunks']):.1f} per chunk); workflow runs "
+        f"audit events {f['events']} ({f['events'] / max(1, f['chunks']):.1f} per chunk, {f['row_events']} row "
+        f"events, {f['event_bytes'] / max(1, f['chunks']) / 1024:.1f} KiB of data and SQL per chunk) in "
+        f"{f['write_tx']} transactions ({f['write_tx'] / max(1, f['chunks']):.1f} per chunk); workflow runs "
         f"{f['runs']}, largest history {f['max_history']} events; worker peak RSS {f['worker_rss_mib']:.0f} MiB, "
         f"CPU {f['worker_cpu_s']:.1f} s"
     )
