@@ -11,9 +11,10 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from core.errors import JobGone
-from db.manuscript import PlanNode
+from db.manuscript import Chunk, ChunkVersion, PlanNode
 from db.models import AuditEvent, Document, Job
 from db.session import Database
+from services import views
 from testkit import make_job
 from tests.conftest import TEST_SECRET
 
@@ -230,3 +231,27 @@ async def test_unknown_job_is_an_error_not_a_silent_drop(db):
     with pytest.raises((JobGone, DBAPIError)):
         async with db.job_tx(uuid.uuid4()) as tx:
             tx.event("test", "orphan", {})
+
+
+async def test_the_chunks_committed_since_a_seq_are_read_from_the_inserts_rows(db, user):
+    # The job page rereads only the chunks that gained a version since its last read
+    # (/draft?after=): the versions' ids come from the rows their INSERT carries.
+    job_id = await make_job(db, user.user_id)
+    async with db.job_tx(job_id) as tx:
+        tx.session.add(section := PlanNode(job_id=job_id, ordinal=0, position=0, title="s", budget_words=20))
+        await tx.session.flush()
+        chunks = [
+            Chunk(job_id=job_id, section_id=section.id, ordinal=i, index_in_section=i, target_words=9, min_words=9,
+                  max_words=10, text="t")
+            for i in range(3)
+        ]  # fmt: skip
+        tx.session.add_all(chunks)
+    seen = len(await events(db, job_id))
+    async with db.job_tx(job_id) as tx:
+        tx.session.add_all(
+            ChunkVersion(job_id=job_id, chunk_id=c.id, version=1, reason="written", text="t", word_count=1, sha256="-")
+            for c in chunks[1:]
+        )
+    async with db.tx() as s:
+        assert await views._chunks_committed_after(s, job_id, seen) == {1, 2}
+        assert await views._chunks_committed_after(s, job_id, len(await events(db, job_id))) == set()
