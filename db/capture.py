@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 from psycopg.types.json import Json, Jsonb
@@ -425,17 +426,16 @@ def _statement_of(writes: list[_Write], verb: str, obj: Any) -> tuple[_Write, in
     that is; None when no statement's parameters fit, or those of more than one do."""
     mapper = inspect(obj).mapper
     keys = _param_keys(mapper)
-    fits = [
-        (w, i)
-        for w in writes
-        if w.verb == verb and w.table == mapper.local_table.name
-        for i, p in enumerate(w.sets)
-        if _wrote(obj, keys, p)
-    ]
-    if len({id(w) for w, _ in fits}) != 1:
-        return None
-    # Rows of one statement with the same parameters are alike: which of them is this one's is moot.
-    return next(((w, i) for w, i in fits if i not in fits[0][0].claimed), fits[0])
+    fits = []
+    for w in writes:
+        if w.verb == verb and w.table == mapper.local_table.name:
+            # Unclaimed rows first (objects come in the flush's order: the first one tried fits);
+            # rows of one statement with the same parameters are alike, so which is this one's is moot.
+            order = chain((i for i in range(len(w.sets)) if i not in w.claimed), sorted(w.claimed))
+            i = next((i for i in order if _wrote(obj, keys, w.sets[i])), None)
+            if i is not None:
+                fits.append((w, i))
+    return fits[0] if len(fits) == 1 else None
 
 
 @event.listens_for(Session, "before_flush")
@@ -455,7 +455,7 @@ def _row_events(session: Session, flush_context: Any) -> None:
     paired: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # id(write) -> (row index, row)
     alone: list[tuple[str, str, str, dict[str, Any]]] = []  # (action, table, pk, data)
     written: list[tuple[str, Any, dict[str, Any]]] = []
-    for obj in session.new:
+    for obj in sorted(session.new, key=lambda o: inspect(o).insert_order or 0):
         table, pk = inspect(obj).mapper.local_table.name, _pk(obj)
         written.append(("insert", obj, {"id": pk, "values": _fields(buf, obj, table, pk)}))
     for obj in session.dirty:
@@ -476,7 +476,7 @@ def _row_events(session: Session, flush_context: Any) -> None:
     for key, rows in paired.items():
         w = by_id[key]
         if len(rows) > len(w.sets):  # more objects than it wrote rows: which are its own is unknown
-            alone += [(a, w.table, r["id"], r) for a, r in ((w.verb.lower(), r) for _, r in rows)]
+            alone += [(w.verb.lower(), w.table, r["id"], r) for _, r in rows]
             continue
         ev = buf.events[w.index]
         ev["data"]["rows"] = [r for _, r in sorted(rows, key=lambda x: x[0])]
