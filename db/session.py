@@ -219,7 +219,8 @@ async def write_events(
     row = (
         await session.execute(
             text(
-                "SELECT audit_seq, audit_head, audit_frontier, audit_signed FROM jobs WHERE id = :id FOR NO KEY UPDATE"
+                "SELECT audit_seq, audit_head, audit_frontier, audit_signed FROM jobs WHERE id = :id"
+                " FOR NO KEY UPDATE"
             ),
             {"id": job_id},
         )

@@ -17,7 +17,7 @@ from sqlalchemy import RowMapping, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.gating import word_account
-from core.audit import written_rows
+from core.eventformat import written_rows
 from core.layout import Piece, pieces
 from core.length import WordAccount
 from core.spec import TERMINAL_STATUSES
