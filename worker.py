@@ -177,6 +177,7 @@ async def run(settings: Settings) -> None:
     db = Database(
         settings.database_url,
         secrets=settings.secrets(),
+        pool_size=settings.db_pool_size,
         signer=settings.audit_signer(),
         checkpoint_every=settings.quire_checkpoint_every,
     )
@@ -209,6 +210,7 @@ async def run(settings: Settings) -> None:
             model=settings.quire_model,
             llm=llm.base_url,
             llm_concurrency=settings.llm_concurrency,
+            db_pool_size=settings.db_pool_size,
             metrics=_metrics_url(settings) if metrics else None,
             tracing=telemetry.tracing_configured(),
         )

@@ -18,6 +18,7 @@ from core.spec import (
     MAX_TARGET_WORDS,
     MAX_URL_CHARS,
     MIN_TARGET_WORDS,
+    PARALLELISM_RULE,
     TARGET_WORDS_RULE,
     JobSpec,
     input_problem,
@@ -128,6 +129,9 @@ def _spec_errors(exc: ValidationError) -> list[dict[str, Any]]:
         elif loc[:1] == ["target_words"]:
             got = json.dumps(e.get("input"), ensure_ascii=False)
             msg = f"target_words must be {TARGET_WORDS_RULE} (got {got})"
+        elif loc == ["options", "parallelism"] and e["type"] != "missing":
+            got = json.dumps(e.get("input"), ensure_ascii=False)
+            msg = f"options.parallelism must be {PARALLELISM_RULE} (got {got})"
         elif e["type"] == "extra_forbidden":
             msg = f"unknown field {field!r}"
         elif e["type"] == "missing":

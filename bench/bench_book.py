@@ -1,7 +1,8 @@
 """Book-scale benchmarks: parallel chapters, a 500,000-word book, and Quire's own overhead.
 
     .venv/bin/python -m bench.bench_book parallel [--words 60000] [--tokens-per-s 300] [--parallelism 6]
-    .venv/bin/python -m bench.bench_book scale [--words 500000]
+    .venv/bin/python -m bench.bench_book scale [--words 500000] [--baseline REF]
+    .venv/bin/python -m bench.bench_book moonshot [--words 500000] [--tokens-per-s 60] [--parallelism 100]
     .venv/bin/python -m bench.bench_book overhead [--words 20000]
     .venv/bin/python -m bench.bench_book lock [--words 100000] [--parallelism 32]
     .venv/bin/python -m bench.bench_book memory [--words 60000] [--tokens-per-s 400] [--parallelism 6] [--baseline REF]
@@ -14,7 +15,13 @@ submits one generate job and prints what it took:
 - parallel: model time (the sum of every call's latency) / wall, and the peak number of model
   calls in flight (counted by the scripted model), with the model answering at a fixed tokens/s;
 - scale: wall time, the worker's peak RSS, the largest workflow history, headings (all distinct?),
-  audit events per chunk, at 0 ms model time;
+  audit events and transactions per chunk, at 0 ms model time; with ``--baseline REF``, the same
+  job on ``REF``'s code first (a temporary git worktree, removed afterwards) and the two side by
+  side, with new / old wall;
+- moonshot: the book at a real provider's pace (every call streamed at ``--tokens-per-s``),
+  ``--parallelism`` chapters at once and as many model calls at once on the worker: wall, model
+  time / wall, peak calls in flight, Quire's CPU (worker and Postgres), the largest history and the
+  database sessions in use;
 - overhead: Quire's wall / a plain asyncio loop making the same calls (the job's own prompts, from
   llm_calls) with the same parallelism and one INSERT per chunk, at 0 ms model time;
 - memory: the story memory and the continuity checks at work: facts planted once (a name and a
@@ -36,12 +43,14 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,36 +102,63 @@ async def run_job(
     options: dict[str, Any],
     then: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     during: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
+    slots: int = 64,
 ) -> dict[str, Any]:
     """One job on a fresh stack; the facts every benchmark prints from (``then`` runs on them
-    while the stack is still up; ``during(db_url)`` runs while the job does, until it ends, and
-    what it returns joins the facts)."""
+    while the stack is still up, the worker stopped; ``during(db_url)`` runs while the job does,
+    until it ends, and what it returns joins the facts). ``slots``: the worker's model calls at
+    once (QUIRE_LLM_CONCURRENCY)."""
     with testkit.postgres() as pg, testkit.fake_model(*fake_args) as fake_url:
         url = testkit.create_database(pg, "bench")
         db = Database(url)
         env = await testkit.temporal()
         client = await testkit.client(env, db)
-        worker = start_worker(url, testkit.target(env), fake_url)
+        worker = start_worker(url, testkit.target(env), fake_url, slots)
+        # Postgres is watched from its own "postgres" database: these reads are not the job's commits.
+        admin = await psycopg.AsyncConnection.connect(pg.get_uri(), autocommit=True)
+        stopped = False
         try:
+            postmaster = await _postmaster(admin)
+            temporal_pid = _child_named("temporal")
+            commits0, pg_cpu0 = await _commits(admin), _tree_cpu(postmaster)
+            temporal_cpu0 = cpu_seconds(temporal_pid) if temporal_pid else float("nan")
+            worker_cpu0 = cpu_seconds(worker.pid)
             t0 = time.perf_counter()
             t0_wall = time.time()
             job = await testkit.submit(db, client, QUEUE, words, options=options)
             watching = asyncio.create_task(during(url)) if during is not None else None
+            connections = asyncio.create_task(_connections(admin))
             result = await client.get_workflow_handle(job.workflow_id).result()
             wall = time.perf_counter() - t0
+            worker_cpu = cpu_seconds(worker.pid) - worker_cpu0
+            temporal_cpu = cpu_seconds(temporal_pid) - temporal_cpu0 if temporal_pid else float("nan")
+            rss = peak_rss_mib(worker.pid)
             watched: dict[str, Any] = {}
             if watching is not None:
                 watching.cancel()
                 watched = (await asyncio.gather(watching, return_exceptions=True))[0]
+            connections.cancel()
+            conns = (await asyncio.gather(connections, return_exceptions=True))[0]
             facts = await _facts(db, client, job.id, job.workflow_id)
             facts["timeline"] = await _timeline(db, job.id, t0_wall)
+            fake = await _stats(fake_url)
+            # Stop the worker and wait for its sessions to end: a backend's counters reach
+            # pg_stat_database when it goes idle or exits, and its CPU its postmaster's once reaped.
+            _stop(worker)
+            stopped = True
+            await db.dispose()
+            await testkit.until("the job's sessions closed", lambda: _sessions_gone(admin), within=30)
             facts.update(
                 watched=watched,
                 result=result,
                 wall=wall,
-                worker_rss_mib=peak_rss_mib(worker.pid),
-                worker_cpu_s=cpu_seconds(worker.pid),
-                fake=await _stats(fake_url),
+                worker_rss_mib=rss,
+                worker_cpu_s=worker_cpu,
+                postgres_cpu_s=_tree_cpu(postmaster) - pg_cpu0,
+                temporal_cpu_s=temporal_cpu,
+                commits=await _commits(admin) - commits0,
+                peak_connections=conns,
+                fake=fake,
                 db_url=url,
                 fake_url=fake_url,
             )
@@ -130,10 +166,93 @@ async def run_job(
                 await then(facts)
             return facts
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
-            await db.dispose()
+            if not stopped:
+                _stop(worker)
+                await db.dispose()
+            await admin.close()
             await env.shutdown()
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    worker.wait(timeout=60)
+
+
+async def _commits(admin: psycopg.AsyncConnection[Any]) -> int:
+    """Transactions committed in the bench database so far (pg_stat_database.xact_commit)."""
+    await admin.execute("SELECT pg_stat_clear_snapshot()")
+    row = await (await admin.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _sessions_gone(admin: psycopg.AsyncConnection[Any]) -> bool:
+    row = await (
+        await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench' AND pid <> pg_backend_pid()")
+    ).fetchone()
+    return row is not None and row[0] == 0
+
+
+async def _connections(admin: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+    """Every 50 ms until cancelled: sessions open on the bench database, and how many of them
+    were in a transaction (checked out of a pool); the peaks, and what the busiest sample ran."""
+    peak: dict[str, Any] = {"open": 0, "busy": 0, "samples": 0, "busiest": []}
+    try:
+        while True:
+            rows = await (
+                await admin.execute(
+                    "SELECT state, left(query, 60) FROM pg_stat_activity "
+                    "WHERE datname = 'bench' AND backend_type = 'client backend'"
+                )
+            ).fetchall()
+            busy = [(st, q) for st, q in rows if st in ("active", "idle in transaction")]
+            if len(busy) > peak["busy"]:
+                peak["busy"], peak["busiest"] = len(busy), busy
+            peak["open"] = max(peak["open"], len(rows))
+            peak["samples"] += 1
+            await asyncio.sleep(0.05)
+    except asyncio.CancelledError:
+        return peak
+
+
+async def _postmaster(admin: psycopg.AsyncConnection[Any]) -> int:
+    row = await (await admin.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'")).fetchone()
+    assert row is not None
+    return int((Path(row[0]) / "postmaster.pid").read_text().split()[0])
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _tree_cpu(postmaster: int) -> float:
+    """CPU seconds of a Postgres server so far: the postmaster's own, its reaped backends' (its
+    children's times) and its live processes'."""
+    f = _stat(postmaster)
+    ticks = sum(int(x) for x in f[11:15])
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                c = _stat(int(proc.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(c[1]) == postmaster:
+                ticks += int(c[11]) + int(c[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _child_named(part: str) -> int | None:
+    """The pid of this process's child whose command names ``part`` (the Temporal dev server)."""
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                command = (proc / "cmdline").read_bytes().decode(errors="replace")
+                if int(_stat(int(proc.name))[1]) == me and part in command:
+                    return int(proc.name)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return None
 
 
 async def _timeline(db: Database, job_id: uuid.UUID, t0: float) -> dict[str, float]:
@@ -183,6 +302,13 @@ async def _facts(db: Database, client: Client, job_id: uuid.UUID, wid: str) -> d
             "calls": await one("SELECT count(*) FROM llm_calls WHERE job_id=:j"),
             "model_s": (await one("SELECT coalesce(sum(latency_ms), 0) FROM llm_calls WHERE job_id=:j")) / 1000,
             "events": await one("SELECT count(*) FROM audit_events WHERE job_id=:j"),
+            # Every audited transaction writes its events at its end, so they share its xid (xmin).
+            "write_tx": await one("SELECT count(DISTINCT xmin::text) FROM audit_events WHERE job_id=:j"),
+            "row_events": await one("SELECT count(*) FROM audit_events WHERE job_id=:j AND kind = 'row'"),
+            "event_bytes": await one(
+                "SELECT coalesce(sum(octet_length(data::text) + coalesce(octet_length(sql_text), 0)), 0)"
+                " FROM audit_events WHERE job_id=:j"
+            ),
             "seams": await one("SELECT count(*) FROM seam_checks WHERE job_id=:j"),
             "repairs": await one("SELECT count(*) FROM seam_checks WHERE job_id=:j AND repaired"),
             "words": count_words(doc),
@@ -201,7 +327,9 @@ def _line(f: dict[str, Any], words: int) -> str:
     return (
         f"{words} words: {f['result']}, output {f['words']} words; wall {f['wall']:.1f} s; {f['units']} units, "
         f"{f['chunks']} chunks, {f['calls']} model calls, {f['seams']} seams ({f['repairs']} repaired); "
-        f"audit events {f['events']} ({f['events'] / max(1, f['chunks']):.0f} per chunk); workflow runs "
+        f"audit events {f['events']} ({f['events'] / max(1, f['chunks']):.1f} per chunk, {f['row_events']} row "
+        f"events, {f['event_bytes'] / max(1, f['chunks']) / 1024:.1f} KiB of data and SQL per chunk) in "
+        f"{f['write_tx']} transactions ({f['write_tx'] / max(1, f['chunks']):.1f} per chunk); workflow runs "
         f"{f['runs']}, largest history {f['max_history']} events; worker peak RSS {f['worker_rss_mib']:.0f} MiB, "
         f"CPU {f['worker_cpu_s']:.1f} s"
     )
@@ -225,10 +353,140 @@ async def parallel(words: int, tokens_per_s: float, parallelism: int) -> None:
     )
 
 
-async def scale(words: int) -> None:
+async def scale(words: int, baseline: str | None, out: str | None) -> None:
+    """The book against the scripted model answering at once (Quire's own cost); with ``baseline``,
+    the same job on that ref's code first, and both side by side."""
+    old = _baseline_scale(baseline, words) if baseline else None
     f = await run_job(words, ["--ratio", "0.3", "0.6"], {})
+    new = _scale_figures(f)
+    if out is not None:  # the run for another tree's benchmark (``--baseline``)
+        await asyncio.to_thread(Path(out).write_text, json.dumps(new))
     print(_line(f, words))
     print(f"headings {f['headings']}, distinct {f['distinct_headings']}")
+    if old is None:
+        return
+    rows = [
+        ("wall (s)", "wall", "{:.1f}"),
+        ("chunks", "chunks", "{}"),
+        ("audit events per chunk", "events_per_chunk", "{:.1f}"),
+        ("transactions per chunk (distinct xmin of its audit events)", "write_tx_per_chunk", "{:.2f}"),
+        ("commits per chunk (pg_stat_database.xact_commit)", "commits_per_chunk", "{:.2f}"),
+        ("worker peak RSS (MiB)", "worker_rss_mib", "{:.0f}"),
+        ("worker CPU (s)", "worker_cpu_s", "{:.1f}"),
+        ("Postgres CPU (s)", "postgres_cpu_s", "{:.1f}"),
+        ("largest workflow history (events)", "max_history", "{}"),
+    ]
+    name = f"{baseline} ({old['commit']})"
+    print(f"\n{words} words, the model answering at once: {name} | this tree")
+    for label, key, fmt in rows:
+        shown = [fmt.format(v[key]) if v.get(key) is not None else "n/a" for v in (old, new)]
+        print(f"  {label:<60} {shown[0]:>10} {shown[1]:>10}")
+    if old.get("how"):
+        print(f"  ({baseline}: {old['how']})")
+    print(f"new / old wall = {new['wall'] / old['wall']:.2f}")
+
+
+def _scale_figures(f: dict[str, Any]) -> dict[str, Any]:
+    chunks = max(1, f["chunks"])
+    return {
+        "result": f["result"],
+        "wall": f["wall"],
+        "chunks": f["chunks"],
+        "events_per_chunk": f["events"] / chunks,
+        "write_tx_per_chunk": f["write_tx"] / chunks,
+        "commits_per_chunk": f["commits"] / chunks,
+        "worker_rss_mib": f["worker_rss_mib"],
+        "worker_cpu_s": f["worker_cpu_s"],
+        "postgres_cpu_s": f["postgres_cpu_s"],
+        "max_history": f["max_history"],
+    }
+
+
+@contextmanager
+def _worktree(ref: str) -> Iterator[tuple[Path, str]]:
+    """``ref``'s code in a temporary git worktree (and its short commit), removed afterwards."""
+    repo = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    where = Path(tempfile.mkdtemp(prefix="quire-baseline-")) / commit
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=repo, check=True, capture_output=True)
+    try:
+        yield where, commit
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=repo, check=True, capture_output=True)
+        shutil.rmtree(where.parent, ignore_errors=True)
+
+
+def _baseline_scale(ref: str, words: int) -> dict[str, Any]:
+    """``scale`` on ``ref``'s code: this benchmark (this file) driving that tree's stack, worker and
+    scripted model; if this file cannot drive that tree, that tree's own benchmark, and what its
+    line says (no transaction counts)."""
+    with _worktree(ref) as (where, commit), tempfile.TemporaryDirectory() as tmp:
+        # The worktree's packages first on the path (the editable install is this checkout's).
+        env = {**os.environ, "PYTHONPATH": str(where)}
+        out = Path(tmp) / "figures.json"
+        this = [sys.executable, str(Path(__file__).resolve()), "scale", "--words", str(words), "--json", str(out)]
+        run = subprocess.run(this, cwd=where, env=env, capture_output=True, text=True)
+        if run.returncode == 0:
+            print(f"baseline run ({ref}, {commit}): {_result_line(run.stdout)}")
+            return {**json.loads(out.read_text()), "commit": commit, "how": ""}
+        print(f"this benchmark cannot drive {ref}'s code ({run.stderr.strip().splitlines()[-1]}); its own then")
+        own = [sys.executable, "-m", "bench.bench_book", "scale", "--words", str(words)]
+        line = subprocess.run(own, cwd=where, env=env, capture_output=True, text=True, check=True).stdout
+    line = _result_line(line)
+    print(f"baseline run ({ref}, {commit}): {line}")
+
+    def num(pattern: str) -> float | None:
+        m = re.search(pattern, line)
+        return float(m.group(1)) if m else None
+
+    chunks = num(r"(\d+) chunks")
+    events = num(r"audit events (\d+)")
+    return {
+        "commit": commit,
+        "how": "its own benchmark's figures; it counts no transactions",
+        "wall": num(r"wall ([\d.]+) s"),
+        "chunks": int(chunks) if chunks else None,
+        "events_per_chunk": events / chunks if events and chunks else None,
+        "worker_rss_mib": num(r"worker peak RSS (\d+) MiB"),
+        "max_history": num(r"largest history (\d+) events"),
+    }
+
+
+def _result_line(out: str) -> str:
+    """A benchmark's result line (``_line``) among what else its run printed (Temporal's banner)."""
+    return next(ln for ln in out.splitlines() if re.match(r"\d+ words: ", ln))
+
+
+async def moonshot(words: int, tokens_per_s: float, parallelism: int) -> None:
+    """A book at a real provider's pace: every call streamed at ``tokens_per_s``, ``parallelism``
+    chapters at once and as many model calls at once on the worker."""
+    model = ["--ratio", "1.0", "1.1", "--tokens-per-s", str(tokens_per_s)]
+    f = await run_job(words, model, {"parallelism": parallelism}, slots=parallelism)
+    print(_line(f, words))
+    t = f["timeline"]
+    print(
+        f"timeline: first chunk call at {t['first_write']:.1f} s, last chunk call done at {t['last_write_end']:.1f} s, "
+        f"job done at {t['end']:.1f} s"
+    )
+    quire = f["worker_cpu_s"] + f["postgres_cpu_s"]
+    c = f["peak_connections"]
+    print(
+        f"model at {tokens_per_s:.0f} tokens/s per call, parallelism {parallelism}, {parallelism} model calls at once "
+        f"on the worker: wall {f['wall']:.1f} s; model time {f['model_s']:.1f} s / wall = "
+        f"{f['model_s'] / f['wall']:.2f}; peak model calls in flight {f['fake']['peak_in_flight']}"
+    )
+    print(
+        f"Quire's CPU during the job: worker {f['worker_cpu_s']:.1f} s + Postgres {f['postgres_cpu_s']:.1f} s "
+        f"= {quire:.1f} s ({1000 * quire / max(1, f['chunks']):.0f} ms per chunk; the job is submitted "
+        f"directly, so no API); Temporal's dev server {f['temporal_cpu_s']:.1f} s besides"
+    )
+    print(
+        f"largest workflow history {f['max_history']} events ({f['runs']} runs); database sessions: at most "
+        f"{c['open']} open, {c['busy']} in a transaction at once (sampled every 50 ms); "
+        f"{f['commits'] / max(1, f['chunks']):.1f} commits per chunk"
+    )
 
 
 async def overhead(words: int, parallelism: int) -> None:
@@ -376,18 +634,16 @@ async def _memory_facts(db_url: str, facts: list[str], lies: list[str]) -> dict[
 
 def _baseline_wall(ref: str, words: int, tokens_per_s: float, parallelism: int) -> float:
     """The same job (without plants) on ``ref``'s code: a git worktree, its own benchmark."""
-    where = Path(tempfile.gettempdir()) / f"quire-baseline-{ref[:12]}"
-    if not where.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], check=True, capture_output=True)
-    # The worktree's packages first on the path (the editable install is this checkout's).
-    env = {**os.environ, "PYTHONPATH": str(where)}
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.bench_book", "parallel", "--words", str(words), "--tokens-per-s",
-         str(tokens_per_s), "--parallelism", str(parallelism)],
-        cwd=where, env=env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    print(f"baseline run ({ref}): {out.strip().splitlines()[0]}")
-    m = re.search(r"wall ([\d.]+) s", out)
+    with _worktree(ref) as (where, _):
+        # The worktree's packages first on the path (the editable install is this checkout's).
+        env = {**os.environ, "PYTHONPATH": str(where)}
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.bench_book", "parallel", "--words", str(words), "--tokens-per-s",
+             str(tokens_per_s), "--parallelism", str(parallelism)],
+            cwd=where, env=env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    print(f"baseline run ({ref}): {_result_line(out)}")
+    m = re.search(r"wall ([\d.]+) s", _result_line(out))
     assert m is not None, out
     return float(m.group(1))
 
@@ -450,13 +706,10 @@ async def _plain_loop(f: dict[str, Any], parallelism: int) -> float:
         async with sem:
             last = None
             for messages, params, chunk in calls:
-                r = await client.chat.completions.create(model="fake-model", messages=messages, **params)
+                answer = await _call(client, messages, params)
                 if chunk is not None and chunk != last:
                     async with lock:
-                        await aconn.execute(
-                            "INSERT INTO bench_chunks (chunk, text) VALUES (%s, %s)",
-                            (chunk, r.choices[0].message.content),
-                        )
+                        await aconn.execute("INSERT INTO bench_chunks (chunk, text) VALUES (%s, %s)", (chunk, answer))
                     last = chunk
 
     t0 = time.perf_counter()
@@ -465,6 +718,18 @@ async def _plain_loop(f: dict[str, Any], parallelism: int) -> float:
     await client.close()
     await aconn.close()
     return took
+
+
+async def _call(client: AsyncOpenAI, messages: Any, params: dict[str, Any]) -> str:
+    """One call as Quire made it (its stored params: streamed when Quire streamed), its text."""
+    if not params.get("stream"):
+        r = await client.chat.completions.create(model="fake-model", messages=messages, **params)
+        return r.choices[0].message.content or ""
+    parts = []
+    async for piece in await client.chat.completions.create(model="fake-model", messages=messages, **params):
+        if piece.choices and piece.choices[0].delta.content:
+            parts.append(piece.choices[0].delta.content)
+    return "".join(parts)
 
 
 async def fairness(words: int, small: int, slots: int, tokens_per_s: float, fair: bool, finish: bool) -> None:
@@ -537,6 +802,12 @@ if __name__ == "__main__":
     p.add_argument("--parallelism", type=int, default=6)
     s = sub.add_parser("scale")
     s.add_argument("--words", type=int, default=500_000)
+    s.add_argument("--baseline", help="a git ref to run the same job on first, for its figures beside these")
+    s.add_argument("--json", help=argparse.SUPPRESS)  # where a baseline run leaves its figures
+    ms = sub.add_parser("moonshot")
+    ms.add_argument("--words", type=int, default=500_000)
+    ms.add_argument("--tokens-per-s", type=float, default=60.0)
+    ms.add_argument("--parallelism", type=int, default=100)
     o = sub.add_parser("overhead")
     o.add_argument("--words", type=int, default=20_000)
     o.add_argument("--parallelism", type=int, default=6)
@@ -565,6 +836,8 @@ if __name__ == "__main__":
     elif a.what == "parallel":
         asyncio.run(parallel(a.words, a.tokens_per_s, a.parallelism))
     elif a.what == "scale":
-        asyncio.run(scale(a.words))
+        asyncio.run(scale(a.words, a.baseline, a.json))
+    elif a.what == "moonshot":
+        asyncio.run(moonshot(a.words, a.tokens_per_s, a.parallelism))
     else:
         asyncio.run(overhead(a.words, a.parallelism))

@@ -25,6 +25,7 @@ from core.eventformat import (
     is_ref,
     parse_txt_line,
     value_digest,
+    written_rows,
 )
 from core.merkle import Frontier, leaf_entry
 
@@ -177,13 +178,10 @@ class ChainVerifier:
         for ref in _refs(data):
             if not ref.get("before"):
                 self.references[ref[REF_KEY]] = Reference(seq, ref["sha256"])
-        # A row event that writes a referenced location later supersedes what earlier events said.
-        if e["kind"] == "row" and e.get("table_name") and e.get("row_id") is not None:
-            values = data.get("values") if e["action"] == "insert" else None
-            changes = data.get("changes") if e["action"] == "update" else None
-            new = values or {k: c.get("new") for k, c in (changes or {}).items() if isinstance(c, dict)}
+        # A row written to a referenced location later supersedes what earlier events said.
+        for _, table, row_id, new in written_rows(e):
             for col, v in new.items():  # digests are taken at the end, of referenced places only
-                self._written[f"{e['table_name']}.{col}#{e['row_id']}"] = (seq, v)
+                self._written[f"{table}.{col}#{row_id}"] = (seq, v)
 
     def references_to_check(self) -> dict[str, Reference]:
         """Each referenced location and what it should hold now (its last logged write wins)."""

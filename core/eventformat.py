@@ -183,6 +183,37 @@ def parse_location(loc: str) -> tuple[str, str, str] | None:
     return (m.group(1), m.group(2), m.group(3)) if m else None
 
 
+_WRITE_VERB = re.compile(r"^\s*(INSERT|UPDATE|DELETE)\b", re.I)
+
+
+def written_rows(e: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """Each row an event says it wrote, as (insert|update|delete, table, row id, the values it
+    wrote: all of an insert's, the new side of an update's changes). An sql event carries the rows
+    it wrote in ``data.rows``; a ``row`` event is one row no single statement could be shown to
+    have written."""
+    d: dict[str, Any] = e.get("data") or {}
+    table = e.get("table_name")
+    if not table:
+        return []
+    if e.get("kind") == "row" and e.get("row_id") is not None:
+        action, rows = str(e.get("action")), [{"id": e["row_id"], **d}]
+    elif e.get("kind") == "sql" and isinstance(d.get("rows"), list):
+        m = _WRITE_VERB.match(str(e.get("sql_text") or ""))
+        if m is None:
+            return []
+        action, rows = m.group(1).lower(), [r for r in d["rows"] if isinstance(r, dict)]
+    else:
+        return []
+    out = []
+    for r in rows:
+        changes = r.get("changes") if action == "update" else None
+        new = r.get("values") if action == "insert" else {}
+        if isinstance(changes, dict):
+            new = {k: c.get("new") for k, c in changes.items() if isinstance(c, dict)}
+        out.append((action, str(table), str(r.get("id")), new if isinstance(new, dict) else {}))
+    return out
+
+
 def _short(v: Any, n: int = 40) -> str:
     s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
     return s if len(s) <= n else s[:n] + "…"

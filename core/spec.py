@@ -26,6 +26,10 @@ MAX_TARGET_WORDS = 500_000
 TARGET_WORDS_RULE = f"an integer from {MIN_TARGET_WORDS} to {MAX_TARGET_WORDS:,}"
 MAX_PROMPT_CHARS = 20_000
 MAX_URL_CHARS = 2_000
+# Chapters of one job written at once. 100 is a 500,000-word book's every chapter: each is a child
+# workflow holding no database connection while its model call runs (README: Chapters in parallel).
+MAX_PARALLELISM = 100
+PARALLELISM_RULE = f"an integer from 1 to {MAX_PARALLELISM} (chapters written at the same time)"
 
 
 class ErrorCode(StrEnum):
@@ -60,7 +64,7 @@ class JobOptions(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, description="stop when the job has used this many tokens")
     max_wall_seconds: int = Field(default=7 * 24 * 3600, ge=1, description="stop after this long")
     stitch_repairs_with_model: bool = Field(default=True, description="bridge broken seams with the model")
-    parallelism: int = Field(default=6, ge=1, le=32, description="chapters written at the same time")
+    parallelism: int = Field(default=6, ge=1, le=MAX_PARALLELISM, description="chapters written at the same time")
     review_plan: bool = Field(
         default=False,
         description="stop after planning until the plan is approved, as is or edited (POST /v1/jobs/{id}/plan)",

@@ -2,8 +2,11 @@
 
 Every statement run inside a ``JobTx`` (see ``db.session``) is recorded with its real text,
 its parameters (secrets redacted), the tables it read or wrote, its rowcount and duration; a
-statement that fails is recorded with its error. ORM flushes add row events (row id, its fields,
-and old -> new for each changed column). Events are buffered in memory and written to
+statement that fails is recorded with its error. The statement that wrote an ORM object's row
+also carries that row: ``data.rows``, each with its id and its fields (an insert), old -> new for
+each changed column (an update) or nothing more (a delete), and ``row_id`` when it wrote one row. A
+row no single captured statement can be shown to have written gets a ``row`` event of its own
+instead (``kind "row"``, the same fields). Events are buffered in memory and written to
 ``audit_events`` just before the transaction commits; if it rolls back instead, ``db.session``
 writes them afterwards, marked ``rolled_back``, in a transaction of their own.
 
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 from psycopg.types.json import Json, Jsonb
@@ -42,7 +46,7 @@ CAPTURE_KEY = "quire_audit_buffer"
 # and unique even where Temporal reuses an activity id (each continue-as-new run counts from 1).
 ACTIVITY_SEQ: ContextVar[int | None] = ContextVar("quire_activity_seq", default=None)
 MAX_VALUE_CHARS = 200  # a statement's parameter
-ROW_VALUE_CHARS = 80  # a field of a row event
+ROW_VALUE_CHARS = 80  # a field of a written row
 EVENT_VALUE_CHARS = 4000  # a value in an event's data
 # Rows never updated once inserted: the best place to point at for a value's full text.
 IMMUTABLE_TABLES = (
@@ -59,6 +63,8 @@ IMMUTABLE_TABLES = (
 SECRET_NAME = re.compile(r"(api_?key|key_hash|password|passwd|secret|(^|_)token$|authorization)", re.I)
 _TABLE_RE = re.compile(r'\b(?:FROM|JOIN|INTO|UPDATE)\s+(?:ONLY\s+)?"?([a-z_][a-z0-9_]*)"?', re.I)
 _FIRST_WORD = re.compile(r"^\s*(?:WITH\b.*?\)\s*)?([A-Za-z]+)", re.S)
+# insertmanyvalues sends a flush's many rows as one statement, the nth row's parameters as ``key__n``.
+_BATCHED_KEY = re.compile(r"^(.+)__(\d+)$")
 
 
 def shorten(value: str, limit: int = MAX_VALUE_CHARS) -> str:
@@ -140,10 +146,15 @@ class Redactor:
         return value
 
 
+def statement_verb(sql: str) -> str:
+    """INSERT, UPDATE, SELECT... : a statement's first word, past any WITH clause."""
+    m = _FIRST_WORD.match(sql)
+    return (m.group(1).upper() if m else "").strip()
+
+
 def statement_tables(sql: str) -> tuple[str, list[str]]:
     """('read'|'write', tables) for a SQL statement, from its text."""
-    m = _FIRST_WORD.match(sql)
-    verb = (m.group(1).upper() if m else "").strip()
+    verb = statement_verb(sql)
     access = "write" if verb in {"INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE"} else "read"
     seen: list[str] = []
     for t in _TABLE_RE.findall(sql):
@@ -151,6 +162,31 @@ def statement_tables(sql: str) -> tuple[str, list[str]]:
         if t not in seen and t not in {"select", "lateral"}:
             seen.append(t)
     return access, seen
+
+
+@dataclass
+class _Write:
+    """A write statement run by the flush under way: its event, and its raw parameter sets (one
+    per row it writes), to tell which of the flushed objects it wrote."""
+
+    index: int  # in AuditBuffer.events
+    verb: str
+    table: str
+    sets: list[dict[str, Any]]
+    claimed: set[int] = field(default_factory=set)
+
+
+def _param_sets(parameters: Any, executemany: bool) -> list[dict[str, Any]] | None:
+    if isinstance(parameters, dict):
+        sets: dict[int, dict[str, Any]] = {}
+        for k, v in parameters.items() if executemany else ():
+            m = _BATCHED_KEY.match(k)
+            if m is not None:
+                sets.setdefault(int(m.group(2)), {})[m.group(1)] = v
+        return [sets[i] for i in sorted(sets)] if sets else [parameters]
+    if isinstance(parameters, Sequence) and parameters and all(isinstance(p, dict) for p in parameters):
+        return list(parameters)
+    return None
 
 
 @dataclass
@@ -163,6 +199,8 @@ class AuditBuffer:
     # digest -> locations of this transaction's rows that store that value whole
     stored: dict[str, list[str]] = field(default_factory=dict)
     _t0: float = 0.0
+    _flushing: bool = False  # an ORM flush is under way: its writes are noted in _writes
+    _writes: list[_Write] = field(default_factory=list)
 
     def add(
         self,
@@ -210,6 +248,11 @@ class AuditBuffer:
         }
         if error is not None:
             data["error"] = self.redactor.text(error)
+        verb = statement_verb(statement)
+        if self._flushing and error is None and tables and verb in {"INSERT", "UPDATE", "DELETE"}:
+            sets = _param_sets(parameters, executemany)
+            if sets is not None:
+                self._writes.append(_Write(len(self.events), verb, tables[0], sets))
         self.add(
             "sql",
             access,
@@ -311,6 +354,23 @@ def _fields(buf: AuditBuffer, obj: Any, table: str, pk: str) -> dict[str, Any]:
     return out
 
 
+def _changes(buf: AuditBuffer, obj: Any, table: str, pk: str) -> dict[str, Any]:
+    state = inspect(obj)
+    changes: dict[str, Any] = {}
+    for attr in state.mapper.column_attrs:
+        hist = state.attrs[attr.key].history
+        if hist.has_changes():
+            old = hist.deleted[0] if hist.deleted else None
+            new = hist.added[0] if hist.added else None
+            if old != new:
+                home = f"{table}.{attr.key}#{pk}"
+                changes[attr.key] = {
+                    "old": _row_value(buf, attr.key, old, home, before=True),
+                    "new": _row_value(buf, attr.key, new, home),
+                }
+    return changes
+
+
 def _row_value(buf: AuditBuffer, name: str, value: Any, home: str, before: bool = False) -> Any:
     shown = buf.redactor.value(name, value)
     # A redacted value is not the stored one: it cannot point there, so it is logged whole.
@@ -325,30 +385,103 @@ def _pk(obj: Any) -> str:
     return ",".join(str(state.dict.get(c.key)) for c in state.mapper.primary_key)
 
 
+def _param_keys(mapper: Any) -> dict[str, str]:
+    """The flush's parameter names for a mapper's table -> attribute keys: a column's key (INSERT
+    values, UPDATE SET, DELETE WHERE), and a primary key's label (UPDATE WHERE: ``jobs_id``)."""
+    out: dict[str, str] = {}
+    for prop in mapper.column_attrs:
+        for col in prop.columns:
+            if getattr(col, "table", None) is mapper.local_table:
+                out[col.key] = prop.key
+                if col.primary_key:
+                    out[col._label] = prop.key
+    return out
+
+
+def _same(held: Any, sent: Any) -> bool:
+    """Whether a value an object holds is the one a statement sent (as the driver got it)."""
+    if isinstance(sent, Json | Jsonb):
+        sent = sent.obj
+    return bool(held == sent) or (held is not None and sent is not None and str(held) == str(sent))
+
+
+_UNKNOWN = object()
+
+
+def _wrote(obj: Any, keys: dict[str, str], params: dict[str, Any]) -> bool:
+    state = inspect(obj)
+    for name, value in params.items():
+        attr = keys.get(name)
+        if attr is None:
+            continue
+        # An attribute never set holds nothing (the INSERT sent None); an expired one is unknown here.
+        held = state.dict.get(attr, _UNKNOWN if attr in state.expired_attributes else None)
+        if held is _UNKNOWN or not _same(held, value):
+            return False
+    return True
+
+
+def _statement_of(writes: list[_Write], verb: str, obj: Any) -> tuple[_Write, int] | None:
+    """The one captured statement of this flush that wrote ``obj``'s row, and which of its rows
+    that is; None when no statement's parameters fit, or those of more than one do."""
+    mapper = inspect(obj).mapper
+    keys = _param_keys(mapper)
+    fits = []
+    for w in writes:
+        if w.verb == verb and w.table == mapper.local_table.name:
+            # Unclaimed rows first (objects come in the flush's order: the first one tried fits);
+            # rows of one statement with the same parameters are alike, so which is this one's is moot.
+            order = chain((i for i in range(len(w.sets)) if i not in w.claimed), sorted(w.claimed))
+            i = next((i for i in order if _wrote(obj, keys, w.sets[i])), None)
+            if i is not None:
+                fits.append((w, i))
+    return fits[0] if len(fits) == 1 else None
+
+
+@event.listens_for(Session, "before_flush")
+def _flush_starts(session: Session, flush_context: Any, instances: Any) -> None:
+    buf: AuditBuffer | None = session.info.get(CAPTURE_KEY)
+    if buf is not None and buf.capturing:
+        buf._flushing, buf._writes = True, []
+
+
 @event.listens_for(Session, "after_flush")
 def _row_events(session: Session, flush_context: Any) -> None:
+    """Each flushed row onto the statement that wrote it (or a row event of its own: see the module)."""
     buf: AuditBuffer | None = session.info.get(CAPTURE_KEY)
     if buf is None or not buf.capturing:
         return
-    for obj in session.new:
+    writes, buf._flushing, buf._writes = buf._writes, False, []
+    paired: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # id(write) -> (row index, row)
+    alone: list[tuple[str, str, str, dict[str, Any]]] = []  # (action, table, pk, data)
+    written: list[tuple[str, Any, dict[str, Any]]] = []
+    for obj in sorted(session.new, key=lambda o: inspect(o).insert_order or 0):
         table, pk = inspect(obj).mapper.local_table.name, _pk(obj)
-        buf.add("row", "insert", {"values": _fields(buf, obj, table, pk)}, table_name=table, row_id=pk, raw=True)
+        written.append(("insert", obj, {"id": pk, "values": _fields(buf, obj, table, pk)}))
     for obj in session.dirty:
-        state = inspect(obj)
-        table, pk = state.mapper.local_table.name, _pk(obj)
-        changes: dict[str, Any] = {}
-        for attr in state.mapper.column_attrs:
-            hist = state.attrs[attr.key].history
-            if hist.has_changes():
-                old = hist.deleted[0] if hist.deleted else None
-                new = hist.added[0] if hist.added else None
-                if old != new:
-                    home = f"{table}.{attr.key}#{pk}"
-                    changes[attr.key] = {
-                        "old": _row_value(buf, attr.key, old, home, before=True),
-                        "new": _row_value(buf, attr.key, new, home),
-                    }
+        table, pk = inspect(obj).mapper.local_table.name, _pk(obj)
+        changes = _changes(buf, obj, table, pk)
         if changes:
-            buf.add("row", "update", {"changes": changes}, table_name=table, row_id=pk, raw=True)
+            written.append(("update", obj, {"id": pk, "changes": changes}))
     for obj in session.deleted:
-        buf.add("row", "delete", {}, table_name=inspect(obj).mapper.local_table.name, row_id=_pk(obj))
+        written.append(("delete", obj, {"id": _pk(obj)}))
+    by_id = {id(w): w for w in writes}
+    for action, obj, row in written:
+        hit = _statement_of(writes, action.upper(), obj)
+        if hit is None:
+            alone.append((action, inspect(obj).mapper.local_table.name, row["id"], row))
+        else:
+            hit[0].claimed.add(hit[1])
+            paired.setdefault(id(hit[0]), []).append((hit[1], row))
+    for key, rows in paired.items():
+        w = by_id[key]
+        if len(rows) > len(w.sets):  # more objects than it wrote rows: which are its own is unknown
+            alone += [(w.verb.lower(), w.table, r["id"], r) for _, r in rows]
+            continue
+        ev = buf.events[w.index]
+        ev["data"]["rows"] = [r for _, r in sorted(rows, key=lambda x: x[0])]
+        if len(w.sets) == 1 and len(rows) == 1:
+            ev["row_id"] = str(rows[0][1]["id"])
+    for action, table, pk, row in alone:
+        data = {k: v for k, v in row.items() if k != "id"}
+        buf.add("row", action, data, table_name=table, row_id=pk, raw=True)

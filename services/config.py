@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     quire_llm_concurrency: int | None = Field(
         default=None, ge=1, le=1024, description="model calls at once per worker; unset: 1 for the local model, else 16"
     )
+    quire_db_pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=500,
+        description="database connections a worker keeps open (20 more while busy); unset: 10, or half "
+        "QUIRE_LLM_CONCURRENCY when that is more",
+    )
     quire_llm_calls_per_second: float | None = Field(
         default=None, gt=0, description="model calls per second across all workers (Temporal enforces it)"
     )
@@ -304,6 +311,14 @@ class Settings(BaseSettings):
         if self.quire_llm_concurrency is not None:
             return self.quire_llm_concurrency
         return 1 if self.uses_local_model else 16
+
+    @property
+    def db_pool_size(self) -> int:
+        # No transaction spans a model call: a model slot holds a connection for milliseconds per
+        # call, so half as many connections as slots (and 20 more past that) never keeps one waiting.
+        if self.quire_db_pool_size is not None:
+            return self.quire_db_pool_size
+        return max(10, self.llm_concurrency // 2)
 
     @property
     def public_url(self) -> str:

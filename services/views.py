@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, func, select, text
+from sqlalchemy import RowMapping, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.gating import word_account
+from core.eventformat import written_rows
 from core.layout import Piece, pieces
 from core.length import WordAccount
 from core.spec import TERMINAL_STATUSES
@@ -164,19 +165,28 @@ def _key(p: Piece) -> str:
 
 
 async def _chunks_committed_after(s: AsyncSession, job_id: uuid.UUID, after: int) -> set[int]:
-    """The ordinals of the chunks that gained a version in events after seq ``after`` (a row event
-    of a rolled-back insert names a row that does not exist: it joins nothing)."""
-    ids = (
-        await s.execute(
-            select(AuditEvent.row_id).where(
-                AuditEvent.job_id == job_id,
-                AuditEvent.kind == "row",
-                AuditEvent.seq > after,
-                AuditEvent.table_name == "chunk_versions",
-                AuditEvent.action == "insert",
-            )
+    """The ordinals of the chunks that gained a version in events after seq ``after`` (the INSERT's
+    sql event names the rows it wrote; a row of a rolled-back insert does not exist: it joins
+    nothing)."""
+    found = await s.execute(
+        select(AuditEvent.kind, AuditEvent.row_id, AuditEvent.sql_text, AuditEvent.data["rows"].label("rows")).where(
+            AuditEvent.job_id == job_id,
+            or_(
+                and_(AuditEvent.kind == "sql", AuditEvent.action == "write"),
+                and_(AuditEvent.kind == "row", AuditEvent.action == "insert"),
+            ),
+            AuditEvent.seq > after,
+            AuditEvent.table_name == "chunk_versions",
         )
-    ).scalars()
+    )
+    ids = [
+        row_id
+        for e in found
+        for action, _, row_id, _ in written_rows(
+            dict(e._mapping, action="insert", table_name="chunk_versions", data={"rows": e.rows})
+        )
+        if action == "insert"
+    ]
     wanted = {int(i) for i in ids if i and i.isdigit()}
     if not wanted:
         return set()

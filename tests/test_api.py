@@ -148,6 +148,7 @@ async def test_job_lifecycle_through_the_api(http, fake, user, db):
 # --- bad input: exact status and message -----------------------------------------------------
 
 TARGET = "target_words must be an integer from 1 to 500,000"
+PARALLELISM = "options.parallelism must be an integer from 1 to 100 (chapters written at the same time)"
 
 
 async def test_a_success_says_when_chunks_were_accepted_short_and_topped_up(http, fake, user, db):
@@ -202,6 +203,18 @@ async def test_a_success_says_when_chunks_were_accepted_short_and_topped_up(http
             "unknown field 'options.colour'",
         ),
         (
+            {"kind": "generate", "prompt": "x", "target_words": 10, "options": {"parallelism": 101}},
+            f"{PARALLELISM} (got 101)",
+        ),
+        (
+            {"kind": "generate", "prompt": "x", "target_words": 10, "options": {"parallelism": 0}},
+            f"{PARALLELISM} (got 0)",
+        ),
+        (
+            {"kind": "generate", "prompt": "x", "target_words": 10, "options": {"parallelism": "8"}},
+            f'{PARALLELISM} (got "8")',
+        ),
+        (
             # 199,998 bytes of UTF-8 that JSON-escape to ~600 KB: under the cap, so accepted as far as size goes.
             {"kind": "rewrite", "input_text": "é" * 99_999, "target_words": 0},
             f"{TARGET} (got 0)",
@@ -218,6 +231,19 @@ async def test_bad_json_input_is_rejected_precisely(http, user, body, message):
     r = await http.post("/v1/jobs", content=raw, headers={**auth(user), "content-type": "application/json"})
     assert r.status_code == 422, r.text
     assert message in [e["msg"] for e in r.json()["detail"]], r.json()
+
+
+async def test_a_hundred_chapters_at_once_are_accepted(http, fake, user, db):
+    """The cap is 100 (101 is refused above): a job asking for it is accepted, keeps it and runs."""
+    body = {"kind": "generate", "prompt": "Tides", "target_words": 60, "options": {"parallelism": 100}}
+    r = await http.post("/v1/jobs", json=body, headers=auth(user))
+    assert r.status_code == 202, r.text
+    jid = r.json()["id"]
+    _, end = await follow_to_end(http, jid, user)
+    assert end["status"] == "succeeded"
+    async with db.tx() as s:
+        params = (await s.execute(select(Job.params).where(Job.id == uuid.UUID(jid)))).scalar_one()
+    assert params["parallelism"] == 100
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,7 @@ async def test_pages_in_every_format_join_up_to_the_whole_log(http, user, db):
     async with db.job_tx(job_id) as tx:
         for i in range(23):
             tx.event("test", "page", {"i": i})
+        tx.event("llm", "call", {"purpose": "write"})
     total = await audit_seq(db, job_id)
     whole = (await http.get(f"/v1/jobs/{job_id}/audit", headers=auth(user))).json()["events"]
     got, after = [], 0
@@ -106,8 +107,8 @@ async def test_pages_in_every_format_join_up_to_the_whole_log(http, user, db):
     assert [json.loads(x)["seq"] for x in nd.splitlines()] == [6, 7, 8]
     txt = (await http.get(f"/v1/jobs/{job_id}/audit?format=txt&after=5&limit=3", headers=auth(user))).text
     assert [parse_txt_line(x) for x in txt.splitlines(keepends=True)[1:]] == whole[5:8]
-    tests = (await http.get(f"/v1/jobs/{job_id}/audit?kind=sql&kind=row", headers=auth(user))).json()["events"]
-    assert tests and {e["kind"] for e in tests} == {"sql", "row"}
+    tests = (await http.get(f"/v1/jobs/{job_id}/audit?kind=sql&kind=llm", headers=auth(user))).json()["events"]
+    assert tests and {e["kind"] for e in tests} == {"sql", "llm"}
     for query, loc in [
         ("format=xml", "format"),
         ("kind=gossip", "kind"),

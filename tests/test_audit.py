@@ -11,9 +11,10 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from core.errors import JobGone
-from db.manuscript import PlanNode
+from db.manuscript import Chunk, ChunkVersion, PlanNode
 from db.models import AuditEvent, Document, Job
 from db.session import Database
+from services import views
 from testkit import make_job
 from tests.conftest import TEST_SECRET
 
@@ -32,17 +33,66 @@ async def test_statements_and_rows_are_recorded_with_real_sql(db, user):
     assert sql[0].sql_text.startswith("INSERT INTO jobs")
     assert sql[0].action == "write" and sql[0].data["tables"] == ["jobs"] and sql[0].data["rowcount"] == 1
     assert "duration_ms" in sql[0].data
-    row = next(e for e in evs if e.kind == "row")
-    assert (row.action, row.table_name, row.row_id) == ("insert", "jobs", str(job_id))
+    # One event per written row: the INSERT's own event names the row and carries its values.
+    assert sql[0].row_id == str(job_id) and sql[0].table_name == "jobs"
+    ((row,),) = [sql[0].data["rows"]]
+    assert row["id"] == str(job_id) and row["values"]["id"] == str(job_id)
+    assert row["values"]["workflow_id"] == f"job-{job_id}" and row["values"]["target_words"] == 10
+    assert [e for e in evs if e.kind == "row"] == []
     async with db.job_tx(job_id) as tx:
         job = await tx.session.get(Job, job_id)
         job.title = "New title"
     evs = await events(db, job_id)
     read = [e for e in evs if e.kind == "sql" and e.action == "read"]
     assert read and read[-1].data["tables"] == ["jobs"] and read[-1].sql_text.startswith("SELECT")
-    upd = [e for e in evs if e.kind == "row" and e.action == "update"][-1]
-    assert upd.data["changes"] == {"title": {"old": None, "new": "New title"}}
+    (upd,) = [e for e in evs if e.kind == "sql" and e.sql_text.startswith("UPDATE jobs SET title")]
+    assert upd.row_id == str(job_id)
+    assert upd.data["rows"] == [{"id": str(job_id), "changes": {"title": {"old": None, "new": "New title"}}}]
+    assert [e for e in evs if e.kind == "row"] == []
     assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+
+
+async def test_one_statement_of_many_rows_carries_every_row(db, user):
+    job_id = await make_job(db, user.user_id)
+    before = len(await events(db, job_id))
+    async with db.job_tx(job_id) as tx:
+        nodes = [PlanNode(job_id=job_id, ordinal=i, position=i, title=f"part {i}", budget_words=5) for i in range(3)]
+        tx.session.add_all(nodes)
+        await tx.session.flush()
+        for n in nodes[:2]:
+            n.title += " revised"
+        await tx.session.flush()
+        await tx.session.delete(nodes[2])
+    evs = (await events(db, job_id))[before:]
+    assert [e for e in evs if e.kind == "row"] == []
+    (ins,) = [e for e in evs if e.kind == "sql" and e.sql_text.startswith("INSERT INTO plan_nodes")]
+    assert ins.row_id is None  # three rows: each is named in data.rows
+    assert [(r["id"], r["values"]["title"]) for r in ins.data["rows"]] == [
+        (str(n.id), n.title.removesuffix(" revised")) for n in nodes
+    ]
+    updates = [e for e in evs if e.kind == "sql" and e.sql_text.startswith("UPDATE plan_nodes")]
+    rows = [r for e in updates for r in e.data["rows"]]
+    assert sorted(r["id"] for r in rows) == sorted(str(n.id) for n in nodes[:2])
+    assert all(r["changes"]["title"]["new"] == r["changes"]["title"]["old"] + " revised" for r in rows)
+    (gone,) = [e for e in evs if e.kind == "sql" and e.sql_text.startswith("DELETE FROM plan_nodes")]
+    assert gone.data["rows"] == [{"id": str(nodes[2].id)}] and gone.row_id == str(nodes[2].id)
+
+
+async def test_a_row_no_statement_can_be_shown_to_have_written_gets_an_event_of_its_own(db, user):
+    # A changed primary key: the UPDATE names the row by its old id, the object holds its new one.
+    job_id = await make_job(db, user.user_id)
+    async with db.job_tx(job_id) as tx:
+        tx.session.add(node := PlanNode(job_id=job_id, ordinal=0, position=0, title="moved", budget_words=5))
+    old_id = node.id
+    before = len(await events(db, job_id))
+    async with db.job_tx(job_id) as tx:
+        (await tx.session.get(PlanNode, old_id)).id = old_id + 1000
+    evs = (await events(db, job_id))[before:]
+    (upd,) = [e for e in evs if e.kind == "sql" and e.sql_text.startswith("UPDATE plan_nodes")]
+    assert "rows" not in upd.data and upd.data["params"]["plan_nodes_id"] == old_id
+    (row,) = [e for e in evs if e.kind == "row"]
+    assert (row.action, row.table_name, row.row_id) == ("update", "plan_nodes", str(old_id + 1000))
+    assert row.data["changes"]["id"] == {"old": old_id, "new": old_id + 1000}
 
 
 async def test_rollback_leaves_no_rows_but_its_events_marked_rolled_back(db, user):
@@ -57,16 +107,14 @@ async def test_rollback_leaves_no_rows_but_its_events_marked_rolled_back(db, use
     async with db.tx() as s:
         assert (await s.execute(select(PlanNode).where(PlanNode.job_id == job_id))).first() is None
     after = (await events(db, job_id))[len(before) :]
-    assert [(e.kind, e.action) for e in after] == [
-        ("sql", "write"),
-        ("row", "insert"),
-        ("test", "before-failure"),
-        ("error", "rollback"),
-    ]
-    assert after[0].sql_text.startswith("INSERT INTO plan_nodes") and after[1].table_name == "plan_nodes"
+    assert [(e.kind, e.action) for e in after] == [("sql", "write"), ("test", "before-failure"), ("error", "rollback")]
+    assert (
+        after[0].sql_text.startswith("INSERT INTO plan_nodes")
+        and after[0].data["rows"][0]["values"]["title"] == "doomed"
+    )
     assert all(e.data["rolled_back"] is True for e in after)
     assert after[-1].data["error"] == "RuntimeError: boom" and after[-1].data["statements"] == 1
-    assert [e.seq for e in await events(db, job_id)] == list(range(1, len(before) + 5))
+    assert [e.seq for e in await events(db, job_id)] == list(range(1, len(before) + 4))
 
 
 async def test_concurrent_writers_get_gap_free_seqs(db, user):
@@ -85,7 +133,7 @@ async def test_concurrent_writers_get_gap_free_seqs(db, user):
     await asyncio.gather(*(writer(i) for i in range(8)))
     seqs = [e.seq for e in await events(db, job_id)]
     assert seqs == list(range(1, len(seqs) + 1))
-    assert len(seqs) >= 8 * 10 * 3  # insert SQL + row + custom event per transaction
+    assert len(seqs) >= 8 * 10 * 2  # insert SQL (with its row) + custom event per transaction
     async with db.tx() as s:
         assert (await s.get(Job, job_id)).audit_seq == len(seqs)
 
@@ -183,3 +231,27 @@ async def test_unknown_job_is_an_error_not_a_silent_drop(db):
     with pytest.raises((JobGone, DBAPIError)):
         async with db.job_tx(uuid.uuid4()) as tx:
             tx.event("test", "orphan", {})
+
+
+async def test_the_chunks_committed_since_a_seq_are_read_from_the_inserts_rows(db, user):
+    # The job page rereads only the chunks that gained a version since its last read
+    # (/draft?after=): the versions' ids come from the rows their INSERT carries.
+    job_id = await make_job(db, user.user_id)
+    async with db.job_tx(job_id) as tx:
+        tx.session.add(section := PlanNode(job_id=job_id, ordinal=0, position=0, title="s", budget_words=20))
+        await tx.session.flush()
+        chunks = [
+            Chunk(job_id=job_id, section_id=section.id, ordinal=i, index_in_section=i, target_words=9, min_words=9,
+                  max_words=10, text="t")
+            for i in range(3)
+        ]  # fmt: skip
+        tx.session.add_all(chunks)
+    seen = len(await events(db, job_id))
+    async with db.job_tx(job_id) as tx:
+        tx.session.add_all(
+            ChunkVersion(job_id=job_id, chunk_id=c.id, version=1, reason="written", text="t", word_count=1, sha256="-")
+            for c in chunks[1:]
+        )
+    async with db.tx() as s:
+        assert await views._chunks_committed_after(s, job_id, seen) == {1, 2}
+        assert await views._chunks_committed_after(s, job_id, len(await events(db, job_id))) == set()

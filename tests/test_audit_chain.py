@@ -350,8 +350,9 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
     async with db.job_tx(job_id) as tx:
         (await tx.session.get(PlanNode, section.id)).purpose = "second " * 100
     log = await events(db, job_id)
-    doc_id = next(e["row_id"] for e in log if e["kind"] == "row" and e["table_name"] == "documents")
     sql = next(e for e in log if e["kind"] == "sql" and e["sql_text"].startswith("INSERT INTO documents"))
+    doc_id = sql["row_id"]
+    assert sql["data"]["rows"][0]["values"]["text"]["$ref"] == f"documents.text#{doc_id}"
     ref = sql["data"]["params"]["text"]
     assert ref == {
         "$ref": f"documents.text#{doc_id}",
@@ -360,8 +361,8 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
         "head": body[:200],
     }
     assert next(e for e in log if e["kind"] == "test")["data"]["note"] == note  # no row stores it: kept whole
-    update = next(e for e in log if e["kind"] == "row" and e["action"] == "update")
-    change = update["data"]["changes"]["purpose"]
+    update = next(e for e in log if e["kind"] == "sql" and e["sql_text"].startswith("UPDATE plan_nodes"))
+    change = update["data"]["rows"][0]["changes"]["purpose"]
     assert change["old"]["$ref"] == change["new"]["$ref"] == f"plan_nodes.purpose#{section.id}"
     assert change["old"]["before"] is True and "before" not in change["new"]
     v = await logreader.verify(db, job_id)
@@ -370,8 +371,7 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE documents SET text = text || '!' WHERE id = %s", (int(doc_id),))
     v = await logreader.verify(db, job_id)
-    insert_row = next(e for e in log if e["kind"] == "row" and e["table_name"] == "documents")
-    assert (v.intact, v.first_bad_seq) == (False, insert_row["seq"]) and f"documents.text#{doc_id}" in v.reason
+    assert (v.intact, v.first_bad_seq) == (False, sql["seq"]) and f"documents.text#{doc_id}" in v.reason
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE documents SET text = %s WHERE id = %s", (body, int(doc_id)))
         conn.execute("UPDATE plan_nodes SET purpose = 'third' WHERE id = %s", (section.id,))

@@ -240,9 +240,11 @@ async def test_a_job_failed_by_a_model_outage_is_resumed_in_the_same_log(db, cli
     assert [e.action for e in events if e.kind == "user" and e.action == "resume"] == ["resume"] * 2
     # The transitions, as the rows recorded them: running -> failed, then failed -> running (the resume).
     changes = [
-        (e.data["changes"]["status"]["old"], e.data["changes"]["status"]["new"])
+        (r["changes"]["status"]["old"], r["changes"]["status"]["new"])
         for e in events
-        if e.kind == "row" and e.table_name == "jobs" and "status" in e.data.get("changes", {})
+        if e.kind == "sql" and e.table_name == "jobs"
+        for r in e.data.get("rows", [])
+        if "status" in r.get("changes", {})
     ]
     assert changes == [("queued", "running"), ("running", "failed"), ("failed", "running"), ("running", "succeeded")]
     # What the first run committed was not written again: no model call of the resumed run was

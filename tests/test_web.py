@@ -348,14 +348,14 @@ async def test_document_grows_and_the_panel_tells_the_story(browser, api_url, fa
         assert len(writes) == job["progress"]["chunks_total"]
         assert {s["label"] for s in writes} == {f"chunk {n}" for n in range(1, len(writes) + 1)}
 
-        # A step is one line with its outcome and duration; opened, it shows its SQL and row events.
+        # A step is one line with its outcome and duration; opened, it shows its SQL (with the rows written).
         step = page.locator("details.step[data-activity=write_chunk]").nth(1)
         line = await step.locator("summary").text_content()
         assert "PASS" in line and "chunk done" in line and " events" in line
         await step.locator("summary .verdict").click()
         await step.locator(".events .line[data-kind=sql]").first.wait_for()
         shown = await step.locator(".events .line").evaluate_all("els => els.map(e => e.dataset.kind)")
-        assert {"sql", "row", "llm", "chunk", "length"} <= set(shown)
+        assert {"sql", "llm", "chunk", "length"} <= set(shown) and "row" not in shown  # rows ride on their SQL
         assert "INSERT INTO chunk_versions" in await step.locator(".events").text_content()
 
         # A chunk's step links to the chunk in the document.

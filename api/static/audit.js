@@ -22,6 +22,11 @@ const AuditPanel = (() => {
       default: return JSON.stringify(d).slice(0, 240);
     }
   }
+  // What one written row was: its id, and old → new for each changed column (or the values inserted).
+  function rowText(r) {
+    return "#" + r.id + (r.changes ? " " + Object.keys(r.changes).map(k => k + ": " + short(r.changes[k].old) + " → " + short(r.changes[k].new)).join(", ")
+      : r.values ? " " + JSON.stringify(r.values) : "");
+  }
   function short(v) { const s = typeof v === "string" ? v : JSON.stringify(v); return s && s.length > 40 ? s.slice(0, 40) + "…" : s; }
   function isError(e) { const d = e.data || {}; return e.kind === "error" || e.action === "error" || d.status === "error" || e.action === "failed"; }
   function lineText(e) { return String(e.seq).padStart(6) + "  " + e.ts + "  " + e.kind.padEnd(8) + " " + e.action.padEnd(9) + " " + summary(e); }
@@ -79,7 +84,8 @@ const AuditPanel = (() => {
           ? "prompt: " + (d.prompt_summary || "") + "\nresponse: " + (d.response_summary || "") +
             "\ntokens in " + (d.tokens_in ?? "?") + ", out " + (d.tokens_out ?? "?") + (d.tokens_cached ? ", cached " + d.tokens_cached : "") +
             " · latency " + (d.latency_ms ?? "?") + " ms · finish " + (d.finish_reason || "–") + " · attempt " + (d.attempt ?? "–")
-          : kind === "sql" ? (e.sql_text || "") + "\nparams: " + JSON.stringify(d.params) + "\ntables: " + (d.tables || []).join(", ") + " (" + e.action + ")"
+          : kind === "sql" ? (e.sql_text || "") + "\nparams: " + JSON.stringify(d.params) + "\ntables: " + (d.tables || []).join(", ") + " (" + e.action + ")" +
+            (Array.isArray(d.rows) ? "\nrows: " + d.rows.map(rowText).join("\n      ") : "")
           : JSON.stringify(d, null, 1);
         el = Quire.el("details", {}, Quire.el("summary", {}, ...head, ...body), Quire.el("div", { className: "more" }, more));
       } else {

@@ -50,7 +50,10 @@ if (Quire.requireKey()) {
     if (["plan", "chunk", "unit", "seam", "job"].includes(e.kind) && e.action !== "start") book.refresh();
     if (e.kind === "continuity" || (e.kind === "seam" && e.action !== "start")) coherence.refresh();
     // A chunk version committed after the document's last read: read what is new.
-    if (e.kind === "row" && e.table_name === "chunk_versions" && e.action === "insert" && e.seq > doc.seq) readDoc(false);
+    // (The INSERT's sql event names the rows it wrote; a row event, one no statement could be shown to.)
+    const inserted = e.kind === "row" ? e.action === "insert"
+      : e.kind === "sql" && /^\s*INSERT\b/i.test(e.sql_text || "") && Array.isArray((e.data || {}).rows);
+    if (inserted && e.table_name === "chunk_versions" && e.seq > doc.seq) readDoc(false);
   };
   panel.onEnd = () => { refresh(); coherence.refresh(); book.refresh(); edits.versions(); clearInterval(timer); };
   $("open-audit").addEventListener("click", () => { panel.open(); $("main").classList.add("with-panel"); });
