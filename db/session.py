@@ -2,7 +2,8 @@
 
 ``Database.job_tx(job_id)`` is the only way job data is written: everything it runs is captured
 and written to ``audit_events`` in the same transaction, with seqs allocated under the job row's
-lock (``UPDATE jobs SET audit_seq = audit_seq + n``) so that commit order equals seq order and a
+lock (``SELECT ... FROM jobs ... FOR NO KEY UPDATE``, taken after the transaction's own work and held
+to its commit) so that commit order equals seq order and a
 reader tailing ``seq > last`` never skips a row. Under the same lock each event is chained to the
 one before it (``core.eventformat.event_hash``) and the job row keeps the head, so the chain has no
 more gaps than the seqs. A transaction that rolls back leaves its statements, events and error

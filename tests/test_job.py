@@ -418,3 +418,37 @@ async def test_junk_never_counts_and_a_paragraph_repeated_across_chapters_is_cut
     assert {"meta", "stray_line", "markup", "glued", "repeat", "unfinished"} <= rules
     assert all(m > 0 for m, _ in rows) and len(events) == len(rows)
     assert sorted(e["words_cut"] for e in events) == sorted(sum(c["words"] for c in cuts) for _, cuts in rows)
+
+
+async def test_a_chunk_is_one_transaction_per_model_call_and_one_more(db, client, fake, user):
+    """Each model call's row is committed in the transaction that reads what it is asked from, and
+    its answer is stored with what the step makes of it (opening the next call): a chunk is one
+    transaction more than its calls, three when written in one attempt, and its activity's start
+    and end ride in the first and the last (audit events are never updated: xmin is the
+    transaction that wrote them)."""
+    fake.reset(ratio=(1.0, 1.1))
+    job_id = await submit(db, client, user, kind="generate", prompt="The history of lighthouses", target_words=1500)
+    assert await wait(client, job_id) == "succeeded"
+    async with db.tx() as s:
+        rows = (
+            await s.execute(
+                text(
+                    "SELECT seq, xmin::text AS x, kind, action, data FROM audit_events WHERE job_id = :j ORDER BY seq"
+                ),
+                {"j": job_id},
+            )
+        ).all()
+    starts = [r for r in rows if (r.kind, r.action) == ("activity", "start") and r.data["activity"] == "write_chunk"]
+    assert len(starts) >= 2
+    single = 0
+    for start in starts:
+        mine = [r for r in rows if r.seq == start.seq or r.data.get("activity_seq") == start.seq]
+        calls = [r.data["purpose"] for r in mine if (r.kind, r.action) == ("llm", "call")]
+        assert set(calls) <= {"write", "extend", "memory"}  # no repair here: the plain path
+        transactions = list(dict.fromkeys(r.x for r in mine))
+        assert mine[0].seq == start.seq and mine[1].x == start.x  # the start leads the step's first
+        end, done = mine[-1], next(r for r in mine if (r.kind, r.action) == ("chunk", "done"))
+        assert (end.kind, end.action) == ("activity", "end") and end.x == done.x
+        assert len(transactions) == len(calls) + 1, (calls, [(r.seq, r.x, r.kind, r.action) for r in mine])
+        single += calls == ["write", "memory"]
+    assert single >= 1
