@@ -93,6 +93,12 @@ async def load_job(tx: JobTx, job_id: uuid.UUID, *, allow_terminal: bool = False
     job = await tx.session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
     if job is None:
         raise JobGone(str(job_id))
+    return runnable(job, allow_terminal=allow_terminal)
+
+
+def runnable(job: Job, *, allow_terminal: bool = False) -> Job:
+    """``job``, if this step may work on it (see ``load_job``), else JobNotRunnable."""
+    job_id = job.id
     # An edit's workflow (core.runs.edit_of) works on a job that has succeeded: its status stays.
     editing = activity.in_activity() and edit_of(activity.info().workflow_id) is not None
     if job.status in TERMINAL_STATUSES and not allow_terminal and not (editing and job.status == "succeeded"):

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from temporalio import activity
 
 from activities.base import ModelStep, add_version, job_options, load_job, now, record_length_check
-from activities.context import chunk_context, chunk_of, compliance_of
+from activities.context import chunk_context, chunk_of, compliance_of, job_and_chunk
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
 from activities.gating import claim
 from activities.llm import Call
@@ -81,6 +81,7 @@ class _Next:
     ctx: ChunkContext | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
+    added: list[int] | None = None  # words each stored attempt added, when this step knows them
     # its memory
     remember: bool = False
     ledger: Ledger | None = None
@@ -136,18 +137,22 @@ class ChunkActivities(ModelStep):
     ) -> _Next:
         """In ``tx``: what the chunk needs next, with its model call opened (committed by ``tx``).
         ``prev``: the attempt before it in this activity, whose context and deadline still hold."""
-        job, chunk = rows or (await load_job(tx, tx.job_id), await chunk_of(tx, tx.job_id, chunk_id))
+        job, chunk = rows or await job_and_chunk(tx, chunk_id)
         if chunk.status == "done":
             tx.final = True
             return _Next(done=_done(chunk))
+        # An attempt stored by this very transaction: what follows it was never opened before.
+        first = check is not None
         if check is None:
             check = _Check(0, 0, False, False) if chunk.attempts == 0 else await _record_check(tx, job, chunk)
-        deadline = prev.call.deadline if prev is not None and prev.call is not None else 0.0
+        before = prev.call if prev is not None else None
         if check.passed or check.stalled:
-            return await self._open_memory(tx, job, chunk, deadline)
-        return await self._open_attempt(tx, job, chunk, check.attempts + 1, prev)
+            return await self._open_memory(tx, job, chunk, before, first)
+        return await self._open_attempt(tx, job, chunk, check.attempts + 1, prev, first)
 
-    async def _open_attempt(self, tx: JobTx, job: Job, chunk: Chunk, attempt_no: int, prev: _Next | None) -> _Next:
+    async def _open_attempt(
+        self, tx: JobTx, job: Job, chunk: Chunk, attempt_no: int, prev: _Next | None, first: bool
+    ) -> _Next:
         """Attempt ``attempt_no`` (the first writes the chunk, later ones extend it): its prompt,
         from the chunk's context (read once per activity: an extension is written from what the
         write was), and its call's row."""
@@ -155,18 +160,19 @@ class ChunkActivities(ModelStep):
         current = chunk.text or ""
         need = chunk.target_words if kind == "write" else max(1, chunk.target_words - chunk.word_count)
         ask = words_to_ask(need, await compliance_of(tx, tx.job_id))
+        first = first or chunk.status == "pending"  # a chunk never started has had no call
         if prev is not None and prev.ctx is not None and chunk.status != "pending":
             ctx = prev.ctx
         else:
             ctx, state = await chunk_context(tx, job, chunk)
             if chunk.status == "pending":
                 chunk.status, chunk.state_before_id = "writing", state.id
+                job.current_step = f"write chunk {chunk.ordinal + 1}/{job.chunks_total}"
         msgs = chunk_messages(
             ctx, style=self.llm.prompt_style, words=ask, current_text=current if kind == "extend" else ""
         )
         if chunk.status == "pending":
             chunk.status, chunk.state_before_id = "writing", state.id
-        job.current_step = f"{kind} chunk {chunk.ordinal + 1}/{job.chunks_total}"
         call = self.llm.request(
             job_id=tx.job_id,
             chunk_id=chunk.id,
@@ -177,11 +183,10 @@ class ChunkActivities(ModelStep):
             max_tokens=max_tokens_for(max(ask, 8)),
             prose=True,
         )
-        call.deadline = prev.call.deadline if prev is not None and prev.call is not None else 0.0
-        await self.llm.open_in(tx, call)
+        await self.llm.open_in(tx, call.follow(prev.call if prev is not None else None), first=first)
         return _Next(
             call=call, attempt_no=attempt_no, kind=kind, ask=ask, current=current, ctx=ctx, messages=msgs,
-            memory=ctx.memory.record(),
+            memory=ctx.memory.record(), added=[] if attempt_no == 1 else prev.added if prev is not None else None,
         )  # fmt: skip
 
     async def _attempt(self, jid: uuid.UUID, chunk_id: int, nxt: _Next) -> _Next:
@@ -204,8 +209,7 @@ class ChunkActivities(ModelStep):
 
         async def work(tx: JobTx) -> _Next:
             stored.clear()
-            job = await load_job(tx, tx.job_id)
-            chunk = await chunk_of(tx, tx.job_id, chunk_id)
+            job, chunk = await job_and_chunk(tx, chunk_id)
             check = await self._store_attempt(tx, job, chunk, nxt, gated)
             stored.append(check is not None)
             return await self._next(tx, chunk_id, check, nxt, (job, chunk))
@@ -246,6 +250,7 @@ class ChunkActivities(ModelStep):
             )
         )
         chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
+        nxt.added = None if nxt.added is None else [*nxt.added, words_after - words_before]
         tx.event(
             "chunk",
             kind,
@@ -267,9 +272,11 @@ class ChunkActivities(ModelStep):
                 "cuts": gated.records()[:CUTS_IN_EVENT],
             },
         )
-        return await _record_check(tx, job, chunk, fresh=True)
+        return await _record_check(tx, job, chunk, fresh=True, added=nxt.added)
 
-    async def _open_memory(self, tx: JobTx, job: Job, chunk: Chunk, deadline: float = 0.0) -> _Next:
+    async def _open_memory(
+        self, tx: JobTx, job: Job, chunk: Chunk, before: Call | None = None, first: bool = False
+    ) -> _Next:
         """The chunk passed (or stalled): the text it is committed with, the ledger before it, and
         the memory call's row (none for a small base model: the extractor remembers for it)."""
         written = chunk.text or ""
@@ -282,8 +289,7 @@ class ChunkActivities(ModelStep):
             request_key=f"chunk:{chunk.id}:memory:r0",
         )  # fmt: skip
         if call is not None:
-            call.deadline = deadline
-            await self.llm.open_in(tx, call)
+            await self.llm.open_in(tx, call.follow(before), first=first)
         return _Next(
             call=call, remember=True, ledger=ledger, written=written, text=text, model=job.model,
             min_words=chunk.min_words, attempt_no=chunk.attempts,
@@ -358,8 +364,7 @@ class ChunkActivities(ModelStep):
 
         async def work(tx: JobTx) -> ChunkDone:
             fresh.clear()
-            job = await load_job(tx, jid)
-            chunk = await chunk_of(tx, jid, chunk_id)
+            job, chunk = await job_and_chunk(tx, chunk_id)
             if chunk.status == "done":  # a retried commit
                 return _done(chunk)
             fresh.append(True)
@@ -467,21 +472,18 @@ def _done(chunk: Chunk) -> ChunkDone:
     return ChunkDone(chunk.word_count, chunk.min_words, chunk.attempts, chunk.word_count >= chunk.min_words)
 
 
-async def _record_check(tx: JobTx, job: Job, chunk: Chunk, *, fresh: bool = False) -> _Check:
+async def _record_check(
+    tx: JobTx, job: Job, chunk: Chunk, *, fresh: bool = False, added: list[int] | None = None
+) -> _Check:
     """The length check of the chunk's latest attempt, recorded once however often it is asked
-    (``fresh``: the attempt was stored by ``tx`` itself, so no check of it can exist yet)."""
+    (``fresh``: the attempt was stored by ``tx`` itself, so no check of it can exist yet;
+    ``added``: the words each attempt added, when the step knows them)."""
     words = count_words(chunk.text or "")
-    added = (
-        (
-            await tx.session.execute(
-                select(ChunkAttempt.words_added)
-                .where(ChunkAttempt.chunk_id == chunk.id)
-                .order_by(ChunkAttempt.attempt_no)
-            )
+    if added is None or len(added) != chunk.attempts:
+        rows = await tx.session.execute(
+            select(ChunkAttempt.words_added).where(ChunkAttempt.chunk_id == chunk.id).order_by(ChunkAttempt.attempt_no)
         )
-        .scalars()
-        .all()
-    )
+        added = list(rows.scalars().all())
     done = stalled(added, words >= chunk.min_words, job_options(job).max_attempts_per_chunk)
     passed = await record_length_check(
         tx,

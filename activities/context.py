@@ -9,7 +9,7 @@ import uuid
 
 from sqlalchemy import select
 
-from activities.base import text_of
+from activities.base import load_job, runnable, text_of
 from activities.memory import ledger_before, summaries_before
 from activities.prompts import ChunkContext
 from core.length import COMPLIANCE_WINDOW, compliance
@@ -20,6 +20,18 @@ from db.models import Job
 from db.session import JobTx
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
+
+
+async def job_and_chunk(tx: JobTx, chunk_id: int) -> tuple[Job, Chunk]:
+    """The job (if this step may work on it: ``load_job``) and one of its chunks, in one statement."""
+    row = (
+        await tx.session.execute(
+            select(Job, Chunk).join(Chunk, Chunk.job_id == Job.id).where(Job.id == tx.job_id, Chunk.id == chunk_id)
+        )
+    ).one_or_none()
+    if row is None:  # which of the two is missing, and the error that says so
+        return await load_job(tx, tx.job_id), await chunk_of(tx, tx.job_id, chunk_id)
+    return runnable(row[0]), row[1]
 
 
 async def chunk_of(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
@@ -131,18 +143,29 @@ async def chunk_at(tx: JobTx, job: Job, ordinal: int) -> Chunk:
     ).scalar_one()
 
 
+async def plan_path(tx: JobTx, section_id: int) -> tuple[PlanNode, list[PlanNode]]:
+    """A section and the plan nodes above it up to the book (excluded), outermost first: one
+    recursive query, however deep the plan."""
+    up = select(PlanNode.id, PlanNode.parent_id).where(PlanNode.id == section_id).cte("up", recursive=True)
+    up = up.union_all(select(PlanNode.id, PlanNode.parent_id).join(up, PlanNode.id == up.c.parent_id))
+    nodes = {
+        n.id: n for n in (await tx.session.execute(select(PlanNode).where(PlanNode.id.in_(select(up.c.id))))).scalars()
+    }
+    section = nodes[section_id]
+    above: list[PlanNode] = []
+    cur = nodes.get(section.parent_id) if section.parent_id else None
+    while cur is not None and cur.level != "book":
+        above.append(cur)
+        cur = nodes.get(cur.parent_id) if cur.parent_id else None
+    above.reverse()
+    return section, above
+
+
 async def chunk_context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext, CoherenceState]:
     """What a chunk is written from: the skeleton, its place in the tree, its own brief, the
     story memory before it (cut to its budget), the tail of the text before it."""
-    section = await tx.session.get(PlanNode, chunk.section_id)
-    assert section is not None
+    section, above = await plan_path(tx, chunk.section_id)
     state, prev_text, note = await start_state(tx, job, chunk)
-    above: list[PlanNode] = []
-    cur = await tx.session.get(PlanNode, section.parent_id) if section.parent_id else None
-    while cur is not None and cur.level != "book":
-        above.append(cur)
-        cur = await tx.session.get(PlanNode, cur.parent_id) if cur.parent_id else None
-    above.reverse()
     title, summary = section.title or "", section.purpose
     if section.is_continuation:  # top-ups continue the last planned section
         last = (

@@ -41,6 +41,7 @@ from core.spec import JobOptions
 from db.loop import clock_start
 from db.models import Job, LlmCall
 from db.session import Database, JobTx
+from db.usage import Quotas
 
 __all__ = ["Call", "LlmClient", "LlmResult"]
 log = structlog.get_logger(__name__)
@@ -153,11 +154,12 @@ class LlmClient:
         assert call.result is not None
         return call.result
 
-    async def open_in(self, tx: JobTx, call: Call) -> None:
+    async def open_in(self, tx: JobTx, call: Call, *, first: bool = False) -> None:
         """In the caller's transaction (committed before ``send``): an answer already paid for
         under the call's key (``call.reused``), else the job's budgets and its owner's quota (a
         refusal is recorded here and raised by ``send``, after the commit), else the call's row,
-        ``pending``."""
+        ``pending``. ``first``: the caller knows no call was ever made under this key (the key's
+        step is opened by the very transaction that stored what it follows): nothing to look for."""
         job = await tx.session.get(Job, call.job_id)
         if job is None:
             raise JobGone(str(call.job_id))
@@ -167,7 +169,7 @@ class LlmClient:
             wid = activity.info().workflow_id if activity.in_activity() else None
             started = await clock_start(tx.session, job, edit_of(wid))
             call.deadline = started.timestamp() + opts.max_wall_seconds
-        earlier = await self.records.attempts_of(tx, call.request_key)
+        earlier = [] if first else await self.records.attempts_of(tx, call.request_key)
         row = self.records.answer_paid_for(earlier)
         if row is not None:
             tx.event(
@@ -185,7 +187,9 @@ class LlmClient:
             )
             return
         exhausted = await budget_exhausted(tx, call.job_id, opts, call.deadline)
-        refused = None if exhausted is not None else await quota_refused(tx, job.user_id)
+        refused = None
+        if exhausted is None:
+            refused, call.quotas = await quota_refused(tx, job.user_id, call.quotas)
         if refused is not None:
             tx.event("error", "quota", {"reason": str(refused), "request_key": call.request_key})
             call.refused = refused
@@ -352,7 +356,8 @@ class Call:
     params: dict[str, Any]
     model: str
     chunk_id: int | None = None
-    deadline: float = 0.0  # the job's, as a Unix time
+    deadline: float = 0.0  # the job's, as a Unix time (read once per step: ``follow``)
+    quotas: Quotas | None = None  # its owner's, as the step read them
     call_id: int | None = None  # the open row
     row: LlmCall | None = None  # as its opening transaction committed it
     attempt_no: int = 0
@@ -362,3 +367,10 @@ class Call:
     closed: Closed | None = None
     latency_ms: float = 0.0
     result: LlmResult | None = None
+
+    def follow(self, before: Call | None) -> Call:
+        """This call, made by the step that made ``before``: what it read of the job's deadline
+        and its owner's quotas holds for it too."""
+        if before is not None:
+            self.deadline, self.quotas = before.deadline, before.quotas
+        return self

@@ -14,18 +14,20 @@ from core.quota import QuotaExceeded, day_start, tokens_refusal
 from core.spec import JobOptions
 from db.models import LlmCall
 from db.session import JobTx
-from db.usage import quotas, tokens_since
+from db.usage import Quotas, quotas, tokens_since
 
 __all__ = ["budget_exhausted", "quota_refused"]
 
 
-async def quota_refused(tx: JobTx, user_id: int) -> QuotaExceeded | None:
-    """Whether the job's owner has used up their tokens of the day (core.quota)."""
-    q = await quotas(tx.session, user_id)
+async def quota_refused(tx: JobTx, user_id: int, known: Quotas | None = None) -> tuple[QuotaExceeded | None, Quotas]:
+    """(whether the job's owner has used up their tokens of the day (core.quota), their quotas).
+    ``known``: their quotas as this step read them for an earlier call (the tokens used are read
+    again every time)."""
+    q = known if known is not None else await quotas(tx.session, user_id)
     if q.tokens_per_day is None:
-        return None
+        return None, q
     now = dt.datetime.now(dt.UTC)
-    return tokens_refusal(q, await tokens_since(tx.session, user_id, day_start(now)), now)
+    return tokens_refusal(q, await tokens_since(tx.session, user_id, day_start(now)), now), q
 
 
 async def budget_exhausted(tx: JobTx, job_id: uuid.UUID, opts: JobOptions, deadline: float) -> str | None:
