@@ -223,8 +223,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
     from db import (
+        manuscript,  # noqa: F401 - its tables are part of the metadata
         schema,
-        writing,  # noqa: F401 - its tables are part of the metadata
     )
     from db.models import Base
 
