@@ -49,11 +49,11 @@ from core.continuity import check, needs_repair
 from core.gate import Gated, gate
 from core.length import stalled, words_to_ask
 from core.memory import Ledger, open_threads_after
-from core.telemetry import CHUNK_ATTEMPTS, CHUNKS, WORDS
 from core.text import count_words, join_continuation, trim_to_words
 from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
 from db.models import Job
 from db.session import JobTx
+from metrics import CHUNK_ATTEMPTS, CHUNKS, WORDS
 
 CUTS_IN_EVENT = 20  # in a chunk event (the attempt's row keeps them all)
 

@@ -1,4 +1,4 @@
-"""How a model call is measured: Prometheus metrics (core.telemetry) and, when tracing is on, an
+"""How a model call is measured: Prometheus metrics (``metrics``) and, when tracing is on, an
 OpenTelemetry span per call following the GenAI semantic conventions.
 
 ``activities.llm`` sends and records calls (``llm_stream``, ``llm_record``); this only observes them.
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
+import metrics
 from activities.llm_stream import LlmTimeout, Outcome
 from core import telemetry
 
@@ -59,13 +60,13 @@ class CallRecord:
 def observe(record: CallRecord, span: Span | None, end_ns: int) -> None:
     """Count the call in this process's metrics, and end its span (if tracing is on)."""
     m = record.model
-    telemetry.MODEL_CALLS.labels(m, record.purpose, record.outcome).inc()
+    metrics.MODEL_CALLS.labels(m, record.purpose, record.outcome).inc()
     for kind, n in (("input", record.tokens_in), ("output", record.tokens_out), ("cached", record.tokens_cached)):
         if n:
-            telemetry.MODEL_TOKENS.labels(m, kind).inc(n)
-    telemetry.MODEL_LATENCY.labels(m).observe(record.latency_ms / 1000)
+            metrics.MODEL_TOKENS.labels(m, kind).inc(n)
+    metrics.MODEL_LATENCY.labels(m).observe(record.latency_ms / 1000)
     if record.ttft_ms is not None:
-        telemetry.MODEL_TTFT.labels(m).observe(record.ttft_ms / 1000)
+        metrics.MODEL_TTFT.labels(m).observe(record.ttft_ms / 1000)
     if span is not None:
         _end_span(span, record, end_ns)
 
@@ -75,7 +76,7 @@ def start_span(
 ) -> Span | None:
     """The span of one model call (GenAI semantic conventions), a child of the current one (the
     activity's), or None while tracing is off."""
-    tracer = telemetry.tracer()
+    tracer = metrics.tracer()
     if tracer is None:
         return None
     from urllib.parse import urlsplit

@@ -14,7 +14,7 @@ from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from core.telemetry import API_REFUSED
+from metrics import API_REFUSED
 
 STREAM_RETRY_S = 30  # a stream slot frees when a stream ends: no clock says when
 

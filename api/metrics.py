@@ -1,6 +1,6 @@
 """``GET /metrics``: this API process's metrics in Prometheus' text format.
 
-Besides the counters of ``core.telemetry`` (whatever this process did: audit events it wrote,
+Besides the counters of ``metrics`` (whatever this process did: audit events it wrote,
 workflow starts...), it serves what only the API knows (live audit streams open) and, read from
 the database at scrape time with one grouped count, the jobs by status and kind. Nothing here
 names a job or a user, but the counts are of every user's jobs: so without ``QUIRE_METRICS_TOKEN``

@@ -20,9 +20,9 @@ from prometheus_client import generate_latest
 from sqlalchemy import text
 from temporalio.client import Client
 
+import metrics
 import testkit
 from activities.llm import LlmClient
-from core import telemetry as core_telemetry
 from db.session import Database
 from services import accounts, telemetry
 from services.temporal import AuditInterceptor
@@ -124,7 +124,7 @@ async def traced_job(db: Database, env: object, url: str, user: accounts.NewUser
     for traced in (False, True):
         exporter = InMemorySpanExporter()
         tp = telemetry.in_memory("bench", exporter) if traced else None
-        core_telemetry.set_tracer(tp.get_tracer("quire") if tp else None)
+        metrics.set_tracer(tp.get_tracer("quire") if tp else None)
         client = await Client.connect(
             testkit.target(env),  # type: ignore[arg-type]
             interceptors=[*telemetry.temporal_interceptors(tp), AuditInterceptor(db)],
@@ -137,7 +137,7 @@ async def traced_job(db: Database, env: object, url: str, user: accounts.NewUser
             await client.get_workflow_handle(f"job-{job.id}").result()
             wall = time.perf_counter() - t0
         await llm.close()
-        core_telemetry.set_tracer(None)
+        metrics.set_tracer(None)
         spans = exporter.get_finished_spans()
         print(f"{words:,}-word job, tracing {'on ' if traced else 'off'}: wall {wall:.1f} s, spans {len(spans)}")
 

@@ -33,9 +33,9 @@ from core import checkpoint
 from core.errors import JobGone
 from core.eventformat import CHAIN_VERSION, event_hash
 from core.merkle import Frontier, leaf_entry
-from core.telemetry import AUDIT_EVENTS
 from db.capture import ACTIVITY_SEQ, CAPTURE_KEY, AuditBuffer, Redactor, install_capture
 from db.models import AuditCheckpoint, AuditEvent
+from metrics import AUDIT_EVENTS
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Wiring of metrics and traces for the API and the worker.
 
-Metrics (``core.telemetry``) are always on: the API serves them at ``/metrics`` (``api.metrics``),
+Metrics (``metrics``) are always on: the API serves them at ``/metrics`` (``api.metrics``),
 the worker on its own port (``serve_metrics``). Traces are on only when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set: then spans go
 by OTLP over HTTP (protobuf) to that collector, from Temporal's ``TracingInterceptor`` (workflows
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import func, select
 
+import metrics
 from core import telemetry
 from db.models import Job
 from db.session import Database
@@ -62,7 +63,7 @@ def start_tracing(service_name: str) -> TracerProvider | None:
         # The exporter reads the OTEL_EXPORTER_OTLP_* settings (endpoint, headers, timeout) itself.
         _provider = make_provider(service_name, BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(_provider)
-        telemetry.set_tracer(_provider.get_tracer("quire"))
+        metrics.set_tracer(_provider.get_tracer("quire"))
         log.info("tracing.on", service=service_name, endpoint=_endpoint())
         return _provider
 
@@ -97,7 +98,7 @@ def stop_tracing() -> None:
             return
         _provider.shutdown()
         _provider = None
-        telemetry.set_tracer(None)
+        metrics.set_tracer(None)
 
 
 def temporal_interceptors(tp: TracerProvider | None = None) -> list[Any]:

@@ -29,9 +29,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.base import is_transient
 from core import runs
 from core.errors import NON_RETRYABLE, JobGone
-from core.telemetry import ACTIVITIES, ACTIVITY_RETRIES
 from db.capture import ACTIVITY_SEQ, AuditBuffer
 from db.session import STEP, UNRECORDED, Database, StepEvents
+from metrics import ACTIVITIES, ACTIVITY_RETRIES
 from services.codec import data_converter
 from services.telemetry import temporal_interceptors
 from workflows.steps import LOGIC_ATTEMPTS, TRANSIENT_MARK

@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from temporalio.client import Client
 
+import metrics
 import testkit
 from api.app import create_app
-from core import telemetry as core_telemetry
 from db.session import Database
 from services import accounts, telemetry
 from services.config import load_settings
@@ -158,7 +158,7 @@ async def traced(db: Database, temporal_env, fake_llm: FakeLLM) -> AsyncIterator
     into a collector; yields the exporter and the API's URL."""
     exporter = InMemorySpanExporter()
     tp = telemetry.in_memory("quire-test", exporter)
-    core_telemetry.set_tracer(tp.get_tracer("quire"))
+    metrics.set_tracer(tp.get_tracer("quire"))
     traced_client = await Client.connect(
         testkit.target(temporal_env),
         namespace=temporal_env.client.namespace,
@@ -178,7 +178,7 @@ async def traced(db: Database, temporal_env, fake_llm: FakeLLM) -> AsyncIterator
         async with build_worker(traced_client, db, llm, queue):
             yield exporter, f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        core_telemetry.set_tracer(None)
+        metrics.set_tracer(None)
         server.should_exit = True
         await serving
         sock.close()
