@@ -19,7 +19,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +29,7 @@ from temporalio import activity
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from activities.llm_budget import budget_exhausted, quota_refused
-from activities.llm_record import STORE_RETRY_S, CallRecords, Closed, answer_of, shielded
+from activities.llm_record import STORE_RETRY_S, Call, CallRecords, Closed, LlmResult, answer_of, shielded
 from activities.llm_stream import TRANSIENT, Outcome, retry_wait, stream_completion
 from activities.llm_telemetry import CallRecord, observe, outcome_label, start_span
 from core.controls import without_controls
@@ -39,23 +38,12 @@ from core.errors import BudgetExhausted, JobGone, LlmUnavailable
 from core.runs import edit_of
 from core.spec import JobOptions
 from db.loop import clock_start
-from db.models import Job, LlmCall
+from db.models import Job
 from db.session import Database, JobTx
-from db.usage import Quotas
 
 __all__ = ["Call", "LlmClient", "LlmResult"]
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class LlmResult:
-    call_id: int
-    text: str  # the answer without control characters (the record keeps it exactly)
-    finish_reason: str | None
-    tokens_in: int
-    tokens_out: int
-    reused: bool = False
 
 
 def safe_base_url(url: str) -> str:
@@ -298,21 +286,14 @@ class LlmClient:
         return closed
 
     async def _close_alone(self, call: Call, out: Outcome, t0: float, span: Any) -> None:
-        closed = self._measure(call, out, t0, span)
-        await self.records.close(
-            call.job_id, call.row or call.call_id or 0, call.purpose, call.model, call.attempt_no, call.messages, out,
-            call.latency_ms, closed,
-        )  # fmt: skip
+        self._measure(call, out, t0, span)
+        await self.records.close(call)
 
     async def store_in(self, tx: JobTx, call: Call) -> None:
         """The answer ``send`` brought onto its row, in the caller's transaction."""
         if call.reused is not None:
             return
-        assert call.out is not None and call.closed is not None and call.call_id is not None
-        await self.records.write_outcome(
-            tx, call.row or call.call_id, call.purpose, call.model, call.attempt_no, call.messages, call.out,
-            call.latency_ms, call.closed,
-        )  # fmt: skip
+        await self.records.write_outcome(tx, call)
 
     async def settle(
         self, call: Call, work: Callable[[JobTx], Awaitable[T]] | None = None, *, final: bool = False
@@ -332,45 +313,5 @@ class LlmClient:
             return await shielded(self.records.through_outage(write, f"storing model call {call.call_id}"))
         except Exception:
             if call.reused is None and work is not None:
-                await shielded(
-                    self.records.through_outage(self._store_alone(call), f"storing model call {call.call_id}")
-                )
+                await shielded(self.records.close(call))
             raise
-
-    def _store_alone(self, call: Call) -> Callable[[], Awaitable[None]]:
-        async def write() -> None:
-            async with self.db.job_tx(call.job_id) as tx:
-                await self.store_in(tx, call)
-
-        return write
-
-
-@dataclass
-class Call:
-    """One logical completion on its way: what is asked, then its row, then its answer."""
-
-    job_id: uuid.UUID
-    purpose: str
-    request_key: str
-    messages: list[dict[str, str]]
-    params: dict[str, Any]
-    model: str
-    chunk_id: int | None = None
-    deadline: float = 0.0  # the job's, as a Unix time (read once per step: ``follow``)
-    quotas: Quotas | None = None  # its owner's, as the step read them
-    call_id: int | None = None  # the open row
-    row: LlmCall | None = None  # as its opening transaction committed it
-    attempt_no: int = 0
-    reused: LlmResult | None = None  # an answer already paid for under request_key
-    refused: Exception | None = None  # a budget or quota said no (recorded)
-    out: Outcome | None = None
-    closed: Closed | None = None
-    latency_ms: float = 0.0
-    result: LlmResult | None = None
-
-    def follow(self, before: Call | None) -> Call:
-        """This call, made by the step that made ``before``: what it read of the job's deadline
-        and its owner's quotas holds for it too."""
-        if before is not None:
-            self.deadline, self.quotas = before.deadline, before.quotas
-        return self

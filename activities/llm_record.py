@@ -33,6 +33,7 @@ from core.text import count_words
 from db.capture import shorten
 from db.models import LlmCall
 from db.session import OUTAGE_ERRORS, Database, JobTx
+from db.usage import Quotas
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -65,6 +66,48 @@ class Closed:
     cached: int | None
     estimated: bool
     error: str | None
+
+
+@dataclass
+class LlmResult:
+    call_id: int
+    text: str  # the answer without control characters (the record keeps it exactly)
+    finish_reason: str | None
+    tokens_in: int
+    tokens_out: int
+    reused: bool = False
+
+
+@dataclass
+class Call:
+    """One logical completion on its way (``activities.llm``): what is asked, then its row, then
+    its answer."""
+
+    job_id: uuid.UUID
+    purpose: str
+    request_key: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    model: str
+    chunk_id: int | None = None
+    deadline: float = 0.0  # the job's, as a Unix time (read once per step: ``follow``)
+    quotas: Quotas | None = None  # its owner's, as the step read them
+    call_id: int | None = None  # the open row
+    row: LlmCall | None = None  # as its opening transaction committed it
+    attempt_no: int = 0
+    reused: LlmResult | None = None  # an answer already paid for under request_key
+    refused: Exception | None = None  # a budget or quota said no (recorded)
+    out: Outcome | None = None
+    closed: Closed | None = None
+    latency_ms: float = 0.0
+    result: LlmResult | None = None
+
+    def follow(self, before: Call | None) -> Call:
+        """This call, made by the step that made ``before``: what it read of the job's deadline
+        and its owner's quotas holds for it too."""
+        if before is not None:
+            self.deadline, self.quotas = before.deadline, before.quotas
+        return self
 
 
 class CallRecords:
@@ -175,46 +218,29 @@ class CallRecords:
             err = "empty content"
         return Closed(status, tokens_in, tokens_out, cached, estimated, err)
 
-    async def close(
-        self,
-        job_id: uuid.UUID,
-        call_id: int | LlmCall,
-        purpose: str,
-        model: str,
-        attempt_no: int,
-        messages: list[dict[str, str]],
-        out: Outcome,
-        latency_ms: float,
-        closed: Closed,
-    ) -> None:
-        """The outcome onto the call's row, with its ``llm`` event, retried through an outage."""
+    async def close(self, call: Call) -> None:
+        """The outcome onto the call's row, with its ``llm`` event, in a transaction of its own,
+        retried through an outage."""
 
         async def write() -> None:
-            async with self.db.job_tx(job_id) as tx:
-                await self.write_outcome(tx, call_id, purpose, model, attempt_no, messages, out, latency_ms, closed)
+            async with self.db.job_tx(call.job_id) as tx:
+                await self.write_outcome(tx, call)
 
-        await self.through_outage(write, f"storing model call {getattr(call_id, 'id', call_id)}")
+        await self.through_outage(write, f"storing model call {call.call_id}")
 
-    async def write_outcome(
-        self,
-        tx: JobTx,
-        call_id: int | LlmCall,
-        purpose: str,
-        model: str,
-        attempt_no: int,
-        messages: list[dict[str, str]],
-        out: Outcome,
-        latency_ms: float,
-        closed: Closed,
-    ) -> None:
+    async def write_outcome(self, tx: JobTx, call: Call) -> None:
         """The outcome onto the call's row and its ``llm`` event, in the caller's transaction (the
         step's own, where it stores what it made of the answer: ``LlmClient.settle``)."""
+        out, closed, call_id = call.out, call.closed, call.call_id
+        assert out is not None and closed is not None and call_id is not None
+        purpose, model, attempt_no, messages, latency_ms = (
+            call.purpose, call.model, call.attempt_no, call.messages, call.latency_ms
+        )  # fmt: skip
         text = out.text
         cost = cost_micro_usd(self.prices.get(model), closed.tokens_in, closed.cached, closed.tokens_out)
         # The row as its opening transaction left it (no read to load it again), else read.
-        row = await self._row(tx, call_id)
+        row = await self._row(tx, call.row or call_id)
         assert row is not None
-        call_id = row.id
         row.response, row.finish_reason = None if text is None else storable(text), out.finish
         row.response_raw = None if text is None or is_storable(text) else raw_bytes(text)
         row.tokens_in, row.tokens_out = closed.tokens_in, closed.tokens_out
