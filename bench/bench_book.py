@@ -648,7 +648,7 @@ def _baseline_wall(ref: str, words: int, tokens_per_s: float, parallelism: int) 
     return float(m.group(1))
 
 
-async def lock(words: int, parallelism: int) -> None:
+async def lock(words: int, parallelism: int, tokens_per_s: float | None = None) -> None:
     """Is the job row a queue? Every transaction of a job takes its row lock to number and chain its
     audit events; with ``parallelism`` chapters committing at once, sample Postgres every 10 ms for
     sessions waiting on a lock of ``jobs``."""
@@ -673,8 +673,11 @@ async def lock(words: int, parallelism: int) -> None:
         finally:
             await conn.close()
 
-    f = await run_job(words, ["--ratio", "1.0", "1.1"], {"parallelism": parallelism}, during=sample)
+    pace = [] if tokens_per_s is None else ["--tokens-per-s", str(tokens_per_s)]
+    f = await run_job(words, ["--ratio", "1.0", "1.1", *pace], {"parallelism": parallelism}, during=sample)
     print(_line(f, words))
+    if tokens_per_s is not None:
+        print(f"the model streaming at {tokens_per_s:.0f} tokens/s per call")
     w = f["watched"]
     busy = [n for n in w["waiting"] if n]
     print(
@@ -814,6 +817,7 @@ if __name__ == "__main__":
     lk = sub.add_parser("lock")
     lk.add_argument("--words", type=int, default=100_000)
     lk.add_argument("--parallelism", type=int, default=32)
+    lk.add_argument("--tokens-per-s", type=float, help="the model's pace (default: it answers at once)")
     m = sub.add_parser("memory")
     m.add_argument("--words", type=int, default=60_000)
     m.add_argument("--tokens-per-s", type=float, default=400.0)
@@ -830,7 +834,7 @@ if __name__ == "__main__":
     if a.what == "fairness":
         asyncio.run(fairness(a.words, a.small, a.slots, a.tokens_per_s, not a.no_fairness, a.finish))
     elif a.what == "lock":
-        asyncio.run(lock(a.words, a.parallelism))
+        asyncio.run(lock(a.words, a.parallelism, a.tokens_per_s))
     elif a.what == "memory":
         asyncio.run(memory(a.words, a.tokens_per_s, a.parallelism, a.baseline))
     elif a.what == "parallel":
