@@ -185,9 +185,7 @@ class LlmClient:
             tx.event("error", "budget", {"reason": exhausted, "request_key": call.request_key})
             call.refused = BudgetExhausted(exhausted)
         else:
-            call.row = await self.records.open_in(
-                tx, call.chunk_id, call.purpose, call.request_key, call.model, call.messages, call.params, earlier
-            )
+            call.row = await self.records.open_in(tx, call, earlier)
             call.call_id, call.attempt_no = call.row.id, call.row.attempt
 
     async def send(self, call: Call) -> None:
@@ -209,10 +207,7 @@ class LlmClient:
                     if call.call_id is None:  # a retry: a row of its own, within the job's time
                         if time.time() >= call.deadline:
                             raise BudgetExhausted("the job's time budget ran out while retrying a model call")
-                        call.row = await self.records.open(
-                            call.job_id, call.chunk_id, call.purpose, call.request_key, call.model,
-                            call.messages, call.params,
-                        )  # fmt: skip
+                        call.row = await self.records.open(call)
                         call.call_id, call.attempt_no = call.row.id, call.row.attempt
                     await self._http(call)
         except TRANSIENT as exc:

@@ -129,48 +129,29 @@ class CallRecords:
         """The latest successful answer among ``rows`` (reused, not paid for again)."""
         return next((r for r in reversed(rows) if r.status == "ok"), None)
 
-    async def open(
-        self,
-        job_id: uuid.UUID,
-        chunk_id: int | None,
-        purpose: str,
-        request_key: str,
-        model: str,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-    ) -> LlmCall:
+    async def open(self, call: Call) -> LlmCall:
         """The call's row, ``pending``, committed before the request is sent."""
-        async with self.db.job_tx(job_id) as tx:
-            return await self.open_in(tx, chunk_id, purpose, request_key, model, messages, params)
+        async with self.db.job_tx(call.job_id) as tx:
+            return await self.open_in(tx, call)
 
-    async def open_in(
-        self,
-        tx: JobTx,
-        chunk_id: int | None,
-        purpose: str,
-        request_key: str,
-        model: str,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        earlier: list[LlmCall] | None = None,
-    ) -> LlmCall:
+    async def open_in(self, tx: JobTx, call: Call, earlier: list[LlmCall] | None = None) -> LlmCall:
         """``open`` inside the caller's transaction (which must commit before the request is sent).
         Earlier attempts of the same request still ``pending`` died so: they are marked ``interrupted``."""
         if earlier is None:
-            earlier = await self.attempts_of(tx, request_key)
+            earlier = await self.attempts_of(tx, call.request_key)
         for row in earlier:
             if row.status == "pending":
                 self._interrupted(tx, row)
         row = LlmCall(
             job_id=tx.job_id,
-            chunk_id=chunk_id,
-            purpose=purpose,
-            request_key=request_key,
+            chunk_id=call.chunk_id,
+            purpose=call.purpose,
+            request_key=call.request_key,
             attempt=len(earlier) + 1,
-            model=model,
+            model=call.model,
             base_url=self.base_url,
-            messages=messages,
-            params=params,
+            messages=call.messages,
+            params=call.params,
             status="pending",
             started_at=dt.datetime.now(dt.UTC),
         )
