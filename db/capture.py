@@ -24,7 +24,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain
@@ -39,12 +38,6 @@ from core.eventformat import REF_KEY, normalize, value_digest
 from core.webhooks import SECRET_PATTERN, SECRET_PREFIX
 
 CAPTURE_KEY = "quire_audit_buffer"
-# The step a transaction runs in: the seq of its activity attempt's ``activity start`` event, set by
-# the worker's audit interceptor (services.temporal). Every event written inside the activity
-# carries it as ``data.activity_seq``, so a reader can group a log by step however parallel
-# chapters interleave it. A pointer, not the activity's ids: ~20 bytes an event instead of ~170,
-# and unique even where Temporal reuses an activity id (each continue-as-new run counts from 1).
-ACTIVITY_SEQ: ContextVar[int | None] = ContextVar("quire_activity_seq", default=None)
 MAX_VALUE_CHARS = 200  # a statement's parameter
 ROW_VALUE_CHARS = 80  # a field of a written row
 EVENT_VALUE_CHARS = 4000  # a value in an event's data
@@ -194,7 +187,12 @@ class AuditBuffer:
     job_id: uuid.UUID
     redactor: Redactor
     capturing: bool = True
-    activity_seq: int | None = None  # see ACTIVITY_SEQ
+    # The step a transaction runs in: the seq of its activity attempt's ``activity start`` event
+    # (db.session.StepEvents). Every event written inside the activity carries it as
+    # ``data.activity_seq``, so a reader can group a log by step however parallel chapters
+    # interleave it. A pointer, not the activity's ids: ~20 bytes an event instead of ~170, and
+    # unique even where Temporal reuses an activity id (each continue-as-new run counts from 1).
+    activity_seq: int | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     # digest -> locations of this transaction's rows that store that value whole
     stored: dict[str, list[str]] = field(default_factory=dict)

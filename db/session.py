@@ -34,7 +34,7 @@ from core import checkpoint
 from core.errors import JobGone
 from core.eventformat import CHAIN_VERSION, event_hash
 from core.merkle import Frontier, leaf_entry
-from db.capture import ACTIVITY_SEQ, CAPTURE_KEY, AuditBuffer, Redactor, install_capture
+from db.capture import CAPTURE_KEY, AuditBuffer, Redactor, install_capture
 from db.models import AuditCheckpoint
 from metrics import AUDIT_EVENTS
 
@@ -172,8 +172,7 @@ class Database:
         lead = step is not None and step.seq is None and not step.leading
         if lead:
             step.leading = True  # type: ignore[union-attr]
-        seq_of_step = ACTIVITY_SEQ.get() if step is None else step.seq
-        buf = AuditBuffer(job_id=job_id, redactor=self.redactor, activity_seq=seq_of_step)
+        buf = AuditBuffer(job_id=job_id, redactor=self.redactor, activity_seq=step.seq if step is not None else None)
         if lead:
             buf.add("activity", "start", step.start)  # type: ignore[union-attr]
         failed: BaseException | None = None

@@ -29,7 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.base import is_transient
 from core import runs
 from core.errors import NON_RETRYABLE, JobGone
-from db.capture import ACTIVITY_SEQ, AuditBuffer
+from db.capture import AuditBuffer
 from db.session import STEP, UNRECORDED, Database, StepEvents
 from metrics import ACTIVITIES, ACTIVITY_RETRIES
 from services.codec import data_converter
@@ -257,12 +257,8 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
 
     async def _end(self, step: StepEvents, action: str, data: dict[str, Any]) -> None:
         """The attempt's end (or error), with its start when no transaction of the step carried it."""
-        if step.seq is not None:
-            token = ACTIVITY_SEQ.set(step.seq)
-            try:
-                await record(self.db, step.job_id, "activity", action, data)
-            finally:
-                ACTIVITY_SEQ.reset(token)
+        if step.seq is not None:  # this task's STEP: the event names the start
+            await record(self.db, step.job_id, "activity", action, data)
             return
         buf = AuditBuffer(job_id=step.job_id, redactor=self.db.redactor)
         buf.add("activity", "start", step.start)
