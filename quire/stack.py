@@ -321,7 +321,7 @@ class Stack:
         proc = self.spawn("llm", localmodel.server_args(model, port))
         base = f"http://127.0.0.1:{port}/v1"
         wait_until(
-            lambda: httpx.get(f"{base}/models", timeout=2).status_code == 200,
+            lambda: localmodel.answers(base),
             "local model server (llama.cpp)",
             TIMEOUTS["llm"],
             proc,

