@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import distinct_on
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -216,6 +217,25 @@ async def latest_version(tx: JobTx, chunk_id: int) -> ChunkVersion | None:
 async def text_of(tx: JobTx, chunk: Chunk) -> str:
     v = await latest_version(tx, chunk.id)
     return v.text if v is not None else chunk.text or ""
+
+
+async def latest_versions(tx: JobTx, chunk_ids: list[int]) -> dict[int, ChunkVersion]:
+    """The latest version of each of ``chunk_ids`` (those that have one), in one statement."""
+    if not chunk_ids:
+        return {}
+    rows = await tx.session.execute(
+        select(ChunkVersion)
+        .where(ChunkVersion.chunk_id.in_(chunk_ids))
+        .ext(distinct_on(ChunkVersion.chunk_id))
+        .order_by(ChunkVersion.chunk_id, ChunkVersion.version.desc())
+    )
+    return {v.chunk_id: v for v in rows.scalars()}
+
+
+async def texts_of(tx: JobTx, chunks: list[Chunk]) -> dict[int, str]:
+    """``text_of`` for many chunks, by chunk id, in one statement."""
+    versions = await latest_versions(tx, [c.id for c in chunks])
+    return {c.id: versions[c.id].text if c.id in versions else c.text or "" for c in chunks}
 
 
 async def plan_node(tx: JobTx, node_id: int) -> PlanNode:

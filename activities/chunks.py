@@ -26,7 +26,7 @@ from sqlalchemy import select
 from temporalio import activity
 
 from activities.base import ModelStep, add_version, job_options, load_job, now, record_length_check
-from activities.context import chunk_context, chunk_of, compliance_of, job_and_chunk
+from activities.context import chunk_context, chunk_of, job_and_chunk, job_chunk_and_recent
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
 from activities.gating import claim
 from activities.llm import Call
@@ -47,7 +47,7 @@ from activities.memory import (
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
 from core.continuity import check, needs_repair
 from core.gate import Gated, gate
-from core.length import stalled, words_to_ask
+from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
 from core.memory import Ledger, open_threads_after
 from core.text import count_words, join_continuation, trim_to_words
 from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
@@ -82,6 +82,9 @@ class _Next:
     messages: list[dict[str, str]] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
     added: list[int] | None = None  # words each stored attempt added, when this step knows them
+    # the job's recent (asked, added) attempts, newest first (``core.length.compliance``): read with
+    # the step's first statement, then kept by the step with its own attempts
+    recent: list[tuple[int, int]] = field(default_factory=list)
     # its memory
     remember: bool = False
     ledger: Ledger | None = None
@@ -137,7 +140,10 @@ class ChunkActivities(ModelStep):
     ) -> _Next:
         """In ``tx``: what the chunk needs next, with its model call opened (committed by ``tx``).
         ``prev``: the attempt before it in this activity, whose context and deadline still hold."""
-        job, chunk = rows or await job_and_chunk(tx, chunk_id)
+        if rows is None:
+            job, chunk, recent = await job_chunk_and_recent(tx, chunk_id)
+        else:
+            (job, chunk), recent = rows, prev.recent if prev is not None else []
         if chunk.status == "done":
             tx.final = True
             return _Next(done=_done(chunk))
@@ -148,10 +154,17 @@ class ChunkActivities(ModelStep):
         before = prev.call if prev is not None else None
         if check.passed or check.stalled:
             return await self._open_memory(tx, job, chunk, before, first)
-        return await self._open_attempt(tx, job, chunk, check.attempts + 1, prev, first)
+        return await self._open_attempt(tx, job, chunk, check.attempts + 1, prev, first, recent)
 
     async def _open_attempt(
-        self, tx: JobTx, job: Job, chunk: Chunk, attempt_no: int, prev: _Next | None, first: bool
+        self,
+        tx: JobTx,
+        job: Job,
+        chunk: Chunk,
+        attempt_no: int,
+        prev: _Next | None,
+        first: bool,
+        recent: list[tuple[int, int]],
     ) -> _Next:
         """Attempt ``attempt_no`` (the first writes the chunk, later ones extend it): its prompt,
         from the chunk's context (read once per activity: an extension is written from what the
@@ -159,7 +172,7 @@ class ChunkActivities(ModelStep):
         kind = "write" if attempt_no == 1 else "extend"
         current = chunk.text or ""
         need = chunk.target_words if kind == "write" else max(1, chunk.target_words - chunk.word_count)
-        ask = words_to_ask(need, await compliance_of(tx, tx.job_id))
+        ask = words_to_ask(need, compliance(recent))
         first = first or chunk.status == "pending"  # a chunk never started has had no call
         if prev is not None and prev.ctx is not None and chunk.status != "pending":
             ctx = prev.ctx
@@ -167,7 +180,6 @@ class ChunkActivities(ModelStep):
             ctx, state = await chunk_context(tx, job, chunk)
             if chunk.status == "pending":
                 chunk.status, chunk.state_before_id = "writing", state.id
-                job.current_step = f"write chunk {chunk.ordinal + 1}/{job.chunks_total}"
         msgs = chunk_messages(
             ctx, style=self.llm.prompt_style, words=ask, current_text=current if kind == "extend" else ""
         )
@@ -187,6 +199,7 @@ class ChunkActivities(ModelStep):
         return _Next(
             call=call, attempt_no=attempt_no, kind=kind, ask=ask, current=current, ctx=ctx, messages=msgs,
             memory=ctx.memory.record(), added=[] if attempt_no == 1 else prev.added if prev is not None else None,
+            recent=recent,
         )  # fmt: skip
 
     async def _attempt(self, jid: uuid.UUID, chunk_id: int, nxt: _Next) -> _Next:
@@ -206,9 +219,11 @@ class ChunkActivities(ModelStep):
             before=nxt.current or ctx.previous_tail,
         )  # fmt: skip
         stored: list[bool] = []
+        added, recent = nxt.added, nxt.recent  # as they were: a retried transaction starts again from them
 
         async def work(tx: JobTx) -> _Next:
             stored.clear()
+            nxt.added, nxt.recent = added, recent
             job, chunk = await job_and_chunk(tx, chunk_id)
             check = await self._store_attempt(tx, job, chunk, nxt, gated)
             stored.append(check is not None)
@@ -251,6 +266,7 @@ class ChunkActivities(ModelStep):
         )
         chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
         nxt.added = None if nxt.added is None else [*nxt.added, words_after - words_before]
+        nxt.recent = [(nxt.ask, words_after - words_before), *nxt.recent][:COMPLIANCE_WINDOW]
         tx.event(
             "chunk",
             kind,
@@ -431,6 +447,7 @@ async def _store_commit(
     # Counters by increment: a book's commit never re-adds every chunk before it.
     job.chunks_done = job.chunks_done + 1
     job.words_written = job.words_written + chunk.word_count
+    job.current_step = f"wrote chunk {chunk.ordinal + 1}/{job.chunks_total}"  # in the counters' UPDATE
     tx.event(
         "memory",
         rem.source,

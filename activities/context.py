@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 
-from activities.base import load_job, runnable, text_of
+from activities.base import load_job, runnable
 from activities.memory import ledger_before, summaries_before
 from activities.prompts import ChunkContext
 from core.length import COMPLIANCE_WINDOW, compliance
 from core.memory import build_context, prompt_budget
 from core.text import tail_words
-from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
+from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
 from db.models import Job
 from db.session import JobTx
 
@@ -24,14 +24,27 @@ TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
 
 async def job_and_chunk(tx: JobTx, chunk_id: int) -> tuple[Job, Chunk]:
     """The job (if this step may work on it: ``load_job``) and one of its chunks, in one statement."""
-    row = (
-        await tx.session.execute(
-            select(Job, Chunk).join(Chunk, Chunk.job_id == Job.id).where(Job.id == tx.job_id, Chunk.id == chunk_id)
-        )
-    ).one_or_none()
+    job, chunk, _ = await _job_and_chunk(tx, chunk_id, recent=False)
+    return job, chunk
+
+
+async def job_chunk_and_recent(tx: JobTx, chunk_id: int) -> tuple[Job, Chunk, list[tuple[int, int]]]:
+    """``job_and_chunk`` and the job's recent (asked, added) attempts (``compliance_of``), in one
+    statement: what a chunk step reads first."""
+    job, chunk, recent = await _job_and_chunk(tx, chunk_id, recent=True)
+    return job, chunk, recent if recent is not None else await recent_attempts(tx, tx.job_id)
+
+
+async def _job_and_chunk(tx: JobTx, chunk_id: int, recent: bool) -> tuple[Job, Chunk, list[tuple[int, int]] | None]:
+    q = select(Job, Chunk).join(Chunk, Chunk.job_id == Job.id).where(Job.id == tx.job_id, Chunk.id == chunk_id)
+    if recent:
+        last = _recent(tx.job_id).subquery()
+        pairs = func.json_agg(func.json_build_array(last.c.words_asked, last.c.words_added))
+        q = q.add_columns(select(pairs).scalar_subquery())
+    row = (await tx.session.execute(q)).one_or_none()
     if row is None:  # which of the two is missing, and the error that says so
-        return await load_job(tx, tx.job_id), await chunk_of(tx, tx.job_id, chunk_id)
-    return runnable(row[0]), row[1]
+        return await load_job(tx, tx.job_id), await chunk_of(tx, tx.job_id, chunk_id), None
+    return runnable(row[0]), row[1], [(a, b) for a, b in row[2] or []] if recent else None
 
 
 async def chunk_of(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
@@ -41,17 +54,22 @@ async def chunk_of(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
     return chunk
 
 
+def _recent(jid: uuid.UUID) -> Select[tuple[int, int]]:
+    return (
+        select(ChunkAttempt.words_asked, ChunkAttempt.words_added)
+        .where(ChunkAttempt.job_id == jid, ChunkAttempt.kind.in_(["write", "extend"]), ChunkAttempt.words_asked > 0)
+        .order_by(ChunkAttempt.id.desc())
+        .limit(COMPLIANCE_WINDOW)
+    )
+
+
+async def recent_attempts(tx: JobTx, jid: uuid.UUID) -> list[tuple[int, int]]:
+    """This job's recent (asked, added) attempts, newest first, for ``core.length.compliance``."""
+    return [(a, b) for a, b in (await tx.session.execute(_recent(jid))).all()]
+
+
 async def compliance_of(tx: JobTx, jid: uuid.UUID) -> float:
-    """This job's recent (asked, added) attempts, for ``core.length.compliance``."""
-    rows = (
-        await tx.session.execute(
-            select(ChunkAttempt.words_asked, ChunkAttempt.words_added)
-            .where(ChunkAttempt.job_id == jid, ChunkAttempt.kind.in_(["write", "extend"]), ChunkAttempt.words_asked > 0)
-            .order_by(ChunkAttempt.id.desc())
-            .limit(COMPLIANCE_WINDOW)
-        )
-    ).all()
-    return compliance([(r.words_asked, r.words_added) for r in rows])
+    return compliance(await recent_attempts(tx, jid))
 
 
 async def start_state(tx: JobTx, job: Job, chunk: Chunk) -> tuple[CoherenceState, str, str]:
@@ -62,10 +80,7 @@ async def start_state(tx: JobTx, job: Job, chunk: Chunk) -> tuple[CoherenceState
     if chunk.state_before_id is not None:  # chosen by an earlier attempt: keep it
         state = await tx.session.get(CoherenceState, chunk.state_before_id)
         assert state is not None
-        prev_text = ""
-        if state.kind == "chunk":
-            prev = await chunk_at(tx, job, chunk.ordinal - 1)
-            prev_text = await text_of(tx, prev)
+        prev_text = (await _previous(tx, job, chunk.ordinal - 1))[2] if state.kind == "chunk" else ""
         return state, prev_text, state.delta.get("note", "") if state.kind == "handoff" else ""
     if chunk.ordinal == 0:
         root = (
@@ -74,11 +89,9 @@ async def start_state(tx: JobTx, job: Job, chunk: Chunk) -> tuple[CoherenceState
             )
         ).scalar_one()
         return root, "", ""
-    prev = await chunk_at(tx, job, chunk.ordinal - 1)
-    if prev.status == "done" and prev.state_after_id is not None:
-        state = await tx.session.get(CoherenceState, prev.state_after_id)
-        assert state is not None
-        return state, await text_of(tx, prev), ""
+    prev, after, prev_text = await _previous(tx, job, chunk.ordinal - 1)
+    if prev.status == "done" and after is not None:
+        return after, prev_text, ""
     if prev.unit_id == chunk.unit_id:
         raise RuntimeError(f"chunk {chunk.ordinal} cannot start: chunk {prev.ordinal} is not done")
     state = await handoff_state(tx, job, chunk)
@@ -137,10 +150,23 @@ async def handoff_state(tx: JobTx, job: Job, chunk: Chunk) -> CoherenceState:
     return state
 
 
-async def chunk_at(tx: JobTx, job: Job, ordinal: int) -> Chunk:
-    return (
-        await tx.session.execute(select(Chunk).where(Chunk.job_id == job.id, Chunk.ordinal == ordinal))
-    ).scalar_one()
+async def _previous(tx: JobTx, job: Job, ordinal: int) -> tuple[Chunk, CoherenceState | None, str]:
+    """The chunk at ``ordinal``, its state after (once done) and its latest text, in one statement."""
+    latest = (
+        select(ChunkVersion.text)
+        .where(ChunkVersion.chunk_id == Chunk.id)
+        .order_by(ChunkVersion.version.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    prev, after, text = (
+        await tx.session.execute(
+            select(Chunk, CoherenceState, latest)
+            .outerjoin(CoherenceState, CoherenceState.id == Chunk.state_after_id)
+            .where(Chunk.job_id == job.id, Chunk.ordinal == ordinal)
+        )
+    ).one()
+    return prev, after, text if text is not None else prev.text or ""
 
 
 async def plan_path(tx: JobTx, section_id: int) -> tuple[PlanNode, list[PlanNode]]:

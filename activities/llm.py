@@ -37,9 +37,9 @@ from core.cost import Price
 from core.errors import BudgetExhausted, JobGone, LlmUnavailable
 from core.runs import edit_of
 from core.spec import JobOptions
-from db.loop import clock_start
 from db.models import Job
 from db.session import Database, JobTx
+from db.usage import clock_and_quotas
 
 __all__ = ["Call", "LlmClient", "LlmResult"]
 log = structlog.get_logger(__name__)
@@ -155,8 +155,9 @@ class LlmClient:
         if not call.deadline:  # read once per step: a step's calls share it (``Call.deadline``)
             # Not the review's wait, nor the job's own time for an edit of it (db.loop.clock_start).
             wid = activity.info().workflow_id if activity.in_activity() else None
-            started = await clock_start(tx.session, job, edit_of(wid))
+            started, owner = await clock_and_quotas(tx.session, job, edit_of(wid))
             call.deadline = started.timestamp() + opts.max_wall_seconds
+            call.quotas = call.quotas or owner
         earlier = [] if first else await self.records.attempts_of(tx, call.request_key)
         row = self.records.answer_paid_for(earlier)
         if row is not None:

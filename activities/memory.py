@@ -141,16 +141,15 @@ async def summaries_before(tx: JobTx, chunk: Chunk) -> list[Summary]:
             ).all()
             for nid, level, title, purpose, sid, text in rows:
                 out.append(Summary(level, title or "", text or purpose or "", nid, sid, planned=text is None))
-    first = (
-        await tx.session.execute(select(func.min(Chunk.ordinal)).where(Chunk.unit_id == chunk.unit_id))
-    ).scalar_one()
+    # The unit's first chunk, in the same statement.
+    first = select(func.min(Chunk.ordinal)).where(Chunk.unit_id == chunk.unit_id).scalar_subquery()
     states = (
         await tx.session.execute(
             select(CoherenceState.ordinal, CoherenceState.summary)
             .where(
                 CoherenceState.job_id == tx.job_id,
                 CoherenceState.kind == "chunk",
-                CoherenceState.ordinal > (first if first is not None else chunk.ordinal),
+                CoherenceState.ordinal > func.coalesce(first, chunk.ordinal),
                 CoherenceState.ordinal <= chunk.ordinal,
             )
             .order_by(CoherenceState.ordinal)

@@ -25,7 +25,7 @@ from activities.base import (
     ModelStep,
     add_version,
     job_options,
-    latest_version,
+    latest_versions,
     load_job,
     now,
     plan_node,
@@ -98,7 +98,7 @@ class SeamActivities(ModelStep):
                 before = await text_of(tx, pred)
                 handoff = await tx.session.get(CoherenceState, first.state_before_id)
                 seen = int((handoff.delta or {}).get("ledger_through", 0)) if handoff is not None else 0
-                mine = [await _unit_chunk(tx, c) for c in chunks] if mode == "handoff" else []
+                mine = await _unit_chunks(tx, list(chunks)) if mode == "handoff" else []
                 pred_id, pred_state, used_state, first_id = (
                     pred.id,
                     pred.state_after_id,
@@ -190,12 +190,14 @@ class SeamActivities(ModelStep):
             broken: str | None = None
             repairs: list[tuple[Chunk, _UnitChunk, Checked, int | None]] = []
             versions: dict[int, int] = {}
+            ids = [uc.chunk_id for uc, _ in checked]
+            rows = {c.id: c for c in (await tx.session.execute(select(Chunk).where(Chunk.id.in_(ids)))).scalars()}
+            changed = await latest_versions(tx, [uc.chunk_id for uc, res in checked if res.text != uc.text])
             for uc, res in checked:
-                chunk = await tx.session.get(Chunk, uc.chunk_id)
-                assert chunk is not None
+                chunk = rows[uc.chunk_id]
                 repair = None
                 if res.text != uc.text:
-                    latest = await latest_version(tx, chunk.id)
+                    latest = changed.get(chunk.id)
                     repair = add_version(
                         tx,
                         chunk,
@@ -329,24 +331,33 @@ class SeamActivities(ModelStep):
                 )
 
 
-async def _unit_chunk(tx: JobTx, c: Chunk) -> _UnitChunk:
-    version = await latest_version(tx, c.id)
-    assert version is not None
-    state = await tx.session.get(CoherenceState, c.state_after_id)
-    assert state is not None
-    mem = ChunkMemory.model_validate((state.delta or {}).get("memory") or {"summary": state.summary or "-"})
-    known = {(f.subtype, f.entry_id) for f in await _chunk_findings(tx, c.id)}
-    return _UnitChunk(c.id, c.ordinal, version.text, Remembered(mem, state.source), version.id, known)
+async def _unit_chunks(tx: JobTx, chunks: list[Chunk]) -> list[_UnitChunk]:
+    """The unit's chunks as the seam check reads them: latest text, memory, own findings (a
+    statement each for all of them)."""
+    versions = await latest_versions(tx, [c.id for c in chunks])
+    ids = [c.state_after_id for c in chunks if c.state_after_id is not None]
+    found = await tx.session.execute(select(CoherenceState).where(CoherenceState.id.in_(ids)))
+    states = {s.id: s for s in found.scalars()}
+    known: dict[int, set[tuple[str, int | None]]] = {c.id: set() for c in chunks}
+    for f in await _chunk_findings(tx, [c.id for c in chunks]):
+        known[f.chunk_id].add((f.subtype, f.entry_id))
+    out = []
+    for c in chunks:
+        version, state = versions[c.id], states[c.state_after_id]  # type: ignore[index]
+        mem = ChunkMemory.model_validate((state.delta or {}).get("memory") or {"summary": state.summary or "-"})
+        out.append(_UnitChunk(c.id, c.ordinal, version.text, Remembered(mem, state.source), version.id, known[c.id]))
+    return out
 
 
-async def _chunk_findings(tx: JobTx, chunk_id: int, edit_id: int | None = None) -> list[ContinuityFinding]:
-    """What a chunk's own check found when the job wrote it (or, with ``edit_id``, when that edit did)."""
+async def _chunk_findings(tx: JobTx, chunk_ids: int | list[int], edit_id: int | None = None) -> list[ContinuityFinding]:
+    """What chunks' own checks found when the job wrote them (or, with ``edit_id``, when that edit did)."""
+    ids = [chunk_ids] if isinstance(chunk_ids, int) else chunk_ids
     by = ContinuityFinding.edit_id.is_(None) if edit_id is None else ContinuityFinding.edit_id == edit_id
     return list(
         (
             await tx.session.execute(
                 select(ContinuityFinding).where(
-                    ContinuityFinding.chunk_id == chunk_id, ContinuityFinding.seam_check_id.is_(None), by
+                    ContinuityFinding.chunk_id.in_(ids), ContinuityFinding.seam_check_id.is_(None), by
                 )
             )
         )

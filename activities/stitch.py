@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from temporalio import activity
 
-from activities.base import ModelStep, add_version, job_options, latest_version, load_job, plan_node, text_of
+from activities.base import ModelStep, add_version, job_options, latest_versions, load_job, plan_node, texts_of
 from activities.contracts import NodeRef
 from activities.prompts import bridge_messages
 from core.continuity import remove_paragraph, seam_issues
@@ -59,7 +59,8 @@ class StitchActivities(ModelStep):
                 .scalars()
                 .all()
             )
-            texts = {c.ordinal: await text_of(tx, c) for c in [*earlier, *chunks]}
+            by_id = await texts_of(tx, [*earlier, *chunks])
+            texts = {c.ordinal: by_id[c.id] for c in [*earlier, *chunks]}
             seen = {normalize_paragraph(p) for c in earlier[:-1] for p in paragraphs(texts[c.ordinal])}
             window = [(c.ordinal, texts[c.ordinal]) for c in ([earlier[-1]] if earlier else []) + list(chunks)]
             issues = seam_issues(window, job.sections_total, seen)
@@ -83,7 +84,7 @@ class StitchActivities(ModelStep):
             if bridge:
                 bridges[issue["chunk"]] = bridge if bridge[-1] in ".!?" else bridge + "."
         async with self.db.job_tx(jid) as tx:
-            await load_job(tx, jid)
+            job = await load_job(tx, jid)
             if await _stitched(tx, section.id):
                 return
             rows = {
@@ -94,15 +95,15 @@ class StitchActivities(ModelStep):
             }
             words_before = sum(rows[o].word_count for o, _ in window)
             repairs, new_texts = _repair(dict(window), rows, section.id, issues, bridges)
+            latest_of = await latest_versions(tx, [rows[o].id for o in new_texts])
             for ordinal, text in new_texts.items():
                 chunk = rows[ordinal]
-                latest = await latest_version(tx, chunk.id)
+                latest = latest_of.get(chunk.id)
                 v = add_version(
                     tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, {"section": section.id}
                 )
                 chunk.word_count = v.word_count
             words_after = sum(rows[o].word_count for o, _ in window)
-            job = await load_job(tx, jid)
             job.words_written = job.words_written + words_after - words_before
             tx.session.add(
                 StitchResult(

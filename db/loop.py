@@ -20,6 +20,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    ScalarSelect,
     Text,
     UniqueConstraint,
     select,
@@ -106,17 +107,21 @@ async def clock_start(s: AsyncSession, job: Job, edit: int | None = None) -> dt.
         ).scalar_one_or_none()
         if started is not None:
             return started
+    asked, approved = (await s.execute(select(*review_wait(job.id)))).one()
+    return moved_on(job, asked, approved)
+
+
+def review_wait(job_id: uuid.UUID) -> tuple[ScalarSelect[datetime], ScalarSelect[datetime]]:
+    """When the plan was first put to its review and when a version was approved: ``clock_start``'s
+    columns, for a statement that reads them beside others."""
+    return (
+        select(PlanVersion.created_at).where(PlanVersion.job_id == job_id, PlanVersion.version == 1).scalar_subquery(),
+        select(PlanVersion.decided_at)
+        .where(PlanVersion.job_id == job_id, PlanVersion.status == "approved")
+        .scalar_subquery(),
+    )
+
+
+def moved_on(job: Job, asked: datetime | None, approved: datetime | None) -> dt.datetime:
     start = job.started_at or job.created_at
-    asked, approved = (
-        await s.execute(
-            select(
-                select(PlanVersion.created_at)
-                .where(PlanVersion.job_id == job.id, PlanVersion.version == 1)
-                .scalar_subquery(),
-                select(PlanVersion.decided_at)
-                .where(PlanVersion.job_id == job.id, PlanVersion.status == "approved")
-                .scalar_subquery(),
-            )
-        )
-    ).one()
     return start + (approved - asked) if asked is not None and approved is not None else start

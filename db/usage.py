@@ -12,7 +12,7 @@ from sqlalchemy import BigInteger, cast, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.quota import Quotas, Usage, day_start, month_start
-from db.loop import Edit
+from db.loop import Edit, clock_start, moved_on, review_wait
 from db.models import AccountEvent, Job, LlmCall, User
 
 DELETED = "job.deleted"
@@ -29,6 +29,23 @@ async def quotas(s: AsyncSession, user_id: int, *, lock: bool = False) -> Quotas
     )
     row = (await s.execute(q.with_for_update() if lock else q)).one_or_none()
     return Quotas(*row) if row is not None else Quotas()
+
+
+async def clock_and_quotas(s: AsyncSession, job: Job, edit: int | None = None) -> tuple[dt.datetime, Quotas]:
+    """``db.loop.clock_start`` and the owner's ``quotas``, in one statement: what a step reads
+    before its first model call (an edit's clock is read apart)."""
+    if edit is not None:
+        return await clock_start(s, job, edit), await quotas(s, job.user_id)
+    row = (
+        await s.execute(
+            select(
+                *review_wait(job.id), User.quota_tokens_per_day, User.quota_concurrent_jobs, User.quota_words_per_month
+            ).where(User.id == job.user_id)
+        )
+    ).one_or_none()
+    if row is None:  # no such user (a job's owner is never deleted before it): no quotas
+        return await clock_start(s, job), Quotas()
+    return moved_on(job, row[0], row[1]), Quotas(*row[2:])
 
 
 async def tokens_since(s: AsyncSession, user_id: int, since: dt.datetime) -> int:
