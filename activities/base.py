@@ -124,12 +124,14 @@ async def record_length_check(
     chunk_id: int | None = None,
     event: dict[str, Any] | None = None,
     fresh: bool = False,
+    told: bool = False,
 ) -> bool:
     """The length check of a chunk attempt or of the whole document (one row per scope, chunk and
     round) and its ``length`` event, written once however often the step is retried.
 
     Returns whether it passed (the words reach ``min_words``). ``fresh``: the round was stored by
-    this transaction, so no check of it can exist (no read to find one)."""
+    this transaction, so no check of it can exist (no read to find one). ``told``: the caller's
+    own event of the round carries the verdict (a chunk attempt's), so no ``length`` event."""
     passed = words >= min_words
     existing = (
         None
@@ -159,7 +161,8 @@ async def record_length_check(
                 passed=passed,
             )
         )
-        tx.event("length", "pass" if passed else "fail", {"scope": scope, **(event or {}), "passed": passed})
+        if not told:
+            tx.event("length", "pass" if passed else "fail", {"scope": scope, **(event or {}), "passed": passed})
     return passed
 
 

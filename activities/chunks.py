@@ -49,6 +49,7 @@ from core.continuity import check, needs_repair
 from core.gate import Gated, gate
 from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
 from core.memory import Ledger, open_threads_after
+from core.quota import Quotas
 from core.text import count_words, join_continuation, trim_to_words
 from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
 from db.models import Job
@@ -140,8 +141,9 @@ class ChunkActivities(ModelStep):
     ) -> _Next:
         """In ``tx``: what the chunk needs next, with its model call opened (committed by ``tx``).
         ``prev``: the attempt before it in this activity, whose context and deadline still hold."""
+        limits = None  # the deadline and quotas the step's calls are held to, when this read has them
         if rows is None:
-            job, chunk, recent = await job_chunk_and_recent(tx, chunk_id)
+            job, chunk, recent, limits = await job_chunk_and_recent(tx, chunk_id)
         else:
             (job, chunk), recent = rows, prev.recent if prev is not None else []
         if chunk.status == "done":
@@ -153,8 +155,8 @@ class ChunkActivities(ModelStep):
             check = _Check(0, 0, False, False) if chunk.attempts == 0 else await _record_check(tx, job, chunk)
         before = prev.call if prev is not None else None
         if check.passed or check.stalled:
-            return await self._open_memory(tx, job, chunk, before, first)
-        return await self._open_attempt(tx, job, chunk, check.attempts + 1, prev, first, recent)
+            return await self._open_memory(tx, job, chunk, before, first, limits)
+        return await self._open_attempt(tx, job, chunk, check.attempts + 1, prev, first, recent, limits)
 
     async def _open_attempt(
         self,
@@ -165,6 +167,7 @@ class ChunkActivities(ModelStep):
         prev: _Next | None,
         first: bool,
         recent: list[tuple[int, int]],
+        limits: tuple[float, Quotas] | None = None,
     ) -> _Next:
         """Attempt ``attempt_no`` (the first writes the chunk, later ones extend it): its prompt,
         from the chunk's context (read once per activity: an extension is written from what the
@@ -195,7 +198,7 @@ class ChunkActivities(ModelStep):
             max_tokens=max_tokens_for(max(ask, 8)),
             prose=True,
         )
-        await self.llm.open_in(tx, call.follow(prev.call if prev is not None else None), first=first)
+        await self.llm.open_in(tx, call.follow(prev.call if prev is not None else None, limits), first=first)
         return _Next(
             call=call, attempt_no=attempt_no, kind=kind, ask=ask, current=current, ctx=ctx, messages=msgs,
             memory=ctx.memory.record(), added=[] if attempt_no == 1 else prev.added if prev is not None else None,
@@ -267,6 +270,8 @@ class ChunkActivities(ModelStep):
         chunk.text, chunk.word_count, chunk.attempts = text_after, words_after, attempt_no
         nxt.added = None if nxt.added is None else [*nxt.added, words_after - words_before]
         nxt.recent = [(nxt.ask, words_after - words_before), *nxt.recent][:COMPLIANCE_WINDOW]
+        # The attempt's event carries its length check's verdict (the check's row is in the log too).
+        check = await _record_check(tx, job, chunk, fresh=True, added=nxt.added, told=True)
         tx.event(
             "chunk",
             kind,
@@ -286,12 +291,20 @@ class ChunkActivities(ModelStep):
                 "words_cut": gated.words_cut,
                 "cut_by_rule": gated.by_rule(),
                 "cuts": gated.records()[:CUTS_IN_EVENT],
+                "passed": check.passed,
+                "stalled": check.stalled,
             },
         )
-        return await _record_check(tx, job, chunk, fresh=True, added=nxt.added)
+        return check
 
     async def _open_memory(
-        self, tx: JobTx, job: Job, chunk: Chunk, before: Call | None = None, first: bool = False
+        self,
+        tx: JobTx,
+        job: Job,
+        chunk: Chunk,
+        before: Call | None = None,
+        first: bool = False,
+        limits: tuple[float, Quotas] | None = None,
     ) -> _Next:
         """The chunk passed (or stalled): the text it is committed with, the ledger before it, and
         the memory call's row (none for a small base model: the extractor remembers for it)."""
@@ -305,7 +318,7 @@ class ChunkActivities(ModelStep):
             request_key=f"chunk:{chunk.id}:memory:r0",
         )  # fmt: skip
         if call is not None:
-            await self.llm.open_in(tx, call.follow(before), first=first)
+            await self.llm.open_in(tx, call.follow(before, limits), first=first)
         return _Next(
             call=call, remember=True, ledger=ledger, written=written, text=text, model=job.model,
             min_words=chunk.min_words, attempt_no=chunk.attempts,
@@ -490,11 +503,12 @@ def _done(chunk: Chunk) -> ChunkDone:
 
 
 async def _record_check(
-    tx: JobTx, job: Job, chunk: Chunk, *, fresh: bool = False, added: list[int] | None = None
+    tx: JobTx, job: Job, chunk: Chunk, *, fresh: bool = False, added: list[int] | None = None, told: bool = False
 ) -> _Check:
     """The length check of the chunk's latest attempt, recorded once however often it is asked
     (``fresh``: the attempt was stored by ``tx`` itself, so no check of it can exist yet;
-    ``added``: the words each attempt added, when the step knows them)."""
+    ``added``: the words each attempt added, when the step knows them; ``told``: the attempt's
+    event, written by ``tx``, says the verdict)."""
     words = count_words(chunk.text or "")
     if added is None or len(added) != chunk.attempts:
         rows = await tx.session.execute(
@@ -512,6 +526,7 @@ async def _record_check(
         target_words=chunk.target_words,
         max_words=chunk.max_words,
         fresh=fresh,
+        told=told,
         event={
             "chunk": chunk.ordinal,
             "attempt": chunk.attempts,

@@ -6,17 +6,22 @@ well the model has kept to the lengths asked of it. Shared by the chunk step and
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import Select, func, select
+from temporalio import activity
 
-from activities.base import load_job, runnable
+from activities.base import job_options, load_job, runnable
 from activities.memory import ledger_before, summaries_before
 from activities.prompts import ChunkContext
 from core.length import COMPLIANCE_WINDOW, compliance
 from core.memory import build_context, prompt_budget
+from core.quota import Quotas
+from core.runs import edit_of
 from core.text import tail_words
+from db.loop import moved_on, review_wait
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
-from db.models import Job
+from db.models import Job, User
 from db.session import JobTx
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
@@ -28,23 +33,37 @@ async def job_and_chunk(tx: JobTx, chunk_id: int) -> tuple[Job, Chunk]:
     return job, chunk
 
 
-async def job_chunk_and_recent(tx: JobTx, chunk_id: int) -> tuple[Job, Chunk, list[tuple[int, int]]]:
-    """``job_and_chunk`` and the job's recent (asked, added) attempts (``compliance_of``), in one
-    statement: what a chunk step reads first."""
-    job, chunk, recent = await _job_and_chunk(tx, chunk_id, recent=True)
-    return job, chunk, recent if recent is not None else await recent_attempts(tx, tx.job_id)
+async def job_chunk_and_recent(
+    tx: JobTx, chunk_id: int
+) -> tuple[Job, Chunk, list[tuple[int, int]], tuple[float, Quotas] | None]:
+    """``job_and_chunk``, the job's recent (asked, added) attempts (``compliance_of``) and what the
+    step's model calls are held to (the job's deadline as a Unix time and its owner's quotas:
+    ``Call.deadline``, ``Call.quotas``), in one statement: what a chunk step reads first. No
+    limits for an edit's step, whose clock is the edit's (``db.loop.clock_start``)."""
+    job, chunk, extra = await _job_and_chunk(tx, chunk_id, recent=True)
+    if extra is None:
+        return job, chunk, await recent_attempts(tx, tx.job_id), None
+    pairs, asked, approved, *quotas = extra
+    recent = [(a, b) for a, b in pairs or []]
+    if activity.in_activity() and edit_of(activity.info().workflow_id) is not None:
+        return job, chunk, recent, None
+    deadline = moved_on(job, asked, approved).timestamp() + job_options(job).max_wall_seconds
+    return job, chunk, recent, (deadline, Quotas(*quotas))
 
 
-async def _job_and_chunk(tx: JobTx, chunk_id: int, recent: bool) -> tuple[Job, Chunk, list[tuple[int, int]] | None]:
+async def _job_and_chunk(tx: JobTx, chunk_id: int, recent: bool) -> tuple[Job, Chunk, tuple[Any, ...] | None]:
     q = select(Job, Chunk).join(Chunk, Chunk.job_id == Job.id).where(Job.id == tx.job_id, Chunk.id == chunk_id)
     if recent:
         last = _recent(tx.job_id).subquery()
         pairs = func.json_agg(func.json_build_array(last.c.words_asked, last.c.words_added))
-        q = q.add_columns(select(pairs).scalar_subquery())
+        owner = (User.quota_tokens_per_day, User.quota_concurrent_jobs, User.quota_words_per_month)
+        q = q.add_columns(select(pairs).scalar_subquery(), *review_wait(tx.job_id), *owner).outerjoin(
+            User, User.id == Job.user_id
+        )
     row = (await tx.session.execute(q)).one_or_none()
     if row is None:  # which of the two is missing, and the error that says so
         return await load_job(tx, tx.job_id), await chunk_of(tx, tx.job_id, chunk_id), None
-    return runnable(row[0]), row[1], [(a, b) for a, b in row[2] or []] if recent else None
+    return runnable(row[0]), row[1], tuple(row[2:]) if recent else None
 
 
 async def chunk_of(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
@@ -215,7 +234,7 @@ async def chunk_context(tx: JobTx, job: Job, chunk: Chunk) -> tuple[ChunkContext
     )
     memory = build_context(
         await ledger_before(tx, chunk.ordinal),
-        await summaries_before(tx, chunk),
+        await summaries_before(tx, chunk, [*above, section]),
         named=named,
         budget=prompt_budget(chunk.target_words),
     )

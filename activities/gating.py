@@ -15,13 +15,12 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.gate import Gated
 from core.length import WordAccount
 from core.repeats import drop_repeats, fingerprints
-from db.manuscript import Chunk, TextMark
+from db.manuscript import Chunk
 from db.session import JobTx
 
 
@@ -30,28 +29,28 @@ async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated
     marks = sorted(fingerprints(gated.text), key=lambda m: m.fingerprint)
     if not marks:
         return gated
-    rows = [
-        {
-            "job_id": chunk.job_id,
-            "fingerprint": m.fingerprint,
-            "kind": m.kind,
-            "chunk_id": chunk.id,
-            "attempt_no": attempt_no,
-            "words": m.words,
-        }
-        for m in marks
-    ]
-    won = set(
-        (
-            await tx.session.execute(
-                insert(TextMark).values(rows).on_conflict_do_nothing().returning(TextMark.fingerprint)
-            )
-        ).scalars()
-    )
+    # One statement of constant text however many marks (a VALUES list per count would be compiled
+    # anew for each answer); its parameters are the marks, in the order they are inserted.
+    params = {
+        "job_id": chunk.job_id,
+        "chunk_id": chunk.id,
+        "attempt_no": attempt_no,
+        "fingerprints": [m.fingerprint for m in marks],
+        "kinds": [m.kind for m in marks],
+        "words": [m.words for m in marks],
+    }
+    won = set((await tx.session.execute(_CLAIM, params)).scalars())
     kept, cuts = drop_repeats(gated.text, {m.fingerprint for m in marks} - won)
     return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
 
 
+_CLAIM = text(
+    "INSERT INTO text_marks (job_id, fingerprint, kind, chunk_id, attempt_no, words) "
+    "SELECT :job_id, m.f, m.k, :chunk_id, :attempt_no, m.w "
+    "FROM unnest(CAST(:fingerprints AS bigint[]), CAST(:kinds AS text[]), CAST(:words AS int[])) "
+    "WITH ORDINALITY AS m(f, k, w, n) ORDER BY m.n "
+    "ON CONFLICT DO NOTHING RETURNING fingerprint"
+)
 _CUT_BY_RULE = text(
     "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM chunk_attempts a, "
     "jsonb_array_elements(a.cuts) c WHERE a.job_id = :j GROUP BY 1"

@@ -102,11 +102,14 @@ class Call:
     latency_ms: float = 0.0
     result: LlmResult | None = None
 
-    def follow(self, before: Call | None) -> Call:
+    def follow(self, before: Call | None, limits: tuple[float, Quotas] | None = None) -> Call:
         """This call, made by the step that made ``before``: what it read of the job's deadline
-        and its owner's quotas holds for it too."""
+        and its owner's quotas holds for it too. ``limits``: (deadline, quotas) as the step read
+        them with its own first statement, when no call came before."""
         if before is not None:
             self.deadline, self.quotas = before.deadline, before.quotas
+        elif limits is not None:
+            self.deadline, self.quotas = limits
         return self
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import BigInteger, Text, and_, cast, func, literal, null, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.llm import Call, LlmClient, LlmResult
@@ -98,64 +98,66 @@ async def ledger_before(tx: JobTx, doc_order: int) -> Ledger:
     )
 
 
-async def summaries_before(tx: JobTx, chunk: Chunk) -> list[Summary]:
+async def summaries_before(tx: JobTx, chunk: Chunk, path: list[PlanNode] | None = None) -> list[Summary]:
     """The book before a chunk, one line per stretch at the coarsest level that covers it,
     oldest first: earlier parts, then earlier chapters of this part (or of the book), each by its
     summary or, not written yet (a chapter still being written in parallel), its plan synopsis;
-    then the chunks before it in its own chapter, by their states' summaries."""
-    unit = await tx.session.get(PlanNode, chunk.unit_id) if chunk.unit_id else None
-    out: list[Summary] = []
-    if unit is not None and unit.level != "book":
-        chain: list[PlanNode] = []
-        cur: PlanNode | None = unit
+    then the chunks before it in its own chapter, by their states' summaries. ``path``: the plan
+    nodes above the chunk's section and the section, outermost first (``plan_path``), when the
+    caller has read them."""
+    chain: list[PlanNode] = []  # the unit and the nodes above it, up to the book (excluded)
+    if path is not None:
+        ids = [n.id for n in path]
+        chain = list(reversed(path[: ids.index(chunk.unit_id) + 1])) if chunk.unit_id in ids else []
+    elif chunk.unit_id:
+        cur = await tx.session.get(PlanNode, chunk.unit_id)
         while cur is not None and cur.level != "book":
             chain.append(cur)
             cur = await tx.session.get(PlanNode, cur.parent_id) if cur.parent_id else None
+    # The chunks before it in its chapter (after the unit's first chunk), by their states' summaries.
+    first = select(func.min(Chunk.ordinal)).where(Chunk.unit_id == chunk.unit_id).scalar_subquery()
+    q = select(
+        literal(1).label("k"),
+        literal(0).label("a"),
+        CoherenceState.ordinal.label("b"),
+        cast(null(), BigInteger).label("node"),
+        literal("chunk").label("level"),
+        cast(null(), Text).label("title"),
+        cast(null(), Text).label("purpose"),
+        cast(null(), BigInteger).label("summary_id"),
+        CoherenceState.summary.label("summary"),
+    ).where(
+        CoherenceState.job_id == tx.job_id,
+        CoherenceState.kind == "chunk",
+        CoherenceState.ordinal > func.coalesce(first, chunk.ordinal),
+        CoherenceState.ordinal <= chunk.ordinal,
+    )
+    if chain:  # and before them, every level above in the same statement: earlier parts, then chapters
         latest = (
             select(NodeSummary.node_id, func.max(NodeSummary.version).label("v"))
             .where(NodeSummary.job_id == tx.job_id)
             .group_by(NodeSummary.node_id)
             .subquery()
         )
-        for node in reversed(chain):  # the top level first: earlier parts, then earlier chapters
-            rows = (
-                await tx.session.execute(
-                    select(
-                        PlanNode.id,
-                        PlanNode.level,
-                        PlanNode.title,
-                        PlanNode.purpose,
-                        NodeSummary.id,
-                        NodeSummary.summary,
-                    )
-                    .outerjoin(latest, latest.c.node_id == PlanNode.id)
-                    .outerjoin(NodeSummary, and_(NodeSummary.node_id == PlanNode.id, NodeSummary.version == latest.c.v))
-                    .where(
-                        PlanNode.job_id == tx.job_id,
-                        PlanNode.parent_id == node.parent_id,
-                        PlanNode.position < node.position,
-                        PlanNode.is_continuation.is_(False),
-                    )
-                    .order_by(PlanNode.position)
-                )
-            ).all()
-            for nid, level, title, purpose, sid, text in rows:
-                out.append(Summary(level, title or "", text or purpose or "", nid, sid, planned=text is None))
-    # The unit's first chunk, in the same statement.
-    first = select(func.min(Chunk.ordinal)).where(Chunk.unit_id == chunk.unit_id).scalar_subquery()
-    states = (
-        await tx.session.execute(
-            select(CoherenceState.ordinal, CoherenceState.summary)
+        nodes = (
+            select(literal(0), PlanNode.depth, PlanNode.position, PlanNode.id, PlanNode.level, PlanNode.title)
+            .add_columns(PlanNode.purpose, NodeSummary.id, NodeSummary.summary)
+            .outerjoin(latest, latest.c.node_id == PlanNode.id)
+            .outerjoin(NodeSummary, and_(NodeSummary.node_id == PlanNode.id, NodeSummary.version == latest.c.v))
             .where(
-                CoherenceState.job_id == tx.job_id,
-                CoherenceState.kind == "chunk",
-                CoherenceState.ordinal > func.coalesce(first, chunk.ordinal),
-                CoherenceState.ordinal <= chunk.ordinal,
+                PlanNode.job_id == tx.job_id,
+                PlanNode.is_continuation.is_(False),
+                or_(*[and_(PlanNode.parent_id == n.parent_id, PlanNode.position < n.position) for n in chain]),
             )
-            .order_by(CoherenceState.ordinal)
         )
-    ).all()
-    out += [Summary("chunk", "", text, ordinal - 1) for ordinal, text in states if text]
+        q = union_all(nodes, q)  # type: ignore[assignment]
+    rows = (await tx.session.execute(q.order_by(text("1, 2, 3")))).all()
+    out: list[Summary] = []
+    for k, _, ordinal, nid, level, title, purpose, sid, summary in rows:
+        if k == 0:
+            out.append(Summary(level, title or "", summary or purpose or "", nid, sid, planned=summary is None))
+        elif summary:
+            out.append(Summary("chunk", "", summary, ordinal - 1))
     return out
 
 

@@ -83,8 +83,10 @@ class SeamActivities(ModelStep):
             )
             first = chunks[0]
             needs_seam = unit.status != "done" and first.ordinal > 0 and seam is None
+            todo: list[tuple[PlanNode, list[str]]] = []
             if not needs_seam:
                 await _complete(tx, unit)  # the first unit has no seam; a retry finds its seam stored
+                todo = await _to_summarize(tx, unit)
             else:
                 pred = (
                     await tx.session.execute(
@@ -109,10 +111,10 @@ class SeamActivities(ModelStep):
             checked: list[tuple[_UnitChunk, Checked]] = []
             if mode == "handoff":
                 checked = await self._check_unit(jid, unit.id, model, ledger, seen, before, mine)
-            await self._store_seam(
+            todo = await self._store_seam(
                 jid, ref.node_id, mode, (pred_id, pred_state, used_state, first_id), checked, strict_continuity
             )
-        await self._summaries(jid, ref.node_id, model)
+        await self._summaries(jid, todo, model)
 
     async def _check_unit(
         self,
@@ -172,12 +174,13 @@ class SeamActivities(ModelStep):
         checked: list[tuple[_UnitChunk, Checked]],
         strict_continuity: bool,
         edit_id: int | None = None,
-    ) -> None:
+    ) -> list[tuple[PlanNode, list[str]]]:
         """The seam row, the repaired versions and the findings; then the unit complete, unless
         strict continuity was asked and a finding stays open (the job fails, everything kept).
         With ``edit_id``: the seam checked again by an edit of a neighbour (a row of its own; the
         unit is complete already). ``checked`` empty: the seam is what the first chunk's own
-        check found when it was written (by the job, or by the edit)."""
+        check found when it was written (by the job, or by the edit). Returns the summaries the
+        completed unit calls for (``_to_summarize``, read in the same transaction; none for an edit)."""
         pred_id, pred_state, used_state, first_id = ids
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
@@ -186,7 +189,8 @@ class SeamActivities(ModelStep):
             if (await tx.session.execute(select(SeamCheck.id).where(SeamCheck.unit_id == unit.id, mine))).first():
                 if edit_id is None:
                     await _complete(tx, unit)
-                return
+                    return await _to_summarize(tx, unit)
+                return []
             broken: str | None = None
             repairs: list[tuple[Chunk, _UnitChunk, Checked, int | None]] = []
             versions: dict[int, int] = {}
@@ -290,26 +294,18 @@ class SeamActivities(ModelStep):
             else:
                 await _complete(tx, unit)
                 broken = None
+            todo = await _to_summarize(tx, unit) if edit_id is None and broken is None else []
         if broken:  # after the commit: the seam and its findings are kept, the unit stays incomplete
             raise ContinuityBroken(broken)
+        return todo
 
-    async def _summaries(self, jid: uuid.UUID, unit_id: int, model: str) -> None:
-        """The unit's summary (from its chunks'), and its part's once every chapter of it is done."""
-        async with self.db.job_tx(jid) as tx:
-            await load_job(tx, jid)
-            unit = await plan_node(tx, unit_id)
-            todo: list[tuple[PlanNode, list[str]]] = []
-            if unit.level in ("chapter", "part") and not await _summarized(tx, unit.id):
-                todo.append((unit, await _chunk_summaries(tx, unit.id)))
-            parent = await tx.session.get(PlanNode, unit.parent_id) if unit.parent_id else None
-            if parent is not None and parent.level == "part" and parent.status == "done":
-                if not await _summarized(tx, parent.id):
-                    todo.append((parent, await _child_summaries(tx, parent.id)))
-        for node, pieces in todo:
+    async def _summaries(self, jid: uuid.UUID, todo: list[tuple[PlanNode, list[str]]], model: str) -> None:
+        """The summaries a completed unit calls for (``_to_summarize``), each written on its own."""
+        for k, (node, pieces) in enumerate(todo):
             text, source, call = await summarize(
                 self.llm, job_id=jid, node=node, pieces=pieces, model=model, request_key=f"summary:{node.id}:1"
             )
-            async with self.db.job_tx(jid) as tx:
+            async with self.db.job_tx(jid, final=k == len(todo) - 1) as tx:  # the last: the step's end too
                 await load_job(tx, jid)
                 if await _summarized(tx, node.id):
                     continue
@@ -368,6 +364,19 @@ async def _chunk_findings(tx: JobTx, chunk_ids: int | list[int], edit_id: int | 
 
 async def _summarized(tx: JobTx, node_id: int) -> bool:
     return (await tx.session.execute(select(NodeSummary.id).where(NodeSummary.node_id == node_id))).first() is not None
+
+
+async def _to_summarize(tx: JobTx, unit: PlanNode) -> list[tuple[PlanNode, list[str]]]:
+    """In the transaction that completed ``unit``: its summary (from its chunks') and its part's,
+    once every chapter of the part is done, each with what it is written from, unless written."""
+    todo: list[tuple[PlanNode, list[str]]] = []
+    if unit.level in ("chapter", "part") and not await _summarized(tx, unit.id):
+        todo.append((unit, await _chunk_summaries(tx, unit.id)))
+    parent = await tx.session.get(PlanNode, unit.parent_id) if unit.parent_id else None
+    if parent is not None and parent.level == "part" and parent.status == "done":
+        if not await _summarized(tx, parent.id):
+            todo.append((parent, await _child_summaries(tx, parent.id)))
+    return todo
 
 
 async def _chunk_summaries(tx: JobTx, unit_id: int) -> list[str]:

@@ -19,7 +19,7 @@ from core.continuity import remove_paragraph, seam_issues
 from core.gate import clean_model_text
 from core.layout import STITCH_WINDOW_CHUNKS
 from core.text import join_continuation, normalize_paragraph, paragraphs
-from db.manuscript import Chunk, StitchResult
+from db.manuscript import Chunk, PlanNode, StitchResult
 from db.session import JobTx
 
 MAX_BRIDGES = 3  # model calls per section for broken seams
@@ -66,8 +66,12 @@ class StitchActivities(ModelStep):
             issues = seam_issues(window, job.sections_total, seen)
             repair_with_model = job_options(job).stitch_repairs_with_model
             model = job.model
+            broken = [i for i in issues if i["type"] == "broken_seam"][:MAX_BRIDGES] if repair_with_model else []
+            if not broken:  # nothing for the model to bridge: stored by this transaction, the step's last
+                tx.final = True
+                await _store(tx, section, [*earlier, *chunks], texts, window, issues, {})
+                return
         bridges: dict[int, str] = {}
-        broken = [i for i in issues if i["type"] == "broken_seam"][:MAX_BRIDGES] if repair_with_model else []
         for issue in broken:
             msgs = bridge_messages(texts[issue["chunk"]])
             res = await self.llm.complete(
@@ -83,53 +87,66 @@ class StitchActivities(ModelStep):
             bridge = clean_model_text(res.text, prompt, fragment=True).split("\n")[0].strip()
             if bridge:
                 bridges[issue["chunk"]] = bridge if bridge[-1] in ".!?" else bridge + "."
-        async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid)
+        async with self.db.job_tx(jid, final=True) as tx:
+            await load_job(tx, jid)
             if await _stitched(tx, section.id):
                 return
-            rows = {
-                c.ordinal: c
-                for c in (
+            section = await plan_node(tx, ref.node_id)
+            rows = list(
+                (
                     await tx.session.execute(select(Chunk).where(Chunk.job_id == jid, Chunk.ordinal.in_(list(texts))))
                 ).scalars()
-            }
-            words_before = sum(rows[o].word_count for o, _ in window)
-            repairs, new_texts = _repair(dict(window), rows, section.id, issues, bridges)
-            latest_of = await latest_versions(tx, [rows[o].id for o in new_texts])
-            for ordinal, text in new_texts.items():
-                chunk = rows[ordinal]
-                latest = latest_of.get(chunk.id)
-                v = add_version(
-                    tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, {"section": section.id}
-                )
-                chunk.word_count = v.word_count
-            words_after = sum(rows[o].word_count for o, _ in window)
-            job.words_written = job.words_written + words_after - words_before
-            tx.session.add(
-                StitchResult(
-                    job_id=jid,
-                    section_id=section.id,
-                    issues=issues,
-                    repairs=repairs,
-                    words_before=words_before,
-                    words_after=words_after,
-                )
             )
-            section = await plan_node(tx, ref.node_id)
-            # A top-up section is its own unit: it is complete only once its seam is validated.
-            section.status = "written" if first.unit_id == section.id else "done"
-            tx.event(
-                "stitch",
-                "section",
-                {
-                    "section": section.position,
-                    "issues": len(issues),
-                    "repairs": len(repairs),
-                    "words_before": words_before,
-                    "words_after": words_after,
-                    "issue_types": sorted({i["type"] for i in issues}),
-                },
-            )
+            await _store(tx, section, rows, texts, window, issues, bridges)
+
+
+async def _store(
+    tx: JobTx,
+    section: PlanNode,
+    chunks: list[Chunk],
+    texts: dict[int, str],
+    window: list[tuple[int, str]],
+    issues: list[dict[str, Any]],
+    bridges: dict[int, str],
+) -> None:
+    """The section's repairs (new chunk versions), its stitch result, and the section written.
+    ``chunks``: the rows of the window's chunks, as this transaction read them."""
+    rows = {c.ordinal: c for c in chunks}
+    job = await load_job(tx, tx.job_id)
+    words_before = sum(rows[o].word_count for o, _ in window)
+    repairs, new_texts = _repair(dict(window), rows, section.id, issues, bridges)
+    latest_of = await latest_versions(tx, [rows[o].id for o in new_texts])
+    for ordinal, text in new_texts.items():
+        chunk = rows[ordinal]
+        latest = latest_of.get(chunk.id)
+        v = add_version(tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, {"section": section.id})
+        chunk.word_count = v.word_count
+    words_after = sum(rows[o].word_count for o, _ in window)
+    job.words_written = job.words_written + words_after - words_before
+    tx.session.add(
+        StitchResult(
+            job_id=tx.job_id,
+            section_id=section.id,
+            issues=issues,
+            repairs=repairs,
+            words_before=words_before,
+            words_after=words_after,
+        )
+    )
+    # A top-up section is its own unit: it is complete only once its seam is validated.
+    section.status = "written" if rows[window[-1][0]].unit_id == section.id else "done"
+    tx.event(
+        "stitch",
+        "section",
+        {
+            "section": section.position,
+            "issues": len(issues),
+            "repairs": len(repairs),
+            "words_before": words_before,
+            "words_after": words_after,
+            "issue_types": sorted({i["type"] for i in issues}),
+        },
+    )
 
 
 def _repair(

@@ -1,7 +1,7 @@
 """Book-scale benchmarks: parallel chapters, a 500,000-word book, and Quire's own overhead.
 
     .venv/bin/python -m bench.bench_book parallel [--words 60000] [--tokens-per-s 300] [--parallelism 6]
-    .venv/bin/python -m bench.bench_book scale [--words 500000] [--baseline REF]
+    .venv/bin/python -m bench.bench_book scale [--words 500000] [--baseline REF] [--rounds 2]
     .venv/bin/python -m bench.bench_book moonshot [--words 500000] [--tokens-per-s 60] [--parallelism 100]
     .venv/bin/python -m bench.bench_book overhead [--words 20000]
     .venv/bin/python -m bench.bench_book lock [--words 100000] [--parallelism 32]
@@ -44,6 +44,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -353,28 +354,38 @@ async def parallel(words: int, tokens_per_s: float, parallelism: int) -> None:
     )
 
 
-async def scale(words: int, baseline: str | None, out: str | None) -> None:
+async def scale(words: int, baseline: str | None, out: str | None, rounds: int = 1) -> None:
     """The book against the scripted model answering at once (Quire's own cost); with ``baseline``,
-    the same job on that ref's code first, and both side by side."""
-    old = _baseline_scale(baseline, words) if baseline else None
-    f = await run_job(words, ["--ratio", "0.3", "0.6"], {})
-    new = _scale_figures(f)
-    if out is not None:  # the run for another tree's benchmark (``--baseline``)
-        await asyncio.to_thread(Path(out).write_text, json.dumps(new))
-    print(_line(f, words))
-    print(f"headings {f['headings']}, distinct {f['distinct_headings']}")
-    if old is None:
-        return
+    the same job on that ref's code too, and both side by side: ``rounds`` pairs, the order of
+    the two swapped each round (a machine that slows as it warms favours neither), and the
+    median of each."""
+    olds: list[dict[str, Any]] = []
+    news: list[dict[str, Any]] = []
+    for r in range(rounds if baseline else 1):
+        for which in ("new",) if baseline is None else ("old", "new") if r % 2 == 0 else ("new", "old"):
+            if which == "old":
+                assert baseline is not None
+                olds.append(_baseline_scale(baseline, words))
+                continue
+            f = await run_job(words, ["--ratio", "0.3", "0.6"], {})
+            news.append(_scale_figures(f))
+            if out is not None:  # the run for another tree's benchmark (``--baseline``)
+                await asyncio.to_thread(Path(out).write_text, json.dumps(news[-1]))
+            print(_line(f, words))
+            print(f"headings {f['headings']}, distinct {f['distinct_headings']}")
+            if baseline is None:
+                return
+    old, new = _median(olds), _median(news)
     rows = [
         ("wall (s)", "wall", "{:.1f}"),
-        ("chunks", "chunks", "{}"),
+        ("chunks", "chunks", "{:.0f}"),
         ("audit events per chunk", "events_per_chunk", "{:.1f}"),
         ("transactions per chunk (distinct xmin of its audit events)", "write_tx_per_chunk", "{:.2f}"),
         ("commits per chunk (pg_stat_database.xact_commit)", "commits_per_chunk", "{:.2f}"),
         ("worker peak RSS (MiB)", "worker_rss_mib", "{:.0f}"),
         ("worker CPU (s)", "worker_cpu_s", "{:.1f}"),
         ("Postgres CPU (s)", "postgres_cpu_s", "{:.1f}"),
-        ("largest workflow history (events)", "max_history", "{}"),
+        ("largest workflow history (events)", "max_history", "{:.0f}"),
     ]
     name = f"{baseline} ({old['commit']})"
     print(f"\n{words} words, the model answering at once: {name} | this tree")
@@ -383,7 +394,20 @@ async def scale(words: int, baseline: str | None, out: str | None) -> None:
         print(f"  {label:<60} {shown[0]:>10} {shown[1]:>10}")
     if old.get("how"):
         print(f"  ({baseline}: {old['how']})")
+    if rounds > 1:
+        pairs = ", ".join(f"{o['wall']:.1f} | {n['wall']:.1f}" for o, n in zip(olds, news, strict=True))
+        print(f"  (medians of {rounds} rounds; wall by round, old | new: {pairs})")
     print(f"new / old wall = {new['wall'] / old['wall']:.2f}")
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over ``runs`` (the first run's, where a figure is not a number)."""
+    out = dict(runs[0])
+    for key, value in out.items():
+        values = [r.get(key) for r in runs]
+        if isinstance(value, int | float) and all(isinstance(v, int | float) for v in values):
+            out[key] = statistics.median(values)
+    return out
 
 
 def _scale_figures(f: dict[str, Any]) -> dict[str, Any]:
@@ -807,6 +831,7 @@ if __name__ == "__main__":
     s.add_argument("--words", type=int, default=500_000)
     s.add_argument("--baseline", help="a git ref to run the same job on first, for its figures beside these")
     s.add_argument("--json", help=argparse.SUPPRESS)  # where a baseline run leaves its figures
+    s.add_argument("--rounds", type=int, default=1, help="pairs of runs with --baseline, the order swapped each round")
     ms = sub.add_parser("moonshot")
     ms.add_argument("--words", type=int, default=500_000)
     ms.add_argument("--tokens-per-s", type=float, default=60.0)
@@ -840,7 +865,7 @@ if __name__ == "__main__":
     elif a.what == "parallel":
         asyncio.run(parallel(a.words, a.tokens_per_s, a.parallelism))
     elif a.what == "scale":
-        asyncio.run(scale(a.words, a.baseline, a.json))
+        asyncio.run(scale(a.words, a.baseline, a.json, a.rounds))
     elif a.what == "moonshot":
         asyncio.run(moonshot(a.words, a.tokens_per_s, a.parallelism))
     else:

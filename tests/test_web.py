@@ -355,7 +355,10 @@ async def test_document_grows_and_the_panel_tells_the_story(browser, api_url, fa
         await step.locator("summary .verdict").click()
         await step.locator(".events .line[data-kind=sql]").first.wait_for()
         shown = await step.locator(".events .line").evaluate_all("els => els.map(e => e.dataset.kind)")
-        assert {"sql", "llm", "chunk", "length"} <= set(shown) and "row" not in shown  # rows ride on their SQL
+        # Rows ride on their SQL, and an attempt's length verdict on its chunk event.
+        assert {"sql", "llm", "chunk"} <= set(shown) and not {"row", "length"} & set(shown)
+        attempts = await step.locator(".events .line[data-kind=chunk]").all_text_contents()
+        assert any("attempt 1" in t and ("PASS" in t or "FAIL" in t) for t in attempts), attempts
         assert "INSERT INTO chunk_versions" in await step.locator(".events").text_content()
 
         # A chunk's step links to the chunk in the document.

@@ -32,7 +32,8 @@ const AuditStory = (() => {
     switch (e.kind) {
       case "chunk": case "length":
         return what + " · " + fmt(d.words ?? d.words_out) + " / " + fmt(d.min_words ?? d.target_words) + " words" +
-          (d.attempts ? " · " + plural(d.attempts, "attempt") : "");
+          (d.attempts ? " · " + plural(d.attempts, "attempt") : "") +
+          (e.kind === "chunk" && d.passed !== undefined ? (d.passed ? " · PASS" : " · FAIL") : "");
       case "llm": return what + " · " + (d.purpose || "") + " · " + fmt(d.tokens_in) + " → " + fmt(d.tokens_out) + " tokens";
       case "plan": return what + (d.children ? " · " + plural(d.children.length, BELOW[d.level] || "node")
         : d.chunks ? " · " + plural(d.units, "unit") + ", " + plural(d.chunks, "chunk") : "");
