@@ -19,10 +19,10 @@ from core.memory import build_context, prompt_budget
 from core.quota import Quotas
 from core.runs import edit_of
 from core.text import tail_words
-from db.loop import moved_on, review_wait
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
 from db.models import Job, User
 from db.session import JobTx
+from db.usage import limits_columns, limits_of
 
 TAIL_WORDS = 120  # of the previous chunk, in the next one's prompt
 
@@ -40,30 +40,27 @@ async def job_chunk_and_recent(
     step's model calls are held to (the job's deadline as a Unix time and its owner's quotas:
     ``Call.deadline``, ``Call.quotas``), in one statement: what a chunk step reads first. No
     limits for an edit's step, whose clock is the edit's (``db.loop.clock_start``)."""
-    job, chunk, extra = await _job_and_chunk(tx, chunk_id, recent=True)
-    if extra is None:
-        return job, chunk, await recent_attempts(tx, tx.job_id), None
-    pairs, asked, approved, *quotas = extra
+    job, chunk, (pairs, *limits) = await _job_and_chunk(tx, chunk_id, recent=True)
     recent = [(a, b) for a, b in pairs or []]
     if activity.in_activity() and edit_of(activity.info().workflow_id) is not None:
         return job, chunk, recent, None
-    deadline = moved_on(job, asked, approved).timestamp() + job_options(job).max_wall_seconds
-    return job, chunk, recent, (deadline, Quotas(*quotas))
+    started, owner = limits_of(job, limits)
+    return job, chunk, recent, (started.timestamp() + job_options(job).max_wall_seconds, owner)
 
 
-async def _job_and_chunk(tx: JobTx, chunk_id: int, recent: bool) -> tuple[Job, Chunk, tuple[Any, ...] | None]:
+async def _job_and_chunk(tx: JobTx, chunk_id: int, recent: bool) -> tuple[Job, Chunk, tuple[Any, ...]]:
     q = select(Job, Chunk).join(Chunk, Chunk.job_id == Job.id).where(Job.id == tx.job_id, Chunk.id == chunk_id)
     if recent:
         last = _recent(tx.job_id).subquery()
         pairs = func.json_agg(func.json_build_array(last.c.words_asked, last.c.words_added))
-        owner = (User.quota_tokens_per_day, User.quota_concurrent_jobs, User.quota_words_per_month)
-        q = q.add_columns(select(pairs).scalar_subquery(), *review_wait(tx.job_id), *owner).outerjoin(
-            User, User.id == Job.user_id
-        )
+        q = q.add_columns(select(pairs).scalar_subquery(), *limits_columns(tx.job_id))
+        q = q.outerjoin(User, User.id == Job.user_id)
     row = (await tx.session.execute(q)).one_or_none()
     if row is None:  # which of the two is missing, and the error that says so
-        return await load_job(tx, tx.job_id), await chunk_of(tx, tx.job_id, chunk_id), None
-    return runnable(row[0]), row[1], tuple(row[2:]) if recent else None
+        await load_job(tx, tx.job_id)
+        await chunk_of(tx, tx.job_id, chunk_id)
+        raise LookupError(f"chunk {chunk_id} of job {tx.job_id} is gone")
+    return runnable(row[0]), row[1], tuple(row[2:])
 
 
 async def chunk_of(tx: JobTx, jid: uuid.UUID, chunk_id: int) -> Chunk:
@@ -82,13 +79,9 @@ def _recent(jid: uuid.UUID) -> Select[tuple[int, int]]:
     )
 
 
-async def recent_attempts(tx: JobTx, jid: uuid.UUID) -> list[tuple[int, int]]:
-    """This job's recent (asked, added) attempts, newest first, for ``core.length.compliance``."""
-    return [(a, b) for a, b in (await tx.session.execute(_recent(jid))).all()]
-
-
 async def compliance_of(tx: JobTx, jid: uuid.UUID) -> float:
-    return compliance(await recent_attempts(tx, jid))
+    """``core.length.compliance`` of this job's recent (asked, added) attempts."""
+    return compliance([(a, b) for a, b in (await tx.session.execute(_recent(jid))).all()])
 
 
 async def start_state(tx: JobTx, job: Job, chunk: Chunk) -> tuple[CoherenceState, str, str]:

@@ -309,7 +309,7 @@ async def _unit_chunk_now(tx: JobTx, c: Chunk) -> _UnitChunk:
     state = await tx.session.get(CoherenceState, c.state_after_id)
     entries = await _entries(tx, [c.memory_version_id] if c.memory_version_id else [])
     mem = memory_of(entries, state.summary if state is not None else "")
-    known = {(f.subtype, f.entry_id) for f in await _chunk_findings(tx, c.id)}
+    known = {(f.subtype, f.entry_id) for f in await _chunk_findings(tx, [c.id])}
     source = entries[0].source if entries else "fallback"
     return _UnitChunk(c.id, c.ordinal, version.text, Remembered(mem, source), version.id, known)
 

@@ -225,7 +225,7 @@ class SeamActivities(ModelStep):
                 ]
             else:  # a strict seam's check is the first chunk's own, made when it was accepted
                 fates = [
-                    (f.status, f.severity, f.repair_version_id) for f in await _chunk_findings(tx, first_id, edit_id)
+                    (f.status, f.severity, f.repair_version_id) for f in await _chunk_findings(tx, [first_id], edit_id)
                 ]
             open_major = sum(1 for st, sev, _ in fates if st == "open" and sev == "major")
             repaired = [v for st, _, v in fates if st == "repaired"]
@@ -345,9 +345,8 @@ async def _unit_chunks(tx: JobTx, chunks: list[Chunk]) -> list[_UnitChunk]:
     return out
 
 
-async def _chunk_findings(tx: JobTx, chunk_ids: int | list[int], edit_id: int | None = None) -> list[ContinuityFinding]:
+async def _chunk_findings(tx: JobTx, ids: list[int], edit_id: int | None = None) -> list[ContinuityFinding]:
     """What chunks' own checks found when the job wrote them (or, with ``edit_id``, when that edit did)."""
-    ids = [chunk_ids] if isinstance(chunk_ids, int) else chunk_ids
     by = ContinuityFinding.edit_id.is_(None) if edit_id is None else ContinuityFinding.edit_id == edit_id
     return list(
         (

@@ -6,7 +6,10 @@ log (``job.deleted`` events)."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import BigInteger, cast, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,21 +34,26 @@ async def quotas(s: AsyncSession, user_id: int, *, lock: bool = False) -> Quotas
     return Quotas(*row) if row is not None else Quotas()
 
 
+def limits_columns(job_id: uuid.UUID) -> tuple[Any, ...]:
+    """The columns ``limits_of`` reads (the plan review's wait, the owner's quotas), for a statement
+    that reads them beside others (it selects from, or joins, the job's owner in ``users``)."""
+    return (*review_wait(job_id), User.quota_tokens_per_day, User.quota_concurrent_jobs, User.quota_words_per_month)
+
+
+def limits_of(job: Job, values: Sequence[Any]) -> tuple[dt.datetime, Quotas]:
+    """(``db.loop.clock_start``, the owner's quotas) from the values of ``limits_columns``."""
+    return moved_on(job, values[0], values[1]), Quotas(*values[2:5])
+
+
 async def clock_and_quotas(s: AsyncSession, job: Job, edit: int | None = None) -> tuple[dt.datetime, Quotas]:
     """``db.loop.clock_start`` and the owner's ``quotas``, in one statement: what a step reads
     before its first model call (an edit's clock is read apart)."""
     if edit is not None:
         return await clock_start(s, job, edit), await quotas(s, job.user_id)
-    row = (
-        await s.execute(
-            select(
-                *review_wait(job.id), User.quota_tokens_per_day, User.quota_concurrent_jobs, User.quota_words_per_month
-            ).where(User.id == job.user_id)
-        )
-    ).one_or_none()
+    row = (await s.execute(select(*limits_columns(job.id)).where(User.id == job.user_id))).one_or_none()
     if row is None:  # no such user (a job's owner is never deleted before it): no quotas
         return await clock_start(s, job), Quotas()
-    return moved_on(job, row[0], row[1]), Quotas(*row[2:])
+    return limits_of(job, row)
 
 
 async def tokens_since(s: AsyncSession, user_id: int, since: dt.datetime) -> int:

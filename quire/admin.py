@@ -382,7 +382,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     if settings.uses_local_model:
-        localmodel.ensure_extra()
+        localmodel.ensure_runtime()
     started_here = False
     t0 = time.monotonic()
     if running_pid(settings.home) is None:

