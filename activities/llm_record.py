@@ -187,9 +187,10 @@ class CallRecords:
     def outcome(self, messages: list[dict[str, str]], out: Outcome, model: str) -> Closed:
         """The figures of a finished call (estimated where the endpoint gave no usage)."""
         usage, text = out.usage, out.text
-        tokens_in = getattr(usage, "prompt_tokens", None)
-        tokens_out = getattr(usage, "completion_tokens", None)
-        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+        figures = usage or {}
+        tokens_in = figures.get("prompt_tokens")
+        tokens_out = figures.get("completion_tokens")
+        cached = (figures.get("prompt_tokens_details") or {}).get("cached_tokens")
         estimated = usage is None and (out.error is None or text is not None)
         if estimated:  # some servers omit usage: estimate, and say so
             tokens_in = prompt_chars(messages) // CHARS_PER_TOKEN

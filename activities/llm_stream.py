@@ -9,6 +9,7 @@ module only sends and reads it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ class Outcome:
 
     text: str | None = None
     finish: str | None = None
-    usage: Any = None
+    usage: dict[str, Any] | None = None  # the endpoint's own figures, as it sent them
     http_status: int | None = None
     error: BaseException | None = None
     ttft_ms: float | None = None  # from sending the request to the first token of content
@@ -50,20 +51,38 @@ async def stream_completion(
     ended = False
     try:
         async with asyncio.timeout(limit_s):
-            stream = await client.chat.completions.create(model=model, messages=messages, **params)  # type: ignore[call-overload]
-            out.http_status = stream.response.status_code
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:  # OpenAI's include_usage chunk (choices empty)
-                        out.usage = chunk.usage
-                    for choice in chunk.choices[:1]:
-                        piece = choice.delta.content if choice.delta is not None else None
+            # The raw lines, parsed here: the SDK's typed chunks cost a model object per streamed
+            # token, the largest share of the worker's time in reading an answer.
+            respond = client.chat.completions.with_streaming_response.create
+            async with respond(model=model, messages=messages, **params) as response:  # type: ignore[call-overload]
+                out.http_status = response.status_code
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments (": keep-alive"), event names
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if not isinstance(chunk, dict):
+                        raise ValueError(f"a streamed chunk that is not an object: {data[:80]!r}")
+                    if chunk.get("error"):  # an error sent mid-stream, as the SDK raises it
+                        error = chunk["error"]
+                        message = error.get("message") if isinstance(error, dict) else None
+                        raise openai.APIError(
+                            message if isinstance(message, str) and message else "An error occurred during streaming",
+                            request=response.http_request,
+                            body=error,
+                        )
+                    if isinstance(chunk.get("usage"), dict):  # OpenAI's include_usage chunk (choices empty)
+                        out.usage = chunk["usage"]
+                    for choice in (chunk.get("choices") or [])[:1]:
+                        piece = (choice.get("delta") or {}).get("content")
                         if piece:
                             if out.ttft_ms is None:
                                 out.ttft_ms = (time.perf_counter() - t0) * 1000
                             parts.append(piece)
-                        if choice.finish_reason is not None:
-                            out.finish = choice.finish_reason
+                        if choice.get("finish_reason") is not None:
+                            out.finish = choice["finish_reason"]
         ended = True
     except TimeoutError as exc:
         got = f" ({len(parts)} chunks of it had arrived)" if parts else ""

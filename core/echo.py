@@ -9,7 +9,9 @@ takes one line of an answer and returns what is left of it and what it removed.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 # The shape of Quire's own requests, whatever the prompt: "Continue ... about 830 (more) words",
 # "(Rewrite this source passage ...", "Finish that sentence in about 12 words".
@@ -30,10 +32,17 @@ def words_of(text: str) -> list[str]:
     return re.sub(r"\W+", " ", text.lower()).split()
 
 
-def _units(line: str) -> list[str]:
-    """A prompt line and each of its sentences: an echo may repeat either."""
+@lru_cache(maxsize=1024)  # ~10 KB an entry: 10 MiB at most
+def _line(line: str) -> tuple[str, list[list[str]]]:
+    """A prompt line's words, and the words of it and each of its sentences long enough to be
+    echoed (an echo may repeat either). Cached: a job's prompts share most of their lines (the
+    book's brief, the outline), and every answer's gate reads them."""
+    key = " ".join(words_of(line))
+    if not key:
+        return "", []
     sentences = [s for s in _SENTENCE_END.split(line.strip()) if s]
-    return [line, *sentences] if len(sentences) > 1 else [line]
+    units = [words_of(u) for u in ([line, *sentences] if len(sentences) > 1 else [line])]
+    return key, [w for w in units if len(w) >= MIN_ECHO_WORDS]
 
 
 class EchoIndex:
@@ -43,20 +52,21 @@ class EchoIndex:
         if source.strip():
             prompt = prompt.replace(source, "\n")
         self.exact: set[str] = set()
-        self.units: list[tuple[list[str], frozenset[str]]] = []
-        lines = [ln for ln in prompt.splitlines() if ln.strip()]
-        for ln in lines:
-            # A whole line said again is an echo however short ("Outline:", "2. Wicks"): the
-            # prompt's short lines are labels and outline entries, never the document's prose.
-            if key := words_of(ln):
-                self.exact.add(" ".join(key))
-            for unit in _units(ln):
-                w = words_of(unit)
-                if len(w) >= MIN_ECHO_WORDS:
-                    self.units.append((w, frozenset(w)))
-        # The one-line request that ends the prompt: fragments and paraphrases of it are echoes too.
-        requests = [words_of(ln) for ln in lines if len(words_of(ln)) >= MIN_ECHO_WORDS]
-        self.request: list[str] = requests[-1] if requests else []
+        self.units: list[list[str]] = []
+        # Word -> the units holding it: a segment is matched against the units that share most of
+        # its words, found from its own words, not by scanning every unit of the prompt.
+        self.holding: dict[str, list[int]] = {}
+        self.request: list[str] = []  # the one-line request that ends the prompt: its fragments echo too
+        for ln in prompt.splitlines():
+            key, units = _line(ln)
+            if key:
+                self.exact.add(key)
+            for w in units:
+                for t in set(w):
+                    self.holding.setdefault(t, []).append(len(self.units))
+                self.units.append(w)
+            if len(key.split()) >= MIN_ECHO_WORDS:
+                self.request = key.split()
 
     def __bool__(self) -> bool:
         return bool(self.exact)
@@ -73,9 +83,14 @@ class EchoIndex:
             return False
         if self.request and _matched(w, self.request) >= max(PARTIAL_REQUEST_WORDS, 0.8 * len(w)):
             return True
-        for unit, vocab in self.units:
-            # Cheap bounds first: most of the segment must be in the unit, and be half of it.
-            if len(unit) > 2 * len(w) or sum(t in vocab for t in w) < 0.8 * len(w):
+        # Cheap bounds first: most of the segment's words must be in the unit, and be half of it.
+        shared: Counter[int] = Counter()
+        for t, times in Counter(w).items():
+            for u in self.holding.get(t, ()):
+                shared[u] += times
+        for u, n in shared.items():
+            unit = self.units[u]
+            if n < 0.8 * len(w) or len(unit) > 2 * len(w):
                 continue
             m = _matched(w, unit)
             if m >= 0.8 * len(w) and m >= 0.5 * len(unit):

@@ -62,12 +62,19 @@ _HEADING = re.compile(r"^\s*#{1,2}\s")
 _LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)[ \t]*){3,}")
 _LONE_MARKERS = re.compile(r"^\s*(?:[-*#>]+|\d+[.)])\s*$", re.M)
 _REPEATED_WORD = re.compile(r"\b(\w+)(?:\W+\1\b){4,}", re.I)  # "word word word word word" -> "word"
+_TOKEN = re.compile(r"\S+")
+_LETTER = re.compile(r"[^\W\d_]")
+_DIGIT = re.compile(r"\d")
 _BLOCK_START = re.compile(r"^\s*(?:[-*+>#|]|\d+[.)])")
 
 # -- sentences -----------------------------------------------------------------------------------------
-_ABBREV = r"(?<!\bMr)(?<!\bMrs)(?<!\bMs)(?<!\bDr)(?<!\bSt)(?<!\bNo)(?<!\bvs)(?<!\betc)(?<!\b[A-Z])"
 # A sentence ends at . ! ? … before a space (not after "Mr"), or at 。！？ (CJK puts no space after).
-_SENTENCE_END = re.compile(_ABBREV + r"[.!?…]+[\"'”’)\]_*]*(?=\s|$)|[。！？]+[」』）】\"'”’]*")
+# The pattern opens on the end mark itself, so the engine skips to the next one at C speed; the
+# abbreviations are looked behind from there ("Mr." ends nothing; "." is the mark just matched).
+_ABBREV = r"(?<!\bMr.)(?<!\bMrs.)(?<!\bMs.)(?<!\bDr.)(?<!\bSt.)(?<!\bNo.)(?<!\bvs.)(?<!\betc.)(?<!\b[A-Z].)"
+_SENTENCE_END = re.compile(
+    r"[.!?…。！？](?:(?<=[.!?…])" + _ABBREV + r"[.!?…]*[\"'”’)\]_*]*(?=\s|$)|(?<=[。！？])[。！？]*[」』）】\"'”’]*)"
+)
 _CLOSERS = "\"'”’)]_*»」』）】"
 # A line ends as a sentence does, or breaks off as dialogue does ("But your client--").
 _ENDS_SENTENCE = re.compile(r"(?:[.!?…。！？]|--|—|–)[" + re.escape(_CLOSERS) + r"]*\s*$")
@@ -116,7 +123,8 @@ _LATIN = "A-Za-z\u00c0-\u024f\u1e00-\u1eff"
 _LATIN_LETTER = re.compile(f"[{_LATIN}]")
 _OTHER_LETTER = re.compile(rf"[^\W\d_{_LATIN}]")
 _QUOTED_RUN = re.compile(r"^[\"'“‘(*_«\[].*[\"'”’)*_»\]][.,;:!?]*$", re.S)
-_ALPHA_WORD = re.compile(r"^[\"'“‘(*_]*([a-z]+)[\"'”’)*_.,;:!?]*$")
+# A plain lowercase word standing as a whole token (its quotes and stops around it).
+_PLAIN_WORD = re.compile(r"(?<!\S)[\"'“‘(*_]*([a-z]+)[\"'”’)*_.,;:!?]*(?!\S)")
 ENGLISH_SHARE = 0.7  # of an answer's plain lowercase words known to English: the English-only rules apply
 FUNCTION_WORDS = frozenset(
     "a an the and or but of to in on at by for with from as is was are were be that this these those "
@@ -323,15 +331,17 @@ def _number_runs(para: str, cuts: _Cuts) -> str:
     """Cut runs of tokens without a letter: "( 75 ) - ( 76 ) - ( 77 )", "1, 2, 3, 4, 5, 6, 7, 8"."""
     if para.lstrip().startswith("|"):  # a table row is the document's own
         return para
-    toks = list(re.finditer(r"\S+", para))
+    if len(_DIGIT.findall(para)) < NUMBER_RUN_NUMBERS:  # most prose: no run can be there
+        return para.strip()
+    toks = list(_TOKEN.finditer(para))
     spans: list[tuple[int, int]] = []
     i = 0
     while i < len(toks):
         j = i
-        while j < len(toks) and not re.search(r"[^\W\d_]", toks[j].group()):
+        while j < len(toks) and not _LETTER.search(toks[j].group()):
             j += 1
         run = toks[i:j]
-        if len(run) >= NUMBER_RUN_TOKENS and sum(bool(re.search(r"\d", t.group())) for t in run) >= NUMBER_RUN_NUMBERS:
+        if len(run) >= NUMBER_RUN_TOKENS and sum(bool(_DIGIT.search(t.group())) for t in run) >= NUMBER_RUN_NUMBERS:
             spans.append((run[0].start(), run[-1].end()))
         i = j + 1
     for a, b in reversed(spans):
@@ -373,7 +383,7 @@ def _glued(para: str, cuts: _Cuts) -> str:
         cuts.add("glued", m.group(0))
         return ""
 
-    out = re.sub(r"(?<!\S)[\"'“‘(*_]*([a-z]+)[\"'”’)*_.,;:!?]*(?!\S)", check, para)
+    out = _PLAIN_WORD.sub(check, para)
     return _tidy(out) if out != para else para
 
 
@@ -414,7 +424,7 @@ def _stray(para: str, english: bool) -> bool:
 
 def _english_share(text: str) -> float:
     """The share of plain lowercase words known to English (1.0 when there are none to judge)."""
-    plain = [m.group(1) for t in text.split() if (m := _ALPHA_WORD.match(t))]
+    plain = _PLAIN_WORD.findall(text)
     if len(plain) < 3:
         return 1.0
     en = lexicon("en")

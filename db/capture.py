@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cache, lru_cache
 from itertools import chain
 from typing import Any
 
@@ -139,6 +140,7 @@ class Redactor:
         return value
 
 
+@lru_cache(maxsize=4096)
 def statement_verb(sql: str) -> str:
     """INSERT, UPDATE, SELECT... : a statement's first word, past any WITH clause."""
     m = _FIRST_WORD.match(sql)
@@ -147,6 +149,12 @@ def statement_verb(sql: str) -> str:
 
 def statement_tables(sql: str) -> tuple[str, list[str]]:
     """('read'|'write', tables) for a SQL statement, from its text."""
+    access, tables = _access_and_tables(sql)
+    return access, list(tables)
+
+
+@lru_cache(maxsize=4096)  # a worker runs a few hundred distinct statements, each thousands of times
+def _access_and_tables(sql: str) -> tuple[str, tuple[str, ...]]:
     verb = statement_verb(sql)
     access = "write" if verb in {"INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE"} else "read"
     seen: list[str] = []
@@ -154,7 +162,7 @@ def statement_tables(sql: str) -> tuple[str, list[str]]:
         t = t.lower()
         if t not in seen and t not in {"select", "lateral"}:
             seen.append(t)
-    return access, seen
+    return access, tuple(seen)
 
 
 @dataclass
@@ -383,6 +391,7 @@ def _pk(obj: Any) -> str:
     return ",".join(str(state.dict.get(c.key)) for c in state.mapper.primary_key)
 
 
+@cache  # one entry per mapped class
 def _param_keys(mapper: Any) -> dict[str, str]:
     """The flush's parameter names for a mapper's table -> attribute keys: a column's key (INSERT
     values, UPDATE SET, DELETE WHERE), and a primary key's label (UPDATE WHERE: ``jobs_id``)."""

@@ -43,7 +43,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
   "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
-  for ``hang_s``, then the rest), "broken" (a stream whose second chunk is not JSON).
+  for ``hang_s``, then the rest), "broken" (a stream whose second chunk is not JSON),
+  "error_event" (a stream whose second chunk is an ``{"error": ...}`` object, as providers send
+  when they fail mid-answer).
 """
 
 from __future__ import annotations
@@ -311,6 +313,9 @@ class FakeLLM:
                     await asyncio.sleep(len(piece.split()) * 1.4 / s.tokens_per_s)
                 if i == 1 and s.fault == "broken":
                     yield "data: {not json at all\n\n"
+                if i == 1 and s.fault == "error_event":
+                    yield 'data: {"error": {"message": "the model overloaded mid-answer", "type": "server_error"}}\n\n'
+                    return
                 yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
                 if i == 0 and s.fault == "stall":
                     await asyncio.sleep(s.hang_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import openai
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
@@ -178,3 +179,18 @@ async def test_a_stream_without_usage_is_estimated_and_a_broken_one_is_an_error(
     assert estimated.status == "ok" and estimated.tokens_estimated and estimated.ttft_ms is not None
     assert (estimated.tokens_in, estimated.tokens_out) == (len(msgs[0]["content"]) // 4, len(res.text) // 4)
     assert bad.status == "error" and "JSONDecodeError" in bad.error and bad.response and bad.http_status == 200
+
+
+async def test_an_error_sent_mid_stream_is_recorded_with_what_came_before(db, fake, user):
+    """Providers that fail mid-answer send ``data: {"error": ...}`` and end the stream: the call
+    is an error with the provider's message and the words that had arrived, not a short answer."""
+    job_id = await make_job(db, user.user_id)
+    llm = make_llm(db, fake)
+    msgs = [{"role": "user", "content": "Write about 80 words."}]
+    fake.inject("error_event")
+    with pytest.raises(openai.APIError, match="overloaded mid-answer"):
+        await llm.complete(job_id=job_id, purpose="write", request_key="midstream", messages=msgs, max_tokens=300)
+    await llm.close()
+    (bad,) = await _calls(db, job_id)
+    assert bad.status == "error" and "overloaded mid-answer" in bad.error and bad.http_status == 200
+    assert bad.response and len(bad.response.split()) >= 1  # the first piece, kept
