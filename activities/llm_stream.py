@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +57,7 @@ async def stream_completion(
             respond = client.chat.completions.with_streaming_response.create
             async with respond(model=model, messages=messages, **params) as response:  # type: ignore[call-overload]
                 out.http_status = response.status_code
-                async for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, comments (": keep-alive"), event names
-                    data = line[5:].strip()
+                async for data in sse_data(response.iter_lines()):
                     if data == "[DONE]":
                         break
                     chunk = json.loads(data)
@@ -89,6 +87,23 @@ async def stream_completion(
         raise LlmTimeout(f"the answer did not end within {limit_s:g} s{got}") from exc
     finally:  # a failed call keeps what arrived of its answer, or none
         out.text = "".join(parts) if parts or ended else None
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The data of each server-sent event, as the SSE spec reads it: ``data:`` lines (one leading
+    space dropped) joined by newlines until a blank line ends the event; comments (``: ping``),
+    ``event:``, ``id:`` and ``retry:`` lines are not data. A last event the stream ends without a
+    blank line after is still given."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+    if data:
+        yield "\n".join(data)
 
 
 # Failures of the endpoint that another HTTP attempt may cure (the SDK's own retries are off:

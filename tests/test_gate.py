@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.gate import Gated, gate
+from core.gate import Gated, gate, sentences
 from core.repeats import drop_repeats, fingerprints
 from core.text import count_words
 
@@ -109,3 +109,27 @@ def test_chinese_prose_is_judged_by_its_own_sentence_ends() -> None:
     assert gate(prose).cuts == []
     out = gate(prose + "第二天早上")
     assert out.text == prose and [c.rule for c in out.cuts] == ["unfinished"]
+
+
+def test_sentence_ends_skip_abbreviations_and_keep_closers() -> None:
+    """The sentence rule the repeat, meta and unfinished rules stand on: "Mr." and an initial end
+    nothing, closing quotes stay with their sentence, CJK ends need no space after them."""
+    para = 'Mr. Holmes met Dr. Watson and J. Smith at St. Paul\'s. "Is it late?" he asked… No. 3 waited!「雨だ。」Then'
+    assert sentences(para) == [
+        "Mr. Holmes met Dr. Watson and J. Smith at St. Paul's.",
+        '"Is it late?"',
+        "he asked…",
+        "No. 3 waited!「雨だ。」",
+        "Then",
+    ]
+
+
+def test_an_echo_needs_most_of_one_prompt_line_not_words_spread_over_many() -> None:
+    """The echo index finds a prompt line's words said back (however reworded), and not a
+    sentence whose words are each somewhere in the prompt but in no one line of it."""
+    prompt = "The keeper climbs the tower at dusk to light the lamp.\nA storm gathers over the northern reef tonight."
+    said_back = "The keeper climbs the tower at dusk to light the lamp again."
+    spread = "The storm keeper lights the northern tower lamp at dusk tonight."
+    out = gate(f"{said_back} {spread} He waited for the ships.", prompt=prompt)
+    assert [c.rule for c in out.cuts] == ["echo"] and said_back in out.cuts[0].text
+    assert out.text == f"{spread} He waited for the ships."

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from activities.llm_stream import sse_data
 from core.errors import LlmUnavailable
 from core.text import count_words
 from db.models import AuditEvent, LlmCall
@@ -194,3 +195,20 @@ async def test_an_error_sent_mid_stream_is_recorded_with_what_came_before(db, fa
     (bad,) = await _calls(db, job_id)
     assert bad.status == "error" and "overloaded mid-answer" in bad.error and bad.http_status == 200
     assert bad.response and len(bad.response.split()) >= 1  # the first piece, kept
+
+
+async def test_server_sent_events_are_read_as_the_spec_reads_them():
+    """A stream is read line by line (not through the SDK's typed chunks): an event's data lines
+    join, comments and other fields are no data, a final event without its blank line still counts."""
+
+    async def lines(*xs: str):
+        for x in xs:
+            yield x
+
+    got = [
+        d
+        async for d in sse_data(
+            lines(": ping", "", "event: delta", 'data: {"a":', "data:1}", "", "id: 7", "retry: 10", "", "data: [DONE]")
+        )
+    ]
+    assert got == ['{"a":\n1}', "[DONE]"]

@@ -110,8 +110,13 @@ async def test_a_poisoned_activity_is_paused_then_let_go_and_the_job_goes_on(db,
             return [e[0] for e in ends] == ["CancelledError"]
 
         await testkit.until("the hanging attempt ended", attempt_ended, within=60)
-        # Held: its next attempt waits for the unpause, none has started.
-        assert await pending("paused") and found[0].attempt == 2
+
+        # Held: its next attempt waits for the unpause, none has started. (The attempt's end is in
+        # the log before its failure reaches the server: the server's count is waited for.)
+        async def held() -> bool:
+            return await pending("paused") and found[0].attempt == 2
+
+        await testkit.until("the server holding attempt 2", held)
         starts = await rows(
             db, "SELECT 1 FROM audit_events WHERE job_id=:j AND kind='activity' AND action='start'", j=job.id
         )
