@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
+from activities import gating
 from activities.chunks import ChunkActivities
 from activities.edit_checks import EditCheckActivities
 from activities.edits import EditActivities
@@ -184,6 +185,8 @@ async def run(settings: Settings) -> None:
     )
     client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_keys())
     llm = llm_from_settings(db, settings)
+    if settings.quire_gate_process:
+        await gating.start_gate_process()
     deployment = version(settings.temporal_task_queue, settings.quire_build_id)
     worker = build_worker(
         client,
@@ -217,6 +220,7 @@ async def run(settings: Settings) -> None:
         )
         await stop.wait()
     await llm.close()
+    await gating.stop_gate_process()
     await db.dispose()
     telemetry.stop_tracing()  # sends the spans still batched
     if metrics is not None:

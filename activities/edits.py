@@ -33,6 +33,7 @@ from activities.edit_rows import (
     rollback_targets,
     store_version,
 )
+from activities.gating import clean, judge
 from activities.memory import (
     check_and_repair,
     ledger_before,
@@ -41,7 +42,6 @@ from activities.memory import (
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
 from activities.tree import chunks_under, latest_text
 from core.edits import spans, split_text
-from core.gate import clean_model_text, gate
 from core.length import stalled, words_to_ask
 from core.memory import build_context, prompt_budget
 from core.text import count_words, dedupe_paragraphs, join_continuation, tail_words, trim_to_words
@@ -240,7 +240,9 @@ class EditActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(max(words, 8)),
         )
-        added = gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current).text
+        added = (
+            await judge(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
+        ).text
         text = join_continuation(current, added) if current else added
         if not attempt:
             return text
@@ -318,7 +320,7 @@ class EditActivities(ModelStep):
             max_tokens=max_tokens_for(int(words * 1.5) + 20),
         )
         # A selection may be part of a sentence: the gate's rule for an unfinished ending does not apply.
-        return clean_model_text(res.text, "\n".join(m["content"] for m in msgs), fragment=True).strip()
+        return (await clean(res.text, "\n".join(m["content"] for m in msgs), fragment=True)).strip()
 
 
 def _joined(before: str, middle: str, after: str) -> str:

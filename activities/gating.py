@@ -1,6 +1,8 @@
 """The degeneration gate at the chunk step, and what a job's words are made of.
 
-``core.gate`` judges an answer alone; here its paragraphs and sentences are claimed in the
+``core.gate`` judges an answer alone, in a process of the worker's own (``judge``): its rules are
+pure CPU, milliseconds an answer, and on the event loop they held up every other call in flight
+(a hundred streams, the heartbeats, Temporal's polls). Here its paragraphs and sentences are claimed in the
 document (``text_marks``, in the transaction that stores the attempt), and whatever another chunk
 of the job already said is cut (rule ``repeat``), in any chapter. Race-free without locks: the
 table's primary key (job, fingerprint) lets one claim win, and a claim waits for a concurrent one
@@ -12,16 +14,96 @@ document's length.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 import uuid
+from asyncio.subprocess import PIPE
+from typing import Any
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.gate import Gated
+from core.gate import Gated, gate
+from core.gate_process import gated
 from core.length import WordAccount
 from core.repeats import drop_repeats, fingerprints
 from db.manuscript import Chunk
 from db.session import JobTx
+
+log = structlog.get_logger()
+
+GATE_TIMEOUT_S = 60.0  # an answer's verdict takes milliseconds: a process this slow is stuck
+
+
+class _GateProcess:
+    """``core.gate_process`` and the pipes to it: one verdict at a time, each request written and its
+    answer read under one lock, in a task of its own, so a caller cancelled half-way never leaves
+    a verdict behind for the next one to read."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lock = asyncio.Lock()
+
+    async def ask(self, request: dict[str, Any]) -> Gated:
+        return await asyncio.shield(asyncio.ensure_future(self._exchange(request)))
+
+    async def _exchange(self, request: dict[str, Any]) -> Gated:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        async with self.lock:
+            self.proc.stdin.write(json.dumps(request, ensure_ascii=False).encode() + b"\n")
+            await self.proc.stdin.drain()
+            line = await asyncio.wait_for(self.proc.stdout.readline(), GATE_TIMEOUT_S)
+        if not line:
+            raise ConnectionError(f"the gate's process ended (exit code {self.proc.returncode})")
+        return gated(json.loads(line))
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()  # reaped, its pipes closed, on this loop
+
+
+_process: _GateProcess | None = None
+
+
+async def start_gate_process() -> None:
+    """Give the gate a process of its own (the worker does, at start)."""
+    global _process
+    if _process is None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "core.gate_process", stdin=PIPE, stdout=PIPE, limit=64 * 1024 * 1024
+        )
+        _process = _GateProcess(proc)
+
+
+async def stop_gate_process() -> None:
+    global _process
+    if _process is not None:
+        process, _process = _process, None
+        await process.stop()
+
+
+async def judge(answer: str, *, prompt: str = "", source: str = "", before: str = "", fragment: bool = False) -> Gated:
+    """``core.gate.gate`` of an answer: in the gate's process when the worker started one, else
+    here. A process that died, or hangs, is replaced for the next answer and this one is judged
+    here: the rules are the same wherever they run."""
+    request = {"answer": answer, "prompt": prompt, "source": source, "before": before, "fragment": fragment}
+    if _process is None:
+        return gate(**request)
+    try:
+        return await _process.ask(request)
+    except (OSError, EOFError, TimeoutError, ValueError) as exc:
+        log.warning("gate.process_lost", why=f"{type(exc).__name__}: {exc}", then="judged here; a new process started")
+        await stop_gate_process()
+        await start_gate_process()
+        return gate(**request)
+
+
+async def clean(answer: str, echo_of: str = "", source: str = "", *, fragment: bool = False) -> str:
+    """The kept text of ``judge`` (for steps that record no cuts of their own: bridges, seam repairs)."""
+    return (await judge(answer, prompt=echo_of, source=source, fragment=fragment)).text
 
 
 async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated:

@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import BigInteger, Text, and_, cast, func, literal, null, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from activities.gating import clean
 from activities.llm import Call, LlmClient, LlmResult
 from activities.prompts import memory_messages, repair_messages, summary_messages
 from core.continuity import Finding, ReportInput, apply_fixes, check, needs_repair, paragraph_of, report
-from core.gate import clean_model_text
 from core.memory import (
     ChunkMemory,
     Entry,
@@ -425,7 +425,7 @@ async def _rewrite(
         instructions = "\n".join(m["content"] for m in msgs).replace(paras[i], "")
         for f in fs:
             instructions = instructions.replace(f.quote_there, "")
-        new = clean_model_text(res.text, instructions).strip().strip('"').strip()
+        new = (await clean(res.text, instructions)).strip().strip('"').strip()
         if new:
             paras[i] = new
     return "\n\n".join(paras)
@@ -556,7 +556,7 @@ async def summarize(
         max_tokens=int(SUMMARY_WORDS * 1.8) + 32,
         temperature=0.2,
     )
-    text = " ".join(clean_model_text(res.text, "\n".join(m["content"] for m in msgs)).split()[: SUMMARY_WORDS * 2])
+    text = " ".join((await clean(res.text, "\n".join(m["content"] for m in msgs))).split()[: SUMMARY_WORDS * 2])
     if count_words(text) < 8:
         return fallback, "fallback", res.call_id
     return text, "model", res.call_id

@@ -14,9 +14,9 @@ from temporalio import activity
 
 from activities.base import ModelStep, add_version, job_options, latest_versions, load_job, plan_node, texts_of
 from activities.contracts import NodeRef
+from activities.gating import clean
 from activities.prompts import bridge_messages
 from core.continuity import remove_paragraph, seam_issues
-from core.gate import clean_model_text
 from core.layout import STITCH_WINDOW_CHUNKS
 from core.text import join_continuation, normalize_paragraph, paragraphs
 from db.manuscript import Chunk, PlanNode, StitchResult
@@ -84,7 +84,7 @@ class StitchActivities(ModelStep):
                 temperature=0.3,
             )
             prompt = "\n".join(m["content"] for m in msgs)
-            bridge = clean_model_text(res.text, prompt, fragment=True).split("\n")[0].strip()
+            bridge = (await clean(res.text, prompt, fragment=True)).split("\n")[0].strip()
             if bridge:
                 bridges[issue["chunk"]] = bridge if bridge[-1] in ".!?" else bridge + "."
         async with self.db.job_tx(jid, final=True) as tx:

@@ -134,6 +134,9 @@ async def run_job(
             worker_cpu = cpu_seconds(worker.pid) - worker_cpu0
             temporal_cpu = cpu_seconds(temporal_pid) - temporal_cpu0 if temporal_pid else float("nan")
             rss = peak_rss_mib(worker.pid)
+            helpers = _children(worker.pid)  # its gate process
+            helpers_cpu = sum(cpu_seconds(p) for p in helpers)
+            helpers_rss = sum(peak_rss_mib(p) for p in helpers)
             watched: dict[str, Any] = {}
             if watching is not None:
                 watching.cancel()
@@ -155,6 +158,8 @@ async def run_job(
                 wall=wall,
                 worker_rss_mib=rss,
                 worker_cpu_s=worker_cpu,
+                helpers_cpu_s=helpers_cpu if helpers else None,
+                helpers_rss_mib=helpers_rss if helpers else None,
                 postgres_cpu_s=_tree_cpu(postmaster) - pg_cpu0,
                 temporal_cpu_s=temporal_cpu,
                 commits=await _commits(admin) - commits0,
@@ -240,6 +245,19 @@ def _tree_cpu(postmaster: int) -> float:
             if int(c[1]) == postmaster:
                 ticks += int(c[11]) + int(c[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int(_stat(int(proc.name))[1]) == pid:
+                    out.append(int(proc.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return out
 
 
 def _child_named(part: str) -> int | None:
@@ -333,6 +351,11 @@ def _line(f: dict[str, Any], words: int) -> str:
         f"{f['write_tx']} transactions ({f['write_tx'] / max(1, f['chunks']):.1f} per chunk); workflow runs "
         f"{f['runs']}, largest history {f['max_history']} events; worker peak RSS {f['worker_rss_mib']:.0f} MiB, "
         f"CPU {f['worker_cpu_s']:.1f} s"
+        + (
+            f"; its gate process: peak RSS {f['helpers_rss_mib']:.0f} MiB, CPU {f['helpers_cpu_s']:.1f} s"
+            if f.get("helpers_cpu_s") is not None
+            else ""
+        )
     )
 
 
@@ -384,6 +407,8 @@ async def scale(words: int, baseline: str | None, out: str | None, rounds: int =
         ("commits per chunk (pg_stat_database.xact_commit)", "commits_per_chunk", "{:.2f}"),
         ("worker peak RSS (MiB)", "worker_rss_mib", "{:.0f}"),
         ("worker CPU (s)", "worker_cpu_s", "{:.1f}"),
+        ("its gate process: peak RSS (MiB)", "helpers_rss_mib", "{:.0f}"),
+        ("its gate process: CPU (s)", "helpers_cpu_s", "{:.1f}"),
         ("Postgres CPU (s)", "postgres_cpu_s", "{:.1f}"),
         ("largest workflow history (events)", "max_history", "{:.0f}"),
     ]
@@ -421,6 +446,8 @@ def _scale_figures(f: dict[str, Any]) -> dict[str, Any]:
         "commits_per_chunk": f["commits"] / chunks,
         "worker_rss_mib": f["worker_rss_mib"],
         "worker_cpu_s": f["worker_cpu_s"],
+        "helpers_rss_mib": f.get("helpers_rss_mib"),
+        "helpers_cpu_s": f.get("helpers_cpu_s"),
         "postgres_cpu_s": f["postgres_cpu_s"],
         "max_history": f["max_history"],
     }

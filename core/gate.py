@@ -473,13 +473,25 @@ def _degenerate(text: str) -> bool:
 # -- the lexicons (constant data shipped with pyspellchecker: read once, like a module) ----------------------
 
 
+# One "word": count entry of a lexicon's JSON object (a word with escapes is decoded by json).
+_LEXICON_ENTRY = re.compile(r'"((?:[^"\\]|\\.)*)":\s*(\d+)')
+
+
 @cache
 def lexicon(lang: str) -> frozenset[str]:
     """Words of ``lang`` from pyspellchecker's frequency lists: all of English; of other languages,
-    those seen at least ``FOREIGN_MIN_FREQUENCY`` times (the lists are long-tailed, and memory counts)."""
+    those seen at least ``FOREIGN_MIN_FREQUENCY`` times (the lists are long-tailed, and memory counts).
+
+    The lists are read entry by entry, never as a dict: the dicts of all seven languages (1.6 million
+    entries) left a process 88 MiB bigger for good, for the 214,000 words it keeps (29 MiB)."""
     common = lang == "en-common"  # English words common enough that two run together is no word of its own
     lang = "en" if common else lang
     data = resources.files("spellchecker").joinpath("resources", f"{lang}.json.gz").read_bytes()
-    freq: dict[str, int] = json.loads(gzip.decompress(data))
     floor = COMMON_MIN_FREQUENCY if common else 0 if lang == "en" else FOREIGN_MIN_FREQUENCY
-    return frozenset(w for w, n in freq.items() if n >= floor and w.isalpha())
+    words = set()
+    for m in _LEXICON_ENTRY.finditer(gzip.decompress(data).decode("utf-8")):
+        if int(m.group(2)) >= floor:
+            w = json.loads(f'"{m.group(1)}"') if "\\" in m.group(1) else m.group(1)
+            if w.isalpha():
+                words.add(w)
+    return frozenset(words)

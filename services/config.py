@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         description="database connections a worker keeps open (20 more while busy); unset: 10, or half "
         "QUIRE_LLM_CONCURRENCY when that is more",
     )
+    quire_gate_process: bool = Field(
+        default=True,
+        description="run the degeneration gate in a process of the worker's own, off its event loop "
+        "(false: on the event loop, one process in all)",
+    )
     quire_llm_calls_per_second: float | None = Field(
         default=None, gt=0, description="model calls per second across all workers (Temporal enforces it)"
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
 
+from activities import gating
 from core.gate import Gated, gate, sentences
 from core.repeats import drop_repeats, fingerprints
 from core.text import count_words
@@ -133,3 +136,27 @@ def test_an_echo_needs_most_of_one_prompt_line_not_words_spread_over_many() -> N
     out = gate(f"{said_back} {spread} He waited for the ships.", prompt=prompt)
     assert [c.rule for c in out.cuts] == ["echo"] and said_back in out.cuts[0].text
     assert out.text == f"{spread} He waited for the ships."
+
+
+async def test_the_gate_process_judges_as_the_loop_does_and_outlives_its_process() -> None:
+    """The worker runs the gate in a process of its own: the same verdict as on the event loop,
+    and a process that dies (killed, out of memory) costs no answer: it is judged here and a new
+    process takes the next."""
+    prose = (PROSE[0].read_text().split("\n\n")[5]).strip()
+    answer = f"Here is the rewritten passage:\n\n{prose}\n\n( 75 ) - ( 76 ) - ( 77 ) - ( 78 ) - ( 79 )"
+    before = PROSE[1].read_text().split("\n\n")[2].strip()
+    here = gate(answer, prompt="Continue the story with about 300 words.", before=before)
+    assert [c.rule for c in here.cuts] == ["meta", "number_run"]  # the test has junk to cut
+    await gating.start_gate_process()
+    try:
+        kw = {"prompt": "Continue the story with about 300 words.", "before": before}
+        assert await gating.judge(answer, **kw) == here
+        process = gating._process
+        assert process is not None
+        os.kill(process.proc.pid, signal.SIGKILL)
+        assert await gating.judge(answer, **kw) == here  # judged here, the dead process replaced
+        assert gating._process is not None and gating._process is not process
+        assert await gating.judge(answer, **kw) == here
+        assert gating._process is not None and gating._process.proc.returncode is None
+    finally:
+        await gating.stop_gate_process()
