@@ -56,7 +56,7 @@ class _GateProcess:
             await self.proc.stdin.drain()
             line = await asyncio.wait_for(self.proc.stdout.readline(), GATE_TIMEOUT_S)
         if not line:
-            raise ConnectionError(f"the gate's process ended (exit code {self.proc.returncode})")
+            raise ConnectionError("the gate's process closed its output (it ended)")
         return gated(json.loads(line))
 
     async def stop(self) -> None:
