@@ -90,14 +90,16 @@ async def judge(answer: str, *, prompt: str = "", source: str = "", before: str 
     here. A process that died, or hangs, is replaced for the next answer and this one is judged
     here: the rules are the same wherever they run."""
     request = {"answer": answer, "prompt": prompt, "source": source, "before": before, "fragment": fragment}
-    if _process is None:
+    process = _process
+    if process is None:
         return gate(**request)
     try:
-        return await _process.ask(request)
+        return await process.ask(request)
     except (OSError, EOFError, TimeoutError, ValueError) as exc:
         log.warning("gate.process_lost", why=f"{type(exc).__name__}: {exc}", then="judged here; a new process started")
-        await stop_gate_process()
-        await start_gate_process()
+        if _process is process:  # the first caller to see it lost replaces it, not every one of them
+            await stop_gate_process()
+            await start_gate_process()
         return gate(**request)
 
 

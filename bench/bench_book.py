@@ -262,15 +262,12 @@ def _children(pid: int) -> list[int]:
 
 def _child_named(part: str) -> int | None:
     """The pid of this process's child whose command names ``part`` (the Temporal dev server)."""
-    me = os.getpid()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                command = (proc / "cmdline").read_bytes().decode(errors="replace")
-                if int(_stat(int(proc.name))[1]) == me and part in command:
-                    return int(proc.name)
-            except (FileNotFoundError, ProcessLookupError):
-                continue
+    for pid in _children(os.getpid()):
+        try:
+            if part in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                return pid
+        except (FileNotFoundError, ProcessLookupError):
+            continue
     return None
 
 

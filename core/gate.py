@@ -238,11 +238,6 @@ def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", f
     return Gated(text, list(cuts), count_words(answer))
 
 
-def clean_model_text(text: str, echo_of: str = "", source: str = "", *, fragment: bool = False) -> str:
-    """The kept text of ``gate`` (for steps that record no cuts of their own: bridges, seam repairs)."""
-    return gate(text, prompt=echo_of, source=source, fragment=fragment).text
-
-
 # -- lines ---------------------------------------------------------------------------------------------------
 
 

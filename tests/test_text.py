@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from activities.prompts import ChunkContext, chunk_messages
 from core.continuity import seam_issues
-from core.gate import Gated, clean_model_text, gate
+from core.gate import Gated, gate
 from core.memory import MemoryContext
 from core.plan import fallback_plan, parse_plan
 from core.text import count_words, split_parts, trim_to_words
@@ -67,11 +67,11 @@ def test_trim_stops_at_sentence_end_inside_window() -> None:
 
 def test_clean_removes_echo_headings_and_junk() -> None:
     prompt = "# Title\n\nSummary of what is written so far: bees are kind"
-    out = clean_model_text(
+    out = gate(
         "<start_of_image>## Heading\nSummary of what is written so far: bees are kind\n"
         "Real prose stays here.\n1) 2) 3) 4)\n<h2>Part 3:</h2>",
-        echo_of=prompt,
-    )
+        prompt=prompt,
+    ).text
     assert out == "Real prose stays here."
 
 
@@ -121,20 +121,20 @@ def test_seam_checks_find_repeats_broken_sentences_and_dangling_refs() -> None:
 
 
 def test_repetition_loops_are_not_counted_as_prose() -> None:
-    assert clean_model_text("ArgumentParser\n" * 50) == ""  # said again, then no sentence at all
-    assert clean_model_text("The bees fly home to the hive. " * 30) == "The bees fly home to the hive."
-    assert clean_model_text("honey honey honey honey honey honey is sweet.") == "honey is sweet."
+    assert gate("ArgumentParser\n" * 50).text == ""  # said again, then no sentence at all
+    assert gate("The bees fly home to the hive. " * 30).text == "The bees fly home to the hive."
+    assert gate("honey honey honey honey honey honey is sweet.").text == "honey is sweet."
     prose = (
         "Bees keep the hive warm in winter by clustering around the queen. In spring the colony grows "
         "quickly, and a keeper must give it room or it will swarm. Inspections every week tell the keeper "
         "whether the queen is laying, whether there is food, and whether queen cells have appeared."
     )
-    assert clean_model_text(prose) == prose
+    assert gate(prose).text == prose
 
 
 def test_hard_wrapped_prose_is_rejoined_but_lists_stay() -> None:
     text = "Keep a record\nof the hive.\n\n- one\n- two\n\nNext paragraph\ncontinues here."
-    assert clean_model_text(text) == "Keep a record of the hive.\n\n- one\n- two\n\nNext paragraph continues here."
+    assert gate(text).text == "Keep a record of the hive.\n\n- one\n- two\n\nNext paragraph continues here."
 
 
 # -- the word rule against the real wc binary ------------------------------------------------
