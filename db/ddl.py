@@ -38,6 +38,44 @@ CREATE TRIGGER jobs_status_rules BEFORE UPDATE OF status, workflow_id ON jobs
   FOR EACH ROW EXECUTE FUNCTION quire_job_status_rules();
 """
 
+# The log's proofs are append-only like its events: checkpoints, witnesses' cosignatures and the
+# tree's interior nodes are never updated, and go only with their job (a DELETE is refused while
+# the job exists: removing checkpoints would hide a rewrite from a verifier without a witness).
+AUDIT_PROOFS_APPEND_ONLY = """
+CREATE OR REPLACE FUNCTION quire_audit_proofs_append_only() RETURNS trigger AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    RAISE EXCEPTION '% is append-only: UPDATE of a row of job % rejected', TG_TABLE_NAME, OLD.job_id
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  IF EXISTS (SELECT 1 FROM jobs WHERE id = OLD.job_id) THEN
+    RAISE EXCEPTION '% rows go only with their job: DELETE of a row of job % rejected', TG_TABLE_NAME, OLD.job_id
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  RETURN OLD;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER audit_checkpoints_append_only BEFORE DELETE ON audit_checkpoints
+  FOR EACH ROW EXECUTE FUNCTION quire_audit_proofs_append_only();
+"""
+
+AUDIT_PROOF_RULES: list[tuple[str, str]] = [
+    ("audit_checkpoints_append_only", AUDIT_PROOFS_APPEND_ONLY),
+    (
+        "audit_cosignatures_append_only",
+        """
+CREATE TRIGGER audit_cosignatures_append_only BEFORE UPDATE OR DELETE ON audit_cosignatures
+  FOR EACH ROW EXECUTE FUNCTION quire_audit_proofs_append_only();
+""",
+    ),
+    (
+        "audit_nodes_append_only",
+        """
+CREATE TRIGGER audit_nodes_append_only BEFORE UPDATE OR DELETE ON audit_nodes
+  FOR EACH ROW EXECUTE FUNCTION quire_audit_proofs_append_only();
+""",
+    ),
+]
+
 FUNCTIONS_AND_TRIGGERS: list[tuple[str, str]] = [
     (
         "audit_events_append_only",
@@ -262,6 +300,7 @@ CREATE TRIGGER audit_checkpoints_immutable BEFORE UPDATE ON audit_checkpoints
   FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
 """,
     ),
+    *AUDIT_PROOF_RULES,
 ]
 
 # A job's output is its latest version (an author's edits make new ones: db.loop.Edit).

@@ -14,10 +14,11 @@ marked ``rolled_back``.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -33,9 +34,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core import checkpoint
 from core.errors import JobGone
 from core.eventformat import CHAIN_VERSION, event_hash
-from core.merkle import Frontier, leaf_entry
+from core.merkle import Frontier, Node, leaf_entry
+from core.spec import TERMINAL_STATUSES
+from db import logtree
 from db.capture import CAPTURE_KEY, AuditBuffer, Redactor, install_capture
-from db.models import AuditCheckpoint
+from db.signer import Refusal, Signed, Signer, sign
+from db.witness import WitnessClient
 from metrics import AUDIT_EVENTS
 
 log = structlog.get_logger(__name__)
@@ -102,6 +106,8 @@ class JobTx:
         self.session = session
         self.buffer = buffer
         self.last_seq: int | None = None  # the seq of its last event, once committed
+        self.download = False  # a download's write: it signs a checkpoint marked ``download``
+        self.alarms: list[Refusal] = []  # checkpoints refused while it wrote (an alarm each)
         # The step's last transaction: it carries the activity's ``end`` (see StepEvents). Set it
         # once the step knows (``tx.final = True``) so that nothing it does after commits alone.
         self.final = final
@@ -129,8 +135,11 @@ class JobTx:
 
 class Database:
     """``signer``: the operator's checkpoint key (core.checkpoint; kept outside the database). With
-    it, each write that ends a step, and at least every ``checkpoint_every`` events, signs a
-    checkpoint of the job's log; without it (read-only tools) none are made."""
+    it, each write that ends a step, and at least every ``checkpoint_every`` events (every write once
+    the job has ended), signs a checkpoint of the job's log, submitted first to ``witnesses``
+    (``db.witness``; ``witness_quorum`` of them must cosign for it to count as witnessed); without
+    it (read-only tools) none are made. ``on_alarm`` is called after the commit of a write whose
+    checkpoint was refused (``db.signer.Refusal``): the API and the worker tell the job's owner."""
 
     def __init__(
         self,
@@ -140,10 +149,12 @@ class Database:
         *,
         signer: checkpoint.SignerKey | None = None,
         checkpoint_every: int = 1000,
+        witnesses: Sequence[WitnessClient] = (),
+        witness_quorum: int | None = None,
     ) -> None:
         self.url = url
-        self.signer = signer
-        self.checkpoint_every = checkpoint_every
+        self.signer = Signer(signer, checkpoint_every, list(witnesses), witness_quorum) if signer is not None else None
+        self.on_alarm: Callable[[uuid.UUID, Refusal], Awaitable[None]] | None = None
         self.redactor = Redactor(secrets)
         self.engine: AsyncEngine = create_async_engine(
             async_url(url),
@@ -156,7 +167,17 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def dispose(self) -> None:
+        for w in self.signer.witnesses if self.signer is not None else ():
+            await w.close()
         await self.engine.dispose()
+
+    async def _alarmed(self, job_id: uuid.UUID, alarms: list[Refusal]) -> None:
+        """Tell whoever listens of checkpoints refused in a committed write (never failing the write)."""
+        for refusal in alarms if self.on_alarm is not None else ():
+            try:
+                await self.on_alarm(job_id, refusal)  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - the alarm is in the log and the metrics already
+                log.error("audit.alarm_not_sent", job_id=str(job_id), error=f"{type(exc).__name__}: {exc}")
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:
@@ -189,7 +210,9 @@ class Database:
                 if tx.final and step is not None and not step.ended:
                     buf.add("activity", "end", step.end_data())
                 events = buf.finished()
-                last = await write_events(session, job_id, events, self, lead=lead)
+                last = await write_events(
+                    session, job_id, events, self, lead=lead, download=tx.download, alarms=tx.alarms
+                )
                 await session.commit()
                 tx.last_seq = last
                 if lead:
@@ -197,6 +220,7 @@ class Database:
                 if tx.final and step is not None:
                     step.ended = True
                 count_written(events)
+                await self._alarmed(job_id, tx.alarms)
             except BaseException as exc:
                 failed = exc
                 buf.capturing = False
@@ -246,9 +270,11 @@ class Database:
     async def record_events(self, job_id: uuid.UUID, events: list[dict[str, Any]], *, lead: bool = False) -> int | None:
         """Append finished events (``AuditBuffer.finished``) to a job's log in a transaction of their
         own; the seq of the last. ``lead``: the first is a step's start, which the others name."""
+        alarms: list[Refusal] = []
         async with self.sessions() as session, session.begin():
-            last = await write_events(session, job_id, events, self, lead=lead)
+            last = await write_events(session, job_id, events, self, lead=lead, alarms=alarms)
         count_written(events)
+        await self._alarmed(job_id, alarms)
         return last
 
 
@@ -269,10 +295,15 @@ async def write_events(
     db: Database | None = None,
     *,
     lead: bool = False,
+    download: bool = False,
+    alarms: list[Refusal] | None = None,
 ) -> int | None:
     """Append ``events`` to the job's log, chained and in its Merkle tree, with a signed checkpoint
     when one is due (``db.signer``); returns the seq of the last (None when there are none).
-    ``lead``: ``events[0]`` is a step's start, and every other event names its seq (activity_seq)."""
+    ``lead``: ``events[0]`` is a step's start, and every other event names its seq (activity_seq).
+    ``download``: a download's write (its checkpoint says so). ``alarms`` collects refusals.
+    The ``job`` event of the job's new terminal status is marked ``terminal``; once the job has
+    ended, every write signs a checkpoint that says so (``end``), so a log cut short shows it."""
     if not events:
         return None
     # The row lock taken here is held to commit: concurrent writers of one job commit in seq order,
@@ -283,7 +314,8 @@ async def write_events(
     row = (
         await session.execute(
             text(
-                "SELECT audit_seq, audit_head, audit_frontier, audit_signed FROM jobs WHERE id = :id FOR NO KEY UPDATE"
+                "SELECT audit_seq, audit_head, audit_frontier, audit_signed, status, audit_end, audit_alarm"
+                " FROM jobs WHERE id = :id FOR NO KEY UPDATE"
             ),
             {"id": job_id},
         )
@@ -291,38 +323,70 @@ async def write_events(
     if row is None:
         raise JobGone(str(job_id))
     first, head, stored, signed = int(row[0]) + 1, str(row[1]), row[2], int(row[3])
-    last = first + len(events) - 1
+    status, end, alarm = str(row[4]), row[5], row[6]
+    ended = status in TERMINAL_STATUSES
+    if not ended:
+        end = None  # running again (a resume): its next end is marked anew
     tree = await _frontier(session, job_id, first - 1, stored)
-    rows = []
-    for i, ev in enumerate(events):
-        if lead and i:
-            ev = dict(ev, data={**ev["data"], "activity_seq": first})
-        r = dict(ev, job_id=job_id, seq=first + i, prev_hash=head, chain=CHAIN_VERSION)
-        head = r["hash"] = event_hash(head, r)
-        tree.append(leaf_entry(head))
-        rows.append(r)
+    nodes: dict[Node, bytes] = {}
+    rows: list[dict[str, Any]] = []
+
+    def append(batch: list[dict[str, Any]]) -> None:
+        nonlocal head, end
+        for ev in batch:
+            seq = first + len(rows)
+            if lead and rows:
+                ev = dict(ev, data={**ev["data"], "activity_seq": first})
+            if ended and end is None and ev["kind"] == "job" and ev["action"] == status:
+                ev, end = dict(ev, data={**ev["data"], "terminal": True}), seq
+            r = dict(ev, job_id=job_id, seq=seq, prev_hash=head, chain=CHAIN_VERSION)
+            head = r["hash"] = event_hash(head, r)
+            nodes.update(tree.append(leaf_entry(head)))
+            rows.append(r)
+
+    append(events)
+    last = first + len(rows) - 1
     signer = db.signer if db is not None else None
-    note = None
-    if signer is not None and checkpoint.due(events, last - signed, db.checkpoint_every):  # type: ignore[union-attr]
-        root = tree.root()
-        note = AuditCheckpoint(
-            job_id=job_id,
-            tree_size=last,
-            root=root.hex(),
-            key_id=f"{signer.name}+{signer.verifier.id_hex}",
-            note=signer.sign(checkpoint.body(job_id, last, root)),
-        )
-        signed = last
+    outcome: Signed | Refusal | None = None
+    due = signer is not None and (ended or download or checkpoint.due(events, last - signed, signer.every))
+    if signer is not None and alarm is None and due:
+        outcome = await sign(signer, session, job_id, last, tree.root(), nodes, end=end, download=download)
+        if isinstance(outcome, Refusal):
+            alarm = outcome.reason
+            append([_alarm_event(outcome)])
+            if alarms is not None:
+                alarms.append(outcome)
+        else:
+            signed = last
+    elif due:
+        log.warning("audit.unsigned", job_id=str(job_id), seq=last, alarm=alarm)
     await session.execute(
         text(
-            "UPDATE jobs SET audit_seq = :seq, audit_head = :h, audit_frontier = :f, audit_signed = :s WHERE id = :id"
+            "UPDATE jobs SET audit_seq = :seq, audit_head = :h, audit_frontier = :f, audit_signed = :s,"
+            " audit_end = :e, audit_alarm = :a WHERE id = :id"
         ),
-        {"seq": last, "h": head, "f": tree.to_text(), "s": signed, "id": job_id},
+        {"seq": rows[-1]["seq"], "h": head, "f": tree.to_text(), "s": signed, "e": end, "a": alarm, "id": job_id},
     )
     await _copy_events(session, rows)
-    if note is not None:
-        session.add(note)
-    return last
+    await logtree.write_nodes(session, job_id, nodes.items())
+    if isinstance(outcome, Signed):
+        session.add(outcome.row)
+        await session.flush([outcome.row])
+        session.add_all(outcome.cosignatures)
+    return rows[-1]["seq"]
+
+
+def _alarm_event(refusal: Refusal) -> dict[str, Any]:
+    """The log's own record of a refused tree (a finished event, as ``AuditBuffer.finished`` makes)."""
+    return {
+        "ts": dt.datetime.now(dt.UTC),
+        "kind": "error",
+        "action": "audit_alarm",
+        "table_name": None,
+        "row_id": None,
+        "sql_text": None,
+        "data": refusal.as_event(),
+    }
 
 
 # The events go in by COPY on the transaction's own connection: one round trip, and none of the
