@@ -31,7 +31,8 @@ from temporalio.client import Client
 import testkit
 from activities.llm import LlmClient
 from core import checkpoint, merkle
-from core.chain import parse_log, verify_events
+from core.chain import verify_events
+from core.logfile import parse_log
 from core.eventformat import CHAIN_VERSION, GENESIS, event_content, event_hash, normalize
 from db.session import Database, async_url
 from services import logreader

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from core import checkpoint
 from core.errors import JobGone
 from core.eventformat import CHAIN_VERSION, event_hash
-from core.merkle import Frontier, Node, leaf_entry
+from core.merkle import Frontier, Node, leaf_entry, leaf_hash
 from core.spec import TERMINAL_STATUSES
 from db import logtree
 from db.capture import CAPTURE_KEY, AuditBuffer, Redactor, install_capture
@@ -328,7 +328,8 @@ async def write_events(
     if not ended:
         end = None  # running again (a resume): its next end is marked anew
     tree = await _frontier(session, job_id, first - 1, stored)
-    nodes: dict[Node, bytes] = {}
+    nodes: dict[Node, bytes] = {}  # the interior nodes this write completes (stored with its events)
+    leaves: dict[Node, bytes] = {}  # its leaves' hashes (level 0: read from the events, once stored)
     rows: list[dict[str, Any]] = []
 
     def append(batch: list[dict[str, Any]]) -> None:
@@ -342,6 +343,7 @@ async def write_events(
             r = dict(ev, job_id=job_id, seq=seq, prev_hash=head, chain=CHAIN_VERSION)
             head = r["hash"] = event_hash(head, r)
             nodes.update(tree.append(leaf_entry(head)))
+            leaves[(0, seq - 1)] = leaf_hash(leaf_entry(head))
             rows.append(r)
 
     append(events)
@@ -350,7 +352,8 @@ async def write_events(
     outcome: Signed | Refusal | None = None
     due = signer is not None and (ended or download or checkpoint.due(events, last - signed, signer.every))
     if signer is not None and alarm is None and due:
-        outcome = await sign(signer, session, job_id, last, tree.root(), nodes, end=end, download=download)
+        fresh = {**leaves, **nodes}
+        outcome = await sign(signer, session, job_id, last, tree.root(), fresh, end=end, download=download)
         if isinstance(outcome, Refusal):
             alarm = outcome.reason
             append([_alarm_event(outcome)])
@@ -371,8 +374,9 @@ async def write_events(
     await logtree.write_nodes(session, job_id, nodes.items())
     if isinstance(outcome, Signed):
         session.add(outcome.row)
-        await session.flush([outcome.row])
-        session.add_all(outcome.cosignatures)
+        if outcome.cosignatures:
+            await session.flush()  # the checkpoint before the cosignatures that reference it
+            session.add_all(outcome.cosignatures)
     return rows[-1]["seq"]
 
 

@@ -15,7 +15,7 @@ import pytest
 import api.audit
 from api import live
 from api.live import AuditListener
-from core.chain import parse_log
+from core.logfile import parse_log
 from core.eventformat import TXT_HEADER, parse_txt_line, summary, txt_line
 from db.models import Job
 from services import accounts

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from core.chain import parse_log
+from core.logfile import parse_log
 
 pytestmark = pytest.mark.usefixtures("worker")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
