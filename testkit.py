@@ -30,6 +30,7 @@ from core.spec import JobSpec
 from db import schema
 from db.models import Job
 from db.session import Database
+from db.witness import WitnessClient
 from quire.stack import temporal_binary
 from services import accounts, jobs
 from services.codec import parse_key
@@ -171,3 +172,36 @@ def fake_model(*args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@contextmanager
+def witness(directory: Path, log_keys: Sequence[str]) -> Iterator[WitnessClient]:
+    """A witness (services.witness: its own key and SQLite file in ``directory``) trusting the
+    operator's public keys ``log_keys``, served by uvicorn in a thread of its own on a free port;
+    yields a client of it (db.witness), as QUIRE_WITNESS_URL and QUIRE_WITNESS_KEY would make one."""
+    import threading
+
+    import uvicorn
+
+    from services import witness as w
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "audit.pub").write_text("".join(k + "\n" for k in log_keys))
+    state = w.Witness(directory, directory / "audit.pub")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(w.app(state), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    client = WitnessClient(f"http://127.0.0.1:{sock.getsockname()[1]}", state.key.verifier)
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the witness did not start"
+            time.sleep(0.01)  # another thread's readiness, with a deadline
+        yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        state.close()

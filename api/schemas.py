@@ -251,6 +251,12 @@ class AuditVerdict(BaseModel):
     signed_by: list[str] = Field(description="the keys that signed them")
     covered_seq: int = Field(description="the log up to this seq is under a signed checkpoint")
     root: str | None = Field(description="the Merkle root of the whole log (hex)")
+    complete: bool = Field(description="intact and whole: its last checkpoint, covering it all, says its job ended")
+    partial: str | None = Field(description="intact but not known whole: why (a job still running, ...)")
+    end_seq: int | None = Field(description="the job's terminal event, as the last checkpoint names it")
+    signed_at: int | None = Field(description="when the last checkpoint was signed (POSIX seconds)")
+    witness_answers: dict[str, str] = Field(description="each witness asked about the last checkpoint: its answer")
+    alarm: str | None = Field(description="why a checkpoint of this log was refused (an alarm), if one was")
 
 
 class StreamEnd(BaseModel):

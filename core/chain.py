@@ -46,6 +46,7 @@ class Verdict:
     witnesses_checked: bool = False  # whether its last checkpoint's cosignatures were required
     witnessed_by: list[str] = field(default_factory=list)  # witnesses whose cosignature on it verified
     witness_answers: dict[str, str] = field(default_factory=dict)  # from the database: each witness asked, its answer
+    alarm: str | None = None  # from the database: why a checkpoint of the log was refused
 
 
 @dataclass

@@ -229,6 +229,6 @@ def verify_consistency(old: int, old_root: bytes, new: int, new_root: bytes, pat
     if sn != 0:
         raise ProofError(f"the consistency proof from {old} to {new} leaves is too short")
     if fr != old_root:
-        raise ProofError(f"the tree of {new} leaves does not extend this tree of {old}: its old root differs")
+        raise ProofError(f"the consistency proof from {old} to {new} leaves does not lead to the old root")
     if sr != new_root:
         raise ProofError(f"the consistency proof from {old} to {new} leaves leads to another root")

@@ -119,15 +119,10 @@ class WitnessClient:
                 return Answer("unavailable", label, why=f"its cosignature does not check: {exc}", status=200)
             return Answer("unavailable", label, why="no cosignature of its key in its answer", status=200)
         if r.status_code == 409:
-            return Answer(
-                "refused", label, status=409, size=old,
-                why=f"it cosigned another tree of {size} events: {said}",
-            )  # fmt: skip
+            return Answer("refused", label, status=409, size=old, why=said or f"it cosigned another tree of {size}")
         if r.status_code == 422:
-            return Answer(
-                "refused", label, status=422, size=old,
-                why=f"this tree does not extend the tree of {old} events it cosigned: {said}",
-            )  # fmt: skip
+            why = said or f"this tree does not extend the tree of {old} it cosigned"
+            return Answer("refused", label, status=422, size=old, why=why)
         if r.status_code >= 500:
             self._down_until = time.monotonic() + self.backoff_s
         return Answer("unavailable", label, why=f"HTTP {r.status_code}: {said}", status=r.status_code)

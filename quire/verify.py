@@ -260,8 +260,9 @@ def _when(ts: int | None) -> str:
 
 def describe(v: Verdict, what: str, db: bool = False) -> str:
     """The verdict in words: each count with what it means and why it is fine (or not)."""
+    alarm = f"\n  ALARM: a checkpoint of this log was refused: {v.alarm}" if v.alarm else ""
     if not v.intact:
-        return f"{what} BROKEN at seq {v.first_bad_seq}: {v.reason}"
+        return f"{what} BROKEN at seq {v.first_bad_seq}: {v.reason}{alarm}"
     if not v.signatures_checked:
         head = f"{what} hash chain intact, but NOT verified: no --key, so no signature was checked"
     elif v.complete:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import uuid
 
 import structlog
+from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from core.webhooks import RetrySchedule
+from db.models import Job
 from db.session import Database
 from db.signer import Refusal
 from workflows.webhook import WebhookInput, WebhookWorkflow
@@ -24,6 +26,10 @@ def install(db: Database, client: Client, task_queue: str, schedule: RetrySchedu
     """Have ``db`` tell each alarm to the job's webhook (once per refused tree size)."""
 
     async def on_alarm(job_id: uuid.UUID, refusal: Refusal) -> None:
+        async with db.tx() as s:
+            url = (await s.execute(select(Job.webhook_url).where(Job.id == job_id))).scalar_one_or_none()
+        if url is None:
+            return  # no webhook: the log, the job row, the metrics and the operator's log say it
         try:
             await client.start_workflow(
                 WebhookWorkflow.run,

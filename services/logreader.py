@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from core import checkpoint
+from core import checkpoint, merkle
 from core.chain import ChainVerifier, Verdict, check_reference
 from core.checkpoint import VerifierKey
 from core.eventformat import GENESIS, TXT_HEADER, parse_location, ts_text, txt_line
@@ -287,10 +287,11 @@ async def verify(
         witnesses=witnesses,
         anchors={int(d[0]): str(d[1]) for d in docs if d[0] is not None},
     )
-    async for batch in iter_batches(db, job_id, 0, None):
+    async for batch in iter_batches(db, job_id, 0, None, up_to=int(job[0])):  # the log as of the head read
         for e in batch:
             v.feed(e)
     verdict = v.verdict(int(job[0]), str(job[1]))
+    verdict.alarm = job[3]
     problems = [(verdict.first_bad_seq, verdict.reason)] if verdict.first_bad_seq is not None else []
     refs = v.references_to_check()
     stored = await _stored_values(db, job_id, list(refs))
@@ -306,13 +307,7 @@ async def verify(
     if ask is None:
         ask = db.signer.witnesses if db.signer is not None else ()
     if notes and ask:
-        async with db.tx() as s:
-            answers = await probe(ask, s, job_id, notes[-1])
-        for a in answers:
-            verdict.witness_answers[a.witness] = a.kind if a.why is None else f"{a.kind}: {a.why}"
-            if a.kind == "refused":
-                problems.append((checkpoint.parse(notes[-1]).size, f"the witness {a.witness} refuses the log's last "
-                                 f"checkpoint: {a.why}"))  # fmt: skip
+        problems += await _witnessed(db, job_id, notes[-1], ask, verdict)
     if verdict.partial is not None and job[2] in TERMINAL_STATUSES and verdict.end_seq is None:
         verdict.partial = f"the job has {job[2]}, but its log does not say so: {verdict.partial}"
     if problems:
@@ -320,6 +315,35 @@ async def verify(
         verdict.intact, verdict.first_bad_seq, verdict.reason = False, seq, reason
         verdict.complete, verdict.partial = False, None
     return verdict
+
+
+async def _witnessed(
+    db: Database, job_id: uuid.UUID, note: str, ask: Sequence[WitnessClient], verdict: Verdict
+) -> list[tuple[int, str]]:
+    """The log's last checkpoint (``note``) against what each witness holds. A witness holding a
+    larger tree than the log verified may have seen a write that committed since: then the
+    database's newer checkpoint is put to it instead, once it is proved to extend the one verified."""
+    verified = cp = checkpoint.parse(note)
+    async with db.tx() as s:
+        for _ in range(3):
+            answers = await probe(ask, s, job_id, note)
+            ahead = max((a.size for a in answers if a.kind == "refused" and (a.size or 0) > cp.size), default=None)
+            newer = (await checkpoints(db, job_id))[-1]["note"] if ahead is not None else None
+            later = checkpoint.parse(newer) if newer is not None else None
+            if later is None or later.size < ahead:  # type: ignore[operator]
+                break
+            try:
+                path = await logtree.consistency_proof(s, job_id, verified.size, later.size)
+                merkle.verify_consistency(verified.size, verified.root, later.size, later.root, path)
+            except (merkle.ProofError, KeyError) as exc:
+                return [(cp.size, f"the log's checkpoint at {later.size} does not extend the one verified: {exc}")]
+            note, cp = newer, later  # type: ignore[assignment]
+    out = []
+    for a in answers:
+        verdict.witness_answers[a.witness] = a.kind if a.why is None else f"{a.kind}: {a.why}"
+        if a.kind == "refused":
+            out.append((cp.size, f"the witness {a.witness} refuses the log's last checkpoint: {a.why}"))
+    return out
 
 
 async def _stored_values(db: Database, job_id: uuid.UUID, locations: list[str]) -> dict[str, Any]:

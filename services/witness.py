@@ -175,7 +175,8 @@ class Witness:
         try:
             merkle.verify_consistency(size, root, cp.size, cp.root, req.proof)
         except merkle.ProofError as exc:
-            raise Refused(422, f"the tree does not extend the tree of {size} it cosigned: {exc}", keep=True) from None
+            why = f"the tree of {cp.size} does not extend the tree of {size} it cosigned: {exc}"
+            raise Refused(422, why, keep=True) from None
 
     def _keep(self, req: Submission, cp: checkpoint.Checkpoint, exc: Refused) -> None:
         proof = "".join(base64.b64encode(h).decode() + "\n" for h in req.proof)
@@ -199,7 +200,7 @@ def app(witness: Witness) -> Starlette:
             line = witness.add_checkpoint(body)
         except Refused as exc:
             if exc.size is not None:
-                return Response(f"{exc.size}\n", status_code=exc.status, media_type=SIZE_TYPE)
+                return Response(f"{exc.size}\n", status_code=exc.status, headers={"Content-Type": SIZE_TYPE})
             return PlainTextResponse(exc.why + "\n", status_code=exc.status)
         return PlainTextResponse(line)
 

@@ -114,7 +114,7 @@ def test_rfc_9162_proofs_match_the_rfc_both_ways_and_its_test_vectors():
         assert not rfc9162.verify_consistency(20, 67, old, root, bad)
         with pytest.raises(merkle.ProofError):
             merkle.verify_consistency(20, old, 67, root, bad)
-    with pytest.raises(merkle.ProofError, match="its old root differs"):
+    with pytest.raises(merkle.ProofError, match="does not lead to the old root"):
         merkle.verify_consistency(20, rfc9162.MTH([os.urandom(32), *entries[1:20]]), 67, root, good)
     path = merkle.inclusion_proof(9, 67, nodes)
     for index, size, p in ((10, 67, path), (9, 63, path), (9, 67, path[:-1]), (9, 67, [*path, path[0]])):
