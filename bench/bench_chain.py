@@ -32,8 +32,8 @@ import testkit
 from activities.llm import LlmClient
 from core import checkpoint, merkle
 from core.chain import verify_events
-from core.logfile import parse_log
 from core.eventformat import CHAIN_VERSION, GENESIS, event_content, event_hash, normalize
+from core.logfile import parse_log
 from db.session import Database, async_url
 from services import logreader
 from worker import build_worker

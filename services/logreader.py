@@ -307,7 +307,7 @@ async def verify(
     if ask is None:
         ask = db.signer.witnesses if db.signer is not None else ()
     if notes and ask:
-        problems += await _witnessed(db, job_id, notes[-1], ask, verdict)
+        problems += await _witnessed(db, job_id, notes[-1], ask, verdict, keys)
     if verdict.partial is not None and job[2] in TERMINAL_STATUSES and verdict.end_seq is None:
         verdict.partial = f"the job has {job[2]}, but its log does not say so: {verdict.partial}"
     if problems:
@@ -318,26 +318,40 @@ async def verify(
 
 
 async def _witnessed(
-    db: Database, job_id: uuid.UUID, note: str, ask: Sequence[WitnessClient], verdict: Verdict
+    db: Database,
+    job_id: uuid.UUID,
+    note: str,
+    ask: Sequence[WitnessClient],
+    verdict: Verdict,
+    keys: list[VerifierKey] | None,
 ) -> list[tuple[int, str]]:
     """The log's last checkpoint (``note``) against what each witness holds. A witness holding a
-    larger tree than the log verified may have seen a write that committed since: then the
-    database's newer checkpoint is put to it instead, once it is proved to extend the one verified."""
+    larger tree than the log verified may have seen a write committed since: then the database's
+    newer checkpoint (signed, and proved to extend the one verified) is put to it instead, and
+    the first answer stands unless the witness vouches for that one."""
     verified = cp = checkpoint.parse(note)
     async with db.tx() as s:
-        for _ in range(3):
-            answers = await probe(ask, s, job_id, note)
-            ahead = max((a.size for a in answers if a.kind == "refused" and (a.size or 0) > cp.size), default=None)
-            newer = (await checkpoints(db, job_id))[-1]["note"] if ahead is not None else None
-            later = checkpoint.parse(newer) if newer is not None else None
-            if later is None or later.size < ahead:  # type: ignore[operator]
+        answers = await probe(ask, s, job_id, note)
+        for _ in range(2):
+            ahead = {a.witness for a in answers if a.kind == "refused" and (a.size or 0) > cp.size}
+            newer = (await checkpoints(db, job_id))[-1]["note"] if ahead else None
+            if newer is None:
+                break
+            try:
+                later = checkpoint.verify(newer, keys) if keys else checkpoint.parse(newer)
+            except checkpoint.CheckpointError:
+                break
+            if later.size <= cp.size:
                 break
             try:
                 path = await logtree.consistency_proof(s, job_id, verified.size, later.size)
                 merkle.verify_consistency(verified.size, verified.root, later.size, later.root, path)
             except (merkle.ProofError, KeyError) as exc:
                 return [(cp.size, f"the log's checkpoint at {later.size} does not extend the one verified: {exc}")]
-            note, cp = newer, later  # type: ignore[assignment]
+            retry = await probe(ask, s, job_id, newer)
+            if not all(a.kind == "cosigned" for a in retry if a.witness in ahead):
+                break
+            answers, cp = retry, later
     out = []
     for a in answers:
         verdict.witness_answers[a.witness] = a.kind if a.why is None else f"{a.kind}: {a.why}"

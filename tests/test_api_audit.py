@@ -15,8 +15,8 @@ import pytest
 import api.audit
 from api import live
 from api.live import AuditListener
-from core.logfile import parse_log
 from core.eventformat import TXT_HEADER, parse_txt_line, summary, txt_line
+from core.logfile import parse_log
 from db.models import Job
 from services import accounts
 from testkit import make_job

@@ -21,9 +21,9 @@ from activities.contracts import JobRef, RoundRef
 from activities.finalize import FinalizeActivities
 from activities.plan import PlanActivities
 from core.chain import verify_events
-from core.logfile import parse_log
 from core.errors import LlmUnavailable
 from core.eventformat import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
+from core.logfile import parse_log
 from db import schema
 from db.manuscript import Chunk, CoherenceState, PlanNode
 from db.models import Document, Job

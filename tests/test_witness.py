@@ -6,24 +6,16 @@ stripped, truncated or malformed log."""
 from __future__ import annotations
 
 import base64
-import copy
-import json
 import os
 import uuid
-from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from core import checkpoint, merkle
-from core.chain import verify_events
 from core.eventformat import event_hash, ts_text
-from core.logfile import LogError, parse_log
 from db.witness import WitnessClient, request_body
 from metrics import AUDIT_ALARMS
 from services import logreader, witness
@@ -229,3 +221,19 @@ async def test_a_rewrite_that_leaves_the_stored_tree_is_refused_by_the_signer_it
     assert await logreader.checkpoints(db, job) == []
     v = await logreader.verify(db, job, PUBLIC)
     assert not v.intact and "no signed checkpoint" in v.reason and "the log was altered" in v.alarm
+
+
+async def test_a_witness_that_does_not_answer_is_caught_up_by_the_next_checkpoint(db, user, witness, monkeypatch):
+    job = await make_job(db, user.user_id)
+    dead = WitnessClient("http://127.0.0.1:9", witness.key, timeout_s=1.0)  # nothing listens there
+    for who in (witness, dead, dead, witness):
+        monkeypatch.setattr(db.signer, "witnesses", [who])
+        async with db.job_tx(job) as tx:
+            tx.event("user", "note", {})
+    notes = await logreader.checkpoints(db, job)
+    cosigned = [bool(checkpoint.cosigned_by(checkpoint.parse(n["note"]), [witness.key])) for n in notes]
+    assert cosigned == [True, False, False, True]  # one a write
+    # Signed all the same (the operator's key), proved to the witness from the size it held.
+    assert all(checkpoint.verify(n["note"], PUBLIC) for n in notes)
+    v = await logreader.verify(db, job, PUBLIC, [witness.key])
+    assert v.intact and v.witness_answers == {witness.key.label: "cosigned"} and v.witnessed_by == [witness.key.label]
