@@ -40,7 +40,6 @@ from activities.memory import (
     summaries_before,
 )
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
-from activities.tree import chunks_under, latest_text
 from core.edits import spans, split_text
 from core.length import stalled, words_to_ask
 from core.memory import build_context, prompt_budget
@@ -49,6 +48,7 @@ from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
 from db.models import Job
 from db.session import JobTx
+from db.tree import chunks_under, latest_text
 
 
 class EditActivities(ModelStep):
