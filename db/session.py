@@ -36,8 +36,9 @@ from core.errors import BudgetExhausted, ContinuityBroken, JobGone, JobNotRunnab
 from core.eventformat import CHAIN_VERSION, event_hash
 from core.merkle import Frontier, leaf_entry
 from core.quota import QuotaExceeded
-from db.capture import CAPTURE_KEY, AuditBuffer, Redactor, install_capture
+from db.capture import CAPTURE_KEY, AuditBuffer, install_capture
 from db.models import AuditCheckpoint
+from db.values import Redactor
 from metrics import AUDIT_EVENTS
 
 log = structlog.get_logger(__name__)
