@@ -33,7 +33,7 @@ from activities.edit_rows import (
     rollback_targets,
     store_version,
 )
-from activities.gating import clean, judge
+from activities.gating import clean, gate
 from activities.memory import (
     check_and_repair,
     ledger_before,
@@ -240,9 +240,7 @@ class EditActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(max(words, 8)),
         )
-        added = (
-            await judge(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
-        ).text
+        added = (await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)).text
         text = join_continuation(current, added) if current else added
         if not attempt:
             return text

@@ -1,6 +1,6 @@
 """The degeneration gate at the chunk step, and what a job's words are made of.
 
-``core.gate`` judges an answer alone, in a process of the worker's own (``judge``): its rules are
+``core.gate`` judges an answer alone, in a process of the worker's own (``gate``): its rules are
 pure CPU, milliseconds an answer, and on the event loop they held up every other call in flight
 (a hundred streams, the heartbeats, Temporal's polls). Here its paragraphs and sentences are claimed in the
 document (``text_marks``, in the transaction that stores the attempt), and whatever another chunk
@@ -23,7 +23,8 @@ from typing import Any
 import structlog
 from sqlalchemy import text
 
-from core.gate import Gated, gate
+from core.gate import Gated
+from core.gate import gate as gate_here
 from core.gate_process import gated
 from core.repeats import drop_repeats, fingerprints
 from db.manuscript import Chunk
@@ -82,14 +83,14 @@ async def stop_gate_process() -> None:
         await process.stop()
 
 
-async def judge(answer: str, *, prompt: str = "", source: str = "", before: str = "", fragment: bool = False) -> Gated:
+async def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", fragment: bool = False) -> Gated:
     """``core.gate.gate`` of an answer: in the gate's process when the worker started one, else
     here. A process that died, or hangs, is replaced for the next answer and this one is judged
     here: the rules are the same wherever they run."""
     request = {"answer": answer, "prompt": prompt, "source": source, "before": before, "fragment": fragment}
     process = _process
     if process is None:
-        return gate(**request)
+        return gate_here(**request)
     try:
         return await process.ask(request)
     except (OSError, EOFError, TimeoutError, ValueError) as exc:
@@ -97,12 +98,12 @@ async def judge(answer: str, *, prompt: str = "", source: str = "", before: str 
         if _process is process:  # the first caller to see it lost replaces it, not every one of them
             await stop_gate_process()
             await start_gate_process()
-        return gate(**request)
+        return gate_here(**request)
 
 
 async def clean(answer: str, echo_of: str = "", source: str = "", *, fragment: bool = False) -> str:
-    """The kept text of ``judge`` (for steps that record no cuts of their own: bridges, seam repairs)."""
-    return (await judge(answer, prompt=echo_of, source=source, fragment=fragment)).text
+    """The kept text of ``gate`` (for steps that record no cuts of their own: bridges, seam repairs)."""
+    return (await gate(answer, prompt=echo_of, source=source, fragment=fragment)).text
 
 
 async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated:
