@@ -31,7 +31,7 @@ from db import schema
 from db.models import Job
 from db.session import Database
 from db.witness import WitnessClient
-from quire.stack import temporal_binary
+from quire.temporal_dev import temporal_binary
 from services import accounts, jobs
 from services.codec import parse_key
 from services.deploys import dev_server_args
