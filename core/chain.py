@@ -236,7 +236,7 @@ class ChainVerifier:
             legacy_events=self.legacy,
             checkpoints=len(self._verified),
             signatures_checked=self.keys is not None and bool(self._verified),
-            signed_by=sorted({k for cp in self._verified for k in cp.key_ids}) if self.keys is not None else [],
+            signed_by=self._signers(),
             covered_seq=last.size if last is not None else 0,
             root=self.tree.root().hex(),
             end_seq=last.end if last is not None else None,
@@ -253,6 +253,11 @@ class ChainVerifier:
             v.partial = self._partial(last)
             v.complete = v.partial is None
         return v
+
+    def _signers(self) -> list[str]:
+        """The operator's keys (of those given) that signed the checkpoints verified."""
+        mine = {(k.name, k.key_id) for k in self.keys or [] if k.alg == checkpoint.ED25519}
+        return sorted({f"{n}+{kid:08x}" for cp in self._verified for n, kid, _ in cp.signatures if (n, kid) in mine})
 
     def _checked_end(self, last: checkpoint.Checkpoint | None) -> list[tuple[int, str]]:
         """What fails about where the log ends and what vouches for it (the verifier fails closed:
