@@ -23,6 +23,7 @@ from activities.base import ModelStep, job_options, latest_version, load_job, no
 from activities.edit_rows import EditRef, load_edit, note, output_version
 from activities.memory import Remembered, finding_events, ledger_before, summarize
 from activities.seams import SeamActivities, _chunk_findings, _UnitChunk
+from core.controls import sanitized
 from core.edits import changed, memory_of, mention
 from core.layout import assemble
 from core.memory import Entry
@@ -281,7 +282,8 @@ class EditCheckActivities(ModelStep):
             edit = await load_edit(tx, inp.edit_id)
             if edit.status != "running":
                 return
-            edit.status, edit.completed_at, edit.error_code, edit.reason = "failed", now(), inp.error_code, inp.reason
+            edit.status, edit.completed_at, edit.error_code = "failed", now(), inp.error_code
+            edit.reason = sanitized(inp.reason)  # may quote an endpoint's error: storable, no raw controls
             job.current_step = "done" if job.status == "succeeded" else job.current_step
             tx.event("edit", "failed", {"edit": edit.number, "error_code": inp.error_code, "reason": inp.reason})
 

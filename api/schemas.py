@@ -103,6 +103,9 @@ class JobView(BaseModel):
     user_cost: Cost = Field(description="every model call of the job's owner (deleted jobs' too)")
     webhook_url: str | None = Field(description="where the job's end is POSTed, signed (null: nowhere)")
     audit_events: int = Field(description="the job's last audit seq (the log holds seqs 1..audit_events)")
+    audit_alarm: str | None = Field(
+        None, description="why a checkpoint of the log was refused (a witness or the signer found a rewrite)"
+    )
     links: Links
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
+from core.controls import escape_controls
 from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS, input_problem
 from quire import admin, keys, loop, witness
 from quire.errors import CliError, Exit
@@ -31,7 +32,8 @@ from services.config import SettingsError
 
 
 def _err(msg: str) -> None:
-    print(f"quire: {msg}", file=sys.stderr)
+    # An error may quote what an endpoint or a model wrote: its control characters go escaped.
+    print(f"quire: {escape_controls(msg, keep=chr(10))}", file=sys.stderr)
 
 
 # --- jobs over HTTP ---------------------------------------------------------------------------

@@ -45,7 +45,7 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
   for ``hang_s``, then the rest), "broken" (a stream whose second chunk is not JSON),
   "error_event" (a stream whose second chunk is an ``{"error": ...}`` object, as providers send
-  when they fail mid-answer).
+  when they fail mid-answer, its message ``error_message``); ``mode`` "error_event": every answer so.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ class FakeState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     echoed: list[str] = field(default_factory=list)
     counter: int = 0
+    error_message: str = "the model overloaded mid-answer"
 
 
 class FakeLLM:
@@ -200,12 +201,12 @@ class FakeLLM:
             st = self.state
             st.counter += 1
             n = st.counter
-            fault = st.faults.popleft() if st.faults else None
+            fault = st.faults.popleft() if st.faults else ("error_event" if st.mode == "error_event" else None)
             if fault == "truncate" and json_mode:  # truncation is scripted for prose answers
                 st.faults.appendleft(fault)
                 fault = None
             st.requests.append({"body": body, "fault": fault, "auth": request.headers.get("authorization")})
-            ratio, mode, hang_s, delay_s = st.ratio, st.mode, st.hang_s, st.delay_s
+            ratio, mode, hang_s, delay_s, error = st.ratio, st.mode, st.hang_s, st.delay_s, st.error_message
             tokens_per_s, seam_drift, stream_usage = st.tokens_per_s, st.seam_drift, st.stream_usage
         messages = body.get("messages", [])
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
@@ -282,7 +283,7 @@ class FakeLLM:
         }
         if body.get("stream"):
             send_usage = stream_usage and bool((body.get("stream_options") or {}).get("include_usage"))
-            script = _Stream(content, finish, usage if send_usage else None, tokens_per_s, fault, hang_s)
+            script = _Stream(content, finish, usage if send_usage else None, tokens_per_s, fault, hang_s, error)
             return StreamingResponse(self._sse(head, script, t0), media_type="text/event-stream")
         if tokens_per_s:
             await asyncio.sleep(tokens_out / tokens_per_s)
@@ -314,7 +315,7 @@ class FakeLLM:
                 if i == 1 and s.fault == "broken":
                     yield "data: {not json at all\n\n"
                 if i == 1 and s.fault == "error_event":
-                    yield 'data: {"error": {"message": "the model overloaded mid-answer", "type": "server_error"}}\n\n'
+                    yield f"data: {json.dumps({'error': {'message': s.error_message, 'type': 'server_error'}})}\n\n"
                     return
                 yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
                 if i == 0 and s.fault == "stall":
@@ -454,6 +455,7 @@ class _Stream:
     tokens_per_s: float
     fault: str | None
     hang_s: float
+    error_message: str = ""
 
 
 PIECE_WORDS = 32  # words per streamed chunk after the first (a real server sends ~1 token a chunk)
