@@ -304,6 +304,18 @@ class AuditNode(Base):
     hash: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class CodecSession(Base):
+    """A browser signed in to the operators' codec server (api/codec.py): its cookie names it, and a
+    sign-out (or an operator's "revoke all") ends it here, before its 12 hours are up."""
+
+    __tablename__ = "codec_sessions"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # random, 128 bits, hex
+    created_at: Mapped[datetime] = ts_column(default=True)
+    expires_at: Mapped[datetime] = ts_column(nullable=False)
+    revoked_at: Mapped[datetime | None] = ts_column()
+    ip: Mapped[str | None] = mapped_column(Text)
+
+
 class AccountEvent(Base):
     """Account-level log: API access and deletions. Survives the deletion of the jobs it names."""
 

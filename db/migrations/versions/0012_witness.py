@@ -1,6 +1,6 @@
 """a log no one rewrites unseen: the Merkle tree's interior nodes (proofs in O(log n) reads),
 witnesses' cosignatures, checkpoints that name the one before and go only with their job, a job's
-end and its alarm
+end and its alarm; codec server sessions that can be revoked
 
 Revision ID: 0012_witness
 Revises: 0010
@@ -109,6 +109,15 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_audit_nodes_job_id_jobs"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("job_id", "level", "idx", name=op.f("pk_audit_nodes")),
     )
+    op.create_table(
+        "codec_sessions",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("ip", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_codec_sessions")),
+    )
     conn = op.get_bind()
     conn.execute(
         sa.text(
@@ -141,6 +150,7 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS audit_cosignatures_append_only ON audit_cosignatures")
     op.execute("DROP TRIGGER IF EXISTS audit_checkpoints_append_only ON audit_checkpoints")
     op.execute("DROP FUNCTION IF EXISTS quire_audit_proofs_append_only()")
+    op.drop_table("codec_sessions")
     op.drop_table("audit_nodes")
     op.drop_table("audit_cosignatures")
     op.drop_constraint("ck_audit_checkpoints_prev_before", "audit_checkpoints", type_="check")
