@@ -141,6 +141,7 @@ def _from_database(args: argparse.Namespace, keys: Keys, witnesses: Keys) -> Ver
 
     from db.session import Database
     from quire.admin import _db_url, _safe
+    from quire.witness import witnesses as witnesses_of
     from services.config import load_settings
     from services.logreader import verify
 
@@ -152,7 +153,7 @@ def _from_database(args: argparse.Namespace, keys: Keys, witnesses: Keys) -> Ver
     settings = load_settings()
     if keys is None:
         keys = settings.audit_public_keys() or None
-    ask = settings.witnesses()
+    ask = witnesses_of(settings)
 
     async def run() -> Verdict | None:
         db = Database(url)

@@ -59,6 +59,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def serve_command(home: Path, port: int) -> list[str]:
+    """How ``quire up`` runs its own witness: storage in QUIRE_HOME/witness, trusting QUIRE_HOME/audit.pub."""
+    return [sys.executable, "-m", "quire.cli", "witness", "serve", "--dir", str(home / "witness"),
+            "--log-keys", str(home / "audit.pub"), "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+
+
+def key_text(home: Path, name: str = "quire-witness") -> str:
+    from services.witness import witness_key
+
+    return witness_key(home / "witness", name).verifier.text()
+
+
+def answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def witnesses(settings: Any) -> list[Any]:
+    """The witnesses to ask: QUIRE_WITNESS_URL's, else the one the running ``quire up`` serves."""
+    import json
+
+    from db.witness import parse_witnesses
+
+    if settings.quire_witness_url:
+        return list(settings.witnesses())
+    state = settings.home / "stack.json"
+    try:
+        doc = json.loads(state.read_text()) if state.exists() else {}
+    except (OSError, ValueError):
+        doc = {}
+    return parse_witnesses(doc.get("witness_url"), doc.get("witness_key"))
+
+
 def register(sub: Any) -> None:
     """Add ``quire witness serve|key`` to the CLI's subcommands."""
     w = sub.add_parser(

@@ -174,6 +174,7 @@ class Settings(BaseSettings):
     quire_witness_url: str | None = Field(default=None, description="their URLs (submission prefixes), comma-separated")
     quire_witness_key: str | None = Field(default=None, description="their public keys, comma-separated, in order")
     quire_witness_quorum: int | None = Field(default=None, ge=1, description="cosignatures needed; unset: all")
+    quire_witness_port: int = Field(default=7380, ge=1, le=65535, description="`quire up`'s own witness's port")
 
     @field_validator("database_url")
     @classmethod

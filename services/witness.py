@@ -17,6 +17,7 @@ rotation needs no restart).
 from __future__ import annotations
 
 import base64
+import os
 import sqlite3
 import threading
 import time
@@ -50,11 +51,16 @@ def witness_key(directory: Path, name: str = "quire-witness") -> SignerKey:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / KEY_FILE
     if not path.exists():
-        key = SignerKey.generate(name, COSIGNATURE_V1)
-        tmp = path.with_name(f".{KEY_FILE}.new")
-        tmp.touch(mode=0o600)
-        tmp.write_text(key.text() + "\n")
-        tmp.replace(path)
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(SignerKey.generate(name, COSIGNATURE_V1).text() + "\n")
+        try:
+            os.link(tmp, path)  # never over a key another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return SignerKey.parse(path.read_text())
 
 
