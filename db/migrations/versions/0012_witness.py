@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision = "0012_witness"
 down_revision = "0010"
@@ -118,19 +118,23 @@ def upgrade() -> None:
         sa.Column("ip", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_codec_sessions")),
     )
-    conn = op.get_bind()
-    conn.execute(
-        sa.text(
-            "UPDATE audit_checkpoints c SET prev_size = p.prev FROM (SELECT id, lag(tree_size) OVER "
-            "(PARTITION BY job_id ORDER BY tree_size) AS prev FROM audit_checkpoints) p WHERE p.id = c.id"
-        )
+    op.execute(
+        "UPDATE audit_checkpoints c SET prev_size = p.prev FROM (SELECT id, lag(tree_size) OVER "
+        "(PARTITION BY job_id ORDER BY tree_size) AS prev FROM audit_checkpoints) p WHERE p.id = c.id"
     )
-    conn.execute(
-        sa.text(
-            "UPDATE jobs j SET audit_end = (SELECT max(seq) FROM audit_events e WHERE e.job_id = j.id "
-            "AND e.kind = 'job' AND e.action = j.status) WHERE j.status IN ('succeeded', 'failed', 'cancelled')"
-        )
+    op.execute(
+        "UPDATE jobs j SET audit_end = (SELECT max(seq) FROM audit_events e WHERE e.job_id = j.id "
+        "AND e.kind = 'job' AND e.action = j.status) WHERE j.status IN ('succeeded', 'failed', 'cancelled')"
     )
+    if not context.is_offline_mode():  # `quire db sql` prints DDL; the nodes are computed when applied
+        _backfill_nodes(op.get_bind())
+    op.execute(APPEND_ONLY)
+    op.execute(COSIGNATURES_APPEND_ONLY)
+    op.execute(NODES_APPEND_ONLY)
+
+
+def _backfill_nodes(conn: sa.engine.Connection) -> None:
+    """Every existing log's interior nodes, computed from its events' hashes."""
     jobs = conn.execute(sa.text("SELECT id FROM jobs WHERE audit_seq > 0")).scalars().all()
     insert = sa.text("INSERT INTO audit_nodes (job_id, level, idx, hash) VALUES (:j, :level, :idx, :hash)")
     for job in jobs:
@@ -140,9 +144,6 @@ def upgrade() -> None:
         rows = [{"j": job, "level": lv, "idx": i, "hash": h} for lv, i, h in _nodes(list(hashes))]
         for k in range(0, len(rows), 5000):
             conn.execute(insert, rows[k : k + 5000])
-    op.execute(APPEND_ONLY)
-    op.execute(COSIGNATURES_APPEND_ONLY)
-    op.execute(NODES_APPEND_ONLY)
 
 
 def downgrade() -> None:
