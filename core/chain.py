@@ -222,8 +222,13 @@ class ChainVerifier:
         elif not self.broken and head_hash is not None and head_hash != self.prev:
             problems.append((self.count, f"the head hash is {head_hash}; the chain computes {self.prev}"))
         last = max(self._verified, key=lambda cp: cp.size) if self._verified else None
+        unsure = None  # without keys nothing is signed as far as this knows: where it ends is only said
         if not self.broken:
-            problems += self._checked_end(last)
+            ends = self._checked_end(last)
+            if self.keys is None and ends:
+                unsure = min(ends)[1]
+            else:
+                problems += ends
         bad = min(problems) if problems else None
         v = Verdict(
             intact=bad is None,
@@ -250,7 +255,7 @@ class ChainVerifier:
             except checkpoint.CheckpointError:
                 v.witnessed_by = []
         if v.intact:
-            v.partial = self._partial(last)
+            v.partial = unsure or self._partial(last)
             v.complete = v.partial is None
         return v
 
