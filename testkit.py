@@ -176,32 +176,32 @@ def fake_model(*args: str) -> Iterator[str]:
 
 @contextmanager
 def witness(directory: Path, log_keys: Sequence[str]) -> Iterator[WitnessClient]:
-    """A witness (services.witness: its own key and SQLite file in ``directory``) trusting the
-    operator's public keys ``log_keys``, served by uvicorn in a thread of its own on a free port;
-    yields a client of it (db.witness), as QUIRE_WITNESS_URL and QUIRE_WITNESS_KEY would make one."""
-    import threading
-
-    import uvicorn
-
-    from services import witness as w
+    """A witness (``quire witness serve``: its own key and SQLite file in ``directory``) trusting the
+    operator's public keys ``log_keys``, in a process of its own as ``quire up`` runs it; yields a
+    client of it (db.witness), as QUIRE_WITNESS_URL and QUIRE_WITNESS_KEY would make one."""
+    from services.witness import witness_key
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "audit.pub").write_text("".join(k + "\n" for k in log_keys))
-    state = w.Witness(directory, directory / "audit.pub")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(w.app(state), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    client = WitnessClient(f"http://127.0.0.1:{sock.getsockname()[1]}", state.key.verifier)
+    key = witness_key(directory / "w").verifier
+    port = free_port()
+    args = ["witness", "serve", "--dir", str(directory / "w"), "--log-keys", str(directory / "audit.pub")]
+    with open(directory / "witness.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "quire.cli", *args, "--listen", f"127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the witness did not start"
-            time.sleep(0.01)  # another thread's readiness, with a deadline
-        yield client
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the witness did not start (exit code {proc.poll()}): {directory / 'witness.log'}")
+            time.sleep(0.05)  # polling another process's readiness, with a deadline
+        yield WitnessClient(url, key)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        state.close()
+        proc.terminate()
+        proc.wait(timeout=10)

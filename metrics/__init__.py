@@ -71,8 +71,8 @@ AUDIT_ALARMS = Counter(
 )
 AUDIT_WITNESS = Histogram(
     "quire_audit_witness_seconds",
-    "Time to get a checkpoint cosigned by the witnesses (the proof read and every add-checkpoint call), by "
-    "outcome: cosigned (a quorum), unwitnessed (fewer: a witness gave no answer), refused",
+    "Time the signer spends on a checkpoint that goes to witnesses (its checks, the proofs, every "
+    "add-checkpoint call), by outcome: cosigned (a quorum), unwitnessed (fewer: a witness gave no answer), refused",
     ["outcome"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
