@@ -72,11 +72,19 @@ async def main(words: int) -> None:
 
 
 async def run(db: Database, client: Client, llm: LlmClient, url: str, words: int) -> None:
+    assert db.signer is not None
+    witnesses, db.signer.witnesses = list(db.signer.witnesses), []
     async with build_worker(client, db, llm, "bench"):
+        t0 = time.perf_counter()  # the same job, signed but with no witness: what the witness adds
+        plain = await testkit.submit(db, client, "bench", words)
+        await client.get_workflow_handle(plain.workflow_id).result()
+        plain_wall = time.perf_counter() - t0
+        db.signer.witnesses = witnesses
         t0 = time.perf_counter()
         job = await testkit.submit(db, client, "bench", words)
         await client.get_workflow_handle(job.workflow_id).result()
         wall = time.perf_counter() - t0
+    print(f"the same job signed without a witness: wall {plain_wall:.1f} s (load avg {os.getloadavg()[0]:.1f})")
     events = [e async for e in logreader.iter_events(db, job.id, 0, None)]
     n = len(events)
     print(f"job {job.id}: {words} words, {n} audit events, wall {wall:.1f} s (load avg {os.getloadavg()[0]:.1f})")
