@@ -16,11 +16,13 @@ from standardwebhooks import Webhook
 
 from core import checkpoint, merkle
 from core.eventformat import event_hash, ts_text
+from core.spec import JobSpec
 from db.witness import WitnessClient, request_body
 from metrics import AUDIT_ALARMS
-from services import logreader, witness
+from services import jobs, logreader, witness
 from testkit import make_job
 from tests.conftest import AUDIT_KEY
+from tests.helpers import TASK_QUEUE
 from tests.test_api import auth, follow_to_end
 from tests.test_cli import arun
 from tests.test_webhooks import Receiver
@@ -162,7 +164,7 @@ def _alarms(by: str) -> float:
 
 
 async def test_a_database_holders_rewrite_is_refused_by_the_witness_and_raises_the_alarm(
-    http, db, user, fake, pg_url, witness, tmp_path
+    http, api_url, db, user, fake, pg_url, witness, tmp_path
 ):
     secret = (await http.post("/v1/webhook/secret", headers=auth(user))).json()["secret"]
     with Receiver([]) as receiver:
@@ -187,6 +189,12 @@ async def test_a_database_holders_rewrite_is_refused_by_the_witness_and_raises_t
     payload = Webhook(secret).verify(got[1]["body"], {k.lower(): v for k, v in got[1]["headers"].items()})
     assert payload["type"] == "audit.alarm" and payload["data"]["job_id"] == jid
     assert payload["data"]["by"] == witness.key.label and "does not extend" in payload["data"]["reason"]
+    # The job says so: its view (its page shows it), and `quire status`.
+    view = (await http.get(f"/v1/jobs/{jid}", headers=auth(user))).json()
+    assert "does not extend" in view["audit_alarm"]
+    env = {"QUIRE_API_URL": api_url, "QUIRE_API_KEY": user.api_key, "QUIRE_HOME": "/nonexistent"}
+    code, out, err = await arun("status", jid, env=env)
+    assert code == 0 and "AUDIT ALARM: a checkpoint of the log was refused" in out, out + err
     # Every verifier says so: the API, the CLI from the database, the CLI offline from a download.
     v = (await http.get(f"/v1/jobs/{jid}/audit/verify", headers=auth(user))).json()
     assert not v["intact"] and "no signed checkpoint" in v["reason"] and "does not extend" in v["alarm"]
@@ -237,3 +245,18 @@ async def test_a_witness_that_does_not_answer_is_caught_up_by_the_next_checkpoin
     assert all(checkpoint.verify(n["note"], PUBLIC) for n in notes)
     v = await logreader.verify(db, job, PUBLIC, [witness.key])
     assert v.intact and v.witness_answers == {witness.key.label: "cosigned"} and v.witnessed_by == [witness.key.label]
+
+
+async def test_a_finished_jobs_end_is_left_witnessed_by_its_webhook_workflow(db, client, fake, user, witness):
+    job, _ = await jobs.submit(
+        db, client, user_id=user.user_id, user_name=user.name, task_queue=TASK_QUEUE, default_model="fake-model",
+        spec=JobSpec(kind="generate", prompt="Reeds", target_words=60), witness=True,
+    )  # fmt: skip
+    assert await client.get_workflow_handle(job.workflow_id).result() == "succeeded"  # its end starts the child
+    assert await client.get_workflow_handle(f"{job.workflow_id}-webhook").result() == 1  # one witness cosigned
+    log = [e async for e in logreader.iter_events(db, job.id, 0, None)]
+    assert [e["action"] for e in log if e["kind"] == "webhook"] == ["witness"]
+    last = (await logreader.checkpoints(db, job.id))[-1]
+    cp = checkpoint.verify(last["note"], PUBLIC)
+    assert cp.end is not None and list(checkpoint.cosigned_by(cp, [witness.key])) == [witness.key.label]
+    assert next(e for e in log if e["seq"] == cp.end)["data"]["terminal"] is True
