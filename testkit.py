@@ -158,20 +158,25 @@ def fake_model(*args: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, str(FAKE_MODEL), "--port", str(port), *args])
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the scripted model did not start (exit code {proc.poll()})")
-            time.sleep(0.05)  # polling another process's readiness, with a deadline
+        _ready(proc, f"{url}/models", "the scripted model")
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _ready(proc: subprocess.Popen[bytes], url: str, what: str) -> None:
+    """Wait until ``url`` answers 200 (``proc`` serving it); RuntimeError if it dies or 30 s pass."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start (exit code {proc.poll()})")
+        time.sleep(0.05)  # polling another process's readiness, with a deadline
 
 
 @contextmanager
@@ -191,16 +196,7 @@ def witness(directory: Path, log_keys: Sequence[str]) -> Iterator[WitnessClient]
                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the witness did not start (exit code {proc.poll()}): {directory / 'witness.log'}")
-            time.sleep(0.05)  # polling another process's readiness, with a deadline
+        _ready(proc, f"{url}/healthz", f"the witness (its log: {directory / 'witness.log'})")
         yield WitnessClient(url, key)
     finally:
         proc.terminate()
