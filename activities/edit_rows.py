@@ -44,6 +44,7 @@ class EditChunkDone:
 @dataclass
 class EditPlan:
     chunk_ids: list[int] = field(default_factory=list)  # the chunks the edit writes, in order
+    check_instruction: bool = False  # a regenerate with an instruction: checked against the new text
 
 
 async def load_edit(tx: JobTx, edit_id: int) -> Edit:

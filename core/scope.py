@@ -258,3 +258,36 @@ def selection_problems(answer: str, *, prefix: str, old: str, suffix: str) -> li
     elif not ends_here and _ENDS_SENTENCE.search(new.rstrip()):
         out.append(f"the selection runs on into {' '.join(suffix.split()[:4])!r}, but the answer ends a sentence")
     return out
+
+
+def changed_region(before: str, after: str) -> tuple[int, int, str, str]:
+    """Where two texts differ: (unchanged characters at the start, unchanged at the end, the part
+    of ``before`` between them, the part of ``after`` between them)."""
+    n = min(len(before), len(after))
+    p = 0
+    while p < n and before[p] == after[p]:
+        p += 1
+    q = 0
+    while q < n - p and before[len(before) - 1 - q] == after[len(after) - 1 - q]:
+        q += 1
+    return p, q, before[p : len(before) - q], after[p : len(after) - q]
+
+
+def document_proof(before: str, after: str, old: str, new: str) -> dict[str, Any]:
+    """A document before and after an edit of one selection (``old`` -> ``new``): what changed lies
+    inside the selection, before and after, or ``problems`` says what else did."""
+    p, q, gone, came = changed_region(before, after)
+    problems = []
+    if gone not in old or came not in new:
+        problems.append(
+            f"the document changed outside the selection (at character {p}: {gone[:80]!r} became {came[:80]!r})"
+        )
+    return {
+        "before_sha256": sha256(before),
+        "after_sha256": sha256(after),
+        "unchanged_prefix_chars": p,
+        "unchanged_suffix_chars": q,
+        "prefix_sha256": sha256(before[:p]),
+        "suffix_sha256": sha256(before[len(before) - q :] if q else ""),
+        "problems": problems,
+    }
