@@ -146,12 +146,16 @@ class CoverageActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(growth_limit(count_words(para)) + 10),
         )
-        gated = await judge(res.text, prompt="\n".join(m["content"] for m in msgs), before=ctext[:ps])
+        # The paragraph's words and the items', said again, are what was asked for: no echoes.
+        echo_of = "\n".join(m["content"] for m in msgs)
+        for asked in [para, *(i.text.strip() for i in items)]:
+            echo_of = echo_of.replace(asked, "\n")
+        gated = await judge(res.text, prompt=echo_of, before=ctext[:ps])
         kept, cuts = whole_sentences(gated.text)
         gated = Gated(kept, [*gated.cuts, *cuts], gated.words_in)
         async with self.db.job_tx(jid) as tx:
             gated = await taken(tx, gated, free=[chunk.id])
-        problems = selection_problems(gated.text, prefix=ctext[:ps], old=para, suffix=ctext[pe:])
+        problems = selection_problems(gated.text, prefix=ctext[:ps], old=para, suffix=ctext[pe:], raw=res.text)
         if res.finish_reason == "length":
             problems.insert(0, "the answer was cut off at its token limit")
         sp = splice(ctext, ps, pe, gated.text)

@@ -145,10 +145,12 @@ async def _ask(
     )
     # Echoes of the prompt, template tokens, markup, meta lines go; a selection may end mid-sentence,
     # so the gate's rule for an unfinished ending is the scope check's to apply, not the gate's.
-    gated = await judge(res.text, prompt="\n".join(m["content"] for m in msgs), fragment=True)
+    # The selection's own words may be kept: not an echo of the prompt that shows them.
+    echo_of = "\n".join(m["content"] for m in msgs)
+    gated = await judge(res.text, prompt=echo_of, source=whole[s:e].strip(), fragment=True)
     async with step.db.job_tx(jid) as tx:
         gated = await taken(tx, gated, free=ids)
-    found = selection_problems(gated.text, prefix=whole[:s], old=whole[s:e], suffix=whole[e:])
+    found = selection_problems(gated.text, prefix=whole[:s], old=whole[s:e], suffix=whole[e:], raw=res.text)
     if res.finish_reason == "length":
         found.insert(0, "the answer was cut off at its token limit")
     out = _Answer(key, res.call_id, gated, found)

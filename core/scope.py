@@ -217,15 +217,19 @@ def _opens_sentence(text: str) -> bool:
     return m is not None and m.group(0)[0].isupper() and m.group(0).lower() in _OPENING_WORDS
 
 
-def selection_problems(answer: str, *, prefix: str, old: str, suffix: str) -> list[str]:
+def selection_problems(answer: str, *, prefix: str, old: str, suffix: str, raw: str = "") -> list[str]:
     """What is wrong with a model's rewrite ``answer`` of the selection ``old`` between ``prefix``
     and ``suffix``: empty, longer than the selection allows, the text around it said again (the
     whole passage rewritten), talk about the task, or joins that break a sentence (a new sentence
-    where the selection ran on, a sentence left unfinished where it ended one)."""
+    where the selection ran on, a sentence left unfinished where it ended one). ``raw``: the
+    answer as the model wrote it, before the gate: a model that said the text around the
+    selection again, or talked about its task, is not trusted with the rest of its answer either."""
     new = answer.strip()
     if not new:
         return ["the answer is empty"]
     out = []
+    if normalize_paragraph(new) == normalize_paragraph(old):
+        out.append("the answer is the selection unchanged")
     words, limit = count_words(new), growth_limit(count_words(old))
     if words > limit:
         out.append(f"the answer has {words} words for a selection of {count_words(old)} (at most {limit})")
@@ -233,14 +237,14 @@ def selection_problems(answer: str, *, prefix: str, old: str, suffix: str) -> li
     around = {normalize_paragraph(s) for s in sentences(" ".join((prefix + " " + suffix).split()))}
     said = [
         s
-        for s in sentences(" ".join(new.split()))
+        for s in sentences(" ".join(f"{new} {raw}".split()))
         if len(normalize_paragraph(s).split()) >= OUTSIDE_MIN_WORDS
         and normalize_paragraph(s) in around
         and normalize_paragraph(s) not in own
     ]
     if said:
         out.append(f"the answer repeats text from around the selection ({said[0][:80]!r}): rewrite only the selection")
-    talk = _TASK_TALK.search(new)
+    talk = _TASK_TALK.search(f"{new} {raw}")
     if talk and not _TASK_TALK.search(prefix + old + suffix):
         out.append(f"the answer talks about the task ({talk.group(0)!r}): write only the new text")
     elif new.rstrip().endswith(":") and not old.rstrip().endswith(":"):

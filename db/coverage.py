@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, Integer, Text, func, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -54,7 +54,7 @@ async def coverage_counts(s: AsyncSession, job_id: uuid.UUID) -> dict[str, Any]:
     last = (
         select(CoverageCheck.verdict)
         .where(CoverageCheck.job_id == job_id)
-        .distinct(CoverageCheck.node_id, CoverageCheck.edit_id, CoverageCheck.source, CoverageCheck.item)
+        .ext(distinct_on(CoverageCheck.node_id, CoverageCheck.edit_id, CoverageCheck.source, CoverageCheck.item))
         .order_by(
             CoverageCheck.node_id,
             CoverageCheck.edit_id,

@@ -19,9 +19,9 @@ from activities.review import latest_version, outline
 from activities.tree import chunks_under, latest_text, lock_message, lock_over
 from core import review as rules
 from core.edits import heading_problem, locate, node_text, spans
-from core.scope import boundary_problems
 from core.quota import submit_refusal
 from core.runs import edit_workflow_id
+from core.scope import boundary_problems
 from core.spec import JobOptions
 from core.text import count_words
 from db import usage
