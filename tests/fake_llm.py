@@ -265,7 +265,7 @@ class FakeLLM:
             elif self.state.comply and (
                 asked_for := re.search(r"^The author asks of this passage: (.+)$", prompt, re.M)
             ):
-                content = f"{content}\n\n{_carrying(asked_for.group(1))}"
+                content = f"{_carrying(asked_for.group(1))} {content}"
             if seam_drift:
                 content = _plant_term(content, prompt)
             if "Continue the document with the next passage" in str(messages[-1].get("content", "")):
