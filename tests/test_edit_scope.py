@@ -171,30 +171,40 @@ class _Undo(Exception):
     """Rolls the test's tampering back."""
 
 
-async def test_a_regenerated_passage_never_starts_mid_sentence_and_repeats_are_cut_and_counted(
-    db, client, fake, user, http
-):
+async def test_a_regenerated_passage_never_starts_mid_sentence(db, client, fake, user, http):
     fake.reset(ratio=(1.0, 1.15))
-    job_id, node = await written(db, client, user, words=3000)
-    sections = await rows(db, PlanNode, PlanNode.job_id == job_id, PlanNode.level == "section", order=PlanNode.position)
-    other = sections[-1]
-    assert other.id != node.id
-    text = await node_text(http, user, job_id, other.id)  # another section's sentence, said again
-    elsewhere = [s for s in text.split(". ") if len(s.split()) >= 10 and s[0].isupper()][-1].rstrip(".") + "."
+    job_id, node = await written(db, client, user)
     fragment = "2500 BC) is a complex structure of stone and sand."
-    fake.set(plants=[{"sentence": f"{fragment} {elsewhere}", "nth": fake.state.writes + 1}])
-    cut_before = (await _account(db, job_id)).cut_by_rule.get("repeat", 0)
+    fake.set(plants=[{"sentence": fragment, "nth": fake.state.writes + 1}])
     r = await http.post(f"/v1/jobs/{job_id}/nodes/{node.id}/regenerate", json={}, headers=auth(user))
     assert r.status_code == 202, r.text
     assert await ended(client, job_id, 1) == "2"
     now = await node_text(http, user, job_id, node.id)
     assert not now.startswith("2500") and fragment not in now and boundary_problems(now) == []
-    assert elsewhere not in now  # said elsewhere in the document: cut
     attempts = await rows(db, ChunkAttempt, ChunkAttempt.job_id == job_id, ChunkAttempt.attempt_no > 1)
     cuts = [c for a in attempts for c in a.cuts]
-    assert any(c["rule"] == "mid_sentence_start" and c["text"].startswith("2500 BC)") for c in cuts)
-    assert any(c["rule"] == "repeat" for c in cuts) and all(a.words_model > 0 for a in attempts if a.kind == "write")
-    assert (await _account(db, job_id)).cut_by_rule.get("repeat", 0) > cut_before
+    assert [c["text"] for c in cuts if c["rule"] == "mid_sentence_start"] == [fragment]
+
+
+async def test_an_edit_repeating_a_paragraph_of_the_document_has_it_cut_and_counted(db, client, fake, user, http):
+    fake.reset(ratio=(1.0, 1.15))
+    job_id, node = await written(db, client, user, words=3000)
+    sections = await rows(db, PlanNode, PlanNode.job_id == job_id, PlanNode.level == "section", order=PlanNode.position)
+    assert sections[-1].id != node.id
+    paragraph = (await node_text(http, user, job_id, sections[-1].id)).split("\n\n")[-1]  # another section's
+    fake.set(plants=[{"sentence": paragraph + "\n\n", "nth": fake.state.writes + 1}])
+    before = await _account(db, job_id)
+    r = await http.post(f"/v1/jobs/{job_id}/nodes/{node.id}/regenerate", json={}, headers=auth(user))
+    assert r.status_code == 202, r.text
+    assert await ended(client, job_id, 1) == "2"
+    assert paragraph not in await node_text(http, user, job_id, node.id)
+    attempts = await rows(db, ChunkAttempt, ChunkAttempt.job_id == job_id, ChunkAttempt.attempt_no > 1)
+    cut = [c for a in attempts for c in a.cuts if c["rule"] == "repeat"]
+    assert cut and cut[0]["text"][:60] == paragraph[:60]
+    assert all(a.words_model > 0 for a in attempts)  # the edit's model words are counted, as a chunk's are
+    after = await _account(db, job_id)
+    assert after.words_model > before.words_model
+    assert after.cut_by_rule.get("repeat", 0) >= before.cut_by_rule.get("repeat", 0) + cut[0]["words"]
 
 
 async def _account(db, job_id):
