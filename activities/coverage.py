@@ -31,10 +31,9 @@ from activities.contracts import NodeRef
 from activities.coverage_judge import store_verdicts, verdicts
 from activities.edit_prompts import cover_messages
 from activities.edit_rows import EditRef, load_edit, note, store_answer, store_version
-from activities.gating import claim, judge, taken
+from activities.gating import claim, gate, taken
 from activities.memory import Checked, check_and_repair, finding_events, finding_rows, ledger_before, store_memory
 from activities.prompts import max_tokens_for
-from activities.tree import ancestors, chunks_under, latest_text
 from core.coverage import Item, Verdict, repair_target
 from core.edits import node_text
 from core.errors import BudgetExhausted
@@ -46,6 +45,7 @@ from db.loop import PlanVersion
 from db.manuscript import Chunk, PlanNode
 from db.models import Job
 from db.session import JobTx
+from db.tree import ancestors, chunks_under, latest_text
 
 _PARAGRAPH = re.compile(r"\S(?:.*?\S)?(?=\n\s*\n|\s*\Z)", re.S)
 
@@ -150,7 +150,7 @@ class CoverageActivities(ModelStep):
         echo_of = "\n".join(m["content"] for m in msgs)
         for asked in [para, *(i.text.strip() for i in items)]:
             echo_of = echo_of.replace(asked, "\n")
-        gated = await judge(res.text, prompt=echo_of, before=ctext[:ps])
+        gated = await gate(res.text, prompt=echo_of, before=ctext[:ps])
         kept, cuts = whole_sentences(gated.text)
         gated = Gated(kept, [*gated.cuts, *cuts], gated.words_in)
         async with self.db.job_tx(jid) as tx:

@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from activities.tree import chunks_under, latest_text
 from core.edits import node_text
 from core.scope import document_proof
 from core.text import sha256
@@ -18,6 +17,7 @@ from db.loop import Edit
 from db.manuscript import PlanNode
 from db.models import Document
 from db.session import JobTx
+from db.tree import chunks_under, latest_text
 
 
 async def scope_held(tx: JobTx, edit: Edit, doc: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from activities.edit_rows import (
     rollback_targets,
     store_version,
 )
-from activities.gating import claim, judge
+from activities.gating import claim, gate
 from activities.memory import (
     check_and_repair,
     ledger_before,
@@ -47,7 +47,6 @@ from activities.memory import (
 )
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
 from activities.selection import ScopeRefused, rewrite_selection
-from activities.tree import chunks_under, latest_text
 from core.edits import node_text, spans, split_text
 from core.gate import Cut, Gated
 from core.length import stalled, words_to_ask
@@ -58,6 +57,7 @@ from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
 from db.models import Job
 from db.session import JobTx
+from db.tree import chunks_under, latest_text
 
 CUTS_IN_EVENT = 20  # in a chunk event (the attempt's row keeps them all)
 
@@ -269,7 +269,7 @@ class EditActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(max(words, 8)),
         )
-        gated = await judge(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
+        gated = await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
         # A passage starts a sentence: a regenerated chapter opening "2500 BC) is a complex..." is cut to its first.
         kept, start_cuts = whole_sentences(gated.text, start=not current or ends_sentence(current), end=False)
         gated = Gated(kept, [*gated.cuts, *start_cuts], gated.words_in)

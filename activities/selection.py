@@ -27,15 +27,15 @@ from activities.base import ModelStep, load_job
 from activities.coverage_judge import store_verdicts, verdicts
 from activities.edit_prompts import rewrite_messages
 from activities.edit_rows import load_edit, note, store_answer
-from activities.gating import claim, judge, taken
+from activities.gating import claim, gate, taken
 from activities.prompts import max_tokens_for
-from activities.tree import chunks_under, latest_text
 from core.coverage import Item, Verdict
 from core.edits import node_text, spans
 from core.gate import Gated
 from core.scope import Splice, growth_limit, prove, selection_problems, splice
 from core.text import count_words
 from db.manuscript import Chunk, PlanNode
+from db.tree import chunks_under, latest_text
 
 REWRITE_TRIES = 3  # answers asked for before the edit fails
 
@@ -147,7 +147,7 @@ async def _ask(
     # so the gate's rule for an unfinished ending is the scope check's to apply, not the gate's.
     # The selection's own words may be kept: not an echo of the prompt that shows them.
     echo_of = "\n".join(m["content"] for m in msgs)
-    gated = await judge(res.text, prompt=echo_of, source=whole[s:e].strip(), fragment=True)
+    gated = await gate(res.text, prompt=echo_of, source=whole[s:e].strip(), fragment=True)
     async with step.db.job_tx(jid) as tx:
         gated = await taken(tx, gated, free=ids)
     found = selection_problems(gated.text, prefix=whole[:s], old=whole[s:e], suffix=whole[e:], raw=res.text)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from core.gate import sentences
+from core.sentences import sentences
 from core.text import count_words, paragraphs
 
 VERDICTS = ("covered", "missing", "unchecked")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from core.gate import Cut, sentences
+from core.gate import Cut
+from core.sentences import ENDS_SENTENCE, sentences
 from core.text import count_words, normalize_paragraph, sha256
 
 
@@ -24,10 +25,6 @@ class EditError(StrEnum):
     SCOPE = "E_EDIT_SCOPE"  # the model's answer never stayed inside the selection, or the splice changed more
 
 
-# A text ends a sentence at . ! ? … (or a dash that breaks off dialogue), closing quotes and
-# brackets after it allowed.
-_CLOSERS = "\"'”’)]_*»」』）】"
-_ENDS_SENTENCE = re.compile(r"(?:[.!?…。！？]|--|—)[" + re.escape(_CLOSERS) + r"]*\s*$")
 _OPENERS = "\"'“‘(«[*_—–-¿¡"
 _BLOCK_LINE = re.compile(r"^\s*(?:[-*+>|]|\d+[.)]\s)")  # a list, quote or table line: not prose
 _FIRST_WORD = re.compile(r"[^\W\d_][\w'’-]*")
@@ -59,7 +56,7 @@ def ends_sentence(text: str) -> bool:
     if not t:
         return True
     last = t.rsplit("\n", 1)[-1]
-    return bool(_ENDS_SENTENCE.search(t)) or bool(_BLOCK_LINE.match(last))
+    return bool(ENDS_SENTENCE.search(t)) or bool(_BLOCK_LINE.match(last))
 
 
 def start_problem(text: str) -> str | None:
@@ -259,7 +256,7 @@ def selection_problems(answer: str, *, prefix: str, old: str, suffix: str, raw: 
     ends_here = ends_sentence(old) or not suffix.strip() or suffix.startswith(("\n", " \n"))
     if ends_here and not ends_sentence(new):
         out.append(f"the selection ends a sentence, but the answer {end_problem(new)}")
-    elif not ends_here and _ENDS_SENTENCE.search(new.rstrip()):
+    elif not ends_here and ENDS_SENTENCE.search(new.rstrip()):
         out.append(f"the selection runs on into {' '.join(suffix.split()[:4])!r}, but the answer ends a sentence")
     return out
 

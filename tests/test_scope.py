@@ -62,7 +62,8 @@ def test_a_splice_proves_the_rest_unchanged_and_a_changed_prefix_or_suffix_is_ca
     assert sp.after == text[:s] + "Rumour had it that nobody ever paid the toll twice." + text[e:]
     assert prove(text, sp.after, s, e, sp.new) == []
     proof = sp.proof()
-    assert proof["prefix_sha256"] != proof["suffix_sha256"] and proof["selection_before"] == "Nobody paid the toll twice."
+    assert proof["prefix_sha256"] != proof["suffix_sha256"]
+    assert proof["selection_before"] == "Nobody paid the toll twice."
     # Anything else changed, before or after the selection, is caught.
     assert prove(text, sp.after.replace("truth", "trvth", 1), s, e, sp.new)
     assert prove(text, sp.after[:-1], s, e, sp.new) == ["the text after the selection changed"]
@@ -124,7 +125,8 @@ def test_the_judges_answer_is_validated_and_a_judge_that_cannot_answer_leaves_it
         PRIDE,
     )
     assert errors == [] and ok[1].verdict == "missing" and ok[2].verdict == "covered"
-    lying, errors = judged('{"items":[{"item":1,"covered":true,"quote":"the night fell on the harbour"}]}', items, PRIDE)
+    lie = '{"items":[{"item":1,"covered":true,"quote":"the night fell on the harbour"}]}'
+    lying, errors = judged(lie, items, PRIDE)
     assert 1 not in lying and any("not" in e for e in errors) and any("item 2" in e for e in errors)
     none, errors = judged("{not json", items, PRIDE)
     assert none == {} and errors
