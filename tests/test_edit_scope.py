@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import select
 
 from activities.edit_scope import scope_held
-from activities.gating import word_account
 from core.runs import edit_workflow_id
 from core.scope import boundary_problems
 from core.text import sha256
+from db.counts import word_account
 from db.coverage import CoverageCheck
 from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, PlanNode
