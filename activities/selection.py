@@ -75,6 +75,8 @@ async def rewrite_selection(step: ModelStep, jid: uuid.UUID, edit_id: int, key: 
     ids = [c.id for c in chunks]
     found = spans(texts, s, e)
     first = chunks[found[0].index]
+    if len({chunks[sp.index].section_id for sp in found}) > 1:  # refused by the API: never spliced across a heading
+        raise ScopeRefused("the selection runs from one section into the next: select within one section")
     words = max(1, count_words(whole[s:e]))
     tries: list[_Answer] = []
     problems: list[str] = []
