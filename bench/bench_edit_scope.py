@@ -130,6 +130,7 @@ async def _edit(
     after_doc, after_node = await _doc(db, job_id), await _text(db, node)
     row["edits"][f"{kind} {edit.status}" + (f" {edit.error_code}" if edit.error_code else "")] += 1
     if edit.status != "done":
+        row.setdefault("why", []).append(f"{kind}: {edit.reason}")
         if after_doc != before_doc or (edit.error_code == "E_EDIT_SCOPE" and await _versions(db, job_id) != versions):
             row["breaks"].append(f"{kind}: failed ({edit.error_code}) but left new versions")
         return
@@ -175,7 +176,7 @@ def line(r: dict[str, Any]) -> str:
     edits = ", ".join(f"{k} {v}" for k, v in sorted(r["edits"].items()))
     cov = ", ".join(f"{k} {v}" for k, v in sorted(r["coverage"].items())) or "none"
     return f"{r['topic'][:40]:<40} {r['status']:<9} breaks {len(r['breaks'])}; edits: {edits}; coverage: {cov}" + (
-        "".join(f"\n    break: {b}" for b in r["breaks"])
+        "".join(f"\n    break: {b}" for b in r["breaks"]) + "".join(f"\n    failed: {w}" for w in r.get("why", []))
     )
 
 
