@@ -116,7 +116,8 @@ async def test_a_rewrite_of_the_whole_passage_is_refused_and_asked_again_and_the
     # ignored instruction earned (inside it too, still ignoring it: not used, the first kept).
     assert len(attempts) == 6 and len(used) == 1 and used[0].words_model > 0
     rep = (await http.get(f"/v1/jobs/{job_id}/coherence", headers=auth(user))).json()
-    assert [i["subtype"] for i in rep["items"] if i["edit"] == edit.id + 1] == ["instruction_not_followed"]
+    second = (await rows(db, Edit, Edit.job_id == job_id, Edit.number == 2))[0]
+    assert [i["subtype"] for i in rep["items"] if i["edit"] == second.id] == ["instruction_not_followed"]
     # The document changed inside the selection only.
     v1, v2 = await rows(db, Document, Document.job_id == job_id, Document.role == "output", order=Document.version)
     assert v1.text.replace(last, scope["selection_after"]) == v2.text
