@@ -3,7 +3,7 @@ witnesses' cosignatures, checkpoints that name the one before and go only with t
 end and its alarm; codec server sessions that can be revoked
 
 Revision ID: 0012_witness
-Revises: 0010
+Revises: 0014_edit_scope
 Create Date: 2026-12-16
 
 Existing logs get their interior nodes computed once here (from their events' hashes), their
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision = "0012_witness"
-down_revision = "0010"
+down_revision = "0014_edit_scope"
 branch_labels = None
 depends_on = None
 
