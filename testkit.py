@@ -26,6 +26,7 @@ import psycopg
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from core import merkle
 from core.spec import JobSpec
 from db import schema
 from db.models import Job
@@ -201,3 +202,29 @@ def witness(directory: Path, log_keys: Sequence[str]) -> Iterator[WitnessClient]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def stored_tree(url: str, user_id: int, n: int) -> tuple[uuid.UUID, list[bytes], merkle.Frontier]:
+    """A job whose log is ``n`` events of random hashes (the leaves), stored as Quire stores a log's
+    tree (the events' hashes, the interior nodes) by COPY: for proofs at any size, fast. (job id,
+    the leaves, the tree's frontier)."""
+    job_id, leaves = uuid.uuid4(), [os.urandom(32) for _ in range(n)]
+    f, made = merkle.Frontier(), []
+    for e in leaves:
+        made += f.append(e)
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, kind, target_words, max_words, model, workflow_id) "
+            "VALUES (%s, %s, 'generate', 10, 11, 'm', %s)",
+            (job_id, user_id, f"job-{job_id}"),
+        )
+        columns = "job_id, seq, ts, kind, action, data, prev_hash, hash, chain"
+        with conn.cursor().copy(f"COPY audit_events ({columns}) FROM STDIN") as copy:
+            for seq, e in enumerate(leaves, 1):
+                copy.write_row((job_id, seq, "2026-12-16T00:00:00Z", "sql", "x", "{}", "0" * 64, e.hex(), 2))
+        with conn.cursor().copy("COPY audit_nodes (job_id, level, idx, hash) FROM STDIN") as copy:
+            for (level, idx), h in made:
+                copy.write_row((job_id, level, idx, h))
+        conn.execute("ANALYZE audit_events")
+        conn.execute("ANALYZE audit_nodes")
+    return job_id, leaves, f

@@ -20,7 +20,6 @@ import statistics
 import time
 import uuid
 
-import psycopg
 import rfc8785
 import sqlalchemy as sa
 from sqlalchemy import create_engine
@@ -213,29 +212,9 @@ async def db_proofs(sizes: list[int]) -> None:
 
 
 async def _db_proofs(db: Database, url: str, user_id: int, n: int) -> None:
-    job_id = uuid.uuid4()
     t = time.perf_counter()
-    f, made = merkle.Frontier(), []
-    leaves = [os.urandom(32) for _ in range(n)]
-    for e in leaves:
-        made += f.append(e)
-    with psycopg.connect(plain_url(url)) as conn:  # a log of n events (their hashes are the leaves)
-        conn.execute(
-            "INSERT INTO jobs (id, user_id, kind, target_words, max_words, model, workflow_id) "
-            "VALUES (%s, %s, 'generate', 10, 11, 'm', %s)",
-            (job_id, user_id, f"bench-{job_id}"),
-        )
-        with conn.cursor().copy(
-            "COPY audit_events (job_id, seq, ts, kind, action, data, prev_hash, hash, chain) FROM STDIN"
-        ) as copy:
-            for seq, e in enumerate(leaves, 1):
-                copy.write_row((job_id, seq, "2026-12-16T00:00:00Z", "sql", "x", "{}", GENESIS, e.hex(), 2))
-        with conn.cursor().copy("COPY audit_nodes (job_id, level, idx, hash) FROM STDIN") as copy:
-            for (level, idx), h in made:
-                copy.write_row((job_id, level, idx, h))
-        conn.execute("ANALYZE audit_events")
-        conn.execute("ANALYZE audit_nodes")
-    print(f"log of {n:,} events stored ({len(made):,} interior nodes) in {time.perf_counter() - t:.1f} s")
+    job_id, leaves, f = testkit.stored_tree(plain_url(url), user_id, n)
+    print(f"log of {n:,} events stored (and {n - n.bit_count():,} interior nodes) in {time.perf_counter() - t:.1f} s")
     root, rng = f.root(), random.Random(n)
     for kind in ("inclusion", "consistency"):
         build, check, rows = [], [], []

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import testkit
 from core import checkpoint, merkle
 from core.chain import verify_events
 from core.eventformat import GENESIS, event_hash
@@ -316,25 +317,8 @@ async def test_a_proof_of_80000_events_reads_o_log_n_rows_and_is_the_rfcs(db, us
     events). Now it reads the O(log n) stored hashes it folds, and is the RFC's own path."""
     from db import logtree
 
-    n, job_id = 80_000, uuid.uuid4()
-    leaves = [os.urandom(32) for _ in range(n)]
-    f, made = merkle.Frontier(), []
-    for e in leaves:
-        made += f.append(e)
-    with psycopg.connect(pg_url) as conn:
-        conn.execute(
-            "INSERT INTO jobs (id, user_id, kind, target_words, max_words, model, workflow_id) "
-            "VALUES (%s, %s, 'generate', 10, 11, 'm', %s)",
-            (job_id, user.user_id, f"job-{job_id}"),
-        )
-        with conn.cursor().copy(
-            "COPY audit_events (job_id, seq, ts, kind, action, data, prev_hash, hash, chain) FROM STDIN"
-        ) as copy:
-            for seq, e in enumerate(leaves, 1):
-                copy.write_row((job_id, seq, "2026-12-16T00:00:00Z", "sql", "x", "{}", GENESIS, e.hex(), 2))
-        with conn.cursor().copy("COPY audit_nodes (job_id, level, idx, hash) FROM STDIN") as copy:
-            for (level, idx), h in made:
-                copy.write_row((job_id, level, idx, h))
+    n = 80_000
+    job_id, leaves, f = testkit.stored_tree(pg_url, user.user_id, n)
     for index in (0, 4_095, 54_321, n - 1):
         before = logtree.NodeReads.rows
         async with db.tx() as s:
