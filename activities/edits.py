@@ -34,19 +34,16 @@ from activities.edit_rows import (
     store_version,
 )
 from activities.gating import clean, gate
-from activities.memory import (
-    check_and_repair,
-    ledger_before,
-    summaries_before,
-)
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
+from activities.repair import check_and_repair
 from activities.tree import chunks_under, latest_text
 from core.edits import spans, split_text
 from core.length import stalled, words_to_ask
-from core.memory import build_context, prompt_budget
+from core.recall import build_context, prompt_budget
 from core.text import count_words, dedupe_paragraphs, join_continuation, tail_words, trim_to_words
 from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
+from db.memory import ledger_before, summaries_before
 from db.models import Job
 from db.session import JobTx
 

@@ -13,8 +13,7 @@ from temporalio import activity
 from activities.base import Step, job_options, load_job, now, record_length_check, save_document
 from activities.contracts import FailInput, FinalizeResult, RoundRef
 from activities.gating import word_account
-from activities.memory import coherence_counts
-from core.continuity import brief
+from core.coherence import brief
 from core.errors import JobGone
 from core.layout import assemble, top_up
 from core.length import Effort, give_up
@@ -23,6 +22,7 @@ from core.text import count_words, sha256, trim_to_words
 from db.blocks import document_blocks
 from db.loop import clock_start
 from db.manuscript import Chunk, ChunkAttempt, LengthCheck, PlanNode
+from db.memory import coherence_counts
 from db.models import Document, Job, LlmCall
 from db.session import JobTx
 

@@ -41,11 +41,14 @@ GATE_TIMEOUT_S = 60.0  # an answer's verdict takes milliseconds: a process this 
 class _GateProcess:
     """``core.gate_process`` and the pipes to it: one verdict at a time, each request written and its
     answer read under one lock, in a task of its own, so a caller cancelled half-way never leaves
-    a verdict behind for the next one to read."""
+    a verdict behind for the next one to read. Each request carries an id its verdict names: a
+    verdict for another request is never taken for this one's, and a process that does not answer
+    in time is killed before the lock is let go (nothing it says later reaches anyone)."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.lock = asyncio.Lock()
+        self.sent = 0
 
     async def ask(self, request: dict[str, Any]) -> Gated:
         return await asyncio.shield(asyncio.ensure_future(self._exchange(request)))
@@ -53,12 +56,24 @@ class _GateProcess:
     async def _exchange(self, request: dict[str, Any]) -> Gated:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         async with self.lock:
-            self.proc.stdin.write(json.dumps(request, ensure_ascii=False).encode() + b"\n")
+            self.sent += 1
+            rid = self.sent
+            self.proc.stdin.write(json.dumps({**request, "id": rid}, ensure_ascii=False).encode() + b"\n")
             await self.proc.stdin.drain()
-            line = await asyncio.wait_for(self.proc.stdout.readline(), GATE_TIMEOUT_S)
-        if not line:
-            raise ConnectionError("the gate's process closed its output (it ended)")
-        return gated(json.loads(line))
+            try:
+                async with asyncio.timeout(GATE_TIMEOUT_S):
+                    while True:
+                        line = await self.proc.stdout.readline()
+                        if not line:
+                            raise ConnectionError("the gate's process closed its output (it ended)")
+                        answer = json.loads(line)
+                        if answer.get("id") == rid:
+                            break
+                        log.warning("gate.stale_verdict", id=answer.get("id"), waiting_for=rid)
+            except BaseException:
+                await self.stop()  # under the lock: no later caller reads what this one was owed
+                raise
+        return gated(answer)
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -105,12 +120,14 @@ async def gate(answer: str, *, prompt: str = "", source: str = "", before: str =
 
 
 async def clean(answer: str, echo_of: str = "", source: str = "", *, fragment: bool = False) -> str:
-    """The kept text of ``gate`` (for steps that record no cuts of their own: bridges, seam repairs)."""
+    """The kept text of ``gate``, for text that is no part of the document (summaries)."""
     return (await gate(answer, prompt=echo_of, source=source, fragment=fragment)).text
 
 
-async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated:
-    """``gated`` without the paragraphs and sentences the document already has; the rest claimed."""
+async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated, replaces: str = "") -> Gated:
+    """``gated`` without the paragraphs and sentences the document already has; the rest claimed.
+    ``replaces``: the chunk's text that ``gated`` stands in for (a repair, a bridge), whose own
+    paragraphs and sentences it may say again."""
     marks = sorted(fingerprints(gated.text), key=lambda m: m.fingerprint)
     if not marks:
         return gated
@@ -125,8 +142,29 @@ async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated
         "words": [m.words for m in marks],
     }
     won = set((await tx.session.execute(_CLAIM, params)).scalars())
+    won |= {m.fingerprint for m in fingerprints(replaces)}
     kept, cuts = drop_repeats(gated.text, {m.fingerprint for m in marks} - won)
     return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
+
+
+VERSION_CLAIM = 0  # the attempt number of text_marks claimed by a version (a repair, a bridge), not an attempt
+
+
+def passes(answers: list[Gated]) -> Gated:
+    """The model answers a version's new words came from, as one: their words and their cuts."""
+    return Gated("", [c for g in answers for c in g.cuts], sum(g.words_in for g in answers))
+
+
+async def claim_version(
+    tx: JobTx, chunk: Chunk, text: str, replaces: str, answers: Gated
+) -> tuple[str, dict[str, Any]]:
+    """A new version's text made of model answers (``answers``: their words, the gate's cuts) with
+    what the document already says elsewhere cut, its new words claimed, as a chunk attempt's are;
+    returns the text kept and the record its version carries (``detail.gate``: the model's words,
+    every cut), which the job's word account sums."""
+    kept = await claim(tx, chunk, VERSION_CLAIM, Gated(text, [], 0), replaces=replaces)
+    record = {"words_model": answers.words_in, "cuts": [*answers.records(), *kept.records()]}
+    return kept.text, record
 
 
 _CLAIM = text(
@@ -136,9 +174,17 @@ _CLAIM = text(
     "WITH ORDINALITY AS m(f, k, w, n) ORDER BY m.n "
     "ON CONFLICT DO NOTHING RETURNING fingerprint"
 )
+# A job's cuts: its attempts' and its versions' made of model answers (repairs, bridges).
 _CUT_BY_RULE = text(
-    "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM chunk_attempts a, "
-    "jsonb_array_elements(a.cuts) c WHERE a.job_id = :j GROUP BY 1"
+    "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM ("
+    "SELECT a.cuts AS cuts FROM chunk_attempts a WHERE a.job_id = :j UNION ALL "
+    "SELECT v.detail->'gate'->'cuts' FROM chunk_versions v WHERE v.job_id = :j AND v.detail ? 'gate'"
+    ") x, jsonb_array_elements(x.cuts) c GROUP BY 1"
+)
+_WORDS_MODEL = text(
+    "SELECT (SELECT coalesce(sum(words_model), 0) FROM chunk_attempts WHERE job_id = :j) + "
+    "(SELECT coalesce(sum((detail->'gate'->>'words_model')::int), 0) FROM chunk_versions "
+    "WHERE job_id = :j AND detail ? 'gate')"
 )
 _SHORT_CHUNKS = text(
     "SELECT count(*) FROM chunks c JOIN LATERAL (SELECT l.passed FROM length_checks l WHERE l.chunk_id = c.id "
@@ -152,11 +198,10 @@ _TOP_UPS = text(
 
 
 async def word_account(session: AsyncSession, job_id: uuid.UUID) -> WordAccount:
-    """The job's ``WordAccount``, from its chunk attempts, length checks and top-up sections."""
+    """The job's ``WordAccount``, from its chunk attempts (and versions made of model answers:
+    repairs, bridges), length checks and top-up sections."""
     p = {"j": job_id}
-    model = (
-        await session.execute(text("SELECT coalesce(sum(words_model), 0) FROM chunk_attempts WHERE job_id = :j"), p)
-    ).scalar_one()
+    model = (await session.execute(_WORDS_MODEL, p)).scalar_one()
     by_rule = {r.rule: int(r.words) for r in (await session.execute(_CUT_BY_RULE, p)).all() if r.words}
     short = (await session.execute(_SHORT_CHUNKS, p)).scalar_one()
     rounds, top_up_words = (await session.execute(_TOP_UPS, p)).one()

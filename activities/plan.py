@@ -15,7 +15,6 @@ from temporalio import activity
 
 from activities.base import ModelStep, job_options, load_job, now, plan_node
 from activities.contracts import JobRef, NodeRef, PlanResult
-from activities.memory import plan_entries
 from activities.prompts import (
     NodeBrief,
     children_messages,
@@ -26,6 +25,7 @@ from activities.prompts import (
     rewrite_plan_messages,
 )
 from core.layout import NodePlan, generate_tree, planned_words, rewrite_tree, tree_levels, unit_level
+from core.memory import plan_entries
 from core.plan import (
     PlanItem,
     PlanModel,

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.memory import MemoryContext
 from core.plan import MAX_PLANNED_SECTIONS
+from core.recall import MemoryContext
 from core.text import tail_words
 
 SYSTEM = (

@@ -29,11 +29,11 @@ from temporalio import activity
 
 from activities.base import Step, load_job
 from activities.gating import word_account
-from activities.memory import coherence_counts
-from core.continuity import brief
+from core.coherence import brief
 from core.errors import WebhookRefused
 from core.sealing import Sealer, SealError
 from core.webhooks import IPAddress, WebhookPolicy, delivery_error, event_type, job_event, message_id, url_problem
+from db.memory import coherence_counts
 from db.models import AuditCheckpoint, Document, LlmCall, User
 from db.session import Database
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from core.coherence import ReportInput, report
 from core.continuity import (
-    ReportInput,
     apply_fixes,
     changed_attributes,
     check,
@@ -17,20 +17,11 @@ from core.continuity import (
     near_misses,
     reopened_threads,
     repeated_opening,
-    report,
     timeline_breaks,
 )
-from core.memory import (
-    ChunkMemory,
-    Entry,
-    Summary,
-    build_context,
-    extract,
-    fold,
-    merge,
-    parse_memory,
-    proper_names,
-)
+from core.extractor import extract, merge, proper_names
+from core.memory import ChunkMemory, Entry, fold, parse_memory
+from core.recall import Summary, build_context
 
 PASSAGE = (
     "Captain Mara Quell checked the brass compass on her left wrist before the Kestrel left the harbour. "
