@@ -17,8 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
 
 from activities.base import add_version, latest_version, latest_versions, load_job, plan_node
 from activities.gating import claim_version
@@ -30,6 +29,7 @@ from core.edits import memory_of
 from core.memory import ChunkMemory, Entry, Ledger, as_entry, entries_of, fold
 from core.names import Mentions
 from core.seam import Fate, SeamVerdict, checks, decide
+from db.locks import locked_chunks
 from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, PlanNode, SeamCheck
 from db.memory import finding_events, finding_rows, store_memory
 from db.session import Database, JobTx
@@ -51,22 +51,6 @@ class UnitChunk:
     seen: int = 0  # the last ledger entry its own check could see
     whole: bool = True  # its own check ran with every chunk before it written
     locked: bool = False
-
-
-_LOCKED = text(
-    "WITH RECURSIVE up(chunk_id, node_id) AS ("
-    " SELECT c.id, c.section_id FROM chunks c WHERE c.id = ANY(:ids)"
-    " UNION ALL SELECT up.chunk_id, n.parent_id FROM up JOIN plan_nodes n ON n.id = up.node_id"
-    " WHERE n.parent_id IS NOT NULL)"
-    " SELECT DISTINCT up.chunk_id FROM up JOIN plan_nodes n ON n.id = up.node_id WHERE n.locked_at IS NOT NULL"
-)
-
-
-async def locked_chunks(s: AsyncSession, chunk_ids: list[int]) -> set[int]:
-    """Those of ``chunk_ids`` under a locked node (their section, chapter, part or the book)."""
-    if not chunk_ids:
-        return set()
-    return set((await s.execute(_LOCKED, {"ids": chunk_ids})).scalars())
 
 
 async def unit_chunks(tx: JobTx, chunks: list[Chunk], seen: int = 0) -> list[UnitChunk]:
@@ -310,6 +294,8 @@ class SeamChecker:
         rows = {c.id: c for c in (await tx.session.execute(select(Chunk).where(Chunk.id.in_(ids)))).scalars()}
         changed = [uc.chunk_id for uc, res in checked if res.text != uc.text]
         latest = await latest_versions(tx, changed)
+        if changed:  # under the job's row lock: a lock being taken now is seen here, or waits for this
+            await load_job(tx, tx.job_id, lock=True)
         locked = await locked_chunks(tx.session, changed)
         out = []
         for uc, res in checked:

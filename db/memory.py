@@ -303,16 +303,17 @@ async def coherence_counts(s: AsyncSession, job_id: uuid.UUID, words_written: in
             )
         ).all()
     )
+    why = func.coalesce(CoherenceState.delta["why_fallback"].astext, "no model answer")
     unchecked = dict(
         (
             await s.execute(
-                select(func.coalesce(CoherenceState.delta["why_fallback"].astext, "no model answer"), func.count())
+                select(why, func.count())
                 .where(
                     CoherenceState.job_id == job_id,
                     CoherenceState.kind == "chunk",
                     CoherenceState.source == "fallback",
                 )
-                .group_by(1)
+                .group_by(why)
             )
         ).all()
     )
@@ -321,7 +322,7 @@ async def coherence_counts(s: AsyncSession, job_id: uuid.UUID, words_written: in
             await s.execute(
                 select(SeamCheck.unchecked_reason, func.count())
                 .where(SeamCheck.job_id == job_id, SeamCheck.status == "unchecked")
-                .group_by(1)
+                .group_by(SeamCheck.unchecked_reason)
             )
         ).all()
     )

@@ -1,7 +1,8 @@
 """A job's coherence report: its continuity findings with their evidence (the chunk and version
 where each was found, the ledger entry and quote it contradicts, the model call and the audit
-event that found it, the repair), counted per 10,000 words by category; the ledger's size; the
-share of memory states the model wrote vs the fallback; the seams by status."""
+event that found it, the repair, or what was tried), counted per 10,000 words by category; the
+ledger's size; the share of memory states the model wrote vs the fallback; the seams by status;
+what went unchecked; and in words what was checked and which model judged (``core.coherence``)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ async def coherence(db: Database, job: Job) -> dict[str, Any]:
                 "quote": f.quote_there,
             },
             "repair_version": repairs.get(f.repair_version_id) if f.repair_version_id else None,
+            "tried": f.tried or None,
             "llm_call_id": f.llm_call_id,
             "audit_seq": seqs.get(f.id),
             "seam_check_id": f.seam_check_id,
