@@ -20,8 +20,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
 - it counts the calls in flight (``in_flight``, ``peak_in_flight``) and the seconds it spent
   answering (``model_seconds``), also served at ``GET /v1/stats``;
 - ``mode``: "normal" | "empty" (always empty content) | "malformed_plan" (bad JSON for plans) |
-  "short_plan" (a plan with half the items asked for); "html" (a hostile endpoint: ``XSS`` markup in every field it controls: the prose, every string
-  of a plan, ``finish_reason``, the response's ``model`` and ``id``);
+  "short_plan" (a plan with half the items asked for); "html" (a hostile endpoint: ``XSS`` markup
+  in every field it controls: the prose, every string of a plan, ``finish_reason``, the
+  response's ``model`` and ``id``);
   "echo" (prose wrapped the way a small base model wraps it: instruction lines of its prompt
   said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
   what it echoed is kept in ``echoed``); "down" (an endpoint that is down: HTTP 500 to everything);
