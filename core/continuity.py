@@ -344,8 +344,9 @@ def apply_fixes(passage: str, findings: Iterable[Finding]) -> tuple[str, list[Fi
         if f.fix is None:
             continue
         new = passage
-        for start, end, _found, right in reversed(_variants(passage, f.fix[1])):
-            new = new[:start] + right + new[end:]
+        for start, end, found, right in reversed(_variants(passage, f.fix[1])):
+            if found == f.fix[0]:
+                new = new[:start] + right + new[end:]
         if new != passage:
             passage = new
             fixed.append(f)

@@ -35,13 +35,15 @@ class Recheck:
     why_not: str = ""  # not by the model: why (the fallback's reason)
 
 
-def stands(quote: str, text: str) -> bool:
+def stands(quote: str, text: str, *, exact: bool = False) -> bool:
     """Whether the statement ``quote`` is still words of ``text`` (normalised; around an ellipsis,
-    each piece). A finding without a quote cannot be shown gone: it stands."""
-    pieces = [norm(p) for p in re.split(r"\.\.\.|…", quote) if norm(p)]
+    each piece; ``exact``: letter case counts, as for a name's spelling). A finding without a
+    quote cannot be shown gone: it stands."""
+    form = (lambda t: " ".join(t.split())) if exact else norm
+    pieces = [form(p) for p in re.split(r"\.\.\.|…", quote) if form(p)]
     if not pieces:
         return True
-    t = norm(text)
+    t = form(text)
     return all(p in t for p in pieces)
 
 
@@ -53,7 +55,7 @@ def same_problem(f: Finding, g: Finding) -> bool:
 
 def why_open(f: Finding, after: Recheck) -> str:
     """Why ``f`` is not repaired by the version ``after`` checked; "" when it is."""
-    if stands(f.quote, after.text):
+    if stands(f.quote, after.text, exact=f.subtype == "name_variant"):
         return "the statement it quotes still stands in the rewritten text"
     if f.detector not in TEXT_RULES:
         if not after.by_model:
