@@ -19,22 +19,23 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from temporalio import activity
 
-from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check, save_document
+from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check
 from activities.edit_rows import EditRef, load_edit, note, output_version
 from activities.memory import summarize
 from activities.repair import unchecked_by
 from activities.seam_check import SeamChecker, unit_chunk_now, version_entries
-from activities.tree import ancestors, chunks_under, latest_text, next_node
 from core.edits import changed, mention
 from core.layout import assemble
 from core.spec import ErrorCode
 from core.text import count_words, sha256, trim_to_words
 from db.blocks import document_blocks
+from db.endings import save_document
 from db.loop import Edit
 from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LengthCheck, NodeSummary, PlanNode
 from db.memory import finding_events, ledger_before
 from db.models import LlmCall
 from db.session import JobTx
+from db.tree import ancestors, chunks_under, latest_text, next_node
 
 MAX_FLAGS = 100  # relied_on_changed findings an edit makes
 

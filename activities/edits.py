@@ -36,7 +36,6 @@ from activities.edit_rows import (
 from activities.gating import clean, gate
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
 from activities.repair import check_and_repair
-from activities.tree import chunks_under, latest_text
 from core.edits import spans, split_text
 from core.length import stalled, words_to_ask
 from core.recall import build_context, prompt_budget
@@ -46,6 +45,7 @@ from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNo
 from db.memory import ledger_before, summaries_before
 from db.models import Job
 from db.session import JobTx
+from db.tree import chunks_under, latest_text
 
 
 class EditActivities(ModelStep):

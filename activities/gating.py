@@ -17,18 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
 from asyncio.subprocess import PIPE
 from typing import Any
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.gate import Gated
 from core.gate import gate as gate_here
 from core.gate_process import gated
-from core.length import WordAccount
 from core.repeats import drop_repeats, fingerprints
 from db.manuscript import Chunk
 from db.session import JobTx
@@ -174,42 +171,3 @@ _CLAIM = text(
     "WITH ORDINALITY AS m(f, k, w, n) ORDER BY m.n "
     "ON CONFLICT DO NOTHING RETURNING fingerprint"
 )
-# A job's cuts: its attempts' and its versions' made of model answers (repairs, bridges).
-_CUT_BY_RULE = text(
-    "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM ("
-    "SELECT a.cuts AS cuts FROM chunk_attempts a WHERE a.job_id = :j UNION ALL "
-    "SELECT v.detail->'gate'->'cuts' FROM chunk_versions v WHERE v.job_id = :j AND v.detail ? 'gate'"
-    ") x, jsonb_array_elements(x.cuts) c GROUP BY 1"
-)
-_WORDS_MODEL = text(
-    "SELECT (SELECT coalesce(sum(words_model), 0) FROM chunk_attempts WHERE job_id = :j) + "
-    "(SELECT coalesce(sum((detail->'gate'->>'words_model')::int), 0) FROM chunk_versions "
-    "WHERE job_id = :j AND detail ? 'gate')"
-)
-_SHORT_CHUNKS = text(
-    "SELECT count(*) FROM chunks c JOIN LATERAL (SELECT l.passed FROM length_checks l WHERE l.chunk_id = c.id "
-    "AND l.scope = 'chunk' ORDER BY l.round DESC LIMIT 1) last ON true "
-    "WHERE c.job_id = :j AND c.status = 'done' AND NOT last.passed"
-)
-_TOP_UPS = text(
-    "SELECT count(DISTINCT n.id), coalesce(sum(c.word_count), 0) FROM plan_nodes n "
-    "LEFT JOIN chunks c ON c.section_id = n.id AND c.status = 'done' WHERE n.job_id = :j AND n.is_continuation"
-)
-
-
-async def word_account(session: AsyncSession, job_id: uuid.UUID) -> WordAccount:
-    """The job's ``WordAccount``, from its chunk attempts (and versions made of model answers:
-    repairs, bridges), length checks and top-up sections."""
-    p = {"j": job_id}
-    model = (await session.execute(_WORDS_MODEL, p)).scalar_one()
-    by_rule = {r.rule: int(r.words) for r in (await session.execute(_CUT_BY_RULE, p)).all() if r.words}
-    short = (await session.execute(_SHORT_CHUNKS, p)).scalar_one()
-    rounds, top_up_words = (await session.execute(_TOP_UPS, p)).one()
-    return WordAccount(
-        words_model=int(model),
-        words_cut=sum(by_rule.values()),
-        cut_by_rule=by_rule,
-        chunks_short=int(short),
-        top_up_rounds=int(rounds),
-        top_up_words=int(top_up_words),
-    )

@@ -33,7 +33,7 @@ from sqlalchemy import text
 
 import testkit
 from core.coherence import summary_line
-from db.memory import coherence_counts
+from db.counts import coherence_counts
 from db.session import Database
 
 PROMPTS = Path(__file__).with_name("prompts.jsonl")

@@ -31,7 +31,6 @@ CATEGORY_NAMES = {
     "style": "style and terms",
 }
 ENTITY_TYPES = ("person", "place", "object", "organisation", "term", "other")
-MEMORY_SOURCES = ("model", "fallback")
 Category = Literal["characters", "facts", "timeline", "plot", "style"]
 
 _QUOTE_MIN_WORDS = 3  # a shorter "quote" matches anything
@@ -215,8 +214,6 @@ def _label(it: Any) -> str:
 
 
 # -- the ledger ---------------------------------------------------------------------------------
-
-ENTRY_KINDS = ("entity", "attribute", "event", "thread", "resolved", "fact")
 
 
 @dataclass

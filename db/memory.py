@@ -5,21 +5,15 @@ numbers. ``activities/memory.py`` asks the model; ``core/memory.py`` is what the
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
 
 from sqlalchemy import BigInteger, Text, and_, cast, exists, func, literal, null, or_, select, text, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.coherence import ReportInput, report
 from core.continuity import Finding
 from core.memory import ChunkMemory, Entry, Ledger, NewEntry, entries_of, fold
 from core.recall import Summary
 from core.repair import MEMORY_SUBTYPES
-from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, NodeSummary, PlanNode, SeamCheck
-from db.models import Document, LlmCall
+from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, NodeSummary, PlanNode
 from db.session import JobTx
 
 # A value a chunk stated against what was established, while the finding that says so is open:
@@ -247,92 +241,3 @@ def finding_events(tx: JobTx, rows: Sequence[ContinuityFinding], chunk: Chunk, w
                 **({"tried": r.tried} if r.tried else {}),
             },
         )
-
-
-async def coherence_counts(s: AsyncSession, job_id: uuid.UUID, words_written: int) -> dict[str, Any]:
-    """A job's coherence in numbers (``core.coherence.report``, without the findings' list): the
-    report, the job page, the final audit event and the webhook all read it."""
-    findings = [
-        {"category": c, "severity": sev, "status": st}
-        for c, sev, st in (
-            await s.execute(
-                select(ContinuityFinding.category, ContinuityFinding.severity, ContinuityFinding.status).where(
-                    ContinuityFinding.job_id == job_id
-                )
-            )
-        ).all()
-    ]
-    words = (
-        await s.execute(
-            select(Document.word_count)
-            .where(Document.job_id == job_id, Document.role.in_(["output", "partial"]))
-            .order_by(Document.role.desc(), Document.version.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none() or words_written
-    live = (
-        select(LedgerEntry.kind, LedgerEntry.key)
-        .outerjoin(Chunk, Chunk.id == LedgerEntry.chunk_id)
-        .where(
-            LedgerEntry.job_id == job_id,
-            (LedgerEntry.chunk_id.is_(None)) | (LedgerEntry.chunk_version_id == Chunk.memory_version_id),
-        )
-        .subquery()
-    )
-    entries, entities = (
-        await s.execute(
-            select(
-                func.count(),
-                func.count(func.distinct(live.c.key)).filter(live.c.kind.in_(["entity", "attribute"])),
-            ).select_from(live)
-        )
-    ).one()
-    states = dict(
-        (
-            await s.execute(
-                select(CoherenceState.source, func.count())
-                .where(CoherenceState.job_id == job_id, CoherenceState.kind == "chunk")
-                .group_by(CoherenceState.source)
-            )
-        ).all()
-    )
-    seams = dict(
-        (
-            await s.execute(
-                select(SeamCheck.status, func.count()).where(SeamCheck.job_id == job_id).group_by(SeamCheck.status)
-            )
-        ).all()
-    )
-    why = func.coalesce(CoherenceState.delta["why_fallback"].astext, "no model answer")
-    unchecked = dict(
-        (
-            await s.execute(
-                select(why, func.count())
-                .where(
-                    CoherenceState.job_id == job_id,
-                    CoherenceState.kind == "chunk",
-                    CoherenceState.source == "fallback",
-                )
-                .group_by(why)
-            )
-        ).all()
-    )
-    seams_unchecked = dict(
-        (
-            await s.execute(
-                select(SeamCheck.unchecked_reason, func.count())
-                .where(SeamCheck.job_id == job_id, SeamCheck.status == "unchecked")
-                .group_by(SeamCheck.unchecked_reason)
-            )
-        ).all()
-    )
-    judges = (
-        await s.execute(
-            select(LlmCall.model)
-            .where(LlmCall.job_id == job_id, LlmCall.purpose.in_(["memory", "judge"]), LlmCall.status == "ok")
-            .distinct()
-            .order_by(LlmCall.model)
-        )
-    ).scalars()
-    counts = ReportInput(int(words or 0), findings, int(entries), int(entities), states, seams)
-    return report(replace(counts, unchecked=unchecked, seams_unchecked=seams_unchecked, judges=list(judges)))

@@ -12,14 +12,14 @@ from sqlalchemy import Integer, cast, select
 
 from core.coherence import summary_line
 from core.memory import CATEGORY_NAMES
+from db.counts import coherence_counts
 from db.manuscript import Chunk, ChunkVersion, ContinuityFinding, PlanNode
-from db.memory import coherence_counts
 from db.models import AuditEvent, Job
 from db.session import Database
 
 
 async def coherence(db: Database, job: Job) -> dict[str, Any]:
-    """The report (``core.continuity.report``) with every finding and its evidence links."""
+    """The report (``core.coherence.report``) with every finding and its evidence links."""
     async with db.tx() as s:
         rep = await coherence_counts(s, job.id, job.words_written)
         rows = (

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from activities.llm import LlmClient
 from core.spec import JobSpec
+from db.counts import coherence_counts
 from db.manuscript import Chunk, ChunkVersion, CoherenceState, ContinuityFinding, SeamCheck
-from db.memory import coherence_counts
 from services import jobs
 from testkit import until
 from tests.conftest import TEST_SECRET

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from activities import gating
-from core.gate import Gated, gate, sentences
+from core.gate import Gated, gate
 from core.repeats import drop_repeats, fingerprints
+from core.sentences import sentences
 from core.text import count_words
 
 FIXTURES = Path(__file__).parent / "fixtures"
