@@ -21,6 +21,7 @@ from activities.prompts import ChunkContext, chunk_messages, echo_source, max_to
 from activities.repair import Checked, check_and_repair, first_check
 from core.coherence import BASE_MODEL
 from core.continuity import needs_repair
+from core.gate import Gated
 from core.memory import Ledger, open_threads_after
 from core.quota import Quotas
 from core.repair import established_only
@@ -128,6 +129,8 @@ class CommitSteps(ModelStep):
                 request_key=f"chunk:{chunk_id}:memory:r0", after=(call.result.call_id, invalid),
             )  # fmt: skip
 
+        extensions: list[Gated] = []  # their words and cuts join the repaired version's record
+
         async def extend(current: str, key: str) -> str:
             """A repair that left the passage short: continued, as any short passage is."""
             async with self.db.job_tx(jid) as tx:
@@ -143,10 +146,9 @@ class CommitSteps(ModelStep):
                 messages=msgs,
                 max_tokens=max_tokens_for(need + 40),
             )
-            added = (
-                await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
-            ).text
-            return join_continuation(current, added)
+            gated = await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
+            extensions.append(gated)
+            return join_continuation(current, gated.text)
 
         checked = await check_and_repair(
             self.llm,
@@ -160,6 +162,8 @@ class CommitSteps(ModelStep):
             extend=extend,
             remembered=rem,
         )
+        if checked.text != text:  # kept: made of the rewrites and of these
+            checked.answers += extensions
         return await self._commit(jid, chunk_id, nxt, checked, None)
 
     async def _commit(self, jid: uuid.UUID, chunk_id: int, nxt: Next, checked: Checked, call: Call | None) -> ChunkDone:

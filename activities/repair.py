@@ -41,6 +41,7 @@ class Checked:
     rounds: int = 0
     answers: list[Gated] = field(default_factory=list)  # the rewrites the text is made of, as gated
     unchecked: str = ""
+    judged: bool = False  # a judge answered about it (a valid model answer with its contradictions)
 
     def is_repaired(self, f: Finding) -> bool:
         return any(self.findings[i] is f for i in self.fixed)
@@ -74,7 +75,8 @@ def unchecked_by(rem: Remembered) -> str:
 
 def first_check(passage: str, rem: Remembered, ledger: Ledger) -> Checked:
     """The passage's checks, before any repair."""
-    return Checked(passage, rem, check(passage, rem.memory, ledger, rem.judged_ids), unchecked=unchecked_by(rem))
+    found = check(passage, rem.memory, ledger)
+    return Checked(passage, rem, found, unchecked=unchecked_by(rem), judged=rem.source == "model" and bool(rem.calls))
 
 
 Extend = Callable[[str, str], Awaitable[str]]
@@ -134,7 +136,7 @@ async def check_and_repair(
             text = await extend(text, key)
         must = [f.entry_id for f in rest if f.entry_id is not None]
         rem = await _remember(llm, job_id, chunk_id, model, text, ledger, f"{request_key}:r{out.rounds}", must)
-        again = check(text, rem.memory, ledger, rem.judged_ids)
+        again = check(text, rem.memory, ledger)
         last = Recheck(text, again, rem.source == "model", rem.judged_ids or set(), rem.why_fallback)
         # A rewrite's own new problem is found too.
         out.findings += [g for g in again if not any(same_problem(g, f) for f in out.findings)]
@@ -182,11 +184,15 @@ async def _judged(
         judge_only=True,
     )  # fmt: skip
     answered = verdict.source == "model"
-    memory = stored.memory.model_copy(update={"contradictions": verdict.memory.contradictions if answered else []})
+    said = verdict.memory if answered else None
+    memory = stored.memory.model_copy(
+        update={"contradictions": said.contradictions if said else [], "agrees": said.agrees if said else []}
+    )
     rem = Remembered(
         memory, stored.source, verdict.calls, verdict.errors, verdict.dropped, shown=verdict.shown if answered else []
     )
     out = first_check(passage, rem, ledger)
+    out.judged = answered
     if not answered and not out.unchecked:
         out.unchecked = f"the judge gave no valid answer ({verdict.why_fallback})"
     return out

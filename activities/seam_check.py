@@ -229,7 +229,7 @@ class SeamChecker:
             unchecked = [res.unchecked for _, res in checked] + [own_unchecked]
             verdict = decide(fates, unchecked, strict=strict and edit_id is None, title=unit.title or "")
             record = checks(
-                verdict, mode=mode, at_seam=len(checked), judged=sum(1 for _, r in checked if r.remembered.calls),
+                verdict, mode=mode, at_seam=len(checked), judged=sum(1 for _, r in checked if r.judged),
                 findings=len(fates), unchecked=unchecked, locked=sum(1 for uc, _ in checked if uc.locked),
                 edit_id=edit_id,
             )  # fmt: skip

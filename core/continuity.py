@@ -180,11 +180,12 @@ def _attribute_of(view: EntityView, attr: str) -> tuple[Entry | None, bool]:
     return (close[0], False) if len(close) == 1 else (None, False)
 
 
-def changed_attributes(mem: ChunkMemory, ledger: Ledger, judged: set[int] | None = None) -> list[Finding]:
+def changed_attributes(mem: ChunkMemory, ledger: Ledger) -> list[Finding]:
     """An attribute the ledger holds for an entity, stated with another value in this passage
-    (``core.values``: a value that differs by negation, number or a listed alternative). A value
-    the rules cannot tell from the established one is the judge's: when no judge that answered
-    was shown that entry (``judged``: the ids it was), it is reported (minor), never "the same"."""
+    (``core.values``: a value that differs by negation, number, proper name or a listed
+    alternative). A value the rules cannot tell from the established one is the judge's: unless
+    the judge says the passage agrees with that entry (``mem.agrees``), it is reported (minor),
+    never "the same"."""
     out: list[Finding] = []
     for e in mem.entities:
         found = resolve(e.name, ledger.entities)
@@ -199,7 +200,7 @@ def changed_attributes(mem: ChunkMemory, ledger: Ledger, judged: set[int] | None
             if old is None:
                 continue
             verdict = compare(old.value, a.value)
-            if verdict == "same" or (verdict == "unknown" and (not exact or (judged is not None and old.id in judged))):
+            if verdict == "same" or (verdict == "unknown" and (not exact or old.id in mem.agreed)):
                 continue
             major = verdict == "different"
             out.append(
@@ -209,7 +210,7 @@ def changed_attributes(mem: ChunkMemory, ledger: Ledger, judged: set[int] | None
                     severity="major" if major else "minor",
                     detector="rule:attribute",
                     message=f"{view.name}'s {old.attribute or attr} is “{a.value}” here, “{old.value}” before"
-                    + ("" if major else ": the rules cannot tell whether these agree, and no judge answered on it"),
+                    + ("" if major else ": the rules cannot tell these apart and the judge did not say they agree"),
                     quote=a.quote,
                     entry_id=old.id,
                     quote_there=old.quote,
@@ -311,15 +312,14 @@ def repeated_opening(before: str, after: str) -> list[Finding]:
     return []
 
 
-def check(passage: str, mem: ChunkMemory, ledger: Ledger, judged_ids: set[int] | None = None) -> list[Finding]:
+def check(passage: str, mem: ChunkMemory, ledger: Ledger) -> list[Finding]:
     """Every check of a passage and its delta against the ledger before it, the judge's included.
-    ``judged_ids``: the ledger entries a judge that answered was shown (None: no judge answered).
     One finding per problem: the judge's quote of what a rule already found is that finding, and
     a value the rules could not decide is the judge's when it named it."""
     found = [
         *name_variants(passage, ledger),
         *near_misses(passage, ledger),
-        *changed_attributes(mem, ledger, judged_ids),
+        *changed_attributes(mem, ledger),
         *reopened_threads(mem, ledger),
         *timeline_breaks(mem, ledger),
     ]

@@ -22,7 +22,7 @@ _PERSON_TITLES = {
     "aunt", "colonel", "general", "lieutenant", "sergeant", "madame", "monsieur", "señor", "herr",
 }  # fmt: skip
 # Words that start sentences capitalised without being names; a name is never one of them alone.
-_COMMON = set(
+COMMON_WORDS = set(
     """a about above after again against all also although am an and another any are as at be because been
     before being below between both but by can could did do does doing down during each either even every
     few for from further had has have having he her here hers herself him himself his how however i if in
@@ -80,7 +80,7 @@ def proper_names(text: str) -> list[tuple[str, str, str]]:
                     break
             i = j
             opens = all(not re.match(r"\w", t) for t in toks[:start])
-            while run and run[0].lower() in _COMMON:
+            while run and run[0].lower() in COMMON_WORDS:
                 run, opens = run[1:], False
             while run and run[-1].lower() in _CONNECTORS:
                 run = run[:-1]

@@ -142,6 +142,9 @@ class ChunkMemory(BaseModel):
     threads_resolved: list[Thread] = Field(default_factory=list, max_length=12)
     facts: list[Fact] = Field(default_factory=list, max_length=20)
     contradictions: list[Contradiction] = Field(default_factory=list, max_length=12)
+    # The refs of entries the judge says the passage states again, consistently: what the rules
+    # cannot decide is "the same" only on the judge's word, never by its silence.
+    agrees: list[str] = Field(default_factory=list, max_length=40)
 
     @field_validator(
         "entities", "events", "threads_opened", "threads_resolved", "facts", "contradictions", mode="before"
@@ -149,6 +152,16 @@ class ChunkMemory(BaseModel):
     @classmethod
     def _lists(cls, v: Any) -> Any:
         return _lenient_list(v)
+
+    @field_validator("agrees", mode="before")
+    @classmethod
+    def _refs(cls, v: Any) -> Any:
+        return [str(x).strip().strip("[]").upper() for x in _lenient_list(v) if isinstance(x, str | int)]
+
+    @property
+    def agreed(self) -> set[int]:
+        """The ledger entry ids of ``agrees``."""
+        return {int(r[1:]) for r in self.agrees if r[:1] == "E" and r[1:].isdigit()}
 
 
 @dataclass
@@ -201,6 +214,8 @@ def parse_memory(raw: str, passage: str, known_refs: Iterable[str] = ()) -> Pars
     mem.threads_resolved = keep(mem.threads_resolved, "resolved thread")
     mem.facts = keep(mem.facts, "fact")
     mem.contradictions = keep(mem.contradictions, "contradiction", lambda c: c.known.strip().upper() in refs)
+    dropped += [f"agrees {r!r}: not a ref it was shown" for r in mem.agrees if r not in refs]
+    mem.agrees = [r for r in dict.fromkeys(mem.agrees) if r in refs]
     if total and len(dropped) * 2 > total:
         raise ValueError(f"{len(dropped)} of {total} items quote words that are not in the passage: {dropped[0]}")
     return Parsed(mem, dropped)

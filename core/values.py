@@ -1,8 +1,9 @@
 """Whether two statements of one attribute say the same: ``same``, ``different`` or ``unknown``.
 
 Rules decide what rules can see: a negation on one side only ("blue" / "not blue"), other
-numbers (digits or number words: "two fingers" / "ten fingers"), words from one listed set of
-alternatives that do not meet ("brass" / "silver", "left" / "right", "red" / "blue"). A value that
+numbers (digits or number words: "two fingers" / "ten fingers"), other proper names ("born in
+Lisbon" / "born in Porto"), words from one listed set of alternatives that do not meet ("brass" /
+"silver", "left" / "right", "red" / "blue"). A value that
 only adds detail to the other ("grey" / "grey, like the sea") is the same. Anything else is
 ``unknown``: the judge decides it, never a rule, and never "same" by default. Pure.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import Literal
+
+from core.extractor import COMMON_WORDS
 
 Verdict = Literal["same", "different", "unknown"]
 
@@ -144,6 +147,19 @@ def numbers(words: list[str]) -> list[float]:
     return out
 
 
+def _names(text: str) -> set[str]:
+    """The proper names a value states: its capitalised words that are no common word, number or
+    listed alternative ("born in Lisbon" -> lisbon; "Blue" -> none)."""
+    t = unicodedata.normalize("NFKC", text).replace("’", "'")
+    out = set()
+    for w in _WORD.findall(t):
+        k = _SYNONYMS.get(w.casefold().removesuffix("'s"), w.casefold().removesuffix("'s"))
+        if w[:1].isupper() and w != "I" and k not in COMMON_WORDS and k not in _NUMERIC and k not in _FILLER:
+            if not any(k in group for group in ALTERNATIVES):
+                out.add(k)
+    return out
+
+
 def _negated(words: list[str]) -> bool:
     return any(w in NEGATIONS for w in words)
 
@@ -158,6 +174,9 @@ def compare(a: str, b: str) -> Verdict:
     na, nb = numbers(wa), numbers(wb)
     if na and nb and sorted(na) != sorted(nb):
         return "different"
+    names_a, names_b = _names(a), _names(b)
+    if names_a and names_b and not names_a & names_b:
+        return "different"  # other places, people, ships: "Lisbon" / "Porto"
     sa, sb = set(wa), set(wb)
     for group in ALTERNATIVES:
         ga, gb = sa & group, sb & group

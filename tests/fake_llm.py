@@ -36,8 +36,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   entities. ``plants`` are sentences put into chunk writes (``nth`` write of the job, or the
   ``index``-th write (default 1) of outline chapter ``chapter``) with what the memory call reports of them
   (``entity``, ``attribute``, ``value``); a plant that gives a known entity's attribute another
-  value is reported as a contradiction of that entry by the judge (``judge_mode`` "weak": the
-  attribute is listed, no contradiction is ever named; "invalid": a judge-only call, the seam's,
+  value is reported as a contradiction of that entry by the judge, one that gives it again as an
+  agreement (``agrees``) (``judge_mode`` "weak": the attribute is listed, no contradiction nor
+  agreement is ever named; "invalid": a judge-only call, the seam's,
   answers no valid JSON). ``recheck_mode`` scripts the memory call that sees a plant it already
   reported (a re-check after a repair): "lazy" leaves that plant's detail out, "invalid" answers
   no valid JSON. A repair call puts the established sentence back in place of the contradicting
@@ -390,7 +391,7 @@ class FakeLLM:
             for sent in sentences:
                 for name in re.findall(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b", sent):
                     entities.setdefault(name, {"name": name, "type": "other", "quote": sent, "attributes": []})
-        contradictions = []
+        contradictions, agrees = [], []
         for p in plants:
             if p["sentence"] not in passage or not p.get("entity"):
                 continue
@@ -400,6 +401,8 @@ class FakeLLM:
             e["type"] = "person"
             e["attributes"].append({"attribute": p["attribute"], "value": p["value"], "quote": p["sentence"]})
             ref = re.search(rf"^\[(E\d+)\] {re.escape(p['entity'])}'s {re.escape(p['attribute'])}: (.+)$", known, re.M)
+            if ref and ref.group(2).strip() == p["value"] and judge_mode != "weak":
+                agrees.append(ref.group(1))
             if ref and ref.group(2).strip() != p["value"] and judge_mode != "weak":
                 contradictions.append(
                     {
@@ -410,7 +413,9 @@ class FakeLLM:
                     }
                 )
         if judge_only:  # the judge alone
-            return json.dumps({"summary": sentences[0] if sentences else "-", "contradictions": contradictions})
+            return json.dumps(
+                {"summary": sentences[0] if sentences else "-", "contradictions": contradictions, "agrees": agrees}
+            )
         return json.dumps(
             {
                 "summary": " ".join(sentences[:2]) or "An empty passage.",
@@ -420,6 +425,7 @@ class FakeLLM:
                 "threads_resolved": [],
                 "facts": [],
                 "contradictions": contradictions,
+                "agrees": agrees,
             }
         )
 

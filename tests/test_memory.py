@@ -116,6 +116,12 @@ def test_items_with_false_quotes_or_unknown_refs_are_dropped_and_listed() -> Non
     assert len(parsed.dropped) == 2 and "not a ref it was shown" in parsed.dropped[1]
 
 
+def test_the_judges_agreements_count_only_for_entries_it_was_shown() -> None:
+    parsed = parse_memory(_answer(agrees=["E2", "[e3]", "E9"]), PASSAGE, known_refs={"E2", "E3"})
+    assert parsed.memory.agrees == ["E2", "E3"] and parsed.memory.agreed == {2, 3}
+    assert any("agrees 'E9'" in d for d in parsed.dropped)
+
+
 def _e(id: int, kind: str, key: str, value: str, order: int, **kw: object) -> Entry:
     return Entry(
         id=id,
@@ -350,7 +356,7 @@ def test_values_the_rules_cannot_tell_apart_are_the_judges_never_the_same() -> N
         ]
     )
 
-    def said(value: str) -> ChunkMemory:
+    def said(value: str, agrees: tuple[str, ...] = ()) -> ChunkMemory:
         return _mem(
             entities=[
                 {
@@ -358,14 +364,17 @@ def test_values_the_rules_cannot_tell_apart_are_the_judges_never_the_same() -> N
                     "quote": "q",
                     "attributes": [{"attribute": "mark", "value": value, "quote": value}],
                 }
-            ]
+            ],
+            agrees=list(agrees),
         )
 
     for same in ("a long scar", "a long scar across the cheek", "A LONG SCAR."):
         assert changed_attributes(said(same), led) == [], same
     unsure = changed_attributes(said("a jagged burn"), led)  # "Orrin Vale" is the ledger's Orrin, by words
     assert [(f.subtype, f.severity) for f in unsure] == [("attribute_unsure", "minor")]
-    assert changed_attributes(said("a jagged burn"), led, judged={2}) == []  # a judge that answered saw it
+    assert changed_attributes(said("a jagged burn", ("E2",)), led) == []  # the judge says it agrees
+    assert [f.severity for f in changed_attributes(said("a jagged burn", ("E1",)), led)] == ["minor"]
+    assert compare("born in Lisbon", "born in Porto") == "different"  # other proper names
     assert compare("twenty-two", "22") == "same" and compare("blue", "not blue") == "different"
 
 
