@@ -125,9 +125,9 @@ async def memory(
     print(
         f"contradictions planted {sum(count.values())}: caught {caught}, made consistent {count['made consistent']}, "
         f"reported open {count['reported open']}, unchecked {count['unchecked']}, "
-        f"UNREPORTED {count['UNREPORTED']}; false repairs {false_lies + m['false_repairs']} "
-        f"(planted ones {false_lies}; any finding marked repaired whose statement still stands: {m['false_repairs']} "
-        f"of {m['repaired']} repaired); findings in all {m['findings']}"
+        f"UNREPORTED {count['UNREPORTED']}; false repairs {m['false_repairs']} of {m['repaired']} repaired "
+        f"(marked repaired, the statement still in the document; of the planted ones: {false_lies}); "
+        f"findings in all {m['findings']}"
     )
     print(f"memory states: {m['states']}; seams: {m['seams']}")
     print(
