@@ -204,7 +204,7 @@ async def _store_commit(tx: JobTx, job: Job, chunk: Chunk, nxt: Next, checked: C
         )
     checked_version = versions[-1]
     if checked.text != text:
-        kept, gate = await claim_version(tx, chunk, checked.text, text, checked.gated)
+        kept, gate = await claim_version(tx, chunk, checked.text, checked.gated)
         repaired = [f.subtype for f in checked.findings if checked.is_repaired(f)]
         versions.append(
             add_version(tx, chunk, len(versions) + 1, "continuity_repair", kept, {"repaired": repaired, "gate": gate})

@@ -18,6 +18,7 @@ import asyncio
 import json
 import sys
 from asyncio.subprocess import PIPE
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -121,10 +122,9 @@ async def clean(answer: str, echo_of: str = "", source: str = "", *, fragment: b
     return (await gate(answer, prompt=echo_of, source=source, fragment=fragment)).text
 
 
-async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated, replaces: str = "") -> Gated:
+async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated, free: Sequence[int] = ()) -> Gated:
     """``gated`` without the paragraphs and sentences the document already has; the rest claimed.
-    ``replaces``: the chunk's text that ``gated`` stands in for (a repair, a bridge), whose own
-    paragraphs and sentences it may say again."""
+    ``free``: chunks whose marks are up for grabs (an edit's: the text it replaces), claimed over."""
     marks = sorted(fingerprints(gated.text), key=lambda m: m.fingerprint)
     if not marks:
         return gated
@@ -138,9 +138,28 @@ async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated, replaces
         "kinds": [m.kind for m in marks],
         "words": [m.words for m in marks],
     }
-    won = set((await tx.session.execute(_CLAIM, params)).scalars())
-    won |= {m.fingerprint for m in fingerprints(replaces)}
+    if free:
+        won = set((await tx.session.execute(_RECLAIM, {**params, "free": list(free)})).scalars())
+    else:
+        won = set((await tx.session.execute(_CLAIM, params)).scalars())
     kept, cuts = drop_repeats(gated.text, {m.fingerprint for m in marks} - won)
+    return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
+
+
+async def taken(tx: JobTx, gated: Gated, free: Sequence[int] = ()) -> Gated:
+    """``gated`` without what the document already has, as ``claim`` would cut it, claiming
+    nothing (an answer that may yet be refused)."""
+    marks = fingerprints(gated.text)
+    if not marks:
+        return gated
+    held = set(
+        (
+            await tx.session.execute(
+                _TAKEN, {"job_id": tx.job_id, "fingerprints": [m.fingerprint for m in marks], "free": list(free)}
+            )
+        ).scalars()
+    )
+    kept, cuts = drop_repeats(gated.text, held)
     return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
 
 
@@ -152,22 +171,29 @@ def passes(answers: list[Gated]) -> Gated:
     return Gated("", [c for g in answers for c in g.cuts], sum(g.words_in for g in answers))
 
 
-async def claim_version(
-    tx: JobTx, chunk: Chunk, text: str, replaces: str, answers: Gated
-) -> tuple[str, dict[str, Any]]:
-    """A new version's text made of model answers (``answers``: their words, the gate's cuts) with
-    what the document already says elsewhere cut, its new words claimed, as a chunk attempt's are;
-    returns the text kept and the record its version carries (``detail.gate``: the model's words,
-    every cut), which the job's word account sums."""
-    kept = await claim(tx, chunk, VERSION_CLAIM, Gated(text, [], 0), replaces=replaces)
+async def claim_version(tx: JobTx, chunk: Chunk, text: str, answers: Gated) -> tuple[str, dict[str, Any]]:
+    """A new version of ``chunk`` made of model answers (``answers``: their words, the gate's cuts)
+    with what the document already says elsewhere cut (what the chunk itself said is its own to
+    say again), its new words claimed, as a chunk attempt's are; returns the text kept and the
+    record its version carries (``detail.gate``: the model's words, every cut), which the job's
+    word account sums."""
+    kept = await claim(tx, chunk, VERSION_CLAIM, Gated(text, [], 0), free=[chunk.id])
     record = {"words_model": answers.words_in, "cuts": [*answers.records(), *kept.records()]}
     return kept.text, record
 
 
-_CLAIM = text(
+_INSERT_MARKS = (
     "INSERT INTO text_marks (job_id, fingerprint, kind, chunk_id, attempt_no, words) "
     "SELECT :job_id, m.f, m.k, :chunk_id, :attempt_no, m.w "
     "FROM unnest(CAST(:fingerprints AS bigint[]), CAST(:kinds AS text[]), CAST(:words AS int[])) "
     "WITH ORDINALITY AS m(f, k, w, n) ORDER BY m.n "
-    "ON CONFLICT DO NOTHING RETURNING fingerprint"
+)
+_CLAIM = text(_INSERT_MARKS + "ON CONFLICT DO NOTHING RETURNING fingerprint")
+_RECLAIM = text(
+    _INSERT_MARKS + "ON CONFLICT (job_id, fingerprint) DO UPDATE SET chunk_id = EXCLUDED.chunk_id, "
+    "attempt_no = EXCLUDED.attempt_no WHERE text_marks.chunk_id = ANY(CAST(:free AS bigint[])) RETURNING fingerprint"
+)
+_TAKEN = text(
+    "SELECT fingerprint FROM text_marks WHERE job_id = :job_id AND fingerprint = ANY(CAST(:fingerprints AS bigint[])) "
+    "AND NOT chunk_id = ANY(CAST(:free AS bigint[]))"
 )

@@ -306,7 +306,7 @@ class SeamChecker:
                         f.tried = "not repaired: its chapter was locked while the seam was checked"
                 res.fixed = set()
             elif res.text != uc.text:
-                kept, gate = await claim_version(tx, chunk, res.text, uc.text, res.gated)
+                kept, gate = await claim_version(tx, chunk, res.text, res.gated)
                 repaired = [f.subtype for f in res.findings if res.is_repaired(f)]
                 repair = add_version(
                     tx, chunk, latest[chunk.id].version + 1 if chunk.id in latest else 1, "seam_repair", kept,

@@ -134,7 +134,7 @@ async def _store(
         latest = latest_of.get(chunk.id)
         detail: dict[str, Any] = {"section": section.id}
         if ordinal in bridges:
-            text, detail["gate"] = await claim_version(tx, chunk, text, dict(window)[ordinal], bridges[ordinal][1])
+            text, detail["gate"] = await claim_version(tx, chunk, text, bridges[ordinal][1])
         v = add_version(tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, detail)
         chunk.word_count = v.word_count
     words_after = sum(rows[o].word_count for o, _ in window)

@@ -2,7 +2,7 @@
 finding left open after repair attempts says what was tried
 
 Revision ID: 0011_checks
-Revises: 0010
+Revises: 0014_edit_scope
 Create Date: 2026-12-16
 
 Seams gain the status ``unchecked`` and ``unchecked_reason`` (set exactly when unchecked); a unit
@@ -20,7 +20,7 @@ PLAN_NODE_RULES = "\nCREATE OR REPLACE FUNCTION quire_plan_node_rules() RETURNS 
 OLD_PLAN_NODE_RULES = "\nCREATE OR REPLACE FUNCTION quire_plan_node_rules() RETURNS trigger AS $$\nDECLARE children bigint; first record; pred_state bigint;\nBEGIN\n  IF NEW.status IS NOT DISTINCT FROM OLD.status THEN\n    RETURN NEW;\n  END IF;\n  IF NEW.status IN ('expanded', 'done') AND NEW.level <> 'section' THEN\n    SELECT sum(budget_words) INTO children FROM plan_nodes WHERE parent_id = NEW.id;\n    IF children < NEW.budget_words THEN\n      RAISE EXCEPTION '% % of job %: its children budget % words, less than its own %',\n        NEW.level, NEW.id, NEW.job_id, children, NEW.budget_words USING ERRCODE = 'check_violation';\n    END IF;\n  END IF;\n  IF NEW.status = 'done' THEN\n    SELECT id, ordinal, state_before_id INTO first FROM chunks WHERE unit_id = NEW.id ORDER BY ordinal LIMIT 1;\n    IF FOUND THEN  -- a unit: complete only with all its chunks and a validated seam\n      IF EXISTS (SELECT 1 FROM chunks WHERE unit_id = NEW.id AND status <> 'done') THEN\n        RAISE EXCEPTION 'unit % of job % cannot be complete: not all its chunks are done', NEW.id, NEW.job_id\n          USING ERRCODE = 'check_violation';\n      END IF;\n      IF first.ordinal > 0 THEN\n        SELECT state_after_id INTO pred_state FROM chunks\n         WHERE job_id = NEW.job_id AND ordinal = first.ordinal - 1 AND status = 'done';\n        -- Its seam was checked against the predecessor's real end state and passed (or its repair\n        -- did), or what the check found could not be repaired and is reported as open findings.\n        IF NOT EXISTS (SELECT 1 FROM seam_checks s\n                        WHERE s.unit_id = NEW.id AND s.chunk_id = first.id\n                          AND s.predecessor_state_id = pred_state AND s.successor_state_id = first.state_before_id\n                          AND (s.validated OR (s.status = 'flagged' AND EXISTS (\n                                 SELECT 1 FROM continuity_findings f\n                                  WHERE f.status = 'open' AND f.severity = 'major'\n                                    AND (f.seam_check_id = s.id OR (s.mode = 'strict' AND f.chunk_id = s.chunk_id\n                                                                    AND f.seam_check_id IS NULL)))))) THEN\n          RAISE EXCEPTION 'unit % of job % cannot be complete: its seam is not validated against %',\n            NEW.id, NEW.job_id, 'its predecessor''s real end state' USING ERRCODE = 'check_violation';\n        END IF;\n      END IF;\n    END IF;\n  END IF;\n  RETURN NEW;\nEND $$ LANGUAGE plpgsql;\n"
 
 revision = "0011_checks"
-down_revision = "0010"
+down_revision = "0014_edit_scope"
 branch_labels = None
 depends_on = None
 
