@@ -80,12 +80,13 @@ def _as_written(text: str, start: int, bare: str) -> str:
     return bare
 
 
-def _variants(text: str, bare: str) -> list[tuple[int, int, str, str]]:
-    """Each place ``text`` writes the name ``bare`` with other letter case than established:
-    (start, end, as written, as it should read). A difference other than case (another word,
-    other punctuation) is not a spelling for a rule to put right."""
+def _variants(text: str, bare: str, said: Mentions | None = None) -> list[tuple[int, int, str, str]]:
+    """Each place ``text`` (``said``: its words, when indexed already) writes the name ``bare``
+    with other letter case than established: (start, end, as written, as it should read). A
+    difference other than case (another word, other punctuation) is not a spelling for a rule to
+    put right."""
     out = []
-    for start, end in Mentions(text).spans(bare):
+    for start, end in (said or Mentions(text)).spans(bare):
         found = " ".join(text[start:end].split())
         right = _as_written(text, start, bare)
         if found != right and found.lower() == right.lower():
@@ -98,12 +99,13 @@ def name_variants(passage: str, ledger: Ledger) -> list[Finding]:
     for the "Harbor Lantern Council" the ledger holds). Names are found as words (``core.names``);
     a sentence's first letter and an article are never a variant."""
     out: list[Finding] = []
+    said = Mentions(passage)
     for v in ledger.entities.values():
         bare = _bare(v.name)
         if len(name_words(bare)) < 2:
             continue  # one-word names are ordinary words too ("Hope", "Marsh"): not a rule's call
         seen: set[str] = set()
-        for start, _, found, _right in _variants(passage, bare):
+        for start, _, found, _right in _variants(passage, bare, said):
             if found in seen:
                 continue
             seen.add(found)

@@ -15,6 +15,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 ARTICLES = frozenset({"the", "a", "an"})
@@ -51,6 +52,7 @@ def words(text: str) -> list[str]:
     return [t.key for t in tokens(text)]
 
 
+@lru_cache(maxsize=65536)  # a ledger's names are asked about again and again
 def name_words(name: str) -> tuple[str, ...]:
     """A name's tokens without a leading article ("the Harbour Board" -> harbour, board)."""
     w = words(name)
