@@ -1,10 +1,12 @@
-"""The degeneration gate at the chunk step, and what a job's words are made of.
+"""The degeneration gate for every model answer that becomes document text: chunk attempts, and
+the versions made of answers (continuity and seam repairs, the stitch's bridges: ``claim_version``).
 
-``core.gate`` judges an answer alone, in a process of the worker's own (``gate``): its rules are
-pure CPU, milliseconds an answer, and on the event loop they held up every other call in flight
-(a hundred streams, the heartbeats, Temporal's polls). Here its paragraphs and sentences are claimed in the
-document (``text_marks``, in the transaction that stores the attempt), and whatever another chunk
-of the job already said is cut (rule ``repeat``), in any chapter. Race-free without locks: the
+``core.gate`` judges an answer alone, in a process of the worker's own (``gate``; each request
+answered by its id): its rules are pure CPU, milliseconds an answer, and on the event loop they
+held up every other call in flight (a hundred streams, the heartbeats, Temporal's polls). Here its
+paragraphs and sentences are claimed in the document (``text_marks``, in the transaction that
+stores the attempt or the version), and whatever another chunk of the job already said is cut
+(rule ``repeat``), in any chapter. Race-free without locks: the
 table's primary key (job, fingerprint) lets one claim win, and a claim waits for a concurrent one
 to commit or roll back; fingerprints are inserted in sorted order, so two attempts claiming the
 same ones never wait on each other in a cycle. Idempotent: the claims commit or roll back with
