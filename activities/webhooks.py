@@ -26,7 +26,7 @@ from standardwebhooks.webhooks import Webhook
 from temporalio import activity
 
 from activities.base import Step, load_job
-from core.continuity import brief
+from core.coherence import brief
 from core.errors import WebhookRefused
 from core.sealing import Sealer, SealError
 from core.webhooks import IPAddress, WebhookPolicy, alarm_event, delivery_error, job_event, message_id

@@ -226,11 +226,13 @@ BEGIN
         SELECT state_after_id INTO pred_state FROM chunks
          WHERE job_id = NEW.job_id AND ordinal = first.ordinal - 1 AND status = 'done';
         -- Its seam was checked against the predecessor's real end state and passed (or its repair
-        -- did), or what the check found could not be repaired and is reported as open findings.
+        -- did), or what the check found could not be repaired and is reported as open findings,
+        -- or a check could not answer and the seam says so, with why.
         IF NOT EXISTS (SELECT 1 FROM seam_checks s
                         WHERE s.unit_id = NEW.id AND s.chunk_id = first.id
                           AND s.predecessor_state_id = pred_state AND s.successor_state_id = first.state_before_id
-                          AND (s.validated OR (s.status = 'flagged' AND EXISTS (
+                          AND (s.validated OR (s.status = 'unchecked' AND s.unchecked_reason <> '')
+                               OR (s.status = 'flagged' AND EXISTS (
                                  SELECT 1 FROM continuity_findings f
                                   WHERE f.status = 'open' AND f.severity = 'major'
                                     AND (f.seam_check_id = s.id OR (s.mode = 'strict' AND f.chunk_id = s.chunk_id
@@ -341,7 +343,7 @@ SELECT c.ordinal
                   WHEN c.state_before_id = p.state_after_id THEN true
                   ELSE sb.kind = 'handoff' AND EXISTS (
                          SELECT 1 FROM seam_checks s
-                          WHERE s.chunk_id = c.id AND (s.validated OR s.status = 'flagged')
+                          WHERE s.chunk_id = c.id AND (s.validated OR s.status IN ('flagged', 'unchecked'))
                             AND s.successor_state_id = c.state_before_id
                             AND s.predecessor_state_id = p.state_after_id)
                 END)

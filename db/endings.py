@@ -10,7 +10,7 @@ import uuid
 
 from sqlalchemy import func, select
 
-from core.continuity import brief
+from core.coherence import brief
 from core.controls import sanitized
 from core.errors import JobGone
 from core.layout import assemble

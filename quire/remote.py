@@ -234,6 +234,7 @@ def coherence_lines(rep: dict[str, Any]) -> list[str]:
         there = f["contradicts"]
         where = f"chunk {f['chunk'] + 1}" + (f" v{f['version']}" if f["version"] else "")
         fate = f"repaired (v{f['repair_version']})" if f["status"] == "repaired" else "OPEN"
+        fate += f" ({f['tried']})" if f.get("tried") else ""
         seq = f"  audit #{f['audit_seq']}" if f["audit_seq"] else ""
         out.append(f"[{f['category_name']}] {f['severity']} {f['subtype']} at {where} ({f['where']}): {fate}{seq}")
         out.append(f"    {f['message']}")

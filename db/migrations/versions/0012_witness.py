@@ -2,8 +2,8 @@
 witnesses' cosignatures, checkpoints that name the one before and go only with their job, a job's
 end and its alarm; codec server sessions that can be revoked
 
-Revision ID: 0012_witness
-Revises: 0014_edit_scope
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-16
 
 Existing logs get their interior nodes computed once here (from their events' hashes), their
@@ -18,8 +18,8 @@ import hashlib
 import sqlalchemy as sa
 from alembic import context, op
 
-revision = "0012_witness"
-down_revision = "0014_edit_scope"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
