@@ -11,21 +11,22 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from activities.answers import Answer, sentences_only, store_answers
 from activities.base import ModelStep, add_version, load_job, now
 from activities.context import chunk_context, chunk_of, job_and_chunk
 from activities.contracts import ChunkDone
-from activities.gating import claim_version, gate
+from activities.gating import gate
 from activities.llm import Call
 from activities.memory import Remembered, fallback, interpret, memory_request, remember
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
 from activities.repair import Checked, check_and_repair, first_check
 from core.coherence import BASE_MODEL
 from core.continuity import needs_repair
-from core.gate import Gated
 from core.memory import Ledger, open_threads_after
 from core.quota import Quotas
 from core.repair import established_only
-from core.text import count_words, join_continuation, trim_to_words
+from core.scope import ends_sentence
+from core.text import count_words, trim_to_words
 from db.manuscript import Chunk, CoherenceState
 from db.memory import finding_events, finding_rows, ledger_before, store_memory
 from db.models import Job
@@ -129,10 +130,9 @@ class CommitSteps(ModelStep):
                 request_key=f"chunk:{chunk_id}:memory:r0", after=(call.result.call_id, invalid),
             )  # fmt: skip
 
-        extensions: list[Gated] = []  # their words and cuts join the repaired version's record
-
-        async def extend(current: str, key: str) -> str:
-            """A repair that left the passage short: continued, as any short passage is."""
+        async def extend(current: str, key: str) -> Answer:
+            """A repair that left the passage short: continued, as any short passage is (whole
+            sentences: the answer stored with the repair's, ``activities.answers``)."""
             async with self.db.job_tx(jid) as tx:
                 ctx, _ = await chunk_context(tx, await load_job(tx, jid), await chunk_of(tx, jid, chunk_id))
             need = max(1, nxt.min_words - count_words(current))
@@ -147,8 +147,7 @@ class CommitSteps(ModelStep):
                 max_tokens=max_tokens_for(need + 40),
             )
             gated = await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
-            extensions.append(gated)
-            return join_continuation(current, gated.text)
+            return Answer("repair", "extension", res.call_id, sentences_only(gated, start=ends_sentence(current)))
 
         checked = await check_and_repair(
             self.llm,
@@ -162,8 +161,6 @@ class CommitSteps(ModelStep):
             extend=extend,
             remembered=rem,
         )
-        if checked.text != text:  # kept: made of the rewrites and of these
-            checked.answers += extensions
         return await self._commit(jid, chunk_id, nxt, checked, None)
 
     async def _commit(self, jid: uuid.UUID, chunk_id: int, nxt: Next, checked: Checked, call: Call | None) -> ChunkDone:
@@ -203,12 +200,12 @@ async def _store_commit(tx: JobTx, job: Job, chunk: Chunk, nxt: Next, checked: C
             add_version(tx, chunk, 2, "trim", text, {"words_removed": count_words(written) - count_words(text)})
         )
     checked_version = versions[-1]
+    # The repair's answers are the chunk's attempts, used or not (their words in the word account).
+    kept, attempts = await store_answers(tx, chunk, checked.answers, checked.text)
     if checked.text != text:
-        kept, gate = await claim_version(tx, chunk, checked.text, checked.gated)
         repaired = [f.subtype for f in checked.findings if checked.is_repaired(f)]
-        versions.append(
-            add_version(tx, chunk, len(versions) + 1, "continuity_repair", kept, {"repaired": repaired, "gate": gate})
-        )
+        detail = {"repaired": repaired, "attempts": attempts}
+        versions.append(add_version(tx, chunk, len(versions) + 1, "continuity_repair", kept, detail))
     await tx.session.flush()
     before_id = chunk.state_before_id
     assert before_id is not None

@@ -26,11 +26,12 @@ from typing import Any
 from sqlalchemy import select
 from temporalio import activity
 
+from activities.answers import store_answer
 from activities.base import ModelStep, add_version, latest_version, load_job
 from activities.contracts import NodeRef
 from activities.coverage_judge import store_verdicts, verdicts
 from activities.edit_prompts import cover_messages
-from activities.edit_rows import EditRef, load_edit, note, store_answer, store_version
+from activities.edit_rows import EditRef, load_edit, note, store_version
 from activities.gating import claim, gate, taken
 from activities.prompts import max_tokens_for
 from activities.repair import Checked, check_and_repair

@@ -1,7 +1,7 @@
 """The rows of an author's edit (``activities.edits``, ``activities.edit_checks``): the edit's own
-record (what it did, in ``detail``), a chunk's new version with its memory and findings, a model's
-answer for part of a chunk as its attempt, where a rollback takes each chunk, and the output's
-latest version."""
+record (what it did, in ``detail``), a chunk's new version with its memory and findings (and the
+answers of its continuity repair as the chunk's attempts: ``activities.answers``), where a rollback
+takes each chunk, and the output's latest version."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from activities.answers import store_answers
 from activities.base import add_version, latest_version
-from activities.gating import claim_version
 from activities.repair import Checked
-from core.gate import Cut, Gated
-from core.text import count_words
 from db.loop import Edit
-from db.manuscript import Chunk, ChunkAttempt
+from db.manuscript import Chunk
 from db.memory import finding_events, finding_rows, store_memory
 from db.models import Document, Job
 from db.session import JobTx
@@ -78,11 +76,12 @@ async def store_version(
     latest = await latest_version(tx, chunk.id)
     n = (latest.version if latest else 0) + 1
     versions = [add_version(tx, chunk, n, reason, text, {"edit": edit.number})]
-    if checked is not None and checked.text != text:
-        repaired = [f.subtype for f in checked.findings if checked.is_repaired(f)]
-        kept, gate = await claim_version(tx, chunk, checked.text, checked.gated)
-        detail = {"edit": edit.number, "repaired": repaired, "gate": gate}
-        versions.append(add_version(tx, chunk, n + 1, "continuity_repair", kept, detail))
+    if checked is not None:  # the repair's answers are the chunk's attempts, used or not
+        kept, attempts = await store_answers(tx, chunk, checked.answers, checked.text, edit=edit.number)
+        if checked.text != text:
+            repaired = [f.subtype for f in checked.findings if checked.is_repaired(f)]
+            detail = {"edit": edit.number, "repaired": repaired, "attempts": attempts}
+            versions.append(add_version(tx, chunk, n + 1, "continuity_repair", kept, detail))
     await tx.session.flush()
     last = versions[-1]
     findings = []
@@ -131,70 +130,6 @@ async def store_version(
             **(told or {}),
         },
     )
-
-
-CUTS_IN_EVENT = 20
-
-
-async def store_answer(
-    tx: JobTx,
-    chunk: Chunk,
-    *,
-    kind: str,
-    call_id: int | None,
-    gated: Gated,
-    text_after: str,
-    used: bool,
-    problems: list[str],
-    edit: int | None = None,
-) -> int:
-    """A model's answer for part of ``chunk`` (a selection's rewrite, a coverage retry's paragraph)
-    as the chunk's next attempt: the answer's words, what the gate cut and, an answer not used,
-    everything it kept cut too (rule ``out_of_scope``, why in its event). The word account counts
-    it as any chunk's answer. Returns its number."""
-    cuts = list(gated.cuts)
-    if not used and gated.text.strip():
-        cuts.append(Cut("out_of_scope", gated.text, count_words(gated.text)))
-    attempt_no = chunk.attempts + 1
-    before, after = chunk.word_count, count_words(text_after)
-    tx.session.add(
-        ChunkAttempt(
-            job_id=tx.job_id,
-            chunk_id=chunk.id,
-            attempt_no=attempt_no,
-            kind=kind,
-            llm_call_id=call_id,
-            words_asked=0,  # not a length asked for: the model's compliance is measured on writes
-            added_text=gated.text if used else "",
-            text_after=text_after,
-            words_before=before,
-            words_added=after - before,
-            words_after=after,
-            words_model=gated.words_in,
-            cuts=[c.record() for c in cuts],
-        )
-    )
-    chunk.attempts = attempt_no
-    cut = Gated("", cuts, gated.words_in)
-    tx.event(
-        "chunk",
-        kind,
-        {
-            "chunk": chunk.ordinal,
-            "attempt": attempt_no,
-            "edit": edit,
-            "llm_call_id": call_id,
-            "used": used,
-            "problems": problems[:8],
-            "words_model": gated.words_in,
-            "words_cut": cut.words_cut,
-            "cut_by_rule": cut.by_rule(),
-            "cuts": cut.records()[:CUTS_IN_EVENT],
-            "words_in": before,
-            "words_out": after,
-        },
-    )
-    return attempt_no
 
 
 async def rollback_targets(tx: JobTx, edit: Edit, chunk_ids: list[int]) -> dict[int, dict[str, Any]]:

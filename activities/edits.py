@@ -20,12 +20,13 @@ Every step is idempotent: what it did is in the edit's ``detail``.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, select
 from temporalio import activity
 
+from activities.answers import Answer, sentences_only
 from activities.base import ModelStep, job_options, latest_version, load_job, record_length_check
 from activities.context import TAIL_WORDS, chunk_context, chunk_of, compliance_of
 from activities.edit_rows import (
@@ -40,6 +41,7 @@ from activities.edit_rows import (
     store_version,
 )
 from activities.gating import claim, gate
+from activities.llm import LlmResult
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
 from activities.repair import check_and_repair
 from activities.selection import ScopeRefused, rewrite_selection
@@ -175,8 +177,9 @@ class EditActivities(ModelStep):
                 assert old is not None
                 text, memory_id = old.text, target["memory"]
 
-        async def extend(cur: str, k: str) -> str:  # a repair that left a regenerated passage short
-            return await self._ask(jid, ref.edit_id, ref.chunk_id, max(1, min_words - count_words(cur)) + 20, cur, k)
+        async def extend(cur: str, k: str) -> Answer:  # a repair that left a regenerated passage short
+            got = await self._asked(jid, ref.edit_id, ref.chunk_id, max(1, min_words - count_words(cur)) + 20, cur, k)
+            return Answer("repair", "extension", got.res.call_id, sentences_only(got.gated, start=False))
 
         checked = None
         if kind != "rollback" and text.strip():
@@ -237,17 +240,13 @@ class EditActivities(ModelStep):
                     return _accepted(text, chunk.min_words, chunk.max_words)
                 need = chunk.target_words if not rows else max(1, chunk.target_words - count_words(text))
                 ask = words_to_ask(need, await compliance_of(tx, jid))
-            await self._ask(jid, edit_id, chunk_id, ask, text, f"{key}:attempt:{chunk.attempts + 1}", attempt=True)
+            await self._ask(jid, edit_id, chunk_id, ask, text, f"{key}:attempt:{chunk.attempts + 1}")
             activity.heartbeat(chunk.attempts + 1)
 
-    async def _ask(
-        self, jid: uuid.UUID, edit_id: int, chunk_id: int, words: int, current: str, key: str, attempt: bool = False
-    ) -> str:
+    async def _asked(self, jid: uuid.UUID, edit_id: int, chunk_id: int, words: int, current: str, key: str) -> _Asked:
         """One writing call for the chunk (a first write when ``current`` is empty, else a
         continuation of it), from the story memory before it and the author's instruction, through
-        the gate (a fragment before its first sentence cut where a sentence must start); with
-        ``attempt`` it is stored as the chunk's next attempt, what the document already has cut
-        and the rest claimed, with its words, its cuts and its length check. Returns the text so far."""
+        the gate (a fragment before its first sentence cut where a sentence must start)."""
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             edit = await load_edit(tx, edit_id)
@@ -256,11 +255,10 @@ class EditActivities(ModelStep):
             msgs = chunk_messages(ctx, style=self.llm.prompt_style, words=words, current_text=current)
             memory, number, model, attempt_no = ctx.memory.record(), edit.number, job.model, chunk.attempts + 1
             free = _node_chunks(edit)
-        kind = "extend" if current else "write"
         res = await self.llm.complete(
             job_id=jid,
             chunk_id=chunk_id,
-            purpose=kind,
+            purpose="extend" if current else "write",
             request_key=key,
             model=model,
             messages=msgs,
@@ -269,9 +267,14 @@ class EditActivities(ModelStep):
         gated = await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
         # A passage starts a sentence: a regenerated chapter opening "2500 BC) is a complex..." is cut to its first.
         kept, start_cuts = whole_sentences(gated.text, start=not current or ends_sentence(current), end=False)
-        gated = Gated(kept, [*gated.cuts, *start_cuts], gated.words_in)
-        if not attempt:
-            return join_continuation(current, gated.text) if current else gated.text
+        return _Asked(res, Gated(kept, [*gated.cuts, *start_cuts], gated.words_in), memory, attempt_no, number, free)
+
+    async def _ask(self, jid: uuid.UUID, edit_id: int, chunk_id: int, words: int, current: str, key: str) -> str:
+        """``_asked``, stored as the chunk's next attempt: what the document already has cut and
+        the rest claimed, with its words, its cuts and its length check. Returns the text so far."""
+        got = await self._asked(jid, edit_id, chunk_id, words, current, key)
+        res, gated, memory, attempt_no, number = got.res, got.gated, got.memory, got.attempt_no, got.edit
+        kind = "extend" if current else "write"
         async with self.db.job_tx(jid) as tx:
             chunk = await chunk_of(tx, jid, chunk_id)
             if chunk.attempts >= attempt_no:  # stored by an earlier try of this activity
@@ -283,7 +286,7 @@ class EditActivities(ModelStep):
                     )
                 ).scalar_one()
                 return row
-            gated = await claim(tx, chunk, attempt_no, gated, free=free)
+            gated = await claim(tx, chunk, attempt_no, gated, free=got.free)
             text = join_continuation(current, gated.text) if current else gated.text
             before, after = count_words(current), count_words(text)
             tx.session.add(
@@ -336,6 +339,19 @@ class EditActivities(ModelStep):
                 event={"chunk": chunk.ordinal, "attempt": attempt_no, "edit": number, "words": after},
             )
         return text
+
+
+@dataclass
+class _Asked:
+    """A writing call's answer, as gated, what the story memory put in its prompt, the attempt and
+    edit numbers it was asked as, and the chunks whose marks the edit frees."""
+
+    res: LlmResult
+    gated: Gated
+    memory: dict[str, Any]
+    attempt_no: int
+    edit: int
+    free: list[int]
 
 
 def _accepted(text: str, min_words: int, max_words: int) -> tuple[str, list[Cut]]:

@@ -1,6 +1,7 @@
 """The last steps: finalize (assemble and count the document: succeed, top up, or give up with a
 code and a reason), the top-up section, and marking a job failed or cancelled with what it wrote
-kept as a partial document."""
+kept as a partial document. A document longer than the job's maximum is cut at its end, and said
+to be: its words before, the words cut and where, in the final length event and the word account."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from activities.base import Step, job_options, load_job, now, record_length_chec
 from activities.contracts import FailInput, FinalizeResult, RoundRef
 from core.coherence import brief
 from core.errors import JobGone
-from core.layout import assemble, top_up
+from core.layout import assemble_within, top_up
 from core.length import Effort, give_up
 from core.spec import TERMINAL_STATUSES
-from core.text import count_words, sha256, trim_to_words
+from core.text import count_words, sha256
 from db.blocks import document_blocks
 from db.counts import coherence_counts, word_account
 from db.endings import end_job, save_document
@@ -50,9 +51,8 @@ class FinalizeActivities(Step):
             if short is not None:  # a retry after this round's commit: it was short, already recorded
                 return FinalizeResult(False, short, job.target_words)
             job.current_step = f"finalize round {inp.round}"
-            doc = await _assemble(tx, job)
-            if count_words(doc) > job.max_words:
-                doc = trim_to_words(doc, job.max_words, job.target_words).rstrip() + "\n"
+            blocks = await document_blocks(tx.session, job)
+            doc, trim = assemble_within(job.title, job.target_words, blocks, job.max_words)
             words = count_words(doc)
             previous = await _final_words(tx, jid, inp.round - 1)
             passed = await record_length_check(
@@ -68,13 +68,15 @@ class FinalizeActivities(Step):
                     "words": words,
                     "target_words": job.target_words,
                     "max_words": job.max_words,
+                    **({"trimmed": trim.record()} if trim is not None else {}),
                 },
             )
             if passed:
                 await save_document(tx, role="output", version=1, text=doc, words=words)
                 job.status, job.completed_at, job.current_step, job.words_written = "succeeded", now(), "done", words
                 await _finish_book(tx)
-                account = await word_account(tx.session, jid)
+                # This transaction's length event holds the trim: not yet readable, so given.
+                account = (await word_account(tx.session, jid)).with_trim(trim.record() if trim else None)
                 tx.event(
                     "job",
                     "succeeded",
@@ -233,10 +235,6 @@ async def _final_words(tx: JobTx, jid: uuid.UUID, round: int) -> int | None:
             )
         )
     ).scalar_one_or_none()
-
-
-async def _assemble(tx: JobTx, job: Job) -> str:
-    return assemble(job.title, job.target_words, await document_blocks(tx.session, job))
 
 
 async def _finish_book(tx: JobTx) -> None:

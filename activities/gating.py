@@ -1,5 +1,6 @@
 """The degeneration gate for every model answer that becomes document text: chunk attempts, and
-the versions made of answers (continuity and seam repairs, the stitch's bridges: ``claim_version``).
+the answers versions are made of (continuity and seam repairs, the stitch's bridges: each claimed
+and stored as its chunk's attempt by ``activities.answers``).
 
 ``core.gate`` judges an answer alone, in a process of the worker's own (``gate``; each request
 answered by its id): its rules are pure CPU, milliseconds an answer, and on the event loop they
@@ -163,25 +164,6 @@ async def taken(tx: JobTx, gated: Gated, free: Sequence[int] = ()) -> Gated:
     )
     kept, cuts = drop_repeats(gated.text, held)
     return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
-
-
-VERSION_CLAIM = 0  # the attempt number of text_marks claimed by a version (a repair, a bridge), not an attempt
-
-
-def passes(answers: list[Gated]) -> Gated:
-    """The model answers a version's new words came from, as one: their words and their cuts."""
-    return Gated("", [c for g in answers for c in g.cuts], sum(g.words_in for g in answers))
-
-
-async def claim_version(tx: JobTx, chunk: Chunk, text: str, answers: Gated) -> tuple[str, dict[str, Any]]:
-    """A new version of ``chunk`` made of model answers (``answers``: their words, the gate's cuts)
-    with what the document already says elsewhere cut (what the chunk itself said is its own to
-    say again), its new words claimed, as a chunk attempt's are; returns the text kept and the
-    record its version carries (``detail.gate``: the model's words, every cut), which the job's
-    word account sums."""
-    kept = await claim(tx, chunk, VERSION_CLAIM, Gated(text, [], 0), free=[chunk.id])
-    record = {"words_model": answers.words_in, "cuts": [*answers.records(), *kept.records()]}
-    return kept.text, record
 
 
 _INSERT_MARKS = (

@@ -316,14 +316,16 @@ def max_tokens_for(words: int, cap: int = 4096) -> int:
     return max(16, min(cap, math.ceil(words * 1.6) + 32))
 
 
-def bridge_messages(left_text: str) -> list[dict[str, str]]:
-    """Finish a passage that stops mid-sentence (a broken seam), in a few words."""
+def bridge_messages(left_text: str, error: str = "") -> list[dict[str, str]]:
+    """Finish a passage that stops mid-sentence (a broken seam), in a few words (``error``: what
+    was wrong with the answer before)."""
+    again = f"\n\nYour last answer was not used: {error}. Carry the sentence on and end it." if error else ""
     return [
         {"role": "system", "content": "You finish sentences in documents. Write only the words."},
         {
             "role": "user",
             "content": f'The passage ends mid-sentence:\n"…{tail_words(left_text, 60)}"\n\n'
-            "Finish that sentence in about 12 words.",
+            f"Finish that sentence in about 12 words.{again}",
         },
     ]
 
@@ -370,10 +372,18 @@ def memory_messages(
     return _json_messages(MEMORY_SYSTEM, user, error)
 
 
-def repair_messages(paragraph: str, problems: list[tuple[str, str]], words: int) -> list[dict[str, str]]:
+def repair_messages(
+    paragraph: str, problems: list[tuple[str, str]], words: int, error: str = ""
+) -> list[dict[str, str]]:
     """Rewrite one paragraph so that it no longer contradicts what the document established:
-    ``problems`` are (what is wrong, the established sentence it contradicts)."""
+    ``problems`` are (what is wrong, the established sentence it contradicts); ``error``: what was
+    wrong with the rewrite before (it broke a sentence boundary)."""
     issues = "\n".join(f'- {msg} (established earlier: "{there}")' for msg, there in problems)
+    again = (
+        f"\n\nYour last rewrite was not used: it {error}. Begin and end the paragraph with whole sentences."
+        if error
+        else ""
+    )
     return [
         {"role": "system", "content": SYSTEM},
         {
@@ -381,7 +391,7 @@ def repair_messages(paragraph: str, problems: list[tuple[str, str]], words: int)
             "content": f'This paragraph of the document:\n"""\n{paragraph}\n"""\n\n'
             f"contradicts what the document established earlier:\n{issues}\n\n"
             "Rewrite the paragraph so that it agrees with what was established, changing as little as possible "
-            f"and keeping everything else, in about {words} words. Write only the paragraph.",
+            f"and keeping everything else, in about {words} words. Write only the paragraph.{again}",
         },
     ]
 

@@ -1,9 +1,17 @@
 """A passage checked against the ledger and repaired: the checks (``core.continuity``) on the
 passage and its delta, a rule's fix or the model's rewrite of each paragraph holding a finding
-(through the gate: its words and cuts kept for the version's record), the rewrite remembered and
-checked again, at most ``MAX_REPAIR_ROUNDS`` times; then, on the evidence of the last version
-(``core.repair``), which findings are repaired. Nothing put right: the passage stays as written,
-its findings open with what was tried.
+(through the gate; every answer kept, used or not, for the chunk's attempts:
+``activities.answers``), the rewrite remembered and checked again, at most
+``MAX_REPAIR_ROUNDS`` times; then, on the evidence of the last version (``core.repair``), which
+findings are repaired. Nothing put right: the passage stays as written, its findings open with
+what was tried.
+
+A repair keeps to sentence boundaries (``core.scope.broken_boundaries``): a paragraph's rewrite
+that starts or ends in the middle of a sentence where the paragraph did not is refused and asked
+for again, told why; refused twice, the paragraph stays as it was (and its findings open, with
+what was tried). The extension after a repair keeps whole sentences (a fragment before its first
+or after its last is cut, and recorded), and a repaired passage that would still start or end
+mid-sentence is given up: the passage stays as written.
 
 Used by the chunk step before a chunk commits and by the seam checker (a chapter written in
 parallel, checked again against the real ledger; a locked one is checked, never repaired).
@@ -15,7 +23,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from activities.gating import gate, passes
+from activities.answers import Answer
+from activities.gating import gate
 from activities.llm import LlmClient
 from activities.memory import Remembered, remember
 from activities.prompts import repair_messages
@@ -23,9 +32,11 @@ from core.continuity import Finding, apply_fixes, check, needs_repair, paragraph
 from core.gate import Gated
 from core.memory import Ledger
 from core.repair import Recheck, established_only, next_round, same_problem, settle
-from core.text import count_words, paragraphs
+from core.scope import broken_boundaries, unquoted
+from core.text import count_words, join_continuation, paragraphs
 
 MAX_REPAIR_ROUNDS = 2  # a finding still there after this many rewrites stays open
+REWRITE_TRIES = 2  # answers asked for a paragraph before its rewrite is refused
 
 
 @dataclass
@@ -39,7 +50,8 @@ class Checked:
     findings: list[Finding]
     fixed: set[int] = field(default_factory=set)  # indexes of the findings repaired
     rounds: int = 0
-    answers: list[Gated] = field(default_factory=list)  # the rewrites the text is made of, as gated
+    answers: list[Answer] = field(default_factory=list)  # every answer asked for, used or not, in order
+    refused: list[tuple[Finding, str]] = field(default_factory=list)  # rewrites refused, and why
     unchecked: str = ""
     judged: bool = False  # a judge answered about it (a valid model answer with its contradictions)
 
@@ -63,9 +75,10 @@ class Checked:
     def open_major(self) -> list[Finding]:
         return needs_repair(self.open)
 
-    @property
-    def gated(self) -> Gated:
-        return passes(self.answers)
+    def unused(self, why: str) -> None:
+        """None of the answers is in the text (the passage stays as written, or is not stored as repaired)."""
+        for a in self.answers:
+            a.drop(why)
 
 
 def unchecked_by(rem: Remembered) -> str:
@@ -79,7 +92,9 @@ def first_check(passage: str, rem: Remembered, ledger: Ledger) -> Checked:
     return Checked(passage, rem, found, unchecked=unchecked_by(rem), judged=rem.source == "model" and bool(rem.calls))
 
 
-Extend = Callable[[str, str], Awaitable[str]]
+# Lengthens a repaired text that fell short: (text, request key) -> the model's continuation, as
+# gated (``activities.answers.sentences_only``: whole sentences).
+Extend = Callable[[str, str], Awaitable[Answer]]
 
 
 async def check_and_repair(
@@ -102,7 +117,8 @@ async def check_and_repair(
     repair severity gets a rule's fix, else the model rewrites its paragraph with the finding in
     the prompt; the rewrite is remembered (the judge shown the entries under repair) and checked
     again, at most ``MAX_REPAIR_ROUNDS`` times. ``extend(text, key)`` lengthens a repaired text
-    that fell below ``min_words``.
+    that fell below ``min_words``. Every answer is in ``answers``, used or not (the caller stores
+    them as the chunk's attempts); a rewrite that breaks a sentence boundary is refused.
 
     A new passage is remembered first (its delta and the judge, one call). A passage whose delta
     is ``stored`` (a chapter checked again at its seam) is judged only when ``judge`` (one call
@@ -131,9 +147,9 @@ async def check_and_repair(
         text, by_rule = apply_fixes(text, todo)
         rest = [f for f in todo if f not in by_rule]
         if rest:
-            text = await _rewrite(llm, job_id, chunk_id, model, text, rest, key, out.answers)
+            text = await _rewrite(llm, job_id, chunk_id, model, text, rest, key, out)
         if extend is not None and count_words(text) < min_words:
-            text = await extend(text, key)
+            text = await _extended(extend, text, key, out.answers)
         must = [f.entry_id for f in rest if f.entry_id is not None]
         rem = await _remember(llm, job_id, chunk_id, model, text, ledger, f"{request_key}:r{out.rounds}", must)
         again = check(text, rem.memory, ledger)
@@ -142,11 +158,22 @@ async def check_and_repair(
         out.findings += [g for g in again if not any(same_problem(g, f) for f in out.findings)]
         todo = next_round(out.findings, last)
     out.fixed = settle(out.findings, last, out.rounds)
+    broken = broken_boundaries(passage, text) if out.fixed else []
+    if broken:  # the last guard: a repaired passage never starts or ends mid-sentence
+        out.fixed = set()
+        for f in needs_repair(out.findings):
+            f.tried = f"{out.rounds} rewrite(s); not repaired: the repaired text {broken[0]}"
+    for f, why in {id(f): (f, why) for f, why in out.refused}.values():
+        if f.tried:
+            f.tried += f"; its rewrite was refused: {why}"
     if out.rounds and not out.fixed:  # nothing was put right: the passage stays as it was written
-        out.findings, out.answers = original, []
+        out.findings = original
+        out.unused("the repair put nothing right: the passage stays as it was written")
         text, rem = passage, first
     elif out.rounds:
         out.unchecked = unchecked_by(rem)
+    if text == passage:  # whatever was asked, nothing of it is in the text
+        out.unused("the passage stays as it was written")
     out.text, out.remembered = text, rem
     rem.memory = established_only(rem.memory, [f for f, fixed in out.fates() if not fixed])
     return out
@@ -206,10 +233,12 @@ async def _rewrite(
     text: str,
     findings: Sequence[Finding],
     key: str,
-    answers: list[Gated],
+    out: Checked,
 ) -> str:
     """Each paragraph holding a finding's quote, rewritten by the model with the finding in its
-    prompt; each answer through the gate (kept in ``answers``)."""
+    prompt; each answer through the gate (kept in ``out.answers``). An answer that starts or ends
+    in the middle of a sentence where the paragraph did not is refused and asked for again, told
+    why; refused ``REWRITE_TRIES`` times, the paragraph stays (``out.refused`` says why)."""
     paras = paragraphs(text)
     by_para: dict[int, list[Finding]] = {}
     for f in findings:
@@ -217,25 +246,49 @@ async def _rewrite(
         if i is not None:
             by_para.setdefault(i, []).append(f)
     for i, fs in sorted(by_para.items()):
-        msgs = repair_messages(paras[i], [(f.message, f.quote_there) for f in fs], count_words(paras[i]))
-        res = await llm.complete(
-            job_id=job_id,
-            chunk_id=chunk_id,
-            purpose="repair",
-            request_key=f"{key}:p{i}",
-            model=model,
-            messages=msgs,
-            max_tokens=max(64, int(count_words(paras[i]) * 1.8) + 48),
-            temperature=0.3,
-        )
-        # The paragraph and the established sentences are in the prompt and rightly in the answer:
-        # only the instructions are echoes.
-        instructions = "\n".join(m["content"] for m in msgs).replace(paras[i], "")
-        for f in fs:
-            instructions = instructions.replace(f.quote_there, "")
-        gated = await gate(res.text, prompt=instructions)
-        answers.append(gated)
-        new = gated.text.strip().strip('"').strip()
-        if new:
-            paras[i] = new
+        error = ""
+        for attempt in range(1, REWRITE_TRIES + 1):
+            msgs = repair_messages(paras[i], [(f.message, f.quote_there) for f in fs], count_words(paras[i]), error)
+            res = await llm.complete(
+                job_id=job_id,
+                chunk_id=chunk_id,
+                purpose="repair",
+                request_key=f"{key}:p{i}" + (f":{attempt}" if attempt > 1 else ""),
+                model=model,
+                messages=msgs,
+                max_tokens=max(64, int(count_words(paras[i]) * 1.8) + 48),
+                temperature=0.3,
+            )
+            # The paragraph and the established sentences are in the prompt and rightly in the answer:
+            # only the instructions are echoes.
+            instructions = "\n".join(m["content"] for m in msgs).replace(paras[i], "")
+            for f in fs:
+                instructions = instructions.replace(f.quote_there, "")
+            gated = await gate(res.text, prompt=instructions)
+            new = gated.text.strip().strip('"').strip()
+            problems = broken_boundaries(paras[i], new) if new else ["the answer is empty"]
+            out.answers.append(Answer("repair", "rewrite", res.call_id, Gated(new, gated.cuts, gated.words_in),
+                                      not problems, [f"refused: {p}" for p in problems]))  # fmt: skip
+            if not problems:
+                for a in out.answers[:-1]:  # a paragraph rewritten again: the earlier answer is gone
+                    if a.used and a.gated.text and a.gated.text in paras[i]:
+                        a.drop("rewritten again in a later round")
+                paras[i] = new
+                break
+            error = unquoted(problems[0])
+        else:
+            out.refused += [(f, f"the answer {problems[0]}") for f in fs]
     return "\n\n".join(paras)
+
+
+async def _extended(extend: Extend, text: str, key: str, answers: list[Answer]) -> str:
+    """``text`` with the model's continuation (whole sentences, ``answers`` keeping it), unless
+    joining it would leave the passage ending mid-sentence where it did not."""
+    got = await extend(text, key)
+    answers.append(got)
+    longer = join_continuation(text, got.gated.text)
+    problems = broken_boundaries(text, longer) if got.gated.text.strip() else []
+    if problems:
+        got.drop(f"refused: {problems[0]}")
+        return text
+    return longer

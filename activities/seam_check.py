@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
+from activities.answers import store_answers
 from activities.base import add_version, latest_version, latest_versions, load_job, plan_node
-from activities.gating import claim_version
 from activities.llm import LlmClient
 from activities.memory import Remembered
 from activities.repair import Checked, check_and_repair
@@ -287,9 +287,10 @@ class SeamChecker:
     async def _repairs(
         self, tx: JobTx, unit: PlanNode, checked: list[tuple[UnitChunk, Checked]]
     ) -> list[tuple[Chunk, UnitChunk, Checked, int | None]]:
-        """Each rewritten chunk as a new ``seam_repair`` version (through the gate's claims: what the
-        document says elsewhere is cut, its words recorded) with its memory, unless it is locked
-        now: then nothing is repaired into it and its findings stay open."""
+        """Each rewritten chunk as a new ``seam_repair`` version (its answers the chunk's attempts,
+        through the gate's claims: what the document says elsewhere is cut, their words recorded)
+        with its memory, unless it is locked now: then nothing is repaired into it, its findings
+        stay open and its answers are stored unused."""
         ids = [uc.chunk_id for uc, _ in checked]
         rows = {c.id: c for c in (await tx.session.execute(select(Chunk).where(Chunk.id.in_(ids)))).scalars()}
         changed = [uc.chunk_id for uc, res in checked if res.text != uc.text]
@@ -305,12 +306,16 @@ class SeamChecker:
                     if fixed:
                         f.tried = "not repaired: its chapter was locked while the seam was checked"
                 res.fixed = set()
-            elif res.text != uc.text:
-                kept, gate = await claim_version(tx, chunk, res.text, res.gated)
+                res.unused("not used: the chapter was locked while the seam was checked")
+            repairs_it = res.text != uc.text and bool(res.fixed)
+            if not repairs_it:
+                res.unused("not used: nothing was repaired")
+            kept, attempts = await store_answers(tx, chunk, res.answers, res.text if repairs_it else uc.text)
+            if repairs_it:
                 repaired = [f.subtype for f in res.findings if res.is_repaired(f)]
                 repair = add_version(
                     tx, chunk, latest[chunk.id].version + 1 if chunk.id in latest else 1, "seam_repair", kept,
-                    {"unit": unit.id, "repaired": repaired, "gate": gate},
+                    {"unit": unit.id, "repaired": repaired, "attempts": attempts},
                 )  # fmt: skip
                 await tx.session.flush()
                 job = await load_job(tx, tx.job_id)

@@ -23,10 +23,11 @@ from typing import Any
 
 from temporalio import activity
 
+from activities.answers import store_answer
 from activities.base import ModelStep, load_job
 from activities.coverage_judge import store_verdicts, verdicts
 from activities.edit_prompts import rewrite_messages
-from activities.edit_rows import load_edit, note, store_answer
+from activities.edit_rows import load_edit, note
 from activities.gating import claim, gate, taken
 from activities.prompts import max_tokens_for
 from core.coverage import Item, Verdict

@@ -2,9 +2,12 @@
 (paragraphs repeated from earlier text of the unit, references to sections that do not exist,
 passages that stop mid-sentence) and repair them as new chunk versions, never under a locked node;
 broken seams are bridged by the model, its words through the gate (cut where the document says
-them already, claimed, recorded on the version) as a chunk's are. Continuity (names, attributes,
-threads, the timeline) is checked when each chunk is accepted, against the story memory; seams
-between units are the seam step's."""
+them already, claimed) and stored as the chunk's attempt (``activities.answers``), as a chunk's
+are. A bridge carries the broken sentence on and ends it (``core.scope.bridge_problems``): one that
+opens a new sentence or does not end one is refused (no full stop is added for it) and asked for
+again, told why; refused twice, the seam stays broken and the stitch's record says what was tried.
+Continuity (names, attributes, threads, the timeline) is checked when each chunk is accepted,
+against the story memory; seams between units are the seam step's."""
 
 from __future__ import annotations
 
@@ -14,19 +17,22 @@ from typing import Any
 from sqlalchemy import select
 from temporalio import activity
 
+from activities.answers import Answer, store_answers
 from activities.base import ModelStep, add_version, job_options, latest_versions, load_job, plan_node, texts_of
 from activities.contracts import NodeRef
-from activities.gating import claim_version, gate
+from activities.gating import gate
 from activities.prompts import bridge_messages
 from core.continuity import remove_paragraph, seam_issues
 from core.gate import Cut, Gated
 from core.layout import STITCH_WINDOW_CHUNKS
+from core.scope import bridge_problems, unquoted
 from core.text import count_words, join_continuation, normalize_paragraph, paragraphs
 from db.locks import locked_chunks
 from db.manuscript import Chunk, PlanNode, StitchResult
 from db.session import JobTx
 
-MAX_BRIDGES = 3  # model calls per section for broken seams
+MAX_BRIDGES = 3  # broken seams per section bridged by the model
+BRIDGE_TRIES = 2  # answers asked for a bridge before the seam is left broken
 
 
 class StitchActivities(ModelStep):
@@ -75,26 +81,8 @@ class StitchActivities(ModelStep):
                 tx.final = True
                 await _store(tx, section, [*earlier, *chunks], texts, window, issues, {})
                 return
-        bridges: dict[int, tuple[str, Gated]] = {}
-        for issue in broken:
-            msgs = bridge_messages(texts[issue["chunk"]])
-            res = await self.llm.complete(
-                job_id=jid,
-                purpose="stitch",
-                request_key=f"stitch:{section.id}:{issue['chunk']}",
-                model=model,
-                messages=msgs,
-                max_tokens=48,
-                temperature=0.3,
-            )
-            prompt = "\n".join(m["content"] for m in msgs)
-            gated = await gate(res.text, prompt=prompt, fragment=True)
-            bridge, _, rest = gated.text.strip().partition("\n")
-            if rest.strip():  # a bridge is one sentence: what follows is not kept, and is counted so
-                gated.cuts.append(Cut("past_bridge", rest.strip(), count_words(rest)))
-            if bridge.strip():
-                bridge = bridge.strip()
-                bridges[issue["chunk"]] = (bridge if bridge[-1] in ".!?" else bridge + ".", gated)
+        bridges = {issue["chunk"]: await self._bridge(jid, section.id, model, texts[issue["chunk"]], issue["chunk"])
+                   for issue in broken}  # fmt: skip
         async with self.db.job_tx(jid, final=True) as tx:
             await load_job(tx, jid)
             if await _stitched(tx, section.id):
@@ -107,6 +95,36 @@ class StitchActivities(ModelStep):
             )
             await _store(tx, section, rows, texts, window, issues, bridges)
 
+    async def _bridge(self, jid: uuid.UUID, section_id: int, model: str, text: str, ordinal: int) -> list[Answer]:
+        """The model's bridges for a passage that stops mid-sentence, each through the gate (its
+        first line kept), until one carries the sentence on and ends it or ``BRIDGE_TRIES`` were
+        refused; the last used, if any."""
+        answers: list[Answer] = []
+        error = ""
+        for attempt in range(1, BRIDGE_TRIES + 1):
+            msgs = bridge_messages(text, error)
+            res = await self.llm.complete(
+                job_id=jid,
+                purpose="stitch",
+                request_key=f"stitch:{section_id}:{ordinal}" + (f":{attempt}" if attempt > 1 else ""),
+                model=model,
+                messages=msgs,
+                max_tokens=48,
+                temperature=0.3,
+            )
+            gated = await gate(res.text, prompt="\n".join(m["content"] for m in msgs), fragment=True)
+            bridge, _, rest = gated.text.strip().partition("\n")
+            cuts = list(gated.cuts)
+            if rest.strip():  # a bridge is one sentence: what follows is not kept, and is counted so
+                cuts.append(Cut("past_bridge", rest.strip(), count_words(rest)))
+            problems = bridge_problems(bridge)
+            answers.append(Answer("repair", "bridge", res.call_id, Gated(bridge.strip(), cuts, gated.words_in),
+                                  not problems, [f"refused: {p}" for p in problems]))  # fmt: skip
+            if not problems:
+                break
+            error = unquoted(problems[0])
+        return answers
+
 
 async def _store(
     tx: JobTx,
@@ -115,26 +133,38 @@ async def _store(
     texts: dict[int, str],
     window: list[tuple[int, str]],
     issues: list[dict[str, Any]],
-    bridges: dict[int, tuple[str, Gated]],
+    bridges: dict[int, list[Answer]],
 ) -> None:
-    """The section's repairs (new chunk versions; a bridge's words claimed and recorded as a
-    chunk attempt's are), its stitch result, and the section written. ``chunks``: the rows of the
-    window's chunks, as this transaction read them. A chunk under a locked node is not repaired."""
+    """The section's repairs (new chunk versions; a bridge's words claimed and stored as the
+    chunk's attempt, a refused one's too), its stitch result, and the section written. ``chunks``:
+    the rows of the window's chunks, as this transaction read them. A chunk under a locked node is
+    not repaired."""
     rows = {c.ordinal: c for c in chunks}
     job = await load_job(tx, tx.job_id, lock=bool(issues))  # a lock taken meanwhile is seen, or waits
     locked = await locked_chunks(tx.session, [c.id for c in chunks]) if issues else set()
     words_before = sum(rows[o].word_count for o, _ in window)
-    repairs, new_texts = _repair(dict(window), rows, section.id, issues, {o: b for o, (b, _) in bridges.items()})
+    used = {o: a[-1].gated.text for o, a in bridges.items() if a and a[-1].used}
+    repairs, new_texts = _repair(dict(window), rows, section.id, issues, used)
+    repairs += [
+        {"type": "bridge_refused", "chunk": o, "tried": [p for a in answers for p in a.problems][:4]}
+        for o, answers in bridges.items()
+        if o not in used
+    ]
     for o in [o for o in new_texts if rows[o].id in locked]:
         del new_texts[o]
         repairs = [{**r, "skipped": "locked"} if r["chunk"] == o else r for r in repairs]
+    for o, answers in bridges.items():  # every bridge asked for is an attempt of its chunk, used or not
+        if o not in new_texts:
+            for a in answers:
+                a.drop("not used: the chunk was not changed (locked, or no bridge was accepted)")
+            await store_answers(tx, rows[o], answers, dict(window)[o])
     latest_of = await latest_versions(tx, [rows[o].id for o in new_texts])
     for ordinal, text in new_texts.items():
         chunk = rows[ordinal]
         latest = latest_of.get(chunk.id)
         detail: dict[str, Any] = {"section": section.id}
         if ordinal in bridges:
-            text, detail["gate"] = await claim_version(tx, chunk, text, bridges[ordinal][1])
+            text, detail["attempts"] = await store_answers(tx, chunk, bridges[ordinal], text)
         v = add_version(tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, detail)
         chunk.word_count = v.word_count
     words_after = sum(rows[o].word_count for o, _ in window)

@@ -68,12 +68,20 @@ class Cost(BaseModel):
 class WordAccountView(BaseModel):
     """What the job's words are made of: a succeeded job says how it got there."""
 
-    words_model: int = Field(description="words the model wrote in its answers to chunk prompts, before the gate")
-    words_cut: int = Field(description="of those, words the degeneration gate cut as junk (never counted)")
+    words_model: int = Field(
+        description="words the model wrote in its answers for the document (chunks, repairs, bridges), before the gate"
+    )
+    words_cut: int = Field(
+        description="of those, words cut and never counted: junk, repeats of the document, answers not used"
+    )
     cut_by_rule: dict[str, int] = Field(description="words cut by each rule (echo, repeat, meta, number_run, ...)")
     chunks_short: int = Field(description="chunks accepted short after their attempts ran out (made up by top-ups)")
     top_up_rounds: int = Field(description="sections finalize added because the document was short")
     top_up_words: int = Field(description="words of those top-up sections")
+    trimmed_words: int = Field(description="words cut from chunks over their maximum when they were committed")
+    final_words_before: int = Field(description="the document's words before finalize cut its end (0: it did not)")
+    final_trimmed: int = Field(description="words finalize cut from the document's end, down to max_words")
+    final_trimmed_at: str = Field(description="where that cut began: the chunk and the last words kept")
     summary: str = Field(description="the same in one line")
 
 

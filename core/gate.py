@@ -136,7 +136,7 @@ def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", f
     text = cuts.sub("list_junk", junk.LIST_JUNK, text)
     text = _lines(text, EchoIndex(prompt, source), cuts)
     text = cuts.sub("list_junk", junk.LONE_MARKERS, text)
-    text = cuts.sub("repeat", junk.REPEATED_WORD, text, r"\1")
+    text = _said_once(text, cuts)
     text = _unwrap(text)
     english = english_share(text) >= ENGLISH_SHARE
     seen = {_key(s) for p in paragraphs(before) for s in sentences(p)}
@@ -344,3 +344,15 @@ def _degenerate(text: str) -> bool:
         return False
     grams = [tuple(toks[i : i + 4]) for i in range(len(toks) - 3)]
     return len(set(grams)) / len(grams) < 0.5  # prose rarely repeats a 4-word run; loops do nothing else
+
+
+def _said_once(text: str, cuts: _Cuts) -> str:
+    """A word said five times or more in a row, once ("word word word word word" -> "word"): the
+    repeats cut, and counted as the words cut (the one kept is not), so that an answer's words are
+    always what was kept plus what was cut."""
+
+    def one(m: re.Match[str]) -> str:
+        cuts.append(Cut("repeat", m.group(0).strip(), count_words(m.group(0)) - count_words(m.group(1))))
+        return m.group(1)
+
+    return junk.REPEATED_WORD.sub(one, text)

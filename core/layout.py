@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from core.text import count_words, paragraphs, split_parts
+from core.text import count_words, paragraphs, split_parts, tail_words, trim_to_words
 
 CHUNKS_PER_SECTION = 4
 CHAPTER_WORDS = 5_000  # a chapter's budget: what one writer does while five others write theirs
@@ -347,3 +347,56 @@ def pieces(title: str | None, target_words: int, blocks: list[Block]) -> list[Pi
 def assemble(title: str | None, target_words: int, blocks: list[Block]) -> str:
     """The document: its pieces as Markdown, a blank line apart."""
     return "\n\n".join(p.markdown for p in pieces(title, target_words, blocks)) + "\n"
+
+
+@dataclass(frozen=True)
+class Trim:
+    """What finalize cut from the end of a document longer than the job's maximum: the words before
+    and cut, the chunks (ordinals) it took words from, the last words kept and the first cut."""
+
+    words_before: int
+    words_cut: int
+    chunks: tuple[int, ...]
+    after: str  # the last words kept
+    cut: str  # the beginning of what was cut
+
+    @property
+    def at(self) -> str:
+        """Where the cut began, in words."""
+        where = f"in chunk {self.chunks[0] + 1}" if self.chunks else "in the headings"
+        more = f" (and chunks {self.chunks[1] + 1}-{self.chunks[-1] + 1})" if len(self.chunks) > 1 else ""
+        return f"{where}, after '…{self.after}'{more}"
+
+    def record(self) -> dict[str, object]:
+        return {
+            "words_before": self.words_before,
+            "words_cut": self.words_cut,
+            "words_after": self.words_before - self.words_cut,
+            "chunks": list(self.chunks),
+            "after": self.after,
+            "cut": self.cut,
+            "at": self.at,
+        }
+
+
+def assemble_within(
+    title: str | None, target_words: int, blocks: list[Block], max_words: int
+) -> tuple[str, Trim | None]:
+    """The document (``assemble``), cut to ``max_words`` when it has more (``core.text.trim_to_words``:
+    at a sentence end where one falls between the target and the maximum, never below the target),
+    and what that cut (None: nothing)."""
+    ps = pieces(title, target_words, blocks)
+    doc = "\n\n".join(p.markdown for p in ps) + "\n"
+    before = count_words(doc)
+    if before <= max_words:
+        return doc, None
+    kept = trim_to_words(doc, max_words, target_words).rstrip()
+    chunks, at = [], 0
+    for p in ps:
+        at += len(p.markdown)
+        if at > len(kept) and p.chunk is not None:
+            chunks.append(p.chunk)
+        at += 2
+    gone = " ".join(doc[len(kept) :].split())
+    trim = Trim(before, before - count_words(kept), tuple(chunks), tail_words(kept, 8), gone[:200])
+    return kept + "\n", trim

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from core.spec import ErrorCode, JobOptions
 
@@ -80,8 +81,11 @@ def give_up(
 @dataclass(frozen=True)
 class WordAccount:
     """What a job's words are made of, shown wherever its outcome is (page, status, API, webhook,
-    the final audit event): the words the model wrote, those the degeneration gate cut (by rule),
-    the chunks accepted short after their attempts ran out, and the top-ups that made up for them."""
+    the final audit event): the words the model wrote (every answer for the document, used or not:
+    each is a chunk attempt), those cut (by rule: the gate's, repeats of the document, answers not
+    used), the chunks accepted short after their attempts ran out, the top-ups that made up for
+    them, and what was trimmed to a length: chunks cut to their maximum when committed, and the
+    document's end cut by finalize to the job's maximum (its words before, the words cut, where)."""
 
     words_model: int = 0
     words_cut: int = 0
@@ -89,6 +93,22 @@ class WordAccount:
     chunks_short: int = 0
     top_up_rounds: int = 0
     top_up_words: int = 0
+    trimmed_words: int = 0  # cut from chunks over their maximum when they were committed
+    final_words_before: int = 0  # the assembled document's words before finalize cut it (0: it did not)
+    final_trimmed: int = 0  # the words finalize cut from the document's end, down to the job's max_words
+    final_trimmed_at: str = ""  # where that cut began
+
+    def with_trim(self, trim: dict[str, Any] | None) -> WordAccount:
+        """The account with finalize's trim (``core.layout.Trim.record``), if it made one."""
+        if not trim:
+            return self
+        at = str(trim.get("at", ""))
+        return replace(
+            self,
+            final_words_before=int(trim["words_before"]),
+            final_trimmed=int(trim["words_cut"]),
+            final_trimmed_at=at,
+        )
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -105,4 +125,12 @@ class WordAccount:
             parts.append(f"{self.chunks_short} chunk(s) accepted short")
         if self.top_up_rounds:
             parts.append(f"{self.top_up_rounds} top-up round(s) added {self.top_up_words:,} words")
+        if self.trimmed_words:
+            parts.append(f"{self.trimmed_words:,} trimmed from chunks over their maximum")
+        if self.final_trimmed:
+            after = self.final_words_before - self.final_trimmed
+            parts.append(
+                f"finalize cut the document's last {self.final_trimmed:,} words to its maximum "
+                f"({self.final_words_before:,} -> {after:,}; {self.final_trimmed_at})"
+            )
         return "; ".join(parts)

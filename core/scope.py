@@ -96,6 +96,41 @@ def boundary_problems(text: str) -> list[str]:
     return [p for p in (start_problem(text), end_problem(text)) if p]
 
 
+def broken_boundaries(old: str, new: str) -> list[str]:
+    """What ``new``, put in place of ``old`` (a repaired paragraph, a repaired or extended
+    passage), breaks of its sentence boundaries: a start or an end in the middle of a sentence
+    where ``old`` had none (text that already began or ended so may go on doing so)."""
+    out = []
+    if not start_problem(old) and (started := start_problem(new)):
+        out.append(started)
+    if ends_sentence(old) and (ended := end_problem(new)):
+        out.append(ended)
+    return out
+
+
+def unquoted(problem: str) -> str:
+    """A problem without the excerpt it quotes: what a model is told when asked again (its own
+    words said back to it would make its next answer an echo of the prompt)."""
+    return re.sub(r" \((?:…)?['\"].*$", "", problem)
+
+
+def bridge_problems(bridge: str) -> list[str]:
+    """What is wrong with ``bridge`` as the end of a sentence a passage breaks off in (a stitch's
+    bridge): it carries that sentence on (never opens a new one, never starts with a sentence's
+    end) and ends it, with a sentence end of its own (none is added for it)."""
+    b = bridge.strip()
+    if not b:
+        return ["the answer is empty"]
+    out = []
+    if _opens_sentence(b):
+        out.append(f"it starts a new sentence where the passage runs on ({b[:40]!r})")
+    elif b[0] in ",;:.!?…" or b[0] in "”’»":
+        out.append(f"it starts with {b[0]!r}, not with the words that carry the sentence on")
+    if not ends_sentence(b):
+        out.append(f"it {end_problem(b)}")
+    return out
+
+
 def whole_sentences(text: str, *, start: bool = True, end: bool = True) -> tuple[str, list[Cut]]:
     """``text`` without a leading fragment (through its first sentence end) when it starts in the
     middle of a sentence, and without what follows its last sentence end when it ends in the

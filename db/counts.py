@@ -1,7 +1,7 @@
 """A job's numbers, read by finalize, the webhook, the job page and the coherence report alike:
-what its words are made of (``word_account``: its attempts' and its repairs' and bridges' words,
-what the gate cut of them) and its coherence in numbers (``coherence_counts``: what was found,
-repaired, left open, unchecked, and by which model)."""
+what its words are made of (``word_account``: its attempts' words, its repairs' and bridges'
+among them, what was cut of them, what was trimmed to a length) and its coherence in numbers
+(``coherence_counts``: what was found, repaired, left open, unchecked, and by which model)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from core.length import WordAccount
 from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, SeamCheck
 from db.models import Document, LlmCall
 
-# A job's cuts: its attempts' and its versions' made of model answers (repairs, bridges).
+# A job's cuts: its attempts' (every model answer for the document, repairs and bridges too) and,
+# in jobs written before those were attempts, the cuts their versions recorded (``detail.gate``).
 _CUT_BY_RULE = text(
     "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM ("
     "SELECT a.cuts AS cuts FROM chunk_attempts a WHERE a.job_id = :j UNION ALL "
@@ -34,6 +35,14 @@ _SHORT_CHUNKS = text(
     "AND l.scope = 'chunk' ORDER BY l.round DESC LIMIT 1) last ON true "
     "WHERE c.job_id = :j AND c.status = 'done' AND NOT last.passed"
 )
+_CHUNK_TRIMS = text(
+    "SELECT coalesce(sum((detail->>'words_removed')::int), 0) FROM chunk_versions WHERE job_id = :j AND reason = 'trim'"
+)
+# Finalize's cut of the document's end, in its final length event (one job has one at most).
+_FINAL_TRIM = text(
+    "SELECT data->'trimmed' FROM audit_events WHERE job_id = :j AND kind = 'length' AND data ? 'trimmed' "
+    "ORDER BY seq DESC LIMIT 1"
+)
 _TOP_UPS = text(
     "SELECT count(DISTINCT n.id), coalesce(sum(c.word_count), 0) FROM plan_nodes n "
     "LEFT JOIN chunks c ON c.section_id = n.id AND c.status = 'done' WHERE n.job_id = :j AND n.is_continuation"
@@ -41,9 +50,11 @@ _TOP_UPS = text(
 
 
 async def word_account(session: AsyncSession, job_id: uuid.UUID) -> WordAccount:
-    """The job's ``WordAccount``, from its chunk attempts (and versions made of model answers:
-    repairs, bridges), length checks and top-up sections."""
+    """The job's ``WordAccount``, from its chunk attempts (every model answer for the document),
+    length checks, top-up sections, trimmed versions and finalize's trim (its length event)."""
     p = {"j": job_id}
+    trimmed = (await session.execute(_CHUNK_TRIMS, p)).scalar_one()
+    final_trim = (await session.execute(_FINAL_TRIM, p)).scalar_one_or_none()
     model = (await session.execute(_WORDS_MODEL, p)).scalar_one()
     by_rule = {r.rule: int(r.words) for r in (await session.execute(_CUT_BY_RULE, p)).all() if r.words}
     short = (await session.execute(_SHORT_CHUNKS, p)).scalar_one()
@@ -55,7 +66,8 @@ async def word_account(session: AsyncSession, job_id: uuid.UUID) -> WordAccount:
         chunks_short=int(short),
         top_up_rounds=int(rounds),
         top_up_words=int(top_up_words),
-    )
+        trimmed_words=int(trimmed),
+    ).with_trim(final_trim)
 
 
 async def coherence_counts(s: AsyncSession, job_id: uuid.UUID, words_written: int) -> dict[str, Any]:

@@ -47,7 +47,8 @@ VERSION_REASONS = (
     "coverage_repair",
 )  # fmt: skip
 # write, extend: a chunk's answers; rewrite: an answer for a selection of it (activities.selection);
-# repair: a paragraph rewritten by a coverage retry; trim: rows of before 0002.
+# repair: a paragraph rewritten by a coverage retry, a continuity or seam repair's paragraph and the
+# extension after it, a stitch's bridge (activities.answers); trim: rows of before 0002.
 ATTEMPT_KINDS = ("write", "extend", "trim", "rewrite", "repair")
 SEAM_STATUSES = ("validated", "repaired", "flagged", "unchecked")
 

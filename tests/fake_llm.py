@@ -43,7 +43,15 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   reported (a re-check after a repair): "lazy" leaves that plant's detail out, "invalid" answers
   no valid JSON. A repair call puts the established sentence back in place of the contradicting
   one (``repair_mode`` "stubborn": changes nothing; "cosmetic": changes other words, keeps the
-  contradicting sentence); a summary call answers the first summary it is given;
+  contradicting sentence; "midstart": puts it back but opens with the end of a sentence the
+  paragraph never had ("beyond the harbor wall."), so that the answer starts in the middle of a
+  sentence, "midstart_once" so until told its last rewrite was not used; "terse": answers with the
+  established sentence alone, so that the passage falls short); a summary call answers the first
+  summary it is given;
+- a stitch's bridge (a passage that stops mid-sentence finished): prose of the words asked for;
+  ``bridge_mode`` "unfinished" answers words that never end the sentence, "opens" a new sentence
+  of its own; ``run_on``: the numbers of chunk writes (``nth`` as for plants) whose answer ends in a
+  run-on of 95 words without a sentence end (past what the gate cuts as a cut-off);
 - ``chapter_delay``: {outline chapter: seconds} added to answers about that chapter (its writes
   and the memory calls of its passages), so that a chapter commits after the next one;
 - an author's edits (``activities.selection``, ``activities.coverage``): ``rewrites`` is a queue of
@@ -111,6 +119,8 @@ class FakeState:
     recheck_mode: str = ""
     reported: set[str] = field(default_factory=set)  # plant sentences a memory answer has reported
     repair_mode: str = "fix"
+    bridge_mode: str = ""
+    run_on: set[int] = field(default_factory=set)
     chapter_delay: dict[int, float] = field(default_factory=dict)
     writes: int = 0  # chunk writes answered
     chapter_writes: dict[int, int] = field(default_factory=dict)  # ... by outline chapter
@@ -261,6 +271,10 @@ class FakeLLM:
             content = self._plan(prompt, rng, malformed=(mode == "malformed_plan"), mark=XSS if mode == "html" else "")
         elif "contradicts what the document established earlier" in prompt:
             content = self._repair(prompt)
+        elif "The passage ends mid-sentence:" in prompt and self.state.bridge_mode:
+            content = {"unfinished": "and the keepers went on counting the", "opens": "The tide came in."}[
+                self.state.bridge_mode
+            ]
         elif "does not yet do what its author asked" in prompt:
             content = self._cover(prompt)
         elif system.startswith("You summarise"):
@@ -378,8 +392,14 @@ class FakeLLM:
             ]
             for p in due:
                 p["used"] = True
+            run_on = st.writes in st.run_on
         for p in reversed(due):
             content = f"{p['sentence']} {content}"
+        if run_on:  # its last 95 words one sentence, unended: past what the gate cuts
+            words = content.split(" ")
+            head, tail = " ".join(words[:-95]), " ".join(words[-95:])
+            tail = re.sub(r"[.!?]\s+(\w)", lambda m: " " + m.group(1).lower(), tail.replace("\n\n", " "))
+            content = f"{head} {tail.rstrip('.')}"
         return content
 
     def _chapter_delay(self, prompt: str) -> float:
@@ -467,7 +487,10 @@ class FakeLLM:
         for p in plants:
             for there in established:
                 if p["sentence"] in paragraph and p.get("entity") and p["entity"] in there and p["sentence"] != there:
-                    paragraph = paragraph.replace(p["sentence"], there)
+                    paragraph = there if mode == "terse" else paragraph.replace(p["sentence"], there)
+        told = "Your last rewrite was not used" in prompt
+        if mode == "midstart" or (mode == "midstart_once" and not told):  # it starts mid-sentence
+            paragraph = f"beyond the harbor wall. {paragraph}"
         return paragraph
 
     def _rewrite(self, prompt: str, prose: str, want: int, rng: random.Random) -> str:

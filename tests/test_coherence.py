@@ -13,7 +13,7 @@ from sqlalchemy import select
 from activities.llm import LlmClient
 from core.spec import JobSpec
 from db.counts import coherence_counts
-from db.manuscript import Chunk, ChunkVersion, CoherenceState, ContinuityFinding, SeamCheck
+from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, ContinuityFinding, SeamCheck
 from services import jobs
 from testkit import until
 from tests.conftest import TEST_SECRET
@@ -56,6 +56,12 @@ async def _versions(db, chunk_id: int) -> list[ChunkVersion]:
             .scalars()
             .all()
         )
+
+
+async def _attempts(db, chunk_id: int, kind: str) -> list[ChunkAttempt]:
+    async with db.tx() as s:
+        q = select(ChunkAttempt).where(ChunkAttempt.chunk_id == chunk_id, ChunkAttempt.kind == kind)
+        return list((await s.execute(q.order_by(ChunkAttempt.attempt_no))).scalars().all())
 
 
 async def _findings(db, job_id: uuid.UUID) -> list[ContinuityFinding]:
@@ -122,9 +128,11 @@ async def test_a_contradiction_inside_a_chapter_is_found_repaired_and_reported(
     assert [v.reason for v in versions][0] == "written" and versions[-1].reason == "continuity_repair"
     assert LIE in versions[0].text and LIE not in versions[-1].text  # the old kept
     # The repair put the established sentence back, which chunk 2 already says: through the gate, that
-    # repeat is cut from the repair and recorded with its words, as any chunk's would be.
-    gate = versions[-1].detail["gate"]
-    assert gate["words_model"] > 0 and any(c["rule"] == "repeat" and FACT in c["text"] for c in gate["cuts"])
+    # repeat is cut from the repair's answer, an attempt of the chunk with its words, as any chunk's would be.
+    repairs = await _attempts(db, f.chunk_id, "repair")
+    assert [a.attempt_no for a in repairs] == versions[-1].detail["attempts"]
+    assert all(a.words_model > 0 for a in repairs)
+    assert any(c["rule"] == "repeat" and FACT in c["text"] for a in repairs for c in a.cuts)
     assert versions[-1].id == f.repair_version_id
     doc = await output(db, job_id)
     assert doc is not None and LIE not in doc.text and (await job_row(db, job_id)).words_written >= 4_000
@@ -157,7 +165,13 @@ async def test_a_contradiction_inside_a_chapter_is_found_repaired_and_reported(
 
 @pytest.mark.parametrize(
     ("repair_mode", "continuity", "judge"),
-    [("fix", "flag", "names"), ("fix", "flag", "weak"), ("stubborn", "flag", "names"), ("stubborn", "strict", "weak")],
+    [
+        ("fix", "flag", "names"),
+        ("fix", "flag", "weak"),
+        ("stubborn", "flag", "names"),
+        ("stubborn", "strict", "weak"),
+        ("midstart", "flag", "names"),  # each rewrite starts mid-sentence: refused, never repaired into the text
+    ],
 )
 async def test_a_contradiction_across_a_parallel_seam_is_found_and_never_silently_validated(
     db, client, fake, user, repair_mode, continuity, judge
@@ -195,6 +209,10 @@ async def test_a_contradiction_across_a_parallel_seam_is_found_and_never_silentl
         await assert_chain_proven(db, job_id)
     else:
         assert seam.status == "flagged" and not seam.validated and at_seam[0].status == "open"
+        if repair_mode == "midstart":
+            assert "refused" in at_seam[0].tried and "in the middle of a sentence" in at_seam[0].tried
+            versions = await _versions(db, at_seam[0].chunk_id)
+            assert "seam_repair" not in [v.reason for v in versions]
         job = await job_row(db, job_id)
         if continuity == "strict":
             assert "E_CONTINUITY" in result and job.error_code == "E_CONTINUITY"

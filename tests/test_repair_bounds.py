@@ -1,0 +1,220 @@
+"""Repairs that keep their word, against real Postgres, real Temporal and the scripted model: a
+continuity repair or a stitch's bridge never starts or ends a passage mid-sentence (refused, asked
+again, and failing that the finding or the broken seam stays open with what was tried); every
+word a model wrote for the document is a chunk attempt in the word account, the extension after
+a repair too (model words = kept + cut); and finalize says what it cut to the job's maximum."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from core.length import WordAccount
+from core.scope import boundary_problems, start_problem
+from core.text import count_words
+from db.counts import word_account
+from db.manuscript import ChunkAttempt, ChunkVersion, PlanNode, StitchResult
+from db.models import AuditEvent, LlmCall
+from tests.helpers import output, submit, wait
+from tests.test_coherence import FACT, LIE, _fact, _findings, _lie, _versions
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+# The purposes of the calls whose answers become document text (or would have).
+PROSE = ("write", "extend", "repair", "stitch", "rewrite", "coverage_repair")
+
+
+def auth(user) -> dict[str, str]:
+    return {"Authorization": f"Bearer {user.api_key}"}
+
+
+async def _rows(db, model, *where, order=None) -> list:
+    async with db.tx() as s:
+        q = select(model).where(*where)
+        return list((await s.execute(q.order_by(order) if order is not None else q)).scalars().all())
+
+
+async def _events(db, job_id: uuid.UUID, kind: str, action: str) -> list[dict]:
+    got = await _rows(db, AuditEvent, AuditEvent.job_id == job_id, AuditEvent.kind == kind, order=AuditEvent.seq)
+    return [e.data for e in got if e.action == action]
+
+
+async def every_model_word_counted(db, job_id: uuid.UUID) -> WordAccount:
+    """Every answer a model gave for the document is one chunk attempt with its words as written
+    (kept + cut, each cut said), and the account is their sum: model words = kept + cut."""
+    async with db.tx() as s:
+        account = await word_account(s, job_id)
+    attempts = await _rows(db, ChunkAttempt, ChunkAttempt.job_id == job_id)
+    calls = await _rows(db, LlmCall, LlmCall.job_id == job_id, LlmCall.purpose.in_(PROSE), LlmCall.status == "ok")
+    legacy = await _rows(db, ChunkVersion, ChunkVersion.job_id == job_id, ChunkVersion.detail.has_key("gate"))
+    assert legacy == []  # no words recorded on a version instead of as an attempt
+    used = Counter(a.llm_call_id for a in attempts)
+    missing = [(c.purpose, c.id) for c in calls if used[c.id] != 1]
+    assert missing == [], f"model answers that are not exactly one chunk attempt: {missing}"
+    said = {c.id: count_words(c.response or "") for c in calls}
+    for a in attempts:
+        cut = sum(c["words"] for c in a.cuts)
+        assert a.words_model == said[a.llm_call_id] == count_words(a.added_text) + cut, (a.kind, a.attempt_no, a.cuts)
+    kept = sum(count_words(a.added_text) for a in attempts)
+    assert account.words_model == sum(said.values()) == kept + account.words_cut
+    assert account.words_cut == sum(c["words"] for a in attempts for c in a.cuts) == sum(account.cut_by_rule.values())
+    return account
+
+
+# -- continuity repairs keep to sentence boundaries ---------------------------------------------------
+
+
+async def test_a_repair_that_starts_mid_sentence_is_refused_asked_again_and_the_finding_stays_open(
+    db, client, fake, user
+):
+    # Every rewrite opens with the end of a sentence the paragraph never had: "beyond the harbor wall. ..."
+    fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2), _lie(nth=4)], repair_mode="midstart")
+    job_id = await submit(db, client, user, kind="generate", prompt="Compass rose", target_words=4_000)
+    assert await wait(client, job_id) == "succeeded"
+    found = [f for f in await _findings(db, job_id) if LIE in f.quote and f.severity == "major"]
+    assert found and all(f.status == "open" and f.repair_version_id is None for f in found)
+    assert all("refused" in f.tried and "in the middle of a sentence" in f.tried for f in found), found[0].tried
+    versions = await _versions(db, found[0].chunk_id)
+    assert "continuity_repair" not in [v.reason for v in versions]  # the passage as written, reported
+    doc = await output(db, job_id)
+    assert doc is not None and LIE in doc.text
+    # Asked again, told why; each answer kept as an attempt, none used (its words all cut, said why).
+    prompts = ["\n".join(m["content"] for m in r["body"]["messages"]) for r in fake.requests]
+    repairs = [p for p in prompts if "contradicts what the document established earlier" in p]
+    assert len(repairs) >= 2 and "Your last rewrite was not used: it starts with a lowercase word" in repairs[1]
+    tries = await _rows(db, ChunkAttempt, ChunkAttempt.chunk_id == found[0].chunk_id, ChunkAttempt.kind == "repair")
+    assert len(tries) == len(repairs) and all(a.added_text == "" for a in tries)
+    assert all(any(c["rule"] == "not_used" for c in a.cuts) for a in tries)
+    await every_model_word_counted(db, job_id)
+
+
+async def test_a_repair_refused_once_is_used_when_asked_again_and_starts_on_a_sentence(db, client, fake, user):
+    fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2), _lie(nth=4)], repair_mode="midstart_once")
+    job_id = await submit(db, client, user, kind="generate", prompt="Compass rose", target_words=4_000)
+    assert await wait(client, job_id) == "succeeded"
+    found = [f for f in await _findings(db, job_id) if LIE in f.quote and f.category == "characters"]
+    assert found and found[0].status == "repaired"
+    versions = await _versions(db, found[0].chunk_id)
+    assert versions[-1].reason == "continuity_repair" and versions[-1].id == found[0].repair_version_id
+    assert boundary_problems(versions[-1].text) == [] and LIE not in versions[-1].text
+    tries = await _rows(db, ChunkAttempt, ChunkAttempt.chunk_id == found[0].chunk_id, ChunkAttempt.kind == "repair")
+    refused, kept = tries[0], tries[1]
+    assert refused.added_text == "" and start_problem(refused.cuts[-1]["text"]) is not None  # the fragment, not used
+    assert kept.added_text and kept.attempt_no in versions[-1].detail["attempts"]
+    await every_model_word_counted(db, job_id)
+
+
+# -- bridges finish their sentence, or the seam stays broken ------------------------------------------
+
+
+@pytest.mark.parametrize("bridge_mode", ["", "unfinished", "opens"])
+async def test_a_bridge_ends_its_sentence_or_is_refused_and_the_seam_stays_broken(db, client, fake, user, bridge_mode):
+    # The second chunk's answer ends in a 95-word run-on: a broken seam inside its section.
+    fake.reset(ratio=(1.0, 1.15), run_on={2}, bridge_mode=bridge_mode)
+    job_id = await submit(
+        db, client, user, kind="generate", prompt="Harbour lights", target_words=1500, options={"chunk_words": 300}
+    )
+    assert await wait(client, job_id) == "succeeded"
+    stitched = await _rows(db, StitchResult, StitchResult.job_id == job_id)
+    broken = [(r, i) for r in stitched for i in r.issues if i["type"] == "broken_seam"]
+    assert broken, "the run-on left a seam broken"
+    result, issue = broken[0]
+    chunk = issue["chunk"]
+    bridged = [r for r in result.repairs if r["type"] == "bridged_seam" and r["chunk"] == chunk]
+    refused = [r for r in result.repairs if r["type"] == "bridge_refused" and r["chunk"] == chunk]
+    attempts = await _rows(db, ChunkAttempt, ChunkAttempt.job_id == job_id, ChunkAttempt.kind == "repair")
+    parts = [e for e in await _events(db, job_id, "chunk", "repair") if e.get("part") == "bridge"]
+    versions = [
+        v
+        for v in await _rows(db, ChunkVersion, ChunkVersion.job_id == job_id, ChunkVersion.reason == "stitch")
+        if v.detail.get("attempts")
+    ]
+    if not bridge_mode:  # the model's own words finish the sentence: used as written, nothing added to them
+        assert len(bridged) == 1 and not refused and len(parts) == 1 and parts[0]["used"]
+        assert bridged[0]["text"][-1] in ".!?" and len(versions) == 1
+        assert versions[0].text.rstrip().endswith(bridged[0]["text"]) and boundary_problems(versions[0].text) == []
+    else:  # asked twice, told why; refused both times: no full stop put after them, the seam left broken
+        assert not bridged and len(refused) == 1 and versions == []
+        why = "ends in the middle of a sentence" if bridge_mode == "unfinished" else "starts a new sentence"
+        assert any(why in t for t in refused[0]["tried"]), refused[0]["tried"]
+        assert len(parts) == 2 and not any(e["used"] for e in parts) and len(attempts) == 2
+        assert all(a.added_text == "" for a in attempts) and attempts[0].cuts[-1]["rule"] == "not_used"
+        asked = [r for r in fake.requests if "The passage ends mid-sentence:" in r["body"]["messages"][-1]["content"]]
+        assert "Your last answer was not used: it " in asked[1]["body"]["messages"][-1]["content"]
+        doc = await output(db, job_id)
+        assert doc is not None and "keepers went on counting the." not in doc.text
+    await every_model_word_counted(db, job_id)
+
+
+# -- every model word in the account --------------------------------------------------------------------
+
+
+async def test_the_extension_after_a_repair_is_an_attempt_and_the_account_adds_up(db, client, fake, user):
+    # The repair answers with the established sentence alone: the passage falls short and is extended.
+    fake.reset(ratio=(1.0, 1.05), plants=[_fact(nth=2), _lie(nth=4)], repair_mode="terse")
+    job_id = await submit(db, client, user, kind="generate", prompt="Compass rose", target_words=4_000)
+    assert await wait(client, job_id) == "succeeded"
+    found = [f for f in await _findings(db, job_id) if LIE in f.quote and f.category == "characters"]
+    assert found and found[0].status == "repaired"
+    extensions = [e for e in await _events(db, job_id, "chunk", "repair") if e.get("part") == "extension"]
+    assert extensions and extensions[0]["used"] and extensions[0]["words_model"] > 0
+    version = (await _versions(db, found[0].chunk_id))[-1]
+    assert version.reason == "continuity_repair" and extensions[0]["attempt"] in version.detail["attempts"]
+    assert boundary_problems(version.text) == []
+    account = await every_model_word_counted(db, job_id)
+    assert account.cut_by_rule.get("repeat", 0) > 0  # the repair's sentence, which chunk 2 already says
+
+
+async def test_an_edits_repair_extended_is_in_the_account(db, client, fake, user, http):
+    fake.reset(ratio=(1.0, 1.05), plants=[_fact(nth=1)], repair_mode="terse")
+    job_id = await submit(db, client, user, kind="generate", prompt="Salt roads", target_words=3000)
+    assert await wait(client, job_id) == "succeeded"
+    sections = await _rows(
+        db, PlanNode, PlanNode.job_id == job_id, PlanNode.level == "section", order=PlanNode.position
+    )
+    before = await output(db, job_id)
+    assert before is not None and FACT in before.text and len(sections) >= 2
+    fake.set(plants=[_lie(nth=fake.state.writes + 1)])  # the regenerated chunk contradicts the first
+    r = await http.post(f"/v1/jobs/{job_id}/nodes/{sections[-1].id}/regenerate", json={}, headers=auth(user))
+    assert r.status_code == 202, r.text
+    from tests.test_edit_scope import ended
+
+    assert await ended(client, job_id, 1) == "2"
+    found = [f for f in await _findings(db, job_id) if LIE in f.quote and f.edit_id is not None]
+    assert found and found[0].status == "repaired"
+    extensions = [e for e in await _events(db, job_id, "chunk", "repair") if e.get("part") == "extension"]
+    assert extensions and extensions[0]["used"] and extensions[0]["edit"] == 1
+    await every_model_word_counted(db, job_id)
+
+
+# -- finalize says what it cut --------------------------------------------------------------------------
+
+
+async def test_a_document_over_its_maximum_is_cut_and_the_cut_is_recorded_and_shown(db, client, fake, user, http):
+    # No overshoot allowed: the chunks' own slack takes the document past its maximum.
+    fake.reset(ratio=(1.0, 1.15))
+    job_id = await submit(
+        db, client, user, kind="generate", prompt="Lighthouses", target_words=1000, options={"max_overshoot": 1.0}
+    )
+    assert await wait(client, job_id) == "succeeded"
+    doc = await output(db, job_id)
+    assert doc is not None and doc.word_count == count_words(doc.text) == 1000
+    final = [e for e in await _events(db, job_id, "length", "pass") if e.get("scope") == "final"]
+    trim = final[-1]["trimmed"]
+    assert (
+        trim["words_before"] > 1000
+        and trim["words_cut"] == trim["words_before"] - 1000 == trim["words_before"] - trim["words_after"]
+    )
+    assert trim["chunks"] and trim["after"] and doc.text.rstrip().endswith(trim["after"])
+    account = await every_model_word_counted(db, job_id)
+    assert account.final_words_before == trim["words_before"] and account.final_trimmed == trim["words_cut"]
+    assert account.final_words_before - account.final_trimmed == doc.word_count
+    assert f"chunk {trim['chunks'][0] + 1}" in account.final_trimmed_at
+    succeeded = (await _events(db, job_id, "job", "succeeded"))[0]
+    assert succeeded["account"]["final_trimmed"] == trim["words_cut"] and "finalize cut" in succeeded["summary"]
+    shown = (await http.get(f"/v1/jobs/{job_id}", headers=auth(user))).json()["account"]
+    assert shown["final_trimmed"] == trim["words_cut"]
+    assert f"finalize cut the document's last {trim['words_cut']:,} words" in shown["summary"]
