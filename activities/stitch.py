@@ -179,6 +179,7 @@ async def _store(
             words_after=words_after,
         )
     )
+    refused = [r for r in repairs if r["type"] == "bridge_refused"]  # the seam left broken, and what was tried
     # A top-up section is its own unit: it is complete only once its seam is validated.
     section.status = "written" if rows[window[-1][0]].unit_id == section.id else "done"
     tx.event(
@@ -187,10 +188,11 @@ async def _store(
         {
             "section": section.position,
             "issues": len(issues),
-            "repairs": len(repairs),
+            "repairs": sum(1 for r in repairs if r["type"] != "bridge_refused" and not r.get("skipped")),
             "words_before": words_before,
             "words_after": words_after,
             "issue_types": sorted({i["type"] for i in issues}),
+            **({"bridges_refused": refused} if refused else {}),
         },
     )
 

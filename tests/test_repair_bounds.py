@@ -146,6 +146,8 @@ async def test_a_bridge_ends_its_sentence_or_is_refused_and_the_seam_stays_broke
         assert "Your last answer was not used: it " in asked[1]["body"]["messages"][-1]["content"]
         doc = await output(db, job_id)
         assert doc is not None and "keepers went on counting the." not in doc.text
+        said = [e for e in await _events(db, job_id, "stitch", "section") if e.get("bridges_refused")]
+        assert len(said) == 1 and said[0]["bridges_refused"][0]["chunk"] == chunk  # the log says so
     await every_model_word_counted(db, job_id)
 
 
