@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from bench.bench_book import _line, _result_line, _worktree, run_job
+from bench.bookrun import last_result_line, result_line_of, run_job, worktree
 from core.repair import stands
 from db.session import plain_url
 
@@ -111,7 +111,7 @@ async def memory(
     f = await run_job(words, args, {"parallelism": parallelism}, measure)
     os.unlink(fh.name)
     print(f"model: {MODELS.get((judge, recheck), f'judge {judge}, re-check {recheck}')}; repairs: {repair}")
-    print(_line(f, words))
+    print(result_line_of(f, words))
     m = seen
     print(
         f"carry: {m['carried']} of {m['eligible']} later chunk prompts carried the planted name and detail "
@@ -222,7 +222,7 @@ def _fate(conn: psycopg.Connection[Any], sentence: str, final: str) -> dict[str,
 
 def _baseline_wall(ref: str, words: int, tokens_per_s: float, parallelism: int) -> float:
     """The same job (without plants) on ``ref``'s code: a git worktree, its own benchmark."""
-    with _worktree(ref) as (where, _):
+    with worktree(ref) as (where, _):
         # The worktree's packages first on the path (the editable install is this checkout's).
         env = {**os.environ, "PYTHONPATH": str(where)}
         out = subprocess.run(
@@ -230,8 +230,8 @@ def _baseline_wall(ref: str, words: int, tokens_per_s: float, parallelism: int) 
              str(tokens_per_s), "--parallelism", str(parallelism)],
             cwd=where, env=env, capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-    print(f"baseline run ({ref}): {_result_line(out)}")
-    m = re.search(r"wall ([\d.]+) s", _result_line(out))
+    print(f"baseline run ({ref}): {last_result_line(out)}")
+    m = re.search(r"wall ([\d.]+) s", last_result_line(out))
     assert m is not None, out
     return float(m.group(1))
 
