@@ -10,12 +10,15 @@ import pytest
 from core.coverage import Item, by_rule, judged, merge, names, numbers, repair_target, windows
 from core.scope import (
     boundary_problems,
+    bridge_problems,
+    broken_boundaries,
     document_proof,
     end_problem,
     prove,
     selection_problems,
     splice,
     start_problem,
+    unquoted,
     whole_sentences,
 )
 from core.text import count_words, paragraphs
@@ -44,6 +47,36 @@ def test_real_prose_starts_and_ends_on_sentence_boundaries():
             if para.lstrip()[:1].islower() or para.lstrip().startswith(("-", "*", "|")):
                 continue  # a fixture's own fragment (a list, a wrapped verse line)
             assert start_problem(para) is None, (path.name, para[:80])
+
+
+def test_a_repair_that_breaks_a_boundary_its_text_kept_is_named_and_one_that_keeps_them_passes():
+    para = PRIDE
+    assert broken_boundaries(para, "of the harbour wall. " + para)[0].startswith("starts with a lowercase word")
+    assert broken_boundaries(para, para + " And then the")[0].startswith("ends in the middle of a sentence")
+    assert broken_boundaries(para, para.replace("a wife", "a husband")) == []
+    # A text that already began or ended mid-sentence may go on doing so: the repair did not break it.
+    assert broken_boundaries("must be in want of a wife, and then", "must be in want of a husband, and then") == []
+    # What a model is told when asked again: the kind of problem, never its own words back.
+    told = unquoted(broken_boundaries(para, "of the harbour wall. " + para)[0])
+    assert told == "starts with a lowercase word, in the middle of a sentence" and "harbour" not in told
+
+
+@pytest.mark.parametrize(
+    ("bridge", "why"),
+    [
+        ("and the keepers went on counting the", "ends in the middle of a sentence"),
+        ("The tide came in.", "starts a new sentence where the passage runs on"),
+        (", which nobody doubted.", "starts with ','"),
+        ("", "the answer is empty"),
+    ],
+)
+def test_a_bridge_that_does_not_carry_its_sentence_on_and_end_it_is_refused(bridge, why):
+    assert any(why in p for p in bridge_problems(bridge)), bridge_problems(bridge)
+
+
+def test_a_bridge_that_finishes_its_sentence_passes():
+    assert bridge_problems("and the keepers went on counting the ships until dawn.") == []
+    assert bridge_problems("Lantern Street, where the keepers lived.") == []  # a name carries it on
 
 
 def test_a_fragment_before_the_first_sentence_and_after_the_last_is_cut_and_recorded():
