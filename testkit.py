@@ -171,3 +171,18 @@ def fake_model(*args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def stack_env(home: Path, model_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a throwaway `quire up` in ``home``: none of the caller's Quire settings,
+    free ports, the model at ``model_url``, and ``extra``."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("QUIRE_", "DATABASE_URL", "TEMPORAL_"))},
+        "QUIRE_HOME": str(home),
+        "OPENAI_BASE_URL": model_url,
+        "API_PORT": str(free_port()),
+        "TEMPORAL_PORT": str(free_port()),
+        "TEMPORAL_UI_PORT": str(free_port()),
+        "QUIRE_WORKER_METRICS_PORT": str(free_port()),
+        **extra,
+    }

@@ -29,7 +29,7 @@ from core.memory import Entry
 from core.spec import ErrorCode
 from core.text import count_words, sha256, trim_to_words
 from db.blocks import document_blocks
-from db.endings import save_document
+from db.endings import end_edit, save_document
 from db.loop import Edit
 from db.manuscript import (
     Chunk,
@@ -281,9 +281,7 @@ class EditCheckActivities(ModelStep):
             edit = await load_edit(tx, inp.edit_id)
             if edit.status != "running":
                 return
-            edit.status, edit.completed_at, edit.error_code, edit.reason = "failed", now(), inp.error_code, inp.reason
-            job.current_step = "done" if job.status == "succeeded" else job.current_step
-            tx.event("edit", "failed", {"edit": edit.number, "error_code": inp.error_code, "reason": inp.reason})
+            await end_edit(tx, job, edit, error_code=inp.error_code, reason=inp.reason)
 
 
 async def _node(tx: JobTx, node_id: int) -> PlanNode:

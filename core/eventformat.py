@@ -49,6 +49,7 @@ EVENT_KINDS: dict[str, str] = {
     "unit": "a chapter (or the book) completed",
     "edit": "an author's edit: its steps and its outcome",
     "webhook": "a webhook delivery attempt: status, latency, error",
+    "reconcile": "where Postgres and Temporal disagreed, settled (by the reconciler, doctor, a cancel, a resume)",
 }
 EventKind = Literal[tuple(EVENT_KINDS)]  # type: ignore[valid-type]
 

@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS, input_problem
-from quire import admin, keys, loop
+from quire import admin, doctor, keys, loop
 from quire.errors import CliError, Exit
 from quire.remote import api_for, client_opts
 from services.config import SettingsError
@@ -368,6 +368,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     register_account,
     register_control,
     loop.register,
+    doctor.register,
 )
 
 

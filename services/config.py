@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     quire_retry_max_interval_s: float = Field(
         default=30.0, gt=0, description="the longest wait between two attempts of a step (the backoff's cap)"
     )
+    # The reconciler's Schedule (services.reconcile; README: Nothing stuck)
+    quire_reconcile_every_s: float = Field(default=60.0, ge=1, description="how often the reconciler runs")
+    quire_reconcile_grace_s: float = Field(default=60.0, ge=0, description="how long a row may lag its workflow")
     # Worker Versioning (README: Deploying new code)
     quire_build_id: str = Field(
         default="local",
