@@ -186,3 +186,10 @@ def stack_env(home: Path, model_url: str, **extra: str) -> dict[str, str]:
         "QUIRE_WORKER_METRICS_PORT": str(free_port()),
         **extra,
     }
+
+
+def api_process(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The API served by uvicorn in a process of its own on ``port``, its settings this
+    environment's with ``env`` over it."""
+    args = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port)]
+    return subprocess.Popen([*args, "--log-level", "warning"], env={**os.environ, **env})

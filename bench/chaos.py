@@ -112,19 +112,23 @@ class Chaos:
         self.note(f"api at its fault point ({what})")
         until("the API back", self.ready)
 
-    def while_(self, busy: Callable[[], bool], kills: int) -> None:
-        """Up to ``kills`` random kills, a random 1-6 s apart, while ``busy()``; then wait for it."""
+    def while_(self, busy: Callable[[], bool], kills: int) -> int:
+        """Up to ``kills`` random kills, a random 1-6 s apart, while ``busy()``; then wait for it to
+        end. The kills made."""
+        made = 0
         for _ in range(kills):
             time.sleep(self.rng.uniform(1.0, 6.0))  # the random moment itself
             if not busy():
                 break
             self.kill()
+            made += 1
         until("the work to end", lambda: not busy(), timeout=1800)
+        return made
 
 
-def run(*, kills: int, words: int, period: float, seed: int) -> None:
+def run(*, kills: int, words: int, period: float, seed: int, delay: float = 0.5) -> None:
     home = Path("/tmp") / f"qc-{uuid.uuid4().hex[:6]}"
-    with fake_model("--delay", "0.15") as model_url:
+    with fake_model("--delay", str(delay)) as model_url:
         env = stack_env(
             home,
             model_url,
@@ -151,24 +155,21 @@ def story(c: Chaos, kills: int, words: int) -> tuple[str, float]:
                                           "target_words": words, "options": {"review_plan": True}})  # fmt: skip
     assert r is not None and r.status_code == 202, r and r.text
     job = r.json()["id"]
-    random_kills = kills - 3  # the review's and the two edits' are the API at its fault point
-    per_edit = random_kills // 4
-    during_job = random_kills - 2 * per_edit
-    before_review = during_job // 4
+    left = kills - 3  # random ones: the review's and the two edits' are the API at its fault point
     print(f"job {job}: {words} words, plan review; {kills} kills")
 
     def awaiting() -> bool:
         plan = c.get(f"/v1/jobs/{job}/plan")
         return bool(plan and plan["awaiting_review"])
 
-    c.while_(lambda: not awaiting(), before_review)
+    left -= c.while_(lambda: not awaiting(), 2)
     c.faulted("plan review", lambda: c.call("POST", f"/v1/jobs/{job}/plan", json={}))
 
     def running() -> bool:
         j = c.get(f"/v1/jobs/{job}")
         return j is None or j["status"] in ("queued", "running")
 
-    c.while_(running, during_job - before_review)
+    left -= c.while_(running, left - left // 3)  # a third, at least, kept for the edits
     items = c.get(f"/v1/jobs/{job}/plan")["items"]
     for n in (1, 2):
         node = items[n % len(items)]["node"]
@@ -178,7 +179,7 @@ def story(c: Chaos, kills: int, words: int) -> tuple[str, float]:
             edits = c.get(f"/v1/jobs/{job}/edits")
             return edits is None or not any(e["number"] == n and e["status"] != "running" for e in edits)
 
-        c.while_(editing, per_edit if n == 1 else random_kills - during_job - per_edit)
+        left -= c.while_(editing, left // 2 if n == 1 else left)
     return job, t0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from typing import Any
 
 from quire.errors import CliError, Exit
@@ -36,19 +35,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
     from db.session import Database
-    from quire.admin import _db_url
+    from quire.admin import _db_url, temporal_address
     from services import auditkeys
     from services.reconcile import Reconciler, starts_of
     from services.temporal import connect
 
     settings = load_settings()
     url = _db_url(args)
-    address = settings.temporal_address
-    state = settings.home / "stack.json"
-    if address is None and state.exists():  # the embedded stack's Temporal
-        address = json.loads(state.read_text()).get("temporal_address")
-    if address is None:
-        raise CliError("no Temporal: set TEMPORAL_ADDRESS, or start the stack (`quire up`)", Exit.USAGE)
+    address = temporal_address(settings)
 
     # The operator's key, where this machine has it (as the API's and the workers'); none is made here.
     has_key = settings.quire_audit_key is not None or (settings.home / auditkeys.KEY_FILE).exists()

@@ -215,9 +215,8 @@ class Reconciler:
 
     async def _open(self) -> dict[str, str] | None:
         """The open workflows of jobs and edits on this deployment's task queue (id -> run id)."""
-        query = (
-            f"WorkflowId STARTS_WITH 'job-' AND ExecutionStatus = 'Running' AND TaskQueue = '{self.starts.task_queue}'"
-        )
+        queue = self.starts.task_queue.replace("\\", "\\\\").replace("'", "\\'")  # a literal in the query
+        query = f"WorkflowId STARTS_WITH 'job-' AND ExecutionStatus = 'Running' AND TaskQueue = '{queue}'"
         try:
             return {wf.id: wf.run_id async for wf in self.client.list_workflows(query)}
         except RPCError:

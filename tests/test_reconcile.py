@@ -45,6 +45,7 @@ from tests.conftest import (
     WEBHOOK_RETRY,
     api_settings,
     make_llm,
+    serving,
     webhook_config,
 )
 from tests.helpers import temporal_cli
@@ -92,22 +93,11 @@ async def reconciler(rclient, rdb, fake_llm) -> AsyncIterator[Reconciler]:  # ty
 
 @pytest.fixture(scope="module")
 async def rapi(rdb, rclient, reconciler) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
-    import socket
-
-    import uvicorn
-
     from api.app import create_app
 
     app = create_app(api_settings(temporal_task_queue=QUEUE, quire_retry_max_interval_s=0.2), db=rdb, client=rclient)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    await task
-    sock.close()
+    async with serving(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -435,8 +425,18 @@ async def test_a_cancel_during_the_failure_path_waits_for_it(api, rdb, rclient, 
             return any(a.activity_type.name == "fail_job" for a in desc.raw_description.pending_activities)
 
         await testkit.until("the failure step to start", failing, within=120)
-        await rclient.get_workflow_handle(f"job-{job_id}").cancel()
+        handle = rclient.get_workflow_handle(f"job-{job_id}")
+        # The cancel reaches Temporal at once; its record in the log waits for the job row, which
+        # the failure step holds while it waits here: so the row is let go once the cancel is in.
+        cancelling = asyncio.create_task(handle.cancel())
+
+        async def delivered() -> bool:
+            history = await handle.fetch_history()
+            return any(e.HasField("workflow_execution_cancel_requested_event_attributes") for e in history.events)
+
+        await testkit.until("the cancel delivered", delivered)
         await s.rollback()  # the row it waits on is let go: it goes on
+        await cancelling
     await testkit.until("the job to end", status_is(rdb, job_id, "failed", "cancelled"), within=60)
     row = await job(rdb, job_id)
     assert row.status == "failed" and row.error_code == "E_LLM_UNAVAILABLE", (row.status, row.failure_reason)
@@ -505,36 +505,22 @@ async def test_an_edit_recorded_but_never_started_is_started(api, rdb, fake, mon
 # -- a plan review: the API killed between the version's commit and its Update ------------------------
 
 
-def api_process(rec_url: str, temporal: str, namespace: str, home: str, port: int, **env: str) -> subprocess.Popen:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("QUIRE_", "DATABASE_URL", "TEMPORAL_"))}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.app:create_app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env={
-            **base,
-            "QUIRE_HOME": home,
-            "DATABASE_URL": rec_url,
-            "TEMPORAL_ADDRESS": temporal,
-            "TEMPORAL_NAMESPACE": namespace,
-            "TEMPORAL_TASK_QUEUE": QUEUE,
-            "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
-            "QUIRE_SECRET_KEY": SEALING_KEY,
-            "QUIRE_AUDIT_KEY": AUDIT_KEY.text(),
-            "QUIRE_MODEL": "fake-model",
-            "QUIRE_OPERATOR_TOKEN": OPERATOR_TOKEN,
-            "QUIRE_RATE_LIMIT": "100000/minute",
-            **env,
-        },
-    )
+def api_env(rec_url: str, temporal: str, namespace: str, home: str, **env: str) -> dict[str, str]:
+    """The settings of an API process of this module's database and task queue."""
+    return {
+        "QUIRE_HOME": home,
+        "DATABASE_URL": rec_url,
+        "TEMPORAL_ADDRESS": temporal,
+        "TEMPORAL_NAMESPACE": namespace,
+        "TEMPORAL_TASK_QUEUE": QUEUE,
+        "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
+        "QUIRE_SECRET_KEY": SEALING_KEY,
+        "QUIRE_AUDIT_KEY": AUDIT_KEY.text(),
+        "QUIRE_MODEL": "fake-model",
+        "QUIRE_OPERATOR_TOKEN": OPERATOR_TOKEN,
+        "QUIRE_RATE_LIMIT": "100000/minute",
+        **env,
+    }
 
 
 async def test_the_api_killed_between_a_plan_versions_commit_and_its_update_then_the_review_goes_on(
@@ -543,9 +529,8 @@ async def test_the_api_killed_between_a_plan_versions_commit_and_its_update_then
     fake.reset()
     job_id = await awaiting_review(api)
     port = testkit.free_port()
-    proc = api_process(
-        rec_url, testkit.target(temporal_env), temporal_env.client.namespace, str(tmp_path), port, QUIRE_FAULT="review"
-    )
+    env = api_env(rec_url, testkit.target(temporal_env), temporal_env.client.namespace, str(tmp_path))
+    proc = testkit.api_process(port, {**env, "QUIRE_FAULT": "review"})
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as other:
 
@@ -587,17 +572,8 @@ async def test_the_api_killed_between_a_plan_versions_commit_and_its_update_then
 
 def doctor(rec_url: str, temporal_env: Any, home: str, *args: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("QUIRE_", "DATABASE_URL", "TEMPORAL_"))}
-    env = {
-        **base,
-        "QUIRE_HOME": home,
-        "DATABASE_URL": rec_url,
-        "TEMPORAL_ADDRESS": testkit.target(temporal_env),
-        "TEMPORAL_NAMESPACE": temporal_env.client.namespace,
-        "TEMPORAL_TASK_QUEUE": QUEUE,
-        "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
-        "QUIRE_AUDIT_KEY": AUDIT_KEY.text(),
-        "QUIRE_RECONCILE_GRACE_S": str(GRACE_S),
-    }
+    target, namespace = testkit.target(temporal_env), temporal_env.client.namespace
+    env = {**base, **api_env(rec_url, target, namespace, home, QUIRE_RECONCILE_GRACE_S=str(GRACE_S))}
     cmd = [sys.executable, "-m", "quire.cli", "doctor", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
