@@ -304,7 +304,9 @@ class EditCheckActivities(ModelStep):
     async def fail_edit(self, inp: EditFailure) -> None:
         jid = uuid.UUID(inp.job_id)
         async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid, allow_terminal=True)
+            # The job's row first, as every writer takes it: the edit's own steps may still be
+            # committing (a cancel does not wait for them), holding it while they write the edit.
+            job = await load_job(tx, jid, allow_terminal=True, lock=True)
             edit = await load_edit(tx, inp.edit_id)
             if edit.status != "running":
                 return

@@ -316,7 +316,11 @@ async def test_a_job_recorded_but_never_started_is_started(api, rdb, rclient, ru
     # The first write alone (the API stopped before its Temporal call): the job queued, no workflow.
     spec = JobSpec(kind="generate", prompt="Tide tables", target_words=300)
     row = await jobs.create(rdb, user_id=ruser.user_id, user_name=ruser.name, spec=spec, default_model="fake-model")
-    await settles("the reconciler to start it", status_is(rdb, row.id, "running", "succeeded"))
+
+    async def started() -> bool:  # its workflow started, and the start noted
+        return bool(await events(rdb, row.id, "reconcile", "job_started"))
+
+    await settles("the reconciler to start it", started)
     (ev,) = await events(rdb, row.id, "reconcile", "job_started")
     assert ev.data["workflow_id"] == f"job-{row.id}" and ev.data["by"] == "reconciler"
     await testkit.until("the job to succeed", status_is(rdb, row.id, "succeeded"), within=120)
@@ -495,7 +499,8 @@ async def test_an_edit_recorded_but_never_started_is_started(api, rdb, fake, mon
     assert (await the_edit(rdb, job_id, 1)).status == "running"
 
     async def done() -> bool:
-        return (await the_edit(rdb, job_id, 1)).status == "done"
+        started = await events(rdb, job_id, "reconcile", "edit_started")
+        return (await the_edit(rdb, job_id, 1)).status == "done" and bool(started)
 
     await testkit.until("the edit started by the reconciler and done", done, within=SETTLES_WITHIN_S + 60)
     (ev,) = await events(rdb, job_id, "reconcile", "edit_started")
@@ -553,12 +558,12 @@ async def test_the_api_killed_between_a_plan_versions_commit_and_its_update_then
         pv = await s.scalar(select(PlanVersion).where(PlanVersion.job_id == job_id, PlanVersion.version == 2))
     assert pv is not None and pv.status == "proposed" and pv.workflow_id == f"job-{job_id}"
 
-    async def applied() -> bool:
+    async def applied() -> bool:  # and its delivery noted (the note follows the delivery)
         async with rdb.tx() as s:
             got = await s.scalar(
                 select(PlanVersion.status).where(PlanVersion.job_id == job_id, PlanVersion.version == 2)
             )
-        return got == "approved"
+        return got == "approved" and bool(await events(rdb, job_id, "reconcile", "update_delivered"))
 
     await testkit.until("the version delivered again and applied", applied, within=GRACE_S + SETTLES_WITHIN_S)
     (ev,) = await events(rdb, job_id, "reconcile", "update_delivered")
