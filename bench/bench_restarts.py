@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=20_000, help="--chaos: the job's target")
     ap.add_argument("--period", type=float, default=10.0, help="--chaos: the reconciler's period (s)")
     ap.add_argument("--seed", type=int, default=1, help="--chaos: the random kills' seed")
-    ap.add_argument("--delay", type=float, default=0.5, help="--chaos: the scripted model's delay per answer (s)")
+    ap.add_argument("--delay", type=float, default=2.0, help="--chaos: the scripted model's seconds per answer")
     a = ap.parse_args()
     if a.chaos:
         from bench.chaos import run

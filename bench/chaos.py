@@ -113,11 +113,11 @@ class Chaos:
         until("the API back", self.ready)
 
     def while_(self, busy: Callable[[], bool], kills: int) -> int:
-        """Up to ``kills`` random kills, a random 1-6 s apart, while ``busy()``; then wait for it to
-        end. The kills made."""
+        """Up to ``kills`` random kills, a random 0.5-3 s apart, while ``busy()``; then wait for it
+        to end. The kills made."""
         made = 0
         for _ in range(kills):
-            time.sleep(self.rng.uniform(1.0, 6.0))  # the random moment itself
+            time.sleep(self.rng.uniform(0.5, 3.0))  # the random moment itself
             if not busy():
                 break
             self.kill()
@@ -126,7 +126,7 @@ class Chaos:
         return made
 
 
-def run(*, kills: int, words: int, period: float, seed: int, delay: float = 0.5) -> None:
+def run(*, kills: int, words: int, period: float, seed: int, delay: float = 2.0) -> None:
     home = Path("/tmp") / f"qc-{uuid.uuid4().hex[:6]}"
     with fake_model("--delay", str(delay)) as model_url:
         env = stack_env(
@@ -169,7 +169,7 @@ def story(c: Chaos, kills: int, words: int) -> tuple[str, float]:
         j = c.get(f"/v1/jobs/{job}")
         return j is None or j["status"] in ("queued", "running")
 
-    left -= c.while_(running, left - left // 3)  # a third, at least, kept for the edits
+    left -= c.while_(running, left - 4)  # four, at least, kept for the edits
     items = c.get(f"/v1/jobs/{job}/plan")["items"]
     for n in (1, 2):
         node = items[n % len(items)]["node"]

@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.api.enums.v1 import PendingActivityState
 
 import testkit
 from core.spec import JobSpec
@@ -439,6 +440,19 @@ async def test_a_cancel_during_the_failure_path_waits_for_it(api, rdb, rclient, 
             return any(e.HasField("workflow_execution_cancel_requested_event_attributes") for e in history.events)
 
         await testkit.until("the cancel delivered", delivered)
+
+        async def taken() -> bool:  # the workflow has run its code on the cancel
+            history = (await handle.fetch_history()).events
+            cancel = "workflow_execution_cancel_requested_event_attributes"
+            asked = next(i for i, e in enumerate(history) if e.HasField(cancel))
+            return any(e.HasField("workflow_task_completed_event_attributes") for e in history[asked:])
+
+        await testkit.until("the cancel taken by the workflow", taken)
+        desc = await handle.describe()
+        (pending,) = [a for a in desc.raw_description.pending_activities if a.activity_type.name == "fail_job"]
+        # Shielded: the step is not asked to cancel with its workflow (unshielded, it is, and a
+        # step cancelled while it waits leaves the job `running`).
+        assert pending.state != PendingActivityState.PENDING_ACTIVITY_STATE_CANCEL_REQUESTED
         await s.rollback()  # the row it waits on is let go: it goes on
         await cancelling
     await testkit.until("the job to end", status_is(rdb, job_id, "failed", "cancelled"), within=60)
