@@ -7,7 +7,7 @@ the part running again under a new pid, and the API answering /readyz 200 again.
 the supervisor's own CPU time over an idle period.
 
     .venv/bin/python -m bench.bench_restarts [--rounds 2] [--idle 30]
-    .venv/bin/python -m bench.bench_restarts --chaos [--kills 20] [--words 20000] [--period 10] [--seed 1]
+    .venv/bin/python -m bench.bench_restarts --chaos [--kills 20] [--words 20000] [--period 10] [--seed 1] [--delay 4]
 
 ``--chaos`` (``bench/chaos.py``): a job of ``--words`` with a plan review and two edits, while the
 API, the worker and Temporal are killed ``--kills`` times in all, at random moments, the API also
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=20_000, help="--chaos: the job's target")
     ap.add_argument("--period", type=float, default=10.0, help="--chaos: the reconciler's period (s)")
     ap.add_argument("--seed", type=int, default=1, help="--chaos: the random kills' seed")
-    ap.add_argument("--delay", type=float, default=2.0, help="--chaos: the scripted model's seconds per answer")
+    ap.add_argument("--delay", type=float, default=4.0, help="--chaos: the scripted model's seconds per answer")
     a = ap.parse_args()
     if a.chaos:
         from bench.chaos import run

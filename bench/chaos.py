@@ -126,7 +126,7 @@ class Chaos:
         return made
 
 
-def run(*, kills: int, words: int, period: float, seed: int, delay: float = 2.0) -> None:
+def run(*, kills: int, words: int, period: float, seed: int, delay: float = 4.0) -> None:
     home = Path("/tmp") / f"qc-{uuid.uuid4().hex[:6]}"
     with fake_model("--delay", str(delay)) as model_url:
         env = stack_env(

@@ -373,6 +373,32 @@ async def test_a_workflow_open_for_a_deleted_job_is_terminated(api, rdb, rclient
     assert settled("workflow", "workflow_terminated", "reconciler") == before + 1
 
 
+async def test_a_workflow_open_for_a_job_that_ended_is_terminated_once_the_grace_is_over(
+    api, rdb, rclient, fake
+) -> None:
+    fake.reset()
+    job_id = await awaiting_review(api)
+    async with rdb.tx() as s:  # the row ended (a hand's UPDATE, a restore) while its workflow waits on
+        await s.execute(
+            text(
+                "UPDATE jobs SET status = 'cancelled', error_code = 'E_CANCELLED', failure_reason = 'by hand', "
+                "completed_at = now() WHERE id = :j"
+            ),
+            {"j": job_id},
+        )
+
+    async def closed() -> bool:
+        desc = await rclient.get_workflow_handle(f"job-{job_id}").describe()
+        return desc.status.name != "RUNNING" and bool(await events(rdb, job_id, "reconcile", "workflow_terminated"))
+
+    await settles("the workflow terminated", closed)
+    desc = await rclient.get_workflow_handle(f"job-{job_id}").describe()
+    assert desc.status.name == "TERMINATED"
+    (ev,) = await events(rdb, job_id, "reconcile", "workflow_terminated")
+    assert ev.data["why"] == "a job's run open for a job that is cancelled"
+    assert (await job(rdb, job_id)).status == "cancelled"  # the row as it was: only the workflow went
+
+
 # -- cancel and resume act -------------------------------------------------------------------------
 
 
