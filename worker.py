@@ -32,7 +32,7 @@ from activities.webhooks import WebhookActivities, WebhookConfig
 from core.sealing import Sealer
 from core.webhooks import WebhookPolicy
 from db.session import Database
-from services import telemetry
+from services import alarms, telemetry
 from services.config import Settings, get_settings
 from services.deploys import promote, version
 from services.logging import configure
@@ -100,6 +100,7 @@ def build_worker(
     coverage = CoverageActivities(db, llm)
     # Without a config (benchmarks), deliveries are refused: no key opens a signing secret.
     hooks = WebhookActivities(db, webhooks or WebhookConfig(WebhookPolicy(), None, "http://127.0.0.1:8000"))
+    alarms.install(db, client, task_queue)  # a checkpoint refused while a step writes: the job's owner is told
     # Every workflow is pinned to the version it started on and moves on only when it continues as
     # new (workflows.steps.continue_as_new). Set here, not on the workflow definitions: Temporal
     # refuses a definition's behavior from an unversioned worker (the tests' and benchmarks').
@@ -174,8 +175,6 @@ def webhooks_from_settings(settings: Settings) -> WebhookConfig:
         sealer=Sealer(settings.secret_keys()),
         public_url=settings.public_url,
         timeout_s=settings.quire_webhook_timeout_s,
-        witness_url=settings.quire_witness_url,
-        witness_secret=settings.quire_witness_secret.get_secret_value() if settings.quire_witness_secret else None,
     )
 
 
@@ -192,6 +191,8 @@ async def run(settings: Settings) -> None:
         pool_size=settings.db_pool_size,
         signer=settings.audit_signer(),
         checkpoint_every=settings.quire_checkpoint_every,
+        witnesses=settings.witnesses(),
+        witness_quorum=settings.quire_witness_quorum,
     )
     client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_keys())
     llm = llm_from_settings(db, settings)

@@ -32,8 +32,8 @@ from activities.coverage_judge import store_verdicts, verdicts
 from activities.edit_prompts import cover_messages
 from activities.edit_rows import EditRef, load_edit, note, store_answer, store_version
 from activities.gating import claim, gate, taken
-from activities.memory import Checked, check_and_repair, finding_events, finding_rows, ledger_before, store_memory
 from activities.prompts import max_tokens_for
+from activities.repair import Checked, check_and_repair
 from core.coverage import Item, Verdict, repair_target
 from core.edits import node_text
 from core.errors import BudgetExhausted
@@ -43,6 +43,7 @@ from core.text import count_words
 from db.coverage import CoverageCheck
 from db.loop import PlanVersion
 from db.manuscript import Chunk, PlanNode
+from db.memory import finding_events, finding_rows, ledger_before, store_memory
 from db.models import Job
 from db.session import JobTx
 from db.tree import ancestors, chunks_under, latest_text
@@ -200,8 +201,12 @@ async def _store_repair(tx: JobTx, job: Job, chunk: Chunk, text: str, checked: C
     latest = await latest_version(tx, chunk.id)
     v = add_version(tx, chunk, (latest.version if latest else 0) + 1, "coverage_repair", text, {"items": items})
     await tx.session.flush()
-    await store_memory(tx, chunk, v.id, chunk.state_after_id, checked.remembered)
-    findings = finding_rows(tx, checked, chunk=chunk, version_id=v.id, repair_version_id=None)
+    rem = checked.remembered
+    await store_memory(tx, chunk, v.id, chunk.state_after_id, rem.memory, rem.source)
+    findings = finding_rows(
+        tx, checked.fates(), chunk=chunk, version_id=v.id, repair_version_id=None,
+        call_id=rem.calls[0] if rem.calls else None, rounds=checked.rounds,
+    )  # fmt: skip
     await tx.session.flush()
     finding_events(tx, findings, chunk, "coverage")
     was, chunk.word_count = chunk.word_count, v.word_count

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 from activities.edit_prompts import coverage_messages
 from activities.llm import LlmClient
-from activities.memory import finding_events
 from core.coverage import SUBTYPES, Item, Verdict, by_rule, judged, merge, windows
 from db.coverage import CoverageCheck
 from db.manuscript import Chunk, ContinuityFinding
+from db.memory import finding_events
 from db.session import JobTx
 
 JUDGE_TRIES = 2  # an invalid answer is asked again once, told what was wrong

@@ -3,7 +3,7 @@ later chapters relied on flagged, its chapter's summary written again, and the n
 document made (once it meets the job's target: short, the edit's workflow tops it up first), or
 the edit marked failed with its reason.
 
-The seams are checked as the job checks them (``activities.seams``), as rows of the edit's own:
+The seams are checked as the job checks them (``activities.seam_check``), as rows of the edit's own:
 the seam before the node is what its first chunk's check found when the edit wrote it; the seam
 after it is the next node's chunks checked against the ledger as it now stands (rules, and the
 judge on its opening and on every chunk that names what the edit changed), repaired as a seam is
@@ -22,29 +22,22 @@ from temporalio import activity
 from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check
 from activities.edit_rows import EditRef, load_edit, note, output_version
 from activities.edit_scope import scope_held
-from activities.memory import Remembered, finding_events, ledger_before, summarize
-from activities.seams import SeamActivities, _chunk_findings, _UnitChunk
-from core.edits import changed, memory_of, mention
+from activities.memory import summarize
+from activities.repair import unchecked_by
+from activities.seam_check import SeamChecker, unit_chunk_now, version_entries
+from core.edits import changed, mention
 from core.layout import assemble
-from core.memory import Entry
 from core.scope import EditError
 from core.spec import ErrorCode
 from core.text import count_words, sha256
 from db.blocks import document_blocks
 from db.endings import end_edit, save_document
 from db.loop import Edit
-from db.manuscript import (
-    Chunk,
-    CoherenceState,
-    ContinuityFinding,
-    LedgerEntry,
-    LengthCheck,
-    NodeSummary,
-    PlanNode,
-)
+from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LengthCheck, NodeSummary, PlanNode
+from db.memory import finding_events, ledger_before
 from db.models import LlmCall
 from db.session import JobTx
-from db.tree import ancestors, chunks_under, latest_text, lock_over, next_node
+from db.tree import ancestors, chunks_under, latest_text, next_node
 
 MAX_FLAGS = 100  # relied_on_changed findings an edit makes
 
@@ -83,32 +76,34 @@ class EditCheckActivities(ModelStep):
             before_seam = await _seam_ids(tx, first) if first.ordinal > 0 else None
             succ = await next_node(tx.session, node)
             succ_chunks = await chunks_under(tx.session, succ) if succ is not None else []
+            own_unchecked = unchecked_by((await unit_chunk_now(tx, first)).stored) if before_seam else ""
             after_seam = None
+            model, seen = job.model, int(edit.detail["ledger_through"])
             if succ is not None and succ_chunks:
-                # A selection's rewrite changes nothing outside it: the seam after is checked, not repaired.
-                locked = await lock_over(tx.session, succ) is not None or edit.kind == "rewrite"
-                units = [await _unit_chunk_now(tx, c) for c in succ_chunks]
+                units = [await unit_chunk_now(tx, c) for c in succ_chunks]  # a locked one: checked, never repaired
+                for u in units:
+                    u.seen = seen
+                    # A selection's rewrite changes nothing outside it: the seam after is checked, not repaired.
+                    u.locked = u.locked or edit.kind == "rewrite"
                 after_seam = (
                     succ.id,
                     await _seam_ids(tx, succ_chunks[0]),
                     await ledger_before(tx, succ_chunks[0].ordinal),
                     await latest_text(tx.session, last.id),
                     units,
-                    locked,
                     {
                         str(c.id): {"version": u.version_id, "memory": c.memory_version_id}
                         for c, u in zip(succ_chunks, units, strict=True)
                     },
                 )
-            model, seen = job.model, int(edit.detail["ledger_through"])
-        seams = SeamActivities(self.db, self.llm)
+        seams = SeamChecker(self.db, self.llm)
         if before_seam is not None:  # what the node's first chunk's own check found when the edit wrote it
             mode, ids = before_seam
-            await seams._store_seam(jid, node.id, mode, ids, [], False, edit_id=edit.id)
+            await seams.store(jid, node.id, mode, ids, [], strict=False, own_unchecked=own_unchecked, edit_id=edit.id)
         if after_seam is not None:
-            succ_id, (mode, ids), ledger, end, units, locked, was = after_seam
-            checked = await seams._check_unit(jid, succ_id, model, ledger, seen, end, units, locked=locked)
-            await seams._store_seam(jid, succ_id, mode, ids, checked, False, edit_id=edit.id)
+            succ_id, (mode, ids), ledger, end, units, was = after_seam
+            checked = await seams.check(jid, succ_id, model, ledger, end, units, opening=True)
+            await seams.store(jid, succ_id, mode, ids, checked, strict=False, edit_id=edit.id)
         await self._summary(jid, edit.id, node.id, model)
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
@@ -117,7 +112,7 @@ class EditCheckActivities(ModelStep):
                 return
             if after_seam is not None:  # a repair at the seam after: part of what the edit did (and undoes)
                 now_ = {str(c.id): c for c in await chunks_under(tx.session, await _node(tx, after_seam[0]))}
-                for cid, b in after_seam[6].items():
+                for cid, b in after_seam[5].items():
                     v = await latest_version(tx, int(cid))
                     if v is not None and v.id != b["version"]:
                         after = {
@@ -330,52 +325,11 @@ async def _seam_ids(tx: JobTx, first: Chunk) -> tuple[str, tuple[int, int, int, 
     return mode, (pred.id, pred.state_after_id, first.state_before_id, first.id)
 
 
-async def _unit_chunk_now(tx: JobTx, c: Chunk) -> _UnitChunk:
-    """A chunk as it now stands, for a seam check: its latest text and its current memory."""
-    version = await latest_version(tx, c.id)
-    assert version is not None
-    state = await tx.session.get(CoherenceState, c.state_after_id)
-    entries = await _entries(tx, [c.memory_version_id] if c.memory_version_id else [])
-    mem = memory_of(entries, state.summary if state is not None else "")
-    known = {(f.subtype, f.entry_id) for f in await _chunk_findings(tx, [c.id])}
-    source = entries[0].source if entries else "fallback"
-    return _UnitChunk(c.id, c.ordinal, version.text, Remembered(mem, source), version.id, known)
-
-
-async def _entries(tx: JobTx, version_ids: list[int]) -> list[Entry]:
-    rows = (
-        (
-            await tx.session.execute(
-                select(LedgerEntry).where(LedgerEntry.chunk_version_id.in_(version_ids)).order_by(LedgerEntry.id)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    return [
-        Entry(
-            r.id,
-            r.kind,
-            r.key,
-            r.name,
-            r.value,
-            r.quote,
-            r.doc_order,
-            r.attribute,
-            r.etype,
-            r.when_,
-            r.chunk_version_id,
-            r.source,
-        )
-        for r in rows
-    ]
-
-
 async def _flag_relied_on(tx: JobTx, edit: Edit, node: PlanNode) -> int:
     """A ``relied_on_changed`` finding (open, minor) in each later node of the edited node's level
     that names what the edit changed or took away, at its first mention: read it again."""
     mine = await chunks_under(tx.session, node)
-    old = await _entries(
+    old = await version_entries(
         tx,
         [
             b["memory"]
@@ -383,7 +337,7 @@ async def _flag_relied_on(tx: JobTx, edit: Edit, node: PlanNode) -> int:
             if b.get("memory") and int(cid) in {c.id for c in mine}
         ],
     )
-    new = await _entries(tx, [c.memory_version_id for c in mine if c.memory_version_id])
+    new = await version_entries(tx, [c.memory_version_id for c in mine if c.memory_version_id])
     changes = changed(old, new)
     if not changes:
         return 0

@@ -11,11 +11,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from activities.base import add_version, latest_version
-from activities.memory import Checked, finding_events, finding_rows, store_memory
+from activities.gating import claim_version
+from activities.repair import Checked
 from core.gate import Cut, Gated
 from core.text import count_words
 from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt
+from db.memory import finding_events, finding_rows, store_memory
 from db.models import Document, Job
 from db.session import JobTx
 
@@ -78,20 +80,20 @@ async def store_version(
     versions = [add_version(tx, chunk, n, reason, text, {"edit": edit.number})]
     if checked is not None and checked.text != text:
         repaired = [f.subtype for f in checked.findings if checked.is_repaired(f)]
-        versions.append(
-            add_version(
-                tx, chunk, n + 1, "continuity_repair", checked.text, {"edit": edit.number, "repaired": repaired}
-            )
-        )
+        kept, gate = await claim_version(tx, chunk, checked.text, checked.gated)
+        detail = {"edit": edit.number, "repaired": repaired, "gate": gate}
+        versions.append(add_version(tx, chunk, n + 1, "continuity_repair", kept, detail))
     await tx.session.flush()
     last = versions[-1]
     findings = []
     if checked is not None:
-        await store_memory(tx, chunk, last.id, chunk.state_after_id, checked.remembered)
+        rem = checked.remembered
+        await store_memory(tx, chunk, last.id, chunk.state_after_id, rem.memory, rem.source)
         repair = last.id if len(versions) > 1 else None
-        findings = finding_rows(tx, checked, chunk=chunk, version_id=versions[0].id, repair_version_id=repair)
-        for f in findings:
-            f.edit_id = edit.id
+        findings = finding_rows(
+            tx, checked.fates(), chunk=chunk, version_id=versions[0].id, repair_version_id=repair,
+            call_id=rem.calls[0] if rem.calls else None, rounds=checked.rounds, edit_id=edit.id,
+        )  # fmt: skip
         await tx.session.flush()
         finding_events(tx, findings, chunk, "edit")
         note(

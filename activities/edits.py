@@ -40,21 +40,18 @@ from activities.edit_rows import (
     store_version,
 )
 from activities.gating import claim, gate
-from activities.memory import (
-    check_and_repair,
-    ledger_before,
-    summaries_before,
-)
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
+from activities.repair import check_and_repair
 from activities.selection import ScopeRefused, rewrite_selection
 from core.edits import node_text, spans, split_text
 from core.gate import Cut, Gated
 from core.length import stalled, words_to_ask
-from core.memory import build_context, prompt_budget
+from core.recall import build_context, prompt_budget
 from core.scope import EditError, ends_sentence, whole_sentences
 from core.text import count_words, dedupe_paragraphs, join_continuation, sha256, tail_words, trim_to_words
 from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
+from db.memory import ledger_before, summaries_before
 from db.models import Job
 from db.session import JobTx
 from db.tree import chunks_under, latest_text

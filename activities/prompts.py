@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.memory import MemoryContext
 from core.plan import MAX_PLANNED_SECTIONS
+from core.recall import MemoryContext
 from core.text import tail_words
 
 SYSTEM = (
@@ -343,11 +343,13 @@ def memory_messages(
     contradictions (a seam, where the delta is already stored)."""
     known_text = "\n".join(f"[{ref}] {line}" for ref, line in known) or "(nothing yet)"
     contradictions = (
-        '"contradictions":[{"category":"characters|facts|timeline|plot|style","known":"<ref>","quote","explanation"}]'
+        '"contradictions":[{"category":"characters|facts|timeline|plot|style","known":"<ref>","quote","explanation"}],'
+        '"agrees":["<ref>"]'
     )
+    agrees = " Agrees: the refs of entries above that the passage states again, consistently."
     if judge_only:
         shape = '{"summary":"<a sentence>",' + contradictions + "}"
-        what = "Only the contradictions: where the passage contradicts an entry above."
+        what = "Only the contradictions: where the passage contradicts an entry above." + agrees
     else:
         shape = (
             '{"summary":"<2-3 sentences>","entities":[{"name","type":"person|place|object|organisation|term|other",'
@@ -357,7 +359,7 @@ def memory_messages(
         )
         what = (
             "Entities: who and what it introduces or tells something new about. Facts: what the rest must not "
-            "contradict. Contradictions: where it contradicts an entry above."
+            "contradict. Contradictions: where it contradicts an entry above." + agrees
         )
     user = (
         f"Established so far, each with its ref:\n{known_text}\n\n"

@@ -5,7 +5,6 @@
     .venv/bin/python -m bench.bench_book moonshot [--words 500000] [--tokens-per-s 60] [--parallelism 100]
     .venv/bin/python -m bench.bench_book overhead [--words 20000]
     .venv/bin/python -m bench.bench_book lock [--words 100000] [--parallelism 32]
-    .venv/bin/python -m bench.bench_book memory [--words 60000] [--tokens-per-s 400] [--parallelism 6] [--baseline REF]
     .venv/bin/python -m bench.bench_book fairness [--words 500000] [--slots 4] [--no-fairness]
 
 Each starts its own embedded Postgres, Temporal dev server, the scripted model (tests/fake_llm.py,
@@ -24,11 +23,6 @@ submits one generate job and prints what it took:
   database sessions in use;
 - overhead: Quire's wall / a plain asyncio loop making the same calls (the job's own prompts, from
   llm_calls) with the same parallelism and one INSERT per chunk, at 0 ms model time;
-- memory: the story memory and the continuity checks at work: facts planted once (a name and a
-  detail) and how many later chunk prompts carried them, contradictions planted inside chapters
-  and across parallel seams and how many were caught and repaired, tokens in / tokens out (by
-  purpose: what the memory costs), and the wall time beside a run of the same job on ``REF``'s
-  code (a git worktree), when ``--baseline`` is given;
 - fairness: one user's book fills every model slot of the worker (32 chapters at once, ``--slots``
   calls at a time, the model at a provider's pace); once it is under way another user asks for
   2,000 words: how long until that job's first chunk call, how many of the book's calls started
@@ -43,324 +37,28 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from openai import AsyncOpenAI
 from sqlalchemy import text
-from temporalio.client import Client
 
 import testkit
-from core.text import count_words
+from bench.bookrun import QUEUE, last_result_line, result_line_of, run_job, start_worker, worktree
 from db.session import Database, plain_url
-
-QUEUE = "bench"
-
-
-def start_worker(db_url: str, temporal: str, fake_url: str, slots: int = 64) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "TEMPORAL_ADDRESS": temporal,
-        "TEMPORAL_TASK_QUEUE": QUEUE,
-        "OPENAI_BASE_URL": fake_url,
-        "OPENAI_API_KEY": "bench",
-        "QUIRE_MODEL": "fake-model",
-        "QUIRE_LOG_LEVEL": "warning",
-        "QUIRE_LLM_CONCURRENCY": str(slots),
-        "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
-    }
-    return subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (what it cost, whatever else the machine did)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-async def run_job(
-    words: int,
-    fake_args: list[str],
-    options: dict[str, Any],
-    then: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
-    during: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
-    slots: int = 64,
-) -> dict[str, Any]:
-    """One job on a fresh stack; the facts every benchmark prints from (``then`` runs on them
-    while the stack is still up, the worker stopped; ``during(db_url)`` runs while the job does,
-    until it ends, and what it returns joins the facts). ``slots``: the worker's model calls at
-    once (QUIRE_LLM_CONCURRENCY)."""
-    with testkit.postgres() as pg, testkit.fake_model(*fake_args) as fake_url:
-        url = testkit.create_database(pg, "bench")
-        db = Database(url)
-        env = await testkit.temporal()
-        client = await testkit.client(env, db)
-        worker = start_worker(url, testkit.target(env), fake_url, slots)
-        # Postgres is watched from its own "postgres" database: these reads are not the job's commits.
-        admin = await psycopg.AsyncConnection.connect(pg.get_uri(), autocommit=True)
-        stopped = False
-        try:
-            postmaster = await _postmaster(admin)
-            temporal_pid = _child_named("temporal")
-            commits0, pg_cpu0 = await _commits(admin), _tree_cpu(postmaster)
-            temporal_cpu0 = cpu_seconds(temporal_pid) if temporal_pid else float("nan")
-            worker_cpu0 = cpu_seconds(worker.pid)
-            t0 = time.perf_counter()
-            t0_wall = time.time()
-            job = await testkit.submit(db, client, QUEUE, words, options=options)
-            watching = asyncio.create_task(during(url)) if during is not None else None
-            connections = asyncio.create_task(_connections(admin))
-            result = await client.get_workflow_handle(job.workflow_id).result()
-            wall = time.perf_counter() - t0
-            worker_cpu = cpu_seconds(worker.pid) - worker_cpu0
-            temporal_cpu = cpu_seconds(temporal_pid) - temporal_cpu0 if temporal_pid else float("nan")
-            rss = peak_rss_mib(worker.pid)
-            helpers = _children(worker.pid)  # its gate process
-            helpers_cpu = sum(cpu_seconds(p) for p in helpers)
-            helpers_rss = sum(peak_rss_mib(p) for p in helpers)
-            watched: dict[str, Any] = {}
-            if watching is not None:
-                watching.cancel()
-                watched = (await asyncio.gather(watching, return_exceptions=True))[0]
-            connections.cancel()
-            conns = (await asyncio.gather(connections, return_exceptions=True))[0]
-            facts = await _facts(db, client, job.id, job.workflow_id)
-            facts["timeline"] = await _timeline(db, job.id, t0_wall)
-            fake = await _stats(fake_url)
-            # Stop the worker and wait for its sessions to end: a backend's counters reach
-            # pg_stat_database when it goes idle or exits, and its CPU its postmaster's once reaped.
-            _stop(worker)
-            stopped = True
-            await db.dispose()
-            await testkit.until("the job's sessions closed", lambda: _sessions_gone(admin), within=30)
-            facts.update(
-                watched=watched,
-                result=result,
-                wall=wall,
-                worker_rss_mib=rss,
-                worker_cpu_s=worker_cpu,
-                helpers_cpu_s=helpers_cpu if helpers else None,
-                helpers_rss_mib=helpers_rss if helpers else None,
-                postgres_cpu_s=_tree_cpu(postmaster) - pg_cpu0,
-                temporal_cpu_s=temporal_cpu,
-                commits=await _commits(admin) - commits0,
-                peak_connections=conns,
-                fake=fake,
-                db_url=url,
-                fake_url=fake_url,
-            )
-            if then is not None:
-                await then(facts)
-            return facts
-        finally:
-            if not stopped:
-                _stop(worker)
-                await db.dispose()
-            await admin.close()
-            await env.shutdown()
-
-
-def _stop(worker: subprocess.Popen[bytes]) -> None:
-    worker.terminate()
-    worker.wait(timeout=60)
-
-
-async def _commits(admin: psycopg.AsyncConnection[Any]) -> int:
-    """Transactions committed in the bench database so far (pg_stat_database.xact_commit)."""
-    await admin.execute("SELECT pg_stat_clear_snapshot()")
-    row = await (await admin.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-async def _sessions_gone(admin: psycopg.AsyncConnection[Any]) -> bool:
-    row = await (
-        await admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench' AND pid <> pg_backend_pid()")
-    ).fetchone()
-    return row is not None and row[0] == 0
-
-
-async def _connections(admin: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
-    """Every 50 ms until cancelled: sessions open on the bench database, and how many of them
-    were in a transaction (checked out of a pool); the peaks, and what the busiest sample ran."""
-    peak: dict[str, Any] = {"open": 0, "busy": 0, "samples": 0, "busiest": []}
-    try:
-        while True:
-            rows = await (
-                await admin.execute(
-                    "SELECT state, left(query, 60) FROM pg_stat_activity "
-                    "WHERE datname = 'bench' AND backend_type = 'client backend'"
-                )
-            ).fetchall()
-            busy = [(st, q) for st, q in rows if st in ("active", "idle in transaction")]
-            if len(busy) > peak["busy"]:
-                peak["busy"], peak["busiest"] = len(busy), busy
-            peak["open"] = max(peak["open"], len(rows))
-            peak["samples"] += 1
-            await asyncio.sleep(0.05)
-    except asyncio.CancelledError:
-        return peak
-
-
-async def _postmaster(admin: psycopg.AsyncConnection[Any]) -> int:
-    row = await (await admin.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'")).fetchone()
-    assert row is not None
-    return int((Path(row[0]) / "postmaster.pid").read_text().split()[0])
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _tree_cpu(postmaster: int) -> float:
-    """CPU seconds of a Postgres server so far: the postmaster's own, its reaped backends' (its
-    children's times) and its live processes'."""
-    f = _stat(postmaster)
-    ticks = sum(int(x) for x in f[11:15])
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                c = _stat(int(proc.name))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(c[1]) == postmaster:
-                ticks += int(c[11]) + int(c[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    """The live child processes of ``pid``."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int(_stat(int(proc.name))[1]) == pid:
-                    out.append(int(proc.name))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    return out
-
-
-def _child_named(part: str) -> int | None:
-    """The pid of this process's child whose command names ``part`` (the Temporal dev server)."""
-    for pid in _children(os.getpid()):
-        try:
-            if part in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                return pid
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return None
-
-
-async def _timeline(db: Database, job_id: uuid.UUID, t0: float) -> dict[str, float]:
-    """Where the wall time went: the skeleton, the span of chapter writing, what came after; and
-    how long fewer calls than the parallelism were in flight."""
-    async with db.tx() as s:
-        calls = (
-            await s.execute(
-                text(
-                    "SELECT extract(epoch FROM started_at), extract(epoch FROM completed_at), purpose, request_key "
-                    "FROM llm_calls WHERE job_id = :j ORDER BY started_at"
-                ),
-                {"j": job_id},
-            )
-        ).all()
-        end = (
-            await s.execute(text("SELECT extract(epoch FROM completed_at) FROM jobs WHERE id = :j"), {"j": job_id})
-        ).scalar_one()
-    plan = next(c for c in calls if c[3].startswith("plan:"))
-    writes = [c for c in calls if c[2] in ("write", "extend")]
-    return {
-        "to_first_call": float(plan[0]) - t0,
-        "skeleton": float(plan[1] - plan[0]),
-        "first_write": float(writes[0][0]) - t0,
-        "last_write_end": float(max(c[1] for c in writes)) - t0,
-        "end": float(end) - t0,
-    }
-
-
-async def _stats(fake_url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient() as h:
-        return dict((await h.get(f"{fake_url}/stats")).json())
-
-
-async def _facts(db: Database, client: Client, job_id: uuid.UUID, wid: str) -> dict[str, Any]:
-    async with db.tx() as s:
-
-        async def one(sql: str) -> Any:
-            return (await s.execute(text(sql), {"j": job_id})).scalar_one()
-
-        doc = await one("SELECT text FROM documents WHERE job_id=:j AND role='output'")
-        facts = {
-            "chunks": await one("SELECT count(*) FROM chunks WHERE job_id=:j"),
-            "units": await one(
-                "SELECT count(*) FROM plan_nodes WHERE job_id=:j AND id IN (SELECT unit_id FROM chunks)"
-            ),
-            "calls": await one("SELECT count(*) FROM llm_calls WHERE job_id=:j"),
-            "model_s": (await one("SELECT coalesce(sum(latency_ms), 0) FROM llm_calls WHERE job_id=:j")) / 1000,
-            "events": await one("SELECT count(*) FROM audit_events WHERE job_id=:j"),
-            # Every audited transaction writes its events at its end, so they share its xid (xmin).
-            "write_tx": await one("SELECT count(DISTINCT xmin::text) FROM audit_events WHERE job_id=:j"),
-            "row_events": await one("SELECT count(*) FROM audit_events WHERE job_id=:j AND kind = 'row'"),
-            "event_bytes": await one(
-                "SELECT coalesce(sum(octet_length(data::text) + coalesce(octet_length(sql_text), 0)), 0)"
-                " FROM audit_events WHERE job_id=:j"
-            ),
-            "seams": await one("SELECT count(*) FROM seam_checks WHERE job_id=:j"),
-            "repairs": await one("SELECT count(*) FROM seam_checks WHERE job_id=:j AND repaired"),
-            "words": count_words(doc),
-        }
-    headings = [ln.lstrip("#").strip().lower() for ln in doc.splitlines() if ln.startswith("#")]
-    facts["headings"], facts["distinct_headings"] = len(headings), len(set(headings))
-    runs = []
-    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{wid}'"):
-        hist = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-        runs.append(len(hist.events))
-    facts["runs"], facts["max_history"] = len(runs), max(runs)
-    return facts
-
-
-def _line(f: dict[str, Any], words: int) -> str:
-    return (
-        f"{words} words: {f['result']}, output {f['words']} words; wall {f['wall']:.1f} s; {f['units']} units, "
-        f"{f['chunks']} chunks, {f['calls']} model calls, {f['seams']} seams ({f['repairs']} repaired); "
-        f"audit events {f['events']} ({f['events'] / max(1, f['chunks']):.1f} per chunk, {f['row_events']} row "
-        f"events, {f['event_bytes'] / max(1, f['chunks']) / 1024:.1f} KiB of data and SQL per chunk) in "
-        f"{f['write_tx']} transactions ({f['write_tx'] / max(1, f['chunks']):.1f} per chunk); workflow runs "
-        f"{f['runs']}, largest history {f['max_history']} events; worker peak RSS {f['worker_rss_mib']:.0f} MiB, "
-        f"CPU {f['worker_cpu_s']:.1f} s"
-        + (
-            f"; its gate process: peak RSS {f['helpers_rss_mib']:.0f} MiB, CPU {f['helpers_cpu_s']:.1f} s"
-            if f.get("helpers_cpu_s") is not None
-            else ""
-        )
-    )
 
 
 async def parallel(words: int, tokens_per_s: float, parallelism: int) -> None:
     f = await run_job(
         words, ["--ratio", "1.0", "1.1", "--tokens-per-s", str(tokens_per_s)], {"parallelism": parallelism}
     )
-    print(_line(f, words))
+    print(result_line_of(f, words))
     t = f["timeline"]
     print(
         f"timeline: first model call at {t['to_first_call']:.1f} s, skeleton {t['skeleton']:.1f} s, first chunk "
@@ -391,7 +89,7 @@ async def scale(words: int, baseline: str | None, out: str | None, rounds: int =
             news.append(_scale_figures(f))
             if out is not None:  # the run for another tree's benchmark (``--baseline``)
                 await asyncio.to_thread(Path(out).write_text, json.dumps(news[-1]))
-            print(_line(f, words))
+            print(result_line_of(f, words))
             print(f"headings {f['headings']}, distinct {f['distinct_headings']}")
             if baseline is None:
                 return
@@ -450,39 +148,23 @@ def _scale_figures(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _worktree(ref: str) -> Iterator[tuple[Path, str]]:
-    """``ref``'s code in a temporary git worktree (and its short commit), removed afterwards."""
-    repo = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", ref], cwd=repo, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    where = Path(tempfile.mkdtemp(prefix="quire-baseline-")) / commit
-    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=repo, check=True, capture_output=True)
-    try:
-        yield where, commit
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=repo, check=True, capture_output=True)
-        shutil.rmtree(where.parent, ignore_errors=True)
-
-
 def _baseline_scale(ref: str, words: int) -> dict[str, Any]:
     """``scale`` on ``ref``'s code: this benchmark (this file) driving that tree's stack, worker and
     scripted model; if this file cannot drive that tree, that tree's own benchmark, and what its
     line says (no transaction counts)."""
-    with _worktree(ref) as (where, commit), tempfile.TemporaryDirectory() as tmp:
+    with worktree(ref) as (where, commit), tempfile.TemporaryDirectory() as tmp:
         # The worktree's packages first on the path (the editable install is this checkout's).
         env = {**os.environ, "PYTHONPATH": str(where)}
         out = Path(tmp) / "figures.json"
         this = [sys.executable, str(Path(__file__).resolve()), "scale", "--words", str(words), "--json", str(out)]
         run = subprocess.run(this, cwd=where, env=env, capture_output=True, text=True)
         if run.returncode == 0:
-            print(f"baseline run ({ref}, {commit}): {_result_line(run.stdout)}")
+            print(f"baseline run ({ref}, {commit}): {last_result_line(run.stdout)}")
             return {**json.loads(out.read_text()), "commit": commit, "how": ""}
         print(f"this benchmark cannot drive {ref}'s code ({run.stderr.strip().splitlines()[-1]}); its own then")
         own = [sys.executable, "-m", "bench.bench_book", "scale", "--words", str(words)]
         line = subprocess.run(own, cwd=where, env=env, capture_output=True, text=True, check=True).stdout
-    line = _result_line(line)
+    line = last_result_line(line)
     print(f"baseline run ({ref}, {commit}): {line}")
 
     def num(pattern: str) -> float | None:
@@ -502,17 +184,12 @@ def _baseline_scale(ref: str, words: int) -> dict[str, Any]:
     }
 
 
-def _result_line(out: str) -> str:
-    """A benchmark's result line (``_line``) among what else its run printed (Temporal's banner)."""
-    return next(ln for ln in out.splitlines() if re.match(r"\d+ words: ", ln))
-
-
 async def moonshot(words: int, tokens_per_s: float, parallelism: int) -> None:
     """A book at a real provider's pace: every call streamed at ``tokens_per_s``, ``parallelism``
     chapters at once and as many model calls at once on the worker."""
     model = ["--ratio", "1.0", "1.1", "--tokens-per-s", str(tokens_per_s)]
     f = await run_job(words, model, {"parallelism": parallelism}, slots=parallelism)
-    print(_line(f, words))
+    print(result_line_of(f, words))
     t = f["timeline"]
     print(
         f"timeline: first chunk call at {t['first_write']:.1f} s, last chunk call done at {t['last_write_end']:.1f} s, "
@@ -544,156 +221,12 @@ async def overhead(words: int, parallelism: int) -> None:
         loops.append(await _plain_loop(facts, parallelism))
 
     f = await run_job(words, ["--ratio", "1.0", "1.1"], {"parallelism": parallelism}, plain)
-    print(_line(f, words))
+    print(result_line_of(f, words))
     loop = loops[0]
     print(
         f"plain loop, same {f['calls']} calls at parallelism {parallelism} and one INSERT per chunk: {loop:.1f} s; "
         f"Quire / plain loop = {f['wall'] / loop:.2f}"
     )
-
-
-# Facts planted once each (a name and a detail) and contradictions of them: inside a chapter (the
-# lie a few chunks after the fact), across a seam written in parallel (the next chapter's opening)
-# and far away (chapters later).
-FACTS = [
-    ("Captain Mara Quell", "compass", "brass compass on her left wrist", "checked the {} before dawn", 1, 1),
-    ("Tobias Wren", "ledger", "ledger bound in green leather", "opened the {} at the harbour office", 2, 1),
-    ("Ilse Varga", "lantern", "lantern with a cracked red lens", "carried the {} up the tower stairs", 4, 1),
-    ("Orrin Blackwood", "coat", "coat with six silver buttons", "wore the {} to the council", 7, 1),
-]
-LIES = [  # (which fact, the wrong detail, chapter, its write within the chapter)
-    (2, "lantern with a clear blue lens", 4, 3),  # inside a chapter
-    (3, "coat with two brass buttons", 8, 1),  # the next chapter, written in parallel
-    (0, "silver compass on her right wrist", 10, 2),  # chapters later
-]
-
-
-def _plants() -> tuple[list[dict[str, Any]], list[str], list[str]]:
-    plants, facts, lies = [], [], []
-    for name, attr, value, shape, chapter, index in FACTS:
-        sentence = f"{name} {shape.format(value)}."
-        facts.append(sentence)
-        plants.append(
-            {
-                "sentence": sentence,
-                "entity": name,
-                "attribute": attr,
-                "value": value,
-                "chapter": chapter,
-                "index": index,
-            }
-        )
-    for fact, value, chapter, index in LIES:
-        name, attr, _, shape, _, _ = FACTS[fact]
-        sentence = f"{name} {shape.format(value)}."
-        lies.append(sentence)
-        plants.append(
-            {
-                "sentence": sentence,
-                "entity": name,
-                "attribute": attr,
-                "value": value,
-                "chapter": chapter,
-                "index": index,
-            }
-        )
-    return plants, facts, lies
-
-
-async def memory(words: int, tokens_per_s: float, parallelism: int, baseline: str | None) -> None:
-    plants, facts, lies = _plants()
-    seen: dict[str, Any] = {}
-
-    async def measure(f: dict[str, Any]) -> None:
-        seen.update(await _memory_facts(f["db_url"], facts, lies))
-
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump(plants, fh)
-    args = ["--ratio", "1.0", "1.1", "--tokens-per-s", str(tokens_per_s), "--plants", fh.name]
-    f = await run_job(words, args, {"parallelism": parallelism}, measure)
-    os.unlink(fh.name)
-    print(_line(f, words))
-    m = seen
-    print(
-        f"carry: {m['carried']} of {m['eligible']} later chunk prompts carried the planted name and detail "
-        f"({100 * m['carried'] / max(1, m['eligible']):.1f}%)"
-    )
-    for lie, (found, repaired, where) in zip(lies, m["lies"], strict=True):
-        verdict = ("caught" if found else "MISSED") + (" and repaired" if repaired else "")
-        print(f"  contradiction {lie[:60]!r}: {verdict} {where}")
-    caught = sum(1 for x in m["lies"] if x[0])
-    fixed = sum(1 for x in m["lies"] if x[1])
-    print(f"contradictions planted {len(lies)}, caught {caught}, repaired {fixed}; findings in all {m['findings']}")
-    print(f"memory states: {m['states']}; seams: {m['seams']}")
-    print(
-        f"tokens in {m['tokens_in']:,} / out {m['tokens_out']:,} = {m['tokens_in'] / max(1, m['tokens_out']):.2f}; "
-        + ", ".join(f"{k} {i:,}/{o:,}" for k, (i, o) in sorted(m["by_purpose"].items()))
-    )
-    print(f"wall {f['wall']:.1f} s at {tokens_per_s:.0f} tokens/s per call, parallelism {parallelism}")
-    if baseline:
-        base = _baseline_wall(baseline, words, tokens_per_s, parallelism)
-        print(f"baseline {baseline}: wall {base:.1f} s; this / baseline = {f['wall'] / base:.2f}")
-
-
-async def _memory_facts(db_url: str, facts: list[str], lies: list[str]) -> dict[str, Any]:
-    with psycopg.connect(plain_url(db_url)) as conn:
-        carried = eligible = 0
-        for sentence in facts:
-            row = conn.execute(
-                "SELECT c.ordinal, c.completed_at FROM chunk_versions v JOIN chunks c ON c.id = v.chunk_id "
-                "WHERE v.text LIKE %s ORDER BY v.id LIMIT 1",
-                (f"%{sentence}%",),
-            ).fetchone()
-            if row is None:
-                continue
-            name = sentence.split(" ")[0] + " " + sentence.split(" ")[1]
-            detail = next(v for n, _, v, *_ in FACTS if n.startswith(name)).split()[0]
-            calls = conn.execute(
-                "SELECT l.messages::text FROM llm_calls l JOIN chunks c ON c.id = l.chunk_id "
-                "WHERE l.purpose IN ('write', 'extend') AND c.ordinal > %s AND l.started_at > %s",
-                (row[0], row[1]),
-            ).fetchall()
-            eligible += len(calls)
-            carried += sum(1 for (m,) in calls if name in m and detail in m)
-        found = []
-        for sentence in lies:
-            rows = conn.execute(
-                "SELECT status, seam_check_id IS NOT NULL FROM continuity_findings WHERE quote LIKE %s",
-                (f"%{sentence[:40]}%",),
-            ).fetchall()
-            where = "at a seam" if any(r[1] for r in rows) else "when accepted" if rows else ""
-            found.append((bool(rows), any(r[0] == "repaired" for r in rows), where))
-        by_purpose = {
-            p: (int(i or 0), int(o or 0))
-            for p, i, o in conn.execute("SELECT purpose, sum(tokens_in), sum(tokens_out) FROM llm_calls GROUP BY 1")
-        }
-        return {
-            "carried": carried,
-            "eligible": eligible,
-            "lies": found,
-            "findings": conn.execute("SELECT count(*) FROM continuity_findings").fetchone()[0],
-            "states": dict(conn.execute("SELECT source, count(*) FROM coherence_states GROUP BY 1").fetchall()),
-            "seams": dict(conn.execute("SELECT status, count(*) FROM seam_checks GROUP BY 1").fetchall()),
-            "by_purpose": by_purpose,
-            "tokens_in": sum(i for i, _ in by_purpose.values()),
-            "tokens_out": sum(o for _, o in by_purpose.values()),
-        }
-
-
-def _baseline_wall(ref: str, words: int, tokens_per_s: float, parallelism: int) -> float:
-    """The same job (without plants) on ``ref``'s code: a git worktree, its own benchmark."""
-    with _worktree(ref) as (where, _):
-        # The worktree's packages first on the path (the editable install is this checkout's).
-        env = {**os.environ, "PYTHONPATH": str(where)}
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.bench_book", "parallel", "--words", str(words), "--tokens-per-s",
-             str(tokens_per_s), "--parallelism", str(parallelism)],
-            cwd=where, env=env, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-    print(f"baseline run ({ref}): {_result_line(out)}")
-    m = re.search(r"wall ([\d.]+) s", _result_line(out))
-    assert m is not None, out
-    return float(m.group(1))
 
 
 async def lock(words: int, parallelism: int, tokens_per_s: float | None = None) -> None:
@@ -723,7 +256,7 @@ async def lock(words: int, parallelism: int, tokens_per_s: float | None = None) 
 
     pace = [] if tokens_per_s is None else ["--tokens-per-s", str(tokens_per_s)]
     f = await run_job(words, ["--ratio", "1.0", "1.1", *pace], {"parallelism": parallelism}, during=sample)
-    print(_line(f, words))
+    print(result_line_of(f, words))
     if tokens_per_s is not None:
         print(f"the model streaming at {tokens_per_s:.0f} tokens/s per call")
     w = f["watched"]
@@ -867,11 +400,6 @@ if __name__ == "__main__":
     lk.add_argument("--words", type=int, default=100_000)
     lk.add_argument("--parallelism", type=int, default=32)
     lk.add_argument("--tokens-per-s", type=float, help="the model's pace (default: it answers at once)")
-    m = sub.add_parser("memory")
-    m.add_argument("--words", type=int, default=60_000)
-    m.add_argument("--tokens-per-s", type=float, default=400.0)
-    m.add_argument("--parallelism", type=int, default=6)
-    m.add_argument("--baseline", help="a git ref to run the same job on, for the wall time beside it")
     f = sub.add_parser("fairness")
     f.add_argument("--words", type=int, default=500_000)
     f.add_argument("--small", type=int, default=2_000)
@@ -884,8 +412,6 @@ if __name__ == "__main__":
         asyncio.run(fairness(a.words, a.small, a.slots, a.tokens_per_s, not a.no_fairness, a.finish))
     elif a.what == "lock":
         asyncio.run(lock(a.words, a.parallelism, a.tokens_per_s))
-    elif a.what == "memory":
-        asyncio.run(memory(a.words, a.tokens_per_s, a.parallelism, a.baseline))
     elif a.what == "parallel":
         asyncio.run(parallel(a.words, a.tokens_per_s, a.parallelism))
     elif a.what == "scale":

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.bench_book import _worktree
+from bench.bookrun import worktree
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -91,7 +91,7 @@ def main() -> None:
         new = timed(ROOT, path, args.rounds)
         print(f"{n} answers: this tree {new['ms']:.2f} ms an answer")
         if args.baseline:
-            with _worktree(args.baseline) as (where, commit):
+            with worktree(args.baseline) as (where, commit):
                 old = timed(where, path, args.rounds)
             print(f"{args.baseline} ({commit}): {old['ms']:.2f} ms an answer")
             same = new["digest"] == old["digest"]

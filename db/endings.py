@@ -11,7 +11,8 @@ import uuid
 
 from sqlalchemy import func, select
 
-from core.continuity import brief
+from core.coherence import brief
+from core.controls import sanitized
 from core.errors import JobGone
 from core.layout import assemble
 from core.spec import TERMINAL_STATUSES
@@ -50,7 +51,9 @@ async def save_document(tx: JobTx, *, role: str, version: int, text: str, words:
 async def end_job(tx: JobTx, job: Job, *, status: str, error_code: str, reason: str) -> None:
     """End ``job`` (read under its row lock, not ended) as ``status`` (failed or cancelled) with
     ``error_code`` and ``reason``: what it wrote is kept as its next partial document, and the
-    outcome (its words, its word account, its coherence in brief) is in its log."""
+    outcome (its words, its word account, its coherence in brief) is in its log. The reason may
+    quote an endpoint or a model (a NUL, an ESC): it is stored as ``core.controls.sanitized`` makes it."""
+    reason = sanitized(reason)
     doc = assemble(job.title, job.target_words, await document_blocks(tx.session, job))
     words = count_words(doc)
     version = (
@@ -85,9 +88,10 @@ async def end_job(tx: JobTx, job: Job, *, status: str, error_code: str, reason: 
 
 async def end_edit(tx: JobTx, job: Job, edit: Edit, *, error_code: str, reason: str) -> None:
     """End a running ``edit`` as failed with ``error_code`` and ``reason`` (what it wrote stays in
-    its chunks' versions), its job's step back to done."""
+    its chunks' versions), its job's step back to done. The reason may quote an endpoint's error:
+    stored as ``core.controls.sanitized`` makes it."""
     edit.status, edit.completed_at = "failed", dt.datetime.now(dt.UTC)
-    edit.error_code, edit.reason = error_code, reason
+    edit.error_code, edit.reason = error_code, sanitized(reason)
     job.current_step = "done" if job.status == "succeeded" else job.current_step
     tx.event("edit", "failed", {"edit": edit.number, "error_code": error_code, "reason": reason})
 

@@ -90,6 +90,7 @@ async def _delete(db: Database, job: Job, *, user_id: int, path: str, temporal: 
         ).one()
         # What the job used stays counted for its owner (quotas, totals: db.usage) once it is gone.
         tokens_in, tokens_out, cost, unpriced = (await s.execute(usage.DELETED_USAGE_SQL, {"j": job.id})).one()
+        edit_words = {m: int(n) for m, n in await s.execute(usage.DELETED_EDITS_SQL, {"j": job.id})}
         await s.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": job.id})
         # Wake the job's live streams (in every API process) at commit: they end with "deleted".
         await s.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": f"{job.id}:0"})
@@ -106,6 +107,7 @@ async def _delete(db: Database, job: Job, *, user_id: int, path: str, temporal: 
             "tokens_out": int(tokens_out),
             "cost_micro_usd": int(cost),
             "unpriced_calls": int(unpriced),
+            "edit_words": edit_words,
             "temporal": temporal,
         }
         s.add(

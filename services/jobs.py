@@ -357,11 +357,17 @@ async def resume(
     return job
 
 
-async def record_user_action(db: Database, job_id: uuid.UUID, action: str, data: dict[str, Any]) -> None:
+async def record_user_action(
+    db: Database, job_id: uuid.UUID, action: str, data: dict[str, Any], *, download: bool = False
+) -> int | None:
     """A user's action on a job (a view, a download, a cancel request) in the job's own log, as it
-    happens. A job deleted meanwhile has no log left to write to: nothing is recorded."""
+    happens; its seq. A job deleted meanwhile has no log left to write to: nothing is recorded.
+    ``download``: a download of the log, whose write signs the checkpoint it ends with."""
     try:
         async with db.job_tx(job_id) as tx:
+            tx.download = download
             tx.event("user", action, data)
+        return tx.last_seq
     except JobGone:
         log.info("user_action.job_deleted", job_id=str(job_id), action=action)
+        return None

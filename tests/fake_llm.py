@@ -20,8 +20,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
 - it counts the calls in flight (``in_flight``, ``peak_in_flight``) and the seconds it spent
   answering (``model_seconds``), also served at ``GET /v1/stats``;
 - ``mode``: "normal" | "empty" (always empty content) | "malformed_plan" (bad JSON for plans) |
-  "html" (a hostile endpoint: ``XSS`` markup in every field it controls: the prose, every string
-  of a plan, ``finish_reason``, the response's ``model`` and ``id``);
+  "short_plan" (a plan with half the items asked for); "html" (a hostile endpoint: ``XSS`` markup
+  in every field it controls: the prose, every string of a plan, ``finish_reason``, the
+  response's ``model`` and ``id``);
   "echo" (prose wrapped the way a small base model wraps it: instruction lines of its prompt
   said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
   what it echoed is kept in ``echoed``); "down" (an endpoint that is down: HTTP 500 to everything);
@@ -35,9 +36,14 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   entities. ``plants`` are sentences put into chunk writes (``nth`` write of the job, or the
   ``index``-th write (default 1) of outline chapter ``chapter``) with what the memory call reports of them
   (``entity``, ``attribute``, ``value``); a plant that gives a known entity's attribute another
-  value is reported as a contradiction of that entry by the judge. A repair call puts the
-  established sentence back in place of the contradicting one (``repair_mode`` "stubborn":
-  changes nothing); a summary call answers the first summary it is given;
+  value is reported as a contradiction of that entry by the judge, one that gives it again as an
+  agreement (``agrees``) (``judge_mode`` "weak": the attribute is listed, no contradiction nor
+  agreement is ever named; "invalid": a judge-only call, the seam's,
+  answers no valid JSON). ``recheck_mode`` scripts the memory call that sees a plant it already
+  reported (a re-check after a repair): "lazy" leaves that plant's detail out, "invalid" answers
+  no valid JSON. A repair call puts the established sentence back in place of the contradicting
+  one (``repair_mode`` "stubborn": changes nothing; "cosmetic": changes other words, keeps the
+  contradicting sentence); a summary call answers the first summary it is given;
 - ``chapter_delay``: {outline chapter: seconds} added to answers about that chapter (its writes
   and the memory calls of its passages), so that a chapter commits after the next one;
 - an author's edits (``activities.selection``, ``activities.coverage``): ``rewrites`` is a queue of
@@ -56,7 +62,7 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
   for ``hang_s``, then the rest), "broken" (a stream whose second chunk is not JSON),
   "error_event" (a stream whose second chunk is an ``{"error": ...}`` object, as providers send
-  when they fail mid-answer).
+  when they fail mid-answer, its message ``error_message``); ``mode`` "error_event": every answer so.
 """
 
 from __future__ import annotations
@@ -101,6 +107,9 @@ class FakeState:
     seam_drift: bool = False
     plants: list[dict[str, Any]] = field(default_factory=list)
     memory_mode: str = "valid"
+    judge_mode: str = "names"
+    recheck_mode: str = ""
+    reported: set[str] = field(default_factory=set)  # plant sentences a memory answer has reported
     repair_mode: str = "fix"
     chapter_delay: dict[int, float] = field(default_factory=dict)
     writes: int = 0  # chunk writes answered
@@ -115,6 +124,7 @@ class FakeState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     echoed: list[str] = field(default_factory=list)
     counter: int = 0
+    error_message: str = "the model overloaded mid-answer"
 
 
 class FakeLLM:
@@ -214,12 +224,12 @@ class FakeLLM:
             st = self.state
             st.counter += 1
             n = st.counter
-            fault = st.faults.popleft() if st.faults else None
+            fault = st.faults.popleft() if st.faults else ("error_event" if st.mode == "error_event" else None)
             if fault == "truncate" and json_mode:  # truncation is scripted for prose answers
                 st.faults.appendleft(fault)
                 fault = None
             st.requests.append({"body": body, "fault": fault, "auth": request.headers.get("authorization")})
-            ratio, mode, hang_s, delay_s = st.ratio, st.mode, st.hang_s, st.delay_s
+            ratio, mode, hang_s, delay_s, error = st.ratio, st.mode, st.hang_s, st.delay_s, st.error_message
             tokens_per_s, seam_drift, stream_usage = st.tokens_per_s, st.seam_drift, st.stream_usage
         messages = body.get("messages", [])
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
@@ -309,7 +319,7 @@ class FakeLLM:
         }
         if body.get("stream"):
             send_usage = stream_usage and bool((body.get("stream_options") or {}).get("include_usage"))
-            script = _Stream(content, finish, usage if send_usage else None, tokens_per_s, fault, hang_s)
+            script = _Stream(content, finish, usage if send_usage else None, tokens_per_s, fault, hang_s, error)
             return StreamingResponse(self._sse(head, script, t0), media_type="text/event-stream")
         if tokens_per_s:
             await asyncio.sleep(tokens_out / tokens_per_s)
@@ -341,7 +351,7 @@ class FakeLLM:
                 if i == 1 and s.fault == "broken":
                     yield "data: {not json at all\n\n"
                 if i == 1 and s.fault == "error_event":
-                    yield 'data: {"error": {"message": "the model overloaded mid-answer", "type": "server_error"}}\n\n'
+                    yield f"data: {json.dumps({'error': {'message': s.error_message, 'type': 'server_error'}})}\n\n"
                     return
                 yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
                 if i == 0 and s.fault == "stall":
@@ -390,9 +400,18 @@ class FakeLLM:
         """The memory call's answer, from the passage it shows (and the plants it holds)."""
         with self.lock:
             mode, plants = self.state.memory_mode, [dict(p) for p in self.state.plants]
-        if mode == "invalid":
+            judge_mode, recheck, reported = self.state.judge_mode, self.state.recheck_mode, set(self.state.reported)
+        judge_only = "Only the contradictions" in prompt
+        if mode == "invalid" or (judge_only and judge_mode == "invalid"):
             return '{"summary": "cut short", "entities": [{"name": '
         passage = prompt.split('"""', 2)[1] if prompt.count('"""') >= 2 else ""
+        again = [p for p in plants if p["sentence"] in passage and p["sentence"] in reported]
+        if recheck == "invalid" and again:
+            return '{"summary": "cut short", "entities": [{"name": '
+        if recheck == "lazy":  # what it already reported, it leaves out
+            plants = [p for p in plants if p not in again]
+        with self.lock:
+            self.state.reported |= {p["sentence"] for p in plants if p["sentence"] in passage}
         known = prompt.split("New passage:", 1)[0]
         sentences = [x.strip() for x in re.split(r"(?<=[.!?])\s+", passage) if x.strip()]
         entities: dict[str, dict[str, Any]] = {}
@@ -400,7 +419,7 @@ class FakeLLM:
             for sent in sentences:
                 for name in re.findall(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b", sent):
                     entities.setdefault(name, {"name": name, "type": "other", "quote": sent, "attributes": []})
-        contradictions = []
+        contradictions, agrees = [], []
         for p in plants:
             if p["sentence"] not in passage or not p.get("entity"):
                 continue
@@ -410,7 +429,9 @@ class FakeLLM:
             e["type"] = "person"
             e["attributes"].append({"attribute": p["attribute"], "value": p["value"], "quote": p["sentence"]})
             ref = re.search(rf"^\[(E\d+)\] {re.escape(p['entity'])}'s {re.escape(p['attribute'])}: (.+)$", known, re.M)
-            if ref and ref.group(2).strip() != p["value"]:
+            if ref and ref.group(2).strip() == p["value"] and judge_mode != "weak":
+                agrees.append(ref.group(1))
+            if ref and ref.group(2).strip() != p["value"] and judge_mode != "weak":
                 contradictions.append(
                     {
                         "category": "characters",
@@ -419,8 +440,10 @@ class FakeLLM:
                         "explanation": f"{p['entity']}'s {p['attribute']} was {ref.group(2).strip()}",
                     }
                 )
-        if "Only the contradictions" in prompt:  # the judge alone
-            return json.dumps({"summary": sentences[0] if sentences else "-", "contradictions": contradictions})
+        if judge_only:  # the judge alone
+            return json.dumps(
+                {"summary": sentences[0] if sentences else "-", "contradictions": contradictions, "agrees": agrees}
+            )
         return json.dumps(
             {
                 "summary": " ".join(sentences[:2]) or "An empty passage.",
@@ -430,6 +453,7 @@ class FakeLLM:
                 "threads_resolved": [],
                 "facts": [],
                 "contradictions": contradictions,
+                "agrees": agrees,
             }
         )
 
@@ -440,6 +464,8 @@ class FakeLLM:
             mode, plants = self.state.repair_mode, [dict(p) for p in self.state.plants]
         if mode == "stubborn":
             return paragraph
+        if mode == "cosmetic":  # other words changed, the contradiction kept
+            return f"{paragraph} The tide turned slowly."
         established = re.findall(r'\(established earlier: "(.+?)"\)$', prompt, re.M)
         for p in plants:
             for there in established:
@@ -503,6 +529,9 @@ class FakeLLM:
             return '{"title": "Broken", "sections": [{"title": 7, "words": "many"'
         m = re.search(r"exactly (\d+)", prompt) or re.search(r"(\d+) sections", prompt)
         k = int(m.group(1)) if m else 3
+        with self.lock:
+            if self.state.mode == "short_plan":  # fewer items than asked for (the plan pads them)
+                k = max(1, k // 2)
         return json.dumps(
             {
                 "title": mark + "A Study of " + rng.choice(WORDS).title(),
@@ -531,6 +560,7 @@ class _Stream:
     tokens_per_s: float
     fault: str | None
     hang_s: float
+    error_message: str = ""
 
 
 PIECE_WORDS = 32  # words per streamed chunk after the first (a real server sends ~1 token a chunk)
@@ -678,10 +708,16 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
     ap.add_argument("--tokens-per-s", type=float, default=0.0, help="answer at this speed (0: at once)")
     ap.add_argument("--plants", help="a JSON file: a list of plants (see the module's docstring)")
+    ap.add_argument("--judge", default="names", choices=["names", "weak", "invalid"], help="judge_mode")
+    ap.add_argument("--recheck", default="", choices=["", "lazy", "invalid"], help="recheck_mode")
+    ap.add_argument("--repair", default="fix", choices=["fix", "stubborn", "cosmetic"], help="repair_mode")
     a = ap.parse_args()
     fake = FakeLLM(a.port)
     plants = json.loads(open(a.plants).read()) if a.plants else []  # noqa: SIM115, ASYNC230 - before serving
-    fake.reset(ratio=tuple(a.ratio), delay_s=a.delay, tokens_per_s=a.tokens_per_s, plants=plants)
+    fake.reset(
+        ratio=tuple(a.ratio), delay_s=a.delay, tokens_per_s=a.tokens_per_s, plants=plants, judge_mode=a.judge,
+        recheck_mode=a.recheck, repair_mode=a.repair,
+    )  # fmt: skip
     fake._server.run()
 
 

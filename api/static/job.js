@@ -37,6 +37,10 @@ if (Quire.requireKey()) {
     // What the words are: the model's, what the gate cut as junk, chunks accepted short, top-ups.
     $("account").textContent = j.account && j.account.words_model ? j.account.summary : "";
     $("failure").textContent = j.error_code ? (j.error_code + ": " + j.failure_reason) : "";
+    // A checkpoint of the log was refused: what the log says may have been rewritten. Said plainly.
+    $("audit-alarm").hidden = !j.audit_alarm;
+    $("audit-alarm").textContent = j.audit_alarm ? "Audit alarm: the log was not signed past this point, " +
+      "because " + j.audit_alarm + ". Verify it with the operator's keys before trusting it." : "";
     $("cancel").hidden = TERMINAL.includes(j.status);
     $("dl-output").hidden = j.status !== "succeeded";
     if (TERMINAL.includes(j.status) && !doc.complete) readDoc(true);  // the document as it stays

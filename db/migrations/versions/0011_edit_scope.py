@@ -1,6 +1,6 @@
 """edits that prove their scope: coverage checks, rewrite and repair attempts, coverage repairs
 
-Revision ID: 0014_edit_scope
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-16
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0014_edit_scope"
+revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
