@@ -7,11 +7,17 @@ as the rows it writes."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 from sqlalchemy import func, select
-from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateStage
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -125,7 +131,13 @@ async def deliver_review(client: Client, pv: PlanVersion, *, wait: WorkflowUpdat
         id=review_update_id(pv.version),
         wait_for_stage=wait,
     )
-    return await update.result() if wait == WorkflowUpdateStage.COMPLETED else None
+    if wait == WorkflowUpdateStage.COMPLETED:
+        return await update.result()
+    try:  # a refusal by the validator is known at once (the Update completes with its failure), raised here
+        await asyncio.wait_for(update.result(), timeout=1.0)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        pass  # accepted, and being applied
+    return None
 
 
 # -- edits ------------------------------------------------------------------------------------------

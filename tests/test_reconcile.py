@@ -386,10 +386,19 @@ async def test_a_workflow_open_for_a_job_that_ended_is_terminated_once_the_grace
             ),
             {"j": job_id},
         )
+        # and a review proposed to it, which no run of the job will take now
+        await s.execute(
+            text(
+                "INSERT INTO plan_versions (job_id, version, status, outline, changes, user_name, workflow_id) "
+                "VALUES (:j, 2, 'proposed', '[]', '[]', 'someone', :w)"
+            ),
+            {"j": job_id, "w": f"job-{job_id}"},
+        )
 
     async def closed() -> bool:
         desc = await rclient.get_workflow_handle(f"job-{job_id}").describe()
-        return desc.status.name != "RUNNING" and bool(await events(rdb, job_id, "reconcile", "workflow_terminated"))
+        done = await events(rdb, job_id, "reconcile")
+        return desc.status.name != "RUNNING" and {"workflow_terminated", "review_rejected"} <= {e.action for e in done}
 
     await settles("the workflow terminated", closed)
     desc = await rclient.get_workflow_handle(f"job-{job_id}").describe()
@@ -397,6 +406,9 @@ async def test_a_workflow_open_for_a_job_that_ended_is_terminated_once_the_grace
     (ev,) = await events(rdb, job_id, "reconcile", "workflow_terminated")
     assert ev.data["why"] == "a job's run open for a job that is cancelled"
     assert (await job(rdb, job_id)).status == "cancelled"  # the row as it was: only the workflow went
+    async with rdb.tx() as s:
+        pv = await s.scalar(select(PlanVersion).where(PlanVersion.job_id == job_id, PlanVersion.version == 2))
+    assert pv.status == "rejected" and "job is cancelled" in pv.reason
 
 
 # -- cancel and resume act -------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """nothing stuck: a plan version sent for review names the workflow it is sent to
 
-Revision ID: 0013_reconcile
-Revises: 0014_edit_scope
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-07
 
 A proposed plan version is an Update on its way to a job's run: the row names that run
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_reconcile"
-down_revision = "0014_edit_scope"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
