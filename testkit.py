@@ -228,3 +228,26 @@ def stored_tree(url: str, user_id: int, n: int) -> tuple[uuid.UUID, list[bytes],
         conn.execute("ANALYZE audit_events")
         conn.execute("ANALYZE audit_nodes")
     return job_id, leaves, f
+
+
+def stack_env(home: Path, model_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a throwaway `quire up` in ``home``: none of the caller's Quire settings,
+    free ports, the model at ``model_url``, and ``extra``."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("QUIRE_", "DATABASE_URL", "TEMPORAL_"))},
+        "QUIRE_HOME": str(home),
+        "OPENAI_BASE_URL": model_url,
+        "API_PORT": str(free_port()),
+        "TEMPORAL_PORT": str(free_port()),
+        "TEMPORAL_UI_PORT": str(free_port()),
+        "QUIRE_WORKER_METRICS_PORT": str(free_port()),
+        "QUIRE_WITNESS_PORT": str(free_port()),
+        **extra,
+    }
+
+
+def api_process(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The API served by uvicorn in a process of its own on ``port``, its settings this
+    environment's with ``env`` over it."""
+    args = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--port", str(port)]
+    return subprocess.Popen([*args, "--log-level", "warning"], env={**os.environ, **env})

@@ -36,9 +36,11 @@ from services import alarms, telemetry
 from services.config import Settings, get_settings
 from services.deploys import promote, version
 from services.logging import configure
+from services.reconcile import Reconciler, ensure_schedule, starts_of
 from services.temporal import WORKER_IDENTITY, connect, llm_task_queue
 from workflows.edit import EditWorkflow
 from workflows.job import JobWorkflow
+from workflows.reconcile import ReconcileWorkflow
 from workflows.unit import UnitWorkflow
 from workflows.webhook import WebhookWorkflow
 
@@ -81,9 +83,12 @@ def build_worker(
     llm_calls_per_second: float | None = None,
     webhooks: WebhookConfig | None = None,
     deployment: WorkerDeploymentVersion | None = None,
+    reconciler: Reconciler | None = None,
 ) -> Workers:
     """The workers for every workflow and activity of a job, with the activities' dependencies;
-    both declare ``deployment`` when given (Worker Versioning: services.deploys), else none."""
+    both declare ``deployment`` when given (Worker Versioning: services.deploys), else none.
+    ``reconciler``: the reconciler's workflow and activity too (services.reconcile; its Schedule
+    starts it on ``task_queue``)."""
     plan, chunks, stitch, seams, finalize = (
         PlanActivities(db, llm),
         ChunkActivities(db, llm),
@@ -109,8 +114,9 @@ def build_worker(
     main = Worker(
         client,
         task_queue=task_queue,
-        workflows=[JobWorkflow, UnitWorkflow, WebhookWorkflow, EditWorkflow],
+        workflows=[JobWorkflow, UnitWorkflow, WebhookWorkflow, EditWorkflow, ReconcileWorkflow],
         activities=[
+            *([reconciler.reconcile] if reconciler is not None else []),
             chunks.unit_chunks,
             finalize.finalize,
             finalize.add_continuation,
@@ -202,6 +208,7 @@ async def run(settings: Settings) -> None:
         llm_calls_per_second=settings.quire_llm_calls_per_second,
         webhooks=webhooks_from_settings(settings),
         deployment=deployment if settings.quire_worker_versioning else None,
+        reconciler=Reconciler(db, client, starts_of(settings), grace_s=settings.quire_reconcile_grace_s),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -211,6 +218,7 @@ async def run(settings: Settings) -> None:
         current = None
         if settings.quire_worker_versioning and settings.quire_worker_promote:
             current = await promote(client, deployment, WORKER_IDENTITY)
+        await ensure_schedule(client, settings.temporal_task_queue, settings.quire_reconcile_every_s)
         log.info(
             "worker started",
             version=deployment.to_canonical_string() if settings.quire_worker_versioning else None,

@@ -23,7 +23,7 @@ from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import count_words, sha256
 from db.manuscript import Chunk, ChunkVersion, LengthCheck, PlanNode
 from db.models import Job
-from db.session import Database, JobTx
+from db.session import Database, JobTx, lock_job
 
 
 def now() -> dt.datetime:
@@ -57,7 +57,7 @@ async def load_job(tx: JobTx, job_id: uuid.UUID, *, allow_terminal: bool = False
     ``lock``: read it under its row lock, held to commit; every step that may change the status
     does, so that two of them (finalize and a cancel) decide one after the other, each seeing what
     the other wrote."""
-    job = await tx.session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
+    job = await lock_job(tx.session, job_id) if lock else await tx.session.get(Job, job_id)
     if job is None:
         raise JobGone(str(job_id))
     return runnable(job, allow_terminal=allow_terminal)

@@ -25,14 +25,13 @@ from activities.edit_scope import scope_held
 from activities.memory import summarize
 from activities.repair import unchecked_by
 from activities.seam_check import SeamChecker, unit_chunk_now, version_entries
-from core.controls import sanitized
 from core.edits import changed, mention
 from core.layout import assemble
 from core.scope import EditError
 from core.spec import ErrorCode
 from core.text import count_words, sha256
 from db.blocks import document_blocks
-from db.endings import save_document
+from db.endings import end_edit, save_document
 from db.loop import Edit
 from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LengthCheck, NodeSummary, PlanNode
 from db.memory import finding_events, ledger_before
@@ -300,14 +299,13 @@ class EditCheckActivities(ModelStep):
     async def fail_edit(self, inp: EditFailure) -> None:
         jid = uuid.UUID(inp.job_id)
         async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid, allow_terminal=True)
+            # The job's row first, as every writer takes it: the edit's own steps may still be
+            # committing (a cancel does not wait for them), holding it while they write the edit.
+            job = await load_job(tx, jid, allow_terminal=True, lock=True)
             edit = await load_edit(tx, inp.edit_id)
             if edit.status != "running":
                 return
-            edit.status, edit.completed_at, edit.error_code = "failed", now(), inp.error_code
-            edit.reason = sanitized(inp.reason)  # may quote an endpoint's error: storable, no raw controls
-            job.current_step = "done" if job.status == "succeeded" else job.current_step
-            tx.event("edit", "failed", {"edit": edit.number, "error_code": inp.error_code, "reason": inp.reason})
+            await end_edit(tx, job, edit, error_code=inp.error_code, reason=inp.reason)
 
 
 async def _node(tx: JobTx, node_id: int) -> PlanNode:

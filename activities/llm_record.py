@@ -31,7 +31,8 @@ from core.controls import from_raw, is_storable, raw_bytes, sanitized, storable
 from core.cost import Price, cost_micro_usd
 from core.text import count_words
 from db.models import LlmCall
-from db.session import OUTAGE_ERRORS, Database, JobTx
+from db.outage import OUTAGE_ERRORS
+from db.session import Database, JobTx
 from db.usage import Quotas
 from db.values import shorten
 

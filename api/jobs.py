@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from temporalio.service import RPCError, RPCStatusCode
 
 from api import actions
 from api.deps import CallerDep, ClientDep, DbDep, OwnJobDep, SettingsDep
@@ -39,7 +38,7 @@ from core.spec import TERMINAL_STATUSES, JobKind, JobStatus
 from db.models import Job
 from db.session import Database
 from db.usage import Cost as UsageCost
-from services import coherence, exports, views
+from services import coherence, deletion, exports, views
 from services import jobs as job_service
 from services import webhooks as webhook_service
 
@@ -378,14 +377,13 @@ async def cancel_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep
     if job.status in TERMINAL_STATUSES:
         raise HTTPException(409, f"job already {job.status}")
     await actions.record(request, db, who, job, "cancel")
+    # A workflow that ended without recording it (or never started) is settled at once: cancelled.
     try:
-        await job_service.cancel(client, job)
-    except RPCError as exc:  # its workflow ended (or never started) after the status was read
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
-        raise HTTPException(409, f"job is {job.status} but has no workflow to cancel") from None
-    log.info("job.cancel_requested", job_id=str(job.id), user_id=who.user_id)
-    return Cancelling(id=str(job.id), status="cancelling")
+        status = await job_service.cancel(db, client, job)
+    except job_service.NotCancellable as exc:
+        raise HTTPException(409, str(exc)) from None
+    log.info("job.cancel_requested", job_id=str(job.id), user_id=who.user_id, status=status)
+    return Cancelling(id=str(job.id), status=status)
 
 
 @router.post(
@@ -432,5 +430,5 @@ async def resume_job(
     responses={404: ERRORS[404], 422: ERRORS[422]},
 )
 async def delete_job(request: Request, job: OwnJobDep, who: CallerDep, db: DbDep, client: ClientDep) -> Response:
-    await job_service.delete(db, client, job, user_id=who.user_id, path=request.url.path)
+    await deletion.delete(db, client, job, user_id=who.user_id, path=request.url.path)
     return Response(status_code=204)

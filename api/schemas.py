@@ -151,7 +151,10 @@ class HistoryPage(BaseModel):
 
 class Cancelling(BaseModel):
     id: str
-    status: Literal["cancelling"]
+    status: Literal["cancelling", "cancelled"] = Field(
+        description="cancelling: its workflow stops at its next step; cancelled: its workflow had ended "
+        "(or never started) without recording it, so the job is cancelled at once"
+    )
 
 
 class DraftPiece(BaseModel):

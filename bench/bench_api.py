@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -130,21 +128,6 @@ async def memory(db: Database, api: str, key: str, user_id: int, n: int, pid: in
     return out
 
 
-def start_api(port: int, db_url: str, temporal: str) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "api.app:create_app",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    return subprocess.Popen(args, env={**os.environ, "DATABASE_URL": db_url, "TEMPORAL_ADDRESS": temporal})
-
-
 async def main(events: int, log_size: int, client_counts: list[int]) -> None:
     with testkit.postgres() as pg:
         url = testkit.create_database(pg, "bench")
@@ -152,7 +135,7 @@ async def main(events: int, log_size: int, client_counts: list[int]) -> None:
         env = await testkit.temporal()
         port = testkit.free_port()
         api = f"http://127.0.0.1:{port}"
-        proc = start_api(port, url, testkit.target(env))
+        proc = testkit.api_process(port, {"DATABASE_URL": url, "TEMPORAL_ADDRESS": testkit.target(env)})
         try:
             await measure(db, api, proc, events, log_size, client_counts)
         finally:

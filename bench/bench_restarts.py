@@ -1,4 +1,5 @@
-"""How long each part of `quire up` is gone after a kill -9, and what watching costs the supervisor.
+"""How long each part of `quire up` is gone after a kill -9, and what watching costs the supervisor;
+with ``--chaos``, whether anything stays stuck after kills at random points of a job's life.
 
 Brings a real stack up (`quire up --detach`, scripted model as its own process) in a throwaway
 QUIRE_HOME, kills each part in turn with SIGKILL and times, from the kill: the supervisor seeing
@@ -6,6 +7,13 @@ the part running again under a new pid, and the API answering /readyz 200 again.
 the supervisor's own CPU time over an idle period.
 
     .venv/bin/python -m bench.bench_restarts [--rounds 2] [--idle 30]
+    .venv/bin/python -m bench.bench_restarts --chaos [--kills 20] [--words 20000] [--period 10] [--seed 1] [--delay 4]
+
+``--chaos`` (``bench/chaos.py``): a job of ``--words`` with a plan review and two edits, while the
+API, the worker and Temporal are killed ``--kills`` times in all, at random moments, the API also
+exactly between a commit and its Temporal call (``QUIRE_FAULT``: the review and each edit). After
+the last kill and one reconciler period: the stuck rows (``quire doctor --dry-run``), the events
+written twice, and the job's end.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from quire.supervisor import stack_status
-from testkit import fake_model, free_port
+from testkit import fake_model, stack_env
 
 PARTS = ("postgres", "temporal", "worker", "api")
 
@@ -51,19 +59,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2, help="kills per part")
     ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle supervision to measure")
+    ap.add_argument("--chaos", action="store_true", help="kills at random points of a job's life (bench/chaos.py)")
+    ap.add_argument("--kills", type=int, default=20, help="--chaos: kills in all")
+    ap.add_argument("--words", type=int, default=20_000, help="--chaos: the job's target")
+    ap.add_argument("--period", type=float, default=10.0, help="--chaos: the reconciler's period (s)")
+    ap.add_argument("--seed", type=int, default=1, help="--chaos: the random kills' seed")
+    ap.add_argument("--delay", type=float, default=4.0, help="--chaos: the scripted model's seconds per answer")
     a = ap.parse_args()
+    if a.chaos:
+        from bench.chaos import run
+
+        run(kills=a.kills, words=a.words, period=a.period, seed=a.seed, delay=a.delay)
+        return
     home = Path("/tmp") / f"qb-{uuid.uuid4().hex[:6]}"
     with fake_model() as model_url:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("QUIRE_", "DATABASE_URL", "TEMPORAL_"))},
-            "QUIRE_HOME": str(home),
-            "OPENAI_BASE_URL": model_url,
-            "API_PORT": str(free_port()),
-            "TEMPORAL_PORT": str(free_port()),
-            "TEMPORAL_UI_PORT": str(free_port()),
-            "QUIRE_WORKER_METRICS_PORT": str(free_port()),
-            "QUIRE_WITNESS_PORT": str(free_port()),
-        }
+        env = stack_env(home, model_url)
         quire = [sys.executable, "-m", "quire.cli"]
         api = f"http://127.0.0.1:{env['API_PORT']}"
         t0 = time.monotonic()

@@ -50,6 +50,7 @@ EVENT_KINDS: dict[str, str] = {
     "edit": "an author's edit: its steps and its outcome",
     "coverage": "an instruction's or a key point's check against the text: its verdicts, a retry made or refused",
     "webhook": "a webhook delivery attempt: status, latency, error",
+    "reconcile": "where Postgres and Temporal disagreed, settled (by the reconciler, doctor, a cancel, a resume)",
 }
 EventKind = Literal[tuple(EVENT_KINDS)]  # type: ignore[valid-type]
 

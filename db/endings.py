@@ -1,7 +1,8 @@
 """How a job's documents are stored, and how a job ends without its document: failed or cancelled,
 what it wrote kept as a partial document, its outcome in its log. The job workflow's failure and
 cancel paths (``activities.finalize.fail_job``), an operator's restore (``services.restore``) and
-the reconciler (``services.reconcile``) all end a job through ``end_job``."""
+the settlements of ``services.settle`` all end a job through ``end_job``, and an edit through
+``end_edit``."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from core.spec import TERMINAL_STATUSES
 from core.text import count_words, sha256
 from db.blocks import document_blocks
 from db.counts import coherence_counts, word_account
+from db.loop import Edit
 from db.models import Document, Job
-from db.session import Database, JobTx
+from db.session import Database, JobTx, lock_job
 
 
 async def save_document(tx: JobTx, *, role: str, version: int, text: str, words: int) -> None:
@@ -84,12 +86,22 @@ async def end_job(tx: JobTx, job: Job, *, status: str, error_code: str, reason: 
         tx.event("error", "job", {"error_code": error_code, "reason": reason})
 
 
+async def end_edit(tx: JobTx, job: Job, edit: Edit, *, error_code: str, reason: str) -> None:
+    """End a running ``edit`` as failed with ``error_code`` and ``reason`` (what it wrote stays in
+    its chunks' versions), its job's step back to done. The reason may quote an endpoint's error:
+    stored as ``core.controls.sanitized`` makes it."""
+    edit.status, edit.completed_at = "failed", dt.datetime.now(dt.UTC)
+    edit.error_code, edit.reason = error_code, sanitized(reason)
+    job.current_step = "done" if job.status == "succeeded" else job.current_step
+    tx.event("edit", "failed", {"edit": edit.number, "error_code": error_code, "reason": reason})
+
+
 async def end_unless_ended(db: Database, job_id: uuid.UUID, *, status: str, error_code: str, reason: str) -> bool:
     """``end_job`` outside a workflow's step (a restore, the reconciler): whether it ended the job
     (False: it had ended already, or is deleted)."""
     try:
         async with db.job_tx(job_id) as tx:
-            job = await tx.session.get(Job, job_id, with_for_update=True, populate_existing=True)
+            job = await lock_job(tx.session, job_id)
             if job is None:
                 raise JobGone(str(job_id))
             if job.status in TERMINAL_STATUSES:

@@ -23,6 +23,11 @@ from db import logtree
 from db.signer import Refusal, Signed, Signer, sign
 
 log = structlog.get_logger(__name__)
+# The mode every writer locks a job's row in (db.session.JOB_LOCK says why).
+LOCK_SQL = "FOR NO KEY UPDATE"
+# Where ``write_events`` leaves (last seq, its hash) in the session's info: what ``job_tx`` looks for
+# in the log when its COMMIT fails (whether it landed).
+HEAD_KEY = "quire_written_head"
 
 
 async def write_events(
@@ -52,7 +57,7 @@ async def write_events(
         await session.execute(
             text(
                 "SELECT audit_seq, audit_head, audit_frontier, audit_signed, status, audit_end, audit_alarm"
-                " FROM jobs WHERE id = :id FOR NO KEY UPDATE"
+                f" FROM jobs WHERE id = :id {LOCK_SQL}"
             ),
             {"id": job_id},
         )
@@ -113,6 +118,7 @@ async def write_events(
         if outcome.cosignatures:
             await session.flush()  # the checkpoint before the cosignatures that reference it
             session.add_all(outcome.cosignatures)
+    session.info[HEAD_KEY] = (rows[-1]["seq"], head)
     return rows[-1]["seq"]
 
 

@@ -49,11 +49,15 @@ class PlanVersion(Base):
         UniqueConstraint("job_id", "version"),
         CheckConstraint(sql_in("status", PLAN_STATUSES), name="status"),
         CheckConstraint("version >= 1", name="version"),
+        CheckConstraint("status <> 'proposed' OR workflow_id IS NOT NULL", name="proposed_names_workflow"),
     )
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(Text)
+    # A proposal is an Update on its way to this run (update id ``plan-v<version>``): the reconciler
+    # delivers it again, or rejects it once that run has ended.
+    workflow_id: Mapped[str | None] = mapped_column(Text)
     outline: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
     changes: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default="[]")
     user_name: Mapped[str | None] = mapped_column(Text)  # who proposed it (None: the planner)

@@ -8,7 +8,10 @@ reader tailing ``seq > last`` never skips a row. Under the same lock each event 
 one before it (``core.eventformat.event_hash``) and the job row keeps the head, so the chain has no
 more gaps than the seqs. A transaction that rolls back leaves its statements, events and error
 in the log all the same: written right after the rollback, in a transaction of their own,
-marked ``rolled_back``.
+marked ``rolled_back``. A commit that fails may have landed all the same (the connection lost on
+COMMIT): whether it did is read (under the job row's lock, which it held to its end) before anything
+is written again, so each event is written once, as committed or as rolled back; when that cannot
+be read yet, the record waits until it can (``pending``, or the activity's next attempt).
 """
 
 from __future__ import annotations
@@ -23,18 +26,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 import structlog
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from temporalio.service import RPCError, RPCStatusCode
 
 from core import checkpoint
-from core.errors import BudgetExhausted, ContinuityBroken, JobGone, JobNotRunnable, LlmUnavailable
-from core.quota import QuotaExceeded
+from core.errors import JobGone
 from db.capture import CAPTURE_KEY, AuditBuffer, install_capture
-from db.logwrite import write_events
+from db.logwrite import HEAD_KEY, LOCK_SQL, write_events
+from db.models import Job
 from db.signer import Refusal, Signer
 from db.values import Redactor
 from db.witness import WitnessClient
@@ -57,48 +57,11 @@ def plain_url(url: str) -> str:
 
 # Where a rollback's record goes when it cannot be written either (the database is gone): a task
 # that sets a list here (the activity interceptor, services.temporal) gets (job id, events) to
-# write once the database is back, instead of losing them.
-UNRECORDED: ContextVar[list[tuple[uuid.UUID, list[dict[str, Any]]]] | None] = ContextVar("unrecorded", default=None)
+# write once the database is back, instead of losing them; with (seq, hash) when the transaction's
+# commit failed ambiguously: the record is written only if that commit did not land after all.
+Unrecorded = tuple[uuid.UUID, list[dict[str, Any]], tuple[int, str] | None]
+UNRECORDED: ContextVar[list[Unrecorded] | None] = ContextVar("unrecorded", default=None)
 CONNECT_TIMEOUT_S = 10  # a server that does not answer is an outage, not a hang
-# The database being down, not a statement being wrong: a lost, refused or timed-out connection, a
-# deadlock or a server shutting down (every DB-API OperationalError), a full pool, the network.
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.TimeoutError,
-    sa_exc.DisconnectionError,
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    ConnectionError,
-    TimeoutError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outage of Quire's own infrastructure (the database, the network,
-    Temporal unavailable: retried through a long window) rather than an error of the step (retried
-    a few times, then the job fails).
-
-    A model endpoint that keeps failing (``LlmUnavailable``) is not: its client has already retried
-    every call, each retry is a recorded, paid-for request, and an endpoint that stays down (a wrong
-    URL, a revoked key, a removed model) is a fault the user must see and fix (then ``quire resume``).
-    """
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(
-            e, LlmUnavailable | BudgetExhausted | QuotaExceeded | JobGone | JobNotRunnable | ContinuityBroken
-        ):
-            return False
-        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
-            return True
-        if isinstance(e, OUTAGE_ERRORS):
-            return True
-        if isinstance(e, RPCError) and e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 @dataclass
@@ -118,6 +81,18 @@ class StepEvents:
 
     def end_data(self) -> dict[str, Any]:
         return {**self.start, "duration_ms": round((time.perf_counter() - self.t0) * 1000, 2), "outcome": "completed"}
+
+
+# The one mode a job's row is locked in, by every writer (``lock_job``, ``JobTx.head``,
+# ``write_events``): FOR NO KEY UPDATE serialises the writers of a job without blocking the rows
+# they insert under it (their foreign keys take KEY SHARE). A FOR UPDATE waits for those, while
+# their own transactions wait for it at their ``write_events``: a deadlock (see there).
+JOB_LOCK = {"key_share": True}
+
+
+async def lock_job(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
+    """The job's row, read afresh under its lock (held to commit); None if it is deleted."""
+    return await session.get(Job, job_id, with_for_update=JOB_LOCK, populate_existing=True)
 
 
 # The activity attempt the current task runs (set by the interceptor; each attempt has its own task).
@@ -146,11 +121,12 @@ class JobTx:
         self.buffer.add(kind, action, data, **kw)
 
     async def head(self) -> tuple[int, str]:
-        """(seq, hash) of the log's head, locking the job row until commit: nothing is appended
-        before this transaction's own events, so the head read here is the one they follow."""
+        """(seq, hash) of the log's head, locking the job row until commit (``JOB_LOCK``'s mode):
+        nothing is appended before this transaction's own events, so the head read here is the one
+        they follow."""
         row = (
             await self.session.execute(
-                text("SELECT audit_seq, audit_head FROM jobs WHERE id = :id FOR UPDATE"), {"id": self.job_id}
+                text(f"SELECT audit_seq, audit_head FROM jobs WHERE id = :id {LOCK_SQL}"), {"id": self.job_id}
             )
         ).one_or_none()
         if row is None:
@@ -190,8 +166,15 @@ class Database:
         )
         install_capture(self.engine.sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Records of rolled-back transactions the database could not take outside an activity:
+        # written before this process next writes their job (``write_pending``), or at dispose.
+        self.pending: list[Unrecorded] = []
 
     async def dispose(self) -> None:
+        try:
+            await self.write_pending()
+        except Exception as exc:  # noqa: BLE001 - still unwritable: said, not hidden
+            log.error("audit.pending_lost", records=len(self.pending), why=str(exc))
         for w in self.signer.witnesses if self.signer is not None else ():
             await w.close()
         await self.engine.dispose()
@@ -221,7 +204,10 @@ class Database:
         buf = AuditBuffer(job_id=job_id, redactor=self.redactor, activity_seq=step.seq if step is not None else None)
         if lead:
             buf.add("activity", "start", step.start)  # type: ignore[union-attr]
+        if self.pending:
+            await self.write_pending(job_id)  # an earlier transaction's record first, once
         failed: BaseException | None = None
+        written: tuple[int, str] | None = None  # (last seq, its hash): what a commit that failed may have landed
         async with self.sessions() as session:
             conn = await session.connection()
             info = conn.sync_connection.info  # type: ignore[union-attr]
@@ -235,17 +221,11 @@ class Database:
                 if tx.final and step is not None and not step.ended:
                     buf.add("activity", "end", step.end_data())
                 events = buf.finished()
-                last = await write_events(
+                await write_events(
                     session, job_id, events, self.signer, lead=lead, download=tx.download, alarms=tx.alarms
                 )
+                written = session.info.pop(HEAD_KEY, None)
                 await session.commit()
-                tx.last_seq = last
-                if lead:
-                    step.seq = last - len(events) + 1 if last is not None else None  # type: ignore[union-attr]
-                if tx.final and step is not None:
-                    step.ended = True
-                count_written(events)
-                await self._alarmed(job_id, tx.alarms)
             except BaseException as exc:
                 failed = exc
                 buf.capturing = False
@@ -259,16 +239,79 @@ class Database:
                 session.info.pop(CAPTURE_KEY, None)
                 if lead:
                     step.leading = False  # type: ignore[union-attr]
-        if failed is not None:
-            if isinstance(failed, Exception | asyncio.CancelledError) and not isinstance(failed, JobGone):
-                await self._record_rollback(job_id, buf, failed, lead=lead)
-            raise failed
+        # A commit that failed may have landed all the same (the connection lost on COMMIT): read
+        # whether it did before anything is written again, so that no event is written twice.
+        committed, check = failed is None, written if failed is not None else None
+        if check is not None and isinstance(failed, Exception | asyncio.CancelledError):
+            landed = await self._landed_or_unknown(job_id, check)
+            if landed:
+                log.warning("audit.commit_ambiguous_landed", job_id=str(job_id), seq=check[0], error=str(failed))
+                # Committed: a cancel that came with it still stands; an error of the commit does not.
+                committed, check = True, None
+                failed = failed if isinstance(failed, asyncio.CancelledError) else None
+            elif landed is False:
+                check = None  # it did not: the record of its rollback is the only one
+        if committed:
+            last = written[0] if written else None
+            tx.last_seq = last
+            if lead:
+                step.seq = last - len(events) + 1 if last is not None else None  # type: ignore[union-attr]
+            if tx.final and step is not None:
+                step.ended = True
+            count_written(events)
+            await self._alarmed(job_id, tx.alarms)
+            if failed is not None:
+                raise failed
+            return
+        if isinstance(failed, Exception | asyncio.CancelledError) and not isinstance(failed, JobGone):
+            await self._record_rollback(job_id, buf, failed, lead=lead, check=check)
+        raise failed  # type: ignore[misc]
+
+    async def landed(self, job_id: uuid.UUID, written: tuple[int, str]) -> bool:
+        """Whether the transaction that wrote seq ``written[0]`` with hash ``written[1]`` committed.
+        Read under the job row's lock, which that transaction held to its end: the answer waits for
+        it to be over, committed or rolled back, on the server."""
+        async with self.sessions() as s, s.begin():
+            await s.execute(text("SET LOCAL lock_timeout = '30s'"))
+            if (await s.execute(text(f"SELECT 1 FROM jobs WHERE id = :j {LOCK_SQL}"), {"j": job_id})).first() is None:
+                return False  # deleted since: nothing of it is left to write twice
+            found = await s.scalar(
+                text("SELECT hash FROM audit_events WHERE job_id = :j AND seq = :s"), {"j": job_id, "s": written[0]}
+            )
+            return bool(found == written[1])
+
+    async def _landed_or_unknown(self, job_id: uuid.UUID, written: tuple[int, str]) -> bool | None:
+        try:
+            return await self.landed(job_id, written)
+        except Exception as exc:  # noqa: BLE001 - the database still gone: asked again before the record is written
+            log.warning("audit.commit_ambiguous_unknown", job_id=str(job_id), seq=written[0], why=str(exc))
+            return None
+
+    async def write_pending(self, job_id: uuid.UUID | None = None) -> None:
+        """Write the records this process kept because the database could not take them (outside an
+        activity, whose retry carries them instead: services.temporal), oldest first, each once: one
+        whose transaction's commit was ambiguous is dropped if that commit landed after all."""
+        for item in [i for i in self.pending if job_id is None or i[0] == job_id]:
+            jid, events, check = item
+            if check is None or not await self.landed(jid, check):
+                try:
+                    await self._record(jid, events)
+                except JobGone:
+                    pass
+            self.pending.remove(item)
 
     async def _record_rollback(
-        self, job_id: uuid.UUID, buf: AuditBuffer, exc: BaseException, *, lead: bool = False
+        self,
+        job_id: uuid.UUID,
+        buf: AuditBuffer,
+        exc: BaseException,
+        *,
+        lead: bool = False,
+        check: tuple[int, str] | None = None,
     ) -> None:
         """What a rolled-back transaction ran and why it failed, in a transaction of its own (the
-        step's start first, when it led: the step still began)."""
+        step's start first, when it led: the step still began). ``check``: its commit failed and
+        whether it landed is not known yet; the record is kept until it is."""
         error = f"{type(exc).__name__}: {exc}"
         if buf.events and buf.events[-1]["kind"] == "activity" and buf.events[-1]["action"] == "end":
             buf.events.pop()  # the step did not end here
@@ -279,22 +322,26 @@ class Database:
             events[0]["data"].pop("rolled_back", None)  # the start itself happened
         step = STEP.get()
         try:
+            if check is not None:
+                raise ConnectionError("whether its commit landed is not known yet")
             last = await self.record_events(job_id, events, lead=lead)
             if lead and step is not None and last is not None and step.seq is None:
                 step.seq = last - len(events) + 1
         except JobGone:
             pass
         except Exception as rec:  # noqa: BLE001 - never hide the original error behind this one
-            sink = UNRECORDED.get()
-            if sink is not None:
-                sink.append((job_id, events))
-            log.error(
-                "audit.rollback_not_recorded", job_id=str(job_id), error=error, why=str(rec), kept=sink is not None
-            )
+            sink = UNRECORDED.get()  # an activity's: its next attempt writes it (services.temporal)
+            (sink if sink is not None else self.pending).append((job_id, events, check))
+            log.error("audit.rollback_not_recorded", job_id=str(job_id), error=error, why=str(rec), kept=True)
 
     async def record_events(self, job_id: uuid.UUID, events: list[dict[str, Any]], *, lead: bool = False) -> int | None:
         """Append finished events (``AuditBuffer.finished``) to a job's log in a transaction of their
         own; the seq of the last. ``lead``: the first is a step's start, which the others name."""
+        if self.pending:
+            await self.write_pending(job_id)
+        return await self._record(job_id, events, lead=lead)
+
+    async def _record(self, job_id: uuid.UUID, events: list[dict[str, Any]], *, lead: bool = False) -> int | None:
         alarms: list[Refusal] = []
         async with self.sessions() as session, session.begin():
             last = await write_events(session, job_id, events, self.signer, lead=lead, alarms=alarms)

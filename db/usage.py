@@ -179,7 +179,7 @@ DELETED_EDITS_SQL = text(
     " AND words > 0 GROUP BY 1"
 )
 
-# What a deleted job leaves in the account log for the counts above (services.jobs.delete adds it).
+# What a deleted job leaves in the account log for the counts above (services.deletion.delete adds it).
 DELETED_USAGE_SQL = text(
     "SELECT COALESCE(sum(tokens_in), 0), COALESCE(sum(tokens_out), 0), COALESCE(sum(cost_micro_usd), 0),"
     " count(*) FILTER (WHERE cost_micro_usd IS NULL AND tokens_in IS NOT NULL) FROM llm_calls WHERE job_id = :j"

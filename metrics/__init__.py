@@ -81,6 +81,13 @@ API_REFUSED = Counter(
     "Requests the API refused before any work: unauthenticated (no row written), rate_limited, streams",
     ["reason"],
 )
+SETTLED = Counter(
+    "quire_settled",
+    "Rows and workflows settled where Postgres and Temporal disagreed (services.settle), by what (job, review, "
+    "edit, workflow), action (job_failed, job_cancelled, job_started, edit_failed, edit_started, update_delivered, "
+    "review_rejected, workflow_terminated) and by whom (reconciler, doctor, cancel, resume)",
+    ["what", "action", "by"],
+)
 CHUNKS = Counter("quire_chunks_written", "Chunks committed (each once, whatever its attempts)")
 CHUNK_ATTEMPTS = Counter("quire_chunk_attempts", "Chunk attempts stored, by kind: write, extend", ["kind"])
 WORDS = Counter("quire_words_written", "Words of the chunks committed (the word rule of core.text.count_words)")

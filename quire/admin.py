@@ -265,6 +265,17 @@ def cmd_db(args: argparse.Namespace) -> int:
     return Exit.FAILED
 
 
+def temporal_address(settings: Settings) -> str:
+    """TEMPORAL_ADDRESS, else the running embedded stack's Temporal."""
+    address = settings.temporal_address
+    state = settings.home / "stack.json"
+    if address is None and state.exists():
+        address = json.loads(state.read_text()).get("temporal_address")
+    if address is None:
+        raise CliError("no Temporal: set TEMPORAL_ADDRESS, or start the stack (`quire up`)", Exit.USAGE)
+    return str(address)
+
+
 def _restored(url: str, *, resume: bool) -> int:
     """`quire db restored`: after Postgres was restored from a backup, with the workers stopped."""
     from db.session import Database
@@ -273,12 +284,7 @@ def _restored(url: str, *, resume: bool) -> int:
     from services.temporal import connect
 
     settings = load_settings()
-    address = settings.temporal_address
-    state = settings.home / "stack.json"
-    if address is None and state.exists():  # the embedded stack's Temporal
-        address = json.loads(state.read_text()).get("temporal_address")
-    if address is None:
-        raise CliError("no Temporal: set TEMPORAL_ADDRESS, or start the stack (`quire up`)", Exit.USAGE)
+    address = temporal_address(settings)
 
     async def run() -> Any:
         from quire.witness import witnesses

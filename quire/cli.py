@@ -25,7 +25,7 @@ from rich.console import Console
 
 from core.controls import escape_controls
 from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS, input_problem
-from quire import admin, keys, loop, witness
+from quire import admin, doctor, keys, loop, witness
 from quire.errors import CliError, Exit
 from quire.remote import api_for, client_opts
 from services.config import SettingsError
@@ -371,6 +371,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     register_account,
     register_control,
     loop.register,
+    doctor.register,
 )
 
 

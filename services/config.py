@@ -7,7 +7,6 @@ process at start with a message naming the setting (see ``load_settings``).
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from secrets import token_urlsafe
@@ -21,6 +20,7 @@ from core.cost import Price
 from core.sealing import new_key
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
 from db.witness import WitnessClient, parse_witnesses
+from services.homefiles import private_file
 
 SECRET_KEY_FILE = "secret.key"
 OPERATOR_TOKEN_FILE = "operator.token"
@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     quire_retry_max_interval_s: float = Field(
         default=30.0, gt=0, description="the longest wait between two attempts of a step (the backoff's cap)"
     )
+    # The reconciler's Schedule (services.reconcile; README: Nothing stuck)
+    quire_reconcile_every_s: float = Field(default=60.0, ge=1, description="how often the reconciler runs")
+    quire_reconcile_grace_s: float = Field(default=60.0, ge=0, description="how long a row may lag its workflow")
     # Worker Versioning (README: Deploying new code)
     quire_build_id: str = Field(
         default="local",
@@ -351,20 +354,7 @@ class Settings(BaseSettings):
         use, mode 0600, by whichever process needs it first; the others read it)."""
         if self.quire_secret_key is not None:
             return [k.strip() for k in self.quire_secret_key.get_secret_value().split(",") if k.strip()]
-        path = self.home / SECRET_KEY_FILE
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".{SECRET_KEY_FILE}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(new_key() + "\n")
-            try:
-                os.link(tmp, path)  # atomic, and never over a key another process made meanwhile
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-        return [path.read_text().strip()]
+        return [private_file(self.home / SECRET_KEY_FILE, new_key)]
 
     def operator_token(self, create: bool = False) -> str | None:
         """The codec server's token: QUIRE_OPERATOR_TOKEN, else the one `quire up` keeps in QUIRE_HOME
@@ -372,14 +362,8 @@ class Settings(BaseSettings):
         if self.quire_operator_token is not None and self.quire_operator_token.get_secret_value():
             return self.quire_operator_token.get_secret_value()
         path = self.home / OPERATOR_TOKEN_FILE
-        if create and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another process made it meanwhile
-                return path.read_text().strip()
-            with os.fdopen(fd, "w") as f:
-                f.write(f"op-{token_urlsafe(32)}\n")
+        if create:
+            return private_file(path, lambda: f"op-{token_urlsafe(32)}")
         return path.read_text().strip() if path.exists() else None
 
     @property

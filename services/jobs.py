@@ -1,21 +1,17 @@
 """Job commands: submit (validate, persist job + input + first audit events in one transaction,
 then start workflow ``job-<id>``), cancel, resume (a new run, ``job-<id>-r<n>``, picking up from what
-the job committed) and delete (the job's rows and its workflows in Temporal). Shared by the API, the
-tests and benchmarks."""
+the job committed); deleting one is ``services.deletion``. Shared by the API, the tests and
+benchmarks."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from typing import Any
 
-import psycopg
 import structlog
-from sqlalchemy import select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -24,13 +20,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.errors import JobGone
 from core.quota import resume_refusal, submit_refusal
 from core.runs import run_of
-from core.spec import TERMINAL_STATUSES, JobSpec
+from core.spec import ErrorCode, JobSpec
 from core.text import count_words, sha256
 from core.webhooks import RetrySchedule
 from db import usage
-from db.ddl import NOTIFY_CHANNEL
-from db.models import AccountEvent, Document, Job
-from db.session import Database
+from db.models import Document, Job
+from db.session import Database, lock_job
+from services import faults, settle
 from services.config import Settings
 from services.deploys import job_priority
 from services.temporal import SA_JOB_ID, SA_KIND, SA_TARGET_WORDS, SA_USER, llm_task_queue, workflow_id
@@ -132,6 +128,7 @@ async def submit(
             if existing is not None:
                 return await replay(db, idempotency_key, existing, spec, default_model), False
         raise
+    faults.reached("submit")
     await start_workflow(client, job, user_name, task_queue, durability, webhook_retry=webhook_retry, witness=witness)
     return job, True
 
@@ -256,9 +253,29 @@ def search_attributes(job: Job, user_name: str) -> TypedSearchAttributes:
     )
 
 
-async def cancel(client: Client, job: Job) -> None:
-    """Ask the job's workflow to cancel: it stops at the next activity boundary; what it wrote stays."""
-    await client.get_workflow_handle(job.workflow_id).cancel()
+async def cancel(db: Database, client: Client, job: Job) -> str:
+    """Ask the job's workflow to cancel: it stops at the next activity boundary, what it wrote stays
+    (``cancelling``). A job whose workflow has ended without recording it, or never started, is
+    settled at once (``cancelled``, its partial work kept): a cancel always acts. (Temporal takes a
+    cancel of a closed workflow without an error, and nothing happens: so its state is read first.)"""
+    seen = await settle.state(client, job.workflow_id)
+    if not seen.closed and seen.status != "not_found":  # running, or Temporal cannot say: ask it
+        try:
+            await client.get_workflow_handle(job.workflow_id).cancel()
+            return "cancelling"
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+        seen = await settle.state(client, job.workflow_id)  # it ended meanwhile
+    end = settle.Closure("cancelled", ErrorCode.CANCELLED, f"cancelled by request (its workflow {seen.said})", "")
+    if await settle.end_job_as(db, job.id, seen, end, by="cancel"):
+        return "cancelled"
+    async with db.tx() as s:  # it ended meanwhile, by itself
+        raise NotCancellable(f"job already {await s.scalar(select(Job.status).where(Job.id == job.id)) or 'deleted'}")
+
+
+class NotCancellable(Exception):
+    """The job ended while its cancel was being made (the API's 409)."""
 
 
 def durability(settings: Settings) -> Durability:
@@ -289,15 +306,13 @@ async def resume(
     ``after_run``: a run number Temporal already used (after a restore the database may not know it).
     Model work starting again goes through the owner's quotas as a submit does, under the same
     lock (their user row, then the job's): QuotaExceeded when they are used up."""
+    moved = False
     async with db.job_tx(job_id) as tx:
         owner = (await tx.session.execute(select(Job.user_id).where(Job.id == job_id))).scalar_one_or_none()
         if owner is None:
             raise JobGone(str(job_id))
         quotas = await usage.quotas(tx.session, owner, lock=True)
-        # FOR NO KEY UPDATE: it serialises status changes without blocking the rows a running step
-        # inserts under the job (their foreign keys take KEY SHARE): a plain FOR UPDATE waiting
-        # here could deadlock with such a step upgrading its own lock on the job row.
-        job = await tx.session.get(Job, job_id, with_for_update={"key_share": True}, populate_existing=True)
+        job = await lock_job(tx.session, job_id)  # db.session.JOB_LOCK: the one mode, and why
         if job is None:
             raise JobGone(str(job_id))
         if job.status == "succeeded":
@@ -313,103 +328,33 @@ async def resume(
             job.status, job.workflow_id, job.current_step = "running", workflow_id(job.id, run), "resuming"
             job.completed_at, job.error_code, job.failure_reason = None, None, None
             tx.event("job", "resumed", {"run": run, "workflow_id": job.workflow_id, "was": was})
-    if not await start_workflow(
-        client, job, user_name, task_queue, durability, resumed=True, webhook_retry=webhook_retry, witness=witness
-    ):
-        raise NotResumable(f"job is {job.status}: its run {job.workflow_id} is already under way")
+            moved = True
+    faults.reached("resume")
+    if (
+        not await start_workflow(
+            client, job, user_name, task_queue, durability, resumed=True, webhook_retry=webhook_retry, witness=witness
+        )
+        and not moved
+    ):  # (moved: this resume's own run, started first by the reconciler)
+        # Running: unless its workflow has ended without recording it; then it is settled, and resumed.
+        seen = await settle.state(client, job.workflow_id)
+        if not seen.closed or not await settle.end_job_as(
+            db, job.id, seen, await settle.closure(client, seen), by="resume"
+        ):
+            raise NotResumable(f"job is {job.status}: its run {job.workflow_id} is already under way")
+        return await resume(
+            db,
+            client,
+            job_id,
+            user_name=user_name,
+            task_queue=task_queue,
+            durability=durability,
+            webhook_retry=webhook_retry,
+            after_run=after_run,
+            witness=witness,
+        )
     log.info("job.resumed", job_id=str(job.id), workflow_id=job.workflow_id)
     return job
-
-
-async def delete(db: Database, client: Client, job: Job, *, user_id: int, path: str) -> dict[str, Any]:
-    """Delete a job and everything it owns, its workflows in Temporal included; the account log
-    keeps what was deleted (and counts)."""
-    if job.status not in TERMINAL_STATUSES:
-        try:  # a running job is stopped first: nothing may write for it after the delete
-            await client.get_workflow_handle(job.workflow_id).terminate("job deleted by its owner")
-        except Exception:  # noqa: BLE001 - already closed or never started
-            pass
-    temporal = await delete_workflows(client, job.id)
-    for attempt in range(DELETE_TRIES):
-        try:
-            return await _delete(db, job, user_id=user_id, path=path, temporal=temporal)
-        except DBAPIError as exc:
-            # An activity of the job may still be committing (terminate does not wait for it) and
-            # hold rows the cascade needs while it waits for the job row: Postgres breaks the
-            # deadlock by failing one side. Once that activity is done, the delete goes through.
-            if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == DELETE_TRIES - 1:
-                raise
-            await asyncio.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-DELETE_TRIES = 5
-
-
-async def delete_workflows(client: Client, job_id: uuid.UUID) -> dict[str, Any]:
-    """Delete every workflow execution of a job from Temporal (each run, each unit, each run they
-    continued as new); what Temporal held of them (encrypted payloads, ids and numbers) goes with
-    them. Temporal unreachable: the job is deleted all the same and this says what stayed behind
-    there, until the namespace's retention period removes it."""
-    deleted = 0
-    try:
-        async for wf in client.list_workflows(f"WorkflowId STARTS_WITH 'job-{job_id}'"):
-            try:
-                await client.workflow_service.delete_workflow_execution(
-                    DeleteWorkflowExecutionRequest(
-                        namespace=client.namespace,
-                        workflow_execution=WorkflowExecution(workflow_id=wf.id, run_id=wf.run_id),
-                    )
-                )
-                deleted += 1
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-    except RPCError as exc:
-        log.warning("job.temporal_not_deleted", job_id=str(job_id), error=str(exc))
-        return {"workflows_deleted": deleted, "left": f"Temporal unreachable ({exc.status.name}): left to retention"}
-    return {"workflows_deleted": deleted}
-
-
-async def _delete(db: Database, job: Job, *, user_id: int, path: str, temporal: dict[str, Any]) -> dict[str, Any]:
-    async with db.tx() as s:
-        counts = (
-            await s.execute(
-                text(
-                    "SELECT (SELECT count(*) FROM audit_events WHERE job_id=:j),"
-                    " (SELECT count(*) FROM chunks WHERE job_id=:j),"
-                    " (SELECT count(*) FROM llm_calls WHERE job_id=:j)"
-                ),
-                {"j": job.id},
-            )
-        ).one()
-        # What the job used stays counted for its owner (quotas, totals: db.usage) once it is gone.
-        tokens_in, tokens_out, cost, unpriced = (await s.execute(usage.DELETED_USAGE_SQL, {"j": job.id})).one()
-        edit_words = {m: int(n) for m, n in await s.execute(usage.DELETED_EDITS_SQL, {"j": job.id})}
-        await s.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": job.id})
-        # Wake the job's live streams (in every API process) at commit: they end with "deleted".
-        await s.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": f"{job.id}:0"})
-        deleted = {
-            "title": job.title,
-            "kind": job.kind,
-            "status": job.status,
-            "target_words": job.target_words,
-            "audit_events": counts[0],
-            "chunks": counts[1],
-            "llm_calls": counts[2],
-            "created_at": job.created_at.astimezone(dt.UTC).isoformat(),
-            "tokens_in": int(tokens_in),
-            "tokens_out": int(tokens_out),
-            "cost_micro_usd": int(cost),
-            "unpriced_calls": int(unpriced),
-            "edit_words": edit_words,
-            "temporal": temporal,
-        }
-        s.add(
-            AccountEvent(user_id=user_id, kind="job.deleted", job_id=job.id, method="DELETE", path=path, data=deleted)
-        )
-    log.info("job.deleted", job_id=str(job.id), user_id=user_id, audit_events=counts[0])
-    return deleted
 
 
 async def record_user_action(

@@ -7,13 +7,20 @@ as the rows it writes."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 from sqlalchemy import func, select
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.service import RPCError
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from core import review as rules
 from core.edits import heading_problem, locate, node_text, spans
@@ -26,10 +33,12 @@ from db import usage
 from db.loop import Edit, PlanVersion
 from db.manuscript import PlanNode
 from db.models import Job, LlmCall
-from db.session import Database, JobTx
+from db.session import Database, JobTx, lock_job
 from db.tree import chunks_under, latest_text, latest_version, lock_message, lock_over, outline
+from services import faults
 from services.deploys import job_priority
 from services.jobs import search_attributes
+from services.settle import reject_review
 from services.temporal import llm_task_queue
 from workflows.edit import EditInput, EditWorkflow
 from workflows.job import JobWorkflow, PlanReviewInput
@@ -81,29 +90,54 @@ async def review_plan(
             new = rules.outline_of(review.items, current)
         diff = rules.changes(current, new)
         version = latest.version + 1
-        tx.session.add(
-            PlanVersion(
-                job_id=j.id, version=version, status="proposed", outline=new, changes=diff, user_name=actor["user"]
-            )
+        # Record, then send: the version names the run it goes to, and the Update's id is the
+        # version's, so delivering it again (the reconciler) is applied once.
+        pv = PlanVersion(
+            job_id=j.id,
+            version=version,
+            status="proposed",
+            outline=new,
+            changes=diff,
+            user_name=actor["user"],
+            workflow_id=j.workflow_id,
         )
+        tx.session.add(pv)
         tx.event("user", "review_plan", {**actor, "version": version, "as_is": not diff, "changes": diff})
-    budgets = [i["budget_words"] for i in new]
+    faults.reached("review")
     try:
-        applied = await client.get_workflow_handle(job.workflow_id).execute_update(
-            JobWorkflow.review_plan, PlanReviewInput(version, budgets)
-        )
+        applied = await deliver_review(client, pv, wait=WorkflowUpdateStage.COMPLETED)
     except (WorkflowUpdateFailedError, RPCError) as exc:
+        if isinstance(exc, RPCError) and exc.status != RPCStatusCode.NOT_FOUND:
+            raise  # Temporal did not answer: the version stays proposed, and the reconciler delivers it
         why = str(exc.cause) if isinstance(exc, WorkflowUpdateFailedError) and exc.cause else str(exc)
-        async with db.job_tx(job.id) as tx:
-            pv = (
-                await tx.session.execute(
-                    select(PlanVersion).where(PlanVersion.job_id == job.id, PlanVersion.version == version)
-                )
-            ).scalar_one()
-            pv.status, pv.reason, pv.decided_at = "rejected", why[:1000], dt.datetime.now(dt.UTC)
-            tx.event("plan", "rejected", {"version": version, "reason": why})
+        await reject_review(db, job.id, version, why, by="api")
         raise Refused(409, f"the job's workflow refused plan version {version}: {why}") from None
     return {"version": applied, "changes": diff, "items": new}
+
+
+def review_update_id(version: int) -> str:
+    """The Update that carries plan version ``version``: one id, however often it is sent."""
+    return f"plan-v{version}"
+
+
+async def deliver_review(client: Client, pv: PlanVersion, *, wait: WorkflowUpdateStage) -> int | None:
+    """Send proposed version ``pv`` to the run it names (``wait``: until it is applied, the version
+    answered; or until accepted, None). Raises ``WorkflowUpdateFailedError`` when the workflow
+    refuses it, ``RPCError`` NOT_FOUND when that run has ended."""
+    handle = client.get_workflow_handle(pv.workflow_id or "")
+    update = await handle.start_update(
+        JobWorkflow.review_plan,
+        PlanReviewInput(pv.version, [i["budget_words"] for i in pv.outline]),
+        id=review_update_id(pv.version),
+        wait_for_stage=wait,
+    )
+    if wait == WorkflowUpdateStage.COMPLETED:
+        return await update.result()
+    try:  # a refusal by the validator is known at once (the Update completes with its failure), raised here
+        await asyncio.wait_for(update.result(), timeout=1.0)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        pass  # accepted, and being applied
+    return None
 
 
 # -- edits ------------------------------------------------------------------------------------------
@@ -162,18 +196,30 @@ async def start_edit(
             {**actor, "edit": number, "node": node.id, "level": node.level, "title": node.title, **shown,
              **({"words": count_words(text)} if text is not None else {})},
         )  # fmt: skip
-        user_name = actor["user"]
-    await client.start_workflow(
-        EditWorkflow.run,
-        EditInput(str(job.id), edit.id, number, llm_task_queue(task_queue), durability),
-        id=edit.workflow_id,
-        task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        priority=job_priority(job.user_id),  # an edit's model calls share the queue fairly, as its job's
-        search_attributes=search_attributes(job, user_name),
-        static_summary=f"edit {number}: {kind} of node {node_id}",
-    )
+    faults.reached("edit")
+    await start_edit_workflow(client, job, edit, actor["user"], task_queue, durability)
     return edit
+
+
+async def start_edit_workflow(
+    client: Client, job: Job, edit: Edit, user_name: str, task_queue: str, durability: Durability
+) -> bool:
+    """Start the edit's workflow (its id is the row's ``workflow_id``: a closed one never runs again,
+    a running one is not started twice); False if it was started already (by the reconciler)."""
+    try:
+        await client.start_workflow(
+            EditWorkflow.run,
+            EditInput(str(job.id), edit.id, edit.number, llm_task_queue(task_queue), durability),
+            id=edit.workflow_id,
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            priority=job_priority(job.user_id),  # an edit's model calls share the queue fairly, as its job's
+            search_attributes=search_attributes(job, user_name),
+            static_summary=f"edit {edit.number}: {edit.kind} of node {edit.node_id}",
+        )
+    except WorkflowAlreadyStartedError:
+        return False
+    return True
 
 
 async def node_of(tx: JobTx, node_id: int) -> PlanNode:
@@ -187,7 +233,7 @@ async def node_of(tx: JobTx, node_id: int) -> PlanNode:
 
 
 async def _locked_job(tx: JobTx) -> Job:
-    job = await tx.session.get(Job, tx.job_id, with_for_update=True, populate_existing=True)
+    job = await lock_job(tx.session, tx.job_id)
     if job is None:
         raise Refused(404, f"no job {str(tx.job_id)!r}")
     return job

@@ -29,7 +29,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from core import runs
 from core.errors import NON_RETRYABLE, JobGone
 from db.capture import AuditBuffer
-from db.session import STEP, UNRECORDED, Database, StepEvents, is_transient
+from db.outage import is_transient
+from db.session import STEP, UNRECORDED, Database, StepEvents, Unrecorded
 from metrics import ACTIVITIES, ACTIVITY_RETRIES
 from services.codec import data_converter
 from services.telemetry import temporal_interceptors
@@ -206,7 +207,7 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
         step = StepEvents(job_id, base) if job_id is not None else None
         STEP.set(step)
         t0 = time.perf_counter()
-        sink: list[tuple[uuid.UUID, list[dict[str, Any]]]] = []
+        sink: list[Unrecorded] = []
         token = UNRECORDED.set(sink)  # rollbacks the database could not take are kept here
         beat = asyncio.create_task(_heartbeat())
         failure: BaseException | None = None
@@ -219,7 +220,10 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
         finally:
             beat.cancel()
             UNRECORDED.reset(token)
-        self.carry.pending += [{"id": uuid.uuid4().hex, "job_id": str(j), "events": _portable(evs)} for j, evs in sink]
+        self.carry.pending += [
+            {"id": uuid.uuid4().hex, "job_id": str(j), "events": _portable(evs), "check": check}
+            for j, evs, check in sink
+        ]
         ms = round((time.perf_counter() - t0) * 1000, 2)
         outcome = (
             "completed" if failure is None else "cancelled" if isinstance(failure, asyncio.CancelledError) else "failed"
@@ -274,9 +278,12 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
         while self.carry.pending:
             item = self.carry.pending[0]
             jid = uuid.UUID(item["job_id"]) if item.get("job_id") else None
+            check = item.get("check")  # an ambiguous commit's (seq, hash): no record if it landed
             if jid is not None and not await _deferred_written(self.db, jid, item["id"]):
                 try:
-                    if "events" in item:
+                    if check and await self.db.landed(jid, (int(check[0]), str(check[1]))):
+                        pass
+                    elif "events" in item:
                         await self.db.record_events(jid, _restored(item["events"], item["id"]))
                     else:
                         late = {**item["activity_error"], "recorded_late": True, "deferred": item["id"]}

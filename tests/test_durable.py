@@ -35,7 +35,7 @@ from db.ddl import CHAIN_PROOF
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
 from db.models import AuditEvent, Document, Job
 from db.session import Database
-from services import accounts, jobs, logreader
+from services import accounts, deletion, jobs, logreader
 from services.codec import ENCODING, data_converter, parse_key
 from services.temporal import AuditInterceptor
 from tests.conftest import TASK_QUEUE, TEST_SECRET, make_llm
@@ -486,7 +486,7 @@ async def test_temporal_keeps_no_text_in_clear_and_delete_removes_the_workflows(
         clear = {n for n, p in found if p.metadata.get("encoding") != ENCODING}
         assert clear == set(), clear
 
-        deleted = await jobs.delete(db, own, job, user_id=user.user_id, path=f"/v1/jobs/{job.id}")
+        deleted = await deletion.delete(db, own, job, user_id=user.user_id, path=f"/v1/jobs/{job.id}")
         assert deleted["temporal"]["workflows_deleted"] == len(histories)
 
         async def none_left() -> bool:

@@ -159,13 +159,13 @@ async def test_resume_is_held_to_the_concurrent_jobs_quota_like_a_submit(db, cli
     fake.reset(delay_s=0.3)  # keeps B running
     await set_quotas(db, user, concurrent_jobs=1)
     a = await submit(db, client, user, kind="generate", prompt="Owls", target_words=3000)
-    await jobs.cancel(client, await job_row(db, a))
+    await jobs.cancel(db, client, await job_row(db, a))
     assert (await wait(client, a)).startswith("failed")
     b = await submit(db, client, user, kind="generate", prompt="Bats", target_words=3000)
     with pytest.raises(QuotaExceeded, match="concurrent-jobs quota of 1 reached"):
         await jobs.resume(db, client, a, user_name=user.name, task_queue=TASK_QUEUE, durability=jobs.Durability())
     assert (await job_row(db, a)).status == "cancelled"
-    await jobs.cancel(client, await job_row(db, b))
+    await jobs.cancel(db, client, await job_row(db, b))
     await wait(client, b)
 
 

@@ -12,12 +12,13 @@ cross Temporal; the edit's text and instruction are in its ``edits`` row.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
-from workflows.steps import MODEL, QUICK, Durability, cause, step
+from workflows.steps import MODEL, QUICK, Durability, cause, final_step, step, was_cancelled
 from workflows.unit import UnitInput, UnitWorkflow
 
 with workflow.unsafe.imports_passed_through():
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.edits import EditActivities
     from activities.finalize import FinalizeActivities
     from activities.seams import SeamActivities
+    from core.spec import ErrorCode
 
 
 @dataclass
@@ -45,14 +47,23 @@ class EditWorkflow:
     async def run(self, inp: EditInput) -> int:
         """Returns the document version the edit made."""
         self.durability = inp.durability  # every step's retry window (workflows.steps.durability)
+        # The edit's end is recorded by a step shielded from cancellation, a cancel's too (a
+        # terminated run runs nothing of its own: the reconciler settles its row).
         try:
             return await self._edit(inp)
+        except asyncio.CancelledError:
+            if workflow.patched("edit-cancel-recorded"):
+                await _fail(inp, ErrorCode.CANCELLED, "cancelled: its workflow was cancelled")
+            raise
         except (ActivityError, ChildWorkflowError) as err:
+            if was_cancelled(err) and workflow.patched("edit-cancel-recorded"):
+                await _fail(inp, ErrorCode.CANCELLED, "cancelled: its workflow was cancelled")
+                raise asyncio.CancelledError() from err
             code, reason = cause(err)
-            await step(
-                EditCheckActivities.fail_edit, EditFailure(inp.job_id, inp.edit_id, code, reason), QUICK, "failed"
-            )
-            raise ApplicationError(reason, type=code, non_retryable=True) from err
+            try:
+                await _fail(inp, code, reason)
+            finally:
+                raise ApplicationError(reason, type=code, non_retryable=True) from err
 
     async def _edit(self, inp: EditInput) -> int:
         jid, q, ref = inp.job_id, inp.llm_queue, EditRef(inp.job_id, inp.edit_id)
@@ -84,3 +95,8 @@ class EditWorkflow:
                 static_summary=f"top-up of edit {inp.number}",
             )
             await step(SeamActivities.complete_unit, NodeRef(jid, unit), MODEL, "seam of the top-up", q)
+
+
+async def _fail(inp: EditInput, code: str, reason: str) -> None:
+    """The edit's end as failed (or cancelled), shielded from cancellation (``final_step``)."""
+    await final_step(EditCheckActivities.fail_edit, EditFailure(inp.job_id, inp.edit_id, code, reason), "failed")

@@ -17,7 +17,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
-from workflows.steps import MODEL, QUICK, Durability, cause, continue_as_new, step, was_cancelled
+from workflows.steps import MODEL, QUICK, Durability, cause, continue_as_new, final_step, step, was_cancelled
 from workflows.unit import UnitInput, UnitWorkflow
 from workflows.webhook import WebhookInput, WebhookWorkflow
 
@@ -98,6 +98,9 @@ class JobWorkflow:
         return result
 
     async def _outcome(self, inp: JobInput) -> str:
+        # Each end is recorded by a step shielded from cancellation (``final_step``), and the
+        # workflow's own failure carries the job's code and reason whether or not that step could
+        # store them: what the reconciler reads if it could not.
         try:
             return await self._run(inp)
         except asyncio.CancelledError:
@@ -110,8 +113,10 @@ class JobWorkflow:
                 raise asyncio.CancelledError() from err
             code, reason = cause(err)
             fail = FailInput(inp.job_id, code, reason)
-            await step(FinalizeActivities.fail_job, fail, QUICK, f"fail: {code}", outlive=True)
-            raise ApplicationError(reason, type=code, non_retryable=True) from err
+            try:
+                await final_step(FinalizeActivities.fail_job, fail, f"fail: {code}")
+            finally:
+                raise ApplicationError(reason, type=code, non_retryable=True) from err
 
     async def _run(self, inp: JobInput) -> str:
         jid, q = inp.job_id, inp.llm_queue
@@ -233,10 +238,5 @@ async def _notify(inp: JobInput) -> None:
 
 
 async def _mark_cancelled(job_id: str) -> None:
-    await step(
-        FinalizeActivities.fail_job,
-        FailInput(job_id, ErrorCode.CANCELLED, "cancelled by request", status="cancelled"),
-        QUICK,
-        "mark cancelled",
-        outlive=True,
-    )
+    cancelled = FailInput(job_id, ErrorCode.CANCELLED, "cancelled by request", status="cancelled")
+    await final_step(FinalizeActivities.fail_job, cancelled, "mark cancelled")

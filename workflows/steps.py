@@ -11,6 +11,7 @@ outage of the database or of Temporal is retried all along, anything else fails 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,7 +25,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 with workflow.unsafe.imports_passed_through():
     from core.errors import NON_RETRYABLE, BudgetExhausted, ContinuityBroken, LlmUnavailable
     from core.quota import QuotaExceeded
-    from core.spec import ErrorCode
+    from core.spec import ERROR_CODES, ErrorCode
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -89,18 +90,56 @@ async def step(
     call the model run on the model task queue (``task_queue``), whose workers bound how many
     model calls run at once. ``outlive``: no window at all (a step that records how the job ended
     must outlive any outage: the job row ends with its workflow, whatever ended it)."""
+    return await workflow.execute_activity_method(method, arg, **_options(limit, summary, task_queue, outlive))
+
+
+async def final_step(method: Callable[[Any, A], Awaitable[R]], arg: A, summary: str, *, outlive: bool = True) -> R:
+    """The step that records how a job or an edit ended, shielded from cancellation: scheduled at
+    once, then awaited under ``asyncio.shield`` (workflow cancellation is asyncio cancellation in
+    Temporal's Python SDK), so a cancel arriving meanwhile waits for it instead of cancelling it
+    (which left the row saying the work runs); then the cancel goes on."""
+    handle = workflow.start_activity_method(method, arg, **_options(QUICK, summary, None, outlive))
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(handle)
+            break
+        except asyncio.CancelledError:
+            if handle.done():  # the step itself ended so: nothing left to wait for
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
+    return result
+
+
+def _options(limit: timedelta, summary: str, task_queue: str | None, outlive: bool) -> dict[str, Any]:
     d = durability()
-    return await workflow.execute_activity_method(
-        method,
-        arg,
-        task_queue=task_queue,
-        start_to_close_timeout=limit,
+    return {
+        "task_queue": task_queue,
+        "start_to_close_timeout": limit,
         # At least one whole attempt, however short the window.
-        schedule_to_close_timeout=None if outlive else max(limit, timedelta(seconds=d.outage_window_s)),
-        heartbeat_timeout=HEARTBEAT,
-        retry_policy=d.retry_policy(),
-        summary=summary,
-    )
+        "schedule_to_close_timeout": None if outlive else max(limit, timedelta(seconds=d.outage_window_s)),
+        "heartbeat_timeout": HEARTBEAT,
+        "retry_policy": d.retry_policy(),
+        "summary": summary,
+    }
+
+
+_CODE_OF = {
+    LlmUnavailable.__name__: ErrorCode.LLM_UNAVAILABLE,
+    BudgetExhausted.__name__: ErrorCode.BUDGET_EXHAUSTED,
+    QuotaExceeded.__name__: ErrorCode.QUOTA_EXCEEDED,
+    ContinuityBroken.__name__: ErrorCode.CONTINUITY,
+}
+
+
+def code_of(etype: str | None) -> ErrorCode:
+    """The error code of a failure's type: a code itself (what a workflow ends with), a known
+    error's, else ``E_INTERNAL``."""
+    if etype in ERROR_CODES:
+        return ErrorCode(etype)
+    return _CODE_OF.get(etype or "", ErrorCode.INTERNAL)
 
 
 def cause(err: BaseException) -> tuple[ErrorCode, str]:
@@ -110,12 +149,7 @@ def cause(err: BaseException) -> tuple[ErrorCode, str]:
         e = e.cause
     msg = e.message if isinstance(e, FailureError) else str(e)
     etype = (e.type if isinstance(e, ApplicationError) else None) or type(e).__name__
-    code = {
-        LlmUnavailable.__name__: ErrorCode.LLM_UNAVAILABLE,
-        BudgetExhausted.__name__: ErrorCode.BUDGET_EXHAUSTED,
-        QuotaExceeded.__name__: ErrorCode.QUOTA_EXCEEDED,
-        ContinuityBroken.__name__: ErrorCode.CONTINUITY,
-    }.get(etype, ErrorCode.INTERNAL)
+    code = code_of(etype)
     if isinstance(e, ApplicationError) and TRANSIENT_MARK in e.details:
         hours = durability().outage_window_s / 3600
         msg = f"{msg} (an outage still going on when the job's {hours:g} h window to ride it out ended)"
