@@ -85,14 +85,15 @@ async def test_a_row_no_statement_can_be_shown_to_have_written_gets_an_event_of_
         tx.session.add(node := PlanNode(job_id=job_id, ordinal=0, position=0, title="moved", budget_words=5))
     old_id = node.id
     before = len(await events(db, job_id))
+    new_id = -old_id  # off the sequence's path: a later insert must never meet it
     async with db.job_tx(job_id) as tx:
-        (await tx.session.get(PlanNode, old_id)).id = old_id + 1000
+        (await tx.session.get(PlanNode, old_id)).id = new_id
     evs = (await events(db, job_id))[before:]
     (upd,) = [e for e in evs if e.kind == "sql" and e.sql_text.startswith("UPDATE plan_nodes")]
     assert "rows" not in upd.data and upd.data["params"]["plan_nodes_id"] == old_id
     (row,) = [e for e in evs if e.kind == "row"]
-    assert (row.action, row.table_name, row.row_id) == ("update", "plan_nodes", str(old_id + 1000))
-    assert row.data["changes"]["id"] == {"old": old_id, "new": old_id + 1000}
+    assert (row.action, row.table_name, row.row_id) == ("update", "plan_nodes", str(new_id))
+    assert row.data["changes"]["id"] == {"old": old_id, "new": new_id}
 
 
 async def test_rollback_leaves_no_rows_but_its_events_marked_rolled_back(db, user):
