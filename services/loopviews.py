@@ -12,14 +12,13 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from activities.review import outline
-from activities.tree import chunks_under, latest_text, lock_over
 from core.edits import node_text
 from core.spec import JobOptions
 from db.loop import Edit, PlanVersion
 from db.manuscript import Chunk, ChunkAttempt, ContinuityFinding, PlanNode
 from db.models import Document, Job
 from db.session import Database
+from db.tree import chunks_under, latest_text, lock_over, outline
 
 
 def _iso(t: dt.datetime | None) -> str | None:

@@ -224,13 +224,13 @@ async def test_the_gate_process_judges_as_the_loop_does_and_outlives_its_process
     await gating.start_gate_process()
     try:
         kw = {"prompt": "Continue the story with about 300 words.", "before": before}
-        assert await gating.judge(answer, **kw) == here
+        assert await gating.gate(answer, **kw) == here
         process = gating._process
         assert process is not None
         os.kill(process.proc.pid, signal.SIGKILL)
-        assert await gating.judge(answer, **kw) == here  # judged here, the dead process replaced
+        assert await gating.gate(answer, **kw) == here  # judged here, the dead process replaced
         assert gating._process is not None and gating._process is not process
-        assert await gating.judge(answer, **kw) == here
+        assert await gating.gate(answer, **kw) == here
         assert gating._process is not None and gating._process.proc.returncode is None
     finally:
         await gating.stop_gate_process()
