@@ -42,7 +42,7 @@ from core import junk
 from core.echo import EchoIndex
 from core.junk import Cut
 from core.lexicon import ENGLISH_SHARE, FUNCTION_WORDS, QUOTED_RUN, english_share
-from core.repeats import NEAR_REPEAT_SHARE, near_share, shingles
+from core.repeats import NEAR_REPEAT_SHARE, near_share, runs
 from core.sentences import ENDS_SENTENCE, SENTENCE_END, sentences
 from core.text import count_words, normalize_paragraph, paragraphs
 from core.words import Removed, foreign_script, foreign_words, glued, number_runs
@@ -121,7 +121,7 @@ def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", f
     text = _unwrap(text)
     english = english_share(text) >= ENGLISH_SHARE
     seen = {_key(s) for p in paragraphs(before) for s in sentences(p)}
-    said = shingles(before[-32768:])
+    said = runs(before[-32768:])
     kept: list[str] = []
     paras = paragraphs(text)
     for i, para in enumerate(paras):
@@ -137,7 +137,7 @@ def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", f
             cuts.add("loop", para)
             continue
         if para:
-            said |= shingles(para)
+            said |= runs(para)
             kept.append(para)
     text = "\n\n".join(kept)
     if not fragment:

@@ -45,21 +45,32 @@ def _hash(s: str) -> int:
     return int.from_bytes(digest, "big", signed=True)  # a Postgres bigint
 
 
-def shingles(text: str, sample: int = 1) -> set[int]:
-    """The fingerprints of ``text``'s runs of ``SHINGLE_WORDS`` words (of one in ``sample``)."""
+def runs(text: str) -> set[str]:
+    """``text``'s runs of ``SHINGLE_WORDS`` words (normalised): its shingles within one answer."""
     w = normalize_paragraph(text).split()
-    out = (_hash("shingle:" + " ".join(w[i : i + SHINGLE_WORDS])) for i in range(len(w) - SHINGLE_WORDS + 1))
-    return {h for h in out if h % sample == 0}
+    return {" ".join(w[i : i + SHINGLE_WORDS]) for i in range(len(w) - SHINGLE_WORDS + 1)}
 
 
-def near_share(para: str, said: set[int], sample: int = 1) -> float:
-    """The share of ``para``'s shingles in ``said`` (0 for a paragraph too short to judge)."""
+def shingles(text: str) -> set[int]:
+    """The marks of ``text``'s shingles: the fingerprints of its runs, one in ``SHINGLE_SAMPLE``."""
+    out = (_hash("shingle:" + r) for r in runs(text))
+    return {h for h in out if h % SHINGLE_SAMPLE == 0}
+
+
+def near_share(para: str, said: set[str]) -> float:
+    """The share of ``para``'s runs of words in ``said`` (0 for a paragraph too short to judge)."""
     if count_words(para) < NEAR_REPEAT_MIN_WORDS:
         return 0.0
-    own = shingles(para, sample)
-    if len(own) < (NEAR_REPEAT_MIN_SHINGLES if sample > 1 else 1):
+    own = runs(para)
+    return len(own & said) / len(own) if own else 0.0
+
+
+def _near_share_marked(para: str, taken: set[int]) -> float:
+    """``near_share`` against the document's marks: of ``para``'s sampled shingles, those taken."""
+    if count_words(para) < NEAR_REPEAT_MIN_WORDS:
         return 0.0
-    return len(own & said) / len(own)
+    own = shingles(para)
+    return len(own & taken) / len(own) if len(own) >= NEAR_REPEAT_MIN_SHINGLES else 0.0
 
 
 def fingerprints(text: str) -> list[Mark]:
@@ -73,7 +84,7 @@ def fingerprints(text: str) -> list[Mark]:
             if n >= DOCUMENT_REPEAT_MIN_WORDS:
                 fp = fingerprint(kind, unit)
                 out.setdefault(fp, Mark(fp, kind, n))
-        for fp in shingles(para, SHINGLE_SAMPLE):
+        for fp in shingles(para):
             out.setdefault(fp, Mark(fp, "shingle", SHINGLE_WORDS))
     return list(out.values())
 
@@ -90,7 +101,7 @@ def drop_repeats(text: str, taken: set[int]) -> tuple[str, list[Cut]]:
         if fingerprint("paragraph", para) in taken:
             cuts.append(Cut("repeat", para, count_words(para)))
             continue
-        if near_share(para, taken, SHINGLE_SAMPLE) >= NEAR_REPEAT_SHARE:
+        if _near_share_marked(para, taken) >= NEAR_REPEAT_SHARE:
             cuts.append(Cut("near_repeat", para, count_words(para)))
             continue
         parts = []
