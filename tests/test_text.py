@@ -123,7 +123,9 @@ def test_seam_checks_find_repeats_broken_sentences_and_dangling_refs() -> None:
 def test_repetition_loops_are_not_counted_as_prose() -> None:
     assert gate("ArgumentParser\n" * 50).text == ""  # said again, then no sentence at all
     assert gate("The bees fly home to the hive. " * 30).text == "The bees fly home to the hive."
-    assert gate("honey honey honey honey honey honey is sweet.").text == "honey is sweet."
+    assert (
+        gate("Honey honey honey honey honey honey is sweet.").text == "Honey is sweet."
+    )  # a sentence starts uppercase
     prose = (
         "Bees keep the hive warm in winter by clustering around the queen. In spring the colony grows "
         "quickly, and a keeper must give it room or it will swarm. Inspections every week tell the keeper "
