@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from core import junk
 from core.echo import EchoIndex
 from core.junk import Cut
-from core.lexicon import ENGLISH_SHARE, FUNCTION_WORDS, QUOTED_RUN, english_share
+from core.lexicon import ENGLISH_SHARE, FUNCTION_WORDS, QUOTED_RUN, english_share, lexicon
 from core.repeats import NEAR_REPEAT_SHARE, near_share, runs
 from core.sentences import ENDS_SENTENCE, SENTENCE_END, sentences
 from core.text import count_words, normalize_paragraph, paragraphs
@@ -53,7 +53,8 @@ _NAME_PARTICLES = frozenset("de da di du del della van von der den la le al el i
 # What a sentence may go on after in lowercase: a question or a cry ("But look! here come more
 # crowds", "Is it late?" he asked), an ellipsis, a dash, an abbreviation the sentence rule ends at ("e.g.").
 _GOES_ON = re.compile(
-    r"(?:[?!][\"'”’]*|…|\.\.\.|--|—|–|\b(?:[a-z]\.){2,}|\b(?:etc|cf|vs|approx|ca|incl|esp|viz|fig|vol|no|pp)\.)$",
+    r"(?:[?!][\"'”’]*|…|\.\.\.|--|—|–|\b(?:[a-z]\.){2,}|\b(?:etc|cf|vs|approx|ca|incl|esp|viz|figs?|vols?|nos?|pp"
+    r"|tsp|tbsp|oz|lbs?|hrs?|mins?|secs?|cm|mm|km|kg|ft|in|yd|ave|jr|sr|eds?|dept|govt|misc|al|ibid|op|cit)\.)$",
     re.I,
 )
 
@@ -263,7 +264,8 @@ def _paragraph(
 
 def _lowercase_start(s: str, prev: str) -> bool:
     """Does sentence ``s`` start lowercase where a sentence must start with a capital: after text
-    that ended its sentence (or at the start of an answer), and not a name ("de Gaulle", "iPhone")?
+    that ended its sentence (or at the start of an answer), and not a name ("de Gaulle", "iPhone",
+    "npm")?
     After a colon, a dash, an ellipsis, a question in quotes ("Is it late?" he asked) or an
     abbreviation ("e.g.") a lowercase word goes on the sentence."""
     m = _FIRST_WORD.match(s)
@@ -271,6 +273,8 @@ def _lowercase_start(s: str, prev: str) -> bool:
         return False  # no sentence at all: a stray line's or an unfinished ending's to judge
     if not m or not m.group(1)[0].islower() or any(c.isupper() for c in m.group(1)):
         return False
+    if m.group(1).lower() not in lexicon("en"):
+        return False  # a name written lowercase ("npm", "kubectl"), not a sentence's first word
     if m.group(1) in _NAME_PARTICLES and m.group(2)[:1].isupper():
         return False
     prev = prev.rstrip()
