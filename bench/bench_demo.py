@@ -155,7 +155,8 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
     prompts = ["\n".join(m["content"] for m in msgs) for _, msgs in answers]
     before = sum(len(gate(a or "", prompt=q).cuts) for (a, _), q in zip(answers, prompts, strict=True))
     body = "\n".join(ln for ln in doc.splitlines() if not ln.startswith("#"))
-    left = gate(body).cuts
+    headings = "\n".join(ln for ln in doc.splitlines() if ln.startswith("#"))  # the titles a line may echo
+    left = gate(body, prompt=headings).cuts
     return {
         "doc": doc,
         "topic": topic,

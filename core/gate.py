@@ -65,6 +65,8 @@ FOREIGN_LINE_MAX_WORDS = 12
 LOOP_MIN_CHARS = 160
 LOOP_RATIO = 0.18  # compressed size / size of a paragraph given what precedes it; prose is ~0.35-0.6
 UNFINISHED_MAX_WORDS = 80  # a longer tail without a sentence end is a run-on, not a cut-off
+NEAR_SENTENCE_MIN_WORDS = 10  # a sentence this long most of whose runs of words were said is a near repeat...
+NEAR_SENTENCE_SHARE = 0.6  # ...this share of them (real prose: 0.44 at most, a quotation of an earlier line)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", f
         whole = not fragment and i < len(paras) - 1
         # What this paragraph follows: a sentence may start lowercase after one that did not end.
         prev = None if fragment else (kept[-1] if kept else before)
-        para = _paragraph(para, cuts, english=english, seen=seen, whole=whole, echoes=echoes, prev=prev)
+        para = _paragraph(para, cuts, english=english, seen=seen, said=said, whole=whole, echoes=echoes, prev=prev)
         if para and near_share(para, said) >= NEAR_REPEAT_SHARE:
             cuts.add("near_repeat", para)  # said again with a few words changed
             continue
@@ -166,6 +168,9 @@ def _lines(text: str, echoes: EchoIndex, cuts: _Cuts) -> str:
         line, echoed = echoes.strip_line(line)
         for e in echoed:
             cuts.add("echo", e)
+        if echoed and (rule := _line_rule(line, echoes)):
+            cuts.add(rule, line)  # what the echo hid ("... the first harvest. Key terms: hive, queen.")
+            continue
         key = normalize_paragraph(line)
         if key and key in seen and (len(key.split()) >= REPEAT_MIN_WORDS or times[key] >= 3):
             cuts.add("repeat", line)
@@ -225,9 +230,18 @@ def _key(s: str) -> str:
 
 
 def _paragraph(
-    para: str, cuts: _Cuts, *, english: bool, seen: set[str], whole: bool, echoes: EchoIndex, prev: str | None
+    para: str,
+    cuts: _Cuts,
+    *,
+    english: bool,
+    seen: set[str],
+    said: set[str],
+    whole: bool,
+    echoes: EchoIndex,
+    prev: str | None,
 ) -> str:
     """One paragraph through the rules that read words and sentences; '' if nothing is left.
+    ``seen``: sentences said before it (it adds its own); ``said``: runs of words said before it;
     ``prev``: the text it follows ('' at the start, None when a lowercase start is no rule)."""
     rules: list[tuple[str, Callable[[str], Removed]]] = [
         ("number_run", number_runs),
@@ -240,19 +254,22 @@ def _paragraph(
         for r in removed:
             cuts.add(rule, r)
     if not _BLOCK_START.match(para):
-        parts, kept = sentences(para), []
+        parts, kept, own = sentences(para), [], set()
         for s in parts:
-            key = _key(s)
+            key, r = _key(s), runs(s)
             if junk.META.search(s):
                 cuts.add("meta", s)
             elif echoes.title_line(s):
                 cuts.add("title_line", s)
             elif len(key.split()) >= REPEAT_MIN_WORDS and key in seen:
                 cuts.add("repeat", s)
+            elif len(key.split()) >= NEAR_SENTENCE_MIN_WORDS and _share(r, said, own) >= NEAR_SENTENCE_SHARE:
+                cuts.add("near_repeat", s)
             elif prev is not None and _lowercase_start(s, kept[-1] if kept else prev):
                 cuts.add("lowercase_start", s)  # the rest of a sentence whose start was cut, or never written
             else:
                 seen.add(key)
+                own |= r
                 kept.append(s)
         if len(kept) != len(parts):
             para = " ".join(kept)
@@ -260,6 +277,10 @@ def _paragraph(
         cuts.add("stray_line", para)
         return ""
     return para.strip()
+
+
+def _share(r: set[str], *said: set[str]) -> float:
+    return sum(any(x in s for s in said) for x in r) / len(r) if r else 0.0
 
 
 def _lowercase_start(s: str, prev: str) -> bool:

@@ -110,6 +110,13 @@ META = re.compile(
             r"\b(?:images?|pictures?|photos?|photographs?|illustrations?|diagrams?)\s+(?:on|in|of|for)\s+this\s+"
             r"(?:page|post|article|website|site|blog)\b",
             r"^\W*(?:image|photo|picture|illustration|caption|photo credit|image credit)\s*\d*\s*:",
+            # A web page's furniture: the document has no "us" to contact, no link to click.
+            r"\b(?:please\s+)?(?:contact|email|e-mail|call)\s+us\b",
+            r"\bclick (?:here|the link|on the link|below)\b",
+            r"\b(?:visit|see) our (?:website|site|blog|shop|store|page)\b",
+            r"\b(?:subscribe|sign up) (?:to|for) (?:our|the|my) (?:newsletter|channel|blog|mailing list)\b",
+            r"\b(?:share|like) (?:this|our) (?:post|article|page)\b",
+            r"[\w.+-]+@[\w-]+\.[\w.]{2,}",
         ]
     ),
     re.I,

@@ -153,9 +153,14 @@ def test_loops_and_repeats_against_what_came_before() -> None:
     )
     out = gate(para, before=para)
     assert out.text == "" and [c.rule for c in out.cuts] == ["repeat"]
-    looped = " ".join(f"Step {i}: the keeper climbed the stairs and lit the lamp again." for i in range(1, 30))
+    looped = " ".join(f"Step {i}: he lit the lamp again." for i in range(1, 40))
     out = gate(looped)
     assert out.text == "" and {c.rule for c in out.cuts} == {"loop"}
+    # A loop of longer sentences is said once: each again is a near repeat of the first.
+    looped = " ".join(f"Step {i}: the keeper climbed the stairs and lit the lamp again." for i in range(1, 30))
+    out = gate(looped)
+    assert out.text == "Step 1: the keeper climbed the stairs and lit the lamp again."
+    assert {c.rule for c in out.cuts} == {"near_repeat"} and len(out.cuts) == 28
     assert gate("Honey honey honey honey honey honey is sweet.").text == "Honey is sweet."
 
 
