@@ -6,6 +6,7 @@ of it and what it removed; ``core.gate`` records the removals under the rule's n
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from core.lexicon import (
     LATIN,
@@ -70,32 +71,27 @@ def foreign_script(para: str) -> Removed:
     latin, other = len(LATIN_LETTER.findall(para)), len(OTHER_LETTER.findall(para))
     if not other or other > OTHER_SCRIPT_SHARE * (latin + other):
         return para, []
-    removed: list[str] = []
-
-    def run(m: re.Match[str]) -> str:
-        if QUOTED_RUN.match(m.group(0)):
-            return m.group(0)
-        removed.append(m.group(0))
-        return ""
-
-    out = _OTHER_RUN.sub(run, para)
-    return (tidy(out), removed) if removed else (para, [])
+    return _cut(_OTHER_RUN, para, lambda m: not QUOTED_RUN.match(m.group(0)))
 
 
 def glued(para: str) -> Removed:
     """Two words run together: an unknown word that is a function word and an English word, or an
     English word and a word of another language ("vertretenmodel")."""
     en = lexicon("en")
+    return _cut(PLAIN_WORD, para, lambda m: len(w := m.group(1)) >= 7 and w not in en and splits(w, en))
+
+
+def _cut(pattern: re.Pattern[str], para: str, junk: Callable[[re.Match[str]], bool]) -> Removed:
+    """``para`` without the matches of ``pattern`` that are ``junk``, and those matches."""
     removed: list[str] = []
 
-    def check(m: re.Match[str]) -> str:
-        w = m.group(1)
-        if len(w) < 7 or w in en or not splits(w, en):
-            return m.group(0)
-        removed.append(m.group(0))
-        return ""
+    def one(m: re.Match[str]) -> str:
+        if junk(m):
+            removed.append(m.group(0))
+            return ""
+        return m.group(0)
 
-    out = PLAIN_WORD.sub(check, para)
+    out = pattern.sub(one, para)
     return (tidy(out), removed) if removed else (para, [])
 
 
