@@ -10,7 +10,9 @@ a time (the model serves one call at a time on 2 cores). Per topic it prints the
 and written, the words the model wrote and what the gate cut of them (by rule), wall time, and junk
 per 1,000 words: *before*, the pieces the gate cut from the model's raw answers (each a line or a
 fragment of one); *after*, what the gate still finds in the finished document read as one text
-(headings aside): repeats across chunks, anything the stitch and seam steps brought back.
+(headings aside): repeats across chunks, anything the stitch and seam steps brought back. With
+``--out``, each document is saved with what the gate cut from its answers (``N.cuts.txt``): junk
+left is counted by reading them, as a reader would (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ async def bench(
                 for i, topic in enumerate(TOPICS[:topics], 1):
                     rows.append(await run(db, client, user, topic, words))
                     print(line(rows[-1]), flush=True)  # as it goes: a long run still tells
-                    if out is not None:
+                    if out is not None:  # the document, and what the gate cut from its answers (to read)
                         await asyncio.to_thread(_save, out / f"{i}.md", rows[-1]["doc"])
+                        await asyncio.to_thread(_save, out / f"{i}.cuts.txt", "\n".join(rows[-1]["cuts"]) + "\n")
             return rows
         finally:
             await llm.close()
@@ -137,6 +140,15 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
                 text("SELECT text FROM documents WHERE job_id = :j ORDER BY (role = 'output') DESC, version DESC"), p
             )
         ).scalar()
+        cuts = (
+            await s.execute(
+                text(
+                    "SELECT c->>'rule', c->>'text' FROM chunk_attempts a, jsonb_array_elements(a.cuts) c "
+                    "WHERE a.job_id = :j ORDER BY a.id"
+                ),
+                p,
+            )
+        ).all()
         rules = Counter(
             dict(
                 (
@@ -168,6 +180,7 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
         "before": 1000 * before / max(1, raw_words),
         "after": 1000 * len(left) / max(1, count_words(body)),
         "left": [c.rule for c in left],
+        "cuts": [f"{rule}: {cut}" for rule, cut in cuts],
         "wall": wall,
     }
 

@@ -96,8 +96,13 @@ class _Cuts(list[Cut]):
         if text.strip():
             self.append(Cut(rule, text.strip(), count_words(text)))
 
-    def sub(self, rule: str, pattern: re.Pattern[str], text: str, keep: str = "") -> str:
+    def sub(self, rule: str, pattern: re.Pattern[str], text: str, keep: str = "", keep_if: str = "") -> str:
+        """``text`` without the matches of ``pattern`` (``keep`` in their place), but those that
+        ``keep_if`` (a source to rewrite) has word for word."""
+
         def one(m: re.Match[str]) -> str:
+            if keep_if and m.group(0).strip() in keep_if:
+                return m.group(0)
             self.add(rule, m.group(0))
             return m.expand(keep)
 
@@ -116,7 +121,7 @@ def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", f
     for markup in (junk.HTML_BLOCK, junk.HTML_TAG, junk.LATEX_MATH, junk.LATEX_COMMAND):
         text = cuts.sub("markup", markup, text)
     text = cuts.sub("list_junk", junk.LIST_JUNK, text)
-    text = cuts.sub("meta", junk.PICTURE_ASIDE, text)
+    text = cuts.sub("meta", junk.POINTER_ASIDE, text, keep_if=source)
     echoes = EchoIndex(prompt, source)
     text = _lines(text, echoes, cuts)
     text = cuts.sub("list_junk", junk.LONE_MARKERS, text)
@@ -219,6 +224,7 @@ def _unwrap(text: str) -> str:
             out.append(line)
     text = re.sub(r"(?<=\S)[ \t]{2,}(?=\S)", " ", "\n".join(out))  # where something was cut out
     text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"(?<=\w)[ \t]+([.,])(?=\s|$)", r"\1", text)  # "pests and diseases ." (no language spaces so)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 

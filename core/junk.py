@@ -57,10 +57,12 @@ KEYWORD_LABEL = re.compile(
 )
 KEYWORD_ITEM_MAX_WORDS = 5
 HASHTAGS = re.compile(r"^\s*(?:#[^\W\d_][\w-]*[\s,;]*){2,}$")
-# An aside pointing at a picture the document does not have: "(see photo 3)", "[Image: a frame]".
-PICTURE_ASIDE = re.compile(
+# An aside pointing at a picture the document does not have ("(see photo 3)", "[Image: a frame]"),
+# or at a part of it that a model cannot know is there ("(see section "Honey Bees")", "(see below)").
+POINTER_ASIDE = re.compile(
     r"[ \t]*[(\[]\s*(?:see\s+(?:the\s+)?)?(?:photo(?:graph)?|picture|image|figure|fig\.|illustration|diagram|plate)s?"
-    r"\b[^()\[\]\n]{0,80}[)\]]",
+    r"\b[^()\[\]\n]{0,80}[)\]]"
+    r"|[ \t]*\(\s*see\s+(?:(?:the\s+)?(?:section|chapter|part|page)s?\b[^()\n]{0,80}|above|below)\s*\)",
     re.I,
 )
 LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)[ \t]*){3,}")

@@ -112,6 +112,16 @@ def test_a_paragraph_said_again_with_a_few_words_changed_is_cut_across_the_docum
     assert near_share(own, runs(first)) < 0.2 and near_share(again, runs(first)) > 0.5
 
 
+def test_a_pointer_the_source_has_is_kept_by_its_rewrite() -> None:
+    """A model's "(see section ...)" points at nothing the document is known to have and goes; a
+    rewrite keeps the one its source has, word for word."""
+    source = "The Act is long (see Chapter 3), and its terms are old."
+    answer = "The Act is long (see Chapter 3), and its terms are old (see section 9)."
+    out = gate(answer, source=source)
+    assert out.text == "The Act is long (see Chapter 3), and its terms are old."
+    assert [(c.rule, c.text) for c in out.cuts] == [("meta", "(see section 9)")]
+
+
 def test_titles_are_stored_without_markup() -> None:
     """A brief or a title that starts with a heading marker gives the document, the job page and
     the history a clean title ("# My allotment year" would show as "# # My allotment year")."""
