@@ -26,10 +26,12 @@ import psycopg
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from core import merkle
 from core.spec import JobSpec
 from db import schema
 from db.models import Job
 from db.session import Database
+from db.witness import WitnessClient
 from quire.temporal_dev import temporal_binary
 from services import accounts, jobs
 from services.codec import parse_key
@@ -157,17 +159,72 @@ def fake_model(*args: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, str(FAKE_MODEL), "--port", str(port), *args])
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the scripted model did not start (exit code {proc.poll()})")
-            time.sleep(0.05)  # polling another process's readiness, with a deadline
+        _ready(proc, f"{url}/models", "the scripted model")
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _ready(proc: subprocess.Popen[bytes], url: str, what: str) -> None:
+    """Wait until ``url`` answers 200 (``proc`` serving it); RuntimeError if it dies or 30 s pass."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start (exit code {proc.poll()})")
+        time.sleep(0.05)  # polling another process's readiness, with a deadline
+
+
+@contextmanager
+def witness(directory: Path, log_keys: Sequence[str]) -> Iterator[WitnessClient]:
+    """A witness (``quire witness serve``: its own key and SQLite file in ``directory``) trusting the
+    operator's public keys ``log_keys``, in a process of its own as ``quire up`` runs it; yields a
+    client of it (db.witness), as QUIRE_WITNESS_URL and QUIRE_WITNESS_KEY would make one."""
+    from services.witness import witness_key
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "audit.pub").write_text("".join(k + "\n" for k in log_keys))
+    key = witness_key(directory / "w").verifier
+    port = free_port()
+    args = ["witness", "serve", "--dir", str(directory / "w"), "--log-keys", str(directory / "audit.pub")]
+    with open(directory / "witness.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "quire.cli", *args, "--listen", f"127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _ready(proc, f"{url}/healthz", f"the witness (its log: {directory / 'witness.log'})")
+        yield WitnessClient(url, key)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def stored_tree(url: str, user_id: int, n: int) -> tuple[uuid.UUID, list[bytes], merkle.Frontier]:
+    """A job whose log is ``n`` events of random hashes (the leaves), stored as Quire stores a log's
+    tree (the events' hashes, the interior nodes) by COPY: for proofs at any size, fast. (job id,
+    the leaves, the tree's frontier)."""
+    job_id, leaves = uuid.uuid4(), [os.urandom(32) for _ in range(n)]
+    f, made = merkle.Frontier(), []
+    for e in leaves:
+        made += f.append(e)
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, kind, target_words, max_words, model, workflow_id) "
+            "VALUES (%s, %s, 'generate', 10, 11, 'm', %s)",
+            (job_id, user_id, f"job-{job_id}"),
+        )
+        columns = "job_id, seq, ts, kind, action, data, prev_hash, hash, chain"
+        with conn.cursor().copy(f"COPY audit_events ({columns}) FROM STDIN") as copy:
+            for seq, e in enumerate(leaves, 1):
+                copy.write_row((job_id, seq, "2026-12-16T00:00:00Z", "sql", "x", "{}", "0" * 64, e.hex(), 2))
+        with conn.cursor().copy("COPY audit_nodes (job_id, level, idx, hash) FROM STDIN") as copy:
+            for (level, idx), h in made:
+                copy.write_row((job_id, level, idx, h))
+        conn.execute("ANALYZE audit_events")
+        conn.execute("ANALYZE audit_nodes")
+    return job_id, leaves, f

@@ -18,6 +18,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities import gating
 from activities.chunks import ChunkActivities
+from activities.coverage import CoverageActivities
 from activities.edit_checks import EditCheckActivities
 from activities.edits import EditActivities
 from activities.finalize import FinalizeActivities
@@ -31,7 +32,7 @@ from activities.webhooks import WebhookActivities, WebhookConfig
 from core.sealing import Sealer
 from core.webhooks import WebhookPolicy
 from db.session import Database
-from services import telemetry
+from services import alarms, telemetry
 from services.config import Settings, get_settings
 from services.deploys import promote, version
 from services.logging import configure
@@ -91,8 +92,10 @@ def build_worker(
         FinalizeActivities(db),
     )
     review, edits, checks = ReviewActivities(db), EditActivities(db, llm), EditCheckActivities(db, llm)
+    coverage = CoverageActivities(db, llm)
     # Without a config (benchmarks), deliveries are refused: no key opens a signing secret.
     hooks = WebhookActivities(db, webhooks or WebhookConfig(WebhookPolicy(), None, "http://127.0.0.1:8000"))
+    alarms.install(db, client, task_queue)  # a checkpoint refused while a step writes: the job's owner is told
     # Every workflow is pinned to the version it started on and moves on only when it continues as
     # new (workflows.steps.continue_as_new). Set here, not on the workflow definitions: Temporal
     # refuses a definition's behavior from an unversioned worker (the tests' and benchmarks').
@@ -134,6 +137,8 @@ def build_worker(
             seams.complete_unit,
             edits.edit_chunk,
             checks.recheck_edit,
+            coverage.check_edit_coverage,
+            coverage.check_unit_coverage,
         ],
         max_concurrent_activities=llm_concurrency,
         max_task_queue_activities_per_second=llm_calls_per_second,
@@ -165,8 +170,6 @@ def webhooks_from_settings(settings: Settings) -> WebhookConfig:
         sealer=Sealer(settings.secret_keys()),
         public_url=settings.public_url,
         timeout_s=settings.quire_webhook_timeout_s,
-        witness_url=settings.quire_witness_url,
-        witness_secret=settings.quire_witness_secret.get_secret_value() if settings.quire_witness_secret else None,
     )
 
 
@@ -183,6 +186,8 @@ async def run(settings: Settings) -> None:
         pool_size=settings.db_pool_size,
         signer=settings.audit_signer(),
         checkpoint_every=settings.quire_checkpoint_every,
+        witnesses=settings.witnesses(),
+        witness_quorum=settings.quire_witness_quorum,
     )
     client = await connect(settings.temporal_address, settings.temporal_namespace, db, settings.temporal_keys())
     llm = llm_from_settings(db, settings)

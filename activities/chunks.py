@@ -19,42 +19,25 @@ stored by an earlier try is reused, not paid for again.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from temporalio import activity
 
-from activities.base import ModelStep, add_version, job_options, load_job, now, record_length_check
-from activities.context import chunk_context, chunk_of, job_and_chunk, job_chunk_and_recent
+from activities.base import job_options, load_job, record_length_check
+from activities.chunk_commit import CommitSteps, Next, done_of
+from activities.context import chunk_context, job_and_chunk, job_chunk_and_recent
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
 from activities.gating import claim, gate
-from activities.llm import Call
-from activities.memory import (
-    BASE_MODEL,
-    Checked,
-    Remembered,
-    check_and_repair,
-    fallback,
-    finding_events,
-    finding_rows,
-    interpret,
-    ledger_before,
-    memory_request,
-    remember,
-    store_memory,
-)
-from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
-from core.continuity import check, needs_repair
+from activities.prompts import chunk_messages, echo_source, max_tokens_for
 from core.gate import Gated
 from core.length import COMPLIANCE_WINDOW, compliance, stalled, words_to_ask
-from core.memory import Ledger, open_threads_after
 from core.quota import Quotas
-from core.text import count_words, join_continuation, trim_to_words
-from db.manuscript import Chunk, ChunkAttempt, CoherenceState, PlanNode
+from core.text import count_words, join_continuation
+from db.manuscript import Chunk, ChunkAttempt, PlanNode
 from db.models import Job
 from db.session import JobTx
-from metrics import CHUNK_ATTEMPTS, CHUNKS, WORDS
+from metrics import CHUNK_ATTEMPTS
 
 CUTS_IN_EVENT = 20  # in a chunk event (the attempt's row keeps them all)
 
@@ -67,35 +50,7 @@ class _Check:
     stalled: bool
 
 
-@dataclass
-class _Next:
-    """What a chunk needs next, decided (and its model call's row committed) in one transaction:
-    nothing (``done``), an attempt (``kind`` write or extend), or its memory (``remember``)."""
-
-    done: ChunkDone | None = None
-    call: Call | None = None
-    # an attempt
-    attempt_no: int = 0
-    kind: str = ""
-    ask: int = 0
-    current: str = ""
-    ctx: ChunkContext | None = None
-    messages: list[dict[str, str]] = field(default_factory=list)
-    memory: dict[str, Any] = field(default_factory=dict)
-    added: list[int] | None = None  # words each stored attempt added, when this step knows them
-    # the job's recent (asked, added) attempts, newest first (``core.length.compliance``): read with
-    # the step's first statement, then kept by the step with its own attempts
-    recent: list[tuple[int, int]] = field(default_factory=list)
-    # its memory
-    remember: bool = False
-    ledger: Ledger | None = None
-    written: str = ""
-    text: str = ""
-    model: str = ""
-    min_words: int = 0
-
-
-class ChunkActivities(ModelStep):
+class ChunkActivities(CommitSteps):
     @activity.defn(name="unit_chunks")
     async def unit_chunks(self, ref: NodeRef) -> UnitChunks:
         """The unit's sections and their chunks, in order; the unit is marked as being written."""
@@ -136,9 +91,9 @@ class ChunkActivities(ModelStep):
         tx: JobTx,
         chunk_id: int,
         check: _Check | None = None,
-        prev: _Next | None = None,
+        prev: Next | None = None,
         rows: tuple[Job, Chunk] | None = None,
-    ) -> _Next:
+    ) -> Next:
         """In ``tx``: what the chunk needs next, with its model call opened (committed by ``tx``).
         ``prev``: the attempt before it in this activity, whose context and deadline still hold."""
         limits = None  # the deadline and quotas the step's calls are held to, when this read has them
@@ -148,7 +103,7 @@ class ChunkActivities(ModelStep):
             (job, chunk), recent = rows, prev.recent if prev is not None else []
         if chunk.status == "done":
             tx.final = True
-            return _Next(done=_done(chunk))
+            return Next(done=done_of(chunk))
         # An attempt stored by this very transaction: what follows it was never opened before.
         first = check is not None
         if check is None:
@@ -164,11 +119,11 @@ class ChunkActivities(ModelStep):
         job: Job,
         chunk: Chunk,
         attempt_no: int,
-        prev: _Next | None,
+        prev: Next | None,
         first: bool,
         recent: list[tuple[int, int]],
         limits: tuple[float, Quotas] | None = None,
-    ) -> _Next:
+    ) -> Next:
         """Attempt ``attempt_no`` (the first writes the chunk, later ones extend it): its prompt,
         from the chunk's context (read once per activity: an extension is written from what the
         write was), and its call's row."""
@@ -197,13 +152,13 @@ class ChunkActivities(ModelStep):
             prose=True,
         )
         await self.llm.open_in(tx, call.follow(prev.call if prev is not None else None, limits), first=first)
-        return _Next(
+        return Next(
             call=call, attempt_no=attempt_no, kind=kind, ask=ask, current=current, ctx=ctx, messages=msgs,
             memory=ctx.memory.record(), added=[] if attempt_no == 1 else prev.added if prev is not None else None,
             recent=recent,
         )  # fmt: skip
 
-    async def _attempt(self, jid: uuid.UUID, chunk_id: int, nxt: _Next) -> _Next:
+    async def _attempt(self, jid: uuid.UUID, chunk_id: int, nxt: Next) -> Next:
         """Send the attempt's call; store its answer, the attempt and its length check, and open
         what comes next, in one transaction."""
         call, ctx = nxt.call, nxt.ctx
@@ -222,7 +177,7 @@ class ChunkActivities(ModelStep):
         stored: list[bool] = []
         added, recent = nxt.added, nxt.recent  # as they were: a retried transaction starts again from them
 
-        async def work(tx: JobTx) -> _Next:
+        async def work(tx: JobTx) -> Next:
             stored.clear()
             nxt.added, nxt.recent = added, recent
             job, chunk = await job_and_chunk(tx, chunk_id)
@@ -236,7 +191,7 @@ class ChunkActivities(ModelStep):
             CHUNK_ATTEMPTS.labels(nxt.kind).inc()  # after the commit: a rolled-back attempt is not counted
         return out
 
-    async def _store_attempt(self, tx: JobTx, job: Job, chunk: Chunk, nxt: _Next, gated: Gated) -> _Check | None:
+    async def _store_attempt(self, tx: JobTx, job: Job, chunk: Chunk, nxt: Next, gated: Gated) -> _Check | None:
         """The attempt and its length check; None if an earlier try of this activity stored it."""
         attempt_no, kind, res = nxt.attempt_no, nxt.kind, nxt.call.result  # type: ignore[union-attr]
         assert res is not None
@@ -294,212 +249,6 @@ class ChunkActivities(ModelStep):
             },
         )
         return check
-
-    async def _open_memory(
-        self,
-        tx: JobTx,
-        job: Job,
-        chunk: Chunk,
-        before: Call | None = None,
-        first: bool = False,
-        limits: tuple[float, Quotas] | None = None,
-    ) -> _Next:
-        """The chunk passed (or stalled): the text it is committed with, the ledger before it, and
-        the memory call's row (none for a small base model: the extractor remembers for it)."""
-        written = chunk.text or ""
-        text = written  # repeats were cut by the gate, answer by answer, before they counted
-        if count_words(text) > chunk.max_words:
-            text = trim_to_words(text, chunk.max_words, chunk.min_words)
-        ledger = await ledger_before(tx, chunk.ordinal)
-        call = memory_request(
-            self.llm, job_id=tx.job_id, chunk_id=chunk.id, model=job.model, passage=text, ledger=ledger,
-            request_key=f"chunk:{chunk.id}:memory:r0",
-        )  # fmt: skip
-        if call is not None:
-            await self.llm.open_in(tx, call.follow(before, limits), first=first)
-        return _Next(
-            call=call, remember=True, ledger=ledger, written=written, text=text, model=job.model,
-            min_words=chunk.min_words, attempt_no=chunk.attempts,
-        )  # fmt: skip
-
-    async def _remember_and_commit(self, jid: uuid.UUID, chunk_id: int, nxt: _Next) -> ChunkDone:
-        """Remember the chunk and check it against the ledger; when nothing needs repair (the usual
-        case), the memory's answer and the chunk's commit are one transaction. Otherwise the answer
-        is stored, the repairs are made (``check_and_repair``, each call on its own), and the
-        commit follows."""
-        call, ledger, text = nxt.call, nxt.ledger, nxt.text
-        assert ledger is not None
-        rem: Remembered | None = fallback(text, BASE_MODEL) if call is None else None
-        invalid = ""
-        if call is not None:
-            if call.reused is None:
-                await self.llm.send(call)
-            assert call.result is not None
-            got = interpret(call.result, text, ledger)
-            rem, invalid = (None, got) if isinstance(got, str) else (got, "")
-        if rem is not None:
-            checked = Checked(text, rem, check(text, rem.memory, ledger))
-            if not needs_repair(checked.findings):
-                return await self._commit(jid, chunk_id, nxt, checked, call)
-        if call is not None:
-            await self.llm.settle(call)
-        if rem is None:
-            assert call is not None and call.result is not None
-            rem = await remember(
-                self.llm, job_id=jid, chunk_id=chunk_id, model=nxt.model, passage=text, ledger=ledger,
-                request_key=f"chunk:{chunk_id}:memory:r0", after=(call.result.call_id, invalid),
-            )  # fmt: skip
-
-        async def extend(current: str, key: str) -> str:
-            """A repair that left the passage short: continued, as any short passage is."""
-            async with self.db.job_tx(jid) as tx:
-                ctx, _ = await chunk_context(tx, await load_job(tx, jid), await chunk_of(tx, jid, chunk_id))
-            need = max(1, nxt.min_words - count_words(current))
-            msgs = chunk_messages(ctx, style=self.llm.prompt_style, words=need + 20, current_text=current)
-            res = await self.llm.complete(
-                job_id=jid,
-                chunk_id=chunk_id,
-                purpose="extend",
-                request_key=f"{key}:extend",
-                model=nxt.model,
-                messages=msgs,
-                max_tokens=max_tokens_for(need + 40),
-            )
-            added = (
-                await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
-            ).text
-            return join_continuation(current, added)
-
-        checked = await check_and_repair(
-            self.llm,
-            job_id=jid,
-            chunk_id=chunk_id,
-            model=nxt.model,
-            passage=text,
-            ledger=ledger,
-            request_key=f"chunk:{chunk_id}:memory",
-            min_words=nxt.min_words,
-            extend=extend,
-            remembered=rem,
-        )
-        return await self._commit(jid, chunk_id, nxt, checked, None)
-
-    async def _commit(
-        self, jid: uuid.UUID, chunk_id: int, nxt: _Next, checked: Checked, call: Call | None
-    ) -> ChunkDone:
-        """The chunk's commit (with ``call``'s answer when it is still to be stored): the step's
-        last transaction."""
-        fresh: list[bool] = []
-
-        async def work(tx: JobTx) -> ChunkDone:
-            fresh.clear()
-            job, chunk = await job_and_chunk(tx, chunk_id)
-            if chunk.status == "done":  # a retried commit
-                return _done(chunk)
-            fresh.append(True)
-            assert nxt.ledger is not None
-            return await _store_commit(tx, job, chunk, nxt.written, nxt.text, checked, ledger_threads=nxt.ledger)
-
-        if call is not None:
-            done = await self.llm.settle(call, work, final=True)
-        else:
-            async with self.db.job_tx(jid, final=True) as tx:
-                done = await work(tx)
-        assert done is not None
-        if fresh:
-            CHUNKS.inc()  # after the commit, once per chunk
-            WORDS.inc(done.words)
-        return done
-
-
-async def _store_commit(
-    tx: JobTx, job: Job, chunk: Chunk, written: str, text: str, checked: Checked, ledger_threads: Ledger
-) -> ChunkDone:
-    versions = [add_version(tx, chunk, 1, "written", written)]
-    if text != written:
-        versions.append(
-            add_version(tx, chunk, 2, "trim", text, {"words_removed": count_words(written) - count_words(text)})
-        )
-    checked_version = versions[-1]
-    if checked.text != text:
-        versions.append(
-            add_version(
-                tx,
-                chunk,
-                len(versions) + 1,
-                "continuity_repair",
-                checked.text,
-                {"repaired": [f.subtype for f in checked.findings if checked.is_repaired(f)]},
-            )
-        )
-    await tx.session.flush()
-    before_id = chunk.state_before_id
-    assert before_id is not None
-    rem = checked.remembered
-    after = CoherenceState(
-        job_id=tx.job_id,
-        kind="chunk",
-        ordinal=chunk.ordinal + 1,
-        parent_id=before_id,
-        chunk_version_id=versions[-1].id,
-        summary=rem.memory.summary,
-        glossary={},
-        open_threads=open_threads_after(ledger_threads, rem.memory),
-        delta={"memory": rem.memory.model_dump(), **rem.record()},
-        source=rem.source,
-    )
-    tx.session.add(after)
-    await tx.session.flush()
-    # The chunk's row is written once: done, with its memory (store_memory flushes it).
-    chunk.word_count = versions[-1].word_count
-    chunk.state_after_id, chunk.status, chunk.completed_at = after.id, "done", now()
-    entries = await store_memory(tx, chunk, versions[-1].id, after.id, rem)
-    repair = versions[-1].id if versions[-1].reason == "continuity_repair" else None
-    findings = finding_rows(tx, checked, chunk=chunk, version_id=checked_version.id, repair_version_id=repair)
-    await tx.session.flush()
-    # Counters by increment: a book's commit never re-adds every chunk before it.
-    job.chunks_done = job.chunks_done + 1
-    job.words_written = job.words_written + chunk.word_count
-    job.current_step = f"wrote chunk {chunk.ordinal + 1}/{job.chunks_total}"  # in the counters' UPDATE
-    tx.event(
-        "memory",
-        rem.source,
-        {
-            "chunk": chunk.ordinal,
-            "state": after.id,
-            "entries": len(entries),
-            "entities": [e.name for e in rem.memory.entities][:40],
-            "threads_opened": len(rem.memory.threads_opened),
-            "threads_resolved": len(rem.memory.threads_resolved),
-            "facts": len(rem.memory.facts),
-            **rem.record(),
-        },
-    )
-    finding_events(tx, findings, chunk, "chunk")
-    tx.event(
-        "chunk",
-        "done",
-        {
-            "chunk": chunk.ordinal,
-            "words": chunk.word_count,
-            "target_words": chunk.target_words,
-            "min_words": chunk.min_words,
-            "max_words": chunk.max_words,
-            "attempts": chunk.attempts,
-            "passed": chunk.word_count >= chunk.min_words,
-            "version": versions[-1].version,
-            "state_before": before_id,
-            "state_after": after.id,
-            "memory": rem.source,
-            "findings": len(findings),
-            "repaired": sum(1 for f in findings if f.status == "repaired"),
-        },
-    )
-    return _done(chunk)
-
-
-def _done(chunk: Chunk) -> ChunkDone:
-    return ChunkDone(chunk.word_count, chunk.min_words, chunk.attempts, chunk.word_count >= chunk.min_words)
 
 
 async def _record_check(

@@ -12,14 +12,14 @@ from sqlalchemy import Select, func, select
 from temporalio import activity
 
 from activities.base import job_options, load_job, runnable
-from activities.memory import ledger_before, summaries_before
 from activities.prompts import ChunkContext
 from core.length import COMPLIANCE_WINDOW, compliance
-from core.memory import build_context, prompt_budget
 from core.quota import Quotas
+from core.recall import build_context, prompt_budget
 from core.runs import edit_of
 from core.text import tail_words
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
+from db.memory import ledger_before, summaries_before
 from db.models import Job, User
 from db.session import JobTx
 from db.usage import limits_columns, limits_of

@@ -3,7 +3,7 @@ later chapters relied on flagged, its chapter's summary written again, and the n
 document made (once it meets the job's target: short, the edit's workflow tops it up first), or
 the edit marked failed with its reason.
 
-The seams are checked as the job checks them (``activities.seams``), as rows of the edit's own:
+The seams are checked as the job checks them (``activities.seam_check``), as rows of the edit's own:
 the seam before the node is what its first chunk's check found when the edit wrote it; the seam
 after it is the next node's chunks checked against the ledger as it now stands (rules, and the
 judge on its opening and on every chunk that names what the edit changed), repaired as a seam is
@@ -21,28 +21,24 @@ from temporalio import activity
 
 from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check
 from activities.edit_rows import EditRef, load_edit, note, output_version
-from activities.memory import Remembered, finding_events, ledger_before, summarize
-from activities.seams import SeamActivities, _chunk_findings, _UnitChunk
-from core.edits import changed, memory_of, mention
+from activities.edit_scope import scope_held
+from activities.memory import summarize
+from activities.repair import unchecked_by
+from activities.seam_check import SeamChecker, unit_chunk_now, version_entries
+from core.controls import sanitized
+from core.edits import changed, mention
 from core.layout import assemble
-from core.memory import Entry
+from core.scope import EditError
 from core.spec import ErrorCode
-from core.text import count_words, sha256, trim_to_words
+from core.text import count_words, sha256
 from db.blocks import document_blocks
 from db.endings import save_document
 from db.loop import Edit
-from db.manuscript import (
-    Chunk,
-    CoherenceState,
-    ContinuityFinding,
-    LedgerEntry,
-    LengthCheck,
-    NodeSummary,
-    PlanNode,
-)
+from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LengthCheck, NodeSummary, PlanNode
+from db.memory import finding_events, ledger_before
 from db.models import LlmCall
 from db.session import JobTx
-from db.tree import ancestors, chunks_under, latest_text, lock_over, next_node
+from db.tree import ancestors, chunks_under, latest_text, next_node
 
 MAX_FLAGS = 100  # relied_on_changed findings an edit makes
 
@@ -81,31 +77,34 @@ class EditCheckActivities(ModelStep):
             before_seam = await _seam_ids(tx, first) if first.ordinal > 0 else None
             succ = await next_node(tx.session, node)
             succ_chunks = await chunks_under(tx.session, succ) if succ is not None else []
+            own_unchecked = unchecked_by((await unit_chunk_now(tx, first)).stored) if before_seam else ""
             after_seam = None
+            model, seen = job.model, int(edit.detail["ledger_through"])
             if succ is not None and succ_chunks:
-                locked = await lock_over(tx.session, succ) is not None
-                units = [await _unit_chunk_now(tx, c) for c in succ_chunks]
+                units = [await unit_chunk_now(tx, c) for c in succ_chunks]  # a locked one: checked, never repaired
+                for u in units:
+                    u.seen = seen
+                    # A selection's rewrite changes nothing outside it: the seam after is checked, not repaired.
+                    u.locked = u.locked or edit.kind == "rewrite"
                 after_seam = (
                     succ.id,
                     await _seam_ids(tx, succ_chunks[0]),
                     await ledger_before(tx, succ_chunks[0].ordinal),
                     await latest_text(tx.session, last.id),
                     units,
-                    locked,
                     {
                         str(c.id): {"version": u.version_id, "memory": c.memory_version_id}
                         for c, u in zip(succ_chunks, units, strict=True)
                     },
                 )
-            model, seen = job.model, int(edit.detail["ledger_through"])
-        seams = SeamActivities(self.db, self.llm)
+        seams = SeamChecker(self.db, self.llm)
         if before_seam is not None:  # what the node's first chunk's own check found when the edit wrote it
             mode, ids = before_seam
-            await seams._store_seam(jid, node.id, mode, ids, [], False, edit_id=edit.id)
+            await seams.store(jid, node.id, mode, ids, [], strict=False, own_unchecked=own_unchecked, edit_id=edit.id)
         if after_seam is not None:
-            succ_id, (mode, ids), ledger, end, units, locked, was = after_seam
-            checked = await seams._check_unit(jid, succ_id, model, ledger, seen, end, units, locked=locked)
-            await seams._store_seam(jid, succ_id, mode, ids, checked, False, edit_id=edit.id)
+            succ_id, (mode, ids), ledger, end, units, was = after_seam
+            checked = await seams.check(jid, succ_id, model, ledger, end, units, opening=True)
+            await seams.store(jid, succ_id, mode, ids, checked, strict=False, edit_id=edit.id)
         await self._summary(jid, edit.id, node.id, model)
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid)
@@ -114,7 +113,7 @@ class EditCheckActivities(ModelStep):
                 return
             if after_seam is not None:  # a repair at the seam after: part of what the edit did (and undoes)
                 now_ = {str(c.id): c for c in await chunks_under(tx.session, await _node(tx, after_seam[0]))}
-                for cid, b in after_seam[6].items():
+                for cid, b in after_seam[5].items():
                     v = await latest_version(tx, int(cid))
                     if v is not None and v.id != b["version"]:
                         after = {
@@ -188,7 +187,10 @@ class EditCheckActivities(ModelStep):
     @activity.defn(name="publish_edit")
     async def publish_edit(self, ref: EditRef) -> Published:
         """The document as the edit left it, counted: at least the target, a new output version
-        (the edit done); short, the round a top-up covers (or, out of rounds, a give-up)."""
+        (the edit done); short, the round a top-up covers (or, out of rounds, a give-up). Nothing
+        is cut to fit the job's maximum: no one else's words pay for an edit's length; a document
+        the edit took past it is published as it stands and said to be (``edit over_max``). A
+        selection's rewrite is published only if the node and the document still prove it."""
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid, lock=True)
@@ -196,9 +198,12 @@ class EditCheckActivities(ModelStep):
             if edit.status == "done":
                 return Published(True, edit.document_version or 0)
             doc = assemble(job.title, job.target_words, await document_blocks(tx.session, job))
-            if count_words(doc) > job.max_words:
-                doc = trim_to_words(doc, job.max_words, job.target_words).rstrip() + "\n"
             words = count_words(doc)
+            scope = await scope_held(tx, edit, doc) if edit.kind == "rewrite" else None
+            if scope is not None and scope.get("problems"):
+                why = "; ".join(scope["problems"])
+                tx.event("edit", "scope_broken", {"edit": edit.number, **scope})
+                return Published(False, give_up=True, error_code=EditError.SCOPE, reason=f"not published: {why}")
             rnd = (
                 1
                 + (
@@ -235,6 +240,22 @@ class EditCheckActivities(ModelStep):
                 return Published(False, round=rnd)
             version = await output_version(tx) + 1
             await save_document(tx, role="output", version=version, text=doc, words=words)
+            over = words - job.max_words
+            if over > 0:  # the edit's own words carry it: said, never cut from anyone's
+                tx.event(
+                    "edit",
+                    "over_max",
+                    {
+                        "edit": edit.number,
+                        "kind": edit.kind,
+                        "words": words,
+                        "max_words": job.max_words,
+                        "over": over,
+                        "cut": 0,
+                        "why": f"edit {edit.number}'s own words take the document {over} words past the job's "
+                        f"maximum; nothing was cut to fit",
+                    },
+                )
             calls = (
                 await tx.session.execute(
                     select(
@@ -269,6 +290,8 @@ class EditCheckActivities(ModelStep):
                     "tokens_in": int(calls[1]),
                     "tokens_out": int(calls[2]),
                     "flagged": edit.detail.get("flagged", 0),
+                    **({"over_max": over} if over > 0 else {}),
+                    **({"scope": scope} if scope is not None else {}),
                 },
             )
             return Published(True, version)
@@ -281,7 +304,8 @@ class EditCheckActivities(ModelStep):
             edit = await load_edit(tx, inp.edit_id)
             if edit.status != "running":
                 return
-            edit.status, edit.completed_at, edit.error_code, edit.reason = "failed", now(), inp.error_code, inp.reason
+            edit.status, edit.completed_at, edit.error_code = "failed", now(), inp.error_code
+            edit.reason = sanitized(inp.reason)  # may quote an endpoint's error: storable, no raw controls
             job.current_step = "done" if job.status == "succeeded" else job.current_step
             tx.event("edit", "failed", {"edit": edit.number, "error_code": inp.error_code, "reason": inp.reason})
 
@@ -303,52 +327,11 @@ async def _seam_ids(tx: JobTx, first: Chunk) -> tuple[str, tuple[int, int, int, 
     return mode, (pred.id, pred.state_after_id, first.state_before_id, first.id)
 
 
-async def _unit_chunk_now(tx: JobTx, c: Chunk) -> _UnitChunk:
-    """A chunk as it now stands, for a seam check: its latest text and its current memory."""
-    version = await latest_version(tx, c.id)
-    assert version is not None
-    state = await tx.session.get(CoherenceState, c.state_after_id)
-    entries = await _entries(tx, [c.memory_version_id] if c.memory_version_id else [])
-    mem = memory_of(entries, state.summary if state is not None else "")
-    known = {(f.subtype, f.entry_id) for f in await _chunk_findings(tx, [c.id])}
-    source = entries[0].source if entries else "fallback"
-    return _UnitChunk(c.id, c.ordinal, version.text, Remembered(mem, source), version.id, known)
-
-
-async def _entries(tx: JobTx, version_ids: list[int]) -> list[Entry]:
-    rows = (
-        (
-            await tx.session.execute(
-                select(LedgerEntry).where(LedgerEntry.chunk_version_id.in_(version_ids)).order_by(LedgerEntry.id)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    return [
-        Entry(
-            r.id,
-            r.kind,
-            r.key,
-            r.name,
-            r.value,
-            r.quote,
-            r.doc_order,
-            r.attribute,
-            r.etype,
-            r.when_,
-            r.chunk_version_id,
-            r.source,
-        )
-        for r in rows
-    ]
-
-
 async def _flag_relied_on(tx: JobTx, edit: Edit, node: PlanNode) -> int:
     """A ``relied_on_changed`` finding (open, minor) in each later node of the edited node's level
     that names what the edit changed or took away, at its first mention: read it again."""
     mine = await chunks_under(tx.session, node)
-    old = await _entries(
+    old = await version_entries(
         tx,
         [
             b["memory"]
@@ -356,7 +339,7 @@ async def _flag_relied_on(tx: JobTx, edit: Edit, node: PlanNode) -> int:
             if b.get("memory") and int(cid) in {c.id for c in mine}
         ],
     )
-    new = await _entries(tx, [c.memory_version_id for c in mine if c.memory_version_id])
+    new = await version_entries(tx, [c.memory_version_id for c in mine if c.memory_version_id])
     changes = changed(old, new)
     if not changes:
         return 0

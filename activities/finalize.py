@@ -12,7 +12,7 @@ from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now, record_length_check
 from activities.contracts import FailInput, FinalizeResult, RoundRef
-from core.continuity import brief
+from core.coherence import brief
 from core.errors import JobGone
 from core.layout import assemble, top_up
 from core.length import Effort, give_up

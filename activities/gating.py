@@ -1,11 +1,12 @@
-"""The degeneration gate at the chunk step, and what a job's words are made of.
+"""The degeneration gate for every model answer that becomes document text: chunk attempts, and
+the versions made of answers (continuity and seam repairs, the stitch's bridges: ``claim_version``).
 
-``core.gate`` judges an answer alone, in a process of the worker's own (``gate``): its rules are
-pure CPU, milliseconds an answer, and on the event loop they held up every other call in flight
-(a hundred streams, the heartbeats, Temporal's polls). Here its paragraphs and sentences are claimed in the
-document (``text_marks``, in the transaction that stores the attempt), and whatever another chunk
-of the job already said is cut (rule ``repeat``; said with a few words changed, ``near_repeat``), in
-any chapter. Race-free without locks: the
+``core.gate`` judges an answer alone, in a process of the worker's own (``gate``; each request
+answered by its id): its rules are pure CPU, milliseconds an answer, and on the event loop they
+held up every other call in flight (a hundred streams, the heartbeats, Temporal's polls). Here its
+paragraphs and sentences are claimed in the document (``text_marks``, in the transaction that
+stores the attempt or the version), and whatever another chunk of the job already said is cut
+(rule ``repeat``; said with a few words changed, ``near_repeat``), in any chapter. Race-free without locks: the
 table's primary key (job, fingerprint) lets one claim win, and a claim waits for a concurrent one
 to commit or roll back; fingerprints are inserted in sorted order, so two attempts claiming the
 same ones never wait on each other in a cycle. Idempotent: the claims commit or roll back with
@@ -19,6 +20,7 @@ import asyncio
 import json
 import sys
 from asyncio.subprocess import PIPE
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -39,11 +41,14 @@ GATE_TIMEOUT_S = 60.0  # an answer's verdict takes milliseconds: a process this 
 class _GateProcess:
     """``core.gate_process`` and the pipes to it: one verdict at a time, each request written and its
     answer read under one lock, in a task of its own, so a caller cancelled half-way never leaves
-    a verdict behind for the next one to read."""
+    a verdict behind for the next one to read. Each request carries an id its verdict names: a
+    verdict for another request is never taken for this one's, and a process that does not answer
+    in time is killed before the lock is let go (nothing it says later reaches anyone)."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.lock = asyncio.Lock()
+        self.sent = 0
 
     async def ask(self, request: dict[str, Any]) -> Gated:
         return await asyncio.shield(asyncio.ensure_future(self._exchange(request)))
@@ -51,12 +56,24 @@ class _GateProcess:
     async def _exchange(self, request: dict[str, Any]) -> Gated:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         async with self.lock:
-            self.proc.stdin.write(json.dumps(request, ensure_ascii=False).encode() + b"\n")
+            self.sent += 1
+            rid = self.sent
+            self.proc.stdin.write(json.dumps({**request, "id": rid}, ensure_ascii=False).encode() + b"\n")
             await self.proc.stdin.drain()
-            line = await asyncio.wait_for(self.proc.stdout.readline(), GATE_TIMEOUT_S)
-        if not line:
-            raise ConnectionError("the gate's process closed its output (it ended)")
-        return gated(json.loads(line))
+            try:
+                async with asyncio.timeout(GATE_TIMEOUT_S):
+                    while True:
+                        line = await self.proc.stdout.readline()
+                        if not line:
+                            raise ConnectionError("the gate's process closed its output (it ended)")
+                        answer = json.loads(line)
+                        if answer.get("id") == rid:
+                            break
+                        log.warning("gate.stale_verdict", id=answer.get("id"), waiting_for=rid)
+            except BaseException:
+                await self.stop()  # under the lock: no later caller reads what this one was owed
+                raise
+        return gated(answer)
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -103,14 +120,15 @@ async def gate(answer: str, *, prompt: str = "", source: str = "", before: str =
 
 
 async def clean(answer: str, echo_of: str = "", source: str = "", *, fragment: bool = False) -> str:
-    """The kept text of ``gate`` (for steps that record no cuts of their own: bridges, seam repairs)."""
+    """The kept text of ``gate``, for text that is no part of the document (summaries)."""
     return (await gate(answer, prompt=echo_of, source=source, fragment=fragment)).text
 
 
-async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated:
+async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated, free: Sequence[int] = ()) -> Gated:
     """``gated`` without the paragraphs and sentences the document already has, nor the paragraphs
     it has with a few words changed (their shingles); the rest claimed, and only the rest: the marks
-    of what was cut are given back in the same transaction."""
+    of what was cut are given back in the same transaction. ``free``: chunks whose marks are up for
+    grabs (an edit's: the text it replaces), claimed over."""
     marks = sorted(fingerprints(gated.text), key=lambda m: m.fingerprint)
     if not marks:
         return gated
@@ -124,21 +142,68 @@ async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated
         "kinds": [m.kind for m in marks],
         "words": [m.words for m in marks],
     }
-    won = set((await tx.session.execute(_CLAIM, params)).scalars())
+    if free:
+        won = set((await tx.session.execute(_RECLAIM, {**params, "free": list(free)})).scalars())
+    else:
+        won = set((await tx.session.execute(_CLAIM, params)).scalars())
     kept, cuts = drop_repeats(gated.text, {m.fingerprint for m in marks} - won)
     if cuts and (released := sorted(won - {m.fingerprint for m in fingerprints(kept)})):
         await tx.session.execute(_RELEASE, {**params, "fingerprints": released})
     return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
 
 
-_CLAIM = text(
+async def taken(tx: JobTx, gated: Gated, free: Sequence[int] = ()) -> Gated:
+    """``gated`` without what the document already has, as ``claim`` would cut it, claiming
+    nothing (an answer that may yet be refused)."""
+    marks = fingerprints(gated.text)
+    if not marks:
+        return gated
+    held = set(
+        (
+            await tx.session.execute(
+                _TAKEN, {"job_id": tx.job_id, "fingerprints": [m.fingerprint for m in marks], "free": list(free)}
+            )
+        ).scalars()
+    )
+    kept, cuts = drop_repeats(gated.text, held)
+    return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
+
+
+VERSION_CLAIM = 0  # the attempt number of text_marks claimed by a version (a repair, a bridge), not an attempt
+
+
+def passes(answers: list[Gated]) -> Gated:
+    """The model answers a version's new words came from, as one: their words and their cuts."""
+    return Gated("", [c for g in answers for c in g.cuts], sum(g.words_in for g in answers))
+
+
+async def claim_version(tx: JobTx, chunk: Chunk, text: str, answers: Gated) -> tuple[str, dict[str, Any]]:
+    """A new version of ``chunk`` made of model answers (``answers``: their words, the gate's cuts)
+    with what the document already says elsewhere cut (what the chunk itself said is its own to
+    say again), its new words claimed, as a chunk attempt's are; returns the text kept and the
+    record its version carries (``detail.gate``: the model's words, every cut), which the job's
+    word account sums."""
+    kept = await claim(tx, chunk, VERSION_CLAIM, Gated(text, [], 0), free=[chunk.id])
+    record = {"words_model": answers.words_in, "cuts": [*answers.records(), *kept.records()]}
+    return kept.text, record
+
+
+_INSERT_MARKS = (
     "INSERT INTO text_marks (job_id, fingerprint, kind, chunk_id, attempt_no, words) "
     "SELECT :job_id, m.f, m.k, :chunk_id, :attempt_no, m.w "
     "FROM unnest(CAST(:fingerprints AS bigint[]), CAST(:kinds AS text[]), CAST(:words AS int[])) "
     "WITH ORDINALITY AS m(f, k, w, n) ORDER BY m.n "
-    "ON CONFLICT DO NOTHING RETURNING fingerprint"
+)
+_CLAIM = text(_INSERT_MARKS + "ON CONFLICT DO NOTHING RETURNING fingerprint")
+_RECLAIM = text(
+    _INSERT_MARKS + "ON CONFLICT (job_id, fingerprint) DO UPDATE SET chunk_id = EXCLUDED.chunk_id, "
+    "attempt_no = EXCLUDED.attempt_no WHERE text_marks.chunk_id = ANY(CAST(:free AS bigint[])) RETURNING fingerprint"
 )
 _RELEASE = text(
     "DELETE FROM text_marks WHERE job_id = :job_id AND chunk_id = :chunk_id AND attempt_no = :attempt_no "
     "AND fingerprint = ANY(CAST(:fingerprints AS bigint[]))"
+)
+_TAKEN = text(
+    "SELECT fingerprint FROM text_marks WHERE job_id = :job_id AND fingerprint = ANY(CAST(:fingerprints AS bigint[])) "
+    "AND NOT chunk_id = ANY(CAST(:free AS bigint[]))"
 )

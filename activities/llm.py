@@ -32,7 +32,7 @@ from activities.llm_budget import budget_exhausted, quota_refused
 from activities.llm_record import STORE_RETRY_S, Call, CallRecords, Closed, LlmResult, answer_of, shielded
 from activities.llm_stream import TRANSIENT, Outcome, retry_wait, stream_completion
 from activities.llm_telemetry import CallRecord, observe, outcome_label, start_span
-from core.controls import without_controls
+from core.controls import sanitized, without_controls
 from core.cost import Price
 from core.errors import BudgetExhausted, JobGone, LlmUnavailable
 from core.runs import edit_of
@@ -218,7 +218,9 @@ class LlmClient:
                         call.call_id, call.attempt_no = call.row.id, call.row.attempt
                     await self._http(call)
         except TRANSIENT as exc:
-            raise LlmUnavailable(f"{type(exc).__name__} after {self.max_retries + 1} attempts: {exc}") from exc
+            # The endpoint's own words, as a job's reason may quote them: storable, no raw controls.
+            why = sanitized(f"{type(exc).__name__} after {self.max_retries + 1} attempts: {exc}")
+            raise LlmUnavailable(why) from exc
 
     async def _http(self, call: Call) -> None:
         """One HTTP attempt. A failure is stored before anything else can happen (cancellation

@@ -27,7 +27,7 @@ from sqlalchemy import inspect, select
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from activities.llm_stream import Outcome
-from core.controls import from_raw, is_storable, raw_bytes, storable
+from core.controls import from_raw, is_storable, raw_bytes, sanitized, storable
 from core.cost import Price, cost_micro_usd
 from core.text import count_words
 from db.models import LlmCall
@@ -198,7 +198,7 @@ class CallRecords:
         status = "ok" if out.error is None and text else "error"
         err = None
         if out.error is not None:
-            err = storable(f"{type(out.error).__name__}: {out.error}")
+            err = sanitized(f"{type(out.error).__name__}: {out.error}")
         elif not text:
             err = "empty content"
         return Closed(status, tokens_in, tokens_out, cached, estimated, err)

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.memory import MemoryContext
 from core.plan import MAX_PLANNED_SECTIONS
+from core.recall import MemoryContext
 from core.text import tail_words
 
 SYSTEM = (
@@ -334,23 +334,6 @@ def bridge_messages(left_text: str) -> list[dict[str, str]]:
     ]
 
 
-def rewrite_messages(before: str, passage: str, after: str, instruction: str, words: int) -> list[dict[str, str]]:
-    """Rewrite a passage its author selected, following their instruction; the text around it stays."""
-    around = [f'The document reads, just before the passage:\n"…{tail_words(before, 120)}"'] if before.strip() else []
-    if after.strip():
-        around.append(f'and just after it:\n"{" ".join(after.split()[:120])}…"')
-    return [
-        {"role": "system", "content": SYSTEM},
-        {
-            "role": "user",
-            "content": "\n\n".join(around)
-            + f'\n\nThe passage to rewrite:\n"""\n{passage.strip()}\n"""\n\n'
-            + f"Rewrite only that passage, as its author asks: {instruction.strip()}\n"
-            + f"It must still join what comes before and after it. Write only the new passage, about {words} words.",
-        },
-    ]
-
-
 MEMORY_SYSTEM = (
     "You keep the story memory of a long document and check each new passage against it. "
     "You answer with one JSON object only."
@@ -366,11 +349,13 @@ def memory_messages(
     contradictions (a seam, where the delta is already stored)."""
     known_text = "\n".join(f"[{ref}] {line}" for ref, line in known) or "(nothing yet)"
     contradictions = (
-        '"contradictions":[{"category":"characters|facts|timeline|plot|style","known":"<ref>","quote","explanation"}]'
+        '"contradictions":[{"category":"characters|facts|timeline|plot|style","known":"<ref>","quote","explanation"}],'
+        '"agrees":["<ref>"]'
     )
+    agrees = " Agrees: the refs of entries above that the passage states again, consistently."
     if judge_only:
         shape = '{"summary":"<a sentence>",' + contradictions + "}"
-        what = "Only the contradictions: where the passage contradicts an entry above."
+        what = "Only the contradictions: where the passage contradicts an entry above." + agrees
     else:
         shape = (
             '{"summary":"<2-3 sentences>","entities":[{"name","type":"person|place|object|organisation|term|other",'
@@ -380,7 +365,7 @@ def memory_messages(
         )
         what = (
             "Entities: who and what it introduces or tells something new about. Facts: what the rest must not "
-            "contradict. Contradictions: where it contradicts an entry above."
+            "contradict. Contradictions: where it contradicts an entry above." + agrees
         )
     user = (
         f"Established so far, each with its ref:\n{known_text}\n\n"

@@ -20,7 +20,7 @@ from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now
 from activities.contracts import JobRef
-from activities.plan import _lay_out
+from activities.plan_rows import lay_out
 from core.layout import NodePlan, subtree, tree_levels, unit_level
 from core.plan import PlanItem
 from core.review import changes
@@ -151,7 +151,7 @@ async def _lay_out_again(tx: JobTx, job: Any, before: list[dict[str, Any]], item
         )
         for i in items
     ]
-    top = await _lay_out(tx.session, jid, tree, plan_items)
+    top = await lay_out(tx.session, jid, tree, plan_items)
     job.skeleton = {**job.skeleton, "sections": [{"title": n.title, "summary": n.purpose} for n in top]}
     job.sections_total = sum(1 for n in tree.walk() if n.level == "section")
     job.chunks_total = sum(len(n.chunks) for n in tree.walk())

@@ -1,8 +1,10 @@
 """The stitch step: once a section's chunks are committed, check the seams inside its unit as text
 (paragraphs repeated from earlier text of the unit, references to sections that do not exist,
-passages that stop mid-sentence) and repair them as new chunk versions; broken seams are bridged by
-the model. Continuity (names, attributes, threads, the timeline) is checked when each chunk is
-accepted, against the story memory; seams between units are the seam step's."""
+passages that stop mid-sentence) and repair them as new chunk versions, never under a locked node;
+broken seams are bridged by the model, its words through the gate (cut where the document says
+them already, claimed, recorded on the version) as a chunk's are. Continuity (names, attributes,
+threads, the timeline) is checked when each chunk is accepted, against the story memory; seams
+between units are the seam step's."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from temporalio import activity
 
 from activities.base import ModelStep, add_version, job_options, latest_versions, load_job, plan_node, texts_of
 from activities.contracts import NodeRef
-from activities.gating import clean
+from activities.gating import claim_version, gate
 from activities.prompts import bridge_messages
 from core.continuity import remove_paragraph, seam_issues
+from core.gate import Cut, Gated
 from core.layout import STITCH_WINDOW_CHUNKS
-from core.text import join_continuation, normalize_paragraph, paragraphs
+from core.text import count_words, join_continuation, normalize_paragraph, paragraphs
+from db.locks import locked_chunks
 from db.manuscript import Chunk, PlanNode, StitchResult
 from db.session import JobTx
 
@@ -71,7 +75,7 @@ class StitchActivities(ModelStep):
                 tx.final = True
                 await _store(tx, section, [*earlier, *chunks], texts, window, issues, {})
                 return
-        bridges: dict[int, str] = {}
+        bridges: dict[int, tuple[str, Gated]] = {}
         for issue in broken:
             msgs = bridge_messages(texts[issue["chunk"]])
             res = await self.llm.complete(
@@ -84,9 +88,13 @@ class StitchActivities(ModelStep):
                 temperature=0.3,
             )
             prompt = "\n".join(m["content"] for m in msgs)
-            bridge = (await clean(res.text, prompt, fragment=True)).split("\n")[0].strip()
-            if bridge:
-                bridges[issue["chunk"]] = bridge if bridge[-1] in ".!?" else bridge + "."
+            gated = await gate(res.text, prompt=prompt, fragment=True)
+            bridge, _, rest = gated.text.strip().partition("\n")
+            if rest.strip():  # a bridge is one sentence: what follows is not kept, and is counted so
+                gated.cuts.append(Cut("past_bridge", rest.strip(), count_words(rest)))
+            if bridge.strip():
+                bridge = bridge.strip()
+                bridges[issue["chunk"]] = (bridge if bridge[-1] in ".!?" else bridge + ".", gated)
         async with self.db.job_tx(jid, final=True) as tx:
             await load_job(tx, jid)
             if await _stitched(tx, section.id):
@@ -107,19 +115,27 @@ async def _store(
     texts: dict[int, str],
     window: list[tuple[int, str]],
     issues: list[dict[str, Any]],
-    bridges: dict[int, str],
+    bridges: dict[int, tuple[str, Gated]],
 ) -> None:
-    """The section's repairs (new chunk versions), its stitch result, and the section written.
-    ``chunks``: the rows of the window's chunks, as this transaction read them."""
+    """The section's repairs (new chunk versions; a bridge's words claimed and recorded as a
+    chunk attempt's are), its stitch result, and the section written. ``chunks``: the rows of the
+    window's chunks, as this transaction read them. A chunk under a locked node is not repaired."""
     rows = {c.ordinal: c for c in chunks}
-    job = await load_job(tx, tx.job_id)
+    job = await load_job(tx, tx.job_id, lock=bool(issues))  # a lock taken meanwhile is seen, or waits
+    locked = await locked_chunks(tx.session, [c.id for c in chunks]) if issues else set()
     words_before = sum(rows[o].word_count for o, _ in window)
-    repairs, new_texts = _repair(dict(window), rows, section.id, issues, bridges)
+    repairs, new_texts = _repair(dict(window), rows, section.id, issues, {o: b for o, (b, _) in bridges.items()})
+    for o in [o for o in new_texts if rows[o].id in locked]:
+        del new_texts[o]
+        repairs = [{**r, "skipped": "locked"} if r["chunk"] == o else r for r in repairs]
     latest_of = await latest_versions(tx, [rows[o].id for o in new_texts])
     for ordinal, text in new_texts.items():
         chunk = rows[ordinal]
         latest = latest_of.get(chunk.id)
-        v = add_version(tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, {"section": section.id})
+        detail: dict[str, Any] = {"section": section.id}
+        if ordinal in bridges:
+            text, detail["gate"] = await claim_version(tx, chunk, text, bridges[ordinal][1])
+        v = add_version(tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, detail)
         chunk.word_count = v.word_count
     words_after = sum(rows[o].word_count for o, _ in window)
     job.words_written = job.words_written + words_after - words_before

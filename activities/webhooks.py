@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -25,12 +26,12 @@ from standardwebhooks.webhooks import Webhook
 from temporalio import activity
 
 from activities.base import Step, load_job
-from core.continuity import brief
+from core.coherence import brief
 from core.errors import WebhookRefused
 from core.sealing import Sealer, SealError
-from core.webhooks import IPAddress, WebhookPolicy, delivery_error, event_type, job_event, message_id
+from core.webhooks import IPAddress, WebhookPolicy, alarm_event, delivery_error, job_event, message_id
 from db.counts import coherence_counts, word_account
-from db.models import AuditCheckpoint, Document, LlmCall, User
+from db.models import AuditCosignature, Document, LlmCall, User
 from db.session import Database
 from db.webhooks import check_target
 
@@ -48,16 +49,13 @@ class WebhookConfig:
     sealer: Sealer | None  # None: no key to open secrets with; deliveries are refused
     public_url: str  # the API's URL, for the event's links
     timeout_s: float = 10.0
-    # The operator's witness (QUIRE_WITNESS_URL, QUIRE_WITNESS_SECRET): each job's last checkpoint
-    # is POSTed there, signed like a webhook. The operator's own URL: no target policy applies.
-    witness_url: str | None = None
-    witness_secret: str | None = None
 
 
 @dataclass
 class DeliveryRef:
     job_id: str
     attempts: int  # of the schedule: the last one says so in its event
+    alarm: dict[str, Any] | None = None  # an ``audit.alarm`` to deliver instead of the job's end (db.signer.Refusal)
 
 
 def pinned(url: str, ip: IPAddress) -> tuple[str, dict[str, str], dict[str, str]]:
@@ -100,15 +98,15 @@ class WebhookActivities(Step):
             ).scalar_one()
             report = brief(await coherence_counts(tx.session, jid, words or job.words_written))
             account = (await word_account(tx.session, jid)).as_dict()
-            body = json.dumps(
-                job_event(job, words, None if cost is None else int(cost), self.config.public_url, account, report),
-                separators=(",", ":"),
-                ensure_ascii=False,
-            )
-            kind = event_type(job.status)
+            event = job_event(job, words, None if cost is None else int(cost), self.config.public_url, account, report)
+            if inp.alarm is not None:
+                event = alarm_event(job, inp.alarm, self.config.public_url)
+            body = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+            kind = str(event["type"])
         if url is None:
             return 0
-        base = {"webhook_id": message_id(inp.job_id), "event": kind, "url": url, "attempt": attempt}
+        msg_id = message_id(inp.job_id) + (f"_alarm_{inp.alarm.get('tree_size')}" if inp.alarm is not None else "")
+        base = {"webhook_id": msg_id, "event": kind, "url": url, "attempt": attempt}
         secret = self._secret(sealed)
         why, addresses = await check_target(url, self.config.policy)
         if secret is None or why is not None:
@@ -135,46 +133,30 @@ class WebhookActivities(Step):
 
     @activity.defn(name="witness_checkpoint")
     async def witness(self, inp: DeliveryRef) -> int:
-        """POST the job's latest signed checkpoint to the operator's witness once; the HTTP status.
-        A witness keeps what it was sent: a log rewritten later no longer matches what it holds."""
+        """Leave the ended job's log under a witnessed checkpoint: a write after a job's end signs a
+        checkpoint and submits it to the witnesses (db.signer), proved from the size each holds, so
+        one left unwitnessed at the end (a witness down) is caught up here; retried on the webhook
+        schedule until a quorum cosigns. The number of witnesses that cosigned."""
         jid = uuid.UUID(inp.job_id)
-        url, secret = self.config.witness_url, self.config.witness_secret
+        signer = self.db.signer
+        if signer is None or not signer.witnesses:
+            await self._record(jid, "witness_skipped", {"reason": "no witness configured"})
+            return 0
+        attempt = activity.info().attempt
         async with self.db.job_tx(jid) as tx:
             await load_job(tx, jid, allow_terminal=True)
-            cp = (
-                await tx.session.execute(
-                    select(AuditCheckpoint)
-                    .where(AuditCheckpoint.job_id == jid)
-                    .order_by(AuditCheckpoint.tree_size.desc())
-                    .limit(1)
+            tx.event("webhook", "witness", {"attempt": attempt, "witnesses": [w.key.label for w in signer.witnesses]})
+        async with self.db.tx() as s:
+            got = (
+                await s.execute(
+                    select(func.count()).where(
+                        AuditCosignature.job_id == jid, AuditCosignature.tree_size == tx.last_seq
+                    )
                 )
-            ).scalar_one_or_none()
-        if url is None or secret is None or cp is None:
-            why = "no witness configured" if url is None or secret is None else "the log has no checkpoint yet"
-            await self._record(jid, "witness_skipped", {"reason": why})
-            return 0
-        body = json.dumps(
-            {
-                "type": "audit.checkpoint",
-                "timestamp": cp.ts.isoformat(),
-                "data": {"job_id": inp.job_id, "tree_size": cp.tree_size, "root": cp.root, "key_id": cp.key_id,
-                         "note": cp.note},
-            },
-            separators=(",", ":"),
-        )  # fmt: skip
-        msg_id = f"msg_cp_{inp.job_id.replace('-', '')}_{cp.tree_size}"
-        attempt = activity.info().attempt
-        status, error, ms = await self._post(url, None, msg_id, body, secret)
-        ok = status is not None and 200 <= status < 300
-        await self._record(
-            jid,
-            "witnessed" if ok else "witness_failed",
-            {"tree_size": cp.tree_size, "root": cp.root, "status_code": status, "latency_ms": ms, "error": error,
-             "attempt": attempt, "final": ok or attempt >= inp.attempts},
-        )  # fmt: skip
-        if not ok:
-            raise WebhookFailed(error or f"HTTP {status}")
-        return int(status or 0)
+            ).scalar_one()
+        if got < signer.needed:
+            raise WebhookFailed(f"the log's checkpoint at {tx.last_seq} has {got} of {signer.needed} cosignatures")
+        return int(got)
 
     def _secret(self, sealed: str | None) -> str | None:
         if sealed is None or self.config.sealer is None:
@@ -185,12 +167,11 @@ class WebhookActivities(Step):
             return None
 
     async def _post(
-        self, url: str, ip: IPAddress | None, msg_id: str, body: str, secret: str
+        self, url: str, ip: IPAddress, msg_id: str, body: str, secret: str
     ) -> tuple[int | None, str | None, float]:
-        """(HTTP status or None, error or None, latency ms) of one signed POST to ``ip`` (None: to
-        ``url`` as it is, the operator's witness, whose URL no user chose)."""
+        """(HTTP status or None, error or None, latency ms) of one signed POST to ``ip``."""
         now = dt.datetime.now(dt.UTC)
-        target, host, extensions = pinned(url, ip) if ip is not None else (url, {}, {})
+        target, host, extensions = pinned(url, ip)
         headers = {
             **host,
             "content-type": "application/json",

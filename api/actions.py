@@ -29,5 +29,8 @@ def actor(request: Request, who: Caller) -> dict[str, Any]:
     }
 
 
-async def record(request: Request, db: Database, who: Caller, job: Job, action: str, **data: Any) -> None:
-    await record_user_action(db, job.id, action, {**actor(request, who), **data})
+async def record(
+    request: Request, db: Database, who: Caller, job: Job, action: str, *, download: bool = False, **data: Any
+) -> int | None:
+    """The action in the job's log; its seq (None: the job is gone)."""
+    return await record_user_action(db, job.id, action, {**actor(request, who), **data}, download=download)

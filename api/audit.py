@@ -67,11 +67,18 @@ async def get_audit(
     download: Annotated[bool, Query(description="send as an attachment (Content-Disposition)")] = False,
 ) -> StreamingResponse:
     headers = {}
+    up_to = None
+    whole = after == 0 and limit is None and not kind
     if download:
         headers["Content-Disposition"] = f'attachment; filename="quire-audit-{job.id}.{format}"'
-        # Recorded before the log is read: the copy the user gets holds its own download.
-        await actions.record(request, db, who, job, "download_audit", format=format, after=after, limit=limit)
-    body = logreader.render(db, job.id, after, limit, format, list(kind) if kind else None)
+        # Recorded before the log is read: the copy the user gets holds its own download, and a
+        # whole one ends at the checkpoint that write signs (marked ``download``), so that a copy
+        # cut shorter is told from it.
+        seq = await actions.record(
+            request, db, who, job, "download_audit", download=whole, format=format, after=after, limit=limit
+        )
+        up_to = seq if whole else None
+    body = logreader.render(db, job.id, after, limit, format, list(kind) if kind else None, up_to=up_to)
     return StreamingResponse(body, media_type=AUDIT_MEDIA[format], headers=headers)
 
 

@@ -39,7 +39,11 @@ class Checkpoint(BaseModel):
     root: str = Field(description="hex")
     key_id: str = Field(description="<key name>+<key id>: the public key (`quire keys export`) that checks it")
     ts: str
-    note: str = Field(description="the C2SP signed note: origin, tree size, base64 root, blank line, signatures")
+    prev_size: int | None = Field(None, description="the tree size of the checkpoint signed before it")
+    note: str = Field(
+        description="the C2SP signed note: origin, tree size, base64 root, extension lines (time, prev, end, "
+        "download), a blank line, the operator's signature and the witnesses' cosignatures (tlog-cosignature)"
+    )
 
 
 class AuditPage(BaseModel):
@@ -63,7 +67,9 @@ class InclusionProof(BaseModel):
     event: AuditEvent
     tree_size: int
     checkpoint: str = Field(description="the signed note of the tree the event is proved in")
-    proof: dict[str, Any] = Field(description="the Merkle path (pymerkle's form: rule, path in hex)")
+    proof: dict[str, Any] = Field(
+        description="RFC 9162 §2.1.3: {leaf_index (seq - 1), tree_size, inclusion_path (base64 hashes)}"
+    )
 
 
 class ConsistencyProof(BaseModel):
@@ -73,7 +79,9 @@ class ConsistencyProof(BaseModel):
     job_id: str
     old: str = Field(description="the earlier checkpoint's signed note")
     new: str = Field(description="the later checkpoint's signed note")
-    proof: dict[str, Any]
+    proof: dict[str, Any] = Field(
+        description="RFC 9162 §2.1.4: {tree_size_1, tree_size_2, consistency_path (base64 hashes)}"
+    )
 
 
 class AuditVerdict(BaseModel):
@@ -96,6 +104,12 @@ class AuditVerdict(BaseModel):
     signed_by: list[str] = Field(description="the keys that signed them")
     covered_seq: int = Field(description="the log up to this seq is under a signed checkpoint")
     root: str | None = Field(description="the Merkle root of the whole log (hex)")
+    complete: bool = Field(description="intact and whole: its last checkpoint, covering it all, says its job ended")
+    partial: str | None = Field(description="intact but not known whole: why (a job still running, ...)")
+    end_seq: int | None = Field(description="the job's terminal event, as the last checkpoint names it")
+    signed_at: int | None = Field(description="when the last checkpoint was signed (POSIX seconds)")
+    witness_answers: dict[str, str] = Field(description="each witness asked about the last checkpoint: its answer")
+    alarm: str | None = Field(description="why a checkpoint of this log was refused (an alarm), if one was")
 
 
 class StreamEnd(BaseModel):

@@ -8,7 +8,10 @@ temporalio/samples-python ``encryption/codec_server.py``), and answer only an op
 - ``Authorization: Bearer <QUIRE_OPERATOR_TOKEN>`` (the CLI's ``--codec-auth``, scripts);
 - or, for the UI in a browser, the session cookie that signing in at ``/codec`` sets (HttpOnly,
   SameSite=Strict, signed with the token, so a new token ends every session): the UI's fetch sends it
-  when its codec setting "Include cross-origin credentials" is on.
+  when its codec setting "Include cross-origin credentials" is on. Each session is a row
+  (``codec_sessions``): signing out ends it on the server, and ``POST /codec/session?end=all`` (an
+  operator) ends every one, whatever their 12 hours. Sign-ins with a wrong token are limited per
+  address (``SIGN_IN_LIMIT``: 429 with Retry-After past it).
 
 CORS answers only the UI's origins (QUIRE_CODEC_ORIGINS), with credentials; the routes accept JSON
 only, so a page elsewhere cannot post to them without a preflight that is refused. Temporal still
@@ -26,6 +29,9 @@ import structlog
 from fastapi import FastAPI
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -34,33 +40,43 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from temporalio.api.common.v1 import Payloads
 
-from services.codec import CodecKeyError
+from services.codec import CodecKeyError, open_session, revoke_sessions, session_live
 
 log = structlog.get_logger(__name__)
 COOKIE = "quire_codec"
 SESSION_S = 12 * 3600
+SIGN_IN_LIMIT = parse("10/minute")  # wrong tokens per client address, per API process
 # The sign-in page: a form and nothing else (no script at all).
 PAGE_CSP = "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 
 
-def session_value(token: str, expires: int) -> str:
-    """``<expiry>.<HMAC-SHA256 of it under the token>``: no state to keep, and void once the token changes."""
-    mac = hmac.new(hashlib.sha256(token.encode()).digest(), f"codec-session:{expires}".encode(), "sha256")
-    return f"{expires}.{mac.hexdigest()}"
+def session_value(token: str, sid: str, expires: int) -> str:
+    """``<session id>.<expiry>.<HMAC-SHA256 of both under the token>``: void once the token changes."""
+    mac = hmac.new(hashlib.sha256(token.encode()).digest(), f"codec-session:{sid}:{expires}".encode(), "sha256")
+    return f"{sid}.{expires}.{mac.hexdigest()}"
 
 
-def _valid_session(token: str, value: str) -> bool:
-    expires = value.partition(".")[0]
-    if not expires.isdigit() or int(expires) < time.time():
-        return False
-    return hmac.compare_digest(value, session_value(token, int(expires)))
+def _session_id(token: str, value: str) -> str | None:
+    """The session a cookie names, if it is one this token signed and it has not expired."""
+    sid, _, rest = value.partition(".")
+    expires = rest.partition(".")[0]
+    if not sid.isalnum() or not expires.isdigit() or int(expires) < time.time():
+        return None
+    return sid if hmac.compare_digest(value, session_value(token, sid, int(expires))) else None
 
 
 def mount(app: FastAPI, token: str | None, origins: list[str]) -> None:
     """Serve the codec server under ``/codec`` of ``app`` (whose state holds the Temporal client and
     so the codec); without a token it answers 404 saying how to turn it on."""
 
-    def refusal(request: Request) -> Response | None:
+    attempts = MovingWindowRateLimiter(MemoryStorage())
+
+    async def signed_in(request: Request) -> str | None:
+        """The live session of the request's cookie (checked in the database: it may have been ended)."""
+        sid = _session_id(token, request.cookies.get(COOKIE, "")) if token is not None else None
+        return sid if sid is not None and await session_live(app.state.db, sid) else None
+
+    async def refusal(request: Request) -> Response | None:
         if token is None:
             return JSONResponse(
                 {"detail": "the codec server is off: set QUIRE_OPERATOR_TOKEN (quire up makes one)"}, 404
@@ -68,7 +84,7 @@ def mount(app: FastAPI, token: str | None, origins: list[str]) -> None:
         given = request.headers.get("authorization", "")
         if given and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return None
-        if not given and _valid_session(token, request.cookies.get(COOKIE, "")):
+        if not given and await signed_in(request) is not None:
             return None
         return JSONResponse(
             {"detail": "operators only: Authorization: Bearer <QUIRE_OPERATOR_TOKEN>, or sign in at /codec"},
@@ -77,7 +93,7 @@ def mount(app: FastAPI, token: str | None, origins: list[str]) -> None:
         )
 
     async def convert(request: Request, decode: bool) -> Response:
-        refused = refusal(request)
+        refused = await refusal(request)
         if refused is not None:
             return refused
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -108,8 +124,8 @@ def mount(app: FastAPI, token: str | None, origins: list[str]) -> None:
         return await convert(request, decode=False)
 
     async def page(request: Request) -> Response:
-        signed_in = token is not None and _valid_session(token, request.cookies.get(COOKIE, ""))
-        state = "signed in: the Temporal UI may decode in this browser" if signed_in else "not signed in"
+        live = await signed_in(request) is not None
+        state = "signed in: the Temporal UI may decode in this browser" if live else "not signed in"
         if token is None:
             state = "off: set QUIRE_OPERATOR_TOKEN (quire up makes one)"
         body = (
@@ -118,17 +134,39 @@ def mount(app: FastAPI, token: str | None, origins: list[str]) -> None:
             '<form method=post action="/codec/session"><label>Operator token '
             "<input type=password name=token autocomplete=off required></label> <button>Sign in</button></form>"
             '<form method=post action="/codec/session?end=1"><button>Sign out</button></form>'
+            '<form method=post action="/codec/session?end=all"><button>Sign out every browser</button></form>'
         )
         return HTMLResponse(body, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
 
     async def session(request: Request) -> Response:
-        """Sign in (the page's form, or JSON ``{"token"}``): a cookie for this browser; ``?end=1`` signs out."""
+        """Sign in (the page's form, or JSON ``{"token"}``): a cookie for this browser; ``?end=1`` signs
+        out (the session ends on the server too); ``?end=all`` (an operator) ends every session."""
         done = RedirectResponse("/codec", status_code=303)
-        if request.query_params.get("end"):
+        ip = request.client.host if request.client else "-"
+        end = request.query_params.get("end")
+        if end == "all":
+            refused = await refusal(request)
+            if refused is not None:
+                return refused
+            ended = await revoke_sessions(app.state.db)
+            log.info("codec.sessions_revoked", sessions=ended, ip=ip)
+            done.delete_cookie(COOKIE, path="/codec")
+            return done
+        if end:
+            sid = await signed_in(request)
+            if sid is not None:
+                await revoke_sessions(app.state.db, sid)
             done.delete_cookie(COOKIE, path="/codec")
             return done
         if token is None:
             return JSONResponse({"detail": "the codec server is off: set QUIRE_OPERATOR_TOKEN"}, 404)
+        if not attempts.test(SIGN_IN_LIMIT, "codec", ip):
+            wait = max(1, int(attempts.get_window_stats(SIGN_IN_LIMIT, "codec", ip).reset_time - time.time()) + 1)
+            return JSONResponse(
+                {"detail": f"too many wrong operator tokens from this address ({SIGN_IN_LIMIT}); wait {wait} s"},
+                429,
+                headers={"Retry-After": str(wait)},
+            )
         try:
             if request.headers.get("content-type", "").startswith("application/json"):
                 given = str((await request.json()).get("token", ""))
@@ -137,19 +175,20 @@ def mount(app: FastAPI, token: str | None, origins: list[str]) -> None:
         except (ValueError, AttributeError):
             return JSONResponse({"detail": 'send the token as a form field or JSON {"token": "..."}'}, 400)
         if not hmac.compare_digest(given.encode(), token.encode()):
-            log.warning("codec.sign_in_refused", ip=request.client.host if request.client else None)
+            attempts.hit(SIGN_IN_LIMIT, "codec", ip)
+            log.warning("codec.sign_in_refused", ip=ip)
             return JSONResponse({"detail": "wrong operator token"}, 401)
-        expires = int(time.time()) + SESSION_S
+        sid, expires = await open_session(app.state.db, SESSION_S, ip)
         done.set_cookie(
             COOKIE,
-            session_value(token, expires),
+            session_value(token, sid, expires),
             max_age=SESSION_S,
             path="/codec",
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
         )
-        log.info("codec.signed_in", ip=request.client.host if request.client else None)
+        log.info("codec.signed_in", ip=ip)
         return done
 
     codec = Starlette(

@@ -33,6 +33,7 @@ from api.schemas import (
     links,
 )
 from core.cost import usd
+from core.eventformat import shown
 from core.quota import QuotaExceeded
 from core.spec import TERMINAL_STATUSES, JobKind, JobStatus
 from db.models import Job
@@ -164,7 +165,7 @@ async def job_view(db: Database, job: Job) -> JobView:
         ),
         account=WordAccountView(**t.account.as_dict(), summary=t.account.describe()),
         error_code=job.error_code,
-        failure_reason=job.failure_reason,
+        failure_reason=shown(job.failure_reason) if job.failure_reason is not None else None,
         model=job.model,
         options=job.params,
         workflow_id=job.workflow_id,
@@ -177,6 +178,7 @@ async def job_view(db: Database, job: Job) -> JobView:
         user_cost=cost(user_cost),
         webhook_url=job.webhook_url,
         audit_events=job.audit_seq,
+        audit_alarm=job.audit_alarm,
         links=links(str(job.id)),
     )
 
@@ -244,7 +246,7 @@ async def get_output(
     if doc is None:
         if partial:
             raise HTTPException(409, f"job is {job.status}: no partial output stored yet")
-        why = f": {job.error_code}: {job.failure_reason}" if job.status == "failed" else ""
+        why = f": {job.error_code}: {shown(job.failure_reason or '')}" if job.status == "failed" else ""
         raise HTTPException(409, f"job is {job.status}; the output is not ready{why}")
     fmt = exports.ALIASES.get(format, format)
     await actions.record(

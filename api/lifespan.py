@@ -16,7 +16,7 @@ from temporalio.client import Client
 from api.live import AuditListener
 from core.sealing import Sealer
 from db.session import Database
-from services import telemetry
+from services import alarms, telemetry
 from services.config import Settings
 from services.temporal import connect
 
@@ -39,6 +39,8 @@ def lifespan(
             secrets=settings.secrets(),
             signer=settings.audit_signer(),
             checkpoint_every=settings.quire_checkpoint_every,
+            witnesses=settings.witnesses(),
+            witness_quorum=settings.quire_witness_quorum,
         )
         if client is None:
             if settings.temporal_address is None:
@@ -49,6 +51,7 @@ def lifespan(
         else:
             app.state.client = client
         app.state.settings = settings
+        alarms.install(app.state.db, app.state.client, settings.temporal_task_queue, settings.webhook_retry)
         app.state.sealer = Sealer(settings.secret_keys())  # seals webhook signing secrets
         app.state.listener = AuditListener(app.state.db)
         app.state.listener.start()

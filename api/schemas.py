@@ -103,6 +103,9 @@ class JobView(BaseModel):
     user_cost: Cost = Field(description="every model call of the job's owner (deleted jobs' too)")
     webhook_url: str | None = Field(description="where the job's end is POSTed, signed (null: nowhere)")
     audit_events: int = Field(description="the job's last audit seq (the log holds seqs 1..audit_events)")
+    audit_alarm: str | None = Field(
+        None, description="why a checkpoint of the log was refused (a witness or the signer found a rewrite)"
+    )
     links: Links
 
 
@@ -311,6 +314,7 @@ class CoherenceFinding(BaseModel):
     quote: str = Field(description="the words of that version")
     contradicts: ContradictedEntry
     repair_version: int | None = Field(description="the version that repaired it (the old one is kept)")
+    tried: str | None = Field(default=None, description="open after repair attempts: what was tried, why not repaired")
     llm_call_id: int | None = Field(description="the model call that found it (judge findings)")
     audit_seq: int | None = Field(description="the seq of the audit event that recorded it")
     seam_check_id: int | None
@@ -336,9 +340,21 @@ class CoherenceReport(BaseModel):
     by_category: dict[str, CoherenceCategory]
     ledger: dict[str, int] = Field(description="entries (current versions) and distinct entities")
     states: dict[str, float] = Field(description="memory states written by the model vs the fallback")
-    seams: dict[str, int] = Field(description="seams by status: validated, repaired, flagged")
+    seams: dict[str, int] = Field(description="seams by status: validated, repaired, flagged, unchecked")
+    unchecked: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passages (chunks) and seams a check could not answer for, counted apart, with their reasons",
+    )
+    judged_by: list[str] = Field(default_factory=list, description="the model(s) that answered the memory and judge")
+    checked: str = Field(default="", description="what the checks could do, in words (e.g. names only, and why)")
     relied_on_changed: int = Field(
         default=0,
         description="open findings of passages that relied on what an author's edit changed (relied_on_changed)",
+    )
+    coverage: dict[str, int] = Field(
+        default_factory=dict,
+        description="an author's instructions and key points checked against the text, by last verdict: checked, "
+        "covered, missing (each an open key_point_not_covered or instruction_not_followed finding), unchecked "
+        "(no valid answer from the judge)",
     )
     items: list[CoherenceFinding]

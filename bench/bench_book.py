@@ -5,7 +5,6 @@
     .venv/bin/python -m bench.bench_book moonshot [--words 500000] [--tokens-per-s 60] [--parallelism 100]
     .venv/bin/python -m bench.bench_book overhead [--words 20000]
     .venv/bin/python -m bench.bench_book lock [--words 100000] [--parallelism 32]
-    .venv/bin/python -m bench.bench_book memory [--words 60000] [--tokens-per-s 400] [--parallelism 6] [--baseline REF]
     .venv/bin/python -m bench.bench_book fairness [--words 500000] [--slots 4] [--no-fairness]
 
 Each starts its own embedded Postgres, Temporal dev server, the scripted model (tests/fake_llm.py,
@@ -24,11 +23,6 @@ submits one generate job and prints what it took:
   database sessions in use;
 - overhead: Quire's wall / a plain asyncio loop making the same calls (the job's own prompts, from
   llm_calls) with the same parallelism and one INSERT per chunk, at 0 ms model time;
-- memory: the story memory and the continuity checks at work: facts planted once (a name and a
-  detail) and how many later chunk prompts carried them, contradictions planted inside chapters
-  and across parallel seams and how many were caught and repaired, tokens in / tokens out (by
-  purpose: what the memory costs), and the wall time beside a run of the same job on ``REF``'s
-  code (a git worktree), when ``--baseline`` is given;
 - fairness: one user's book fills every model slot of the worker (32 chapters at once, ``--slots``
   calls at a time, the model at a provider's pace); once it is under way another user asks for
   2,000 words: how long until that job's first chunk call, how many of the book's calls started
@@ -552,150 +546,6 @@ async def overhead(words: int, parallelism: int) -> None:
     )
 
 
-# Facts planted once each (a name and a detail) and contradictions of them: inside a chapter (the
-# lie a few chunks after the fact), across a seam written in parallel (the next chapter's opening)
-# and far away (chapters later).
-FACTS = [
-    ("Captain Mara Quell", "compass", "brass compass on her left wrist", "checked the {} before dawn", 1, 1),
-    ("Tobias Wren", "ledger", "ledger bound in green leather", "opened the {} at the harbour office", 2, 1),
-    ("Ilse Varga", "lantern", "lantern with a cracked red lens", "carried the {} up the tower stairs", 4, 1),
-    ("Orrin Blackwood", "coat", "coat with six silver buttons", "wore the {} to the council", 7, 1),
-]
-LIES = [  # (which fact, the wrong detail, chapter, its write within the chapter)
-    (2, "lantern with a clear blue lens", 4, 3),  # inside a chapter
-    (3, "coat with two brass buttons", 8, 1),  # the next chapter, written in parallel
-    (0, "silver compass on her right wrist", 10, 2),  # chapters later
-]
-
-
-def _plants() -> tuple[list[dict[str, Any]], list[str], list[str]]:
-    plants, facts, lies = [], [], []
-    for name, attr, value, shape, chapter, index in FACTS:
-        sentence = f"{name} {shape.format(value)}."
-        facts.append(sentence)
-        plants.append(
-            {
-                "sentence": sentence,
-                "entity": name,
-                "attribute": attr,
-                "value": value,
-                "chapter": chapter,
-                "index": index,
-            }
-        )
-    for fact, value, chapter, index in LIES:
-        name, attr, _, shape, _, _ = FACTS[fact]
-        sentence = f"{name} {shape.format(value)}."
-        lies.append(sentence)
-        plants.append(
-            {
-                "sentence": sentence,
-                "entity": name,
-                "attribute": attr,
-                "value": value,
-                "chapter": chapter,
-                "index": index,
-            }
-        )
-    return plants, facts, lies
-
-
-async def memory(words: int, tokens_per_s: float, parallelism: int, baseline: str | None) -> None:
-    plants, facts, lies = _plants()
-    seen: dict[str, Any] = {}
-
-    async def measure(f: dict[str, Any]) -> None:
-        seen.update(await _memory_facts(f["db_url"], facts, lies))
-
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump(plants, fh)
-    args = ["--ratio", "1.0", "1.1", "--tokens-per-s", str(tokens_per_s), "--plants", fh.name]
-    f = await run_job(words, args, {"parallelism": parallelism}, measure)
-    os.unlink(fh.name)
-    print(_line(f, words))
-    m = seen
-    print(
-        f"carry: {m['carried']} of {m['eligible']} later chunk prompts carried the planted name and detail "
-        f"({100 * m['carried'] / max(1, m['eligible']):.1f}%)"
-    )
-    for lie, (found, repaired, where) in zip(lies, m["lies"], strict=True):
-        verdict = ("caught" if found else "MISSED") + (" and repaired" if repaired else "")
-        print(f"  contradiction {lie[:60]!r}: {verdict} {where}")
-    caught = sum(1 for x in m["lies"] if x[0])
-    fixed = sum(1 for x in m["lies"] if x[1])
-    print(f"contradictions planted {len(lies)}, caught {caught}, repaired {fixed}; findings in all {m['findings']}")
-    print(f"memory states: {m['states']}; seams: {m['seams']}")
-    print(
-        f"tokens in {m['tokens_in']:,} / out {m['tokens_out']:,} = {m['tokens_in'] / max(1, m['tokens_out']):.2f}; "
-        + ", ".join(f"{k} {i:,}/{o:,}" for k, (i, o) in sorted(m["by_purpose"].items()))
-    )
-    print(f"wall {f['wall']:.1f} s at {tokens_per_s:.0f} tokens/s per call, parallelism {parallelism}")
-    if baseline:
-        base = _baseline_wall(baseline, words, tokens_per_s, parallelism)
-        print(f"baseline {baseline}: wall {base:.1f} s; this / baseline = {f['wall'] / base:.2f}")
-
-
-async def _memory_facts(db_url: str, facts: list[str], lies: list[str]) -> dict[str, Any]:
-    with psycopg.connect(plain_url(db_url)) as conn:
-        carried = eligible = 0
-        for sentence in facts:
-            row = conn.execute(
-                "SELECT c.ordinal, c.completed_at FROM chunk_versions v JOIN chunks c ON c.id = v.chunk_id "
-                "WHERE v.text LIKE %s ORDER BY v.id LIMIT 1",
-                (f"%{sentence}%",),
-            ).fetchone()
-            if row is None:
-                continue
-            name = sentence.split(" ")[0] + " " + sentence.split(" ")[1]
-            detail = next(v for n, _, v, *_ in FACTS if n.startswith(name)).split()[0]
-            calls = conn.execute(
-                "SELECT l.messages::text FROM llm_calls l JOIN chunks c ON c.id = l.chunk_id "
-                "WHERE l.purpose IN ('write', 'extend') AND c.ordinal > %s AND l.started_at > %s",
-                (row[0], row[1]),
-            ).fetchall()
-            eligible += len(calls)
-            carried += sum(1 for (m,) in calls if name in m and detail in m)
-        found = []
-        for sentence in lies:
-            rows = conn.execute(
-                "SELECT status, seam_check_id IS NOT NULL FROM continuity_findings WHERE quote LIKE %s",
-                (f"%{sentence[:40]}%",),
-            ).fetchall()
-            where = "at a seam" if any(r[1] for r in rows) else "when accepted" if rows else ""
-            found.append((bool(rows), any(r[0] == "repaired" for r in rows), where))
-        by_purpose = {
-            p: (int(i or 0), int(o or 0))
-            for p, i, o in conn.execute("SELECT purpose, sum(tokens_in), sum(tokens_out) FROM llm_calls GROUP BY 1")
-        }
-        return {
-            "carried": carried,
-            "eligible": eligible,
-            "lies": found,
-            "findings": conn.execute("SELECT count(*) FROM continuity_findings").fetchone()[0],
-            "states": dict(conn.execute("SELECT source, count(*) FROM coherence_states GROUP BY 1").fetchall()),
-            "seams": dict(conn.execute("SELECT status, count(*) FROM seam_checks GROUP BY 1").fetchall()),
-            "by_purpose": by_purpose,
-            "tokens_in": sum(i for i, _ in by_purpose.values()),
-            "tokens_out": sum(o for _, o in by_purpose.values()),
-        }
-
-
-def _baseline_wall(ref: str, words: int, tokens_per_s: float, parallelism: int) -> float:
-    """The same job (without plants) on ``ref``'s code: a git worktree, its own benchmark."""
-    with _worktree(ref) as (where, _):
-        # The worktree's packages first on the path (the editable install is this checkout's).
-        env = {**os.environ, "PYTHONPATH": str(where)}
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.bench_book", "parallel", "--words", str(words), "--tokens-per-s",
-             str(tokens_per_s), "--parallelism", str(parallelism)],
-            cwd=where, env=env, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-    print(f"baseline run ({ref}): {_result_line(out)}")
-    m = re.search(r"wall ([\d.]+) s", _result_line(out))
-    assert m is not None, out
-    return float(m.group(1))
-
-
 async def lock(words: int, parallelism: int, tokens_per_s: float | None = None) -> None:
     """Is the job row a queue? Every transaction of a job takes its row lock to number and chain its
     audit events; with ``parallelism`` chapters committing at once, sample Postgres every 10 ms for
@@ -867,11 +717,6 @@ if __name__ == "__main__":
     lk.add_argument("--words", type=int, default=100_000)
     lk.add_argument("--parallelism", type=int, default=32)
     lk.add_argument("--tokens-per-s", type=float, help="the model's pace (default: it answers at once)")
-    m = sub.add_parser("memory")
-    m.add_argument("--words", type=int, default=60_000)
-    m.add_argument("--tokens-per-s", type=float, default=400.0)
-    m.add_argument("--parallelism", type=int, default=6)
-    m.add_argument("--baseline", help="a git ref to run the same job on, for the wall time beside it")
     f = sub.add_parser("fairness")
     f.add_argument("--words", type=int, default=500_000)
     f.add_argument("--small", type=int, default=2_000)
@@ -884,8 +729,6 @@ if __name__ == "__main__":
         asyncio.run(fairness(a.words, a.small, a.slots, a.tokens_per_s, not a.no_fairness, a.finish))
     elif a.what == "lock":
         asyncio.run(lock(a.words, a.parallelism, a.tokens_per_s))
-    elif a.what == "memory":
-        asyncio.run(memory(a.words, a.tokens_per_s, a.parallelism, a.baseline))
     elif a.what == "parallel":
         asyncio.run(parallel(a.words, a.tokens_per_s, a.parallelism))
     elif a.what == "scale":

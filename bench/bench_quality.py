@@ -32,7 +32,7 @@ import httpx
 from sqlalchemy import text
 
 import testkit
-from core.continuity import summary_line
+from core.coherence import summary_line
 from db.counts import coherence_counts
 from db.session import Database
 

@@ -62,6 +62,7 @@ def main() -> None:
             "TEMPORAL_PORT": str(free_port()),
             "TEMPORAL_UI_PORT": str(free_port()),
             "QUIRE_WORKER_METRICS_PORT": str(free_port()),
+            "QUIRE_WITNESS_PORT": str(free_port()),
         }
         quire = [sys.executable, "-m", "quire.cli"]
         api = f"http://127.0.0.1:{env['API_PORT']}"

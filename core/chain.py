@@ -10,24 +10,15 @@ reach the same verdict.
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core import checkpoint
-from core.eventformat import (
-    GENESIS,
-    REF_KEY,
-    TXT_HEADER,
-    TXT_HEADER_V1,
-    event_hash,
-    is_ref,
-    parse_txt_line,
-    value_digest,
-    written_rows,
-)
+from core.eventformat import GENESIS, REF_KEY, event_hash, is_ref, value_digest, written_rows
 from core.merkle import Frontier, leaf_entry
+from core.spec import TERMINAL_STATUSES
 
 
 @dataclass
@@ -47,6 +38,15 @@ class Verdict:
     signed_by: list[str] = field(default_factory=list)  # the keys that signed them
     covered_seq: int = 0  # the log up to here is under a checkpoint
     root: str | None = None  # the Merkle root (hex) of the whole log
+    complete: bool = False  # it reaches its job's end: its last checkpoint, covering it all, says so
+    partial: str | None = None  # intact but not complete: why (a job still running, a log cut at a checkpoint)
+    end_seq: int | None = None  # the job's terminal event, as the last checkpoint names it
+    download: bool = False  # it ends at the checkpoint signed for its download
+    signed_at: int | None = None  # when its last checkpoint was signed (POSIX seconds)
+    witnesses_checked: bool = False  # whether its last checkpoint's cosignatures were required
+    witnessed_by: list[str] = field(default_factory=list)  # witnesses whose cosignature on it verified
+    witness_answers: dict[str, str] = field(default_factory=dict)  # from the database: each witness asked, its answer
+    alarm: str | None = None  # from the database: why a checkpoint of the log was refused
 
 
 @dataclass
@@ -64,6 +64,9 @@ class ChainVerifier:
     ``job_id``: the job the log must belong to (events of chain version 2 hash it in).
     ``checkpoints``: signed notes of the log (``core.checkpoint``); each must state the Merkle root
     the log has at its size, and, when ``keys`` are given, be signed by one of them.
+    ``witnesses``: witness keys (tlog-cosignature) whose cosignature the last checkpoint must carry.
+    ``download``: the log is a download, which ends at the checkpoint signed for it; without that
+    mark, a log whose last checkpoint was signed after its job ended may have been cut there.
     ``anchors`` maps a seq to the hash the chain must have there (the head a document recorded).
     Along the way it collects, for every location a ``$ref`` points at, the digest the log says
     that location holds after its last logged write (``references``): the caller compares those
@@ -72,6 +75,8 @@ class ChainVerifier:
     job_id: str | None = None
     checkpoints: list[str] = field(default_factory=list)
     keys: list[checkpoint.VerifierKey] | None = None
+    witnesses: list[checkpoint.VerifierKey] | None = None
+    download: bool = False
     anchors: dict[int, str] = field(default_factory=dict)
     prev: str = GENESIS
     count: int = 0
@@ -90,6 +95,7 @@ class ChainVerifier:
     _links_hold: bool = True
     _any_matches: bool = False
     _last_hash: str | None = None
+    _ends: set[int] = field(default_factory=set)  # seqs of events that end the job (succeeded, failed, cancelled)
 
     def __post_init__(self) -> None:
         for note in self.checkpoints:
@@ -116,6 +122,8 @@ class ChainVerifier:
             why = ": an event was dropped" if what == "missing" else ""
             return self._break(expect, f"seq {expect} is {what} (found seq {seq} in its place){why}")
         version = e.get("chain") or 1
+        if not isinstance(version, int) or version not in (1, 2):
+            return self._break(expect, f"seq {expect} has chain version {version!r:.20}, not 1 or 2")
         if version >= 2 and self.job_id is not None:
             if e.get("job_id") is not None and str(e["job_id"]) != str(self.job_id):
                 return self._break(
@@ -125,7 +133,7 @@ class ChainVerifier:
             e = {**e, "job_id": self.job_id}
         try:
             computed = event_hash(self.prev, e)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
             return self._break(expect, f"event cannot be read: {type(exc).__name__}: {exc}")
         if e.get("prev_hash") != self.prev:
             return self._break(expect, f"prev_hash {e.get('prev_hash')} is not the hash of seq {expect - 1}")
@@ -141,6 +149,8 @@ class ChainVerifier:
             self.anchors_checked += 1
         self.prev, self.count = computed, expect
         self.legacy += version < 2
+        if e.get("kind") == "job" and e.get("action") in TERMINAL_STATUSES:
+            self._ends.add(expect)
         self.tree.append(leaf_entry(computed))
         for cp in self._due.pop(expect, []):
             if cp.root != self.tree.root():
@@ -150,7 +160,7 @@ class ChainVerifier:
                 )  # fmt: skip
             else:
                 self._verified.append(cp)
-        if not (e.get("data") or {}).get("rolled_back"):
+        if isinstance(e.get("data"), dict) and not e["data"].get("rolled_back"):
             self._track(e)
 
     def _break(self, seq: int, reason: str) -> None:
@@ -167,7 +177,7 @@ class ChainVerifier:
         try:
             mine = {**e, "job_id": self.job_id} if self.job_id is not None else e
             self._any_matches |= event_hash(str(e.get("prev_hash")), mine) == e.get("hash")
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, RecursionError):
             self._links_hold = False
 
     def _transplanted(self) -> bool:
@@ -211,8 +221,16 @@ class ChainVerifier:
                 problems.append((head_seq + 1, f"the log goes on past its head (seq {head_seq})"))
         elif not self.broken and head_hash is not None and head_hash != self.prev:
             problems.append((self.count, f"the head hash is {head_hash}; the chain computes {self.prev}"))
+        last = max(self._verified, key=lambda cp: cp.size) if self._verified else None
+        unsure = None  # without keys nothing is signed as far as this knows: where it ends is only said
+        if not self.broken:
+            ends = self._checked_end(last)
+            if self.keys is None and ends:
+                unsure = min(ends)[1]
+            else:
+                problems += ends
         bad = min(problems) if problems else None
-        return Verdict(
+        v = Verdict(
             intact=bad is None,
             events=self.count,
             head_seq=self.count,
@@ -223,10 +241,92 @@ class ChainVerifier:
             legacy_events=self.legacy,
             checkpoints=len(self._verified),
             signatures_checked=self.keys is not None and bool(self._verified),
-            signed_by=sorted({k for cp in self._verified for k in cp.key_ids}) if self.keys is not None else [],
-            covered_seq=max((cp.size for cp in self._verified), default=0),
+            signed_by=self._signers(),
+            covered_seq=last.size if last is not None else 0,
             root=self.tree.root().hex(),
+            end_seq=last.end if last is not None else None,
+            download=last is not None and last.download,
+            signed_at=last.time if last is not None else None,
+            witnesses_checked=bool(self.witnesses),
         )
+        if last is not None and self.witnesses:
+            try:
+                v.witnessed_by = sorted(checkpoint.cosigned_by(last, self.witnesses))
+            except checkpoint.CheckpointError:
+                v.witnessed_by = []
+        if v.intact:
+            v.partial = unsure or self._partial(last)
+            v.complete = v.partial is None
+        return v
+
+    def _signers(self) -> list[str]:
+        """The operator's keys (of those given) that signed the checkpoints verified."""
+        mine = {(k.name, k.key_id) for k in self.keys or [] if k.alg == checkpoint.ED25519}
+        return sorted({f"{n}+{kid:08x}" for cp in self._verified for n, kid, _ in cp.signatures if (n, kid) in mine})
+
+    def _checked_end(self, last: checkpoint.Checkpoint | None) -> list[tuple[int, str]]:
+        """What fails about where the log ends and what vouches for it (the verifier fails closed:
+        with keys, a log must be signed; a job's end must be signed after; so must all that follows)."""
+        out: list[tuple[int, str]] = []
+        if last is None:
+            if self.keys is not None and not self.checkpoints:
+                out.append((1, "no signed checkpoint: the log was stripped of its checkpoints (or written without "
+                            "the operator's key); only its hash chain would vouch for it, and whoever holds the "
+                            "database can rewrite a chain whole"))  # fmt: skip
+            return out
+        sizes = {cp.size for cp in self._verified}
+        for cp in self._verified:
+            if cp.prev and cp.prev not in sizes:
+                out.append((cp.prev, f"the checkpoint at {cp.size} names the one before it at {cp.prev}, which the "
+                            "log does not carry: checkpoints were removed"))  # fmt: skip
+        unsigned_end = [s for s in self._ends if s > last.size]
+        if unsigned_end:
+            out.append((unsigned_end[0], f"event {unsigned_end[0]} ends the job, and a job's end is always signed, "
+                        "but no checkpoint after it is in the log: its checkpoints were removed"))  # fmt: skip
+        if last.end is not None:
+            if last.end not in self._ends:
+                out.append((last.end, f"the checkpoint at {last.size} says the job ended at seq {last.end}, which "
+                            "is no event ending a job"))  # fmt: skip
+            elif last.size < self.count:
+                out.append((last.size + 1, f"events {last.size + 1}..{self.count} follow the checkpoint at "
+                            f"{last.size}, signed after the job ended (seq {last.end}); every write after a job's "
+                            "end is signed, so they were added or their checkpoint was removed"))  # fmt: skip
+        if self.witnesses:
+            try:
+                have = checkpoint.cosigned_by(last, self.witnesses)
+            except checkpoint.CheckpointError as exc:
+                return [*out, (last.size, f"the checkpoint at {last.size}: {exc}")]
+            for w in self.witnesses:
+                if w.label not in have:
+                    out.append((last.size, f"the checkpoint at {last.size} (the log's last) carries no cosignature "
+                                f"of witness {w.label}: no witness vouches that it extends what it saw"))  # fmt: skip
+        return out
+
+    def _partial(self, last: checkpoint.Checkpoint | None) -> str | None:
+        """Why an intact log is not known to be whole, or None."""
+        if last is None:
+            return "no checkpoint says where the log ends (its signatures were not checked: no key given)"
+        when = f", signed {_when(last.time)}" if last.time is not None else ""
+        after = (
+            f"; events {last.size + 1}..{self.count} after it are chained, not yet signed"
+            if last.size < self.count
+            else ""
+        )
+        if last.end is None:
+            return (
+                f"the log does not reach its job's end: its last checkpoint (at {last.size}{when}) was signed while "
+                f"the job ran{after}"
+            )
+        if self.download and not last.download:
+            return (
+                f"the log ends at the checkpoint at {last.size}{when}, after its job's end, but not at a download's: "
+                "it may have been cut there (a download made with download=1 ends at its own)"
+            )
+        return None
+
+
+def _when(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_reference(loc: str, ref: Reference, current: Any, exists: bool) -> tuple[int, str] | None:
@@ -264,61 +364,6 @@ def _size_of(note: str) -> int:
         return 0
 
 
-@dataclass
-class Log:
-    """A downloaded log: its events, the head and job it states (JSON), its checkpoints."""
-
-    events: list[dict[str, Any]]
-    head_hash: str | None = None
-    head_seq: int | None = None
-    job_id: str | None = None
-    checkpoints: list[str] = field(default_factory=list)
-
-
-CHECKPOINT_TXT = "checkpoint\t"  # a TXT log's checkpoint lines: the tag, then the note, escaped
-
-
-def parse_log(text: str) -> Log:
-    """A downloaded log: JSON, NDJSON or TXT. ValueError if it is none of them. The head is the one
-    a JSON log states; for the others, that of its last line. Checkpoints ride as a JSON log's
-    ``checkpoints``, NDJSON lines ``{"checkpoint": note}`` and TXT lines ``checkpoint<TAB>note``."""
-    for header in (TXT_HEADER, TXT_HEADER_V1):
-        if text.startswith(header):
-            log = Log([])
-            for line in text.splitlines(keepends=True)[1:]:
-                if line.startswith(CHECKPOINT_TXT):
-                    log.checkpoints.append(json.loads(line[len(CHECKPOINT_TXT) :]))
-                elif line.strip():
-                    log.events.append(parse_txt_line(line, header))
-            return _with_job(log)
-    stripped = text.lstrip()
-    if stripped.startswith("{"):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError:
-            doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("events"), list):
-            notes = [c["note"] for c in doc.get("checkpoints") or [] if isinstance(c, dict) and "note" in c]
-            return Log(doc["events"], doc.get("head_hash"), doc.get("head_seq"), doc.get("job_id"), notes)
-    try:
-        # Lines end at "\n" only: JSON strings may hold U+2028 or U+0085 raw, which splitlines() splits at.
-        lines = [json.loads(line) for line in text.split("\n") if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not a Quire audit log (JSON, NDJSON or TXT): {exc}") from None
-    if not all(isinstance(e, dict) for e in lines):
-        raise ValueError("not a Quire audit log: NDJSON lines must be events")
-    log = Log(
-        [e for e in lines if "checkpoint" not in e], checkpoints=[e["checkpoint"] for e in lines if "checkpoint" in e]
-    )
-    return _with_job(log)
-
-
-def _with_job(log: Log) -> Log:
-    """The job a log without a header belongs to, as its events say."""
-    log.job_id = next((str(e["job_id"]) for e in log.events if e.get("job_id")), None)
-    return log
-
-
 def verify_events(
     events: Iterable[dict[str, Any]],
     head_hash: str | None = None,
@@ -327,9 +372,11 @@ def verify_events(
     job_id: str | None = None,
     checkpoints: Sequence[str] = (),
     keys: list[checkpoint.VerifierKey] | None = None,
+    witnesses: list[checkpoint.VerifierKey] | None = None,
+    download: bool = False,
 ) -> Verdict:
     """The chain of a whole log, from seq 1 (no database: references are not checked)."""
-    v = ChainVerifier(job_id=job_id, checkpoints=list(checkpoints), keys=keys)
+    v = ChainVerifier(job_id=job_id, checkpoints=list(checkpoints), keys=keys, witnesses=witnesses, download=download)
     for e in events:
         v.feed(e)
     return v.verdict(head_seq, head_hash)

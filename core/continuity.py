@@ -1,32 +1,35 @@
 """Continuity checks that can fail: a passage (and the delta the memory call made of it) against
-the ledger of everything before it, and the coherence report a job's findings add up to.
+the ledger of everything before it.
 
-Deterministic checks find what rules can see: a known name spelled another way, an attribute the
-ledger holds stated differently, a resolved thread opened again, an event dated otherwise than
-before, a chapter's opening that repeats the ending before it. The model judge (the memory call,
+Deterministic checks find what rules can see: a known name written in other letter case (names
+found as words, ``core.names``), an attribute the ledger holds stated with a value that differs
+(``core.values``), a resolved thread opened again, an event dated otherwise than before, a
+chapter's opening that repeats the ending before it. The model judge (the memory call,
 ``core.memory.Contradiction``) finds what rules cannot, with quotes; both become ``Finding``s with
-a ConStory-Bench category. Pure: no I/O.
+a ConStory-Bench category. What is repaired, and on what evidence, is ``core/repair.py``; the
+report they add up to ``core/coherence.py``. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.memory import CATEGORIES, CATEGORY_NAMES, ChunkMemory, Entry, Ledger, key_of, norm, thread_match
+from core.memory import ChunkMemory, EntityView, Entry, Ledger, key_of, norm, thread_match
+from core.names import ARTICLES, Mentions, name_words, resolve, tokens
 from core.text import count_words, normalize_paragraph, paragraphs
+from core.values import compare
 
 SEVERITIES = ("minor", "major")
 REPAIR_AT = "major"  # findings at or above this are repaired; the rest are reported
-FINDING_STATUSES = ("open", "repaired", "unresolved")
+FINDING_STATUSES = ("open", "repaired")
 # Attributes that change as a story moves (where someone is, how they feel): a new value is news,
 # not a contradiction.
 MUTABLE = {
     "location", "place", "where", "whereabouts", "position", "mood", "feeling", "emotion", "activity",
-    "doing", "state", "condition", "status", "health", "plan", "goal", "current", "now", "occupation now",
+    "doing", "state", "condition", "status", "health", "plan", "goal", "current", "now", "currently",
 }  # fmt: skip
 _YEAR = re.compile(r"\b(1[0-9]{3}|20[0-9]{2})\b")
 
@@ -46,27 +49,64 @@ class Finding:
     quote_there: str = ""
     doc_order_there: int | None = None
     fix: tuple[str, str] | None = None  # (wrong, right): a spelling a rule can put right
+    tried: str = ""  # open after a repair: what was tried and why it is not repaired
 
     def data(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
 
-def _words_re(phrase: str) -> re.Pattern[str]:
-    return re.compile(r"(?<![\w-])" + r"\s+".join(re.escape(w) for w in phrase.split()) + r"(?![\w-])", re.I)
+def _starts_sentence(text: str, at: int) -> bool:
+    """Whether offset ``at`` begins a sentence (the text's start, a line's, or after . ! ? …,
+    opening quotes and brackets between)."""
+    i = at - 1
+    while i >= 0 and (text[i] in " \t\"'“‘([" or text[i] == "\u00a0"):
+        i -= 1
+    return i < 0 or text[i] in ".!?…\n" or "\n" in text[i + 1 : at]
+
+
+def _bare(name: str) -> str:
+    """A name as established, without a leading article ("the Harbour Board" -> "Harbour Board")."""
+    words = name.split()
+    while len(words) > 1 and words[0].lower() in ARTICLES:
+        words = words[1:]
+    return " ".join(words)
+
+
+def _as_written(text: str, start: int, bare: str) -> str:
+    """How ``bare`` should read at ``start``: as established, its first letter capitalised at a
+    sentence's start when the text has it so (a sentence start never changes case)."""
+    if _starts_sentence(text, start) and text[start : start + 1].isupper():
+        return bare[:1].upper() + bare[1:]
+    return bare
+
+
+def _variants(text: str, bare: str, said: Mentions | None = None) -> list[tuple[int, int, str, str]]:
+    """Each place ``text`` (``said``: its words, when indexed already) writes the name ``bare``
+    with other letter case than established: (start, end, as written, as it should read). A
+    difference other than case (another word, other punctuation) is not a spelling for a rule to
+    put right."""
+    out = []
+    for start, end in (said or Mentions(text)).spans(bare):
+        found = " ".join(text[start:end].split())
+        right = _as_written(text, start, bare)
+        if found != right and found.lower() == right.lower():
+            out.append((start, end, found, right))
+    return out
 
 
 def name_variants(passage: str, ledger: Ledger) -> list[Finding]:
-    """A known name of two or more words written otherwise ("harbor lantern council" for the
-    "Harbor Lantern Council" the ledger holds)."""
+    """A known name of two or more words written with other letter case ("harbor lantern council"
+    for the "Harbor Lantern Council" the ledger holds). Names are found as words (``core.names``);
+    a sentence's first letter and an article are never a variant."""
     out: list[Finding] = []
+    said = Mentions(passage)
     for v in ledger.entities.values():
-        name = v.name
-        if len(name.split()) < 2:
+        bare = _bare(v.name)
+        if len(name_words(bare)) < 2:
             continue  # one-word names are ordinary words too ("Hope", "Marsh"): not a rule's call
         seen: set[str] = set()
-        for m in _words_re(name).finditer(passage):
-            found = " ".join(m.group(0).split())
-            if found == name or found in seen:
+        for start, _, found, _right in _variants(passage, bare, said):
+            if found in seen:
                 continue
             seen.add(found)
             out.append(
@@ -75,12 +115,12 @@ def name_variants(passage: str, ledger: Ledger) -> list[Finding]:
                     subtype="name_variant",
                     severity="major",
                     detector="rule:name_variant",
-                    message=f"“{found}” is written for the established name “{name}”",
-                    quote=_sentence_with(passage, m.start()),
+                    message=f"“{found}” is written for the established name “{bare}”",
+                    quote=_sentence_with(passage, start),
                     entry_id=v.intro.id,
                     quote_there=v.intro.quote,
                     doc_order_there=v.intro.doc_order,
-                    fix=(found, name),
+                    fix=(found, bare),
                 )
             )
     return out
@@ -89,16 +129,15 @@ def name_variants(passage: str, ledger: Ledger) -> list[Finding]:
 def near_misses(passage: str, ledger: Ledger) -> list[Finding]:
     """A new capitalised name one letter away from a known one of six letters or more ("Elspath"
     beside "Elspeth"): likely a misspelling, reported (not repaired: it may be a new person)."""
-    known = {k: v for k, v in ledger.entities.items() if len(v.name) >= 6 and " " not in v.name}
+    known = {k: v for k, v in ledger.entities.items() if len(v.name) >= 6 and len(name_words(v.name)) == 1}
     if not known:
         return []
     out: list[Finding] = []
     seen: set[str] = set()
     # Every capitalised word, sentence openers too: one letter from a known name is evidence enough.
-    for m in re.finditer(r"(?<![\w'’-])[A-Z][\w'’-]{4,}", passage):
-        name = m.group(0)
-        k = key_of(name)
-        if k in ledger.entities or k in seen:
+    for t in tokens(passage):
+        k = t.key
+        if len(k) < 5 or not passage[t.start].isupper() or k in ledger.entities or k in seen:
             continue
         seen.add(k)
         for kk, v in known.items():
@@ -109,8 +148,8 @@ def near_misses(passage: str, ledger: Ledger) -> list[Finding]:
                         subtype="name_spelling",
                         severity="minor",
                         detector="rule:near_miss",
-                        message=f"“{name}” is one letter from the established “{v.name}”",
-                        quote=_sentence_with(passage, m.start()),
+                        message=f"“{passage[t.start : t.end]}” is one letter from the established “{v.name}”",
+                        quote=_sentence_with(passage, t.start),
                         entry_id=v.intro.id,
                         quote_there=v.intro.quote,
                         doc_order_there=v.intro.doc_order,
@@ -129,25 +168,51 @@ def _one_edit(a: str, b: str) -> bool:
     return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
 
 
+def _stem(words: tuple[str, ...]) -> set[str]:
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words}
+
+
+def _attribute_of(view: EntityView, attr: str) -> tuple[Entry | None, bool]:
+    """The ledger's value of an entity's attribute: (entry, exact?). Not the same key, an
+    attribute whose words hold the other's ("eyes", "eye colour") is the same attribute, inexactly."""
+    if attr in view.attributes:
+        return view.attributes[attr], True
+    mine = _stem(name_words(attr))
+    close = [e for k, e in view.attributes.items() if mine <= _stem(name_words(k)) or _stem(name_words(k)) <= mine]
+    return (close[0], False) if len(close) == 1 else (None, False)
+
+
 def changed_attributes(mem: ChunkMemory, ledger: Ledger) -> list[Finding]:
-    """An attribute the ledger holds for an entity, stated with another value in this passage."""
+    """An attribute the ledger holds for an entity, stated with another value in this passage
+    (``core.values``: a value that differs by negation, number, proper name or a listed
+    alternative). A value the rules cannot tell from the established one is the judge's: unless
+    the judge says the passage agrees with that entry (``mem.agrees``), it is reported (minor),
+    never "the same"."""
     out: list[Finding] = []
     for e in mem.entities:
-        view = ledger.entities.get(key_of(e.name))
-        if view is None:
+        found = resolve(e.name, ledger.entities)
+        if not found:
             continue
+        view = ledger.entities[found[0]]
         for a in e.attributes:
             attr = key_of(a.attribute)
-            old = view.attributes.get(attr)
-            if old is None or attr in MUTABLE or _same_value(old.value, a.value):
+            if set(name_words(attr)) & MUTABLE:
                 continue
+            old, exact = _attribute_of(view, attr)
+            if old is None:
+                continue
+            verdict = compare(old.value, a.value)
+            if verdict == "same" or (verdict == "unknown" and (not exact or old.id in mem.agreed)):
+                continue
+            major = verdict == "different"
             out.append(
                 Finding(
                     category="characters" if view.etype == "person" else "facts",
-                    subtype="attribute_changed",
-                    severity="major",
+                    subtype="attribute_changed" if major else "attribute_unsure",
+                    severity="major" if major else "minor",
                     detector="rule:attribute",
-                    message=f"{view.name}'s {attr} is “{a.value}” here, “{old.value}” before",
+                    message=f"{view.name}'s {old.attribute or attr} is “{a.value}” here, “{old.value}” before"
+                    + ("" if major else ": the rules cannot tell these apart and the judge did not say they agree"),
                     quote=a.quote,
                     entry_id=old.id,
                     quote_there=old.quote,
@@ -155,14 +220,6 @@ def changed_attributes(mem: ChunkMemory, ledger: Ledger) -> list[Finding]:
                 )
             )
     return out
-
-
-def _same_value(a: str, b: str) -> bool:
-    na, nb = norm(a), norm(b)
-    if na == nb or na in nb or nb in na:
-        return True
-    wa, wb = set(re.findall(r"\w+", na)), set(re.findall(r"\w+", nb))
-    return bool(wa and wb) and len(wa & wb) / len(wa | wb) >= 0.6
 
 
 def reopened_threads(mem: ChunkMemory, ledger: Ledger) -> list[Finding]:
@@ -259,23 +316,20 @@ def repeated_opening(before: str, after: str) -> list[Finding]:
 
 def check(passage: str, mem: ChunkMemory, ledger: Ledger) -> list[Finding]:
     """Every check of a passage and its delta against the ledger before it, the judge's included.
-    One finding per (subtype, quote): two checks seeing the same thing report it once."""
+    One finding per problem: the judge's quote of what a rule already found is that finding, and
+    a value the rules could not decide is the judge's when it named it."""
     found = [
         *name_variants(passage, ledger),
         *near_misses(passage, ledger),
         *changed_attributes(mem, ledger),
         *reopened_threads(mem, ledger),
         *timeline_breaks(mem, ledger),
-        *judged(mem, ledger.by_ref()),
     ]
-    seen: set[tuple[str | None, str]] = set()
-    out: list[Finding] = []
-    for f in found:
-        k = (f.entry_id, norm(f.quote)[:200])
-        if k in seen and f.detector == "judge":
-            continue  # a rule already has it, with its fix
-        seen.add(k)
-        out.append(f)
+    by_judge = judged(mem, ledger.by_ref())
+    quoted = {norm(f.quote)[:200] for f in found}
+    named = {f.entry_id for f in by_judge}
+    out = [f for f in found if not (f.subtype == "attribute_unsure" and f.entry_id in named)]
+    out += [f for f in by_judge if norm(f.quote)[:200] not in quoted]  # a rule has it already, with its fix
     return out
 
 
@@ -284,14 +338,17 @@ def needs_repair(findings: Iterable[Finding]) -> list[Finding]:
 
 
 def apply_fixes(passage: str, findings: Iterable[Finding]) -> tuple[str, list[Finding]]:
-    """The passage with every rule's fix applied; returns it and the findings so fixed."""
+    """The passage with every rule's fix applied (a name's letter case as established, wherever
+    the name is written otherwise, never a sentence's first letter nor an article); returns it and
+    the findings so fixed."""
     fixed: list[Finding] = []
     for f in findings:
         if f.fix is None:
             continue
-        new = _words_re(f.fix[0]).sub(
-            lambda m, fx=f.fix: fx[1] if " ".join(m.group(0).split()) == fx[0] else m.group(0), passage
-        )
+        new = passage
+        for start, end, found, right in reversed(_variants(passage, f.fix[1])):
+            if found == f.fix[0]:
+                new = new[:start] + right + new[end:]
         if new != passage:
             passage = new
             fixed.append(f)
@@ -308,10 +365,11 @@ def paragraph_of(passage: str, quote: str) -> int | None:
 
 
 def _sentence_with(passage: str, at: int) -> str:
-    start = max(passage.rfind(". ", 0, at), passage.rfind("\n", 0, at)) + 1
-    end_dot = passage.find(". ", at)
-    end = len(passage) if end_dot < 0 else end_dot + 1
-    return " ".join(passage[start:end].split())[:600]
+    """The sentence of ``passage`` that holds offset ``at``."""
+    marks = (". ", "! ", "? ", "\n")
+    start = max([i + len(m) for m in marks if (i := passage.rfind(m, 0, at)) >= 0], default=0)
+    ends = [i + 1 for i in (passage.find(m, at) for m in marks) if i >= 0]
+    return " ".join(passage[start : min(ends, default=len(passage))].split())[:600]
 
 
 # -- inside a chapter: the stitch's text-level rules ---------------------------------------------
@@ -342,76 +400,3 @@ def seam_issues(chunks: list[tuple[int, str]], sections_total: int, seen_paragra
 
 def remove_paragraph(text: str, snippet: str) -> str:
     return "\n\n".join(p for p in paragraphs(text) if not p.startswith(snippet))
-
-
-# -- the report ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ReportInput:
-    words: int
-    findings: Sequence[dict[str, Any]]  # rows: category, severity, status, ...
-    ledger_entries: int
-    ledger_entities: int
-    states_by_source: dict[str, int] = field(default_factory=dict)
-    seams: dict[str, int] = field(default_factory=dict)
-
-
-def report(r: ReportInput) -> dict[str, Any]:
-    """A job's coherence in numbers: findings per 10,000 words by category, found / repaired /
-    open, the ledger's size, the share of states the model wrote vs the fallback."""
-    per10k = 10_000 / r.words if r.words else 0.0
-    by_cat = Counter(f["category"] for f in r.findings)
-    status = Counter(f["status"] for f in r.findings)
-    states = sum(r.states_by_source.values())
-    fallback = r.states_by_source.get("fallback", 0)
-    return {
-        "words": r.words,
-        "findings": len(r.findings),
-        "found": len(r.findings),
-        "repaired": status.get("repaired", 0),
-        "open": status.get("open", 0) + status.get("unresolved", 0),
-        "per_10k_words": round(len(r.findings) * per10k, 3),
-        "open_per_10k_words": round((status.get("open", 0) + status.get("unresolved", 0)) * per10k, 3),
-        "by_category": {
-            c: {
-                "name": CATEGORY_NAMES[c],
-                "found": by_cat.get(c, 0),
-                "per_10k_words": round(by_cat.get(c, 0) * per10k, 3),
-                "open": sum(1 for f in r.findings if f["category"] == c and f["status"] != "repaired"),
-            }
-            for c in CATEGORIES
-        },
-        "ledger": {"entries": r.ledger_entries, "entities": r.ledger_entities},
-        "states": {
-            "total": states,
-            "model": r.states_by_source.get("model", 0),
-            "fallback": fallback,
-            "fallback_share": round(fallback / states, 3) if states else 0.0,
-        },
-        "seams": dict(r.seams),
-    }
-
-
-def summary_line(rep: dict[str, Any]) -> str:
-    """The report in one line (the CLI, the final audit event's message)."""
-    n = rep["found"]
-    return (
-        f"{n} continuity finding{'' if n == 1 else 's'} ({rep['per_10k_words']} per 10,000 words): "
-        f"{rep['repaired']} repaired, {rep['open']} open; ledger {rep['ledger']['entries']} entries; "
-        f"memory by the model in {rep['states']['model']} of {rep['states']['total']} states"
-    )
-
-
-def brief(rep: dict[str, Any]) -> dict[str, Any]:
-    """The report's counts in a few fields: what the final audit event and the webhook carry."""
-    return {
-        "found": rep["found"],
-        "repaired": rep["repaired"],
-        "open": rep["open"],
-        "per_10k_words": rep["per_10k_words"],
-        "fallback_share": rep["states"]["fallback_share"],
-        "ledger_entries": rep["ledger"]["entries"],
-        "seams": rep["seams"],
-        "summary": summary_line(rep),
-    }

@@ -9,6 +9,10 @@ answer, an endpoint's error): kept whole where it is evidence, made harmless whe
 - ``escape_controls``: text for a terminal or a text file: every C0/C1 control but the ones the
   caller keeps written ``\\uXXXX``, so nothing a model or an endpoint wrote can move a cursor,
   ring a bell or retitle a window.
+- ``sanitized``: a message from outside (an endpoint's error, the reason a job failed with) as
+  Quire stores it: controls escaped as above (NUL included; newline and tab kept), lone
+  surrogates U+FFFD, at most ``MAX_MESSAGE`` characters. The one function every such text goes
+  through before a row holds it: Postgres then always can, and no reader gets a raw control.
 """
 
 from __future__ import annotations
@@ -54,3 +58,15 @@ def without_controls(text: str) -> str:
 def escape_controls(text: str, keep: str = "") -> str:
     """Every control character of ``text`` but those in ``keep`` written as ``\\uXXXX``."""
     return _ANY_CONTROL.sub(lambda m: m.group() if m.group() in keep else f"\\u{ord(m.group()):04x}", text)
+
+
+MAX_MESSAGE = 4000  # characters of a message from outside that Quire stores (the rest is said to be cut)
+
+
+def sanitized(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` (an error or reason from a model or a provider) as it is stored and shown."""
+    out = storable(escape_controls(text, keep="\n\t"))
+    if len(out) > limit:
+        cut = len(out) - limit
+        out = out[:limit] + f"… [{cut} more characters cut]"
+    return out

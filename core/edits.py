@@ -10,7 +10,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from core.memory import ChunkMemory, Entry, key_of, norm, sentences
+from core.extractor import sentences
+from core.memory import ChunkMemory, Entry, key_of, norm
 from core.text import count_words, paragraphs
 
 JOIN = "\n\n"  # between the chunks of a node's text

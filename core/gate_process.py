@@ -1,8 +1,9 @@
 """The degeneration gate as a process of its own: ``python -m core.gate_process``.
 
 The worker runs the gate here, off its event loop (``activities.gating``): one JSON request a line
-on stdin (``answer``, ``prompt``, ``source``, ``before``, ``fragment``), one JSON verdict a line on
-stdout (``text``, ``cuts`` as [rule, text, words], ``words_in``), in order. It imports the gate and
+on stdin (``id``, ``answer``, ``prompt``, ``source``, ``before``, ``fragment``), one JSON verdict a
+line on stdout (``id``: the request's, ``text``, ``cuts`` as [rule, text, words], ``words_in``), in
+order. It imports the gate and
 its word lists only: a few tens of MiB, not the worker's hundreds.
 """
 
@@ -30,7 +31,9 @@ def main() -> None:
         lexicon(lang)
     out = sys.stdout
     for line in sys.stdin:
-        out.write(json.dumps(verdict(gate(**json.loads(line))), ensure_ascii=False) + "\n")
+        request = json.loads(line)
+        rid = request.pop("id", None)  # the verdict names the request it answers
+        out.write(json.dumps({**verdict(gate(**request)), "id": rid}, ensure_ascii=False) + "\n")
         out.flush()
 
 

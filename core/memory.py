@@ -1,11 +1,11 @@
 """The story memory: what each accepted passage tells the rest of the document (who and what it
 names, with their attributes and the sentence that establishes each; events on the timeline;
-threads opened and resolved; facts not to contradict), as the model writes it (validated JSON)
-or, when it cannot, as a deterministic extractor finds it; the ledger those deltas fold into; and
-how the ledger is cut to a token budget for a chunk's prompt, by rules.
+threads opened and resolved; facts not to contradict), as the model writes it (validated JSON),
+and the ledger those deltas fold into.
 
-Pure: no I/O. ``activities/memory.py`` asks the model and stores the ledger; the continuity
-checks that read it are ``core/continuity.py``.
+Pure: no I/O. When the model cannot answer, ``core/extractor.py`` makes the delta; how the ledger
+is cut to a prompt's budget is ``core/recall.py``; the continuity checks that read it are
+``core/continuity.py``; ``activities/memory.py`` asks the model and ``db/memory.py`` stores it.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from core.text import paragraphs
+from core.names import name_words
 
 # ConStory-Bench's error categories (arXiv 2603.05890): every finding names one.
 CATEGORIES = ("characters", "facts", "timeline", "plot", "style")
@@ -34,7 +34,6 @@ ENTITY_TYPES = ("person", "place", "object", "organisation", "term", "other")
 Category = Literal["characters", "facts", "timeline", "plot", "style"]
 
 _QUOTE_MIN_WORDS = 3  # a shorter "quote" matches anything
-SUMMARY_WORDS = 80
 
 
 def norm(text: str) -> str:
@@ -50,9 +49,8 @@ _PLAIN = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '
 
 
 def key_of(name: str) -> str:
-    """An entity's or thread's key: its normalised name without a leading article."""
-    k = norm(name)
-    return re.sub(r"^(?:the|a|an) ", "", k)
+    """An entity's or thread's key: its words (``core.names``) without a leading article."""
+    return " ".join(name_words(name))
 
 
 def quoted_in(quote: str, passage_norm: str) -> bool:
@@ -144,6 +142,9 @@ class ChunkMemory(BaseModel):
     threads_resolved: list[Thread] = Field(default_factory=list, max_length=12)
     facts: list[Fact] = Field(default_factory=list, max_length=20)
     contradictions: list[Contradiction] = Field(default_factory=list, max_length=12)
+    # The refs of entries the judge says the passage states again, consistently: what the rules
+    # cannot decide is "the same" only on the judge's word, never by its silence.
+    agrees: list[str] = Field(default_factory=list, max_length=40)
 
     @field_validator(
         "entities", "events", "threads_opened", "threads_resolved", "facts", "contradictions", mode="before"
@@ -151,6 +152,16 @@ class ChunkMemory(BaseModel):
     @classmethod
     def _lists(cls, v: Any) -> Any:
         return _lenient_list(v)
+
+    @field_validator("agrees", mode="before")
+    @classmethod
+    def _refs(cls, v: Any) -> Any:
+        return [str(x).strip().strip("[]").upper() for x in _lenient_list(v) if isinstance(x, str | int)]
+
+    @property
+    def agreed(self) -> set[int]:
+        """The ledger entry ids of ``agrees``."""
+        return {int(r[1:]) for r in self.agrees if r[:1] == "E" and r[1:].isdigit()}
 
 
 @dataclass
@@ -203,6 +214,8 @@ def parse_memory(raw: str, passage: str, known_refs: Iterable[str] = ()) -> Pars
     mem.threads_resolved = keep(mem.threads_resolved, "resolved thread")
     mem.facts = keep(mem.facts, "fact")
     mem.contradictions = keep(mem.contradictions, "contradiction", lambda c: c.known.strip().upper() in refs)
+    dropped += [f"agrees {r!r}: not a ref it was shown" for r in mem.agrees if r not in refs]
+    mem.agrees = [r for r in dict.fromkeys(mem.agrees) if r in refs]
     if total and len(dropped) * 2 > total:
         raise ValueError(f"{len(dropped)} of {total} items quote words that are not in the passage: {dropped[0]}")
     return Parsed(mem, dropped)
@@ -213,122 +226,6 @@ def _label(it: Any) -> str:
         if hasattr(it, attr):
             return str(getattr(it, attr))[:60]
     return "?"
-
-
-# -- the deterministic extractor ----------------------------------------------------------------
-
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|\n+")
-_ABBREV = re.compile(r"\b(Mr|Mrs|Ms|Dr|St|Mt|Jr|Sr|Capt|Col|Gen|Lt|Sgt|Prof|Rev|vs|No)\.\s", re.I)
-_TOKEN = re.compile(r"[\w'’-]+|[^\w\s]")
-_CONNECTORS = {"of", "the", "de", "van", "von", "la", "le", "du", "da", "del", "di", "al", "bin", "y"}
-_PERSON_TITLES = {
-    "mr", "mrs", "ms", "miss", "dr", "doctor", "captain", "capt", "lady", "lord", "sir", "dame", "king",
-    "queen", "prince", "princess", "professor", "prof", "father", "mother", "sister", "brother", "uncle",
-    "aunt", "colonel", "general", "lieutenant", "sergeant", "madame", "monsieur", "señor", "herr",
-}  # fmt: skip
-# Words that start sentences capitalised without being names; a name is never one of them alone.
-_COMMON = set(
-    """a about above after again against all also although am an and another any are as at be because been
-    before being below between both but by can could did do does doing down during each either even every
-    few for from further had has have having he her here hers herself him himself his how however i if in
-    into is it its itself just let me meanwhile might more most much must my myself neither never no nor
-    not now of off often on once only or other our ours ourselves out over own perhaps rather same she
-    should since so some still such than that the their theirs them themselves then there therefore these
-    they this those though through thus to too under until up upon us very was we were what whatever when
-    where whether which while who whom whose why will with within without would yes yet you your yours
-    yourself one two three four five six seven eight nine ten first second third last next later soon
-    today tomorrow yesterday tonight morning evening night day chapter part section oh ah well indeed
-    instead besides finally suddenly slowly quickly outside inside behind beyond across along around
-    nothing something everything anything someone everyone nobody somebody everybody many several
-    only""".split()
-)
-
-
-def sentences(text: str) -> list[str]:
-    """Sentences of a passage (abbreviations such as "Mr." do not end one)."""
-    protected = _ABBREV.sub(lambda m: m.group(0).replace(". ", ".\u2060"), text)
-    out = [s.replace("\u2060", " ").strip() for s in _SENTENCE_END.split(protected)]
-    return [s for s in out if s]
-
-
-def _cap(tok: str) -> bool:
-    return tok[:1].isupper() and any(ch.isalpha() for ch in tok) and tok not in ("I", "I'm", "I'd", "I'll", "I've")
-
-
-def proper_names(text: str) -> list[tuple[str, str, str]]:
-    """Every proper name in ``text`` with the first sentence that has it and a guessed type:
-    (name, sentence, type), in order of first appearance. A name is a run of capitalised words
-    (inner "of", "de", "van"... allowed) that is no common word; one capitalised word inside a
-    sentence is a name even when it appears once. Every sentence's first word is capitalised, so
-    a lone word there is a name only if the passage also capitalises it inside a sentence, or it
-    runs into more capitalised words ("Captain Mara Quell checked...")."""
-    sents = [_TOKEN.findall(s) for s in sentences(text)]
-    inner = {t for toks in sents for i, t in enumerate(toks) if i > 0 and _cap(t) and re.match(r"\w", toks[i - 1])}
-    found: dict[str, tuple[str, str, str]] = {}
-    for sent, toks in zip(sentences(text), sents, strict=True):
-        i = 0
-        while i < len(toks):
-            if not _cap(toks[i]):
-                i += 1
-                continue
-            start = i
-            run = [toks[i]]
-            j = i + 1
-            while j < len(toks):
-                if _cap(toks[j]):
-                    run.append(toks[j])
-                    j += 1
-                elif toks[j].lower() in _CONNECTORS and j + 1 < len(toks) and _cap(toks[j + 1]):
-                    run += [toks[j], toks[j + 1]]
-                    j += 2
-                else:
-                    break
-            i = j
-            opens = all(not re.match(r"\w", t) for t in toks[:start])
-            while run and run[0].lower() in _COMMON:
-                run, opens = run[1:], False
-            while run and run[-1].lower() in _CONNECTORS:
-                run = run[:-1]
-            if not run or (opens and len(run) == 1 and run[0] not in inner):
-                continue
-            name = " ".join(run).strip("'’-")
-            if len(name) < 2 or key_of(name) in found:
-                continue
-            prev = toks[start - 1].lower().rstrip(".") if start > 0 else ""
-            kind = "person" if run[0].lower().rstrip(".") in _PERSON_TITLES or prev in _PERSON_TITLES else "other"
-            found[key_of(name)] = (name, sent[:600], kind)
-    # "Mara" alone, after "Mara Quell": the same person, not a new name.
-    keys = list(found)
-    return [found[k] for k in keys if not any(k != o and f" {k} " in f" {o} " for o in keys)]
-
-
-def extract(passage: str) -> ChunkMemory:
-    """The deterministic delta: an extractive summary and every proper name with the sentence
-    that introduced it. What the model would add (attributes, events, threads, facts) it cannot
-    know, so it claims none."""
-    sents = sentences(" ".join(paragraphs(passage)))
-    picked = sents[:1] + (sents[-1:] if len(sents) > 1 else [])
-    summary = " ".join(" ".join(picked).split()[:SUMMARY_WORDS]) or "(empty passage)"
-    ents = [Entity(name=n, type=t, quote=s) for n, s, t in proper_names(passage)[:40]]
-    return ChunkMemory(summary=summary, entities=ents)
-
-
-def merge(model: ChunkMemory, passage: str) -> tuple[ChunkMemory, list[str]]:
-    """The model's delta with every proper name it left out added from the extractor (a valid
-    answer that misses what the text plainly establishes is incomplete, not authoritative).
-    Returns the merged delta and the names added."""
-    have = {key_of(e.name) for e in model.entities}
-    added: list[str] = []
-    for name, sent, kind in proper_names(passage):
-        k = key_of(name)
-        if k in have or any(f" {k} " in f" {h} " or f" {h} " in f" {k} " for h in have):
-            continue
-        if len(model.entities) >= 40:
-            break
-        model.entities.append(Entity(name=name, type=kind, quote=sent))
-        have.add(k)
-        added.append(name)
-    return model, added
 
 
 # -- the ledger ---------------------------------------------------------------------------------
@@ -469,146 +366,18 @@ def fold(entries: Iterable[Entry]) -> Ledger:
     return led
 
 
-# -- the memory in a prompt, to a budget --------------------------------------------------------
-
-
-def tokens(text: str) -> int:
-    """A model-agnostic token estimate (about four characters a token), for budgets."""
-    return (len(text) + 3) // 4
-
-
-@dataclass
-class Summary:
-    """A summary of a stretch of the document before the chunk: a part, a chapter or a chunk."""
-
-    level: str
-    title: str
-    text: str
-    order: int  # document order (position of the node, or the chunk's ordinal)
-    id: int | None = None  # its row (node_summaries) when it has one
-    planned: bool = False  # a plan synopsis standing in for a summary not written yet
-
-
-@dataclass
-class MemoryContext:
-    """What the memory puts into one chunk's prompt, and the record of it (ids, what was left out)."""
-
-    summaries: list[str] = field(default_factory=list)
-    entities: list[str] = field(default_factory=list)
-    threads: list[str] = field(default_factory=list)
-    facts: list[str] = field(default_factory=list)
-    entry_ids: list[int] = field(default_factory=list)
-    summary_ids: list[int] = field(default_factory=list)
-    omitted: dict[str, int] = field(default_factory=dict)
-    tokens: int = 0
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "entries": self.entry_ids,
-            "summaries": self.summary_ids,
-            "omitted": {k: v for k, v in self.omitted.items() if v},
-            "tokens": self.tokens,
-        }
-
-
-def entity_line(v: EntityView, limit_words: int = 40) -> str:
-    """One entity for a prompt: its name, type, what it is, its attributes' latest values; the
-    sentence that introduced it when there is nothing else (the extractor's entities)."""
-    bits = [f"{v.name} ({v.etype})"]
-    what = v.description
-    attrs = [f"{a.attribute}: {a.value}" for a in v.attributes.values()]
-    if not what and not attrs:
-        what = "“" + " ".join(v.intro.quote.split()[:limit_words]) + "”"
-    if what:
-        bits.append(what)
-    bits += attrs
-    return " - ".join([bits[0], "; ".join(bits[1:])]) if len(bits) > 1 else bits[0]
-
-
-def build_context(ledger: Ledger, summaries: Sequence[Summary], *, named: str, budget: int) -> MemoryContext:
-    """The memory for one chunk's prompt within ``budget`` tokens, by rules:
-
-    - summaries (the book so far, one line per stretch at the coarsest level that covers it,
-      oldest first): the two newest always, then newer before older until 40% of the budget;
-    - entities: all of them while they fit; beyond that, those ``named`` (their name appears in
-      this passage's brief, its section's and chapter's plan, the plan path), then the most
-      recently active, shown in the order they were introduced;
-    - open threads, then facts: those that mention a named entity first, then the most recent.
-    Nothing is cut mid-entry; what is left out is counted by kind."""
-    ctx = MemoryContext()
-    blob = f" {norm(named)} "
-    left = budget
-    taken: list[Summary] = []
-    used, cap = 0, int(budget * 0.4)
-    for i, s in enumerate(reversed(summaries)):
-        cost = tokens(_summary_line(s))
-        if i >= 2 and used + cost > cap:
-            break
-        taken.append(s)
-        used += cost
-    ctx.omitted["summaries"] = len(summaries) - len(taken)
-    for s in reversed(taken):
-        ctx.summaries.append(_summary_line(s))
-        if s.id is not None:
-            ctx.summary_ids.append(s.id)
-    left -= used
-
-    ents = list(ledger.entities.values())
-    named_keys = {v.key for v in ents if f" {v.key} " in blob}
-    lines = {v.key: entity_line(v) for v in ents}
-    thr, fac = list(ledger.open_threads.values()), ledger.facts
-    room = int(left * 0.75) if (thr or fac) else left
-    if sum(tokens(x) + 1 for x in lines.values()) <= room:
-        chosen = ents
-    else:
-        ranked = sorted(ents, key=lambda v: (v.key not in named_keys, -v.last_seen, v.intro.doc_order))
-        chosen, spent = [], 0
-        for v in ranked:
-            c = tokens(lines[v.key]) + 1
-            if spent + c <= room:
-                chosen.append(v)
-                spent += c
-        chosen.sort(key=lambda v: (v.intro.doc_order, v.intro.id))
-    ctx.omitted["entities"] = len(ents) - len(chosen)
-    for v in chosen:
-        ctx.entities.append(lines[v.key])
-        ctx.entry_ids += [v.intro.id, *(a.id for a in v.attributes.values())]
-        left -= tokens(lines[v.key]) + 1
-
-    def about_named(e: Entry) -> bool:
-        t = f" {norm(e.value)} "
-        return any(f" {k} " in t for k in named_keys)
-
-    for items, out, label in ((thr, ctx.threads, "threads"), (fac, ctx.facts, "facts")):
-        kept = 0
-        for e in sorted(items, key=lambda e: (not about_named(e), -e.doc_order, -e.id)):
-            c = tokens(e.value) + 1
-            if c <= left:
-                out.append(e.value)
-                ctx.entry_ids.append(e.id)
-                left -= c
-                kept += 1
-        ctx.omitted[label] = len(items) - kept
-    ctx.entry_ids = [i for i in ctx.entry_ids if i > 0]
-    ctx.tokens = budget - left
-    return ctx
-
-
-def prompt_budget(chunk_words: int) -> int:
-    """Tokens of memory in a chunk's prompt: about its own length in words, within bounds, so
-    that what a chunk is told stays in proportion to what it writes."""
-    return max(400, min(1500, int(chunk_words * 1.2)))
-
-
-def _summary_line(s: Summary) -> str:
-    label = {"part": "Part", "chapter": "Chapter", "section": "Section", "chunk": "Just before"}.get(s.level, "")
-    head = f"{label} {s.title}".strip() if s.level != "chunk" else label
-    return f"{head}{' (planned)' if s.planned else ''}: {' '.join(s.text.split())}"
-
-
 def open_threads_after(ledger: Ledger, mem: ChunkMemory, limit: int = 12) -> list[str]:
     """The threads still open after a passage: the ledger's, minus what it resolves, plus what it opens."""
     still = [t.value for t in ledger.open_threads.values()]
     for r in mem.threads_resolved:
         still = [t for t in still if not thread_match(t, r.thread)]
     return (still + [t.thread for t in mem.threads_opened])[-limit:]
+
+
+def plan_entries(glossary: dict[str, str]) -> list[NewEntry]:
+    """The plan's glossary and cast as the ledger's first entries."""
+    return [
+        NewEntry("entity", key_of(term), term.strip()[:200], (definition or "").strip(), f"the plan: {definition}")
+        for term, definition in glossary.items()
+        if term.strip()
+    ]

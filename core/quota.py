@@ -91,7 +91,8 @@ def submit_refusal(q: Quotas, u: Usage, target_words: int, now: dt.datetime) -> 
 
 def _concurrent(q: Quotas, u: Usage, action: str) -> QuotaExceeded:
     return QuotaExceeded(
-        f"concurrent-jobs quota of {q.concurrent_jobs} reached ({u.running_jobs} queued or running); "
+        f"concurrent-jobs quota of {q.concurrent_jobs} reached ({u.running_jobs} queued or running, edits "
+        "included); "
         f"{action} again when one of them has ended",
         CONCURRENT_RETRY_S,
     )

@@ -201,3 +201,23 @@ def job_event(
             "links": {k: base + v for k, v in links.items()},
         },
     }
+
+
+def alarm_event(job: Any, alarm: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """The body of an ``audit.alarm`` webhook: a checkpoint of the job's log was refused (a witness,
+    or the signer's own check, found the log does not extend what was signed before)."""
+    jid = str(job.id)
+    base = base_url.rstrip("/")
+    return {
+        "type": "audit.alarm",
+        "timestamp": alarm.get("at"),
+        "data": {
+            "job_id": jid,
+            "status": job.status,
+            "by": alarm.get("by"),
+            "reason": alarm.get("reason"),
+            "tree_size": alarm.get("tree_size"),
+            "links": {"audit": f"{base}/v1/jobs/{jid}/audit", "verify": f"{base}/v1/jobs/{jid}/audit/verify",
+                      "page": f"{base}/jobs/{jid}"},
+        },
+    }  # fmt: skip

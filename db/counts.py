@@ -1,22 +1,33 @@
 """A job's numbers, read by finalize, the webhook, the job page and the coherence report alike:
-what its words are made of (``word_account``) and its coherence in numbers (``coherence_counts``)."""
+what its words are made of (``word_account``: its attempts' and its repairs' and bridges' words,
+what the gate cut of them) and its coherence in numbers (``coherence_counts``: what was found,
+repaired, left open, unchecked, and by which model)."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.continuity import ReportInput, report
+from core.coherence import ReportInput, report
 from core.length import WordAccount
 from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, SeamCheck
-from db.models import Document
+from db.models import Document, LlmCall
 
+# A job's cuts: its attempts' and its versions' made of model answers (repairs, bridges).
 _CUT_BY_RULE = text(
-    "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM chunk_attempts a, "
-    "jsonb_array_elements(a.cuts) c WHERE a.job_id = :j GROUP BY 1"
+    "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM ("
+    "SELECT a.cuts AS cuts FROM chunk_attempts a WHERE a.job_id = :j UNION ALL "
+    "SELECT v.detail->'gate'->'cuts' FROM chunk_versions v WHERE v.job_id = :j AND v.detail ? 'gate'"
+    ") x, jsonb_array_elements(x.cuts) c GROUP BY 1"
+)
+_WORDS_MODEL = text(
+    "SELECT (SELECT coalesce(sum(words_model), 0) FROM chunk_attempts WHERE job_id = :j) + "
+    "(SELECT coalesce(sum((detail->'gate'->>'words_model')::int), 0) FROM chunk_versions "
+    "WHERE job_id = :j AND detail ? 'gate')"
 )
 _SHORT_CHUNKS = text(
     "SELECT count(*) FROM chunks c JOIN LATERAL (SELECT l.passed FROM length_checks l WHERE l.chunk_id = c.id "
@@ -30,11 +41,10 @@ _TOP_UPS = text(
 
 
 async def word_account(session: AsyncSession, job_id: uuid.UUID) -> WordAccount:
-    """The job's ``WordAccount``, from its chunk attempts, length checks and top-up sections."""
+    """The job's ``WordAccount``, from its chunk attempts (and versions made of model answers:
+    repairs, bridges), length checks and top-up sections."""
     p = {"j": job_id}
-    model = (
-        await session.execute(text("SELECT coalesce(sum(words_model), 0) FROM chunk_attempts WHERE job_id = :j"), p)
-    ).scalar_one()
+    model = (await session.execute(_WORDS_MODEL, p)).scalar_one()
     by_rule = {r.rule: int(r.words) for r in (await session.execute(_CUT_BY_RULE, p)).all() if r.words}
     short = (await session.execute(_SHORT_CHUNKS, p)).scalar_one()
     rounds, top_up_words = (await session.execute(_TOP_UPS, p)).one()
@@ -49,7 +59,7 @@ async def word_account(session: AsyncSession, job_id: uuid.UUID) -> WordAccount:
 
 
 async def coherence_counts(s: AsyncSession, job_id: uuid.UUID, words_written: int) -> dict[str, Any]:
-    """A job's coherence in numbers (``core.continuity.report``, without the findings' list): the
+    """A job's coherence in numbers (``core.coherence.report``, without the findings' list): the
     report, the job page, the final audit event and the webhook all read it."""
     findings = [
         {"category": c, "severity": sev, "status": st}
@@ -102,4 +112,36 @@ async def coherence_counts(s: AsyncSession, job_id: uuid.UUID, words_written: in
             )
         ).all()
     )
-    return report(ReportInput(int(words or 0), findings, int(entries), int(entities), states, seams))
+    why = func.coalesce(CoherenceState.delta["why_fallback"].astext, "no model answer")
+    unchecked = dict(
+        (
+            await s.execute(
+                select(why, func.count())
+                .where(
+                    CoherenceState.job_id == job_id,
+                    CoherenceState.kind == "chunk",
+                    CoherenceState.source == "fallback",
+                )
+                .group_by(why)
+            )
+        ).all()
+    )
+    seams_unchecked = dict(
+        (
+            await s.execute(
+                select(SeamCheck.unchecked_reason, func.count())
+                .where(SeamCheck.job_id == job_id, SeamCheck.status == "unchecked")
+                .group_by(SeamCheck.unchecked_reason)
+            )
+        ).all()
+    )
+    judges = (
+        await s.execute(
+            select(LlmCall.model)
+            .where(LlmCall.job_id == job_id, LlmCall.purpose.in_(["memory", "judge"]), LlmCall.status == "ok")
+            .distinct()
+            .order_by(LlmCall.model)
+        )
+    ).scalars()
+    counts = ReportInput(int(words or 0), findings, int(entries), int(entities), states, seams)
+    return report(replace(counts, unchecked=unchecked, seams_unchecked=seams_unchecked, judges=list(judges)))

@@ -36,6 +36,44 @@ CREATE TRIGGER jobs_status_rules BEFORE UPDATE OF status, workflow_id ON jobs
   FOR EACH ROW EXECUTE FUNCTION quire_job_status_rules();
 """
 
+# The log's proofs are append-only like its events: checkpoints, witnesses' cosignatures and the
+# tree's interior nodes are never updated, and go only with their job (a DELETE is refused while
+# the job exists: removing checkpoints would hide a rewrite from a verifier without a witness).
+AUDIT_PROOFS_APPEND_ONLY = """
+CREATE OR REPLACE FUNCTION quire_audit_proofs_append_only() RETURNS trigger AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    RAISE EXCEPTION '% is append-only: UPDATE of a row of job % rejected', TG_TABLE_NAME, OLD.job_id
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  IF EXISTS (SELECT 1 FROM jobs WHERE id = OLD.job_id) THEN
+    RAISE EXCEPTION '% rows go only with their job: DELETE of a row of job % rejected', TG_TABLE_NAME, OLD.job_id
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  RETURN OLD;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER audit_checkpoints_append_only BEFORE DELETE ON audit_checkpoints
+  FOR EACH ROW EXECUTE FUNCTION quire_audit_proofs_append_only();
+"""
+
+AUDIT_PROOF_RULES: list[tuple[str, str]] = [
+    ("audit_checkpoints_append_only", AUDIT_PROOFS_APPEND_ONLY),
+    (
+        "audit_cosignatures_append_only",
+        """
+CREATE TRIGGER audit_cosignatures_append_only BEFORE UPDATE OR DELETE ON audit_cosignatures
+  FOR EACH ROW EXECUTE FUNCTION quire_audit_proofs_append_only();
+""",
+    ),
+    (
+        "audit_nodes_append_only",
+        """
+CREATE TRIGGER audit_nodes_append_only BEFORE UPDATE OR DELETE ON audit_nodes
+  FOR EACH ROW EXECUTE FUNCTION quire_audit_proofs_append_only();
+""",
+    ),
+]
+
 FUNCTIONS_AND_TRIGGERS: list[tuple[str, str]] = [
     (
         "audit_events_append_only",
@@ -188,11 +226,13 @@ BEGIN
         SELECT state_after_id INTO pred_state FROM chunks
          WHERE job_id = NEW.job_id AND ordinal = first.ordinal - 1 AND status = 'done';
         -- Its seam was checked against the predecessor's real end state and passed (or its repair
-        -- did), or what the check found could not be repaired and is reported as open findings.
+        -- did), or what the check found could not be repaired and is reported as open findings,
+        -- or a check could not answer and the seam says so, with why.
         IF NOT EXISTS (SELECT 1 FROM seam_checks s
                         WHERE s.unit_id = NEW.id AND s.chunk_id = first.id
                           AND s.predecessor_state_id = pred_state AND s.successor_state_id = first.state_before_id
-                          AND (s.validated OR (s.status = 'flagged' AND EXISTS (
+                          AND (s.validated OR (s.status = 'unchecked' AND s.unchecked_reason <> '')
+                               OR (s.status = 'flagged' AND EXISTS (
                                  SELECT 1 FROM continuity_findings f
                                   WHERE f.status = 'open' AND f.severity = 'major'
                                     AND (f.seam_check_id = s.id OR (s.mode = 'strict' AND f.chunk_id = s.chunk_id
@@ -260,6 +300,7 @@ CREATE TRIGGER audit_checkpoints_immutable BEFORE UPDATE ON audit_checkpoints
   FOR EACH ROW EXECUTE FUNCTION quire_reject_update();
 """,
     ),
+    *AUDIT_PROOF_RULES,
 ]
 
 # A job's output is its latest version (an author's edits make new ones: db.loop.Edit).
@@ -302,7 +343,7 @@ SELECT c.ordinal
                   WHEN c.state_before_id = p.state_after_id THEN true
                   ELSE sb.kind = 'handoff' AND EXISTS (
                          SELECT 1 FROM seam_checks s
-                          WHERE s.chunk_id = c.id AND (s.validated OR s.status = 'flagged')
+                          WHERE s.chunk_id = c.id AND (s.validated OR s.status IN ('flagged', 'unchecked'))
                             AND s.successor_state_id = c.state_before_id
                             AND s.predecessor_state_id = p.state_after_id)
                 END)

@@ -10,7 +10,8 @@ import uuid
 
 from sqlalchemy import func, select
 
-from core.continuity import brief
+from core.coherence import brief
+from core.controls import sanitized
 from core.errors import JobGone
 from core.layout import assemble
 from core.spec import TERMINAL_STATUSES
@@ -48,7 +49,9 @@ async def save_document(tx: JobTx, *, role: str, version: int, text: str, words:
 async def end_job(tx: JobTx, job: Job, *, status: str, error_code: str, reason: str) -> None:
     """End ``job`` (read under its row lock, not ended) as ``status`` (failed or cancelled) with
     ``error_code`` and ``reason``: what it wrote is kept as its next partial document, and the
-    outcome (its words, its word account, its coherence in brief) is in its log."""
+    outcome (its words, its word account, its coherence in brief) is in its log. The reason may
+    quote an endpoint or a model (a NUL, an ESC): it is stored as ``core.controls.sanitized`` makes it."""
+    reason = sanitized(reason)
     doc = assemble(job.title, job.target_words, await document_blocks(tx.session, job))
     words = count_words(doc)
     version = (

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.spec import sql_in
-from db import loop  # noqa: F401 - the edits that seam checks and findings name
+from db import coverage, loop  # noqa: F401 - the edits that seam checks and findings name; coverage checks
 from db.models import Base, ts_column
 
 NODE_LEVELS = ("book", "part", "chapter", "section")
@@ -39,12 +39,17 @@ STATE_KINDS = ("root", "chunk", "handoff")
 # Who made a state's memory: the plan (the root), the model's memory call, the deterministic
 # extractor when the model's answers were invalid, or derived (a handoff, from the plan and the ledger).
 STATE_SOURCES = ("plan", "model", "fallback", "derived")
-# The last four are the author's (db.loop.Edit): a node regenerated, edited by hand, a selection
-# rewritten, a node rolled back to an earlier version.
+# Four are the author's (db.loop.Edit): a node regenerated, edited by hand, a selection rewritten, a
+# node rolled back to an earlier version; coverage_repair: a paragraph rewritten to carry an
+# instruction or a key point the text missed (activities.coverage).
 VERSION_REASONS = (
-    "written", "trim", "stitch", "seam_repair", "continuity_repair", "regenerate", "edit", "rewrite", "rollback"
+    "written", "trim", "stitch", "seam_repair", "continuity_repair", "regenerate", "edit", "rewrite", "rollback",
+    "coverage_repair",
 )  # fmt: skip
-SEAM_STATUSES = ("validated", "repaired", "flagged")
+# write, extend: a chunk's answers; rewrite: an answer for a selection of it (activities.selection);
+# repair: a paragraph rewritten by a coverage retry; trim: rows of before 0002.
+ATTEMPT_KINDS = ("write", "extend", "trim", "rewrite", "repair")
+SEAM_STATUSES = ("validated", "repaired", "flagged", "unchecked")
 
 
 class PlanNode(Base):
@@ -170,7 +175,7 @@ class ChunkAttempt(Base):
     __tablename__ = "chunk_attempts"
     __table_args__ = (
         UniqueConstraint("chunk_id", "attempt_no"),
-        CheckConstraint("kind IN ('write','extend','trim')", name="kind"),  # trim: rows of before 0002
+        CheckConstraint(sql_in("kind", ATTEMPT_KINDS), name="kind"),
     )
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -252,6 +257,8 @@ class SeamCheck(Base):
         # Validated means a check ran and passed, or its repair passed: never a constant.
         CheckConstraint("validated = (status IN ('validated', 'repaired'))", name="validated_means_passed"),
         CheckConstraint("status <> 'repaired' OR repaired", name="repaired_status_has_repair"),
+        # Unchecked: a check that could not answer (its judge invalid twice, names only), and why.
+        CheckConstraint("(status = 'unchecked') = (unchecked_reason IS NOT NULL)", name="unchecked_has_reason"),
     )
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -266,8 +273,10 @@ class SeamCheck(Base):
     repaired: Mapped[bool] = mapped_column(Boolean, server_default="false")
     repair_version_id: Mapped[int | None] = mapped_column(ForeignKey("chunk_versions.id", ondelete="CASCADE"))
     # validated: the checks ran and found nothing; repaired: what they found was repaired and the
-    # repair passed them; flagged: a finding could not be repaired and stays open in the report.
+    # repair passed them; flagged: a finding could not be repaired and stays open in the report;
+    # unchecked: a check could not answer (``unchecked_reason`` says which and why).
     status: Mapped[str] = mapped_column(Text, server_default="validated")
+    unchecked_reason: Mapped[str | None] = mapped_column(Text)
     validated: Mapped[bool] = mapped_column(Boolean)
     checks: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")  # what ran, with what result
     # The edit (db.loop.Edit) that checked this seam again after changing a neighbour; None: the job's.
@@ -375,8 +384,9 @@ FINDING_STATUSES = ("open", "repaired")
 class ContinuityFinding(Base):
     """A continuity problem a check found: its category (ConStory-Bench's), the quote here and
     the ledger entry (and its quote) it contradicts, the check or the model call that found it,
-    and what became of it: ``repaired`` (a new version, ``repair_version_id``, passed the checks
-    again) or ``open`` (reported). Immutable; the audit event that recorded it names its id."""
+    and what became of it: ``repaired`` (a new version, ``repair_version_id``, no longer states
+    what it quoted and a check that ran on it finds it no more) or ``open`` (reported, with what
+    was tried). Immutable; the audit event that recorded it names its id."""
 
     __tablename__ = "continuity_findings"
     __table_args__ = (
@@ -405,6 +415,8 @@ class ContinuityFinding(Base):
     status: Mapped[str] = mapped_column(Text)
     repair_version_id: Mapped[int | None] = mapped_column(ForeignKey("chunk_versions.id", ondelete="CASCADE"))
     repair_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Open after repair attempts: what was tried and why it is not repaired (``core.repair``).
+    tried: Mapped[str] = mapped_column(Text, server_default="")
     # Found by an edit's checks (db.loop.Edit): its own chunks, its neighbours, what relied on it.
     edit_id: Mapped[int | None] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = ts_column(default=True)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -155,6 +156,10 @@ class Job(Base):
     audit_frontier: Mapped[str | None] = mapped_column(Text)
     # The tree size of the log's last signed checkpoint (0: none yet).
     audit_signed: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The seq of the job's terminal event while it has ended (its checkpoints say ``end``); NULL while it runs.
+    audit_end: Mapped[int | None] = mapped_column(BigInteger)
+    # Why a checkpoint of this log was refused (a witness, or the signer's own check): no more are signed.
+    audit_alarm: Mapped[str | None] = mapped_column(Text)
 
 
 class Document(Base):
@@ -241,10 +246,19 @@ class AuditEvent(Base):
 
 class AuditCheckpoint(Base):
     """A signed checkpoint of a job's log (core.checkpoint): the Merkle root at a tree size,
-    signed with the operator's key (kept outside the database). Rows are never updated."""
+    signed with the operator's key (kept outside the database), naming the one before it. Rows are
+    never updated, and go only with their job."""
 
     __tablename__ = "audit_checkpoints"
-    __table_args__ = (UniqueConstraint("job_id", "tree_size"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "tree_size"),
+        ForeignKeyConstraint(
+            ["job_id", "prev_size"],
+            ["audit_checkpoints.job_id", "audit_checkpoints.tree_size"],
+            name="fk_audit_checkpoints_prev",
+        ),
+        CheckConstraint("prev_size < tree_size", name="prev_before"),
+    )
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     tree_size: Mapped[int] = mapped_column(BigInteger)
@@ -252,6 +266,54 @@ class AuditCheckpoint(Base):
     key_id: Mapped[str] = mapped_column(Text)  # <name>+<8 hex>: the verifier key that checks it
     note: Mapped[str] = mapped_column(Text)  # the signed note, as verifiers read it
     ts: Mapped[datetime] = ts_column(default=True)
+    # The tree size of the checkpoint signed before it (NULL: the first, or one signed before 0012).
+    prev_size: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AuditCosignature(Base):
+    """A witness's cosignature on a checkpoint (C2SP tlog-cosignature): its signature line."""
+
+    __tablename__ = "audit_cosignatures"
+    __table_args__ = (
+        UniqueConstraint("job_id", "tree_size", "key_id"),
+        ForeignKeyConstraint(
+            ["job_id", "tree_size"],
+            ["audit_checkpoints.job_id", "audit_checkpoints.tree_size"],
+            name="fk_audit_cosignatures_checkpoint",
+            ondelete="CASCADE",
+        ),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(Text)  # the witness's <name>+<8 hex>
+    line: Mapped[str] = mapped_column(Text)  # "— <name> <base64>", as the note carries it
+    ts: Mapped[datetime] = ts_column(default=True)
+
+
+class AuditNode(Base):
+    """An interior node of a log's Merkle tree: the hash of the perfect subtree of 2^level leaves
+    starting at leaf idx * 2^level (level >= 1; leaves are the events' hashes). Proofs read
+    O(log n) of them (core.merkle.needed)."""
+
+    __tablename__ = "audit_nodes"
+    __table_args__ = (CheckConstraint("level >= 1", name="level"),)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CodecSession(Base):
+    """A browser signed in to the operators' codec server (api/codec.py): its cookie names it, and a
+    sign-out (or an operator's "revoke all") ends it here, before its 12 hours are up."""
+
+    __tablename__ = "codec_sessions"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # random, 128 bits, hex
+    created_at: Mapped[datetime] = ts_column(default=True)
+    expires_at: Mapped[datetime] = ts_column(nullable=False)
+    revoked_at: Mapped[datetime | None] = ts_column()
+    ip: Mapped[str | None] = mapped_column(Text)
 
 
 class AccountEvent(Base):

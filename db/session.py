@@ -17,7 +17,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -25,7 +25,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg.types.json import Jsonb
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -33,12 +32,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core import checkpoint
 from core.errors import BudgetExhausted, ContinuityBroken, JobGone, JobNotRunnable, LlmUnavailable
-from core.eventformat import CHAIN_VERSION, event_hash
-from core.merkle import Frontier, leaf_entry
 from core.quota import QuotaExceeded
 from db.capture import CAPTURE_KEY, AuditBuffer, install_capture
-from db.models import AuditCheckpoint
+from db.logwrite import write_events
+from db.signer import Refusal, Signer
 from db.values import Redactor
+from db.witness import WitnessClient
 from metrics import AUDIT_EVENTS
 
 log = structlog.get_logger(__name__)
@@ -132,6 +131,8 @@ class JobTx:
         self.session = session
         self.buffer = buffer
         self.last_seq: int | None = None  # the seq of its last event, once committed
+        self.download = False  # a download's write: it signs a checkpoint marked ``download``
+        self.alarms: list[Refusal] = []  # checkpoints refused while it wrote (an alarm each)
         # The step's last transaction: it carries the activity's ``end`` (see StepEvents). Set it
         # once the step knows (``tx.final = True``) so that nothing it does after commits alone.
         self.final = final
@@ -159,8 +160,11 @@ class JobTx:
 
 class Database:
     """``signer``: the operator's checkpoint key (core.checkpoint; kept outside the database). With
-    it, each write that ends a step, and at least every ``checkpoint_every`` events, signs a
-    checkpoint of the job's log; without it (read-only tools) none are made."""
+    it, each write that ends a step, and at least every ``checkpoint_every`` events (every write once
+    the job has ended), signs a checkpoint of the job's log, submitted first to ``witnesses``
+    (``db.witness``; ``witness_quorum`` of them must cosign for it to count as witnessed); without
+    it (read-only tools) none are made. ``on_alarm`` is called after the commit of a write whose
+    checkpoint was refused (``db.signer.Refusal``): the API and the worker tell the job's owner."""
 
     def __init__(
         self,
@@ -170,10 +174,12 @@ class Database:
         *,
         signer: checkpoint.SignerKey | None = None,
         checkpoint_every: int = 1000,
+        witnesses: Sequence[WitnessClient] = (),
+        witness_quorum: int | None = None,
     ) -> None:
         self.url = url
-        self.signer = signer
-        self.checkpoint_every = checkpoint_every
+        self.signer = Signer(signer, checkpoint_every, list(witnesses), witness_quorum) if signer is not None else None
+        self.on_alarm: Callable[[uuid.UUID, Refusal], Awaitable[None]] | None = None
         self.redactor = Redactor(secrets)
         self.engine: AsyncEngine = create_async_engine(
             async_url(url),
@@ -186,7 +192,17 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def dispose(self) -> None:
+        for w in self.signer.witnesses if self.signer is not None else ():
+            await w.close()
         await self.engine.dispose()
+
+    async def _alarmed(self, job_id: uuid.UUID, alarms: list[Refusal]) -> None:
+        """Tell whoever listens of checkpoints refused in a committed write (never failing the write)."""
+        for refusal in alarms if self.on_alarm is not None else ():
+            try:
+                await self.on_alarm(job_id, refusal)  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - the alarm is in the log and the metrics already
+                log.error("audit.alarm_not_sent", job_id=str(job_id), error=f"{type(exc).__name__}: {exc}")
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[AsyncSession]:
@@ -219,7 +235,9 @@ class Database:
                 if tx.final and step is not None and not step.ended:
                     buf.add("activity", "end", step.end_data())
                 events = buf.finished()
-                last = await write_events(session, job_id, events, self, lead=lead)
+                last = await write_events(
+                    session, job_id, events, self.signer, lead=lead, download=tx.download, alarms=tx.alarms
+                )
                 await session.commit()
                 tx.last_seq = last
                 if lead:
@@ -227,6 +245,7 @@ class Database:
                 if tx.final and step is not None:
                     step.ended = True
                 count_written(events)
+                await self._alarmed(job_id, tx.alarms)
             except BaseException as exc:
                 failed = exc
                 buf.capturing = False
@@ -276,9 +295,11 @@ class Database:
     async def record_events(self, job_id: uuid.UUID, events: list[dict[str, Any]], *, lead: bool = False) -> int | None:
         """Append finished events (``AuditBuffer.finished``) to a job's log in a transaction of their
         own; the seq of the last. ``lead``: the first is a step's start, which the others name."""
+        alarms: list[Refusal] = []
         async with self.sessions() as session, session.begin():
-            last = await write_events(session, job_id, events, self, lead=lead)
+            last = await write_events(session, job_id, events, self.signer, lead=lead, alarms=alarms)
         count_written(events)
+        await self._alarmed(job_id, alarms)
         return last
 
 
@@ -290,107 +311,3 @@ def count_written(events: list[dict[str, Any]]) -> None:
 
 def _statements(buf: AuditBuffer) -> int:
     return sum(1 for e in buf.events if e["kind"] == "sql")
-
-
-async def write_events(
-    session: AsyncSession,
-    job_id: uuid.UUID,
-    events: list[dict[str, Any]],
-    db: Database | None = None,
-    *,
-    lead: bool = False,
-) -> int | None:
-    """Append ``events`` to the job's log, chained and in its Merkle tree, with a signed checkpoint
-    when one is due (``db.signer``); returns the seq of the last (None when there are none).
-    ``lead``: ``events[0]`` is a step's start, and every other event names its seq (activity_seq)."""
-    if not events:
-        return None
-    # The row lock taken here is held to commit: concurrent writers of one job commit in seq order,
-    # and each writer's events follow the head the one before it left. One lock, one UPDATE, then
-    # the inserts: an UPDATE of the row after rows referencing it were inserted (their foreign keys
-    # lock it FOR KEY SHARE) would have to queue behind any waiter for the row (a resume, a
-    # cancel), who waits for this transaction: a deadlock.
-    row = (
-        await session.execute(
-            text(
-                "SELECT audit_seq, audit_head, audit_frontier, audit_signed FROM jobs WHERE id = :id FOR NO KEY UPDATE"
-            ),
-            {"id": job_id},
-        )
-    ).one_or_none()
-    if row is None:
-        raise JobGone(str(job_id))
-    first, head, stored, signed = int(row[0]) + 1, str(row[1]), row[2], int(row[3])
-    last = first + len(events) - 1
-    tree = await _frontier(session, job_id, first - 1, stored)
-    rows = []
-    for i, ev in enumerate(events):
-        if lead and i:
-            ev = dict(ev, data={**ev["data"], "activity_seq": first})
-        r = dict(ev, job_id=job_id, seq=first + i, prev_hash=head, chain=CHAIN_VERSION)
-        head = r["hash"] = event_hash(head, r)
-        tree.append(leaf_entry(head))
-        rows.append(r)
-    signer = db.signer if db is not None else None
-    note = None
-    if signer is not None and checkpoint.due(events, last - signed, db.checkpoint_every):  # type: ignore[union-attr]
-        root = tree.root()
-        note = AuditCheckpoint(
-            job_id=job_id,
-            tree_size=last,
-            root=root.hex(),
-            key_id=f"{signer.name}+{signer.verifier.id_hex}",
-            note=signer.sign(checkpoint.body(job_id, last, root)),
-        )
-        signed = last
-    await session.execute(
-        text(
-            "UPDATE jobs SET audit_seq = :seq, audit_head = :h, audit_frontier = :f, audit_signed = :s WHERE id = :id"
-        ),
-        {"seq": last, "h": head, "f": tree.to_text(), "s": signed, "id": job_id},
-    )
-    await _copy_events(session, rows)
-    if note is not None:
-        session.add(note)
-    return last
-
-
-# The events go in by COPY on the transaction's own connection: one round trip, and none of the
-# ORM's per-row work (this runs in every audited transaction). Not captured: it is the log itself.
-_EVENT_COLUMNS = (
-    "job_id",
-    "seq",
-    "ts",
-    "kind",
-    "action",
-    "table_name",
-    "row_id",
-    "sql_text",
-    "data",
-    "prev_hash",
-    "hash",
-    "chain",
-)
-_COPY_EVENTS = f"COPY audit_events ({', '.join(_EVENT_COLUMNS)}) FROM STDIN"
-
-
-async def _copy_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    conn = await session.connection()
-    raw = (await conn.get_raw_connection()).driver_connection
-    async with raw.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
-        for r in rows:
-            await copy.write_row(tuple(Jsonb(r[c]) if c == "data" else r[c] for c in _EVENT_COLUMNS))
-
-
-async def _frontier(session: AsyncSession, job_id: uuid.UUID, size: int, stored: str | None) -> Frontier:
-    """The log's tree as the job row keeps it; for a log written before it was kept, rebuilt once
-    from its hashes (the leaves)."""
-    if stored is not None:
-        return Frontier.from_text(size, stored)
-    tree = Frontier()
-    if size:
-        hashes = await session.execute(
-            text("SELECT hash FROM audit_events WHERE job_id = :j ORDER BY seq"), {"j": job_id}
-        )
-        tree.extend(leaf_entry(h) for (h,) in hashes)
-    return tree

@@ -1,7 +1,7 @@
 """What a user has used, for their quotas (core.quota) and their totals: tokens since a time,
-jobs queued or running, words asked for since a time (jobs' targets and edits' words), and the
-cost of their model calls. Jobs the user deleted still count: their usage is kept in the account
-log (``job.deleted`` events)."""
+jobs queued or running and edits running, words asked for since a time (jobs' targets and edits'
+words), and the cost of their model calls. Jobs the user deleted still count, their edits too:
+their usage is kept in the account log (``job.deleted`` events)."""
 
 from __future__ import annotations
 
@@ -75,9 +75,20 @@ async def tokens_since(s: AsyncSession, user_id: int, since: dt.datetime) -> int
 
 
 async def usage(s: AsyncSession, user_id: int, now: dt.datetime) -> Usage:
+    # Model work in progress: jobs queued or running, and edits running (of finished jobs).
     running = (
         await s.execute(
-            select(func.count()).select_from(Job).where(Job.user_id == user_id, Job.status.in_(("queued", "running")))
+            select(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.user_id == user_id, Job.status.in_(("queued", "running")))
+                .scalar_subquery()
+                + select(func.count())
+                .select_from(Edit)
+                .join(Job, Job.id == Edit.job_id)
+                .where(Job.user_id == user_id, Edit.status == "running")
+                .scalar_subquery()
+            )
         )
     ).scalar_one()
     month = month_start(now)
@@ -97,7 +108,8 @@ async def usage(s: AsyncSession, user_id: int, now: dt.datetime) -> Usage:
             )
         )
     ).scalar_one()
-    # The words an author asked the model to write again (regenerated nodes, rewritten selections).
+    # The words an author asked the model to write again (regenerated nodes, rewritten selections),
+    # their deleted jobs' too (the account log keeps them by the month they were asked in).
     words_edited = (
         await s.execute(
             select(func.coalesce(func.sum(Edit.words), 0))
@@ -105,10 +117,19 @@ async def usage(s: AsyncSession, user_id: int, now: dt.datetime) -> Usage:
             .where(Job.user_id == user_id, Edit.created_at >= month)
         )
     ).scalar_one()
+    edited_gone = (
+        await s.execute(
+            select(
+                func.coalesce(
+                    func.sum(cast(AccountEvent.data["edit_words"][month.strftime("%Y-%m")].astext, BigInteger)), 0
+                )
+            ).where(AccountEvent.user_id == user_id, AccountEvent.kind == DELETED, AccountEvent.ts >= month)
+        )
+    ).scalar_one()
     return Usage(
         tokens_today=await tokens_since(s, user_id, day_start(now)),
         running_jobs=int(running),
-        words_this_month=int(words or 0) + int(words_gone or 0) + int(words_edited or 0),
+        words_this_month=int(words or 0) + int(words_gone or 0) + int(words_edited or 0) + int(edited_gone or 0),
     )
 
 
@@ -151,6 +172,12 @@ async def user_cost(s: AsyncSession, user_id: int) -> Cost:
     ).one()
     return Cost(int(total or 0) + int(gone or 0), int(unpriced or 0) + int(gone_unpriced or 0))
 
+
+# The words a job's edits asked for, by the month (UTC) they were asked in: kept when it is deleted.
+DELETED_EDITS_SQL = text(
+    "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM'), sum(words) FROM edits WHERE job_id = :j"
+    " AND words > 0 GROUP BY 1"
+)
 
 # What a deleted job leaves in the account log for the counts above (services.jobs.delete adds it).
 DELETED_USAGE_SQL = text(

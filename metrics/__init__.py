@@ -63,6 +63,19 @@ AUDIT_EVENTS = Counter(
     "Audit events committed to job logs, by kind (rolled-back work's events included, as the log keeps them)",
     ["kind"],
 )
+AUDIT_ALARMS = Counter(
+    "quire_audit_alarms",
+    "Checkpoints of a job's log refused as not extending what was signed or witnessed before (a rewritten or "
+    "cut log), by who refused: witness, signer",
+    ["by"],
+)
+AUDIT_WITNESS = Histogram(
+    "quire_audit_witness_seconds",
+    "Time the signer spends on a checkpoint that goes to witnesses (its checks, the proofs, every "
+    "add-checkpoint call), by outcome: cosigned (a quorum), unwitnessed (fewer: a witness gave no answer), refused",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 API_REFUSED = Counter(
     "quire_api_refused",
     "Requests the API refused before any work: unauthenticated (no row written), rate_limited, streams",

@@ -281,7 +281,11 @@ def _restored(url: str, *, resume: bool) -> int:
         raise CliError("no Temporal: set TEMPORAL_ADDRESS, or start the stack (`quire up`)", Exit.USAGE)
 
     async def run() -> Any:
-        db = Database(url, secrets=settings.secrets())
+        from quire.witness import witnesses
+
+        # The jobs it ends are signed like any job's end, and go to the witnesses: one that saw a
+        # log past the backup refuses it (an alarm: the events after the backup are lost).
+        db = Database(url, secrets=settings.secrets(), signer=settings.audit_signer(), witnesses=witnesses(settings))
         try:
             client = await connect(address, settings.temporal_namespace, db, settings.temporal_keys())
             return await after_restore(

@@ -23,15 +23,17 @@ from typing import Any
 
 from rich.console import Console
 
+from core.controls import escape_controls
 from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS, input_problem
-from quire import admin, keys, loop
+from quire import admin, keys, loop, witness
 from quire.errors import CliError, Exit
 from quire.remote import api_for, client_opts
 from services.config import SettingsError
 
 
 def _err(msg: str) -> None:
-    print(f"quire: {msg}", file=sys.stderr)
+    # An error may quote what an endpoint or a model wrote: its control characters go escaped.
+    print(f"quire: {escape_controls(msg, keep=chr(10))}", file=sys.stderr)
 
 
 # --- jobs over HTTP ---------------------------------------------------------------------------
@@ -365,6 +367,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     register_users,
     register_jobs,
     keys.register,
+    witness.register,
     register_account,
     register_control,
     loop.register,

@@ -18,6 +18,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from core.controls import escape_controls
 from core.eventformat import shown, summary
 from quire.errors import CliError, Exit
 
@@ -205,7 +206,10 @@ def job_summary(job: dict[str, Any]) -> str:
     if job.get("error_code"):
         parts.append(f"{job['error_code']}: {job.get('failure_reason')}")
     account = job.get("account") or {}
-    line = "  ".join(parts)
+    # What a model or an endpoint wrote reaches a terminal with its controls escaped, never raw.
+    line = escape_controls("  ".join(str(p) for p in parts))
+    if job.get("audit_alarm"):
+        line += f"\n  AUDIT ALARM: a checkpoint of the log was refused: {escape_controls(str(job['audit_alarm']))}"
     return f"{line}\n  {account['summary']}" if account.get("words_model") else line  # none before the gate
 
 
@@ -213,7 +217,7 @@ def job_exit(job: dict[str, Any]) -> int:
     """The exit code for a job that ended: 0 if it succeeded, else 1 with its reason on stderr."""
     if job.get("status") == "succeeded":
         return Exit.OK
-    why = ": ".join(str(x) for x in (job.get("error_code"), job.get("failure_reason")) if x)
+    why = escape_controls(": ".join(str(x) for x in (job.get("error_code"), job.get("failure_reason")) if x))
     print(f"quire: job {job.get('status')}" + (f": {why}" if why else ""), file=sys.stderr)
     return Exit.FAILED
 
@@ -230,6 +234,7 @@ def coherence_lines(rep: dict[str, Any]) -> list[str]:
         there = f["contradicts"]
         where = f"chunk {f['chunk'] + 1}" + (f" v{f['version']}" if f["version"] else "")
         fate = f"repaired (v{f['repair_version']})" if f["status"] == "repaired" else "OPEN"
+        fate += f" ({f['tried']})" if f.get("tried") else ""
         seq = f"  audit #{f['audit_seq']}" if f["audit_seq"] else ""
         out.append(f"[{f['category_name']}] {f['severity']} {f['subtype']} at {where} ({f['where']}): {fate}{seq}")
         out.append(f"    {f['message']}")

@@ -1,4 +1,4 @@
-"""The embedded stack behind ``quire up``: Postgres, Temporal, the local model, worker and API.
+"""The embedded stack behind ``quire up``: Postgres, Temporal, a witness, the local model, worker and API.
 
 Whatever is configured externally (DATABASE_URL, TEMPORAL_ADDRESS, OPENAI_BASE_URL/KEY) is used
 as is; the rest is started here, with its data under QUIRE_HOME so a restart reuses it:
@@ -10,6 +10,7 @@ as is; the rest is started here, with its data under QUIRE_HOME so a restart reu
     QUIRE_HOME/logs/*.log       one log per child process (and the detached supervisor's)
     QUIRE_HOME/local-user.key   the local user's API key (mode 0600)
     QUIRE_HOME/operator.token   the operators' token for the codec server (/codec) the UI decodes with
+    QUIRE_HOME/witness/         the witness's key and SQLite file: storage of its own, outside Postgres
     QUIRE_HOME/quire.pid        the supervisor's pid while it runs
     QUIRE_HOME/stack.json       URLs, and each part's state, pid and restarts: written once
                                 everything is healthy, then by the supervisor on every change
@@ -45,7 +46,7 @@ log = structlog.get_logger(__name__)
 # The worker's metrics port under `quire up` when QUIRE_WORKER_METRICS_PORT is unset (the port
 # commonly given to an exporter of OpenTelemetry's metrics: clear of Quire's other defaults).
 WORKER_METRICS_PORT = 9464
-TIMEOUTS = {"postgres": 60.0, "temporal": 90.0, "llm": 120.0, "worker": 60.0, "api": 60.0}
+TIMEOUTS = {"postgres": 60.0, "temporal": 90.0, "witness": 30.0, "llm": 120.0, "worker": 60.0, "api": 60.0}
 PARTS = tuple(TIMEOUTS)  # the start order; restarts of parts that died together follow it too
 
 
@@ -121,6 +122,8 @@ class Stack:
             ]
         if s.uses_local_model:
             out.append(("127.0.0.1", s.llm_port, "LLM_PORT"))
+        if s.quire_witness_url is None:
+            out.append(("127.0.0.1", s.quire_witness_port, "QUIRE_WITNESS_PORT"))
         return out
 
     def check_ports(self) -> None:
@@ -148,6 +151,7 @@ class Stack:
         run = {
             "postgres": s.database_url is None,
             "temporal": s.temporal_address is None,
+            "witness": s.quire_witness_url is None,  # QUIRE_WITNESS_URL: the operator's witnesses instead
             "llm": s.uses_local_model,
             "worker": s.quire_start_worker,
             "api": True,
@@ -193,6 +197,7 @@ class Stack:
             return
         starts: dict[str, Callable[[], object]] = {
             "temporal": self.start_temporal,
+            "witness": self.start_witness,
             "llm": self.start_local_model,
             "worker": self.start_worker,
             "api": self.start_api,
@@ -271,6 +276,18 @@ class Stack:
         )
         log.info("ready", part="temporal", address=address, seconds=round(time.monotonic() - t0, 1))
         return address
+
+    def start_witness(self) -> tuple[str, str]:
+        """The stack's own witness (quire.witness), trusting the operator's public keys; (its URL, its key)."""
+        from quire import witness
+
+        t0 = time.monotonic()
+        port = self.settings.quire_witness_port
+        url, key = f"http://127.0.0.1:{port}", witness.key_text(self.home)  # made here once, then served
+        proc = self.spawn("witness", witness.serve_command(self.home, port))
+        wait_until(lambda: witness.answers(url), "witness", TIMEOUTS["witness"], proc, self.logs / "witness.log")
+        log.info("ready", part="witness", url=url, seconds=round(time.monotonic() - t0, 1))
+        return url, key
 
     def start_local_model(self) -> str:
         from quire import localmodel
@@ -359,6 +376,9 @@ class Stack:
                 "QUIRE_BUILD_ID": self.settings.quire_build_id,
             }
             self.settings.secret_keys()  # made here, once, before the API and the worker read it
+            self.settings.audit_signer()  # QUIRE_HOME/audit.key and audit.pub, made once: the witness trusts audit.pub
+            if "witness" in self.parts():
+                self.env["QUIRE_WITNESS_URL"], self.env["QUIRE_WITNESS_KEY"] = self.start_witness()
             if self.settings.uses_local_model:
                 from quire.localmodel import MODEL_ALIAS
 
@@ -382,6 +402,8 @@ class Stack:
             "metrics_url": f"{self.api_url}/metrics",
             "worker_metrics_url": self.worker_metrics_url,
             "temporal_address": temporal,
+            "witness_url": self.env.get("QUIRE_WITNESS_URL"),
+            "witness_key": self.env.get("QUIRE_WITNESS_KEY"),
             "llm_url": self.env.get("OPENAI_BASE_URL"),
             "embedded_postgres": self.started_postgres,
             "key_file": str(self.key_file),

@@ -17,15 +17,21 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import datetime as dt
 import hashlib
 import os
+import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import Message
+from sqlalchemy import update
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
+
+from db.models import CodecSession
+from db.session import Database
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
@@ -155,3 +161,31 @@ async def decode_all(codec: PayloadCodec, message: Message) -> None:
             items = list(value) if field.is_repeated else [value]
         for item in items:
             await decode_all(codec, item)
+
+
+# --- the codec server's sessions (api/codec.py): kept in Postgres, so any API process can end one.
+
+
+async def open_session(db: Database, seconds: int, ip: str | None) -> tuple[str, int]:
+    """A new session of ``seconds``: (its id, when it expires, POSIX seconds)."""
+    sid, now = secrets.token_hex(16), dt.datetime.now(dt.UTC)
+    expires = now + dt.timedelta(seconds=seconds)
+    async with db.tx() as s:
+        s.add(CodecSession(id=sid, created_at=now, expires_at=expires, ip=ip))
+    return sid, int(expires.timestamp())
+
+
+async def session_live(db: Database, sid: str) -> bool:
+    """Whether session ``sid`` exists, has not expired and was not revoked."""
+    async with db.tx() as s:
+        row = await s.get(CodecSession, sid)
+    return row is not None and row.revoked_at is None and row.expires_at > dt.datetime.now(dt.UTC)
+
+
+async def revoke_sessions(db: Database, sid: str | None = None) -> int:
+    """End session ``sid`` (None: every open one) now; how many were ended."""
+    now = dt.datetime.now(dt.UTC)
+    q = update(CodecSession).where(CodecSession.revoked_at.is_(None), CodecSession.expires_at > now)
+    async with db.tx() as s:
+        done = await s.execute((q.where(CodecSession.id == sid) if sid else q).values(revoked_at=now))
+    return int(done.rowcount or 0)  # type: ignore[attr-defined]

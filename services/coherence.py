@@ -1,7 +1,8 @@
 """A job's coherence report: its continuity findings with their evidence (the chunk and version
 where each was found, the ledger entry and quote it contradicts, the model call and the audit
-event that found it, the repair), counted per 10,000 words by category; the ledger's size; the
-share of memory states the model wrote vs the fallback; the seams by status."""
+event that found it, the repair, or what was tried), counted per 10,000 words by category; the
+ledger's size; the share of memory states the model wrote vs the fallback; the seams by status;
+what went unchecked; and in words what was checked and which model judged (``core.coherence``)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ from typing import Any
 
 from sqlalchemy import Integer, cast, select
 
-from core.continuity import summary_line
+from core.coherence import summary_line
 from core.memory import CATEGORY_NAMES
 from db.counts import coherence_counts
+from db.coverage import coverage_counts
 from db.manuscript import Chunk, ChunkVersion, ContinuityFinding, PlanNode
 from db.models import AuditEvent, Job
 from db.session import Database
 
 
 async def coherence(db: Database, job: Job) -> dict[str, Any]:
-    """The report (``core.continuity.report``) with every finding and its evidence links."""
+    """The report (``core.coherence.report``) with every finding and its evidence links."""
     async with db.tx() as s:
         rep = await coherence_counts(s, job.id, job.words_written)
+        # Instructions and key points: each item's last verdict (covered, missing: a finding, unchecked).
+        rep["coverage"] = await coverage_counts(s, job.id)
         rows = (
             await s.execute(
                 select(ContinuityFinding, Chunk.ordinal, Chunk.unit_id, ChunkVersion.version)
@@ -78,6 +82,7 @@ async def coherence(db: Database, job: Job) -> dict[str, Any]:
                 "quote": f.quote_there,
             },
             "repair_version": repairs.get(f.repair_version_id) if f.repair_version_id else None,
+            "tried": f.tried or None,
             "llm_call_id": f.llm_call_id,
             "audit_seq": seqs.get(f.id),
             "seam_check_id": f.seam_check_id,

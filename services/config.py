@@ -13,13 +13,14 @@ from pathlib import Path
 from secrets import token_urlsafe
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.checkpoint import SignerKey, VerifierKey
 from core.cost import Price
 from core.sealing import new_key
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
+from db.witness import WitnessClient, parse_witnesses
 
 SECRET_KEY_FILE = "secret.key"
 OPERATOR_TOKEN_FILE = "operator.token"
@@ -169,12 +170,11 @@ class Settings(BaseSettings):
     quire_checkpoint_every: int = Field(
         default=1000, ge=1, le=1_000_000, description="sign a checkpoint at least every this many events"
     )
-    quire_witness_url: str | None = Field(
-        default=None, description="where each job's final checkpoint is POSTed (a witness); unset: none"
-    )
-    quire_witness_secret: SecretStr | None = Field(
-        default=None, description="the whsec_ secret signing the witness's webhooks (Standard Webhooks)"
-    )
+    # C2SP tlog-witnesses each checkpoint goes to (README: Verifying the audit log); `quire up`: its own
+    quire_witness_url: str | None = Field(default=None, description="their URLs (submission prefixes), comma-separated")
+    quire_witness_key: str | None = Field(default=None, description="their public keys, comma-separated, in order")
+    quire_witness_quorum: int | None = Field(default=None, ge=1, description="cosignatures needed; unset: all")
+    quire_witness_port: int = Field(default=7380, ge=1, le=65535, description="`quire up`'s own witness's port")
 
     @field_validator("database_url")
     @classmethod
@@ -258,7 +258,7 @@ class Settings(BaseSettings):
         Sealer(v.get_secret_value().split(","))  # a bad key stops Quire here, not at the first webhook
         return v
 
-    @field_validator("quire_metrics_token", "quire_witness_secret")
+    @field_validator("quire_metrics_token")
     @classmethod
     def _unset_if_empty(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value().strip() else None
@@ -273,7 +273,12 @@ class Settings(BaseSettings):
         SignerKey.parse(v.get_secret_value())  # the message never shows the value
         return v
 
-    @field_validator("quire_public_url", "quire_witness_url")
+    @model_validator(mode="after")
+    def _check_witnesses(self) -> Settings:
+        self.witnesses()  # a URL without its key, or a key that is not a witness's, stops Quire here
+        return self
+
+    @field_validator("quire_public_url")
     @classmethod
     def _check_public_url(cls, v: str | None) -> str | None:
         if v is None or v == "":
@@ -391,7 +396,6 @@ class Settings(BaseSettings):
             self.quire_temporal_key,
             self.quire_operator_token,
             self.quire_audit_key,
-            self.quire_witness_secret,
         ):
             if secret is not None and secret.get_secret_value():
                 out.append(secret.get_secret_value())
@@ -406,6 +410,10 @@ class Settings(BaseSettings):
         from services import auditkeys
 
         return auditkeys.signer(self.home)
+
+    def witnesses(self) -> list[WitnessClient]:
+        """The witnesses checkpoints go to (db.witness): QUIRE_WITNESS_URL with QUIRE_WITNESS_KEY."""
+        return parse_witnesses(self.quire_witness_url, self.quire_witness_key)
 
     def audit_public_keys(self) -> list[VerifierKey]:
         """The keys checkpoints may be signed with: the current one, then QUIRE_HOME/audit.pub's."""

@@ -385,6 +385,7 @@ async def _delete(db: Database, job: Job, *, user_id: int, path: str, temporal: 
         ).one()
         # What the job used stays counted for its owner (quotas, totals: db.usage) once it is gone.
         tokens_in, tokens_out, cost, unpriced = (await s.execute(usage.DELETED_USAGE_SQL, {"j": job.id})).one()
+        edit_words = {m: int(n) for m, n in await s.execute(usage.DELETED_EDITS_SQL, {"j": job.id})}
         await s.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": job.id})
         # Wake the job's live streams (in every API process) at commit: they end with "deleted".
         await s.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": f"{job.id}:0"})
@@ -401,6 +402,7 @@ async def _delete(db: Database, job: Job, *, user_id: int, path: str, temporal: 
             "tokens_out": int(tokens_out),
             "cost_micro_usd": int(cost),
             "unpriced_calls": int(unpriced),
+            "edit_words": edit_words,
             "temporal": temporal,
         }
         s.add(
@@ -410,11 +412,17 @@ async def _delete(db: Database, job: Job, *, user_id: int, path: str, temporal: 
     return deleted
 
 
-async def record_user_action(db: Database, job_id: uuid.UUID, action: str, data: dict[str, Any]) -> None:
+async def record_user_action(
+    db: Database, job_id: uuid.UUID, action: str, data: dict[str, Any], *, download: bool = False
+) -> int | None:
     """A user's action on a job (a view, a download, a cancel request) in the job's own log, as it
-    happens. A job deleted meanwhile has no log left to write to: nothing is recorded."""
+    happens; its seq. A job deleted meanwhile has no log left to write to: nothing is recorded.
+    ``download``: a download of the log, whose write signs the checkpoint it ends with."""
     try:
         async with db.job_tx(job_id) as tx:
+            tx.download = download
             tx.event("user", action, data)
+        return tx.last_seq
     except JobGone:
         log.info("user_action.job_deleted", job_id=str(job_id), action=action)
+        return None

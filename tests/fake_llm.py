@@ -20,8 +20,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
 - it counts the calls in flight (``in_flight``, ``peak_in_flight``) and the seconds it spent
   answering (``model_seconds``), also served at ``GET /v1/stats``;
 - ``mode``: "normal" | "empty" (always empty content) | "malformed_plan" (bad JSON for plans) |
-  "html" (a hostile endpoint: ``XSS`` markup in every field it controls: the prose, every string
-  of a plan, ``finish_reason``, the response's ``model`` and ``id``);
+  "short_plan" (a plan with half the items asked for); "html" (a hostile endpoint: ``XSS`` markup
+  in every field it controls: the prose, every string of a plan, ``finish_reason``, the
+  response's ``model`` and ``id``);
   "echo" (prose wrapped the way a small base model wraps it: instruction lines of its prompt
   said back, a paraphrase and a fragment of the request that ends the prompt, junk tokens;
   what it echoed is kept in ``echoed``); "down" (an endpoint that is down: HTTP 500 to everything);
@@ -35,17 +36,33 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   entities. ``plants`` are sentences put into chunk writes (``nth`` write of the job, or the
   ``index``-th write (default 1) of outline chapter ``chapter``) with what the memory call reports of them
   (``entity``, ``attribute``, ``value``); a plant that gives a known entity's attribute another
-  value is reported as a contradiction of that entry by the judge. A repair call puts the
-  established sentence back in place of the contradicting one (``repair_mode`` "stubborn":
-  changes nothing); a summary call answers the first summary it is given;
+  value is reported as a contradiction of that entry by the judge, one that gives it again as an
+  agreement (``agrees``) (``judge_mode`` "weak": the attribute is listed, no contradiction nor
+  agreement is ever named; "invalid": a judge-only call, the seam's,
+  answers no valid JSON). ``recheck_mode`` scripts the memory call that sees a plant it already
+  reported (a re-check after a repair): "lazy" leaves that plant's detail out, "invalid" answers
+  no valid JSON. A repair call puts the established sentence back in place of the contradicting
+  one (``repair_mode`` "stubborn": changes nothing; "cosmetic": changes other words, keeps the
+  contradicting sentence); a summary call answers the first summary it is given;
 - ``chapter_delay``: {outline chapter: seconds} added to answers about that chapter (its writes
   and the memory calls of its passages), so that a chapter commits after the next one;
+- an author's edits (``activities.selection``, ``activities.coverage``): ``rewrites`` is a queue of
+  how the next selection rewrites answer: "whole" (the passage with the text shown around it, as a
+  model that rewrites the whole passage does), "meta" (talk about the passage, ending in a colon),
+  "unfinished" (cut off mid-sentence), "overshoot" (three times the words), "comply" (the
+  instruction said in a sentence); past the queue, prose (an instruction ignored). The coverage
+  judge (its system prompt) says an item is covered, quoting the sentence, when every word of five
+  letters or more of it stands in one sentence of the text, else not; ``judge_mode`` "invalid"
+  answers no valid JSON, "lying" claims every item covered with a quote that is not in the text. A
+  coverage retry (one paragraph rewritten to carry the items) gives the paragraph back unchanged,
+  or, with ``comply``, with each item said as a sentence; ``comply`` also has a chunk write say its
+  author's instruction;
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
   "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
   for ``hang_s``, then the rest), "broken" (a stream whose second chunk is not JSON),
   "error_event" (a stream whose second chunk is an ``{"error": ...}`` object, as providers send
-  when they fail mid-answer).
+  when they fail mid-answer, its message ``error_message``); ``mode`` "error_event": every answer so.
 """
 
 from __future__ import annotations
@@ -90,17 +107,24 @@ class FakeState:
     seam_drift: bool = False
     plants: list[dict[str, Any]] = field(default_factory=list)
     memory_mode: str = "valid"
+    judge_mode: str = "names"
+    recheck_mode: str = ""
+    reported: set[str] = field(default_factory=set)  # plant sentences a memory answer has reported
     repair_mode: str = "fix"
     chapter_delay: dict[int, float] = field(default_factory=dict)
     writes: int = 0  # chunk writes answered
     chapter_writes: dict[int, int] = field(default_factory=dict)  # ... by outline chapter
     faults: deque[str] = field(default_factory=deque)
+    rewrites: deque[str] = field(default_factory=deque)
+    judge_mode: str = "valid"
+    comply: bool = False
     in_flight: int = 0
     peak_in_flight: int = 0
     model_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     echoed: list[str] = field(default_factory=list)
     counter: int = 0
+    error_message: str = "the model overloaded mid-answer"
 
 
 class FakeLLM:
@@ -200,12 +224,12 @@ class FakeLLM:
             st = self.state
             st.counter += 1
             n = st.counter
-            fault = st.faults.popleft() if st.faults else None
+            fault = st.faults.popleft() if st.faults else ("error_event" if st.mode == "error_event" else None)
             if fault == "truncate" and json_mode:  # truncation is scripted for prose answers
                 st.faults.appendleft(fault)
                 fault = None
             st.requests.append({"body": body, "fault": fault, "auth": request.headers.get("authorization")})
-            ratio, mode, hang_s, delay_s = st.ratio, st.mode, st.hang_s, st.delay_s
+            ratio, mode, hang_s, delay_s, error = st.ratio, st.mode, st.hang_s, st.delay_s, st.error_message
             tokens_per_s, seam_drift, stream_usage = st.tokens_per_s, st.seam_drift, st.stream_usage
         messages = body.get("messages", [])
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
@@ -231,10 +255,14 @@ class FakeLLM:
             content = "}{ not json <start_of_image> 1) 2) 3)"
         elif json_mode and system.startswith(MEMORY_SYSTEM):
             content = self._memory(prompt)
+        elif json_mode and system.startswith(COVERAGE_SYSTEM):
+            content = self._coverage(prompt)
         elif json_mode:
             content = self._plan(prompt, rng, malformed=(mode == "malformed_plan"), mark=XSS if mode == "html" else "")
         elif "contradicts what the document established earlier" in prompt:
             content = self._repair(prompt)
+        elif "does not yet do what its author asked" in prompt:
+            content = self._cover(prompt)
         elif system.startswith("You summarise"):
             content = (re.findall(r"^- (.+)$", prompt, re.M) or ["A summary."])[0]
         else:
@@ -242,6 +270,12 @@ class FakeLLM:
             lo, hi = ratio
             want = max(1, int(asked * rng.uniform(lo, hi)))
             content = _prose(want, rng)
+            if "The passage to rewrite:" in prompt:
+                content = self._rewrite(prompt, content, want, rng)
+            elif self.state.comply and (
+                asked_for := re.search(r"^The author asks of this passage: (.+)$", prompt, re.M)
+            ):
+                content = f"{_carrying(asked_for.group(1))} {content}"
             if seam_drift:
                 content = _plant_term(content, prompt)
             if "Continue the document with the next passage" in str(messages[-1].get("content", "")):
@@ -282,7 +316,7 @@ class FakeLLM:
         }
         if body.get("stream"):
             send_usage = stream_usage and bool((body.get("stream_options") or {}).get("include_usage"))
-            script = _Stream(content, finish, usage if send_usage else None, tokens_per_s, fault, hang_s)
+            script = _Stream(content, finish, usage if send_usage else None, tokens_per_s, fault, hang_s, error)
             return StreamingResponse(self._sse(head, script, t0), media_type="text/event-stream")
         if tokens_per_s:
             await asyncio.sleep(tokens_out / tokens_per_s)
@@ -314,7 +348,7 @@ class FakeLLM:
                 if i == 1 and s.fault == "broken":
                     yield "data: {not json at all\n\n"
                 if i == 1 and s.fault == "error_event":
-                    yield 'data: {"error": {"message": "the model overloaded mid-answer", "type": "server_error"}}\n\n'
+                    yield f"data: {json.dumps({'error': {'message': s.error_message, 'type': 'server_error'}})}\n\n"
                     return
                 yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
                 if i == 0 and s.fault == "stall":
@@ -363,9 +397,18 @@ class FakeLLM:
         """The memory call's answer, from the passage it shows (and the plants it holds)."""
         with self.lock:
             mode, plants = self.state.memory_mode, [dict(p) for p in self.state.plants]
-        if mode == "invalid":
+            judge_mode, recheck, reported = self.state.judge_mode, self.state.recheck_mode, set(self.state.reported)
+        judge_only = "Only the contradictions" in prompt
+        if mode == "invalid" or (judge_only and judge_mode == "invalid"):
             return '{"summary": "cut short", "entities": [{"name": '
         passage = prompt.split('"""', 2)[1] if prompt.count('"""') >= 2 else ""
+        again = [p for p in plants if p["sentence"] in passage and p["sentence"] in reported]
+        if recheck == "invalid" and again:
+            return '{"summary": "cut short", "entities": [{"name": '
+        if recheck == "lazy":  # what it already reported, it leaves out
+            plants = [p for p in plants if p not in again]
+        with self.lock:
+            self.state.reported |= {p["sentence"] for p in plants if p["sentence"] in passage}
         known = prompt.split("New passage:", 1)[0]
         sentences = [x.strip() for x in re.split(r"(?<=[.!?])\s+", passage) if x.strip()]
         entities: dict[str, dict[str, Any]] = {}
@@ -373,7 +416,7 @@ class FakeLLM:
             for sent in sentences:
                 for name in re.findall(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b", sent):
                     entities.setdefault(name, {"name": name, "type": "other", "quote": sent, "attributes": []})
-        contradictions = []
+        contradictions, agrees = [], []
         for p in plants:
             if p["sentence"] not in passage or not p.get("entity"):
                 continue
@@ -383,7 +426,9 @@ class FakeLLM:
             e["type"] = "person"
             e["attributes"].append({"attribute": p["attribute"], "value": p["value"], "quote": p["sentence"]})
             ref = re.search(rf"^\[(E\d+)\] {re.escape(p['entity'])}'s {re.escape(p['attribute'])}: (.+)$", known, re.M)
-            if ref and ref.group(2).strip() != p["value"]:
+            if ref and ref.group(2).strip() == p["value"] and judge_mode != "weak":
+                agrees.append(ref.group(1))
+            if ref and ref.group(2).strip() != p["value"] and judge_mode != "weak":
                 contradictions.append(
                     {
                         "category": "characters",
@@ -392,8 +437,10 @@ class FakeLLM:
                         "explanation": f"{p['entity']}'s {p['attribute']} was {ref.group(2).strip()}",
                     }
                 )
-        if "Only the contradictions" in prompt:  # the judge alone
-            return json.dumps({"summary": sentences[0] if sentences else "-", "contradictions": contradictions})
+        if judge_only:  # the judge alone
+            return json.dumps(
+                {"summary": sentences[0] if sentences else "-", "contradictions": contradictions, "agrees": agrees}
+            )
         return json.dumps(
             {
                 "summary": " ".join(sentences[:2]) or "An empty passage.",
@@ -403,6 +450,7 @@ class FakeLLM:
                 "threads_resolved": [],
                 "facts": [],
                 "contradictions": contradictions,
+                "agrees": agrees,
             }
         )
 
@@ -413,6 +461,8 @@ class FakeLLM:
             mode, plants = self.state.repair_mode, [dict(p) for p in self.state.plants]
         if mode == "stubborn":
             return paragraph
+        if mode == "cosmetic":  # other words changed, the contradiction kept
+            return f"{paragraph} The tide turned slowly."
         established = re.findall(r'\(established earlier: "(.+?)"\)$', prompt, re.M)
         for p in plants:
             for there in established:
@@ -420,12 +470,65 @@ class FakeLLM:
                     paragraph = paragraph.replace(p["sentence"], there)
         return paragraph
 
+    def _rewrite(self, prompt: str, prose: str, want: int, rng: random.Random) -> str:
+        """A selection's rewrite, as the next of ``rewrites`` scripts it."""
+        with self.lock:
+            how = self.state.rewrites.popleft() if self.state.rewrites else ""
+        before = re.search(r'just before the passage:\n"…(.*?)"\n', prompt, re.S)
+        after = re.search(r'just after it:\n"(.*?)…"', prompt, re.S)
+        instruction = re.search(r"as its author asks: (.+)$", prompt, re.M)
+        if how == "whole":
+            return " ".join(x.group(1) for x in (before, after) if x) + " " + prose
+        if how == "meta":
+            return "The main purpose of the passage is to show the harbour. The author's question is asking you:"
+        if how == "unfinished":
+            return prose.rstrip(".") + " and then the"
+        if how == "overshoot":
+            return _prose(want * 3 + 40, rng)
+        if how == "comply" and instruction:
+            return f"{prose} {_sentence(instruction.group(1))}"
+        return prose
+
+    def _coverage(self, prompt: str) -> str:
+        """The coverage judge: each item covered where its long words stand in one sentence."""
+        with self.lock:
+            mode = self.state.judge_mode
+        if mode == "invalid":
+            return '{"items": [{"item": 1, "covered": '
+        text = prompt.split('"""', 2)[1] if prompt.count('"""') >= 2 else ""
+        items = re.findall(r"^(\d+)\. \((?:instruction|key point)\) (.+)$", prompt.split("Items:", 1)[-1], re.M)
+        sents = [x.strip() for x in re.split(r"(?<=[.!?])\s+", text) if x.strip()]
+        out = []
+        for n, item in items:
+            want = {w.lower() for w in re.findall(r"[A-Za-z]{5,}", item)}
+            where = next((x for x in sents if want <= {w.lower() for w in re.findall(r"[A-Za-z]{5,}", x)}), None)
+            if mode == "lying":
+                out.append({"item": int(n), "covered": True, "quote": "a sentence the text never had", "why": "yes"})
+            elif where is not None and want:
+                out.append({"item": int(n), "covered": True, "quote": where, "why": "it says so"})
+            else:
+                out.append({"item": int(n), "covered": False, "quote": "", "why": "the text does not say it"})
+        return json.dumps({"items": out})
+
+    def _cover(self, prompt: str) -> str:
+        """A coverage retry: the paragraph back, or (``comply``) with each item said in it."""
+        paragraph = prompt.split('"""', 2)[1].strip() if prompt.count('"""') >= 2 else ""
+        with self.lock:
+            comply = self.state.comply
+        if not comply:
+            return paragraph
+        items = re.findall(r"^- (?:follow the instruction|state the key point): (.+)$", prompt, re.M)
+        return " ".join([paragraph, *(_sentence(i) for i in items)])
+
     def _plan(self, prompt: str, rng: random.Random, malformed: bool, mark: str = "") -> str:
         """A plan as JSON; ``mark`` goes into every string of it."""
         if malformed:
             return '{"title": "Broken", "sections": [{"title": 7, "words": "many"'
         m = re.search(r"exactly (\d+)", prompt) or re.search(r"(\d+) sections", prompt)
         k = int(m.group(1)) if m else 3
+        with self.lock:
+            if self.state.mode == "short_plan":  # fewer items than asked for (the plan pads them)
+                k = max(1, k // 2)
         return json.dumps(
             {
                 "title": mark + "A Study of " + rng.choice(WORDS).title(),
@@ -454,6 +557,7 @@ class _Stream:
     tokens_per_s: float
     fault: str | None
     hang_s: float
+    error_message: str = ""
 
 
 PIECE_WORDS = 32  # words per streamed chunk after the first (a real server sends ~1 token a chunk)
@@ -471,6 +575,19 @@ def _pieces(content: str) -> list[str]:
 
 TERM = "Harbor Lantern Council"
 MEMORY_SYSTEM = "You keep the story memory"  # the memory call's system prompt (activities.prompts)
+COVERAGE_SYSTEM = "You check whether a text"  # the coverage judge's (activities.edit_prompts)
+
+
+def _carrying(instruction: str) -> str:
+    """A sentence that carries an instruction's long words (not its words in order: no echo)."""
+    long = [w.lower() for w in re.findall(r"[A-Za-z]{5,}", instruction)]
+    return f"At last came the {' and the '.join(long)}." if long else ""
+
+
+def _sentence(words: str) -> str:
+    """``words`` as a sentence: capitalised, ending with a full stop."""
+    w = words.strip().rstrip(".")
+    return (w[:1].upper() + w[1:] + ".") if w else ""
 
 
 def _chapter_of(prompt: str) -> int:
@@ -598,10 +715,16 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
     ap.add_argument("--tokens-per-s", type=float, default=0.0, help="answer at this speed (0: at once)")
     ap.add_argument("--plants", help="a JSON file: a list of plants (see the module's docstring)")
+    ap.add_argument("--judge", default="names", choices=["names", "weak", "invalid"], help="judge_mode")
+    ap.add_argument("--recheck", default="", choices=["", "lazy", "invalid"], help="recheck_mode")
+    ap.add_argument("--repair", default="fix", choices=["fix", "stubborn", "cosmetic"], help="repair_mode")
     a = ap.parse_args()
     fake = FakeLLM(a.port)
     plants = json.loads(open(a.plants).read()) if a.plants else []  # noqa: SIM115, ASYNC230 - before serving
-    fake.reset(ratio=tuple(a.ratio), delay_s=a.delay, tokens_per_s=a.tokens_per_s, plants=plants)
+    fake.reset(
+        ratio=tuple(a.ratio), delay_s=a.delay, tokens_per_s=a.tokens_per_s, plants=plants, judge_mode=a.judge,
+        recheck_mode=a.recheck, repair_mode=a.repair,
+    )  # fmt: skip
     fake._server.run()
 
 

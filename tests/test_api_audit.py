@@ -17,8 +17,8 @@ import pytest
 import api.audit
 from api import live
 from api.live import AuditListener
-from core.chain import parse_log
 from core.eventformat import EVENT_KINDS, TXT_HEADER, parse_txt_line, summary, txt_line
+from core.logfile import parse_log
 from db.models import Job
 from services import accounts
 from testkit import make_job

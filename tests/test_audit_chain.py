@@ -20,9 +20,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from activities.contracts import JobRef, RoundRef
 from activities.finalize import FinalizeActivities
 from activities.plan import PlanActivities
-from core.chain import parse_log, verify_events
+from core.chain import verify_events
 from core.errors import LlmUnavailable
 from core.eventformat import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
+from core.logfile import parse_log
 from db import schema
 from db.manuscript import Chunk, CoherenceState, PlanNode
 from db.models import Document, Job
@@ -86,7 +87,8 @@ async def test_a_finished_job_verifies_from_the_database_and_from_its_downloads(
     env = {"QUIRE_HOME": str(tmp_path / "home")}
     code, stdout, stderr = await arun("audit", "verify", jid, "--url", pg_url, env=env)
     assert code == 0, stderr
-    assert f"intact\n  {job.audit_seq} events" in stdout and f"the head {job.audit_head}" in stdout
+    assert "intact, whole to its job's end" in stdout and f"\n  {job.audit_seq} events" in stdout
+    assert f"the head {job.audit_head}" in stdout
     assert "(checked with the public keys given)" in stdout
     # ...and offline from the JSON and TXT downloads, which carry the head.
     for fmt in ("json", "txt"):
@@ -97,7 +99,8 @@ async def test_a_finished_job_verifies_from_the_database_and_from_its_downloads(
         assert code == 0, stdout + stderr
         parsed = parse_log(r.text)
         events_, head = parsed.events, parsed.head_hash
-        assert f"intact\n  {len(events_)} events" in stdout and f"the head {events_[-1]['hash']}" in stdout
+        assert "hash chain intact, but NOT verified: no --key" in stdout and f"\n  {len(events_)} events" in stdout
+        assert f"the head {events_[-1]['hash']}" in stdout
         if fmt == "json":
             assert head == events_[-1]["hash"] and r.json()["head_seq"] == events_[-1]["seq"]
         assert events_[-1]["kind"] == "user" and events_[-1]["action"] == "download_audit"

@@ -77,7 +77,7 @@ def test_db_check_is_read_only(fresh_db_url):
 
 def test_up_detach_down_leaves_nothing_and_restart_reuses_data(tmp_path_factory):
     home = Path("/tmp") / f"qh-{uuid.uuid4().hex[:6]}"  # short: Postgres' socket path is limited
-    api, tport, ui, metrics = free_ports(4)
+    api, tport, ui, metrics, witness = free_ports(5)
     env = {
         "QUIRE_HOME": str(home),
         "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
@@ -85,6 +85,7 @@ def test_up_detach_down_leaves_nothing_and_restart_reuses_data(tmp_path_factory)
         "TEMPORAL_PORT": str(tport),
         "TEMPORAL_UI_PORT": str(ui),
         "QUIRE_WORKER_METRICS_PORT": str(metrics),
+        "QUIRE_WITNESS_PORT": str(witness),
     }
     try:
         r = run("up", "--detach", env=env)

@@ -89,11 +89,39 @@ async def test_the_ui_signs_in_with_a_cookie_and_only_its_origin_may_call(http, 
     good = await decode_with(value)
     assert good.status_code == 200 and good.headers["access-control-allow-origin"] == UI
     assert json.loads(base64.b64decode(good.json()["payloads"][0]["data"])) == {"job_id": "b-job"}
-    expires, _, mac = value.partition(".")
-    assert (await decode_with(f"{expires}.{'0' * len(mac)}")).status_code == 401  # forged
-    assert (await decode_with(f"{int(expires) + 60}.{mac}")).status_code == 401  # extended
-    stale = session_value(OPERATOR_TOKEN, int(time.time()) - 1)  # expired
+    sid, expires, mac = value.split(".")
+    assert (await decode_with(f"{sid}.{expires}.{'0' * len(mac)}")).status_code == 401  # forged
+    assert (await decode_with(f"{sid}.{int(expires) + 60}.{mac}")).status_code == 401  # extended
+    stale = session_value(OPERATOR_TOKEN, sid, int(time.time()) - 1)  # expired
     assert (await decode_with(stale)).status_code == 401
+    unknown = session_value(OPERATOR_TOKEN, "ab" * 16, int(time.time()) + 600)  # signed, but never opened
+    assert (await decode_with(unknown)).status_code == 401
+
+    # Signing out ends the session on the server: a copy of the cookie kept elsewhere stops working.
+    other = (await http.post("/codec/session", data={"token": OPERATOR_TOKEN})).cookies[COOKIE]
+    out = await http.post("/codec/session?end=1", headers={"Cookie": f"{COOKIE}={value}"})
+    assert out.status_code == 303
+    assert (await decode_with(value)).status_code == 401
+    assert (await decode_with(other)).status_code == 200  # another browser's session is its own
+    # An operator ends every session at once (say, a laptop was lost), before their 12 hours.
+    assert (await http.post("/codec/session?end=all")).status_code == 401  # not without being one
+    everyone = await http.post("/codec/session?end=all", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    assert everyone.status_code == 303
+    assert (await decode_with(other)).status_code == 401
+
+
+async def test_wrong_operator_tokens_are_limited_per_address(db, client):
+    from api.app import create_app
+    from tests.conftest import api_settings
+
+    app = create_app(api_settings(), db=db, client=client)  # limits of its own: other tests sign in too
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://127.0.0.1"
+    ) as c:  # fmt: skip
+        answers = [(await c.post("/codec/session", data={"token": f"op-guess-{i}"})).status_code for i in range(12)]
+        assert answers[:10] == [401] * 10 and answers[10:] == [429, 429]
+        r = await c.post("/codec/session", data={"token": OPERATOR_TOKEN})  # the right one waits too
+        assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 61 and "too many" in r.json()["detail"]
 
 
 async def test_the_temporal_cli_shows_a_jobs_history_decoded_through_the_codec_server(

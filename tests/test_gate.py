@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import sys
+from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import pytest
@@ -298,3 +301,32 @@ async def test_a_near_repeat_of_another_chapter_is_cut_and_the_title_is_stored_c
             ).scalars()
         )
     assert claimed == {m.fingerprint for m in fingerprints(own)}
+
+
+# A gate process that answers its first request with a verdict for another request first (a late
+# answer left in the pipe), then its own; and never answers the second.
+_LATE = r"""
+import json, sys, time
+for n, line in enumerate(sys.stdin):
+    req = json.loads(line)
+    if n == 0:
+        print(json.dumps({"id": -1, "text": "a verdict for another chunk", "cuts": [], "words_in": 5}), flush=True)
+        print(json.dumps({"id": req["id"], "text": req["answer"], "cuts": [], "words_in": 2}), flush=True)
+    else:
+        time.sleep(120)
+"""
+
+
+async def test_the_gate_process_answers_by_request_id_and_a_late_one_is_killed_under_its_lock(monkeypatch) -> None:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _LATE, stdin=PIPE, stdout=PIPE)
+    process = gating._GateProcess(proc)
+    request = {"answer": "my own words", "prompt": "", "source": "", "before": "", "fragment": False}
+    try:
+        assert (await process.ask(request)).text == "my own words"  # the stale verdict is not taken for it
+        monkeypatch.setattr(gating, "GATE_TIMEOUT_S", 0.5)
+        with pytest.raises(TimeoutError):
+            await process.ask(request)
+        # Killed before its lock was let go: nothing it might say later reaches the next caller.
+        assert proc.returncode is not None and not process.lock.locked()
+    finally:
+        await process.stop()

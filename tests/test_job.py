@@ -182,6 +182,23 @@ async def test_malformed_plan_falls_back_and_meets_target(db, client, fake, user
     assert count_words((await output(db, job_id)).text) >= 900
 
 
+async def test_a_short_plan_is_padded_and_says_so(db, client, fake, user):
+    fake.reset(mode="short_plan", ratio=(1.0, 1.15))  # half the top-level items asked for
+    job_id = await submit(db, client, user, kind="generate", prompt="Bridges of the south", target_words=4_000)
+    assert await wait(client, job_id) == "succeeded"
+    async with db.tx() as s:
+        plan = (
+            await s.execute(
+                select(AuditEvent.data).where(
+                    AuditEvent.job_id == job_id, AuditEvent.kind == "plan", AuditEvent.action == "created"
+                )
+            )
+        ).scalar_one()
+    # A valid answer completed by the fallback's items is not "model": it says how many were padded.
+    assert plan["source"] == "padded" and 0 < plan["padded"] < plan["top_level"]
+    assert f"{plan['padded']} are the fallback's" in plan["note"]
+
+
 def make_input(words: int, seed: int) -> str:
     rng = random.Random(seed)
     paras, n = [], 0

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from core.coherence import BASE_MODEL, ReportInput, report, summary_line
 from core.continuity import (
-    ReportInput,
+    Finding,
     apply_fixes,
     changed_attributes,
     check,
@@ -17,20 +18,15 @@ from core.continuity import (
     near_misses,
     reopened_threads,
     repeated_opening,
-    report,
     timeline_breaks,
 )
-from core.memory import (
-    ChunkMemory,
-    Entry,
-    Summary,
-    build_context,
-    extract,
-    fold,
-    merge,
-    parse_memory,
-    proper_names,
-)
+from core.extractor import extract, merge, proper_names
+from core.memory import ChunkMemory, Entry, fold, parse_memory
+from core.names import mentions
+from core.recall import Summary, build_context, judge_entries
+from core.repair import Recheck, settle, why_open
+from core.seam import Fate, decide
+from core.values import compare
 
 PASSAGE = (
     "Captain Mara Quell checked the brass compass on her left wrist before the Kestrel left the harbour. "
@@ -118,6 +114,12 @@ def test_items_with_false_quotes_or_unknown_refs_are_dropped_and_listed() -> Non
     parsed = parse_memory(raw, PASSAGE, known_refs={"E2"})
     assert parsed.memory.facts == [] and [c.known for c in parsed.memory.contradictions] == ["E2"]
     assert len(parsed.dropped) == 2 and "not a ref it was shown" in parsed.dropped[1]
+
+
+def test_the_judges_agreements_count_only_for_entries_it_was_shown() -> None:
+    parsed = parse_memory(_answer(agrees=["E2", "[e3]", "E9"]), PASSAGE, known_refs={"E2", "E3"})
+    assert parsed.memory.agrees == ["E2", "E3"] and parsed.memory.agreed == {2, 3}
+    assert any("agrees 'E9'" in d for d in parsed.dropped)
 
 
 def _e(id: int, kind: str, key: str, value: str, order: int, **kw: object) -> Entry:
@@ -265,3 +267,180 @@ def test_the_report_counts_per_10k_words_by_category() -> None:
     assert rep["found"] == 3 and rep["repaired"] == 1 and rep["open"] == 2 and rep["per_10k_words"] == 1.5
     assert rep["by_category"]["characters"] == {"name": "characters", "found": 2, "per_10k_words": 1.0, "open": 1}
     assert rep["states"]["fallback_share"] == 0.1 and rep["seams"]["flagged"] == 1
+
+
+# -- names as words, values that differ, repairs on evidence, seams that say what ran (issue 26) --
+
+
+def test_names_followed_by_punctuation_or_at_a_line_start_are_shown_to_the_judge() -> None:
+    led = fold(
+        [
+            _e(1, "entity", "mara", "a pilot", 0, name="Mara", etype="person"),
+            _e(2, "attribute", "mara", "grey", 0, attribute="eyes", name="Mara"),
+            _e(3, "entity", "tobias wren", "a clerk", 0, name="Tobias Wren", etype="person"),
+        ]
+    )
+    for passage in (
+        "The door opened on Mara. Nobody spoke.",
+        "Behind her stood Mara, silent as ever.",
+        "He borrowed Mara's compass for the crossing.",
+        "Run, Mara! The tide is turning.",
+        "“Do not wait for me,” said Mara” to nobody in particular.",
+        "The wind rose over the quay.\nMara went down to the boats.",
+        "They all said “Mara” as if it were a charm.",
+    ):
+        refs = [ref for ref, _ in judge_entries(led, passage)]
+        assert refs[:2] == ["E1", "E2"], passage
+    assert [r for r, _ in judge_entries(led, "Marathon runners crossed the bridge.")] == []  # a longer word
+    assert [r for r, _ in judge_entries(led, "Wren and Tobias met.")] == []  # a name's words, not in its order
+    assert [r for r, _ in judge_entries(led, "That was Tobias Wren's ledger, not hers.")] == ["E3"]
+    assert mentions("Mara", "Mara's") and mentions("Tobias Wren", "TOBIAS  WREN,") and not mentions("Mara", "Amara")
+    # The prompt's named entities are found the same way (the brief names her with a comma).
+    ctx = build_context(
+        fold([*led.by_ref().values(), *(_e(10 + i, "entity", f"sailor {i}", "x " * 40, 1) for i in range(40))]),
+        [],
+        named="Mara, at the helm",
+        budget=500,
+    )
+    assert ctx.entities[0].startswith("Mara (person)")
+
+
+def test_a_sentence_start_and_an_article_are_never_a_variant() -> None:
+    led = fold([_e(1, "entity", "harbour board", "the port's masters", 0, name="the Harbour Board")])
+    assert name_variants("The Harbour Board met at dawn. “The Harbour Board,” she said.", led) == []
+    text = "The Harbour Board met at dawn. Later the harbour board voted. Harbour board members left."
+    found = name_variants(text, led)
+    assert [f.fix for f in found] == [("harbour board", "Harbour Board"), ("Harbour board", "Harbour Board")]
+    fixed, done = apply_fixes(text, found)
+    assert fixed == "The Harbour Board met at dawn. Later the Harbour Board voted. Harbour Board members left."
+    assert done == found
+    # A lower-case established name is written capitalised at a sentence's start, and left so.
+    led = fold([_e(2, "entity", "van der berg", "a family", 0, name="van der Berg")])
+    assert name_variants("Van der Berg came late. Then van der Berg left.", led) == []
+
+
+LEFT_HAND = "two fingers on his left hand"
+
+
+@pytest.mark.parametrize(
+    ("before", "now"),
+    [
+        ("blue", "not blue"),
+        ("blue", "never blue"),
+        ("two", "ten"),
+        (LEFT_HAND, "ten fingers on his left hand"),
+        ("brass compass on her left wrist", "brass compass on her right wrist"),
+        ("lantern with a cracked red lens", "lantern with a cracked blue lens"),
+        ("a dozen ships", "13 ships"),
+    ],
+)
+def test_values_that_differ_are_findings(before: str, now: str) -> None:
+    led = fold(
+        [
+            _e(1, "entity", "orrin", "a smith", 0, name="Orrin", etype="person"),
+            _e(2, "attribute", "orrin", before, 0, attribute="detail", name="Orrin", quote=f"Orrin had {before}."),
+        ]
+    )
+    mem = _mem(
+        entities=[{"name": "Orrin", "quote": "q", "attributes": [{"attribute": "detail", "value": now, "quote": now}]}]
+    )
+    found = changed_attributes(mem, led)
+    assert [(f.subtype, f.severity, f.entry_id) for f in found] == [("attribute_changed", "major", 2)]
+
+
+def test_values_the_rules_cannot_tell_apart_are_the_judges_never_the_same() -> None:
+    led = fold(
+        [
+            _e(1, "entity", "orrin", "a smith", 0, name="Orrin", etype="person"),
+            _e(2, "attribute", "orrin", "a long scar", 0, attribute="mark", name="Orrin"),
+        ]
+    )
+
+    def said(value: str, agrees: tuple[str, ...] = ()) -> ChunkMemory:
+        return _mem(
+            entities=[
+                {
+                    "name": "Orrin Vale",
+                    "quote": "q",
+                    "attributes": [{"attribute": "mark", "value": value, "quote": value}],
+                }
+            ],
+            agrees=list(agrees),
+        )
+
+    for same in ("a long scar", "a long scar across the cheek", "A LONG SCAR."):
+        assert changed_attributes(said(same), led) == [], same
+    unsure = changed_attributes(said("a jagged burn"), led)  # "Orrin Vale" is the ledger's Orrin, by words
+    assert [(f.subtype, f.severity) for f in unsure] == [("attribute_unsure", "minor")]
+    assert changed_attributes(said("a jagged burn", ("E2",)), led) == []  # the judge says it agrees
+    assert [f.severity for f in changed_attributes(said("a jagged burn", ("E1",)), led)] == ["minor"]
+    assert compare("born in Lisbon", "born in Porto") == "different"  # other proper names
+    assert compare("twenty-two", "22") == "same" and compare("blue", "not blue") == "different"
+
+
+def _finding(**kw: object) -> Finding:
+    base = {
+        "category": "characters", "subtype": "attribute_changed", "severity": "major", "detector": "rule:attribute",
+        "message": "m", "quote": LIE_SENTENCE, "entry_id": 7, "quote_there": "q",
+    }  # fmt: skip
+    return Finding(**{**base, **kw})  # type: ignore[arg-type]
+
+
+LIE_SENTENCE = "Orrin wore the coat with two brass buttons to the council."
+
+
+def test_a_finding_is_repaired_only_on_the_evidence_of_the_text_and_a_check_that_ran() -> None:
+    fixed_text = "Orrin wore the coat with six silver buttons to the council."
+    ok = Recheck(fixed_text, [], by_model=True, judged={7})
+    assert why_open(_finding(), ok) == ""
+    # The statement still stands (a rewrite that changed other words; a lazy re-check that says nothing).
+    assert "still stands" in why_open(_finding(), Recheck(f"{LIE_SENTENCE} The tide turned.", [], True, {7}))
+    assert "still stands" in why_open(
+        _finding(quote="Orrin wore the coat ... two brass buttons"), Recheck(LIE_SENTENCE, [], True)
+    )
+    # The statement is gone but the re-check was the extractor's: nothing says the new text agrees.
+    assert "could not run" in why_open(
+        _finding(), Recheck(fixed_text, [], False, why_not="no valid answer in two tries")
+    )
+    # The judge's finding needs a judge that answered and was shown the entry again.
+    assert "not shown" in why_open(_finding(detector="judge", subtype="judged"), Recheck(fixed_text, [], True, {3}))
+    assert "still finds" in why_open(_finding(), Recheck(fixed_text, [_finding(quote="other words")], True, {7}))
+    # A text rule runs on any text: the extractor's re-check is enough for a spelling.
+    spelling = _finding(detector="rule:name_variant", subtype="name_variant", quote="the harbor lantern council met")
+    assert why_open(spelling, Recheck("the Harbor Lantern Council met", [], False)) == ""
+    assert settle([_finding()], Recheck(LIE_SENTENCE, [], True, {7}), 2) == set()
+
+
+def test_a_seam_is_validated_only_by_checks_that_answered() -> None:
+    assert decide([], [], strict=False, title="T").status == "validated"
+    assert decide([Fate("repaired", "major", 9)], [], strict=False, title="T").repair_version == 9
+    unchecked = decide(
+        [], ["", "the judge gave no valid answer (no valid answer in two tries)"], strict=False, title="T"
+    )
+    assert (unchecked.status, unchecked.validated, unchecked.broken) == ("unchecked", False, None)
+    assert "no valid answer" in (unchecked.unchecked_reason or "")
+    strict = decide([Fate("repaired", "major", 9)], ["names only: the model is a base model"], strict=True, title="T")
+    assert strict.status == "unchecked" and strict.broken and "could not be checked" in strict.broken
+    flagged = decide([Fate("open", "major")], ["x"], strict=True, title="T")
+    assert (
+        flagged.status == "flagged"
+        and flagged.unchecked_reason is None
+        and "could not be repaired" in (flagged.broken or "")
+    )
+
+
+def test_the_report_says_in_words_what_was_checked_and_by_which_model() -> None:
+    base = report(ReportInput(5_000, [], 10, 4, {"fallback": 8}, {}, {BASE_MODEL: 8}))
+    assert base["checked"].startswith("names only: the model gives no structured memory")
+    assert base["unchecked"]["chunks"] == 8 and "names only" in summary_line(base)
+    mixed = report(
+        ReportInput(5_000, [], 10, 4, {"model": 6, "fallback": 2}, {"validated": 1, "unchecked": 1},
+                    {"no valid answer in two tries": 2}, {"the judge gave no valid answer": 1}, ["judge-model"])
+    )  # fmt: skip
+    assert "judge-model" in mixed["checked"] and "6 of 8 passages" in mixed["checked"]
+    assert mixed["unchecked"] == {
+        "chunks": 2,
+        "seams": 1,
+        "chunk_reasons": {"no valid answer in two tries": 2},
+        "seam_reasons": {"the judge gave no valid answer": 1},
+    }

@@ -17,6 +17,8 @@ from sqlalchemy import select, text
 
 from core.cost import Price, cost_micro_usd, usd
 from core.quota import Quotas, Usage, submit_refusal
+from db.loop import Edit
+from db.manuscript import PlanNode
 from db.models import AuditEvent, LlmCall
 from services import accounts
 from tests.conftest import PRICES
@@ -150,3 +152,37 @@ async def test_quire_user_quota_sets_shows_and_clears(pg_url, user):
     assert code == 0 and "concurrent jobs   no limit" in out and "words per month   90,000" in out
     code, _, err = await quire("--tokens-per-day", "-3")
     assert code == 2 and "a whole number >= 0, or 'none'" in err
+
+
+async def test_edits_count_in_the_words_and_as_concurrent_work_and_stay_counted_after_deletion(
+    http, db, client, fake, user
+):
+    fake.reset(ratio=(1.0, 1.15))
+    done = await submit(db, client, user, kind="generate", prompt="Sails", target_words=200)
+    assert await wait(client, done) == "succeeded"
+    async with db.tx() as s:
+        section = (
+            (await s.execute(select(PlanNode).where(PlanNode.job_id == done, PlanNode.level == "section")))
+            .scalars()
+            .first()
+        )
+    fake.set(delay_s=1.0)  # the edit is still running when the next submit comes
+    r = await http.post(f"/v1/jobs/{done}/nodes/{section.id}/regenerate", json={}, headers=auth(user))
+    assert r.status_code == 202, r.text
+    async with db.tx() as s:
+        edit = (await s.execute(select(Edit).where(Edit.job_id == done))).scalar_one()
+    assert edit.words > 0
+    # A running edit is model work in progress: it takes the one concurrent slot.
+    await set_quotas(db, user, concurrent_jobs=1)
+    body = {"kind": "generate", "prompt": "Spars", "target_words": 10}
+    over = await http.post("/v1/jobs", json=body, headers=auth(user))
+    assert over.status_code == 429 and "concurrent-jobs quota of 1 reached (1 queued or running" in over.text
+    await set_quotas(db, user, concurrent_jobs=None)
+    await client.get_workflow_handle(edit.workflow_id).result()
+    fake.set(delay_s=0.0)
+    before = (await http.get("/v1/usage", headers=auth(user))).json()["words_this_month"]
+    assert before >= 200 + edit.words
+    # Deleting the job gives back neither its words nor its edits' words.
+    assert (await http.delete(f"/v1/jobs/{done}", headers=auth(user))).status_code == 204
+    after = (await http.get("/v1/usage", headers=auth(user))).json()["words_this_month"]
+    assert after == before, (before, after, edit.words)

@@ -68,7 +68,7 @@ def procs_mentioning(text: str) -> list[str]:
 @pytest.fixture
 def stack_env() -> Iterator[dict[str, str]]:
     home = Path("/tmp") / f"qs-{uuid.uuid4().hex[:6]}"
-    api, grpc, ui, metrics = free_ports(4)
+    api, grpc, ui, metrics, witness = free_ports(5)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(SCRUB)},
         "QUIRE_HOME": str(home),
@@ -77,6 +77,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         "TEMPORAL_PORT": str(grpc),
         "TEMPORAL_UI_PORT": str(ui),
         "QUIRE_WORKER_METRICS_PORT": str(metrics),
+        "QUIRE_WITNESS_PORT": str(witness),
     }
     yield env
     quire("down", env=env)  # whatever a failed assertion left running
@@ -111,7 +112,8 @@ def assert_nothing_left(home: Path, pids: list[int], ports: list[int]) -> None:
 
 
 def ports_of(env: dict[str, str]) -> list[int]:
-    return [int(env[k]) for k in ("API_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "QUIRE_WORKER_METRICS_PORT")]
+    keys = ("API_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "QUIRE_WORKER_METRICS_PORT", "QUIRE_WITNESS_PORT")
+    return [int(env[k]) for k in keys]
 
 
 async def _start_probe_workflow(address: str) -> None:
@@ -350,7 +352,7 @@ def test_each_part_killed_mid_job_comes_back_and_the_job_loses_nothing(stack_env
 
     during_outage: list[int] = []
     calls = 0
-    for name in ("postgres", "temporal", "worker", "api"):
+    for name in ("postgres", "temporal", "witness", "worker", "api"):
         # Mid-job, and writing again since the last kill: a new model call has come in.
         wait_for(f"a model call before killing {name}", lambda calls=calls: len(fake.requests) > calls)
         calls = len(fake.requests)
@@ -407,14 +409,27 @@ def test_each_part_killed_mid_job_comes_back_and_the_job_loses_nothing(stack_env
         outputs = conn.execute("SELECT count(*) FROM documents WHERE job_id = %s AND role = 'output'", [jid])
         assert outputs.fetchone() == (1,)
 
+    # The stack's own witness (storage of its own, outside Postgres) cosigned the log, though it was
+    # killed mid-job: checkpoints left unwitnessed meanwhile were caught up by the next.
+    state = json.loads((home / "stack.json").read_text())
+    assert (home / "witness" / "witness.db").exists() and state["witness_key"].startswith("quire-witness+")
+    log_file = home.parent / f"{home.name}-audit.json"
+    log_file.write_bytes(httpx.get(f"{api}/v1/jobs/{jid}/audit?download=1", headers=auth, timeout=60).content)
+    r = quire("audit", "verify", "--file", str(log_file), "--key", str(home / "audit.pub"),
+              "--witness", state["witness_key"], env=env)  # fmt: skip
+    assert r.returncode == 0 and "intact, whole to its job's end" in r.stdout, r.stdout + r.stderr
+    r = quire("audit", "verify", jid, env=env)  # from the database, asking the stack's witness
+    assert r.returncode == 0 and "holds this very tree" in r.stdout, r.stdout + r.stderr
+    log_file.unlink()
+
     r = quire("status", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("postgres", "temporal", "worker", "api"):
+    for name in ("postgres", "temporal", "witness", "worker", "api"):
         line = next(ln for ln in r.stdout.splitlines() if ln.startswith(name))
         assert line.split()[1] == "running" and "killed by SIGKILL" in line, line
         assert int(line.split()[4]) >= 1, line  # restarts (more if a restart had to be retried)
     log = supervisor_log(home)
-    for name in ("postgres", "temporal", "worker", "api"):
+    for name in ("postgres", "temporal", "witness", "worker", "api"):
         assert re.search(rf"part died; restarting it .*exit='killed by SIGKILL'.* part={name} ", log), name
         assert len(re.findall(rf"\] restarted +part={name} ", log)) == 1, name
     for name, p in parts().items():  # the restarted parts too: what they create is private

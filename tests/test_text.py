@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from activities.prompts import ChunkContext, chunk_messages
 from core.continuity import seam_issues
 from core.gate import Gated, gate
-from core.memory import MemoryContext
 from core.plan import fallback_plan, parse_plan
+from core.recall import MemoryContext
 from core.text import count_words, split_parts, trim_to_words
 
 

@@ -30,6 +30,7 @@ from testkit import make_job, until
 from tests.conftest import api_settings, make_llm
 from tests.helpers import TASK_QUEUE, job_row, output, submit, wait
 from tests.test_api import auth
+from tests.test_cli import arun
 from tests.test_durable import FAST
 from tests.test_quotas import set_quotas
 from workflows.steps import Durability
@@ -57,6 +58,33 @@ async def test_a_model_that_writes_nul_bel_and_escapes_neither_fails_the_job_nor
     assert all(c.status != "pending" and c.tokens_in is not None for c in calls)
     v = await logreader.verify(db, jid)
     assert v.intact, v.reason
+
+
+async def test_an_upstream_error_with_nul_and_escapes_fails_the_job_with_a_readable_reason(
+    db, client, fake, user, api_url
+):
+    """An endpoint's error carrying NUL, a screen clear, a window title and a bell: the job fails
+    (it is not left running, its reason unstorable), its reason says what came, escaped, and no
+    terminal that shows it gets a raw control byte."""
+    fake.reset(mode="error_event", error_message="upstream \x00 broke \x1b[2J\x1b]0;pwned\x07 here " + "x" * 9000)
+    job_, _ = await jobs.submit(
+        db, client, user_id=user.user_id, user_name=user.name, spec=JobSpec(kind="generate", prompt="Quays",
+        target_words=60), task_queue=TASK_QUEUE, default_model="fake-model", durability=FAST,
+    )  # fmt: skip
+    jid = job_.id
+    assert (await wait(client, jid)).startswith("failed")
+    job = await job_row(db, jid)
+    assert job.status == "failed" and job.error_code is not None
+    assert "upstream \\u0000 broke \\u001b[2J\\u001b]0;pwned\\u0007 here" in job.failure_reason
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", job.failure_reason)
+    assert "more characters cut]" in job.failure_reason and len(job.failure_reason) < 4100  # capped
+    env = {"QUIRE_API_URL": api_url, "QUIRE_API_KEY": user.api_key, "QUIRE_HOME": "/nonexistent"}
+    code, out, err = await arun("status", str(jid), env=env)
+    assert code == 1 and "upstream \\u0000 broke" in out
+    code, out2, err2 = await arun("output", str(jid), env=env)
+    assert code != 0 and "upstream \\u0000 broke" in err2
+    for text in (out, err, out2, err2):
+        assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text), repr(text[:300])
 
 
 async def test_an_answer_is_stored_through_a_database_blip(db, fake, user, pg_url):

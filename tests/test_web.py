@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from core.chain import parse_log
+from core.logfile import parse_log
 
 pytestmark = pytest.mark.usefixtures("worker")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -191,10 +191,13 @@ async def test_pages_need_a_key_and_reject_a_bad_one(browser, api_url):
 
 
 async def test_sign_in_goes_only_to_this_sites_pages_and_sign_out_shows_only_when_signed_in(browser, api_url, user):
-    """Issue 20, finding 7: ``/?next=//evil.example`` sent a signed-in user off-site."""
+    """Issue 20, finding 7: ``/?next=//evil.example`` sent a signed-in user off-site; issue 27: so did
+    ``/.//evil.example``, ``/..//`` and ``/%2e//``, which the URL parser normalises to ``//evil.example``."""
     ctx = await browser.new_context()
     page = await ctx.new_page()
-    for bad in ("//evil.example/x", "/\\evil.example/x", "https://evil.example/"):
+    bad_nexts = ("//evil.example/x", "/\\evil.example/x", "https://evil.example/", "/.//evil.example/x",
+                 "/..//evil.example/x", "/%2e//evil.example/x", "/./\\evil.example/x")  # fmt: skip
+    for bad in bad_nexts:
         await page.goto(api_url + "/?next=" + quote(bad, safe=""))
         assert await page.locator("#signout").is_hidden()  # nobody is signed in yet
         await page.get_by_label("API key").fill(user.api_key)

@@ -1,5 +1,5 @@
-"""The webhook workflow: a job's end POSTed to its webhook, and its last signed checkpoint to the
-operator's witness (when there is one), each retried with backoff over hours.
+"""The webhook workflow: a job's end (or an ``audit.alarm``) POSTed to its webhook, and its log's
+last checkpoint left witnessed (when the operator has witnesses), each retried with backoff over hours.
 
 Started by the job workflow once the job's outcome is recorded, as a child that outlives it
 (``ParentClosePolicy.ABANDON``): the job neither waits for the delivery nor fails because of it.
@@ -30,7 +30,8 @@ class WebhookInput:
     job_id: str
     schedule: RetrySchedule
     deliver: bool = True  # the job has a webhook
-    witness: bool = False  # the operator has a witness
+    witness: bool = False  # the operator has witnesses: the log's last checkpoint is left witnessed
+    alarm: dict[str, Any] | None = None  # deliver this audit.alarm (db.signer.Refusal) instead of the job's end
 
 
 @workflow.defn(name="WebhookWorkflow")
@@ -54,7 +55,7 @@ async def _post(method: Any, inp: WebhookInput) -> int:
     return int(
         await workflow.execute_activity_method(
             method,
-            DeliveryRef(inp.job_id, s.attempts),
+            DeliveryRef(inp.job_id, s.attempts, inp.alarm if method is WebhookActivities.deliver else None),
             start_to_close_timeout=ATTEMPT_TIMEOUT,
             heartbeat_timeout=HEARTBEAT,
             retry_policy=RetryPolicy(

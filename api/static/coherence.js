@@ -6,9 +6,11 @@ const QuireCoherence = (() => {
   function mount(jobId, root, panel) {
     const $ = sel => root.querySelector(sel);
     let busy = false, again = false;
+    // A key point not covered, an instruction not followed: what the author asked, found nowhere in the text.
+    const asked = f => f.subtype === "key_point_not_covered" || f.subtype === "instruction_not_followed";
     function finding(f) {
       const there = f.contradicts || {};
-      const fate = f.status === "repaired" ? "repaired (v" + f.repair_version + ")" : "open";
+      const fate = f.status === "repaired" ? "repaired (v" + f.repair_version + ")" : "open" + (f.tried ? ": " + f.tried : "");
       const links = [Quire.el("a", { className: "to-chunk", href: "#chunk-" + (f.chunk + 1) }, "chunk " + (f.chunk + 1) + (f.version ? " v" + f.version : ""))];
       if (f.audit_seq) {
         const a = Quire.el("a", { href: "#", className: "to-seq" }, "audit #" + f.audit_seq);
@@ -19,8 +21,13 @@ const QuireCoherence = (() => {
         Quire.el("div", {}, Quire.el("b", {}, f.category_name), " · " + f.severity + " · " + f.subtype + " at ", ...links,
           " · ", Quire.el("span", { className: f.status === "repaired" ? "pass" : "fail" }, fate)),
         Quire.el("div", {}, f.message),
-        Quire.el("blockquote", {}, "here: “" + f.quote + "”"),
-        there.quote ? Quire.el("blockquote", {}, "established " + (there.chunk !== null && there.chunk !== undefined ? "in chunk " + (there.chunk + 1) : "by the plan") + ": “" + there.quote + "”") : null);
+        f.quote ? Quire.el("blockquote", {}, "here: “" + f.quote + "”") : null,
+        there.quote ? Quire.el("blockquote", {}, (asked(f) ? "asked" : "established " + (there.chunk !== null && there.chunk !== undefined ? "in chunk " + (there.chunk + 1) : "by the plan")) + ": “" + there.quote + "”") : null);
+    }
+    function coverage(c) {
+      if (!c || !c.checked) return "";
+      return " · instructions and key points: " + c.checked + " checked, " + c.covered + " covered, " + c.missing +
+        " not covered" + (c.unchecked ? ", " + c.unchecked + " unchecked (no valid answer from the judge)" : "");
     }
     async function refresh() {
       if (busy) { again = true; return; }
@@ -32,9 +39,14 @@ const QuireCoherence = (() => {
         cats.replaceChildren(...Object.values(r.by_category).map(c =>
           Quire.el("div", {}, Quire.el("b", {}, String(c.found)), Quire.el("span", {}, c.name + (c.open ? " · " + c.open + " open" : "")))));
         const seams = Object.entries(r.seams).map(([k, n]) => n + " " + k).join(", ");
+        const u = r.unchecked || { chunks: 0, seams: 0 };
+        // What was checked, in words (names only for a base model), and by which model: a share alone says too little.
+        $("#coherence-checked").textContent = "Checked: " + r.checked + ".";
         $("#coherence-meta").textContent = "ledger: " + Quire.fmt(r.ledger.entries) + " entries, " + Quire.fmt(r.ledger.entities) +
           " entities · memory by the model in " + r.states.model + " of " + r.states.total + " states (fallback " +
-          Math.round(100 * r.states.fallback_share) + "%)" + (seams ? " · seams: " + seams : "");
+          Math.round(100 * r.states.fallback_share) + "%)" + (seams ? " · seams: " + seams : "") +
+          " · unchecked: " + u.chunks + " passage" + (u.chunks === 1 ? "" : "s") + ", " + u.seams + " seam" + (u.seams === 1 ? "" : "s") +
+          (r.judged_by && r.judged_by.length ? " · judged by " + r.judged_by.join(", ") : "") + coverage(r.coverage);
         $("#coherence-list").replaceChildren(...r.items.map(finding));
         $("#coherence-empty").hidden = r.items.length > 0;
       } catch (ex) { $("#coherence-summary").textContent = ex.message; }

@@ -60,14 +60,17 @@ const Quire = {
     if (!Quire.key()) { location.href = "/?next=" + encodeURIComponent(location.pathname); return false; }
     return true;
   },
-  // A path of this site to go to after signing in, or null: "//evil.example" and "/\\evil.example"
-  // parse as other origins and are refused (no open redirect).
+  // A path of this site to go to after signing in, or null (no open redirect): it must be a path
+  // ("/..."), with no backslash or control character, and still one once the URL parser has
+  // normalised it: "//evil.example", "/\\evil.example", "/.//evil.example", "/..//evil.example" and
+  // "/%2e//evil.example" all normalise to "//evil.example", which a browser reads as another site.
   samePath(next) {
-    if (!next) return null;
-    try {
-      const u = new URL(next, location.origin);
-      return u.origin === location.origin ? u.pathname + u.search + u.hash : null;
-    } catch (e) { return null; }
+    if (typeof next !== "string" || !next.startsWith("/") || /[\\\u0000-\u001f\u007f]/.test(next)) return null;
+    let u;
+    try { u = new URL(next, location.origin); } catch (e) { return null; }
+    const path = u.pathname + u.search + u.hash;
+    if (u.origin !== location.origin || !path.startsWith("/") || path.startsWith("//") || path.includes("\\")) return null;
+    return path;
   },
   // "Sign out" only for someone signed in.
   showSignOut() { const out = document.getElementById("signout"); if (out) out.hidden = !Quire.key(); },

@@ -37,6 +37,10 @@ if (Quire.requireKey()) {
     // What the words are: the model's, what the gate cut as junk, chunks accepted short, top-ups.
     $("account").textContent = j.account && j.account.words_model ? j.account.summary : "";
     $("failure").textContent = j.error_code ? (j.error_code + ": " + j.failure_reason) : "";
+    // A checkpoint of the log was refused: what the log says may have been rewritten. Said plainly.
+    $("audit-alarm").hidden = !j.audit_alarm;
+    $("audit-alarm").textContent = j.audit_alarm ? "Audit alarm: the log was not signed past this point, " +
+      "because " + j.audit_alarm + ". Verify it with the operator's keys before trusting it." : "";
     $("cancel").hidden = TERMINAL.includes(j.status);
     $("dl-output").hidden = j.status !== "succeeded";
     if (TERMINAL.includes(j.status) && !doc.complete) readDoc(true);  // the document as it stays
@@ -48,7 +52,7 @@ if (Quire.requireKey()) {
     if (e.kind === "job" || e.kind === "chunk") refresh();
     if (e.kind === "plan") plan.refresh();
     if (["plan", "chunk", "unit", "seam", "job"].includes(e.kind) && e.action !== "start") book.refresh();
-    if (e.kind === "continuity" || (e.kind === "seam" && e.action !== "start")) coherence.refresh();
+    if (e.kind === "continuity" || e.kind === "coverage" || (e.kind === "seam" && e.action !== "start")) coherence.refresh();
     // A chunk version committed after the document's last read: read what is new.
     // (The INSERT's sql event names the rows it wrote; a row event, one no statement could be shown to.)
     const inserted = e.kind === "row" ? e.action === "insert"

@@ -2,7 +2,7 @@
 with a few words changed is cut in any chapter (core.repeats, rule near_repeat)
 
 Revision ID: 0016
-Revises: 0010
+Revises: 0013
 Create Date: 2026-12-10
 
 text_marks.kind may be 'shingle' (a sampled run of four words). Rows are not touched; a job
@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0016"
-down_revision = "0010"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
