@@ -300,16 +300,16 @@ def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list
 # How the local model samples its prose (llama.cpp's server takes these beside the OpenAI fields),
 # measured with bench/bench_demo.py (bench/RESULTS.md): a cooler temperature and min_p keep a 270M
 # base model from wandering into other languages and scripts; the repeat penalty breaks its loops;
-# it stops where it starts code (a markdown prompt pulls it into code documentation), a chat turn, a
-# note about the text, or a heading of a section or chapter of its own (what follows is another
-# section's, out of place here; the passage is extended from where it stopped instead): the gate
-# would cut those, and no time is spent writing them.
+# it stops where it starts code (a markdown prompt pulls it into code documentation), a chat turn or
+# a note about the text, which the gate would cut anyway: no time is spent writing them. Not at a
+# heading: an answer that opens with one would end there, empty (a demo topic failed so, its
+# top-ups adding nothing); the gate cuts the heading and keeps the prose under it.
 LOCAL_SAMPLING: dict[str, object] = {
     "temperature": 0.7,
     "top_k": 40,
     "min_p": 0.1,
     "repeat_penalty": 1.15,
-    "stop": ["<end_of_turn>", "<start_of_turn>", "<start_of_image>", "```", "\nNote:", "\n**Note", "\n# ", "\n## "],
+    "stop": ["<end_of_turn>", "<start_of_turn>", "<start_of_image>", "```", "\nNote:", "\n**Note"],
 }
 # The most one call of the local model writes: it loops in long answers (one extension asked for
 # 2,000 tokens gave 1,779 words, of which 182 were kept), and a passage is extended from where a

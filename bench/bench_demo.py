@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import text
+from temporalio.client import WorkflowFailureError
 
 import testkit
 from core.gate import gate
@@ -122,7 +123,11 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
         task_queue=QUEUE,
         default_model=localmodel.MODEL_ALIAS,
     )
-    status = await client.get_workflow_handle(job.workflow_id).result()  # type: ignore[attr-defined]
+    try:
+        status = await client.get_workflow_handle(job.workflow_id).result()  # type: ignore[attr-defined]
+    except WorkflowFailureError as exc:  # a job that fails says why: measured and reported, not fatal
+        status = "failed"
+        print(f"{topic[:44]}: failed: {exc.cause}", flush=True)
     wall = time.perf_counter() - t0
     async with db.tx() as s:
         p = {"j": job.id}
