@@ -1,22 +1,33 @@
 """The degeneration gate: what a model wrote that a reader would call junk is cut before a word counts.
 
-One pipeline, pure rules, each cut recorded as (rule, text, words). ``gate`` runs on every answer a
-model gives for the document (chunks, extensions, seam repairs, bridges); what it keeps is what
-``core.text.count_words`` counts. The rules, in the order they run:
+One pipeline, pure rules, each cut recorded as (rule, text, words): the rule is the kind of junk,
+and a job's word account sums the cuts by kind. ``gate`` runs on every answer a model gives for the
+document (chunks, extensions, seam repairs, bridges); what it keeps is what ``core.text.count_words``
+counts. The rules, in the order they run:
 
 - ``template_token``: chat-template and special tokens (``<start_of_image>``, ``<end_of_turn>``, ``</s>``);
 - ``markup``: markup that is not the document's: HTML tags, LaTeX commands and math (``\\subsubsection{..}``,
   ``$\\mathrm{n}$``), code fences in prose;
+- ``doubled_markup``: a heading marker said twice or inside emphasis ("# # My allotment year");
 - ``heading``: ``#`` and ``##`` headings (Quire writes the document's headings itself);
 - ``echo``: the prompt said back (its lines, sentences, the request that ends it: ``core.echo``);
+- ``keyword_list``: a label and a list of terms ("Key words: ..."), a line of hashtags;
+- ``title_line``: one of the prompt's titles with numbers strung about it ("My allotment year March
+  bed 10,293.25m.");
 - ``list_junk``: list markers with nothing after them ("1) 2) 3)", a lone "-");
 - ``repeat``: a line, paragraph or sentence said again (in the answer, or already in the chunk), a
   word said five times in a row;
 - ``number_run``: runs of tokens without a letter ("( 75 ) - ( 76 ) - ( 77 )");
-- ``meta``: talk about the text or the task ("Note: This text contains...", "Here is the rewritten
-  passage:", "As an AI...");
-- ``foreign_script``: words in another script inside text of the Latin script, unquoted;
+- ``meta``: talk about the text, the task or what the document does not have ("Note: This text
+  contains...", "Here is the rewritten passage:", "As an AI...", "* 2365 more words than in the
+  original text", "There are no images on this page", "(see photo 3)", "please contact us");
+- ``foreign_script``: words in another script inside text of the Latin script, unquoted, one too;
 - ``glued``: two words run together ("vertretenmodel", "thelighthouse");
+- ``foreign_word``: a word of another language outside the sentences ("next year.) mendatang (In
+  April"), or a lone function word of one between English words ("und");
+- ``near_repeat``: a sentence or paragraph most of whose runs of words were said already (shingles);
+- ``lowercase_start``: a sentence that starts lowercase after one that ended (the rest of a
+  sentence whose start was cut);
 - ``stray_line``: a short line standing alone that is no sentence ("penduduk"), or a short line of
   words that are not the document's language;
 - ``loop``: a paragraph that compresses to almost nothing against what precedes it (a loop
@@ -24,10 +35,11 @@ model gives for the document (chunks, extensions, seam repairs, bridges); what i
 - ``unfinished``: the words after the last sentence end (a passage ending mid-sentence, "A good").
 
 Calibrated on real prose (tests/fixtures/prose: dialogue, anaphora, lists, numbers in sentences,
-quoted foreign words), from which it cuts nothing. Repeats of paragraphs and sentences already in
-*other* chunks of the document are cut with ``core.repeats`` (the database keeps their fingerprints).
-What junk looks like is in ``core.junk`` (the patterns), which language a word is in ``core.lexicon``,
-where a sentence ends in ``core.sentences``.
+quoted foreign words, and near misses of each kind above), from which it cuts nothing. Repeats and
+near repeats of what *other* chunks of the document say are cut with ``core.repeats`` (the database
+keeps their fingerprints). What junk looks like is in ``core.junk`` (the patterns), the rules that
+read words in ``core.words``, which language a word is in ``core.lexicon``, where a sentence ends in
+``core.sentences``.
 """
 
 from __future__ import annotations
