@@ -24,7 +24,7 @@ from activities.edits import EditActivities
 from activities.finalize import FinalizeActivities
 from activities.llm import LlmClient
 from activities.plan import PlanActivities
-from activities.prompts import LOCAL_SAMPLING
+from activities.prompts import LOCAL_MAX_TOKENS, LOCAL_SAMPLING
 from activities.review import ReviewActivities
 from activities.seams import SeamActivities
 from activities.stitch import StitchActivities
@@ -166,6 +166,7 @@ def llm_from_settings(db: Database, settings: Settings) -> LlmClient:
         prices=settings.quire_prices,
         judge_model=settings.quire_judge_model,
         sampling=LOCAL_SAMPLING if settings.uses_local_model else None,
+        max_prose_tokens=LOCAL_MAX_TOKENS if settings.uses_local_model else None,
     )
 
 

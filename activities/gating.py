@@ -7,7 +7,7 @@ answered by its id): its rules are pure CPU, milliseconds an answer, and on the 
 held up every other call in flight (a hundred streams, the heartbeats, Temporal's polls). Here its
 paragraphs and sentences are claimed in the document (``text_marks``, in the transaction that
 stores the attempt or the version), and whatever another chunk of the job already said is cut
-(rule ``repeat``), in any chapter. Race-free without locks: the
+(rule ``repeat``; said with a few words changed, ``near_repeat``), in any chapter. Race-free without locks: the
 table's primary key (job, fingerprint) lets one claim win, and a claim waits for a concurrent one
 to commit or roll back; fingerprints are inserted in sorted order, so two attempts claiming the
 same ones never wait on each other in a cycle. Idempotent: the claims commit or roll back with
@@ -126,8 +126,10 @@ async def clean(answer: str, echo_of: str = "", source: str = "", *, fragment: b
 
 
 async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated, free: Sequence[int] = ()) -> Gated:
-    """``gated`` without the paragraphs and sentences the document already has; the rest claimed.
-    ``free``: chunks whose marks are up for grabs (an edit's: the text it replaces), claimed over."""
+    """``gated`` without the paragraphs and sentences the document already has, nor the paragraphs
+    it has with a few words changed (their shingles); the rest claimed, and only the rest: the marks
+    of what was cut are given back in the same transaction. ``free``: chunks whose marks are up for
+    grabs (an edit's: the text it replaces), claimed over."""
     marks = sorted(fingerprints(gated.text), key=lambda m: m.fingerprint)
     if not marks:
         return gated
@@ -146,6 +148,8 @@ async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated, free: Se
     else:
         won = set((await tx.session.execute(_CLAIM, params)).scalars())
     kept, cuts = drop_repeats(gated.text, {m.fingerprint for m in marks} - won)
+    if cuts and (released := sorted(won - {m.fingerprint for m in fingerprints(kept)})):
+        await tx.session.execute(_RELEASE, {**params, "fingerprints": released})
     return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
 
 
@@ -176,6 +180,10 @@ _CLAIM = text(_INSERT_MARKS + "ON CONFLICT DO NOTHING RETURNING fingerprint")
 _RECLAIM = text(
     _INSERT_MARKS + "ON CONFLICT (job_id, fingerprint) DO UPDATE SET chunk_id = EXCLUDED.chunk_id, "
     "attempt_no = EXCLUDED.attempt_no WHERE text_marks.chunk_id = ANY(CAST(:free AS bigint[])) RETURNING fingerprint"
+)
+_RELEASE = text(
+    "DELETE FROM text_marks WHERE job_id = :job_id AND chunk_id = :chunk_id AND attempt_no = :attempt_no "
+    "AND fingerprint = ANY(CAST(:fingerprints AS bigint[]))"
 )
 _TAKEN = text(
     "SELECT fingerprint FROM text_marks WHERE job_id = :job_id AND fingerprint = ANY(CAST(:fingerprints AS bigint[])) "

@@ -71,12 +71,16 @@ class LlmClient:
         judge_model: str | None = None,
         store_retry_s: float = STORE_RETRY_S,
         sampling: Mapping[str, Any] | None = None,
+        max_prose_tokens: int | None = None,
     ) -> None:
         self.db = db
         self.judge_model = judge_model  # the story memory's and the judge's model; None: the job's
         # Request fields for prose (chunk) calls beyond the OpenAI API's own (llama.cpp's
         # repeat_penalty, top_k, min_p): only for an endpoint known to take them, the local model.
         self.sampling = dict(sampling or {})
+        # The most tokens one prose call may write (the local base model loops in long answers:
+        # more, shorter calls keep more of its words); None: what the chunk asks.
+        self.max_prose_tokens = max_prose_tokens
         self.prices = dict(prices or {})  # model -> price (QUIRE_PRICES): each call's cost
         # "instruct" for chat models; "document" for small base models (see activities.prompts).
         self.prompt_style = prompt_style
@@ -113,6 +117,8 @@ class LlmClient:
         """A completion to make: ``open_in`` a transaction, then ``send``, then ``settle``."""
         # Streamed, for the time to first token; usage is asked for where the server gives it
         # (llama.cpp's does not: tokens are then estimated, and tokens_estimated says so).
+        if prose and self.max_prose_tokens:
+            max_tokens = min(max_tokens, self.max_prose_tokens)
         params: dict[str, Any] = {
             "max_tokens": max_tokens,
             "temperature": temperature,

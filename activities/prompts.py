@@ -277,31 +277,33 @@ def _document_messages(ctx: ChunkContext, words: int, current_text: str) -> list
         parts.append("Key terms: " + ", ".join(terms) + ".")
     parts += [f"{'#' * (i + 2)} {t}" for i, (_, t, _s) in enumerate(ctx.path)]
     parts.append(f"{'#' * (len(ctx.path) + 2)} {ctx.section_title}")
+    # The model continues the document from its last line (the local server hands it the text as
+    # it is: quire.localserver); a request is written in only where there is something to say
+    # that the text does not: a source to rewrite, or the author's instruction. Its length is
+    # max_tokens's to bound, not a request's: a base model does not count.
+    ask = ""
     if ctx.source_text and not current_text:
         body = ctx.previous_tail
         ask = (
             f"(Rewrite this source passage for the section above in your own words, about {words} words: "
             f"{ctx.source_text})"
         )
-    elif current_text:
-        body = tail_words(current_text, 250)
-        ask = f"(Continue from where it stops, with about {words} more words.)"
     else:
-        body = ctx.previous_tail
-        # Not "this text": a small model answers "Note: This text contains ..." to that.
-        ask = f"(Continue from where it stops, with about {words} words.)"
+        body = tail_words(current_text, 250) if current_text else ctx.previous_tail
     if body:
         parts.append(body)
     if ctx.instruction:
-        ask = f"{ask[:-1]} {ctx.instruction.strip()})"
-    return [{"role": "user", "content": "\n\n".join(parts) + "\n\n" + ask}]
+        ask = f"{ask[:-1]} {ctx.instruction.strip()})" if ask else f"({ctx.instruction.strip()})"
+    return [{"role": "user", "content": "\n\n".join(p for p in [*parts, ask] if p) + "\n\n"}]
 
 
 # How the local model samples its prose (llama.cpp's server takes these beside the OpenAI fields),
 # measured with bench/bench_demo.py (bench/RESULTS.md): a cooler temperature and min_p keep a 270M
 # base model from wandering into other languages and scripts; the repeat penalty breaks its loops;
 # it stops where it starts code (a markdown prompt pulls it into code documentation), a chat turn or
-# a note about the text, which the gate would cut anyway: no time is spent writing them.
+# a note about the text, which the gate would cut anyway: no time is spent writing them. Not at a
+# heading: an answer that opens with one would end there, empty (a demo topic failed so, its
+# top-ups adding nothing); the gate cuts the heading and keeps the prose under it.
 LOCAL_SAMPLING: dict[str, object] = {
     "temperature": 0.7,
     "top_k": 40,
@@ -309,6 +311,10 @@ LOCAL_SAMPLING: dict[str, object] = {
     "repeat_penalty": 1.15,
     "stop": ["<end_of_turn>", "<start_of_turn>", "<start_of_image>", "```", "\nNote:", "\n**Note"],
 }
+# The most one call of the local model writes: it loops in long answers (one extension asked for
+# 2,000 tokens gave 1,779 words, of which 182 were kept), and a passage is extended from where a
+# shorter answer stopped.
+LOCAL_MAX_TOKENS = 512
 
 
 def max_tokens_for(words: int, cap: int = 4096) -> int:

@@ -10,7 +10,9 @@ a time (the model serves one call at a time on 2 cores). Per topic it prints the
 and written, the words the model wrote and what the gate cut of them (by rule), wall time, and junk
 per 1,000 words: *before*, the pieces the gate cut from the model's raw answers (each a line or a
 fragment of one); *after*, what the gate still finds in the finished document read as one text
-(headings aside): repeats across chunks, anything the stitch and seam steps brought back.
+(headings aside): repeats across chunks, anything the stitch and seam steps brought back. With
+``--out``, each document is saved with what the gate cut from its answers (``N.cuts.txt``): junk
+left is counted by reading them, as a reader would (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import text
+from temporalio.client import WorkflowFailureError
 
 import testkit
 from core.gate import gate
@@ -99,8 +102,9 @@ async def bench(
                 for i, topic in enumerate(TOPICS[:topics], 1):
                     rows.append(await run(db, client, user, topic, words))
                     print(line(rows[-1]), flush=True)  # as it goes: a long run still tells
-                    if out is not None:
+                    if out is not None:  # the document, and what the gate cut from its answers (to read)
                         await asyncio.to_thread(_save, out / f"{i}.md", rows[-1]["doc"])
+                        await asyncio.to_thread(_save, out / f"{i}.cuts.txt", "\n".join(rows[-1]["cuts"]) + "\n")
             return rows
         finally:
             await llm.close()
@@ -119,7 +123,11 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
         task_queue=QUEUE,
         default_model=localmodel.MODEL_ALIAS,
     )
-    status = await client.get_workflow_handle(job.workflow_id).result()  # type: ignore[attr-defined]
+    try:
+        status = await client.get_workflow_handle(job.workflow_id).result()  # type: ignore[attr-defined]
+    except WorkflowFailureError as exc:  # a job that fails says why: measured and reported, not fatal
+        status = "failed"
+        print(f"{topic[:44]}: failed: {exc.cause}", flush=True)
     wall = time.perf_counter() - t0
     async with db.tx() as s:
         p = {"j": job.id}
@@ -137,6 +145,15 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
                 text("SELECT text FROM documents WHERE job_id = :j ORDER BY (role = 'output') DESC, version DESC"), p
             )
         ).scalar()
+        cuts = (
+            await s.execute(
+                text(
+                    "SELECT c->>'rule', c->>'text' FROM chunk_attempts a, jsonb_array_elements(a.cuts) c "
+                    "WHERE a.job_id = :j ORDER BY a.id"
+                ),
+                p,
+            )
+        ).all()
         rules = Counter(
             dict(
                 (
@@ -155,7 +172,8 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
     prompts = ["\n".join(m["content"] for m in msgs) for _, msgs in answers]
     before = sum(len(gate(a or "", prompt=q).cuts) for (a, _), q in zip(answers, prompts, strict=True))
     body = "\n".join(ln for ln in doc.splitlines() if not ln.startswith("#"))
-    left = gate(body).cuts
+    headings = "\n".join(ln for ln in doc.splitlines() if ln.startswith("#"))  # the titles a line may echo
+    left = gate(body, prompt=headings).cuts
     return {
         "doc": doc,
         "topic": topic,
@@ -167,6 +185,7 @@ async def run(db: Database, client: object, user: accounts.NewUser, topic: str, 
         "before": 1000 * before / max(1, raw_words),
         "after": 1000 * len(left) / max(1, count_words(body)),
         "left": [c.rule for c in left],
+        "cuts": [f"{rule}: {cut}" for rule, cut in cuts],
         "wall": wall,
     }
 

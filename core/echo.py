@@ -2,8 +2,10 @@
 
 Small models repeat what they were given: a prompt line word for word, one of its sentences,
 or a paraphrase or fragment of the one-line request that ends the prompt ("(Continue from where
-it stopped, with about 830 words.)"). An ``EchoIndex`` is built from a prompt; ``strip_line``
-takes one line of an answer and returns what is left of it and what it removed.
+it stopped, with about 830 words.)"), or a title of the prompt with numbers strung after it ("My
+allotment year March bed 10,293.25m."). An ``EchoIndex`` is built from a prompt; ``strip_line``
+takes one line of an answer and returns what is left of it and what it removed; ``title_line``
+says whether a line is a title and numbers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import re
 from collections import Counter
 from difflib import SequenceMatcher
 from functools import lru_cache
+
+from core.lexicon import FUNCTION_WORDS
 
 # The shape of Quire's own requests, whatever the prompt: "Continue ... about 830 (more) words",
 # "(Rewrite this source passage ...", "Finish that sentence in about 12 words".
@@ -26,6 +30,15 @@ _BRACKETED = re.compile(r"[(\[]([^()\[\]\n]{3,600})[)\]]")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？)\]])\s+")
 MIN_ECHO_WORDS = 3  # shorter runs are too common in prose to call echoes
 PARTIAL_REQUEST_WORDS = 4  # a fragment of the request this long is an echo of it
+# The prompt's titles: its Markdown headings, and the labelled lines of the chat prompts
+# ("Document: ...", "Current section: <title>. <summary>").
+_TITLE = re.compile(
+    r"^\s*(?:#{1,6}\s+(?P<h>.+)|(?:document|title):\s*(?P<d>.+)"
+    r"|(?:current section|part|chapter|section):\s*(?P<s>[^.]+))",
+    re.I,
+)
+TITLE_LINE_MAX_WORDS = 16  # a title and numbers is short; a sentence naming the title runs on
+TITLE_LINE_EXTRA_WORDS = 4  # words beside the title and its numbers, none of them a function word
 
 
 def words_of(text: str) -> list[str]:
@@ -57,7 +70,10 @@ class EchoIndex:
         # its words, found from its own words, not by scanning every unit of the prompt.
         self.holding: dict[str, list[int]] = {}
         self.request: list[str] = []  # the one-line request that ends the prompt: its fragments echo too
+        self.titles: list[list[str]] = []
         for ln in prompt.splitlines():
+            if (t := _TITLE.match(ln)) and (title := words_of(t.group("h") or t.group("d") or t.group("s"))):
+                self.titles.append(title)
             key, units = _line(ln)
             if key:
                 self.exact.add(key)
@@ -95,6 +111,23 @@ class EchoIndex:
             m = _matched(w, unit)
             if m >= 0.8 * len(w) and m >= 0.5 * len(unit):
                 return True
+        return False
+
+    def title_line(self, line: str) -> bool:
+        """Is ``line`` one of the prompt's titles with numbers strung about it, and at most a few
+        other words that make no sentence ("My allotment year March bed 10,293.25m.")?"""
+        w = words_of(line)
+        if not self.titles or len(w) > TITLE_LINE_MAX_WORDS:
+            return False
+        for title in self.titles:
+            n = len(title)
+            for i in range(len(w) - n + 1):
+                if w[i : i + n] != title:
+                    continue
+                rest = w[:i] + w[i + n :]
+                words = [x for x in rest if not any(c.isdigit() for c in x)]
+                if len(words) < len(rest) and len(words) <= TITLE_LINE_EXTRA_WORDS and not FUNCTION_WORDS & set(words):
+                    return True
         return False
 
     def strip_line(self, line: str) -> tuple[str, list[str]]:

@@ -13,7 +13,8 @@ import json
 import sys
 from typing import Any
 
-from core.gate import Cut, Gated, gate
+from core.gate import Gated, gate
+from core.junk import Cut
 from core.lexicon import FOREIGN_LEXICONS, lexicon
 
 

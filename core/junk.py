@@ -1,12 +1,34 @@
 """What junk looks like: the patterns of the gate's rules that read a model's answer as text (chat
-tokens, markup that is not the document's, headings, empty list markers, a word said again and
-again, talk about the text or the task). ``core.gate`` runs them, records what each cut, and holds
-the rules that need more than a pattern.
+tokens, markup that is not the document's, headings and doubled heading markers, empty list markers,
+keyword lists, a word said again and again, talk about the text, the task or images the document
+does not have). ``core.gate`` runs them, records what each cut, and holds the rules that need more
+than a pattern.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+CUT_TEXT_CHARS = 200  # of each cut, in the record (the whole answer is kept with its model call)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A piece of junk the gate cut: its rule (the kind of junk), its text and its words."""
+
+    rule: str
+    text: str
+    words: int
+
+    def record(self) -> dict[str, object]:
+        s = " ".join(self.text.split())
+        return {
+            "rule": self.rule,
+            "words": self.words,
+            "text": s if len(s) <= CUT_TEXT_CHARS else s[: CUT_TEXT_CHARS - 1] + "…",
+        }
+
 
 # -- tokens and markup -------------------------------------------------------------------------------
 SPECIAL_TOKEN = re.compile(
@@ -23,6 +45,26 @@ LATEX_MATH = re.compile(
 )
 LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+\*?(?:\[[^\]\n]{0,80}\])?(?:\{[^{}\n]{0,200}\})*")
 HEADING = re.compile(r"^\s*#{1,2}\s")
+# A heading marker said twice ("# # My allotment year", "### ### Planning") or inside emphasis
+# ("**## The bees' year**"): the prompt's own heading said back, never the document's.
+DOUBLED_MARKUP = re.compile(r"^\s*(?:(?:\*\*|__)\s*#{1,6}\s|#{1,6}\s+(?:(?:\*\*|__)\s*)?#{1,6}\s)")
+# "Key words: beekeeping, hive, honey bees", "Tags: ...", "#beekeeping #honey #garden": a list of
+# search terms, not prose (a list that is content opens with a sentence, not with one of these labels).
+KEYWORD_LABEL = re.compile(
+    r"^\W{0,3}(?:key\s?words?|key\s?terms?|key\s?phrases?|keywords|tags|hashtags|index\s+terms|search\s+terms"
+    r"|related\s+(?:terms|topics|searches|keywords))\s*[:\-—–]\s*(?P<items>\S.*)$",
+    re.I,
+)
+KEYWORD_ITEM_MAX_WORDS = 5
+HASHTAGS = re.compile(r"^\s*(?:#[^\W\d_][\w-]*[\s,;]*){2,}$")
+# An aside pointing at a picture the document does not have ("(see photo 3)", "[Image: a frame]"),
+# or at a part of it that a model cannot know is there ("(see section "Honey Bees")", "(see below)").
+POINTER_ASIDE = re.compile(
+    r"[ \t]*[(\[]\s*(?:see\s+(?:the\s+)?)?(?:photo(?:graph)?|picture|image|figure|fig\.|illustration|diagram|plate)s?"
+    r"\b[^()\[\]\n]{0,80}[)\]]"
+    r"|[ \t]*\(\s*see\s+(?:(?:the\s+)?(?:section|chapter|part|page)s?\b[^()\n]{0,80}|above|below)\s*\)",
+    re.I,
+)
 LIST_JUNK = re.compile(r"(?:\b\d{1,2}\)[ \t]*){3,}")
 LONE_MARKERS = re.compile(r"^\s*(?:[-*#>]+|\d+[.)])\s*$", re.M)
 REPEATED_WORD = re.compile(r"\b(\w+)(?:\W+\1\b){4,}", re.I)  # "word word word word word" -> "word"
@@ -61,6 +103,22 @@ META = re.compile(
             r"another)\b",
             r"\bfeel free to (?:ask|let me know|modify|adjust|change|edit|use)\b",
             r"\bword count\s*[:=]\s*\d",
+            # About the text's length against what it was given: "* 2365 more words than in the original text".
+            r"\b(?:more|fewer|less|extra)\s+words?\s+than\s+(?:in\s+)?(?:the|your|my|this)\s+(?:original|source|given|"
+            r"previous|text|passage|prompt|draft|request|limit)\b",
+            # About pictures and pages it does not have: "There are no images on this page".
+            r"\bno\s+(?:images?|pictures?|photos?|photographs?|illustrations?|figures?|diagrams?)\b[^.!?]{0,40}?"
+            r"\b(?:this|the)\s+(?:page|text|article|post|document|passage|website|site)\b",
+            r"\b(?:images?|pictures?|photos?|photographs?|illustrations?|diagrams?)\s+(?:on|in|of|for)\s+this\s+"
+            r"(?:page|post|article|website|site|blog)\b",
+            r"^\W*(?:image|photo|picture|illustration|caption|photo credit|image credit)\s*\d*\s*:",
+            # A web page's furniture: the document has no "us" to contact, no link to click.
+            r"\b(?:please\s+)?(?:contact|email|e-mail|call)\s+us\b",
+            r"\bclick (?:here|the link|on the link|below)\b",
+            r"\b(?:visit|see) our (?:website|site|blog|shop|store|page)\b",
+            r"\b(?:subscribe|sign up) (?:to|for) (?:our|the|my) (?:newsletter|channel|blog|mailing list)\b",
+            r"\b(?:share|like) (?:this|our) (?:post|article|page)\b",
+            r"[\w.+-]+@[\w-]+\.[\w.]{2,}",
         ]
     ),
     re.I,

@@ -6,6 +6,7 @@ them (how English an answer is, whether an unknown word is two run together).
 from __future__ import annotations
 
 import gzip
+import heapq
 import json
 import re
 from functools import cache
@@ -30,6 +31,9 @@ WORD_ENDINGS = frozenset(
     "self selves fold free mark line wood weed fish worthy house room yard head hand".split()
 )
 FOREIGN_MIN_FREQUENCY = 500  # a foreign word this common at least (the lists are long-tailed and noisy)
+# The most used words of each other language: their function words ("und", "werden", "niente"),
+# which English never borrows, unlike its nouns ("gelato", "joie", "vivre" rank lower).
+FOREIGN_TOP_WORDS = 100
 
 
 def english_share(text: str) -> float:
@@ -65,6 +69,14 @@ def foreign(word: str) -> bool:
     return any(word in lexicon(lang) for lang in FOREIGN_LEXICONS)
 
 
+@cache
+def foreign_function_words() -> frozenset[str]:
+    """Words among the ``FOREIGN_TOP_WORDS`` most used of another language, of three letters or
+    more, that English does not have: a lone one inside English is a word of the wrong language."""
+    en = lexicon("en")
+    return frozenset(w for lang in FOREIGN_LEXICONS for w in _read(lang)[1] if len(w) >= 3 and w not in en)
+
+
 # -- the lexicons (constant data shipped with pyspellchecker: read once, like a module) ----------------------
 
 
@@ -72,21 +84,32 @@ def foreign(word: str) -> bool:
 _LEXICON_ENTRY = re.compile(r'"((?:[^"\\]|\\.)*)":\s*(\d+)')
 
 
-@cache
 def lexicon(lang: str) -> frozenset[str]:
     """Words of ``lang`` from pyspellchecker's frequency lists: all of English; of other languages,
     those seen at least ``FOREIGN_MIN_FREQUENCY`` times (the lists are long-tailed, and memory counts).
 
     The lists are read entry by entry, never as a dict: the dicts of all seven languages (1.6 million
     entries) left a process 88 MiB bigger for good, for the 214,000 words it keeps (29 MiB)."""
+    return _read(lang)[0]
+
+
+@cache
+def _read(lang: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """``lexicon(lang)``, and its ``FOREIGN_TOP_WORDS`` most used words (most used first)."""
     common = lang == "en-common"  # English words common enough that two run together is no word of its own
     lang = "en" if common else lang
     data = resources.files("spellchecker").joinpath("resources", f"{lang}.json.gz").read_bytes()
     floor = COMMON_MIN_FREQUENCY if common else 0 if lang == "en" else FOREIGN_MIN_FREQUENCY
     words = set()
+    top: list[tuple[int, str]] = []
     for m in _LEXICON_ENTRY.finditer(gzip.decompress(data).decode("utf-8")):
-        if int(m.group(2)) >= floor:
+        n = int(m.group(2))
+        if n >= floor:
             w = json.loads(f'"{m.group(1)}"') if "\\" in m.group(1) else m.group(1)
             if w.isalpha():
                 words.add(w)
-    return frozenset(words)
+                if len(top) < FOREIGN_TOP_WORDS:
+                    heapq.heappush(top, (n, w))
+                elif n > top[0][0]:
+                    heapq.heapreplace(top, (n, w))
+    return frozenset(words), tuple(w for _, w in sorted(top, reverse=True))

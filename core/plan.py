@@ -12,6 +12,21 @@ from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_vali
 
 MAX_PLANNED_SECTIONS = 24  # nodes one planning call lists: its answer stays a few thousand tokens
 _NUMBERED = re.compile(r"^\s*\d+[.)]\s*")
+_MARKERS = re.compile(r"^(?:#{1,6}|>)\s+|\s+#+$")  # a heading's or a quote's markers ("# # Title ##")
+_EMPHASIS = re.compile(r"^(\*\*|__|\*|_|`)(.+)\1$")
+
+
+def clean_title(title: str) -> str:
+    """``title`` without the Markdown around it: Quire writes a title's heading marker itself, so
+    one left in it ("# My allotment year", "**# My allotment year**") shows doubled ("# # ...")
+    in the document, on the job page and in the history. "C#" and "#1 hits" keep theirs."""
+    t, before = " ".join(title.split()), None
+    while t != before:
+        before = t
+        t = _MARKERS.sub("", t).strip()
+        if m := _EMPHASIS.match(t):
+            t = m.group(2).strip()
+    return t
 
 
 def _names(v: Any) -> Any:
@@ -34,6 +49,11 @@ class PlanItem(BaseModel):
     key_points: list[str] = Field(default_factory=list, max_length=12)
     introduces: list[str] = Field(default_factory=list, max_length=20)
     relies_on: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("title", mode="before")
+    @classmethod
+    def _clean_title(cls, v: Any) -> Any:
+        return clean_title(v) if isinstance(v, str) else v
 
     @field_validator("introduces", "relies_on", mode="before")
     @classmethod
@@ -64,6 +84,11 @@ class PlanModel(BaseModel):
     )
     glossary: dict[str, str] = Field(default_factory=dict)
     style: str = Field(default="clear, well-organised prose", max_length=1000)
+
+    @field_validator("title", mode="before")
+    @classmethod
+    def _clean_title(cls, v: Any) -> Any:
+        return (clean_title(v) or "Untitled") if isinstance(v, str) else v
 
     @field_validator("sections", mode="before")
     @classmethod
@@ -211,7 +236,7 @@ def fallback_plan(brief: str, sections: int, title: str | None = None) -> PlanMo
 
 def title_of_brief(brief: str) -> str:
     """A brief's first clause makes a title; the whole brief stays the thesis."""
-    return re.split(r"[:.;\n]", brief.strip(), maxsplit=1)[0][:120].strip() or "Untitled"
+    return clean_title(re.split(r"[:.;\n]", brief.strip(), maxsplit=1)[0][:120]) or "Untitled"
 
 
 def opening_and_headings(text: str, words: int = 1200) -> tuple[str, list[str]]:
@@ -233,7 +258,7 @@ _ROMAN = ("II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X")
 def distinct_title(title: str, taken: set[str], context: str | None = None) -> str:
     """``title``, or a variant of it no heading in ``taken`` (heading keys) has yet: qualified by
     its ``context`` (the parent's title) first, then numbered. Adds the result to ``taken``."""
-    title = " ".join(title.split())[:200] or "Untitled"
+    title = clean_title(title)[:200] or "Untitled"
     candidates = [title]
     if context and heading_key(context) not in heading_key(title):
         candidates.append(f"{title}: {' '.join(context.split())}"[:200])

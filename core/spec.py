@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.plan import clean_title
 from core.text import count_words
 from core.webhooks import url_problem
 
@@ -92,6 +93,12 @@ class JobSpec(BaseModel):
         description="POSTed a signed event when the job ends (default: your webhook, PUT /v1/webhook)",
     )
     options: JobOptions = Field(default_factory=lambda: JobOptions())
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, v: str | None) -> str | None:
+        # Stored as the document's title, under a heading marker Quire writes: no Markdown of its own.
+        return (clean_title(v) or None) if v is not None else None
 
     @field_validator("webhook_url")
     @classmethod

@@ -202,13 +202,14 @@ class ChunkAttempt(Base):
 
 
 class TextMark(Base):
-    """A paragraph or sentence of a job's document, by fingerprint (``core.gate.fingerprints``),
-    claimed by the chunk attempt that first wrote it. The primary key makes the claim race-free
-    between chapters written in parallel: whoever commits it first keeps the words, any later
-    chunk that says the same again has them cut (``activities.gating``)."""
+    """A paragraph, sentence or shingle (a sampled run of words) of a job's document, by
+    fingerprint (``core.repeats.fingerprints``), claimed by the chunk attempt that first wrote it.
+    The primary key makes the claim race-free between chapters written in parallel: whoever commits
+    it first keeps the words, any later chunk that says the same again has them cut
+    (``activities.gating``)."""
 
     __tablename__ = "text_marks"
-    __table_args__ = (CheckConstraint("kind IN ('paragraph','sentence')", name="kind"),)
+    __table_args__ = (CheckConstraint("kind IN ('paragraph','sentence','shingle')", name="kind"),)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     fingerprint: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(Text)

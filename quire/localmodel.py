@@ -117,16 +117,17 @@ def answers(base_url: str) -> bool:
 
 
 def server_args(model: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    # --chat_format gemma: without it llama.cpp falls back to llama-2 format and answers empty text.
+    # llama.cpp's server with the "document" chat format (quire.localserver): the base model is
+    # handed Quire's document prompts to continue, not wrapped in Gemma's chat template.
     # Two threads are ~1.5x faster than the default one on a 2-core machine.
     return [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "quire.localserver",
         "--model",
         str(model),
         "--chat_format",
-        "gemma",
+        "document",
         "--n_ctx",
         "8192",
         "--n_threads",

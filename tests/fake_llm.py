@@ -283,7 +283,7 @@ class FakeLLM:
         elif system.startswith("You summarise"):
             content = (re.findall(r"^- (.+)$", prompt, re.M) or ["A summary."])[0]
         else:
-            asked = _asked_words(messages)
+            asked = _asked_words(messages, body.get("max_tokens"))
             lo, hi = ratio
             want = max(1, int(asked * rng.uniform(lo, hi)))
             content = _prose(want, rng)
@@ -639,14 +639,23 @@ def _plant_term(content: str, prompt: str) -> str:
 
 
 def _asks_words(messages: list[dict[str, Any]]) -> bool:
-    """A prose request ("about N words"): chunks and bridges, not the outline of a plan."""
-    return bool(messages) and re.search(r"about \d+ (?:more )?words", str(messages[-1].get("content", ""))) is not None
+    """A prose request ("about N words"), or a document to continue from its last line (the
+    small-model prompt: one message ending a paragraph): chunks and bridges, not a plan's outline."""
+    last = str(messages[-1].get("content", "")) if messages else ""
+    return re.search(r"about \d+ (?:more )?words", last) is not None or (len(messages) == 1 and last.endswith("\n\n"))
 
 
-def _asked_words(messages: list[dict[str, Any]]) -> int:
+def _asked_words(messages: list[dict[str, Any]], max_tokens: int | None = None) -> int:
+    """The words asked for: "about N words", or what ``max_tokens`` leaves room for (1.6 a word)."""
     last = str(messages[-1].get("content", "")) if messages else ""
     m = re.findall(r"about (\d+) (?:more )?words", last)
-    return int(m[-1]) if m else 100
+    if m:
+        return int(m[-1])
+    return max(8, int((max_tokens - 32) / 1.6)) if max_tokens and _asks_words(messages) else 100
+
+
+def _asks(line: str) -> bool:
+    return line.startswith("(") or re.search(r"\bwords?\b", line) is not None
 
 
 # Prompt lines that are instructions, not document text: the system prompt, labelled notes
@@ -661,15 +670,16 @@ def _echo(messages: list[dict[str, Any]], prose: str, asked: int, rng: random.Ra
     paraphrased and cut short, and junk tokens. Returns the answer and the echoed lines."""
     system = [str(m.get("content", "")) for m in messages if m.get("role") == "system"]
     lines = [ln.strip() for m in messages for ln in str(m.get("content", "")).splitlines() if ln.strip()]
-    request = lines[-1] if lines else ""
+    # The request that ends the prompt; a document to continue (the small-model prompt) has none.
+    request = lines[-1] if lines and _asks(lines[-1]) else ""
     notes = [ln for ln in lines[:-1] if _INSTRUCTION.match(ln) and len(ln.split()) <= 40]
-    echoed = [*rng.sample(notes, min(3, len(notes))), request]
+    echoed = [*rng.sample(notes, min(3, len(notes))), *([request] if request else [])]
     if system:
         echoed.append(system[0].split(". ")[0] + ".")
     paraphrase = f"(Continue from where it stopped, with about {asked} words.)"
-    fragment = " ".join(request.split()[:6])
+    fragment = " ".join(request.split()[:6]) or paraphrase
     paras = prose.split("\n\n")
-    paras[0] = f"{echoed[0]}\n{paras[0]} {paraphrase} <start_of_image> 1) 2) 3)"
+    paras[0] = f"{echoed[0] if echoed else ''}\n{paras[0]} {paraphrase} <start_of_image> 1) 2) 3)".lstrip()
     paras.insert(len(paras) // 2 + 1, "\n".join(echoed[1:]) + "\n<end_of_turn>")
     paras.append(fragment)
     return "\n\n".join(paras), [*echoed, paraphrase, fragment]

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from activities.llm import LlmClient
-from activities.prompts import LOCAL_SAMPLING
+from activities.prompts import LOCAL_MAX_TOKENS, LOCAL_SAMPLING
 from core.spec import JobSpec
 from core.text import count_words
 from db.models import AuditEvent, LlmCall
@@ -62,6 +62,7 @@ async def local_worker(client, db, llama_url) -> AsyncIterator[None]:
         timeout=300,
         prompt_style="document",
         sampling=LOCAL_SAMPLING,
+        max_prose_tokens=LOCAL_MAX_TOKENS,
     )
     async with build_worker(client, db, llm, QUEUE):
         yield
@@ -96,5 +97,6 @@ async def test_real_small_model_meets_target_streaming_its_answers(db, client, u
     # Its prose calls carry llama.cpp's sampling fields, and the server took them.
     prose = [c for c in ok if c.purpose in ("write", "extend")]
     assert prose and all(c.params["extra_body"]["repeat_penalty"] == LOCAL_SAMPLING["repeat_penalty"] for c in prose)
+    assert all(c.params["max_tokens"] <= LOCAL_MAX_TOKENS for c in prose)  # short answers: it loops in long ones
     assert all(0 < c.ttft_ms < c.latency_ms for c in ok)
     assert len(events) == len(calls) and all(e["tokens_out"] is not None for e in events if e["status"] == "ok")
