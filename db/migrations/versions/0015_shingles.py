@@ -2,7 +2,7 @@
 with a few words changed is cut in any chapter (core.repeats, rule near_repeat)
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-10
 
 text_marks.kind may be 'shingle' (a sampled run of four words). Rows are not touched; a job
