@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.estimate import Measured, Shape, estimate, shape_of
+from core.estimate import CHAT, LOCAL, Measured, Profile, Shape, estimate, shape_of
 from core.layout import generate_tree, planned_words, rewrite_tree
 from core.length import compliance
 from core.spec import JobOptions, JobSpec
@@ -33,13 +33,21 @@ def spec_shape(spec: JobSpec) -> Shape:
     return shape_of(tree, o.chunk_words, o.parallelism)
 
 
+def profile_of(settings: Settings) -> Profile:
+    """The defaults for a model with no history: the local model's when this deployment serves it."""
+    return LOCAL if settings.uses_local_model else CHAT
+
+
 async def for_spec(
     db: Database, settings: Settings, user_id: int, spec: JobSpec, before: dt.datetime | None = None
 ) -> dict[str, Any]:
     """The estimate of a job of ``spec`` for this user, from the history before ``before`` (now)."""
     model = spec.model or settings.quire_model
     async with db.tx() as s:
-        jobs = await _history_jobs(s, model, before, user_id) or await _history_jobs(s, model, before, None)
+        jobs = await _history_jobs(s, model, before, user_id)
+        whose = "yours"
+        if not jobs:
+            jobs, whose = await _history_jobs(s, model, before, None), "all users'"
         history = [await measured(s, j) for j in jobs]
         rows = (
             await s.execute(
@@ -53,6 +61,9 @@ async def for_spec(
         history,
         settings.quire_prices.get(model),
         compliance([(a, b) for a, b in rows]) if rows else None,
+        profile=profile_of(settings),
+        concurrency=settings.llm_concurrency,
+        source=f"{len(history)} of {whose} finished jobs of {model}",
     )
     return {"model": model, **out}
 
