@@ -30,7 +30,7 @@ from core.spec import JobSpec
 from db import schema
 from db.models import Job
 from db.session import Database
-from quire.stack import temporal_binary
+from quire.temporal_dev import temporal_binary
 from services import accounts, jobs
 from services.codec import parse_key
 from services.deploys import dev_server_args

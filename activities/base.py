@@ -12,52 +12,18 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import distinct_on
 from temporalio import activity
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.llm import LlmClient
-from core.errors import BudgetExhausted, ContinuityBroken, JobGone, JobNotRunnable, LlmUnavailable
-from core.quota import QuotaExceeded
+from core.errors import JobGone, JobNotRunnable
 from core.runs import edit_of, run_of
 from core.spec import TERMINAL_STATUSES, JobOptions
 from core.text import count_words, sha256
 from db.manuscript import Chunk, ChunkVersion, LengthCheck, PlanNode
-from db.models import Document, Job
-from db.session import OUTAGE_ERRORS, Database, JobTx
-
-# Infrastructure that is down, not a step that is wrong: the database (lost connection, refused,
-# timed out, a deadlock or a server shutting down: every DB-API OperationalError), a full pool,
-# the network, Temporal unavailable. The model endpoint is not one of them: see ``is_transient``.
-_TRANSIENT = OUTAGE_ERRORS
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outage of Quire's own infrastructure (retried through a long window)
-    rather than an error of the step (retried a few times, then the job fails).
-
-    A model endpoint that keeps failing (``LlmUnavailable``) is not: its client has already retried
-    every call, each retry is a recorded, paid-for request, and an endpoint that stays down (a wrong
-    URL, a revoked key, a removed model) is a fault the user must see and fix (then ``quire resume``).
-    """
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(
-            e, LlmUnavailable | BudgetExhausted | QuotaExceeded | JobGone | JobNotRunnable | ContinuityBroken
-        ):
-            return False
-        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
-            return True
-        if isinstance(e, _TRANSIENT):
-            return True
-        if isinstance(e, RPCError) and e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+from db.models import Job
+from db.session import Database, JobTx
 
 
 def now() -> dt.datetime:
@@ -164,30 +130,6 @@ async def record_length_check(
         if not told:
             tx.event("length", "pass" if passed else "fail", {"scope": scope, **(event or {}), "passed": passed})
     return passed
-
-
-async def save_document(tx: JobTx, *, role: str, version: int, text: str, words: int) -> None:
-    """A document version (``output`` or a ``partial``), stored once per (role, version), with the
-    audit head it was made at (the log's seq and hash just before this transaction's events)."""
-    exists = (
-        await tx.session.execute(
-            select(Document.id).where(Document.job_id == tx.job_id, Document.role == role, Document.version == version)
-        )
-    ).first()
-    if exists is None:
-        seq, head = await tx.head()  # the log this document was made from, up to here
-        tx.session.add(
-            Document(
-                job_id=tx.job_id,
-                role=role,
-                version=version,
-                text=text,
-                sha256=sha256(text),
-                word_count=words,
-                audit_seq=seq,
-                audit_head=head,
-            )
-        )
 
 
 # A chunk's text in versions (rows never updated): written by the chunk, seam and stitch steps.

@@ -28,7 +28,7 @@ from temporalio import activity
 from activities.base import ModelStep, add_version, job_options, load_job, now, record_length_check
 from activities.context import chunk_context, chunk_of, job_and_chunk, job_chunk_and_recent
 from activities.contracts import ChunkDone, ChunkRef, NodeRef, SectionChunks, UnitChunks
-from activities.gating import claim, judge
+from activities.gating import claim, gate
 from activities.llm import Call
 from activities.memory import (
     BASE_MODEL,
@@ -217,7 +217,7 @@ class ChunkActivities(ModelStep):
         # Junk (echoes, loops, markup, meta-commentary, ...) never reaches the chunk or its count; nor
         # does what the document already says (claimed below, with the attempt). The event says what went.
         # The memory's lines are the document's own earlier text, not instructions: no echo of them.
-        gated = await judge(
+        gated = await gate(
             res.text, prompt=echo_source(nxt.messages, ctx), source=ctx.source_text or "",
             before=nxt.current or ctx.previous_tail,
         )  # fmt: skip
@@ -368,7 +368,7 @@ class ChunkActivities(ModelStep):
                 max_tokens=max_tokens_for(need + 40),
             )
             added = (
-                await judge(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
+                await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
             ).text
             return join_continuation(current, added)
 

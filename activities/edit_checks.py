@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from temporalio import activity
 
-from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check, save_document
+from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check
 from activities.edit_rows import EditRef, load_edit, note, output_version
 from activities.memory import Remembered, finding_events, ledger_before, summarize
 from activities.seams import SeamActivities, _chunk_findings, _UnitChunk
-from activities.tree import ancestors, chunks_under, latest_text, lock_over, next_node
 from core.edits import changed, memory_of, mention
 from core.layout import assemble
 from core.memory import Entry
 from core.spec import ErrorCode
 from core.text import count_words, sha256, trim_to_words
 from db.blocks import document_blocks
+from db.endings import save_document
 from db.loop import Edit
 from db.manuscript import (
     Chunk,
@@ -42,6 +42,7 @@ from db.manuscript import (
 )
 from db.models import LlmCall
 from db.session import JobTx
+from db.tree import ancestors, chunks_under, latest_text, lock_over, next_node
 
 MAX_FLAGS = 100  # relied_on_changed findings an edit makes
 

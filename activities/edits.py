@@ -33,14 +33,13 @@ from activities.edit_rows import (
     rollback_targets,
     store_version,
 )
-from activities.gating import clean, judge
+from activities.gating import clean, gate
 from activities.memory import (
     check_and_repair,
     ledger_before,
     summaries_before,
 )
 from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
-from activities.tree import chunks_under, latest_text
 from core.edits import spans, split_text
 from core.length import stalled, words_to_ask
 from core.memory import build_context, prompt_budget
@@ -49,6 +48,7 @@ from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
 from db.models import Job
 from db.session import JobTx
+from db.tree import chunks_under, latest_text
 
 
 class EditActivities(ModelStep):
@@ -240,9 +240,7 @@ class EditActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(max(words, 8)),
         )
-        added = (
-            await judge(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
-        ).text
+        added = (await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)).text
         text = join_continuation(current, added) if current else added
         if not attempt:
             return text

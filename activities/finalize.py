@@ -10,10 +10,8 @@ import structlog
 from sqlalchemy import func, select
 from temporalio import activity
 
-from activities.base import Step, job_options, load_job, now, record_length_check, save_document
+from activities.base import Step, job_options, load_job, now, record_length_check
 from activities.contracts import FailInput, FinalizeResult, RoundRef
-from activities.gating import word_account
-from activities.memory import coherence_counts
 from core.continuity import brief
 from core.errors import JobGone
 from core.layout import assemble, top_up
@@ -21,9 +19,11 @@ from core.length import Effort, give_up
 from core.spec import TERMINAL_STATUSES
 from core.text import count_words, sha256, trim_to_words
 from db.blocks import document_blocks
+from db.counts import coherence_counts, word_account
+from db.endings import end_job, save_document
 from db.loop import clock_start
 from db.manuscript import Chunk, ChunkAttempt, LengthCheck, PlanNode
-from db.models import Document, Job, LlmCall
+from db.models import Job, LlmCall
 from db.session import JobTx
 
 log = structlog.get_logger(__name__)
@@ -219,36 +219,7 @@ class FinalizeActivities(Step):
                 job = await load_job(tx, jid, allow_terminal=True, lock=True)
                 if job.status in TERMINAL_STATUSES:
                     return
-                doc = await _assemble(tx, job)
-                words = count_words(doc)
-                version = (
-                    1
-                    + (
-                        await tx.session.execute(
-                            select(func.coalesce(func.max(Document.version), 0)).where(
-                                Document.job_id == jid, Document.role == "partial"
-                            )
-                        )
-                    ).scalar_one()
-                )
-                await save_document(tx, role="partial", version=version, text=doc, words=words)
-                job.status, job.completed_at = inp.status, now()
-                job.error_code, job.failure_reason = inp.error_code, inp.reason
-                job.current_step = inp.status
-                account = await word_account(tx.session, jid)
-                tx.event(
-                    "job",
-                    inp.status,
-                    {
-                        "error_code": inp.error_code,
-                        "reason": inp.reason,
-                        "words": words,
-                        "account": account.as_dict(),
-                        "coherence": brief(await coherence_counts(tx.session, jid, words or 0)),
-                    },
-                )
-                if inp.status == "failed":
-                    tx.event("error", "job", {"error_code": inp.error_code, "reason": inp.reason})
+                await end_job(tx, job, status=inp.status, error_code=inp.error_code, reason=inp.reason)
         except JobGone:
             log.info("fail_job.job_deleted", job_id=inp.job_id)
 

@@ -1,6 +1,6 @@
 """The degeneration gate at the chunk step, and what a job's words are made of.
 
-``core.gate`` judges an answer alone, in a process of the worker's own (``judge``): its rules are
+``core.gate`` judges an answer alone, in a process of the worker's own (``gate``): its rules are
 pure CPU, milliseconds an answer, and on the event loop they held up every other call in flight
 (a hundred streams, the heartbeats, Temporal's polls). Here its paragraphs and sentences are claimed in the
 document (``text_marks``, in the transaction that stores the attempt), and whatever another chunk
@@ -17,17 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
 from asyncio.subprocess import PIPE
 from typing import Any
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.gate import Gated, gate
+from core.gate import Gated
+from core.gate import gate as gate_here
 from core.gate_process import gated
-from core.length import WordAccount
 from core.repeats import drop_repeats, fingerprints
 from db.manuscript import Chunk
 from db.session import JobTx
@@ -85,14 +83,14 @@ async def stop_gate_process() -> None:
         await process.stop()
 
 
-async def judge(answer: str, *, prompt: str = "", source: str = "", before: str = "", fragment: bool = False) -> Gated:
+async def gate(answer: str, *, prompt: str = "", source: str = "", before: str = "", fragment: bool = False) -> Gated:
     """``core.gate.gate`` of an answer: in the gate's process when the worker started one, else
     here. A process that died, or hangs, is replaced for the next answer and this one is judged
     here: the rules are the same wherever they run."""
     request = {"answer": answer, "prompt": prompt, "source": source, "before": before, "fragment": fragment}
     process = _process
     if process is None:
-        return gate(**request)
+        return gate_here(**request)
     try:
         return await process.ask(request)
     except (OSError, EOFError, TimeoutError, ValueError) as exc:
@@ -100,12 +98,12 @@ async def judge(answer: str, *, prompt: str = "", source: str = "", before: str 
         if _process is process:  # the first caller to see it lost replaces it, not every one of them
             await stop_gate_process()
             await start_gate_process()
-        return gate(**request)
+        return gate_here(**request)
 
 
 async def clean(answer: str, echo_of: str = "", source: str = "", *, fragment: bool = False) -> str:
-    """The kept text of ``judge`` (for steps that record no cuts of their own: bridges, seam repairs)."""
-    return (await judge(answer, prompt=echo_of, source=source, fragment=fragment)).text
+    """The kept text of ``gate`` (for steps that record no cuts of their own: bridges, seam repairs)."""
+    return (await gate(answer, prompt=echo_of, source=source, fragment=fragment)).text
 
 
 async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated:
@@ -135,35 +133,3 @@ _CLAIM = text(
     "WITH ORDINALITY AS m(f, k, w, n) ORDER BY m.n "
     "ON CONFLICT DO NOTHING RETURNING fingerprint"
 )
-_CUT_BY_RULE = text(
-    "SELECT c->>'rule' AS rule, sum((c->>'words')::int) AS words FROM chunk_attempts a, "
-    "jsonb_array_elements(a.cuts) c WHERE a.job_id = :j GROUP BY 1"
-)
-_SHORT_CHUNKS = text(
-    "SELECT count(*) FROM chunks c JOIN LATERAL (SELECT l.passed FROM length_checks l WHERE l.chunk_id = c.id "
-    "AND l.scope = 'chunk' ORDER BY l.round DESC LIMIT 1) last ON true "
-    "WHERE c.job_id = :j AND c.status = 'done' AND NOT last.passed"
-)
-_TOP_UPS = text(
-    "SELECT count(DISTINCT n.id), coalesce(sum(c.word_count), 0) FROM plan_nodes n "
-    "LEFT JOIN chunks c ON c.section_id = n.id AND c.status = 'done' WHERE n.job_id = :j AND n.is_continuation"
-)
-
-
-async def word_account(session: AsyncSession, job_id: uuid.UUID) -> WordAccount:
-    """The job's ``WordAccount``, from its chunk attempts, length checks and top-up sections."""
-    p = {"j": job_id}
-    model = (
-        await session.execute(text("SELECT coalesce(sum(words_model), 0) FROM chunk_attempts WHERE job_id = :j"), p)
-    ).scalar_one()
-    by_rule = {r.rule: int(r.words) for r in (await session.execute(_CUT_BY_RULE, p)).all() if r.words}
-    short = (await session.execute(_SHORT_CHUNKS, p)).scalar_one()
-    rounds, top_up_words = (await session.execute(_TOP_UPS, p)).one()
-    return WordAccount(
-        words_model=int(model),
-        words_cut=sum(by_rule.values()),
-        cut_by_rule=by_rule,
-        chunks_short=int(short),
-        top_up_rounds=int(rounds),
-        top_up_words=int(top_up_words),
-    )

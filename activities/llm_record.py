@@ -30,10 +30,10 @@ from activities.llm_stream import Outcome
 from core.controls import from_raw, is_storable, raw_bytes, storable
 from core.cost import Price, cost_micro_usd
 from core.text import count_words
-from db.capture import shorten
 from db.models import LlmCall
 from db.session import OUTAGE_ERRORS, Database, JobTx
 from db.usage import Quotas
+from db.values import shorten
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import BigInteger, Text, and_, cast, func, literal, null, or_, select, text, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.gating import clean
 from activities.llm import Call, LlmClient, LlmResult
 from activities.prompts import memory_messages, repair_messages, summary_messages
-from core.continuity import Finding, ReportInput, apply_fixes, check, needs_repair, paragraph_of, report
+from core.continuity import Finding, apply_fixes, check, needs_repair, paragraph_of
 from core.memory import (
     ChunkMemory,
     Entry,
@@ -39,8 +38,7 @@ from core.memory import (
     tokens,
 )
 from core.text import count_words, paragraphs
-from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, NodeSummary, PlanNode, SeamCheck
-from db.models import Document
+from db.manuscript import Chunk, CoherenceState, ContinuityFinding, LedgerEntry, NodeSummary, PlanNode
 from db.session import JobTx
 
 JUDGE_TOKENS = 300  # ledger entries shown to the judge with a passage
@@ -569,60 +567,3 @@ def plan_entries(glossary: dict[str, str]) -> list[NewEntry]:
         for term, definition in glossary.items()
         if term.strip()
     ]
-
-
-async def coherence_counts(s: AsyncSession, job_id: uuid.UUID, words_written: int) -> dict[str, Any]:
-    """A job's coherence in numbers (``core.continuity.report``, without the findings' list): the
-    report, the job page, the final audit event and the webhook all read it."""
-    findings = [
-        {"category": c, "severity": sev, "status": st}
-        for c, sev, st in (
-            await s.execute(
-                select(ContinuityFinding.category, ContinuityFinding.severity, ContinuityFinding.status).where(
-                    ContinuityFinding.job_id == job_id
-                )
-            )
-        ).all()
-    ]
-    words = (
-        await s.execute(
-            select(Document.word_count)
-            .where(Document.job_id == job_id, Document.role.in_(["output", "partial"]))
-            .order_by(Document.role.desc(), Document.version.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none() or words_written
-    live = (
-        select(LedgerEntry.kind, LedgerEntry.key)
-        .outerjoin(Chunk, Chunk.id == LedgerEntry.chunk_id)
-        .where(
-            LedgerEntry.job_id == job_id,
-            (LedgerEntry.chunk_id.is_(None)) | (LedgerEntry.chunk_version_id == Chunk.memory_version_id),
-        )
-        .subquery()
-    )
-    entries, entities = (
-        await s.execute(
-            select(
-                func.count(),
-                func.count(func.distinct(live.c.key)).filter(live.c.kind.in_(["entity", "attribute"])),
-            ).select_from(live)
-        )
-    ).one()
-    states = dict(
-        (
-            await s.execute(
-                select(CoherenceState.source, func.count())
-                .where(CoherenceState.job_id == job_id, CoherenceState.kind == "chunk")
-                .group_by(CoherenceState.source)
-            )
-        ).all()
-    )
-    seams = dict(
-        (
-            await s.execute(
-                select(SeamCheck.status, func.count()).where(SeamCheck.job_id == job_id).group_by(SeamCheck.status)
-            )
-        ).all()
-    )
-    return report(ReportInput(int(words or 0), findings, int(entries), int(entities), states, seams))

@@ -16,19 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
 from activities.base import Step, job_options, load_job, now
 from activities.contracts import JobRef
 from activities.plan import _lay_out
-from activities.tree import chunks_under
 from core.layout import NodePlan, subtree, tree_levels, unit_level
 from core.plan import PlanItem
 from core.review import changes
 from db.loop import PlanVersion
 from db.manuscript import Chunk, PlanNode
 from db.session import JobTx
+from db.tree import chunks_under, latest_version, outline
 
 
 @dataclass
@@ -45,36 +44,6 @@ class ReviewRef:
 
 class ReviewRefused(Exception):
     """The version cannot be applied (it is not the proposal the job is waiting for)."""
-
-
-async def outline(s: AsyncSession, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The job's top-level nodes in order, as a review shows and edits them."""
-    nodes = (
-        await s.execute(
-            select(PlanNode)
-            .where(PlanNode.job_id == job_id, PlanNode.depth == 1, PlanNode.is_continuation.is_(False))
-            .order_by(PlanNode.position)
-        )
-    ).scalars()
-    return [
-        {
-            "node": n.id,
-            "level": n.level,
-            "title": n.title or "",
-            "summary": n.purpose,
-            "key_points": list(n.key_points or []),
-            "budget_words": n.budget_words,
-        }
-        for n in nodes
-    ]
-
-
-async def latest_version(tx: JobTx) -> PlanVersion | None:
-    return (
-        await tx.session.execute(
-            select(PlanVersion).where(PlanVersion.job_id == tx.job_id).order_by(PlanVersion.version.desc()).limit(1)
-        )
-    ).scalar_one_or_none()
 
 
 class ReviewActivities(Step):

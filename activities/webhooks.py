@@ -11,11 +11,8 @@ redirects. Signed per Standard Webhooks with the job owner's secret, opened only
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import ipaddress
 import json
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,18 +25,17 @@ from standardwebhooks.webhooks import Webhook
 from temporalio import activity
 
 from activities.base import Step, load_job
-from activities.gating import word_account
-from activities.memory import coherence_counts
 from core.continuity import brief
 from core.errors import WebhookRefused
 from core.sealing import Sealer, SealError
-from core.webhooks import IPAddress, WebhookPolicy, delivery_error, event_type, job_event, message_id, url_problem
+from core.webhooks import IPAddress, WebhookPolicy, delivery_error, event_type, job_event, message_id
+from db.counts import coherence_counts, word_account
 from db.models import AuditCheckpoint, Document, LlmCall, User
 from db.session import Database
+from db.webhooks import check_target
 
 log = structlog.get_logger(__name__)
 USER_AGENT = "Quire-Webhooks/1"
-RESOLVE_TIMEOUT_S = 5.0
 
 
 class WebhookFailed(Exception):
@@ -62,37 +58,6 @@ class WebhookConfig:
 class DeliveryRef:
     job_id: str
     attempts: int  # of the schedule: the last one says so in its event
-
-
-async def resolve(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to (an address literal: itself)."""
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S)
-    out: list[IPAddress] = []
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if ip not in out:
-            out.append(ip)
-    return out
-
-
-async def check_target(url: str, policy: WebhookPolicy) -> tuple[str | None, list[IPAddress]]:
-    """(why ``url`` may not be a webhook target, or None; the addresses it resolved to)."""
-    why = url_problem(url)
-    if why is not None:
-        return f"the URL {why}", []
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        addresses = await resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
-    except (OSError, TimeoutError, UnicodeError, ValueError) as exc:  # UnicodeError: a label IDNA refuses
-        return f"its host {host[:100]!r} does not resolve ({type(exc).__name__}: {exc})", []
-    why = policy.check(addresses)
-    return (None if why is None else f"its host {host[:100]!r} resolves to a refused address: {why}"), addresses
 
 
 def pinned(url: str, ip: IPAddress) -> tuple[str, dict[str, str], dict[str, str]]:

@@ -12,6 +12,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from api import actions, live
+from api.audit_schemas import SSE_EVENT, AuditPage, AuditVerdict, ConsistencyProof, InclusionProof
 from api.deps import (
     CallerDep,
     ClientDep,
@@ -23,7 +24,7 @@ from api.deps import (
     StreamsDep,
 )
 from api.intake import SEQ_PATTERN, last_event_id
-from api.schemas import COMMON, ERRORS, SSE_EVENT, AuditPage, AuditVerdict, ConsistencyProof, InclusionProof
+from api.schemas import COMMON, ERRORS
 from core.eventformat import EventKind
 from services import logreader
 from services.temporal import workflow_open

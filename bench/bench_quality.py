@@ -32,8 +32,8 @@ import httpx
 from sqlalchemy import text
 
 import testkit
-from activities.memory import coherence_counts
 from core.continuity import summary_line
+from db.counts import coherence_counts
 from db.session import Database
 
 PROMPTS = Path(__file__).with_name("prompts.jsonl")

@@ -12,7 +12,8 @@ import json
 import sys
 from typing import Any
 
-from core.gate import FOREIGN_LEXICONS, Cut, Gated, gate, lexicon
+from core.gate import Cut, Gated, gate
+from core.lexicon import FOREIGN_LEXICONS, lexicon
 
 
 def verdict(g: Gated) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from core.gate import Cut, sentences
+from core.gate import Cut
+from core.sentences import sentences
 from core.text import count_words, normalize_paragraph, paragraphs
 
 DOCUMENT_REPEAT_MIN_WORDS = 8  # a paragraph or sentence this long already in the document is a repeat

@@ -29,13 +29,16 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from temporalio.service import RPCError, RPCStatusCode
 
 from core import checkpoint
-from core.errors import JobGone
+from core.errors import BudgetExhausted, ContinuityBroken, JobGone, JobNotRunnable, LlmUnavailable
 from core.eventformat import CHAIN_VERSION, event_hash
 from core.merkle import Frontier, leaf_entry
-from db.capture import CAPTURE_KEY, AuditBuffer, Redactor, install_capture
+from core.quota import QuotaExceeded
+from db.capture import CAPTURE_KEY, AuditBuffer, install_capture
 from db.models import AuditCheckpoint
+from db.values import Redactor
 from metrics import AUDIT_EVENTS
 
 log = structlog.get_logger(__name__)
@@ -70,6 +73,33 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outage of Quire's own infrastructure (the database, the network,
+    Temporal unavailable: retried through a long window) rather than an error of the step (retried
+    a few times, then the job fails).
+
+    A model endpoint that keeps failing (``LlmUnavailable``) is not: its client has already retried
+    every call, each retry is a recorded, paid-for request, and an endpoint that stays down (a wrong
+    URL, a revoked key, a removed model) is a fault the user must see and fix (then ``quire resume``).
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(
+            e, LlmUnavailable | BudgetExhausted | QuotaExceeded | JobGone | JobNotRunnable | ContinuityBroken
+        ):
+            return False
+        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, OUTAGE_ERRORS):
+            return True
+        if isinstance(e, RPCError) and e.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 @dataclass

@@ -2,7 +2,8 @@
 HTTP like any other client (``submit``, ``status``, ``audit``, ``output``, ``history``, ``cancel``,
 ``resume``).
 The commands that run on this machine (``up``, ``down``, ``demo``, ``db``, ``user``) are in
-``quire.admin``.
+``quire.admin``. The parser is built from a ``register(sub)`` per command group (``GROUPS``): a
+new group adds its commands in a function of its own module and one line there.
 
 Exit codes (``quire.errors.Exit``): 0 success; 1 a failed or cancelled job, or a failed check;
 2 a bad argument; 3 the API or a service is unreachable.
@@ -16,6 +17,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from rich.console import Console
 from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS, input_problem
 from quire import admin, loop
 from quire.errors import CliError, Exit
+from quire.remote import api_for, client_opts
 from services.config import SettingsError, load_settings
 
 
@@ -32,18 +35,6 @@ def _err(msg: str) -> None:
 
 
 # --- jobs over HTTP ---------------------------------------------------------------------------
-
-
-def _api(args: argparse.Namespace) -> Any:
-    """The API to talk to: ``--api``, else QUIRE_API_URL, else the one the stack ``quire up`` started
-    in this QUIRE_HOME is serving (its address, as it recorded it), else API_HOST:API_PORT."""
-    from quire.remote import Api
-    from quire.stack import Stack
-    from quire.supervisor import stack_status
-
-    settings = load_settings()
-    url = args.api or os.environ.get("QUIRE_API_URL") or stack_status(settings.home, [])["api_url"]
-    return Api.from_env(url or Stack(settings).api_url, args.key, settings.home)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -80,7 +71,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["prompt"] = args.brief
     if args.review_plan:
         body["options"] = {"review_plan": True}
-    api = _api(args)
+    api = api_for(args)
     if args.estimate:  # what it would cost: nothing is submitted
         from quire.loop import estimate_lines
 
@@ -100,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if args.job_id is None:
         return admin.cmd_stack_status(args)
-    job = _api(args).json("GET", f"/v1/jobs/{args.job_id}")
+    job = api_for(args).json("GET", f"/v1/jobs/{args.job_id}")
     print(json.dumps(job, indent=2) if args.json else job_summary(job))
     return Exit.OK if job["status"] != "failed" else Exit.FAILED
 
@@ -108,7 +99,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_coherence(args: argparse.Namespace) -> int:
     from quire.remote import coherence_lines
 
-    rep = _api(args).json("GET", f"/v1/jobs/{args.job_id}/coherence")
+    rep = api_for(args).json("GET", f"/v1/jobs/{args.job_id}/coherence")
     print(json.dumps(rep, indent=2) if args.json else "\n".join(coherence_lines(rep)))
     return Exit.OK
 
@@ -116,7 +107,7 @@ def cmd_coherence(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from quire.remote import event_line, write_file
 
-    api = _api(args)
+    api = api_for(args)
     if args.follow:
         for ev in api.stream_events(args.job_id):
             print(json.dumps(ev) if args.format == "json" else event_line(ev), flush=True)
@@ -137,7 +128,7 @@ def cmd_output(args: argparse.Namespace) -> int:
         "format": args.format,
         **({"version": args.version} if args.version else {}),
     }
-    r = _api(args).request("GET", f"/v1/jobs/{args.job_id}/output", params=params)
+    r = api_for(args).request("GET", f"/v1/jobs/{args.job_id}/output", params=params)
     write_file(args.output, r.content)
     if args.output not in (None, "-"):
         print(
@@ -151,7 +142,7 @@ def cmd_output(args: argparse.Namespace) -> int:
 def cmd_webhook(args: argparse.Namespace) -> int:
     """``webhook [show]``, ``webhook set URL``, ``webhook unset``, ``webhook secret`` (a new signing
     secret, printed once: stdout, so it can go straight into a secret store)."""
-    api = _api(args)
+    api = api_for(args)
     if args.action == "secret":
         print(api.json("POST", "/v1/webhook/secret")["secret"])
         print("(your new webhook signing secret: shown once; the one before no longer signs)", file=sys.stderr)
@@ -173,7 +164,7 @@ def cmd_webhook(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     params = {k: v for k, v in {"status": args.status, "kind": args.kind, "limit": args.limit}.items() if v}
-    data = _api(args).json("GET", "/v1/jobs", params=params)
+    data = api_for(args).json("GET", "/v1/jobs", params=params)
     for j in data["items"]:
         met = "met" if j.get("target_met") else "-"
         words = j.get("output_words") or j.get("words_written") or 0
@@ -185,7 +176,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    r = _api(args).json("POST", f"/v1/jobs/{args.job_id}/cancel")
+    r = api_for(args).json("POST", f"/v1/jobs/{args.job_id}/cancel")
     print(r["status"])
     return Exit.OK
 
@@ -195,7 +186,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     API's reason for a job that succeeded or is running)."""
     from quire.remote import follow, job_exit, job_summary
 
-    api = _api(args)
+    api = api_for(args)
     seen = int(api.json("GET", f"/v1/jobs/{args.job_id}").get("audit_events") or 0)
     r = api.json("POST", f"/v1/jobs/{args.job_id}/resume")
     print(f"{r['status']} {r['workflow_id']}", flush=True)
@@ -233,13 +224,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-# --- parser ----------------------------------------------------------------------------------
+# --- parser: a register(sub) per command group -------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quire", description="Durable, audited long-document writing.")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
+def register_stack(sub: Any) -> None:
+    """``up``, ``down``, ``demo``: the embedded stack on this machine."""
     up = sub.add_parser("up", help="start the embedded stack (Postgres, Temporal, model, worker, API)")
     up.add_argument("--detach", action="store_true", help="return once everything is healthy")
     up.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)
@@ -254,6 +243,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="progress bar only, no audit lines")
     demo.set_defaults(fn=admin.cmd_demo)
 
+
+def register_db(sub: Any) -> None:
+    """``db sql|check|upgrade|restored``: the schema and the operators' steps on a database."""
     db = sub.add_parser("db", help="schema: print DDL, check a database, apply migrations")
     dbs = db.add_subparsers(dest="db_cmd", required=True, metavar="ACTION")
     dbs.add_parser("sql", help="print the DDL of every migration (connects nowhere)")
@@ -272,6 +264,9 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-resume", action="store_true", help="end the runs and mark the jobs failed, resume none")
     db.set_defaults(fn=admin.cmd_db)
 
+
+def register_users(sub: Any) -> None:
+    """``user add|key|keys|revoke|quota``: accounts, straight in the database."""
     user = sub.add_parser("user", help="accounts")
     us = user.add_subparsers(dest="user_cmd", required=True, metavar="ACTION")
     for name, text in (
@@ -291,23 +286,20 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--url", help="database URL (default DATABASE_URL)")
     user.set_defaults(fn=admin.cmd_user)
 
-    def client_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--api",
-            help="API URL (default: QUIRE_API_URL, else the stack `quire up` started in QUIRE_HOME, "
-            "else http://API_HOST:API_PORT)",
-        )
-        sp.add_argument("--key", help="API key (default QUIRE_API_KEY or the local user's key)")
 
-    def words(v: str) -> int:
-        try:
-            n = int(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number of words, not {v!r}") from None
-        if not MIN_TARGET_WORDS <= n <= MAX_TARGET_WORDS:
-            raise argparse.ArgumentTypeError(f"must be between {MIN_TARGET_WORDS} and {MAX_TARGET_WORDS:,}, not {n}")
-        return n
+def words(v: str) -> int:
+    """A target in words, within the bounds the API enforces."""
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of words, not {v!r}") from None
+    if not MIN_TARGET_WORDS <= n <= MAX_TARGET_WORDS:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_TARGET_WORDS} and {MAX_TARGET_WORDS:,}, not {n}")
+    return n
 
+
+def register_jobs(sub: Any) -> None:
+    """``submit``, ``status``, ``coherence``, ``audit``, ``output``: a job over the API."""
     s = sub.add_parser("submit", help="submit a job")
     s.add_argument("brief", nargs="?", help="what to write (for rewrites: optional guidance)")
     s.add_argument(
@@ -361,6 +353,9 @@ def parser() -> argparse.ArgumentParser:
     client_opts(o)
     o.set_defaults(fn=cmd_output)
 
+
+def register_keys(sub: Any) -> None:
+    """``keys make|rotate|export``: the operator's audit signing key, on this machine."""
     k = sub.add_parser(
         "keys",
         help="the key that signs audit checkpoints: make one, rotate it, export the public keys",
@@ -372,6 +367,9 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--name", default="quire", help="the key's name (in each signature line)")
     k.set_defaults(fn=cmd_keys)
 
+
+def register_account(sub: Any) -> None:
+    """``webhook``, ``history``: the user's settings and jobs."""
     w = sub.add_parser("webhook", help="your default webhook and its signing secret")
     w.add_argument("action", nargs="?", choices=["show", "set", "unset", "secret"], default="show")
     w.add_argument("url", nargs="?", help="for set: an http(s) URL")
@@ -385,6 +383,9 @@ def parser() -> argparse.ArgumentParser:
     client_opts(h)
     h.set_defaults(fn=cmd_history)
 
+
+def register_control(sub: Any) -> None:
+    """``cancel``, ``resume``: stop a job, or continue it as a new run."""
     c = sub.add_parser("cancel", help="cancel a job")
     c.add_argument("job_id")
     client_opts(c)
@@ -396,7 +397,26 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="with --follow: progress bar only")
     client_opts(r)
     r.set_defaults(fn=cmd_resume)
-    loop.register(sub, client_opts)
+
+
+# Each group adds its commands to ``quire``'s parser, in this order (``quire --help`` lists them so).
+GROUPS: tuple[Callable[[Any], None], ...] = (
+    register_stack,
+    register_db,
+    register_users,
+    register_jobs,
+    register_keys,
+    register_account,
+    register_control,
+    loop.register,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quire", description="Durable, audited long-document writing.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for register in GROUPS:
+        register(sub)
     return p
 
 

@@ -22,14 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from quire.errors import Exit
+from quire.remote import api_for, client_opts
 
 WAIT_POLL_S = 1.0
-
-
-def _api(args: argparse.Namespace) -> Any:
-    from quire.cli import _api as api
-
-    return api(args)
 
 
 def estimate_lines(e: dict[str, Any]) -> list[str]:
@@ -57,7 +52,7 @@ def estimate_lines(e: dict[str, Any]) -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    api = _api(args)
+    api = api_for(args)
     if args.approve or args.edit:
         body: dict[str, Any] = {}
         if args.edit:
@@ -85,7 +80,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    n = _api(args).json("GET", f"/v1/jobs/{args.job_id}/nodes/{args.node}")
+    n = api_for(args).json("GET", f"/v1/jobs/{args.job_id}/nodes/{args.node}")
     print(n["text"])
     lock = f", locked by {n['locked_by']}" if n["locked"] else ""
     print(f"{n['level']} {n['node']} '{n['title']}': {n['words']:,}/{n['budget_words']:,} words{lock}; "
@@ -97,7 +92,7 @@ def _started(args: argparse.Namespace, r: dict[str, Any]) -> int:
     print(f"edit {r['number']}: {r['kind']} of node {r['node']} ({r['workflow_id']})", flush=True)
     if not args.wait:
         return Exit.OK
-    api = _api(args)
+    api = api_for(args)
     while True:
         e = api.json("GET", r["link"])
         if e["status"] != "running":
@@ -114,7 +109,7 @@ def _edit(path: str, method: str = "POST", **body: Any) -> Callable[[argparse.Na
     def run(args: argparse.Namespace) -> int:
         payload = {k: (v(args) if callable(v) else v) for k, v in body.items()}
         payload = {k: v for k, v in payload.items() if v is not None}
-        r = _api(args).json(method, f"/v1/jobs/{args.job_id}/nodes/{args.node}/{path}", json=payload)
+        r = api_for(args).json(method, f"/v1/jobs/{args.job_id}/nodes/{args.node}/{path}", json=payload)
         return _started(args, r)
 
     return run
@@ -122,7 +117,7 @@ def _edit(path: str, method: str = "POST", **body: Any) -> Callable[[argparse.Na
 
 def _lock(locked: bool) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        r = _api(args).json("PUT" if locked else "DELETE", f"/v1/jobs/{args.job_id}/nodes/{args.node}/lock")
+        r = api_for(args).json("PUT" if locked else "DELETE", f"/v1/jobs/{args.job_id}/nodes/{args.node}/lock")
         print(f"node {r['node']} " + (f"locked by {r['locked_by']}" if r["locked"] else "unlocked"))
         return Exit.OK
 
@@ -130,7 +125,7 @@ def _lock(locked: bool) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_edits(args: argparse.Namespace) -> int:
-    for e in _api(args).json("GET", f"/v1/jobs/{args.job_id}/edits"):
+    for e in api_for(args).json("GET", f"/v1/jobs/{args.job_id}/edits"):
         what = e["instruction"] or (f"to version {e['to']}" if e["to"] is not None else "")
         doc = f"-> v{e['document_version']}" if e["document_version"] else e["reason"] or ""
         print(f"{e['number']:>3} {e['created_at'][:19]} {e['by']:<12} {e['kind']:<10} node {e['node']:<8} "
@@ -139,27 +134,27 @@ def cmd_edits(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    for v in _api(args).json("GET", f"/v1/jobs/{args.job_id}/versions")["items"]:
+    for v in api_for(args).json("GET", f"/v1/jobs/{args.job_id}/versions")["items"]:
         by = f"edit {v['edit']['number']} ({v['edit']['kind']} by {v['edit']['by']})" if v["edit"] else "the job"
         print(f"v{v['version']:<3} {v['created_at'][:19]} {v['words']:>8,} words  {by}")
     return Exit.OK
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    d = _api(args).json("GET", f"/v1/jobs/{args.job_id}/diff", params={"from": args.a, "to": args.b})
+    d = api_for(args).json("GET", f"/v1/jobs/{args.job_id}/diff", params={"from": args.a, "to": args.b})
     sys.stdout.write(d["diff"])
     return Exit.OK
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    m = _api(args).json("GET", f"/v1/jobs/{args.job_id}/map")
+    m = api_for(args).json("GET", f"/v1/jobs/{args.job_id}/map")
     for t in m["tiles"]:
         print(f"[{t['node']:>6}] {t['state']:<11} {t['words']:>7,}/{t['budget_words']:<7,} "
               f"findings {t['open_findings']}/{t['findings']}  {t['title']}")  # fmt: skip
     return Exit.OK
 
 
-def register(sub: Any, client_opts: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(sub: Any) -> None:
     """The loop's commands, added to ``quire``'s parser."""
 
     def cmd(name: str, help_: str, fn: Callable[[argparse.Namespace], int], node: bool = True) -> Any:

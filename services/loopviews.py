@@ -14,14 +14,13 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.review import outline
-from activities.tree import chunks_under, latest_text, lock_over
 from core.edits import node_text
 from core.spec import JobOptions
 from db.loop import Edit, PlanVersion
 from db.manuscript import Chunk, ChunkVersion, ContinuityFinding, PlanNode
 from db.models import Document, Job, LlmCall
 from db.session import Database
+from db.tree import chunks_under, latest_text, lock_over, outline
 
 
 def _iso(t: dt.datetime | None) -> str | None:

@@ -20,10 +20,9 @@ from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.contracts import FailInput
-from activities.finalize import FinalizeActivities
 from core import runs
 from core.spec import ErrorCode
+from db.endings import end_unless_ended
 from db.models import Job, User
 from db.session import Database
 from services import jobs
@@ -59,7 +58,7 @@ async def after_restore(
         query = select(Job.id, User.name).join(User, User.id == Job.user_id)
         live = (await s.execute(query.where(Job.status.in_(("queued", "running"))))).all()
     for job_id, user_name in live:
-        await FinalizeActivities(db).fail_job(FailInput(str(job_id), ErrorCode.INTERNAL, REASON))
+        await end_unless_ended(db, job_id, status="failed", error_code=ErrorCode.INTERNAL, reason=REASON)
         if resume:  # numbered after every run Temporal has of it, whether the backup knows them or not
             known = client.list_workflows(f"WorkflowId STARTS_WITH 'job-{job_id}'")
             later = max([runs.run_of(wf.id) or 1 async for wf in known], default=0)

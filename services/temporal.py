@@ -26,11 +26,10 @@ from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.base import is_transient
 from core import runs
 from core.errors import NON_RETRYABLE, JobGone
 from db.capture import AuditBuffer
-from db.session import STEP, UNRECORDED, Database, StepEvents
+from db.session import STEP, UNRECORDED, Database, StepEvents, is_transient
 from metrics import ACTIVITIES, ACTIVITY_RETRIES
 from services.codec import data_converter
 from services.telemetry import temporal_interceptors

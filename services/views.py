@@ -16,13 +16,13 @@ from typing import Any
 from sqlalchemy import RowMapping, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.gating import word_account
 from core.eventformat import written_rows
 from core.layout import Piece, pieces
 from core.length import WordAccount
 from core.spec import TERMINAL_STATUSES
 from db import usage
 from db.blocks import document_blocks
+from db.counts import word_account
 from db.manuscript import Chunk, ChunkVersion, PlanNode
 from db.models import AuditEvent, Document, Job, LlmCall
 from db.session import Database

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import select
 
-from activities.webhooks import check_target
 from core.sealing import Sealer
 from core.webhooks import WebhookPolicy, new_secret
 from db.models import AccountEvent, User
 from db.session import Database
+from db.webhooks import check_target
 
 log = structlog.get_logger(__name__)
 

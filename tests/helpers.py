@@ -89,7 +89,7 @@ async def builds_of(client: Client, job_id: uuid.UUID) -> set[str]:
 
 async def temporal_cli(client: Client, *args: str, ok: bool = True) -> str:
     """The Temporal CLI (as an operator runs it) against the client's server; its stdout."""
-    from quire.stack import temporal_binary
+    from quire.temporal_dev import temporal_binary
 
     proc = await asyncio.create_subprocess_exec(
         temporal_binary(),

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from activities import gating
-from core.gate import Gated, gate, sentences
+from core.gate import Gated, gate
 from core.repeats import drop_repeats, fingerprints
+from core.sentences import sentences
 from core.text import count_words
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -150,13 +151,13 @@ async def test_the_gate_process_judges_as_the_loop_does_and_outlives_its_process
     await gating.start_gate_process()
     try:
         kw = {"prompt": "Continue the story with about 300 words.", "before": before}
-        assert await gating.judge(answer, **kw) == here
+        assert await gating.gate(answer, **kw) == here
         process = gating._process
         assert process is not None
         os.kill(process.proc.pid, signal.SIGKILL)
-        assert await gating.judge(answer, **kw) == here  # judged here, the dead process replaced
+        assert await gating.gate(answer, **kw) == here  # judged here, the dead process replaced
         assert gating._process is not None and gating._process is not process
-        assert await gating.judge(answer, **kw) == here
+        assert await gating.gate(answer, **kw) == here
         assert gating._process is not None and gating._process.proc.returncode is None
     finally:
         await gating.stop_gate_process()

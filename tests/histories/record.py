@@ -31,12 +31,12 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 import testkit
-from activities.review import outline
 from core.review import OutlineItem, PlanReview
 from core.spec import JobSpec
 from core.webhooks import RetrySchedule
 from db.models import Job
 from db.session import Database
+from db.tree import outline
 from services import accounts, jobs, loop, webhooks
 from services.codec import EncryptionCodec, decode_all, parse_key
 from services.deploys import promote, version

@@ -1,12 +1,18 @@
 """Reads of the plan tree that the author's loop shares (the review, the edits, the API's checks):
-the chunks under a node and their text, its neighbours in document order, the lock that covers it."""
+the chunks under a node and their text, its neighbours in document order, the lock that covers it,
+the outline a review shows and the plan's latest version."""
 
 from __future__ import annotations
+
+import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.loop import PlanVersion
 from db.manuscript import Chunk, ChunkVersion, PlanNode
+from db.session import JobTx
 
 
 async def nodes_under(s: AsyncSession, node: PlanNode) -> list[PlanNode]:
@@ -91,3 +97,33 @@ def lock_message(locked: PlanNode, asked: PlanNode) -> str:
         f"{asked.level} {asked.id} '{asked.title}' {what} (locked by {locked.locked_by} at {when}): "
         "unlock it first (DELETE .../lock)"
     )
+
+
+async def outline(s: AsyncSession, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The job's top-level nodes in order, as a review shows and edits them."""
+    nodes = (
+        await s.execute(
+            select(PlanNode)
+            .where(PlanNode.job_id == job_id, PlanNode.depth == 1, PlanNode.is_continuation.is_(False))
+            .order_by(PlanNode.position)
+        )
+    ).scalars()
+    return [
+        {
+            "node": n.id,
+            "level": n.level,
+            "title": n.title or "",
+            "summary": n.purpose,
+            "key_points": list(n.key_points or []),
+            "budget_words": n.budget_words,
+        }
+        for n in nodes
+    ]
+
+
+async def latest_version(tx: JobTx) -> PlanVersion | None:
+    return (
+        await tx.session.execute(
+            select(PlanVersion).where(PlanVersion.job_id == tx.job_id).order_by(PlanVersion.version.desc()).limit(1)
+        )
+    ).scalar_one_or_none()
