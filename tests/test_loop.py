@@ -146,6 +146,7 @@ async def test_a_regenerated_chapter_keeps_the_old_and_a_locked_neighbour_surviv
     assert r.status_code == 200 and r.json()["locked"] and r.json()["locked_by"] == user.name
     r = await http.post(f"/v1/jobs/{job_id}/nodes/{three.id}/regenerate", json={}, headers=auth(user))
     assert r.status_code == 409 and "is locked" in r.json()["detail"] and user.name in r.json()["detail"]
+    assert f"`quire unlock {job_id} {three.id}`" in r.json()["detail"]  # what to run, not only the HTTP call
     three_before = await versions_of(db, three)
     two_before = await versions_of(db, two)
 
