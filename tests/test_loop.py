@@ -259,6 +259,25 @@ async def test_a_hand_edit_below_the_target_is_extended_and_a_selection_rewritte
     assert sorted(d.version for d in docs) == [1, 2, 3]
 
 
+async def test_while_a_job_writes_its_card_its_map_and_the_history_count_the_same_words(db, client, fake, user, http):
+    from db.manuscript import Chunk
+
+    fake.reset(ratio=(0.3, 0.6), delay_s=1.0)  # every call a second: a passage stays between attempts a while
+    job_id = await submit(db, client, user, kind="generate", prompt="Slow tides", target_words=600)
+
+    async def between_attempts() -> bool:
+        cs = await rows(db, Chunk, Chunk.job_id == job_id)
+        return any(c.status == "writing" and c.word_count > 0 for c in cs) and all(c.status != "done" for c in cs)
+
+    await until("a passage's first attempt saved, the passage not committed", between_attempts, 60)
+    card = (await http.get(f"/v1/jobs/{job_id}", headers=auth(user))).json()["words_written"]
+    listed = (await http.get("/v1/jobs", headers=auth(user))).json()["items"]
+    history = next(j for j in listed if j["id"] == str(job_id))["words_written"]
+    tiles = (await http.get(f"/v1/jobs/{job_id}/map", headers=auth(user))).json()["tiles"]
+    assert card == history == sum(t["words"] for t in tiles) == 0  # nothing committed to the document yet
+    assert await wait(client, job_id) == "succeeded"
+
+
 async def test_an_estimate_lands_within_a_quarter_of_what_the_job_used(db, client, fake, user, http):
     fake.reset()  # a model that writes 30-60% of what it is asked: extensions, as small models need
     opts = {"chunk_words": 1500}
