@@ -86,8 +86,9 @@ def measured_dict(m: Measured) -> dict[str, Any]:
             "wall_s": m.wall_s}  # fmt: skip
 
 
-def measured_of(d: dict[str, Any]) -> Measured:
-    return Measured(Shape(**d["shape"]), d["calls"], d["tokens_in"], d["tokens_out"], d["wall_s"])
+def measured_of(d: dict[str, Any], rewrite: bool) -> Measured:
+    shape = Shape(**{**d["shape"], "rewrite": rewrite})
+    return Measured(shape, d["calls"], d["tokens_in"], d["tokens_out"], d["wall_s"])
 
 
 async def run_model(
@@ -132,8 +133,8 @@ def cold(rec: dict[str, Any]) -> dict[str, Any]:
 def predict(rec: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     """The estimate of ``rec``'s job from ``history`` (records, newest first), by the estimator as it now is."""
     return estimate(
-        Shape(**rec["spec_shape"]),
-        [measured_of(h["measured"]) for h in history],
+        Shape(**{**rec["spec_shape"], "rewrite": rec["kind"] == "rewrite"}),
+        [measured_of(h["measured"], h["kind"] == "rewrite") for h in history],
         PRICES.get(rec["model"]),
         profile=LOCAL if rec["local"] else CHAT,
         concurrency=rec["concurrency"],

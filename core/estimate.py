@@ -65,6 +65,7 @@ class Shape:
     summarized: int  # chapters and parts, one summary each
     top: int = 1  # top-level nodes: the outline every chunk prompt carries
     jobs: int = 1
+    rewrite: bool = False  # the input's parts ride in the prompts (a node's opening, a chunk's source)
 
     @property
     def seams(self) -> int:
@@ -86,7 +87,7 @@ class Shape:
         return {k: getattr(self, k) for k in ("words", "chunk_words", "chunks", "sections", "units", "parallelism")}
 
 
-def shape_of(tree: NodePlan, chunk_words: int, parallelism: int) -> Shape:
+def shape_of(tree: NodePlan, chunk_words: int, parallelism: int, rewrite: bool = False) -> Shape:
     levels = tree_levels(tree)
     nodes = list(tree.walk())
     chapters = sum(1 for n in nodes if n.level == "chapter")
@@ -101,6 +102,7 @@ def shape_of(tree: NodePlan, chunk_words: int, parallelism: int) -> Shape:
         expanded=chapters + parts,
         summarized=chapters + parts,
         top=len(tree.children),
+        rewrite=rewrite,
     )
 
 
@@ -118,23 +120,29 @@ class Measured:
 @dataclass(frozen=True)
 class Profile:
     """What a model with no finished job is taken to do: calls per basis, tokens per call (a + b x
-    chunk words), how long a call takes (a fixed part, then its tokens at a speed), and how far a
-    real job may stray from that guess (sigma of ln(actual / expected), per figure)."""
+    chunk words; a rewrite's prompts carry its source too), how long a job takes (a fixed part,
+    then per call a fixed part and its tokens at a speed), and how far a real job may stray from
+    that guess (sigma of ln(actual / expected), per figure)."""
 
     name: str
     rates: Mapping[str, float]
     tokens_in: Mapping[str, tuple[float, float]]
     tokens_out: Mapping[str, tuple[float, float]]
+    job_s: float  # per job: starting it, planning's bookkeeping, assembling the document
     call_s: float  # per call: the endpoint's latency and Quire's own work around it
     out_per_s: float  # tokens written a second
     in_per_s: float  # prompt tokens read a second
     sigma: Mapping[str, float]
 
 
-_IN = {"plan": (500, 0), "expand": (700, 0), "write": (700, 1.2), "extend": (900, 1.2), "memory": (350, 1.4),
-       "judge": (250, 1.4), "repair": (350, 0), "summary": (400, 0), "stitch": (150, 0)}  # fmt: skip
-# A chat model of a hosted provider: some write what they are asked, some stop short and are
-# extended (the scripted model writes 30-60%): the rates sit between, and sigma spans both.
+# Quire's own prompts, measured (bench/bench_estimate.py): a passage's prompt is its brief, the
+# outline, the story memory's cut and the previous passage's tail, whatever the passage's size.
+_IN = {"plan": (400, 0), "expand": (500, 0), "write": (600, 0.1), "extend": (750, 0.1), "memory": (200, 1.6),
+       "judge": (250, 1.6), "repair": (350, 0), "summary": (300, 0), "stitch": (150, 0)}  # fmt: skip
+SOURCE_IN = {"plan": 350.0, "write": 1.1}  # a rewrite: per top-level node (its opening), per chunk word
+# A chat model of a hosted provider. Some write what they are asked, some stop short and are
+# extended again and again (the scripted model's "fake-short" writes 30-60%): the extension rate
+# sits between, and sigma spans both; so do its memory answers (a rich model's JSON or a terse one).
 CHAT = Profile(
     name="defaults for a chat model",
     rates={
@@ -150,19 +158,20 @@ CHAT = Profile(
     },  # fmt: skip
     tokens_in=_IN,
     tokens_out={
-        "plan": (1500, 0),
-        "expand": (700, 0),
-        "write": (0, 1.1),
+        "plan": (600, 0),
+        "expand": (400, 0),
+        "write": (0, 1.15),
         "extend": (0, 0.45),
-        "memory": (450, 0),
-        "judge": (120, 0),
+        "memory": (200, 0),
+        "judge": (80, 0),
         "repair": (250, 0),
-        "summary": (150, 0),
+        "summary": (100, 0),
         "stitch": (30, 0),
     },  # fmt: skip
-    call_s=1.5,
-    out_per_s=60.0,
-    in_per_s=3000.0,
+    job_s=6.0,
+    call_s=1.0,
+    out_per_s=100.0,  # hosted models write 30 to 300 tokens a second: sigma covers them
+    in_per_s=2000.0,
     sigma={"calls": 0.4, "tokens_in": 0.45, "tokens_out": 0.5, "wall_seconds": 1.0},
 )
 # The local demo model (Gemma 3 270M on llama.cpp, one call at a time on 2 cores): it writes to its
@@ -193,6 +202,7 @@ LOCAL = Profile(
         "summary": (150, 0),
         "stitch": (30, 0),
     },  # fmt: skip
+    job_s=10.0,
     call_s=1.0,
     out_per_s=12.0,
     in_per_s=150.0,
@@ -212,17 +222,18 @@ def _defaults(shape: Shape, profile: Profile) -> dict[str, _Guess]:
     for p, basis in BASIS.items():
         n = profile.rates[p] * getattr(shape, basis)
         (ai, bi), (ao, bo) = profile.tokens_in[p], profile.tokens_out[p]
-        out[p] = _Guess(n, n * (ai + bi * shape.chunk_words), n * (ao + bo * shape.chunk_words))
+        per_in = ai + bi * shape.chunk_words + _source_in(shape, p)
+        out[p] = _Guess(n, n * per_in, n * (ao + bo * shape.chunk_words))
     return out
 
 
 def _learnt(shape: Shape, history: Sequence[Measured], profile: Profile) -> dict[str, _Guess]:
     """What ``history`` (its jobs pooled) says a job of ``shape`` makes, per kind of call. A chunk's
     prompt grows with the book before it (a summary line per earlier chapter, an outline line per
-    top-level node): its tokens per call are moved by that difference."""
+    top-level node), and a rewrite's carry its source: its tokens per call are moved by those."""
     total = {k: sum(getattr(m.shape, k) for m in history) for k in (*set(BASIS.values()), "chunks")}
     calls = {p: sum(m.calls.get(p, 0) for m in history) for p in BASIS}
-    t_in = {p: sum(m.tokens_in.get(p, 0) for m in history) for p in BASIS}
+    t_in = {p: sum(m.tokens_in.get(p, 0) - _source_in(m.shape, p) * m.calls.get(p, 0) for m in history) for p in BASIS}
     t_out = {p: sum(m.tokens_out.get(p, 0) for m in history) for p in BASIS}
     summary_tokens = t_out["summary"] / calls["summary"] if calls["summary"] else 0.0
     weight = max(1, total["chunks"])
@@ -241,17 +252,25 @@ def _learnt(shape: Shape, history: Sequence[Measured], profile: Profile) -> dict
         per_out = t_out[p] / calls[p] if calls[p] else 0.0
         scale = shape.chunk_words / max(1.0, cw)
         per_in = per_in * scale if p in SCALES_IN else per_in + (growth if p in ("write", "extend") else 0.0)
-        out[p] = _Guess(n, n * max(0.0, per_in), n * per_out * (scale if p in SCALES_OUT else 1))
+        per_in = max(0.0, per_in) + _source_in(shape, p)
+        out[p] = _Guess(n, n * per_in, n * per_out * (scale if p in SCALES_OUT else 1))
     return out
 
 
+def _source_in(shape: Shape, purpose: str) -> float:
+    """A rewrite's source in a prompt of ``purpose``: a node's opening in the plan, a chunk's part in its write."""
+    if not shape.rewrite or purpose not in SOURCE_IN:
+        return 0.0
+    return SOURCE_IN[purpose] * (shape.top if purpose == "plan" else shape.chunk_words)
+
+
 def _work(shape: Shape, guess: Mapping[str, _Guess], profile: Profile, concurrency: int | None) -> float:
-    """Seconds on the critical path by the profile's speeds: what history's wall times rescale."""
+    """Seconds by the profile's speeds (its calls on the critical path): what history's wall times rescale."""
     total = sum(
         g.calls * profile.call_s + g.tokens_out / profile.out_per_s + g.tokens_in / profile.in_per_s
         for g in guess.values()
     )
-    return total * shape.path(concurrency)
+    return profile.job_s + total * shape.path(concurrency)
 
 
 def _actual(m: Measured) -> dict[str, _Guess]:

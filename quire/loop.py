@@ -48,6 +48,7 @@ def estimate_lines(e: dict[str, Any]) -> list[str]:
         f"wall time     {r('wall_seconds', ' s')}",
         f"story memory  {round(100 * e['memory_share'])}% of the tokens"
         + (f"; compliance {e['compliance']}" if e.get("compliance") is not None else ""),
+        f"based on      {e['based_on']}",
     ]
 
 

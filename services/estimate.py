@@ -30,7 +30,7 @@ def spec_shape(spec: JobSpec) -> Shape:
     tree = (
         rewrite_tree(spec.input_text, total, o.chunk_words) if spec.input_text else generate_tree(total, o.chunk_words)
     )
-    return shape_of(tree, o.chunk_words, o.parallelism)
+    return shape_of(tree, o.chunk_words, o.parallelism, rewrite=bool(spec.input_text))
 
 
 def profile_of(settings: Settings) -> Profile:
@@ -110,6 +110,7 @@ async def measured(s: AsyncSession, job: Job) -> Measured:
         expanded=chapters + parts,
         summarized=chapters + parts,
         top=int(top),
+        rewrite=job.kind == "rewrite",
     )
     calls: dict[str, int] = {}
     t_in: dict[str, int] = {}
