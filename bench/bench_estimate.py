@@ -13,9 +13,9 @@ tokens out, cost, wall time): inside low..high or not. Each job is also estimate
 defaults alone, as a new deployment would: the defaults' ranges are checked on every job, not only
 on each model's first.
 
-The scripted model plays two models: ``fake-short`` writes 30-60% of what it is asked (extended
-again and again, as small models need) at 250 tokens/s after 0.2 s; ``fake-steady`` writes 95-125%
-at 400 tokens/s after 0.5 s. ``--local N`` then runs N small jobs of the local model (Gemma 3 270M
+The scripted model plays two hosted models: ``fake-short`` writes 30-60% of what it is asked
+(extended again and again, as small models need) at 120 tokens/s after 0.3 s; ``fake-steady``
+writes 95-125% at 50 tokens/s after 0.8 s. ``--local N`` then runs N small jobs of the local model (Gemma 3 270M
 on llama.cpp, one call at a time on 2 cores: minutes each). ``--save`` keeps every job's shape,
 calls, tokens and wall time, so that ``--replay`` re-scores them with the estimator as it now is.
 """
@@ -46,9 +46,9 @@ from worker import build_worker, llm_from_settings
 
 ROOT = Path(__file__).parent.parent
 QUEUE = "bench-estimate"
-PERSONAS = {
-    "fake-short": ("--ratio", "0.3", "0.6", "--tokens-per-s", "250", "--delay", "0.2"),
-    "fake-steady": ("--ratio", "0.95", "1.25", "--tokens-per-s", "400", "--delay", "0.5"),
+PERSONAS = {  # at the speeds of hosted models: a small fast one, a large slow one
+    "fake-short": ("--ratio", "0.3", "0.6", "--tokens-per-s", "120", "--delay", "0.3"),
+    "fake-steady": ("--ratio", "0.95", "1.25", "--tokens-per-s", "50", "--delay", "0.8"),
 }
 PRICES = {"fake-short": Price(input=Decimal("0.5"), output=Decimal("1.5")),
           "fake-steady": Price(input=Decimal(3), output=Decimal(15))}  # fmt: skip

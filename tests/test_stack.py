@@ -198,7 +198,7 @@ def test_up_ctrl_c_then_detach_and_down_leave_nothing_and_reuse_the_data(stack_e
     assert (home / "local-user.key").read_text().strip() == key
     assert httpx.get(f"{api}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
     r = quire("user", "add", "alice", env=env)
-    assert r.returncode == 1 and "already exists" in r.stderr  # the row from the first run is there
+    assert r.returncode == 2 and "already exists" in r.stderr  # the row from the first run is there: refused
     # Temporal reopened its SQLite file; re-registering the search attributes did not break it.
     assert asyncio.run(_describe_probe_workflow(temporal)) == (WorkflowExecutionStatus.RUNNING, "probe")
     r = quire("db", "check", env=env)  # the embedded database, found without DATABASE_URL
