@@ -272,6 +272,14 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 90) -> obj
     return result
 
 
+def test_the_readme_says_the_modes_the_stack_keeps():
+    """What assert_private allows is what the README promises: 0700/0600, and 0710 for the two
+    directories Postgres' own user passes through when Quire runs as root."""
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "(directories 0700, files 0600)" in readme
+    assert "run as root, QUIRE_HOME and QUIRE_HOME/pg are 0710" in readme
+
+
 def assert_private(home: Path) -> None:
     """Nothing under QUIRE_HOME is open to group or others. One exception: when Postgres runs as
     another system user (we are root), QUIRE_HOME and QUIRE_HOME/pg let its group through (0710)."""
