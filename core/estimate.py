@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.cost import Price, cost_micro_usd, usd
@@ -135,39 +135,23 @@ class Profile:
     sigma: Mapping[str, float]
 
 
-# Quire's own prompts, measured (bench/bench_estimate.py): a passage's prompt is its brief, the
-# outline, the story memory's cut and the previous passage's tail, whatever the passage's size.
+# Calls per basis; Quire's own prompts, measured (bench/bench_estimate.py): a passage's prompt is its
+# brief, the outline, the story memory's cut and the previous passage's tail, whatever its size.
+_RATES = {"plan": 1.1, "expand": 1.05, "write": 1.0, "extend": 0.8, "memory": 1.05, "judge": 1.0,
+          "repair": 0.05, "summary": 1.0, "stitch": 0.05}  # fmt: skip
 _IN = {"plan": (400, 0), "expand": (500, 0), "write": (600, 0.1), "extend": (750, 0.1), "memory": (200, 1.6),
        "judge": (250, 1.6), "repair": (350, 0), "summary": (300, 0), "stitch": (150, 0)}  # fmt: skip
+_OUT = {"plan": (600, 0), "expand": (400, 0), "write": (0, 1.15), "extend": (0, 0.45), "memory": (200, 0),
+        "judge": (80, 0), "repair": (250, 0), "summary": (100, 0), "stitch": (30, 0)}  # fmt: skip
 SOURCE_IN = {"plan": 350.0, "write": 1.1}  # a rewrite: per top-level node (its opening), per chunk word
 # A chat model of a hosted provider. Some write what they are asked, some stop short and are
 # extended again and again (the scripted model's "fake-short" writes 30-60%): the extension rate
 # sits between, and sigma spans both; so do its memory answers (a rich model's JSON or a terse one).
 CHAT = Profile(
     name="defaults for a chat model",
-    rates={
-        "plan": 1.1,
-        "expand": 1.05,
-        "write": 1.0,
-        "extend": 0.8,
-        "memory": 1.05,
-        "judge": 1.0,
-        "repair": 0.05,
-        "summary": 1.0,
-        "stitch": 0.05,
-    },  # fmt: skip
+    rates=_RATES,
     tokens_in=_IN,
-    tokens_out={
-        "plan": (600, 0),
-        "expand": (400, 0),
-        "write": (0, 1.15),
-        "extend": (0, 0.45),
-        "memory": (200, 0),
-        "judge": (80, 0),
-        "repair": (250, 0),
-        "summary": (100, 0),
-        "stitch": (30, 0),
-    },  # fmt: skip
+    tokens_out=_OUT,
     job_s=6.0,
     call_s=1.0,
     out_per_s=100.0,  # hosted models write 30 to 300 tokens a second: sigma covers them
@@ -177,33 +161,12 @@ CHAT = Profile(
 # The local demo model (Gemma 3 270M on llama.cpp, one call at a time on 2 cores): it writes to its
 # token cap on every call and the gate cuts most of it, so a passage takes several extensions;
 # ~25 tokens a second on an idle machine, several times slower on a busy one.
-LOCAL = Profile(
+LOCAL = replace(
+    CHAT,
     name="defaults for the local model",
-    rates={
-        "plan": 1.1,
-        "expand": 1.05,
-        "write": 1.0,
-        "extend": 2.5,
-        "memory": 1.05,
-        "judge": 1.0,
-        "repair": 0.05,
-        "summary": 1.0,
-        "stitch": 0.05,
-    },  # fmt: skip
-    tokens_in=_IN,
-    tokens_out={
-        "plan": (700, 0),
-        "expand": (500, 0),
-        "write": (0, 1.5),
-        "extend": (0, 1.0),
-        "memory": (300, 0),
-        "judge": (120, 0),
-        "repair": (250, 0),
-        "summary": (150, 0),
-        "stitch": (30, 0),
-    },  # fmt: skip
+    rates={**_RATES, "extend": 2.5},
+    tokens_out={**_OUT, "write": (0, 1.5), "extend": (0, 1.0), "memory": (300, 0)},
     job_s=10.0,
-    call_s=1.0,
     out_per_s=12.0,
     in_per_s=150.0,
     sigma={"calls": 0.45, "tokens_in": 0.5, "tokens_out": 0.5, "wall_seconds": 0.9},

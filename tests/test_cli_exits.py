@@ -5,6 +5,7 @@ it was given to, a closed pipe ends the CLI quietly, and an empty answer says th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import uuid
@@ -82,3 +83,14 @@ async def test_a_closed_pipe_ends_quietly_and_empty_answers_say_so(api_url, http
 
     code, err = await asyncio.to_thread(piped)
     assert code == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+async def test_the_cli_shows_the_jobs_own_elapsed_time_as_its_page_does(api_url, fake, user):
+    fake.reset()
+    env = env_of(api_url, user)
+    code, out, err = await arun("submit", "Weirs", "--words", "300", "--follow", "--quiet", env=env)
+    assert code == 0, err
+    code, shown, _ = await arun("status", out.split()[0], "--json", env=env)
+    elapsed = json.loads(shown)["elapsed_seconds"]  # what the job page shows, rounded half up
+    bar = [ln for ln in err.splitlines() if ln.startswith("words ")][-1]  # the progress bar's last frame
+    assert f" {int(elapsed + 0.5)} s " in bar, bar
