@@ -66,10 +66,10 @@ JOBS: list[tuple[str, int, dict[str, Any]]] = [
     ("generate", 2000, {}),
 ]
 LOCAL_JOBS: list[tuple[str, int, dict[str, Any]]] = [
-    ("generate", 400, {}),
-    ("generate", 800, {}),
     ("generate", 300, {"chunk_words": 300}),
-    ("generate", 600, {}),
+    ("generate", 500, {}),
+    ("generate", 800, {}),
+    ("generate", 600, {"chunk_words": 300}),
 ]
 FIGS = (*FIGURES[:3], "cost", FIGURES[3])
 
@@ -209,7 +209,7 @@ def coverage(records: list[dict[str, Any]], replay: bool) -> list[str]:
     return out
 
 
-async def bench(local: int, skip_fake: bool, models: Path) -> list[dict[str, Any]]:
+async def bench(local: int, skip_fake: bool, models: Path, timeout_s: float) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     with ExitStack() as stack:
         pg = stack.enter_context(testkit.postgres())
@@ -230,7 +230,11 @@ async def bench(local: int, skip_fake: bool, models: Path) -> list[dict[str, Any
 
                 with local_model(models) as port:
                     settings = load_settings(
-                        quire_home=models, openai_base_url=None, openai_api_key=None, llm_port=port
+                        quire_home=models,
+                        openai_base_url=None,
+                        openai_api_key=None,
+                        llm_port=port,
+                        quire_llm_timeout_s=timeout_s,  # a busy machine writes slower: its time is measured
                     )
                     records += await run_model(db, client, settings, localmodel.MODEL_ALIAS, LOCAL_JOBS[:local], user)
         finally:
@@ -243,6 +247,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--local", type=int, default=0, help="then N jobs of the local model (minutes each)")
     ap.add_argument("--no-fake", action="store_true", help="skip the scripted model's jobs")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds a local model call may take")
     ap.add_argument("--save", help="keep every job's figures in this JSON file (appended to what is there)")
     ap.add_argument("--replay", help="re-score the jobs of a saved file with the estimator as it now is")
     a = ap.parse_args()
@@ -251,7 +256,7 @@ def main() -> None:
     else:
         models = Path(os.environ.get("QUIRE_BENCH_MODELS", "/tmp/quire-bench-models"))  # the GGUF, kept
         models.mkdir(parents=True, exist_ok=True)
-        records = asyncio.run(bench(a.local, a.no_fake, models))
+        records = asyncio.run(bench(a.local, a.no_fake, models, a.timeout))
         if a.save:
             path = Path(a.save)
             old = json.loads(path.read_text()) if path.exists() else []
