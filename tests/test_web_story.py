@@ -18,7 +18,7 @@ async def test_the_story_reads_short_and_refused_for_what_they_are(browser, api_
     # accepted short, and finalize tops the document up until it holds its words.
     fake.reset(ratio=(0.3, 0.6))
     spec = {"kind": "generate", "prompt": "Rope walks", "target_words": 600,
-            "options": {"chunk_words": 300, "max_attempts_per_chunk": 1}}  # fmt: skip
+            "options": {"chunk_words": 300, "max_attempts_per_chunk": 1, "max_rounds": 20}}  # fmt: skip
     async with httpx.AsyncClient(base_url=api_url, headers=auth(user), timeout=30) as http:
         job_id = (await http.post("/v1/jobs", json=spec)).json()["id"]
         ctx = await browser.new_context(viewport={"width": 1366, "height": 900})
