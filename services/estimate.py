@@ -15,6 +15,7 @@ from core.estimate import CHAT, LOCAL, Measured, Profile, Shape, estimate, shape
 from core.layout import generate_tree, planned_words, rewrite_tree
 from core.length import compliance
 from core.spec import JobOptions, JobSpec
+from db.loop import clock_start
 from db.manuscript import Chunk, ChunkAttempt, PlanNode
 from db.models import Document, Job, LlmCall
 from db.session import Database
@@ -45,7 +46,7 @@ async def for_spec(
     model = spec.model or settings.quire_model
     async with db.tx() as s:
         jobs = await _history_jobs(s, model, before, user_id)
-        whose = "yours"
+        whose = "your"
         if not jobs:
             jobs, whose = await _history_jobs(s, model, before, None), "all users'"
         history = [await measured(s, j) for j in jobs]
@@ -129,7 +130,8 @@ async def measured(s: AsyncSession, job: Job) -> Measured:
         )
     ).all():
         calls[purpose], t_in[purpose], t_out[purpose] = int(n), int(i), int(o)
-    wall = (end - (job.started_at or job.created_at)).total_seconds()
+    # The job's own time: a plan's wait for its author is not the model's (nor estimable).
+    wall = (end - await clock_start(s, job)).total_seconds()
     return Measured(shape, calls, t_in, t_out, wall)
 
 
