@@ -82,14 +82,17 @@ async def measured(s: AsyncSession, job: Job) -> Measured:
     """What a job made, up to its end (an author's later edits are not the job's): its shape, its
     calls and tokens by kind, its wall time."""
     opts = JobOptions(**(job.params or {}))
+    # The shape as planned, as an estimate sees it: top-ups (continuation sections) are calls the
+    # plan's passages cost, not passages of the plan.
+    planned = (PlanNode.job_id == job.id, PlanNode.is_continuation.is_(False))
     levels = dict(
-        (
-            await s.execute(
-                select(PlanNode.level, func.count()).where(PlanNode.job_id == job.id).group_by(PlanNode.level)
-            )
-        ).all()
+        (await s.execute(select(PlanNode.level, func.count()).where(*planned).group_by(PlanNode.level))).all()
     )
-    chunks = (await s.execute(select(func.count()).select_from(Chunk).where(Chunk.job_id == job.id))).scalar_one()
+    chunks = (
+        await s.execute(
+            select(func.count()).select_from(Chunk).join(PlanNode, Chunk.section_id == PlanNode.id).where(*planned)
+        )
+    ).scalar_one()
     book = (
         await s.execute(select(PlanNode.budget_words).where(PlanNode.job_id == job.id, PlanNode.level == "book"))
     ).scalar_one_or_none()
