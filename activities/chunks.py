@@ -186,8 +186,6 @@ class ChunkActivities(ModelStep):
         msgs = chunk_messages(
             ctx, style=self.llm.prompt_style, words=ask, current_text=current if kind == "extend" else ""
         )
-        if chunk.status == "pending":
-            chunk.status, chunk.state_before_id = "writing", state.id
         call = self.llm.request(
             job_id=tx.job_id,
             chunk_id=chunk.id,

@@ -264,12 +264,6 @@ class PlanActivities(ModelStep):
         return fallback_items(brief.children, brief.path[-1][1]), "fallback", errors
 
 
-def _padded(plan: PlanModel, n: int, lead: str) -> PlanModel:
-    """Exactly ``n`` top-level items: a short answer is completed by the fallback's."""
-    plan.sections = (plan.sections + fallback_items(n, topic_of(lead)))[:n]
-    return plan
-
-
 def _apply(node: PlanNode, item: PlanItem, taken: set[str], context: str | None) -> None:
     """A planned item onto its node: the title (the input's own heading, for rewrites, wins),
     made distinct from every heading the job has; purpose, key points, entities."""

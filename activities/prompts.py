@@ -328,21 +328,6 @@ def bridge_messages(left_text: str) -> list[dict[str, str]]:
     ]
 
 
-def seam_repair_messages(before: str, opening: str, terms: list[str], words: int) -> list[dict[str, str]]:
-    """Rewrite a chapter's opening paragraph so that it follows from what really came before it."""
-    return [
-        {"role": "system", "content": SYSTEM},
-        {
-            "role": "user",
-            "content": f'The previous chapter ends:\n"…{tail_words(before, 120)}"\n\n'
-            f'The next chapter was written before that ending existed, and opens:\n"{opening}"\n\n'
-            + (f"Use these terms exactly as written: {', '.join(terms[:20])}.\n\n" if terms else "")
-            + f"Rewrite that opening paragraph so that it follows on from the ending, without repeating it, "
-            f"keeping its content, in about {words} words.",
-        },
-    ]
-
-
 def rewrite_messages(before: str, passage: str, after: str, instruction: str, words: int) -> list[dict[str, str]]:
     """Rewrite a passage its author selected, following their instruction; the text around it stays."""
     around = [f'The document reads, just before the passage:\n"…{tail_words(before, 120)}"'] if before.strip() else []

@@ -7,15 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.eventformat import EVENT_KINDS
 from core.spec import JobStatus
 
 
 class AuditEvent(BaseModel):
     seq: int = Field(description="per job, gap-free, in commit order")
     ts: str = Field(description="UTC, microseconds: 2026-11-23T14:05:30.271690Z (hashed exactly as written)")
-    kind: str = Field(
-        description="sql, row, llm, chunk, length, activity, workflow, job, plan, stitch, error, user ..."
-    )
+    kind: str = Field(description="; ".join(f"{k}: {v}" for k, v in EVENT_KINDS.items()))
     action: str
     table_name: str | None
     row_id: str | None

@@ -20,16 +20,37 @@ import hashlib
 import json
 import math
 import re
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import rfc8785
 
 from core.controls import escape_controls, storable
 
-EventKind = Literal[
-    "sql", "row", "llm", "chunk", "length", "activity", "error", "workflow", "job", "plan", "stitch", "user"
-]
-EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
+# Every kind of event the code writes, and what one records. The API's ``?kind=`` accepts exactly
+# these and /docs lists them; tests/test_api_audit.py finds every kind the code emits and checks
+# that each is here (and each here is emitted), so a new kind cannot be written unfilterable.
+EVENT_KINDS: dict[str, str] = {
+    "sql": "a statement run for the job: its text, parameters, tables, rows written, duration",
+    "row": "a row written that no single captured statement can be shown to have written",
+    "llm": "a model call: model, tokens in and out, latency, prompt and response summaries",
+    "chunk": "a chunk's attempt: words in, out and asked, the gate's cuts, pass or fail",
+    "length": "a length check of a chunk or of the document",
+    "activity": "a step's attempt: start, end, error, duration",
+    "error": "an error: a transaction rolled back, a call failed, the job failed",
+    "workflow": "a workflow started, queried, signalled, updated or cancelled",
+    "job": "the job's life: created, succeeded, failed, cancelled, resumed",
+    "plan": "the plan: made, proposed for review, approved",
+    "stitch": "a section's seams repaired as text",
+    "user": "what a user asked: submit, cancel, resume, a review, an edit, a lock",
+    "coherence": "a chapter started from a handoff state",
+    "memory": "the story memory after a passage: the model's delta or the fallback's",
+    "continuity": "a continuity finding: found or repaired, with its evidence",
+    "seam": "a seam between chapters checked (and repaired)",
+    "unit": "a chapter (or the book) completed",
+    "edit": "an author's edit: its steps and its outcome",
+    "webhook": "a webhook delivery attempt: status, latency, error",
+}
+EventKind = Literal[tuple(EVENT_KINDS)]  # type: ignore[valid-type]
 
 # The TXT format: one line per event, tab-separated, a header line first. The first seven columns
 # are for reading (the summary of an sql event is its SQL text); the event's data as JSON makes the
@@ -46,7 +67,6 @@ TXT_HEADER_V1 = "seq\tts\tkind\taction\ttable\trow\tsummary\tprev_hash\thash\tda
 
 GENESIS = "0" * 64  # the prev_hash of seq 1
 CHAIN_VERSION = 2  # what events are written with; 1: before the job id was hashed into each event
-CONTENT_FIELDS = ("chain", "job_id", "seq", "ts", "kind", "action", "table_name", "row_id", "sql_text", "data")
 MAX_SAFE_INT = 2**53 - 1  # beyond it JSON readers (JavaScript, JCS) cannot hold a number exactly
 
 

@@ -31,7 +31,6 @@ CATEGORY_NAMES = {
     "style": "style and terms",
 }
 ENTITY_TYPES = ("person", "place", "object", "organisation", "term", "other")
-MEMORY_SOURCES = ("model", "fallback")
 Category = Literal["characters", "facts", "timeline", "plot", "style"]
 
 _QUOTE_MIN_WORDS = 3  # a shorter "quote" matches anything
@@ -333,8 +332,6 @@ def merge(model: ChunkMemory, passage: str) -> tuple[ChunkMemory, list[str]]:
 
 
 # -- the ledger ---------------------------------------------------------------------------------
-
-ENTRY_KINDS = ("entity", "attribute", "event", "thread", "resolved", "fact")
 
 
 @dataclass

@@ -156,14 +156,6 @@ class RetrySchedule:
     attempts: int = 10
     backoff: float = 4.0
 
-    def span_s(self) -> float:
-        """Seconds from the first attempt to the last (request time aside)."""
-        total, wait = 0.0, self.first_s
-        for _ in range(self.attempts - 1):
-            total += min(wait, self.max_interval_s)
-            wait *= self.backoff
-        return total
-
 
 def event_type(status: str) -> str:
     return f"job.{status}"

@@ -5,8 +5,6 @@ Applied by the migrations (``db/migrations/versions``); ``quire db check`` verif
 
 from __future__ import annotations
 
-import re
-
 NOTIFY_CHANNEL = "quire_audit"
 
 # A job's status moves only forward: queued -> running -> succeeded | failed | cancelled (queued may
@@ -283,17 +281,6 @@ SELECT j.id, j.user_id, j.kind, j.status, j.title, j.target_words, j.max_words,
 
 TRIGGER_NAMES = [name for name, _ in FUNCTIONS_AND_TRIGGERS]
 VIEW_NAMES = ["job_history"]
-
-
-def drop_sql() -> list[str]:
-    """The statements that remove every view, trigger and function above (newest first)."""
-    out = [f"DROP VIEW IF EXISTS {v}" for v in VIEW_NAMES]
-    functions: list[str] = []
-    for name, ddl in reversed(FUNCTIONS_AND_TRIGGERS):
-        table = re.search(rf"CREATE TRIGGER {name}\s.*?\sON (\w+)", ddl, re.S)
-        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table.group(1) if table else name}")
-        functions += [f for f in re.findall(r"FUNCTION (quire_\w+)\(\) RETURNS", ddl) if f not in functions]
-    return out + [f"DROP FUNCTION IF EXISTS {f}()" for f in functions]
 
 
 # The chain, proved from the tables alone: the chunks of a job that are NOT linked as they must

@@ -24,10 +24,10 @@ from typing import Any
 from rich.console import Console
 
 from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS, input_problem
-from quire import admin, loop
+from quire import admin, keys, loop
 from quire.errors import CliError, Exit, closed_pipe, parse_args
 from quire.remote import api_for, client_opts
-from services.config import SettingsError, load_settings
+from services.config import SettingsError
 
 
 def _err(msg: str) -> None:
@@ -199,33 +199,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return job_exit(job)
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    """``keys make|rotate|export``: the key that signs audit checkpoints (QUIRE_HOME/audit.key, 0600)
-    and the public keys that check them (QUIRE_HOME/audit.pub; export prints them for verifiers)."""
-    from services import auditkeys
-
-    settings = load_settings()
-    home = settings.home
-    if args.action == "make":
-        try:
-            key = auditkeys.make(home, args.name)
-        except auditkeys.KeyExists as exc:
-            raise CliError(str(exc), Exit.USAGE) from None
-        print(f"made {key.verifier.name}+{key.verifier.id_hex} in {home / auditkeys.KEY_FILE}", file=sys.stderr)
-    elif args.action == "rotate":
-        new, old = auditkeys.rotate(home, args.name)
-        was = f"; {old.verifier.name}+{old.verifier.id_hex} no longer signs" if old else ""
-        print(f"{new.verifier.name}+{new.verifier.id_hex} signs from now on{was} (restart the stack)", file=sys.stderr)
-        if settings.quire_audit_key is not None:
-            _err("QUIRE_AUDIT_KEY is set and wins over QUIRE_HOME/audit.key: change it too")
-    keys = settings.audit_public_keys()
-    if not keys:
-        raise CliError(f"no audit key yet in {home} (`quire keys make`, or `quire up` makes one)", Exit.USAGE)
-    for k in keys:  # stdout: what verifiers pass to `quire audit verify --key`
-        print(k.text())
-    return Exit.OK
-
-
 # --- parser: a register(sub) per command group -------------------------------------------------
 
 
@@ -356,20 +329,6 @@ def register_jobs(sub: Any) -> None:
     o.set_defaults(fn=cmd_output)
 
 
-def register_keys(sub: Any) -> None:
-    """``keys make|rotate|export``: the operator's audit signing key, on this machine."""
-    k = sub.add_parser(
-        "keys",
-        help="the key that signs audit checkpoints: make one, rotate it, export the public keys",
-        description="make: a new signing key in QUIRE_HOME/audit.key (0600); rotate: a new one signs from now "
-        "on, the old public key kept; export: print every public key, newest first (for `quire audit verify "
-        "--key`). Each prints the public keys on stdout.",
-    )
-    k.add_argument("action", choices=["make", "rotate", "export"])
-    k.add_argument("--name", default="quire", help="the key's name (in each signature line)")
-    k.set_defaults(fn=cmd_keys)
-
-
 def register_account(sub: Any) -> None:
     """``webhook``, ``history``: the user's settings and jobs."""
     w = sub.add_parser("webhook", help="your default webhook and its signing secret")
@@ -407,7 +366,7 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     register_db,
     register_users,
     register_jobs,
-    register_keys,
+    keys.register,
     register_account,
     register_control,
     loop.register,

@@ -14,7 +14,7 @@ import html
 import io
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import docx
 from docx.enum.text import WD_BREAK
@@ -23,8 +23,6 @@ from ebooklib import epub
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-Format = Literal["md", "txt", "html", "docx", "epub"]
-FORMATS: tuple[str, ...] = ("md", "txt", "html", "docx", "epub")
 # The route's earlier names for two of them.
 ALIASES = {"markdown": "md", "text": "txt"}
 MEDIA_TYPES = {

@@ -3,11 +3,13 @@ live stream (resume without gap or duplicate, keep-alive, latency, the end event
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +18,7 @@ import api.audit
 from api import live
 from api.live import AuditListener
 from core.chain import parse_log
-from core.eventformat import TXT_HEADER, parse_txt_line, summary, txt_line
+from core.eventformat import EVENT_KINDS, TXT_HEADER, parse_txt_line, summary, txt_line
 from db.models import Job
 from services import accounts
 from testkit import make_job
@@ -118,6 +120,47 @@ async def test_pages_in_every_format_join_up_to_the_whole_log(http, user, db):
     ]:
         r = await http.get(f"/v1/jobs/{job_id}/audit?{query}", headers=auth(user))
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["query", loc], query
+
+
+def kinds_written() -> dict[str, list[str]]:
+    """Every event kind the code writes, read from its source (kind -> where): ``tx.event("k", ...)``,
+    ``services.temporal.record(db, job, "k", ...)`` and an ``AuditBuffer``'s ``add("k", ...)`` in db/
+    and services/ (core's ``add`` calls are the gate's cuts, not events)."""
+    root = Path(__file__).resolve().parent.parent
+    out: dict[str, list[str]] = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] in (".venv", "tests", "bench", "build") or "migrations" in rel.parts:
+            continue
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(n, ast.Call):
+                continue
+            name = n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None)
+            at = {"event": 0, "record": 2, "add": 0 if rel.parts[0] in ("db", "services") else None}.get(name or "")
+            if at is not None and len(n.args) > at:
+                arg = n.args[at]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    out.setdefault(arg.value, []).append(f"{rel}:{n.lineno}")
+    return out
+
+
+def test_the_kinds_the_api_knows_are_the_kinds_the_code_writes():
+    written = kinds_written()
+    assert {"sql", "continuity", "memory", "seam", "unit", "edit", "webhook"} <= set(written)  # the scan sees
+    unknown = {k: v for k, v in written.items() if k not in EVENT_KINDS}
+    assert not unknown, f"kinds written but not in core.eventformat.EVENT_KINDS: {unknown}"
+    assert not set(EVENT_KINDS) - set(written), "kinds in EVENT_KINDS that nothing writes"
+
+
+async def test_every_kind_written_is_a_filter_the_api_accepts(http, user, db):
+    job_id = await make_job(db, user.user_id)
+    async with db.job_tx(job_id) as tx:
+        for kind in kinds_written():
+            tx.event(kind, "test", {"kind": kind})
+    for kind in kinds_written():
+        r = await http.get(f"/v1/jobs/{job_id}/audit?kind={kind}", headers=auth(user))
+        assert r.status_code == 200, (kind, r.text)
+        assert [e["data"].get("kind") for e in r.json()["events"] if e["action"] == "test"] == [kind]
 
 
 def test_txt_lines_read_well_and_lose_nothing():
