@@ -18,6 +18,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities import gating
 from activities.chunks import ChunkActivities
+from activities.coverage import CoverageActivities
 from activities.edit_checks import EditCheckActivities
 from activities.edits import EditActivities
 from activities.finalize import FinalizeActivities
@@ -91,6 +92,7 @@ def build_worker(
         FinalizeActivities(db),
     )
     review, edits, checks = ReviewActivities(db), EditActivities(db, llm), EditCheckActivities(db, llm)
+    coverage = CoverageActivities(db, llm)
     # Without a config (benchmarks), deliveries are refused: no key opens a signing secret.
     hooks = WebhookActivities(db, webhooks or WebhookConfig(WebhookPolicy(), None, "http://127.0.0.1:8000"))
     # Every workflow is pinned to the version it started on and moves on only when it continues as
@@ -134,6 +136,8 @@ def build_worker(
             seams.complete_unit,
             edits.edit_chunk,
             checks.recheck_edit,
+            coverage.check_edit_coverage,
+            coverage.check_unit_coverage,
         ],
         max_concurrent_activities=llm_concurrency,
         max_task_queue_activities_per_second=llm_calls_per_second,

@@ -21,13 +21,15 @@ from temporalio import activity
 
 from activities.base import ModelStep, job_options, latest_version, load_job, now, record_length_check
 from activities.edit_rows import EditRef, load_edit, note, output_version
+from activities.edit_scope import scope_held
 from activities.memory import Remembered, finding_events, ledger_before, summarize
 from activities.seams import SeamActivities, _chunk_findings, _UnitChunk
 from core.edits import changed, memory_of, mention
 from core.layout import assemble
 from core.memory import Entry
+from core.scope import EditError
 from core.spec import ErrorCode
-from core.text import count_words, sha256, trim_to_words
+from core.text import count_words, sha256
 from db.blocks import document_blocks
 from db.endings import save_document
 from db.loop import Edit
@@ -83,7 +85,8 @@ class EditCheckActivities(ModelStep):
             succ_chunks = await chunks_under(tx.session, succ) if succ is not None else []
             after_seam = None
             if succ is not None and succ_chunks:
-                locked = await lock_over(tx.session, succ) is not None
+                # A selection's rewrite changes nothing outside it: the seam after is checked, not repaired.
+                locked = await lock_over(tx.session, succ) is not None or edit.kind == "rewrite"
                 units = [await _unit_chunk_now(tx, c) for c in succ_chunks]
                 after_seam = (
                     succ.id,
@@ -188,7 +191,10 @@ class EditCheckActivities(ModelStep):
     @activity.defn(name="publish_edit")
     async def publish_edit(self, ref: EditRef) -> Published:
         """The document as the edit left it, counted: at least the target, a new output version
-        (the edit done); short, the round a top-up covers (or, out of rounds, a give-up)."""
+        (the edit done); short, the round a top-up covers (or, out of rounds, a give-up). Nothing
+        is cut to fit the job's maximum: no one else's words pay for an edit's length; a document
+        the edit took past it is published as it stands and said to be (``edit over_max``). A
+        selection's rewrite is published only if the node and the document still prove it."""
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid, lock=True)
@@ -196,9 +202,12 @@ class EditCheckActivities(ModelStep):
             if edit.status == "done":
                 return Published(True, edit.document_version or 0)
             doc = assemble(job.title, job.target_words, await document_blocks(tx.session, job))
-            if count_words(doc) > job.max_words:
-                doc = trim_to_words(doc, job.max_words, job.target_words).rstrip() + "\n"
             words = count_words(doc)
+            scope = await scope_held(tx, edit, doc) if edit.kind == "rewrite" else None
+            if scope is not None and scope.get("problems"):
+                why = "; ".join(scope["problems"])
+                tx.event("edit", "scope_broken", {"edit": edit.number, **scope})
+                return Published(False, give_up=True, error_code=EditError.SCOPE, reason=f"not published: {why}")
             rnd = (
                 1
                 + (
@@ -235,6 +244,22 @@ class EditCheckActivities(ModelStep):
                 return Published(False, round=rnd)
             version = await output_version(tx) + 1
             await save_document(tx, role="output", version=version, text=doc, words=words)
+            over = words - job.max_words
+            if over > 0:  # the edit's own words carry it: said, never cut from anyone's
+                tx.event(
+                    "edit",
+                    "over_max",
+                    {
+                        "edit": edit.number,
+                        "kind": edit.kind,
+                        "words": words,
+                        "max_words": job.max_words,
+                        "over": over,
+                        "cut": 0,
+                        "why": f"edit {edit.number}'s own words take the document {over} words past the job's "
+                        f"maximum; nothing was cut to fit",
+                    },
+                )
             calls = (
                 await tx.session.execute(
                     select(
@@ -269,6 +294,8 @@ class EditCheckActivities(ModelStep):
                     "tokens_in": int(calls[1]),
                     "tokens_out": int(calls[2]),
                     "flagged": edit.detail.get("flagged", 0),
+                    **({"over_max": over} if over > 0 else {}),
+                    **({"scope": scope} if scope is not None else {}),
                 },
             )
             return Published(True, version)

@@ -1,6 +1,7 @@
 """The rows of an author's edit (``activities.edits``, ``activities.edit_checks``): the edit's own
-record (what it did, in ``detail``), a chunk's new version with its memory and findings, where a
-rollback takes each chunk, and the output's latest version."""
+record (what it did, in ``detail``), a chunk's new version with its memory and findings, a model's
+answer for part of a chunk as its attempt, where a rollback takes each chunk, and the output's
+latest version."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from sqlalchemy import func, select
 
 from activities.base import add_version, latest_version
 from activities.memory import Checked, finding_events, finding_rows, store_memory
+from core.gate import Cut, Gated
+from core.text import count_words
 from db.loop import Edit
-from db.manuscript import Chunk
+from db.manuscript import Chunk, ChunkAttempt
 from db.models import Document, Job
 from db.session import JobTx
 
@@ -31,8 +34,17 @@ class EditChunkRef:
 
 
 @dataclass
+class EditChunkDone:
+    """A chunk of the edit written, or why the edit cannot go on (its error code and reason)."""
+
+    error_code: str | None = None
+    reason: str | None = None
+
+
+@dataclass
 class EditPlan:
     chunk_ids: list[int] = field(default_factory=list)  # the chunks the edit writes, in order
+    check_instruction: bool = False  # a regenerate with an instruction: checked against the new text
 
 
 async def load_edit(tx: JobTx, edit_id: int) -> Edit:
@@ -56,10 +68,11 @@ async def store_version(
     text: str,
     checked: Checked | None,
     memory_id: int | None,
+    told: dict[str, Any] | None = None,
 ) -> None:
     """A chunk's new version by an edit (and its continuity repair, if the checks made one), its
     memory (the new delta's ledger entries, or an earlier version's for a rollback), its findings,
-    and what the edit did to it."""
+    and what the edit did to it (``told``: more for its event)."""
     latest = await latest_version(tx, chunk.id)
     n = (latest.version if latest else 0) + 1
     versions = [add_version(tx, chunk, n, reason, text, {"edit": edit.number})]
@@ -113,8 +126,73 @@ async def store_version(
             "memory": checked.remembered.source if checked is not None else "rollback",
             "findings": len(findings),
             "repaired": sum(1 for f in findings if f.status == "repaired"),
+            **(told or {}),
         },
     )
+
+
+CUTS_IN_EVENT = 20
+
+
+async def store_answer(
+    tx: JobTx,
+    chunk: Chunk,
+    *,
+    kind: str,
+    call_id: int | None,
+    gated: Gated,
+    text_after: str,
+    used: bool,
+    problems: list[str],
+    edit: int | None = None,
+) -> int:
+    """A model's answer for part of ``chunk`` (a selection's rewrite, a coverage retry's paragraph)
+    as the chunk's next attempt: the answer's words, what the gate cut and, an answer not used,
+    everything it kept cut too (rule ``out_of_scope``, why in its event). The word account counts
+    it as any chunk's answer. Returns its number."""
+    cuts = list(gated.cuts)
+    if not used and gated.text.strip():
+        cuts.append(Cut("out_of_scope", gated.text, count_words(gated.text)))
+    attempt_no = chunk.attempts + 1
+    before, after = chunk.word_count, count_words(text_after)
+    tx.session.add(
+        ChunkAttempt(
+            job_id=tx.job_id,
+            chunk_id=chunk.id,
+            attempt_no=attempt_no,
+            kind=kind,
+            llm_call_id=call_id,
+            words_asked=0,  # not a length asked for: the model's compliance is measured on writes
+            added_text=gated.text if used else "",
+            text_after=text_after,
+            words_before=before,
+            words_added=after - before,
+            words_after=after,
+            words_model=gated.words_in,
+            cuts=[c.record() for c in cuts],
+        )
+    )
+    chunk.attempts = attempt_no
+    cut = Gated("", cuts, gated.words_in)
+    tx.event(
+        "chunk",
+        kind,
+        {
+            "chunk": chunk.ordinal,
+            "attempt": attempt_no,
+            "edit": edit,
+            "llm_call_id": call_id,
+            "used": used,
+            "problems": problems[:8],
+            "words_model": gated.words_in,
+            "words_cut": cut.words_cut,
+            "cut_by_rule": cut.by_rule(),
+            "cuts": cut.records()[:CUTS_IN_EVENT],
+            "words_in": before,
+            "words_out": after,
+        },
+    )
+    return attempt_no
 
 
 async def rollback_targets(tx: JobTx, edit: Edit, chunk_ids: list[int]) -> dict[int, dict[str, Any]]:

@@ -7,9 +7,14 @@ the next node's chunks repaired as a seam is, unless locked), what later chapter
 the edit changed is flagged in the coherence report, and a new version of the document is made,
 topped up first if it fell below the target (``activities.edit_checks``).
 
-Model text (the regenerated passages, a rewritten selection) may be repaired by the continuity
-checks; an author's own words (a hand edit, the text around a selection) are checked and
-reported, never rewritten. Every step is idempotent: what it did is in the edit's ``detail``.
+Every model answer goes through the gate as a chunk's does (``activities.gating``): junk cut,
+what the document already says elsewhere cut and the rest claimed, its words and cuts recorded
+in its attempt; a regenerated passage starts and ends on sentence boundaries (a fragment before
+its first sentence or after its last is cut, and recorded). A selection is rewritten within its
+scope (``activities.selection``). Model text (the regenerated passages) may be repaired by the
+continuity checks; an author's own words (a hand edit, the text around a selection) are checked
+and reported, never rewritten, nor cut (a paragraph the document already has is reported).
+Every step is idempotent: what it did is in the edit's ``detail``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from temporalio import activity
 from activities.base import ModelStep, job_options, latest_version, load_job, record_length_check
 from activities.context import TAIL_WORDS, chunk_context, chunk_of, compliance_of
 from activities.edit_rows import (
+    EditChunkDone,
     EditChunkRef,
     EditPlan,
     EditRef,
@@ -33,22 +39,27 @@ from activities.edit_rows import (
     rollback_targets,
     store_version,
 )
-from activities.gating import clean, gate
+from activities.gating import claim, gate
 from activities.memory import (
     check_and_repair,
     ledger_before,
     summaries_before,
 )
-from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for, rewrite_messages
-from core.edits import spans, split_text
+from activities.prompts import ChunkContext, chunk_messages, echo_source, max_tokens_for
+from activities.selection import ScopeRefused, rewrite_selection
+from core.edits import node_text, spans, split_text
+from core.gate import Cut, Gated
 from core.length import stalled, words_to_ask
 from core.memory import build_context, prompt_budget
-from core.text import count_words, dedupe_paragraphs, join_continuation, tail_words, trim_to_words
+from core.scope import EditError, ends_sentence, whole_sentences
+from core.text import count_words, dedupe_paragraphs, join_continuation, sha256, tail_words, trim_to_words
 from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LedgerEntry, PlanNode
 from db.models import Job
 from db.session import JobTx
 from db.tree import chunks_under, latest_text
+
+CUTS_IN_EVENT = 20  # in a chunk event (the attempt's row keeps them all)
 
 
 class EditActivities(ModelStep):
@@ -62,8 +73,9 @@ class EditActivities(ModelStep):
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid, lock=True)
             edit = await load_edit(tx, ref.edit_id)
+            asked = edit.kind == "regenerate" and bool(str((edit.params or {}).get("instruction") or "").strip())
             if "chunks" in (edit.detail or {}):
-                return EditPlan(list(edit.detail["chunks"]))
+                return EditPlan(list(edit.detail["chunks"]), asked)
             node = await tx.session.get(PlanNode, edit.node_id)
             assert node is not None
             chunks = await chunks_under(tx.session, node)
@@ -99,9 +111,11 @@ class EditActivities(ModelStep):
                 todo = [c.id for c in chunks if new[c.id].strip() != texts[c.id]]
                 detail["texts"] = {str(cid): new[cid] for cid in todo}
             elif edit.kind == "rewrite":
-                found = spans([texts[c.id] for c in chunks], int(edit.params["start"]), int(edit.params["end"]))
-                todo = [chunks[s.index].id for s in found]
-                detail["spans"] = {str(chunks[s.index].id): [s.start, s.end] for s in found}
+                s, e = int(edit.params["start"]), int(edit.params["end"])
+                found = spans([texts[c.id] for c in chunks], s, e)
+                todo = [chunks[sp.index].id for sp in found]
+                whole = node_text([texts[c.id] for c in chunks])
+                detail["selection"] = {"start": s, "end": e, "text_sha256": sha256(whole)}
             else:
                 targets = await rollback_targets(tx, edit, [c.id for c in chunks])
                 todo = [c.id for c in chunks if targets[c.id]["version"] != before[str(c.id)]["version"]]
@@ -122,35 +136,41 @@ class EditActivities(ModelStep):
                     "chunks": [c.ordinal for c in chunks if c.id in todo],
                 },
             )
-            return EditPlan(todo)
+            return EditPlan(todo, asked)
 
     @activity.defn(name="edit_chunk")
-    async def edit_chunk(self, ref: EditChunkRef) -> None:
+    async def edit_chunk(self, ref: EditChunkRef) -> EditChunkDone | None:
         """One chunk of the edit: its new text (written, cut from the hand edit, rewritten in part,
-        or an earlier version's), remembered and checked, stored as a new version."""
+        or an earlier version's), remembered and checked, stored as a new version; or why the
+        edit cannot go on (a selection no answer of the model stayed inside)."""
         jid = uuid.UUID(ref.job_id)
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             edit = await load_edit(tx, ref.edit_id)
             if str(ref.chunk_id) in edit.detail.get("after", {}):
-                return
+                return EditChunkDone()
             chunk = await chunk_of(tx, jid, ref.chunk_id)
-            kind, number, params, detail = edit.kind, edit.number, dict(edit.params or {}), dict(edit.detail)
-            current = (await latest_text(tx.session, chunk.id)).strip()
+            kind, number, detail = edit.kind, edit.number, dict(edit.detail)
             ledger = await ledger_before(tx, chunk.ordinal)
             model, min_words = job.model, chunk.min_words
         key = f"edit:{number}:chunk:{ref.chunk_id}"
         memory_id: int | None = None
+        told: dict[str, Any] = {}
         if kind == "regenerate":
-            text = await self._regenerate(jid, ref.edit_id, ref.chunk_id, key)
+            text, cuts = await self._regenerate(jid, ref.edit_id, ref.chunk_id, key)
+            if cuts:  # cut back to its maximum and to a sentence's end: the edit's own words, and said
+                told["trimmed"] = Gated("", cuts).by_rule()
         elif kind == "edit":
             text = detail["texts"][str(ref.chunk_id)].strip()
         elif kind == "rewrite":
-            start, end = detail["spans"][str(ref.chunk_id)]
-            middle = ""
-            if ref.chunk_id == detail["chunks"][0]:  # the selection is rewritten once, where it starts
-                middle = await self._rewrite(jid, ref.edit_id, current, start, end, params, key)
-            text = _joined(current[:start], middle, current[end:])
+            if "texts" not in detail:  # the selection is rewritten once, by its first chunk's step
+                try:
+                    await rewrite_selection(self, jid, ref.edit_id, f"edit:{number}")
+                except ScopeRefused as exc:
+                    return EditChunkDone(EditError.SCOPE, str(exc))
+                async with self.db.job_tx(jid) as tx:
+                    detail = dict((await load_edit(tx, ref.edit_id)).detail)
+            text = detail["texts"][str(ref.chunk_id)]
         else:
             target = detail["targets"][str(ref.chunk_id)]
             async with self.db.job_tx(jid) as tx:
@@ -179,13 +199,19 @@ class EditActivities(ModelStep):
             job = await load_job(tx, jid)
             edit = await load_edit(tx, ref.edit_id)
             if str(ref.chunk_id) in edit.detail.get("after", {}):
-                return
+                return EditChunkDone()
             chunk = await chunk_of(tx, jid, ref.chunk_id)
-            await store_version(tx, job, edit, chunk, kind, text, checked, memory_id)
+            if kind == "edit" and text.strip():  # the author's words claimed; a repeat reported, never cut
+                said = await claim(tx, chunk, 0, Gated(text, [], count_words(text)), free=_node_chunks(edit))
+                if said.cuts:
+                    told["repeats"] = [c.record() for c in said.cuts][:20]
+            await store_version(tx, job, edit, chunk, kind, text, checked, memory_id, told)
+        return EditChunkDone()
 
-    async def _regenerate(self, jid: uuid.UUID, edit_id: int, chunk_id: int, key: str) -> str:
+    async def _regenerate(self, jid: uuid.UUID, edit_id: int, chunk_id: int, key: str) -> tuple[str, list[Cut]]:
         """Write the chunk again and extend it while short (every attempt kept, numbered after the
-        chunk's earlier ones); returns the accepted text (repeats cut, trimmed to its maximum)."""
+        chunk's earlier ones); returns the accepted text (repeats cut, trimmed to its maximum and
+        ending on a sentence's end) and what that last cut took."""
         while True:
             async with self.db.job_tx(jid) as tx:
                 job = await load_job(tx, jid)
@@ -196,7 +222,11 @@ class EditActivities(ModelStep):
                     (
                         await tx.session.execute(
                             select(ChunkAttempt)
-                            .where(ChunkAttempt.chunk_id == chunk_id, ChunkAttempt.attempt_no > base)
+                            .where(
+                                ChunkAttempt.chunk_id == chunk_id,
+                                ChunkAttempt.attempt_no > base,
+                                ChunkAttempt.kind.in_(["write", "extend"]),
+                            )
                             .order_by(ChunkAttempt.attempt_no)
                         )
                     )
@@ -207,10 +237,7 @@ class EditActivities(ModelStep):
                 added = [r.words_added for r in rows]
                 done = count_words(text) >= chunk.min_words
                 if rows and (done or stalled(added, done, job_options(job).max_attempts_per_chunk)):
-                    text = dedupe_paragraphs(text)
-                    if count_words(text) > chunk.max_words:
-                        text = trim_to_words(text, chunk.max_words, chunk.min_words)
-                    return text
+                    return _accepted(text, chunk.min_words, chunk.max_words)
                 need = chunk.target_words if not rows else max(1, chunk.target_words - count_words(text))
                 ask = words_to_ask(need, await compliance_of(tx, jid))
             await self._ask(jid, edit_id, chunk_id, ask, text, f"{key}:attempt:{chunk.attempts + 1}", attempt=True)
@@ -220,9 +247,10 @@ class EditActivities(ModelStep):
         self, jid: uuid.UUID, edit_id: int, chunk_id: int, words: int, current: str, key: str, attempt: bool = False
     ) -> str:
         """One writing call for the chunk (a first write when ``current`` is empty, else a
-        continuation of it), from the story memory before it and the author's instruction; with
-        ``attempt`` it is stored as the chunk's next attempt with its length check. Returns the
-        text so far."""
+        continuation of it), from the story memory before it and the author's instruction, through
+        the gate (a fragment before its first sentence cut where a sentence must start); with
+        ``attempt`` it is stored as the chunk's next attempt, what the document already has cut
+        and the rest claimed, with its words, its cuts and its length check. Returns the text so far."""
         async with self.db.job_tx(jid) as tx:
             job = await load_job(tx, jid)
             edit = await load_edit(tx, edit_id)
@@ -230,6 +258,7 @@ class EditActivities(ModelStep):
             ctx = await _edit_context(tx, job, chunk, edit)
             msgs = chunk_messages(ctx, style=self.llm.prompt_style, words=words, current_text=current)
             memory, number, model, attempt_no = ctx.memory.record(), edit.number, job.model, chunk.attempts + 1
+            free = _node_chunks(edit)
         kind = "extend" if current else "write"
         res = await self.llm.complete(
             job_id=jid,
@@ -240,14 +269,25 @@ class EditActivities(ModelStep):
             messages=msgs,
             max_tokens=max_tokens_for(max(words, 8)),
         )
-        added = (await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)).text
-        text = join_continuation(current, added) if current else added
+        gated = await gate(res.text, prompt=echo_source(msgs, ctx), source=ctx.source_text or "", before=current)
+        # A passage starts a sentence: a regenerated chapter opening "2500 BC) is a complex..." is cut to its first.
+        kept, start_cuts = whole_sentences(gated.text, start=not current or ends_sentence(current), end=False)
+        gated = Gated(kept, [*gated.cuts, *start_cuts], gated.words_in)
         if not attempt:
-            return text
+            return join_continuation(current, gated.text) if current else gated.text
         async with self.db.job_tx(jid) as tx:
             chunk = await chunk_of(tx, jid, chunk_id)
             if chunk.attempts >= attempt_no:  # stored by an earlier try of this activity
-                return text
+                row = (
+                    await tx.session.execute(
+                        select(ChunkAttempt.text_after).where(
+                            ChunkAttempt.chunk_id == chunk_id, ChunkAttempt.attempt_no == attempt_no
+                        )
+                    )
+                ).scalar_one()
+                return row
+            gated = await claim(tx, chunk, attempt_no, gated, free=free)
+            text = join_continuation(current, gated.text) if current else gated.text
             before, after = count_words(current), count_words(text)
             tx.session.add(
                 ChunkAttempt(
@@ -257,12 +297,14 @@ class EditActivities(ModelStep):
                     kind=kind,
                     llm_call_id=res.call_id,
                     words_asked=words,
-                    added_text=added,
+                    added_text=gated.text,
                     text_after=text,
                     words_before=before,
                     words_added=after - before,
                     words_after=after,
                     memory=memory,
+                    words_model=gated.words_in,
+                    cuts=gated.records(),
                 )
             )
             chunk.attempts = attempt_no
@@ -279,6 +321,10 @@ class EditActivities(ModelStep):
                     "target_words": chunk.target_words,
                     "llm_call_id": res.call_id,
                     "finish_reason": res.finish_reason,
+                    "words_model": gated.words_in,
+                    "words_cut": gated.words_cut,
+                    "cut_by_rule": gated.by_rule(),
+                    "cuts": gated.records()[:CUTS_IN_EVENT],
                 },
             )
             await record_length_check(
@@ -294,36 +340,25 @@ class EditActivities(ModelStep):
             )
         return text
 
-    async def _rewrite(
-        self, jid: uuid.UUID, edit_id: int, current: str, start: int, end: int, params: dict[str, Any], key: str
-    ) -> str:
-        """The selection rewritten as its author asked: one model call; the text around it is shown, not changed."""
-        async with self.db.job_tx(jid) as tx:
-            job = await load_job(tx, jid)
-            node = await tx.session.get(PlanNode, (await load_edit(tx, edit_id)).node_id)
-            assert node is not None
-            texts = [(await latest_text(tx.session, c.id)).strip() for c in await chunks_under(tx.session, node)]
-            model = job.model
-        whole = "\n\n".join(t for t in texts if t)
-        s, e = int(params["start"]), int(params["end"])
-        passage = whole[s:e]
-        words = max(1, count_words(passage))
-        msgs = rewrite_messages(whole[:s], passage, whole[e:], str(params.get("instruction") or ""), words)
-        res = await self.llm.complete(
-            job_id=jid,
-            purpose="rewrite",
-            request_key=f"{key}:rewrite",
-            model=model,
-            messages=msgs,
-            max_tokens=max_tokens_for(int(words * 1.5) + 20),
-        )
-        # A selection may be part of a sentence: the gate's rule for an unfinished ending does not apply.
-        return (await clean(res.text, "\n".join(m["content"] for m in msgs), fragment=True)).strip()
+
+def _accepted(text: str, min_words: int, max_words: int) -> tuple[str, list[Cut]]:
+    """A regenerated passage as it is kept: repeats inside it cut, at most its maximum, ending on
+    a sentence's end (a trim that found no sentence end in its window is cut back to the last
+    one); and what the trim and that cut took."""
+    text = dedupe_paragraphs(text)
+    cuts: list[Cut] = []
+    if count_words(text) > max_words:
+        trimmed = trim_to_words(text, max_words, min_words)
+        gone = text[len(trimmed) :] if text.startswith(trimmed) else ""
+        cuts.append(Cut("trim", gone, count_words(text) - count_words(trimmed)))
+        text = trimmed
+    text, end_cuts = whole_sentences(text, start=False)
+    return text, [*cuts, *end_cuts]
 
 
-def _joined(before: str, middle: str, after: str) -> str:
-    """A chunk's text with its selected part replaced: the pieces joined as they were (no space lost)."""
-    return (before + middle + after).strip()
+def _node_chunks(edit: Edit) -> list[int]:
+    """The chunks of the edited node: their old text is what the edit replaces (its marks free for it)."""
+    return [int(c) for c in (edit.detail or {}).get("before", {})]
 
 
 async def _edit_context(tx: JobTx, job: Job, chunk: Chunk, edit: Edit) -> ChunkContext:

@@ -18,6 +18,7 @@ import asyncio
 import json
 import sys
 from asyncio.subprocess import PIPE
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -106,8 +107,9 @@ async def clean(answer: str, echo_of: str = "", source: str = "", *, fragment: b
     return (await gate(answer, prompt=echo_of, source=source, fragment=fragment)).text
 
 
-async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated:
-    """``gated`` without the paragraphs and sentences the document already has; the rest claimed."""
+async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated, free: Sequence[int] = ()) -> Gated:
+    """``gated`` without the paragraphs and sentences the document already has; the rest claimed.
+    ``free``: chunks whose marks are up for grabs (an edit's: the text it replaces), claimed over."""
     marks = sorted(fingerprints(gated.text), key=lambda m: m.fingerprint)
     if not marks:
         return gated
@@ -121,15 +123,43 @@ async def claim(tx: JobTx, chunk: Chunk, attempt_no: int, gated: Gated) -> Gated
         "kinds": [m.kind for m in marks],
         "words": [m.words for m in marks],
     }
-    won = set((await tx.session.execute(_CLAIM, params)).scalars())
+    if free:
+        won = set((await tx.session.execute(_RECLAIM, {**params, "free": list(free)})).scalars())
+    else:
+        won = set((await tx.session.execute(_CLAIM, params)).scalars())
     kept, cuts = drop_repeats(gated.text, {m.fingerprint for m in marks} - won)
     return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
 
 
-_CLAIM = text(
+async def taken(tx: JobTx, gated: Gated, free: Sequence[int] = ()) -> Gated:
+    """``gated`` without what the document already has, as ``claim`` would cut it, claiming
+    nothing (an answer that may yet be refused)."""
+    marks = fingerprints(gated.text)
+    if not marks:
+        return gated
+    held = set(
+        (
+            await tx.session.execute(
+                _TAKEN, {"job_id": tx.job_id, "fingerprints": [m.fingerprint for m in marks], "free": list(free)}
+            )
+        ).scalars()
+    )
+    kept, cuts = drop_repeats(gated.text, held)
+    return Gated(kept, [*gated.cuts, *cuts], gated.words_in)
+
+
+_INSERT_MARKS = (
     "INSERT INTO text_marks (job_id, fingerprint, kind, chunk_id, attempt_no, words) "
     "SELECT :job_id, m.f, m.k, :chunk_id, :attempt_no, m.w "
     "FROM unnest(CAST(:fingerprints AS bigint[]), CAST(:kinds AS text[]), CAST(:words AS int[])) "
     "WITH ORDINALITY AS m(f, k, w, n) ORDER BY m.n "
-    "ON CONFLICT DO NOTHING RETURNING fingerprint"
+)
+_CLAIM = text(_INSERT_MARKS + "ON CONFLICT DO NOTHING RETURNING fingerprint")
+_RECLAIM = text(
+    _INSERT_MARKS + "ON CONFLICT (job_id, fingerprint) DO UPDATE SET chunk_id = EXCLUDED.chunk_id, "
+    "attempt_no = EXCLUDED.attempt_no WHERE text_marks.chunk_id = ANY(CAST(:free AS bigint[])) RETURNING fingerprint"
+)
+_TAKEN = text(
+    "SELECT fingerprint FROM text_marks WHERE job_id = :job_id AND fingerprint = ANY(CAST(:fingerprints AS bigint[])) "
+    "AND NOT chunk_id = ANY(CAST(:free AS bigint[]))"
 )

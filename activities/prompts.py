@@ -328,23 +328,6 @@ def bridge_messages(left_text: str) -> list[dict[str, str]]:
     ]
 
 
-def rewrite_messages(before: str, passage: str, after: str, instruction: str, words: int) -> list[dict[str, str]]:
-    """Rewrite a passage its author selected, following their instruction; the text around it stays."""
-    around = [f'The document reads, just before the passage:\n"…{tail_words(before, 120)}"'] if before.strip() else []
-    if after.strip():
-        around.append(f'and just after it:\n"{" ".join(after.split()[:120])}…"')
-    return [
-        {"role": "system", "content": SYSTEM},
-        {
-            "role": "user",
-            "content": "\n\n".join(around)
-            + f'\n\nThe passage to rewrite:\n"""\n{passage.strip()}\n"""\n\n'
-            + f"Rewrite only that passage, as its author asks: {instruction.strip()}\n"
-            + f"It must still join what comes before and after it. Write only the new passage, about {words} words.",
-        },
-    ]
-
-
 MEMORY_SYSTEM = (
     "You keep the story memory of a long document and check each new passage against it. "
     "You answer with one JSON object only."

@@ -341,4 +341,10 @@ class CoherenceReport(BaseModel):
         default=0,
         description="open findings of passages that relied on what an author's edit changed (relied_on_changed)",
     )
+    coverage: dict[str, int] = Field(
+        default_factory=dict,
+        description="an author's instructions and key points checked against the text, by last verdict: checked, "
+        "covered, missing (each an open key_point_not_covered or instruction_not_followed finding), unchecked "
+        "(no valid answer from the judge)",
+    )
     items: list[CoherenceFinding]

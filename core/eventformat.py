@@ -48,6 +48,7 @@ EVENT_KINDS: dict[str, str] = {
     "seam": "a seam between chapters checked (and repaired)",
     "unit": "a chapter (or the book) completed",
     "edit": "an author's edit: its steps and its outcome",
+    "coverage": "an instruction's or a key point's check against the text: its verdicts, a retry made or refused",
     "webhook": "a webhook delivery attempt: status, latency, error",
 }
 EventKind = Literal[tuple(EVENT_KINDS)]  # type: ignore[valid-type]

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.spec import sql_in
-from db import loop  # noqa: F401 - the edits that seam checks and findings name
+from db import coverage, loop  # noqa: F401 - the edits that seam checks and findings name; coverage checks
 from db.models import Base, ts_column
 
 NODE_LEVELS = ("book", "part", "chapter", "section")
@@ -39,11 +39,16 @@ STATE_KINDS = ("root", "chunk", "handoff")
 # Who made a state's memory: the plan (the root), the model's memory call, the deterministic
 # extractor when the model's answers were invalid, or derived (a handoff, from the plan and the ledger).
 STATE_SOURCES = ("plan", "model", "fallback", "derived")
-# The last four are the author's (db.loop.Edit): a node regenerated, edited by hand, a selection
-# rewritten, a node rolled back to an earlier version.
+# Four are the author's (db.loop.Edit): a node regenerated, edited by hand, a selection rewritten, a
+# node rolled back to an earlier version; coverage_repair: a paragraph rewritten to carry an
+# instruction or a key point the text missed (activities.coverage).
 VERSION_REASONS = (
-    "written", "trim", "stitch", "seam_repair", "continuity_repair", "regenerate", "edit", "rewrite", "rollback"
+    "written", "trim", "stitch", "seam_repair", "continuity_repair", "regenerate", "edit", "rewrite", "rollback",
+    "coverage_repair",
 )  # fmt: skip
+# write, extend: a chunk's answers; rewrite: an answer for a selection of it (activities.selection);
+# repair: a paragraph rewritten by a coverage retry; trim: rows of before 0002.
+ATTEMPT_KINDS = ("write", "extend", "trim", "rewrite", "repair")
 SEAM_STATUSES = ("validated", "repaired", "flagged")
 
 
@@ -170,7 +175,7 @@ class ChunkAttempt(Base):
     __tablename__ = "chunk_attempts"
     __table_args__ = (
         UniqueConstraint("chunk_id", "attempt_no"),
-        CheckConstraint("kind IN ('write','extend','trim')", name="kind"),  # trim: rows of before 0002
+        CheckConstraint(sql_in("kind", ATTEMPT_KINDS), name="kind"),
     )
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)

@@ -12,6 +12,7 @@ from sqlalchemy import Integer, cast, select
 from core.continuity import summary_line
 from core.memory import CATEGORY_NAMES
 from db.counts import coherence_counts
+from db.coverage import coverage_counts
 from db.manuscript import Chunk, ChunkVersion, ContinuityFinding, PlanNode
 from db.models import AuditEvent, Job
 from db.session import Database
@@ -21,6 +22,8 @@ async def coherence(db: Database, job: Job) -> dict[str, Any]:
     """The report (``core.continuity.report``) with every finding and its evidence links."""
     async with db.tx() as s:
         rep = await coherence_counts(s, job.id, job.words_written)
+        # Instructions and key points: each item's last verdict (covered, missing: a finding, unchecked).
+        rep["coverage"] = await coverage_counts(s, job.id)
         rows = (
             await s.execute(
                 select(ContinuityFinding, Chunk.ordinal, Chunk.unit_id, ChunkVersion.version)

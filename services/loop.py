@@ -16,9 +16,10 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
 from core import review as rules
-from core.edits import heading_problem, locate, node_text
+from core.edits import heading_problem, locate, node_text, spans
 from core.quota import submit_refusal
 from core.runs import edit_workflow_id
+from core.scope import boundary_problems
 from core.spec import JobOptions
 from core.text import count_words
 from db import usage
@@ -217,6 +218,8 @@ async def _check_params(tx: JobTx, node: PlanNode, kind: str, params: dict[str, 
     if kind == "edit":
         assert text is not None
         problem = heading_problem(text) or ("the text is empty" if not text.strip() else None)
+        if problem is None and boundary_problems(text):  # a passage never starts or ends mid-sentence
+            problem = "the text " + " and ".join(boundary_problems(text)) + ": send whole sentences"
         if problem is None and " ".join(text.split()) == " ".join(node_text(texts).split()):
             problem = "the text is the node's text as it stands: nothing to change"
         if problem:
@@ -229,6 +232,9 @@ async def _check_params(tx: JobTx, node: PlanNode, kind: str, params: dict[str, 
             )
         except ValueError as exc:
             raise Refused(422, [{"loc": ["body", "quote"], "msg": str(exc), "type": "selection"}]) from None
+        if len({chunks[sp.index].section_id for sp in spans(texts, start, end)}) > 1:
+            msg = "the selection runs from one section into the next: select within one section"
+            raise Refused(422, [{"loc": ["body", "quote"], "msg": msg, "type": "selection"}])
         params.update(start=start, end=end, selected=node_text(texts)[start:end][:2000])
         return count_words(node_text(texts)[start:end])
     to = int(params["to"])

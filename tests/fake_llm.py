@@ -40,6 +40,17 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   changes nothing); a summary call answers the first summary it is given;
 - ``chapter_delay``: {outline chapter: seconds} added to answers about that chapter (its writes
   and the memory calls of its passages), so that a chapter commits after the next one;
+- an author's edits (``activities.selection``, ``activities.coverage``): ``rewrites`` is a queue of
+  how the next selection rewrites answer: "whole" (the passage with the text shown around it, as a
+  model that rewrites the whole passage does), "meta" (talk about the passage, ending in a colon),
+  "unfinished" (cut off mid-sentence), "overshoot" (three times the words), "comply" (the
+  instruction said in a sentence); past the queue, prose (an instruction ignored). The coverage
+  judge (its system prompt) says an item is covered, quoting the sentence, when every word of five
+  letters or more of it stands in one sentence of the text, else not; ``judge_mode`` "invalid"
+  answers no valid JSON, "lying" claims every item covered with a quote that is not in the text. A
+  coverage retry (one paragraph rewritten to carry the items) gives the paragraph back unchanged,
+  or, with ``comply``, with each item said as a sentence; ``comply`` also has a chunk write say its
+  author's instruction;
 - ``faults``: a queue of one-shot faults applied to the next requests in order:
   "429", "500", "timeout" (answers after ``hang_s``), "truncate" (finish_reason=length),
   "empty", "garbage" (junk text), "stall" (a stream that sends its first words, then nothing
@@ -95,6 +106,9 @@ class FakeState:
     writes: int = 0  # chunk writes answered
     chapter_writes: dict[int, int] = field(default_factory=dict)  # ... by outline chapter
     faults: deque[str] = field(default_factory=deque)
+    rewrites: deque[str] = field(default_factory=deque)
+    judge_mode: str = "valid"
+    comply: bool = False
     in_flight: int = 0
     peak_in_flight: int = 0
     model_seconds: float = 0.0
@@ -231,10 +245,14 @@ class FakeLLM:
             content = "}{ not json <start_of_image> 1) 2) 3)"
         elif json_mode and system.startswith(MEMORY_SYSTEM):
             content = self._memory(prompt)
+        elif json_mode and system.startswith(COVERAGE_SYSTEM):
+            content = self._coverage(prompt)
         elif json_mode:
             content = self._plan(prompt, rng, malformed=(mode == "malformed_plan"), mark=XSS if mode == "html" else "")
         elif "contradicts what the document established earlier" in prompt:
             content = self._repair(prompt)
+        elif "does not yet do what its author asked" in prompt:
+            content = self._cover(prompt)
         elif system.startswith("You summarise"):
             content = (re.findall(r"^- (.+)$", prompt, re.M) or ["A summary."])[0]
         else:
@@ -242,6 +260,12 @@ class FakeLLM:
             lo, hi = ratio
             want = max(1, int(asked * rng.uniform(lo, hi)))
             content = _prose(want, rng)
+            if "The passage to rewrite:" in prompt:
+                content = self._rewrite(prompt, content, want, rng)
+            elif self.state.comply and (
+                asked_for := re.search(r"^The author asks of this passage: (.+)$", prompt, re.M)
+            ):
+                content = f"{_carrying(asked_for.group(1))} {content}"
             if seam_drift:
                 content = _plant_term(content, prompt)
             if "Continue the document with the next passage" in str(messages[-1].get("content", "")):
@@ -420,6 +444,56 @@ class FakeLLM:
                     paragraph = paragraph.replace(p["sentence"], there)
         return paragraph
 
+    def _rewrite(self, prompt: str, prose: str, want: int, rng: random.Random) -> str:
+        """A selection's rewrite, as the next of ``rewrites`` scripts it."""
+        with self.lock:
+            how = self.state.rewrites.popleft() if self.state.rewrites else ""
+        before = re.search(r'just before the passage:\n"…(.*?)"\n', prompt, re.S)
+        after = re.search(r'just after it:\n"(.*?)…"', prompt, re.S)
+        instruction = re.search(r"as its author asks: (.+)$", prompt, re.M)
+        if how == "whole":
+            return " ".join(x.group(1) for x in (before, after) if x) + " " + prose
+        if how == "meta":
+            return "The main purpose of the passage is to show the harbour. The author's question is asking you:"
+        if how == "unfinished":
+            return prose.rstrip(".") + " and then the"
+        if how == "overshoot":
+            return _prose(want * 3 + 40, rng)
+        if how == "comply" and instruction:
+            return f"{prose} {_sentence(instruction.group(1))}"
+        return prose
+
+    def _coverage(self, prompt: str) -> str:
+        """The coverage judge: each item covered where its long words stand in one sentence."""
+        with self.lock:
+            mode = self.state.judge_mode
+        if mode == "invalid":
+            return '{"items": [{"item": 1, "covered": '
+        text = prompt.split('"""', 2)[1] if prompt.count('"""') >= 2 else ""
+        items = re.findall(r"^(\d+)\. \((?:instruction|key point)\) (.+)$", prompt.split("Items:", 1)[-1], re.M)
+        sents = [x.strip() for x in re.split(r"(?<=[.!?])\s+", text) if x.strip()]
+        out = []
+        for n, item in items:
+            want = {w.lower() for w in re.findall(r"[A-Za-z]{5,}", item)}
+            where = next((x for x in sents if want <= {w.lower() for w in re.findall(r"[A-Za-z]{5,}", x)}), None)
+            if mode == "lying":
+                out.append({"item": int(n), "covered": True, "quote": "a sentence the text never had", "why": "yes"})
+            elif where is not None and want:
+                out.append({"item": int(n), "covered": True, "quote": where, "why": "it says so"})
+            else:
+                out.append({"item": int(n), "covered": False, "quote": "", "why": "the text does not say it"})
+        return json.dumps({"items": out})
+
+    def _cover(self, prompt: str) -> str:
+        """A coverage retry: the paragraph back, or (``comply``) with each item said in it."""
+        paragraph = prompt.split('"""', 2)[1].strip() if prompt.count('"""') >= 2 else ""
+        with self.lock:
+            comply = self.state.comply
+        if not comply:
+            return paragraph
+        items = re.findall(r"^- (?:follow the instruction|state the key point): (.+)$", prompt, re.M)
+        return " ".join([paragraph, *(_sentence(i) for i in items)])
+
     def _plan(self, prompt: str, rng: random.Random, malformed: bool, mark: str = "") -> str:
         """A plan as JSON; ``mark`` goes into every string of it."""
         if malformed:
@@ -471,6 +545,19 @@ def _pieces(content: str) -> list[str]:
 
 TERM = "Harbor Lantern Council"
 MEMORY_SYSTEM = "You keep the story memory"  # the memory call's system prompt (activities.prompts)
+COVERAGE_SYSTEM = "You check whether a text"  # the coverage judge's (activities.edit_prompts)
+
+
+def _carrying(instruction: str) -> str:
+    """A sentence that carries an instruction's long words (not its words in order: no echo)."""
+    long = [w.lower() for w in re.findall(r"[A-Za-z]{5,}", instruction)]
+    return f"At last came the {' and the '.join(long)}." if long else ""
+
+
+def _sentence(words: str) -> str:
+    """``words`` as a sentence: capitalised, ending with a full stop."""
+    w = words.strip().rstrip(".")
+    return (w[:1].upper() + w[1:] + ".") if w else ""
 
 
 def _chapter_of(prompt: str) -> int:

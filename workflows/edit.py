@@ -1,6 +1,8 @@
 """An edit of a finished job, as a workflow of its own (``job-<id>-e<n>``): decide what it writes,
-write each chunk, check the seams and flag what relied on the change, then make the document's new
-version, topped up first (one more unit, as finalize does) while it is short.
+write each chunk (a selection no answer stayed inside of fails the edit there, nothing committed),
+check a regenerate's instruction against the new text, check the seams and flag what relied on the
+change, then make the document's new version, topped up first (one more unit, as finalize does)
+while it is short.
 
 Why a workflow per edit rather than Updates on the job's workflow: a succeeded job's workflow has
 ended (its history closed and its webhook sent), edits may come weeks later, and each edit is a
@@ -20,6 +22,7 @@ from workflows.unit import UnitInput, UnitWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import NodeRef, RoundRef
+    from activities.coverage import CoverageActivities
     from activities.edit_checks import EditCheckActivities, EditFailure
     from activities.edit_rows import EditChunkRef, EditRef
     from activities.edits import EditActivities
@@ -56,7 +59,14 @@ class EditWorkflow:
         plan = await step(EditActivities.start_edit, ref, QUICK, f"edit {inp.number}")
         for i, chunk_id in enumerate(plan.chunk_ids):
             label = f"edit {inp.number}: chunk {i + 1}/{len(plan.chunk_ids)}"
-            await step(EditActivities.edit_chunk, EditChunkRef(jid, inp.edit_id, chunk_id), MODEL, label, q)
+            done = await step(EditActivities.edit_chunk, EditChunkRef(jid, inp.edit_id, chunk_id), MODEL, label, q)
+            if done is not None and done.error_code:  # refused before anything was committed
+                reason = done.reason or done.error_code
+                failure = EditFailure(jid, inp.edit_id, done.error_code, reason)
+                await step(EditCheckActivities.fail_edit, failure, QUICK, "failed")
+                raise ApplicationError(reason, type=done.error_code, non_retryable=True)
+        if plan.check_instruction and workflow.patched("edit-coverage"):
+            await step(CoverageActivities.check_edit_coverage, ref, MODEL, f"edit {inp.number}: instruction", q)
         await step(EditCheckActivities.recheck_edit, ref, MODEL, f"edit {inp.number}: seams", q)
         while True:
             res = await step(EditCheckActivities.publish_edit, ref, QUICK, f"edit {inp.number}: document")

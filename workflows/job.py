@@ -189,7 +189,7 @@ class JobWorkflow:
             if parent and parent not in expanded:  # a part: its chapters are planned first
                 await step(PlanActivities.expand_node, NodeRef(jid, parent), MODEL, "plan part", q)
                 expanded.add(parent)
-            writing[i] = asyncio.create_task(_unit(inp, units[i], f"chapter {i + 1}"))
+            writing[i] = asyncio.create_task(_unit(inp, units[i], f"chapter {i + 1}", key_points=plan.review))
             run["started"] = i + 1
         run["stopped"] = True
         await completing
@@ -197,10 +197,10 @@ class JobWorkflow:
             continue_as_new(replace(inp, stage="units"))
 
 
-async def _unit(inp: JobInput, unit_id: int, label: str) -> None:
+async def _unit(inp: JobInput, unit_id: int, label: str, key_points: bool = False) -> None:
     await workflow.execute_child_workflow(
         UnitWorkflow.run,
-        UnitInput(inp.job_id, unit_id, inp.llm_queue, label, durability=inp.durability),
+        UnitInput(inp.job_id, unit_id, inp.llm_queue, label, durability=inp.durability, key_points=key_points),
         id=f"{workflow.info().workflow_id}-u{unit_id}",
         static_summary=label,
         # The job's search attributes (QuireJobId...): its units are found with it, and deleted with it.

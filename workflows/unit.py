@@ -13,6 +13,7 @@ from workflows.steps import MODEL, QUICK, Durability, continue_as_new, step
 with workflow.unsafe.imports_passed_through():
     from activities.chunks import ChunkActivities
     from activities.contracts import ChunkRef, NodeRef
+    from activities.coverage import CoverageActivities
     from activities.plan import PlanActivities
     from activities.stitch import StitchActivities
 
@@ -24,6 +25,7 @@ class UnitInput:
     llm_queue: str
     label: str
     done: int = 0  # steps (chunks and stitches) finished by earlier runs of this unit
+    key_points: bool = False  # written from a reviewed plan: the key points its author added are checked
     durability: Durability = field(default_factory=Durability)
 
 
@@ -52,6 +54,8 @@ class UnitWorkflow:
                 )
             k += 1
             self._maybe_continue(inp, k, total)
+        if inp.key_points and workflow.patched("unit-key-points"):
+            await step(CoverageActivities.check_unit_coverage, unit, MODEL, f"{label}: key points", q)
         return n
 
     @staticmethod

@@ -6,6 +6,8 @@ const QuireCoherence = (() => {
   function mount(jobId, root, panel) {
     const $ = sel => root.querySelector(sel);
     let busy = false, again = false;
+    // A key point not covered, an instruction not followed: what the author asked, found nowhere in the text.
+    const asked = f => f.subtype === "key_point_not_covered" || f.subtype === "instruction_not_followed";
     function finding(f) {
       const there = f.contradicts || {};
       const fate = f.status === "repaired" ? "repaired (v" + f.repair_version + ")" : "open";
@@ -19,8 +21,13 @@ const QuireCoherence = (() => {
         Quire.el("div", {}, Quire.el("b", {}, f.category_name), " · " + f.severity + " · " + f.subtype + " at ", ...links,
           " · ", Quire.el("span", { className: f.status === "repaired" ? "pass" : "fail" }, fate)),
         Quire.el("div", {}, f.message),
-        Quire.el("blockquote", {}, "here: “" + f.quote + "”"),
-        there.quote ? Quire.el("blockquote", {}, "established " + (there.chunk !== null && there.chunk !== undefined ? "in chunk " + (there.chunk + 1) : "by the plan") + ": “" + there.quote + "”") : null);
+        f.quote ? Quire.el("blockquote", {}, "here: “" + f.quote + "”") : null,
+        there.quote ? Quire.el("blockquote", {}, (asked(f) ? "asked" : "established " + (there.chunk !== null && there.chunk !== undefined ? "in chunk " + (there.chunk + 1) : "by the plan")) + ": “" + there.quote + "”") : null);
+    }
+    function coverage(c) {
+      if (!c || !c.checked) return "";
+      return " · instructions and key points: " + c.checked + " checked, " + c.covered + " covered, " + c.missing +
+        " not covered" + (c.unchecked ? ", " + c.unchecked + " unchecked (no valid answer from the judge)" : "");
     }
     async function refresh() {
       if (busy) { again = true; return; }
@@ -34,7 +41,7 @@ const QuireCoherence = (() => {
         const seams = Object.entries(r.seams).map(([k, n]) => n + " " + k).join(", ");
         $("#coherence-meta").textContent = "ledger: " + Quire.fmt(r.ledger.entries) + " entries, " + Quire.fmt(r.ledger.entities) +
           " entities · memory by the model in " + r.states.model + " of " + r.states.total + " states (fallback " +
-          Math.round(100 * r.states.fallback_share) + "%)" + (seams ? " · seams: " + seams : "");
+          Math.round(100 * r.states.fallback_share) + "%)" + (seams ? " · seams: " + seams : "") + coverage(r.coverage);
         $("#coherence-list").replaceChildren(...r.items.map(finding));
         $("#coherence-empty").hidden = r.items.length > 0;
       } catch (ex) { $("#coherence-summary").textContent = ex.message; }

@@ -48,7 +48,7 @@ if (Quire.requireKey()) {
     if (e.kind === "job" || e.kind === "chunk") refresh();
     if (e.kind === "plan") plan.refresh();
     if (["plan", "chunk", "unit", "seam", "job"].includes(e.kind) && e.action !== "start") book.refresh();
-    if (e.kind === "continuity" || (e.kind === "seam" && e.action !== "start")) coherence.refresh();
+    if (e.kind === "continuity" || e.kind === "coverage" || (e.kind === "seam" && e.action !== "start")) coherence.refresh();
     // A chunk version committed after the document's last read: read what is new.
     // (The INSERT's sql event names the rows it wrote; a row event, one no statement could be shown to.)
     const inserted = e.kind === "row" ? e.action === "insert"
