@@ -209,7 +209,7 @@ def coverage(records: list[dict[str, Any]], replay: bool) -> list[str]:
     return out
 
 
-async def bench(local: int, skip_fake: bool, models: Path, timeout_s: float) -> list[dict[str, Any]]:
+async def bench(local: slice, skip_fake: bool, models: Path, timeout_s: float) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     with ExitStack() as stack:
         pg = stack.enter_context(testkit.postgres())
@@ -224,7 +224,7 @@ async def bench(local: int, skip_fake: bool, models: Path, timeout_s: float) -> 
                         openai_base_url=url, openai_api_key="bench", quire_model=model, quire_prices=PRICES
                     )
                     records += await run_model(db, client, settings, model, JOBS, user)
-            if local:
+            if LOCAL_JOBS[local]:
                 from bench.bench_demo import local_model
                 from quire import localmodel
 
@@ -236,7 +236,7 @@ async def bench(local: int, skip_fake: bool, models: Path, timeout_s: float) -> 
                         llm_port=port,
                         quire_llm_timeout_s=timeout_s,  # a busy machine writes slower: its time is measured
                     )
-                    records += await run_model(db, client, settings, localmodel.MODEL_ALIAS, LOCAL_JOBS[:local], user)
+                    records += await run_model(db, client, settings, localmodel.MODEL_ALIAS, LOCAL_JOBS[local], user)
         finally:
             await db.dispose()
             await env.shutdown()
@@ -246,6 +246,7 @@ async def bench(local: int, skip_fake: bool, models: Path, timeout_s: float) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--local", type=int, default=0, help="then N jobs of the local model (minutes each)")
+    ap.add_argument("--local-skip", type=int, default=0, help="start at the local jobs' Kth (a run in parts)")
     ap.add_argument("--no-fake", action="store_true", help="skip the scripted model's jobs")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds a local model call may take")
     ap.add_argument("--save", help="keep every job's figures in this JSON file (appended to what is there)")
@@ -256,7 +257,7 @@ def main() -> None:
     else:
         models = Path(os.environ.get("QUIRE_BENCH_MODELS", "/tmp/quire-bench-models"))  # the GGUF, kept
         models.mkdir(parents=True, exist_ok=True)
-        records = asyncio.run(bench(a.local, a.no_fake, models, a.timeout))
+        records = asyncio.run(bench(slice(a.local_skip, a.local_skip + a.local), a.no_fake, models, a.timeout))
         if a.save:
             path = Path(a.save)
             old = json.loads(path.read_text()) if path.exists() else []

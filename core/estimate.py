@@ -45,10 +45,7 @@ MEMORY_PURPOSES = ("memory", "judge", "summary", "repair")
 OUTLINE_TOKENS = 8  # a chunk prompt's outline line per top-level node (a title)
 FIGURES = ("calls", "tokens_in", "tokens_out", "wall_seconds")
 Z = 1.645  # the range's half-width in sigmas: 90% of jobs if sigma is right (80% is what we promise)
-# The spread of later jobs around an estimate learnt from history, before the history has shown
-# its own (a job is estimated from the others once there are two): ln(actual / expected).
-LEARNT_SIGMA = {"calls": 0.2, "tokens_in": 0.2, "tokens_out": 0.2, "wall_seconds": 0.3}
-PRIOR_WEIGHT = 2.0  # the prior counts as this many measured jobs when pooled with them
+PRIOR_WEIGHT = 2.0  # a profile's prior for learnt estimates counts as this many measured jobs
 
 
 @dataclass(frozen=True)
@@ -71,6 +68,11 @@ class Shape:
     def seams(self) -> int:
         """Seams between chapters: the judge reads the chapter after each."""
         return max(0, self.units - 1)
+
+    @property
+    def passage(self) -> float:
+        """The words a passage is planned at: ``chunk_words``, or fewer in a job smaller than that."""
+        return self.words / max(1, self.chunks)
 
     @property
     def lag(self) -> float:
@@ -133,6 +135,9 @@ class Profile:
     out_per_s: float  # tokens written a second
     in_per_s: float  # prompt tokens read a second
     sigma: Mapping[str, float]
+    # The spread of a later job around an estimate learnt from this model's history, before the
+    # history shows its own (a job is estimated from the others once there are two).
+    learnt: Mapping[str, float]
 
 
 # Calls per basis; Quire's own prompts, measured (bench/bench_estimate.py): a passage's prompt is its
@@ -157,19 +162,25 @@ CHAT = Profile(
     out_per_s=100.0,  # hosted models write 30 to 300 tokens a second: sigma covers them
     in_per_s=2000.0,
     sigma={"calls": 0.4, "tokens_in": 0.45, "tokens_out": 0.5, "wall_seconds": 1.0},
+    learnt={"calls": 0.2, "tokens_in": 0.2, "tokens_out": 0.2, "wall_seconds": 0.3},
 )
-# The local demo model (Gemma 3 270M on llama.cpp, one call at a time on 2 cores): it writes to its
-# token cap on every call and the gate cuts most of it, so a passage takes several extensions;
-# ~25 tokens a second on an idle machine, several times slower on a busy one.
+# The local demo model (Gemma 3 270M on llama.cpp, one call at a time on 2 cores), measured
+# (bench_estimate): a base model, so no memory, judge or summary calls (the extractor remembers for
+# it) and short prompts (the document so far); it writes to its token cap on every call and the gate
+# cuts most of it, so a passage takes several extensions (~15 tokens written a word kept). Its speed
+# is the machine's: ~25 tokens a second on idle cores, 2 on cores six other jobs share.
 LOCAL = replace(
     CHAT,
     name="defaults for the local model",
-    rates={**_RATES, "extend": 2.5},
-    tokens_out={**_OUT, "write": (0, 1.5), "extend": (0, 1.0), "memory": (300, 0)},
+    rates={**_RATES, "extend": 3.5, "memory": 0.0, "judge": 0.0, "repair": 0.0, "summary": 0.0},
+    tokens_in={**_IN, "plan": (80, 0), "expand": (100, 0), "write": (70, 0.1), "extend": (100, 0.6)},
+    tokens_out={**_OUT, "plan": (300, 0), "expand": (300, 0), "write": (0, 1.8), "extend": (200, 2.5)},
     job_s=10.0,
-    out_per_s=12.0,
-    in_per_s=150.0,
-    sigma={"calls": 0.45, "tokens_in": 0.5, "tokens_out": 0.5, "wall_seconds": 0.9},
+    call_s=2.0,
+    out_per_s=7.0,
+    in_per_s=100.0,
+    sigma={"calls": 0.45, "tokens_in": 0.5, "tokens_out": 0.5, "wall_seconds": 1.0},
+    learnt={"calls": 0.25, "tokens_in": 0.3, "tokens_out": 0.3, "wall_seconds": 0.9},
 )
 
 
@@ -185,8 +196,8 @@ def _defaults(shape: Shape, profile: Profile) -> dict[str, _Guess]:
     for p, basis in BASIS.items():
         n = profile.rates[p] * getattr(shape, basis)
         (ai, bi), (ao, bo) = profile.tokens_in[p], profile.tokens_out[p]
-        per_in = ai + bi * shape.chunk_words + _source_in(shape, p)
-        out[p] = _Guess(n, n * per_in, n * (ao + bo * shape.chunk_words))
+        per_in = ai + bi * shape.passage + _source_in(shape, p)
+        out[p] = _Guess(n, n * per_in, n * (ao + bo * shape.passage))
     return out
 
 
@@ -202,7 +213,7 @@ def _learnt(shape: Shape, history: Sequence[Measured], profile: Profile) -> dict
     weight = max(1, total["chunks"])
     lag = sum(m.shape.lag * m.shape.chunks for m in history) / weight
     top = sum(m.shape.top * m.shape.chunks for m in history) / weight
-    cw = sum(m.shape.chunk_words * m.shape.chunks for m in history) / weight
+    cw = sum(m.shape.words for m in history) / weight  # words a passage, over the history
     growth = summary_tokens * (shape.lag - lag) + OUTLINE_TOKENS * (shape.top - top)
     out: dict[str, _Guess] = {}
     fallback = _defaults(shape, profile)
@@ -213,7 +224,7 @@ def _learnt(shape: Shape, history: Sequence[Measured], profile: Profile) -> dict
         n = calls[p] / total[basis] * getattr(shape, basis)
         per_in = t_in[p] / calls[p] if calls[p] else 0.0
         per_out = t_out[p] / calls[p] if calls[p] else 0.0
-        scale = shape.chunk_words / max(1.0, cw)
+        scale = shape.passage / max(1.0, cw)
         per_in = per_in * scale if p in SCALES_IN else per_in + (growth if p in ("write", "extend") else 0.0)
         per_in = max(0.0, per_in) + _source_in(shape, p)
         out[p] = _Guess(n, n * per_in, n * per_out * (scale if p in SCALES_OUT else 1))
@@ -224,7 +235,7 @@ def _source_in(shape: Shape, purpose: str) -> float:
     """A rewrite's source in a prompt of ``purpose``: a node's opening in the plan, a chunk's part in its write."""
     if not shape.rewrite or purpose not in SOURCE_IN:
         return 0.0
-    return SOURCE_IN[purpose] * (shape.top if purpose == "plan" else shape.chunk_words)
+    return SOURCE_IN[purpose] * (shape.top if purpose == "plan" else shape.passage)
 
 
 def _work(shape: Shape, guess: Mapping[str, _Guess], profile: Profile, concurrency: int | None) -> float:
@@ -257,10 +268,10 @@ def _figures(
 
 def spread(history: Sequence[Measured], profile: Profile, concurrency: int | None = None) -> dict[str, float]:
     """Sigma of ln(actual / expected) per figure: each finished job estimated from the others,
-    pooled with ``LEARNT_SIGMA`` (as ``PRIOR_WEIGHT`` jobs); with no history, the profile's."""
+    pooled with the profile's ``learnt`` (as ``PRIOR_WEIGHT`` jobs); with no history, its ``sigma``."""
     if not history:
         return dict(profile.sigma)
-    squares = {f: PRIOR_WEIGHT * LEARNT_SIGMA[f] ** 2 for f in FIGURES}
+    squares = {f: PRIOR_WEIGHT * profile.learnt[f] ** 2 for f in FIGURES}
     n = 0
     if len(history) > 1:
         for i, m in enumerate(history):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.cost import cost_micro_usd
-from core.estimate import CHAT, LEARNT_SIGMA, LOCAL, Measured, Shape, Z, estimate, spread
+from core.estimate import CHAT, LOCAL, Measured, Shape, Z, estimate, spread
 from core.spec import JobSpec
 from services import estimate as estimates
 from services import jobs
@@ -58,9 +58,9 @@ def test_a_history_whose_jobs_strayed_widens_the_range():
     steady = [job(SHAPE, 1.0, 60), job(SHAPE, 1.0, 62), job(SHAPE, 1.0, 58)]
     erratic = [job(SHAPE, 0.2, 30), job(SHAPE, 2.5, 150), job(SHAPE, 1.0, 60)]
     # One job shows no spread yet: the prior's; more, their own spread (each estimated from the others).
-    assert spread(one, CHAT) == pytest.approx(LEARNT_SIGMA)
+    assert spread(one, CHAT) == pytest.approx(CHAT.learnt)
     calm, wild = spread(steady, CHAT), spread(erratic, CHAT)
-    assert calm["calls"] < LEARNT_SIGMA["calls"] < wild["calls"]
+    assert calm["calls"] < CHAT.learnt["calls"] < wild["calls"]
     assert calm["wall_seconds"] < wild["wall_seconds"]
     a, b = estimate(SHAPE, steady), estimate(SHAPE, erratic)
     assert a["basis"] == b["basis"] == "history" and "3 finished job(s)" in a["based_on"]
