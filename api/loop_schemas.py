@@ -218,6 +218,10 @@ class Estimate(BaseModel):
     model: str
     basis: Literal["history", "defaults"] = Field(description="learnt from finished jobs of the model, or defaults")
     jobs_measured: int
+    based_on: str = Field(description="what the figures and their ranges come from, in words")
+    sigma: dict[str, float] = Field(
+        description="per figure, the spread of ln(actual / expected): the range is expected x exp(+-1.645 sigma)"
+    )
     compliance: float | None = Field(description="how much of what it is asked for the model writes (stored attempts)")
     shape: dict[str, int]
     calls: Range

@@ -92,7 +92,7 @@ class JobView(BaseModel):
     title: str | None
     target_words: int
     max_words: int
-    words_written: int = Field(description="words so far: the output's count once it exists, else the chunks' sum")
+    words_written: int = Field(description="words so far: the output's count once it exists, else the done chunks' sum")
     output_words: int | None = Field(description="the finished output's word count (null until it exists)")
     target_met: bool
     progress: Progress

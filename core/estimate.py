@@ -1,19 +1,26 @@
 """What a job will cost before it runs: model calls, tokens in and out, money and wall time, each
 with a range, from the plan's shape (``core.layout``), what this model did on finished jobs (calls
-per chunk, section, chapter and job for every purpose, tokens per call, seconds per call on the
-critical path), the prices (``core.cost``) and the parallelism.
+per chunk, section, chapter and job for every purpose, tokens per call, seconds of work), the
+prices (``core.cost``) and how many chapters run at once.
 
 Every kind of call is counted, the story memory's too (``memory`` and ``judge`` per passage,
 ``summary`` per chapter, ``repair`` when a check finds something): they are a large share of a
-job's tokens. With no finished job of the model to learn from, the defaults below are used and the
-range is wide. Pure: ``services.estimate`` reads the history.
+job's tokens. With no finished job of the model to learn from, a ``Profile``'s defaults answer (a
+chat model's, or the local model's), with the wide range such a guess deserves.
+
+The ranges are measured, not assumed: each figure's range is the expected value times
+``exp(+-Z * sigma)``, where sigma is how far jobs of this model strayed from what the others
+predicted of them (each finished job estimated from the rest), pooled with a prior that stands
+for the jobs not yet seen; with no history, the profile's own sigma. ``bench/bench_estimate.py``
+checks that over varied jobs at least 80% of actuals land inside. Pure: ``services.estimate``
+reads the history.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.cost import Price, cost_micro_usd, usd
@@ -35,11 +42,10 @@ BASIS = {
 SCALES_OUT = ("write", "extend", "repair")
 SCALES_IN = ("memory", "judge")
 MEMORY_PURPOSES = ("memory", "judge", "summary", "repair")
-SPREAD = 0.10  # added around the range the history spans
-SIGMAS = 2.0  # the range: each kind's count known to within 1/sqrt(what was measured), twice that
 OUTLINE_TOKENS = 8  # a chunk prompt's outline line per top-level node (a title)
-DEFAULT_SPREAD = 0.5  # the defaults are a guess: -50% .. +100%
-DEFAULT_SECONDS_PER_CALL = 10.0  # a provider writing ~700 words at ~100 tokens/s
+FIGURES = ("calls", "tokens_in", "tokens_out", "wall_seconds")
+Z = 1.645  # the range's half-width in sigmas: 90% of jobs if sigma is right (80% is what we promise)
+PRIOR_WEIGHT = 2.0  # a profile's prior for learnt estimates counts as this many measured jobs
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class Shape:
     summarized: int  # chapters and parts, one summary each
     top: int = 1  # top-level nodes: the outline every chunk prompt carries
     jobs: int = 1
+    rewrite: bool = False  # the input's parts ride in the prompts (a node's opening, a chunk's source)
 
     @property
     def seams(self) -> int:
@@ -63,20 +70,26 @@ class Shape:
         return max(0, self.units - 1)
 
     @property
+    def passage(self) -> float:
+        """The words a passage is planned at: ``chunk_words``, or fewer in a job smaller than that."""
+        return self.words / max(1, self.chunks)
+
+    @property
     def lag(self) -> float:
         """The chapters a passage has before it, on average: each is a summary line of its prompt."""
         return (self.units - 1) / 2
 
-    @property
-    def lanes(self) -> int:
-        """Chapters written at the same time: the critical path is the calls of one lane."""
-        return max(1, min(self.parallelism, self.units))
+    def path(self, concurrency: int | None = None) -> float:
+        """The share of the job's calls on its critical path: chapters run ``parallelism`` at a
+        time (and no more than the worker's model slots), so ceil(units / lanes) of them in turn."""
+        lanes = max(1, min(self.parallelism, self.units, concurrency or self.parallelism))
+        return math.ceil(self.units / lanes) / self.units
 
     def data(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("words", "chunk_words", "chunks", "sections", "units", "parallelism")}
 
 
-def shape_of(tree: NodePlan, chunk_words: int, parallelism: int) -> Shape:
+def shape_of(tree: NodePlan, chunk_words: int, parallelism: int, rewrite: bool = False) -> Shape:
     levels = tree_levels(tree)
     nodes = list(tree.walk())
     chapters = sum(1 for n in nodes if n.level == "chapter")
@@ -91,6 +104,7 @@ def shape_of(tree: NodePlan, chunk_words: int, parallelism: int) -> Shape:
         expanded=chapters + parts,
         summarized=chapters + parts,
         top=len(tree.children),
+        rewrite=rewrite,
     )
 
 
@@ -105,14 +119,69 @@ class Measured:
     wall_s: float = 0.0
 
 
-# Without history: a chat model that writes about what it is asked (calls per basis; tokens per
-# call as a + b x chunk words).
-DEFAULT_RATES = {"plan": 1.1, "expand": 1.05, "write": 1.0, "extend": 0.3, "memory": 1.05, "judge": 1.0,
-                 "repair": 0.05, "summary": 1.0, "stitch": 0.05}  # fmt: skip
-DEFAULT_IN = {"plan": (500, 0), "expand": (700, 0), "write": (700, 1.2), "extend": (900, 1.2), "memory": (350, 1.4),
-              "judge": (250, 1.4), "repair": (350, 0), "summary": (400, 0), "stitch": (150, 0)}  # fmt: skip
-DEFAULT_OUT = {"plan": (1500, 0), "expand": (700, 0), "write": (0, 1.45), "extend": (0, 0.4), "memory": (450, 0),
-               "judge": (120, 0), "repair": (250, 0), "summary": (150, 0), "stitch": (30, 0)}  # fmt: skip
+@dataclass(frozen=True)
+class Profile:
+    """What a model with no finished job is taken to do: calls per basis, tokens per call (a + b x
+    chunk words; a rewrite's prompts carry its source too), how long a job takes (a fixed part,
+    then per call a fixed part and its tokens at a speed), and how far a real job may stray from
+    that guess (sigma of ln(actual / expected), per figure)."""
+
+    name: str
+    rates: Mapping[str, float]
+    tokens_in: Mapping[str, tuple[float, float]]
+    tokens_out: Mapping[str, tuple[float, float]]
+    job_s: float  # per job: starting it, planning's bookkeeping, assembling the document
+    call_s: float  # per call: the endpoint's latency and Quire's own work around it
+    out_per_s: float  # tokens written a second
+    in_per_s: float  # prompt tokens read a second
+    sigma: Mapping[str, float]
+    # The spread of a later job around an estimate learnt from this model's history, before the
+    # history shows its own (a job is estimated from the others once there are two).
+    learnt: Mapping[str, float]
+
+
+# Calls per basis; Quire's own prompts, measured (bench/bench_estimate.py): a passage's prompt is its
+# brief, the outline, the story memory's cut and the previous passage's tail, whatever its size.
+_RATES = {"plan": 1.1, "expand": 1.05, "write": 1.0, "extend": 0.8, "memory": 1.05, "judge": 1.0,
+          "repair": 0.05, "summary": 1.0, "stitch": 0.05}  # fmt: skip
+_IN = {"plan": (400, 0), "expand": (500, 0), "write": (600, 0.1), "extend": (750, 0.1), "memory": (200, 1.6),
+       "judge": (250, 1.6), "repair": (350, 0), "summary": (300, 0), "stitch": (150, 0)}  # fmt: skip
+_OUT = {"plan": (600, 0), "expand": (400, 0), "write": (0, 1.15), "extend": (0, 0.45), "memory": (200, 0),
+        "judge": (80, 0), "repair": (250, 0), "summary": (100, 0), "stitch": (30, 0)}  # fmt: skip
+SOURCE_IN = {"plan": 350.0, "write": 1.1}  # a rewrite: per top-level node (its opening), per chunk word
+# A chat model of a hosted provider. Some write what they are asked, some stop short and are
+# extended again and again (the scripted model's "fake-short" writes 30-60%): the extension rate
+# sits between, and sigma spans both; so do its memory answers (a rich model's JSON or a terse one).
+CHAT = Profile(
+    name="defaults for a chat model",
+    rates=_RATES,
+    tokens_in=_IN,
+    tokens_out=_OUT,
+    job_s=6.0,
+    call_s=1.0,
+    out_per_s=100.0,  # hosted models write 30 to 300 tokens a second: sigma covers them
+    in_per_s=2000.0,
+    sigma={"calls": 0.4, "tokens_in": 0.45, "tokens_out": 0.5, "wall_seconds": 1.0},
+    learnt={"calls": 0.2, "tokens_in": 0.2, "tokens_out": 0.2, "wall_seconds": 0.3},
+)
+# The local demo model (Gemma 3 270M on llama.cpp, one call at a time on 2 cores), measured
+# (bench_estimate): a base model, so no memory, judge or summary calls (the extractor remembers for
+# it) and short prompts (the document so far); it writes to its token cap on every call and the gate
+# cuts most of it, so a passage takes several extensions (~15 tokens written a word kept). Its speed
+# is the machine's: ~25 tokens a second on idle cores, 2 on cores six other jobs share.
+LOCAL = replace(
+    CHAT,
+    name="defaults for the local model",
+    rates={**_RATES, "extend": 3.5, "memory": 0.0, "judge": 0.0, "repair": 0.0, "summary": 0.0},
+    tokens_in={**_IN, "plan": (80, 0), "expand": (100, 0), "write": (70, 0.1), "extend": (100, 0.6)},
+    tokens_out={**_OUT, "plan": (300, 0), "expand": (300, 0), "write": (0, 1.8), "extend": (200, 2.5)},
+    job_s=10.0,
+    call_s=2.0,
+    out_per_s=7.0,
+    in_per_s=100.0,
+    sigma={"calls": 0.45, "tokens_in": 0.5, "tokens_out": 0.5, "wall_seconds": 1.0},
+    learnt={"calls": 0.25, "tokens_in": 0.3, "tokens_out": 0.3, "wall_seconds": 0.9},
+)
 
 
 @dataclass
@@ -122,107 +191,148 @@ class _Guess:
     tokens_out: float
 
 
-def _predict(shape: Shape, history: Sequence[Measured]) -> tuple[dict[str, _Guess], dict[str, float]]:
-    """What ``history`` (its jobs pooled) says a job of ``shape`` makes, per kind of call, and how
-    well each kind is known (relative error). A chunk's prompt grows
-    with the book before it (a summary line per earlier chapter, an outline line per top-level
-    node): its tokens per call are moved by that difference."""
+def _defaults(shape: Shape, profile: Profile) -> dict[str, _Guess]:
+    out: dict[str, _Guess] = {}
+    for p, basis in BASIS.items():
+        n = profile.rates[p] * getattr(shape, basis)
+        (ai, bi), (ao, bo) = profile.tokens_in[p], profile.tokens_out[p]
+        per_in = ai + bi * shape.passage + _source_in(shape, p)
+        out[p] = _Guess(n, n * per_in, n * (ao + bo * shape.passage))
+    return out
+
+
+def _learnt(shape: Shape, history: Sequence[Measured], profile: Profile) -> dict[str, _Guess]:
+    """What ``history`` (its jobs pooled) says a job of ``shape`` makes, per kind of call. A chunk's
+    prompt grows with the book before it (a summary line per earlier chapter, an outline line per
+    top-level node), and a rewrite's carry its source: its tokens per call are moved by those."""
     total = {k: sum(getattr(m.shape, k) for m in history) for k in (*set(BASIS.values()), "chunks")}
     calls = {p: sum(m.calls.get(p, 0) for m in history) for p in BASIS}
-    t_in = {p: sum(m.tokens_in.get(p, 0) for m in history) for p in BASIS}
+    t_in = {p: sum(m.tokens_in.get(p, 0) - _source_in(m.shape, p) * m.calls.get(p, 0) for m in history) for p in BASIS}
     t_out = {p: sum(m.tokens_out.get(p, 0) for m in history) for p in BASIS}
     summary_tokens = t_out["summary"] / calls["summary"] if calls["summary"] else 0.0
     weight = max(1, total["chunks"])
     lag = sum(m.shape.lag * m.shape.chunks for m in history) / weight
     top = sum(m.shape.top * m.shape.chunks for m in history) / weight
-    cw = sum(m.shape.chunk_words * m.shape.chunks for m in history) / weight
+    cw = sum(m.shape.words for m in history) / weight  # words a passage, over the history
     growth = summary_tokens * (shape.lag - lag) + OUTLINE_TOKENS * (shape.top - top)
     out: dict[str, _Guess] = {}
-    known: dict[str, float] = {}
-    fallback = _defaults(shape)
+    fallback = _defaults(shape, profile)
     for p, basis in BASIS.items():
         if not total[basis]:  # the history had none of these (a book of sections, no chapters): the defaults
-            out[p], known[p] = fallback[p], DEFAULT_SPREAD
+            out[p] = fallback[p]
             continue
         n = calls[p] / total[basis] * getattr(shape, basis)
         per_in = t_in[p] / calls[p] if calls[p] else 0.0
         per_out = t_out[p] / calls[p] if calls[p] else 0.0
-        scale = shape.chunk_words / max(1.0, cw)
+        scale = shape.passage / max(1.0, cw)
         per_in = per_in * scale if p in SCALES_IN else per_in + (growth if p in ("write", "extend") else 0.0)
-        out[p] = _Guess(n, n * max(0.0, per_in), n * per_out * (scale if p in SCALES_OUT else 1))
-        # A kind made exactly k per basis (a memory call per passage) is known; what comes on top
-        # (extensions, retries, repairs) is a count of chance events, known to 1/sqrt of it.
-        excess = calls[p] - total[basis] * (calls[p] // total[basis])
-        known[p] = math.sqrt(excess) / calls[p] if calls[p] else 0.0
-    return out, known
-
-
-def _defaults(shape: Shape) -> dict[str, _Guess]:
-    out: dict[str, _Guess] = {}
-    for p, basis in BASIS.items():
-        n = DEFAULT_RATES[p] * getattr(shape, basis)
-        (ai, bi), (ao, bo) = DEFAULT_IN[p], DEFAULT_OUT[p]
-        out[p] = _Guess(n, n * (ai + bi * shape.chunk_words), n * (ao + bo * shape.chunk_words))
+        per_in = max(0.0, per_in) + _source_in(shape, p)
+        out[p] = _Guess(n, n * per_in, n * per_out * (scale if p in SCALES_OUT else 1))
     return out
 
 
-def _range(expected: float, error: float, spread: float, high_spread: float) -> dict[str, int]:
+def _source_in(shape: Shape, purpose: str) -> float:
+    """A rewrite's source in a prompt of ``purpose``: a node's opening in the plan, a chunk's part in its write."""
+    if not shape.rewrite or purpose not in SOURCE_IN:
+        return 0.0
+    return SOURCE_IN[purpose] * (shape.top if purpose == "plan" else shape.passage)
+
+
+def _work(shape: Shape, guess: Mapping[str, _Guess], profile: Profile, concurrency: int | None) -> float:
+    """Seconds by the profile's speeds (its calls on the critical path): what history's wall times rescale."""
+    total = sum(
+        g.calls * profile.call_s + g.tokens_out / profile.out_per_s + g.tokens_in / profile.in_per_s
+        for g in guess.values()
+    )
+    return profile.job_s + total * shape.path(concurrency)
+
+
+def _actual(m: Measured) -> dict[str, _Guess]:
+    return {p: _Guess(m.calls.get(p, 0), m.tokens_in.get(p, 0), m.tokens_out.get(p, 0)) for p in BASIS}
+
+
+def _figures(
+    shape: Shape, history: Sequence[Measured], profile: Profile, concurrency: int | None
+) -> tuple[dict[str, _Guess], dict[str, float]]:
+    """Per kind of call, the calls and tokens expected; and the four figures' expected totals."""
+    guess = _learnt(shape, history, profile) if history else _defaults(shape, profile)
+    work = _work(shape, guess, profile, concurrency)
+    timed = [m for m in history if m.wall_s > 0 and m.calls]
+    if timed:  # seconds a unit of the profile's work took on this model's jobs
+        work *= sum(m.wall_s for m in timed) / max(
+            1e-9, sum(_work(m.shape, _actual(m), profile, concurrency) for m in timed)
+        )
+    totals = {k: sum(getattr(g, k) for g in guess.values()) for k in ("calls", "tokens_in", "tokens_out")}
+    return guess, {**totals, "wall_seconds": work}
+
+
+def spread(history: Sequence[Measured], profile: Profile, concurrency: int | None = None) -> dict[str, float]:
+    """Sigma of ln(actual / expected) per figure: each finished job estimated from the others,
+    pooled with the profile's ``learnt`` (as ``PRIOR_WEIGHT`` jobs); with no history, its ``sigma``."""
+    if not history:
+        return dict(profile.sigma)
+    squares = {f: PRIOR_WEIGHT * profile.learnt[f] ** 2 for f in FIGURES}
+    n = 0
+    if len(history) > 1:
+        for i, m in enumerate(history):
+            _, predicted = _figures(m.shape, [*history[:i], *history[i + 1 :]], profile, concurrency)
+            actual = {"calls": sum(m.calls.values()), "tokens_in": sum(m.tokens_in.values()),
+                      "tokens_out": sum(m.tokens_out.values()), "wall_seconds": m.wall_s}  # fmt: skip
+            for f in FIGURES:
+                if actual[f] > 0 and predicted[f] > 0:
+                    squares[f] += math.log(actual[f] / predicted[f]) ** 2
+            n += 1
+    return {f: math.sqrt(squares[f] / (PRIOR_WEIGHT + n)) for f in FIGURES}
+
+
+def _range(expected: float, sigma: float) -> dict[str, int]:
     return {
         "expected": round(expected),
-        "low": max(0, math.floor((expected - error) * (1 - spread))),
-        "high": math.ceil((expected + error) * (1 + high_spread)),
+        "low": max(0, math.floor(expected * math.exp(-Z * sigma))),
+        "high": math.ceil(expected * math.exp(Z * sigma)),
     }
 
 
 def estimate(
-    shape: Shape, history: Sequence[Measured], price: Price | None = None, compliance: float | None = None
+    shape: Shape,
+    history: Sequence[Measured],
+    price: Price | None = None,
+    compliance: float | None = None,
+    *,
+    profile: Profile = CHAT,
+    concurrency: int | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """The estimate: expected calls, tokens in and out, cost and wall time with a low..high range
-    (each kind of call's chance part known to within 1/sqrt of what was measured of it, twice
-    that, widened a little; from the defaults, -50% .. +100%), each by kind of call, and the story
-    memory's share of the tokens."""
-    if history:
-        guess, known = _predict(shape, history)
-        spread, high = SPREAD, SPREAD
-    else:
-        guess, known = _defaults(shape), {p: 0.0 for p in BASIS}
-        spread, high = DEFAULT_SPREAD, 1.0
-
-    def ranged(what: str) -> dict[str, int]:
-        expected = sum(getattr(g, what) for g in guess.values())
-        error = SIGMAS * math.sqrt(sum((getattr(guess[p], what) * known[p]) ** 2 for p in BASIS))
-        return _range(expected, error, spread, high)
-
-    calls, t_in, t_out = ranged("calls"), ranged("tokens_in"), ranged("tokens_out")
+    """The estimate: expected calls, tokens in and out, cost and wall time, each with a low..high
+    range that later jobs of this model land in 90% of the time by its measured spread (see the
+    module), by kind of call, the story memory's share of the tokens, and what it is based on."""
+    guess, expected = _figures(shape, history, profile, concurrency)
+    sigma = spread(history, profile, concurrency)
+    ranges = {f: _range(expected[f], sigma[f]) for f in FIGURES}
     by_purpose = {
         p: {"calls": round(g.calls, 1), "tokens_in": round(g.tokens_in), "tokens_out": round(g.tokens_out)}
         for p, g in guess.items()
     }
     tokens = sum(v["tokens_in"] + v["tokens_out"] for v in by_purpose.values())
     memory = sum(by_purpose[p]["tokens_in"] + by_purpose[p]["tokens_out"] for p in MEMORY_PURPOSES)
-    seconds = [
-        m.wall_s / max(1.0, sum(m.calls.values()) / m.shape.lanes) for m in history if m.wall_s > 0 and m.calls
-    ] or [DEFAULT_SECONDS_PER_CALL]
-    per_call = sum(seconds) / len(seconds)
-    path = calls["expected"] / shape.lanes
-    spread_s = (max(seconds) - min(seconds)) / 2 if len(seconds) > 1 else per_call * 0.25
-    wall = _range(
-        path * per_call, path * spread_s + (calls["high"] - calls["expected"]) / shape.lanes * per_call, spread, high
-    )
-
-    def money(k: str) -> int | None:
-        return cost_micro_usd(price, t_in[k], 0, t_out[k])
-
-    cost = {k: money(k) for k in ("expected", "low", "high")}
+    t_in, t_out = ranges["tokens_in"], ranges["tokens_out"]
+    cost = {k: cost_micro_usd(price, t_in[k], 0, t_out[k]) for k in ("expected", "low", "high")}
+    if history:
+        based = f"{source or f'{len(history)} finished job(s) of this model'}; each range: " + (
+            "how far each of them strayed from what the others predicted of it, with a prior for jobs not seen yet"
+            if len(history) > 1
+            else "a prior for how far a model's jobs stray from such an estimate (one job shows no spread yet)"
+        )
+    else:
+        based = f"{profile.name} (no finished job of this model yet): a guess, so each range is wide"
     return {
         "basis": "history" if history else "defaults",
         "jobs_measured": len(history),
+        "based_on": based,
+        "sigma": {f: round(s, 3) for f, s in sigma.items()},
         "compliance": None if compliance is None else round(compliance, 3),
         "shape": shape.data(),
-        "calls": calls,
-        "tokens_in": t_in,
-        "tokens_out": t_out,
-        "wall_seconds": wall,
+        **ranges,
         "cost": {
             "priced": price is not None,
             "micro_usd": cost if price is not None else None,

@@ -95,7 +95,8 @@ def lock_message(locked: PlanNode, asked: PlanNode) -> str:
     when = locked.locked_at.isoformat() if locked.locked_at else ""
     return (
         f"{asked.level} {asked.id} '{asked.title}' {what} (locked by {locked.locked_by} at {when}): "
-        "unlock it first (DELETE .../lock)"
+        f"unlock it first: `quire unlock {locked.job_id} {locked.id}` "
+        f"(DELETE /v1/jobs/{locked.job_id}/nodes/{locked.id}/lock)"
     )
 
 

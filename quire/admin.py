@@ -355,8 +355,8 @@ def cmd_user(args: argparse.Namespace) -> int:
         result = asyncio.run(run())
     except accounts.UnknownUser as exc:
         raise CliError(f"{exc} (`quire user add NAME` creates one)", Exit.USAGE) from None
-    except ValueError as exc:  # the name is taken
-        raise CliError(str(exc)) from None
+    except ValueError as exc:  # the name is taken: a request refused, as the API's 409 is (exit 2)
+        raise CliError(f"{exc}: `quire user key {args.name}` makes it another key", Exit.USAGE) from None
     except OperationalError as exc:
         raise CliError(f"cannot connect to {_safe(url)}: {exc.orig or exc}", Exit.UNREACHABLE) from None
     if args.user_cmd in ("add", "key"):
@@ -419,7 +419,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(job_summary(job))
         print(
             f"words asked {job['target_words']}, written {job.get('output_words') or job.get('words_written')}"
-            f" in {time.monotonic() - t0:.0f} s"
+            f" in {int(job['elapsed_seconds'] + 0.5)} s (the job's time, as its page shows it; "
+            f"{time.monotonic() - t0:.0f} s with the stack's start)"
         )
         if job["status"] == "succeeded":
             print(f"document       {doc.resolve()}")

@@ -26,7 +26,7 @@ from rich.console import Console
 from core.controls import escape_controls
 from core.spec import JOB_KINDS, JOB_STATUSES, MAX_TARGET_WORDS, MIN_TARGET_WORDS, input_problem
 from quire import admin, doctor, keys, loop, witness
-from quire.errors import CliError, Exit
+from quire.errors import CliError, Exit, closed_pipe, parse_args
 from quire.remote import api_for, client_opts
 from services.config import SettingsError
 
@@ -95,7 +95,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return admin.cmd_stack_status(args)
     job = api_for(args).json("GET", f"/v1/jobs/{args.job_id}")
     print(json.dumps(job, indent=2) if args.json else job_summary(job))
-    return Exit.OK if job["status"] != "failed" else Exit.FAILED
+    return Exit.FAILED if job["status"] in ("failed", "cancelled") else Exit.OK
 
 
 def cmd_coherence(args: argparse.Namespace) -> int:
@@ -167,6 +167,8 @@ def cmd_webhook(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     params = {k: v for k, v in {"status": args.status, "kind": args.kind, "limit": args.limit}.items() if v}
     data = api_for(args).json("GET", "/v1/jobs", params=params)
+    if not data["items"]:  # on stderr: stdout stays one line per job
+        print("no jobs" + "".join(f", {k} {v}" for k, v in params.items() if k != "limit"), file=sys.stderr)
     for j in data["items"]:
         met = "met" if j.get("target_met") else "-"
         words = j.get("output_words") or j.get("words_written") or 0
@@ -402,14 +404,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `quire audit JOB_ID` takes any word as its id, so `quire audit verify ...` is parsed apart.
     verifying = argv[:2] == ["audit", "verify"]
-    args = None if verifying else parser().parse_args(argv)
+    args = None if verifying else parse_args(parser(), argv)
     _configure_logging()
     try:
         if args is None:
             from quire import verify
 
             return int(verify.main(argv[2:]))
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:  # the reader went away (`quire history | head`)
+        return closed_pipe()
     except SettingsError as exc:
         _err(str(exc))
         return Exit.USAGE

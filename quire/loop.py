@@ -48,6 +48,7 @@ def estimate_lines(e: dict[str, Any]) -> list[str]:
         f"wall time     {r('wall_seconds', ' s')}",
         f"story memory  {round(100 * e['memory_share'])}% of the tokens"
         + (f"; compliance {e['compliance']}" if e.get("compliance") is not None else ""),
+        f"based on      {e['based_on']}",
     ]
 
 
@@ -125,7 +126,10 @@ def _lock(locked: bool) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_edits(args: argparse.Namespace) -> int:
-    for e in api_for(args).json("GET", f"/v1/jobs/{args.job_id}/edits"):
+    edits = api_for(args).json("GET", f"/v1/jobs/{args.job_id}/edits")
+    if not edits:
+        print(f"job {args.job_id} has no edits yet", file=sys.stderr)
+    for e in edits:
         what = e["instruction"] or (f"to version {e['to']}" if e["to"] is not None else "")
         doc = f"-> v{e['document_version']}" if e["document_version"] else e["reason"] or ""
         print(f"{e['number']:>3} {e['created_at'][:19]} {e['by']:<12} {e['kind']:<10} node {e['node']:<8} "
@@ -143,6 +147,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     d = api_for(args).json("GET", f"/v1/jobs/{args.job_id}/diff", params={"from": args.a, "to": args.b})
     sys.stdout.write(d["diff"])
+    if not d["diff"]:  # said on stderr: stdout stays a diff (an empty one)
+        print(f"versions {args.a} and {args.b} are the same text: no difference", file=sys.stderr)
     return Exit.OK
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from core.controls import escape_controls
 from core.eventformat import shown, summary
@@ -155,12 +155,12 @@ def follow(api: Api, job_id: str, console: Console, show_events: bool = True, af
         MofNCompleteColumn(),
         TextColumn("{task.fields[chunks]}"),
         TextColumn("{task.fields[step]}"),
-        TimeElapsedColumn(),
+        TextColumn("{task.fields[elapsed]}"),  # the job's own time, as its page shows it (elapsed_seconds)
         TimeRemainingColumn(),
     ]
     last_poll = 0.0
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("words", total=target, chunks="", step="queued")
+        task = progress.add_task("words", total=target, chunks="", step="queued", elapsed="")
 
         def refresh() -> dict[str, Any]:
             j = api.json("GET", f"/v1/jobs/{job_id}")
@@ -171,6 +171,7 @@ def follow(api: Api, job_id: str, console: Console, show_events: bool = True, af
                 chunks=f"chunks {p.get('chunks_done', 0)}/{p.get('chunks_total', 0)}"
                 + (f" chapters {p.get('units_done', 0)}/{p['units_total']}" if p.get("units_total", 0) > 1 else ""),
                 step=str(p.get("current_step") or j.get("status")),
+                elapsed=f"{int((j.get('elapsed_seconds') or 0) + 0.5)} s",
             )
             return j
 

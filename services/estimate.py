@@ -11,10 +11,11 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.estimate import Measured, Shape, estimate, shape_of
+from core.estimate import CHAT, LOCAL, Measured, Profile, Shape, estimate, shape_of
 from core.layout import generate_tree, planned_words, rewrite_tree
 from core.length import compliance
 from core.spec import JobOptions, JobSpec
+from db.loop import clock_start
 from db.manuscript import Chunk, ChunkAttempt, PlanNode
 from db.models import Document, Job, LlmCall
 from db.session import Database
@@ -30,7 +31,12 @@ def spec_shape(spec: JobSpec) -> Shape:
     tree = (
         rewrite_tree(spec.input_text, total, o.chunk_words) if spec.input_text else generate_tree(total, o.chunk_words)
     )
-    return shape_of(tree, o.chunk_words, o.parallelism)
+    return shape_of(tree, o.chunk_words, o.parallelism, rewrite=bool(spec.input_text))
+
+
+def profile_of(settings: Settings) -> Profile:
+    """The defaults for a model with no history: the local model's when this deployment serves it."""
+    return LOCAL if settings.uses_local_model else CHAT
 
 
 async def for_spec(
@@ -39,7 +45,10 @@ async def for_spec(
     """The estimate of a job of ``spec`` for this user, from the history before ``before`` (now)."""
     model = spec.model or settings.quire_model
     async with db.tx() as s:
-        jobs = await _history_jobs(s, model, before, user_id) or await _history_jobs(s, model, before, None)
+        jobs = await _history_jobs(s, model, before, user_id)
+        whose = "your"
+        if not jobs:
+            jobs, whose = await _history_jobs(s, model, before, None), "all users'"
         history = [await measured(s, j) for j in jobs]
         rows = (
             await s.execute(
@@ -53,6 +62,9 @@ async def for_spec(
         history,
         settings.quire_prices.get(model),
         compliance([(a, b) for a, b in rows]) if rows else None,
+        profile=profile_of(settings),
+        concurrency=settings.llm_concurrency,
+        source=f"{len(history)} of {whose} finished jobs of {model}",
     )
     return {"model": model, **out}
 
@@ -70,14 +82,17 @@ async def measured(s: AsyncSession, job: Job) -> Measured:
     """What a job made, up to its end (an author's later edits are not the job's): its shape, its
     calls and tokens by kind, its wall time."""
     opts = JobOptions(**(job.params or {}))
+    # The shape as planned, as an estimate sees it: top-ups (continuation sections) are calls the
+    # plan's passages cost, not passages of the plan.
+    planned = (PlanNode.job_id == job.id, PlanNode.is_continuation.is_(False))
     levels = dict(
-        (
-            await s.execute(
-                select(PlanNode.level, func.count()).where(PlanNode.job_id == job.id).group_by(PlanNode.level)
-            )
-        ).all()
+        (await s.execute(select(PlanNode.level, func.count()).where(*planned).group_by(PlanNode.level))).all()
     )
-    chunks = (await s.execute(select(func.count()).select_from(Chunk).where(Chunk.job_id == job.id))).scalar_one()
+    chunks = (
+        await s.execute(
+            select(func.count()).select_from(Chunk).join(PlanNode, Chunk.section_id == PlanNode.id).where(*planned)
+        )
+    ).scalar_one()
     book = (
         await s.execute(select(PlanNode.budget_words).where(PlanNode.job_id == job.id, PlanNode.level == "book"))
     ).scalar_one_or_none()
@@ -99,6 +114,7 @@ async def measured(s: AsyncSession, job: Job) -> Measured:
         expanded=chapters + parts,
         summarized=chapters + parts,
         top=int(top),
+        rewrite=job.kind == "rewrite",
     )
     calls: dict[str, int] = {}
     t_in: dict[str, int] = {}
@@ -117,7 +133,8 @@ async def measured(s: AsyncSession, job: Job) -> Measured:
         )
     ).all():
         calls[purpose], t_in[purpose], t_out[purpose] = int(n), int(i), int(o)
-    wall = (end - (job.started_at or job.created_at)).total_seconds()
+    # The job's own time: a plan's wait for its author is not the model's (nor estimable).
+    wall = (end - await clock_start(s, job)).total_seconds()
     return Measured(shape, calls, t_in, t_out, wall)
 
 

@@ -11,12 +11,14 @@ import uuid
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.edits import node_text
 from core.spec import JobOptions
 from db.loop import Edit, PlanVersion
-from db.manuscript import Chunk, ChunkAttempt, ContinuityFinding, PlanNode
-from db.models import Document, Job
+from db.manuscript import Chunk, ChunkVersion, ContinuityFinding, PlanNode
+from db.models import Document, Job, LlmCall
 from db.session import Database
 from db.tree import chunks_under, latest_text, lock_over, outline
 
@@ -189,6 +191,38 @@ async def diff(db: Database, job: Job, a: int, b: int, context: int = 3) -> dict
     }
 
 
+async def _changed_chunks(s: AsyncSession, job_id: uuid.UUID) -> set[int]:
+    """The chunks whose text now differs from what the job wrote: edited and not rolled back to it.
+    What the job wrote is the version each had before the first edit that changed it."""
+    done = (
+        (await s.execute(select(Edit).where(Edit.job_id == job_id, Edit.status == "done").order_by(Edit.number)))
+        .scalars()
+        .all()
+    )
+    origin: dict[int, int] = {}
+    for e in done:
+        for cid in (e.detail or {}).get("after", {}):
+            version = ((e.detail or {}).get("before", {}).get(cid) or {}).get("version")
+            if version is not None:
+                origin.setdefault(int(cid), int(version))
+    if not origin:
+        return set()
+    latest = (
+        await s.execute(
+            select(ChunkVersion.chunk_id, ChunkVersion.sha256)
+            .where(ChunkVersion.chunk_id.in_(origin))
+            .ext(distinct_on(ChunkVersion.chunk_id))
+            .order_by(ChunkVersion.chunk_id, ChunkVersion.version.desc())
+        )
+    ).all()
+    first = dict(
+        (
+            await s.execute(select(ChunkVersion.id, ChunkVersion.sha256).where(ChunkVersion.id.in_(origin.values())))
+        ).all()
+    )
+    return {cid for cid, sha in latest if first.get(origin[cid]) != sha}
+
+
 async def book_map(db: Database, job: Job) -> dict[str, Any]:
     """The book at a glance: its chapters (or, without chapters, its sections) as tiles in plan
     order, grouped by part, each with its state (planned, writing, done, locked, regenerated),
@@ -209,12 +243,13 @@ async def book_map(db: Database, job: Job) -> dict[str, Any]:
                 ).where(Chunk.job_id == job.id)
             )
         ).all()
+        # A chunk's writing begins with its first model call (its first attempt is saved after it).
         started = dict(
             (
                 await s.execute(
-                    select(ChunkAttempt.chunk_id, func.min(ChunkAttempt.created_at))
-                    .where(ChunkAttempt.job_id == job.id)
-                    .group_by(ChunkAttempt.chunk_id)
+                    select(LlmCall.chunk_id, func.min(LlmCall.started_at))
+                    .where(LlmCall.job_id == job.id, LlmCall.chunk_id.is_not(None))
+                    .group_by(LlmCall.chunk_id)
                 )
             ).all()
         )
@@ -225,8 +260,7 @@ async def book_map(db: Database, job: Job) -> dict[str, Any]:
                 .group_by(ContinuityFinding.chunk_id, ContinuityFinding.status)
             )
         ).all()
-        done_edits = (await s.execute(select(Edit).where(Edit.job_id == job.id, Edit.status == "done"))).scalars()
-        changed = {int(cid) for e in done_edits for cid in (e.detail or {}).get("after", {})}
+        changed = await _changed_chunks(s, job.id)
     tile_of_section: dict[int, int] = {}
     for n in nodes:  # the tile a section belongs to: itself, or its nearest tile above
         if n.level == "section":

@@ -49,7 +49,7 @@ class JobTotals:
     tokens_out: int
     llm_calls: int
     sections_done: int
-    words_so_far: int  # the chunks' sum while the job runs
+    words_so_far: int  # the committed chunks' sum while the job runs
     output_words: int | None  # the finished output's count, once it exists
     account: WordAccount  # the model's words, what the gate cut, chunks accepted short, top-ups
 
@@ -72,8 +72,14 @@ async def job_totals(db: Database, job: Job) -> JobTotals:
                 .where(PlanNode.job_id == job.id, PlanNode.level == "section", PlanNode.status == "done")
             )
         ).scalar_one()
+        # What the document holds so far: committed chunks only, as the draft, the map and the history
+        # count (a chunk's working text between its attempts is not in the document yet).
         words_so_far = (
-            await s.execute(select(func.coalesce(func.sum(Chunk.word_count), 0)).where(Chunk.job_id == job.id))
+            await s.execute(
+                select(func.coalesce(func.sum(Chunk.word_count), 0)).where(
+                    Chunk.job_id == job.id, Chunk.status == "done"
+                )
+            )
         ).scalar_one()
         account = await word_account(s, job.id)
     out = await latest_document(db, job.id, "output")

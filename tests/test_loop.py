@@ -17,7 +17,7 @@ from core.runs import edit_workflow_id
 from core.text import count_words
 from db.loop import Edit, PlanVersion, clock_start
 from db.manuscript import ChunkVersion, ContinuityFinding, PlanNode, SeamCheck
-from db.models import AuditEvent, Document, Job
+from db.models import AuditEvent, Document, Job, LlmCall
 from testkit import until
 from tests.helpers import output, submit, wait
 from tests.test_job import assert_chain_proven
@@ -44,6 +44,12 @@ async def finished(client, job_id: uuid.UUID, number: int) -> int:
 async def rows(db, model, *where):
     async with db.tx() as s:
         return list((await s.execute(select(model).where(*where))).scalars().all())
+
+
+async def tile_state(http, user, job_id: uuid.UUID) -> dict[int, str]:
+    """Each tile of the book map: its state."""
+    m = (await http.get(f"/v1/jobs/{job_id}/map", headers=auth(user))).json()
+    return {t["node"]: t["state"] for t in m["tiles"]}
 
 
 async def chapters(db, job_id: uuid.UUID) -> list[PlanNode]:
@@ -140,6 +146,7 @@ async def test_a_regenerated_chapter_keeps_the_old_and_a_locked_neighbour_surviv
     assert r.status_code == 200 and r.json()["locked"] and r.json()["locked_by"] == user.name
     r = await http.post(f"/v1/jobs/{job_id}/nodes/{three.id}/regenerate", json={}, headers=auth(user))
     assert r.status_code == 409 and "is locked" in r.json()["detail"] and user.name in r.json()["detail"]
+    assert f"`quire unlock {job_id} {three.id}`" in r.json()["detail"]  # what to run, not only the HTTP call
     three_before = await versions_of(db, three)
     two_before = await versions_of(db, two)
 
@@ -155,6 +162,7 @@ async def test_a_regenerated_chapter_keeps_the_old_and_a_locked_neighbour_surviv
     assert r.status_code == 202, r.text
     assert r.json()["number"] == 1
     assert await finished(client, job_id, 1) == 2
+    assert (await tile_state(http, user, job_id))[two.id] == "regenerated"
 
     # Old versions kept, new ones made by the edit; the locked chapter untouched.
     after = await versions_of(db, two)
@@ -200,6 +208,19 @@ async def test_a_regenerated_chapter_keeps_the_old_and_a_locked_neighbour_surviv
     assert await finished(client, job_id, 2) == 3
     assert FACT in (await http.get(f"/v1/jobs/{job_id}/output", headers=auth(user))).text
     await assert_chain_proven(db, job_id)
+    # Rolled back to what the job wrote, the chapter reads as written, not regenerated, on the map.
+    assert (await tile_state(http, user, job_id))[two.id] == "done"
+    # The timeline draws a chapter from when its writing began: its first model call, which comes
+    # before its first saved attempt.
+    tiles = {t["node"]: t for t in (await http.get(f"/v1/jobs/{job_id}/map", headers=auth(user))).json()["tiles"]}
+    from db.manuscript import Chunk, ChunkAttempt
+
+    for chapter in (one, two):
+        ids = [c.id for c in await rows(db, Chunk, Chunk.unit_id == chapter.id)]
+        calls = await rows(db, LlmCall, LlmCall.chunk_id.in_(ids))
+        attempts = await rows(db, ChunkAttempt, ChunkAttempt.chunk_id.in_(ids))
+        began = dt.datetime.fromisoformat(tiles[chapter.id]["started_at"])
+        assert began == min(c.started_at for c in calls) < min(a.created_at for a in attempts)
 
 
 async def test_a_hand_edit_below_the_target_is_extended_and_a_selection_rewritten(db, client, fake, user, http):
@@ -236,6 +257,25 @@ async def test_a_hand_edit_below_the_target_is_extended_and_a_selection_rewritte
     assert now.startswith(before[: before.index("Nobody")]) and now.endswith(before[before.index("twice.") + 6 :])
     docs = await rows(db, Document, Document.job_id == job_id, Document.role == "output")
     assert sorted(d.version for d in docs) == [1, 2, 3]
+
+
+async def test_while_a_job_writes_its_card_its_map_and_the_history_count_the_same_words(db, client, fake, user, http):
+    from db.manuscript import Chunk
+
+    fake.reset(ratio=(0.3, 0.6), delay_s=1.0)  # every call a second: a passage stays between attempts a while
+    job_id = await submit(db, client, user, kind="generate", prompt="Slow tides", target_words=600)
+
+    async def between_attempts() -> bool:
+        cs = await rows(db, Chunk, Chunk.job_id == job_id)
+        return any(c.status == "writing" and c.word_count > 0 for c in cs) and all(c.status != "done" for c in cs)
+
+    await until("a passage's first attempt saved, the passage not committed", between_attempts, 60)
+    card = (await http.get(f"/v1/jobs/{job_id}", headers=auth(user))).json()["words_written"]
+    listed = (await http.get("/v1/jobs", headers=auth(user))).json()["items"]
+    history = next(j for j in listed if j["id"] == str(job_id))["words_written"]
+    tiles = (await http.get(f"/v1/jobs/{job_id}/map", headers=auth(user))).json()["tiles"]
+    assert card == history == sum(t["words"] for t in tiles) == 0  # nothing committed to the document yet
+    assert await wait(client, job_id) == "succeeded"
 
 
 async def test_an_estimate_lands_within_a_quarter_of_what_the_job_used(db, client, fake, user, http):

@@ -200,7 +200,7 @@ def test_up_ctrl_c_then_detach_and_down_leave_nothing_and_reuse_the_data(stack_e
     assert (home / "local-user.key").read_text().strip() == key
     assert httpx.get(f"{api}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
     r = quire("user", "add", "alice", env=env)
-    assert r.returncode == 1 and "already exists" in r.stderr  # the row from the first run is there
+    assert r.returncode == 2 and "already exists" in r.stderr  # the row from the first run is there: refused
     # Temporal reopened its SQLite file; re-registering the search attributes did not break it.
     assert asyncio.run(_describe_probe_workflow(temporal)) == (WorkflowExecutionStatus.RUNNING, "probe")
     r = quire("db", "check", env=env)  # the embedded database, found without DATABASE_URL
@@ -272,6 +272,14 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 90) -> obj
         assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
         time.sleep(0.2)  # other processes getting somewhere: polled, with a deadline
     return result
+
+
+def test_the_readme_says_the_modes_the_stack_keeps():
+    """What assert_private allows is what the README promises: 0700/0600, and 0710 for the two
+    directories Postgres' own user passes through when Quire runs as root."""
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "(directories 0700, files 0600)" in readme
+    assert "run as root, QUIRE_HOME and QUIRE_HOME/pg are 0710" in readme
 
 
 def assert_private(home: Path) -> None:

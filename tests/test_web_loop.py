@@ -39,6 +39,9 @@ async def test_plan_review_map_lock_regenerate_and_diff_in_the_browser(browser, 
     await page.get_by_label("Title of chapter 2").fill("Harbour Lights")
     await page.get_by_label("Words of chapter 2").fill("5500")
     await page.get_by_label("Summary of chapter 2").fill("The lights come on, one by one, as the boats return.")
+    # Each box says what it is for, on the page, not only to a screen reader.
+    labels = await page.locator("#outline .outline-item").nth(1).locator("label.o-field").all_text_contents()
+    assert labels == ["Summary", "Key points, one a line"]
     assert "12,500 words planned" in await page.locator("#plan-total").text_content()
     await shot(page, "job-plan.png", tmp_path)
     await page.get_by_role("button", name="Approve plan").click()

@@ -73,7 +73,7 @@ const QuireBook = (() => {
         Quire.el("span", {}, label + " used / estimated (" + Quire.fmt(est[k].low) + "–" + Quire.fmt(est[k].high) + ")"));
       $("#estimate").replaceChildren(fact("model calls", "calls"), fact("tokens in", "tokens_in"), fact("tokens out", "tokens_out"),
         fact("seconds", "wall_seconds", " s"));
-      $("#estimate-basis").textContent = est.basis === "history" ? "Estimated from " + est.jobs_measured + " finished job(s) of " + est.model + " before this one." : "Estimated from defaults: no finished job of " + est.model + " to learn from.";
+      $("#estimate-basis").textContent = "Estimated before this job from " + est.based_on + ".";
       root.querySelector("#estimate-box").hidden = false;
     }
     async function refresh() {

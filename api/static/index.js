@@ -42,9 +42,8 @@ document.getElementById("estimate").addEventListener("click", async () => {
       fact("wall_seconds", "seconds"), Quire.el("div", {}, Quire.el("b", {}, e.cost.priced ? "$" + e.cost.usd.expected : "–"),
         Quire.el("span", {}, e.cost.priced ? "cost ($" + e.cost.usd.low + "–$" + e.cost.usd.high + ")" : "cost: no price set")));
     out.hidden = false;
-    document.getElementById("estimate-note").textContent = (e.basis === "history" ? "From " + e.jobs_measured +
-      " finished job(s) of " + e.model : "From defaults (no finished job of " + e.model + " yet)") +
-      "; the story memory is " + Math.round(100 * e.memory_share) + "% of the tokens.";
+    document.getElementById("estimate-note").textContent = "Based on " + e.based_on +
+      ". The story memory is " + Math.round(100 * e.memory_share) + "% of the tokens.";
   } catch (ex) { err.textContent = ex.message; }
 });
 document.getElementById("job-form").addEventListener("submit", async e => {

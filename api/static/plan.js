@@ -28,7 +28,8 @@ const QuirePlan = (() => {
       return Quire.el("li", { className: "outline-item" + (it.node ? "" : " added"), dataset: { node: it.node || "" } },
         Quire.el("div", { className: "o-head" }, Quire.el("b", {}, (i + 1) + "."), title, budget, Quire.el("span", { className: "muted" }, "words"),
           move(-1, "Move up"), move(1, "Move down"), remove),
-        summary, points);
+        Quire.el("label", { className: "o-field" }, Quire.el("span", { className: "o-label" }, "Summary"), summary),
+        Quire.el("label", { className: "o-field" }, Quire.el("span", { className: "o-label" }, "Key points, one a line"), points));
     }
     function total() {
       const sum = items.reduce((n, it) => n + (it.budget_words || 0), 0);

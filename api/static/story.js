@@ -18,6 +18,10 @@ const AuditStory = (() => {
   };
   const PLAIN = ["sql", "row", "activity"];  // not what a step did, but how
 
+  // A user's request the API refused (409, 422, 429...): its transaction rolled back, which is the
+  // refusal working, not an error of the job's.
+  const refusal = e => e.kind === "error" && e.action === "rollback" && (e.data || {}).error_type === "Refused";
+  const reason = d => String(d.error || d.reason || "").replace(/^Refused: /, "").slice(0, 200);
   const fmt = n => (n === null || n === undefined) ? "–" : Number(n).toLocaleString("en-US");
   function secs(ms) { return ms < 1000 ? Math.round(ms) + " ms" : (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + " s"; }
   function chunkLink(n, text) {
@@ -33,7 +37,7 @@ const AuditStory = (() => {
       case "chunk": case "length":
         return what + " · " + fmt(d.words ?? d.words_out) + " / " + fmt(d.min_words ?? d.target_words) + " words" +
           (d.attempts ? " · " + plural(d.attempts, "attempt") : "") +
-          (e.kind === "chunk" && d.passed !== undefined ? (d.passed ? " · PASS" : " · FAIL") : "");
+          (e.kind === "chunk" && d.passed !== undefined ? (d.passed ? " · PASS" : e.action === "done" ? " · accepted short" : " · FAIL") : "");
       case "llm": return what + " · " + (d.purpose || "") + " · " + fmt(d.tokens_in) + " → " + fmt(d.tokens_out) + " tokens";
       case "plan": return what + (d.children ? " · " + plural(d.children.length, BELOW[d.level] || "node")
         : d.chunks ? " · " + plural(d.units, "unit") + ", " + plural(d.chunks, "chunk") : "");
@@ -42,6 +46,9 @@ const AuditStory = (() => {
       case "user": return what + " · " + (d.user || "") + " · " + (d.ip || "?");
       case "workflow": return what + " · " + (d.workflow || d.workflow_id || "");
       case "job": return what + (d.words !== undefined ? " · " + fmt(d.words) + " words" : "");
+      case "error":
+        if (e.action === "rollback") return refusal(e) ? reason(d) : "rolled back · " + (d.error_type || "error") + ": " + reason(d);
+        return what + (reason(d) ? " · " + reason(d) : "");
       default: return what;
     }
   }
@@ -52,7 +59,8 @@ const AuditStory = (() => {
 
     function newStep(id, activity) {
       const s = { id, activity, events: [], start: null, attempt: 0, ms: 0, running: false, outcome: "",
-                  headline: null, passed: undefined, chunk: undefined, title: "", errors: 0, rendered: false };
+                  headline: null, passed: undefined, accepted: false, chunk: undefined, title: "", errors: 0,
+                  refused: false, rendered: false };
       s.head = Quire.el("summary", { className: "line" });
       s.body = Quire.el("div", { className: "events" });
       s.el = Quire.el("details", { className: "step", dataset: { step: id, activity: activity || "" } }, s.head, s.body);
@@ -93,23 +101,31 @@ const AuditStory = (() => {
       if (e.kind === "activity") {
         if (e.action === "start") { s.start = s.start || e; s.attempt = d.attempt; s.running = true; s.outcome = ""; }
         else { s.running = false; s.ms += d.duration_ms || 0; s.outcome = e.action === "end" ? "ok" : "error: " + (d.error_type || "failed"); }
-      } else if (isError(e)) s.errors++;
+      } else if (refusal(e)) s.refused = true;
+      else if (isError(e)) s.errors++;
       if (d.chunk !== undefined && s.chunk === undefined && (e.kind === "chunk" || e.kind === "length")) s.chunk = d.chunk;
       if (typeof d.title === "string" && d.title && !s.title) s.title = d.title;  // the node (or document) it is about
       if (!PLAIN.includes(e.kind) && !(e.kind === "llm" && s.headline && s.headline.kind !== "llm")) s.headline = e;
-      if (d.passed !== undefined) s.passed = d.passed;
+      // The step's verdict is its last: a passage short at first and extended passes. One accepted
+      // short (its chunk done, or a round of the document short) is topped up later: "short", not a failure.
+      if (d.passed !== undefined) { s.passed = d.passed; s.accepted = e.kind === "chunk" && e.action === "done"; }
+      if (e.action === "short" && (e.kind === "job" || e.kind === "edit")) { s.passed = false; s.accepted = true; }
       s.last = e;
     }
     function label(s) {
-      if (!s.activity) return s.headline ? s.headline.kind : "sql";
+      if (!s.activity) {
+        if (s.refused) return "request refused";
+        if (!s.headline) return "sql";
+        return s.headline.kind === "error" && s.headline.action === "rollback" ? "rolled back" : s.headline.kind;
+      }
       const name = NAMES[s.activity] || s.activity;
       if (s.activity === "write_chunk" && s.chunk !== undefined) return chunkLink(s.chunk, "chunk " + (s.chunk + 1));
       if (s.activity === "finalize" && s.start) return "finalize round " + ((s.start.data.input || {}).round ?? "?");
       return s.title ? name + " “" + s.title + "”" : name;
     }
     function draw(s) {
-      const verdict = s.running ? "running" : s.outcome.startsWith("error") ? s.outcome
-        : s.passed === undefined ? (s.outcome || (s.errors ? "error" : "")) : s.passed ? "PASS" : "FAIL";
+      const verdict = s.running ? "running" : s.outcome.startsWith("error") ? s.outcome : s.refused ? "refused"
+        : s.passed === undefined ? (s.outcome || (s.errors ? "error" : "")) : s.passed ? "PASS" : s.accepted ? "SHORT" : "FAIL";
       const first = s.events[0], ms = s.ms || Date.parse(s.last.ts) - Date.parse(first.ts);
       const facts = [s.headline ? brief(s.headline, Boolean(s.activity)) : ""];
       if (s.attempt > 1) facts.push("attempt " + s.attempt);
