@@ -132,6 +132,34 @@ async def record_length_check(
     return passed
 
 
+async def check_version_length(tx: JobTx, chunk: Chunk, version: ChunkVersion) -> bool:
+    """The length check of a chunk's version made after its attempts were checked (a repair's, the
+    stitch's, an edit's): a repair can leave a chunk below its minimum, and a chunk's last check is
+    what the word account counts short. Its round is minus the version's number (attempts count up
+    from 1: the two never meet), recorded once however often the step is retried. An emptied
+    chunk (a rollback to before it had text) is not in the document: not checked."""
+    if not version.text:
+        return True
+    return await record_length_check(
+        tx,
+        scope="chunk",
+        chunk_id=chunk.id,
+        round=-version.version,
+        words=version.word_count,
+        min_words=chunk.min_words,
+        target_words=chunk.target_words,
+        max_words=chunk.max_words,
+        event={
+            "chunk": chunk.ordinal,
+            "version": version.version,
+            "reason": version.reason,
+            "words": version.word_count,
+            "min_words": chunk.min_words,
+            "target_words": chunk.target_words,
+        },
+    )
+
+
 # A chunk's text in versions (rows never updated): written by the chunk, seam and stitch steps.
 def add_version(
     tx: JobTx, chunk: Chunk, version: int, reason: str, text: str, detail: dict | None = None

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from activities.answers import Answer, sentences_only, store_answers
-from activities.base import ModelStep, add_version, load_job, now
+from activities.base import ModelStep, add_version, check_version_length, load_job, now
 from activities.context import chunk_context, chunk_of, job_and_chunk
 from activities.contracts import ChunkDone
 from activities.gating import gate
@@ -206,6 +206,7 @@ async def _store_commit(tx: JobTx, job: Job, chunk: Chunk, nxt: Next, checked: C
         repaired = [f.subtype for f in checked.findings if checked.is_repaired(f)]
         detail = {"repaired": repaired, "attempts": attempts}
         versions.append(add_version(tx, chunk, len(versions) + 1, "continuity_repair", kept, detail))
+        await check_version_length(tx, chunk, versions[-1])  # a repair may leave it short: said so
     await tx.session.flush()
     before_id = chunk.state_before_id
     assert before_id is not None

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from temporalio import activity
 
 from activities.answers import store_answer
-from activities.base import ModelStep, add_version, latest_version, load_job
+from activities.base import ModelStep, add_version, check_version_length, latest_version, load_job
 from activities.contracts import NodeRef
 from activities.coverage_judge import store_verdicts, verdicts
 from activities.edit_prompts import cover_messages
@@ -201,6 +201,7 @@ async def _store_repair(tx: JobTx, job: Job, chunk: Chunk, text: str, checked: C
     with its memory and findings; the job's words follow."""
     latest = await latest_version(tx, chunk.id)
     v = add_version(tx, chunk, (latest.version if latest else 0) + 1, "coverage_repair", text, {"items": items})
+    await check_version_length(tx, chunk, v)
     await tx.session.flush()
     rem = checked.remembered
     await store_memory(tx, chunk, v.id, chunk.state_after_id, rem.memory, rem.source)

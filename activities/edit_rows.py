@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from activities.answers import store_answers
-from activities.base import add_version, latest_version
+from activities.base import add_version, check_version_length, latest_version
 from activities.repair import Checked
 from db.loop import Edit
 from db.manuscript import Chunk
@@ -84,6 +84,7 @@ async def store_version(
             versions.append(add_version(tx, chunk, n + 1, "continuity_repair", kept, detail))
     await tx.session.flush()
     last = versions[-1]
+    await check_version_length(tx, chunk, last)  # the chunk as the edit leaves it: short or not, said
     findings = []
     if checked is not None:
         rem = checked.remembered

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from activities.answers import store_answers
-from activities.base import add_version, latest_version, latest_versions, load_job, plan_node
+from activities.base import add_version, check_version_length, latest_version, latest_versions, load_job, plan_node
 from activities.llm import LlmClient
 from activities.memory import Remembered
 from activities.repair import Checked, check_and_repair
-from core.continuity import repeated_opening
+from core.continuity import BROKEN_SEAM, repeated_opening
 from core.edits import memory_of
 from core.memory import ChunkMemory, Entry, Ledger, as_entry, entries_of, fold
 from core.names import Mentions
@@ -124,11 +124,15 @@ async def version_entries(tx: JobTx, version_ids: list[int]) -> list[Entry]:
 
 
 async def chunk_findings(tx: JobTx, ids: list[int], edit_id: int | None = None) -> list[ContinuityFinding]:
-    """What chunks' own checks found when the job wrote them (or, with ``edit_id``, when that edit did)."""
+    """What chunks' own checks found when the job wrote them (or, with ``edit_id``, when that edit did);
+    not a broken seam inside their unit (the stitch's finding: no seam with the unit before)."""
     by = ContinuityFinding.edit_id.is_(None) if edit_id is None else ContinuityFinding.edit_id == edit_id
     rows = await tx.session.execute(
         select(ContinuityFinding).where(
-            ContinuityFinding.chunk_id.in_(ids), ContinuityFinding.seam_check_id.is_(None), by
+            ContinuityFinding.chunk_id.in_(ids),
+            ContinuityFinding.seam_check_id.is_(None),
+            ContinuityFinding.subtype != BROKEN_SEAM,
+            by,
         )
     )
     return list(rows.scalars().all())
@@ -317,6 +321,7 @@ class SeamChecker:
                     tx, chunk, latest[chunk.id].version + 1 if chunk.id in latest else 1, "seam_repair", kept,
                     {"unit": unit.id, "repaired": repaired, "attempts": attempts},
                 )  # fmt: skip
+                await check_version_length(tx, chunk, repair)  # a repair may leave it short: said so
                 await tx.session.flush()
                 job = await load_job(tx, tx.job_id)
                 job.words_written = job.words_written + repair.word_count - chunk.word_count

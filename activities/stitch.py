@@ -6,6 +6,8 @@ them already, claimed) and stored as the chunk's attempt (``activities.answers``
 are. A bridge carries the broken sentence on and ends it (``core.scope.bridge_problems``): one that
 opens a new sentence or does not end one is refused (no full stop is added for it) and asked for
 again, told why; refused twice, the seam stays broken and the stitch's record says what was tried.
+A seam left broken (its bridges refused, its chapter locked, or no bridge asked for) is an open
+finding of the passage that stops mid-sentence, with what was tried: the coherence report counts it.
 Continuity (names, attributes, threads, the timeline) is checked when each chunk is accepted,
 against the story memory; seams between units are the seam step's."""
 
@@ -18,17 +20,27 @@ from sqlalchemy import select
 from temporalio import activity
 
 from activities.answers import Answer, store_answers
-from activities.base import ModelStep, add_version, job_options, latest_versions, load_job, plan_node, texts_of
+from activities.base import (
+    ModelStep,
+    add_version,
+    check_version_length,
+    job_options,
+    latest_versions,
+    load_job,
+    plan_node,
+    texts_of,
+)
 from activities.contracts import NodeRef
 from activities.gating import gate
 from activities.prompts import bridge_messages
-from core.continuity import remove_paragraph, seam_issues
+from core.continuity import BROKEN_SEAM, broken_seam_finding, remove_paragraph, seam_issues
 from core.gate import Cut, Gated
 from core.layout import STITCH_WINDOW_CHUNKS
 from core.scope import bridge_problems, unquoted
 from core.text import count_words, join_continuation, normalize_paragraph, paragraphs
 from db.locks import locked_chunks
 from db.manuscript import Chunk, PlanNode, StitchResult
+from db.memory import finding_events, finding_rows
 from db.session import JobTx
 
 MAX_BRIDGES = 3  # broken seams per section bridged by the model
@@ -76,7 +88,7 @@ class StitchActivities(ModelStep):
             issues = seam_issues(window, job.sections_total, seen)
             repair_with_model = job_options(job).stitch_repairs_with_model
             model = job.model
-            broken = [i for i in issues if i["type"] == "broken_seam"][:MAX_BRIDGES] if repair_with_model else []
+            broken = [i for i in issues if i["type"] == BROKEN_SEAM][:MAX_BRIDGES] if repair_with_model else []
             if not broken:  # nothing for the model to bridge: stored by this transaction, the step's last
                 tx.final = True
                 await _store(tx, section, [*earlier, *chunks], texts, window, issues, {})
@@ -136,9 +148,9 @@ async def _store(
     bridges: dict[int, list[Answer]],
 ) -> None:
     """The section's repairs (new chunk versions; a bridge's words claimed and stored as the
-    chunk's attempt, a refused one's too), its stitch result, and the section written. ``chunks``:
-    the rows of the window's chunks, as this transaction read them. A chunk under a locked node is
-    not repaired."""
+    chunk's attempt, a refused one's too), a finding for each seam left broken, its stitch result,
+    and the section written. ``chunks``: the rows of the window's chunks, as this transaction read
+    them. A chunk under a locked node is not repaired."""
     rows = {c.ordinal: c for c in chunks}
     job = await load_job(tx, tx.job_id, lock=bool(issues))  # a lock taken meanwhile is seen, or waits
     locked = await locked_chunks(tx.session, [c.id for c in chunks]) if issues else set()
@@ -158,7 +170,8 @@ async def _store(
             for a in answers:
                 a.drop("not used: the chunk was not changed (locked, or no bridge was accepted)")
             await store_answers(tx, rows[o], answers, dict(window)[o])
-    latest_of = await latest_versions(tx, [rows[o].id for o in new_texts])
+    left = _left_broken(issues, repairs, bridges, job_options(job).stitch_repairs_with_model)
+    latest_of = await latest_versions(tx, [rows[o].id for o in {*new_texts, *(i["chunk"] for i, _ in left)}])
     for ordinal, text in new_texts.items():
         chunk = rows[ordinal]
         latest = latest_of.get(chunk.id)
@@ -166,7 +179,20 @@ async def _store(
         if ordinal in bridges:
             text, detail["attempts"] = await store_answers(tx, chunk, bridges[ordinal], text)
         v = add_version(tx, chunk, (latest.version if latest else 0) + 1, "stitch", text, detail)
+        await check_version_length(tx, chunk, v)  # a paragraph removed may leave it short: said so
         chunk.word_count = v.word_count
+        latest_of[chunk.id] = v
+    await tx.session.flush()
+    found = []
+    for issue, tried in left:  # the text as it now stands stops mid-sentence: reported, with what was tried
+        chunk = rows[issue["chunk"]]
+        fs = finding_rows(
+            tx, [(broken_seam_finding(issue, tried), False)], chunk=chunk, version_id=latest_of[chunk.id].id,
+            repair_version_id=None, call_id=None, rounds=len(bridges.get(issue["chunk"], [])),
+        )  # fmt: skip
+        await tx.session.flush()
+        finding_events(tx, fs, chunk, "stitch")
+        found += [f.id for f in fs]
     words_after = sum(rows[o].word_count for o, _ in window)
     job.words_written = job.words_written + words_after - words_before
     tx.session.add(
@@ -193,8 +219,35 @@ async def _store(
             "words_after": words_after,
             "issue_types": sorted({i["type"] for i in issues}),
             **({"bridges_refused": refused} if refused else {}),
+            **({"left_broken": found} if found else {}),  # the open findings that say so
         },
     )
+
+
+def _left_broken(
+    issues: list[dict[str, Any]], repairs: list[dict[str, Any]], bridges: dict[int, list[Answer]], with_model: bool
+) -> list[tuple[dict[str, Any], str]]:
+    """The broken seams the stitch leaves broken, each with what was tried: bridges refused, a
+    bridge not put into a locked chapter, or none asked for (and why)."""
+    out = []
+    for issue in issues:
+        o = issue["chunk"]
+        bridged = [r for r in repairs if r["type"] == "bridged_seam" and r["chunk"] == o]
+        if issue["type"] != BROKEN_SEAM or bridged and not bridged[0].get("skipped"):
+            continue
+        refused = [
+            p.removeprefix("refused: ") for a in bridges.get(o, []) for p in a.problems if p.startswith("refused")
+        ]
+        if bridged:
+            tried = "not bridged: its chapter is locked (checked, never rewritten)"
+        elif refused:
+            tried = f"{len(bridges[o])} bridge(s) asked for, each refused: " + "; ".join(refused)
+        elif not with_model:
+            tried = "not bridged: the job's option stitch_repairs_with_model is off"
+        else:
+            tried = f"not bridged: the model bridges the first {MAX_BRIDGES} broken seams of a section, no more"
+        out.append((issue, tried))
+    return out
 
 
 def _repair(
@@ -211,13 +264,13 @@ def _repair(
         o = issue["chunk"]
         row = rows.get(o)
         # Only this section's chunks change, but a seam may bridge the chunk just before it.
-        if row is None or row.section_id != section_id and issue["type"] != "broken_seam":
+        if row is None or row.section_id != section_id and issue["type"] != BROKEN_SEAM:
             continue
         text = new.get(o, texts[o])
         if issue["type"] == "repeated_paragraph":
             new[o] = remove_paragraph(text, issue["text"])
             repairs.append({"type": "removed_repeated_paragraph", "chunk": o})
-        elif issue["type"] == "broken_seam" and o in bridges:
+        elif issue["type"] == BROKEN_SEAM and o in bridges:
             new[o] = join_continuation(text, bridges[o])
             repairs.append({"type": "bridged_seam", "chunk": o, "text": bridges[o]})
     return repairs, {o: t for o, t in new.items() if t != texts[o]}

@@ -71,11 +71,16 @@ class WordAccountView(BaseModel):
     words_model: int = Field(
         description="words the model wrote in its answers for the document (chunks, repairs, bridges), before the gate"
     )
-    words_cut: int = Field(
-        description="of those, words cut and never counted: junk, repeats of the document, answers not used"
+    words_cut: int = Field(description="of those, words cut and never counted: words_junk + words_unused")
+    words_junk: int = Field(description="cut as junk: the gate's rules, repeats of the document, sentence fragments")
+    words_unused: int = Field(
+        description="cut as answers not used: a repair's or bridge's (not_used), an edit's or a retry's (out_of_scope)"
     )
     cut_by_rule: dict[str, int] = Field(description="words cut by each rule (echo, repeat, meta, number_run, ...)")
-    chunks_short: int = Field(description="chunks accepted short after their attempts ran out (made up by top-ups)")
+    chunks_short: int = Field(
+        description="chunks whose last length check failed: accepted short after their attempts ran out, or left "
+        "short by a repair or an edit (the document made up by top-ups)"
+    )
     top_up_rounds: int = Field(description="sections finalize added because the document was short")
     top_up_words: int = Field(description="words of those top-up sections")
     trimmed_words: int = Field(description="words cut from chunks over their maximum when they were committed")
@@ -318,7 +323,9 @@ class CoherenceFinding(BaseModel):
     status: Literal["open", "repaired"]
     detector: str = Field(description="`rule:<name>` or `judge` (the model, in the memory call)")
     message: str
-    where: Literal["chunk", "seam"] = Field(description="found when its chunk was accepted, or at its chapter's seam")
+    where: Literal["chunk", "seam"] = Field(
+        description="found when its chunk was accepted, or at a seam: its chapter's, or a broken one inside it"
+    )
     chunk: int = Field(description="the chunk (0-based ordinal) it was found in; the page's #chunk-N is N = chunk + 1")
     chapter: str | None
     version: int | None = Field(description="the chunk version it was found in")
@@ -361,6 +368,11 @@ class CoherenceReport(BaseModel):
     relied_on_changed: int = Field(
         default=0,
         description="open findings of passages that relied on what an author's edit changed (relied_on_changed)",
+    )
+    broken_seams: int = Field(
+        default=0,
+        description="open broken_seam findings: a passage that stops mid-sentence where the next begins, which "
+        "the stitch could not bridge (what was tried in the finding)",
     )
     coverage: dict[str, int] = Field(
         default_factory=dict,

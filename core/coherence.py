@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.continuity import BROKEN_SEAM
 from core.memory import CATEGORIES, CATEGORY_NAMES
 
 BASE_MODEL = "the model is a base model (prompt style document)"  # why a base model's memory is the extractor's
@@ -20,7 +21,7 @@ NAMES_ONLY = "names only: the model gives no structured memory"
 @dataclass
 class ReportInput:
     words: int
-    findings: Sequence[dict[str, Any]]  # rows: category, severity, status, ...
+    findings: Sequence[dict[str, Any]]  # rows: category, severity, status, subtype, ...
     ledger_entries: int
     ledger_entities: int
     states_by_source: dict[str, int] = field(default_factory=dict)
@@ -57,7 +58,8 @@ def checked(r: ReportInput) -> str:
 def report(r: ReportInput) -> dict[str, Any]:
     """A job's coherence in numbers: findings per 10,000 words by category, found / repaired /
     open, the ledger's size, the share of states the model wrote vs the fallback, what went
-    unchecked (passages and seams, apart), and in words what was checked and by which model."""
+    unchecked (passages and seams, apart), the broken seams the stitch left open (a passage that
+    stops mid-sentence: findings too), and in words what was checked and by which model."""
     per10k = 10_000 / r.words if r.words else 0.0
     by_cat = Counter(f["category"] for f in r.findings)
     status = Counter(f["status"] for f in r.findings)
@@ -96,16 +98,18 @@ def report(r: ReportInput) -> dict[str, Any]:
         },
         "judged_by": list(r.judges),
         "checked": checked(r),
+        "broken_seams": sum(1 for f in r.findings if f.get("subtype") == BROKEN_SEAM and f["status"] == "open"),
     }
 
 
 def summary_line(rep: dict[str, Any]) -> str:
     """The report in one line (the CLI, the final audit event's message)."""
-    n = rep["found"]
+    n, broken = rep["found"], rep.get("broken_seams", 0)
     return (
         f"{n} continuity finding{'' if n == 1 else 's'} ({rep['per_10k_words']} per 10,000 words): "
-        f"{rep['repaired']} repaired, {rep['open']} open; ledger {rep['ledger']['entries']} entries; "
-        f"checked: {rep['checked']}"
+        f"{rep['repaired']} repaired, {rep['open']} open"
+        + (f" ({broken} broken seam{'' if broken == 1 else 's'}: text that stops mid-sentence)" if broken else "")
+        + f"; ledger {rep['ledger']['entries']} entries; checked: {rep['checked']}"
     )
 
 
@@ -120,6 +124,7 @@ def brief(rep: dict[str, Any]) -> dict[str, Any]:
         "ledger_entries": rep["ledger"]["entries"],
         "seams": rep["seams"],
         "unchecked": {"chunks": rep["unchecked"]["chunks"], "seams": rep["unchecked"]["seams"]},
+        "broken_seams": rep["broken_seams"],
         "judged_by": rep["judged_by"],
         "checked": rep["checked"],
         "summary": summary_line(rep),

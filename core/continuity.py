@@ -375,6 +375,7 @@ def _sentence_with(passage: str, at: int) -> str:
 # -- inside a chapter: the stitch's text-level rules ---------------------------------------------
 
 _REF = re.compile(r"\b(?:Section|Chapter|Part)\s+(\d{1,4})\b")
+BROKEN_SEAM = "broken_seam"  # a passage that stops mid-sentence where the next one begins
 
 
 def seam_issues(chunks: list[tuple[int, str]], sections_total: int, seen_paragraphs: set[str]) -> list[dict[str, Any]]:
@@ -394,8 +395,22 @@ def seam_issues(chunks: list[tuple[int, str]], sections_total: int, seen_paragra
                 issues.append({"type": "dangling_reference", "chunk": ordinal, "text": m.group(0)})
     for (a, ta), (b, _) in zip(chunks, chunks[1:], strict=False):
         if ta.strip() and not re.search(r"[.!?…\"')\]]\s*$", ta.strip()):
-            issues.append({"type": "broken_seam", "chunk": a, "next_chunk": b, "text": ta.strip()[-80:]})
+            issues.append({"type": BROKEN_SEAM, "chunk": a, "next_chunk": b, "text": ta.strip()[-80:]})
     return issues
+
+
+def broken_seam_finding(issue: dict[str, Any], tried: str) -> Finding:
+    """A broken seam the stitch left broken, as an open finding of the passage that stops
+    mid-sentence: its last words quoted, ``tried`` saying what was tried and why it stands."""
+    return Finding(
+        "style",
+        BROKEN_SEAM,
+        "major",
+        "rule:stitch",
+        f"chunk {issue['chunk'] + 1} stops mid-sentence where chunk {issue['next_chunk'] + 1} begins",
+        issue["text"],
+        tried=tried,
+    )
 
 
 def remove_paragraph(text: str, snippet: str) -> str:

@@ -78,17 +78,24 @@ def give_up(
     return None
 
 
+# The cuts that are a whole answer not used, not junk: a repair's or a bridge's answer given up
+# (``not_used``), an edit's or a coverage retry's answer refused (``out_of_scope``).
+UNUSED_RULES = ("not_used", "out_of_scope")
+
+
 @dataclass(frozen=True)
 class WordAccount:
     """What a job's words are made of, shown wherever its outcome is (page, status, API, webhook,
     the final audit event): the words the model wrote (every answer for the document, used or not:
-    each is a chunk attempt), those cut (by rule: the gate's, repeats of the document, answers not
-    used), the chunks accepted short after their attempts ran out, the top-ups that made up for
-    them, and what was trimmed to a length: chunks cut to their maximum when committed, and the
-    document's end cut by finalize to the job's maximum (its words before, the words cut, where)."""
+    each is a chunk attempt), those cut (by rule), split into junk (the gate's rules, repeats of
+    the document, fragments cut to a sentence boundary) and answers not used (``UNUSED_RULES``),
+    the chunks short (their last length check failed: accepted short after their attempts ran
+    out, or left short by a repair or an edit), the top-ups that made up for them, and what was
+    trimmed to a length: chunks cut to their maximum when committed, and the document's end cut
+    by finalize to the job's maximum (its words before, the words cut, where)."""
 
     words_model: int = 0
-    words_cut: int = 0
+    words_cut: int = 0  # = words_junk + words_unused
     cut_by_rule: dict[str, int] = field(default_factory=dict)
     chunks_short: int = 0
     top_up_rounds: int = 0
@@ -97,6 +104,13 @@ class WordAccount:
     final_words_before: int = 0  # the assembled document's words before finalize cut it (0: it did not)
     final_trimmed: int = 0  # the words finalize cut from the document's end, down to the job's max_words
     final_trimmed_at: str = ""  # where that cut began
+    words_junk: int = field(init=False, default=0)  # cut as junk: every rule but UNUSED_RULES
+    words_unused: int = field(init=False, default=0)  # cut as answers not used
+
+    def __post_init__(self) -> None:
+        unused = sum(n for r, n in self.cut_by_rule.items() if r in UNUSED_RULES)
+        object.__setattr__(self, "words_unused", unused)
+        object.__setattr__(self, "words_junk", self.words_cut - unused)
 
     def with_trim(self, trim: dict[str, Any] | None) -> WordAccount:
         """The account with finalize's trim (``core.layout.Trim.record``), if it made one."""
@@ -114,11 +128,20 @@ class WordAccount:
         return asdict(self)
 
     def describe(self) -> str:
-        """One line a person reads: what was cut and why, what was accepted short and made up for."""
+        """One line a person reads: what was cut and why (junk, apart from answers not used: the
+        parts add up to the words cut), what was accepted short and made up for, what was trimmed."""
         parts = [f"the model wrote {self.words_model:,} words"]
-        if self.words_cut:
-            rules = ", ".join(f"{r} {n:,}" for r, n in sorted(self.cut_by_rule.items(), key=lambda kv: -kv[1]))
-            parts.append(f"{self.words_cut:,} cut as junk ({rules})")
+        junk = _by_rule({r: n for r, n in self.cut_by_rule.items() if r not in UNUSED_RULES})
+        unused = _by_rule({r: n for r, n in self.cut_by_rule.items() if r in UNUSED_RULES})
+        if self.words_junk and self.words_unused:
+            parts.append(
+                f"{self.words_cut:,} cut: {self.words_junk:,} as junk ({junk}), "
+                f"{self.words_unused:,} from answers not used ({unused})"
+            )
+        elif self.words_unused:
+            parts.append(f"{self.words_unused:,} cut from answers not used ({unused}), none as junk")
+        elif self.words_junk:
+            parts.append(f"{self.words_junk:,} cut as junk ({junk})")
         else:
             parts.append("none cut as junk")
         if self.chunks_short:
@@ -134,3 +157,7 @@ class WordAccount:
                 f"({self.final_words_before:,} -> {after:,}; {self.final_trimmed_at})"
             )
         return "; ".join(parts)
+
+
+def _by_rule(cut: dict[str, int]) -> str:
+    return ", ".join(f"{r} {n:,}" for r, n in sorted(cut.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -30,9 +30,11 @@ _WORDS_MODEL = text(
     "(SELECT coalesce(sum((detail->'gate'->>'words_model')::int), 0) FROM chunk_versions "
     "WHERE job_id = :j AND detail ? 'gate')"
 )
+# A chunk's last length check, the one recorded last: its last attempt's, or its last version's
+# after a repair, the stitch or an edit (``activities.base.check_version_length``, negative rounds).
 _SHORT_CHUNKS = text(
     "SELECT count(*) FROM chunks c JOIN LATERAL (SELECT l.passed FROM length_checks l WHERE l.chunk_id = c.id "
-    "AND l.scope = 'chunk' ORDER BY l.round DESC LIMIT 1) last ON true "
+    "AND l.scope = 'chunk' ORDER BY l.id DESC LIMIT 1) last ON true "
     "WHERE c.job_id = :j AND c.status = 'done' AND NOT last.passed"
 )
 _CHUNK_TRIMS = text(
@@ -74,12 +76,15 @@ async def coherence_counts(s: AsyncSession, job_id: uuid.UUID, words_written: in
     """A job's coherence in numbers (``core.coherence.report``, without the findings' list): the
     report, the job page, the final audit event and the webhook all read it."""
     findings = [
-        {"category": c, "severity": sev, "status": st}
-        for c, sev, st in (
+        {"category": c, "subtype": sub, "severity": sev, "status": st}
+        for c, sub, sev, st in (
             await s.execute(
-                select(ContinuityFinding.category, ContinuityFinding.severity, ContinuityFinding.status).where(
-                    ContinuityFinding.job_id == job_id
-                )
+                select(
+                    ContinuityFinding.category,
+                    ContinuityFinding.subtype,
+                    ContinuityFinding.severity,
+                    ContinuityFinding.status,
+                ).where(ContinuityFinding.job_id == job_id)
             )
         ).all()
     ]

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Integer, cast, select
 
 from core.coherence import summary_line
+from core.continuity import BROKEN_SEAM
 from core.memory import CATEGORY_NAMES
 from db.counts import coherence_counts
 from db.coverage import coverage_counts
@@ -71,7 +72,8 @@ async def coherence(db: Database, job: Job) -> dict[str, Any]:
             "status": f.status,
             "detector": f.detector,
             "message": f.message,
-            "where": "seam" if f.seam_check_id else "chunk",
+            # A broken seam (the stitch's) is between this chunk and the next, inside their chapter.
+            "where": "seam" if f.seam_check_id or f.subtype == BROKEN_SEAM else "chunk",
             "chunk": ordinal,
             "chapter": units.get(unit_id),
             "version": version,

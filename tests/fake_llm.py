@@ -37,8 +37,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   ``index``-th write (default 1) of outline chapter ``chapter``) with what the memory call reports of them
   (``entity``, ``attribute``, ``value``); a plant that gives a known entity's attribute another
   value is reported as a contradiction of that entry by the judge, one that gives it again as an
-  agreement (``agrees``) (``judge_mode`` "weak": the attribute is listed, no contradiction nor
-  agreement is ever named; "invalid": a judge-only call, the seam's,
+  agreement (``agrees``) (``judge_mode``, one setting for both judges, this one and the coverage
+  judge below: "names", the default, names what it finds; "weak": the attribute is listed, no
+  contradiction nor agreement is ever named; "invalid": a judge-only call, the seam's,
   answers no valid JSON). ``recheck_mode`` scripts the memory call that sees a plant it already
   reported (a re-check after a repair): "lazy" leaves that plant's detail out, "invalid" answers
   no valid JSON. A repair call puts the established sentence back in place of the contradicting
@@ -60,7 +61,8 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   "unfinished" (cut off mid-sentence), "overshoot" (three times the words), "comply" (the
   instruction said in a sentence); past the queue, prose (an instruction ignored). The coverage
   judge (its system prompt) says an item is covered, quoting the sentence, when every word of five
-  letters or more of it stands in one sentence of the text, else not; ``judge_mode`` "invalid"
+  letters or more of it stands in one sentence of the text, else not (``judge_mode`` "names", the
+  default); ``judge_mode`` "invalid"
   answers no valid JSON, "lying" claims every item covered with a quote that is not in the text. A
   coverage retry (one paragraph rewritten to carry the items) gives the paragraph back unchanged,
   or, with ``comply``, with each item said as a sentence; ``comply`` also has a chunk write say its
@@ -115,7 +117,7 @@ class FakeState:
     seam_drift: bool = False
     plants: list[dict[str, Any]] = field(default_factory=list)
     memory_mode: str = "valid"
-    judge_mode: str = "names"
+    judge_mode: str = "names"  # both judges: the memory's and the coverage judge (see the docstring)
     recheck_mode: str = ""
     reported: set[str] = field(default_factory=set)  # plant sentences a memory answer has reported
     repair_mode: str = "fix"
@@ -126,7 +128,6 @@ class FakeState:
     chapter_writes: dict[int, int] = field(default_factory=dict)  # ... by outline chapter
     faults: deque[str] = field(default_factory=deque)
     rewrites: deque[str] = field(default_factory=deque)
-    judge_mode: str = "valid"
     comply: bool = False
     in_flight: int = 0
     peak_in_flight: int = 0

@@ -4,14 +4,17 @@ failing on real text (and passing on text that agrees)."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
-from core.coherence import BASE_MODEL, ReportInput, report, summary_line
+from core.coherence import BASE_MODEL, ReportInput, brief, report, summary_line
 from core.continuity import (
     Finding,
     apply_fixes,
+    broken_seam_finding,
     changed_attributes,
     check,
     name_variants,
@@ -27,6 +30,7 @@ from core.recall import Summary, build_context, judge_entries
 from core.repair import Recheck, settle, why_open
 from core.seam import Fate, decide
 from core.values import compare
+from tests import fake_llm
 
 PASSAGE = (
     "Captain Mara Quell checked the brass compass on her left wrist before the Kestrel left the harbour. "
@@ -267,6 +271,30 @@ def test_the_report_counts_per_10k_words_by_category() -> None:
     assert rep["found"] == 3 and rep["repaired"] == 1 and rep["open"] == 2 and rep["per_10k_words"] == 1.5
     assert rep["by_category"]["characters"] == {"name": "characters", "found": 2, "per_10k_words": 1.0, "open": 1}
     assert rep["states"]["fallback_share"] == 0.1 and rep["seams"]["flagged"] == 1
+
+
+def test_a_seam_left_broken_is_counted_and_said_in_the_reports_line() -> None:
+    issue = {"type": "broken_seam", "chunk": 2, "next_chunk": 3, "text": "and the keepers went on counting the"}
+    f = broken_seam_finding(issue, "2 bridge(s) asked for, each refused: ends in the middle of a sentence")
+    assert (f.subtype, f.severity, f.quote) == ("broken_seam", "major", issue["text"]) and "chunk 3 stops" in f.message
+    rows = [
+        {"category": "style", "subtype": "broken_seam", "severity": "major", "status": "open"},
+        {"category": "characters", "subtype": "attribute_changed", "severity": "major", "status": "open"},
+    ]
+    rep = report(ReportInput(10_000, rows, 10, 4, {"model": 4}))
+    assert rep["broken_seams"] == 1 and rep["open"] == 2 and rep["by_category"]["style"]["open"] == 1
+    assert "2 open (1 broken seam: text that stops mid-sentence)" in summary_line(rep)
+    assert brief(rep)["broken_seams"] == 1
+    assert "broken seam" not in summary_line(report(ReportInput(10_000, rows[1:], 10, 4, {"model": 4})))
+
+
+def test_the_scripted_model_declares_each_setting_once() -> None:
+    # A field declared twice keeps its last default silently: "judge_mode" was "names", then "valid".
+    tree = ast.parse(Path(fake_llm.__file__).read_text())
+    state = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FakeState")
+    names = [n.target.id for n in state.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+    assert fake_llm.FakeState().judge_mode == "names"  # the judge that names what it finds, as tests mean it
 
 
 # -- names as words, values that differ, repairs on evidence, seams that say what ran (issue 26) --

@@ -16,8 +16,9 @@ from core.length import WordAccount
 from core.scope import boundary_problems, start_problem
 from core.text import count_words
 from db.counts import word_account
-from db.manuscript import ChunkAttempt, ChunkVersion, PlanNode, StitchResult
+from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LengthCheck, PlanNode, SeamCheck, StitchResult
 from db.models import AuditEvent, LlmCall
+from quire.remote import coherence_lines
 from tests.helpers import output, submit, wait
 from tests.test_coherence import FACT, LIE, _fact, _findings, _lie, _versions
 
@@ -111,7 +112,9 @@ async def test_a_repair_refused_once_is_used_when_asked_again_and_starts_on_a_se
 
 
 @pytest.mark.parametrize("bridge_mode", ["", "unfinished", "opens"])
-async def test_a_bridge_ends_its_sentence_or_is_refused_and_the_seam_stays_broken(db, client, fake, user, bridge_mode):
+async def test_a_bridge_ends_its_sentence_or_is_refused_and_the_seam_stays_broken(
+    db, client, fake, user, http, bridge_mode
+):
     # The second chunk's answer ends in a 95-word run-on: a broken seam inside its section.
     fake.reset(ratio=(1.0, 1.15), run_on={2}, bridge_mode=bridge_mode)
     job_id = await submit(
@@ -148,6 +151,27 @@ async def test_a_bridge_ends_its_sentence_or_is_refused_and_the_seam_stays_broke
         assert doc is not None and "keepers went on counting the." not in doc.text
         said = [e for e in await _events(db, job_id, "stitch", "section") if e.get("bridges_refused")]
         assert len(said) == 1 and said[0]["bridges_refused"][0]["chunk"] == chunk  # the log says so
+    # A seam left broken is an open finding, with what was tried, in the report, the page's and the CLI's.
+    broken_findings = [f for f in await _findings(db, job_id) if f.subtype == "broken_seam"]
+    rep = (await http.get(f"/v1/jobs/{job_id}/coherence", headers=auth(user))).json()
+    if not bridge_mode:
+        assert broken_findings == [] and rep["broken_seams"] == 0 and "broken seam" not in rep["summary"]
+    else:
+        assert len(broken_findings) == 1, broken_findings
+        f = broken_findings[0]
+        assert f.status == "open" and f.severity == "major" and f.repair_version_id is None
+        assert f.tried.startswith("2 bridge(s) asked for, each refused: ") and why in f.tried
+        assert f.quote == issue["text"] and f.repair_attempts == 2
+        assert said[0]["left_broken"] == [f.id]
+        item = next(i for i in rep["items"] if i["id"] == f.id)
+        assert item["status"] == "open" and item["where"] == "seam" and item["chunk"] == chunk
+        assert item["audit_seq"] and why in item["tried"]
+        assert rep["broken_seams"] == 1 and rep["open"] >= 1 and rep["by_category"]["style"]["open"] >= 1
+        assert "(1 broken seam: text that stops mid-sentence)" in rep["summary"]
+        shown = "\n".join(coherence_lines(rep))  # what `quire coherence` prints
+        assert f"broken_seam at chunk {chunk + 1}" in shown and "(seam): OPEN (2 bridge(s) asked for" in shown
+        final = (await _events(db, job_id, "job", "succeeded"))[0]
+        assert final["coherence"]["broken_seams"] == 1
     await every_model_word_counted(db, job_id)
 
 
@@ -192,6 +216,38 @@ async def test_an_edits_repair_extended_is_in_the_account(db, client, fake, user
     await every_model_word_counted(db, job_id)
 
 
+def test_the_accounts_line_says_junk_apart_from_answers_not_used_and_the_parts_add_up() -> None:
+    both = WordAccount(1012, 175, {"repeat": 100, "meta": 35, "not_used": 25, "out_of_scope": 15})
+    assert both.words_junk == 135 and both.words_unused == 40 and both.as_dict()["words_unused"] == 40
+    assert "175 cut: 135 as junk (repeat 100, meta 35), 40 from answers not used (not_used 25, out_of_scope 15)" in (
+        both.describe()
+    )
+    unused = WordAccount(500, 30, {"not_used": 30})
+    assert "30 cut from answers not used (not_used 30), none as junk" in unused.describe()
+    assert "cut as junk" not in unused.describe()
+    assert "; 12 cut as junk (echo 12)" in WordAccount(90, 12, {"echo": 12}).describe()
+
+
+async def test_a_jobs_answers_not_used_are_never_called_junk(db, client, fake, user, http):
+    # Every repair rewrite starts mid-sentence: refused, asked again, refused; its words all cut, not used.
+    fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2), _lie(nth=4)], repair_mode="midstart")
+    job_id = await submit(db, client, user, kind="generate", prompt="Compass rose", target_words=4_000)
+    assert await wait(client, job_id) == "succeeded"
+    account = await every_model_word_counted(db, job_id)
+    assert account.cut_by_rule.get("not_used", 0) > 0 and account.words_unused == account.cut_by_rule["not_used"]
+    assert account.words_junk + account.words_unused == account.words_cut
+    shown = (await http.get(f"/v1/jobs/{job_id}", headers=auth(user))).json()["account"]
+    succeeded = (await _events(db, job_id, "job", "succeeded"))[0]
+    for line in (shown["summary"], succeeded["summary"]):  # the page and `quire status`; the event and webhook
+        assert f"from answers not used (not_used {account.words_unused:,})" in line, line
+        assert "not_used" not in line.split("from answers not used")[0], line  # never among the junk
+        if account.words_junk:
+            assert f"{account.words_cut:,} cut: {account.words_junk:,} as junk (" in line, line
+        else:
+            assert f"{account.words_unused:,} cut from answers not used" in line and "none as junk" in line, line
+    assert shown["words_unused"] == succeeded["account"]["words_unused"] == account.words_unused
+
+
 # -- finalize says what it cut --------------------------------------------------------------------------
 
 
@@ -220,3 +276,45 @@ async def test_a_document_over_its_maximum_is_cut_and_the_cut_is_recorded_and_sh
     shown = (await http.get(f"/v1/jobs/{job_id}", headers=auth(user))).json()["account"]
     assert shown["final_trimmed"] == trim["words_cut"]
     assert f"finalize cut the document's last {trim['words_cut']:,} words" in shown["summary"]
+
+
+# -- a repair that leaves a chunk short is said short ----------------------------------------------------
+
+
+async def test_a_seam_repair_that_leaves_a_chunk_short_is_checked_and_the_document_still_meets_its_length(
+    db, client, fake, user, http
+):
+    # Chapter 3 (written from a handoff while chapter 2 is slow) contradicts chapter 2; its seam repair
+    # answers with the established sentence alone, which chapter 2 already says: the paragraph goes, and
+    # the chunk, written to its minimum, falls below it.
+    fake.reset(
+        ratio=(1.0, 1.02), plants=[_fact(chapter=2), _lie(chapter=3)], chapter_delay={2: 1.0}, repair_mode="terse"
+    )
+    target = 20_000
+    job_id = await submit(
+        db, client, user, kind="generate", prompt="Two compasses", target_words=target,
+        options={"parallelism": 4, "chunk_words": 1500},
+    )  # fmt: skip
+    assert await wait(client, job_id) == "succeeded"
+    at_seam = [f for f in await _findings(db, job_id) if f.seam_check_id is not None and LIE in f.quote]
+    assert at_seam and at_seam[0].status == "repaired"
+    repaired = (await _versions(db, at_seam[0].chunk_id))[-1]
+    chunk = (await _rows(db, Chunk, Chunk.id == at_seam[0].chunk_id))[0]
+    assert repaired.reason == "seam_repair" and repaired.word_count < chunk.min_words
+    # Its length check: the repaired version's, failed, the chunk's last; said in the log.
+    checks = await _rows(db, LengthCheck, LengthCheck.chunk_id == chunk.id, order=LengthCheck.id)
+    assert checks[-1].round == -repaired.version and checks[-1].words == repaired.word_count
+    assert not checks[-1].passed and checks[-2].passed  # the written text passed; the repaired one does not
+    failed = [e for e in await _events(db, job_id, "length", "fail") if e.get("version") == repaired.version]
+    assert [(e["chunk"], e["reason"], e["words"]) for e in failed] == [
+        (chunk.ordinal, "seam_repair", repaired.word_count)
+    ]
+    seams = await _rows(db, SeamCheck, SeamCheck.id == at_seam[0].seam_check_id)
+    assert seams[0].status == "repaired"
+    # The account counts it short, and says so; the document still has the words asked for.
+    account = await every_model_word_counted(db, job_id)
+    assert account.chunks_short >= 1
+    shown = (await http.get(f"/v1/jobs/{job_id}", headers=auth(user))).json()
+    assert shown["account"]["chunks_short"] == account.chunks_short and "accepted short" in shown["account"]["summary"]
+    doc = await output(db, job_id)
+    assert doc is not None and doc.word_count == count_words(doc.text) >= target and shown["target_met"]
