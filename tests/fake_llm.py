@@ -45,8 +45,9 @@ openai client, retries and recording are exercised. Tests script its behaviour:
   no valid JSON. A repair call puts the established sentence back in place of the contradicting
   one (``repair_mode`` "stubborn": changes nothing; "cosmetic": changes other words, keeps the
   contradicting sentence; "midstart": puts it back but opens with the end of a sentence the
-  paragraph never had ("beyond the harbor wall."), so that the answer starts in the middle of a
-  sentence, "midstart_once" so until told its last rewrite was not used; "terse": answers with the
+  paragraph never had ("2500 BC) stood beyond the harbor wall.": a bracket it never opened, which
+  the gate leaves, so that the answer starts in the middle of a sentence; "midstart_once" so until
+  told its last rewrite was not used; "terse": answers with the
   established sentence alone, so that the passage falls short); a summary call answers the first
   summary it is given;
 - a stitch's bridge (a passage that stops mid-sentence finished): prose of the words asked for;
@@ -494,7 +495,7 @@ class FakeLLM:
                     paragraph = there if mode == "terse" else paragraph.replace(p["sentence"], there)
         told = "Your last rewrite was not used" in prompt
         if mode == "midstart" or (mode == "midstart_once" and not told):  # it starts mid-sentence
-            paragraph = f"beyond the harbor wall. {paragraph}"
+            paragraph = f"2500 BC) stood beyond the harbor wall. {paragraph}"
         return paragraph
 
     def _rewrite(self, prompt: str, prose: str, want: int, rng: random.Random) -> str:

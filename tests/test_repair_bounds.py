@@ -71,7 +71,7 @@ async def every_model_word_counted(db, job_id: uuid.UUID) -> WordAccount:
 async def test_a_repair_that_starts_mid_sentence_is_refused_asked_again_and_the_finding_stays_open(
     db, client, fake, user
 ):
-    # Every rewrite opens with the end of a sentence the paragraph never had: "beyond the harbor wall. ..."
+    # Every rewrite opens with the end of a sentence the paragraph never had: "2500 BC) stood beyond ..."
     fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2), _lie(nth=4)], repair_mode="midstart")
     job_id = await submit(db, client, user, kind="generate", prompt="Compass rose", target_words=4_000)
     assert await wait(client, job_id) == "succeeded"
@@ -85,7 +85,7 @@ async def test_a_repair_that_starts_mid_sentence_is_refused_asked_again_and_the_
     # Asked again, told why; each answer kept as an attempt, none used (its words all cut, said why).
     prompts = ["\n".join(m["content"] for m in r["body"]["messages"]) for r in fake.requests]
     repairs = [p for p in prompts if "contradicts what the document established earlier" in p]
-    assert len(repairs) >= 2 and "Your last rewrite was not used: it starts with a lowercase word" in repairs[1]
+    assert len(repairs) >= 2 and "Your last rewrite was not used: it closes a () it never opened" in repairs[1]
     tries = await _rows(db, ChunkAttempt, ChunkAttempt.chunk_id == found[0].chunk_id, ChunkAttempt.kind == "repair")
     assert len(tries) == len(repairs) and all(a.added_text == "" for a in tries)
     assert all(any(c["rule"] == "not_used" for c in a.cuts) for a in tries)
