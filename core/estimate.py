@@ -165,19 +165,20 @@ CHAT = Profile(
     learnt={"calls": 0.2, "tokens_in": 0.2, "tokens_out": 0.2, "wall_seconds": 0.3},
 )
 # The local demo model (Gemma 3 270M on llama.cpp, one call at a time on 2 cores), measured
-# (bench_estimate): a base model, so no memory, judge or summary calls (the extractor remembers for
-# it) and short prompts (the document so far); it writes to its token cap on every call and the gate
-# cuts most of it, so a passage takes several extensions (~15 tokens written a word kept). Its speed
-# is the machine's: ~25 tokens a second on idle cores, 2 on cores six other jobs share.
+# (bench_estimate, 2026-12-07): a base model, so no memory, judge or summary calls (the extractor
+# remembers for it) and short prompts (the document so far); most answers run to the prose cap
+# (LOCAL_MAX_TOKENS) whatever the passage, so tokens a call are flat, and the gate's cuts cost about
+# two extensions a passage (2 to 6 tokens written a word kept). Its speed is the machine's: 27 to
+# 41 tokens a second on idle cores, a few on busy ones; 20 sits between, and sigma spans both.
 LOCAL = replace(
     CHAT,
     name="defaults for the local model",
-    rates={**_RATES, "extend": 3.5, "memory": 0.0, "judge": 0.0, "repair": 0.0, "summary": 0.0},
-    tokens_in={**_IN, "plan": (80, 0), "expand": (100, 0), "write": (70, 0.1), "extend": (100, 0.6)},
-    tokens_out={**_OUT, "plan": (300, 0), "expand": (300, 0), "write": (0, 1.8), "extend": (200, 2.5)},
+    rates={**_RATES, "extend": 2.1, "memory": 0.0, "judge": 0.0, "repair": 0.0, "summary": 0.0},
+    tokens_in={**_IN, "plan": (65, 0), "expand": (100, 0), "write": (60, 0.1), "extend": (250, 0.2)},
+    tokens_out={**_OUT, "plan": (60, 0), "expand": (300, 0), "write": (430, 0), "extend": (440, 0)},
     job_s=10.0,
     call_s=2.0,
-    out_per_s=7.0,
+    out_per_s=20.0,
     in_per_s=100.0,
     sigma={"calls": 0.45, "tokens_in": 0.5, "tokens_out": 0.5, "wall_seconds": 1.0},
     learnt={"calls": 0.25, "tokens_in": 0.3, "tokens_out": 0.3, "wall_seconds": 0.9},

@@ -244,6 +244,9 @@ class _ActivityAudit(worker.ActivityInboundInterceptor):
             "error": str(failure),  # whole: the log cuts nothing it cannot point to
             **({"completed_unrecorded": True} if completed else {}),
         }
+        if isinstance(failure, asyncio.CancelledError):  # "Activity cancelled" alone says not by whom
+            error["cancelled_because"] = _why_cancelled()
+            log.warning("activity.cancelled", activity=info.activity_type, why=error["cancelled_because"])
         try:
             await self._flush()
             if step is not None:
@@ -372,6 +375,18 @@ async def _deferred_written(db: Database, job_id: uuid.UUID, key: str) -> bool:
             {"j": job_id, "k": key},
         )
         return found.first() is not None
+
+
+def _why_cancelled() -> str:
+    """What the server gave as the reason it cancelled this attempt: a cancel request, a heartbeat
+    that timed out, a pause (`temporal activity pause`), a reset, a run that is gone, or the
+    worker shutting down; "unknown" when it gave none (a cancel from inside the worker)."""
+    details = activity.cancellation_details()
+    named = [k for k in _CANCEL_REASONS if details is not None and getattr(details, k)]
+    return ", ".join(named) or "unknown"
+
+
+_CANCEL_REASONS = ("cancel_requested", "timed_out", "paused", "reset", "not_found", "worker_shutdown")
 
 
 async def _heartbeat() -> None:

@@ -105,9 +105,12 @@ async def test_a_poisoned_activity_is_paused_then_let_go_and_the_job_goes_on(db,
         await testkit.until("the activity paused", lambda: pending("paused"))
 
         async def attempt_ended() -> bool:  # at its next heartbeat, the running attempt is cancelled
-            sql = "SELECT data->>'error_type' FROM audit_events WHERE job_id=:j AND kind='activity' AND action='error'"
+            sql = (
+                "SELECT data->>'error_type', data->>'cancelled_because' FROM audit_events"
+                " WHERE job_id=:j AND kind='activity' AND action='error'"
+            )
             ends = await rows(db, sql, j=job.id)
-            return [e[0] for e in ends] == ["CancelledError"]
+            return [tuple(e) for e in ends] == [("CancelledError", "paused")]  # the log says why
 
         await testkit.until("the hanging attempt ended", attempt_ended, within=60)
 
