@@ -8,74 +8,19 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select, text
 
 from db.models import AccountEvent, AuditEvent, Document, Job
-from db.session import Database
 from services import accounts
 from testkit import make_job
+from tests.helpers import auth, follow_to_end, set_status, sse
 
 pytestmark = pytest.mark.usefixtures("worker")
 ROOT = Path(__file__).parent.parent
-
-
-def auth(user: accounts.NewUser) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user.api_key}"}
-
-
-async def sse(
-    http: httpx.AsyncClient, path: str, headers: dict[str, str], on_comment: Callable[[str], None] | None = None
-) -> AsyncIterator[tuple[str, str, str]]:
-    """(event, id, data) of a server-sent event stream; comment lines (keep-alives) go to ``on_comment``."""
-    async with http.stream("GET", path, headers=headers, timeout=60) as r:
-        assert r.status_code == 200, await r.aread()
-        assert r.headers["content-type"].startswith("text/event-stream")
-        event, eid, data = "message", "", []
-        async for line in r.aiter_lines():
-            if line.startswith(":"):
-                if on_comment is not None:
-                    on_comment(line)
-            elif line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("id:"):
-                eid = line[3:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip())
-            elif line == "" and data:
-                yield event, eid, "\n".join(data)
-                event, eid, data = "message", "", []
-
-
-async def follow_to_end(
-    http: httpx.AsyncClient, job_id: str, user: accounts.NewUser, after: int = 0
-) -> tuple[list[int], dict[str, Any]]:
-    """The seqs a stream sends until its end event, and that event's data."""
-    seqs: list[int] = []
-    async for event, eid, data in sse(http, f"/v1/jobs/{job_id}/audit/stream?after={after}", auth(user)):
-        if event == "end":
-            return seqs, json.loads(data)
-        seqs.append(int(eid))
-    raise AssertionError("the stream closed without an end event")
-
-
-async def set_status(db: Database, job_id: uuid.UUID, status: str) -> None:
-    """Finish a job made by make_job (it has no workflow) the way the finishing activity does."""
-    async with db.job_tx(job_id) as tx:
-        job = await tx.session.get(Job, job_id)
-        assert job is not None
-        if status == "succeeded" and job.status == "queued":
-            job.status = "running"  # the database allows success only to a job that ran
-            await tx.session.flush()
-        job.status = status
-        job.completed_at = job.created_at
-        if status == "failed":
-            job.error_code, job.failure_reason = "E_LENGTH_NOT_MET", "short by 3 words after 8 rounds"
 
 
 async def test_job_lifecycle_through_the_api(http, fake, user, db):

@@ -22,7 +22,7 @@ from core.logfile import parse_log
 from db.models import Job
 from services import accounts
 from testkit import make_job
-from tests.test_api import auth, follow_to_end, set_status, sse
+from tests.helpers import auth, follow_to_end, set_status, sse
 
 pytestmark = pytest.mark.usefixtures("worker")
 

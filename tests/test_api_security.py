@@ -20,7 +20,7 @@ from api.security import API_CSP, DOCS_CSP, PAGE_CSP
 from db.models import AccountEvent
 from services import accounts
 from testkit import make_job
-from tests.test_api import auth, follow_to_end, sse
+from tests.helpers import auth, follow_to_end, sse
 
 pytestmark = pytest.mark.usefixtures("worker")
 STATIC = Path(__file__).parent.parent / "api" / "static"

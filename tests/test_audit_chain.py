@@ -31,7 +31,7 @@ from db.session import Database
 from services import logreader
 from testkit import make_job
 from tests.conftest import AUDIT_KEY, make_llm
-from tests.test_api import auth, follow_to_end
+from tests.helpers import auth, follow_to_end
 from tests.test_cli import arun
 
 pytestmark = pytest.mark.usefixtures("worker")

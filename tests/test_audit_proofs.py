@@ -23,7 +23,7 @@ from services import logreader
 from testkit import make_job
 from tests import rfc9162
 from tests.conftest import AUDIT_KEY
-from tests.test_api import auth, follow_to_end
+from tests.helpers import auth, follow_to_end
 from tests.test_cli import arun
 
 pytestmark = pytest.mark.usefixtures("worker")

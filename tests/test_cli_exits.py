@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from testkit import until
-from tests.test_api import auth, follow_to_end
+from tests.helpers import auth, follow_to_end
 from tests.test_cli import QUIRE, arun, run
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -13,7 +13,7 @@ import pytest
 
 from db.models import Base
 from tests.conftest import AUDIT_KEY
-from tests.test_api import auth, follow_to_end
+from tests.helpers import auth, follow_to_end
 from tests.test_cli import arun
 
 pytestmark = pytest.mark.usefixtures("worker")

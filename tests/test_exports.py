@@ -24,7 +24,7 @@ from db.models import Document, Job
 from services import accounts
 from testkit import make_job
 from tests.fake_llm import XSS
-from tests.test_api import auth
+from tests.helpers import auth
 
 pytestmark = pytest.mark.usefixtures("worker")
 HOSTILE = f"{XSS} & <b>bold?</b> [click](javascript:alert(2)) ![x](http://127.0.0.1:9/pixel.png)"

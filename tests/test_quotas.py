@@ -22,8 +22,7 @@ from db.manuscript import PlanNode
 from db.models import AuditEvent, LlmCall
 from services import accounts
 from tests.conftest import PRICES
-from tests.helpers import job_row, submit, wait
-from tests.test_api import auth
+from tests.helpers import auth, job_row, submit, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
 

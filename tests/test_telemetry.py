@@ -32,7 +32,7 @@ from services.config import load_settings
 from services.temporal import AuditInterceptor
 from tests.conftest import TASK_QUEUE, make_llm
 from tests.fake_llm import FakeLLM
-from tests.test_api import auth
+from tests.helpers import auth
 from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -23,7 +23,7 @@ from core.logfile import CHECKPOINT_TXT, LogError, parse_log
 from quire import verify
 from quire.errors import CliError
 from tests.conftest import AUDIT_KEY
-from tests.test_api import auth, follow_to_end
+from tests.helpers import auth, follow_to_end
 from tests.test_cli import arun
 
 PUBLIC = [AUDIT_KEY.verifier]

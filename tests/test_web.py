@@ -221,7 +221,7 @@ async def test_model_markup_is_shown_as_text_and_never_runs(browser, api_url, fa
     finish_reason, model, id). The pages show it as text. The CSP is bypassed in this browser so
     that only the pages' own text-only DOM stands between the markup and the user: no dialog."""
     from tests.fake_llm import XSS
-    from tests.test_api import auth, follow_to_end
+    from tests.helpers import auth, follow_to_end
 
     fake.reset(mode="html")
     async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
@@ -295,7 +295,7 @@ async def test_document_grows_and_the_panel_tells_the_story(browser, api_url, fa
     """Two chapters written in parallel: the page shows the document growing chunk by chunk, read
     incrementally, and the panel groups the interleaved log under the steps that wrote it."""
     from core.text import count_words
-    from tests.test_api import auth
+    from tests.helpers import auth
 
     fake.reset(ratio=(1.0, 1.05), delay_s=0.1)  # a chunk a call; the delay keeps the job in flight a while
     async with httpx.AsyncClient(base_url=api_url, headers=auth(user), timeout=30) as http:
@@ -385,7 +385,7 @@ async def test_document_grows_and_the_panel_tells_the_story(browser, api_url, fa
 async def test_the_coherence_section_shows_each_finding_a_click_from_its_chunk_and_event(
     browser, api_url, fake, user, tmp_path
 ):
-    from tests.test_api import auth
+    from tests.helpers import auth
     from tests.test_coherence import FACT, LIE, _fact, _lie
 
     fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2), _lie(nth=4)])

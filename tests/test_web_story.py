@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.test_api import auth
+from tests.helpers import auth
 from tests.test_web import browser, csp_errors, sign_in, until  # noqa: F401 - browser is a fixture
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -25,8 +25,7 @@ from core.spec import JobSpec
 from db.models import AccountEvent, AuditEvent, User
 from services import jobs, webhooks
 from tests.conftest import SEALING_KEY, TASK_QUEUE, WEBHOOK_RETRY
-from tests.helpers import job_row, wait
-from tests.test_api import auth
+from tests.helpers import auth, job_row, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
 
