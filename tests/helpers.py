@@ -1,24 +1,33 @@
 """Test helpers: submit a job the way the API does and wait for its workflow to end; call the API
-as a client does (a user's key, a job's live audit stream)."""
+as a client does (a user's key, a job's live audit stream); read what a job left in the database
+(its chain proven, its audit log); start a worker process."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import Row, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowFailureError
 
+import testkit
+from core.memory import Entry
 from core.spec import JobSpec
-from db.models import Document, Job
+from db.ddl import CHAIN_PROOF, MEMORY_PROOF
+from db.models import AuditEvent, Document, Job
 from db.session import Database
-from services import jobs
+from services import jobs, logreader
 from services.accounts import NewUser
+from tests.conftest import AUDIT_KEY, TEST_SECRET
 
 TASK_QUEUE = "quire-test"
 
@@ -162,3 +171,82 @@ async def set_status(db: Database, job_id: uuid.UUID, status: str) -> None:
         job.completed_at = job.created_at
         if status == "failed":
             job.error_code, job.failure_reason = "E_LENGTH_NOT_MET", "short by 3 words after 8 rounds"
+
+
+# --- what a job left in the database: its chain, its audit log ---------------------------------
+
+
+async def scalar(db: Database, sql: str, **params: Any) -> Any:
+    async with db.tx() as s:
+        return (await s.execute(text(sql), params)).scalar_one()
+
+
+async def assert_chain_proven(db: Database, job_id: uuid.UUID) -> None:
+    """From the tables alone (the README's queries): each chunk was written from the state its
+    predecessor left, or from a handoff checked against it at a seam; and no chunk's prompt was
+    given a ledger entry set after it in the document."""
+    async with db.tx() as s:
+        broken = (await s.execute(text(CHAIN_PROOF), {"job_id": job_id})).scalars().all()
+        told_later = (await s.execute(text(MEMORY_PROOF), {"job_id": job_id})).all()
+    total = await scalar(db, "SELECT count(*) FROM chunks WHERE job_id = :j", j=job_id)
+    assert broken == [] and total > 0 and told_later == []
+
+
+async def assert_audit_seq_gap_free(db: Database, job_id: uuid.UUID) -> int:
+    n, lo, hi = await _row(db, "SELECT count(*), min(seq), max(seq) FROM audit_events WHERE job_id = :j", j=job_id)
+    assert (lo, hi) == (1, n)
+    return int(n)
+
+
+async def _row(db: Database, sql: str, **params: Any) -> Row[Any]:
+    async with db.tx() as s:
+        return (await s.execute(text(sql), params)).one()
+
+
+async def chunk_events(s: AsyncSession, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The data of a job's ``chunk write|extend`` events (one per attempt)."""
+    q = select(AuditEvent.data).where(
+        AuditEvent.job_id == job_id, AuditEvent.kind == "chunk", AuditEvent.action.in_(["write", "extend"])
+    )
+    return list((await s.execute(q)).scalars().all())
+
+
+def start_worker(pg_url: str, temporal_target: str, fake_url: str, queue: str) -> subprocess.Popen[bytes]:
+    """A worker process (``python -m worker``) polling its own queue, as an operator starts one."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg_url,
+        "TEMPORAL_ADDRESS": temporal_target,
+        "TEMPORAL_TASK_QUEUE": queue,
+        "OPENAI_BASE_URL": fake_url,
+        "OPENAI_API_KEY": TEST_SECRET,
+        "QUIRE_MODEL": "fake-model",
+        "QUIRE_LLM_TIMEOUT_S": "5",
+        "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
+        "QUIRE_AUDIT_KEY": AUDIT_KEY.text(),  # the tests' checkpoint key (none made in ./.quire)
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def log_events(db: Database, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """A job's audit events as the log reader gives them (dicts, in seq order)."""
+    return [e async for e in logreader.iter_events(db, job_id, 0, None)]
+
+
+# --- the story memory as pure rules ----------------------------------------------------------
+
+
+def entry(id: int, kind: str, key: str, value: str, order: int, **kw: object) -> Entry:
+    """A story-ledger entry (core.memory.Entry); ``name`` defaults to the key in title case, ``quote`` to the value."""
+    return Entry(
+        id=id,
+        kind=kind,
+        key=key,
+        name=kw.pop("name", key.title()),
+        value=value,
+        quote=kw.pop("quote", value),
+        doc_order=order,
+        **kw,
+    )  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """The audit log as proof: its hash chain verifies from the database and from a downloaded file,
-any change to any event is caught and named, rolled-back work stays in the log with its error,
-long values are references that verify, retried steps add no events, and user actions are logged."""
+any change to any event is caught and named, logs written before the chain are chained by the
+upgrade, long values are references that verify, and the canonical form and TXT lines carry the
+chain. What the log records (rolled-back work, retried steps, user actions): test_audit_records.py."""
 
 from __future__ import annotations
 
@@ -14,31 +15,22 @@ import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import select
 
-from activities.contracts import JobRef, RoundRef
-from activities.finalize import FinalizeActivities
-from activities.plan import PlanActivities
 from core.chain import verify_events
-from core.errors import LlmUnavailable
 from core.eventformat import GENESIS, canonical, event_hash, is_ref, normalize, parse_txt_line, txt_line
 from core.logfile import parse_log
 from db import schema
-from db.manuscript import Chunk, CoherenceState, PlanNode
+from db.manuscript import PlanNode
 from db.models import Document, Job
 from db.session import Database
 from services import logreader
 from testkit import make_job
-from tests.conftest import AUDIT_KEY, make_llm
-from tests.helpers import auth, follow_to_end
+from tests.conftest import AUDIT_KEY
+from tests.helpers import auth, follow_to_end, log_events
 from tests.test_cli import arun
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-async def events(db: Database, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    return [e async for e in logreader.iter_events(db, job_id, 0, None)]
 
 
 async def downloaded(db: Database, job_id: uuid.UUID, fmt: str = "json") -> str:
@@ -75,7 +67,7 @@ async def test_a_finished_job_verifies_from_the_database_and_from_its_downloads(
     assert out.headers["x-quire-audit-head"] == doc.audit_head and out.headers["x-quire-audit-seq"] == str(
         doc.audit_seq
     )
-    log = await events(db, uuid.UUID(jid))
+    log = await log_events(db, uuid.UUID(jid))
     assert log[doc.audit_seq - 1]["hash"] == doc.audit_head
     # Chunk texts are references to the immutable attempt rows, rechecked by verify.
     refs = [p for e in log for p in (e["data"].get("params") or {}).values() if is_ref(p)]
@@ -148,7 +140,7 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
         async with db.job_tx(job_id) as tx:
             (await tx.session.get(Job, job_id)).title = f"title {i}"
             tx.event("test", "note", {"i": i, "x": 1.5})
-    n = len(await events(db, job_id))
+    n = len(await log_events(db, job_id))
     assert (await logreader.verify(db, job_id)).intact and offline(await downloaded(db, job_id)) == (None, True)
     for field, change in FIELDS.items():
         for seq in (1, n // 2, n):
@@ -187,7 +179,7 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
     assert code == 2 and "no job" in stderr
     # A consistent rewrite (event 3 changed, every later hash recomputed) still differs from the
     # head kept on the job, and from the head a reader kept; a lone file cannot know better.
-    log = await events(db, job_id)
+    log = await log_events(db, job_id)
     log[2]["data"]["forged"] = True
     prev = log[1]["hash"]
     for e in log[2:]:
@@ -213,101 +205,6 @@ async def test_a_change_to_any_field_of_any_event_is_caught_and_named(db, pg_url
         conn.execute("DELETE FROM audit_events WHERE job_id = %s AND seq = %s", (job_id, n))
     v = await logreader.verify(db, job_id)
     assert (v.intact, v.first_bad_seq) == (False, n) and "ends at seq" in (v.reason or "")
-
-
-async def test_a_rolled_back_write_is_in_the_log_with_its_error(db, user):
-    job_id = await make_job(db, user.user_id)
-    async with db.job_tx(job_id) as tx:
-        section = PlanNode(job_id=job_id, ordinal=0, position=0, title="s", budget_words=10)
-        root = CoherenceState(job_id=job_id, kind="root", ordinal=0)
-        tx.session.add_all([section, root])
-        await tx.session.flush()
-        other = CoherenceState(job_id=job_id, kind="handoff", ordinal=1, unit_id=section.id)
-        tx.session.add(other)
-        await tx.session.flush()
-    n = len(await events(db, job_id))
-    long_brief = "a brief that no other row stores " * 20
-    with pytest.raises(IntegrityError, match="not the state left by its predecessor"):
-        async with db.job_tx(job_id) as tx:  # the chain trigger rejects a chunk written from the wrong state
-            tx.session.add(
-                Chunk(
-                    job_id=job_id,
-                    section_id=section.id,
-                    ordinal=0,
-                    index_in_section=0,
-                    brief=long_brief,
-                    target_words=5,
-                    min_words=5,
-                    max_words=6,
-                    status="writing",
-                    state_before_id=other.id,
-                )
-            )
-            await tx.session.flush()
-    after = (await events(db, job_id))[n:]
-    assert [(e["kind"], e["action"]) for e in after] == [("sql", "write"), ("error", "rollback")]
-    insert, error = after
-    assert all(e["data"]["rolled_back"] is True for e in after)
-    assert insert["sql_text"].startswith("INSERT INTO chunks") and "not the state left" in insert["data"]["error"]
-    assert insert["data"]["params"]["brief"] == long_brief  # its row is gone: the value is kept whole
-    assert error["data"]["error"].startswith("IntegrityError: ") and "not the state left" in error["data"]["error"]
-    assert "INSERT INTO chunks" in error["data"]["error"]  # the full error text, statement and all
-
-    # A lost connection: the transaction dies with its connection, and is still in the log.
-    n = len(await events(db, job_id))
-    with pytest.raises(OperationalError):
-        async with db.job_tx(job_id) as tx:
-            await tx.session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
-    lost = (await events(db, job_id))[n:]
-    assert [(e["kind"], e["action"]) for e in lost] == [("sql", "read"), ("error", "rollback")]
-    assert "terminat" in lost[0]["data"]["error"] and lost[1]["data"]["error"].startswith("OperationalError")
-    assert (await logreader.verify(db, job_id)).intact
-
-
-async def test_finalize_retried_after_its_commit_adds_no_event(db, user):
-    job_id = await make_job(db, user.user_id)
-    async with db.job_tx(job_id) as tx:
-        section = PlanNode(job_id=job_id, ordinal=0, position=0, title="s", budget_words=10)
-        tx.session.add(section)
-        await tx.session.flush()
-        tx.session.add(
-            Chunk(
-                job_id=job_id,
-                section_id=section.id,
-                ordinal=0,
-                index_in_section=0,
-                target_words=10,
-                min_words=10,
-                max_words=11,
-                text="Only four words here.",
-            )
-        )
-    finalize = FinalizeActivities(db).finalize
-    n = len(await events(db, job_id))
-    first = await finalize(RoundRef(str(job_id), 0))
-    once = (await events(db, job_id))[n:]
-    assert not first.met and not first.give_up and first.words == 4
-    assert [(e["kind"], e["action"]) for e in once if e["kind"] not in ("sql", "row")] == [
-        ("length", "fail"),
-        ("job", "short"),
-    ]
-    again = await finalize(RoundRef(str(job_id), 0))  # as after a worker died before reporting
-    retry = (await events(db, job_id))[n + len(once) :]
-    assert again == first
-    # Its reads are real and logged; nothing is written or recorded again.
-    assert retry and {(e["kind"], e["action"]) for e in retry} == {("sql", "read")}
-
-
-async def test_plan_retried_after_its_first_commit_says_running_once(db, fake, user):
-    job_id = await make_job(db, user.user_id)
-    plan = PlanActivities(db, make_llm(db, fake)).plan_job
-    fake.inject(*["500"] * 6)  # every HTTP attempt of the first try fails, after its first commit
-    with pytest.raises(LlmUnavailable):
-        await plan(JobRef(str(job_id)))
-    await plan(JobRef(str(job_id)))
-    log = await events(db, job_id)
-    assert [e["action"] for e in log if e["kind"] == "job"] == ["running"]
-    assert [e["action"] for e in log if e["kind"] == "plan"] == ["created"]
 
 
 async def test_logs_written_before_the_chain_are_chained_by_the_upgrade(fresh_db_url):
@@ -352,7 +249,7 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
         tx.event("test", "note", {"note": note})
     async with db.job_tx(job_id) as tx:
         (await tx.session.get(PlanNode, section.id)).purpose = "second " * 100
-    log = await events(db, job_id)
+    log = await log_events(db, job_id)
     sql = next(e for e in log if e["kind"] == "sql" and e["sql_text"].startswith("INSERT INTO documents"))
     doc_id = sql["row_id"]
     assert sql["data"]["rows"][0]["values"]["text"]["$ref"] == f"documents.text#{doc_id}"
@@ -380,42 +277,6 @@ async def test_long_values_are_references_that_verify_and_a_change_is_caught(db,
         conn.execute("UPDATE plan_nodes SET purpose = 'third' WHERE id = %s", (section.id,))
     v = await logreader.verify(db, job_id)  # the section's last logged summary is the update's
     assert (v.intact, v.first_bad_seq) == (False, update["seq"]) and "plan_nodes.purpose" in v.reason
-
-
-async def test_user_actions_are_in_the_jobs_log(http, fake, user, db):
-    fake.reset(delay_s=0.05)
-    r = await http.post(
-        "/v1/jobs", json={"kind": "generate", "prompt": "Ice", "target_words": 3000}, headers=auth(user)
-    )
-    jid = r.json()["id"]
-    ua = {"User-Agent": "quire-test/1.0"}
-    assert (await http.post(f"/v1/jobs/{jid}/views", headers={**auth(user), **ua})).status_code == 204
-    assert (await http.post(f"/v1/jobs/{jid}/cancel", headers={**auth(user), **ua})).status_code == 202
-    _, end = await follow_to_end(http, jid, user)
-    assert end["status"] == "cancelled"
-    assert (await http.get(f"/v1/jobs/{jid}/output?partial=1", headers={**auth(user), **ua})).status_code == 200
-    assert (await http.get(f"/v1/jobs/{jid}/audit?download=1", headers={**auth(user), **ua})).status_code == 200
-    log = await events(db, uuid.UUID(jid))
-    acts = [e for e in log if e["kind"] == "user"]
-    assert [e["action"] for e in acts] == ["view", "cancel", "download_output", "download_audit"]
-    for e in acts:
-        d = e["data"]
-        assert (d["user"], d["user_id"], d["ip"], d["user_agent"]) == (
-            user.name,
-            user.user_id,
-            "127.0.0.1",
-            ua["User-Agent"],
-        )
-        assert e["ts"].endswith("Z")
-    cancel = next(e for e in log if e["kind"] == "workflow" and e["action"] == "cancel")
-    assert acts[1]["seq"] < cancel["seq"]  # asked for, then sent to the workflow
-    assert acts[2]["data"]["role"] == "partial" and len(acts[2]["data"]["sha256"]) == 64
-    # Paged reads and status polls are reads, not downloads: they add nothing to the job's log.
-    n = len(log)
-    await http.get(f"/v1/jobs/{jid}/audit?limit=5", headers=auth(user))
-    await http.get(f"/v1/jobs/{jid}", headers=auth(user))
-    assert len(await events(db, uuid.UUID(jid))) == n
-    assert (await http.post(f"/v1/jobs/{uuid.uuid4()}/views", headers=auth(user))).status_code == 404
 
 
 def test_txt_lines_carry_the_chain():

@@ -23,8 +23,16 @@ from db.manuscript import Chunk, ChunkVersion, CoherenceState, PlanNode, SeamChe
 from db.models import AuditEvent, Job, LlmCall
 from services import jobs
 from tests.conftest import make_llm
-from tests.helpers import job_row, output, submit, wait
-from tests.test_job import assert_audit_seq_gap_free, assert_chain_proven, scalar, start_worker
+from tests.helpers import (
+    assert_audit_seq_gap_free,
+    assert_chain_proven,
+    job_row,
+    output,
+    scalar,
+    start_worker,
+    submit,
+    wait,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
 

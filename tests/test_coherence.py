@@ -18,9 +18,8 @@ from services import jobs
 from testkit import until
 from tests.conftest import TEST_SECRET
 from tests.fake_llm import MEMORY_SYSTEM, _chapter_of
-from tests.helpers import job_row, output, submit, wait
+from tests.helpers import assert_audit_seq_gap_free, assert_chain_proven, job_row, output, submit, wait
 from tests.test_cli import arun
-from tests.test_job import assert_audit_seq_gap_free, assert_chain_proven
 from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -1,15 +1,11 @@
-"""The durable job: length guarantee, coherence chain, faults, crashes, rewrites, cancel."""
+"""The durable job: length guarantee, coherence chain, faults, crashes, rewrites, cancel, one
+transaction per model call. A model that writes junk: test_job_junk.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
-import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -17,55 +13,26 @@ import pytest
 from sqlalchemy import func, select, text
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 
-import testkit
-from activities.llm import LlmClient
 from core.spec import JobSpec
 from core.text import count_words
-from db.ddl import CHAIN_PROOF, MEMORY_PROOF
 from db.manuscript import Chunk, ChunkAttempt
 from db.models import AuditEvent, Document, LlmCall
 from services import jobs
-from tests.conftest import AUDIT_KEY, TASK_QUEUE, TEST_SECRET
-from tests.fake_llm import JUNK_INLINE, JUNK_LINES, REPEATED, WORDS
-from tests.helpers import job_row, output, submit, wait
-from worker import build_worker
+from tests.conftest import TEST_SECRET
+from tests.fake_llm import WORDS
+from tests.helpers import (
+    assert_audit_seq_gap_free,
+    assert_chain_proven,
+    chunk_events,
+    job_row,
+    output,
+    scalar,
+    start_worker,
+    submit,
+    wait,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-async def scalar(db, sql: str, **params):
-    async with db.tx() as s:
-        return (await s.execute(text(sql), params)).scalar_one()
-
-
-async def assert_chain_proven(db, job_id: uuid.UUID) -> None:
-    """From the tables alone (the README's queries): each chunk was written from the state its
-    predecessor left, or from a handoff checked against it at a seam; and no chunk's prompt was
-    given a ledger entry set after it in the document."""
-    async with db.tx() as s:
-        broken = (await s.execute(text(CHAIN_PROOF), {"job_id": job_id})).scalars().all()
-        told_later = (await s.execute(text(MEMORY_PROOF), {"job_id": job_id})).all()
-    total = await scalar(db, "SELECT count(*) FROM chunks WHERE job_id = :j", j=job_id)
-    assert broken == [] and total > 0 and told_later == []
-
-
-async def assert_audit_seq_gap_free(db, job_id: uuid.UUID) -> int:
-    n, lo, hi = await _row(db, "SELECT count(*), min(seq), max(seq) FROM audit_events WHERE job_id = :j", j=job_id)
-    assert (lo, hi) == (1, n)
-    return int(n)
-
-
-async def _row(db, sql: str, **params):
-    async with db.tx() as s:
-        return (await s.execute(text(sql), params)).one()
-
-
-async def chunk_events(s, job_id: uuid.UUID) -> list[dict]:
-    """The data of a job's ``chunk write|extend`` events (one per attempt)."""
-    q = select(AuditEvent.data).where(
-        AuditEvent.job_id == job_id, AuditEvent.kind == "chunk", AuditEvent.action.in_(["write", "extend"])
-    )
-    return list((await s.execute(q)).scalars().all())
 
 
 @pytest.mark.parametrize("target", [1, 2, 137, 1000, 12_345])
@@ -275,24 +242,6 @@ async def test_cancel_stops_keeps_work_and_marks_cancelled(db, client, fake, use
     )
 
 
-def start_worker(pg_url: str, temporal_target: str, fake_url: str, queue: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": pg_url,
-        "TEMPORAL_ADDRESS": temporal_target,
-        "TEMPORAL_TASK_QUEUE": queue,
-        "OPENAI_BASE_URL": fake_url,
-        "OPENAI_API_KEY": TEST_SECRET,
-        "QUIRE_MODEL": "fake-model",
-        "QUIRE_LLM_TIMEOUT_S": "5",
-        "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
-        "QUIRE_AUDIT_KEY": AUDIT_KEY.text(),  # the tests' checkpoint key (none made in ./.quire)
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
 async def test_worker_kill_9_mid_job_resumes_without_duplicates(db, client, fake, user, pg_url):
     fake.reset(delay_s=0.1)
     queue = f"kill-{uuid.uuid4().hex[:6]}"
@@ -347,96 +296,6 @@ async def test_worker_kill_9_mid_job_resumes_without_duplicates(db, client, fake
         ).one()
     assert states[0] == states[1] == len(chunks) + 1
     assert count_words((await output(db, job.id)).text) >= 3000
-
-
-def _norm(text: str) -> str:
-    return " " + re.sub(r"\W+", " ", text.lower()).strip() + " "
-
-
-@pytest.mark.parametrize("style", ["instruct", "document"])
-async def test_echoed_prompt_lines_and_junk_never_enter_the_document(db, client, fake, user, style):
-    """A model that says its prompt back (lines, a paraphrase and a fragment of the request,
-    junk tokens) in every answer: the document holds none of it, the count is of what remains,
-    and every chunk event names what was cut."""
-    fake.reset(mode="echo")
-    queue = TASK_QUEUE if style == "instruct" else f"echo-{uuid.uuid4().hex[:6]}"
-    async with contextlib.AsyncExitStack() as stack:
-        if style == "document":  # the small-model prompt (the demo's): its own worker and queue
-            llm = LlmClient(
-                db,
-                base_url=fake.url,
-                api_key=TEST_SECRET,
-                model="fake-model",
-                timeout=3.0,
-                retry_wait_cap=0.05,
-                prompt_style="document",
-            )
-            stack.push_async_callback(llm.close)
-            await stack.enter_async_context(build_worker(client, db, llm, queue))
-        job, _ = await jobs.submit(
-            db,
-            client,
-            user_id=user.user_id,
-            user_name=user.name,
-            spec=JobSpec(kind="generate", prompt="Lighthouses", target_words=900, options={"chunk_words": 300}),
-            task_queue=queue,
-            default_model="fake-model",
-        )
-        assert await wait(client, job.id) == "succeeded"
-    doc = await output(db, job.id)
-    assert doc is not None and 900 <= count_words(doc.text) <= 990 and doc.word_count == count_words(doc.text)
-    echoed = set(fake.echoed)
-    assert any(e.startswith("(Continue from where it stopped") for e in echoed)
-    body = _norm(doc.text)
-    assert [e for e in echoed if _norm(e) in body] == []
-    for junk in ("<start_of_image>", "<end_of_turn>", "1) 2)", "(Continue", "words"):
-        assert junk not in doc.text
-    async with db.tx() as s:
-        events = await chunk_events(s, job.id)
-    assert events and all(any(c["text"] == "<start_of_image>" for c in e["cuts"]) for e in events)
-    assert all(any(c["text"].startswith("(Continue from where it stopped") for c in e["cuts"]) for e in events)
-    assert all(0 <= e["words_added"] <= e["words_model"] and e["words_cut"] > 0 for e in events)
-
-
-async def test_junk_never_counts_and_a_paragraph_repeated_across_chapters_is_cut_once(db, client, fake, user):
-    """A model that mixes issue 18's junk into its prose and opens every answer with the same
-    paragraph, in a book of two chapters written in parallel: the document reaches its target
-    with the model's real words only, the repeated paragraph is written once, and every chunk
-    event and attempt row says what was cut, why and how many words."""
-    fake.reset(mode="junk")
-    job_id = await submit(db, client, user, kind="generate", prompt="Harbors", target_words=10_100)
-    assert await wait(client, job_id) == "succeeded"
-    doc = await output(db, job_id)
-    assert doc is not None and count_words(doc.text) >= 10_100
-    body = " ".join(ln for ln in doc.text.splitlines() if not ln.startswith("#"))
-    vocabulary = set(WORDS) | set(re.sub(r"\W+", " ", REPEATED.lower()).split())
-    assert set(re.sub(r"\W+", " ", body.lower()).split()) <= vocabulary  # nothing but the model's prose
-    for junk in (*JUNK_LINES, *JUNK_INLINE, "penduduk", "grammar book", "A good"):
-        assert junk not in doc.text
-    async with db.tx() as s:
-        written = (
-            (
-                await s.execute(
-                    text("SELECT v.text FROM chunk_versions v WHERE v.job_id = :j AND v.version = 1"), {"j": job_id}
-                )
-            )
-            .scalars()
-            .all()
-        )
-        units = await scalar(db, "SELECT count(*) FROM plan_nodes WHERE job_id = :j AND level = 'chapter'", j=job_id)
-        rows = (
-            await s.execute(select(ChunkAttempt.words_model, ChunkAttempt.cuts).where(ChunkAttempt.job_id == job_id))
-        ).all()
-        events = await chunk_events(s, job_id)
-    assert units == 2 and len(written) >= 4
-    assert sum(t.count(REPEATED) for t in written) == 1  # claimed by one chunk, cut from every other
-    # Every other answer had it cut: as a repeat of the document (or an echo, where the prompt showed it).
-    assert sum(any(c["text"] == REPEATED for c in cuts) for _, cuts in rows) == len(rows) - 1
-    assert any(c["rule"] == "repeat" and c["text"] == REPEATED for _, cuts in rows for c in cuts)
-    rules = {c["rule"] for _, cuts in rows for c in cuts}
-    assert {"meta", "stray_line", "markup", "glued", "repeat", "unfinished"} <= rules
-    assert all(m > 0 for m, _ in rows) and len(events) == len(rows)
-    assert sorted(e["words_cut"] for e in events) == sorted(sum(c["words"] for c in cuts) for _, cuts in rows)
 
 
 async def test_a_chunk_is_one_transaction_per_model_call_and_one_more(db, client, fake, user):

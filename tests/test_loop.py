@@ -19,8 +19,7 @@ from db.loop import Edit, PlanVersion, clock_start
 from db.manuscript import ChunkVersion, ContinuityFinding, PlanNode, SeamCheck
 from db.models import AuditEvent, Document, Job, LlmCall
 from testkit import until
-from tests.helpers import output, submit, wait
-from tests.test_job import assert_chain_proven
+from tests.helpers import assert_chain_proven, output, submit, wait
 from workflows.job import JobWorkflow, PlanReviewInput
 
 pytestmark = pytest.mark.usefixtures("worker")
