@@ -24,13 +24,9 @@ from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, PlanNode
 from db.models import AuditEvent, Document
 from testkit import until
-from tests.helpers import output, submit, wait
+from tests.helpers import auth, output, submit, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-def auth(user) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user.api_key}"}
 
 
 async def rows(db, model, *where, order=None):

@@ -19,7 +19,7 @@ from db.loop import Edit, PlanVersion, clock_start
 from db.manuscript import ChunkVersion, ContinuityFinding, PlanNode, SeamCheck
 from db.models import AuditEvent, Document, Job, LlmCall
 from testkit import until
-from tests.helpers import assert_chain_proven, output, submit, wait
+from tests.helpers import assert_chain_proven, auth, output, submit, wait
 from workflows.job import JobWorkflow, PlanReviewInput
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -29,10 +29,6 @@ AGAIN = "Captain Mara Quell turned the brass compass on her left wrist toward th
 LIE = "Captain Mara Quell checked the silver compass on her right wrist."
 ENTITY = {"entity": "Captain Mara Quell", "attribute": "compass"}
 BOOK = {"chunk_words": 2500}  # 15,000 words: three chapters of two passages
-
-
-def auth(user) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user.api_key}"}
 
 
 async def finished(client, job_id: uuid.UUID, number: int) -> int:

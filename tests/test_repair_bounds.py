@@ -19,17 +19,13 @@ from db.counts import word_account
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LengthCheck, PlanNode, SeamCheck, StitchResult
 from db.models import AuditEvent, LlmCall
 from quire.remote import coherence_lines
-from tests.helpers import output, submit, wait
+from tests.helpers import auth, output, submit, wait
 from tests.test_coherence import FACT, LIE, _fact, _findings, _lie, _versions
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 # The purposes of the calls whose answers become document text (or would have).
 PROSE = ("write", "extend", "repair", "stitch", "rewrite", "coverage_repair")
-
-
-def auth(user) -> dict[str, str]:
-    return {"Authorization": f"Bearer {user.api_key}"}
 
 
 async def _rows(db, model, *where, order=None) -> list:
