@@ -1,45 +1,37 @@
 """Durability: a job rides out a Postgres outage longer than the old retry policy allowed, a job
-failed by a fault is resumed and finishes in the same log, cancel racing finalize never leaves a
-cancelled job with an output or a succeeded one marked cancelled, and Temporal keeps nothing a user
-or the model wrote in clear (and nothing of a deleted job)."""
+failed by a fault is resumed and finishes in the same log, a step of a run a resume replaced is
+refused, and the database refuses illegal status changes.
+
+Cancel racing finalize: tests/test_cancel_race.py; what Temporal keeps of a job (nothing in clear):
+tests/test_codec_payloads.py."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
-import re
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from google.protobuf.message import Message
 from sqlalchemy import func, select, text
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 import testkit
-from activities.base import now
 from activities.chunks import ChunkActivities
-from activities.contracts import FailInput, NodeRef, RoundRef
-from activities.finalize import FinalizeActivities
+from activities.contracts import NodeRef
 from core.errors import JobNotRunnable
-from core.spec import JobSpec
-from core.text import count_words, sha256
+from core.text import count_words
 from db.ddl import CHAIN_PROOF
-from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, PlanNode
+from db.manuscript import Chunk, ChunkAttempt
 from db.models import AuditEvent, Document, Job
 from db.session import Database
-from services import accounts, deletion, jobs, logreader
-from services.codec import ENCODING, data_converter, parse_key
+from services import accounts, logreader
+from services.codec import data_converter, parse_key
 from services.temporal import AuditInterceptor
 from tests.conftest import TASK_QUEUE, TEST_SECRET, make_llm
-from tests.fake_llm import WORDS
 from tests.helpers import output
 from worker import build_worker
 from workflows.steps import LOGIC_ATTEMPTS, Durability
@@ -313,199 +305,3 @@ async def test_illegal_status_changes_are_refused_by_the_database(db, user):
     with pytest.raises(Exception, match="its workflow changes only when"):
         async with db.tx() as s:
             await s.execute(text("UPDATE jobs SET workflow_id='job-x-r2' WHERE id=:j"), {"j": job2})
-
-
-RACES = 100  # the issue asks for a hundred races
-
-
-async def written_job(db: Database, user: accounts.NewUser) -> uuid.UUID:
-    """A small job at the point where finalize succeeds: created as the API creates it, then, in one
-    audited transaction, what plan_job and write_chunk leave for a one-chunk document (running; the
-    book as its one unit and section; the chain's root; the chunk done as version 1 and the state it
-    leaves). Built here rather than by the model steps: it takes well under a second, and the race
-    below is between the real finalize and the real cancel step all the same."""
-    job = await jobs.create(db, user_id=user.user_id, user_name=user.name, spec=SPEC, default_model="m")
-    text_ = " ".join(WORDS[i % len(WORDS)] for i in range(42)) + "."
-    async with db.job_tx(job.id) as tx:
-        row = await tx.session.get(Job, job.id)
-        assert row is not None
-        row.status, row.started_at, row.chunks_total, row.sections_total, row.units_total = "running", now(), 1, 1, 1
-        book = PlanNode(job_id=job.id, level="book", depth=0, ordinal=0, position=0, budget_words=40, status="writing")
-        tx.session.add(book)
-        await tx.session.flush()
-        section = PlanNode(
-            job_id=job.id, parent_id=book.id, level="section", ordinal=0, position=1, title="Lamps",
-            heading_key="lamps", budget_words=40, status="expanded",
-        )  # fmt: skip
-        root = CoherenceState(job_id=job.id, kind="root", ordinal=0, unit_id=None)
-        tx.session.add_all([section, root])
-        await tx.session.flush()
-        chunk = Chunk(
-            job_id=job.id, section_id=section.id, unit_id=book.id, ordinal=0, index_in_section=0,
-            target_words=40, min_words=40, max_words=44, status="writing", state_before_id=root.id,
-            text=text_, word_count=42, attempts=1,
-        )  # fmt: skip
-        tx.session.add(chunk)
-        await tx.session.flush()
-        version = ChunkVersion(
-            job_id=job.id, chunk_id=chunk.id, version=1, reason="written", text=text_, word_count=42,
-            sha256=sha256(text_),
-        )  # fmt: skip
-        tx.session.add(version)
-        await tx.session.flush()
-        after = CoherenceState(job_id=job.id, kind="chunk", ordinal=1, parent_id=root.id, chunk_version_id=version.id)
-        tx.session.add(after)
-        await tx.session.flush()
-        chunk.state_after_id, chunk.status = after.id, "done"
-    return job.id
-
-
-async def test_cancel_racing_finalize_never_serves_a_cancelled_job_nor_cancels_a_succeeded_one(db, user, api_url):
-    """A hundred small jobs, each written to the point where finalize succeeds; then finalize and
-    the cancel path's step (fail_job with status cancelled: what the job workflow runs once its
-    cancel arrives) run at the same moment, ten jobs at a time, one side or the other a few ms
-    ahead. Never a cancelled job with an output (nor one served), never a succeeded job marked
-    cancelled; and each side won some of the races."""
-    fin = FinalizeActivities(db)
-    rng = random.Random(12)
-
-    async def race(jid: uuid.UUID) -> None:
-        cancel = FailInput(str(jid), "E_CANCELLED", "cancelled by request", status="cancelled")
-        lead = rng.uniform(0, 0.004)
-        first, second = (lead, 0.0) if rng.random() < 0.5 else (0.0, lead)
-
-        async def late(delay: float, step: Any, arg: Any) -> Any:
-            await asyncio.sleep(delay)
-            return await ActivityEnvironment().run(step, arg)
-
-        await asyncio.gather(late(first, fin.finalize, RoundRef(str(jid), 0)), late(second, fin.fail_job, cancel))
-
-    ready: list[uuid.UUID] = []
-    for _ in range(RACES // 10):
-        batch = list(await asyncio.gather(*(written_job(db, user) for _ in range(10))))
-        await asyncio.gather(*(race(j) for j in batch))
-        ready += batch
-    outcomes: dict[str, int] = {"succeeded": 0, "cancelled": 0}
-    auth = {"Authorization": f"Bearer {user.api_key}"}
-    async with httpx.AsyncClient(base_url=api_url, headers=auth, timeout=30) as http:
-        for jid in ready:
-            job = (await rows(db, "SELECT status, error_code FROM jobs WHERE id=:j", j=jid))[0]
-            out = await output(db, jid)
-            said = {
-                r.action
-                for r in await rows(db, "SELECT action FROM audit_events WHERE job_id=:j AND kind='job'", j=jid)
-            }
-            if job.status == "succeeded":
-                assert out is not None and "cancelled" not in said, jid
-            else:
-                assert (job.status, job.error_code) == ("cancelled", "E_CANCELLED"), job
-                assert out is None and "succeeded" not in said, jid
-                assert (await http.get(f"/v1/jobs/{jid}/output")).status_code == 409
-            outcomes[job.status] += 1
-    assert outcomes["succeeded"] > 0 and outcomes["cancelled"] > 0, outcomes  # both orders were raced
-    for jid in ready[:3]:
-        await assert_log_whole(db, jid, activities=False)
-
-
-SPEC = JobSpec(kind="generate", prompt="Small lamps", target_words=40)
-
-
-PROMPT = "Quillwort semaphore keepers of Vantor Reach"
-TITLE = "Ledger of the Obsidian Ferrymen"
-
-
-def payloads(msg: Message) -> Iterator[tuple[str, Message]]:
-    """(field name, Payload) for every Payload inside a protobuf message (a history event, say)."""
-    for field, value in msg.ListFields():
-        if field.message_type is None:
-            continue
-        if field.message_type.GetOptions().map_entry:
-            if field.message_type.fields_by_name["value"].message_type is None:
-                continue
-            items: list[Any] = list(value.values())
-        else:
-            items = [value] if isinstance(value, Message) else list(value)
-        for item in items:
-            if type(item).__name__ == "Payload":
-                yield field.name, item
-            else:
-                yield from ((f"{field.name}.{n}", p) for n, p in payloads(item))
-
-
-async def test_temporal_keeps_no_text_in_clear_and_delete_removes_the_workflows(db, fake, user, tmp_path):
-    """A Temporal dev server persisted to a SQLite file of its own: after a job, neither its prompt,
-    its title nor a sentence of its output can be read in that file, while text sent in clear would
-    be; every payload of its histories is encrypted; delete leaves no workflow of the job."""
-    fake.reset(ratio=(1.0, 1.1))
-    db_file = tmp_path / "temporal.db"
-    # Temporal deletes asynchronously, and by default holds a just-closed workflow's deletion until
-    # its close has been fully processed (~35 s on the dev server): the wait is turned off here.
-    no_wait = [f"history.{q}ProcessorEnsureCloseBeforeDelete=false" for q in ("transfer", "visibility")]
-    env = await testkit.temporal([a for v in no_wait for a in ("--dynamic-config-value", v)], db_file=db_file)
-    queue = f"private-{uuid.uuid4().hex[:6]}"
-    own = await Client.connect(
-        testkit.target(env),
-        interceptors=[AuditInterceptor(db)],
-        data_converter=data_converter(parse_key(testkit.TEMPORAL_KEY)),
-    )
-    llm = make_llm(db, fake)
-    try:
-        async with build_worker(own, db, llm, queue):
-            job, _ = await jobs.submit(
-                db,
-                own,
-                user_id=user.user_id,
-                user_name=user.name,
-                spec=JobSpec(kind="generate", prompt=PROMPT, title=TITLE, target_words=300),
-                task_queue=queue,
-                default_model="fake-model",
-            )
-            assert await own.get_workflow_handle(job.workflow_id).result() == "succeeded"
-            # A canary sent in clear by a client without the codec: the grep below would see it.
-            plain = await Client.connect(testkit.target(env))
-            canary = f"plaintext-canary-{uuid.uuid4().hex}"
-            await plain.start_workflow("Nobody", canary, id=f"canary-{uuid.uuid4().hex[:6]}", task_queue="nobody")
-            histories = [
-                await own.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-                async for wf in own.list_workflows(f"WorkflowId STARTS_WITH 'job-{job.id}'")
-            ]
-        doc = await output(db, job.id)
-        assert doc is not None
-        sentence = next(s for s in re.split(r"(?<=\.)\s+", doc.text) if len(s.split()) >= 8 and "#" not in s)
-
-        def stored() -> bytes:
-            return b"".join(p.read_bytes() for p in sorted(Path(tmp_path).glob("temporal.db*")))
-
-        blob = stored()
-        assert canary.encode() in blob and f"job-{job.id}".encode() in blob  # the grep reads what is there
-        for secret in (PROMPT, TITLE, sentence, "Quillwort", "Obsidian Ferrymen"):
-            assert secret.encode() not in blob, secret
-        # Search attributes are indexed, so in clear by design: ids, kind, user name, target words.
-        found = [(n, p) for h in histories for ev in h.events for n, p in payloads(ev) if "search_attributes" not in n]
-        assert len(histories) >= 2 and found  # the job and its unit(s)
-        clear = {n for n, p in found if p.metadata.get("encoding") != ENCODING}
-        assert clear == set(), clear
-
-        deleted = await deletion.delete(db, own, job, user_id=user.user_id, path=f"/v1/jobs/{job.id}")
-        assert deleted["temporal"]["workflows_deleted"] == len(histories)
-
-        async def none_left() -> bool:
-            return [wf async for wf in own.list_workflows(f"WorkflowId STARTS_WITH 'job-{job.id}'")] == []
-
-        await testkit.until("the job's workflows gone from Temporal", none_left, within=30)
-        with pytest.raises(RPCError) as gone:
-            await own.get_workflow_handle(job.workflow_id).describe()
-        assert gone.value.status == RPCStatusCode.NOT_FOUND
-    finally:
-        await llm.close()
-        await env.shutdown()
-
-
-async def test_the_codec_key_file_is_private_and_shared(tmp_path):
-    from services.codec import KEY_FILE, load_keys
-
-    home = tmp_path / "home"
-    (first,) = await asyncio.to_thread(load_keys, None, home)
-    assert (home / KEY_FILE).stat().st_mode & 0o777 == 0o600
-    assert load_keys(None, home) == [first] and len(first) == 32  # every process of the stack reads the same
-    assert load_keys(testkit.TEMPORAL_KEY, home) == [parse_key(testkit.TEMPORAL_KEY)]  # the setting wins

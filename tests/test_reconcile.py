@@ -1,28 +1,19 @@
-"""Nothing stuck: each way Postgres and Temporal came to disagree, made for real, and settled by the
-reconciler on its Temporal Schedule within one period, with its audit event; ``quire doctor
---dry-run`` listing exactly those; cancel and resume that act on a job whose workflow is gone;
-cancelled workflows that record their own end; the API killed -9 between a plan version's commit
-and its Update; a commit that fails after it landed, written once.
+"""Nothing stuck: each way Postgres and Temporal came to disagree over a job or a workflow, made
+for real, and settled by the reconciler on its Temporal Schedule within one period, with its audit
+event; cancel and resume that act on a job whose workflow is gone; a cancel during the failure path
+that waits for it; a commit that fails after it landed, written once.
 
-A database, a worker (with the reconciler) and an API of their own, on a task queue of their own:
-the reconciler settles every row of its database and every workflow of its task queue, so the
-rows and workflows other tests leave on purpose stay theirs.
+The reconciler's stack (its own database, worker and API, on a task queue of its own) and the
+helpers are tests/reconcile_kit.py's. Edits and a plan review: tests/test_reconcile_edits.py;
+``quire doctor``: tests/test_doctor.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-import httpx
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text
@@ -31,178 +22,25 @@ from temporalio.api.enums.v1 import PendingActivityState
 
 import testkit
 from core.spec import JobSpec
-from db.loop import Edit, PlanVersion
-from db.manuscript import PlanNode
-from db.models import AuditEvent, Document, Job
+from db.loop import PlanVersion
+from db.models import Document
 from db.session import Database
-from metrics import SETTLED
-from services import accounts, jobs, loop
-from services.reconcile import Reconciler, Starts, ensure_schedule, schedule_id
-from tests.conftest import (
-    AUDIT_KEY,
-    OPERATOR_TOKEN,
-    SEALING_KEY,
-    TEST_SECRET,
-    WEBHOOK_RETRY,
-    api_settings,
-    make_llm,
-    serving,
-    webhook_config,
-)
+from services import jobs
 from tests.helpers import temporal_cli
-from worker import build_worker
+from tests.reconcile_kit import (
+    QUEUE,
+    SETTLES_WITHIN_S,
+    awaiting_review,
+    chunks_done,
+    events,
+    job,
+    reconciler_paused,
+    settled,
+    settles,
+    status_is,
+    submit,
+)
 from workflows.steps import Durability
-
-QUEUE = "quire-reconcile"
-PERIOD_S = 3.0  # the reconciler's period here (QUIRE_RECONCILE_EVERY_S; 60 s by default)
-GRACE_S = 1.0  # QUIRE_RECONCILE_GRACE_S (60 s by default)
-# One period, and the reconciler's own run (a workflow task, an activity, a few RPCs and
-# transactions) on a loaded 2-core machine.
-SETTLES_WITHIN_S = PERIOD_S + 20.0
-STARTS = Starts(QUEUE, Durability(retry_max_s=0.2), WEBHOOK_RETRY, False)
-
-
-@pytest.fixture(scope="module")
-def rec_url(pg_server) -> str:  # type: ignore[no-untyped-def]
-    return testkit.create_database(pg_server, f"rec_{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture(scope="module")
-async def rdb(rec_url: str) -> AsyncIterator[Database]:
-    database = Database(rec_url, secrets=[TEST_SECRET, SEALING_KEY], signer=AUDIT_KEY, checkpoint_every=200)
-    yield database
-    await database.dispose()
-
-
-@pytest.fixture(scope="module")
-async def rclient(temporal_env, rdb):  # type: ignore[no-untyped-def]
-    return await testkit.client(temporal_env, rdb)
-
-
-@pytest.fixture(scope="module")
-async def reconciler(rclient, rdb, fake_llm) -> AsyncIterator[Reconciler]:  # type: ignore[no-untyped-def]
-    rec = Reconciler(rdb, rclient, STARTS, grace_s=GRACE_S)
-    w = build_worker(rclient, rdb, make_llm(rdb, fake_llm), QUEUE, webhooks=webhook_config(), reconciler=rec)
-    task = asyncio.create_task(w.run())
-    await ensure_schedule(rclient, QUEUE, PERIOD_S)
-    await ensure_schedule(rclient, QUEUE, PERIOD_S)  # again, as every worker does at its start: no error
-    yield rec
-    await rclient.get_schedule_handle(schedule_id(QUEUE)).delete()
-    await w.shutdown()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-@pytest.fixture(scope="module")
-async def rapi(rdb, rclient, reconciler) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
-    from api.app import create_app
-
-    app = create_app(api_settings(temporal_task_queue=QUEUE, quire_retry_max_interval_s=0.2), db=rdb, client=rclient)
-    async with serving(app) as url:
-        yield url
-
-
-@pytest.fixture
-async def ruser(rdb: Database) -> accounts.NewUser:
-    return await accounts.create_user(rdb, f"rec-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-async def api(rapi: str, ruser: accounts.NewUser) -> AsyncIterator[httpx.AsyncClient]:
-    auth = {"Authorization": f"Bearer {ruser.api_key}"}
-    async with httpx.AsyncClient(base_url=rapi, headers=auth, timeout=60) as c:
-        yield c
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-
-async def submit(api: httpx.AsyncClient, words: int, **options: Any) -> uuid.UUID:
-    body = {"kind": "generate", "prompt": "Lighthouse keepers", "target_words": words, "options": options}
-    r = await api.post("/v1/jobs", json=body)
-    assert r.status_code == 202, r.text
-    return uuid.UUID(r.json()["id"])
-
-
-async def job(db: Database, job_id: uuid.UUID) -> Job:
-    async with db.tx() as s:
-        row = await s.get(Job, job_id)
-        assert row is not None
-        return row
-
-
-def status_is(db: Database, job_id: uuid.UUID, *statuses: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return (await job(db, job_id)).status in statuses
-
-    return check
-
-
-def chunks_done(db: Database, job_id: uuid.UUID, n: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        async with db.tx() as s:
-            done = await s.scalar(
-                text("SELECT count(*) FROM chunks WHERE job_id = :j AND status = 'done'"), {"j": job_id}
-            )
-        return int(done or 0) >= n
-
-    return check
-
-
-async def events(db: Database, job_id: uuid.UUID, kind: str, action: str | None = None) -> list[AuditEvent]:
-    async with db.tx() as s:
-        q = select(AuditEvent).where(AuditEvent.job_id == job_id, AuditEvent.kind == kind).order_by(AuditEvent.seq)
-        found = list((await s.execute(q)).scalars())
-    return [e for e in found if action is None or e.action == action]
-
-
-def settled(what: str, action: str, by: str) -> float:
-    return SETTLED.labels(what, action, by)._value.get()
-
-
-async def settles(what: str, check: Callable[[], Awaitable[bool]]) -> float:
-    """Wait for ``check`` (the reconciler's work) within one period and its run; the seconds it took."""
-    t0 = time.monotonic()
-    await testkit.until(what, check, within=SETTLES_WITHIN_S)
-    return time.monotonic() - t0
-
-
-@asynccontextmanager
-async def reconciler_paused(client: Any) -> AsyncIterator[None]:
-    """The Schedule paused, and no run of it in flight: stuck states stay as made, for a doctor, a
-    cancel or a resume to find."""
-    handle = client.get_schedule_handle(schedule_id(QUEUE))
-    await handle.pause(note="a test makes stuck states")
-
-    async def idle() -> bool:
-        query = f"WorkflowType = 'ReconcileWorkflow' AND ExecutionStatus = 'Running' AND TaskQueue = '{QUEUE}'"
-        return not [wf async for wf in client.list_workflows(query)]
-
-    await testkit.until("no reconciler run in flight", idle)
-    try:
-        yield
-    finally:
-        await handle.unpause()
-
-
-async def succeeded_job(api: httpx.AsyncClient, db: Database, words: int = 400) -> uuid.UUID:
-    job_id = await submit(api, words)
-    await testkit.until("the job to succeed", status_is(db, job_id, "succeeded"), within=120)
-    return job_id
-
-
-async def a_section(db: Database, job_id: uuid.UUID) -> int:
-    async with db.tx() as s:
-        return int(
-            await s.scalar(select(PlanNode.id).where(PlanNode.job_id == job_id, PlanNode.level == "section").limit(1))
-        )
-
-
-async def the_edit(db: Database, job_id: uuid.UUID, number: int) -> Edit:
-    async with db.tx() as s:
-        e = await s.scalar(select(Edit).where(Edit.job_id == job_id, Edit.number == number))
-        assert e is not None
-        return e
-
 
 # -- one commit, one record ----------------------------------------------------------------------------
 
@@ -347,17 +185,6 @@ async def test_a_provider_error_with_a_nul_ends_the_job_failed_with_a_readable_r
         assert settled_here[0].data["temporal"] == "failed" and "\x00" not in settled_here[0].data["reason"]
 
 
-async def awaiting_review(api: httpx.AsyncClient, words: int = 600) -> uuid.UUID:
-    """A job waiting for its plan's review: its workflow open, no step of it running."""
-    job_id = await submit(api, words, review_plan=True)
-
-    async def awaiting() -> bool:
-        return bool((await api.get(f"/v1/jobs/{job_id}/plan")).json()["awaiting_review"])
-
-    await testkit.until("the plan to await its review", awaiting, within=60)
-    return job_id
-
-
 async def test_a_workflow_open_for_a_deleted_job_is_terminated(api, rdb, rclient, fake) -> None:
     fake.reset()
     job_id = await awaiting_review(api)
@@ -497,197 +324,3 @@ async def test_a_cancel_during_the_failure_path_waits_for_it(api, rdb, rclient, 
     row = await job(rdb, job_id)
     assert row.status == "failed" and row.error_code == "E_LLM_UNAVAILABLE", (row.status, row.failure_reason)
     assert not await events(rdb, job_id, "reconcile")  # ended by its own workflow
-
-
-# -- edits ---------------------------------------------------------------------------------------
-
-
-async def test_an_edit_cancelled_records_its_end_and_one_terminated_is_settled(api, rdb, rclient, fake) -> None:
-    fake.reset()
-    job_id = await succeeded_job(api, rdb)
-    node = await a_section(rdb, job_id)
-    fake.reset(delay_s=2.0)  # an edit long enough to act on while it runs
-    r = await api.post(f"/v1/jobs/{job_id}/nodes/{node}/regenerate", json={})
-    assert r.status_code == 202, r.text
-    await rclient.get_workflow_handle(f"job-{job_id}-e1").cancel()
-
-    def ended(number: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return (await the_edit(rdb, job_id, number)).status != "running"
-
-        return check
-
-    await testkit.until("the cancelled edit to end", ended(1), within=60)
-    one = await the_edit(rdb, job_id, 1)
-    assert (one.status, one.error_code) == ("failed", "E_CANCELLED")  # by its own workflow, shielded
-    assert not await events(rdb, job_id, "reconcile")
-
-    r = await api.post(f"/v1/jobs/{job_id}/nodes/{node}/regenerate", json={})  # not refused: nothing runs
-    assert r.status_code == 202, r.text
-    await rclient.get_workflow_handle(f"job-{job_id}-e2").terminate("operator")
-    await settles("the terminated edit failed by the reconciler", ended(2))
-    two = await the_edit(rdb, job_id, 2)
-    assert two.status == "failed" and "was terminated" in two.reason
-    (ev,) = await events(rdb, job_id, "reconcile", "edit_failed")
-    assert ev.data["edit"] == 2 and ev.data["by"] == "reconciler"
-    fake.reset()
-    r = await api.post(f"/v1/jobs/{job_id}/nodes/{node}/regenerate", json={})
-    assert r.status_code == 202, r.text  # every later edit is accepted again
-
-
-async def test_an_edit_recorded_but_never_started_is_started(api, rdb, fake, monkeypatch) -> None:
-    fake.reset()
-    job_id = await succeeded_job(api, rdb)
-    node = await a_section(rdb, job_id)
-    real = loop.start_edit_workflow
-
-    async def lost(*a: Any, **kw: Any) -> bool:  # the API stops between the edit's commit and its start
-        monkeypatch.setattr(loop, "start_edit_workflow", real)
-        raise RuntimeError("the API stopped here")
-
-    monkeypatch.setattr(loop, "start_edit_workflow", lost)
-    r = await api.post(f"/v1/jobs/{job_id}/nodes/{node}/regenerate", json={})
-    assert r.status_code == 500
-    assert (await the_edit(rdb, job_id, 1)).status == "running"
-
-    async def done() -> bool:
-        started = await events(rdb, job_id, "reconcile", "edit_started")
-        return (await the_edit(rdb, job_id, 1)).status == "done" and bool(started)
-
-    await testkit.until("the edit started by the reconciler and done", done, within=SETTLES_WITHIN_S + 60)
-    (ev,) = await events(rdb, job_id, "reconcile", "edit_started")
-    assert ev.data["workflow_id"] == f"job-{job_id}-e1"
-
-
-# -- a plan review: the API killed between the version's commit and its Update ------------------------
-
-
-def api_env(rec_url: str, temporal: str, namespace: str, home: str, **env: str) -> dict[str, str]:
-    """The settings of an API process of this module's database and task queue."""
-    return {
-        "QUIRE_HOME": home,
-        "DATABASE_URL": rec_url,
-        "TEMPORAL_ADDRESS": temporal,
-        "TEMPORAL_NAMESPACE": namespace,
-        "TEMPORAL_TASK_QUEUE": QUEUE,
-        "QUIRE_TEMPORAL_KEY": testkit.TEMPORAL_KEY,
-        "QUIRE_SECRET_KEY": SEALING_KEY,
-        "QUIRE_AUDIT_KEY": AUDIT_KEY.text(),
-        "QUIRE_MODEL": "fake-model",
-        "QUIRE_OPERATOR_TOKEN": OPERATOR_TOKEN,
-        "QUIRE_RATE_LIMIT": "100000/minute",
-        **env,
-    }
-
-
-async def test_the_api_killed_between_a_plan_versions_commit_and_its_update_then_the_review_goes_on(
-    api, rdb, rclient, ruser, rec_url, temporal_env, tmp_path, fake
-) -> None:
-    fake.reset()
-    job_id = await awaiting_review(api)
-    port = testkit.free_port()
-    env = api_env(rec_url, testkit.target(temporal_env), temporal_env.client.namespace, str(tmp_path))
-    proc = testkit.api_process(port, {**env, "QUIRE_FAULT": "review"})
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as other:
-
-            async def up() -> bool:
-                try:
-                    return (await other.get("/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await testkit.until("the API process up", up, within=60)
-            with pytest.raises(httpx.HTTPError):  # it dies between the commit and the Update
-                await other.post(
-                    f"/v1/jobs/{job_id}/plan", json={}, headers={"Authorization": f"Bearer {ruser.api_key}"}
-                )
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    async with rdb.tx() as s:
-        pv = await s.scalar(select(PlanVersion).where(PlanVersion.job_id == job_id, PlanVersion.version == 2))
-    assert pv is not None and pv.status == "proposed" and pv.workflow_id == f"job-{job_id}"
-
-    async def applied() -> bool:  # and its delivery noted (the note follows the delivery)
-        async with rdb.tx() as s:
-            got = await s.scalar(
-                select(PlanVersion.status).where(PlanVersion.job_id == job_id, PlanVersion.version == 2)
-            )
-        return got == "approved" and bool(await events(rdb, job_id, "reconcile", "update_delivered"))
-
-    await testkit.until("the version delivered again and applied", applied, within=GRACE_S + SETTLES_WITHIN_S)
-    (ev,) = await events(rdb, job_id, "reconcile", "update_delivered")
-    assert ev.data["update_id"] == "plan-v2"
-    await testkit.until("the job to succeed", status_is(rdb, job_id, "succeeded"), within=120)
-    assert len(await events(rdb, job_id, "plan", "reviewed")) == 1  # applied once
-
-
-# -- quire doctor ----------------------------------------------------------------------------------
-
-
-def doctor(rec_url: str, temporal_env: Any, home: str, *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("QUIRE_", "DATABASE_URL", "TEMPORAL_"))}
-    target, namespace = testkit.target(temporal_env), temporal_env.client.namespace
-    env = {**base, **api_env(rec_url, target, namespace, home, QUIRE_RECONCILE_GRACE_S=str(GRACE_S))}
-    cmd = [sys.executable, "-m", "quire.cli", "doctor", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-
-
-async def test_doctor_dry_run_lists_exactly_the_stuck_states_then_doctor_settles_them(
-    api, rdb, rclient, ruser, rec_url, temporal_env, tmp_path, fake
-) -> None:
-    fake.reset()
-    done = await succeeded_job(api, rdb)
-    node = await a_section(rdb, done)
-    fake.reset(delay_s=0.4)
-    async with reconciler_paused(rclient):
-        clean = await asyncio.to_thread(doctor, rec_url, temporal_env, str(tmp_path), "--dry-run")
-        assert clean.returncode == 0 and "nothing disagrees" in clean.stdout, clean.stdout + clean.stderr
-        # 1. a job whose workflow was terminated
-        terminated = await submit(api, 1600, chunk_words=200)
-        await testkit.until("a chunk written", chunks_done(rdb, terminated, 1))
-        await rclient.get_workflow_handle(f"job-{terminated}").terminate("gone")
-        # 2. a job recorded, never started
-        spec = JobSpec(kind="generate", prompt="Tides", target_words=300)
-        unstarted = await jobs.create(
-            rdb, user_id=ruser.user_id, user_name=ruser.name, spec=spec, default_model="fake-model"
-        )
-        # 3. an edit whose workflow was terminated
-        r = await api.post(f"/v1/jobs/{done}/nodes/{node}/regenerate", json={})
-        assert r.status_code == 202, r.text
-        await rclient.get_workflow_handle(f"job-{done}-e1").terminate("gone")
-        # 4. a workflow open for a job deleted under it
-        orphan = await awaiting_review(api)
-        async with rdb.tx() as s:
-            await s.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": orphan})
-
-        dry = await asyncio.to_thread(doctor, rec_url, temporal_env, str(tmp_path), "--dry-run")
-        assert dry.returncode == 1, dry.stdout + dry.stderr
-        lines = [ln for ln in dry.stdout.splitlines() if ln.endswith("[dry run: not settled]")]
-        assert sorted(lines) == sorted(
-            [
-                f"job {terminated}: job says it runs; its workflow job-{terminated} was terminated -> job_failed "
-                "[dry run: not settled]",
-                f"job {unstarted.id}: job says it runs; its workflow job-{unstarted.id} never started -> job_started "
-                "[dry run: not settled]",
-                f"edit {done}: edit says it runs; its workflow job-{done}-e1 was terminated -> edit_failed "
-                "[dry run: not settled]",
-                f"workflow {orphan}: a job's run open for a job that is deleted -> workflow_terminated "
-                "[dry run: not settled]",
-            ]
-        ), dry.stdout
-        assert (await job(rdb, terminated)).status == "running"  # a dry run changes nothing
-
-        fixed = await asyncio.to_thread(doctor, rec_url, temporal_env, str(tmp_path))
-        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-        assert fixed.stdout.count("[settled]") == 4, fixed.stdout
-        assert (await job(rdb, terminated)).status == "failed"
-        assert (await the_edit(rdb, done, 1)).status == "failed"
-        assert (await job(rdb, unstarted.id)).status in ("running", "succeeded")
-        for jid, action in ((terminated, "job_failed"), (unstarted.id, "job_started"), (done, "edit_failed")):
-            (ev,) = await events(rdb, jid, "reconcile", action)
-            assert ev.data["by"] == "doctor"
-        after = await asyncio.to_thread(doctor, rec_url, temporal_env, str(tmp_path), "--dry-run")
-        assert after.returncode == 0 and "nothing disagrees" in after.stdout, after.stdout
