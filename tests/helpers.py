@@ -250,3 +250,23 @@ def entry(id: int, kind: str, key: str, value: str, order: int, **kw: object) ->
         doc_order=order,
         **kw,
     )  # type: ignore[arg-type]
+
+
+# --- the CLI as a user runs it ------------------------------------------------------------
+
+QUIRE = [sys.executable, "-m", "quire.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "OPENAI_", "TEMPORAL_", "QUIRE_"))}
+    return subprocess.run([*QUIRE, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+async def arun(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """The CLI as a subprocess, without blocking the event loop the in-process API runs on."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "OPENAI_", "TEMPORAL_", "QUIRE_"))}
+    proc = await asyncio.create_subprocess_exec(
+        *QUIRE, *args, env={**base, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    return proc.returncode or 0, out.decode(), err.decode()

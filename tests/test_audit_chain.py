@@ -27,8 +27,7 @@ from db.session import Database
 from services import logreader
 from testkit import make_job
 from tests.conftest import AUDIT_KEY
-from tests.helpers import auth, follow_to_end, log_events
-from tests.test_cli import arun
+from tests.helpers import arun, auth, follow_to_end, log_events
 
 pytestmark = pytest.mark.usefixtures("worker")
 

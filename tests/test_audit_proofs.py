@@ -23,8 +23,7 @@ from services import logreader
 from testkit import make_job
 from tests import rfc9162
 from tests.conftest import AUDIT_KEY
-from tests.helpers import auth, follow_to_end
-from tests.test_cli import arun
+from tests.helpers import arun, auth, follow_to_end
 
 pytestmark = pytest.mark.usefixtures("worker")
 PUBLIC = [AUDIT_KEY.verifier]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,25 +13,7 @@ import psycopg
 import pytest
 
 from db.models import Base
-from tests.helpers import free_ports, listening
-
-QUIRE = [sys.executable, "-m", "quire.cli"]
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "OPENAI_", "TEMPORAL_", "QUIRE_"))}
-    return subprocess.run([*QUIRE, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
-
-
-async def arun(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """The CLI as a subprocess, without blocking the event loop the in-process API runs on."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "OPENAI_", "TEMPORAL_", "QUIRE_"))}
-    proc = await asyncio.create_subprocess_exec(
-        *QUIRE, *args, env={**base, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    return proc.returncode or 0, out.decode(), err.decode()
-
+from tests.helpers import arun, free_ports, listening, run
 
 # --- db ----------------------------------------------------------------------------------------
 

@@ -13,8 +13,7 @@ import uuid
 import pytest
 
 from testkit import until
-from tests.helpers import auth, follow_to_end
-from tests.test_cli import QUIRE, arun, run
+from tests.helpers import QUIRE, arun, auth, follow_to_end, run
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -24,9 +23,11 @@ def env_of(api_url: str, user) -> dict[str, str]:
 
 
 async def test_a_cancelled_jobs_status_exits_1(api_url, http, fake, user):
-    fake.reset(delay_s=1.0)  # keeps the job in flight until it is cancelled
-    jid = (await http.post("/v1/jobs", json={"kind": "generate", "prompt": "Canals", "target_words": 900},
-                           headers=auth(user))).json()["id"]  # fmt: skip
+    fake.reset()
+    # Its plan waits for a review that never comes: the job is in flight until it is cancelled,
+    # however slow the machine (a model delay raced the CLI's start under load).
+    body = {"kind": "generate", "prompt": "Canals", "target_words": 900, "options": {"review_plan": True}}
+    jid = (await http.post("/v1/jobs", json=body, headers=auth(user))).json()["id"]
     code, out, _ = await arun("status", jid, env=env_of(api_url, user))
     assert code == 0 and f"{jid} " in out  # a running job's status is no failure
     assert (await http.post(f"/v1/jobs/{jid}/cancel", headers=auth(user))).status_code in (200, 202)

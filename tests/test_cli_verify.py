@@ -13,8 +13,7 @@ import pytest
 
 from db.models import Base
 from tests.conftest import AUDIT_KEY
-from tests.helpers import auth, follow_to_end
-from tests.test_cli import arun
+from tests.helpers import arun, auth, follow_to_end
 
 pytestmark = pytest.mark.usefixtures("worker")
 

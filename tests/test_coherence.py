@@ -18,8 +18,7 @@ from services import jobs
 from testkit import until
 from tests.conftest import TEST_SECRET
 from tests.fake_llm import MEMORY_SYSTEM, _chapter_of
-from tests.helpers import assert_audit_seq_gap_free, assert_chain_proven, job_row, output, submit, wait
-from tests.test_cli import arun
+from tests.helpers import arun, assert_audit_seq_gap_free, assert_chain_proven, job_row, output, submit, wait
 from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -344,7 +344,7 @@ async def test_actions_that_make_no_sense_are_refused_and_say_why(db, client, fa
 
 
 async def test_the_loop_from_the_command_line(db, client, fake, user, api_url):
-    from tests.test_cli import arun
+    from tests.helpers import arun
 
     fake.reset(ratio=(1.0, 1.15))
     env = {"QUIRE_API_URL": api_url, "QUIRE_API_KEY": user.api_key, "QUIRE_HOME": "/nonexistent"}

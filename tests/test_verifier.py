@@ -23,8 +23,7 @@ from core.logfile import CHECKPOINT_TXT, LogError, parse_log
 from quire import verify
 from quire.errors import CliError
 from tests.conftest import AUDIT_KEY
-from tests.helpers import auth, follow_to_end
-from tests.test_cli import arun
+from tests.helpers import arun, auth, follow_to_end
 
 PUBLIC = [AUDIT_KEY.verifier]
 
