@@ -10,8 +10,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -21,13 +24,16 @@ from temporalio.client import Client, WorkflowFailureError
 
 import testkit
 from core.memory import Entry
+from core.runs import edit_workflow_id
 from core.spec import JobSpec
 from db.ddl import CHAIN_PROOF, MEMORY_PROOF
+from db.manuscript import ChunkVersion, ContinuityFinding
 from db.models import AuditEvent, Document, Job
 from db.session import Database
 from services import jobs, logreader
 from services.accounts import NewUser
 from tests.conftest import AUDIT_KEY, TEST_SECRET
+from workflows.steps import Durability
 
 TASK_QUEUE = "quire-test"
 
@@ -270,3 +276,146 @@ async def arun(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 180)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+# --- a planted fact and its contradiction, and what the job made of them ---
+
+
+FACT = "Captain Mara Quell checked the brass compass on her left wrist."
+
+
+LIE = "Captain Mara Quell checked the silver compass on her right wrist."
+
+
+ENTITY = {"entity": "Captain Mara Quell", "attribute": "compass"}
+
+
+def _fact(**where: object) -> dict[str, object]:
+    return {"sentence": FACT, "value": "brass compass on her left wrist", **ENTITY, **where}
+
+
+def _lie(**where: object) -> dict[str, object]:
+    return {"sentence": LIE, "value": "silver compass on her right wrist", **ENTITY, **where}
+
+
+async def _versions(db, chunk_id: int) -> list[ChunkVersion]:
+    async with db.tx() as s:
+        return list(
+            (
+                await s.execute(
+                    select(ChunkVersion).where(ChunkVersion.chunk_id == chunk_id).order_by(ChunkVersion.version)
+                )
+            )
+            .scalars()
+            .all()
+        )
+
+
+async def _findings(db, job_id: uuid.UUID) -> list[ContinuityFinding]:
+    async with db.tx() as s:
+        return list(
+            (await s.execute(select(ContinuityFinding).where(ContinuityFinding.job_id == job_id))).scalars().all()
+        )
+
+
+# --- durability: a shortened backoff, raw rows, a log that is whole ---
+
+
+FAST = Durability(retry_max_s=0.2)  # the backoff shortened; the window stays the default 24 h
+
+
+async def rows(db: Database, sql: str, **params: Any) -> list[Any]:
+    async with db.tx() as s:
+        return list((await s.execute(text(sql), params)).all())
+
+
+async def assert_log_whole(db: Database, job_id: uuid.UUID, activities: bool = True) -> list[AuditEvent]:
+    """Seqs 1..N with no gap, the hash chain intact, the chain of chunks proved from the tables,
+    and every activity attempt that started has exactly one end."""
+    async with db.tx() as s:
+        events = list(
+            (await s.execute(select(AuditEvent).where(AuditEvent.job_id == job_id).order_by(AuditEvent.seq))).scalars()
+        )
+        broken = (await s.execute(text(CHAIN_PROOF), {"job_id": job_id})).scalars().all()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    verdict = await logreader.verify(db, job_id)
+    assert verdict is not None and verdict.intact, verdict
+    assert broken == []
+    attempts: dict[tuple[str, str, int], list[str]] = {}
+    for e in events:
+        if e.kind == "activity":
+            key = (e.data["workflow_id"], e.data["activity_id"], e.data["attempt"])
+            attempts.setdefault(key, []).append(e.action)
+    assert all(a in (["start", "end"], ["start", "error"]) for a in attempts.values()), {
+        k: v for k, v in attempts.items() if v not in (["start", "end"], ["start", "error"])
+    }
+    assert attempts or not activities
+    return events
+
+
+# --- quotas ---
+
+
+async def set_quotas(db, user: NewUser, **q: int | None) -> None:  # type: ignore[no-untyped-def]
+    cols = ", ".join(f"quota_{k} = :{k}" for k in q)
+    async with db.tx() as s:
+        await s.execute(text(f"UPDATE users SET {cols} WHERE id = :u"), {**q, "u": user.user_id})
+
+
+# --- a webhook endpoint ---
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1: answers each POST with the next scripted status (then 200)
+    and keeps what it received."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.received: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with owner.lock:
+                    status = owner.statuses.pop(0) if owner.statuses else 200
+                    owner.received.append({"headers": dict(self.headers), "body": body, "status": status})
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/quire?src=test"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    async def wait_for(self, n: int, within: float = 30) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:  # polling another thread's server, with a deadline
+            with self.lock:
+                if len(self.received) >= n:
+                    return list(self.received)
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{len(self.received)} webhook requests, expected {n}")
+
+
+# --- edits ---
+
+
+async def ended(client, job_id: uuid.UUID, number: int) -> str:
+    """How edit ``number``'s workflow ended: its document version, or its failure."""
+    try:
+        return str(await client.get_workflow_handle(edit_workflow_id(job_id, number)).result())
+    except Exception as exc:  # noqa: BLE001 - the failure is what the test reads
+        return f"failed: {getattr(exc, 'cause', exc)}"

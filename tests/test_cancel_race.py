@@ -23,8 +23,7 @@ from db.models import Job
 from db.session import Database
 from services import accounts, jobs
 from tests.fake_llm import WORDS
-from tests.helpers import output
-from tests.test_durable import assert_log_whole, rows
+from tests.helpers import assert_log_whole, output, rows
 
 pytestmark = pytest.mark.usefixtures("worker")
 

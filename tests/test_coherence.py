@@ -13,27 +13,29 @@ from sqlalchemy import select
 from activities.llm import LlmClient
 from core.spec import JobSpec
 from db.counts import coherence_counts
-from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, ContinuityFinding, SeamCheck
+from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, CoherenceState, SeamCheck
 from services import jobs
 from testkit import until
 from tests.conftest import TEST_SECRET
 from tests.fake_llm import MEMORY_SYSTEM, _chapter_of
-from tests.helpers import arun, assert_audit_seq_gap_free, assert_chain_proven, job_row, output, submit, wait
+from tests.helpers import (
+    FACT,
+    LIE,
+    _fact,
+    _findings,
+    _lie,
+    _versions,
+    arun,
+    assert_audit_seq_gap_free,
+    assert_chain_proven,
+    job_row,
+    output,
+    submit,
+    wait,
+)
 from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-FACT = "Captain Mara Quell checked the brass compass on her left wrist."
-LIE = "Captain Mara Quell checked the silver compass on her right wrist."
-ENTITY = {"entity": "Captain Mara Quell", "attribute": "compass"}
-
-
-def _fact(**where: object) -> dict[str, object]:
-    return {"sentence": FACT, "value": "brass compass on her left wrist", **ENTITY, **where}
-
-
-def _lie(**where: object) -> dict[str, object]:
-    return {"sentence": LIE, "value": "silver compass on her right wrist", **ENTITY, **where}
 
 
 def _chunk_prompts_after(requests: list[dict], sentence: str) -> list[str]:
@@ -43,30 +45,10 @@ def _chunk_prompts_after(requests: list[dict], sentence: str) -> list[str]:
     return [p for p in prompts[read + 1 :] if "Continue the document" in p or "Continue this passage" in p]
 
 
-async def _versions(db, chunk_id: int) -> list[ChunkVersion]:
-    async with db.tx() as s:
-        return list(
-            (
-                await s.execute(
-                    select(ChunkVersion).where(ChunkVersion.chunk_id == chunk_id).order_by(ChunkVersion.version)
-                )
-            )
-            .scalars()
-            .all()
-        )
-
-
 async def _attempts(db, chunk_id: int, kind: str) -> list[ChunkAttempt]:
     async with db.tx() as s:
         q = select(ChunkAttempt).where(ChunkAttempt.chunk_id == chunk_id, ChunkAttempt.kind == kind)
         return list((await s.execute(q.order_by(ChunkAttempt.attempt_no))).scalars().all())
-
-
-async def _findings(db, job_id: uuid.UUID) -> list[ContinuityFinding]:
-    async with db.tx() as s:
-        return list(
-            (await s.execute(select(ContinuityFinding).where(ContinuityFinding.job_id == job_id))).scalars().all()
-        )
 
 
 @pytest.mark.parametrize("memory_mode", ["valid", "invalid"])

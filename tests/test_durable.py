@@ -24,27 +24,20 @@ from activities.chunks import ChunkActivities
 from activities.contracts import NodeRef
 from core.errors import JobNotRunnable
 from core.text import count_words
-from db.ddl import CHAIN_PROOF
 from db.manuscript import Chunk, ChunkAttempt
-from db.models import AuditEvent, Document, Job
+from db.models import Document, Job
 from db.session import Database
-from services import accounts, logreader
+from services import accounts
 from services.codec import data_converter, parse_key
 from services.temporal import AuditInterceptor
 from tests.conftest import TASK_QUEUE, TEST_SECRET, make_llm
-from tests.helpers import output
+from tests.helpers import FAST, assert_log_whole, output, rows
 from worker import build_worker
 from workflows.steps import LOGIC_ATTEMPTS, Durability
 
 pytestmark = pytest.mark.usefixtures("worker")
 
-FAST = Durability(retry_max_s=0.2)  # the backoff shortened; the window stays the default 24 h
 PAST_OLD_POLICY = LOGIC_ATTEMPTS + 2  # attempts: the old policy failed a step after LOGIC_ATTEMPTS
-
-
-async def rows(db: Database, sql: str, **params: Any) -> list[Any]:
-    async with db.tx() as s:
-        return list((await s.execute(text(sql), params)).all())
 
 
 async def result(client: Client, job_id: uuid.UUID, db: Database) -> str:
@@ -55,30 +48,6 @@ async def result(client: Client, job_id: uuid.UUID, db: Database) -> str:
         return str(await client.get_workflow_handle(wid).result())
     except Exception as exc:  # noqa: BLE001 - WorkflowFailureError: its cause is the reason
         return f"failed: {getattr(exc, 'cause', exc)}"
-
-
-async def assert_log_whole(db: Database, job_id: uuid.UUID, activities: bool = True) -> list[AuditEvent]:
-    """Seqs 1..N with no gap, the hash chain intact, the chain of chunks proved from the tables,
-    and every activity attempt that started has exactly one end."""
-    async with db.tx() as s:
-        events = list(
-            (await s.execute(select(AuditEvent).where(AuditEvent.job_id == job_id).order_by(AuditEvent.seq))).scalars()
-        )
-        broken = (await s.execute(text(CHAIN_PROOF), {"job_id": job_id})).scalars().all()
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    verdict = await logreader.verify(db, job_id)
-    assert verdict is not None and verdict.intact, verdict
-    assert broken == []
-    attempts: dict[tuple[str, str, int], list[str]] = {}
-    for e in events:
-        if e.kind == "activity":
-            key = (e.data["workflow_id"], e.data["activity_id"], e.data["attempt"])
-            attempts.setdefault(key, []).append(e.action)
-    assert all(a in (["start", "end"], ["start", "error"]) for a in attempts.values()), {
-        k: v for k, v in attempts.items() if v not in (["start", "end"], ["start", "error"])
-    }
-    assert attempts or not activities
-    return events
 
 
 def stop_pg(server: Any) -> None:

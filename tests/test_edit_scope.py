@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import select
 
 from activities.edit_scope import scope_held
-from core.runs import edit_workflow_id
 from core.scope import boundary_problems
 from core.text import sha256
 from db.counts import word_account
@@ -24,7 +23,7 @@ from db.loop import Edit
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, PlanNode
 from db.models import AuditEvent, Document
 from testkit import until
-from tests.helpers import auth, output, submit, wait
+from tests.helpers import auth, ended, output, submit, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -33,14 +32,6 @@ async def rows(db, model, *where, order=None):
     async with db.tx() as s:
         q = select(model).where(*where)
         return list((await s.execute(q.order_by(order) if order is not None else q)).scalars().all())
-
-
-async def ended(client, job_id: uuid.UUID, number: int) -> str:
-    """How edit ``number``'s workflow ended: its document version, or its failure."""
-    try:
-        return str(await client.get_workflow_handle(edit_workflow_id(job_id, number)).result())
-    except Exception as exc:  # noqa: BLE001 - the failure is what the test reads
-        return f"failed: {getattr(exc, 'cause', exc)}"
 
 
 async def events(db, job_id: uuid.UUID, kind: str, action: str | None = None) -> list[AuditEvent]:

@@ -300,7 +300,7 @@ async def test_an_estimate_lands_within_a_quarter_of_what_the_job_used(db, clien
 
 async def test_actions_that_make_no_sense_are_refused_and_say_why(db, client, fake, user, http):
     from db.manuscript import Chunk
-    from tests.test_quotas import set_quotas
+    from tests.helpers import set_quotas
 
     fake.reset(ratio=(1.0, 1.15))
     done = await submit(db, client, user, kind="generate", prompt="Ropes", target_words=400)

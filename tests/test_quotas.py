@@ -13,24 +13,17 @@ from asyncio.subprocess import PIPE
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from core.cost import Price, cost_micro_usd, usd
 from core.quota import Quotas, Usage, submit_refusal
 from db.loop import Edit
 from db.manuscript import PlanNode
 from db.models import AuditEvent, LlmCall
-from services import accounts
 from tests.conftest import PRICES
-from tests.helpers import auth, job_row, submit, wait
+from tests.helpers import auth, job_row, set_quotas, submit, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-async def set_quotas(db, user: accounts.NewUser, **q: int | None) -> None:  # type: ignore[no-untyped-def]
-    cols = ", ".join(f"quota_{k} = :{k}" for k in q)
-    async with db.tx() as s:
-        await s.execute(text(f"UPDATE users SET {cols} WHERE id = :u"), {**q, "u": user.user_id})
 
 
 def test_a_calls_cost_is_exact_integer_micro_dollars():

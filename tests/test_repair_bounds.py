@@ -19,8 +19,7 @@ from db.counts import word_account
 from db.manuscript import Chunk, ChunkAttempt, ChunkVersion, LengthCheck, PlanNode, SeamCheck, StitchResult
 from db.models import AuditEvent, LlmCall
 from quire.remote import coherence_lines
-from tests.helpers import auth, output, submit, wait
-from tests.test_coherence import FACT, LIE, _fact, _findings, _lie, _versions
+from tests.helpers import FACT, LIE, _fact, _findings, _lie, _versions, auth, output, submit, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -202,7 +201,7 @@ async def test_an_edits_repair_extended_is_in_the_account(db, client, fake, user
     fake.set(plants=[_lie(nth=fake.state.writes + 1)])  # the regenerated chunk contradicts the first
     r = await http.post(f"/v1/jobs/{job_id}/nodes/{sections[-1].id}/regenerate", json={}, headers=auth(user))
     assert r.status_code == 202, r.text
-    from tests.test_edit_scope import ended
+    from tests.helpers import ended
 
     assert await ended(client, job_id, 1) == "2"
     found = [f for f in await _findings(db, job_id) if LIE in f.quote and f.edit_id is not None]

@@ -28,9 +28,7 @@ from services import jobs, logreader
 from services.config import load_settings
 from testkit import make_job, until
 from tests.conftest import api_settings, make_llm
-from tests.helpers import TASK_QUEUE, arun, auth, job_row, output, submit, wait
-from tests.test_durable import FAST
-from tests.test_quotas import set_quotas
+from tests.helpers import FAST, TASK_QUEUE, arun, auth, job_row, output, set_quotas, submit, wait
 from workflows.steps import Durability
 
 pytestmark = pytest.mark.usefixtures("worker")

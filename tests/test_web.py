@@ -385,8 +385,7 @@ async def test_document_grows_and_the_panel_tells_the_story(browser, api_url, fa
 async def test_the_coherence_section_shows_each_finding_a_click_from_its_chunk_and_event(
     browser, api_url, fake, user, tmp_path
 ):
-    from tests.helpers import auth
-    from tests.test_coherence import FACT, LIE, _fact, _lie
+    from tests.helpers import FACT, LIE, _fact, _lie, auth
 
     fake.reset(ratio=(1.0, 1.15), plants=[_fact(nth=2), _lie(nth=4)])
     async with httpx.AsyncClient(base_url=api_url, headers=auth(user), timeout=30) as http:

@@ -8,13 +8,10 @@ import asyncio
 import json
 import os
 import sys
-import threading
 import time
 import uuid
 from asyncio.subprocess import PIPE
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -25,54 +22,9 @@ from core.spec import JobSpec
 from db.models import AccountEvent, AuditEvent, User
 from services import jobs, webhooks
 from tests.conftest import SEALING_KEY, TASK_QUEUE, WEBHOOK_RETRY
-from tests.helpers import auth, job_row, wait
+from tests.helpers import Receiver, auth, job_row, wait
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1: answers each POST with the next scripted status (then 200)
-    and keeps what it received."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = list(statuses)
-        self.received: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with owner.lock:
-                    status = owner.statuses.pop(0) if owner.statuses else 200
-                    owner.received.append({"headers": dict(self.headers), "body": body, "status": status})
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/quire?src=test"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    async def wait_for(self, n: int, within: float = 30) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:  # polling another thread's server, with a deadline
-            with self.lock:
-                if len(self.received) >= n:
-                    return list(self.received)
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{len(self.received)} webhook requests, expected {n}")
 
 
 @pytest.fixture

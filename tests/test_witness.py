@@ -22,8 +22,7 @@ from metrics import AUDIT_ALARMS
 from services import jobs, logreader, witness
 from testkit import make_job
 from tests.conftest import AUDIT_KEY
-from tests.helpers import TASK_QUEUE, arun, auth, follow_to_end
-from tests.test_webhooks import Receiver
+from tests.helpers import TASK_QUEUE, Receiver, arun, auth, follow_to_end
 
 pytestmark = pytest.mark.usefixtures("worker")
 PUBLIC = [AUDIT_KEY.verifier]
