@@ -32,10 +32,10 @@ from services.temporal import AuditInterceptor
 from tests.fake_llm import FakeLLM
 from worker import build_worker
 
-# The reconciler's own stack and the helpers of its tests (tests/test_reconcile*.py, test_doctor.py):
-# its fixtures found by name as this file's are, one definition each (a session-scoped one is set up
-# once per session, not once per module that imports it).
-pytest_plugins = ["tests.reconcile_kit"]
+# Fixtures of a few test modules each, found by name as this file's are, one definition each (a
+# session-scoped one is set up once per session, not once per module that imports it): the
+# reconciler's own stack (tests/test_reconcile*.py, test_doctor.py) and the browser (test_web*.py).
+pytest_plugins = ["tests.reconcile_kit", "tests.web_kit"]
 
 TEST_SECRET = "sk-test-DO-NOT-LEAK-8f3a9c2e71"
 TASK_QUEUE = "quire-test"

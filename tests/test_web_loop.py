@@ -11,12 +11,12 @@ import re
 import httpx
 import pytest
 
-from tests.test_web import browser, csp_errors, shot, sign_in, until  # noqa: F401 - browser is a fixture
+from tests.web_kit import csp_errors, shot, sign_in, until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-async def test_plan_review_map_lock_regenerate_and_diff_in_the_browser(browser, api_url, fake, user, tmp_path):  # noqa: F811
+async def test_plan_review_map_lock_regenerate_and_diff_in_the_browser(browser, api_url, fake, user, tmp_path):
     fake.reset(ratio=(1.0, 1.15), delay_s=0.02)
     spec = {"kind": "generate", "prompt": "Harbour lights", "target_words": 12_000,
             "options": {"chunk_words": 2500, "review_plan": True}}  # fmt: skip

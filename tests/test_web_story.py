@@ -8,12 +8,12 @@ import httpx
 import pytest
 
 from tests.helpers import auth
-from tests.test_web import browser, csp_errors, sign_in, until  # noqa: F401 - browser is a fixture
+from tests.web_kit import csp_errors, sign_in, until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-async def test_the_story_reads_short_and_refused_for_what_they_are(browser, api_url, fake, user):  # noqa: F811
+async def test_the_story_reads_short_and_refused_for_what_they_are(browser, api_url, fake, user):
     # One attempt a chunk from a model that writes 30-60% of what it is asked: every chunk is
     # accepted short, and finalize tops the document up until it holds its words.
     fake.reset(ratio=(0.3, 0.6))
