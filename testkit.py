@@ -40,7 +40,6 @@ from services.temporal import SEARCH_ATTRIBUTES, connect
 from workflows.steps import Durability
 
 ROOT = Path(__file__).parent
-FAKE_MODEL = ROOT / "tests" / "fake_llm.py"
 # The key encrypting what tests and benchmarks hand Temporal (services.codec), the same in this
 # process and, through QUIRE_TEMPORAL_KEY, in the worker processes they start.
 TEMPORAL_KEY = base64.b64encode(os.urandom(32)).decode()
@@ -156,7 +155,7 @@ def fake_model(*args: str) -> Iterator[str]:
     """tests/fake_llm.py serving in a process of its own, scripted by its command-line ``args``;
     yields its base URL (``.../v1``)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(FAKE_MODEL), "--port", str(port), *args])
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fake_llm", "--port", str(port), *args], cwd=ROOT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         _ready(proc, f"{url}/models", "the scripted model")

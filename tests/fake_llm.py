@@ -55,13 +55,11 @@ import json
 import random
 import re
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -70,8 +68,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-if not __package__:  # run as a script (testkit.fake_model): the repository's root, for ``tests``
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fake_answers import (
     COVERAGE_SYSTEM,
     MEMORY_SYSTEM,

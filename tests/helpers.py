@@ -1,6 +1,7 @@
-"""Test helpers: submit a job the way the API does and wait for its workflow to end; call the API
-as a client does (a user's key, a job's live audit stream); read what a job left in the database
-(its chain proven, its audit log); start a worker process."""
+"""Test helpers shared by test modules: submit a job the way the API does and wait for its workflow
+to end; call the API as a client does (a user's key, a job's live audit stream) and the CLI as a user
+runs it; read what a job left in the database (its chain proven, its audit log whole); start a
+worker process; a planted fact and its contradiction; quotas; a webhook endpoint; an edit's end."""
 
 from __future__ import annotations
 
